@@ -1,0 +1,316 @@
+"""The CommitLog: every message of every topic, appended to fixed-size segment files.
+
+Segments are named by the physical offset of their first byte (20 digits) and
+preallocated to their full size (``posix_fallocate``, so a full disk fails the
+roll with DiskFull instead of a SIGBUS on a later page fault), then memory-mapped:
+an append is a memcpy into the page cache, a read is a slice. A record never
+spans two segments: when one does not fit, a blank record (``size | BLANK_MAGIC``)
+fills the segment's end and the record starts the next segment. Physical
+offsets therefore run continuously over segments, blank space included.
+
+Threads: appends, rolls, truncation and deletion happen on the broker's one
+event-loop thread. ``flush`` (fdatasync, which releases the GIL) and ``pread``
+run in worker threads; they work on snapshots (the segment tuple is replaced,
+never mutated) and a deleted segment's mapping is closed only once no reader
+holds it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import mmap
+import os
+import threading
+from collections.abc import Iterator
+
+from ...protocols import record as rec
+from ..errors import DiskFull, StoreError
+
+_NAME_DIGITS = 20
+_ZERO_CHUNK = 1 << 20
+
+
+def segment_name(base: int) -> str:
+    return f"{base:0{_NAME_DIGITS}d}"
+
+
+class Segment:
+    """One preallocated, memory-mapped CommitLog file."""
+
+    __slots__ = ("base", "fd", "mm", "path", "readers", "size")
+
+    def __init__(self, path: str, base: int, size: int, create: bool) -> None:
+        self.path = path
+        self.base = base
+        self.size = size
+        self.readers = 0
+        flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
+        self.fd = os.open(path, flags, 0o644)
+        try:
+            if create:
+                try:
+                    os.posix_fallocate(self.fd, 0, size)
+                except OSError as exc:
+                    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                        raise DiskFull(f"cannot preallocate {size} bytes for {path}") from exc
+                    if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                        raise
+                    os.ftruncate(self.fd, size)  # filesystem without fallocate
+            elif os.fstat(self.fd).st_size != size:
+                raise StoreError(f"segment {path} is {os.fstat(self.fd).st_size} bytes, "
+                                 f"expected the configured segment size {size}")
+            self.mm = mmap.mmap(self.fd, size)
+        except BaseException:
+            os.close(self.fd)
+            if create:
+                os.unlink(path)
+            raise
+
+    @property
+    def end(self) -> int:
+        return self.base + self.size
+
+    def close(self) -> None:
+        self.mm.close()
+        os.close(self.fd)
+
+
+class CommitLog:
+    """The segments of one store directory. Not thread-safe except as documented."""
+
+    def __init__(self, directory: str, segment_size: int) -> None:
+        if segment_size < 4096:
+            raise ValueError("segment size must be at least 4096 bytes")
+        self.directory = directory
+        self.segment_size = segment_size
+        self.segments: tuple[Segment, ...] = ()
+        self._bases: list[int] = []
+        self.write_pos = 0  # physical offset of the next byte to append
+        self.flushed_pos = 0  # everything below is on disk (fdatasync returned)
+        self._flush_lock = threading.Lock()
+        self._graveyard: list[Segment] = []
+        self._read_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def open(self) -> None:
+        """Map the existing segments. The write position is set by ``recover``."""
+        os.makedirs(self.directory, exist_ok=True)
+        names = sorted(n for n in os.listdir(self.directory)
+                       if len(n) == _NAME_DIGITS and n.isdigit())
+        segs = []
+        for n in names:
+            base = int(n)
+            if segs and base != segs[-1].end:
+                raise StoreError(f"CommitLog gap before segment {n}")
+            segs.append(Segment(os.path.join(self.directory, n), base, self.segment_size, False))
+        self._set_segments(tuple(segs))
+        if segs:
+            self.write_pos = self.flushed_pos = segs[0].base
+
+    def close(self) -> None:
+        for s in self.segments:
+            s.close()
+        for s in self._graveyard:
+            s.close()
+        self.segments = ()
+        self._graveyard = []
+
+    def _set_segments(self, segs: tuple[Segment, ...]) -> None:
+        self.segments = segs
+        self._bases = [s.base for s in segs]
+
+    @property
+    def min_offset(self) -> int:
+        return self.segments[0].base if self.segments else self.write_pos
+
+    # ------------------------------------------------------------------ writing
+
+    def reserve(self, size: int) -> tuple[mmap.mmap, int, int]:
+        """Room for a record of ``size`` bytes: (mapping, position in it, physical
+        offset). The caller writes the record there, then calls ``commit(size)``.
+        Rolls to a new segment (writing the blank record) when it does not fit."""
+        segs = self.segments
+        if not segs or self.write_pos >= segs[-1].end:
+            seg = self._roll(self.write_pos)
+        else:
+            seg = segs[-1]
+        local = self.write_pos - seg.base
+        # Always leave room for a blank record behind this one (RocketMQ's
+        # END_FILE_MIN_BLANK_LENGTH), so a segment's end can always be marked.
+        if local + size + rec.BLANK_SIZE > seg.size:
+            if size + rec.BLANK_SIZE > seg.size:
+                raise StoreError(f"a {size}-byte record cannot fit a {seg.size}-byte segment")
+            rec._I32.pack_into(seg.mm, local, seg.size - local)
+            rec._I32.pack_into(seg.mm, local + 4, rec.BLANK_MAGIC)
+            self.write_pos = seg.end
+            seg = self._roll(seg.end)
+            local = 0
+        return seg.mm, local, self.write_pos
+
+    def commit(self, size: int) -> None:
+        self.write_pos += size
+
+    def _roll(self, base: int) -> Segment:
+        seg = Segment(os.path.join(self.directory, segment_name(base)), base,
+                      self.segment_size, True)
+        self._set_segments((*self.segments, seg))
+        return seg
+
+    # ------------------------------------------------------------------ reading
+
+    def _segment_for(self, phys: int) -> Segment | None:
+        i = bisect.bisect_right(self._bases, phys) - 1
+        segs = self.segments
+        if i < 0 or i >= len(segs):
+            return None
+        seg = segs[i]
+        return seg if seg.base <= phys < seg.end else None
+
+    def read(self, phys: int, size: int) -> bytes | None:
+        """The ``size`` bytes at ``phys`` (on the event-loop thread), or None if
+        that part of the log is gone (retention) or not written yet."""
+        seg = self._segment_for(phys)
+        if seg is None or phys + size > self.write_pos:
+            return None
+        local = phys - seg.base
+        return seg.mm[local:local + size]
+
+    def pread(self, phys: int, size: int) -> bytes | None:
+        """Like ``read`` but with pread(2), safe from a worker thread: a cold page
+        blocks only that thread (an mmap slice would hold the GIL while faulting)."""
+        with self._read_lock:
+            seg = self._segment_for(phys)
+            if seg is None or phys + size > self.write_pos:
+                return None
+            seg.readers += 1
+        try:
+            return os.pread(seg.fd, size, phys - seg.base)
+        finally:
+            with self._read_lock:
+                seg.readers -= 1
+
+    def scan(self, start: int) -> Iterator[rec.Record]:
+        """Validate records from ``start`` on (magic, sizes, CRC), following blank
+        records into the next segment; stops at the first byte that is not a valid
+        record. Used by recovery; ``write_pos`` is not consulted."""
+        seg = self._segment_for(start)
+        pos = start
+        while seg is not None:
+            mm = seg.mm
+            local = pos - seg.base
+            if local + 8 > seg.size:
+                return
+            total, magic = rec.peek_size(mm, local)
+            if magic == rec.BLANK_MAGIC:
+                if total != seg.size - local:
+                    return
+                pos = seg.end
+                seg = self._segment_for(pos)
+                continue
+            if magic != rec.MAGIC or total <= 0 or local + total > seg.size:
+                return
+            try:
+                r = rec.decode(mm, local)
+            except rec.RecordError:
+                return
+            if r.physical_offset != pos:
+                return  # stale bytes from an earlier life of this file
+            yield r
+            pos += total
+
+    # ------------------------------------------------------------------ recovery
+
+    def truncate(self, pos: int) -> None:
+        """Make ``pos`` the end of the log: zero the rest of its segment (so stale
+        bytes can never be mistaken for records after a later crash) and delete
+        every later segment."""
+        keep = []
+        for seg in self.segments:
+            if seg.base <= pos:
+                keep.append(seg)
+            else:
+                seg.close()
+                os.unlink(seg.path)
+        self._set_segments(tuple(keep))
+        seg = self._segment_for(pos)
+        if seg is not None:
+            local = pos - seg.base
+            zero = bytes(_ZERO_CHUNK)
+            while local < seg.size:
+                n = min(_ZERO_CHUNK, seg.size - local)
+                if seg.mm[local:local + n] != zero[:n]:
+                    seg.mm[local:local + n] = zero[:n]
+                local += n
+            os.fdatasync(seg.fd)
+        self.write_pos = pos
+        self.flushed_pos = min(self.flushed_pos, pos)
+
+    def reset(self, pos: int) -> None:
+        """Start an empty log at physical offset ``pos`` (all segments gone)."""
+        for seg in self.segments:
+            seg.close()
+            os.unlink(seg.path)
+        self._set_segments(())
+        self.write_pos = self.flushed_pos = pos
+
+    # ------------------------------------------------------------------ flushing
+
+    def flush(self, upto: int | None = None) -> int:
+        """fdatasync every segment holding bytes below ``upto`` (default: the
+        current write position) that is not flushed yet; returns the new flushed
+        position. Blocking: call from a worker thread. OSError propagates: the
+        caller must treat it as "nothing since the last good flush is durable"."""
+        with self._flush_lock:
+            target = self.write_pos if upto is None else min(upto, self.write_pos)
+            if target <= self.flushed_pos:
+                return self.flushed_pos
+            for seg in self.segments:
+                if seg.end <= self.flushed_pos or seg.base >= target:
+                    continue
+                os.fdatasync(seg.fd)
+            self.flushed_pos = target
+            return target
+
+    # ------------------------------------------------------------------ retention
+
+    def delete_segments(self, keep_from: int) -> list[int]:
+        """Delete whole segments that end at or below ``keep_from`` (never the
+        active one). Returns the bases deleted. A mapping a reader still holds is
+        closed later (``reap``)."""
+        segs = self.segments
+        gone = [s for s in segs[:-1] if s.end <= keep_from]
+        if not gone:
+            return []
+        with self._read_lock:
+            self._set_segments(segs[len(gone):])
+        for s in gone:
+            os.unlink(s.path)
+            self._graveyard.append(s)
+        self.reap()
+        return [s.base for s in gone]
+
+    def reap(self) -> None:
+        with self._read_lock:
+            idle = [s for s in self._graveyard if s.readers == 0]
+            self._graveyard = [s for s in self._graveyard if s.readers]
+        for s in idle:
+            try:
+                s.close()
+            except BufferError:  # an exported view is still alive: try next time
+                with self._read_lock:
+                    self._graveyard.append(s)
+
+    def segment_mtimes(self) -> list[tuple[int, float]]:
+        """(base, last modification time) of every segment but the active one."""
+        out = []
+        for s in self.segments[:-1]:
+            try:
+                out.append((s.base, os.stat(s.path).st_mtime))
+            except FileNotFoundError:
+                continue
+        return out
+
+    def disk_bytes(self) -> int:
+        return len(self.segments) * self.segment_size

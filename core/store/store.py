@@ -1,0 +1,566 @@
+"""The message store: append records, read queues, recover after a crash, retain, checkpoint.
+
+The way of one message: ``append`` packs a RocketMQ record straight into the
+CommitLog's mapped segment, adds its ConsumeQueue entry (queue offset = the
+queue's next offset) and, if it has keys, its index entries. ``get`` binary
+searches the ConsumeQueue for an offset and slices the records out of the
+CommitLog. Everything here is synchronous and runs on the broker's event-loop
+thread, except the methods marked "worker thread" (fsync work), which only
+read what the loop thread publishes (``dispatched_pos``, immutable snapshots).
+See docs/storage.md for the formats and the recovery argument.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import struct
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from ...protocols import record as rec
+from ...protocols.kafka import batch_header as kb
+from ..errors import CorruptMessage, FerryError, InvalidMessage, StoreError
+from ..filter import TAG_HASH_MIXED, TAG_HASH_NONE, Filter, tag_hash
+from ..message import (
+    PROPERTY_KEYS,
+    PROPERTY_TAGS,
+    PROPERTY_UNIQ_KEY,
+    ConsumedMessage,
+    GetResult,
+    GetStatus,
+    PutResult,
+    StoredRecord,
+)
+from .checkpoint import Checkpoint, read_checkpoint, write_checkpoint
+from .commitlog import CommitLog
+from .consumequeue import ConsumeQueue
+from .files import DirectoryLock
+from .index import KeyIndex
+
+log = logging.getLogger("ferrymq.store")
+
+_ZERO_HOST = b"\x00" * 8
+_U16 = struct.Struct(">H")
+_I32 = struct.Struct(">i")
+_SIZE_MAGIC = struct.Struct(">ii")
+_MAX_SCAN_ENTRIES = 16_000  # entries a filtered get may skip before answering (RocketMQ's maxFilterMessageCount)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    directory: str
+    segment_size: int = 1 << 30
+    cq_entries_per_file: int = 300_000
+    index_slots: int = 500_000
+    index_entries: int = 2_000_000
+    store_host: bytes = rec.host_bytes("127.0.0.1", 10911)
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryReport:
+    clean_shutdown: bool
+    checkpoint: int | None
+    scanned_from: int
+    end: int
+    records_redispatched: int
+    discarded_bytes: bool  # garbage after the last valid record was cut away
+    seconds: float
+
+
+def _record_keys(props: dict[str, str], member: int) -> list[tuple[str, int]]:
+    out = [(k, member) for k in props.get(PROPERTY_KEYS, "").split(" ") if k]
+    uniq = props.get(PROPERTY_UNIQ_KEY)
+    if uniq:
+        out.append((uniq, member))
+    return out
+
+
+class MessageStore:
+    def __init__(self, config: StoreConfig) -> None:
+        self.config = config
+        d = config.directory
+        self.commitlog = CommitLog(os.path.join(d, "commitlog"), config.segment_size)
+        self.index = KeyIndex(os.path.join(d, "index"), config.index_slots, config.index_entries)
+        self.queues: dict[tuple[str, int], ConsumeQueue] = {}
+        self.store_host = config.store_host
+        self.dispatched_pos = 0  # every record below is in its ConsumeQueue and the index
+        self.failed: FerryError | None = None
+        self._lock = DirectoryLock(d)
+        self._topic_tails: dict[str, bytes] = {}
+        self._last_ts = 0
+        self._open = False
+
+    # ================================================================ lifecycle
+
+    def open(self, accept: Callable[[str, int, int], bool] = lambda t, q, p: True) -> RecoveryReport:
+        """Lock the directory, map the files, and recover (see docs/storage.md):
+        truncate every ConsumeQueue to the checkpoint, re-dispatch the CommitLog
+        records from there on, validating each (magic, sizes, CRC, its own offset),
+        and cut the log at the first byte that is not a valid record.
+
+        ``accept(topic, queue_id, physical_offset)`` says whether a record belongs
+        to a live topic (a deleted topic's records stay in the log until retention)."""
+        t0 = time.monotonic()
+        d = self.config.directory
+        os.makedirs(d, exist_ok=True)
+        self._lock.acquire()
+        abort_path = os.path.join(d, "abort")
+        clean = not os.path.exists(abort_path)
+        with open(abort_path, "wb") as f:
+            f.write(b"running\n")
+        self.commitlog.open()
+        self.index.open()
+        self._load_queues()
+        cp = read_checkpoint(d)
+        cl = self.commitlog
+        start = cl.min_offset if cp is None else max(cp.physical_offset, cl.min_offset)
+        if cl.segments and start >= cl.segments[-1].end:
+            start = cl.segments[-1].end
+        if not cl.segments and cp is not None:
+            cl.reset(cp.physical_offset)
+            start = cp.physical_offset
+        for q in self.queues.values():
+            q.truncate_physical(start)
+        index_from = self.index.end_phys
+        end = start
+        count = 0
+        for r in cl.scan(start):
+            size = r.total_size
+            if accept(r.topic, r.queue_id, r.physical_offset):
+                self._redispatch(r, index_from)
+            end = r.physical_offset + size
+            count += 1
+        discarded = self._bytes_follow(end)
+        if discarded or not clean:
+            # After a crash the bytes past the last valid record may be a torn
+            # write: zero them so that they can never pass for records later.
+            cl.truncate(end)
+        else:
+            cl.write_pos = end
+        cl.flush(end)
+        # An entry past the end points at data that is gone (lost with the page cache).
+        for q in self.queues.values():
+            if q.last_physical_end() > end:
+                q.truncate_physical(end)
+        self.dispatched_pos = end
+        self._open = True
+        self.checkpoint()
+        report = RecoveryReport(clean, cp.physical_offset if cp else None, start, end, count,
+                                discarded, time.monotonic() - t0)
+        if not clean or discarded:
+            log.warning("recovered after an unclean shutdown", extra={"report": report})
+        return report
+
+    def _bytes_follow(self, end: int) -> bool:
+        seg = self.commitlog._segment_for(end)
+        if seg is None:
+            return False
+        local = end - seg.base
+        return seg.mm[local:local + 8] != bytes(len(seg.mm[local:local + 8]))
+
+    def _load_queues(self) -> None:
+        root = os.path.join(self.config.directory, "consumequeue")
+        os.makedirs(root, exist_ok=True)
+        for topic in os.listdir(root):
+            tdir = os.path.join(root, topic)
+            for qid in os.listdir(tdir):
+                if qid.isdigit():
+                    q = ConsumeQueue(os.path.join(tdir, qid), topic, int(qid),
+                                     self.config.cq_entries_per_file)
+                    q.open()
+                    self.queues[(topic, int(qid))] = q
+
+    def _redispatch(self, r: rec.Record, index_from: int) -> None:
+        count, h, keys = self._describe(r)
+        q = self._queue(r.topic, r.queue_id)
+        if r.queue_offset < q.max_offset:
+            # An entry for this record exists past the checkpoint truncation point
+            # only if queue offsets went backwards: that log is not ours to fix.
+            raise StoreError(f"queue offsets out of order in {r.topic}:{r.queue_id} at "
+                             f"CommitLog offset {r.physical_offset}")
+        if q.next_entry == q.first_entry:
+            q.reset_offsets(r.queue_offset)
+        q.append(r.physical_offset, r.total_size, r.queue_offset, count, h, r.store_timestamp)
+        if r.physical_offset >= index_from and keys:
+            for key, member in keys:
+                self.index.put(key, r.physical_offset, member, r.store_timestamp)
+            self.index.advance(r.physical_offset + r.total_size, r.store_timestamp)
+        self._last_ts = max(self._last_ts, r.store_timestamp)
+
+    def _describe(self, r: rec.Record) -> tuple[int, int, list[tuple[str, int]]]:
+        """(message count, tag hash, keys) of a stored record, as append computed them."""
+        fmt = r.sys_flag & rec.FORMAT_MASK
+        if fmt == rec.FORMAT_SINGLE:
+            props = r.properties
+            return 1, tag_hash(props.get(PROPERTY_TAGS)), _record_keys(props, 0)
+        if fmt == rec.FORMAT_NATIVE_BATCH:
+            tags: set[str | None] = set()
+            keys: list[tuple[str, int]] = []
+            n = 0
+            for i, m in enumerate(rec.iter_members(r.body)):
+                props = m.properties
+                tags.add(props.get(PROPERTY_TAGS))
+                keys.extend(_record_keys(props, i))
+                n += 1
+            return n, _batch_tag_hash(tags), keys
+        h = kb.read_header(r.body)
+        return h.last_offset_delta + 1, TAG_HASH_NONE, []
+
+    def close(self) -> None:
+        """Flush everything, write the final checkpoint, remove the abort marker."""
+        if not self._open:
+            return
+        self._open = False
+        try:
+            if self.failed is None:
+                self.checkpoint()
+                os.unlink(os.path.join(self.config.directory, "abort"))
+        finally:
+            for q in self.queues.values():
+                q.close()
+            self.commitlog.close()
+            self.index.close()
+            self._lock.release()
+
+    # ================================================================ writing
+
+    def _queue(self, topic: str, queue_id: int) -> ConsumeQueue:
+        q = self.queues.get((topic, queue_id))
+        if q is None:
+            q = ConsumeQueue(os.path.join(self.config.directory, "consumequeue", topic,
+                                          str(queue_id)), topic, queue_id,
+                             self.config.cq_entries_per_file)
+            q.open()
+            self.queues[(topic, queue_id)] = q
+        return q
+
+    def _topic_tail(self, topic: str) -> bytes:
+        tail = self._topic_tails.get(topic)
+        if tail is None:
+            raw = topic.encode()
+            if not 0 < len(raw) <= rec.MAX_TOPIC_BYTES:
+                raise InvalidMessage("topic name does not fit the record layout")
+            tail = self._topic_tails[topic] = bytes((len(raw),)) + raw
+        return tail
+
+    def append(
+        self,
+        topic: str,
+        queue_id: int,
+        body: bytes,
+        properties: bytes,
+        *,
+        flag: int = 0,
+        sys_flag: int = 0,
+        born_timestamp: int = 0,
+        born_host: bytes = _ZERO_HOST,
+        reconsume_times: int = 0,
+        prepared_offset: int = 0,
+        count: int = 1,
+        tag_hash: int = TAG_HASH_NONE,
+        keys: Sequence[tuple[str, int]] = (),
+        uniq_keys: tuple[str | None, ...] = (),
+    ) -> PutResult:
+        """Append one record holding ``count`` messages (1 unless ``sys_flag`` names a
+        batch format) to (topic, queue_id) at the queue's next offset. Raises
+        StoreError (store failed or full) or InvalidMessage (does not fit the layout)."""
+        if self.failed is not None:
+            raise self.failed
+        tail = self._topic_tail(topic)
+        if len(properties) > rec.MAX_PROPERTIES_BYTES:
+            raise InvalidMessage("properties exceed 32767 bytes")
+        q = self.queues.get((topic, queue_id)) or self._queue(topic, queue_id)
+        qoff = q.max_offset
+        body_len = len(body)
+        size = rec.HEADER_SIZE + body_len + len(tail) + 2 + len(properties)
+        cl = self.commitlog
+        mm, local, phys = cl.reserve(size)
+        ts = time.time_ns() // 1_000_000
+        if ts < self._last_ts:  # store timestamps never go backwards (time lookups bisect)
+            ts = self._last_ts
+        self._last_ts = ts
+        rec.HEADER.pack_into(
+            mm, local, size, rec.MAGIC, rec.body_crc(body), queue_id, flag, qoff, phys, sys_flag,
+            born_timestamp or ts, born_host, ts, self.store_host, reconsume_times, prepared_offset,
+            body_len)
+        p = local + rec.HEADER_SIZE
+        mm[p:p + body_len] = body
+        p += body_len
+        mm[p:p + len(tail) + 2 + len(properties)] = tail + _U16.pack(len(properties)) + properties
+        cl.commit(size)
+        q.append(phys, size, qoff, count, tag_hash, ts)
+        if keys:
+            index = self.index
+            for key, member in keys:
+                index.put(key, phys, member, ts)
+            index.advance(phys + size, ts)
+        self.dispatched_pos = phys + size
+        return PutResult(topic, queue_id, qoff, count, phys, ts, self.store_host, uniq_keys)
+
+    def append_message(self, topic: str, queue_id: int, body: bytes,
+                       properties: dict[str, str] | None, **kw: object) -> PutResult:
+        """Append a single message, deriving its tag hash and keys from its properties."""
+        props = properties or {}
+        return self.append(
+            topic, queue_id, body, rec.encode_properties(props),
+            tag_hash=tag_hash(props.get(PROPERTY_TAGS)) if props else TAG_HASH_NONE,
+            keys=_record_keys(props, 0) if props else (),
+            uniq_keys=(props.get(PROPERTY_UNIQ_KEY),) if props else (), **kw)  # type: ignore[arg-type]
+
+    def append_batch(self, topic: str, queue_id: int,
+                     members: Sequence[tuple[int, bytes, dict[str, str]]], **kw: object
+                     ) -> PutResult:
+        """Append (flag, body, properties) messages as one native batch record."""
+        parts = []
+        tags: set[str | None] = set()
+        keys: list[tuple[str, int]] = []
+        uniq: list[str | None] = []
+        for i, (flag, body, props) in enumerate(members):
+            parts.append(rec.encode_member(flag, body, rec.encode_properties(props)))
+            if props:
+                tags.add(props.get(PROPERTY_TAGS))
+                keys.extend(_record_keys(props, i))
+                uniq.append(props.get(PROPERTY_UNIQ_KEY))
+            else:
+                tags.add(None)
+                uniq.append(None)
+        return self.append(topic, queue_id, b"".join(parts), b"",
+                           sys_flag=rec.FORMAT_NATIVE_BATCH, count=len(members),
+                           tag_hash=_batch_tag_hash(tags), keys=keys,
+                           uniq_keys=tuple(uniq) if any(uniq) else (), **kw)  # type: ignore[arg-type]
+
+    def append_encoded_batch(self, topic: str, queue_id: int, body: bytes,
+                             **kw: object) -> PutResult:
+        """Append a native batch body already in RocketMQ's batch encoding (what
+        SEND_BATCH_MESSAGE carries), validating every member's sizes."""
+        tags: set[str | None] = set()
+        keys: list[tuple[str, int]] = []
+        uniq: list[str | None] = []
+        n = 0
+        try:
+            for i, m in enumerate(rec.iter_members(body)):
+                props = m.properties
+                tags.add(props.get(PROPERTY_TAGS))
+                keys.extend(_record_keys(props, i))
+                uniq.append(props.get(PROPERTY_UNIQ_KEY))
+                n += 1
+        except rec.RecordError as exc:
+            raise InvalidMessage(f"malformed batch: {exc}") from exc
+        if n == 0:
+            raise InvalidMessage("empty batch")
+        return self.append(topic, queue_id, body, b"", sys_flag=rec.FORMAT_NATIVE_BATCH,
+                           count=n, tag_hash=_batch_tag_hash(tags), keys=keys,
+                           uniq_keys=tuple(uniq) if any(uniq) else (), **kw)  # type: ignore[arg-type]
+
+    def append_kafka_batch(self, topic: str, queue_id: int, batch: bytes | bytearray | memoryview,
+                           **kw: object) -> PutResult:
+        """Append one Kafka RecordBatch (magic 2) verbatim but for its base offset,
+        which becomes the queue offset of its first record."""
+        try:
+            h = kb.read_header(batch)
+        except kb.BatchHeaderError as exc:
+            raise CorruptMessage(str(exc)) from exc
+        if h.size != len(batch):
+            raise CorruptMessage("RecordBatch length does not match the bytes given")
+        if h.records_count != h.last_offset_delta + 1:
+            raise InvalidMessage("a producer batch must have lastOffsetDelta == count - 1")
+        q = self.queues.get((topic, queue_id)) or self._queue(topic, queue_id)
+        body = kb.with_base_offset(batch, q.max_offset)
+        return self.append(topic, queue_id, body, b"", sys_flag=rec.FORMAT_KAFKA_BATCH,
+                           count=h.records_count, born_timestamp=h.base_timestamp or 0, **kw)  # type: ignore[arg-type]
+
+    # ================================================================ reading
+
+    def queue_bounds(self, topic: str, queue_id: int) -> tuple[int, int]:
+        q = self.queues.get((topic, queue_id))
+        return (q.min_offset, q.max_offset) if q else (0, 0)
+
+    def get(self, topic: str, queue_id: int, offset: int, max_messages: int, max_bytes: int,
+            filt: Filter | None = None, visible_limit: int | None = None,
+            pread: bool = False) -> GetResult:
+        """Up to ``max_messages`` messages (whole records; at least one record even if
+        it exceeds ``max_bytes``) from queue ``offset`` on. Records at or past
+        ``visible_limit`` (a CommitLog offset: unflushed data under sync flush) are
+        not returned. ``pread`` reads with pread(2): use it from a worker thread."""
+        q = self.queues.get((topic, queue_id))
+        if q is None:
+            return GetResult(GetStatus.NO_MESSAGE_IN_QUEUE, (), 0, 0, 0)
+        lo, hi = q.min_offset, q.max_offset
+        if offset < lo:
+            return GetResult(GetStatus.OFFSET_TOO_SMALL, (), lo, lo, hi)
+        if offset == hi:
+            return GetResult(GetStatus.NO_NEW_MESSAGE, (), offset, lo, hi)
+        if offset > hi:
+            return GetResult(GetStatus.OFFSET_OVERFLOW_BADLY, (), hi, lo, hi)
+        i = q.find(offset)
+        if i is None:
+            return GetResult(GetStatus.NO_NEW_MESSAGE, (), offset, lo, hi)
+        limit = self.dispatched_pos if visible_limit is None else visible_limit
+        read = self.commitlog.pread if pread else self.commitlog.read
+        records: list[StoredRecord] = []
+        msgs = nbytes = scanned = 0
+        next_off = offset
+        end = q.next_entry
+        entry = q.entry
+        while i < end:
+            phys, size, base, count, th, ts = entry(i)
+            i += 1
+            if phys + size > limit or (records and nbytes + size > max_bytes):
+                break
+            scanned += 1
+            if filt is not None and not filt.may_match_tag_hash(th):
+                next_off = base + count
+                if scanned >= _MAX_SCAN_ENTRIES:
+                    break
+                continue
+            data = read(phys, size)
+            if data is None:
+                break  # removed under us by retention; the next get sees the new minimum
+            sr = StoredRecord(topic, queue_id, base, count, phys,
+                              _I32.unpack_from(data, rec.POS_SYS_FLAG)[0], ts, data, filt)
+            if filt is not None and next(sr.messages(offset), None) is None:
+                next_off = base + count
+                if scanned >= _MAX_SCAN_ENTRIES:
+                    break
+                continue
+            records.append(sr)
+            nbytes += size
+            msgs += base + count - (offset if base < offset else base)
+            next_off = base + count
+            if msgs >= max_messages:
+                break
+        if records:
+            status = GetStatus.FOUND
+        elif next_off > offset:
+            status = GetStatus.NO_MATCHED_MESSAGE
+        else:
+            status = GetStatus.NO_NEW_MESSAGE
+        return GetResult(status, tuple(records), next_off, lo, hi)
+
+    def offset_for_time(self, topic: str, queue_id: int, timestamp_ms: int) -> int:
+        q = self.queues.get((topic, queue_id))
+        return q.offset_for_time(timestamp_ms) if q else 0
+
+    def read_record(self, phys: int) -> bytes | None:
+        """The whole record starting at CommitLog offset ``phys``, or None."""
+        head = self.commitlog.read(phys, 8)
+        if head is None:
+            return None
+        size, magic = _SIZE_MAGIC.unpack(head)
+        if magic != rec.MAGIC or size < rec.HEADER_SIZE:
+            return None
+        return self.commitlog.read(phys, size)
+
+    def message_at(self, phys: int, member: int = 0) -> ConsumedMessage | None:
+        """The message stored at (CommitLog offset, batch member), or None."""
+        data = self.read_record(phys)
+        if data is None:
+            return None
+        try:
+            r = rec.decode(data, 0, check_crc=False)
+        except rec.RecordError:
+            return None
+        sr = StoredRecord(r.topic, r.queue_id, r.queue_offset, 1, phys, r.sys_flag,
+                          r.store_timestamp, data)
+        for m in sr.messages():
+            if m.batch_index == member:
+                return m
+        return None
+
+    def lookup_key(self, key: str, topic: str | None = None, limit: int = 32
+                   ) -> list[ConsumedMessage]:
+        """Messages whose KEYS or UNIQ_KEY include ``key``, newest first."""
+        out = []
+        for phys, member in self.index.lookup(key, limit * 4):
+            m = self.message_at(phys, member)
+            if m is None or (topic is not None and m.topic != topic):
+                continue
+            if key in m.keys or m.properties.get(PROPERTY_UNIQ_KEY) == key:
+                out.append(m)
+                if len(out) >= limit:
+                    break
+        return out
+
+    # ================================================================ admin
+
+    def drop_topic(self, topic: str) -> None:
+        """Forget a topic's ConsumeQueues (its records age out of the CommitLog)."""
+        for key in [k for k in self.queues if k[0] == topic]:
+            self.queues.pop(key).remove_files()
+        tdir = os.path.join(self.config.directory, "consumequeue", topic)
+        if os.path.isdir(tdir):
+            shutil.rmtree(tdir, ignore_errors=True)
+        self._topic_tails.pop(topic, None)
+
+    def topic_queue_ids(self, topic: str) -> list[int]:
+        return sorted(q for t, q in self.queues if t == topic)
+
+    # ================================================================ durability
+
+    def flush(self, upto: int | None = None) -> int:
+        """fsync the CommitLog up to ``upto`` (worker thread). See CommitLog.flush."""
+        return self.commitlog.flush(upto)
+
+    def checkpoint(self) -> int:
+        """Make the ConsumeQueues and the index durable up to the CommitLog offset
+        dispatched now, and record it (worker thread). Returns that offset."""
+        pos = self.dispatched_pos
+        self.commitlog.flush(pos)
+        for q in list(self.queues.values()):
+            if q.dirty and q.files:
+                try:
+                    q.flush()
+                except (OSError, ValueError):
+                    if q.files:  # a queue dropped meanwhile closes its files: fine
+                        raise
+        self.index.flush()
+        write_checkpoint(self.config.directory, Checkpoint(pos, int(time.time() * 1000)))
+        return pos
+
+    # ================================================================ retention
+
+    def retain(self, now_ms: int, retention_ms: int, max_disk_ratio: float,
+               disk_usage: Callable[[], tuple[int, int]] | None = None) -> list[int]:
+        """Delete CommitLog segments older than ``retention_ms`` and, while the disk
+        is fuller than ``max_disk_ratio``, enough of the oldest ones to get under it
+        regardless of age; never the active segment. Queue minimum offsets and the
+        index follow. ``disk_usage`` returns (used, total) bytes (default: the
+        file system of the data directory). Returns the deleted segments' bases."""
+        cl = self.commitlog
+        old = cl.segments[:-1]
+        keep_from = cl.min_offset
+        for base, mtime in cl.segment_mtimes():
+            if mtime * 1000 >= now_ms - retention_ms:
+                break
+            keep_from = base + cl.segment_size
+        if max_disk_ratio < 1.0 and old:
+            used, total = (disk_usage or (lambda: _disk_usage(self.config.directory)))()
+            excess = used - max_disk_ratio * total
+            if excess > 0:
+                n = min(len(old), max(1, -(-int(excess) // cl.segment_size)))
+                keep_from = max(keep_from, old[n - 1].end)
+        deleted = cl.delete_segments(keep_from)
+        if deleted:
+            floor = cl.min_offset
+            for q in self.queues.values():
+                q.delete_before_physical(floor)
+            self.index.delete_before(floor)
+            log.info("retention deleted %d CommitLog segment(s)", len(deleted))
+        else:
+            cl.reap()
+        return deleted
+
+
+def _batch_tag_hash(tags: Iterable[str | None]) -> int:
+    distinct = set(tags)
+    if len(distinct) == 1:
+        return tag_hash(next(iter(distinct)))
+    return TAG_HASH_MIXED
+
+
+def _disk_usage(path: str) -> tuple[int, int]:
+    usage = shutil.disk_usage(path)
+    return usage.used, usage.total

@@ -1,0 +1,107 @@
+"""Assemble one broker and its enabled doors in one nursery; stop them all cleanly on SIGINT/SIGTERM.
+
+A door is a sub-package of ``gateways`` with a module-level
+``async def serve(ctx: DoorContext, *, task_status)`` that binds its listener,
+reports the bound port with ``task_status.started(port)``, and serves until
+cancelled. ``DOORS`` lists them in start order; a door whose package does not
+exist (not built yet) is simply absent.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import trio
+
+from ..core.broker import Broker
+from .config import ServerConfig
+
+log = logging.getLogger("ferrymq.server")
+
+DOORS: tuple[str, ...] = ("namesrv", "remoting", "kafka", "mqtt", "http")
+"""Door names, in start order (the NameServer before the brokers that register with it)."""
+
+
+@dataclass
+class DoorContext:
+    """What a door gets: the broker, where to listen, its own options, and the
+    whole server configuration (for doors that need to know about each other)."""
+
+    broker: Broker
+    host: str
+    port: int
+    options: Mapping[str, Any]
+    config: ServerConfig
+    bound: dict[str, int] = field(default_factory=dict)  # door -> port, as started so far
+
+
+class DoorServe(Protocol):
+    def __call__(self, ctx: DoorContext, *, task_status: trio.TaskStatus[int] = ...
+                 ) -> Awaitable[None]: ...
+
+
+def door_module(name: str) -> Any | None:
+    """The door's package, or None when that door is not part of this build."""
+    full = f"{__package__}.{name}"
+    if importlib.util.find_spec(full) is None:
+        return None
+    return importlib.import_module(full)
+
+
+def available_doors() -> list[str]:
+    return [d for d in DOORS if door_module(d) is not None]
+
+
+async def run_server(config: ServerConfig, *,
+                     on_ready: Callable[[dict[str, int]], None] | None = None,
+                     task_status: trio.TaskStatus[dict[str, int]] = trio.TASK_STATUS_IGNORED
+                     ) -> None:
+    """Run the broker and its doors until cancelled, SIGINT or SIGTERM; either way
+    the broker shuts down cleanly (flush, checkpoint, abort marker removed)."""
+    async with trio.open_nursery() as outer:
+        # Listen for signals before recovery starts, so a stop request during a
+        # long recovery still ends in a clean shutdown.
+        outer.start_soon(_stop_on_signal, outer.cancel_scope)
+        await _serve(config, on_ready, task_status)
+        outer.cancel_scope.cancel()
+
+
+async def _serve(config: ServerConfig, on_ready: Callable[[dict[str, int]], None] | None,
+                 task_status: trio.TaskStatus[dict[str, int]]) -> None:
+    async with Broker.open(config.broker) as broker, trio.open_nursery() as nursery:
+        bound: dict[str, int] = {}
+        for name in DOORS:
+            port = config.port(name)
+            if port is None:
+                continue
+            module = door_module(name)
+            if module is None:
+                continue
+            ctx = DoorContext(broker, config.host, port, config.options(name), config, bound)
+            bound[name] = await nursery.start(module.serve, ctx)
+            log.info("door %s listening on %s:%d", name, config.host, bound[name])
+        if config.ready_file:
+            tmp = config.ready_file + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump({"pid": os.getpid(), "ports": bound}, f)
+            os.replace(tmp, config.ready_file)
+        if on_ready:
+            on_ready(bound)
+        task_status.started(bound)
+        await trio.sleep_forever()
+
+
+async def _stop_on_signal(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.warning("received %s: shutting down", signal.Signals(signum).name)
+            scope.cancel()
+            return

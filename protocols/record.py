@@ -1,0 +1,350 @@
+"""The stored message record: RocketMQ 4.x's CommitLog layout, shared by the store and the pull wire.
+
+A RocketMQ pull response carries these records back to back, so the bytes the
+store appends ARE the bytes a RocketMQ consumer decodes. The layout (all
+integers big-endian, as Java's ByteBuffer writes them):
+
+    total size 4 | magic 4 | body CRC 4 | queue id 4 | flag 4 | queue offset 8 |
+    physical offset 8 | system flags 4 | born timestamp 8 | born host 8 or 20 |
+    store timestamp 8 | store host 8 or 20 | reconsume times 4 |
+    prepared transaction offset 8 | body length 4 | body |
+    topic length 1 | topic | properties length 2 | properties
+
+Hosts are 4 address bytes + a 4-byte port (16 + 4 with the IPv6 system flags).
+Properties are ``name\\x01value\\x02`` pairs in UTF-8. A blank record
+(``total size | BLANK_MAGIC``) fills the end of a CommitLog segment.
+
+FerryMQ adds two record formats in system-flag bits RocketMQ does not use; in
+both the record's body holds several messages and its queue offset is the first
+one's (see docs/storage.md):
+
+- ``FORMAT_NATIVE_BATCH``: the body is RocketMQ's batch encoding (what a
+  SEND_BATCH_MESSAGE request carries): per message ``total size 4 | magic 4 |
+  body CRC 4 | flag 4 | body length 4 | body | properties length 2 | properties``.
+- ``FORMAT_KAFKA_BATCH``: the body is one Kafka RecordBatch (magic 2), stored
+  verbatim so that a Kafka consumer gets it back byte for byte.
+
+``RECORD`` (construct) is the readable specification and the reference codec;
+``encode``/``decode`` are the struct-based fast path the store uses, proven
+identical by tests/test_record.py.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import construct as c
+
+MAGIC = -626843481  # 0xDAA320A7, RocketMQ MessageDecoder.MESSAGE_MAGIC_CODE
+BLANK_MAGIC = -875286124  # 0xCBD43194, RocketMQ MessageDecoder.BLANK_MAGIC_CODE
+
+# System flags (RocketMQ MessageSysFlag).
+COMPRESSED_FLAG = 0x1
+MULTI_TAGS_FLAG = 0x1 << 1
+TRANSACTION_PREPARED_TYPE = 0x1 << 2
+TRANSACTION_COMMIT_TYPE = 0x2 << 2
+TRANSACTION_ROLLBACK_TYPE = 0x3 << 2
+TRANSACTION_MASK = 0x3 << 2
+BORNHOST_V6_FLAG = 0x1 << 4
+STOREHOST_V6_FLAG = 0x1 << 5
+
+# FerryMQ record formats: two bits RocketMQ leaves unused (it stops at bit 10).
+FORMAT_SHIFT = 20
+FORMAT_MASK = 0x3 << FORMAT_SHIFT
+FORMAT_SINGLE = 0
+FORMAT_NATIVE_BATCH = 0x1 << FORMAT_SHIFT
+FORMAT_KAFKA_BATCH = 0x2 << FORMAT_SHIFT
+
+NAME_VALUE_SEPARATOR = "\x01"
+PROPERTY_SEPARATOR = "\x02"
+
+MAX_TOPIC_BYTES = 255  # one length byte
+MAX_PROPERTIES_BYTES = 32767  # a Java short
+
+# Offsets inside a record (fixed part; IPv4 hosts).
+POS_TOTAL_SIZE = 0
+POS_MAGIC = 4
+POS_BODY_CRC = 8
+POS_QUEUE_ID = 12
+POS_QUEUE_OFFSET = 20
+POS_PHYSICAL_OFFSET = 28
+POS_SYS_FLAG = 36
+BLANK_SIZE = 8  # total size + blank magic
+
+# ----------------------------------------------------------------- specification
+
+_Host4 = c.Struct("address" / c.Bytes(4), "port" / c.Int32sb)
+_Host6 = c.Struct("address" / c.Bytes(16), "port" / c.Int32sb)
+
+RECORD = c.Struct(
+    "total_size" / c.Int32sb,
+    "magic" / c.Const(MAGIC, c.Int32sb),
+    "body_crc" / c.Int32sb,
+    "queue_id" / c.Int32sb,
+    "flag" / c.Int32sb,
+    "queue_offset" / c.Int64sb,
+    "physical_offset" / c.Int64sb,
+    "sys_flag" / c.Int32sb,
+    "born_timestamp" / c.Int64sb,
+    "born_host" / c.IfThenElse(c.this.sys_flag & BORNHOST_V6_FLAG, _Host6, _Host4),
+    "store_timestamp" / c.Int64sb,
+    "store_host" / c.IfThenElse(c.this.sys_flag & STOREHOST_V6_FLAG, _Host6, _Host4),
+    "reconsume_times" / c.Int32sb,
+    "prepared_transaction_offset" / c.Int64sb,
+    "body" / c.Prefixed(c.Int32sb, c.GreedyBytes),
+    "topic" / c.PascalString(c.Int8ub, "utf8"),
+    "properties" / c.Prefixed(c.Int16sb, c.GreedyBytes),
+)
+"""The CommitLog record, declared once. ``total_size`` must equal the encoded length."""
+
+BATCH_MEMBER = c.Struct(
+    "total_size" / c.Int32sb,
+    "magic" / c.Int32sb,
+    "body_crc" / c.Int32sb,
+    "flag" / c.Int32sb,
+    "body" / c.Prefixed(c.Int32sb, c.GreedyBytes),
+    "properties" / c.Prefixed(c.Int16sb, c.GreedyBytes),
+)
+"""One message inside a native batch body (RocketMQ MessageDecoder.encodeMessage)."""
+
+# ------------------------------------------------------------------ fast path
+
+# Everything up to and including the body length, for IPv4 born and store hosts.
+HEADER = struct.Struct(">iiiiiqqiq8sq8siqi")
+HEADER_SIZE = HEADER.size  # 88
+_I32 = struct.Struct(">i")
+_I64 = struct.Struct(">q")
+_U16 = struct.Struct(">H")
+_MEMBER_HEAD = struct.Struct(">iiiii")  # total, magic, crc, flag, body length
+
+
+class RecordError(ValueError):
+    """Bytes that are not a valid record: a torn write, corruption, or a peer's garbage."""
+
+
+def body_crc(body: bytes | memoryview) -> int:
+    """RocketMQ's body CRC: CRC-32 (zlib polynomial) masked to 31 bits (UtilAll.crc32)."""
+    return zlib.crc32(body) & 0x7FFFFFFF
+
+
+def encode_properties(properties: Mapping[str, str]) -> bytes:
+    """``name\\x01value\\x02`` pairs, as RocketMQ's messageProperties2String writes them."""
+    if not properties:
+        return b""
+    return "".join(f"{k}\x01{v}\x02" for k, v in properties.items()).encode()
+
+
+def decode_properties(raw: bytes | memoryview | str) -> dict[str, str]:
+    """Inverse of ``encode_properties``; tolerant of a missing final separator."""
+    if not raw:
+        return {}
+    text = raw if isinstance(raw, str) else bytes(raw).decode("utf-8", "replace")
+    out: dict[str, str] = {}
+    for pair in text.split(PROPERTY_SEPARATOR):
+        if pair:
+            name, sep, value = pair.partition(NAME_VALUE_SEPARATOR)
+            if sep:
+                out[name] = value
+    return out
+
+
+def host_bytes(address: str, port: int) -> bytes:
+    """An IPv4 ``address:port`` as the 8 bytes of a record's host field."""
+    parts = [int(p) for p in address.split(".")]
+    if len(parts) != 4 or not all(0 <= p <= 255 for p in parts):
+        raise ValueError(f"not an IPv4 address: {address!r}")
+    return bytes(parts) + _I32.pack(port)
+
+
+def host_str(raw: bytes) -> str:
+    """The 8 (IPv4) or 20 (IPv6) bytes of a host field as ``address:port``."""
+    if len(raw) == 8:
+        return ".".join(str(b) for b in raw[:4]) + f":{_I32.unpack_from(raw, 4)[0]}"
+    import ipaddress
+
+    return f"[{ipaddress.IPv6Address(raw[:16])}]:{_I32.unpack_from(raw, 16)[0]}"
+
+
+def record_size(body_len: int, topic_len: int, props_len: int) -> int:
+    """The encoded size of a record with IPv4 hosts."""
+    return HEADER_SIZE + body_len + 1 + topic_len + 2 + props_len
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A decoded CommitLog record. ``body`` of a batch record holds its members."""
+
+    total_size: int
+    body_crc: int
+    queue_id: int
+    flag: int
+    queue_offset: int
+    physical_offset: int
+    sys_flag: int
+    born_timestamp: int
+    born_host: bytes
+    store_timestamp: int
+    store_host: bytes
+    reconsume_times: int
+    prepared_transaction_offset: int
+    body: bytes
+    topic: str
+    properties_raw: bytes
+
+    @property
+    def format(self) -> int:
+        return self.sys_flag & FORMAT_MASK
+
+    @property
+    def properties(self) -> dict[str, str]:
+        return decode_properties(self.properties_raw)
+
+
+def encode(
+    *,
+    queue_id: int,
+    flag: int,
+    queue_offset: int,
+    physical_offset: int,
+    sys_flag: int,
+    born_timestamp: int,
+    born_host: bytes,
+    store_timestamp: int,
+    store_host: bytes,
+    reconsume_times: int,
+    prepared_transaction_offset: int,
+    body: bytes,
+    topic: bytes,
+    properties: bytes,
+) -> bytes:
+    """One record with IPv4 hosts (8-byte ``born_host``/``store_host``); topic and
+    properties already UTF-8 encoded. Raises RecordError for fields that do not fit."""
+    if len(topic) > MAX_TOPIC_BYTES or len(properties) > MAX_PROPERTIES_BYTES:
+        raise RecordError("topic or properties too long for the record layout")
+    body_len = len(body)
+    total = HEADER_SIZE + body_len + 1 + len(topic) + 2 + len(properties)
+    head = HEADER.pack(
+        total, MAGIC, body_crc(body), queue_id, flag, queue_offset, physical_offset,
+        sys_flag & ~(BORNHOST_V6_FLAG | STOREHOST_V6_FLAG), born_timestamp, born_host,
+        store_timestamp, store_host, reconsume_times, prepared_transaction_offset, body_len,
+    )
+    return b"".join((head, body, bytes((len(topic),)), topic, _U16.pack(len(properties)),
+                     properties))
+
+
+def decode(buf: bytes | bytearray | memoryview, pos: int = 0, *, check_crc: bool = True) -> Record:
+    """Decode the record starting at ``pos``. Raises RecordError for a blank record,
+    a bad magic, a size that does not add up, or (with ``check_crc``) a body CRC mismatch."""
+    avail = len(buf) - pos
+    if avail < 8:
+        raise RecordError("truncated record header")
+    total, magic = struct.unpack_from(">ii", buf, pos)
+    if magic != MAGIC:
+        raise RecordError(f"bad magic {magic:#x}" if magic != BLANK_MAGIC else "blank record")
+    if total < HEADER_SIZE + 3 or total > avail:
+        raise RecordError(f"record size {total} out of range (available {avail})")
+    sys_flag = _I32.unpack_from(buf, pos + POS_SYS_FLAG)[0]
+    if not sys_flag & (BORNHOST_V6_FLAG | STOREHOST_V6_FLAG):
+        (total, _, crc, queue_id, flag, queue_offset, physical_offset, sys_flag, born_ts,
+         born_host, store_ts, store_host, reconsume, prepared, body_len) = HEADER.unpack_from(buf, pos)
+        p = pos + HEADER_SIZE
+    else:
+        return _decode_general(buf, pos, total, check_crc)
+    end = pos + total
+    if body_len < 0 or p + body_len + 3 > end:
+        raise RecordError("body length out of range")
+    body = bytes(buf[p:p + body_len])
+    p += body_len
+    topic_len = buf[p]
+    p += 1
+    topic_end = p + topic_len
+    if topic_end + 2 > end:
+        raise RecordError("topic length out of range")
+    topic = bytes(buf[p:topic_end]).decode("utf-8", "replace")
+    props_len = _U16.unpack_from(buf, topic_end)[0]
+    p = topic_end + 2
+    if p + props_len != end:
+        raise RecordError("record size does not match its fields")
+    if check_crc and body_crc(body) != crc:
+        raise RecordError("body CRC mismatch")
+    return Record(total, crc, queue_id, flag, queue_offset, physical_offset, sys_flag, born_ts,
+                  born_host, store_ts, store_host, reconsume, prepared, body, topic,
+                  bytes(buf[p:end]))
+
+
+def _decode_general(buf: bytes | bytearray | memoryview, pos: int, total: int,
+                    check_crc: bool) -> Record:
+    """Records with IPv6 hosts are rare (FerryMQ writes IPv4); construct decodes them."""
+    try:
+        parsed = RECORD.parse(bytes(buf[pos:pos + total]))
+    except c.ConstructError as exc:
+        raise RecordError(str(exc)) from exc
+    if check_crc and body_crc(parsed.body) != parsed.body_crc:
+        raise RecordError("body CRC mismatch")
+    return Record(
+        total, parsed.body_crc, parsed.queue_id, parsed.flag, parsed.queue_offset,
+        parsed.physical_offset, parsed.sys_flag, parsed.born_timestamp,
+        parsed.born_host.address + _I32.pack(parsed.born_host.port), parsed.store_timestamp,
+        parsed.store_host.address + _I32.pack(parsed.store_host.port), parsed.reconsume_times,
+        parsed.prepared_transaction_offset, parsed.body, parsed.topic, parsed.properties,
+    )
+
+
+def peek_size(buf: bytes | bytearray | memoryview, pos: int) -> tuple[int, int]:
+    """(total size, magic) of the record at ``pos`` without decoding it."""
+    return struct.unpack_from(">ii", buf, pos)  # type: ignore[return-value]
+
+
+# -------------------------------------------------------------- native batches
+
+
+@dataclass(frozen=True, slots=True)
+class BatchMember:
+    """One message of a native batch body."""
+
+    flag: int
+    body: bytes
+    properties_raw: bytes
+
+    @property
+    def properties(self) -> dict[str, str]:
+        return decode_properties(self.properties_raw)
+
+
+def encode_member(flag: int, body: bytes, properties: bytes) -> bytes:
+    """One batch member, as RocketMQ's client encodes it (magic and CRC filled in)."""
+    if len(properties) > MAX_PROPERTIES_BYTES:
+        raise RecordError("properties too long for the record layout")
+    total = 20 + len(body) + 2 + len(properties)
+    return b"".join((_MEMBER_HEAD.pack(total, MAGIC, body_crc(body), flag, len(body)), body,
+                     _U16.pack(len(properties)), properties))
+
+
+def iter_members(body: bytes | memoryview) -> Iterator[BatchMember]:
+    """The members of a native batch body, in order. Raises RecordError on a member
+    whose sizes do not add up (RocketMQ clients send magic and CRC as 0: not checked)."""
+    end = len(body)
+    p = 0
+    while p < end:
+        if end - p < 22:
+            raise RecordError("truncated batch member")
+        total, _magic, _crc, flag, body_len = _MEMBER_HEAD.unpack_from(body, p)
+        q = p + 20 + body_len
+        if total < 22 or p + total > end or body_len < 0 or q + 2 > p + total:
+            raise RecordError("batch member size out of range")
+        props_len = _U16.unpack_from(body, q)[0]
+        if q + 2 + props_len != p + total:
+            raise RecordError("batch member size does not match its fields")
+        yield BatchMember(flag, bytes(body[p + 20:q]), bytes(body[q + 2:p + total]))
+        p += total
+
+
+def count_members(body: bytes | memoryview) -> int:
+    """How many members a native batch body holds (validating every size)."""
+    n = 0
+    for _ in iter_members(body):
+        n += 1
+    return n
