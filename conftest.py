@@ -18,3 +18,122 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     if report.skipped and "compat-tests" in str(item.fspath):
         report.outcome = "failed"
         report.longrepr = f"compat tests never skip: {report.longrepr}"
+
+
+# --------------------------------------------------------------------------
+# Real broker processes for integration and compat tests.
+
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+DOOR_NAMES = ("namesrv", "remoting", "kafka", "mqtt", "http")
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago (the broker binds it right after)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class BrokerProcess:
+    """A `ferrymq serve` child process on loopback with its own data directory."""
+
+    data_dir: Path
+    doors: tuple[str, ...]
+    extra_args: tuple[str, ...] = ()
+    ports: dict[str, int] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    def start(self, timeout: float = 30.0) -> BrokerProcess:
+        if not self.ports:
+            self.ports = {d: free_port() for d in self.doors}
+        ready = self.data_dir.parent / f"{self.data_dir.name}.ready.json"
+        ready.unlink(missing_ok=True)
+        args = [sys.executable, "-m", "ferrymq.gateways", "serve", "--data-dir",
+                str(self.data_dir), "--host", "127.0.0.1", "--ready-file", str(ready)]
+        for d in DOOR_NAMES:
+            args += [f"--{d}-port", str(self.ports.get(d, 0))]
+        args += list(self.extra_args)
+        self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
+        self.proc = subprocess.Popen(args, stdout=log, stderr=log)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"broker exited with {self.proc.returncode}:\n{self.log()}")
+            if ready.exists():
+                info = json.loads(ready.read_text())
+                if info.get("pid") == self.proc.pid:
+                    return self
+            time.sleep(0.02)
+        self.kill()
+        raise RuntimeError(f"broker did not become ready in {timeout}s:\n{self.log()}")
+
+    def port(self, door: str) -> int:
+        return self.ports[door]
+
+    def address(self, door: str) -> str:
+        return f"127.0.0.1:{self.ports[door]}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-20000:] if self.log_path else ""
+
+    def kill(self) -> None:
+        """SIGKILL: the crash tests' way of stopping a broker."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait: a clean shutdown; returns the exit code."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+                raise
+        return self.proc.returncode
+
+    def restart(self) -> BrokerProcess:
+        self.stop()
+        return self.start()
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@pytest.fixture
+def start_broker(tmp_path: Path) -> Iterator[Callable[..., BrokerProcess]]:
+    """Factory: ``start_broker("kafka", "http", extra_args=("--flush", "sync"))`` starts
+    a broker with those doors on free loopback ports; every broker is stopped after the test."""
+    started: list[BrokerProcess] = []
+
+    def start(*doors: str, extra_args: tuple[str, ...] = (), name: str = "broker",
+              data_dir: Path | None = None) -> BrokerProcess:
+        b = BrokerProcess(data_dir or tmp_path / name, tuple(doors), tuple(extra_args))
+        started.append(b)
+        return b.start()
+
+    yield start
+    for b in started:
+        try:
+            b.stop()
+        except Exception:  # noqa: BLE001 - never let cleanup hide the test's own failure
+            b.kill()
