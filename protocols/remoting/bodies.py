@@ -1,4 +1,4 @@
-"""JSON bodies of remoting commands: route data, cluster info, heartbeats, queue locks, admin tables.
+"""JSON bodies of remoting commands: route data, cluster info, heartbeats, locks, admin tables.
 
 RocketMQ writes these with fastjson, which emits maps with non-string keys
 unquoted (``"brokerAddrs":{0:"10.0.0.1:10911"}``) and maps keyed by objects.

@@ -1,4 +1,4 @@
-"""The remoting frame: one ``RemotingCommand`` in, bytes out, and a sans-I/O decoder for a byte stream.
+"""The remoting frame: ``RemotingCommand`` to bytes and back, and a sans-I/O stream decoder.
 
 Wire layout (RocketMQ ``RemotingCommand.encode``/``decode``, big-endian)::
 

@@ -8,7 +8,6 @@ import struct
 from pathlib import Path
 
 import pytest
-
 from ferrymq.protocols import record as rec
 from ferrymq.protocols.remoting import (
     FrameDecoder,
@@ -17,11 +16,13 @@ from ferrymq.protocols.remoting import (
     RequestCode,
     ResponseCode,
     SerializeType,
+    bodies,
     encode,
+    headers,
+    messages,
     request,
     response_to,
 )
-from ferrymq.protocols.remoting import bodies, headers, messages
 from ferrymq.protocols.remoting.codes import LanguageCode
 
 # The repository is checked out beside shared/, which holds the captured frames.
@@ -64,7 +65,8 @@ def test_cpp_client_route_queries_decode_byte_for_byte() -> None:
         assert cmd.code == RequestCode.GET_ROUTEINFO_BY_TOPIC
         assert cmd.language == LanguageCode.CPP and cmd.version == 63
         assert cmd.opaque == f["header"]["opaque"] and not cmd.is_response
-        assert headers.TopicHeader.from_ext(cmd.ext_fields).topic == f["header"]["extFields"]["topic"]
+        topic = headers.TopicHeader.from_ext(cmd.ext_fields).topic
+        assert topic == f["header"]["extFields"]["topic"]
         assert cmd.ext("Signature"), "signature fields are carried (and ignored)"
 
 
