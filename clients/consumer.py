@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
@@ -89,7 +89,7 @@ async def _call(handler: Handler, msgs: list[MessageExt]) -> bool:
         if inspect.iscoroutinefunction(handler):
             return _ok(await handler(msgs))
         return _ok(await anyio.to_thread.run_sync(handler, msgs))
-    except Exception:  # noqa: BLE001 - a handler's failure means "consume later", as in RocketMQ
+    except Exception:
         log.exception("message handler failed; the messages will be redelivered")
         return False
 

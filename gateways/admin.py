@@ -19,7 +19,7 @@ import re
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import anyio
@@ -27,7 +27,6 @@ import click
 
 from ..clients import Admin, ClientError, Message, Producer, PushConsumer
 from ..clients.message import MessageExt
-from ..protocols.remoting.bodies import MessageQueue
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 DEFAULT_NAMESRV = "127.0.0.1:9876"
@@ -58,14 +57,14 @@ def parse_time(text: str, now_ms: int | None = None) -> int:
         raise click.BadParameter(
             f"{text!r}: use earliest, latest, epoch ms, ISO 8601 or a duration like 10m") from None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return int(dt.timestamp() * 1000)
 
 
 def _iso(ms: int) -> str:
     if ms <= 0:
         return "-"
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
 
 
 def _run(fn: Callable[[], Awaitable[T]]) -> T:
@@ -394,7 +393,7 @@ def consume(topic_name: str, group: str | None, start: str, expression: str, sql
     _hint(f"{count} message(s) from {topic_name} (group {group})")
 
 
-class _Stop(Exception):  # noqa: N818
+class _Stop(Exception):
     """Raised in the handler past --max-messages: the message is left unconsumed."""
 
 
