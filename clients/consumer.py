@@ -191,6 +191,8 @@ class PushConsumer:
         self._locked: set[B.MessageQueue] = set()
         self._rebalance_now = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
+        self._stop: anyio.Event | None = None
+        self._stopped: anyio.Event | None = None
         self._local = (LocalOffsetFile(offset_dir, client_name or "default", group)
                        if self.broadcasting else None)
         self.consumed = 0
@@ -226,45 +228,58 @@ class PushConsumer:
     # ------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> PushConsumer:
-        await self.start()
+        self._outer = anyio.create_task_group()
+        await self._outer.__aenter__()
+        await self._outer.start(self.run)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.shutdown()
+        await self._outer.__aexit__(None, None, None)
 
-    async def start(self) -> None:
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Consume until ``shutdown``: ``await nursery.start(consumer.run)``. On the way
+        out the offsets are persisted, orderly locks released and the group left."""
         if not self.subscriptions:
             raise ValueError("subscribe to a topic before starting")
-        await self.instance.__aenter__()
-        if self._local is not None:
-            self.offsets.update(self._local.load())
-        for sub in self._all_subscriptions():
-            try:
-                await self.instance.route(sub.topic, refresh=True)
-            except NoRouteError as exc:
-                log.info("no route for %s yet: %s", sub.topic, exc)
-        await self.instance.send_heartbeats()
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        self._tg.start_soon(self._rebalance_loop)
-        self._tg.start_soon(self._persist_loop)
-        if self.orderly and not self.broadcasting:
-            self._tg.start_soon(self._lock_loop)
+        self._stop = anyio.Event()
+        self._stopped = anyio.Event()
+        try:
+            async with self.instance:
+                if self._local is not None:
+                    self.offsets.update(self._local.load())
+                for sub in self._all_subscriptions():
+                    try:
+                        await self.instance.route(sub.topic, refresh=True)
+                    except NoRouteError as exc:
+                        log.info("no route for %s yet: %s", sub.topic, exc)
+                await self.instance.send_heartbeats()
+                async with anyio.create_task_group() as tg:
+                    self._tg = tg
+                    tg.start_soon(self._rebalance_loop)
+                    tg.start_soon(self._persist_loop)
+                    if self.orderly and not self.broadcasting:
+                        tg.start_soon(self._lock_loop)
+                    task_status.started()
+                    await self._stop.wait()
+                    tg.cancel_scope.cancel()
+                self._tg = None
+                self._running.clear()
+                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                    await self._persist(list(self.offsets))
+                    if self._locked:
+                        await self._unlock(list(self._locked))
+                    await self.instance.unregister(consumer_group=self.group)
+        finally:
+            self._stopped.set()
 
     async def shutdown(self) -> None:
-        if self._tg is None:
+        """Stop consuming and wait until ``run`` has cleaned up."""
+        if self._stop is None:
             return
-        for scope in self._running.values():
-            scope.cancel()
-        self._tg.cancel_scope.cancel()
-        await self._tg.__aexit__(None, None, None)
-        self._tg = None
-        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-            await self._persist(list(self.offsets))
-            if self._locked:
-                await self._unlock(list(self._locked))
-            await self.instance.unregister(consumer_group=self.group)
-        await self.instance.__aexit__(None, None, None)
+        self._stop.set()
+        await self._stopped.wait()
 
     # ------------------------------------------------------------ server requests
 

@@ -156,9 +156,20 @@ class ClientInstance:
             raise NoRouteError(f"no address known for broker {broker_name}")
         return addr
 
+    async def resolve_broker(self, broker_name: str) -> str:
+        """The broker's master address, asking the NameServer's cluster table if unknown."""
+        addr = self.broker_addrs.get(broker_name)
+        if addr is None:
+            resp = check(await self.namesrv_invoke(
+                request(RequestCode.GET_BROKER_CLUSTER_INFO, 0)), "NameServer")
+            for name, bd in B.ClusterInfo.decode(resp.body).brokerAddrTable.items():
+                if bd.master_addr:
+                    self.broker_addrs[name] = bd.master_addr
+        return self.broker_addr(broker_name)
+
     async def broker_invoke(self, broker_name: str, cmd: RemotingCommand,
                             timeout: float | None = None) -> RemotingCommand:
-        addr = self.broker_addr(broker_name)
+        addr = await self.resolve_broker(broker_name)
         return await self.remoting.invoke(addr, cmd, self.timeout if timeout is None else timeout)
 
     async def _refresh_routes(self) -> None:

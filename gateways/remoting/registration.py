@@ -24,6 +24,7 @@ log = logging.getLogger("ferrymq.remoting")
 
 REGISTER_INTERVAL_S = 30.0  # RocketMQ BrokerConfig.registerNameServerPeriod
 REGISTER_TIMEOUT_S = 6.0  # RocketMQ BrokerConfig.registerBrokerTimeoutMills
+MIN_GAP_S = 0.05
 
 
 class Registrar:
@@ -47,9 +48,9 @@ class Registrar:
                 while True:
                     self._changed = trio.Event()
                     await self._register_all(rc)
+                    await trio.sleep(MIN_GAP_S)  # a burst of topic changes: one registration
                     with trio.move_on_after(self.interval_s):
                         await self._changed.wait()
-                        await trio.sleep(0.05)  # coalesce a burst of topic changes
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(2):
                     await self._unregister_all(rc)

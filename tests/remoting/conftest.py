@@ -19,8 +19,9 @@ broker_expiry_s = 3.0
 scan_interval_s = 0.5
 """
 
-# Client options that make rebalancing, heartbeats and offset persistence quick.
-FAST_CLIENT = {"rebalance_s": 1.0, "persist_s": 0.3, "heartbeat_s": 1.0, "route_refresh_s": 1.0}
+# Client options that make heartbeats, route refreshes, rebalancing and offset persistence quick.
+FAST_CLIENT = {"heartbeat_s": 1.0, "route_refresh_s": 1.0}
+FAST_PUSH = {**FAST_CLIENT, "rebalance_s": 1.0, "persist_s": 0.3}
 
 
 def broker_config(tmp_path: Path, name: str, broker_name: str = "broker-a",
