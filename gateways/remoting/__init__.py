@@ -61,6 +61,7 @@ async def serve(ctx: DoorContext, *, task_status: trio.TaskStatus[int] = trio.TA
         cfg.broker_name, addr, cfg.cluster_name, haServerAddr="", brokerId=0),
         processor.topic_configs, float(opts.get("register_interval_s", REGISTER_INTERVAL_S)))
     processor.on_topics_changed = registrar.topics_changed
+    processor.register_now = registrar.register_now
     handler = functools.partial(
         serve_connection, processor=processor,
         max_frame=int(opts.get("max_frame", DEFAULT_MAX_FRAME)),

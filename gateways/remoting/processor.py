@@ -112,6 +112,10 @@ def encode_message(m: ConsumedMessage) -> bytes:
         topic=m.topic.encode(), properties=rec.encode_properties(m.properties))
 
 
+async def _nothing() -> None:
+    pass
+
+
 Handler = Callable[["ServerConnection", RemotingCommand], Awaitable[RemotingCommand | None]]
 
 
@@ -123,6 +127,7 @@ class Processor:
         self.broker_addr = broker_addr
         self.clients = client_table
         self.on_topics_changed = on_topics_changed
+        self.register_now: Callable[[], Awaitable[None]] = _nothing
         self.max_suspend_s = max_suspend_s
         self.counters: Counter[str] = Counter()
         self.store_host = rec.host_bytes(broker.config.store_host, broker.config.store_port)
@@ -495,13 +500,13 @@ class Processor:
         else:
             await self.broker.update_topic(h.topic, queues=max(queues, t.queues),
                                            perm=h.perm & PERM_READ_WRITE)
-        self.on_topics_changed()
+        await self.register_now()
         return response_to(cmd, ResponseCode.SUCCESS)
 
     async def delete_topic(self, conn: ServerConnection, cmd: RemotingCommand) -> RemotingCommand:
         h = H.TopicHeader.from_ext(cmd.ext_fields)
         await self.broker.delete_topic(h.topic)
-        self.on_topics_changed()
+        await self.register_now()
         return response_to(cmd, ResponseCode.SUCCESS)
 
     def topic_configs(self) -> list[B.TopicConfigData]:

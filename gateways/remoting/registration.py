@@ -37,13 +37,21 @@ class Registrar:
         self.interval_s = interval_s
         self._changed = trio.Event()
         self._version = 0
+        self._rc: RemotingClient | None = None
         self.registrations = 0
 
     def topics_changed(self) -> None:
         self._changed.set()
 
+    async def register_now(self) -> None:
+        """Register at once and return when every NameServer answered (or failed), as
+        RocketMQ's broker does after an admin creates or deletes a topic."""
+        if self._rc is not None:
+            await self._register_all(self._rc)
+
     async def run(self) -> None:
         async with RemotingClient() as rc:
+            self._rc = rc
             try:
                 while True:
                     self._changed = trio.Event()
@@ -52,6 +60,7 @@ class Registrar:
                     with trio.move_on_after(self.interval_s):
                         await self._changed.wait()
             finally:
+                self._rc = None
                 with trio.CancelScope(shield=True), trio.move_on_after(2):
                     await self._unregister_all(rc)
 
