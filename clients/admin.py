@@ -82,6 +82,8 @@ class Admin:
         default every broker). Returns the broker names."""
         all_brokers = await self.brokers()
         names = brokers or sorted(all_brokers)
+        if not names:
+            raise NoRouteError("no broker is registered with the NameServer")
         ext = H.CreateTopicRequestHeader(topic, readQueueNums=queues, writeQueueNums=queues,
                                          perm=perm, order=order).to_ext()
         for name in names:

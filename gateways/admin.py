@@ -364,8 +364,10 @@ def consume(topic_name: str, group: str | None, start: str, expression: str, sql
             async with lock:
                 for m in msgs:
                     if max_messages is not None and count >= max_messages:
+                        # Enough: park until shutdown cancels us, so that this message
+                        # and the rest stay unconsumed for the group.
                         done.set()
-                        raise _Stop()
+                        await anyio.sleep_forever()
                     click.echo(json.dumps(_message_row(m)))
                     count += 1
                 last[0] = time.monotonic()

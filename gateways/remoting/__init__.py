@@ -69,7 +69,7 @@ async def serve(ctx: DoorContext, *, task_status: trio.TaskStatus[int] = trio.TA
     async with trio.open_nursery() as nursery:
         nursery.start_soon(functools.partial(trio.serve_listeners, handler, listeners))
         if namesrvs:
-            nursery.start_soon(registrar.run)
+            await nursery.start(registrar.run)
         nursery.start_soon(_expire_clients, processor, table)
         log.info("remoting door on %s (NameServers: %s)", addr, ", ".join(namesrvs) or "none")
         task_status.started(port)

@@ -49,13 +49,19 @@ class Registrar:
         if self._rc is not None:
             await self._register_all(self._rc)
 
-    async def run(self) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Register now (reporting started after the first attempt, so that a server
+        is routable once it says it is ready), then every interval and on change."""
         async with RemotingClient() as rc:
             self._rc = rc
             try:
                 while True:
                     self._changed = trio.Event()
                     await self._register_all(rc)
+                    if task_status is not trio.TASK_STATUS_IGNORED:
+                        task_status.started()
+                        task_status = trio.TASK_STATUS_IGNORED
                     await trio.sleep(MIN_GAP_S)  # a burst of topic changes: one registration
                     with trio.move_on_after(self.interval_s):
                         await self._changed.wait()
