@@ -206,7 +206,8 @@ class Processor:
         if t is not None and qid >= t.queues:
             qid %= t.queues  # RocketMQ: queueIdInt % writeQueueNums
         born_host = host_bytes_of(conn.peer)
-        if cmd.code == RequestCode.SEND_BATCH_MESSAGE:
+        # The C++ client sends batches as SEND_MESSAGE with batch=true.
+        if cmd.code == RequestCode.SEND_BATCH_MESSAGE or h.batch:
             result = await broker.put_encoded_batch(topic, qid, cmd.body, born_host)
             ext = {"msgId": ",".join(result.offset_message_id(i) for i in range(result.count)),
                    "queueId": str(result.queue_id), "queueOffset": str(result.queue_offset),
