@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from ...protocols import record as rec
 from ...protocols.remoting import (
     FrameDecoder,
     RemotingCommand,
@@ -40,6 +41,15 @@ log = logging.getLogger("ferrymq.remoting")
 RECEIVE_SIZE = 256 * 1024
 
 
+def _host_bytes(peer: str) -> bytes:
+    """The peer as a record's born-host field (zeros when it is not IPv4)."""
+    host, _, port = peer.rpartition(":")
+    try:
+        return rec.host_bytes(host, int(port))
+    except ValueError:
+        return b"\x00" * 8
+
+
 class ServerConnection:
     """What the processor sees of a connection: its peer and a way to send it requests."""
 
@@ -50,6 +60,7 @@ class ServerConnection:
             self.peer = f"{host}:{port}"
         except OSError:
             self.peer = "?:0"
+        self.peer_bytes = _host_bytes(self.peer)
         self.decoder = FrameDecoder(max_frame)
         self.send_lock = trio.Lock()
         self.suspended = trio.Semaphore(max_suspended)

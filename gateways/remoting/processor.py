@@ -12,6 +12,7 @@ RocketMQ. See docs/remoting.md for the mapping and its reasons.
 from __future__ import annotations
 
 import logging
+import struct
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
     from .connection import ServerConnection
 
 log = logging.getLogger("ferrymq.remoting")
+_OFFSET_ID = struct.Struct(">8sq")  # offsetMsgId: store host and CommitLog offset
 
 MAX_SUSPEND_S = 30.0  # cap on a long poll (RocketMQ clients ask 15-20 s)
 DEFAULT_MAX_PULL_BYTES = 4 << 20
@@ -205,7 +207,7 @@ class Processor:
         qid = h.queueId
         if t is not None and qid >= t.queues:
             qid %= t.queues  # RocketMQ: queueIdInt % writeQueueNums
-        born_host = host_bytes_of(conn.peer)
+        born_host = conn.peer_bytes
         # The C++ client sends batches as SEND_MESSAGE with batch=true.
         if cmd.code == RequestCode.SEND_BATCH_MESSAGE or h.batch:
             result = await broker.put_encoded_batch(topic, qid, cmd.body, born_host)
@@ -230,9 +232,9 @@ class Processor:
         if t is None:
             self.on_topics_changed()  # auto-created: tell the NameServer now
         return response_to(cmd, ResponseCode.SUCCESS, {
-            "msgId": result.offset_message_id(), "queueId": str(result.queue_id),
-            "queueOffset": str(result.queue_offset), "MSG_REGION": "DefaultRegion",
-            "TRACE_ON": "true"})
+            "msgId": _OFFSET_ID.pack(result.store_host, result.physical_offset).hex().upper(),
+            "queueId": str(result.queue_id), "queueOffset": str(result.queue_offset),
+            "MSG_REGION": "DefaultRegion", "TRACE_ON": "true"})
 
     # ================================================================ consuming
 

@@ -37,6 +37,8 @@ _BIN_FIXED = struct.Struct(">hbhii")  # code, language, version, opaque, flag
 _H = struct.Struct(">h")
 
 _LANG_BY_NAME = {lang.name: lang for lang in LanguageCode}
+_LANG_NAMES = {int(lang): lang.name for lang in LanguageCode}
+_esc = getattr(json.encoder, "c_encode_basestring", None) or json.encoder.encode_basestring
 
 
 class RemotingProtocolError(Exception):
@@ -101,8 +103,8 @@ def response_to(req: RemotingCommand, code: int, ext_fields: Mapping[str, object
 
 
 def _ext_str(v: object) -> str:
-    if isinstance(v, str):
-        return v
+    if type(v) is str:
+        return v  # type: ignore[return-value]
     if isinstance(v, bool):
         return "true" if v else "false"
     return str(v)
@@ -122,21 +124,19 @@ def encode_header(cmd: RemotingCommand) -> bytes:
         ext_bytes = b"".join(kv)
         parts.append(_I32.pack(len(ext_bytes)) + ext_bytes)
         return b"".join(parts)
-    try:
-        lang = LanguageCode(cmd.language).name
-    except ValueError:
-        lang = "OTHER"
-    doc: dict[str, object] = {"code": cmd.code}
+    lang = _LANG_NAMES.get(cmd.language, "OTHER")
+    # Written by hand rather than with json.dumps: this is on every request and
+    # response, and the shape is fixed (keys in RocketMQ's order: fastjson sorts them).
+    parts = [f'{{"code":{int(cmd.code)},']
     if ext:
-        doc["extFields"] = ext
-    doc["flag"] = cmd.flag
-    doc["language"] = lang
-    doc["opaque"] = cmd.opaque
+        parts.append('"extFields":{')
+        parts.append(",".join([f"{_esc(k)}:{_esc(v)}" for k, v in ext.items()]))
+        parts.append("},")
+    parts.append(f'"flag":{int(cmd.flag)},"language":"{lang}","opaque":{int(cmd.opaque)},')
     if cmd.remark is not None:
-        doc["remark"] = cmd.remark
-    doc["serializeTypeCurrentRPC"] = "JSON"
-    doc["version"] = cmd.version
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+        parts.append(f'"remark":{_esc(cmd.remark)},')
+    parts.append(f'"serializeTypeCurrentRPC":"JSON","version":{int(cmd.version)}}}')
+    return "".join(parts).encode()
 
 
 def encode(cmd: RemotingCommand) -> bytes:
@@ -184,10 +184,16 @@ def decode_json_header(raw: bytes | memoryview, body: bytes) -> RemotingCommand:
         raise RemotingProtocolError("JSON header is not an object")
     opaque = None
     try:
-        opaque = _int(doc.get("opaque"))
-        code = _int(doc.get("code"))
-        flag = _int(doc.get("flag"))
-        version = _int(doc.get("version"))
+        opaque, code, flag, version = (doc.get("opaque"), doc.get("code"), doc.get("flag"),
+                                       doc.get("version"))
+        if type(opaque) is not int:
+            opaque = _int(opaque)
+        if type(code) is not int:
+            code = _int(code)
+        if type(flag) is not int:
+            flag = _int(flag)
+        if type(version) is not int:
+            version = _int(version)
     except (TypeError, ValueError):
         raise RemotingProtocolError("JSON header has a non-numeric code, opaque, flag or "
                                     "version", opaque) from None

@@ -139,6 +139,22 @@ class SendMessageRequestHeader(Header):
 
     @classmethod
     def from_ext_v2(cls, ext: Mapping[str, object]) -> SendMessageRequestHeader:
+        """The single-letter form. Hot path (every SEND_MESSAGE_V2): strings, the common
+        case, are converted directly; anything else takes the generic loose path."""
+        g = ext.get
+        try:
+            a, b, c, d, e, f, gg, h = (g("a"), g("b"), g("c"), g("d"), g("e"), g("f"),
+                                       g("g"), g("h"))
+            if (type(a) is str and type(b) is str and type(e) is str and type(gg) is str
+                    and type(f) is str and type(h) is str):
+                i, j, m = g("i"), g("j"), g("m")
+                return cls(a, b, c if type(c) is str else "TBW102",  # type: ignore[arg-type]
+                           int(d) if type(d) is str else 4,  # type: ignore[arg-type]
+                           int(e), int(f), int(gg), int(h), i,  # type: ignore[arg-type]
+                           int(j) if type(j) is str else None,  # type: ignore[arg-type]
+                           None, None, (m == "true") if type(m) is str else None)
+        except ValueError:
+            pass
         return cls.from_ext({long: ext[short] for long, short in cls.V2.items()
                              if short in ext})
 
