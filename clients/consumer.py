@@ -24,7 +24,6 @@ PushConsumer follows RocketMQ's DefaultMQPushConsumer:
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import logging
 from collections.abc import Callable, Sequence
@@ -97,7 +96,7 @@ async def _call(handler: Handler, msgs: list[MessageExt]) -> bool:
 def _restore_retry_topic(m: MessageExt) -> MessageExt:
     real = m.properties.get(RETRY_TOPIC)
     if real and m.topic.startswith(RETRY_GROUP_TOPIC_PREFIX):
-        return dataclasses.replace(m, topic=real)
+        return m._replace(topic=real)
     return m
 
 

@@ -22,7 +22,6 @@ import anyio.abc
 
 from ..protocols.remoting import RemotingCommand, RequestCode, ResponseCode, request
 from ..protocols.remoting import bodies as B
-from ..protocols.remoting import headers as H
 from ..protocols.remoting.codes import DEFAULT_TOPIC
 from ..protocols.remoting.messages import encode_batch, encode_properties
 from .instance import ClientInstance, NoRouteError
@@ -71,9 +70,16 @@ class Producer:
 
     def _header(self, topic: str, mq: B.MessageQueue, props: str | None, from_default: bool,
                 flag: int = 0, batch: bool = False) -> dict[str, str]:
-        return H.SendMessageRequestHeader(
-            self.group, topic, DEFAULT_TOPIC, 4, mq.queueId, 0, int(time.time() * 1000), flag,
-            props, 0, False, None, batch or None).to_ext_v2()
+        """SEND_MESSAGE_V2's header (what ``SendMessageRequestHeader.to_ext_v2`` gives,
+        built directly: it is on every send)."""
+        ext = {"a": self.group, "b": topic, "c": DEFAULT_TOPIC, "d": "4", "e": str(mq.queueId),
+               "f": "0", "g": str(time.time_ns() // 1_000_000), "h": str(flag), "j": "0",
+               "k": "false"}
+        if props is not None:
+            ext["i"] = props
+        if batch:
+            ext["m"] = "true"
+        return ext
 
     def _choose(self, queues: list[B.MessageQueue], avoid: set[str]) -> B.MessageQueue:
         n = len(queues)

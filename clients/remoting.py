@@ -93,7 +93,8 @@ class RemotingConnection:
         self._decoder = FrameDecoder(max_frame)
         self._opaque = itertools.count(1)
         self._pending: dict[int, list[Any]] = {}  # opaque -> [event, response]
-        self._send_lock = anyio.Lock()
+        self._out: list[bytes] = []
+        self._writing = False
         self.closed = False
         self.error: BaseException | None = None
 
@@ -101,21 +102,38 @@ class RemotingConnection:
         return next(self._opaque) & 0x7FFFFFFF
 
     async def send_raw(self, data: bytes) -> None:
+        """Queue ``data`` and write it. Concurrent senders are coalesced: whoever is
+        writing takes everything queued meanwhile in one send (pipelined producers
+        then cost one system call per batch of frames, not per frame)."""
         if self.closed:
             raise RemotingConnectError(f"connection to {self.address} is closed")
+        self._out.append(data)
+        if self._writing:
+            return
+        self._writing = True
         try:
-            async with self._send_lock:
-                await self.stream.send(data)
+            while self._out:
+                chunk = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+                self._out.clear()
+                await self.stream.send(chunk)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
             self._fail(exc)
             raise RemotingConnectError(f"connection to {self.address} broke: {exc}") from None
+        except BaseException:
+            # Cancelled mid-write: a frame may be half sent and others' frames are
+            # queued behind it, so the stream is unusable. Close it; waiters fail fast.
+            self._fail(RemotingConnectError("a write was cancelled"))
+            raise
+        finally:
+            self._writing = False
 
     async def invoke(self, cmd: RemotingCommand, timeout: float = DEFAULT_TIMEOUT
                      ) -> RemotingCommand:
         """Send ``cmd`` (its opaque is replaced) and return the response.
         Raises RemotingConnectError, RemotingTimeoutError."""
-        opaque = self.next_opaque()
-        cmd = _with(cmd, opaque, self.serialize_type)
+        opaque = next(self._opaque) & 0x7FFFFFFF
+        cmd = RemotingCommand(cmd.code, opaque, cmd.flag, cmd.ext_fields, cmd.body, cmd.remark,
+                              cmd.language, cmd.version, self.serialize_type)
         slot: list[Any] = [anyio.Event(), None]
         self._pending[opaque] = slot
         try:
@@ -140,6 +158,7 @@ class RemotingConnection:
         if self.closed:
             return
         self.closed = True
+        self._out.clear()
         self.error = exc
         for slot in self._pending.values():
             slot[1] = exc

@@ -118,6 +118,47 @@ async def _nothing() -> None:
     pass
 
 
+_MEMBER_HEAD = struct.Struct(">iiiii")  # total size, magic, CRC, flag, body length
+_U16 = struct.Struct(">H")
+_I32 = struct.Struct(">i")
+
+
+def unpack_native_batch(data: bytes, start: int, limit: int, out: list[bytes]) -> tuple[int, int]:
+    """Append to ``out`` the members of a stored native batch record at queue offsets
+    >= ``start`` (at most ``limit``), each as a RocketMQ record of its own: the fast path
+    of ``encode_message`` for unfiltered pulls, working on the bytes without decoding
+    properties. Returns (members appended, queue offset of the last one)."""
+    (_total, _magic, _crc, qid, _flag, qoff, phys, sys_flag, born_ts, born_host, store_ts,
+     store_host, reconsume, _prepared, body_len) = rec.HEADER.unpack_from(data, 0)
+    body_end = rec.HEADER_SIZE + body_len
+    tail = data[body_end:body_end + 1 + data[body_end]]  # topic length byte and topic
+    sys_flag &= ~rec.FORMAT_MASK
+    port = _I32.unpack_from(store_host, 4)[0] & 0xFFFF
+    pack, crc = rec.HEADER.pack, rec.body_crc
+    p = rec.HEADER_SIZE
+    i = n = 0
+    last = qoff - 1
+    while p < body_end and n < limit:
+        mtotal, _m, _c, mflag, mlen = _MEMBER_HEAD.unpack_from(data, p)
+        if qoff + i >= start:
+            b0 = p + 20
+            body = data[b0:b0 + mlen]
+            props_end = p + mtotal
+            props = data[b0 + mlen:props_end]  # length (2 bytes) and properties
+            host = store_host if i == 0 else store_host[:4] + _I32.pack((i << 16) | port)
+            out.append(pack(rec.HEADER_SIZE + mlen + len(tail) + len(props), rec.MAGIC, crc(body),
+                            qid, mflag, qoff + i, phys, sys_flag, born_ts, born_host, store_ts,
+                            host, reconsume, 0, mlen))
+            out.append(body)
+            out.append(tail)
+            out.append(props)
+            n += 1
+            last = qoff + i
+        p += mtotal
+        i += 1
+    return n, last
+
+
 Handler = Callable[["ServerConnection", RemotingCommand], Awaitable[RemotingCommand | None]]
 
 
@@ -303,6 +344,11 @@ class Processor:
                 if not sr.is_batch and (filt is None or sr.queue_offset >= h.queueOffset):
                     parts.append(sr.data)
                     n += 1
+                elif sr.format == rec.FORMAT_NATIVE_BATCH and filt is None:
+                    k, last = unpack_native_batch(sr.data, h.queueOffset, max_msgs - n, parts)
+                    n += k
+                    if n >= max_msgs:
+                        next_offset = last + 1
                 else:
                     for m in sr.messages(h.queueOffset):
                         parts.append(encode_message(m))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .. import record as rec
 
@@ -21,9 +21,10 @@ PROPERTY_TAGS = "TAGS"
 _OFFSET_ID = struct.Struct(">4sIq")
 
 
-@dataclass(frozen=True, slots=True)
-class MessageExt:
-    """A message as a consumer receives it (RocketMQ MessageExt)."""
+class MessageExt(NamedTuple):
+    """A message as a consumer receives it (RocketMQ MessageExt). Immutable; a named
+    tuple rather than a frozen dataclass because a consumer builds hundreds of
+    thousands per second and tuple construction is several times cheaper."""
 
     topic: str
     queue_id: int
@@ -85,24 +86,75 @@ def parse_offset_msg_id(msg_id: str) -> tuple[str, int] | None:
     return ".".join(str(b) for b in addr) + f":{port_field & 0xFFFF}", phys
 
 
+def _properties(raw: bytes) -> dict[str, str]:
+    if not raw:
+        return {}
+    out = {}
+    for pair in raw.decode("utf-8", "replace").split("\x02"):
+        name, sep, value = pair.partition("\x01")
+        if sep:
+            out[name] = value
+    return out
+
+
+_TOPICS: dict[bytes, str] = {}
+_FAST_MIN = rec.HEADER_SIZE + 3
+
+
 def decode_messages(body: bytes | memoryview) -> list[MessageExt]:
-    """The records of a pull/query body. Raises record.RecordError on garbage."""
+    """The records of a pull/query body. Raises record.RecordError on garbage.
+
+    The common record (IPv4 hosts) is read with one struct unpack and slices; anything
+    else goes through ``record.decode``, the reference decoder."""
+    body = bytes(body)
     out = []
     pos = 0
     end = len(body)
+    unpack = rec.HEADER.unpack_from
+    v6 = rec.BORNHOST_V6_FLAG | rec.STOREHOST_V6_FLAG
+    append = out.append
     while pos < end:
+        if end - pos >= rec.HEADER_SIZE:
+            (total, magic, _crc, qid, flag, qoff, phys, sys_flag, born_ts, born_host, store_ts,
+             store_host, reconsume, _prep, body_len) = unpack(body, pos)
+            rend = pos + total
+            if (magic == rec.MAGIC and not sys_flag & v6 and _FAST_MIN <= total
+                    and rend <= end and 0 <= body_len <= total - _FAST_MIN):
+                p = pos + rec.HEADER_SIZE
+                payload = body[p:p + body_len]
+                p += body_len
+                tlen = body[p]
+                traw = body[p + 1:p + 1 + tlen]
+                topic = _TOPICS.get(traw)
+                if topic is None:
+                    topic = _TOPICS[traw] = traw.decode("utf-8", "replace")
+                    if len(_TOPICS) > 10_000:
+                        _TOPICS.clear()
+                p += 1 + tlen
+                if p + 2 <= rend and p + 2 + ((body[p] << 8) | body[p + 1]) == rend:
+                    if sys_flag & rec.COMPRESSED_FLAG:
+                        payload = _inflate(payload)
+                    append(MessageExt(topic, qid, qoff, payload, _properties(body[p + 2:rend]),
+                                      born_ts, store_ts, phys, store_host, born_host, sys_flag,
+                                      flag, reconsume))
+                    pos = rend
+                    continue
         r = rec.decode(body, pos, check_crc=False)
         payload = r.body
         if r.sys_flag & rec.COMPRESSED_FLAG:
-            try:
-                payload = zlib.decompress(payload)
-            except zlib.error as exc:
-                raise rec.RecordError(f"compressed body does not inflate: {exc}") from None
+            payload = _inflate(payload)
         out.append(MessageExt(r.topic, r.queue_id, r.queue_offset, payload, r.properties,
                               r.born_timestamp, r.store_timestamp, r.physical_offset,
                               r.store_host, r.born_host, r.sys_flag, r.flag, r.reconsume_times))
         pos += r.total_size
     return out
+
+
+def _inflate(payload: bytes) -> bytes:
+    try:
+        return zlib.decompress(payload)
+    except zlib.error as exc:
+        raise rec.RecordError(f"compressed body does not inflate: {exc}") from None
 
 
 def encode_properties(properties: Mapping[str, str]) -> str:
