@@ -52,6 +52,7 @@ class Producer:
         self.instance.producer_groups.add(group)
         self._rr = itertools.count()
         self._window = anyio.Semaphore(max_in_flight)
+        self._queues: dict[str, tuple[B.TopicRouteData, list[B.MessageQueue]]] = {}
         self._tg: anyio.abc.TaskGroup | None = None
 
     async def __aenter__(self) -> Producer:
@@ -198,17 +199,78 @@ class Producer:
     def send_async(self, message: Message,
                    callback: Callable[[SendResult | BaseException], Any] | None = None,
                    *, sharding_key: str | None = None) -> Awaitable[None]:
-        """Start a send in the background and return at once (after waiting for room
-        in the in-flight window: await the returned awaitable). ``callback`` gets the
-        SendResult or the exception. Pipelined sends share one connection."""
+        """Start a send and return once it is queued; ``callback`` gets the SendResult or
+        the exception. Await the result: it waits only while ``max_in_flight`` sends are
+        outstanding. Sends queued without waiting leave in one write, so a pipelining
+        producer pays one system call per batch of messages; a failed one is retried
+        like ``send`` (moving to another broker)."""
         return self._start_async(message, callback, sharding_key)
 
     async def _start_async(self, message: Message,
                            callback: Callable[[SendResult | BaseException], Any] | None,
                            sharding_key: str | None) -> None:
         assert self._tg is not None, "use the producer as an async context manager"
-        await self._window.acquire()
-        self._tg.start_soon(self._run_async, message, callback, sharding_key)
+        try:
+            self._window.acquire_nowait()
+        except anyio.WouldBlock:
+            await self._window.acquire()
+        if not self._send_nowait(message, callback, sharding_key):
+            self._tg.start_soon(self._run_async, message, callback, sharding_key)
+
+    def _finish(self, callback: Callable[[SendResult | BaseException], Any] | None,
+                result: SendResult | BaseException) -> None:
+        self._window.release()
+        if callback is not None:
+            callback(result)
+        elif isinstance(result, BaseException):
+            log.warning("async send failed: %s", result)
+
+    def _send_nowait(self, message: Message,
+                     callback: Callable[[SendResult | BaseException], Any] | None,
+                     sharding_key: str | None) -> bool:
+        """The fast path: the route is known and the connection open. False: take
+        the general path."""
+        inst = self.instance
+        topic = message.topic
+        route = inst.routes.get(topic)
+        if route is None:
+            return False
+        cached = self._queues.get(topic)
+        if cached is None or cached[0] is not route:
+            cached = self._queues[topic] = (route, B.queues_of(topic, route, write=True))
+        queues = cached[1]
+        if not queues:
+            return False
+        if sharding_key is not None:
+            mq = queues[zlib.crc32(sharding_key.encode()) % len(queues)]
+        else:
+            mq = queues[next(self._rr) % len(queues)]
+        addr = inst.broker_addrs.get(mq.brokerName)
+        conn = inst.remoting.connections.get(addr) if addr else None
+        if conn is None or conn.closed:
+            return False
+        uniq = new_uniq_key()
+        props = message.wire_properties(uniq)
+        if sharding_key is not None:
+            props[SHARDING_KEY] = sharding_key
+        cmd = request(RequestCode.SEND_MESSAGE_V2, 0,
+                      self._header(topic, mq, encode_properties(props), False, message.flag),
+                      bytes(message.body))
+
+        def done(resp: Any) -> None:
+            if isinstance(resp, RemotingCommand) and resp.code == ResponseCode.SUCCESS:
+                self._finish(callback, SendResult(uniq, resp.ext("msgId") or "", mq,
+                                                  int(resp.ext("queueOffset") or 0)))
+            elif self._tg is not None:
+                # A failure or a refusal: retry the long way (other brokers, backoff),
+                # keeping this send's place in the window.
+                self._tg.start_soon(self._run_async, message, callback, sharding_key)
+
+        try:
+            conn.send_nowait(cmd, done, self.timeout)
+        except ClientError:
+            return False
+        return True
 
     async def _run_async(self, message: Message,
                          callback: Callable[[SendResult | BaseException], Any] | None,
@@ -218,9 +280,4 @@ class Producer:
                                                                   sharding_key=sharding_key)
         except ClientError as exc:
             result = exc
-        finally:
-            self._window.release()
-        if callback is not None:
-            callback(result)
-        elif isinstance(result, BaseException):
-            log.warning("async send failed: %s", result)
+        self._finish(callback, result)

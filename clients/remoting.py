@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -33,6 +34,7 @@ from ..protocols.remoting.frame import FLAG_ONEWAY
 log = logging.getLogger("ferrymq.client")
 
 RECEIVE_SIZE = 256 * 1024
+EXPIRE_SCAN_S = 0.2  # how often send_nowait deadlines are checked
 DEFAULT_TIMEOUT = 3.0  # RocketMQ's default send timeout (DefaultMQProducer.sendMsgTimeout)
 
 RequestHandler = Callable[["RemotingConnection", RemotingCommand],
@@ -83,6 +85,12 @@ def parse_address_list(addrs: str | list[str] | tuple[str, ...]) -> list[str]:
 
 
 class RemotingConnection:
+    """One connection. Every frame goes through one writer task, which writes all
+    frames queued since its last write in one send: a pipelining producer costs a
+    system call per batch of frames, and a cancelled caller can never leave half a
+    frame on the wire. Responses are matched by opaque to a waiting ``invoke`` or
+    to the callback of ``send_nowait``."""
+
     def __init__(self, stream: anyio.abc.ByteStream, address: str, *,
                  on_request: RequestHandler | None = None, max_frame: int = DEFAULT_MAX_FRAME,
                  serialize_type: int = SerializeType.JSON) -> None:
@@ -92,99 +100,94 @@ class RemotingConnection:
         self.serialize_type = serialize_type
         self._decoder = FrameDecoder(max_frame)
         self._opaque = itertools.count(1)
-        self._pending: dict[int, list[Any]] = {}  # opaque -> [event, response]
+        # opaque -> callback(response or exception); deadlines for send_nowait callbacks
+        self._pending: dict[int, Callable[[Any], None]] = {}
+        self._deadlines: dict[int, float] = {}
         self._out: list[bytes] = []
-        self._writing = False
+        self._wake = anyio.Event()
         self.closed = False
         self.error: BaseException | None = None
 
     def next_opaque(self) -> int:
         return next(self._opaque) & 0x7FFFFFFF
 
-    async def send_raw(self, data: bytes) -> None:
-        """Queue ``data`` and write it. Concurrent senders are coalesced: whoever is
-        writing takes everything queued meanwhile in one send (pipelined producers
-        then cost one system call per batch of frames, not per frame)."""
+    def _queue(self, frame: bytes) -> None:
         if self.closed:
             raise RemotingConnectError(f"connection to {self.address} is closed")
-        self._out.append(data)
-        if self._writing:
-            return
-        self._writing = True
-        try:
-            while self._out:
-                chunk = self._out[0] if len(self._out) == 1 else b"".join(self._out)
-                self._out.clear()
-                await self.stream.send(chunk)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-            self._fail(exc)
-            raise RemotingConnectError(f"connection to {self.address} broke: {exc}") from None
-        except BaseException:
-            # Cancelled mid-write: a frame may be half sent and others' frames are
-            # queued behind it, so the stream is unusable. Close it; waiters fail fast.
-            self._fail(RemotingConnectError("a write was cancelled"))
-            raise
-        finally:
-            self._writing = False
+        self._out.append(frame)
+        self._wake.set()
+
+    async def send_raw(self, data: bytes) -> None:
+        """Queue an encoded frame for the writer."""
+        self._queue(data)
+
+    def send_nowait(self, cmd: RemotingCommand, callback: Callable[[Any], None],
+                    timeout: float = DEFAULT_TIMEOUT) -> int:
+        """Queue ``cmd`` (its opaque replaced) without waiting; ``callback`` gets the
+        response, or a RemotingTimeoutError / RemotingConnectError. Returns the opaque."""
+        opaque = next(self._opaque) & 0x7FFFFFFF
+        frame = encode(RemotingCommand(cmd.code, opaque, cmd.flag, cmd.ext_fields, cmd.body,
+                                       cmd.remark, cmd.language, cmd.version,
+                                       self.serialize_type))
+        self._queue(frame)
+        self._pending[opaque] = callback
+        self._deadlines[opaque] = time.monotonic() + timeout
+        return opaque
 
     async def invoke(self, cmd: RemotingCommand, timeout: float = DEFAULT_TIMEOUT
                      ) -> RemotingCommand:
         """Send ``cmd`` (its opaque is replaced) and return the response.
         Raises RemotingConnectError, RemotingTimeoutError."""
         opaque = next(self._opaque) & 0x7FFFFFFF
-        cmd = RemotingCommand(cmd.code, opaque, cmd.flag, cmd.ext_fields, cmd.body, cmd.remark,
-                              cmd.language, cmd.version, self.serialize_type)
-        slot: list[Any] = [anyio.Event(), None]
-        self._pending[opaque] = slot
+        frame = encode(RemotingCommand(cmd.code, opaque, cmd.flag, cmd.ext_fields, cmd.body,
+                                       cmd.remark, cmd.language, cmd.version,
+                                       self.serialize_type))
+        done = anyio.Event()
+        box: list[Any] = []
+
+        def deliver(resp: Any) -> None:
+            box.append(resp)
+            done.set()
+
+        self._queue(frame)
+        self._pending[opaque] = deliver
         try:
-            await self.send_raw(encode(cmd))
             with anyio.move_on_after(timeout if timeout > 0 else math.inf):
-                await slot[0].wait()
+                await done.wait()
         finally:
             self._pending.pop(opaque, None)
-        resp = slot[1]
-        if resp is None:
+        if not box:
             raise RemotingTimeoutError(
                 f"no response from {self.address} in {timeout:.1f}s (code {cmd.code})")
+        resp = box[0]
         if isinstance(resp, BaseException):
             raise RemotingConnectError(f"connection to {self.address} broke: {resp}")
         return resp  # type: ignore[no-any-return]
 
     async def invoke_oneway(self, cmd: RemotingCommand) -> None:
         cmd = _with(cmd, self.next_opaque(), self.serialize_type, FLAG_ONEWAY)
-        await self.send_raw(encode(cmd))
+        self._queue(encode(cmd))
 
     def _fail(self, exc: BaseException) -> None:
         if self.closed:
             return
         self.closed = True
-        self._out.clear()
         self.error = exc
-        for slot in self._pending.values():
-            slot[1] = exc
-            slot[0].set()
+        self._out.clear()
+        self._wake.set()
+        pending, self._pending = self._pending, {}
+        self._deadlines.clear()
+        for cb in pending.values():
+            cb(exc)
 
     async def run(self) -> None:
-        """Read responses and server requests until the connection ends."""
+        """Read, write and expire until the connection ends."""
         try:
             async with anyio.create_task_group() as tg:
-                while True:
-                    try:
-                        data = await self.stream.receive(RECEIVE_SIZE)
-                    except (anyio.EndOfStream, anyio.BrokenResourceError,
-                            anyio.ClosedResourceError, OSError) as exc:
-                        self._fail(exc if not isinstance(exc, anyio.EndOfStream)
-                                   else RemotingConnectError("closed by peer"))
-                        return
-                    self._decoder.receive_data(data)
-                    while (cmd := self._decoder.next_command()) is not None:
-                        if cmd.is_response:
-                            slot = self._pending.get(cmd.opaque)
-                            if slot is not None:
-                                slot[1] = cmd
-                                slot[0].set()
-                        elif self.on_request is not None:
-                            tg.start_soon(self._serve_request, cmd)
+                tg.start_soon(self._writer, tg.cancel_scope)
+                tg.start_soon(self._expire)
+                await self._reader(tg)
+                tg.cancel_scope.cancel()
         except RemotingProtocolError as exc:
             log.warning("protocol error from %s: %s", self.address, exc)
             self._fail(exc)
@@ -193,12 +196,58 @@ class RemotingConnection:
             with anyio.CancelScope(shield=True):
                 await self.stream.aclose()
 
+    async def _reader(self, tg: anyio.abc.TaskGroup) -> None:
+        while True:
+            try:
+                data = await self.stream.receive(RECEIVE_SIZE)
+            except (anyio.EndOfStream, anyio.BrokenResourceError,
+                    anyio.ClosedResourceError, OSError) as exc:
+                self._fail(exc if not isinstance(exc, anyio.EndOfStream)
+                           else RemotingConnectError("closed by peer"))
+                return
+            self._decoder.receive_data(data)
+            while (cmd := self._decoder.next_command()) is not None:
+                if cmd.is_response:
+                    cb = self._pending.pop(cmd.opaque, None)
+                    if cb is not None:
+                        self._deadlines.pop(cmd.opaque, None)
+                        cb(cmd)
+                elif self.on_request is not None:
+                    tg.start_soon(self._serve_request, cmd)
+
+    async def _writer(self, scope: anyio.CancelScope) -> None:
+        while not self.closed:
+            if not self._out:
+                self._wake = anyio.Event()
+                await self._wake.wait()
+                continue
+            chunk = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+            self._out.clear()
+            try:
+                await self.stream.send(chunk)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+                self._fail(exc)
+                scope.cancel()
+                return
+
+    async def _expire(self) -> None:
+        """Time out ``send_nowait`` callbacks whose response did not come."""
+        while True:
+            await anyio.sleep(EXPIRE_SCAN_S)
+            now = time.monotonic()
+            late = [o for o, d in self._deadlines.items() if d <= now]
+            for o in late:
+                del self._deadlines[o]
+                cb = self._pending.pop(o, None)
+                if cb is not None:
+                    cb(RemotingTimeoutError(f"no response from {self.address} in time"))
+
     async def _serve_request(self, cmd: RemotingCommand) -> None:
         assert self.on_request is not None
         try:
             resp = await self.on_request(self, cmd)
             if resp is not None and not cmd.is_oneway:
-                await self.send_raw(encode(resp))
+                self._queue(encode(resp))
         except ClientError as exc:
             log.info("answering a request from %s failed: %s", self.address, exc)
 

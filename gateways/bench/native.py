@@ -27,7 +27,7 @@ from typing import Any
 import anyio
 import click
 
-from ...clients import Message, Producer
+from ...clients import Admin, Message, Producer
 from ...clients.consumer import pull
 from ...clients.instance import ClientInstance
 
@@ -65,9 +65,10 @@ def _free_port() -> int:
 
 
 @contextmanager
-def spawned_broker(flush: str) -> Iterator[tuple[str, int]]:
-    """A broker on free loopback ports in a temporary directory, pinned to CPU 0."""
-    ncpu = os.cpu_count() or 1
+def spawned_broker(flush: str, pin: bool = True) -> Iterator[tuple[str, int]]:
+    """A broker on free loopback ports in a temporary directory, pinned to CPU 0
+    (and this process to the others) unless ``pin`` is off."""
+    ncpu = (os.cpu_count() or 1) if pin else 1
     with tempfile.TemporaryDirectory(prefix="ferrymq-bench-") as d:
         ports = {"namesrv": _free_port(), "remoting": _free_port()}
         ready = os.path.join(d, "ready.json")
@@ -188,11 +189,26 @@ CEILING_SHAPES = {  # batch, connections, window: the same shapes for the bare l
     "c.async_pipelined": (1, 1, 64), "d.batch_32": (32, 1, 8)}
 
 
-def _ceiling(path: str, shape: str, seconds: float) -> None:
+def _ceiling(path: str, shape: str, seconds: float, pin: bool) -> None:
+    """Run the bare loop with the same shape and the same placement: its server on
+    CPU 0 (pinned as soon as ceiling.py spawns it), its load generator beside ours."""
     b, c, w = CEILING_SHAPES[shape]
-    out = subprocess.run([sys.executable, path, "run", str(b), str(c), str(w), str(seconds)],
-                         capture_output=True, text=True, timeout=seconds * 4 + 60)
-    for line in out.stdout.splitlines():
+    proc = subprocess.Popen([sys.executable, path, "run", str(b), str(c), str(w), str(seconds)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    if pin and (os.cpu_count() or 1) > 1:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+                    kids = f.read().split()
+            except OSError:
+                kids = []
+            if kids:
+                os.sched_setaffinity(int(kids[0]), {0})
+                break
+            time.sleep(0.002)
+    stdout, _ = proc.communicate(timeout=seconds * 4 + 60)
+    for line in stdout.splitlines():
         if line.startswith("{"):
             doc = json.loads(line)
             doc["name"] = f"ceiling.{shape}:{doc['name']}"
@@ -211,25 +227,35 @@ def _ceiling(path: str, shape: str, seconds: float) -> None:
 @click.option("--flush", type=click.Choice(["async", "sync"]), default="async", show_default=True)
 @click.option("--ceiling", "ceiling_path", type=click.Path(exists=True, dir_okay=False),
               help="ceiling.py: also run the bare trio loop with the same shapes.")
+@click.option("--pin/--no-pin", default=True, show_default=True,
+              help="Broker on CPU 0, load on the other CPUs.")
 def produce(namesrv: str | None, seconds: float, shapes: tuple[str, ...], window: int,
-            flush: str, ceiling_path: str | None) -> None:
+            flush: str, ceiling_path: str | None, pin: bool) -> None:
     """Produce 100-byte messages in the four shapes; msgs/s and ack latency."""
-    with _server(namesrv, flush) as (ns, pid):
-        runs = _produce_runs(ns, f"bench-{int(time.time())}", seconds, window)
+    with _server(namesrv, flush, pin) as (ns, pid):
+        topic = f"bench-{int(time.time())}"
+
+        async def create() -> None:
+            async with Admin(ns) as admin:
+                await admin.create_topic(topic, 4)
+
+        anyio.run(create)
+        runs = _produce_runs(ns, topic, seconds, window)
         for name, fn in runs.items():
             if shapes and name not in shapes:
                 continue
             _measure(f"native.produce.{name}", pid, fn)
             if ceiling_path:
-                _ceiling(ceiling_path, name, seconds)
+                _ceiling(ceiling_path, name, seconds, pin and namesrv is None)
 
 
 @contextmanager
-def _server(namesrv: str | None, flush: str) -> Iterator[tuple[str, int | None]]:
+def _server(namesrv: str | None, flush: str, pin: bool = True
+            ) -> Iterator[tuple[str, int | None]]:
     if namesrv:
         yield namesrv, None
     else:
-        with spawned_broker(flush) as (ns, pid):
+        with spawned_broker(flush, pin) as (ns, pid):
             yield ns, pid
 
 
@@ -239,12 +265,23 @@ def _server(namesrv: str | None, flush: str) -> Iterator[tuple[str, int | None]]
               help="Stored first (in batches), then consumed.")
 @click.option("--pull-size", type=int, default=1024, show_default=True,
               help="Messages per PULL_MESSAGE.")
-def consume(namesrv: str | None, messages: int, pull_size: int) -> None:
+@click.option("--batched/--single", default=False, show_default=True,
+              help="Store the messages as batches of 256 (pulls unpack them) or one by one.")
+@click.option("--pin/--no-pin", default=True, show_default=True)
+def consume(namesrv: str | None, messages: int, pull_size: int, batched: bool,
+            pin: bool) -> None:
     """Store messages, then pull them all back (decoded): consume msgs/s."""
     topic = f"bench-consume-{int(time.time())}"
-    with _server(namesrv, "async") as (ns, pid):
+    with _server(namesrv, "async", pin) as (ns, pid):
         async def fill() -> None:
-            async with Producer(ns, "bench") as p:
+            async with Admin(ns) as admin:  # routed before the first send
+                await admin.create_topic(topic, 4)
+            async with Producer(ns, "bench", max_in_flight=512) as p:
+                if not batched:
+                    await p.send(Message(topic, BODY), sharding_key="one")
+                    for _ in range(messages - 1):
+                        await p.send_async(Message(topic, BODY), sharding_key="one")
+                    return
                 batch = [Message(topic, BODY) for _ in range(256)]
                 async with anyio.create_task_group() as tg:
                     sem = anyio.Semaphore(8)
@@ -279,7 +316,8 @@ def consume(namesrv: str | None, messages: int, pull_size: int) -> None:
                         offset = nxt
             return total, lats, f"pull of up to {pull_size}"
 
-        _measure("native.consume.pull_decoded", pid, drain)
+        _measure(f"native.consume.pull_decoded.{'batched' if batched else 'single'}", pid,
+                 drain)
 
 
 def register(group: click.Group) -> None:

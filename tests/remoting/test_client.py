@@ -251,6 +251,8 @@ async def test_tag_and_sql92_subscriptions(native) -> None:
 
 async def test_pull_consumer_assign_seek_poll_commit(native) -> None:
     ns = native.address("namesrv")
+    async with Admin(ns) as a:
+        await a.create_topic("PT", 4)
     async with Producer(ns, "pg", **FAST_CLIENT) as p:
         mq = None
         for i in range(5):
