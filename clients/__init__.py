@@ -1,4 +1,4 @@
-"""The FerryMQ Python client: RocketMQ 4.x remoting on anyio (asyncio or trio), with blocking facades.
+"""The FerryMQ Python client: RocketMQ 4.x remoting on anyio (asyncio or trio), blocking facades.
 
     async with Producer("127.0.0.1:9876", group="pg") as p:
         await p.send(Message("Orders", b"...", tags="paid", keys="order-7"))

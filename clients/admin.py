@@ -7,6 +7,7 @@ brokers concerned, as RocketMQ's mqadmin does; a broker address given as the
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,11 +121,9 @@ class Admin:
                 check(await self.instance.remoting.invoke(bd.master_addr, request(
                     RequestCode.DELETE_TOPIC_IN_BROKER, 0, {"topic": topic})), bd.master_addr)
         for ns in self.instance.namesrvs:
-            try:
+            with contextlib.suppress(ClientError):
                 await self.instance.remoting.invoke(ns, request(
                     RequestCode.DELETE_TOPIC_IN_NAMESRV, 0, {"topic": topic}))
-            except ClientError:
-                pass
         self.instance.routes.pop(topic, None)
 
     # ------------------------------------------------------------ groups

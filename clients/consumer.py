@@ -24,6 +24,7 @@ PushConsumer follows RocketMQ's DefaultMQPushConsumer:
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from collections.abc import Callable, Sequence
@@ -361,10 +362,10 @@ class PushConsumer:
                     await anyio.sleep(PULL_ERROR_BACKOFF_S)
             self.offsets[mq] = offset
             while True:
-                if self.orderly and not self.broadcasting and mq not in self._locked:
-                    if not await self._lock([mq]):
-                        await anyio.sleep(self.suspend_s)
-                        continue
+                if (self.orderly and not self.broadcasting and mq not in self._locked
+                        and not await self._lock([mq])):
+                    await anyio.sleep(self.suspend_s)
+                    continue
                 commit = self.offsets.get(mq, 0) if not self.broadcasting else 0
                 try:
                     code, nxt, msgs = await pull(
@@ -488,11 +489,9 @@ class PushConsumer:
             self._locked.discard(q)
         for name, qs in by_broker.items():
             body = B.LockBatchRequestBody(self.group, self.instance.client_id, tuple(qs)).encode()
-            try:
+            with contextlib.suppress(ClientError):
                 await self.instance.broker_invoke(name, request(RequestCode.UNLOCK_BATCH_MQ, 0,
                                                                 {}, body))
-            except ClientError:
-                pass
 
     async def _lock_loop(self) -> None:
         while True:
@@ -573,7 +572,7 @@ class PullConsumer:
                     mq = self._assigned[self._next % len(self._assigned)]
                     self._next += 1
                     offset = await self.position(mq)
-                    code, nxt, msgs = await pull(self.instance, self.group, mq, offset,
+                    _code, nxt, msgs = await pull(self.instance, self.group, mq, offset,
                                                  max_msgs=max_messages,
                                                  sub=self.filters.get(mq.topic))
                     self.positions[mq] = nxt

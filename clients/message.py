@@ -1,4 +1,4 @@
-"""The client's message values: what a producer sends, what a send returns, how a consumer answers."""
+"""The client's message values: what a producer sends, what a send returns, a consumer's answer."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Where a consumer keeps its offsets: on the brokers (clustering) or in a local file (broadcasting).
+"""Where a consumer keeps offsets: on the brokers (clustering) or in a local file (broadcasting).
 
 RocketMQ's RemoteBrokerOffsetStore and LocalFileOffsetStore: the consumer
 keeps the next offset per queue in memory, persists it every

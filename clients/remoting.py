@@ -1,4 +1,4 @@
-"""Client side of remoting connections on anyio: request/response matching by opaque, a pool per address.
+"""Client remoting connections on anyio: responses matched by opaque, one connection per address.
 
 ``RemotingConnection`` owns one TCP connection: ``invoke`` sends a request and
 waits for the response with the same opaque (many may be in flight: the broker

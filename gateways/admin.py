@@ -1,4 +1,4 @@
-"""The admin CLI over the native protocol: topics, groups, produce, consume, offsets, messages, cluster.
+"""The native CLI: topics, groups, produce, consume, offsets, messages, cluster, NameServer.
 
 ``ferrymq topic create|list|describe|delete``, ``group list|describe``,
 ``produce``, ``consume``, ``offset reset``, ``message show``, ``cluster
@@ -14,6 +14,7 @@ dry run until ``--execute``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sys
@@ -388,10 +389,8 @@ def consume(topic_name: str, group: str | None, start: str, expression: str, sql
                 if idle_timeout is not None and time.monotonic() - last[0] > idle_timeout:
                     break
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         _run(go)
-    except KeyboardInterrupt:
-        pass
     _hint(f"{count} message(s) from {topic_name} (group {group})")
 
 
@@ -425,10 +424,7 @@ def offset_reset(group: str, topic_name: str, to_time: str, execute: bool, names
         async with Admin(namesrv) as a:
             preview = await a.reset_offsets_preview(group, topic_name,
                                                     ts if ts >= 0 else 2**62)
-            if execute:
-                done = dict(await a.reset_offsets(group, topic_name, ts))
-            else:
-                done = {}
+            done = dict(await a.reset_offsets(group, topic_name, ts)) if execute else {}
         return [{"group": group, "topic": topic_name, "broker": q.brokerName, "queue": q.queueId,
                  "current_offset": None if cur < 0 else cur,
                  "new_offset": done.get(q, new), "applied": q in done}
@@ -535,10 +531,8 @@ def namesrv(host: str, port: int, broker_expiry: float, log_level: str) -> None:
             bound = await n.start(serve_namesrv, host, port, {"broker_expiry_s": broker_expiry})
             click.echo(f"ferrymq: NameServer on {host}:{bound}; Ctrl-C stops", err=True)
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         trio.run(run)
-    except KeyboardInterrupt:
-        pass
 
 
 def register(main: click.Group) -> None:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import trio
-
 from ferrymq.clients import Admin, Message, Producer, PushConsumer
 from ferrymq.clients.message import MessageExt
 

@@ -38,7 +38,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 def _pct(sorted_vals: list[float], q: float) -> float:
     if not sorted_vals:
         return float("nan")
-    return sorted_vals[min(len(sorted_vals) - 1, int(round(q * (len(sorted_vals) - 1))))]
+    return sorted_vals[min(len(sorted_vals) - 1, round(q * (len(sorted_vals) - 1)))]
 
 
 def _cpu_of(pid: int) -> float:

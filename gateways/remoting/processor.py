@@ -11,6 +11,7 @@ RocketMQ. See docs/remoting.md for the mapping and its reasons.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import struct
 import time
@@ -49,6 +50,7 @@ from ...protocols.remoting.codes import (
     PULL_FLAG_SUBSCRIPTION,
     PULL_FLAG_SUSPEND,
 )
+from ...protocols.remoting.frame import encode_send_ok
 from .client_table import ClientTable
 
 if TYPE_CHECKING:
@@ -159,7 +161,8 @@ def unpack_native_batch(data: bytes, start: int, limit: int, out: list[bytes]) -
     return n, last
 
 
-Handler = Callable[["ServerConnection", RemotingCommand], Awaitable[RemotingCommand | None]]
+Handler = Callable[["ServerConnection", RemotingCommand],
+                   Awaitable[RemotingCommand | bytes | None]]
 
 
 class Processor:
@@ -214,7 +217,10 @@ class Processor:
 
     # ================================================================ dispatch
 
-    async def handle(self, conn: ServerConnection, cmd: RemotingCommand) -> RemotingCommand | None:
+    async def handle(self, conn: ServerConnection, cmd: RemotingCommand
+                     ) -> RemotingCommand | bytes | None:
+        """The response (a command, or an already encoded frame on hot paths), or None
+        (a oneway request, or a suspended one that answers later)."""
         handler = self.handlers.get(cmd.code)
         if handler is None:
             self.counters["unsupported"] += 1
@@ -237,7 +243,7 @@ class Processor:
     # ================================================================ producing
 
     async def send_message(self, conn: ServerConnection, cmd: RemotingCommand
-                           ) -> RemotingCommand:
+                           ) -> RemotingCommand | bytes:
         if cmd.code == RequestCode.SEND_MESSAGE:
             h = H.SendMessageRequestHeader.from_ext(cmd.ext_fields)
         else:
@@ -272,10 +278,9 @@ class Processor:
         result = await broker.put(msg)
         if t is None:
             self.on_topics_changed()  # auto-created: tell the NameServer now
-        return response_to(cmd, ResponseCode.SUCCESS, {
-            "msgId": _OFFSET_ID.pack(result.store_host, result.physical_offset).hex().upper(),
-            "queueId": str(result.queue_id), "queueOffset": str(result.queue_offset),
-            "MSG_REGION": "DefaultRegion", "TRACE_ON": "true"})
+        return encode_send_ok(
+            cmd, _OFFSET_ID.pack(result.store_host, result.physical_offset).hex().upper(),
+            result.queue_id, result.queue_offset)
 
     # ================================================================ consuming
 
@@ -293,10 +298,9 @@ class Processor:
         filt = self._filter_for(h)
         broker = self.broker
         if h.sysFlag & PULL_FLAG_COMMIT_OFFSET and h.commitOffset > 0:
-            try:
+            # RocketMQ ignores a piggy-backed commit it cannot apply; so do we.
+            with contextlib.suppress(FerryError):
                 broker.commit_offset(h.consumerGroup, h.topic, h.queueId, h.commitOffset)
-            except FerryError:
-                pass  # RocketMQ ignores a commit it cannot apply here as well
         resp = self._pull_once(cmd, h, filt)
         timeout = min(h.suspendTimeoutMillis / 1000, self.max_suspend_s)
         if resp is not None or not h.sysFlag & PULL_FLAG_SUSPEND or timeout <= 0:

@@ -9,6 +9,7 @@ the broker unregisters, so that clients move away at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 
@@ -89,7 +90,5 @@ class Registrar:
         ext = H.UnRegisterBrokerRequestHeader(h.brokerName, h.brokerAddr, h.clusterName,
                                               h.brokerId).to_ext()
         for addr in self.namesrvs:
-            try:
+            with contextlib.suppress(ClientError):
                 await rc.invoke(addr, request(RequestCode.UNREGISTER_BROKER, 0, ext), 1.0)
-            except ClientError:
-                pass

@@ -148,6 +148,23 @@ def encode(cmd: RemotingCommand) -> bytes:
                      header, body))
 
 
+_SEND_OK = ('{"code":0,"extFields":{"msgId":"%s","queueId":"%d","queueOffset":"%d",'
+            '"MSG_REGION":"DefaultRegion","TRACE_ON":"true"},"flag":1,"language":"JAVA",'
+            '"opaque":%d,"serializeTypeCurrentRPC":"JSON","version":%d}')
+
+
+def encode_send_ok(req: RemotingCommand, msg_id: str, queue_id: int, queue_offset: int) -> bytes:
+    """The SUCCESS response to a send, as ``encode(response_to(req, SUCCESS, {...}))``
+    gives it, from a template: it answers every message produced (a JSON request only;
+    ``msg_id`` is hex, so nothing needs escaping)."""
+    if req.serialize_type != SerializeType.JSON:
+        return encode(response_to(req, 0, {
+            "msgId": msg_id, "queueId": str(queue_id), "queueOffset": str(queue_offset),
+            "MSG_REGION": "DefaultRegion", "TRACE_ON": "true"}))
+    header = (_SEND_OK % (msg_id, queue_id, queue_offset, req.opaque, req.version)).encode()
+    return _FRAME_HEAD.pack(4 + len(header), len(header)) + header
+
+
 # ------------------------------------------------------------------ decoding
 
 

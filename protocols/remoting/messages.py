@@ -118,7 +118,7 @@ def decode_messages(body: bytes | memoryview) -> list[MessageExt]:
             (total, magic, _crc, qid, flag, qoff, phys, sys_flag, born_ts, born_host, store_ts,
              store_host, reconsume, _prep, body_len) = unpack(body, pos)
             rend = pos + total
-            if (magic == rec.MAGIC and not sys_flag & v6 and _FAST_MIN <= total
+            if (magic == rec.MAGIC and not sys_flag & v6 and total >= _FAST_MIN
                     and rend <= end and 0 <= body_len <= total - _FAST_MIN):
                 p = pos + rec.HEADER_SIZE
                 payload = body[p:p + body_len]

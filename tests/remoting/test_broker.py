@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 
 import trio
-
 from ferrymq.clients.remoting import RemotingClient
 from ferrymq.protocols import record as rec
 from ferrymq.protocols.remoting import RequestCode, ResponseCode, request

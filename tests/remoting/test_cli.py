@@ -7,7 +7,6 @@ import json
 
 import pytest
 from click.testing import CliRunner
-
 from ferrymq.gateways.admin import parse_time
 from ferrymq.gateways.cli import main
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import collections
 
 import trio
-
 from ferrymq.clients import Admin, Message, Producer, PushConsumer
 from ferrymq.clients.message import MessageExt
 from ferrymq.gateways.namesrv.routes import RouteTable

@@ -244,3 +244,14 @@ def test_batch_body_and_pull_body() -> None:
     assert msgs[0].body == b"hello" and msgs[0].msg_id == "ABC" and msgs[0].queue_offset == 7
     assert msgs[1].body == b"big" * 100 and msgs[1].reconsume_times == 2
     assert messages.parse_offset_msg_id(msgs[1].msg_id) == ("127.0.0.1:10911", 200)
+
+
+@pytest.mark.parametrize("stype", [SerializeType.JSON, SerializeType.ROCKETMQ])
+def test_send_response_template_equals_the_generic_encoding(stype: int) -> None:
+    from ferrymq.protocols.remoting.frame import encode_send_ok
+    req = RemotingCommand(RequestCode.SEND_MESSAGE_V2, 1234, 0, {}, b"", None,
+                          LanguageCode.PYTHON, 317, stype)
+    generic = encode(response_to(req, ResponseCode.SUCCESS, {
+        "msgId": "7F00000100002A9F0000000000000788", "queueId": "3", "queueOffset": "99",
+        "MSG_REGION": "DefaultRegion", "TRACE_ON": "true"}))
+    assert encode_send_ok(req, "7F00000100002A9F0000000000000788", 3, 99) == generic

@@ -6,7 +6,6 @@ import time
 
 import pytest
 import trio
-
 from ferrymq.clients.remoting import RemotingClient
 from ferrymq.core import errors as E
 from ferrymq.gateways.remoting.processor import error_code

@@ -27,7 +27,7 @@ def test_fast_unpack_equals_decode_and_reencode() -> None:
         n, last = unpack_native_batch(sr.data, start, limit, fast)
         slow = [encode_message(m) for m in sr.messages(start)][:limit]
         assert b"".join(fast) == b"".join(slow)
-        assert n == len(slow) and last == (slow and decode_messages(slow[-1])[0].queue_offset
+        assert n == len(slow) and last == ((slow and decode_messages(slow[-1])[0].queue_offset)
                                            or 9)
 
 
