@@ -305,3 +305,49 @@ def test_client_runs_under_asyncio_and_trio(native, backend: str) -> None:
             return [m.body for m in await c.poll()]
 
     assert anyio.run(main, backend=backend) == [backend.encode()]
+
+
+async def test_online_consumer_follows_an_offset_reset(native) -> None:
+    ns = native.address("namesrv")
+    seen: list[bytes] = []
+
+    async def h(msgs: list[MessageExt]) -> None:
+        seen.extend(m.body for m in msgs)
+
+    async with Admin(ns, **FAST_CLIENT) as a:
+        await a.create_topic("Rewind", 1)
+        async with Producer(ns, "pg", **FAST_CLIENT) as p:
+            for i in range(5):
+                await p.send(Message("Rewind", f"r{i}".encode()))
+        c = PushConsumer(ns, "rewinder", h, consume_from="FIRST", **FAST_PUSH)
+        c.subscribe("Rewind")
+        async with c:
+            await wait_for(lambda: len(seen) == 5)
+            rows = await a.reset_offsets("rewinder", "Rewind", 0)
+            assert [off for _, off in rows] == [0]
+            await wait_for(lambda: len(seen) == 10)
+    assert seen[5:] == seen[:5], "the online member re-consumed from the reset offset"
+
+
+async def test_pull_consumer_filters_and_seeks_by_time(native) -> None:
+    ns = native.address("namesrv")
+    async with Admin(ns, **FAST_CLIENT) as a:
+        await a.create_topic("PF", 1)
+    async with Producer(ns, "pg", **FAST_CLIENT) as p:
+        r = await p.send(Message("PF", b"old", tags="x"))
+        await trio.sleep(0.05)
+        import time as _time
+        cut = int(_time.time() * 1000)
+        await p.send(Message("PF", b"new-y", tags="y"))
+        await p.send(Message("PF", b"new-x", tags="x", delay_level=3))
+    mq = r.queue
+    async with PullConsumer(ns, "pf", **FAST_CLIENT) as c:
+        c.assign([mq])
+        assert await c.seek_to_time(mq, cut) == 1
+        c.set_filter("PF", "x")
+        msgs = await c.poll()
+        assert [m.body for m in msgs] == [b"new-x"]
+        # delay levels are kept but not honoured before the timers issue: delivered at once
+        assert msgs[0].properties["DELAY"] == "3"
+        assert await c.seek_to_end(mq) == 3
+        assert await c.poll(timeout=0.2) == []
