@@ -7,7 +7,8 @@ its NameServers (registration.py): the ones named by ``--namesrv`` /
 ``namesrv_addr``, else the NameServer embedded in this server.
 
 Options (``[remoting]`` table): ``max_frame`` (bytes, default 16 MiB),
-``max_suspended`` (long polls per connection, default 1024),
+``max_suspended`` (long polls per connection, default 1024), ``max_connections``
+(10000; more are closed at once),
 ``advertised_address`` (HOST:PORT clients should use), ``register_interval_s``
 (30), ``client_expiry_s`` (120), ``lock_ttl_s`` (60), ``max_suspend_s`` (30).
 """
@@ -30,6 +31,7 @@ from .registration import REGISTER_INTERVAL_S, Registrar
 log = logging.getLogger("ferrymq.remoting")
 
 DEFAULT_MAX_SUSPENDED = 1024
+DEFAULT_MAX_CONNECTIONS = 10_000
 
 
 def namesrv_addresses(ctx: DoorContext) -> list[str]:
@@ -62,10 +64,23 @@ async def serve(ctx: DoorContext, *, task_status: trio.TaskStatus[int] = trio.TA
         processor.topic_configs, float(opts.get("register_interval_s", REGISTER_INTERVAL_S)))
     processor.on_topics_changed = registrar.topics_changed
     processor.register_now = registrar.register_now
-    handler = functools.partial(
+    serve_one = functools.partial(
         serve_connection, processor=processor,
         max_frame=int(opts.get("max_frame", DEFAULT_MAX_FRAME)),
         max_suspended=int(opts.get("max_suspended", DEFAULT_MAX_SUSPENDED)))
+    slots = trio.Semaphore(int(opts.get("max_connections", DEFAULT_MAX_CONNECTIONS)))
+
+    async def handler(stream: trio.SocketStream) -> None:
+        try:
+            slots.acquire_nowait()
+        except trio.WouldBlock:
+            processor.counters["connections_refused"] += 1
+            await stream.aclose()  # over the limit: no room for another client
+            return
+        try:
+            await serve_one(stream)
+        finally:
+            slots.release()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(functools.partial(trio.serve_listeners, handler, listeners))
         if namesrvs:

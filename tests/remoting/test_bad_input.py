@@ -106,3 +106,19 @@ def test_client_that_never_reads_keeps_memory_bounded(native) -> None:
     assert growth < 64 * 1024, f"broker memory grew by {growth} KiB"
     c.close()
     _still_serves(port)
+
+
+def test_connections_past_the_limit_are_closed(start_broker, tmp_path) -> None:
+    conf = tmp_path / "c.toml"
+    conf.write_text("[remoting]\nmax_connections = 2\n")
+    b = start_broker("remoting", extra_args=("--config", str(conf)))
+    port = b.port("remoting")
+    kept = [RawConnection(port), RawConnection(port)]
+    for k in kept:
+        k.send_cmd(request(RequestCode.GET_BROKER_CLUSTER_INFO, 1))
+        assert k.recv_cmd() is not None
+    extra = RawConnection(port)
+    assert extra.closed_by_peer()
+    kept[0].close()
+    time.sleep(0.2)
+    _still_serves(port)
