@@ -23,7 +23,8 @@ import anyio.abc
 from ..protocols.remoting import RemotingCommand, RequestCode, ResponseCode, request
 from ..protocols.remoting import bodies as B
 from ..protocols.remoting.codes import DEFAULT_TOPIC
-from ..protocols.remoting.messages import encode_batch, encode_properties
+from ..protocols.record import encode_member
+from ..protocols.remoting.messages import encode_properties
 from .instance import ClientInstance, NoRouteError
 from .message import SHARDING_KEY, Message, SendResult, new_uniq_key
 from .remoting import DEFAULT_TIMEOUT, BrokerError, ClientError, RemotingConnectError
@@ -182,8 +183,8 @@ class Producer:
         if any(m.topic != topic for m in messages):
             raise ValueError("every message of a batch goes to the same topic")
         uniqs = [new_uniq_key() for _ in messages]
-        body = encode_batch((bytes(m.body), m.wire_properties(u), m.flag)
-                            for m, u in zip(messages, uniqs, strict=True))
+        body = b"".join(encode_member(m.flag, bytes(m.body), m.wire_properties_text(u).encode())
+                        for m, u in zip(messages, uniqs, strict=True))
 
         def build(mq: B.MessageQueue, from_default: bool) -> RemotingCommand:
             return request(RequestCode.SEND_BATCH_MESSAGE, 0,

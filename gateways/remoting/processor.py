@@ -98,6 +98,15 @@ def host_bytes_of(peer: str) -> bytes:
         return b"\x00" * 8
 
 
+def batch_offset_ids(store_host: bytes, phys: int, count: int) -> str:
+    """The offset ids of a batch record's members, comma-separated (what
+    ``PutResult.offset_message_id(i)`` gives for each i, built as text at once)."""
+    addr = store_host[:4].hex().upper()
+    port = int.from_bytes(store_host[4:8], "big", signed=True) & 0xFFFF
+    tail = f"{phys & 0xFFFFFFFFFFFFFFFF:016X}"
+    return ",".join(f"{addr}{((i << 16) | port) & 0xFFFFFFFF:08X}{tail}" for i in range(count))
+
+
 def encode_message(m: ConsumedMessage) -> bytes:
     """One message as a RocketMQ record (a batch member unpacked for a RocketMQ
     consumer): its own queue offset, FerryMQ's format bits cleared, and the member
@@ -258,7 +267,8 @@ class Processor:
         # The C++ client sends batches as SEND_MESSAGE with batch=true.
         if cmd.code == RequestCode.SEND_BATCH_MESSAGE or h.batch:
             result = await broker.put_encoded_batch(topic, qid, cmd.body, born_host)
-            ext = {"msgId": ",".join(result.offset_message_id(i) for i in range(result.count)),
+            ext = {"msgId": batch_offset_ids(result.store_host, result.physical_offset,
+                                             result.count),
                    "queueId": str(result.queue_id), "queueOffset": str(result.queue_offset),
                    "MSG_REGION": "DefaultRegion", "TRACE_ON": "true"}
             return response_to(cmd, ResponseCode.SUCCESS, ext)

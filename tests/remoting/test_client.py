@@ -351,3 +351,15 @@ async def test_pull_consumer_filters_and_seeks_by_time(native) -> None:
         assert msgs[0].properties["DELAY"] == "3"
         assert await c.seek_to_end(mq) == 3
         assert await c.poll(timeout=0.2) == []
+
+
+@pytest.mark.parametrize("msg", [
+    Message("T", b"x"), Message("T", b"x", tags="a", keys=["k1", "k2"]),
+    Message("T", b"x", tags="a", keys="k", properties={"p": "1"}, delay_level=2),
+])
+def test_fast_wire_properties_equal_the_dict_form(msg: Message) -> None:
+    from ferrymq.clients.message import new_uniq_key
+    from ferrymq.protocols.remoting.messages import encode_properties
+    u = new_uniq_key()
+    assert len(u) == 32 and u != new_uniq_key()
+    assert msg.wire_properties_text(u) == encode_properties(msg.wire_properties(u))

@@ -42,3 +42,11 @@ def test_unpacked_records_carry_member_offsets_ids_and_no_format_bits() -> None:
     assert all(rec.body_crc(m.body) == rec.decode(r, check_crc=True).body_crc
                for m, r in zip(msgs, [b"".join(out[i:i + 4]) for i in range(0, 12, 4)],
                                strict=True))
+
+
+def test_batch_offset_ids_are_the_cores() -> None:
+    from ferrymq.core.message import offset_message_id
+    from ferrymq.gateways.remoting.processor import batch_offset_ids
+    host = rec.host_bytes("127.0.0.1", 10911)
+    ids = batch_offset_ids(host, 123456789, 40).split(",")
+    assert ids == [offset_message_id(host, 123456789, i) for i in range(40)]
