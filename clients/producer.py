@@ -20,10 +20,10 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from ..protocols.record import encode_member
 from ..protocols.remoting import RemotingCommand, RequestCode, ResponseCode, request
 from ..protocols.remoting import bodies as B
 from ..protocols.remoting.codes import DEFAULT_TOPIC
-from ..protocols.record import encode_member
 from ..protocols.remoting.messages import encode_properties
 from .instance import ClientInstance, NoRouteError
 from .message import SHARDING_KEY, Message, SendResult, new_uniq_key

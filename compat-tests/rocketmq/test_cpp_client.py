@@ -16,7 +16,7 @@ from ferrymq.clients import Admin, Message, Producer, PushConsumer
 from ferrymq.clients.message import MessageExt
 
 PEER = Path(__file__).with_name("cpp_peer.py")
-FAST = "[remoting]\nregister_interval_s = 1.0\n"
+FAST = "segment_size = 67108864\n[remoting]\nregister_interval_s = 1.0\n"
 FAST_CLIENT = {"heartbeat_s": 1.0, "route_refresh_s": 1.0}
 
 

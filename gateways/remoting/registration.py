@@ -53,10 +53,11 @@ class Registrar:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         """Register now (reporting started after the first attempt, so that a server
-        is routable once it says it is ready), then every interval and on change."""
-        async with RemotingClient() as rc:
-            self._rc = rc
-            try:
+        is routable once it says it is ready), then every interval and on change; on
+        the way out, unregister."""
+        try:
+            async with RemotingClient() as rc:
+                self._rc = rc
                 while True:
                     self._changed = trio.Event()
                     await self._register_all(rc)
@@ -66,9 +67,11 @@ class Registrar:
                     await trio.sleep(MIN_GAP_S)  # a burst of topic changes: one registration
                     with trio.move_on_after(self.interval_s):
                         await self._changed.wait()
-            finally:
-                self._rc = None
-                with trio.CancelScope(shield=True), trio.move_on_after(2):
+        finally:
+            self._rc = None
+            # The client above died with the cancelled scope: a fresh one, shielded.
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                async with RemotingClient() as rc:
                     await self._unregister_all(rc)
 
     async def _register_all(self, rc: RemotingClient) -> None:

@@ -11,6 +11,7 @@ import pytest
 from ferrymq.protocols.remoting import FrameDecoder, RemotingCommand, encode
 
 FAST = """
+segment_size = 67108864
 [remoting]
 register_interval_s = 1.0
 client_expiry_s = 30.0
@@ -27,7 +28,7 @@ FAST_PUSH = {**FAST_CLIENT, "rebalance_s": 1.0, "persist_s": 0.3}
 def broker_config(tmp_path: Path, name: str, broker_name: str = "broker-a",
                   extra: str = "") -> str:
     path = tmp_path / f"{name}.toml"
-    path.write_text(f'broker_name = "{broker_name}"\n' + extra + FAST)
+    path.write_text(f'broker_name = "{broker_name}"\n' + extra + FAST)  # small segments
     return str(path)
 
 

@@ -100,3 +100,39 @@ def test_route_table_expires_silent_brokers() -> None:
     assert route is not None and [b.brokerName for b in route.brokerDatas] == ["b1"]
     assert t.unregister("h1:1") and t.route("T") is None
     assert t.cluster_info().brokerAddrTable == {}
+
+
+async def test_standalone_namesrv_command(start_broker, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from conftest import free_port
+
+    port = free_port()
+    ns = subprocess.Popen([sys.executable, "-m", "ferrymq.gateways", "namesrv", "--host",
+                           "127.0.0.1", "--port", str(port), "--broker-expiry", "5"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        with trio.fail_after(15):
+            while True:  # wait until it listens
+                try:
+                    s = await trio.open_tcp_stream("127.0.0.1", port)
+                    await s.aclose()
+                    break
+                except OSError:
+                    await trio.sleep(0.05)
+        b = start_broker("remoting", extra_args=(
+            "--config", broker_config(tmp_path, "alone", "broker-z"),
+            "--namesrv", f"127.0.0.1:{port}"))
+        async with Admin(f"127.0.0.1:{port}", **FAST_CLIENT) as admin:
+            info = await admin.cluster()
+            assert info.brokerAddrTable["broker-z"].master_addr == b.address("remoting")
+            await admin.create_topic("AloneT", 2)
+            assert "AloneT" in await admin.topics()
+        b.stop()
+        async with Admin(f"127.0.0.1:{port}", **FAST_CLIENT) as admin:
+            # a broker that stops cleanly unregisters at once
+            assert (await admin.cluster()).brokerAddrTable == {}
+    finally:
+        ns.terminate()
+        ns.wait(10)

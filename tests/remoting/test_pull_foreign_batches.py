@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-
 from ferrymq.core import message as core_message
 from ferrymq.core.broker import BrokerConfig
 from ferrymq.core.message import ConsumedMessage, GetResult, GetStatus, StoredRecord
