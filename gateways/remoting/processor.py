@@ -253,38 +253,47 @@ class Processor:
 
     async def send_message(self, conn: ServerConnection, cmd: RemotingCommand
                            ) -> RemotingCommand | bytes:
-        if cmd.code == RequestCode.SEND_MESSAGE:
-            h = H.SendMessageRequestHeader.from_ext(cmd.ext_fields)
+        fast = (H.send_v2_fields(cmd.ext_fields) if cmd.code != RequestCode.SEND_MESSAGE
+                else None)
+        max_reconsume: int | None = None
+        if fast is None:
+            if cmd.code == RequestCode.SEND_MESSAGE:
+                h = H.SendMessageRequestHeader.from_ext(cmd.ext_fields)
+            else:
+                h = H.SendMessageRequestHeader.from_ext_v2(cmd.ext_fields)
+            _group, topic, qid, sys_flag, born_ts, flag, props_text, reconsume, batch = (
+                h.producerGroup, h.topic, h.queueId, h.sysFlag, h.bornTimestamp, h.flag,
+                h.properties, h.reconsumeTimes or 0, bool(h.batch))
+            max_reconsume = h.maxReconsumeTimes
         else:
-            h = H.SendMessageRequestHeader.from_ext_v2(cmd.ext_fields)
+            _group, topic, qid, sys_flag, born_ts, flag, props_text, reconsume, batch = fast
         broker = self.broker
-        topic = h.topic
         t = broker.meta.topics.get(topic)
-        qid = h.queueId
         if t is not None and qid >= t.queues:
             qid %= t.queues  # RocketMQ: queueIdInt % writeQueueNums
         born_host = conn.peer_bytes
         # The C++ client sends batches as SEND_MESSAGE with batch=true.
-        if cmd.code == RequestCode.SEND_BATCH_MESSAGE or h.batch:
+        if cmd.code == RequestCode.SEND_BATCH_MESSAGE or batch:
             result = await broker.put_encoded_batch(topic, qid, cmd.body, born_host)
             ext = {"msgId": batch_offset_ids(result.store_host, result.physical_offset,
                                              result.count),
                    "queueId": str(result.queue_id), "queueOffset": str(result.queue_offset),
                    "MSG_REGION": "DefaultRegion", "TRACE_ON": "true"}
             return response_to(cmd, ResponseCode.SUCCESS, ext)
-        props = rec.decode_properties(h.properties) if h.properties else {}
-        reconsume = h.reconsumeTimes or 0
+        props = rec.decode_properties(props_text) if props_text else {}
         if topic.startswith(RETRY_PREFIX):
             # A client re-sending a retry message itself (RocketMQ's send-back fallback):
             # past the maximum it goes to the dead-letter topic.
-            limit = h.maxReconsumeTimes if h.maxReconsumeTimes is not None else \
+            if max_reconsume is None and cmd.code != RequestCode.SEND_MESSAGE:
+                max_reconsume = H.SendMessageRequestHeader.from_ext_v2(
+                    cmd.ext_fields).maxReconsumeTimes
+            limit = max_reconsume if max_reconsume is not None else \
                 self._max_reconsume(topic[len(RETRY_PREFIX):])
             if reconsume > limit:
                 topic = DLQ_PREFIX + topic[len(RETRY_PREFIX):]
                 await broker.create_topic(topic, 1, exist_ok=True)
                 qid = 0
-        msg = Message(topic, cmd.body, props, qid, h.flag, h.bornTimestamp, born_host,
-                      reconsume, h.sysFlag)
+        msg = Message(topic, cmd.body, props, qid, flag, born_ts, born_host, reconsume, sys_flag)
         result = await broker.put(msg)
         if t is None:
             self.on_topics_changed()  # auto-created: tell the NameServer now

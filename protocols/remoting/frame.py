@@ -24,7 +24,8 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import NamedTuple
 
 from .codes import FLAG_ONEWAY, FLAG_RESPONSE, LanguageCode, SerializeType
 
@@ -33,7 +34,8 @@ MIN_FRAME = 4  # the header-length word alone
 _I32 = struct.Struct(">i")
 _U32 = struct.Struct(">I")
 _FRAME_HEAD = struct.Struct(">iI")
-_BIN_FIXED = struct.Struct(">hbhii")  # code, language, version, opaque, flag
+_BIN_FIXED = struct.Struct(">hbhii")
+_NO_FIELDS: Mapping[str, object] = MappingProxyType({})  # code, language, version, opaque, flag
 _H = struct.Struct(">h")
 
 _LANG_BY_NAME = {lang.name: lang for lang in LanguageCode}
@@ -51,16 +53,19 @@ class RemotingProtocolError(Exception):
         self.opaque = opaque
 
 
-@dataclass(frozen=True, slots=True)
-class RemotingCommand:
+class RemotingCommand(NamedTuple):
     """One request or response. ``ext_fields`` holds the typed header's fields as
     RocketMQ carries them (strings when we build them; whatever the peer sent
-    when decoded). See headers.py for the typed views."""
+    when decoded). See headers.py for the typed views.
+
+    Immutable. A named tuple rather than a frozen dataclass: one is built for every
+    frame in each direction, and a frozen dataclass's ``__init__`` (one
+    ``object.__setattr__`` per field) showed up in the broker's profile."""
 
     code: int
     opaque: int = 0
     flag: int = 0
-    ext_fields: Mapping[str, object] = field(default_factory=dict)
+    ext_fields: Mapping[str, object] = _NO_FIELDS
     body: bytes = b""
     remark: str | None = None
     language: int = LanguageCode.PYTHON

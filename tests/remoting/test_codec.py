@@ -255,3 +255,15 @@ def test_send_response_template_equals_the_generic_encoding(stype: int) -> None:
         "msgId": "7F00000100002A9F0000000000000788", "queueId": "3", "queueOffset": "99",
         "MSG_REGION": "DefaultRegion", "TRACE_ON": "true"}))
     assert encode_send_ok(req, "7F00000100002A9F0000000000000788", 3, 99) == generic
+
+
+def test_send_v2_fast_fields_agree_with_the_typed_header() -> None:
+    h = headers.SendMessageRequestHeader("pg", "T", queueId=3, sysFlag=1, bornTimestamp=77,
+                                         flag=2, properties="TAGS\x01a\x02", reconsumeTimes=4,
+                                         batch=True)
+    ext = h.to_ext_v2()
+    assert headers.send_v2_fields(ext) == ("pg", "T", 3, 1, 77, 2, "TAGS\x01a\x02", 4, True)
+    loose = {**ext, "e": 3}  # an int where a string belongs: the typed, loose path reads it
+    assert headers.send_v2_fields(loose) is None
+    assert headers.SendMessageRequestHeader.from_ext_v2(loose).queueId == 3
+    assert headers.send_v2_fields({**ext, "e": "x"}) is None
