@@ -121,3 +121,15 @@ async def test_cpp_push_consumer_retry_by_send_back(broker) -> None:
     by_body = {g["body"]: g for g in got}
     assert set(by_body) == {"r0", "r1", "r2"}
     assert by_body["r1"]["reconsume"] >= 1, "r1 came back through %RETRY%CID-retry"
+
+
+async def test_cpp_orderly_push_consumer_locks_queues(broker) -> None:
+    ns = broker.address("namesrv")
+    await create(ns, "CppOrderly")
+    async with Producer(ns, "pg", **FAST_CLIENT) as p:
+        for i in range(20):
+            await p.send(Message("CppOrderly", f"o{i}".encode(), properties={"seq": str(i)}),
+                         sharding_key="only-key")
+    got = await trio.to_thread.run_sync(peer, "consume", ns, "CppOrderly", "CID-orderly", "20",
+                                        "60", "--orderly")
+    assert [int(g["seq"]) for g in got] == list(range(20)), "in order, under the broker lock"
