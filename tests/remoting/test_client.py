@@ -363,3 +363,28 @@ def test_fast_wire_properties_equal_the_dict_form(msg: Message) -> None:
     u = new_uniq_key()
     assert len(u) == 32 and u != new_uniq_key()
     assert msg.wire_properties_text(u) == encode_properties(msg.wire_properties(u))
+
+
+async def test_push_consumer_batch_size_and_start_from_a_timestamp(native) -> None:
+    ns = native.address("namesrv")
+    async with Admin(ns, **FAST_CLIENT) as a:
+        await a.create_topic("TS", 1)
+    async with Producer(ns, "pg", **FAST_CLIENT) as p:
+        for i in range(5):
+            await p.send(Message("TS", f"before{i}".encode()))
+        await trio.sleep(0.1)
+        import time as _time
+        cut = int(_time.time() * 1000)
+        for i in range(12):
+            await p.send(Message("TS", f"after{i}".encode()))
+    calls: list[list[bytes]] = []
+
+    async def h(msgs: list[MessageExt]) -> None:
+        calls.append([m.body for m in msgs])
+
+    c = PushConsumer(ns, "from-ts", h, consume_from=cut, consume_batch_size=5, **FAST_PUSH)
+    c.subscribe("TS")
+    async with c:
+        await wait_for(lambda: sum(len(x) for x in calls) >= 12)
+    assert [b for x in calls for b in x] == [f"after{i}".encode() for i in range(12)]
+    assert max(len(x) for x in calls) == 5, "the handler gets up to consume_batch_size"
