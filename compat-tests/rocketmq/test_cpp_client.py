@@ -16,7 +16,9 @@ from ferrymq.clients import Admin, Message, Producer, PushConsumer
 from ferrymq.clients.message import MessageExt
 
 PEER = Path(__file__).with_name("cpp_peer.py")
-FAST = "segment_size = 67108864\n[remoting]\nregister_interval_s = 1.0\n"
+# Small store files (a shared CI disk), fast registration.
+FAST = ("segment_size = 67108864\ncq_entries_per_file = 20000\nindex_slots = 20000\n"
+        "index_entries = 80000\n[remoting]\nregister_interval_s = 1.0\n")
 FAST_CLIENT = {"heartbeat_s": 1.0, "route_refresh_s": 1.0}
 
 

@@ -10,8 +10,16 @@ from pathlib import Path
 import pytest
 from ferrymq.protocols.remoting import FrameDecoder, RemotingCommand, encode
 
-FAST = """
+# Small store files: every test broker preallocates its first CommitLog segment, and a
+# shared CI disk fills up with 1 GiB ones.
+SMALL_STORE = """
 segment_size = 67108864
+cq_entries_per_file = 20000
+index_slots = 20000
+index_entries = 80000
+"""
+
+FAST = SMALL_STORE + """
 [remoting]
 register_interval_s = 1.0
 client_expiry_s = 30.0

@@ -10,7 +10,7 @@ import time
 import pytest
 from ferrymq.protocols.remoting import RequestCode, ResponseCode, encode, request
 
-from .conftest import RawConnection, frame
+from .conftest import SMALL_STORE, RawConnection, frame
 
 
 def _rss_kib(pid: int) -> int:
@@ -110,7 +110,7 @@ def test_client_that_never_reads_keeps_memory_bounded(native) -> None:
 
 def test_connections_past_the_limit_are_closed(start_broker, tmp_path) -> None:
     conf = tmp_path / "c.toml"
-    conf.write_text("segment_size = 67108864\n[remoting]\nmax_connections = 2\n")
+    conf.write_text(SMALL_STORE + "[remoting]\nmax_connections = 2\n")
     b = start_broker("remoting", extra_args=("--config", str(conf)))
     port = b.port("remoting")
     kept = [RawConnection(port), RawConnection(port)]

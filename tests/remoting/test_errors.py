@@ -12,7 +12,7 @@ from ferrymq.gateways.remoting.processor import error_code
 from ferrymq.protocols.remoting import RequestCode, ResponseCode, request
 from ferrymq.protocols.remoting import headers as H
 
-from .conftest import broker_config
+from .conftest import SMALL_STORE, broker_config
 from .test_broker import pull_req, send_v2
 
 R = ResponseCode
@@ -67,7 +67,7 @@ async def test_errors_on_the_wire(start_broker, tmp_path) -> None:
 
 async def test_suspended_pulls_per_connection_are_bounded(start_broker, tmp_path) -> None:
     conf = tmp_path / "s.toml"
-    conf.write_text("segment_size = 67108864\n[remoting]\nmax_suspended = 1\n")
+    conf.write_text(SMALL_STORE + "[remoting]\nmax_suspended = 1\n")
     b = start_broker("remoting", extra_args=("--config", str(conf)))
     addr = b.address("remoting")
     async with RemotingClient() as rc:
