@@ -61,8 +61,8 @@ class Admin:
         """Broker name -> master address, for every live broker."""
         info = await self.cluster()
         out = {n: b.master_addr for n, b in info.brokerAddrTable.items() if b.master_addr}
-        self.instance.broker_addrs.update(out)  # type: ignore[arg-type]
-        return out  # type: ignore[return-value]
+        self.instance.broker_addrs.update(out)
+        return out
 
     async def broker_runtime(self, addr: str) -> dict[str, str]:
         resp = check(await self.instance.remoting.invoke(
@@ -186,7 +186,7 @@ class Admin:
         """Move the group's offsets on every queue of ``topic`` to the first message stored
         at or after ``timestamp_ms``; online consumers are told to follow."""
         route = await self.route(topic)
-        out = []
+        out: list[tuple[B.MessageQueue, int]] = []
         ext = H.ResetOffsetRequestHeader(topic, group, timestamp_ms, True).to_ext()
         for bd in route.brokerDatas:
             if bd.master_addr:

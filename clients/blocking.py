@@ -54,13 +54,13 @@ class Producer(_Facade):
         self._start(_producer.Producer(namesrv, group, **options))
 
     def send(self, message: Message, **kw: Any) -> SendResult:
-        return self._call(self._target.send, message, **kw)  # type: ignore[no-any-return]
+        return self._call(self._target.send, message, **kw)
 
     def send_oneway(self, message: Message, **kw: Any) -> None:
         self._call(self._target.send_oneway, message, **kw)
 
     def send_batch(self, messages: list[Message], **kw: Any) -> list[SendResult]:
-        return self._call(self._target.send_batch, messages, **kw)  # type: ignore[no-any-return]
+        return self._call(self._target.send_batch, messages, **kw)
 
     def send_async(self, message: Message, **kw: Any) -> Future[SendResult]:
         """Start a send; the future completes with the SendResult (or its error)."""

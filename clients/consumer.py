@@ -276,7 +276,7 @@ class PushConsumer:
 
     async def shutdown(self) -> None:
         """Stop consuming and wait until ``run`` has cleaned up."""
-        if self._stop is None:
+        if self._stop is None or self._stopped is None:
             return
         self._stop.set()
         await self._stopped.wait()

@@ -164,7 +164,7 @@ class RemotingConnection:
         resp = box[0]
         if isinstance(resp, BaseException):
             raise RemotingConnectError(f"connection to {self.address} broke: {resp}")
-        return resp  # type: ignore[no-any-return]
+        return resp
 
     async def invoke_oneway(self, cmd: RemotingCommand) -> None:
         cmd = _with(cmd, self.next_opaque(), self.serialize_type, FLAG_ONEWAY)

@@ -78,11 +78,11 @@ def spawned_broker(flush: str, pin: bool = True) -> Iterator[tuple[str, int]]:
         for door in ("namesrv", "remoting", "kafka", "mqtt", "http"):
             args += [f"--{door}-port", str(ports.get(door, 0))]
 
-        def pin() -> None:
+        def pin_to_cpu0() -> None:
             if ncpu > 1:
                 os.sched_setaffinity(0, {0})
 
-        proc = subprocess.Popen(args, preexec_fn=pin, stdout=subprocess.DEVNULL,
+        proc = subprocess.Popen(args, preexec_fn=pin_to_cpu0, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 30

@@ -137,7 +137,7 @@ async def _read_loop(conn: ServerConnection, processor: Processor) -> None:
                     continue  # an answer to a oneway notification: nothing waits for it
                 resp = await handle(conn, cmd)
                 if resp is not None and not cmd.is_oneway:
-                    out.append(resp if type(resp) is bytes else encode(resp))  # type: ignore[arg-type]
+                    out.append(resp if type(resp) is bytes else encode(resp))
         except RemotingProtocolError as exc:
             processor.counters["protocol_errors"] += 1
             log.info("closing %s: %s", conn.peer, exc)

@@ -169,7 +169,7 @@ def queues_of(topic: str, route: TopicRouteData, *, write: bool) -> list[Message
     (``topicRouteData2TopicPublishInfo`` / ``topicRouteData2TopicSubscribeInfo``):
     only brokers with a master address and the needed permission."""
     masters = {b.brokerName for b in route.brokerDatas if b.master_addr}
-    out = []
+    out: list[MessageQueue] = []
     for q in sorted(route.queueDatas, key=lambda q: q.brokerName):
         if q.brokerName not in masters:
             continue
@@ -393,7 +393,7 @@ def encode_queue_table(rows: Iterable[tuple[MessageQueue, Mapping[str, Any]]],
 def decode_queue_table(raw: bytes, name: str = "offsetTable"
                        ) -> list[tuple[MessageQueue, Any]]:
     d = _obj(loads(raw), "queue table")
-    out = []
+    out: list[tuple[MessageQueue, Any]] = []
     for pair in _list(d.get(name)):
         if isinstance(pair, list) and len(pair) == 2:
             out.append((MessageQueue.from_json(pair[0]), pair[1]))

@@ -109,7 +109,7 @@ def response_to(req: RemotingCommand, code: int, ext_fields: Mapping[str, object
 
 def _ext_str(v: object) -> str:
     if type(v) is str:
-        return v  # type: ignore[return-value]
+        return v
     if isinstance(v, bool):
         return "true" if v else "false"
     return str(v)
@@ -132,16 +132,16 @@ def encode_header(cmd: RemotingCommand) -> bytes:
     lang = _LANG_NAMES.get(cmd.language, "OTHER")
     # Written by hand rather than with json.dumps: this is on every request and
     # response, and the shape is fixed (keys in RocketMQ's order: fastjson sorts them).
-    parts = [f'{{"code":{int(cmd.code)},']
+    text = [f'{{"code":{int(cmd.code)},']
     if ext:
-        parts.append('"extFields":{')
-        parts.append(",".join([f"{_esc(k)}:{_esc(v)}" for k, v in ext.items()]))
-        parts.append("},")
-    parts.append(f'"flag":{int(cmd.flag)},"language":"{lang}","opaque":{int(cmd.opaque)},')
+        text.append('"extFields":{')
+        text.append(",".join([f"{_esc(k)}:{_esc(v)}" for k, v in ext.items()]))
+        text.append("},")
+    text.append(f'"flag":{int(cmd.flag)},"language":"{lang}","opaque":{int(cmd.opaque)},')
     if cmd.remark is not None:
-        parts.append(f'"remark":{_esc(cmd.remark)},')
-    parts.append(f'"serializeTypeCurrentRPC":"JSON","version":{int(cmd.version)}}}')
-    return "".join(parts).encode()
+        text.append(f'"remark":{_esc(cmd.remark)},')
+    text.append(f'"serializeTypeCurrentRPC":"JSON","version":{int(cmd.version)}}}')
+    return "".join(text).encode()
 
 
 def encode(cmd: RemotingCommand) -> bytes:

@@ -148,10 +148,10 @@ class SendMessageRequestHeader(Header):
             if (type(a) is str and type(b) is str and type(e) is str and type(gg) is str
                     and type(f) is str and type(h) is str):
                 i, j, m = g("i"), g("j"), g("m")
-                return cls(a, b, c if type(c) is str else "TBW102",  # type: ignore[arg-type]
-                           int(d) if type(d) is str else 4,  # type: ignore[arg-type]
+                return cls(a, b, c if type(c) is str else "TBW102",
+                           int(d) if type(d) is str else 4,
                            int(e), int(f), int(gg), int(h), i,  # type: ignore[arg-type]
-                           int(j) if type(j) is str else None,  # type: ignore[arg-type]
+                           int(j) if type(j) is str else None,
                            None, None, (m == "true") if type(m) is str else None)
         except ValueError:
             pass
@@ -372,9 +372,9 @@ def send_v2_fields(ext: Mapping[str, object]) -> SendFields | None:
         return None
     i, j, m = g("i"), g("j"), g("m")
     try:
-        return (a, b, int(e), int(f), int(gg), int(h),  # type: ignore[arg-type]
-                i if type(i) is str else None,  # type: ignore[return-value]
-                int(j) if type(j) is str and j else 0,  # type: ignore[arg-type]
+        return (a, b, int(e), int(f), int(gg), int(h),
+                i if type(i) is str else None,
+                int(j) if type(j) is str and j else 0,
                 m == "true")
     except ValueError:
         return None

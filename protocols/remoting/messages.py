@@ -107,7 +107,7 @@ def decode_messages(body: bytes | memoryview) -> list[MessageExt]:
     The common record (IPv4 hosts) is read with one struct unpack and slices; anything
     else goes through ``record.decode``, the reference decoder."""
     body = bytes(body)
-    out = []
+    out: list[MessageExt] = []
     pos = 0
     end = len(body)
     unpack = rec.HEADER.unpack_from
