@@ -4,7 +4,8 @@ Queue choice follows RocketMQ's DefaultMQProducerImpl: round-robin over the
 topic's writable queues on every broker the NameServer lists, and after a
 failure the next attempt avoids the broker that failed (``retries`` more
 attempts, RocketMQ's retryTimesWhenSendFailed = 2, with a short growing
-backoff), so a producer moves on when a broker dies. An ordered send (a
+backoff), and later sends pass it over for ``FAULT_ISOLATION_S`` while other
+brokers work, so a producer moves on when a broker dies. An ordered send (a
 ``sharding_key``) always maps the key onto the same queue and is not moved.
 """
 
@@ -34,6 +35,10 @@ log = logging.getLogger("ferrymq.client")
 DEFAULT_RETRIES = 2  # RocketMQ DefaultMQProducer.retryTimesWhenSendFailed
 RETRY_BACKOFF_S = 0.05
 MAX_IN_FLIGHT = 1024  # async sends outstanding per producer
+# How long a broker that failed a send is passed over while others work (RocketMQ's
+# latency fault tolerance isolates a failed broker for 30 s; shorter here so a restarted
+# broker is used again soon).
+FAULT_ISOLATION_S = 10.0
 # Response codes after which another broker may succeed (RocketMQ's retryResponseCodes).
 RETRIABLE = {ResponseCode.SYSTEM_ERROR, ResponseCode.SYSTEM_BUSY, ResponseCode.TOPIC_NOT_EXIST,
              ResponseCode.SERVICE_NOT_AVAILABLE, ResponseCode.NO_PERMISSION,
@@ -54,6 +59,7 @@ class Producer:
         self._rr = itertools.count()
         self._window = anyio.Semaphore(max_in_flight)
         self._queues: dict[str, tuple[B.TopicRouteData, list[B.MessageQueue]]] = {}
+        self._faulty: dict[str, float] = {}  # broker name -> avoid it until (monotonic)
         self._tg: anyio.abc.TaskGroup | None = None
 
     async def __aenter__(self) -> Producer:
@@ -84,13 +90,27 @@ class Producer:
         return ext
 
     def _choose(self, queues: list[B.MessageQueue], avoid: set[str]) -> B.MessageQueue:
+        """Round-robin, skipping the brokers this send failed on and those that failed
+        recently (RocketMQ's sendLatencyFaultEnable), unless nothing else is left."""
         n = len(queues)
         start = next(self._rr)
-        for i in range(n):
-            q = queues[(start + i) % n]
-            if q.brokerName not in avoid:
-                return q
+        now = time.monotonic()
+        faulty = {b for b, until in self._faulty.items() if until > now}
+        for skip in (avoid | faulty, avoid):
+            for i in range(n):
+                q = queues[(start + i) % n]
+                if q.brokerName not in skip:
+                    return q
         return queues[start % n]
+
+    @property
+    def faulty_brokers(self) -> set[str]:
+        """Brokers passed over for now because a send to them failed."""
+        now = time.monotonic()
+        return {b for b, until in self._faulty.items() if until > now}
+
+    def _mark_faulty(self, broker_name: str) -> None:
+        self._faulty[broker_name] = time.monotonic() + FAULT_ISOLATION_S
 
     # ------------------------------------------------------------ sending
 
@@ -129,12 +149,14 @@ class Producer:
                     raise err
                 last = err
                 avoid.add(mq.brokerName)
+                self._mark_faulty(mq.brokerName)
             except (RemotingConnectError, NoRouteError, ClientError) as exc:
                 if isinstance(exc, BrokerError) and exc.code not in RETRIABLE:
                     raise
                 last = exc
                 if queue is None and mq is not None:
                     avoid.add(mq.brokerName)
+                    self._mark_faulty(mq.brokerName)
                 inst.routes.pop(topic, None)
             if attempt + 1 < attempts:
                 await anyio.sleep(RETRY_BACKOFF_S * (attempt + 1))
@@ -245,7 +267,7 @@ class Producer:
         if sharding_key is not None:
             mq = queues[zlib.crc32(sharding_key.encode()) % len(queues)]
         else:
-            mq = queues[next(self._rr) % len(queues)]
+            mq = self._choose(queues, set())
         addr = inst.broker_addrs.get(mq.brokerName)
         conn = inst.remoting.connections.get(addr) if addr else None
         if conn is None or conn.closed:

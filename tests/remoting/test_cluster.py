@@ -76,6 +76,7 @@ async def test_producer_moves_on_when_a_broker_is_killed(start_broker, tmp_path)
             acked.append((r.msg_id, r.queue.brokerName))
         after = [name for _, name in acked[30:]]
         assert set(after) == {"broker-a"}, "every send after the kill landed on the survivor"
+        assert p.faulty_brokers == {"broker-b"}, "the dead broker is passed over for a while"
     assert len(acked) == 100
     async with Admin(ns, **FAST_CLIENT) as admin:
         async def b_gone() -> bool:  # silent past broker_expiry_s (3 s here): out of the routes
