@@ -95,10 +95,10 @@ async def _call(handler: Handler, msgs: list[MessageExt]) -> bool:
 
 
 def _restore_retry_topic(m: MessageExt) -> MessageExt:
+    if not m.topic.startswith(RETRY_GROUP_TOPIC_PREFIX):
+        return m
     real = m.properties.get(RETRY_TOPIC)
-    if real and m.topic.startswith(RETRY_GROUP_TOPIC_PREFIX):
-        return m._replace(topic=real)
-    return m
+    return m._replace(topic=real) if real else m
 
 
 async def _start_offset(inst: ClientInstance, group: str, mq: B.MessageQueue,

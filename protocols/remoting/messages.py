@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Iterable, Mapping
-from typing import NamedTuple
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, NamedTuple
 
 from .. import record as rec
 
@@ -97,6 +97,43 @@ def _properties(raw: bytes) -> dict[str, str]:
     return out
 
 
+class LazyProperties(Mapping[str, str]):
+    """A record's properties, decoded on first use: a consumer that never looks at
+    them (or only at some messages') does not pay for the dict. Read-only."""
+
+    __slots__ = ("_d", "_raw")
+
+    def __init__(self, raw: bytes) -> None:
+        self._raw = raw
+        self._d: dict[str, str] | None = None
+
+    def _dict(self) -> dict[str, str]:
+        d = self._d
+        if d is None:
+            d = self._d = _properties(self._raw)
+        return d
+
+    def __getitem__(self, key: str) -> str:
+        return self._dict()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._dict().get(key, default)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._dict())
+
+    def __len__(self) -> int:
+        return len(self._dict())
+
+    def __eq__(self, other: object) -> bool:
+        return self._dict() == (dict(other) if isinstance(other, Mapping) else other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(self._dict())
+
+
 _TOPICS: dict[bytes, str] = {}
 _FAST_MIN = rec.HEADER_SIZE + 3
 
@@ -134,7 +171,7 @@ def decode_messages(body: bytes | memoryview) -> list[MessageExt]:
                 if p + 2 <= rend and p + 2 + ((body[p] << 8) | body[p + 1]) == rend:
                     if sys_flag & rec.COMPRESSED_FLAG:
                         payload = _inflate(payload)
-                    append(MessageExt(topic, qid, qoff, payload, _properties(body[p + 2:rend]),
+                    append(MessageExt(topic, qid, qoff, payload, LazyProperties(body[p + 2:rend]),
                                       born_ts, store_ts, phys, store_host, born_host, sys_flag,
                                       flag, reconsume))
                     pos = rend

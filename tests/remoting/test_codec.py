@@ -267,3 +267,15 @@ def test_send_v2_fast_fields_agree_with_the_typed_header() -> None:
     assert headers.send_v2_fields(loose) is None
     assert headers.SendMessageRequestHeader.from_ext_v2(loose).queueId == 3
     assert headers.send_v2_fields({**ext, "e": "x"}) is None
+
+
+def test_pulled_properties_decode_lazily_and_behave_as_a_mapping() -> None:
+    r = rec.encode(queue_id=0, flag=0, queue_offset=0, physical_offset=0, sys_flag=0,
+                   born_timestamp=1, born_host=rec.host_bytes("1.2.3.4", 5), store_timestamp=2,
+                   store_host=rec.host_bytes("127.0.0.1", 10911), reconsume_times=0,
+                   prepared_transaction_offset=0, body=b"b", topic=b"T",
+                   properties=rec.encode_properties({"TAGS": "t", "KEYS": "a b"}))
+    (m,) = messages.decode_messages(r)
+    assert m.properties == {"TAGS": "t", "KEYS": "a b"} and dict(m.properties)["TAGS"] == "t"
+    assert m.tags == "t" and m.keys == ["a", "b"] and m.properties.get("nope") is None
+    assert "TAGS" in m.properties and len(m.properties) == 2
