@@ -29,6 +29,7 @@ from ..errors import DiskFull, StoreError
 
 _NAME_DIGITS = 20
 _ZERO_CHUNK = 1 << 20
+_PWRITE_MIN = 4096
 
 
 def segment_name(base: int) -> str:
@@ -91,6 +92,7 @@ class CommitLog:
         self._flush_lock = threading.Lock()
         self._graveyard: list[Segment] = []
         self._read_lock = threading.Lock()
+        self._tail: Segment | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -120,6 +122,7 @@ class CommitLog:
     def _set_segments(self, segs: tuple[Segment, ...]) -> None:
         self.segments = segs
         self._bases = [s.base for s in segs]
+        self._tail = segs[-1] if segs else None  # the segment appends go to
 
     @property
     def min_offset(self) -> int:
@@ -127,10 +130,15 @@ class CommitLog:
 
     # ------------------------------------------------------------------ writing
 
-    def reserve(self, size: int) -> tuple[mmap.mmap, int, int]:
-        """Room for a record of ``size`` bytes: (mapping, position in it, physical
-        offset). The caller writes the record there, then calls ``commit(size)``.
-        Rolls to a new segment (writing the blank record) when it does not fit."""
+    def reserve(self, size: int) -> tuple[Segment, int, int]:
+        """Room for a record of ``size`` bytes: (segment, position in it, physical
+        offset). The caller writes the record there (``write``), then advances
+        ``write_pos``. Rolls to a new segment (writing the blank record) when it
+        does not fit."""
+        pos = self.write_pos
+        tail = self._tail
+        if tail is not None and pos + size + rec.BLANK_SIZE <= tail.end and pos >= tail.base:
+            return tail, pos - tail.base, pos
         segs = self.segments
         if not segs or self.write_pos >= segs[-1].end:
             seg = self._roll(self.write_pos)
@@ -147,10 +155,19 @@ class CommitLog:
             self.write_pos = seg.end
             seg = self._roll(seg.end)
             local = 0
-        return seg.mm, local, self.write_pos
+        return seg, local, self.write_pos
 
-    def commit(self, size: int) -> None:
-        self.write_pos += size
+    @staticmethod
+    def write(seg: Segment, local: int, data: bytes) -> None:
+        """Copy a record into a segment. Small records go through the mapping (a
+        memcpy); large ones through pwrite(2): an append touches fresh pages, and
+        faulting them in one by one through the mapping costs about four times
+        what pwrite does (measured: 69 vs 15 us for 33 KB)."""
+        n = len(data)
+        if n < _PWRITE_MIN:
+            seg.mm[local:local + n] = data
+        elif os.pwrite(seg.fd, data, local) != n:
+            raise StoreError("short write to the CommitLog")
 
     def _roll(self, base: int) -> Segment:
         seg = Segment(os.path.join(self.directory, segment_name(base)), base,
