@@ -41,7 +41,8 @@ class Segment:
 
     __slots__ = ("base", "fd", "mm", "path", "readers", "size")
 
-    def __init__(self, path: str, base: int, size: int, create: bool) -> None:
+    def __init__(self, path: str, base: int, size: int, create: bool,
+                 resize: bool = False) -> None:
         self.path = path
         self.base = base
         self.size = size
@@ -59,8 +60,12 @@ class Segment:
                         raise
                     os.ftruncate(self.fd, size)  # filesystem without fallocate
             elif os.fstat(self.fd).st_size != size:
-                raise StoreError(f"segment {path} is {os.fstat(self.fd).st_size} bytes, "
-                                 f"expected the configured segment size {size}")
+                if not resize:
+                    raise StoreError(f"segment {path} is {os.fstat(self.fd).st_size} bytes, "
+                                     f"expected the configured segment size {size}")
+                # The newest segment was cut short or had bytes appended: give it
+                # its size back; recovery validates what it holds record by record.
+                os.ftruncate(self.fd, size)
             self.mm = mmap.mmap(self.fd, size)
         except BaseException:
             os.close(self.fd)
@@ -102,11 +107,12 @@ class CommitLog:
         names = sorted(n for n in os.listdir(self.directory)
                        if len(n) == _NAME_DIGITS and n.isdigit())
         segs = []
-        for n in names:
+        for i, n in enumerate(names):
             base = int(n)
             if segs and base != segs[-1].end:
                 raise StoreError(f"CommitLog gap before segment {n}")
-            segs.append(Segment(os.path.join(self.directory, n), base, self.segment_size, False))
+            segs.append(Segment(os.path.join(self.directory, n), base, self.segment_size, False,
+                                resize=i == len(names) - 1))
         self._set_segments(tuple(segs))
         if segs:
             self.write_pos = self.flushed_pos = segs[0].base

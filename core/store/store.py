@@ -102,6 +102,8 @@ class MessageStore:
         self._topic_tails: dict[str, bytes] = {}
         self._last_ts = 0
         self._open = False
+        self._last_checkpoint = 0  # the offsets of the last two distinct checkpoints
+        self._previous_checkpoint = 0
 
     # ================================================================ lifecycle
 
@@ -126,23 +128,30 @@ class MessageStore:
         self._load_queues()
         cp = read_checkpoint(d)
         cl = self.commitlog
-        start = cl.min_offset if cp is None else max(cp.physical_offset, cl.min_offset)
-        if cl.segments and start >= cl.segments[-1].end:
-            start = cl.segments[-1].end
+        if cp is None:
+            start = validate_from = cl.min_offset
+        else:
+            start = max(cp.physical_offset, cl.min_offset)
+            validate_from = max(cp.previous_offset, cl.min_offset)
         if not cl.segments and cp is not None:
             cl.reset(cp.physical_offset)
-            start = cp.physical_offset
+            validate_from = start = cp.physical_offset
+        elif cl.segments and start >= cl.segments[-1].end:
+            start = cl.segments[-1].end
+            validate_from = min(validate_from, start)
         for q in self.queues.values():
             q.truncate_physical(start)
         index_from = self.index.end_phys
-        end = start
+        end = validate_from
         count = 0
-        for r in cl.scan(start):
-            size = r.total_size
-            if accept(r.topic, r.queue_id, r.physical_offset):
+        for r in cl.scan(validate_from):
+            if r.physical_offset >= start and accept(r.topic, r.queue_id, r.physical_offset):
                 self._redispatch(r, index_from)
-            end = r.physical_offset + size
-            count += 1
+                count += 1
+            end = r.physical_offset + r.total_size
+        if end < start:
+            log.error("CommitLog damaged at offset %d, before the checkpoint %d: cutting it "
+                      "there", end, start)
         discarded = self._bytes_follow(end)
         if discarded or not clean:
             # After a crash the bytes past the last valid record may be a torn
@@ -156,6 +165,7 @@ class MessageStore:
             if q.last_physical_end() > end:
                 q.truncate_physical(end)
         self.dispatched_pos = end
+        self._previous_checkpoint = validate_from if cp is None else min(cp.previous_offset, end)
         self._open = True
         self.checkpoint()
         report = RecoveryReport(clean, cp.physical_offset if cp else None, start, end, count,
@@ -555,7 +565,11 @@ class MessageStore:
                     if q.files:  # a queue dropped meanwhile closes its files: fine
                         raise
         self.index.flush()
-        write_checkpoint(self.config.directory, Checkpoint(pos, int(time.time() * 1000)))
+        last = self._last_checkpoint
+        if pos != last:
+            self._previous_checkpoint, self._last_checkpoint = last, pos
+        write_checkpoint(self.config.directory,
+                         Checkpoint(pos, min(self._previous_checkpoint, pos), int(time.time() * 1000)))
         return pos
 
     # ================================================================ retention
