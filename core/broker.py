@@ -137,8 +137,10 @@ class Broker:
         """Recover the store, start the background tasks, and on exit shut down
         cleanly: flush, checkpoint, persist offsets, remove the abort marker."""
         broker = cls(config)
-        await trio.to_thread.run_sync(broker._open_sync)
         try:
+            # Recovery runs in a worker thread; a cancellation (a signal) during it
+            # takes effect when it ends, and the finally clause still closes cleanly.
+            await trio.to_thread.run_sync(broker._open_sync)
             async with trio.open_nursery() as nursery:
                 broker._start_tasks(nursery)
                 try:
@@ -229,6 +231,9 @@ class Broker:
         self.counters.flush_seconds += seconds
 
     def _close_sync(self) -> None:
+        if not self.store._open:
+            self.store.close()  # releases the directory lock if recovery failed midway
+            return
         try:
             if self.meta.groups_dirty:
                 self.meta.save("groups.json", self.meta.dump_groups())

@@ -230,8 +230,14 @@ class MessageStore:
         return h.last_offset_delta + 1, TAG_HASH_NONE, []
 
     def close(self) -> None:
-        """Flush everything, write the final checkpoint, remove the abort marker."""
+        """Flush everything, write the final checkpoint, remove the abort marker.
+        After a failed ``open`` it only releases what open acquired."""
         if not self._open:
+            for q in self.queues.values():
+                q.close()
+            self.commitlog.close()
+            self.index.close()
+            self._lock.release()
             return
         self._open = False
         try:
