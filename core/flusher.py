@@ -1,4 +1,4 @@
-"""Flushing the CommitLog: sync group commit (one fsync acknowledges every writer waiting on it) and the async interval flusher.
+"""Flushing the CommitLog: group commit for sync flush, the interval flusher for async flush.
 
 Group commit: a writer appends its record, then awaits ``wait_flushed(end)``.
 The committer task runs one fsync at a time in a worker thread, each covering

@@ -14,7 +14,6 @@ import random
 import sys
 
 import trio
-
 from ferrymq.core import Broker, BrokerConfig, Message
 
 TOPIC = "crash"

@@ -7,7 +7,6 @@ import os
 
 import pytest
 import trio
-
 from ferrymq.core import Broker, BrokerConfig, Message, parse_filter
 from ferrymq.core.errors import (
     FlushFailed,

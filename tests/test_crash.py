@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 import trio
-
 from ferrymq.core import Broker
 
 sys.path.insert(0, str(Path(__file__).parent))
-import crash_writer  # noqa: E402
+import crash_writer
 
 WRITER = str(Path(__file__).parent / "crash_writer.py")
 

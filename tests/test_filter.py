@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from ferrymq.core.errors import InvalidFilter
 from ferrymq.core.filter import TAG_HASH_MIXED, SqlFilter, TagFilter, parse_filter, tag_hash
 

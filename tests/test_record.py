@@ -1,14 +1,13 @@
-"""The stored record layout: construct's declaration is the spec, the struct fast path must agree byte for byte."""
+"""The stored record layout: construct's declaration is the spec; the fast path agrees byte for byte."""
 
 from __future__ import annotations
 
 import struct
 
 import pytest
+from ferrymq.protocols import record as rec
 from hypothesis import given
 from hypothesis import strategies as st
-
-from ferrymq.protocols import record as rec
 
 ints32 = st.integers(-(2**31), 2**31 - 1)
 ints64 = st.integers(-(2**63), 2**63 - 1)
@@ -120,7 +119,7 @@ def test_properties_tolerate_a_missing_final_separator() -> None:
 @given(st.lists(st.tuples(ints32, st.binary(max_size=64), props), min_size=1, max_size=8))
 def test_batch_members_round_trip_and_match_the_specification(members) -> None:
     encoded = [rec.encode_member(f, b, rec.encode_properties(p)) for f, b, p in members]
-    for raw, (f, b, p) in zip(encoded, members, strict=True):
+    for raw, (f, b, _p) in zip(encoded, members, strict=True):
         parsed = rec.BATCH_MEMBER.parse(raw)
         assert (parsed.total_size, parsed.flag, parsed.body) == (len(raw), f, b)
     out = list(rec.iter_members(b"".join(encoded)))

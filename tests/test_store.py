@@ -3,11 +3,11 @@ recovery, retention and flushing — synchronous, with small files so every edge
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 
 import pytest
-
 from ferrymq.core.errors import FlushFailed, InvalidMessage
 from ferrymq.core.filter import parse_filter
 from ferrymq.core.message import GetStatus, Message
@@ -59,7 +59,7 @@ def test_segments_roll_with_a_blank_record_and_continuous_offsets(store, config)
     assert len(names) > 3
     assert [int(n) for n in names] == [i * SEGMENT for i in range(len(names))]
     assert all(len(n) == 20 for n in names)
-    for a, b in zip(results, results[1:], strict=False):
+    for a, b in itertools.pairwise(results):
         assert a.physical_offset // SEGMENT == (a.physical_offset + size - 1) // SEGMENT, \
             "a record never spans two segments"
         if b.physical_offset // SEGMENT != a.physical_offset // SEGMENT:
@@ -105,7 +105,7 @@ def test_get_statuses(store) -> None:
 
 
 def test_max_messages_and_max_bytes_but_always_one_record(store) -> None:
-    for i in range(10):
+    for _i in range(10):
         put(store, bytes(100))
     assert store.get("t", 0, 0, 3, 1 << 20).message_count == 3
     g = store.get("t", 0, 0, 100, 1)
@@ -328,7 +328,7 @@ def test_retention_by_age_moves_queue_minimums(store) -> None:
 
 
 def test_retention_by_disk_watermark_ignores_age(store) -> None:
-    for i in range(60):
+    for _i in range(60):
         put(store, bytes(200))
     n = len(store.commitlog.segments)
     assert n >= 4

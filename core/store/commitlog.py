@@ -146,10 +146,7 @@ class CommitLog:
         if tail is not None and pos + size + rec.BLANK_SIZE <= tail.end and pos >= tail.base:
             return tail, pos - tail.base, pos
         segs = self.segments
-        if not segs or self.write_pos >= segs[-1].end:
-            seg = self._roll(self.write_pos)
-        else:
-            seg = segs[-1]
+        seg = self._roll(self.write_pos) if not segs or self.write_pos >= segs[-1].end else segs[-1]
         local = self.write_pos - seg.base
         # Always leave room for a blank record behind this one (RocketMQ's
         # END_FILE_MIN_BLANK_LENGTH), so a segment's end can always be marked.

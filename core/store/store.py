@@ -27,12 +27,12 @@ from ..errors import CorruptMessage, FerryError, InvalidMessage, MessageTooLarge
 from ..filter import TAG_HASH_MIXED, TAG_HASH_NONE, Filter, tag_hash
 from ..message import (
     PROPERTY_KEYS,
-    Message,
     PROPERTY_TAGS,
     PROPERTY_UNIQ_KEY,
     ConsumedMessage,
     GetResult,
     GetStatus,
+    Message,
     PutResult,
     StoredRecord,
 )
@@ -56,7 +56,8 @@ _write = CommitLog.write
 _U16 = struct.Struct(">H")
 _I32 = struct.Struct(">i")
 _SIZE_MAGIC = struct.Struct(">ii")
-_MAX_SCAN_ENTRIES = 16_000  # entries a filtered get may skip before answering (RocketMQ's maxFilterMessageCount)
+# Entries a filtered get may skip before answering (RocketMQ's maxFilterMessageCount).
+_MAX_SCAN_ENTRIES = 16_000
 
 
 @dataclass(frozen=True, slots=True)
