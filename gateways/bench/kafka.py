@@ -120,6 +120,7 @@ def run_workload(name: str, bootstrap: str, records: int, size: int, partitions:
     time.sleep(0.5)  # let metadata settle on both brokers alike
     value = os.urandom(size)
     failed = 0
+    full = 0
 
     def report(err: object, _msg: object) -> None:
         nonlocal failed
@@ -136,9 +137,12 @@ def run_workload(name: str, bootstrap: str, records: int, size: int, partitions:
                 produce(topic, value, on_delivery=report)
                 break
             except BufferError:
-                poll(0.01)  # the client's queue is full: let it drain
+                full += 1
+                poll(0.001)  # the client's queue is full: let it drain
     left = producer.flush(300)
     produce_s = time.perf_counter() - t0
+    if os.environ.get("FERRYMQ_BENCH_DEBUG"):
+        click.echo(f"{name}: producer queue full {full} times", err=True)
     if left or failed:
         raise click.ClickException(f"{name}: {left} records undelivered, {failed} failed")
 
