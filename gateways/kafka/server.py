@@ -1,4 +1,4 @@
-"""The Kafka door's sockets: accept connections, read frames, answer in order, persist producer state.
+"""The Kafka door's sockets: accept, read frames, answer in order, persist producer state.
 
 One task per connection reads bytes into a ``ServerConnection`` (sans-I/O),
 hands each request to ``KafkaDoor`` and writes the response before reading
@@ -84,7 +84,7 @@ def replay_producer_state(broker: Broker, producers: ProducerStates) -> int:
     """Bring the loaded snapshot up to the queues' ends: forget batches past them
     (lost in a crash), re-read the Kafka batches appended after the snapshot."""
     replayed = 0
-    for (topic, qid), q in list(broker.store.queues.items()):
+    for topic, qid in list(broker.store.queues):
         if topic not in broker.meta.topics:
             continue
         lo, hi = broker.store.queue_bounds(topic, qid)

@@ -1,1 +1,1 @@
-"""Kafka's wire protocol, sans-I/O: message codecs derived from Kafka's specs, record formats, framing."""
+"""Kafka's wire protocol, sans-I/O: codecs derived from Kafka's specs, record formats, framing."""

@@ -1,4 +1,4 @@
-"""The server side of one Kafka connection as a pure object: bytes in, requests out, responses to bytes.
+"""The server side of one Kafka connection as a pure object: bytes in, requests out.
 
 Feed received bytes to ``receive_data``; call ``next_event`` until it returns
 ``NEED_DATA``. Events:

@@ -1,4 +1,4 @@
-"""Kafka protocol error codes (the numbers of Kafka's ``Errors`` table) used by FerryMQ's Kafka door."""
+"""Kafka protocol error codes (the numbers of Kafka's ``Errors`` table) FerryMQ uses."""
 
 from __future__ import annotations
 

@@ -218,7 +218,7 @@ def _make_class(name: str, fields: tuple[Any, ...], top: type | None = None) -> 
     attribute of its parent and of the message's top-level class."""
     specs = []
     for f in fields:
-        fname, kind, _v, _n, _tag, _tv, dflt, sname, sub = f
+        fname, kind, _v, _n, _tag, _tv, dflt, _sname, _sub = f
         if kind.startswith("[]"):
             dflt = ()
         specs.append((fname, Any, field(default=dflt)))
@@ -234,7 +234,7 @@ def _make_class(name: str, fields: tuple[Any, ...], top: type | None = None) -> 
 
 def _field_codec(f: tuple[Any, ...], version: int, flexible: bool, owner: type
                  ) -> tuple[Reader, Writer]:
-    fname, kind, _v, nullable, _tag, _tv, _dflt, sname, sub = f
+    _name, kind, _v, nullable, _tag, _tv, _dflt, sname, sub = f
     can_null = _in(nullable, version)
     if kind.startswith("[]"):
         elem = kind[2:]

@@ -1,5 +1,5 @@
-"""Kafka API message layouts, derived by scripts/kafka_schema.py from Apache Kafka 3.9's
-message specs. Generated: edit the script, not this file.
+"""Kafka API message layouts, derived by scripts/kafka_schema.py from Apache
+Kafka 3.9's message specs. Generated: edit the script, not this file.
 
 APIS maps an api key to (name, request, response); a message is (valid versions,
 first flexible version, fields); a field is (name, kind, versions, nullable
@@ -7,7 +7,6 @@ versions, tag, tagged versions, default, struct name, sub-fields). Version range
 are (low, high) with high 32767 for an open range; None means never.
 """
 
-# ruff: noqa: E501
 OPEN = 32767
 
 APIS = {0: ('produce',

@@ -5,7 +5,6 @@ from __future__ import annotations
 import struct
 
 import pytest
-
 from ferrymq.protocols.kafka import schema
 from ferrymq.protocols.kafka.connection import (
     NEED_DATA,

@@ -1,4 +1,4 @@
-"""Cross-protocol mapping (docs/kafka.md, "Mapping"): native messages reach Kafka consumers and back.
+"""Cross-protocol mapping (docs/kafka.md, "Mapping"): native messages to Kafka and back.
 
 The broker and its Kafka door run in-process (trio); the native side calls
 ``Broker.put``/``Broker.get``, the Kafka side is the real kafka-python client in
@@ -10,8 +10,6 @@ from __future__ import annotations
 import base64
 
 import trio
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-
 from ferrymq.core.broker import Broker, BrokerConfig
 from ferrymq.core.message import Message
 from ferrymq.gateways.config import ServerConfig
@@ -23,6 +21,7 @@ from ferrymq.gateways.kafka.mapping import (
     properties_to_kafka,
 )
 from ferrymq.gateways.server import DoorContext
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 
 async def _with_door(tmp_path, body) -> None:

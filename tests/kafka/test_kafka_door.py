@@ -1,12 +1,12 @@
-"""The Kafka door over real sockets, speaking raw frames: old versions, bad input, idempotence, SASL."""
+"""The Kafka door over real sockets with raw frames: old versions, bad input, idempotence, SASL."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 
 import pytest
-
 from ferrymq.protocols.kafka import records as kr
 from ferrymq.protocols.kafka import schema
 from ferrymq.protocols.kafka.connection import parse_response, request_bytes
@@ -80,10 +80,10 @@ def produce(c: Client, topic: str, records: bytes, version: int = 8, partition: 
 def fetch(c: Client, topic: str, offset: int, version: int = 11, max_wait: int = 0,
           min_bytes: int = 1):
     R = Req(FETCH)
+    part = R.FetchPartition(partition=0, fetch_offset=offset, partition_max_bytes=1 << 20)
     resp = c.call(FETCH, version, R(replica_id=-1, max_wait_ms=max_wait, min_bytes=min_bytes,
-                                    max_bytes=1 << 20, topics=(R.FetchTopic(topic=topic, partitions=(
-                                        R.FetchPartition(partition=0, fetch_offset=offset,
-                                                         partition_max_bytes=1 << 20),)),)))
+                                    max_bytes=1 << 20,
+                                    topics=(R.FetchTopic(topic=topic, partitions=(part,)),)))
     return resp.responses[0].partitions[0]
 
 
@@ -94,12 +94,9 @@ def create(c: Client, topic: str, partitions: int = 1) -> None:
     assert resp.topics[0].error_code == 0
 
 
-@pytest.fixture(scope="module")
-def door(tmp_path_factory):
-    from conftest import BrokerProcess  # the root conftest's real broker process
-    b = BrokerProcess(tmp_path_factory.mktemp("door") / "broker", ("kafka",)).start()
-    yield b
-    b.stop()
+@pytest.fixture
+def door(start_broker):
+    return start_broker("kafka")
 
 
 @pytest.fixture
@@ -260,12 +257,11 @@ def test_metadata_v0_lists_topics_and_this_broker(client, door) -> None:
     assert [p.partition_index for p in t.partitions] == [0, 1, 2]
 
 
-def test_sasl_plain(tmp_path) -> None:
-    from conftest import BrokerProcess
+def test_sasl_plain(tmp_path, start_broker) -> None:
     conf = tmp_path / "sasl.toml"
     conf.write_text('[kafka]\nsasl_plain_users = { alice = "secret" }\n')
-    b = BrokerProcess(tmp_path / "b", ("kafka",), ("--config", str(conf))).start()
-    try:
+    b = start_broker("kafka", extra_args=("--config", str(conf)))
+    with contextlib.nullcontext():
         c = Client(b.address("kafka"))
         assert c.call(SASL_HANDSHAKE, 1, Req(SASL_HANDSHAKE)(mechanism="PLAIN")).error_code == 0
         bad = c.call(SASL_AUTHENTICATE, 1, Req(SASL_AUTHENTICATE)(auth_bytes=b"\0alice\0nope"))
@@ -278,5 +274,3 @@ def test_sasl_plain(tmp_path) -> None:
         anon.send_raw(request_bytes(METADATA, 1, 1, Req(METADATA)(topics=None)))
         assert anon.closed_by_peer(), "no requests before authentication"
         anon.close()
-    finally:
-        b.stop()

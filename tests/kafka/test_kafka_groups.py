@@ -1,10 +1,9 @@
-"""The group coordinator's state machine under trio's mock clock: joins, sync, heartbeats, expiry."""
+"""The group coordinator under trio's mock clock: joins, sync, heartbeats, expiry."""
 
 from __future__ import annotations
 
 import trio
 import trio.testing
-
 from ferrymq.gateways.kafka.groups import COMPLETING, EMPTY, STABLE, Coordinator
 from ferrymq.protocols.kafka import errors as ke
 

@@ -8,11 +8,10 @@ import zlib
 
 import pytest
 from crc32c import crc32c
-from hypothesis import given
-from hypothesis import strategies as st
-
 from ferrymq.protocols.kafka import batch_header as bh
 from ferrymq.protocols.kafka import records as kr
+from hypothesis import given
+from hypothesis import strategies as st
 
 ROWS = [(1_700_000_000_000, b"k1", b"v1", [("h", b"x")]),
         (1_700_000_000_005, None, b"v2", []),

@@ -5,11 +5,10 @@ from __future__ import annotations
 import struct
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-
 from ferrymq.protocols.kafka import schema
 from ferrymq.protocols.kafka.schema import DecodeError, read_uvarint, write_uvarint
+from hypothesis import given
+from hypothesis import strategies as st
 
 METADATA, API_VERSIONS, FETCH, PRODUCE, FIND_COORDINATOR = 3, 18, 1, 0, 10
 
