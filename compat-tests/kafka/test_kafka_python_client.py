@@ -57,7 +57,7 @@ def test_kafka_python_end_to_end(bootstrap, wait_for) -> None:
 
     a = Member(bootstrap, "member-a")
     a.start()
-    wait_for(lambda: a.assigned == {0, 1}, what="first member owns both partitions")
+    wait_for(lambda: a.assigned == {0, 1}, timeout=90, what="first member owns both partitions")
     b = Member(bootstrap, "member-b")
     b.start()
     wait_for(lambda: len(a.assigned) == 1 and len(b.assigned) == 1

@@ -170,7 +170,11 @@ class Coordinator:
         m.last_heartbeat = now
         g.protocol_type = protocol_type
         m.joining = True
-        m.join_done = done = trio.Event()
+        if m.join_done is None:
+            m.join_done = trio.Event()
+        # A retried join (the client timed out and asked again) waits on the same round
+        # as the first, so both requests are answered.
+        done = m.join_done
         m.join_result = None
         if g.state != PREPARING:
             self._prepare_rebalance(g, initial=g.state == EMPTY)
