@@ -40,10 +40,8 @@ def produce(ns: str, topic: str, n: int, batch: bool, orderly_key: str | None) -
             out.append({"status": int(r.status), "msg_id": r.msg_id, "offset": r.offset})
         else:
             for m in msgs:
-                if orderly_key is not None:
-                    r = p.send_orderly(m, int(orderly_key))
-                else:
-                    r = p.send_sync(m)
+                r = (p.send_orderly(m, int(orderly_key)) if orderly_key is not None
+                     else p.send_sync(m))
                 out.append({"status": int(r.status), "msg_id": r.msg_id, "offset": r.offset})
     finally:
         p.shutdown()
