@@ -6,9 +6,10 @@ producers each waiting for its acks, (c) one producer pipelining async sends,
 consumer sees them. Figures are msgs/s and ack latency p50/p99/p999, with the
 CPU each side used. Without ``--namesrv`` a broker is started on a free port,
 pinned to CPU 0 while the load runs on CPU 1 (2 cores: broker on one, load on
-the other). ``--ceiling PATH`` also runs the bare trio append-and-ack loop
-(shared bench ``ceiling.py``) with the same shapes, for the same run's upper
-bound. Prints JSON lines; never pass/fail.
+the other). The bare trio append-and-ack loop (the shared bench's ``ceiling.py``, found
+beside the repository or given with ``--ceiling``) runs with the same shapes
+and placement, for the same run's upper bound. Prints a table (``--json``:
+JSON lines); never pass/fail.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -30,6 +32,7 @@ import click
 from ...clients import Admin, Message, Producer
 from ...clients.consumer import pull
 from ...clients.instance import ClientInstance
+from .report import print_table, progress_console
 
 BODY = b"x" * 100  # the ceiling's message size
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -52,10 +55,30 @@ def _self_cpu() -> float:
     return t.user + t.system
 
 
-def emit(name: str, value: float, unit: str, **extra: Any) -> None:
-    click.echo(json.dumps({"name": name, "value": round(value, 1), "unit": unit,
-                           **{k: round(v, 2) if isinstance(v, float) else v
-                              for k, v in extra.items()}}))
+def result(name: str, value: float, unit: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "value": round(value, 1), "unit": unit,
+            **{k: round(v, 2) if isinstance(v, float) else v for k, v in extra.items()}}
+
+
+def _show(title: str, results: list[dict[str, Any]], as_json: bool) -> None:
+    """JSON lines, or a table with each shape beside its ceiling and the ratio."""
+    if as_json:
+        for r in results:
+            click.echo(json.dumps(r))
+        return
+    ceilings = {r["shape"]: r for r in results if r["name"].startswith("ceiling.")}
+    rows = []
+    for r in results:
+        if r["name"].startswith("ceiling."):
+            continue
+        c = ceilings.get(r.get("shape", ""))
+        rows.append((r["name"].removeprefix("native.produce.").removeprefix("native."),
+                     r["value"], r.get("p50_us"),
+                     r.get("p99_us"), r.get("p999_us"), r.get("broker_cpu"), r.get("client_cpu"),
+                     c["value"] if c else None,
+                     f"{r['value'] / c['value']:.0%}" if c and c["value"] else None))
+    print_table(title, ("shape", "msgs/s", "p50 µs", "p99 µs", "p999 µs", "broker CPU",
+                        "client CPU", "ceiling msgs/s", "ratio"), rows)
 
 
 def _free_port() -> int:
@@ -102,7 +125,7 @@ def spawned_broker(flush: str, pin: bool = True) -> Iterator[tuple[str, int]]:
                 proc.wait()
 
 
-def _measure(name: str, broker_pid: int | None, run: Callable[[], Any]) -> None:
+def _measure(name: str, broker_pid: int | None, run: Callable[[], Any]) -> dict[str, Any]:
     c0 = _self_cpu()
     b0 = _cpu_of(broker_pid) if broker_pid else 0.0
     t0 = time.perf_counter()
@@ -115,7 +138,7 @@ def _measure(name: str, broker_pid: int | None, run: Callable[[], Any]) -> None:
         lats.sort()
         extra.update(p50_us=_pct(lats, 0.5) * 1e6, p99_us=_pct(lats, 0.99) * 1e6,
                      p999_us=_pct(lats, 0.999) * 1e6, latency_of=unit_name)
-    emit(name, msgs / dt, "msgs/s", messages=msgs, **extra)
+    return result(name, msgs / dt, "msgs/s", messages=msgs, **extra)
 
 
 def _produce_runs(ns: str, topic: str, seconds: float, window: int
@@ -189,7 +212,7 @@ CEILING_SHAPES = {  # batch, connections, window: the same shapes for the bare l
     "c.async_pipelined": (1, 1, 64), "d.batch_32": (32, 1, 8)}
 
 
-def _ceiling(path: str, shape: str, seconds: float, pin: bool) -> None:
+def _ceiling(path: str, shape: str, seconds: float, pin: bool) -> list[dict[str, Any]]:
     """Run the bare loop with the same shape and the same placement: its server on
     CPU 0 (pinned as soon as ceiling.py spawns it), its load generator beside ours."""
     b, c, w = CEILING_SHAPES[shape]
@@ -208,11 +231,20 @@ def _ceiling(path: str, shape: str, seconds: float, pin: bool) -> None:
                 break
             time.sleep(0.002)
     stdout, _ = proc.communicate(timeout=seconds * 4 + 60)
+    out = []
     for line in stdout.splitlines():
         if line.startswith("{"):
             doc = json.loads(line)
             doc["name"] = f"ceiling.{shape}:{doc['name']}"
-            click.echo(json.dumps(doc))
+            doc["shape"] = shape
+            out.append(doc)
+    return out
+
+
+def default_ceiling() -> str | None:
+    """The shared bench's ceiling.py, when the repository sits beside shared/ (as in CI)."""
+    path = Path(__file__).resolve().parents[2].parent / "shared" / "bench" / "ceiling.py"
+    return str(path) if path.exists() else None
 
 
 @click.command("produce", context_settings=CONTEXT)
@@ -226,12 +258,18 @@ def _ceiling(path: str, shape: str, seconds: float, pin: bool) -> None:
               help="Messages in flight for the pipelined shapes.")
 @click.option("--flush", type=click.Choice(["async", "sync"]), default="async", show_default=True)
 @click.option("--ceiling", "ceiling_path", type=click.Path(exists=True, dir_okay=False),
-              help="ceiling.py: also run the bare trio loop with the same shapes.")
+              help="ceiling.py to run with the same shapes (default: the shared bench's, "
+                   "found beside the repository).")
+@click.option("--no-ceiling", is_flag=True, help="Do not run the ceiling.")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
 @click.option("--pin/--no-pin", default=True, show_default=True,
               help="Broker on CPU 0, load on the other CPUs.")
 def produce(namesrv: str | None, seconds: float, shapes: tuple[str, ...], window: int,
-            flush: str, ceiling_path: str | None, pin: bool) -> None:
+            flush: str, ceiling_path: str | None, no_ceiling: bool, as_json: bool,
+            pin: bool) -> None:
     """Produce 100-byte messages in the four shapes; msgs/s and ack latency."""
+    ceiling_path = None if no_ceiling else (ceiling_path or default_ceiling())
+    results: list[dict[str, Any]] = []
     with _server(namesrv, flush, pin) as (ns, pid):
         topic = f"bench-{int(time.time())}"
 
@@ -244,9 +282,12 @@ def produce(namesrv: str | None, seconds: float, shapes: tuple[str, ...], window
         for name, fn in runs.items():
             if shapes and name not in shapes:
                 continue
-            _measure(f"native.produce.{name}", pid, fn)
-            if ceiling_path:
-                _ceiling(ceiling_path, name, seconds, pin and namesrv is None)
+            with progress_console().status(f"{name}"):
+                results.append(dict(_measure(f"native.produce.{name}", pid, fn), shape=name))
+                if ceiling_path:
+                    results.extend(_ceiling(ceiling_path, name, seconds,
+                                            pin and namesrv is None))
+    _show("native produce (100-byte messages)", results, as_json)
 
 
 @contextmanager
@@ -268,8 +309,9 @@ def _server(namesrv: str | None, flush: str, pin: bool = True
 @click.option("--batched/--single", default=False, show_default=True,
               help="Store the messages as batches of 256 (pulls unpack them) or one by one.")
 @click.option("--pin/--no-pin", default=True, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
 def consume(namesrv: str | None, messages: int, pull_size: int, batched: bool,
-            pin: bool) -> None:
+            pin: bool, as_json: bool) -> None:
     """Store messages, then pull them all back (decoded): consume msgs/s."""
     topic = f"bench-consume-{int(time.time())}"
     with _server(namesrv, "async", pin) as (ns, pid):
@@ -316,8 +358,9 @@ def consume(namesrv: str | None, messages: int, pull_size: int, batched: bool,
                         offset = nxt
             return total, lats, f"pull of up to {pull_size}"
 
-        _measure(f"native.consume.pull_decoded.{'batched' if batched else 'single'}", pid,
-                 drain)
+        r = _measure(f"native.consume.pull_decoded.{'batched' if batched else 'single'}", pid,
+                     drain)
+    _show("native consume (100-byte messages)", [r], as_json)
 
 
 def register(group: click.Group) -> None:
