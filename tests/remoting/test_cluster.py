@@ -104,12 +104,13 @@ def test_route_table_expires_silent_brokers() -> None:
 
 
 async def test_standalone_namesrv_command(start_broker, tmp_path) -> None:
+    import socket
     import subprocess
     import sys
 
-    from conftest import free_port
-
-    port = free_port()
+    with socket.socket() as probe:  # a free port for the NameServer
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     ns = subprocess.Popen([sys.executable, "-m", "ferrymq.gateways", "namesrv", "--host",
                            "127.0.0.1", "--port", str(port), "--broker-expiry", "5"],
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
