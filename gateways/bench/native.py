@@ -55,6 +55,13 @@ def _self_cpu() -> float:
     return t.user + t.system
 
 
+LABELS = {  # short table labels for the result names
+    "native.produce.a.sync_1_producer": "(a) 1 sync", "native.produce.b.sync_16_producers":
+    "(b) 16 sync", "native.produce.c.async_pipelined": "(c) pipelined",
+    "native.produce.d.batch_32": "(d) batch 32", "native.consume.pull_decoded.single":
+    "consume", "native.consume.pull_decoded.batched": "consume batches"}
+
+
 def result(name: str, value: float, unit: str, **extra: Any) -> dict[str, Any]:
     return {"name": name, "value": round(value, 1), "unit": unit,
             **{k: round(v, 2) if isinstance(v, float) else v for k, v in extra.items()}}
@@ -72,8 +79,7 @@ def _show(title: str, results: list[dict[str, Any]], as_json: bool) -> None:
         if r["name"].startswith("ceiling."):
             continue
         c = ceilings.get(r.get("shape", ""))
-        rows.append((r["name"].removeprefix("native.produce.").removeprefix("native."),
-                     r["value"], r.get("p50_us"),
+        rows.append((LABELS.get(r["name"], r["name"]), r["value"], r.get("p50_us"),
                      r.get("p99_us"), r.get("p999_us"), r.get("broker_cpu"), r.get("client_cpu"),
                      c["value"] if c else None,
                      f"{r['value'] / c['value']:.0%}" if c and c["value"] else None))
