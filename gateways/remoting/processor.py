@@ -280,7 +280,8 @@ class Processor:
                    "queueId": str(result.queue_id), "queueOffset": str(result.queue_offset),
                    "MSG_REGION": "DefaultRegion", "TRACE_ON": "true"}
             return response_to(cmd, ResponseCode.SUCCESS, ext)
-        props = rec.decode_properties(props_text) if props_text else {}
+        # Stored as they came: the store reads TAGS, KEYS and UNIQ_KEY from the text.
+        props = rec.EncodedProperties(props_text.encode()) if props_text else {}
         if topic.startswith(RETRY_PREFIX):
             # A client re-sending a retry message itself (RocketMQ's send-back fallback):
             # past the maximum it goes to the dead-letter topic.
