@@ -254,6 +254,9 @@ class Api:
         if req.params.get("raw"):
             messages, queue = [codec.header_message(topic, req.body, req.header(b"content-type"),
                                                     _headers_map(req), now)[0]], -1
+        elif req.header(b"ce-specversion") is not None:
+            messages, queue = [codec.cloudevent_binary(
+                topic, req.body, req.header(b"content-type"), _headers_map(req))], -1
         elif ct == JSON:
             doc = self._load(req.body)
             messages, queue = self._envelopes(topic, doc, now)
@@ -269,9 +272,6 @@ class Api:
             if len(doc) > MAX_BATCH_MESSAGES:
                 raise Problem("invalid_body", f"at most {MAX_BATCH_MESSAGES} messages a batch")
             messages, queue = [codec.cloudevent_structured(topic, e) for e in doc], -1
-        elif req.header(b"ce-specversion") is not None:
-            messages, queue = [codec.cloudevent_binary(
-                topic, req.body, req.header(b"content-type"), _headers_map(req))], -1
         else:
             messages, queue = [codec.header_message(topic, req.body, req.header(b"content-type"),
                                                     _headers_map(req), now)[0]], -1

@@ -130,7 +130,7 @@ class HttpApp:
             op = route.operation_id
             req.route = route
             if not route.long:
-                req.conn.scope.deadline = trio.current_time() + self.limits.request_timeout_s
+                req.conn.deadline = trio.current_time() + self.limits.request_timeout_s
             if (self.authenticator is not None and not route.public
                     and not self.authenticator(req)):
                 raise Problem("unauthorized", "a valid bearer token is required",

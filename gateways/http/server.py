@@ -14,17 +14,23 @@ protocol object; this module only moves bytes and enforces time and size:
 - heads above ``max_header_bytes`` get 431 (h11's own limit);
 - past ``max_connections`` a new connection gets 503 and is closed.
 
-Timeouts use one cancel scope per connection whose deadline moves with the
-phase of the request: no per-request nursery or scope (the measured cost of
-hypercorn's trio worker, see docs/http.md).
+Timeouts cost a float per phase: each connection has a ``deadline`` that
+moves with the phase of the request, and one watchdog task per listener
+cancels the connections whose deadline has passed (to WATCHDOG_TICK_S).
+Neither a cancel scope per request nor trio's deadline bookkeeping per phase
+(the measured cost of hypercorn's trio worker, see docs/http.md). A response
+is first written with a plain non-blocking write; only what the socket does
+not take at once goes through trio's send_all.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from http import HTTPStatus
 from typing import Any, Protocol
 
@@ -38,6 +44,7 @@ log = logging.getLogger("ferrymq.http")
 RECV_BYTES = 64 * 1024
 WATCH_STASH_BYTES = 64 * 1024  # pipelined bytes kept while a long poll watches the socket
 SERVER_HEADER = b"FerryMQ"
+WATCHDOG_TICK_S = 0.25  # timeouts are enforced to within this
 REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 
@@ -128,10 +135,6 @@ class ClientGone(Exception):
     """The client closed its side while a long request waited for data."""
 
 
-class _Timeout(Exception):
-    pass
-
-
 class Connection:
     """One client connection; ``run`` serves its requests until either side closes."""
 
@@ -141,6 +144,8 @@ class Connection:
         self.limits = app.limits
         self.h = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
         self.scope = trio.CancelScope()
+        self.deadline = math.inf  # the watchdog cancels ``scope`` once this has passed
+        self._fd = stream.socket.fileno()
         self.peer_closed = False
         self._watching = False
 
@@ -159,7 +164,7 @@ class Connection:
     async def _read_request(self) -> Request | None:
         """The next request with its whole body, or None once the client is done."""
         self._phase = "idle"
-        self.scope.deadline = trio.current_time() + self.limits.keepalive_timeout_s
+        self.deadline = trio.current_time() + self.limits.keepalive_timeout_s
         ev = self.h.next_event()
         if ev is h11.NEED_DATA:
             data = await self.stream.receive_some(RECV_BYTES)
@@ -167,7 +172,7 @@ class Connection:
                 return None  # closed between requests: the normal end of keep-alive
             self.h.receive_data(data)
             self._phase = "head"
-            self.scope.deadline = trio.current_time() + self.limits.header_timeout_s
+            self.deadline = trio.current_time() + self.limits.header_timeout_s
             ev = await self._next_event()
         if isinstance(ev, h11.ConnectionClosed):
             return None
@@ -188,7 +193,7 @@ class Connection:
         if self.h.they_are_waiting_for_100_continue:
             await self._send(self.h.send(h11.InformationalResponse(status_code=100,
                                                                     headers=[])))
-        self.scope.deadline = trio.current_time() + self.limits.body_timeout_s
+        self.deadline = trio.current_time() + self.limits.body_timeout_s
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -210,11 +215,19 @@ class Connection:
     # ------------------------------------------------------------ writing
 
     async def _send(self, data: bytes | None) -> None:
-        if data:
-            with trio.move_on_after(self.limits.send_timeout_s) as cs:
-                await self.stream.send_all(data)
-            if cs.cancelled_caught:
-                raise _Timeout()
+        if not data:
+            return
+        try:
+            n = os.write(self._fd, data)
+        except BlockingIOError:
+            n = 0
+        except OSError as exc:
+            raise trio.BrokenResourceError(str(exc)) from None
+        if n < len(data):
+            # The client is not reading fast enough: wait, but not forever.
+            saved, self.deadline = self.deadline, trio.current_time() + self.limits.send_timeout_s
+            await self.stream.send_all(memoryview(data)[n:])
+            self.deadline = saved
 
     def _head(self, status: int, content_type: str, headers: list[tuple[str, str]],
               length: int | None) -> bytes:
@@ -254,14 +267,20 @@ class Connection:
                 with trio.CancelScope(shield=True):
                     await aclose()
 
-    async def send_problem(self, problem: Problem, instance: str | None = None) -> None:
+    def _problem_bytes(self, problem: Problem, instance: str | None = None) -> bytes:
         if self.h.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
-            return
+            return b""
         body = problem.body(instance)
         headers = list(problem.headers)
         if self.h.their_state is not h11.DONE:
             headers.append(("connection", "close"))  # the rest of the request is unread
-        await self.send_response(Response(problem.status, body, PROBLEM_CONTENT_TYPE, headers))
+        out = self._head(problem.status, PROBLEM_CONTENT_TYPE, headers, len(body))
+        if self._method != "HEAD":
+            out += self.h.send(h11.Data(data=body))  # type: ignore[operator]
+        return out + self.h.send(h11.EndOfMessage())  # type: ignore[operator]
+
+    async def send_problem(self, problem: Problem, instance: str | None = None) -> None:
+        await self._send(self._problem_bytes(problem, instance))
 
     # ------------------------------------------------------------ long requests
 
@@ -311,10 +330,15 @@ class Connection:
             with self.scope:
                 await self._serve()
             if self.scope.cancelled_caught and self._phase in ("head", "body"):
-                # A client too slow to send its request: tell it, briefly, then close.
-                with trio.move_on_after(1):
-                    await self.send_problem(Problem("request_timeout"))
-        except (trio.BrokenResourceError, trio.ClosedResourceError, _Timeout, ClientGone):
+                # A client too slow to send its request: tell it, then close.
+                self.deadline = math.inf
+                try:
+                    data = self._problem_bytes(Problem("request_timeout"))
+                    if data:
+                        os.write(self._fd, data)
+                except (OSError, h11.LocalProtocolError):
+                    pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ClientGone):
             pass
         finally:
             app.connection_closed()
@@ -342,10 +366,10 @@ class Connection:
                 return
             # The application sets the request deadline once it knows the route
             # (long polls and streams have their own bounds).
-            self.scope.deadline = math.inf
+            self.deadline = math.inf
             resp = await app.handle(req)
             if isinstance(resp, StreamResponse):
-                self.scope.deadline = math.inf
+                self.deadline = math.inf
                 await self.send_stream(resp)
             else:
                 await self.send_response(resp)
@@ -358,11 +382,18 @@ async def serve_connections(listeners: list[trio.SocketListener], app: App, *,
                             task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                             ) -> None:
     """Accept connections forever, one task each, refusing past max_connections."""
-    active = 0
+    live: set[Connection] = set()
+
+    async def watchdog() -> None:
+        while True:
+            await trio.sleep(WATCHDOG_TICK_S)
+            now = trio.current_time()
+            for conn in live:
+                if conn.deadline <= now:
+                    conn.scope.cancel()
 
     async def handler(stream: trio.SocketStream) -> None:
-        nonlocal active
-        if active >= app.limits.max_connections:
+        if len(live) >= app.limits.max_connections:
             try:
                 with trio.move_on_after(1):
                     await stream.send_all(
@@ -374,10 +405,14 @@ async def serve_connections(listeners: list[trio.SocketListener], app: App, *,
                 pass
             await stream.aclose()
             return
-        active += 1
+        conn = Connection(stream, app)
+        live.add(conn)
         try:
-            await Connection(stream, app).run()
+            await conn.run()
         finally:
-            active -= 1
+            live.discard(conn)
 
-    await trio.serve_listeners(handler, listeners, task_status=task_status)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watchdog)
+        await nursery.start(partial(trio.serve_listeners, handler, listeners))
+        task_status.started()
