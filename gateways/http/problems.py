@@ -58,6 +58,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "too_many_long_polls": (429, "Too many long polls"),
     "too_many_connections": (503, "Too many connections"),
     "not_ready": (503, "Not ready"),
+    "http_version_not_supported": (505, "HTTP version not supported"),
 }
 
 

@@ -181,6 +181,15 @@ class Connection:
         self._phase = "body"
         self._method = ev.method.decode("ascii")
         headers = ev.headers
+        if ev.http_version not in (b"1.1", b"1.0"):
+            raise Problem("http_version_not_supported", "FerryMQ speaks HTTP/1.1 and 1.0")
+        # h11 bounds a head that arrives in pieces; one that arrives whole is measured here.
+        size = len(ev.target)
+        for k, v in headers:
+            size += len(k) + len(v) + 4
+        if size > self.limits.max_header_bytes:
+            raise Problem("headers_too_large", f"the request head passed "
+                                               f"{self.limits.max_header_bytes} bytes")
         target = ev.target.decode("latin-1")
         path, _, query = target.partition("?")
         length = None
