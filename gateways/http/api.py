@@ -242,6 +242,10 @@ class Api:
         self.long_polls = 0
         self.long_polls_by_group: dict[str, int] = {}
         self.streams = 0
+        self._polls_gauge = broker.metrics.gauge(
+            "ferrymq_long_polls", "Long polls waiting, per protocol.", ("protocol",)).labels("http")
+        self._streams_gauge = broker.metrics.gauge(
+            "ferrymq_streams", "Open message streams, per protocol.", ("protocol",)).labels("http")
         self._openapi: bytes | None = None
         self.routes = self._routes()
 
@@ -338,10 +342,12 @@ class Api:
                           f"{lim.max_long_polls_per_group} long polls waiting already",
                           (("Retry-After", "1"),))
         self.long_polls += 1
+        self._polls_gauge.set(self.long_polls)
         self.long_polls_by_group[group] = self.long_polls_by_group.get(group, 0) + 1
 
     def _release_slot(self, group: str) -> None:
         self.long_polls -= 1
+        self._polls_gauge.set(self.long_polls)
         n = self.long_polls_by_group[group] - 1
         if n:
             self.long_polls_by_group[group] = n
@@ -446,9 +452,11 @@ class Api:
         p = req.params
         topic = p["topic"]
         group = p.get("group")
-        ce = p.get("format") == "cloudevents" or (_accepts(req, SSE, CE_JSON) is None \
-            and _accepts(req, CE_JSON) is not None)
-        if _accepts(req, SSE) is None and not ce:
+        # Event data as CloudEvents when asked for by format=cloudevents or by an
+        # Accept header naming the CloudEvents JSON type (next to text/event-stream).
+        accept = (req.header(b"accept") or "").lower()
+        ce = p.get("format") == "cloudevents" or CE_JSON in accept
+        if not ce and _accepts(req, SSE) is None:
             raise Problem("not_acceptable", f"this answers {SSE}")
         t = self.broker.topic(topic)
         flt = _filter(p)
@@ -462,6 +470,7 @@ class Api:
                           (("Retry-After", "1"),))
         enc = p.get("encoding", "auto")
         self.streams += 1
+        self._streams_gauge.set(self.streams)
         return StreamResponse(200, SSE, self._events(topic, group, queues, positions,
                                                      single is not None, flt, ce, enc),
                               [("cache-control", "no-store"), ("x-accel-buffering", "no")])
@@ -509,15 +518,16 @@ class Api:
                         yield (b"event: error\ndata: " + problem_body(prob.code, prob.detail)
                                + b"\n\n")
                         return
-                    start = pos[q]
-                    for m in r.messages(start):
+                    for m in r.messages(pos[q]):
                         pos[q] = m.queue_offset + 1
                         yield self._event(m, pos, single, ce, enc)
                         sent = True
+                        if group:  # the event is written: the group is past it
+                            broker.commit_offset(group, topic, q, pos[q])
                     if r.next_offset > pos[q] or r.status.value == "offset_too_small":
                         pos[q] = max(r.next_offset, r.min_offset)
-                    if group and pos[q] != start:
-                        broker.commit_offset(group, topic, q, pos[q])
+                        if group:
+                            broker.commit_offset(group, topic, q, pos[q])
                 if not sent:
                     got = await broker.wait_any([(topic, q, pos[q]) for q in queues],
                                                 self.limits.sse_heartbeat_s)
@@ -529,6 +539,7 @@ class Api:
                         return
         finally:
             self.streams -= 1
+            self._streams_gauge.set(self.streams)
 
     @staticmethod
     def _event(m: ConsumedMessage, pos: dict[int, int], single: bool, ce: bool,
