@@ -300,24 +300,34 @@ class Connection:
         if self._watching or self.peer_closed:
             return await fn()
         result: list[Any] = []
+        broken: list[BaseException] = []
         gone = False
 
+        # Both tasks keep their stream errors to themselves (a nursery would wrap
+        # them in an ExceptionGroup); the first one out cancels the other.
         async def work() -> None:
-            result.append(await fn())
+            try:
+                result.append(await fn())
+            except Exception as exc:  # re-raised unwrapped below
+                broken.append(exc)
             nursery.cancel_scope.cancel()
 
         async def watch() -> None:
             nonlocal gone
             stashed = 0
-            while stashed < WATCH_STASH_BYTES:
-                data = await self.stream.receive_some(RECV_BYTES)
-                if not data:
-                    gone = self.peer_closed = True
-                    nursery.cancel_scope.cancel()
-                    return
-                stashed += len(data)
-                self.h.receive_data(data)
-            await trio.sleep_forever()
+            try:
+                while stashed < WATCH_STASH_BYTES:
+                    data = await self.stream.receive_some(RECV_BYTES)
+                    if not data:
+                        break
+                    stashed += len(data)
+                    self.h.receive_data(data)
+                else:
+                    await trio.sleep_forever()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            gone = self.peer_closed = True
+            nursery.cancel_scope.cancel()
 
         self._watching = True
         try:
@@ -326,6 +336,8 @@ class Connection:
                 nursery.start_soon(watch)
         finally:
             self._watching = False
+        if broken:
+            raise broken[0]
         if gone and not result:
             raise ClientGone()
         return result[0] if result else None
@@ -418,6 +430,9 @@ async def serve_connections(listeners: list[trio.SocketListener], app: App, *,
         live.add(conn)
         try:
             await conn.run()
+        except Exception:
+            # A bug in one connection must not take the listener down with it.
+            log.exception("http connection failed")
         finally:
             live.discard(conn)
 

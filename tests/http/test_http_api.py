@@ -348,3 +348,19 @@ async def test_openapi_document_matches_the_routes(door) -> None:
     ops = [op for ops in doc["paths"].values() for op in ops.values()]
     assert len({op["operationId"] for op in ops}) == len(ops)
     assert all("default" not in op["responses"] for op in ops)
+
+
+async def test_topic_deleted_under_a_long_poll_is_a_problem_not_a_crash(door) -> None:
+    await door.broker.create_topic("gone", 1)
+    got = {}
+
+    async def consumer() -> None:
+        got["r"] = await door.client.get("/v1/topics/gone/messages",
+                                         params={"group": "g", "wait": 10})
+
+    async with trio.open_nursery() as n:
+        n.start_soon(consumer)
+        await trio.sleep(0.3)
+        await door.broker.delete_topic("gone")
+    assert got["r"].status_code == 404 and got["r"].json()["code"] == "topic_not_found"
+    assert (await door.client.get("/healthz")).status_code == 200
