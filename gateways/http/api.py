@@ -12,8 +12,10 @@ import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+import trio
+
 from ...core.broker import Broker
-from ...core.errors import FerryError
+from ...core.errors import FerryError, PermissionDenied
 from ...core.filter import Filter, parse_filter
 from ...core.message import ConsumedMessage, Message, PutResult
 from ...core.metadata import MAX_QUEUES, MESSAGE_TYPES, PERM_READ_WRITE, TopicConfig
@@ -41,7 +43,6 @@ DEFAULT_INVISIBLE_S = 30.0
 TOPIC_SCHEMA = {"type": "string", "pattern": "^[A-Za-z0-9._%|-]{1,127}$",
                 "description": "Topic name: 1-127 of A-Z a-z 0-9 . _ - % |"}
 GROUP_SCHEMA = {"type": "string", "minLength": 1, "maxLength": 255,
-                "pattern": "^[^\\u0000-\\u001f\\u007f]+$",
                 "description": "Consumer group name: 1-255 characters, no control characters"}
 QUEUE_SCHEMA = {"type": "integer", "minimum": 0, "maximum": MAX_QUEUES - 1}
 RECEIPT_SCHEMA = {"type": "string", "minLength": 1, "maxLength": 1024,
@@ -147,6 +148,14 @@ READ_RESULT: dict[str, Any] = {
                                                               "items": MESSAGE_SCHEMA},
                    "next_offset": {"type": "integer"}, "min_offset": {"type": "integer"},
                    "max_offset": {"type": "integer"}},
+}
+SSE_EVENT_SCHEMA = {
+    "type": "object", "required": ["data"],
+    "description": "One server-sent event: event 'message' carries a Message (or a "
+                   "CloudEvent) as JSON data, 'error' a Problem that ends the stream",
+    "properties": {"event": {"enum": ["message", "error"]}, "id": {"type": "string"},
+                   "retry": {"type": "integer"},
+                   "data": {"type": "string", "contentMediaType": "application/json"}},
 }
 STATUS_SCHEMA = {"type": "object", "required": ["status"],
                  "properties": {"status": {"type": "string"}}}
@@ -459,6 +468,8 @@ class Api:
         if not ce and _accepts(req, SSE) is None:
             raise Problem("not_acceptable", f"this answers {SSE}")
         t = self.broker.topic(topic)
+        if not t.readable:
+            raise PermissionDenied(f"topic {topic} is not readable")
         flt = _filter(p)
         single = p.get("queue")
         queues = [single] if single is not None else list(range(t.queues))
@@ -506,9 +517,10 @@ class Api:
                       pos: dict[int, int], single: bool, flt: Filter | None, ce: bool,
                       enc: str) -> AsyncIterator[bytes]:
         broker = self.broker
+        end = trio.current_time() + self.limits.stream_max_s
         try:
             yield b"retry: 1000\n\n"
-            while True:
+            while trio.current_time() < end:
                 sent = False
                 for q in queues:
                     try:
@@ -529,8 +541,9 @@ class Api:
                         if group:
                             broker.commit_offset(group, topic, q, pos[q])
                 if not sent:
-                    got = await broker.wait_any([(topic, q, pos[q]) for q in queues],
-                                                self.limits.sse_heartbeat_s)
+                    got = await broker.wait_any(
+                        [(topic, q, pos[q]) for q in queues],
+                        max(0.0, min(self.limits.sse_heartbeat_s, end - trio.current_time())))
                     if not got:
                         yield b": keep-alive\n\n"
                     if topic not in broker.meta.topics:
@@ -578,15 +591,14 @@ class Api:
         name = doc["name"]
         if not isinstance(name, str):
             raise Problem("invalid_body", "name must be a string")
-        queues = doc.get("queues")
-        if queues is not None and (isinstance(queues, bool) or not isinstance(queues, int)):
+        queues = doc.get("queues", self.broker.config.default_queues)
+        if isinstance(queues, bool) or not isinstance(queues, int):
             raise Problem("invalid_body", "queues must be an integer")
         perm = doc.get("perm", PERM_READ_WRITE)
         if isinstance(perm, bool) or not isinstance(perm, int):
             raise Problem("invalid_body", "perm must be an integer")
-        attrs = doc.get("attributes") or {}
-        if not isinstance(attrs, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                                  for k, v in attrs.items()):
+        attrs = doc.get("attributes", {})
+        if not isinstance(attrs, dict) or not all(isinstance(v, str) for v in attrs.values()):
             raise Problem("invalid_body", "attributes must be an object of strings")
         mtype = doc.get("message_type", "NORMAL")
         if not isinstance(mtype, str):
@@ -781,9 +793,10 @@ class Api:
                          description="Start without Last-Event-ID or committed offset"),
                    Param("format", "query", {"type": "string", "enum": ["json", "cloudevents"]},
                          description="Event data as message JSON or structured CloudEvents"),
-                   Param("Last-Event-ID", "header", {"type": "string", "maxLength": 16384})),
+                   Param("Last-Event-ID", "header", {"type": "string", "maxLength": 4096})),
                   None, True,
-                  {200: Resp("An endless text/event-stream", {SSE: {"type": "string"}}),
+                  {200: Resp("An endless text/event-stream", {SSE: SSE_EVENT_SCHEMA}),
+                   403: _problem("The topic is not readable"),
                    406: _problem("Not acceptable"), 429: _problem("Too many streams")},
                   long=True),
             Route("GET", "/v1/topics/{topic}/queues/{queue}/messages", self.read,

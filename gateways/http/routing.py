@@ -150,11 +150,14 @@ class Router:
         problem = {PROBLEM_CONTENT_TYPE: {"$ref": "#/components/schemas/Problem"}}
         common = {400: "Invalid parameters or body", 401: "Missing or wrong bearer token",
                   405: "Method not allowed", 408: "The request took too long to arrive",
-                  413: "Request body too large", 503: "Broker not available"}
+                  413: "Request body too large", 431: "Request head too large",
+                  503: "Broker not available"}
         if r.body is not None:
             common[415] = "Unsupported media type"
         if any(p.where == "path" for p in r.params):
             common[404] = "Not found"
+        if any(p.name == "topic" for p in r.params):
+            common[403] = "The topic's permissions forbid this"
         out = {s: Resp(d, problem) for s, d in common.items()}
         out[405] = Resp("Method not allowed", problem, {"Allow": {"type": "string"}})
         out.update(r.responses)

@@ -65,6 +65,9 @@ class Limits:
     max_long_polls_per_group: int = 100
     max_streams: int = 256
     sse_heartbeat_s: float = 15.0
+    # A stream ends after this long; EventSource clients reconnect with Last-Event-ID
+    # (the retry: hint is 1 s), so no response lives unbounded behind a proxy.
+    stream_max_s: float = 3600.0
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> Limits:
