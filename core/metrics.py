@@ -212,7 +212,7 @@ def broker_collector(broker: Broker) -> Callable[[], Iterable[Family]]:
         m_in = Family("ferrymq_messages_in_total", "counter",
                       "Messages stored, per topic, through every door.")
         b_in = Family("ferrymq_bytes_in_total", "counter",
-                      "Message body bytes stored, per topic, through every door.")
+                      "Bytes stored (records as written), per topic, through every door.")
         for name, tc in sorted(c.topics.items()):
             m_in.add(tc.messages_in, topic=name)
             b_in.add(tc.bytes_in, topic=name)

@@ -42,7 +42,7 @@ import struct
 import zlib
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -619,7 +619,7 @@ class PopService:
             self._log(["P", group, topic, qid, pop_offset, now, until, items])
             for (offset, lease_no, deliveries), m in zip(items, msgs, strict=True):
                 if m.reconsume_times != deliveries - 1:
-                    m = replace(m, reconsume_times=deliveries - 1)
+                    m = m._replace(reconsume_times=deliveries - 1)
                 handle = self.codec.encode(Receipt(group, topic, qid, offset, now,
                                                    invisible_ms, lease_no))
                 out.append(PoppedMessage(m, handle, now, until))
@@ -775,7 +775,7 @@ class PopService:
                     lease = qs.leases.get(offset)
                     m = self._read(topic, qid, offset) if lease and lease.state == READY else None
                     if m is not None and (filter is None or filter.matches(m)):
-                        out.append(replace(m, reconsume_times=lease.deliveries))  # type: ignore[union-attr]
+                        out.append(m._replace(reconsume_times=lease.deliveries))  # type: ignore[union-attr]
                 start = qs.pop_offset
             else:
                 committed = self.broker.committed_offset(group, topic, qid)
