@@ -226,7 +226,7 @@ def _json_body(req: Request) -> Any:
 
 
 def _headers_map(req: Request) -> dict[str, str]:
-    return {k.decode("latin-1"): v.decode("latin-1") for k, v in req.headers}
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in req.headers.items()}
 
 
 def _put_result(r: PutResult) -> dict[str, Any]:
@@ -263,19 +263,18 @@ class Api:
     async def produce(self, req: Request) -> Response:
         topic = req.params["topic"]
         ct = req.content_type
-        now = self.broker.pop_service.now()
         if req.params.get("raw"):
             messages, queue = [codec.header_message(topic, req.body, req.header(b"content-type"),
-                                                    _headers_map(req), now)[0]], -1
+                                                    _headers_map(req))[0]], -1
         elif req.header(b"ce-specversion") is not None:
             messages, queue = [codec.cloudevent_binary(
                 topic, req.body, req.header(b"content-type"), _headers_map(req))], -1
         elif ct == JSON:
             doc = self._load(req.body)
-            messages, queue = self._envelopes(topic, doc, now)
+            messages, queue = self._envelopes(topic, doc)
         elif ct in NDJSON_TYPES:
             items = codec.split_ndjson(req.body)
-            messages, queue = self._batch(topic, items, -1, now)
+            messages, queue = self._batch(topic, items, -1)
         elif ct == CE_JSON:
             messages, queue = [codec.cloudevent_structured(topic, self._load(req.body))], -1
         elif ct == CE_BATCH:
@@ -287,7 +286,7 @@ class Api:
             messages, queue = [codec.cloudevent_structured(topic, e) for e in doc], -1
         else:
             messages, queue = [codec.header_message(topic, req.body, req.header(b"content-type"),
-                                                    _headers_map(req), now)[0]], -1
+                                                    _headers_map(req))[0]], -1
         if len(messages) == 1:
             m = messages[0]
             result = await self.broker.put(m)
@@ -304,7 +303,7 @@ class Api:
         except (ValueError, UnicodeDecodeError) as exc:
             raise Problem("malformed_json", str(exc)) from None
 
-    def _envelopes(self, topic: str, doc: Any, now: int) -> tuple[list[Message], int]:
+    def _envelopes(self, topic: str, doc: Any) -> tuple[list[Message], int]:
         if isinstance(doc, dict) and "messages" in doc:
             extra = doc.keys() - {"messages", "queue"}
             if extra:
@@ -316,19 +315,19 @@ class Api:
             items = doc["messages"]
             if not isinstance(items, list) or not items:
                 raise Problem("invalid_body", "messages must be a non-empty array")
-            return self._batch(topic, items, queue, now)
-        m, queue = codec.envelope_message(topic, doc, now)
+            return self._batch(topic, items, queue)
+        m, queue = codec.envelope_message(topic, doc)
         return [m], queue
 
     @staticmethod
-    def _batch(topic: str, items: Any, queue: int, now: int) -> tuple[list[Message], int]:
+    def _batch(topic: str, items: Any, queue: int) -> tuple[list[Message], int]:
         if not items:
             raise Problem("invalid_body", "an empty batch")
         if len(items) > MAX_BATCH_MESSAGES:
             raise Problem("invalid_body", f"at most {MAX_BATCH_MESSAGES} messages a batch")
         out = []
         for env in items:
-            m, q = codec.envelope_message(topic, env, now)
+            m, q = codec.envelope_message(topic, env)
             if q >= 0:
                 if queue >= 0 and q != queue:
                     raise Problem("invalid_body", "a batch is stored in one queue: the "

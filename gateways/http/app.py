@@ -86,6 +86,7 @@ class HttpApp:
             "ferrymq_connections_accepted_total", "Connections accepted, per protocol.",
             ("protocol",)).labels(PROTOCOL)
         self._observers: dict[str, Any] = {}
+        self._plans: dict[Route, list[tuple[Any, str, bytes]]] = {}
 
     def connection_opened(self) -> None:
         self._connections.inc()
@@ -107,19 +108,26 @@ class HttpApp:
                 if k in query:
                     raise Problem("invalid_parameter", f"{k} is given twice")
                 query[k] = v
-        for p in route.params:
-            if p.where == "path":
-                raw: str | None = path_params[p.name]
-            elif p.where == "query":
+        plan = self._plans.get(route)
+        if plan is None:
+            plan = self._plans[route] = [(p, p.where, p.name.lower().encode())
+                                         for p in route.params]
+        headers = req.headers
+        for p, where, key in plan:
+            if where == "path":
+                raw: str | bytes | None = path_params[p.name]
+            elif where == "query":
                 raw = query.get(p.name)
             else:
-                raw = req.header(p.name.lower().encode())
+                raw = headers.get(key)
+                if raw is not None:
+                    raw = raw.decode("latin-1")  # type: ignore[union-attr]
             if raw is None:
                 if p.required:
-                    raise Problem("invalid_parameter", f"{p.where} parameter {p.name} is "
+                    raise Problem("invalid_parameter", f"{where} parameter {p.name} is "
                                                        "required")
                 continue
-            out[p.name] = coerce(p, raw)
+            out[p.name] = coerce(p, raw)  # type: ignore[arg-type]
         return out
 
     async def handle(self, req: Request) -> Response | StreamResponse:

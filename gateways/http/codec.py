@@ -32,6 +32,7 @@ from ...core.message import (
     PROPERTY_TIMER_DELIVER_MS,
     ConsumedMessage,
     Message,
+    now_ms,
 )
 from .problems import Problem
 
@@ -65,7 +66,7 @@ def _text(value: Any, what: str) -> str:
     return value
 
 
-def _delivery(props: dict[str, str], deliver_at: Any, delay_ms: Any, now: int) -> None:
+def _delivery(props: dict[str, str], deliver_at: Any, delay_ms: Any) -> None:
     """Store a delivery time as the TIMER_DELIVER_MS / TIMER_DELAY_MS property (the
     timer engine of issue 6 reads them; until it lands they are carried, not acted on)."""
     if deliver_at is not None and delay_ms is not None:
@@ -83,7 +84,7 @@ def _delivery(props: dict[str, str], deliver_at: Any, delay_ms: Any, now: int) -
         if isinstance(deliver_at, bool) or not isinstance(deliver_at, int):
             raise Problem("invalid_body", "deliver_at must be epoch milliseconds or an "
                                           "RFC 3339 date-time")
-        if deliver_at < 0 or deliver_at > now + MAX_DELAY_MS:
+        if deliver_at < 0 or deliver_at > now_ms() + MAX_DELAY_MS:
             raise Problem("invalid_body", "deliver_at must lie between the epoch and one year "
                                           "from now")
         props[PROPERTY_TIMER_DELIVER_MS] = str(deliver_at)
@@ -94,7 +95,7 @@ def _delivery(props: dict[str, str], deliver_at: Any, delay_ms: Any, now: int) -
         props[PROPERTY_TIMER_DELAY_MS] = str(delay_ms)
 
 
-def envelope_message(topic: str, env: Any, now: int) -> tuple[Message, int]:
+def envelope_message(topic: str, env: Any) -> tuple[Message, int]:
     """One JSON envelope as a Message and its queue id (-1: the broker picks)."""
     if not isinstance(env, dict):
         raise Problem("invalid_body", "a message envelope must be a JSON object")
@@ -142,7 +143,8 @@ def envelope_message(topic: str, env: Any, now: int) -> tuple[Message, int]:
         if not _text(tag, "tag") or "||" in tag:
             raise Problem("invalid_body", "a tag is a non-empty string without '||'")
         props[PROPERTY_TAGS] = tag
-    _delivery(props, env.get("deliver_at"), env.get("delay_ms"), now)
+    if "deliver_at" in env or "delay_ms" in env:
+        _delivery(props, env.get("deliver_at"), env.get("delay_ms"))
     queue = env.get("queue", -1)
     if isinstance(queue, bool) or not isinstance(queue, int) or queue < -1:
         raise Problem("invalid_body", "queue must be a queue id (integer >= 0)")
@@ -159,7 +161,7 @@ def decode_base64(value: Any) -> bytes:
 
 
 def header_message(topic: str, body: bytes, content_type: str | None,
-                   header: Mapping[str, str], now: int) -> tuple[Message, int]:
+                   header: Mapping[str, str]) -> tuple[Message, int]:
     """A raw body with its metadata in headers (names lower-case, ``ferrymq-`` prefix:
     key, tag, queue, deliver-at, delay-ms, and property-<name> per property)."""
     props: dict[str, str] = {}
@@ -183,7 +185,7 @@ def header_message(topic: str, body: bytes, content_type: str | None,
     if "ferrymq-deliver-at" in header:
         v = header["ferrymq-deliver-at"].strip()
         env["deliver_at"] = int(v) if re.fullmatch(r"\d{1,15}", v) else v
-    m, queue = envelope_message(topic, {**env, "body": ""}, now)
+    m, queue = envelope_message(topic, {**env, "body": ""})
     props.update(m.properties)
     props.pop(CONTENT_TYPE_PROPERTY, None)
     if content_type:
@@ -354,11 +356,21 @@ def message_json(m: ConsumedMessage, encoding: str = "auto") -> dict[str, Any]:
 
 
 def split_ndjson(body: bytes) -> Sequence[Any]:
+    """The JSON values of an NDJSON body, one per non-blank line."""
+    lines = [line for line in body.split(b"\n") if line.strip()]
+    try:
+        # One C call for the whole body; a line that is not exactly one value
+        # (bad JSON, or "1,2") falls back to line by line, to name the line.
+        values = json.loads(b"[" + b",".join(lines) + b"]")
+        if len(values) == len(lines):
+            return values  # type: ignore[no-any-return]
+    except (ValueError, UnicodeDecodeError):
+        pass
     out = []
     for n, line in enumerate(body.split(b"\n"), 1):
         if line.strip():
             try:
                 out.append(json.loads(line))
-            except ValueError as exc:
+            except (ValueError, UnicodeDecodeError) as exc:
                 raise Problem("malformed_json", f"line {n}: {exc}") from None
     return out

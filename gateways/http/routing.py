@@ -19,6 +19,7 @@ from urllib.parse import unquote
 from .problems import PROBLEM_CONTENT_TYPE, PROBLEM_SCHEMA, Problem
 
 Schema = Mapping[str, Any]
+MATCH_CACHE_SIZE = 4096  # matched (method, path) pairs kept: topic paths repeat
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +42,7 @@ class Resp:
     headers: Mapping[str, Schema] | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # routes compare (and hash) by identity
 class Route:
     method: str
     path: str  # "/v1/topics/{topic}/messages"
@@ -74,6 +75,7 @@ class Router:
         self.routes = list(routes)
         self._static: dict[tuple[str, str], Route] = {}
         self._by_len: dict[int, list[Route]] = {}
+        self._cache: dict[tuple[str, str], tuple[Route, dict[str, str]]] = {}
         for r in self.routes:
             if None not in r.segments:
                 self._static[(r.method, r.path)] = r
@@ -81,10 +83,21 @@ class Router:
 
     def match(self, method: str, raw_path: str) -> tuple[Route, dict[str, str]]:
         """The route and its (percent-decoded) path parameters. Raises Problem
-        not_found, or method_not_allowed with the Allow header."""
+        not_found, or method_not_allowed with the Allow header. The caller must not
+        change the parameters returned (they are cached per path)."""
         r = self._static.get((method, raw_path))
         if r is not None:
             return r, {}
+        hit = self._cache.get((method, raw_path))
+        if hit is not None:
+            return hit
+        found = self._match(method, raw_path)
+        if len(self._cache) >= MATCH_CACHE_SIZE:
+            self._cache.clear()  # bounded; hot paths (a few topics) refill at once
+        self._cache[(method, raw_path)] = found
+        return found
+
+    def _match(self, method: str, raw_path: str) -> tuple[Route, dict[str, str]]:
         parts = raw_path.strip("/").split("/")
         allowed: list[str] = []
         for r in self._by_len.get(len(parts), ()):

@@ -43,7 +43,6 @@ log = logging.getLogger("ferrymq.http")
 
 RECV_BYTES = 64 * 1024
 WATCH_STASH_BYTES = 64 * 1024  # pipelined bytes kept while a long poll watches the socket
-SERVER_HEADER = b"FerryMQ"
 WATCHDOG_TICK_S = 0.25  # timeouts are enforced to within this
 REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
@@ -84,7 +83,7 @@ class Request:
     method: str
     path: str
     query: str
-    headers: list[tuple[bytes, bytes]]
+    headers: dict[bytes, bytes]  # lower-case name -> value (the last, if repeated)
     body: bytes
     conn: Connection
     params: dict[str, Any] = field(default_factory=dict)
@@ -92,10 +91,7 @@ class Request:
 
     def header(self, name: bytes) -> str | None:
         """The last value of a header (``name`` lower-case), or None."""
-        found = None
-        for k, v in self.headers:
-            if k == name:
-                found = v
+        found = self.headers.get(name)
         return found.decode("latin-1") if found is not None else None
 
     @property
@@ -183,23 +179,21 @@ class Connection:
             raise h11.RemoteProtocolError(f"unexpected {type(ev).__name__}", 400)
         self._phase = "body"
         self._method = ev.method.decode("ascii")
-        headers = ev.headers
+        # One pass over h11's Headers (a Sequence: slow to iterate) into a dict.
+        headers = dict(ev.headers)
         if ev.http_version not in (b"1.1", b"1.0"):
             raise Problem("http_version_not_supported", "FerryMQ speaks HTTP/1.1 and 1.0")
         # h11 bounds a head that arrives in pieces; one that arrives whole is measured here.
-        size = len(ev.target)
-        for k, v in headers:
-            size += len(k) + len(v) + 4
+        size = len(ev.target) + 4 * len(headers)
+        for k, v in headers.items():
+            size += len(k) + len(v)
         if size > self.limits.max_header_bytes:
             raise Problem("headers_too_large", f"the request head passed "
                                                f"{self.limits.max_header_bytes} bytes")
         target = ev.target.decode("latin-1")
         path, _, query = target.partition("?")
-        length = None
-        for k, v in ev.headers:
-            if k == b"content-length":
-                length = int(v)
-        if length is not None and length > self.limits.max_body_bytes:
+        length = headers.get(b"content-length")
+        if length is not None and int(length) > self.limits.max_body_bytes:
             raise Problem("body_too_large", f"the body is {length} bytes; the limit is "
                                             f"{self.limits.max_body_bytes}")
         if self.h.they_are_waiting_for_100_continue:
@@ -243,8 +237,7 @@ class Connection:
 
     def _head(self, status: int, content_type: str, headers: list[tuple[str, str]],
               length: int | None) -> bytes:
-        hs: list[tuple[bytes | str, bytes | str]] = [(b"server", SERVER_HEADER),
-                                                     (b"content-type", content_type)]
+        hs: list[tuple[bytes | str, bytes | str]] = [(b"content-type", content_type)]
         if length is not None:
             hs.append((b"content-length", str(length)))
         hs.extend(headers)
