@@ -38,14 +38,25 @@ wrk.headers["Content-Type"] = "{ctype}"
 wrk.body = {body}
 """
 
-LUA_COUNT = """
+LUA_CONSUME = """
+-- Pop with long polling; every answer's receipts are acked by the next request
+-- this thread sends (POST /v1/acks), so the in-flight windows never fill.
 local threads = {{}}
 function setup(thread) table.insert(threads, thread) end
-function init(args) msgs = 0 end
+function init(args) msgs = 0; pending = {{}} end
+function request()
+  if #pending > 0 then
+    local body = '{{"receipts":["' .. table.concat(pending, '","') .. '"]}}'
+    pending = {{}}
+    return wrk.format("POST", "/v1/acks", {{["Content-Type"] = "application/json"}}, body)
+  end
+  return wrk.format("GET", "{path}")
+end
 function response(status, headers, body)
-  local _, n = string.gsub(body, '"receipt"', "")
-  msgs = msgs + n
-  {ack}
+  for r in string.gmatch(body, '"receipt":"([^"]+)"') do
+    table.insert(pending, r)
+    msgs = msgs + 1
+  end
 end
 function done(summary, latency, requests)
   local total = 0
@@ -165,9 +176,10 @@ def run_bench(seconds: float, connections: int, batch: int, flush: str) -> list[
             with open(path, "w") as f:
                 f.write(LUA_POST.format(ctype=ctype, body=json.dumps(body)))
             scripts[name] = path
-        count = os.path.join(tmp, "count.lua")
-        with open(count, "w") as f:
-            f.write(LUA_COUNT.format(ack=""))
+        consume_path = "/v1/topics/bench/messages?group=bench&max=32&wait=1&invisible=60"
+        consume = os.path.join(tmp, "consume.lua")
+        with open(consume, "w") as f:
+            f.write(LUA_CONSUME.format(path=consume_path))
 
         peer_port = _free_port()
         with _process([sys.executable, "-m", "ferrymq.gateways.bench.http_peer",
@@ -192,11 +204,10 @@ def run_bench(seconds: float, connections: int, batch: int, flush: str) -> list[
             rows.append(_wrk(f"{base}/v1/topics/bench/messages", broker.pid, seconds,
                              max(2, connections // 4), scripts["ndjson"],
                              f"produce, NDJSON batch of {batch}", batch))
-            # Long-poll consume of what the produce scenarios left: pop 32 at a
-            # time (no acks: every message popped once), waiting up to 1 s.
-            rows.append(_wrk(f"{base}/v1/topics/bench/messages?group=bench&max=32&wait=1"
-                             "&invisible=3600", broker.pid, seconds, connections, count,
-                             "consume, long poll, 32 a pop"))
+            # Long-poll consume of what the produce scenarios left: pop up to 32
+            # at a time waiting up to 1 s, each answer acked by the next request.
+            rows.append(_wrk(f"{base}{consume_path}", broker.pid, seconds, connections,
+                             consume, "consume: pop 32 (long poll) + ack, requests"))
     return rows
 
 
