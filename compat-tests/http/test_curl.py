@@ -25,8 +25,8 @@ def curl(*args: str, timeout: float = 30) -> tuple[int, str]:
 
 
 @pytest.fixture
-def base(start_broker) -> str:
-    return f"http://{start_broker('http').address('http')}"
+def base(start_http_broker) -> str:
+    return f"http://{start_http_broker('http').address('http')}"
 
 
 def test_produce_json_and_raw_then_consume_and_ack(base: str) -> None:

@@ -52,10 +52,10 @@ def test_every_route_has_a_curl_example(tmp_path) -> None:
     assert {r.operation_id for r in api.routes} - covered == set()
 
 
-def test_docs_examples_run_against_a_real_broker(start_broker) -> None:
+def test_docs_examples_run_against_a_real_broker(start_http_broker) -> None:
     assert shutil.which("curl"), "curl is required (scripts/test installs it)"
     assert shutil.which("jq"), "jq is required (scripts/test installs it)"
-    b = start_broker("http")
+    b = start_http_broker("http")
     env = {**os.environ, "FERRYMQ": f"http://{b.address('http')}"}
     for block in sh_blocks():
         out = subprocess.run(["bash", "-eu", "-c", block], capture_output=True, text=True,

@@ -8,8 +8,8 @@ import threading
 import httpx
 
 
-def test_concurrent_keepalive_clients_produce_and_consume_everything(start_broker) -> None:
-    b = start_broker("http")
+def test_concurrent_keepalive_clients_produce_and_consume_everything(start_http_broker) -> None:
+    b = start_http_broker("http")
     base = f"http://{b.address('http')}"
     with httpx.Client(base_url=base) as c:
         c.post("/v1/topics", json={"name": "work", "queues": 4})

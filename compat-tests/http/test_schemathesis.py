@@ -25,13 +25,13 @@ expected-statuses = [400, 401, 403, 404, 405, 406, 413, 415, 422, 431]
 """
 
 
-def test_openapi_document_holds_under_fuzzing(start_broker, tmp_path: Path) -> None:
+def test_openapi_document_holds_under_fuzzing(start_http_broker, tmp_path: Path) -> None:
     st = Path(sys.executable).parent / "st"
     assert st.exists(), "schemathesis is required (pip install -e '.[test]')"
     toml = tmp_path / "ferrymq.toml"
     # Short long polls and streams: the fuzzer waits for every answer.
     toml.write_text("[http]\nmax_wait_s = 0.2\nstream_max_s = 0.3\n")
-    b = start_broker("http", extra_args=("--config", str(toml)))
+    b = start_http_broker("http", extra_args=("--config", str(toml)))
     (tmp_path / "schemathesis.toml").write_text(CONFIG)
     out = subprocess.run(
         [str(st), "--config-file", str(tmp_path / "schemathesis.toml"), "run",

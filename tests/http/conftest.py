@@ -3,7 +3,7 @@ test can call the Broker directly too), and a real broker process."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,9 +50,13 @@ async def door(tmp_path: Path) -> AsyncIterator[Door]:
         nursery.cancel_scope.cancel()
 
 
+SMALL_SEGMENTS = ("--segment-size", str(32 << 20))
+"""CommitLog segments are preallocated (posix_fallocate): tests use 32 MiB, not 1 GiB."""
+
+
 @pytest.fixture
-def http_broker(start_broker) -> Iterator[tuple[Any, httpx.Client]]:
-    """A real ``ferrymq serve`` process with the HTTP door, and a client for it."""
-    b = start_broker("http")
-    with httpx.Client(base_url=f"http://{b.address('http')}", timeout=30) as client:
-        yield b, client
+def start_http_broker(start_broker):
+    """``start_broker`` with small CommitLog segments."""
+    def start(*doors: str, extra_args: tuple[str, ...] = (), **kw: Any):
+        return start_broker(*doors, extra_args=(*SMALL_SEGMENTS, *extra_args), **kw)
+    return start

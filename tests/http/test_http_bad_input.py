@@ -43,8 +43,8 @@ def assert_problem(r: httpx.Response, status: int, code: str) -> None:
 
 
 @pytest.fixture
-def broker(start_broker, tmp_path):
-    b = start_broker("http", extra_args=config_args(tmp_path, (
+def broker(start_http_broker, tmp_path):
+    b = start_http_broker("http", extra_args=config_args(tmp_path, (
         "[http]\nmax_body_bytes = 65536\nheader_timeout_s = 1.0\nbody_timeout_s = 1.0\n"
         "max_long_polls_per_group = 2\nmax_long_polls = 3\n")))
     with httpx.Client(base_url=f"http://{b.address('http')}", timeout=10) as c:
@@ -110,16 +110,16 @@ def test_giant_bodies_are_refused_before_or_while_reading(broker) -> None:
     still_serving(c)
 
 
-def test_message_larger_than_the_broker_allows(start_broker, tmp_path) -> None:
-    b = start_broker("http", extra_args=config_args(tmp_path, "max_message_size = 1000\n"
+def test_message_larger_than_the_broker_allows(start_http_broker, tmp_path) -> None:
+    b = start_http_broker("http", extra_args=config_args(tmp_path, "max_message_size = 1000\n"
                                                               "segment_size = 1048576\n"))
     with httpx.Client(base_url=f"http://{b.address('http')}") as c:
         r = c.post("/v1/topics/t/messages", json={"body": "x" * 2000})
         assert_problem(r, 413, "message_too_large")
 
 
-def test_unknown_topics_groups_routes_and_methods(start_broker, tmp_path) -> None:
-    b = start_broker("http", extra_args=config_args(tmp_path, "auto_create_topics = false\n"))
+def test_unknown_topics_groups_routes_and_methods(start_http_broker, tmp_path) -> None:
+    b = start_http_broker("http", extra_args=config_args(tmp_path, "auto_create_topics = false\n"))
     with httpx.Client(base_url=f"http://{b.address('http')}") as c:
         assert_problem(c.post("/v1/topics/nope/messages", json={"body": "x"}), 404,
                        "topic_not_found")
@@ -235,8 +235,8 @@ def test_a_client_leaving_a_long_poll_frees_its_slot(broker) -> None:
     assert r.status_code == 200
 
 
-def test_bearer_token_auth(start_broker, tmp_path) -> None:
-    b = start_broker("http", extra_args=config_args(
+def test_bearer_token_auth(start_http_broker, tmp_path) -> None:
+    b = start_http_broker("http", extra_args=config_args(
         tmp_path, '[http]\nauth_tokens = ["s3cret", "other"]\n'))
     with httpx.Client(base_url=f"http://{b.address('http')}") as c:
         r = c.post("/v1/topics/t/messages", json={"body": "x"})
@@ -251,6 +251,6 @@ def test_bearer_token_auth(start_broker, tmp_path) -> None:
         assert c.get("/openapi.json").json()["components"]["securitySchemes"]["bearer"]
 
 
-def test_bad_http_options_stop_the_server_with_a_message(start_broker, tmp_path) -> None:
+def test_bad_http_options_stop_the_server_with_a_message(start_http_broker, tmp_path) -> None:
     with pytest.raises(RuntimeError, match="max_body_bytes"):
-        start_broker("http", extra_args=config_args(tmp_path, "[http]\nmax_body_bytes = -1\n"))
+        start_http_broker("http", extra_args=config_args(tmp_path, "[http]\nmax_body_bytes = -1\n"))

@@ -8,8 +8,8 @@ import time
 import httpx
 
 
-def test_pop_state_survives_sigkill(start_broker) -> None:
-    b = start_broker("http")
+def test_pop_state_survives_sigkill(start_http_broker) -> None:
+    b = start_http_broker("http")
     url = f"http://{b.address('http')}"
     with httpx.Client(base_url=url, timeout=10) as c:
         c.post("/v1/topics", json={"name": "jobs", "queues": 1})
