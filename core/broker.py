@@ -710,6 +710,7 @@ class Broker:
     async def delete_group(self, name: str) -> None:
         self.group(name)
         del self.meta.groups[name]
+        self.pop_service.forget_group(name)
         if self.meta.offsets.pop(name, None) is not None:
             self.meta.offsets_dirty = True
         await self._save_groups()

@@ -414,8 +414,7 @@ class PopService:
                 self._next_lease = max(self._next_lease, lease_no + 1)
                 if not replay:
                     self._push(until, lease_no, key, offset)
-            if replay:
-                qs.leases = dict(sorted(qs.leases.items()))
+            # (After a replay ``open`` sorts every queue's leases by offset once.)
         elif kind in ("A", "D"):
             for offset in op[4]:
                 old = qs.leases.pop(offset, None)
@@ -802,6 +801,11 @@ class PopService:
         """Drop every group's pop state on a deleted topic."""
         for g in sorted({k[0] for k in self.queues if k[1] == topic}):
             self._log(["X", g, topic])
+
+    def forget_group(self, group: str) -> None:
+        """Drop a deleted group's pop state on every topic."""
+        for t in sorted({k[1] for k in self.queues if k[0] == group}):
+            self._log(["X", group, t])
 
     def in_flight(self) -> int:
         return self._live

@@ -343,3 +343,13 @@ async def test_deleting_a_topic_forgets_its_pop_state(tmp_path, clock) -> None:
         await b.create_topic("T", 1)
         await put_n(b, "T", 1)
         assert bodies(await b.pop("G", "T", 1, 60_000)) == [b"m0"]
+
+
+async def test_deleting_a_group_forgets_its_pop_state(tmp_path, clock) -> None:
+    async with broker_at(tmp_path) as b:
+        await b.create_topic("T", 1)
+        await put_n(b, "T", 2)
+        await b.pop("G", "T", 2, 60_000)
+        await b.delete_group("G")
+        assert b.pop_status("G") == []
+        assert bodies(await b.pop("G", "T", 2, 60_000)) == [b"m0", b"m1"]
