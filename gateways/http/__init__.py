@@ -28,7 +28,7 @@ API_INFO = {
 
 def build_app(ctx: DoorContext) -> HttpApp:
     options: dict[str, Any] = dict(ctx.options)
-    limits = Limits.from_options(options)
+    limits = Limits.from_options(options, others=("auth_tokens",))
     tokens = options.get("auth_tokens")
     if isinstance(tokens, str):
         tokens = [tokens]

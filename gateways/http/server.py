@@ -69,12 +69,21 @@ class Limits:
     stream_max_s: float = 3600.0
 
     @classmethod
-    def from_options(cls, options: dict[str, Any]) -> Limits:
+    def from_options(cls, options: dict[str, Any], others: tuple[str, ...] = ()) -> Limits:
+        """The limits named in ``options`` (the ``[http]`` table); any name that is
+        neither a limit nor one of ``others`` is a mistake worth stopping for."""
+        unknown = set(options) - set(cls.__dataclass_fields__) - set(others)
+        if unknown:
+            raise ValueError(f"[http] unknown option(s): {', '.join(sorted(unknown))}")
         known = {k: options[k] for k in cls.__dataclass_fields__ if k in options}
-        out = cls(**known)
+        try:
+            out = cls(**known)
+        except TypeError as exc:
+            raise ValueError(f"[http] {exc}") from None
         for name in cls.__dataclass_fields__:
-            if not getattr(out, name) > 0:
-                raise ValueError(f"[http] {name} must be positive")
+            value = getattr(out, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ValueError(f"[http] {name} must be a positive number")
         return out
 
 

@@ -251,6 +251,12 @@ def test_bearer_token_auth(start_http_broker, tmp_path) -> None:
         assert c.get("/openapi.json").json()["components"]["securitySchemes"]["bearer"]
 
 
-def test_bad_http_options_stop_the_server_with_a_message(start_http_broker, tmp_path) -> None:
-    with pytest.raises(RuntimeError, match="max_body_bytes"):
-        start_http_broker("http", extra_args=config_args(tmp_path, "[http]\nmax_body_bytes = -1\n"))
+@pytest.mark.parametrize("text, message", [
+    ("[http]\nmax_body_bytes = -1\n", "max_body_bytes"),
+    ("[http]\nmax_body_bytes = 'big'\n", "max_body_bytes"),
+    ("[http]\nmax_bodybytes = 1\n", "unknown option"),
+])
+def test_bad_http_options_stop_the_server_with_a_message(start_http_broker, tmp_path, text,
+                                                         message) -> None:
+    with pytest.raises(RuntimeError, match=message):
+        start_http_broker("http", extra_args=config_args(tmp_path, text))
