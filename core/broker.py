@@ -255,11 +255,11 @@ class Broker:
             self.store.close()  # releases the directory lock if recovery failed midway
             return
         try:
-            self.pop_service.close()
             if self.meta.groups_dirty:
                 self.meta.save("groups.json", self.meta.dump_groups())
             if self.meta.offsets_dirty:
                 self.meta.save("offsets.json", self.meta.dump_offsets())
+            self.pop_service.close()
         finally:
             self.store.close()
 

@@ -575,15 +575,17 @@ class PopService:
             return [queue_id]
         return list(range(t.queues))
 
-    def _state(self, group: str, topic: str, qid: int, init: str) -> QueueState:
+    def _state(self, group: str, topic: str, qid: int, init: str) -> tuple[QueueState, bool]:
+        """The queue's pop state, and whether it was created just now."""
         key = (group, topic, qid)
         qs = self.queues.get(key)
-        if qs is None:
-            lo, hi = self.broker.queue_bounds(topic, qid)
-            committed = self.broker.committed_offset(group, topic, qid)
-            start = committed if committed is not None else (hi if init == "latest" else lo)
-            qs = self.queues[key] = QueueState(start)
-        return qs
+        if qs is not None:
+            return qs, False
+        lo, hi = self.broker.queue_bounds(topic, qid)
+        committed = self.broker.committed_offset(group, topic, qid)
+        start = committed if committed is not None else (hi if init == "latest" else lo)
+        qs = self.queues[key] = QueueState(start)
+        return qs, True
 
     # ================================================================ API
 
@@ -605,7 +607,7 @@ class PopService:
         for qid in queue_ids[start:] + queue_ids[:start]:
             if len(out) >= max_messages:
                 break
-            qs = self._state(group, topic, qid, init)
+            qs, created = self._state(group, topic, qid, init)
             items: list[list[int]] = []
             msgs: list[ConsumedMessage] = []
             self._take_ready((group, topic, qid), qs, max_messages - len(out), filter,
@@ -613,8 +615,8 @@ class PopService:
             pop_offset = self._take_new(group, qs, topic, qid,
                                         max_messages - len(out) - len(items), filter,
                                         items, msgs)
-            if not items and pop_offset == qs.pop_offset:
-                continue
+            if not items and pop_offset == qs.pop_offset and not created:
+                continue  # nothing changed (a new state is journaled: "latest" is a time)
             self._log(["P", group, topic, qid, pop_offset, now, until, items])
             for (offset, lease_no, deliveries), m in zip(items, msgs, strict=True):
                 if m.reconsume_times != deliveries - 1:

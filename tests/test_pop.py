@@ -353,3 +353,13 @@ async def test_deleting_a_group_forgets_its_pop_state(tmp_path, clock) -> None:
         await b.delete_group("G")
         assert b.pop_status("G") == []
         assert bodies(await b.pop("G", "T", 2, 60_000)) == [b"m0", b"m1"]
+
+
+async def test_a_latest_start_is_remembered_across_a_restart(tmp_path, clock) -> None:
+    async with broker_at(tmp_path) as b:
+        await b.create_topic("T", 1)
+        await put_n(b, "T", 2)
+        assert await b.pop("G", "T", 10, 60_000, init="latest") == []
+        await b.put(Message("T", b"after", queue_id=0))
+    async with broker_at(tmp_path) as b:
+        assert bodies(await b.pop("G", "T", 10, 60_000, init="latest")) == [b"after"]
