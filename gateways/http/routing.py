@@ -10,6 +10,7 @@ same declarations: the document cannot drift from the routes.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -187,17 +188,26 @@ def _param_doc(p: Param) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- validation
 
+_INTEGER = re.compile(r"-?\d{1,18}")
+_NUMBER = re.compile(r"-?\d{1,15}(\.\d{1,9})?")
+
+
+@functools.lru_cache(maxsize=64)
+def _pattern(source: str) -> re.Pattern[str]:
+    return re.compile(source)
+
+
 def coerce(p: Param, raw: str) -> Any:
     """A parameter's text as the value its schema describes; raises Problem."""
     s = p.schema
     kind = s.get("type", "string")
     try:
         if kind == "integer":
-            if not re.fullmatch(r"-?\d{1,18}", raw):
+            if not _INTEGER.fullmatch(raw):
                 raise ValueError
             value: Any = int(raw)
         elif kind == "number":
-            if not re.fullmatch(r"-?\d{1,15}(\.\d{1,9})?", raw):
+            if not _NUMBER.fullmatch(raw):
                 raise ValueError
             value = float(raw)
         elif kind == "boolean":
@@ -218,6 +228,6 @@ def coerce(p: Param, raw: str) -> Any:
             raise Problem("invalid_parameter", f"{p.name} must be one of {', '.join(s['enum'])}")
         if len(value) < s.get("minLength", 0) or len(value) > s.get("maxLength", 1 << 30):
             raise Problem("invalid_parameter", f"{p.name} has the wrong length")
-        if "pattern" in s and not re.search(s["pattern"], value):
+        if "pattern" in s and not _pattern(s["pattern"]).search(value):
             raise Problem("invalid_parameter", f"{p.name} does not match {s['pattern']}")
     return value
