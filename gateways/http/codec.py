@@ -46,6 +46,7 @@ CE_RESERVED = {"data", "data_base64"}
 MAX_DELAY_MS = 365 * 24 * 3600_000  # issue 6: timers reach 30 days at least; refuse past a year
 MAX_PROPERTY_NAME = 255
 JSON_TYPES = ("application/json", "text/json")
+_HEADER_INT = re.compile(r"-?\d{1,15}")
 
 ENVELOPE_FIELDS = {"body", "body_base64", "key", "keys", "tag", "properties", "queue",
                    "deliver_at", "delay_ms", "content_type"}
@@ -163,34 +164,28 @@ def decode_base64(value: Any) -> bytes:
 def header_message(topic: str, body: bytes, content_type: str | None,
                    header: Mapping[str, str]) -> tuple[Message, int]:
     """A raw body with its metadata in headers (names lower-case, ``ferrymq-`` prefix:
-    key, tag, queue, deliver-at, delay-ms, and property-<name> per property)."""
-    props: dict[str, str] = {}
-    for name, value in header.items():
-        if name.startswith("ferrymq-property-"):
-            pname = unquote(name[len("ferrymq-property-"):])
-            props[_text(pname, "a property name")] = _text(unquote(value), f"property {pname}")
+    key (comma-separated), tag, queue, deliver-at, delay-ms, and property-<name> per
+    property; values percent-decoded), read as the envelope they spell."""
+    props = {unquote(name[len("ferrymq-property-"):]): unquote(value)
+             for name, value in header.items() if name.startswith("ferrymq-property-")}
+    env: dict[str, Any] = {"body": "", "properties": props}
     if content_type:
-        props[CONTENT_TYPE_PROPERTY] = content_type
-    env: dict[str, Any] = {}
+        env["content_type"] = content_type
     if "ferrymq-key" in header:
-        env["key"] = [k for k in unquote(header["ferrymq-key"]).split(",") if k]
+        env["keys"] = [k for k in unquote(header["ferrymq-key"]).split(",") if k] or [""]
     if "ferrymq-tag" in header:
         env["tag"] = unquote(header["ferrymq-tag"])
     for h, f in (("ferrymq-queue", "queue"), ("ferrymq-delay-ms", "delay_ms")):
         if h in header:
             v = header[h].strip()
-            if not re.fullmatch(r"-?\d{1,15}", v):
+            if not _HEADER_INT.fullmatch(v):
                 raise Problem("invalid_parameter", f"{h} must be an integer")
             env[f] = int(v)
     if "ferrymq-deliver-at" in header:
         v = header["ferrymq-deliver-at"].strip()
-        env["deliver_at"] = int(v) if re.fullmatch(r"\d{1,15}", v) else v
-    m, queue = envelope_message(topic, {**env, "body": ""})
-    props.update(m.properties)
-    props.pop(CONTENT_TYPE_PROPERTY, None)
-    if content_type:
-        props[CONTENT_TYPE_PROPERTY] = content_type
-    return Message(topic, body, props, queue), queue
+        env["deliver_at"] = int(v) if _HEADER_INT.fullmatch(v) else v
+    m, queue = envelope_message(topic, env)
+    return m._replace(body=body), queue
 
 
 # ---------------------------------------------------------------- CloudEvents

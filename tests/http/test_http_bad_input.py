@@ -72,6 +72,18 @@ def test_malformed_json_and_wrong_shapes(broker) -> None:
     still_serving(c)
 
 
+def test_bad_metadata_headers_on_a_raw_body(broker) -> None:
+    _, c = broker
+    for headers in ({"ferrymq-queue": "one"}, {"ferrymq-key": ","}, {"ferrymq-delay-ms": "-1"},
+                    {"ferrymq-deliver-at": "soon"}, {"ferrymq-tag": "a||b"},
+                    {"ferrymq-property-x": "%01"}):
+        r = c.post("/v1/topics/t/messages", content=b"raw",
+                   headers={"content-type": "text/plain", **headers})
+        assert r.status_code == 400, headers
+        assert r.json()["code"] in ("invalid_parameter", "invalid_body"), headers
+    still_serving(c)
+
+
 def test_bad_base64(broker) -> None:
     _, c = broker
     for bad in ("not base64!", "QUJ", 17):
