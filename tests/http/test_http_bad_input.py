@@ -51,6 +51,14 @@ def broker(start_http_broker, tmp_path):
         yield b, c
 
 
+def wait_for_long_polls(c: httpx.Client, n: int) -> None:
+    """Until the door reports ``n`` long polls waiting (its own gauge)."""
+    deadline = time.monotonic() + 10
+    while f'ferrymq_long_polls{{protocol="http"}} {n}\n' not in c.get("/metrics").text:
+        assert time.monotonic() < deadline, f"never {n} long polls"
+        time.sleep(0.02)
+
+
 def still_serving(c: httpx.Client) -> None:
     r = c.post("/v1/topics/alive/messages", json={"body": "still here"})
     assert r.status_code == 201
@@ -218,12 +226,12 @@ def test_long_polls_are_bounded_per_group_and_in_total(broker) -> None:
     def poll(group: str) -> None:
         with httpx.Client(base_url=f"http://{b.address('http')}", timeout=10) as cc:
             results.append(cc.get("/v1/topics/lp/messages",
-                                  params={"group": group, "wait": 2}).status_code)
+                                  params={"group": group, "wait": 3}).status_code)
 
     threads = [threading.Thread(target=poll, args=(g,)) for g in ("a", "a", "b")]
     for t in threads:
         t.start()
-    time.sleep(0.5)
+    wait_for_long_polls(c, 3)
     r = c.get("/v1/topics/lp/messages", params={"group": "a", "wait": 1})
     assert r.status_code == 429 and r.headers["retry-after"] == "1"
     assert_problem(r, 429, "too_many_long_polls")
@@ -242,7 +250,7 @@ def test_a_client_leaving_a_long_poll_frees_its_slot(broker) -> None:
     for _ in range(5):  # more than the limits, one after another
         raw_exchange(b.address("http"), b"GET /v1/topics/lp/messages?group=a&wait=20 HTTP/1.1\r\n"
                      b"Host: x\r\n\r\n", timeout=0.3)
-    time.sleep(0.3)
+    wait_for_long_polls(c, 0)
     r = c.get("/v1/topics/lp/messages", params={"group": "a", "wait": 0.2})
     assert r.status_code == 200
 
