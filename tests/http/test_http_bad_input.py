@@ -280,3 +280,51 @@ def test_bad_http_options_stop_the_server_with_a_message(start_http_broker, tmp_
                                                          message) -> None:
     with pytest.raises(RuntimeError, match=message):
         start_http_broker("http", extra_args=config_args(tmp_path, text))
+
+
+def test_connections_past_the_limit_get_503(start_http_broker, tmp_path) -> None:
+    b = start_http_broker("http", extra_args=config_args(tmp_path, "[http]\nmax_connections = 2\n"))
+    host, port = b.address("http").split(":")
+    held = [socket.create_connection((host, int(port)), timeout=5) for _ in range(2)]
+    try:
+        time.sleep(0.2)
+        out = raw_exchange(b.address("http"), b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert out.startswith(b"HTTP/1.1 503 ") and b"too_many_connections" in out
+    finally:
+        for s in held:
+            s.close()
+    time.sleep(0.2)
+    assert raw_exchange(b.address("http"), b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+                        b"Connection: close\r\n\r\n").startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_client_that_stops_reading_is_disconnected(start_http_broker, tmp_path) -> None:
+    b = start_http_broker("http", extra_args=config_args(tmp_path, "[http]\nsend_timeout_s = 1\n"))
+    with httpx.Client(base_url=f"http://{b.address('http')}", timeout=30) as c:
+        c.post("/v1/topics", json={"name": "big", "queues": 1})
+        body = "x" * 60_000
+        for _ in range(4):
+            c.post("/v1/topics/big/messages", json={"messages": [{"body": body}] * 50,
+                                                    "queue": 0})
+        host, port = b.address("http").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as lazy:
+            lazy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            lazy.sendall(b"GET /v1/topics/big/queues/0/messages?offset=0&max=200 HTTP/1.1\r\n"
+                         b"Host: x\r\n\r\n")
+            time.sleep(3)  # never read: the 4 MB answer cannot be written
+            still_serving(c)
+            data = b""
+            while True:
+                try:
+                    chunk = lazy.recv(1 << 20)
+                except (ConnectionResetError, TimeoutError):
+                    break
+                if not chunk:
+                    break
+                data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length")))
+        assert length > 3_000_000
+        assert len(body) < length, "the server gave up on the reader and closed"
