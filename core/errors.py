@@ -127,3 +127,18 @@ class ShuttingDown(FerryError):
 
     code = "shutting_down"
     retriable = True
+
+
+class InvalidReceipt(InvalidArgument):
+    """The receipt handle is malformed or was not issued by this broker (forged, truncated)."""
+
+    code = "invalid_receipt"
+
+
+class ReceiptStale(FerryError):
+    """The receipt handle is no longer current: its message was acked, its invisible
+    time ran out (the message was revived: only the newest handle counts), or its
+    invisible time was changed (which issues a new handle)."""
+
+    code = "receipt_stale"
+

@@ -384,11 +384,21 @@ def encode_member(flag: int, body: bytes, properties: bytes) -> bytes:
                      _U16.pack(len(properties)), properties))
 
 
-def iter_members(body: bytes | memoryview) -> Iterator[BatchMember]:
-    """The members of a native batch body, in order. Raises RecordError on a member
-    whose sizes do not add up (RocketMQ clients send magic and CRC as 0: not checked)."""
+def iter_members(body: bytes | memoryview, skip: int = 0) -> Iterator[BatchMember]:
+    """The members of a native batch body, in order, from member ``skip`` on (the
+    ones before are stepped over by their sizes, not built). Raises RecordError on
+    a member whose sizes do not add up (RocketMQ clients send magic and CRC as 0:
+    not checked)."""
     end = len(body)
     p = 0
+    while skip > 0 and p < end:
+        if end - p < 22:
+            raise RecordError("truncated batch member")
+        total = _I32.unpack_from(body, p)[0]
+        if total < 22 or p + total > end:
+            raise RecordError("batch member size out of range")
+        p += total
+        skip -= 1
     while p < end:
         if end - p < 22:
             raise RecordError("truncated batch member")
