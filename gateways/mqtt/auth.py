@@ -119,6 +119,12 @@ class ClientAccess:
 
     def __init__(self, rules: list[tuple[int, str]] | None) -> None:
         self._rules = rules  # None: no ACL file, everything allowed
+        # Deny rules are checked per delivered message too: a subscription to
+        # sensors/# is granted, but sensors/secret/x never reaches the client.
+        self.read_denies = [f for access, f in rules or () if not access]
+
+    def may_read(self, topic: str) -> bool:
+        return not any(filter_matches(f, topic) for f in self.read_denies)
 
     def may_publish(self, topic: str) -> bool:
         if self._rules is None:
@@ -137,8 +143,8 @@ class ClientAccess:
         granted = False
         for access, f in self._rules:
             if not access:
-                if filter_covers(f, topic_filter) or filter_covers(topic_filter, f):
-                    return False
+                if filter_covers(f, topic_filter):
+                    return False  # wholly denied; a partial deny filters deliveries
             elif access & READ and filter_covers(f, topic_filter):
                 granted = True
         return granted

@@ -619,6 +619,9 @@ class Hub:
             s = sessions.get(cid)
             if s is None:
                 continue
+            c = s.client
+            if c is not None and c.access.read_denies and not c.access.may_read(d.topic):
+                continue
             if len(sos) == 1:
                 so = sos[0]
                 if so.no_local and publisher == cid:
@@ -813,7 +816,11 @@ class Hub:
                 continue
             for q, end in enumerate(d.positions):
                 start = broker.committed_offset(s.group, t, q)
-                if start is None or start >= end:
+                if start is None:
+                    # A topic or queue born while the session was away: what was
+                    # stored since it left is what it missed.
+                    start = broker.offset_for_time(t, q, s.disconnected_at)
+                if start >= end:
                     continue
                 lo, _ = broker.queue_bounds(t, q)
                 start = max(start, lo)
@@ -855,7 +862,8 @@ class Hub:
         for d in self.retained.match(topic_filter):
             if not d.expired(now):
                 yield d
-        if topic_filter.startswith(("$", "#", "+")):
+        if topic_filter.startswith("$SYS") and self.options.sys_interval > 0:
+            self.refresh_sys()
             yield from self.sys_retained.match(topic_filter)
 
     def sys_values(self) -> dict[str, str]:
@@ -879,6 +887,11 @@ class Hub:
             "$SYS/broker/retained messages/count": str(len(self.retained.messages)),
             "$SYS/broker/connections/total": str(st["connects"]),
         }
+
+    def refresh_sys(self) -> None:
+        """Bring the retained $SYS values up to date without publishing them."""
+        for topic, value in self.sys_values().items():
+            self.sys_retained.set(Delivery(topic, value.encode(), 0, True, {}, "", None))
 
     def publish_sys(self) -> None:
         for topic, value in self.sys_values().items():

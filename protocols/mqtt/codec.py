@@ -306,6 +306,22 @@ def encode_properties(props: Properties) -> bytes:
     return encode_varint(len(out)) + out
 
 
+def extend_properties(block: bytes | None, extra: bytes) -> bytes:
+    """An encoded property block with ``extra`` (encoded properties) appended."""
+    if not block or block == b"\x00":
+        return encode_varint(len(extra)) + extra
+    got = decode_varint(block, 0)
+    if got is None:
+        raise ValueError("truncated property block")
+    length, start = got
+    return encode_varint(length + len(extra)) + block[start:] + extra
+
+
+def subscription_ids(ids: tuple[int, ...]) -> bytes:
+    """Encoded Subscription Identifier properties (3.3.2.3.8)."""
+    return b"".join(bytes((Prop.SUBSCRIPTION_IDENTIFIER,)) + encode_varint(i) for i in ids)
+
+
 # ---------------------------------------------------------------- decoding
 
 def decode(first: int, body: bytes, version: int) -> Packet:

@@ -83,6 +83,7 @@ class ServerConnection:
         self._aliases_in: dict[int, str] = {}
         self._aliases_out: dict[str, int] = {}
         self._session_expiry = 0
+        self.accepted = False  # a successful CONNACK was sent
 
     # ---------------------------------------------------------- receiving
 
@@ -114,8 +115,10 @@ class ServerConnection:
             if self._pos == len(buf):
                 buf.clear()
                 self._pos = 0
+            if first >> 4 in _SERVER_ONLY:
+                raise ProtocolViolation(f"a client may not send packet type {first >> 4}")
             packet = codec.decode(first, body, self.version)
-            return self._check(first >> 4, packet)
+            return self._check(packet)
         except MqttError:
             self.state = State.CLOSED
             raise
@@ -125,13 +128,11 @@ class ServerConnection:
             del self._buf[:self._pos]
             self._pos = 0
 
-    def _check(self, ptype: int, packet: Packet) -> Packet:
+    def _check(self, packet: Packet) -> Packet:
         if self.state is State.AWAIT_CONNECT:
             if not isinstance(packet, Connect):
                 raise ProtocolViolation("the first packet must be CONNECT")  # [MQTT-3.1.0-1]
             return self._on_connect(packet)
-        if ptype in _SERVER_ONLY:
-            raise ProtocolViolation(f"a client may not send packet type {ptype}")
         if isinstance(packet, Publish):
             return self._on_publish(packet)
         if isinstance(packet, Connect):
@@ -211,7 +212,8 @@ class ServerConnection:
         elif isinstance(packet, Pubrec) and packet.reason >= 0x80:
             self._inbound_pending.discard(packet.packet_id)  # 4.3.3: the flow ends
         elif isinstance(packet, Connack):
-            self.state = State.CONNECTED if packet.reason < 0x80 else State.CLOSED
+            self.accepted = packet.reason < 0x80
+            self.state = State.CONNECTED if self.accepted else State.CLOSED
         elif isinstance(packet, Disconnect):
             self.state = State.CLOSED
         data = codec.encode(packet, self.version)
@@ -246,7 +248,7 @@ class ServerConnection:
 
     def error_bytes(self, err: MqttError) -> bytes:
         """What to send for ``err`` before closing (see the module docstring)."""
-        if self.connect is not None and self.state is not State.CONNECTED:
+        if self.connect is not None and not self.accepted:
             # 4.13.2: an error in CONNECT is answered by CONNACK with a reason
             # code (3.1.1: only the return codes 1-5 exist; others just close).
             if self.version == MQTT_5 or err.reason in (
@@ -266,10 +268,4 @@ class ServerConnection:
 
 def _with_alias(props: bytes | None, alias: int) -> bytes:
     """Append a Topic Alias property to an encoded property block."""
-    extra = bytes((Prop.TOPIC_ALIAS, alias >> 8, alias & 0xFF))
-    if not props or props == b"\x00":
-        return b"\x03" + extra
-    got = codec.decode_varint(props, 0)
-    assert got is not None
-    length, start = got
-    return codec.encode_varint(length + 3) + props[start:] + extra
+    return codec.extend_properties(props, bytes((Prop.TOPIC_ALIAS, alias >> 8, alias & 0xFF)))
