@@ -164,7 +164,10 @@ class ServerConnection:
 
     def _on_publish(self, p: Publish) -> Publish:
         if p.qos and p.packet_id not in self._inbound_pending:
-            if len(self._inbound_pending) >= self.limits.receive_maximum:
+            # Receive Maximum is a 5.0 agreement; a 3.1.1 client never heard of
+            # it, and its packet ids (65,535 at most) bound the set instead.
+            if (len(self._inbound_pending) >= self.limits.receive_maximum
+                    and self.version == MQTT_5):
                 raise MqttError("more unacknowledged QoS 1/2 PUBLISHes than Receive Maximum",
                                 Reason.RECEIVE_MAXIMUM_EXCEEDED)
             self._inbound_pending.add(p.packet_id)  # type: ignore[arg-type]
