@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .mqtt import mqtt
+from . import mqtt as _mqtt
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -12,7 +12,7 @@ def bench() -> None:
     """Measure a door against its peers (figures on stdout; no timed assertions)."""
 
 
-bench.add_command(mqtt)
+bench.add_command(_mqtt.mqtt)
 
 
 def register(main: click.Group) -> None:

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import click
 
 TOPIC = b"bench/t"
-WINDOW = 20_000  # QoS 0: messages the publisher may run ahead of its slowest subscriber
+WINDOW = 5_000  # QoS 0: messages the publisher may run ahead of its slowest subscriber
 QOS1_WINDOW = 64  # QoS 1: unacknowledged PUBLISHes per publisher (FerryMQ's Receive Maximum)
 CONNECT_PARALLEL = 64
 CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -18,7 +18,7 @@ from typing import Any
 import trio
 
 from ...core.errors import FerryError, MessageTooLarge, PermissionDenied
-from ...core.message import now_ms
+from ...core.message import Message, now_ms
 from ...protocols.mqtt import codec
 from ...protocols.mqtt.codec import MqttError
 from ...protocols.mqtt.connection import ServerConnection, ServerLimits
@@ -52,6 +52,8 @@ RECV_SIZE = 65536
 KEEP_ALIVE_FACTOR = 1.5  # 3.1.2.10: one and a half times the Keep Alive
 CLOSE_GRACE = 2.0  # seconds to flush the last bytes (a DISCONNECT) before closing
 _STOP = object()
+BATCH_MAX = 256  # publishes stored together at most
+BATCH_BYTES = 1 << 20  # payload bytes per batch record at most (the core allows 4 MiB)
 
 
 class Client:
@@ -210,12 +212,27 @@ class Client:
         timeout = self.keep_alive * KEEP_ALIVE_FACTOR if self.keep_alive else math.inf
         stats = self.hub.stats
         receive = self.stream.receive_some
+        batch: list[Publish] = []
         while True:
             ev = conn.next_event()
             while ev is not None:
-                if await self._handle(ev) is _STOP:
-                    return
+                if type(ev) is Publish and ev.qos < 2:
+                    # QoS 0/1 publishes read together are stored together: one
+                    # batch record per queue (docs/mqtt.md, "Batching").
+                    batch.append(ev)
+                    if len(batch) >= BATCH_MAX:
+                        await self._publish_batch(batch)
+                        batch.clear()
+                else:
+                    if batch:
+                        await self._publish_batch(batch)
+                        batch.clear()
+                    if await self._handle(ev) is _STOP:
+                        return
                 ev = conn.next_event()
+            if batch:
+                await self._publish_batch(batch)
+                batch.clear()
             with trio.move_on_after(timeout) as cs:
                 data = await receive(RECV_SIZE)
             if cs.cancelled_caught:
@@ -386,6 +403,89 @@ class Client:
             raise MqttError("AUTH without enhanced authentication", Reason.PROTOCOL_ERROR)
         return None
 
+    def _refusal(self, p: Publish) -> int:
+        """The reason a PUBLISH is not stored (0: it is)."""
+        if p.retain and not self.hub.options.retain_available:
+            raise MqttError("retain is not available", Reason.RETAIN_NOT_SUPPORTED)
+        if p.topic.startswith("$") or not self.access.may_publish(p.topic):
+            self.hub.stats["publish_denied"] += 1
+            return Reason.NOT_AUTHORIZED
+        if (p.properties and p.properties.get(Prop.PAYLOAD_FORMAT_INDICATOR) == 1
+                and not _is_utf8(p.payload)):
+            return Reason.PAYLOAD_FORMAT_INVALID  # 3.3.2.3.2
+        return 0
+
+    def _store_failure(self, exc: FerryError, qos: int) -> int:
+        if isinstance(exc, MessageTooLarge):
+            return Reason.PACKET_TOO_LARGE
+        if isinstance(exc, PermissionDenied):
+            return Reason.NOT_AUTHORIZED
+        log.warning("publish from %r failed: %s", self.client_id, exc)
+        self.hub.stats["publish_failed"] += 1
+        if self.version != MQTT_5 and qos:
+            # 3.1.1 cannot refuse a QoS 1/2 message: close, the client resends.
+            raise MqttError(str(exc), Reason.UNSPECIFIED_ERROR) from exc
+        return Reason.UNSPECIFIED_ERROR
+
+    async def _publish_batch(self, batch: list[Publish]) -> None:
+        """Store QoS 0/1 publishes with one put per (topic, queue), then acknowledge
+        each QoS 1 one in order, with its own reason code."""
+        hub = self.hub
+        n = len(batch)
+        reasons = [0] * n
+        messages: list[Message | None] = [None] * n
+        groups: dict[tuple[str, int], list[int]] = {}
+        payload_bytes = 0
+        for i, p in enumerate(batch):
+            reason = self._refusal(p)
+            if not reason:
+                try:
+                    m = await hub.message_for(p.topic, p.payload, p.qos, p.retain,
+                                              self.client_id, p.properties)
+                except FerryError as exc:
+                    reason = self._store_failure(exc, p.qos)
+                else:
+                    messages[i] = m
+                    payload_bytes += len(p.payload)
+                    if payload_bytes > BATCH_BYTES:
+                        await self._put_groups(groups, messages, reasons, batch)
+                        groups.clear()
+                        payload_bytes = len(p.payload)
+                    groups.setdefault((m.topic, m.queue_id), []).append(i)
+            reasons[i] = reason
+        await self._put_groups(groups, messages, reasons, batch)
+        retained_qos = False
+        v5 = self.version == MQTT_5
+        for i, p in enumerate(batch):
+            if p.retain and not reasons[i]:
+                m = messages[i]
+                assert m is not None
+                hub.retain(Delivery(p.topic, p.payload, p.qos, True, dict(m.properties),
+                                    self.client_id, None))
+                retained_qos |= p.qos > 0
+        if retained_qos:
+            await hub.retained_saver.save_now()
+        for i, p in enumerate(batch):
+            if p.qos:
+                self.send(Puback(p.packet_id, reasons[i] if v5 else 0))  # type: ignore[arg-type]
+
+    async def _put_groups(self, groups: dict[tuple[str, int], list[int]],
+                          messages: list[Message | None], reasons: list[int],
+                          batch: list[Publish]) -> None:
+        put = self.hub.broker.put
+        for idx in groups.values():
+            try:
+                if len(idx) == 1:
+                    await put(messages[idx[0]])  # type: ignore[arg-type]
+                else:
+                    await put([messages[i] for i in idx])  # type: ignore[misc]
+            except FerryError as exc:
+                reason = self._store_failure(exc, max(batch[i].qos for i in idx))
+                for i in idx:
+                    reasons[i] = reason
+            else:
+                self.hub.stats["received"] += len(idx)
+
     async def _on_publish(self, p: Publish) -> None:
         hub = self.hub
         s = self.session
@@ -396,30 +496,13 @@ class Client:
         if qos == 2 and pid in s.inbound_qos2:
             self.send(Pubrec(pid))  # type: ignore[arg-type]  # a resend: stored already (4.3.3)
             return
-        reason = 0
-        if p.retain and not hub.options.retain_available:
-            raise MqttError("retain is not available", Reason.RETAIN_NOT_SUPPORTED)
-        if p.topic.startswith("$") or not self.access.may_publish(p.topic):
-            hub.stats["publish_denied"] += 1
-            reason = Reason.NOT_AUTHORIZED
-        elif (p.properties and p.properties.get(Prop.PAYLOAD_FORMAT_INDICATOR) == 1
-              and not _is_utf8(p.payload)):
-            reason = Reason.PAYLOAD_FORMAT_INVALID  # 3.3.2.3.2
-        else:
+        reason = self._refusal(p)
+        if not reason:
             try:
                 await hub.publish(p.topic, p.payload, qos, p.retain, self.client_id,
                                   p.properties)
-            except MessageTooLarge:
-                reason = Reason.PACKET_TOO_LARGE
-            except PermissionDenied:
-                reason = Reason.NOT_AUTHORIZED
             except FerryError as exc:
-                log.warning("publish from %r failed: %s", self.client_id, exc)
-                hub.stats["publish_failed"] += 1
-                if not v5 and qos:
-                    # 3.1.1 cannot refuse a QoS 1/2 message: close, the client resends.
-                    raise MqttError(str(exc), Reason.UNSPECIFIED_ERROR) from exc
-                reason = Reason.UNSPECIFIED_ERROR
+                reason = self._store_failure(exc, qos)
         if qos == 1:
             self.send(Puback(pid, reason if v5 else 0))  # type: ignore[arg-type]
         elif qos == 2:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import logging
+import struct
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -29,7 +30,9 @@ import trio
 
 from ...core.broker import Broker
 from ...core.errors import FerryError, TopicNotFound
-from ...core.message import ConsumedMessage, GetStatus, now_ms
+from ...core.message import GetStatus, Message, StoredRecord, now_ms
+from ...core.metadata import TopicConfig
+from ...protocols import record as rec
 from ...protocols.mqtt import codec
 from ...protocols.mqtt.constants import Prop
 from ...protocols.mqtt.packets import Will
@@ -46,7 +49,8 @@ log = logging.getLogger("ferrymq.mqtt")
 
 DISPATCH_BATCH = 256  # messages per get: one wake-up drains a burst
 DISPATCH_BYTES = 1 << 20
-IDLE_WAIT = 1.0  # seconds a dispatcher long-polls before re-checking its topic
+IDLE_WAIT = 1.0
+ROUTE_CACHE_MAX = 10_000  # cached MQTT topics (publish routes, plain property dicts)  # seconds a dispatcher long-polls before re-checking its topic
 GROUP_PREFIX = "mqtt-session-"
 SHARE_GROUP_PREFIX = "mqtt-share-"
 MAX_GROUP_NAME = 255
@@ -87,11 +91,10 @@ class Delivery:
         self.expiry_at = int(exp) if exp and exp.isdigit() else 0
 
     @classmethod
-    def from_message(cls, m: ConsumedMessage) -> Delivery:
-        p = m.properties
-        return cls(p.get(mapping.MQTT_TOPIC) or m.topic, m.body, mapping.qos_of(p),
-                   p.get(mapping.MQTT_RETAIN) == "1", p,  # type: ignore[arg-type]
-                   p.get(mapping.MQTT_PUBLISHER, ""), (m.topic, m.queue_id, m.queue_offset))
+    def stored(cls, mqtt_topic: str, body: bytes, p: dict[str, str],
+               src: tuple[str, int, int]) -> Delivery:
+        return cls(mqtt_topic, body, mapping.qos_of(p), p.get(mapping.MQTT_RETAIN) == "1", p,
+                   p.get(mapping.MQTT_PUBLISHER, ""), src)
 
     def expired(self, now: int) -> bool:
         return bool(self.expiry_at) and self.expiry_at <= now
@@ -341,6 +344,61 @@ class RetainedStore:
         yield from walk(self._root, 0)
 
 
+_MEMBER_HEAD = struct.Struct(">iiiii")
+_BODY_LEN_AT = rec.HEADER_SIZE - 4
+_PROPS_CACHE_MAX = 4096
+
+
+class RecordReader:
+    """Messages of stored records as (queue offset, body, properties), decoding only
+    what MQTT delivery needs. Properties are decoded once per distinct byte string
+    (the messages of one publisher and topic share theirs) into read-only dicts."""
+
+    def __init__(self) -> None:
+        self._props: dict[bytes, dict[str, str]] = {}
+
+    def properties(self, raw: bytes) -> dict[str, str]:
+        d = self._props.get(raw)
+        if d is None:
+            if len(self._props) >= _PROPS_CACHE_MAX:
+                self._props.clear()
+            d = self._props[raw] = rec.decode_properties(raw)
+        return d
+
+    def messages(self, r: StoredRecord, start: int) -> Iterator[tuple[int, bytes, dict[str, str]]]:
+        sys_flag = r.sys_flag
+        fmt = sys_flag & rec.FORMAT_MASK
+        if (sys_flag & (rec.BORNHOST_V6_FLAG | rec.STOREHOST_V6_FLAG)
+                or fmt not in (rec.FORMAT_SINGLE, rec.FORMAT_NATIVE_BATCH)):
+            for m in r.messages(start):  # Kafka batches and the rare IPv6 record
+                yield m.queue_offset, m.body, m.properties  # type: ignore[misc]
+            return
+        data = r.data
+        body_len = _I32.unpack_from(data, _BODY_LEN_AT)[0]
+        p = rec.HEADER_SIZE + body_len
+        if fmt == rec.FORMAT_SINGLE:
+            p += 1 + data[p]
+            plen = (data[p] << 8) | data[p + 1]
+            yield (r.queue_offset, data[rec.HEADER_SIZE:rec.HEADER_SIZE + body_len],
+                   self.properties(data[p + 2:p + 2 + plen]))
+            return
+        offset = r.queue_offset
+        pos = rec.HEADER_SIZE
+        end = p
+        unpack = _MEMBER_HEAD.unpack_from
+        while pos < end:
+            total, _, _, _, blen = unpack(data, pos)
+            if offset >= start:
+                q = pos + 20 + blen
+                plen = (data[q] << 8) | data[q + 1]
+                yield offset, data[pos + 20:q], self.properties(data[q + 2:q + 2 + plen])
+            offset += 1
+            pos += total
+
+
+_I32 = struct.Struct(">i")
+
+
 def core_group_name(prefix: str, ident: str) -> str:
     """A consumer group name for the core: readable when it fits, hashed when not."""
     name = prefix + ident
@@ -398,8 +456,14 @@ class Dispatcher:
                 continue
             moved = False
             positions = self.positions
+            available = broker.available
             for q in range(len(positions)):
                 pos = positions[q]
+                if not available(topic, q, pos):
+                    lo, _ = broker.queue_bounds(topic, q) if pos == 0 else (0, 0)
+                    if lo > pos:
+                        positions[q] = lo
+                    continue
                 try:
                     res = broker.get(None, topic, q, pos, DISPATCH_BATCH, DISPATCH_BYTES)
                 except FerryError:
@@ -410,8 +474,10 @@ class Dispatcher:
                     continue
                 if res.records:
                     route = hub.route
-                    for m in res.messages(pos):
-                        route(m)
+                    read = hub.reader.messages
+                    for r in res.records:
+                        for off, body, props in read(r, pos):
+                            route(topic, q, off, body, props)
                 if res.next_offset != pos:
                     positions[q] = res.next_offset
                     moved = True
@@ -441,6 +507,11 @@ class Hub:
         self.wild_since = 0
         self.nursery: trio.Nursery | None = None
         self.stats: collections.Counter[str] = collections.Counter()
+        self.reader = RecordReader()
+        # MQTT topic -> (its topic's config, broker topic, queue): a publish skips
+        # the name mapping and the hash while the topic's config is unchanged.
+        self._routes: dict[str, tuple[TopicConfig, str, int]] = {}
+        self._plain_props: dict[tuple[str, int, bool, str], dict[str, str]] = {}
         self.started = time.monotonic()
         self.session_saver = Saver(f"{state_dir}/sessions.msgpack", self._sessions_state,
                                    options.save_interval)
@@ -454,21 +525,45 @@ class Hub:
 
     # ------------------------------------------------------------ publishing
 
+    async def message_for(self, topic: str, payload: bytes, qos: int, retain: bool,
+                          publisher: str, props: Mapping[int, Any]) -> Message:
+        """The broker Message of an MQTT application message, its topic created if
+        needed (before any put, so wildcard subscribers see its first message)."""
+        broker = self.broker
+        hit = self._routes.get(topic)
+        if hit is not None and broker.meta.topics.get(hit[1]) is hit[0]:
+            bt, queue = hit[1], hit[2]
+        else:
+            bt = mapping.broker_topic(topic)
+            try:
+                t = broker.topic(bt)
+            except TopicNotFound:
+                if not broker.config.auto_create_topics:
+                    raise
+                self.topic_created(bt)
+                t = await broker.create_topic(bt, exist_ok=True)
+            queue = mapping.queue_for(topic, t.queues)
+            if len(self._routes) >= ROUTE_CACHE_MAX:
+                self._routes.clear()
+            self._routes[topic] = (t, bt, queue)
+        if not props:
+            # The common message has no MQTT 5 properties: its store properties
+            # are the same dict for every message of a publisher and topic.
+            key = (topic, qos, retain, publisher)
+            plain = self._plain_props.get(key)
+            if plain is None:
+                if len(self._plain_props) >= ROUTE_CACHE_MAX:
+                    self._plain_props.clear()
+                plain = self._plain_props[key] = dict(
+                    mapping.to_message(topic, queue, b"", qos, retain, publisher, {}).properties)
+            return Message(bt, payload, plain, queue)
+        return mapping.to_message(topic, queue, payload, qos, retain, publisher, props)
+
     async def publish(self, topic: str, payload: bytes, qos: int, retain: bool, publisher: str,
                       props: Mapping[int, Any]) -> None:
         """Store one application message (and retain it). Raises FerryError."""
-        bt = mapping.broker_topic(topic)
-        broker = self.broker
-        try:
-            t = broker.topic(bt)
-        except TopicNotFound:
-            if not broker.config.auto_create_topics:
-                raise
-            self.topic_created(bt)
-            t = await broker.create_topic(bt, exist_ok=True)
-        msg = mapping.to_message(topic, mapping.queue_for(topic, t.queues), payload, qos, retain,
-                                 publisher, props)
-        await broker.put(msg)
+        msg = await self.message_for(topic, payload, qos, retain, publisher, props)
+        await self.broker.put(msg)
         self.stats["received"] += 1
         if retain:
             self.retain(Delivery(topic, payload, qos, True, dict(msg.properties), publisher, None))
@@ -591,10 +686,10 @@ class Hub:
 
     # ------------------------------------------------------------ routing
 
-    def route(self, m: ConsumedMessage) -> None:
+    def route(self, broker_topic: str, queue_id: int, offset: int, body: bytes,
+              props: dict[str, str]) -> None:
         """One stored message to every matching online subscription."""
-        props = m.properties
-        topic = props.get(mapping.MQTT_TOPIC) or m.topic
+        topic = props.get(mapping.MQTT_TOPIC) or broker_topic
         d: Delivery | None = None
         hits: dict[str, list[SubOpts]] = {}
         for cid, so in self.trie.match(topic):
@@ -604,12 +699,12 @@ class Hub:
             else:
                 h.append(so)
         if hits:
-            d = Delivery.from_message(m)
+            d = Delivery.stored(topic, body, props, (broker_topic, queue_id, offset))
             self.deliver(d, hits)
         if self.shared:
             for _, group in self.shared_trie.match(topic):
                 if d is None:
-                    d = Delivery.from_message(m)
+                    d = Delivery.stored(topic, body, props, (broker_topic, queue_id, offset))
                 group.dispatch(d)
 
     def deliver(self, d: Delivery, hits: dict[str, list[SubOpts]]) -> None:
@@ -836,15 +931,15 @@ class Hub:
                     res = broker.get(None, t, q, pos, DISPATCH_BATCH, DISPATCH_BYTES)
                     if not res.records:
                         break
-                    for m in res.messages(pos):
-                        if m.queue_offset >= end:
-                            break
-                        topic = m.properties.get(mapping.MQTT_TOPIC) or m.topic
-                        sos = [so for _, so in trie.match(topic)]
-                        if not sos:
-                            continue
-                        dl = Delivery.from_message(m)
-                        self.deliver(dl, {s.client_id: sos})
+                    for r in res.records:
+                        for off, body, props in self.reader.messages(r, pos):
+                            if off >= end:
+                                break
+                            topic = props.get(mapping.MQTT_TOPIC) or t
+                            sos = [so for _, so in trie.match(topic)]
+                            if sos:
+                                self.deliver(Delivery.stored(topic, body, props, (t, q, off)),
+                                             {s.client_id: sos})
                     pos = res.next_offset
 
     # ------------------------------------------------------------ retained, $SYS
