@@ -140,6 +140,9 @@ class Client:
         try:
             while True:
                 await self._wake.wait()
+                # Let every task that is ready run first (readers acknowledging,
+                # dispatchers routing): what they add leaves in the same send.
+                await trio.sleep(0)
                 self._wake = trio.Event()
                 while self.outbuf:
                     data, self.outbuf = self.outbuf, bytearray()

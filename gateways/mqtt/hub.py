@@ -483,9 +483,11 @@ class Dispatcher:
                     moved = True
             if moved:
                 await trio.sleep(0)
-            else:
-                await broker.wait_any([(topic, q, p) for q, p in enumerate(positions)],
-                                      IDLE_WAIT)
+            elif await broker.wait_any([(topic, q, p) for q, p in enumerate(positions)],
+                                       IDLE_WAIT):
+                # Woken by a put: let the other ready readers put theirs too, so
+                # one pass routes them all.
+                await trio.sleep(0)
 
 
 class Hub:
