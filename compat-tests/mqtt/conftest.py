@@ -29,7 +29,9 @@ def mqtt_broker(start_broker: Callable[..., Any], tmp_path: Path) -> Callable[..
         conf.write_text("[mqtt]\n" + "".join(
             f"{k} = {str(v).lower() if isinstance(v, bool) else repr(v)}\n".replace("'", '"')
             for k, v in options.items()))
-        b = start_broker("mqtt", extra_args=("--config", str(conf)))
+        # 8 MiB CommitLog segments instead of the preallocated 1 GiB default.
+        b = start_broker("mqtt", extra_args=("--config", str(conf), "--segment-size",
+                                             str(8 << 20)))
         b.ws_port = options["ws_port"]
         return b
 

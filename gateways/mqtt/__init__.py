@@ -7,10 +7,10 @@ docs/mqtt.md for the design and the mapping onto the broker.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
-import socket
 from functools import partial
 from typing import Any
 
@@ -34,40 +34,30 @@ async def serve(ctx: Any, *, task_status: trio.TaskStatus[int] = trio.TASK_STATU
     os.makedirs(state_dir, exist_ok=True)
     hub = Hub(ctx.broker, opts, state_dir)
     await trio.to_thread.run_sync(hub.load)
-    active = [0]
 
-    async def handle(stream: Any, websocket: bool = False) -> None:
-        if active[0] >= opts.max_connections:
-            hub.stats["connections_refused"] += 1
-            await stream.aclose()
+    def handle_tcp(stream: Any) -> Any:
+        # Not a coroutine of its own: an idle client costs one frame (Client.run).
+        return Client(hub, stream, "tcp").run()
+
+    async def handle_ws(stream: Any) -> None:
+        ws = WebSocketStream(stream, opts.ws_path)
+        ok = False
+        with trio.move_on_after(opts.connect_timeout), contextlib.suppress(
+                trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            ok = await ws.handshake()
+        if not ok:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError,
+                                     OSError):
+                await stream.aclose()
             return
-        active[0] += 1
-        try:
-            sock = getattr(stream, "socket", None)
-            if sock is not None:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if websocket:
-                ws = WebSocketStream(stream, opts.ws_path)
-                with trio.move_on_after(opts.connect_timeout):
-                    if not await ws.handshake():
-                        await stream.aclose()
-                        return
-                stream = ws
-            await Client(hub, stream, "ws" if websocket else "tcp").run()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass
-        except Exception:  # noqa: BLE001 - one connection's bug must not end the door
-            hub.stats["internal_errors"] += 1
-            log.exception("mqtt connection failed")
-        finally:
-            active[0] -= 1
+        await Client(hub, ws, "ws").run()
 
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(hub.run)
             listeners = await trio.open_tcp_listeners(ctx.port, host=ctx.host)
             port = listeners[0].socket.getsockname()[1]
-            nursery.start_soon(partial(trio.serve_listeners, handle, listeners))
+            nursery.start_soon(partial(trio.serve_listeners, handle_tcp, listeners))
             if opts.ws_port:
                 try:
                     ws_listeners = await trio.open_tcp_listeners(opts.ws_port, host=ctx.host)
@@ -79,8 +69,8 @@ async def serve(ctx: Any, *, task_status: trio.TaskStatus[int] = trio.TASK_STATU
                     log.warning("MQTT over WebSocket off: port %d is in use", opts.ws_port)
                 else:
                     ctx.bound["mqtt-ws"] = ws_listeners[0].socket.getsockname()[1]
-                    nursery.start_soon(partial(trio.serve_listeners,
-                                               partial(handle, websocket=True), ws_listeners))
+                    nursery.start_soon(partial(trio.serve_listeners, handle_ws,
+                                               ws_listeners))
             task_status.started(port)
     finally:
         with trio.CancelScope(shield=True):

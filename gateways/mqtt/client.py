@@ -10,8 +10,10 @@ object says what to send before closing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import socket
 import uuid
 from typing import Any
 
@@ -21,7 +23,7 @@ from ...core.errors import FerryError, MessageTooLarge, PermissionDenied
 from ...core.message import Message, now_ms
 from ...protocols.mqtt import codec
 from ...protocols.mqtt.codec import MqttError
-from ...protocols.mqtt.connection import ServerConnection, ServerLimits
+from ...protocols.mqtt.connection import ServerConnection
 from ...protocols.mqtt.constants import MQTT_3_1, MQTT_5, SESSION_NEVER_EXPIRES, Prop, Reason
 from ...protocols.mqtt.packets import (
     Auth,
@@ -43,7 +45,7 @@ from ...protocols.mqtt.packets import (
     Will,
 )
 from ...protocols.mqtt.topics import parse_filter
-from .auth import ClientAccess, verify_password
+from .auth import verify_password
 from .hub import Delivery, Hub, Session, SubOpts
 
 log = logging.getLogger("ferrymq.mqtt")
@@ -57,29 +59,35 @@ BATCH_BYTES = 1 << 20  # payload bytes per batch record at most (the core allows
 
 
 class Client:
-    """See the module docstring. ``stream`` is any trio Stream (TCP or WebSocket)."""
+    """See the module docstring. ``stream`` is any trio Stream (TCP or WebSocket).
+
+    An idle connection is one task (this reader, one coroutine frame): the
+    writer is a task started in the hub's nursery only while there are bytes
+    to send, and the CONNECT timeout and keep alive are a ``deadline`` that one
+    hub task checks for every client (docs/mqtt.md, "Performance")."""
+
+    __slots__ = ("_closed", "_idle", "_writing", "access", "client_id", "conn", "deadline",
+                 "hub", "keep_alive", "max_outbuf", "outbuf", "publish_will", "session",
+                 "stream", "transport", "version", "will")
 
     def __init__(self, hub: Hub, stream: Any, transport: str = "tcp") -> None:
         self.hub = hub
         self.stream = stream
         self.transport = transport
-        o = hub.options
-        self.conn = ServerConnection(ServerLimits(o.max_packet_size, o.receive_maximum,
-                                                  o.topic_alias_maximum))
+        self.conn = ServerConnection(hub.limits)
         self.outbuf = bytearray()
-        self.max_outbuf = o.max_outbuf
-        self._wake = trio.Event()
-        self._writer_done = trio.Event()
-        self.done = trio.Event()
-        self.closing = False
+        self.max_outbuf = hub.options.max_outbuf
         self.session: Session | None = None
         self.version = 0
         self.client_id = ""
         self.keep_alive = 0
         self.will: Will | None = None
         self.publish_will = True
-        self.access = ClientAccess(None)
-        self._scope = trio.CancelScope()
+        self.access = hub.open_access
+        self.deadline = math.inf  # trio time; the hub's sweeper calls ``expire`` past it
+        self._writing = False
+        self._closed = False
+        self._idle: trio.Event | None = None  # set when the writer stops / the client ends
 
     # ------------------------------------------------------------ output
 
@@ -90,7 +98,16 @@ class Client:
     def write(self, data: bytes) -> None:
         if data:
             self.outbuf += data
-            self._wake.set()
+            if not self._writing:
+                self._start_writer()
+
+    def _start_writer(self) -> None:
+        if self._closed:
+            return
+        self._writing = True
+        nursery = self.hub.nursery
+        assert nursery is not None
+        nursery.start_soon(self._writer)
 
     def send(self, packet: Packet) -> None:
         data = self.conn.send(packet)
@@ -116,8 +133,7 @@ class Client:
             if data is not None:
                 if len(data) > conn.client_max_packet_size:
                     return False
-                self.outbuf += data
-                self._wake.set()
+                self.write(data)
                 self.hub.stats["sent"] += 1
                 return True
         props = None
@@ -131,129 +147,156 @@ class Client:
             return False
         if cacheable and not d.expiry_at:
             d.cache[key] = data
-        self.outbuf += data
-        self._wake.set()
+        self.write(data)
         self.hub.stats["sent"] += 1
         return True
 
     async def _writer(self) -> None:
+        """Send the out buffer until it stays empty, then end (started by ``write``)."""
+        stats = self.hub.stats
         try:
-            while True:
-                await self._wake.wait()
-                # Let every task that is ready run first (readers acknowledging,
-                # dispatchers routing): what they add leaves in the same send.
-                await trio.sleep(0)
-                self._wake = trio.Event()
-                while self.outbuf:
-                    data, self.outbuf = self.outbuf, bytearray()
-                    await self.stream.send_all(data)
-                    self.hub.stats["bytes_sent"] += len(data)
-                    if self.session is not None and self.session.client is self:
-                        self.session.pump()
-                if self.closing:
-                    return
+            # Let every task that is ready run first (readers acknowledging,
+            # dispatchers routing): what they add leaves in the same send.
+            await trio.sleep(0)
+            while self.outbuf and not self._closed:
+                data, self.outbuf = self.outbuf, bytearray()
+                await self.stream.send_all(data)
+                stats["bytes_sent"] += len(data)
+                s = self.session
+                if s is not None and s.client is self:
+                    s.pump()
+                if not self.outbuf:
+                    await trio.sleep(0)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            self._scope.cancel()
+            self._stop_reading()  # the peer is gone
+        except Exception:  # a bug here must not take the hub's nursery down
+            stats["internal_errors"] += 1
+            log.exception("mqtt writer of %r failed", self.client_id)
+            self._stop_reading()
         finally:
-            self._writer_done.set()
+            self._writing = False
+            if self._idle is not None:
+                self._idle.set()
 
     # ------------------------------------------------------------ lifecycle
 
     async def run(self) -> None:
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._writer)
-                try:
-                    with self._scope:
-                        await self._serve()
-                finally:
-                    self.closing = True
-                    self._wake.set()
-                    with trio.move_on_after(CLOSE_GRACE):
-                        await self._writer_done.wait()
-                    nursery.cancel_scope.cancel()
-        finally:
-            self._finish()
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
-                try:
-                    await self.stream.aclose()
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                    pass
-            self.done.set()
-
-    async def _serve(self) -> None:
+        """Serve the connection to its end. One coroutine frame on purpose: an idle
+        client costs this frame, its socket and its session (docs/mqtt.md)."""
+        hub = self.hub
+        if len(hub.clients) >= hub.options.max_connections:
+            hub.stats["connections_refused"] += 1
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError,
+                                     OSError):
+                await self.stream.aclose()
+            return
+        hub.clients.add(self)
+        self.deadline = trio.current_time() + hub.options.connect_timeout
+        conn = self.conn
+        stats = hub.stats
+        receive = self.stream.receive_some
         try:
             connect = None
-            with trio.move_on_after(self.hub.options.connect_timeout):
-                connect = await self._read_first()
-            if connect is None:
-                return
+            while connect is None:
+                ev = conn.next_event()
+                if ev is not None:
+                    assert isinstance(ev, Connect)
+                    connect = ev
+                    break
+                data = await receive(RECV_SIZE)
+                if not data:
+                    return
+                stats["bytes_received"] += len(data)
+                conn.receive_data(data)
             if not await self._accept(connect):
                 return
-            await self._read_loop()
+            timeout = self.keep_alive * KEEP_ALIVE_FACTOR if self.keep_alive else math.inf
+            now = trio.current_time
+            batch: list[Publish] = []
+            while True:
+                ev = conn.next_event()
+                while ev is not None:
+                    if type(ev) is Publish and ev.qos < 2:
+                        # QoS 0/1 publishes read together are stored together: one
+                        # batch record per queue (docs/mqtt.md, "Batches").
+                        batch.append(ev)
+                        if len(batch) >= BATCH_MAX:
+                            await self._publish_batch(batch)
+                            batch.clear()
+                    else:
+                        if batch:
+                            await self._publish_batch(batch)
+                            batch.clear()
+                        if await self._handle(ev) is _STOP:
+                            return
+                    ev = conn.next_event()
+                if batch:
+                    await self._publish_batch(batch)
+                    batch.clear()
+                self.deadline = now() + timeout  # the hub's sweeper enforces it (``expire``)
+                data = await receive(RECV_SIZE)
+                if not data:
+                    return
+                stats["bytes_received"] += len(data)
+                conn.receive_data(data)
         except MqttError as err:
-            self.hub.stats["protocol_errors"] += 1
+            stats["protocol_errors"] += 1
             log.info("mqtt client %r: %s (reason %#x)", self.client_id, err.detail, err.reason)
-            self.write(self.conn.error_bytes(err))
+            self.write(conn.error_bytes(err))
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
+        except Exception:  # one connection's bug must not end the door: count, log, close
+            stats["internal_errors"] += 1
+            log.exception("mqtt connection of %r failed", self.client_id)
+        finally:
+            hub.clients.discard(self)
+            with trio.CancelScope(shield=True):
+                if self._writing:
+                    self._idle = trio.Event()
+                    with trio.move_on_after(CLOSE_GRACE):
+                        await self._idle.wait()
+                self._closed = True
+                self._finish()
+                with trio.move_on_after(1), contextlib.suppress(
+                        trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    await self.stream.aclose()
+                if self._idle is not None:
+                    self._idle.set()
 
-    async def _read_first(self) -> Connect | None:
-        while True:
-            ev = self.conn.next_event()
-            if ev is not None:
-                assert isinstance(ev, Connect)
-                return ev
-            data = await self.stream.receive_some(RECV_SIZE)
-            if not data:
-                return None
-            self.hub.stats["bytes_received"] += len(data)
-            self.conn.receive_data(data)
+    async def wait_closed(self) -> None:
+        if self._closed:
+            return
+        if self._idle is None:
+            self._idle = trio.Event()
+        while not self._closed:
+            await self._idle.wait()
+            self._idle = trio.Event()
 
-    async def _read_loop(self) -> None:
-        conn = self.conn
-        timeout = self.keep_alive * KEEP_ALIVE_FACTOR if self.keep_alive else math.inf
-        stats = self.hub.stats
-        receive = self.stream.receive_some
-        batch: list[Publish] = []
-        while True:
-            ev = conn.next_event()
-            while ev is not None:
-                if type(ev) is Publish and ev.qos < 2:
-                    # QoS 0/1 publishes read together are stored together: one
-                    # batch record per queue (docs/mqtt.md, "Batching").
-                    batch.append(ev)
-                    if len(batch) >= BATCH_MAX:
-                        await self._publish_batch(batch)
-                        batch.clear()
-                else:
-                    if batch:
-                        await self._publish_batch(batch)
-                        batch.clear()
-                    if await self._handle(ev) is _STOP:
-                        return
-                ev = conn.next_event()
-            if batch:
-                await self._publish_batch(batch)
-                batch.clear()
-            with trio.move_on_after(timeout) as cs:
-                data = await receive(RECV_SIZE)
-            if cs.cancelled_caught:
-                # 3.1.2.10: no packet within 1.5 x Keep Alive: close, will included.
-                stats["keep_alive_expired"] += 1
-                if self.version == MQTT_5:
-                    self.send(Disconnect(Reason.KEEP_ALIVE_TIMEOUT))
-                return
-            if not data:
-                return
-            stats["bytes_received"] += len(data)
-            conn.receive_data(data)
+    def _stop_reading(self) -> None:
+        """End the reader from outside: its pending receive returns end-of-file, and
+        it closes after the writer has flushed what was written before."""
+        stream = self.stream
+        sock = getattr(stream, "socket", None) or getattr(getattr(stream, "stream", None),
+                                                          "socket", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RD)
+
+    def expire(self) -> None:
+        """The hub's sweeper found the deadline passed: no CONNECT in time, or no
+        packet within 1.5 x Keep Alive (3.1.2.10: close, will included)."""
+        self.deadline = math.inf
+        if self.session is not None:
+            self.hub.stats["keep_alive_expired"] += 1
+            if self.version == MQTT_5:
+                self.send(Disconnect(Reason.KEEP_ALIVE_TIMEOUT))
+        self._stop_reading()
 
     def kick(self, reason: int) -> None:
         """Close this connection from outside (session taken over, 3.1.4-3)."""
         if self.version == MQTT_5:
             self.send(Disconnect(reason))
-        self._scope.cancel()
+        self._stop_reading()
 
     # ------------------------------------------------------------ CONNECT
 
@@ -309,7 +352,7 @@ class Client:
             prev = old.client
             prev.kick(Reason.SESSION_TAKEN_OVER)
             with trio.move_on_after(CLOSE_GRACE * 2):
-                await prev.done.wait()
+                await prev.wait_closed()
             old = hub.sessions.get(cid)
         if old is not None and (c.clean_start or old.client is not None):
             hub.end_session(old)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import logging
+import math
 import struct
 import time
 from collections.abc import Iterator, Mapping
@@ -34,6 +35,7 @@ from ...core.message import GetStatus, Message, StoredRecord, now_ms
 from ...core.metadata import TopicConfig
 from ...protocols import record as rec
 from ...protocols.mqtt import codec
+from ...protocols.mqtt.connection import ServerLimits
 from ...protocols.mqtt.constants import Prop
 from ...protocols.mqtt.packets import Will
 from ...protocols.mqtt.topics import TopicTrie
@@ -49,8 +51,9 @@ log = logging.getLogger("ferrymq.mqtt")
 
 DISPATCH_BATCH = 256  # messages per get: one wake-up drains a burst
 DISPATCH_BYTES = 1 << 20
-IDLE_WAIT = 1.0
-ROUTE_CACHE_MAX = 10_000  # cached MQTT topics (publish routes, plain property dicts)  # seconds a dispatcher long-polls before re-checking its topic
+IDLE_WAIT = 1.0  # seconds a dispatcher long-polls before re-checking its topic
+ROUTE_CACHE_MAX = 10_000  # cached MQTT topics (publish routes, plain property dicts)
+DEADLINE_TICK = 0.1  # seconds: how late a keep alive or CONNECT timeout may be noticed
 GROUP_PREFIX = "mqtt-session-"
 SHARE_GROUP_PREFIX = "mqtt-share-"
 MAX_GROUP_NAME = 255
@@ -130,6 +133,10 @@ class Session:
     """MQTT session state (4.1): subscriptions, in-flight and queued messages, QoS 2
     ids. Lives on while its client is offline if its expiry interval allows."""
 
+    __slots__ = ("client", "client_id", "disconnected_at", "dropped", "expiry", "generation",
+                 "group", "hub", "inbound_qos2", "inflight", "next_pid", "pending", "shared",
+                 "subs", "window")
+
     def __init__(self, hub: Hub, client_id: str) -> None:
         self.hub = hub
         self.client_id = client_id
@@ -138,7 +145,8 @@ class Session:
         self.subs: dict[str, SubOpts] = {}
         self.shared: dict[tuple[str, str], SubOpts] = {}
         self.inflight: dict[int, Outgoing] = {}
-        self.pending: collections.deque[Outgoing] = collections.deque()
+        # () until the first message has to wait: a deque costs 600 bytes even empty.
+        self.pending: collections.deque[Outgoing] | tuple[()] = ()
         self.inbound_qos2: set[int] = set()
         self.next_pid = 1
         self.window = hub.options.max_inflight
@@ -176,13 +184,16 @@ class Session:
             self.dropped += 1  # a slow socket: QoS 0 is the first to go
             self.hub.stats["dropped"] += 1
             return
-        if len(self.pending) >= self.hub.options.max_queued:
+        pending = self.pending
+        if not pending:
+            pending = self.pending = collections.deque()
+        elif len(pending) >= self.hub.options.max_queued:
             self.dropped += 1
             self.hub.stats["dropped"] += 1
             if self.hub.options.overflow == "refuse":
                 return
-            self.pending.popleft()
-        self.pending.append(Outgoing(d, qos, retain, sub_ids, group))
+            pending.popleft()  # type: ignore[union-attr]
+        pending.append(Outgoing(d, qos, retain, sub_ids, group))  # type: ignore[union-attr]
 
     def _send_new(self, out: Outgoing) -> None:
         c = self.client
@@ -201,7 +212,7 @@ class Session:
         while pending and c is not None and c.writable:
             if pending[0].qos and len(self.inflight) >= self.window:
                 return
-            self._send_new(pending.popleft())
+            self._send_new(pending.popleft())  # type: ignore[union-attr]
 
     def resend_inflight(self) -> None:
         """4.4: on a resumed session, resend unacknowledged PUBLISHes (DUP set) and
@@ -399,6 +410,10 @@ class RecordReader:
 _I32 = struct.Struct(">i")
 
 
+def _first(item: tuple[int, int, StoredRecord]) -> int:
+    return item[0]
+
+
 def core_group_name(prefix: str, ident: str) -> str:
     """A consumer group name for the core: readable when it fits, hashed when not."""
     name = prefix + ident
@@ -445,6 +460,59 @@ class Dispatcher:
     def position(self, q: int) -> int:
         return self.positions[q] if q < len(self.positions) else 0
 
+    def _pass(self) -> bool:
+        """Read what is new in every queue and route it in CommitLog order, so that
+        one publisher's messages to different MQTT topics (different queues) reach
+        a wildcard subscriber in the order they were stored. All gets of a pass
+        happen without yielding, so no put lands in between; where a queue had
+        more than one get returns, records past its last one wait for the next
+        pass. Returns whether any position moved."""
+        hub = self.hub
+        broker = hub.broker
+        topic = self.topic
+        positions = self.positions
+        available = broker.available
+        fetched: list[tuple[int, int, StoredRecord]] = []
+        cut = math.inf
+        moved = False
+        for q in range(len(positions)):
+            pos = positions[q]
+            if not available(topic, q, pos):
+                if pos == 0:
+                    lo, _ = broker.queue_bounds(topic, q)
+                    if lo > pos:
+                        positions[q] = lo
+                continue
+            try:
+                res = broker.get(None, topic, q, pos, DISPATCH_BATCH, DISPATCH_BYTES)
+            except FerryError:
+                break  # deleted or changed under us: re-check the topic
+            if res.status is GetStatus.OFFSET_TOO_SMALL or not res.records:
+                if res.next_offset != pos:
+                    positions[q] = res.next_offset  # retention removed what we had not read
+                    moved = True
+                continue
+            fetched.extend((r.physical_offset, q, r) for r in res.records)
+            if res.next_offset < res.max_offset:
+                cut = min(cut, res.records[-1].physical_offset)
+        if len(fetched) > 1:
+            fetched.sort(key=_first)
+        route = hub.route
+        read = hub.reader.messages
+        for phys, q, r in fetched:
+            if phys > cut:
+                break
+            pos = positions[q]
+            try:
+                for off, body, props in read(r, pos):
+                    route(topic, q, off, body, props)
+            except Exception:  # a bug must not stop the topic: skip, count, log
+                hub.stats["internal_errors"] += 1
+                log.exception("routing %s/%d from %d failed", topic, q, pos)
+            positions[q] = r.queue_offset + r.count
+            moved = True
+        return moved
+
     async def run(self) -> None:
         hub = self.hub
         broker = hub.broker
@@ -454,36 +522,10 @@ class Dispatcher:
             if not self._ensure_positions():
                 await broker.wait_any([(topic, q, 0) for q in range(default_queues)], IDLE_WAIT)
                 continue
-            moved = False
-            positions = self.positions
-            available = broker.available
-            for q in range(len(positions)):
-                pos = positions[q]
-                if not available(topic, q, pos):
-                    lo, _ = broker.queue_bounds(topic, q) if pos == 0 else (0, 0)
-                    if lo > pos:
-                        positions[q] = lo
-                    continue
-                try:
-                    res = broker.get(None, topic, q, pos, DISPATCH_BATCH, DISPATCH_BYTES)
-                except FerryError:
-                    break  # deleted or changed under us: re-check the topic
-                if res.status is GetStatus.OFFSET_TOO_SMALL:
-                    positions[q] = res.next_offset  # retention removed what we had not read
-                    moved = True
-                    continue
-                if res.records:
-                    route = hub.route
-                    read = hub.reader.messages
-                    for r in res.records:
-                        for off, body, props in read(r, pos):
-                            route(topic, q, off, body, props)
-                if res.next_offset != pos:
-                    positions[q] = res.next_offset
-                    moved = True
+            moved = self._pass()
             if moved:
                 await trio.sleep(0)
-            elif await broker.wait_any([(topic, q, p) for q, p in enumerate(positions)],
+            elif await broker.wait_any([(topic, q, p) for q, p in enumerate(self.positions)],
                                        IDLE_WAIT):
                 # Woken by a put: let the other ready readers put theirs too, so
                 # one pass routes them all.
@@ -498,6 +540,7 @@ class Hub:
         self.options = options
         self.state_dir = state_dir
         self.sessions: dict[str, Session] = {}
+        self.clients: set[Client] = set()  # connected, CONNECT or not yet
         self.trie: TopicTrie[str, SubOpts] = TopicTrie()
         self.shared_trie: TopicTrie[tuple[str, str], SharedGroup] = TopicTrie()
         self.shared: dict[tuple[str, str], SharedGroup] = {}
@@ -519,6 +562,9 @@ class Hub:
                                    options.save_interval)
         self.retained_saver = Saver(f"{state_dir}/retained.msgpack", self._retained_state,
                                     options.save_interval)
+        self.limits = ServerLimits(options.max_packet_size, options.receive_maximum,
+                                   options.topic_alias_maximum)
+        self.open_access = ClientAccess(None)
         self.passwords = load_passwords(options.password_file) if options.password_file else None
         self.acl = load_acl(options.acl_file) if options.acl_file else None
 
@@ -621,10 +667,20 @@ class Hub:
             nursery.start_soon(self.session_saver.run)
             nursery.start_soon(self.retained_saver.run)
             nursery.start_soon(self._housekeeping)
+            nursery.start_soon(self._deadlines)
             if self.options.sys_interval > 0:
                 nursery.start_soon(self._sys_publisher)
             task_status.started()
             await trio.sleep_forever()
+
+    async def _deadlines(self) -> None:
+        """Every client's CONNECT timeout and keep alive, checked by one task (a
+        cancel scope per connection would cost each idle client more memory)."""
+        while True:
+            await trio.sleep(DEADLINE_TICK)
+            now = trio.current_time()
+            for c in [c for c in self.clients if c.deadline <= now]:
+                c.expire()
 
     async def _housekeeping(self) -> None:
         """Once a second: expire sessions, discover topics for wildcard subscriptions,
@@ -632,7 +688,7 @@ class Hub:
         while True:
             await trio.sleep(1.0)
             now = now_ms()
-            for cid, s in list(self.sessions.items()):
+            for s in list(self.sessions.values()):
                 if (s.client is None and s.expiry != 0xFFFFFFFF
                         and s.disconnected_at + s.expiry * 1000 <= now):
                     self.end_session(s)
@@ -768,7 +824,7 @@ class Hub:
             self.trie.remove(f, s.client_id)
             self._watch(f, -1)
         requeue = [o for o in s.pending if o.group is not None]
-        s.pending.clear()
+        s.pending = ()
         for (name, f) in list(s.shared):
             self._leave_shared(s.client_id, name, f, keep=s.persistent)
         for out in requeue:
@@ -911,6 +967,7 @@ class Hub:
             d = self.dispatchers.get(t)
             if d is None or not d.positions:
                 continue
+            backlog: list[tuple[int, int, int, str, bytes, dict[str, str], int]] = []
             for q, end in enumerate(d.positions):
                 start = broker.committed_offset(s.group, t, q)
                 if start is None:
@@ -938,11 +995,15 @@ class Hub:
                             if off >= end:
                                 break
                             topic = props.get(mapping.MQTT_TOPIC) or t
-                            sos = [so for _, so in trie.match(topic)]
-                            if sos:
-                                self.deliver(Delivery.stored(topic, body, props, (t, q, off)),
-                                             {s.client_id: sos})
+                            backlog.append((r.physical_offset, off, q, topic, body, props,
+                                            r.queue_offset))
                     pos = res.next_offset
+            backlog.sort(key=lambda m: (m[0], m[1]))  # CommitLog order, as live delivery
+            for _, off, q, topic, body, props, _ in backlog:
+                sos = [so for _, so in trie.match(topic)]
+                if sos:
+                    self.deliver(Delivery.stored(topic, body, props, (t, q, off)),
+                                 {s.client_id: sos})
 
     # ------------------------------------------------------------ retained, $SYS
 

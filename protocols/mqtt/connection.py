@@ -69,6 +69,11 @@ class ServerLimits:
 class ServerConnection:
     """See the module docstring. Not thread-safe; one per network connection."""
 
+    __slots__ = ("_aliases_in", "_aliases_out", "_buf", "_inbound_pending", "_pos",
+                 "_session_expiry", "accepted", "client_max_packet_size",
+                 "client_receive_maximum", "client_topic_alias_maximum", "connect", "limits",
+                 "state", "version")
+
     def __init__(self, limits: ServerLimits | None = None) -> None:
         self.limits = limits or ServerLimits()
         self.state = State.AWAIT_CONNECT

@@ -9,6 +9,10 @@ from typing import Any
 import pytest
 from rawclient import free_port
 
+# A broker preallocates its CommitLog segment: 1 GiB by default, 8 MiB here (the
+# 4 MiB maximum message plus room), so the suite does not need a disk per broker.
+SMALL_SEGMENTS = ("--segment-size", str(8 << 20))
+
 
 @pytest.fixture
 def mqtt_broker(start_broker: Callable[..., Any], tmp_path: Path
@@ -28,7 +32,7 @@ def mqtt_broker(start_broker: Callable[..., Any], tmp_path: Path
         for k, v in options.items():
             lines.append(f"{k} = {v!r}" if not isinstance(v, bool) else f"{k} = {str(v).lower()}")
         conf.write_text("\n".join(lines).replace("'", '"') + "\n")
-        b = start_broker(*doors, extra_args=("--config", str(conf)), name=name)
+        b = start_broker(*doors, extra_args=("--config", str(conf), *SMALL_SEGMENTS), name=name)
         b.ws_port = options["ws_port"]  # type: ignore[attr-defined]
         return b
 

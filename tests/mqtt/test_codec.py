@@ -4,9 +4,6 @@ every encoding rule the specifications state is enforced with the reason code th
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from ferrymq.protocols.mqtt import codec
 from ferrymq.protocols.mqtt.codec import MalformedPacket, MqttError, ProtocolViolation
 from ferrymq.protocols.mqtt.constants import MQTT_3_1, MQTT_3_1_1, MQTT_5, Prop, Reason
@@ -29,6 +26,8 @@ from ferrymq.protocols.mqtt.packets import (
     Unsubscribe,
     Will,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 VERSIONS = (MQTT_3_1, MQTT_3_1_1, MQTT_5)
 

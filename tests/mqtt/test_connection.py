@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from ferrymq.protocols.mqtt import codec
 from ferrymq.protocols.mqtt.codec import MqttError
 from ferrymq.protocols.mqtt.connection import ServerConnection, ServerLimits, State

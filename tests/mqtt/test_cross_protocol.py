@@ -9,19 +9,19 @@ from functools import partial
 
 import pytest
 import trio
-from rawclient import RawClient
-
 from ferrymq.core.broker import Broker, BrokerConfig
 from ferrymq.core.message import Message
 from ferrymq.gateways.config import ServerConfig
 from ferrymq.gateways.mqtt import mapping, serve
 from ferrymq.gateways.server import DoorContext
 from ferrymq.protocols.mqtt.constants import Prop
+from rawclient import RawClient
 
 
 @pytest.fixture
 async def door(tmp_path):
-    async with Broker.open(BrokerConfig(data_dir=str(tmp_path / "data"))) as broker, \
+    config = BrokerConfig(data_dir=str(tmp_path / "data"), segment_size=8 << 20)
+    async with Broker.open(config) as broker, \
             trio.open_nursery() as nursery:
         ctx = DoorContext(broker, "127.0.0.1", 0, {"ws_port": 0, "sys_interval": 0.0},
                           ServerConfig())

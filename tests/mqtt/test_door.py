@@ -8,8 +8,6 @@ import threading
 import time
 
 import pytest
-from rawclient import Closed, RawClient
-
 from ferrymq.protocols.mqtt.constants import Prop, Reason
 from ferrymq.protocols.mqtt.packets import (
     Connack,
@@ -22,6 +20,7 @@ from ferrymq.protocols.mqtt.packets import (
     Suback,
     Will,
 )
+from rawclient import Closed, RawClient
 
 
 @pytest.fixture

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-
 from ferrymq.core.metadata import validate_topic_name
 from ferrymq.gateways.mqtt import mapping
 from ferrymq.protocols.mqtt.constants import Prop
+from hypothesis import given
+from hypothesis import strategies as st
 
 
 @pytest.mark.parametrize("mqtt_topic, broker_topic", [

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from ferrymq.protocols.mqtt.codec import MqttError
 from ferrymq.protocols.mqtt.topics import (
     TopicTrie,
@@ -14,6 +11,8 @@ from ferrymq.protocols.mqtt.topics import (
     parse_filter,
     valid_topic_filter,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 @pytest.mark.parametrize("flt, topic, match", [
