@@ -378,10 +378,12 @@ def idle_connections(broker: RunningBroker, n: int) -> tuple[float, int]:
             s.close()
 
 
-def connect_rate(broker: RunningBroker, n: int) -> float:
-    """CONNECT/CONNACK/DISCONNECT cycles per second, ``CONNECT_PARALLEL`` at a time."""
+def connect_rate(broker: RunningBroker, n: int) -> tuple[float, float]:
+    """(CONNECT/CONNACK/DISCONNECT cycles per second, ``CONNECT_PARALLEL`` at a time;
+    broker CPU microseconds per cycle)."""
     sel = selectors.DefaultSelector()
     started = done = 0
+    cpu0 = proc_cpu(broker.pid)
     t0 = time.perf_counter()
 
     def begin() -> None:
@@ -414,7 +416,8 @@ def connect_rate(broker: RunningBroker, n: int) -> float:
                 done += 1
                 if started < n:
                     begin()
-    return n / (time.perf_counter() - t0)
+    elapsed = time.perf_counter() - t0
+    return n / elapsed, (proc_cpu(broker.pid) - cpu0) / n * 1e6
 
 
 # ------------------------------------------------------------------ the command
@@ -503,7 +506,10 @@ def _report(results: dict[str, dict[str, object]], names: list[str], wanted: lis
         rows.append((f"RSS KiB per idle client ({idle_clients:,})",
                      {n: (results[n].get("idle") or (None,))[0] for n in names}, True))
     if "connect" in wanted:
-        rows.append(("connects/s", {n: results[n].get("connect") for n in names}, False))
+        rows.append(("connects/s", {n: (results[n].get("connect") or (None,))[0]
+                                    for n in names}, False))
+        rows.append(("  broker CPU us/connect", {n: (results[n].get("connect") or (0, None))[1]
+                                                 for n in names}, True))
     if json_out:
         for label, vals, _ in rows:
             for n, v in vals.items():

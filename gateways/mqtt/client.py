@@ -66,7 +66,7 @@ class Client:
     to send, and the CONNECT timeout and keep alive are a ``deadline`` that one
     hub task checks for every client (docs/mqtt.md, "Performance")."""
 
-    __slots__ = ("_closed", "_idle", "_writing", "access", "client_id", "conn", "deadline",
+    __slots__ = ("_closed", "_idle", "_reading", "_writing", "access", "client_id", "conn", "deadline",
                  "hub", "keep_alive", "max_outbuf", "outbuf", "publish_will", "session",
                  "stream", "transport", "version", "will")
 
@@ -86,6 +86,7 @@ class Client:
         self.access = hub.open_access
         self.deadline = math.inf  # trio time; the hub's sweeper calls ``expire`` past it
         self._writing = False
+        self._reading = False  # the reader is handling packets: it sends their answers itself
         self._closed = False
         self._idle: trio.Event | None = None  # set when the writer stops / the client ends
 
@@ -98,7 +99,7 @@ class Client:
     def write(self, data: bytes) -> None:
         if data:
             self.outbuf += data
-            if not self._writing:
+            if not self._writing and not self._reading:
                 self._start_writer()
 
     def _start_writer(self) -> None:
@@ -150,6 +151,20 @@ class Client:
         self.write(data)
         self.hub.stats["sent"] += 1
         return True
+
+    async def _flush(self) -> None:
+        """The reader sends what its packets produced (no writer task per reply)."""
+        self._writing = True
+        try:
+            while self.outbuf and not self._closed:
+                data, self.outbuf = self.outbuf, bytearray()
+                await self.stream.send_all(data)
+                self.hub.stats["bytes_sent"] += len(data)
+                s = self.session
+                if s is not None and s.client is self:
+                    s.pump()
+        finally:
+            self._writing = False
 
     async def _writer(self) -> None:
         """Send the out buffer until it stays empty, then end (started by ``write``)."""
@@ -208,12 +223,18 @@ class Client:
                     return
                 stats["bytes_received"] += len(data)
                 conn.receive_data(data)
-            if not await self._accept(connect):
+            self._reading = True
+            accepted = await self._accept(connect)
+            self._reading = False
+            if self.outbuf and not self._writing:
+                await self._flush()
+            if not accepted:
                 return
             timeout = self.keep_alive * KEEP_ALIVE_FACTOR if self.keep_alive else math.inf
             now = trio.current_time
             batch: list[Publish] = []
             while True:
+                self._reading = True
                 ev = conn.next_event()
                 while ev is not None:
                     if type(ev) is Publish and ev.qos < 2:
@@ -233,6 +254,9 @@ class Client:
                 if batch:
                     await self._publish_batch(batch)
                     batch.clear()
+                self._reading = False
+                if self.outbuf and not self._writing:
+                    await self._flush()
                 self.deadline = now() + timeout  # the hub's sweeper enforces it (``expire``)
                 data = await receive(RECV_SIZE)
                 if not data:
@@ -249,19 +273,30 @@ class Client:
             stats["internal_errors"] += 1
             log.exception("mqtt connection of %r failed", self.client_id)
         finally:
+            self._reading = False
             hub.clients.discard(self)
-            with trio.CancelScope(shield=True):
-                if self._writing:
-                    self._idle = trio.Event()
-                    with trio.move_on_after(CLOSE_GRACE):
+            if self._writing or self.outbuf:
+                # A writer is busy, or a DISCONNECT / refusing CONNACK was written
+                # last: let it out, for a bounded time even during shutdown.
+                with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_GRACE):
+                    if self._writing:
+                        self._idle = trio.Event()
                         await self._idle.wait()
-                self._closed = True
-                self._finish()
-                with trio.move_on_after(1), contextlib.suppress(
+                    else:
+                        with contextlib.suppress(trio.BrokenResourceError,
+                                                 trio.ClosedResourceError, OSError):
+                            await self._flush()
+            self._closed = True
+            self._finish()
+            sock = getattr(self.stream, "socket", None)
+            if sock is not None:
+                sock.close()  # TCP: closing needs no await (SocketStream.aclose adds a checkpoint)
+            else:
+                with trio.CancelScope(shield=True), trio.move_on_after(1), contextlib.suppress(
                         trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                    await self.stream.aclose()
-                if self._idle is not None:
-                    self._idle.set()
+                    await self.stream.aclose()  # WebSocket: a close frame first
+            if self._idle is not None:
+                self._idle.set()
 
     async def wait_closed(self) -> None:
         if self._closed:
@@ -482,12 +517,15 @@ class Client:
         messages: list[Message | None] = [None] * n
         groups: dict[tuple[str, int], list[int]] = {}
         payload_bytes = 0
+        cached = hub.cached_message
+        cid = self.client_id
         for i, p in enumerate(batch):
             reason = self._refusal(p)
             if not reason:
                 try:
-                    m = await hub.message_for(p.topic, p.payload, p.qos, p.retain,
-                                              self.client_id, p.properties)
+                    m = cached(p.topic, p.payload, p.qos, p.retain, cid, p.properties) or \
+                        await hub.message_for(p.topic, p.payload, p.qos, p.retain, cid,
+                                              p.properties)
                 except FerryError as exc:
                     reason = self._store_failure(exc, p.qos)
                 else:
