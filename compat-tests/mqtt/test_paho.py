@@ -47,7 +47,7 @@ class Paho:
         assert not self.rc.is_failure, self.rc
 
     def sub(self, *args, **kw):
-        result, mid = self.c.subscribe(*args, **kw)
+        result, _ = self.c.subscribe(*args, **kw)
         assert result == 0
         time.sleep(0.2)  # SUBACK
         return self

@@ -1,4 +1,4 @@
-"""One network connection of an MQTT client: read bytes, feed the protocol object, act on its packets, write what it builds.
+"""One MQTT client connection: read bytes, feed the protocol object, act, write what it builds.
 
 A ``Client`` runs two tasks: the reader (this module's loop, which also times
 the keep alive) and a writer that drains the out buffer. Deliveries append to
@@ -66,9 +66,9 @@ class Client:
     to send, and the CONNECT timeout and keep alive are a ``deadline`` that one
     hub task checks for every client (docs/mqtt.md, "Performance")."""
 
-    __slots__ = ("_closed", "_idle", "_reading", "_writing", "access", "client_id", "conn", "deadline",
-                 "hub", "keep_alive", "max_outbuf", "outbuf", "publish_will", "session",
-                 "stream", "transport", "version", "will")
+    __slots__ = ("_closed", "_idle", "_reading", "_writing", "access", "client_id", "conn",
+                 "deadline", "hub", "keep_alive", "max_outbuf", "outbuf", "publish_will",
+                 "session", "stream", "transport", "version", "will")
 
     def __init__(self, hub: Hub, stream: Any, transport: str = "tcp") -> None:
         self.hub = hub

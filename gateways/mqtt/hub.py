@@ -1,4 +1,4 @@
-"""The MQTT door's shared state: sessions, subscriptions, the per-topic dispatchers that tail the store, retained messages, wills, $SYS.
+"""The MQTT door's shared state: sessions, dispatchers tailing the store, retained, wills, $SYS.
 
 The way of a message (docs/mqtt.md, "Delivery"):
 
@@ -18,6 +18,7 @@ is simply what lies after its offsets, read back when it reconnects
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import logging
 import math
@@ -948,10 +949,8 @@ class Hub:
                 d = self.dispatchers.get(t)
                 if d is not None:
                     for q, off in enumerate(d.positions):
-                        try:
+                        with contextlib.suppress(FerryError):  # the topic went away
                             self.broker.commit_offset(g.group, t, q, off)
-                        except FerryError:
-                            pass
 
     def _filter_topics(self, topic_filter: str) -> list[str]:
         t = first_broker_topic(topic_filter)

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import zlib
@@ -164,10 +165,8 @@ def message_properties(props: Mapping[str, str], now: int) -> tuple[dict[int, An
         out[Prop.RESPONSE_TOPIC] = v
     v = props.get(MQTT_CORRELATION_DATA)
     if v is not None:
-        try:
+        with contextlib.suppress(ValueError):  # not ours: another door wrote it
             out[Prop.CORRELATION_DATA] = base64.b64decode(v)
-        except ValueError:
-            pass
     users = user_properties(props)
     if users:
         out[Prop.USER_PROPERTY] = users

@@ -1,4 +1,4 @@
-"""The MQTT door's settings: the ``[mqtt]`` table of the server configuration, with defaults and checks."""
+"""The MQTT door's settings: the ``[mqtt]`` table of the configuration, defaults and checks."""
 
 from __future__ import annotations
 

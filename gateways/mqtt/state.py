@@ -1,4 +1,4 @@
-"""The MQTT door's own durable state: retained messages and persistent sessions, each a msgpack file replaced atomically.
+"""The MQTT door's durable state: retained messages and sessions, msgpack files replaced atomically.
 
 Message bodies of the log live in the store; these files hold what MQTT adds
 on top: retained messages, and per persistent session its subscriptions, the
@@ -10,6 +10,7 @@ PUBREC, a QoS 1/2 retained message); concurrent callers share one write.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -77,7 +78,5 @@ class Saver:
         while True:
             await trio.sleep(self.interval)
             if self.dirty:
-                try:
+                with contextlib.suppress(OSError):  # logged and counted; retried next period
                     await self.save_now()
-                except OSError:
-                    pass  # logged and counted; retried next period

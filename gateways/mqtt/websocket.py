@@ -1,4 +1,4 @@
-"""MQTT over WebSocket (MQTT 5.0 section 6): a trio byte stream carried in binary WebSocket messages, built on wsproto.
+"""MQTT over WebSocket (5.0 section 6): a trio byte stream in binary WebSocket messages (wsproto).
 
 ``WebSocketStream`` performs the server handshake (path and the ``mqtt``
 subprotocol) and then behaves like the TCP stream ``Client`` reads and writes:
@@ -10,6 +10,7 @@ messages); a text message is a protocol error that closes the connection
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import trio
@@ -99,10 +100,8 @@ class WebSocketStream:
 
     async def _close(self, code: int) -> None:
         if self.ws.state is ConnectionState.OPEN:
-            try:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 await self._send_raw(self.ws.send(CloseConnection(code=code)))
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass
         self._closed = True
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:

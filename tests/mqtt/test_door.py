@@ -438,7 +438,8 @@ def test_password_file_and_acl(mqtt_broker, tmp_path) -> None:
     assert bob.subscribe("sensors/#", "sensors/public/+").reasons == (0x80, 0)
     assert alice.subscribe("sensors/#", "other", "sensors/secret/x", no_local=True).reasons == (
         0, Reason.NOT_AUTHORIZED, Reason.NOT_AUTHORIZED)
-    assert alice.publish("sensors/secret/x", b"hidden", 1, pid=4) == Puback(4, Reason.NOT_AUTHORIZED)
+    hidden = alice.publish("sensors/secret/x", b"hidden", 1, pid=4)
+    assert hidden == Puback(4, Reason.NOT_AUTHORIZED)
     assert alice.publish("sensors/public/t", b"ok", 1) == Puback(1)
     assert [m.payload for m in bob.messages(1)] == [b"ok"]
     assert alice.publish("other/t", b"no", 1, pid=2) == Puback(2, Reason.NOT_AUTHORIZED)
