@@ -762,21 +762,40 @@ class Hub:
         """One stored message to every matching online subscription."""
         topic = props.get(mapping.MQTT_TOPIC) or broker_topic
         d: Delivery | None = None
-        hits: dict[str, list[SubOpts]] = {}
-        for cid, so in self.trie.match(topic):
-            h = hits.get(cid)
-            if h is None:
-                hits[cid] = [so]
-            else:
-                h.append(so)
-        if hits:
+        matches = list(self.trie.match(topic))
+        if matches:
             d = Delivery.stored(topic, body, props, (broker_topic, queue_id, offset))
-            self.deliver(d, hits)
+            if len(matches) == 1 or len({cid for cid, _ in matches}) == len(matches):
+                self._deliver_single(d, matches)
+            else:
+                hits: dict[str, list[SubOpts]] = {}
+                for cid, so in matches:
+                    hits.setdefault(cid, []).append(so)
+                self.deliver(d, hits)
         if self.shared:
             for _, group in self.shared_trie.match(topic):
                 if d is None:
                     d = Delivery.stored(topic, body, props, (broker_topic, queue_id, offset))
                 group.dispatch(d)
+
+    def _deliver_single(self, d: Delivery, matches: list[tuple[str, SubOpts]]) -> None:
+        """``deliver`` when each client matched through one subscription (the
+        common case: no grouping needed)."""
+        sessions = self.sessions
+        publisher = d.publisher
+        dq = d.qos
+        for cid, so in matches:
+            if so.no_local and publisher == cid:
+                continue
+            s = sessions.get(cid)
+            if s is None:
+                continue
+            c = s.client
+            if c is not None and c.access.read_denies and not c.access.may_read(d.topic):
+                continue
+            sid = so.sub_id
+            s.enqueue(d, so.qos if so.qos < dq else dq, d.retain and so.rap,
+                      (sid,) if sid else ())
 
     def deliver(self, d: Delivery, hits: dict[str, list[SubOpts]]) -> None:
         sessions = self.sessions
