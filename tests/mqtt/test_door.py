@@ -483,3 +483,29 @@ def test_the_door_survives_abrupt_disconnects_mid_packet(broker) -> None:
         c.recv()
     assert isinstance(c.publish("t", b"x", 1), Puback)
     assert isinstance(client(broker, 4, client_id="other").subscribe("t"), Suback)
+
+
+def test_server_keep_alive_is_imposed_and_enforced(mqtt_broker) -> None:
+    b = mqtt_broker(server_keep_alive=1)
+    watcher = client(b, 4, client_id="w")
+    watcher.subscribe("wills/#")
+    c = RawClient(b.port("mqtt"), 5)
+    ack = c.connect("lazy", keep_alive=600, will=Will("wills/lazy", b"silent"))
+    assert ack.properties[Prop.SERVER_KEEP_ALIVE] == 1  # 3.2.2.3.14: the client is told
+    assert [m.payload for m in watcher.messages(1, timeout=5)] == [b"silent"]
+    assert c.recv_until_closed() == [Disconnect(Reason.KEEP_ALIVE_TIMEOUT)]
+
+
+def test_overflow_refuse_keeps_the_oldest(mqtt_broker) -> None:
+    b = mqtt_broker(max_inflight=2, max_queued=3, overflow="refuse")
+    slow = client(b, 4, client_id="slow")
+    slow.subscribe("r", qos=1)
+    pub = client(b, 4, client_id="p")
+    for i in range(10):
+        assert isinstance(pub.publish("r", b"%d" % i, 1, pid=i + 1), Puback)
+    first = slow.messages(2, ack=False)
+    for m in first:
+        slow.send(Puback(m.packet_id))
+    rest = slow.messages(3)
+    assert [int(m.payload) for m in first + rest] == [0, 1, 2, 3, 4]
+    slow.nothing()
