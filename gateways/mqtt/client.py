@@ -404,9 +404,7 @@ class Client:
         self.conn.restore_inbound(set(s.inbound_qos2))
         self.send(Connack(present, Reason.SUCCESS, props))
         hub.stats["connects"] += 1
-        online = sum(1 for x in hub.sessions.values() if x.client is not None) \
-            if hub.stats["connects"] % 64 == 0 else 0
-        hub.stats["max_online"] = max(hub.stats["max_online"], online)
+        hub.stats["max_online"] = max(hub.stats["max_online"], len(hub.clients))
         hub.attach(s)
         if present:
             s.resend_inflight()
@@ -603,7 +601,6 @@ class Client:
         hub = self.hub
         s = self.session
         assert s is not None
-        v5 = self.version == MQTT_5
         sub_id = sub.subscription_id
         reasons = []
         retained: list[tuple[str, SubOpts]] = []
@@ -637,7 +634,6 @@ class Client:
                 if so.no_local and d.publisher == self.client_id:
                     continue
                 s.enqueue(d, min(d.qos, so.qos), True, (so.sub_id,) if so.sub_id else ())
-        del v5
 
     def _on_unsubscribe(self, u: Unsubscribe) -> None:
         s = self.session
