@@ -405,9 +405,10 @@ class Client:
         self.send(Connack(present, Reason.SUCCESS, props))
         hub.stats["connects"] += 1
         hub.stats["max_online"] = max(hub.stats["max_online"], len(hub.clients))
-        hub.attach(s)
         if present:
-            s.resend_inflight()
+            s.resend_inflight()  # first: what attaching delivers is new, not a resend
+        hub.attach(s, resumed=present)
+        if present:
             hub.catch_up(s)
             s.pump()
         if s.persistent:

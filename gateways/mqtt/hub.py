@@ -39,7 +39,7 @@ from ...protocols.mqtt import codec
 from ...protocols.mqtt.connection import ServerLimits
 from ...protocols.mqtt.constants import Prop
 from ...protocols.mqtt.packets import Will
-from ...protocols.mqtt.topics import TopicTrie
+from ...protocols.mqtt.topics import TopicTrie, filter_matches
 from . import mapping
 from .auth import ClientAccess, load_acl, load_passwords
 from .options import MqttOptions
@@ -273,13 +273,20 @@ class SharedGroup:
         self.members: dict[str, SubOpts] = {}
         self._rr = 0
         self.group = core_group_name(SHARE_GROUP_PREFIX, f"{name}/{topic_filter}")
+        # (topic, queue) -> first offset routed while no member was online: the
+        # group's committed offsets stop there, and ``Hub.catch_up_group`` starts there.
+        self.held: dict[tuple[str, int], int] = {}
 
     def dispatch(self, d: Delivery) -> None:
         sessions = self.hub.sessions
         online = [(sessions[cid], so) for cid, so in self.members.items()
                   if cid in sessions and sessions[cid].client is not None]
         if not online:
-            self.hub.stats["dropped"] += 1  # no member online: nobody to give it to
+            # Only offline persistent members: the message waits in the store.
+            if d.src is not None:
+                self.held.setdefault((d.src[0], d.src[1]), d.src[2])
+            else:
+                self.hub.stats["dropped"] += 1
             return
         n = len(online)
         start = self._rr % n
@@ -838,14 +845,20 @@ class Hub:
 
     # ------------------------------------------------------------ sessions
 
-    def attach(self, s: Session) -> None:
-        """An online session's subscriptions enter the trie and start their dispatchers."""
+    def attach(self, s: Session, resumed: bool = False) -> None:
+        """An online session's subscriptions enter the trie and start their
+        dispatchers; shared subscriptions that waited for a member get their backlog."""
         for f, so in s.subs.items():
             self.trie.add(f, s.client_id, so)
             self._watch(f, +1)
+        joined = []
         for (name, f), so in s.shared.items():
-            self._join_shared(s.client_id, name, f, so)
+            created = (name, f) not in self.shared
+            joined.append((self._join_shared(s.client_id, name, f, so), created))
         self.ensure_dispatchers()
+        for g, created in joined:
+            if g.held or (created and resumed):
+                self.catch_up_group(g, from_committed=created)
 
     def detach(self, s: Session) -> None:
         """The client went away: its subscriptions leave the trie (a persistent
@@ -904,7 +917,8 @@ class Hub:
             self.session_saver.mark()
         return True
 
-    def _join_shared(self, cid: str, name: str, topic_filter: str, so: SubOpts) -> None:
+    def _join_shared(self, cid: str, name: str, topic_filter: str, so: SubOpts
+                     ) -> SharedGroup:
         key = (name, topic_filter)
         g = self.shared.get(key)
         if g is None:
@@ -912,6 +926,7 @@ class Hub:
             self.shared_trie.add(topic_filter, key, g)
             self._watch(topic_filter, +1)
         g.members[cid] = so
+        return g
 
     def _leave_shared(self, cid: str, name: str, topic_filter: str, keep: bool) -> None:
         """``keep``: an offline persistent member stays a member (it gets nothing
@@ -969,7 +984,8 @@ class Hub:
                 if d is not None:
                     for q, off in enumerate(d.positions):
                         with contextlib.suppress(FerryError):  # the topic went away
-                            self.broker.commit_offset(g.group, t, q, off)
+                            self.broker.commit_offset(g.group, t, q,
+                                                      g.held.get((t, q), off))
 
     def _filter_topics(self, topic_filter: str) -> list[str]:
         t = first_broker_topic(topic_filter)
@@ -979,61 +995,93 @@ class Hub:
             return []
         return [x.name for x in self.broker.topics() if not x.system]
 
+    def _backlog(self, t: str, starts: dict[int, int]) -> Iterator[tuple[str, Delivery]]:
+        """(MQTT topic, delivery) of topic ``t``'s messages from ``starts`` (queue ->
+        offset) to its dispatcher's positions, in CommitLog order, at most
+        ``max_queued`` per queue: further behind, skip ahead (``drop_oldest``) or
+        keep the oldest (``refuse``), counting the rest as dropped."""
+        broker = self.broker
+        d = self.dispatchers.get(t)
+        if d is None or not d.positions:
+            return
+        limit = self.options.max_queued
+        refuse = self.options.overflow == "refuse"
+        backlog: list[tuple[int, int, int, str, bytes, dict[str, str]]] = []
+        for q, start in starts.items():
+            end = d.position(q)
+            lo, _ = broker.queue_bounds(t, q)
+            start = max(start, lo)
+            if start >= end:
+                continue
+            if end - start > limit:
+                self.stats["dropped"] += end - start - limit
+                if refuse:
+                    end = start + limit
+                else:
+                    start = end - limit
+            pos = start
+            while pos < end:
+                res = broker.get(None, t, q, pos, DISPATCH_BATCH, DISPATCH_BYTES)
+                if not res.records:
+                    break
+                for r in res.records:
+                    for off, body, props in self.reader.messages(r, pos):
+                        if off >= end:
+                            break
+                        topic = props.get(mapping.MQTT_TOPIC) or t
+                        backlog.append((r.physical_offset, off, q, topic, body, props))
+                pos = res.next_offset
+        backlog.sort(key=lambda m: (m[0], m[1]))  # CommitLog order, as live delivery
+        for _, off, q, topic, body, props in backlog:
+            yield topic, Delivery.stored(topic, body, props, (t, q, off))
+
     def catch_up(self, s: Session) -> None:
         """Queue what a resumed persistent session missed: the messages between its
-        committed offsets and its dispatchers' positions that match its filters,
-        at most ``max_queued`` per queue (over that: skip ahead or keep the oldest,
-        per ``overflow``, counting the rest as dropped). Runs without yielding, so no
-        live message can overtake the backlog."""
+        committed offsets and its dispatchers' positions that match its filters
+        (bounded as ``_backlog`` says). Runs without yielding, so no live message
+        can overtake the backlog."""
         if not s.subs:
             return
         broker = self.broker
         trie: TopicTrie[int, SubOpts] = TopicTrie()
         for i, (f, so) in enumerate(s.subs.items()):
             trie.add(f, i, so)
-        limit = self.options.max_queued
-        refuse = self.options.overflow == "refuse"
         for t in sorted(self._session_topics(s)):
             d = self.dispatchers.get(t)
-            if d is None or not d.positions:
+            if d is None:
                 continue
-            backlog: list[tuple[int, int, int, str, bytes, dict[str, str], int]] = []
-            for q, end in enumerate(d.positions):
+            starts = {}
+            for q in range(len(d.positions)):
                 start = broker.committed_offset(s.group, t, q)
                 if start is None:
                     # A topic or queue born while the session was away: what was
                     # stored since it left is what it missed.
                     start = broker.offset_for_time(t, q, s.disconnected_at)
-                if start >= end:
-                    continue
-                lo, _ = broker.queue_bounds(t, q)
-                start = max(start, lo)
-                if end - start > limit:
-                    s.dropped += end - start - limit
-                    self.stats["dropped"] += end - start - limit
-                    if refuse:
-                        end = start + limit
-                    else:
-                        start = end - limit
-                pos = start
-                while pos < end:
-                    res = broker.get(None, t, q, pos, DISPATCH_BATCH, DISPATCH_BYTES)
-                    if not res.records:
-                        break
-                    for r in res.records:
-                        for off, body, props in self.reader.messages(r, pos):
-                            if off >= end:
-                                break
-                            topic = props.get(mapping.MQTT_TOPIC) or t
-                            backlog.append((r.physical_offset, off, q, topic, body, props,
-                                            r.queue_offset))
-                    pos = res.next_offset
-            backlog.sort(key=lambda m: (m[0], m[1]))  # CommitLog order, as live delivery
-            for _, off, q, topic, body, props, _ in backlog:
+                starts[q] = start
+            for topic, dl in self._backlog(t, starts):
                 sos = [so for _, so in trie.match(topic)]
                 if sos:
-                    self.deliver(Delivery.stored(topic, body, props, (t, q, off)),
-                                 {s.client_id: sos})
+                    self.deliver(dl, {s.client_id: sos})
+
+    def catch_up_group(self, g: SharedGroup, from_committed: bool) -> None:
+        """Give a shared subscription's members what arrived while none of them was
+        online: from the positions it held then, or (a group re-created by a
+        resumed persistent member, after a restart) from its committed offsets."""
+        held, g.held = g.held, {}
+        for t in self._filter_topics(g.filter):
+            d = self.dispatchers.get(t)
+            if d is None:
+                continue
+            starts = {}
+            for q in range(len(d.positions)):
+                start = held.get((t, q))
+                if start is None and from_committed:
+                    start = self.broker.committed_offset(g.group, t, q)
+                if start is not None:
+                    starts[q] = start
+            for topic, dl in self._backlog(t, starts):
+                if filter_matches(g.filter, topic):
+                    g.dispatch(dl)
 
     # ------------------------------------------------------------ retained, $SYS
 
