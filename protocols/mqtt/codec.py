@@ -466,22 +466,29 @@ def decode_connect(body: bytes) -> Connect:
 
 
 def decode_publish(flags: int, body: bytes, version: int) -> Publish:
-    """3.3: PUBLISH (the hot path: plain indexing, no helpers in the common case)."""
+    """3.3: PUBLISH from its body."""
+    return decode_publish_at(flags, body, 0, len(body), version)
+
+
+def decode_publish_at(flags: int, buf: bytes, pos: int, n: int, version: int) -> Publish:
+    """3.3: the PUBLISH whose body is ``buf[pos:n]``, read in place (the hot path:
+    plain indexing, one copy for the topic and one for the payload)."""
     qos = (flags >> 1) & 0x03
     if qos == 3:
         raise MalformedPacket("PUBLISH QoS 3")  # [MQTT-3.3.1-4]
     dup = bool(flags & 0x08)
     if dup and not qos:
         raise MalformedPacket("DUP set on a QoS 0 PUBLISH")  # [MQTT-3.3.1-2]
-    n = len(body)
-    if n < 2:
+    body = buf
+    if n - pos < 2:
         raise MalformedPacket("PUBLISH too short")
-    tlen = (body[0] << 8) | body[1]
-    pos = 2 + tlen
+    tlen = (body[pos] << 8) | body[pos + 1]
+    tstart = pos + 2
+    pos = tstart + tlen
     if pos > n:
         raise MalformedPacket("topic name runs past the packet")
     try:
-        topic = body[2:pos].decode("utf-8")
+        topic = body[tstart:pos].decode("utf-8")
     except UnicodeDecodeError:
         raise MalformedPacket("topic name is not well-formed UTF-8") from None
     if not (topic.isascii() and topic.isprintable()):
@@ -499,8 +506,8 @@ def decode_publish(flags: int, body: bytes, version: int) -> Publish:
         if pos < n and body[pos] == 0:
             pos += 1
         else:
-            props, pos = decode_properties(body, pos, PacketType.PUBLISH)
-    return Publish(topic, body[pos:], qos, bool(flags & 0x01), dup, pid, props)
+            props, pos = decode_properties(body[:n], pos, PacketType.PUBLISH)
+    return Publish(topic, body[pos:n], qos, bool(flags & 0x01), dup, pid, props)
 
 
 def decode_subscribe(body: bytes, version: int) -> Subscribe:

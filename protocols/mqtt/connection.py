@@ -69,7 +69,7 @@ class ServerLimits:
 class ServerConnection:
     """See the module docstring. Not thread-safe; one per network connection."""
 
-    __slots__ = ("_aliases_in", "_aliases_out", "_buf", "_inbound_pending", "_pos",
+    __slots__ = ("_aliases_in", "_aliases_out", "_buf", "_inbound_pending", "_partial", "_pos",
                  "_session_expiry", "accepted", "client_max_packet_size",
                  "client_receive_maximum", "client_topic_alias_maximum", "connect", "limits",
                  "state", "version")
@@ -82,8 +82,9 @@ class ServerConnection:
         self.client_max_packet_size = UNLIMITED
         self.client_receive_maximum = 65535  # 3.1.2.11.3 default
         self.client_topic_alias_maximum = 0
-        self._buf = bytearray()
+        self._buf = b""  # received bytes; complete packets are decoded from here
         self._pos = 0
+        self._partial = bytearray()  # an incomplete packet's bytes
         self._inbound_pending: set[int] = set()  # QoS>0 PUBLISH ids not yet acknowledged
         self._aliases_in: dict[int, str] = {}
         self._aliases_out: dict[str, int] = {}
@@ -93,45 +94,67 @@ class ServerConnection:
     # ---------------------------------------------------------- receiving
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
-        if self.state is not State.CLOSED:
-            self._buf += data
+        # Complete packets are decoded in place from the received bytes (no copy);
+        # an incomplete one collects in a bytearray (amortised O(1) per byte, so a
+        # packet trickling in byte by byte costs linear time, not quadratic).
+        if self.state is State.CLOSED:
+            return
+        if self._pos < len(self._buf):
+            self._partial += memoryview(self._buf)[self._pos:]
+            self._buf = b""
+            self._pos = 0
+        if self._partial:
+            self._partial += data
+        else:
+            self._buf = bytes(data)
+            self._pos = 0
 
     def next_event(self) -> Packet | None:
         """The next complete packet, or None. Raises MqttError on a violation, after
         which the connection is CLOSED."""
         if self.state is State.CLOSED:
             return None
-        buf = self._buf
-        pos = self._pos
         try:
-            frame = codec.split_frame(buf, pos)
-            if frame is None:
-                self._compact()
-                return None
-            first, start, end = frame
+            if self._partial:
+                partial = self._partial
+                frame = codec.split_frame(partial, 0)
+                if frame is None:
+                    return None
+                if frame[2] > self.limits.max_packet_size:
+                    raise MqttError(f"packet of {frame[2]} bytes exceeds the maximum "
+                                    f"{self.limits.max_packet_size}", Reason.PACKET_TOO_LARGE)
+                if frame[2] > len(partial):
+                    return None
+                self._buf = bytes(partial)
+                self._pos = 0
+                self._partial = bytearray()
+            buf = self._buf
+            pos = self._pos
+            if len(buf) - pos >= 2 and buf[pos + 1] < 0x80:  # a one-byte Remaining Length
+                first = buf[pos]
+                start = pos + 2
+                end = start + buf[pos + 1]
+            else:
+                frame = codec.split_frame(buf, pos)
+                if frame is None:
+                    return None
+                first, start, end = frame
             if end - pos > self.limits.max_packet_size:
                 raise MqttError(f"packet of {end - pos} bytes exceeds the maximum "
                                 f"{self.limits.max_packet_size}", Reason.PACKET_TOO_LARGE)
             if end > len(buf):
-                self._compact()
                 return None
-            body = bytes(buf[start:end])
             self._pos = end
-            if self._pos == len(buf):
-                buf.clear()
-                self._pos = 0
+            if first & 0xF0 == 0x30 and self.state is State.CONNECTED:
+                return self._on_publish(
+                    codec.decode_publish_at(first & 0x0F, buf, start, end, self.version))
             if first >> 4 in _SERVER_ONLY:
                 raise ProtocolViolation(f"a client may not send packet type {first >> 4}")
-            packet = codec.decode(first, body, self.version)
+            packet = codec.decode(first, buf[start:end], self.version)
             return self._check(packet)
         except MqttError:
             self.state = State.CLOSED
             raise
-
-    def _compact(self) -> None:
-        if self._pos:
-            del self._buf[:self._pos]
-            self._pos = 0
 
     def _check(self, packet: Packet) -> Packet:
         if self.state is State.AWAIT_CONNECT:

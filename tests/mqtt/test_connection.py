@@ -73,7 +73,16 @@ def test_a_packet_announcing_256_mib_is_refused_from_its_header() -> None:
     with pytest.raises(MqttError) as err:
         c.next_event()
     assert err.value.reason == Reason.PACKET_TOO_LARGE
-    assert len(c._buf) < 100  # nothing of the announced body was waited for
+    assert len(c._buf) + len(c._partial) < 100  # the announced body was never awaited
+
+
+def test_a_packet_trickling_in_byte_by_byte_costs_linear_time() -> None:
+    c = connected(limits=ServerLimits(max_packet_size=2 << 20))
+    data = codec.encode(Publish("t", b"x" * (1 << 20)), 5)
+    for i in range(0, len(data), 7):
+        c.receive_data(data[i:i + 7])
+        assert c.next_event() is None or i + 7 >= len(data)
+    assert len(c._partial) <= len(data)
 
 
 def test_receive_maximum_exceeded_is_disconnect_0x93() -> None:
