@@ -550,6 +550,9 @@ class Hub:
         self.sessions: dict[str, Session] = {}
         self.clients: set[Client] = set()  # connected, CONNECT or not yet
         self.trie: TopicTrie[str, SubOpts] = TopicTrie()
+        # MQTT topic -> (trie matches, each client at most once): cleared whenever
+        # the trie changes, so a stream of messages to one topic matches once.
+        self._matches: dict[str, tuple[list[tuple[str, SubOpts]], bool]] = {}
         self.shared_trie: TopicTrie[tuple[str, str], SharedGroup] = TopicTrie()
         self.shared: dict[tuple[str, str], SharedGroup] = {}
         self.retained = RetainedStore()
@@ -769,10 +772,17 @@ class Hub:
         """One stored message to every matching online subscription."""
         topic = props.get(mapping.MQTT_TOPIC) or broker_topic
         d: Delivery | None = None
-        matches = list(self.trie.match(topic))
+        hit = self._matches.get(topic)
+        if hit is None:
+            found = list(self.trie.match(topic))
+            hit = (found, len(found) <= 1 or len({cid for cid, _ in found}) == len(found))
+            if len(self._matches) >= ROUTE_CACHE_MAX:
+                self._matches.clear()
+            self._matches[topic] = hit
+        matches, once_each = hit
         if matches:
             d = Delivery.stored(topic, body, props, (broker_topic, queue_id, offset))
-            if len(matches) == 1 or len({cid for cid, _ in matches}) == len(matches):
+            if once_each:
                 self._deliver_single(d, matches)
             else:
                 hits: dict[str, list[SubOpts]] = {}
@@ -850,6 +860,7 @@ class Hub:
         dispatchers; shared subscriptions that waited for a member get their backlog."""
         for f, so in s.subs.items():
             self.trie.add(f, s.client_id, so)
+            self._matches.clear()
             self._watch(f, +1)
         joined = []
         for (name, f), so in s.shared.items():
@@ -867,6 +878,7 @@ class Hub:
             self.commit_session(s)
         for f in s.subs:
             self.trie.remove(f, s.client_id)
+            self._matches.clear()
             self._watch(f, -1)
         requeue = [o for o in s.pending if o.group is not None]
         s.pending = ()
@@ -896,6 +908,7 @@ class Hub:
             existed = topic_filter in s.subs
             s.subs[topic_filter] = so
             self.trie.add(topic_filter, s.client_id, so)
+            self._matches.clear()
             if not existed:
                 self._watch(topic_filter, +1)
         self.ensure_dispatchers()
@@ -912,6 +925,7 @@ class Hub:
             if s.subs.pop(topic_filter, None) is None:
                 return False
             self.trie.remove(topic_filter, s.client_id)
+            self._matches.clear()
             self._watch(topic_filter, -1)
         if s.persistent:
             self.session_saver.mark()
