@@ -466,9 +466,9 @@ class Client:
             else:
                 self.send(Pubcomp(pid, Reason.PACKET_IDENTIFIER_NOT_FOUND))
         elif t is Subscribe:
-            self._on_subscribe(ev)  # type: ignore[arg-type]
+            await self._on_subscribe(ev)  # type: ignore[arg-type]
         elif t is Unsubscribe:
-            self._on_unsubscribe(ev)  # type: ignore[arg-type]
+            await self._on_unsubscribe(ev)  # type: ignore[arg-type]
         elif t is Pingreq:
             self.send(Pingresp())
         elif t is Disconnect:
@@ -598,7 +598,7 @@ class Client:
                 await hub.session_saver.save_now()
             self.send(Pubrec(pid))  # type: ignore[arg-type]
 
-    def _on_subscribe(self, sub: Subscribe) -> None:
+    async def _on_subscribe(self, sub: Subscribe) -> None:
         hub = self.hub
         s = self.session
         assert s is not None
@@ -629,6 +629,10 @@ class Client:
             # 3.3.1.3 / 3.8.3.1 Retain Handling; shared subscriptions get none (4.8.2).
             if spec.share is None and (so.rh == 0 or (so.rh == 1 and not existed)):
                 retained.append((spec.filter, so))
+        if s.persistent:
+            # A persistent session's subscriptions are durable before SUBACK: a
+            # crash right after it must not lose what the client was told it has.
+            await hub.session_saver.save_now()
         self.send(Suback(sub.packet_id, tuple(reasons)))
         for topic_filter, so in retained:
             for d in hub.retained_for(topic_filter):
@@ -636,7 +640,7 @@ class Client:
                     continue
                 s.enqueue(d, min(d.qos, so.qos), True, (so.sub_id,) if so.sub_id else ())
 
-    def _on_unsubscribe(self, u: Unsubscribe) -> None:
+    async def _on_unsubscribe(self, u: Unsubscribe) -> None:
         s = self.session
         assert s is not None
         reasons = []
@@ -648,6 +652,8 @@ class Client:
                 continue
             found = self.hub.unsubscribe(s, spec.share, spec.filter)
             reasons.append(Reason.SUCCESS if found else Reason.NO_SUBSCRIPTION_EXISTED)
+        if s.persistent:
+            await self.hub.session_saver.save_now()
         self.send(Unsuback(u.packet_id, tuple(reasons)))
 
     # ------------------------------------------------------------ the end

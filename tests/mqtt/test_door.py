@@ -533,3 +533,47 @@ def test_a_shared_subscription_keeps_messages_for_its_offline_persistent_members
     assert w2.connect("w2", clean=False).session_present
     assert [m.payload for m in w2.messages(1)] == [b"9"]
     w2.nothing()
+
+
+@pytest.mark.slow
+def test_a_sigkilled_broker_keeps_sessions_retained_and_acknowledged_messages(
+        mqtt_broker) -> None:
+    b = mqtt_broker()
+    s = client(b, 4, client_id="durable", clean=False)
+    s.subscribe("crash/#", qos=1)
+    s.close()
+    pub = client(b, 4, client_id="p")
+    pub.publish("crash/state", b"kept", 1, retain=True)
+    for i in range(50):
+        assert isinstance(pub.publish("crash/n", b"%d" % i, 1, pid=i + 1), Puback)
+    time.sleep(1.5)  # the core persists committed offsets every second
+    b.kill()
+    b.start()
+    s = RawClient(b.port("mqtt"), 4)
+    assert s.connect("durable", clean=False).session_present
+    got = s.messages(51, timeout=10)
+    assert {m.payload for m in got if m.topic == "crash/n"} == {b"%d" % i for i in range(50)}
+    assert [m.payload for m in got if m.topic == "crash/state"] == [b"kept"]
+    fresh = client(b, 4, client_id="late")
+    fresh.subscribe("crash/state")
+    assert [(m.payload, m.retain) for m in fresh.messages(1)] == [(b"kept", True)]
+
+
+def test_a_websocket_text_frame_closes_the_connection(broker) -> None:
+    import base64
+    import os
+    s = socket.create_connection(("127.0.0.1", broker.ws_port), timeout=5)
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall((f"GET /mqtt HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(4096)
+    assert head.startswith(b"HTTP/1.1 101")
+    s.sendall(bytes((0x81, 0x84)) + b"\x00\x00\x00\x00" + b"text")  # a text frame
+    closing = s.recv(100)
+    assert closing[:1] == b"\x88"  # a WebSocket close ([MQTT-6.0.0-1])
+    bad = socket.create_connection(("127.0.0.1", broker.ws_port), timeout=5)
+    bad.sendall(b"GET /other HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: " + key.encode() + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    assert bad.recv(100).startswith(b"HTTP/1.1 404")
