@@ -24,7 +24,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
 # Real broker processes for integration and compat tests.
 
 import json  # noqa: E402
-import os  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
@@ -135,5 +134,5 @@ def start_broker(tmp_path: Path) -> Iterator[Callable[..., BrokerProcess]]:
     for b in started:
         try:
             b.stop()
-        except Exception:  # noqa: BLE001 - never let cleanup hide the test's own failure
+        except Exception:
             b.kill()

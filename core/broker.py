@@ -16,7 +16,6 @@ Under async flush ``put`` completes without yielding to the scheduler.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -55,6 +54,7 @@ from .metadata import (
     MAX_QUEUES,
     MESSAGE_TYPES,
     PERM_READ_WRITE,
+    PERM_WRITE,
     GroupConfig,
     Metadata,
     TopicConfig,
@@ -123,7 +123,7 @@ class Broker:
         self.sync_flush = config.flush == "sync"
         self._committer: GroupCommitter | None = None
         self._waiters: dict[str, set[trio.Event]] = {}
-        self._round_robin: dict[str, itertools.count[int]] = {}
+        self._round_robin: dict[str, list[int]] = {}
         self._meta_lock = trio.Lock()
         self._threaded_reads = 0
         self._closing = False
@@ -137,8 +137,10 @@ class Broker:
         """Recover the store, start the background tasks, and on exit shut down
         cleanly: flush, checkpoint, persist offsets, remove the abort marker."""
         broker = cls(config)
-        await trio.to_thread.run_sync(broker._open_sync)
         try:
+            # Recovery runs in a worker thread; a cancellation (a signal) during it
+            # takes effect when it ends, and the finally clause still closes cleanly.
+            await trio.to_thread.run_sync(broker._open_sync)
             async with trio.open_nursery() as nursery:
                 broker._start_tasks(nursery)
                 try:
@@ -229,6 +231,9 @@ class Broker:
         self.counters.flush_seconds += seconds
 
     def _close_sync(self) -> None:
+        if not self.store._open:
+            self.store.close()  # releases the directory lock if recovery failed midway
+            return
         try:
             if self.meta.groups_dirty:
                 self.meta.save("groups.json", self.meta.dump_groups())
@@ -258,8 +263,9 @@ class Broker:
         if queue_id < 0:
             rr = self._round_robin.get(t.name)
             if rr is None:
-                rr = self._round_robin[t.name] = itertools.count()
-            return next(rr) % t.queues
+                rr = self._round_robin[t.name] = [0]
+            rr[0] += 1
+            return rr[0] % t.queues
         if queue_id >= t.queues:
             raise QueueNotFound(f"topic {t.name} has {t.queues} queues; no queue {queue_id}")
         return queue_id
@@ -273,47 +279,49 @@ class Broker:
             raise ShuttingDown()
         if isinstance(messages, Message):
             m = messages
-            t = self.meta.topics.get(m.topic)
-            if t is None or not t.writable:
-                t = await self._topic_for_put(m.topic)
-            if len(m.body) > self.config.max_message_size:
+            topic = m.topic
+            t = self.meta.topics.get(topic)
+            if t is None or not t.perm & PERM_WRITE:
+                t = await self._topic_for_put(topic)
+            body = m.body
+            if len(body) > self.config.max_message_size:
                 raise MessageTooLarge(
-                    f"message body is {len(m.body)} bytes; the maximum is "
+                    f"message body is {len(body)} bytes; the maximum is "
                     f"{self.config.max_message_size}")
-            qid = self._queue_for(t, m.queue_id)
-            props = m.properties
+            qid = m.queue_id
+            if qid < 0 or qid >= t.queues:
+                qid = self._queue_for(t, qid)
             try:
                 result = self.store.append_message(
-                    m.topic, qid, m.body, props if isinstance(props, dict) else dict(props),
-                    flag=m.flag, sys_flag=m.sys_flag & ~rec.FORMAT_MASK,
-                    born_timestamp=m.born_timestamp, born_host=m.born_host,
-                    reconsume_times=m.reconsume_times)
+                    topic, qid, body, m.properties, m.flag, m.sys_flag & ~rec.FORMAT_MASK,
+                    m.born_timestamp, m.born_host, m.reconsume_times)
             except UnicodeEncodeError as exc:
                 raise InvalidMessage(f"properties are not encodable: {exc}") from exc
-            return await self._after_put(result, len(m.body))
+            c = self.counters.topics.get(topic) or self.counters.topic(topic)
+            c.messages_in += 1
+            c.bytes_in += self.store.dispatched_pos - result.physical_offset
+            c.puts += 1
+            if self._committer is not None:
+                await self._committer.wait_flushed(self.store.dispatched_pos)
+            if self._waiters:
+                self._notify(topic)
+            return result
         batch = list(messages)
         if not batch:
             raise InvalidMessage("empty batch")
         if len(batch) == 1:
             return await self.put(batch[0])
         first = batch[0]
-        if any(m.topic != first.topic for m in batch):
-            raise InvalidMessage("every message of a batch must go to the same topic")
-        t = await self._topic_for_put(first.topic)
-        total = sum(len(m.body) for m in batch)
-        if total > self.config.max_message_size:
-            raise MessageTooLarge(f"batch bodies total {total} bytes; the maximum is "
-                                  f"{self.config.max_message_size}")
+        t = self.meta.topics.get(first.topic)
+        if t is None or not t.perm & PERM_WRITE:
+            t = await self._topic_for_put(first.topic)
         qid = self._queue_for(t, first.queue_id)
         try:
-            result = self.store.append_batch(
-                first.topic, qid,
-                [(m.flag, m.body, m.properties if isinstance(m.properties, dict)
-                  else dict(m.properties)) for m in batch],
-                born_timestamp=first.born_timestamp, born_host=first.born_host)
+            result = self.store.append_batch(first.topic, qid, batch, first.born_timestamp,
+                                             first.born_host, self.config.max_message_size)
         except UnicodeEncodeError as exc:
             raise InvalidMessage(f"properties are not encodable: {exc}") from exc
-        return await self._after_put(result, total)
+        return await self._after_put(result)
 
     async def put_encoded_batch(self, topic: str, queue_id: int, body: bytes,
                                 born_host: bytes = b"\x00" * 8) -> PutResult:
@@ -327,7 +335,7 @@ class Broker:
                                   f"{self.config.max_message_size}")
         qid = self._queue_for(t, queue_id)
         result = self.store.append_encoded_batch(topic, qid, body, born_host=born_host)
-        return await self._after_put(result, len(body))
+        return await self._after_put(result)
 
     async def put_kafka_batch(self, topic: str, queue_id: int,
                               batch: bytes | bytearray | memoryview) -> PutResult:
@@ -341,12 +349,14 @@ class Broker:
                                   f"{self.config.max_message_size}")
         qid = self._queue_for(t, queue_id)
         result = self.store.append_kafka_batch(topic, qid, batch)
-        return await self._after_put(result, len(batch))
+        return await self._after_put(result)
 
-    async def _after_put(self, result: PutResult, nbytes: int) -> PutResult:
+    async def _after_put(self, result: PutResult) -> PutResult:
+        """Count the put (bytes = the record as stored), wait for the flush under
+        sync flush, then wake the long polls of the topic."""
         c = self.counters.topics.get(result.topic) or self.counters.topic(result.topic)
         c.messages_in += result.count
-        c.bytes_in += nbytes
+        c.bytes_in += self.store.dispatched_pos - result.physical_offset
         c.puts += 1
         if self._committer is not None:
             await self._committer.wait_flushed(self.store.dispatched_pos)

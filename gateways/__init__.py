@@ -1,1 +1,1 @@
-"""The front doors: each owns its sockets and translates its protocol into ``Broker`` calls; plus the server and the CLI."""
+"""The front doors (each owns its sockets, speaks ``Broker``), the server that runs them, and the CLI."""

@@ -1,4 +1,4 @@
-"""Structured logs on stderr: one line per event, ``text`` (logfmt) or ``json``; quiet (WARNING) by default."""
+"""Structured logs on stderr: one line per event, logfmt or JSON; quiet (WARNING) by default."""
 
 from __future__ import annotations
 

@@ -6,7 +6,6 @@ import os
 import signal
 
 import pytest
-
 from ferrymq.gateways.config import ConfigError, load_config
 
 

@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 ENTRY = struct.Struct(">qiqiqq")
 ENTRY_SIZE = ENTRY.size  # 40
+_pack_entry = ENTRY.pack_into
 _NAME_DIGITS = 20
 
 
@@ -66,6 +67,7 @@ class ConsumeQueue:
         self.min_offset = 0  # first queue offset still readable
         self.max_offset = 0  # the queue offset the next message gets
         self.dirty = False
+        self._file_bytes = entries_per_file * ENTRY_SIZE
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -132,6 +134,15 @@ class ConsumeQueue:
         """Add the entry for a record whose first message has queue offset ``base``."""
         index = self.next_entry
         files = self.files
+        if files:
+            f = files[-1]
+            pos = (index - f.first) * ENTRY_SIZE
+            if 0 <= pos < self._file_bytes:
+                _pack_entry(f.mm, pos, phys, size, base, count, tag_hash, store_ts)
+                self.next_entry = index + 1
+                self.max_offset = base + count
+                self.dirty = True
+                return
         if not files or index >= files[-1].first + self.per_file:
             first = index - index % self.per_file
             path = os.path.join(self.directory, f"{first * ENTRY_SIZE:0{_NAME_DIGITS}d}")

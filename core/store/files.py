@@ -1,4 +1,4 @@
-"""Small file-system helpers the store and the metadata share: atomic replace, directory fsync, the data-directory lock."""
+"""File-system helpers the store and the metadata share: atomic replace, directory fsync, the lock."""
 
 from __future__ import annotations
 

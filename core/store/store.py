@@ -17,12 +17,13 @@ import os
 import shutil
 import struct
 import time
-from collections.abc import Callable, Iterable, Sequence
+import zlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ...protocols import record as rec
 from ...protocols.kafka import batch_header as kb
-from ..errors import CorruptMessage, FerryError, InvalidMessage, StoreError
+from ..errors import CorruptMessage, FerryError, InvalidMessage, MessageTooLarge, StoreError
 from ..filter import TAG_HASH_MIXED, TAG_HASH_NONE, Filter, tag_hash
 from ..message import (
     PROPERTY_KEYS,
@@ -31,6 +32,7 @@ from ..message import (
     ConsumedMessage,
     GetResult,
     GetStatus,
+    Message,
     PutResult,
     StoredRecord,
 )
@@ -43,10 +45,19 @@ from .index import KeyIndex
 log = logging.getLogger("ferrymq.store")
 
 _ZERO_HOST = b"\x00" * 8
+_HEADER_SIZE = rec.HEADER_SIZE
+_MAGIC = rec.MAGIC
+_pack_header = rec.HEADER.pack
+_pack_u16 = struct.Struct(">H").pack
+_pack_member = struct.Struct(">iiiii").pack
+_crc32 = zlib.crc32
+_time_ns = time.time_ns
+_write = CommitLog.write
 _U16 = struct.Struct(">H")
 _I32 = struct.Struct(">i")
 _SIZE_MAGIC = struct.Struct(">ii")
-_MAX_SCAN_ENTRIES = 16_000  # entries a filtered get may skip before answering (RocketMQ's maxFilterMessageCount)
+# Entries a filtered get may skip before answering (RocketMQ's maxFilterMessageCount).
+_MAX_SCAN_ENTRIES = 16_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +81,7 @@ class RecoveryReport:
     seconds: float
 
 
-def _record_keys(props: dict[str, str], member: int) -> list[tuple[str, int]]:
+def _record_keys(props: Mapping[str, str], member: int) -> list[tuple[str, int]]:
     out = [(k, member) for k in props.get(PROPERTY_KEYS, "").split(" ") if k]
     uniq = props.get(PROPERTY_UNIQ_KEY)
     if uniq:
@@ -92,6 +103,8 @@ class MessageStore:
         self._topic_tails: dict[str, bytes] = {}
         self._last_ts = 0
         self._open = False
+        self._last_checkpoint = 0  # the offsets of the last two distinct checkpoints
+        self._previous_checkpoint = 0
 
     # ================================================================ lifecycle
 
@@ -116,23 +129,30 @@ class MessageStore:
         self._load_queues()
         cp = read_checkpoint(d)
         cl = self.commitlog
-        start = cl.min_offset if cp is None else max(cp.physical_offset, cl.min_offset)
-        if cl.segments and start >= cl.segments[-1].end:
-            start = cl.segments[-1].end
+        if cp is None:
+            start = validate_from = cl.min_offset
+        else:
+            start = max(cp.physical_offset, cl.min_offset)
+            validate_from = max(cp.previous_offset, cl.min_offset)
         if not cl.segments and cp is not None:
             cl.reset(cp.physical_offset)
-            start = cp.physical_offset
+            validate_from = start = cp.physical_offset
+        elif cl.segments and start >= cl.segments[-1].end:
+            start = cl.segments[-1].end
+            validate_from = min(validate_from, start)
         for q in self.queues.values():
             q.truncate_physical(start)
         index_from = self.index.end_phys
-        end = start
+        end = validate_from
         count = 0
-        for r in cl.scan(start):
-            size = r.total_size
-            if accept(r.topic, r.queue_id, r.physical_offset):
+        for r in cl.scan(validate_from):
+            if r.physical_offset >= start and accept(r.topic, r.queue_id, r.physical_offset):
                 self._redispatch(r, index_from)
-            end = r.physical_offset + size
-            count += 1
+                count += 1
+            end = r.physical_offset + r.total_size
+        if end < start:
+            log.error("CommitLog damaged at offset %d, before the checkpoint %d: cutting it "
+                      "there", end, start)
         discarded = self._bytes_follow(end)
         if discarded or not clean:
             # After a crash the bytes past the last valid record may be a torn
@@ -146,6 +166,7 @@ class MessageStore:
             if q.last_physical_end() > end:
                 q.truncate_physical(end)
         self.dispatched_pos = end
+        self._previous_checkpoint = validate_from if cp is None else min(cp.previous_offset, end)
         self._open = True
         self.checkpoint()
         report = RecoveryReport(clean, cp.physical_offset if cp else None, start, end, count,
@@ -210,8 +231,14 @@ class MessageStore:
         return h.last_offset_delta + 1, TAG_HASH_NONE, []
 
     def close(self) -> None:
-        """Flush everything, write the final checkpoint, remove the abort marker."""
+        """Flush everything, write the final checkpoint, remove the abort marker.
+        After a failed ``open`` it only releases what open acquired."""
         if not self._open:
+            for q in self.queues.values():
+                q.close()
+            self.commitlog.close()
+            self.index.close()
+            self._lock.release()
             return
         self._open = False
         try:
@@ -246,51 +273,41 @@ class MessageStore:
             tail = self._topic_tails[topic] = bytes((len(raw),)) + raw
         return tail
 
-    def append(
-        self,
-        topic: str,
-        queue_id: int,
-        body: bytes,
-        properties: bytes,
-        *,
-        flag: int = 0,
-        sys_flag: int = 0,
-        born_timestamp: int = 0,
-        born_host: bytes = _ZERO_HOST,
-        reconsume_times: int = 0,
-        prepared_offset: int = 0,
-        count: int = 1,
-        tag_hash: int = TAG_HASH_NONE,
-        keys: Sequence[tuple[str, int]] = (),
-        uniq_keys: tuple[str | None, ...] = (),
-    ) -> PutResult:
+    def append(self, topic: str, queue_id: int, body: bytes, properties: bytes,
+               flag: int = 0, sys_flag: int = 0, born_timestamp: int = 0,
+               born_host: bytes = _ZERO_HOST, reconsume_times: int = 0,
+               prepared_offset: int = 0, count: int = 1, tag_hash: int = TAG_HASH_NONE,
+               keys: Sequence[tuple[str, int]] = (), uniq_keys: tuple[str | None, ...] = (),
+               ) -> PutResult:
         """Append one record holding ``count`` messages (1 unless ``sys_flag`` names a
         batch format) to (topic, queue_id) at the queue's next offset. Raises
-        StoreError (store failed or full) or InvalidMessage (does not fit the layout)."""
+        StoreError (store failed or full) or InvalidMessage (does not fit the layout).
+
+        This is the hot path of every put: arguments are positional-friendly and
+        the record is built as one bytes object copied into the mapped segment
+        with one slice assignment (measured cheaper than three)."""
         if self.failed is not None:
             raise self.failed
-        tail = self._topic_tail(topic)
-        if len(properties) > rec.MAX_PROPERTIES_BYTES:
+        tail = self._topic_tails.get(topic) or self._topic_tail(topic)
+        props_len = len(properties)
+        if props_len > rec.MAX_PROPERTIES_BYTES:
             raise InvalidMessage("properties exceed 32767 bytes")
         q = self.queues.get((topic, queue_id)) or self._queue(topic, queue_id)
         qoff = q.max_offset
         body_len = len(body)
-        size = rec.HEADER_SIZE + body_len + len(tail) + 2 + len(properties)
+        size = _HEADER_SIZE + body_len + len(tail) + 2 + props_len
         cl = self.commitlog
-        mm, local, phys = cl.reserve(size)
-        ts = time.time_ns() // 1_000_000
+        seg, local, phys = cl.reserve(size)
+        ts = _time_ns() // 1_000_000
         if ts < self._last_ts:  # store timestamps never go backwards (time lookups bisect)
             ts = self._last_ts
         self._last_ts = ts
-        rec.HEADER.pack_into(
-            mm, local, size, rec.MAGIC, rec.body_crc(body), queue_id, flag, qoff, phys, sys_flag,
-            born_timestamp or ts, born_host, ts, self.store_host, reconsume_times, prepared_offset,
-            body_len)
-        p = local + rec.HEADER_SIZE
-        mm[p:p + body_len] = body
-        p += body_len
-        mm[p:p + len(tail) + 2 + len(properties)] = tail + _U16.pack(len(properties)) + properties
-        cl.commit(size)
+        _write(seg, local, b"".join((
+            _pack_header(size, _MAGIC, _crc32(body) & 0x7FFFFFFF, queue_id, flag, qoff, phys,
+                         sys_flag, born_timestamp or ts, born_host, ts, self.store_host,
+                         reconsume_times, prepared_offset, body_len),
+            body, tail, _pack_u16(props_len), properties)))
+        cl.write_pos = phys + size
         q.append(phys, size, qoff, count, tag_hash, ts)
         if keys:
             index = self.index
@@ -301,36 +318,74 @@ class MessageStore:
         return PutResult(topic, queue_id, qoff, count, phys, ts, self.store_host, uniq_keys)
 
     def append_message(self, topic: str, queue_id: int, body: bytes,
-                       properties: dict[str, str] | None, **kw: object) -> PutResult:
+                       properties: Mapping[str, str], flag: int = 0, sys_flag: int = 0,
+                       born_timestamp: int = 0, born_host: bytes = _ZERO_HOST,
+                       reconsume_times: int = 0, prepared_offset: int = 0) -> PutResult:
         """Append a single message, deriving its tag hash and keys from its properties."""
-        props = properties or {}
+        if not properties:
+            return self.append(topic, queue_id, body, b"", flag, sys_flag, born_timestamp,
+                               born_host, reconsume_times, prepared_offset)
         return self.append(
-            topic, queue_id, body, rec.encode_properties(props),
-            tag_hash=tag_hash(props.get(PROPERTY_TAGS)) if props else TAG_HASH_NONE,
-            keys=_record_keys(props, 0) if props else (),
-            uniq_keys=(props.get(PROPERTY_UNIQ_KEY),) if props else (), **kw)  # type: ignore[arg-type]
+            topic, queue_id, body, rec.encode_properties(properties), flag, sys_flag,
+            born_timestamp, born_host, reconsume_times, prepared_offset, 1,
+            tag_hash(properties.get(PROPERTY_TAGS)), _record_keys(properties, 0),
+            (properties.get(PROPERTY_UNIQ_KEY),))
 
-    def append_batch(self, topic: str, queue_id: int,
-                     members: Sequence[tuple[int, bytes, dict[str, str]]], **kw: object
-                     ) -> PutResult:
-        """Append (flag, body, properties) messages as one native batch record."""
-        parts = []
+    def append_batch(self, topic: str, queue_id: int, messages: Sequence[Message],
+                     born_timestamp: int = 0, born_host: bytes = _ZERO_HOST,
+                     max_body_bytes: int = 1 << 62) -> PutResult:
+        """Append messages (their body, flag and properties) as one native batch record.
+        Raises InvalidMessage if a message names another topic, MessageTooLarge if
+        the bodies exceed ``max_body_bytes`` together.
+
+        Members are written in RocketMQ's batch encoding with magic set and the
+        member CRC left 0, as RocketMQ clients send them: the record's own body
+        CRC covers every member, and a member CRC is computed only when a
+        RocketMQ pull unpacks the batch."""
+        parts: list[bytes] = []
+        add = parts.append
         tags: set[str | None] = set()
         keys: list[tuple[str, int]] = []
         uniq: list[str | None] = []
-        for i, (flag, body, props) in enumerate(members):
-            parts.append(rec.encode_member(flag, body, rec.encode_properties(props)))
+        plain = True  # no member has properties: the common case, kept cheap
+        total = 0
+        for i, m in enumerate(messages):
+            if m.topic != topic:
+                raise InvalidMessage("every message of a batch must go to the same topic")
+            body = m.body
+            total += len(body)
+            props = m.properties
             if props:
+                if plain:  # the members before this one had no properties
+                    plain = False
+                    if i:
+                        tags.add(None)
+                        uniq.extend([None] * i)
+                pb = rec.encode_properties(props)
+                if len(pb) > rec.MAX_PROPERTIES_BYTES:
+                    raise InvalidMessage("properties exceed 32767 bytes")
                 tags.add(props.get(PROPERTY_TAGS))
                 keys.extend(_record_keys(props, i))
                 uniq.append(props.get(PROPERTY_UNIQ_KEY))
+                add(_pack_member(22 + len(body) + len(pb), _MAGIC, 0, m.flag, len(body)))
+                add(body)
+                add(_pack_u16(len(pb)))
+                add(pb)
             else:
-                tags.add(None)
-                uniq.append(None)
-        return self.append(topic, queue_id, b"".join(parts), b"",
-                           sys_flag=rec.FORMAT_NATIVE_BATCH, count=len(members),
-                           tag_hash=_batch_tag_hash(tags), keys=keys,
-                           uniq_keys=tuple(uniq) if any(uniq) else (), **kw)  # type: ignore[arg-type]
+                if not plain:
+                    tags.add(None)
+                    uniq.append(None)
+                add(_pack_member(22 + len(body), _MAGIC, 0, m.flag, len(body)))
+                add(body)
+                add(b"\x00\x00")
+        if total > max_body_bytes:
+            raise MessageTooLarge(f"batch bodies total {total} bytes; the maximum is "
+                                  f"{max_body_bytes}")
+        n = len(messages)
+        h = TAG_HASH_NONE if plain else _batch_tag_hash(tags)
+        return self.append(topic, queue_id, b"".join(parts), b"", 0, rec.FORMAT_NATIVE_BATCH,
+                           born_timestamp, born_host, 0, 0, n, h, keys,
+                           tuple(uniq) if any(uniq) else ())
 
     def append_encoded_batch(self, topic: str, queue_id: int, body: bytes,
                              **kw: object) -> PutResult:
@@ -517,7 +572,11 @@ class MessageStore:
                     if q.files:  # a queue dropped meanwhile closes its files: fine
                         raise
         self.index.flush()
-        write_checkpoint(self.config.directory, Checkpoint(pos, int(time.time() * 1000)))
+        last = self._last_checkpoint
+        if pos != last:
+            self._previous_checkpoint, self._last_checkpoint = last, pos
+        write_checkpoint(self.config.directory,
+                         Checkpoint(pos, min(self._previous_checkpoint, pos), int(time.time() * 1000)))
         return pos
 
     # ================================================================ retention

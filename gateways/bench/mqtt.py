@@ -530,3 +530,6 @@ def _report(results: dict[str, dict[str, object]], names: list[str], wanted: lis
     click.echo("targets (issue 5): QoS 0 >= 0.5x Mosquitto and >= 10x amqtt; QoS 1 >= 0.4x "
                "Mosquitto; <= 15 us broker CPU per QoS 0 message; <= 8 KiB per idle client; "
                ">= 3,000 connects/s.")
+
+
+COMMANDS = (mqtt,)  # gateways/bench/__init__.py adds these to the ``bench`` group
