@@ -866,7 +866,8 @@ class Hub:
         for (name, f), so in s.shared.items():
             created = (name, f) not in self.shared
             joined.append((self._join_shared(s.client_id, name, f, so), created))
-        self.ensure_dispatchers()
+        if s.subs or joined:  # a client without subscriptions needs no dispatcher check
+            self.ensure_dispatchers()
         for g, created in joined:
             if g.held or (created and resumed):
                 self.catch_up_group(g, from_committed=created)
