@@ -34,6 +34,7 @@ from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 DOOR_NAMES = ("namesrv", "remoting", "kafka", "mqtt", "http")
+TEST_SEGMENT_SIZE = 8 << 20
 
 
 def free_port() -> int:
@@ -63,7 +64,9 @@ class BrokerProcess:
                 str(self.data_dir), "--host", "127.0.0.1", "--ready-file", str(ready)]
         for d in DOOR_NAMES:
             args += [f"--{d}-port", str(self.ports.get(d, 0))]
-        args += list(self.extra_args)
+        # Segments are preallocated in full: at the 1 GiB default every test broker
+        # would take 1 GiB of disk. A test's own --segment-size comes later and wins.
+        args += ["--segment-size", str(TEST_SEGMENT_SIZE), *self.extra_args]
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
         self.proc = subprocess.Popen(args, stdout=log, stderr=log)
