@@ -134,6 +134,7 @@ class Broker:
         self._waiters: dict[str, set[trio.Event]] = {}
         self._round_robin: dict[str, list[int]] = {}
         self._meta_lock = trio.Lock()
+        self._topic_watchers: list[Callable[[], None]] = []
         self._threaded_reads = 0
         self._closing = False
         self.started_at = 0
@@ -670,7 +671,16 @@ class Broker:
         self._notify(name)
         await self._save_topics()
 
+    def watch_topics(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (cheap, synchronous) whenever a topic is created, changed
+        or deleted, through whichever door: the remoting door re-registers its
+        routes with the NameServer, so a topic a Kafka producer auto-created is
+        routable for RocketMQ clients at once."""
+        self._topic_watchers.append(callback)
+
     async def _save_topics(self) -> None:
+        for callback in self._topic_watchers:
+            callback()
         data = self.meta.dump_topics()
         async with self._meta_lock:
             await trio.to_thread.run_sync(self.meta.save, "topics.json", data)

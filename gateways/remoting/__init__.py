@@ -62,7 +62,7 @@ async def serve(ctx: DoorContext, *, task_status: trio.TaskStatus[int] = trio.TA
     registrar = Registrar(namesrvs, H.RegisterBrokerRequestHeader(
         cfg.broker_name, addr, cfg.cluster_name, haServerAddr="", brokerId=0),
         processor.topic_configs, float(opts.get("register_interval_s", REGISTER_INTERVAL_S)))
-    processor.on_topics_changed = registrar.topics_changed
+    ctx.broker.watch_topics(registrar.topics_changed)  # topics made through any door
     processor.register_now = registrar.register_now
     serve_one = functools.partial(
         serve_connection, processor=processor,

@@ -176,12 +176,10 @@ Handler = Callable[["ServerConnection", RemotingCommand],
 
 class Processor:
     def __init__(self, broker: Broker, *, broker_addr: str, client_table: ClientTable,
-                 on_topics_changed: Callable[[], None] = lambda: None,
                  max_suspend_s: float = MAX_SUSPEND_S) -> None:
         self.broker = broker
         self.broker_addr = broker_addr
         self.clients = client_table
-        self.on_topics_changed = on_topics_changed
         self.register_now: Callable[[], Awaitable[None]] = _nothing
         self.max_suspend_s = max_suspend_s
         self.counters: Counter[str] = Counter()
@@ -295,10 +293,8 @@ class Processor:
                 await broker.create_topic(topic, 1, exist_ok=True)
                 qid = 0
         msg = Message(topic, cmd.body, props, qid, flag, born_ts, born_host, reconsume, sys_flag)
-        result = await broker.put(msg)
-        if t is None:
-            self.on_topics_changed()  # auto-created: tell the NameServer now
-        return encode_send_ok(
+        result = await broker.put(msg)  # an auto-created topic reaches the NameServer
+        return encode_send_ok(                  # through Broker.watch_topics
             cmd, _OFFSET_ID.pack(result.store_host, result.physical_offset).hex().upper(),
             result.queue_id, result.queue_offset)
 
@@ -463,7 +459,6 @@ class Processor:
                 retry = RETRY_PREFIX + c.groupName
                 if retry not in self.broker.meta.topics:
                     await self.broker.create_topic(retry, 1, exist_ok=True)
-                    self.on_topics_changed()
         changed = self.clients.heartbeat(hb.clientID, conn, hb.producerGroups, hb.consumers,
                                          cmd.language, cmd.version)
         self._notify_changed(changed)
@@ -528,12 +523,9 @@ class Processor:
         else:
             topic = RETRY_PREFIX + h.group
             self.counters["retried"] += 1
-        created = topic not in broker.meta.topics
         await broker.create_topic(topic, 1, perm=PERM_READ_WRITE, exist_ok=True)
         await broker.put(Message(topic, m.body, props, 0, m.flag, m.born_timestamp,
                                  m.born_host[:8], reconsume, m.sys_flag & ~rec.FORMAT_MASK))
-        if created:
-            self.on_topics_changed()
         return response_to(cmd, ResponseCode.SUCCESS)
 
     # ================================================================ lookups
