@@ -184,6 +184,52 @@ class MetricsRegistry:
         return "\n".join(lines) + "\n"
 
 
+class DoorMetrics:
+    """The instruments every door feeds, under one protocol label: open and accepted
+    connections, request latency (histogram) and errors, per request name.
+
+    ``protocol`` is OpenTelemetry's messaging.system value (``kafka``,
+    ``rocketmq``, ``mqtt``, ``http``). Request names are the protocol's own
+    (Kafka API names, RocketMQ request codes, MQTT packet types, HTTP operation
+    ids). Observers are cached per request name: one dict lookup and one bisect
+    per observation."""
+
+    def __init__(self, registry: MetricsRegistry, protocol: str) -> None:
+        self.protocol = protocol
+        self._latency = registry.histogram(
+            "ferrymq_request_duration_seconds",
+            "Time to answer a request, per protocol and request (operation).",
+            ("protocol", "request"))
+        self._errors = registry.counter(
+            "ferrymq_request_errors_total",
+            "Requests answered with an error, per protocol, request and error code.",
+            ("protocol", "request", "error"))
+        self._connections = registry.gauge(
+            "ferrymq_connections", "Open client connections, per protocol.",
+            ("protocol",)).labels(protocol)
+        self._accepted = registry.counter(
+            "ferrymq_connections_accepted_total", "Connections accepted, per protocol.",
+            ("protocol",)).labels(protocol)
+        self._observers: dict[str, _Histogram] = {}
+
+    def connection_opened(self) -> None:
+        self._connections.inc()
+        self._accepted.inc()
+
+    def connection_closed(self) -> None:
+        self._connections.dec()
+
+    def observe(self, request: str, seconds: float) -> None:
+        obs = self._observers.get(request)
+        if obs is None:
+            obs = self._observers[request] = self._latency.labels(  # type: ignore[assignment]
+                self.protocol, request)
+        obs.observe(seconds)
+
+    def error(self, request: str, code: str) -> None:
+        self._errors.labels(self.protocol, request, code).inc()
+
+
 def _num(v: float) -> str:
     if v == math.inf:
         return "+Inf"

@@ -285,3 +285,21 @@ def test_offsets_committed_through_kafka_are_the_native_groups_offsets(broker) -
     assert sum(max(row.consumer_offset, 0) for row in lag) == 3, \
         f"the native admin sees the offsets Kafka committed: {lag}"
     assert all(row.lag == 0 for row in lag)
+
+
+def test_metrics_cover_every_door(broker) -> None:
+    """GET /metrics reports connections and request latencies for all four doors."""
+    topic = fresh("met")
+    native_send(broker, topic, b"1")
+    kafka_send(broker, topic, b"2")
+    mqtt_publish(broker, f"{topic}/x", b"3")
+    with http(broker) as h:
+        assert h.post(f"/v1/topics/{topic}/messages", json={"body": "4"}).status_code == 201
+        text = h.get("/metrics").text
+    for protocol, request in (("rocketmq", "send_message_v2"), ("kafka", "produce"),
+                              ("mqtt", "publish"), ("http", "produce")):
+        assert f'ferrymq_connections_accepted_total{{protocol="{protocol}"}}' in text, protocol
+        assert (f'ferrymq_request_duration_seconds_count{{protocol="{protocol}",'
+                f'request="{request}"}}') in text, (protocol, request)
+    assert f'ferrymq_messages_in_total{{topic="{topic}"}} 4' in text, \
+        "one message in through each door, counted once in the core"

@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl
 import trio
 
 from ...core.errors import FerryError
-from ...core.metrics import MetricsRegistry
+from ...core.metrics import DoorMetrics, MetricsRegistry
 from .problems import PROBLEM_CONTENT_TYPE, Problem, from_ferry_error
 from .routing import Route, Router, coerce
 from .server import ClientGone, Limits, Request, Response, StreamResponse
@@ -71,29 +71,14 @@ class HttpApp:
         self.router = Router(routes)
         self.limits = limits
         self.authenticator = authenticator
-        self._latency = metrics.histogram(
-            "ferrymq_request_duration_seconds",
-            "Time to answer a request, per protocol and request (operation).",
-            ("protocol", "request"))
-        self._errors = metrics.counter(
-            "ferrymq_request_errors_total",
-            "Requests answered with an error, per protocol, request and error code.",
-            ("protocol", "request", "error"))
-        self._connections = metrics.gauge(
-            "ferrymq_connections", "Open client connections, per protocol.",
-            ("protocol",)).labels(PROTOCOL)
-        self._accepted = metrics.counter(
-            "ferrymq_connections_accepted_total", "Connections accepted, per protocol.",
-            ("protocol",)).labels(PROTOCOL)
-        self._observers: dict[str, Any] = {}
+        self.metrics = DoorMetrics(metrics, PROTOCOL)
         self._plans: dict[Route, list[tuple[Any, str, bytes]]] = {}
 
     def connection_opened(self) -> None:
-        self._connections.inc()
-        self._accepted.inc()
+        self.metrics.connection_opened()
 
     def connection_closed(self) -> None:
-        self._connections.dec()
+        self.metrics.connection_closed()
 
     def _parse(self, route: Route, path_params: dict[str, str], req: Request) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -147,19 +132,16 @@ class HttpApp:
             resp = await route.handler(req)
         except Problem as p:
             resp = problem_response(p, req.path)
-            self._errors.labels(PROTOCOL, op, p.code).inc()
+            self.metrics.error(op, p.code)
         except FerryError as exc:
             p = from_ferry_error(exc)
             resp = problem_response(p, req.path)
-            self._errors.labels(PROTOCOL, op, p.code).inc()
+            self.metrics.error(op, p.code)
         except ClientGone:
             raise
         except Exception:
             log.exception("http handler %s failed", op)
             resp = problem_response(Problem("internal_error"), req.path)
-            self._errors.labels(PROTOCOL, op, "internal_error").inc()
-        obs = self._observers.get(op)
-        if obs is None:
-            obs = self._observers[op] = self._latency.labels(PROTOCOL, op)
-        obs.observe(time.perf_counter() - t0)
+            self.metrics.error(op, "internal_error")
+        self.metrics.observe(op, time.perf_counter() - t0)
         return resp

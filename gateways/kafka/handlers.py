@@ -19,6 +19,7 @@ import trio
 from ...core.broker import Broker
 from ...core.errors import FerryError, TopicNotFound
 from ...core.message import GetStatus, StoredRecord
+from ...core.metrics import DoorMetrics
 from ...protocols import record as rec
 from ...protocols.kafka import batch_header as bh
 from ...protocols.kafka import errors as ke
@@ -118,6 +119,7 @@ class KafkaDoor:
         self.coordinator = coordinator
         self.producers = producers
         self.counters: dict[str, int] = {"connection_errors": 0}
+        self.metrics = DoorMetrics(broker.metrics, "kafka")
         self.handlers: dict[int, Callable[[Header, Any, Session], Awaitable[Any]]] = {
             PRODUCE: self.produce, FETCH: self.fetch, LIST_OFFSETS: self.list_offsets,
             METADATA: self.metadata, OFFSET_COMMIT: self.offset_commit,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from time import perf_counter
 from typing import Any
 
 import trio
@@ -32,6 +33,7 @@ from ...protocols.kafka.connection import (
     UnsupportedVersion,
     response_bytes,
 )
+from ...protocols.kafka.schema import API_NAMES
 from ..server import DoorContext
 from .groups import Coordinator
 from .handlers import (
@@ -137,16 +139,21 @@ async def handle_connection(door: KafkaDoor, stream: trio.SocketStream) -> None:
     session = Session(client_host=str(peer[0]), local_host=str(local[0]),
                       authenticated=door.options.sasl_plain_users is None)
     conn = ServerConnection(SUPPORTED, max_frame_size=door.options.max_frame_size)
+    metrics = door.metrics
+    metrics.connection_opened()
     try:
         async with stream:
             await _serve_connection(door, stream, conn, session)
     except FrameError as exc:
+        metrics.error("frame", "invalid_frame")
         log.info("closing Kafka connection from %s: %s", peer, exc)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass  # the client went away, possibly mid-request: nothing to answer
     except Exception:  # a bug of ours: lose this connection, never the broker
         door.counters["connection_errors"] += 1
         log.exception("Kafka connection from %s failed", peer)
+    finally:
+        metrics.connection_closed()
 
 
 async def _receive(stream: trio.SocketStream, conn: ServerConnection) -> bool:
@@ -187,9 +194,11 @@ async def _serve_connection(door: KafkaDoor, stream: trio.SocketStream, conn: Se
             log.info("closing: %s v%d is not supported", ev.header.api_key, ev.header.api_version)
             return
         if isinstance(ev, UnknownApi):
+            door.metrics.error("unknown", "unknown_api")
             log.info("closing: unknown API key %d", ev.header.api_key)
             return
         if isinstance(ev, BadRequest):
+            door.metrics.error(API_NAMES.get(ev.header.api_key, "unknown"), "invalid_request")
             log.info("closing: malformed request (api %d v%d): %s", ev.header.api_key,
                      ev.header.api_version, ev.reason)
             return
@@ -198,11 +207,15 @@ async def _serve_connection(door: KafkaDoor, stream: trio.SocketStream, conn: Se
         if not session.authenticated and h.api_key not in _PRE_AUTH:
             log.info("closing: api %d before SASL authentication", h.api_key)
             return
+        t0 = perf_counter()
+        name = API_NAMES[h.api_key]
         try:
             body = await door.handlers[h.api_key](h, ev.body, session)
         except FerryError as exc:
+            door.metrics.error(name, exc.code)
             log.warning("request api %d failed: %s", h.api_key, exc)
             return
+        door.metrics.observe(name, perf_counter() - t0)
         if body is None:
             continue
         parts: list[Any] = response_bytes(h, body)

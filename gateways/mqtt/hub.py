@@ -34,6 +34,7 @@ from ...core.broker import Broker
 from ...core.errors import FerryError, TopicNotFound
 from ...core.message import GetStatus, Message, StoredRecord, now_ms
 from ...core.metadata import TopicConfig
+from ...core.metrics import DoorMetrics
 from ...protocols import record as rec
 from ...protocols.mqtt import codec
 from ...protocols.mqtt.connection import ServerLimits
@@ -563,6 +564,7 @@ class Hub:
         self.wild_since = 0
         self.nursery: trio.Nursery | None = None
         self.stats: collections.Counter[str] = collections.Counter()
+        self.metrics = DoorMetrics(broker.metrics, "mqtt")
         self.reader = RecordReader()
         # MQTT topic -> (its topic's config, broker topic, queue): a publish skips
         # the name mapping and the hash while the topic's config is unchanged.

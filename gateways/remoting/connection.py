@@ -105,6 +105,7 @@ class ServerConnection:
 async def serve_connection(stream: trio.SocketStream, processor: Processor, *,
                            max_frame: int, max_suspended: int) -> None:
     conn = ServerConnection(stream, max_frame, max_suspended)
+    processor.metrics.connection_opened()
     try:
         async with trio.open_nursery() as nursery:
             conn.nursery = nursery
@@ -116,6 +117,7 @@ async def serve_connection(stream: trio.SocketStream, processor: Processor, *,
         pass
     finally:
         conn.closed = True
+        processor.metrics.connection_closed()
         processor.connection_closed(conn)
         with trio.CancelScope(shield=True):
             await stream.aclose()
@@ -140,6 +142,7 @@ async def _read_loop(conn: ServerConnection, processor: Processor) -> None:
                     out.append(resp if type(resp) is bytes else encode(resp))
         except RemotingProtocolError as exc:
             processor.counters["protocol_errors"] += 1
+            processor.metrics.error("frame", "protocol_error")
             log.info("closing %s: %s", conn.peer, exc)
             if exc.opaque is not None:
                 bad = RemotingCommand(0, exc.opaque)

@@ -17,6 +17,7 @@ import struct
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -34,6 +35,7 @@ from ...core.message import (
     offset_message_id,
 )
 from ...core.metadata import DLQ_PREFIX, PERM_READ_WRITE, RETRY_PREFIX
+from ...core.metrics import DoorMetrics
 from ...protocols import record as rec
 from ...protocols.remoting import (
     RemotingCommand,
@@ -174,6 +176,9 @@ Handler = Callable[["ServerConnection", RemotingCommand],
                    Awaitable[RemotingCommand | bytes | None]]
 
 
+_REQUEST_NAMES = {int(code): code.name.lower() for code in RequestCode}
+
+
 class Processor:
     def __init__(self, broker: Broker, *, broker_addr: str, client_table: ClientTable,
                  max_suspend_s: float = MAX_SUSPEND_S) -> None:
@@ -183,6 +188,7 @@ class Processor:
         self.register_now: Callable[[], Awaitable[None]] = _nothing
         self.max_suspend_s = max_suspend_s
         self.counters: Counter[str] = Counter()
+        self.metrics = DoorMetrics(broker.metrics, "rocketmq")
         self.store_host = rec.host_bytes(broker.config.store_host, broker.config.store_port)
         self.started = time.time()
         C = RequestCode
@@ -231,18 +237,26 @@ class Processor:
         handler = self.handlers.get(cmd.code)
         if handler is None:
             self.counters["unsupported"] += 1
+            self.metrics.error("unknown", "request_code_not_supported")
             return response_to(cmd, ResponseCode.REQUEST_CODE_NOT_SUPPORTED,
                                remark=f"request type {cmd.code} not supported")
+        name = _REQUEST_NAMES.get(cmd.code) or str(cmd.code)
+        t0 = perf_counter()
         try:
-            return await handler(conn, cmd)
+            resp = await handler(conn, cmd)
         except H.HeaderError as exc:
             self.counters["bad_header"] += 1
+            self.metrics.error(name, "invalid_header")
             return response_to(cmd, exc.response_code, remark=str(exc))
         except B.BodyError as exc:
             self.counters["bad_body"] += 1
+            self.metrics.error(name, "invalid_body")
             return response_to(cmd, ResponseCode.SYSTEM_ERROR, remark=str(exc))
         except FerryError as exc:
+            self.metrics.error(name, exc.code)
             return response_to(cmd, error_code(exc), remark=exc.detail)
+        self.metrics.observe(name, perf_counter() - t0)
+        return resp
 
     def connection_closed(self, conn: ServerConnection) -> None:
         self._notify_changed(self.clients.connection_closed(conn))

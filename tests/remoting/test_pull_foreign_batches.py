@@ -10,6 +10,7 @@ import pytest
 from ferrymq.core import message as core_message
 from ferrymq.core.broker import BrokerConfig
 from ferrymq.core.message import ConsumedMessage, GetResult, GetStatus, StoredRecord
+from ferrymq.core.metrics import MetricsRegistry
 from ferrymq.gateways.remoting.client_table import ClientTable
 from ferrymq.gateways.remoting.processor import Processor
 from ferrymq.protocols import record as rec
@@ -29,6 +30,7 @@ def fake_kafka_decoder(sr: StoredRecord, r: rec.Record) -> Iterator[ConsumedMess
 
 class FakeBroker:
     config = BrokerConfig()
+    metrics = MetricsRegistry()
 
     def __init__(self, record: StoredRecord) -> None:
         self.record = record
