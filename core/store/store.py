@@ -412,63 +412,18 @@ class MessageStore:
         member CRC left 0, as RocketMQ clients send them: the record's own body
         CRC covers every member, and a member CRC is computed only when a
         RocketMQ pull unpacks the batch."""
-        parts: list[bytes] = []
-        add = parts.append
-        tags: set[str | None] = set()
-        keys: list[tuple[str, int]] = []
-        uniq: list[str | None] = []
-        prefixes: set[str] = set()
-        plain = True  # no member has properties: the common case, kept cheap
-        total = 0
-        for i, m in enumerate(messages):
-            if m.topic != topic:
-                raise InvalidMessage("every message of a batch must go to the same topic")
-            body = m.body
-            total += len(body)
-            props = m.properties
-            if props:
-                if plain:  # the members before this one had no properties
-                    plain = False
-                    if i:
-                        tags.add(None)
-                        uniq.extend([None] * i)
-                pb = rec.encode_properties(props)
-                if len(pb) > rec.MAX_PROPERTIES_BYTES:
-                    raise InvalidMessage("properties exceed 32767 bytes")
-                if not _NOT_IN_BATCH.isdisjoint(props):
-                    raise _batch_member_refused(props)
-                tags.add(props.get(PROPERTY_TAGS))
-                k = props.get(PROPERTY_KEYS)
-                if k:
-                    keys.extend((key, i) for key in k.split(" ") if key)
-                u = props.get(PROPERTY_UNIQ_KEY)
-                uniq.append(u)
-                if u:
-                    prefix = client_id_prefix(u)
-                    if prefix is None:
-                        keys.append((u, i))
-                    elif prefix not in prefixes:
-                        prefixes.add(prefix)
-                        keys.append((prefix, ANY_MEMBER))
-                add(_pack_member(22 + len(body) + len(pb), _MAGIC, 0, m.flag, len(body)))
-                add(body)
-                add(_pack_u16(len(pb)))
-                add(pb)
-            else:
-                if not plain:
-                    tags.add(None)
-                    uniq.append(None)
-                add(_pack_member(22 + len(body), _MAGIC, 0, m.flag, len(body)))
-                add(body)
-                add(b"\x00\x00")
+        encoded = _encode_plain_batch(topic, messages)
+        if encoded is not None:  # no member has properties: the common case, kept cheap
+            body, total = encoded
+            n, h, keys, uniq = len(messages), TAG_HASH_NONE, [], ()
+        else:
+            body, total, h, keys, uniq = _encode_batch(topic, messages)
+            n = len(messages)
         if total > max_body_bytes:
             raise MessageTooLarge(f"batch bodies total {total} bytes; the maximum is "
                                   f"{max_body_bytes}")
-        n = len(messages)
-        h = TAG_HASH_NONE if plain else _batch_tag_hash(tags)
-        return self.append(topic, queue_id, b"".join(parts), b"", 0, rec.FORMAT_NATIVE_BATCH,
-                           born_timestamp, born_host, 0, 0, n, h, keys,
-                           tuple(uniq) if any(uniq) else ())
+        return self.append(topic, queue_id, body, b"", 0, rec.FORMAT_NATIVE_BATCH,
+                           born_timestamp, born_host, 0, 0, n, h, keys, uniq)
 
     def append_encoded_batch(self, topic: str, queue_id: int, body: bytes,
                              born_timestamp: int = 0, born_host: bytes = _ZERO_HOST
@@ -696,6 +651,74 @@ class MessageStore:
         else:
             cl.reap()
         return deleted
+
+
+def _encode_plain_batch(topic: str, messages: Sequence[Message]) -> tuple[bytes, int] | None:
+    """(batch body, body bytes) of messages without properties, or None as soon as
+    one has some. The hot path of a batch put: tuple indexing (0 topic, 1 body,
+    2 properties, 4 flag) and one extend per member measured a third cheaper than
+    attribute access and three appends."""
+    parts: list[bytes] = []
+    extend = parts.extend
+    total = 0
+    for m in messages:
+        if m[2]:
+            return None
+        if m[0] != topic:
+            raise InvalidMessage("every message of a batch must go to the same topic")
+        body = m[1]
+        n = len(body)
+        total += n
+        extend((_pack_member(22 + n, _MAGIC, 0, m[4], n), body, b"\x00\x00"))
+    return b"".join(parts), total
+
+
+def _encode_batch(topic: str, messages: Sequence[Message]
+                  ) -> tuple[bytes, int, int, list[tuple[str, int]], tuple[str | None, ...]]:
+    """(batch body, body bytes, tag hash, keys to index, client ids) of any messages."""
+    parts: list[bytes] = []
+    add = parts.append
+    tags: set[str | None] = set()
+    keys: list[tuple[str, int]] = []
+    uniq: list[str | None] = []
+    prefixes: set[str] = set()
+    total = 0
+    for i, m in enumerate(messages):
+        if m.topic != topic:
+            raise InvalidMessage("every message of a batch must go to the same topic")
+        body = m.body
+        total += len(body)
+        props = m.properties
+        if not props:
+            tags.add(None)
+            uniq.append(None)
+            parts += (_pack_member(22 + len(body), _MAGIC, 0, m.flag, len(body)), body,
+                      b"\x00\x00")
+            continue
+        pb = rec.encode_properties(props)
+        if len(pb) > rec.MAX_PROPERTIES_BYTES:
+            raise InvalidMessage("properties exceed 32767 bytes")
+        if not _NOT_IN_BATCH.isdisjoint(props):
+            raise _batch_member_refused(props)
+        tags.add(props.get(PROPERTY_TAGS))
+        k = props.get(PROPERTY_KEYS)
+        if k:
+            keys.extend((key, i) for key in k.split(" ") if key)
+        u = props.get(PROPERTY_UNIQ_KEY)
+        uniq.append(u)
+        if u:
+            prefix = client_id_prefix(u)
+            if prefix is None:
+                keys.append((u, i))
+            elif prefix not in prefixes:
+                prefixes.add(prefix)
+                keys.append((prefix, ANY_MEMBER))
+        add(_pack_member(22 + len(body) + len(pb), _MAGIC, 0, m.flag, len(body)))
+        add(body)
+        add(_pack_u16(len(pb)))
+        add(pb)
+    return (b"".join(parts), total, _batch_tag_hash(tags), keys,
+            tuple(uniq) if any(uniq) else ())
 
 
 def _batch_member_refused(props: Mapping[str, str]) -> InvalidMessage:
