@@ -105,6 +105,10 @@ class MessageStore:
         self._open = False
         self._last_checkpoint = 0  # the offsets of the last two distinct checkpoints
         self._previous_checkpoint = 0
+        # Topics whose ConsumeQueue tag-hash field carries something else than the
+        # tag's hash (the timer topic stores the delivery time there): recovery asks
+        # the hook, given the record's properties, what append wrote.
+        self.tag_hash_hooks: dict[str, Callable[[Mapping[str, str]], int]] = {}
 
     # ================================================================ lifecycle
 
@@ -216,7 +220,9 @@ class MessageStore:
         fmt = r.sys_flag & rec.FORMAT_MASK
         if fmt == rec.FORMAT_SINGLE:
             props = r.properties
-            return 1, tag_hash(props.get(PROPERTY_TAGS)), _record_keys(props, 0)
+            hook = self.tag_hash_hooks.get(r.topic)
+            h = hook(props) if hook is not None else tag_hash(props.get(PROPERTY_TAGS))
+            return 1, h, _record_keys(props, 0)
         if fmt == rec.FORMAT_NATIVE_BATCH:
             tags: set[str | None] = set()
             keys: list[tuple[str, int]] = []
