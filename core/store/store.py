@@ -57,6 +57,10 @@ _U16 = struct.Struct(">H")
 _I32 = struct.Struct(">i")
 _SIZE_MAGIC = struct.Struct(">ii")
 # Entries a filtered get may skip before answering (RocketMQ's maxFilterMessageCount).
+# A batch member may not ask for delayed delivery or be a transaction's half: a batch
+# is one record, delivered at once (RocketMQ's client refuses these for batches too).
+_NOT_IN_BATCH = frozenset(("DELAY", "TIMER_DELIVER_MS", "TIMER_DELAY_MS", "TIMER_DELAY_SEC",
+                           "TRAN_MSG"))
 _MAX_SCAN_ENTRIES = 16_000
 
 
@@ -367,6 +371,8 @@ class MessageStore:
                     if i:
                         tags.add(None)
                         uniq.extend([None] * i)
+                if not _NOT_IN_BATCH.isdisjoint(props):
+                    raise _batch_member_refused(props)
                 pb = rec.encode_properties(props)
                 if len(pb) > rec.MAX_PROPERTIES_BYTES:
                     raise InvalidMessage("properties exceed 32767 bytes")
@@ -404,6 +410,8 @@ class MessageStore:
         try:
             for i, m in enumerate(rec.iter_members(body)):
                 props = m.properties
+                if props and not _NOT_IN_BATCH.isdisjoint(props):
+                    raise _batch_member_refused(props)
                 tags.add(props.get(PROPERTY_TAGS))
                 keys.extend(_record_keys(props, i))
                 uniq.append(props.get(PROPERTY_UNIQ_KEY))
@@ -617,6 +625,12 @@ class MessageStore:
         else:
             cl.reap()
         return deleted
+
+
+def _batch_member_refused(props: Mapping[str, str]) -> InvalidMessage:
+    names = ", ".join(sorted(_NOT_IN_BATCH.intersection(props)))
+    return InvalidMessage(f"a batch member cannot carry {names}: delayed and transactional "
+                          "messages are sent one by one")
 
 
 def _batch_tag_hash(tags: Iterable[str | None]) -> int:
