@@ -111,7 +111,7 @@ PREPARE_CHUNK = 2000  # timer records read per step before yielding (~10 ms on a
 LOOKAHEAD_MS = 1000  # a slot is prepared at least this long before its second starts
 MAX_LEAD_MS = 60_000
 SCAN_SPAN_S = 3600  # the preparer looks this far ahead for the next non-empty slot
-IDLE_WAKE_S = 10.0  # an idle preparer still wakes this often, so processed time follows the clock
+IDLE_WAKE_S = 60.0  # an idle preparer still wakes this often, so processed time follows the clock
 MAX_BATCH_MEMBERS = 1024  # members per delivery record
 MAX_BATCH_BYTES = 1 << 20
 REBUILD_SLACK_S = 600  # extra seconds of the timer queue re-read after a damaged wheel
@@ -313,6 +313,7 @@ class TimerService:
         self.roll_s = cfg.roll_window_s
         self.prepare_limit = cfg.timer_prepare_limit
         self.checkpoint_interval = cfg.checkpoint_interval_ms / 1000
+        self.idle_wake_s = IDLE_WAKE_S
         self.max_batch_bytes = min(MAX_BATCH_BYTES, cfg.max_message_size)
         self.processed_s = 0  # every slot before this second is done
         self.prepared_upto_s = 0  # every slot before this second has been read
@@ -449,8 +450,8 @@ class TimerService:
                     self.prepared_upto_s = min(target, now_s)
                 self._preparer_target = target
                 self._wake_preparer = trio.Event()
-                wait_until = now + IDLE_WAKE_S * 1000 if backlog else \
-                    min(start_at, now + IDLE_WAKE_S * 1000)
+                wait_until = now + self.idle_wake_s * 1000 if backlog else \
+                    min(start_at, now + self.idle_wake_s * 1000)
                 await self._sleep_until(wait_until, self._wake_preparer)
                 self._preparer_target = 0
                 self._wake_firer.set()  # processed time may move
@@ -598,11 +599,12 @@ class TimerService:
                     self._wake_preparer.set()
                 await trio.sleep(0)
                 continue
-            until = heap[0][0] if heap else now + IDLE_WAKE_S * 1000
-            first = self.slots.get(self.processed_s)
+            until = heap[0][0] if heap else now + self.idle_wake_s * 1000
+            first = self.slots.get(min(self.slots)) if self.slots else None
             if first is not None and not first.due and not first.preparing:
-                # Its deliveries all went out: it is done when its second ends.
-                until = min(until, (self.processed_s + 1) * 1000)
+                # Its deliveries all went out: it is done (and its timers that are
+                # due later are linked again) when its second ends.
+                until = min(until, (first.second + 1) * 1000)
             await self._sleep_until(max(until, now + 1), wake)
 
     def _fire_due(self, now: int) -> set[str]:

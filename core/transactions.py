@@ -402,6 +402,9 @@ class TransactionService:
             if phys is None:
                 decoded = parse_offset_message_id(ref)
                 phys = decoded[0] if decoded is not None else None
+            if phys is None:  # an ended transaction: its half is still findable by id
+                found = self.store.lookup_key(ref, HALF_TOPIC, limit=1)
+                phys = found[0].physical_offset if found else None
         if phys is None and transaction_id:
             phys = self._ids.get(transaction_id)
         if phys is None:
