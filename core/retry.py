@@ -250,7 +250,7 @@ class RetryService:
             props.setdefault(PROPERTY_UNIQ_KEY, d.msg_id)
             r = await broker.put(Message(d.origin_topic, m.body, props, -1, m.flag,
                                          m.born_timestamp, m.born_host[:8], 0,
-                                         m.sys_flag & ~rec.FORMAT_MASK))
+                                         m.sys_flag & ~(rec.FORMAT_MASK | rec.TRANSACTION_MASK)))
             await broker._system_topic(RESENT_TOPIC)
             marker = self.store.append(RESENT_TOPIC, 0, b"", b"DLQ_RESENT\x01%d\x02"
                                        % _letter_key(m), 0, 0, 0, b"\x00" * 8, 0, 0, 1,

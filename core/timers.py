@@ -563,7 +563,10 @@ class TimerService:
             keys = tuple(k for k in (ks.split(KEY_SEPARATOR) if ks else ()) if k)
             if uniq:
                 keys = (uniq, *keys)  # the client id first: the single-record path uses it
-        return ((real_topic, real_qid, reconsume, sys_flag & ~rec.FORMAT_MASK, born_host),
+        # A delivery is a plain message: a committed transaction's flags stay on its timer
+        # record (where the start-up scan looks for commits), not on the copy.
+        flags = sys_flag & ~(rec.FORMAT_MASK | rec.TRANSACTION_MASK)
+        return ((real_topic, real_qid, reconsume, flags, born_host),
                 (phys, member, tag, keys, born_ts))
 
     async def _ensure_topics(self, slot: _Slot) -> None:
@@ -738,7 +741,8 @@ class TimerService:
                     r.reconsume_times, r.sys_flag)
         self.rolled += 1
         self.scheduled -= 1  # the same timer, not a new one
-        self.append_timer(m, clean, real_topic, real_qid, deliver, rolled_from=phys)
+        self.append_timer(m, clean, real_topic, real_qid, deliver, rolled_from=phys,
+                          prepared_offset=r.prepared_transaction_offset)
 
     # ================================================================ indexing
 

@@ -619,7 +619,7 @@ class TransactionService:
         repaired = 0
         for _pos, data in _iter_commits(store, scan_from):
             half_phys = rec._I64.unpack_from(data, _POS_PREPARED)[0]
-            if half_phys > 0 and half_phys not in outcomes:
+            if half_phys not in outcomes and self._commits_half(data, half_phys):
                 outcomes[half_phys] = OP_COMMIT
                 self.broker._system_topic_sync(OP_TOPIC)
                 self._append_op(half_phys, OP_COMMIT)
@@ -657,6 +657,18 @@ class TransactionService:
         log.info("transactions open", extra={"pending": len(self.pending),
                                              "repaired_commits": repaired,
                                              "seconds": round(time.monotonic() - t0, 3)})
+
+    def _commits_half(self, data: bytes, half_phys: int) -> bool:
+        """Whether a record flagged "committed" is the commit of the half at
+        ``half_phys``: that half exists and has the same client id."""
+        half = self.store.message_at(half_phys)
+        if half is None or half.topic != HALF_TOPIC:
+            return False
+        try:
+            props = rec.decode(data, 0, check_crc=False).properties
+        except rec.RecordError:
+            return False
+        return props.get(PROPERTY_UNIQ_KEY) == half.properties.get(PROPERTY_UNIQ_KEY)
 
     def start(self, nursery: trio.Nursery) -> None:
         nursery.start_soon(self._check_loop)
