@@ -74,6 +74,13 @@ class WheelEntry(NamedTuple):
     cancelled: bool
 
 
+Slot = tuple[int, int, int, int, bool]
+"""What ``walk`` returns per entry: (number, delivery ms, CommitLog offset, size,
+cancelled). A plain tuple, not a WheelEntry: the garbage collector stops tracking
+exact tuples of numbers, and a slot of 100,000 named tuples would keep every full
+collection busy for tens of milliseconds (measured with ``ferrymq bench timers``)."""
+
+
 def _check(deliver_ms: int, phys: int, prev: int) -> int:
     return zlib.crc32(_ENTRY_HEAD.pack(deliver_ms, phys, prev))
 
@@ -265,12 +272,12 @@ class TimerWheel:
             raise WheelCorrupt(f"timer log entry {number} fails its CRC")
         return WheelEntry(number, deliver, phys, abs(size), size < 0)
 
-    def walk(self, slot_s: int) -> list[WheelEntry]:
-        """Every entry of the slot, newest first (cancelled ones included). Raises
-        WheelCorrupt on a broken link."""
+    def walk(self, slot_s: int) -> list[Slot]:
+        """Every entry of the slot as (number, delivery ms, offset, size, cancelled),
+        newest first (cancelled ones included). Raises WheelCorrupt on a broken link."""
         assert self._mm is not None
         head, count, _ = SLOT.unpack_from(self._mm, (slot_s & self.mask) * SLOT_SIZE)
-        out: list[WheelEntry] = []
+        out: list[Slot] = []
         n = head - 1
         segs = self.segments
         per = self.segment_entries
@@ -287,7 +294,7 @@ class TimerWheel:
                                                       + (n - seg.first) * ENTRY_SIZE)
             if check != _check(deliver, phys, prev):
                 raise WheelCorrupt(f"timer log entry {n} fails its CRC")
-            out.append(WheelEntry(n, deliver, phys, -size if size < 0 else size, size < 0))
+            out.append((n, deliver, phys, -size if size < 0 else size, size < 0))
             if prev - 1 >= n:
                 raise WheelCorrupt(f"timer log entry {n} links forward")
             n = prev - 1
@@ -308,16 +315,16 @@ class TimerWheel:
         """Flag the entries of ``phys`` in the slot as cancelled. Returns (entries
         flagged now, entries already cancelled)."""
         flagged = already = 0
-        for e in self.walk(slot_s):
-            if e.phys != phys:
+        for number, _deliver, e_phys, size, cancelled in self.walk(slot_s):
+            if e_phys != phys:
                 continue
-            if e.cancelled:
+            if cancelled:
                 already += 1
                 continue
-            seg = self._segment_for(e.number)
+            seg = self._segment_for(number)
             assert seg is not None
-            _I32.pack_into(seg.mm, SEGMENT_HEADER_SIZE + (e.number - seg.first) * ENTRY_SIZE
-                           + _SIZE_AT, -e.size)
+            _I32.pack_into(seg.mm, SEGMENT_HEADER_SIZE + (number - seg.first) * ENTRY_SIZE
+                           + _SIZE_AT, -size)
             flagged += 1
         return flagged, already
 

@@ -86,15 +86,16 @@ def test_wheel_links_a_slots_entries_and_keeps_them_across_reopen(tmp_path) -> N
     assert w.open() is False
     for i in range(10):  # spills over three log segments
         w.insert(100 + i % 2, 100_000 + i, i * 10, 50)
-    assert [e.phys for e in w.walk(100)] == [80, 60, 40, 20, 0]  # newest first
+    assert [e[2] for e in w.walk(100)] == [80, 60, 40, 20, 0]  # offsets, newest first
     assert w.count(101) == 5 and w.pending == 10
     w.close()
     w = TimerWheel(str(tmp_path / "w"), slots=1024, segment_entries=4)
     assert w.open() is True
     assert w.next_entry == 10 and w.pending == 10
-    assert [e.deliver_ms for e in w.walk(101)] == [100_009, 100_007, 100_005, 100_003, 100_001]
+    assert [e[1] for e in w.walk(101)] == [100_009, 100_007, 100_005, 100_003, 100_001]
     assert w.cancel(101, 30) == (1, 0) and w.cancel(101, 30) == (0, 1)
-    assert [e.cancelled for e in w.walk(101)] == [False, False, False, True, False]
+    assert [e[4] for e in w.walk(101)] == [False, False, False, True, False]
+    assert w.entry(3).cancelled and w.entry(3).phys == 30
     assert w.validate() is None
     w.close()
 
@@ -105,7 +106,7 @@ def test_wheel_ring_holds_laps_and_finds_nonempty_seconds_across_the_wrap(tmp_pa
     w.insert(1020, 1, 1, 1)
     w.insert(1020 + 1024, 2, 2, 1)  # a later lap shares the slot
     w.insert(1030, 3, 3, 1)  # ring index 6, after the wrap
-    assert [e.phys for e in w.walk(1020)] == [2, 1]
+    assert [e[2] for e in w.walk(1020)] == [2, 1]
     assert list(w.nonempty_slots(1000, 1100)) == [1020, 1030]
     assert list(w.nonempty_slots(1021, 1100)) == [1030]
     w.clear(1020)

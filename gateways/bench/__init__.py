@@ -11,7 +11,7 @@ import importlib.util
 
 import click
 
-COMMANDS = ("store", "kafka", "mqtt", "http", "native")
+COMMANDS = ("store", "kafka", "mqtt", "http", "native", "timers")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
