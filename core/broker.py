@@ -16,6 +16,7 @@ Under async flush ``put`` completes without yielding to the scheduler.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -253,6 +254,12 @@ class Broker:
                            self.run_retention)
         self.timers.start(nursery)
         self.transactions.start(nursery)
+        # What start-up built (modules, configuration, recovery) lives as long as the
+        # process: out of the collector's sight, full collections stay short. Timer
+        # lateness depends on it (``ferrymq bench timers``: the longest pause of a
+        # 100,000-timer burst went from 53 to 27 ms).
+        gc.collect()
+        gc.freeze()
 
     async def _every(self, seconds: float, job: Callable[[], object]) -> None:
         while True:
