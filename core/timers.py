@@ -379,7 +379,7 @@ class TimerService:
 
     def append_timer(self, m: Message, clean: Mapping[str, str], topic: str, qid: int,
                      deliver: int, rolled_from: int | None = None,
-                     prepared_offset: int = 0) -> PutResult:
+                     prepared_offset: int = 0, link: bool = True) -> PutResult:
         """Append the timer record and link it (synchronous: no yield between the two).
         ``clean`` are the properties without the request ones; ``prepared_offset``
         names the half of a committed transactional message."""
@@ -400,7 +400,8 @@ class TimerService:
             m.born_host, m.reconsume_times, prepared_offset, 1, deliver, keys, (uniq,))
         size = self.store.dispatched_pos - r.physical_offset
         self.scheduled += 1
-        self._link(deliver, r.physical_offset, size, r.store_timestamp // 1000, r.queue_offset)
+        if link:
+            self._link(deliver, r.physical_offset, size, r.store_timestamp // 1000, r.queue_offset)
         return r
 
     # ================================================================ linking
@@ -603,7 +604,10 @@ class TimerService:
             if heap and heap[0][0] <= now:
                 touched = self._fire_due(now)
                 if broker._committer is not None:
-                    await broker._committer.wait_flushed(self.store.dispatched_pos)
+                    try:
+                        await broker._committer.wait_flushed(self.store.dispatched_pos)
+                    except FerryError as exc:  # a failed fsync: the store refuses writes now
+                        log.error("timer deliveries may not be durable: %s", exc)
                 for topic in touched:
                     broker._notify(topic)
                 if self._index_backlog:
@@ -713,17 +717,14 @@ class TimerService:
                 if self.processed_s == s:
                     break
                 continue
-            if slot.due or slot.preparing:
+            if slot.due or slot.preparing or not self._roll_all(slot):
                 break
+            # Clear before linking again: a later lap may share this ring index.
             del self.slots[s]
             self.processed_s = s + 1
             self.wheel.clear(s)
             for deliver, phys, size, stored_s in slot.relinks:
-                if phys in slot.cancelled:
-                    continue
-                if self._slot_for(deliver, stored_s) <= s:
-                    self._roll(deliver, phys, size, slot)
-                else:
+                if phys not in slot.cancelled:
                     self._link(deliver, phys, size, stored_s)
             for deliver, phys, size, stored_s in slot.deferred:
                 self._link(deliver, phys, size, stored_s)
@@ -731,9 +732,30 @@ class TimerService:
             self._skip = set()
             self._dedupe_floor = None
 
-    def _roll(self, deliver: int, phys: int, size: int, slot: _Slot) -> None:
+    def _roll_all(self, slot: _Slot) -> bool:
+        """Roll the timers of a done slot that reached their roll point: each is
+        replaced in ``slot.relinks`` by its new copy, linked once the slot is
+        cleared. False if the store refused a write (the slot stays, and is
+        retried: clearing it would lose what is not rolled yet)."""
+        s = slot.second
+        relinks = slot.relinks
+        for i, (deliver, phys, size, stored_s) in enumerate(relinks):
+            if phys in slot.cancelled or self._slot_for(deliver, stored_s) > s:
+                continue
+            try:
+                rolled = self._roll(deliver, phys, size)
+            except FerryError as exc:
+                log.error("rolling the timer at %d failed (%s); retrying", phys, exc)
+                return False
+            relinks[i] = rolled if rolled is not None else (deliver, phys, size, -1 << 62)
+        slot.relinks = [r for r in relinks if r[3] != -1 << 62]
+        return True
+
+    def _roll(self, deliver: int, phys: int, size: int) -> tuple[int, int, int, int] | None:
         """Re-append a timer whose record reached the roll window's age, so that
-        CommitLog retention cannot take it before it is due."""
+        CommitLog retention cannot take it before it is due. Returns the new copy
+        (delivery ms, offset, size, stored second), not linked yet; None if the
+        record is gone."""
         data = self.store.commitlog.read(phys, size)
         try:
             r = rec.decode(data, 0, check_crc=False) if data is not None else None
@@ -742,17 +764,19 @@ class TimerService:
         if r is None or r.topic != TIMER_TOPIC or r.physical_offset != phys:
             log.error("timer record at CommitLog offset %d is gone before its roll; dropped", phys)
             self.dropped += 1
-            return
+            return None
         props = r.properties
         real_topic = props.get(PROPERTY_REAL_TOPIC, "")
         real_qid = int(props.get(PROPERTY_REAL_QUEUE_ID, "0") or 0)
         clean = {k: v for k, v in props.items() if k not in _STRIP}
         m = Message(real_topic, r.body, clean, real_qid, r.flag, r.born_timestamp, r.born_host,
                     r.reconsume_times, r.sys_flag)
+        new = self.append_timer(m, clean, real_topic, real_qid, deliver, rolled_from=phys,
+                                prepared_offset=r.prepared_transaction_offset, link=False)
         self.rolled += 1
         self.scheduled -= 1  # the same timer, not a new one
-        self.append_timer(m, clean, real_topic, real_qid, deliver, rolled_from=phys,
-                          prepared_offset=r.prepared_transaction_offset)
+        return (deliver, new.physical_offset, self.store.dispatched_pos - new.physical_offset,
+                new.store_timestamp // 1000)
 
     # ================================================================ indexing
 
@@ -768,10 +792,14 @@ class TimerService:
             budget = INDEX_STEP
             while self._index_backlog and budget > 0:
                 phys, ts, chunk = self._index_backlog.popleft()
-                for member, item in enumerate(chunk):
-                    for key in item[3]:
-                        index.put(key, phys, member, ts)
-                        budget -= 1
+                try:
+                    for member, item in enumerate(chunk):
+                        for key in item[3]:
+                            index.put(key, phys, member, ts)
+                            budget -= 1
+                except OSError as exc:  # a new index file could not be made (disk full)
+                    log.error("indexing delivered timers failed; lookups by their ids will "
+                              "find the timer records", exc_info=exc)
             await trio.sleep(0)
 
     # ================================================================ cancel

@@ -484,7 +484,11 @@ class TransactionService:
                     await self.broker._system_topic(CHECK_MAX_TOPIC)
                     await self.broker._system_topic(OP_TOPIC)
                     if self.pending.get(phys) is h:
-                        self._discard(h)
+                        try:
+                            self._discard(h)
+                        except FerryError as exc:  # the store refuses writes: try later
+                            log.error("discarding the half %s failed: %s", h.transaction_id, exc)
+                            self._schedule(h, now + self.check_interval_ms)
                     continue
                 await self.broker._system_topic(OP_TOPIC)
                 if self.pending.get(phys) is not h:
@@ -505,11 +509,14 @@ class TransactionService:
             h.checking = False
         if self.pending.get(h.phys) is not h:
             return  # the answer (or an END) arrived while we asked
+        self._schedule(h, self.clock() + self.check_interval_ms)
         if sent:
             h.checks += 1
             self.checks_sent += 1
-            await self.broker._after_put(self._append_op(h.phys, OP_CHECK))
-        self._schedule(h, self.clock() + self.check_interval_ms)
+            try:
+                await self.broker._after_put(self._append_op(h.phys, OP_CHECK))
+            except FerryError as exc:  # counted in memory; the count on disk lags
+                log.error("recording a check of %s failed: %s", h.transaction_id, exc)
 
     async def _ask(self, h: _Half) -> bool:
         checker = self.checker

@@ -385,3 +385,15 @@ async def test_delay_levels_fire_at_their_offsets(tmp_path, autojump_clock, monk
                 level = int(m.body)
                 late = m.store_timestamp - put_at[level] - DELAY_LEVELS_MS[level - 1]
                 assert 0 <= late <= 50, (level, late)
+
+
+async def test_a_store_refusing_writes_delays_timers_but_loses_none(broker) -> None:
+    from ferrymq.core.errors import StoreError
+
+    await broker.put(Message("t", b"x", {"TIMER_DELAY_MS": "300"}, queue_id=0))
+    broker.store.failed = StoreError("disk full (simulated)")
+    await trio.sleep(0.8)  # due meanwhile: the delivery is refused and kept
+    assert broker.store.queue_bounds("t", 0) == (0, 0)
+    broker.store.failed = None
+    await until(lambda: broker.store.queue_bounds("t", 0)[1] == 1, 3.0)
+    assert [m.body for m in read_queue(broker, "t", 0)] == [b"x"]
