@@ -111,8 +111,15 @@ class RetryService:
     def _resolve(self, message: ConsumedMessage | str | int) -> ConsumedMessage:
         if isinstance(message, ConsumedMessage):
             return message
-        m = self.store.message_at(message) if isinstance(message, int) \
-            else self.broker.message_by_id(message)
+        if isinstance(message, int):
+            m = self.store.message_at(message)
+        else:
+            # A client id is shared by the message, its retries, its dead letter and
+            # the timer records of delayed copies: take the newest consumable copy.
+            copies = [c for c in self.store.lookup_key(message, limit=8)
+                      if self.broker.meta.topics.get(c.topic) is None
+                      or self.broker.meta.topics[c.topic].readable]
+            m = copies[0] if copies else self.broker.message_by_id(message)
         if m is None:
             raise MessageNotFound(f"no message {message!r} (gone with retention?)")
         return m

@@ -44,6 +44,7 @@ import math
 import os
 import struct
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -118,8 +119,6 @@ MAX_BATCH_BYTES = 1 << 20
 REBUILD_SLACK_S = 600  # extra seconds of the timer queue re-read after a damaged wheel
 LATENESS_BUCKETS_MS = 10_000
 
-Item = tuple[int, bytes, "str | None", tuple[str, ...], int]
-"""A prepared delivery: (timer offset, batch member bytes, tag, keys to index, born timestamp)."""
 GroupKey = tuple[str, int, int, int, bytes]
 """(real topic, queue id, reconsume times, system flags, born host): one delivery record each."""
 
@@ -164,6 +163,13 @@ def parse_delivery(props: Mapping[str, str], now: int, max_delay_ms: int) -> int
 
 _ID_PREFIX = os.urandom(8).hex().upper()
 _id_counter = itertools.count(time.time_ns() // 1000)
+
+
+def strip_timer_properties(props: Mapping[str, str]) -> dict[str, str]:
+    """The properties of a message about to become a timer, without the request
+    (it is answered) and without anything that names the timer's own bookkeeping
+    (``TIMER_FROM`` and friends must only ever be written by this module)."""
+    return {k: v for k, v in props.items() if k not in _STRIP}
 
 
 def new_message_id() -> str:
@@ -257,6 +263,41 @@ class CancelResult:
     deliver_ms: int
 
 
+class _Batch:
+    """Deliveries due at the same millisecond for the same queue, built ahead of time
+    as the body of one native batch record: at the due instant appending it is a
+    CRC and a copy. ``ends`` are the members' end offsets in ``body``."""
+
+    __slots__ = ("body", "born_ts", "ends", "keys", "phys", "tags")
+
+    def __init__(self, born_ts: int) -> None:
+        self.body = bytearray()
+        self.phys = array("q")
+        self.ends = array("q")
+        self.tags: set[str | None] = set()
+        self.keys: list[tuple[str, ...]] = []
+        self.born_ts = born_ts
+
+    def add(self, phys: int, member: bytes, tag: str | None, keys: tuple[str, ...]) -> None:
+        self.body += member
+        self.phys.append(phys)
+        self.ends.append(len(self.body))
+        self.tags.add(tag)
+        self.keys.append(keys)
+
+    def member(self, i: int) -> bytes:
+        return bytes(self.body[self.ends[i - 1] if i else 0:self.ends[i]])
+
+    def without(self, cancelled: set[int]) -> _Batch:
+        """A copy without the cancelled members."""
+        out = _Batch(self.born_ts)
+        for i, phys in enumerate(self.phys):
+            if phys not in cancelled:
+                out.add(phys, self.member(i), None, self.keys[i])
+        out.tags = self.tags
+        return out
+
+
 class _Slot:
     """One second of the wheel read into memory: its deliveries by due millisecond."""
 
@@ -265,7 +306,7 @@ class _Slot:
 
     def __init__(self, second: int) -> None:
         self.second = second
-        self.due: dict[int, dict[GroupKey, list[Item]]] = {}
+        self.due: dict[int, dict[GroupKey, list[_Batch]]] = {}
         self.items = 0
         self.relinks: list[tuple[int, int, int, int]] = []  # (deliver ms, offset, size, stored s)
         self.deferred: list[tuple[int, int, int, int]] = []  # a later lap's inserts, after the clear
@@ -330,7 +371,7 @@ class TimerService:
         self._skip: set[int] = set()  # timers processed before the last stop (start-up scan)
         self._skip_until_s = 0
         self._dedupe_floor: int | None = None  # keep the scan's start until the catch-up is done
-        self._index_backlog: deque[tuple[int, int, list[Item]]] = deque()
+        self._index_backlog: deque[tuple[int, int, list[tuple[str, ...]]]] = deque()
         self._missing_topics: set[str] = set()
         self._preparer_target = 0
         self._wake_preparer = trio.Event()
@@ -360,7 +401,7 @@ class TimerService:
         broker = self.broker
         now = self.clock()
         deliver = parse_delivery(m.properties, now, self.max_delay_ms)
-        clean = {k: v for k, v in m.properties.items() if k not in _STRIP}
+        clean = strip_timer_properties(m.properties)
         if deliver is None or deliver <= now:
             return await broker.put(m._replace(properties=clean))
         t = await broker._topic_for_put(m.topic)
@@ -519,22 +560,29 @@ class TimerService:
         if prepared is None:
             self.dropped += 1
             return
-        key, item = prepared
+        key, member, tag, keys, born_ts = prepared
         groups = slot.due.get(deliver)
         if groups is None:
             groups = slot.due[deliver] = {}
             heapq.heappush(self._due_heap, (deliver, slot.second))
-        items = groups.get(key)
-        if items is None:
-            groups[key] = [item]
+        batches = groups.get(key)
+        if batches is None:
+            batch = _Batch(born_ts)
+            groups[key] = [batch]
             if key[0] not in self.broker.meta.topics:
                 self._missing_topics.add(key[0])
         else:
-            items.append(item)
+            batch = batches[-1]
+            if len(batch.phys) >= MAX_BATCH_MEMBERS \
+                    or len(batch.body) + len(member) > self.max_batch_bytes:
+                batch = _Batch(born_ts)
+                batches.append(batch)
+        batch.add(phys, member, tag, keys)
         slot.items += 1
         self._prepared_items += 1
 
-    def _prepare_record(self, deliver: int, phys: int, size: int) -> tuple[GroupKey, Item] | None:
+    def _prepare_record(self, deliver: int, phys: int, size: int
+                        ) -> tuple[GroupKey, bytes, str | None, tuple[str, ...], int] | None:
         """Read a timer record and build its delivery as a batch member, working on
         the encoded bytes (a full decode costs several times as much)."""
         data = self.store.commitlog.read(phys, size)
@@ -578,8 +626,7 @@ class TimerService:
         # A delivery is a plain message: a committed transaction's flags stay on its timer
         # record (where the start-up scan looks for commits), not on the copy.
         flags = sys_flag & ~(rec.FORMAT_MASK | rec.TRANSACTION_MASK)
-        return ((real_topic, real_qid, reconsume, flags, born_host),
-                (phys, member, tag, keys, born_ts))
+        return (real_topic, real_qid, reconsume, flags, born_host), member, tag, keys, born_ts
 
     async def _ensure_topics(self) -> None:
         """Auto-create destination topics now, not at the due instant (creating one
@@ -633,70 +680,72 @@ class TimerService:
             groups = slot.due.pop(due, None) if slot is not None else None
             if not groups:
                 continue
-            for key, items in groups.items():
+            for key, batches in groups.items():
                 try:
-                    self._append_group(slot, due, key, items)  # type: ignore[arg-type]
+                    self._append_group(slot, due, key, batches)  # type: ignore[arg-type]
                 except FerryError as exc:
                     # The store refuses writes (failed fsync, full disk): keep the
-                    # deliveries and try again in a second.
+                    # deliveries not appended yet and try again in a second.
                     log.error("timer delivery to %s failed (%s); retrying", key[0], exc)
                     retry = now + 1000
-                    slot.due.setdefault(retry, {}).setdefault(key, []).extend(items)  # type: ignore[union-attr]
+                    slot.due.setdefault(retry, {}).setdefault(key, []).extend(batches)  # type: ignore[union-attr]
                     heapq.heappush(heap, (retry, second))
                     continue
                 touched.add(key[0])
         return touched
 
-    def _append_group(self, slot: _Slot, due: int, key: GroupKey, items: list[Item]) -> None:
+    def _append_group(self, slot: _Slot, due: int, key: GroupKey, batches: list[_Batch]) -> None:
+        """Append the batches built for (due ms, queue). A batch appended is removed
+        from ``batches``, so a store error leaves exactly the rest to retry."""
         topic, qid, reconsume, sys_flag, born_host = key
         broker = self.broker
         store = self.store
-        n_all = len(items)
         t = broker.meta.topics.get(topic)
-        if slot.cancelled:
-            items = [it for it in items if it[0] not in slot.cancelled]
         if t is None or not t.writable:
-            log.error("%d timer(s) due for topic %s dropped: the topic %s", len(items), topic,
+            n = sum(len(b.phys) for b in batches)
+            log.error("%d timer(s) due for topic %s dropped: the topic %s", n, topic,
                       "does not exist" if t is None else "is not writable")
-            self.dropped += len(items)
-            self._fired(slot, n_all)
+            self.dropped += n
+            self._fired(slot, n)
+            batches.clear()
             return
         if qid >= t.queues:
             qid %= t.queues
         counters = broker.counters.topics.get(topic) or broker.counters.topic(topic)
-        i = 0
-        n = len(items)
-        max_bytes = self.max_batch_bytes
-        while i < n:
-            j = i
-            nbytes = 0
-            while j < n and j - i < MAX_BATCH_MEMBERS and (j == i or nbytes + len(items[j][1])
-                                                           <= max_bytes):
-                nbytes += len(items[j][1])
-                j += 1
-            chunk = items[i:j]
+        cancelled = slot.cancelled
+        while batches:
+            batch = batches[0]
+            n_all = len(batch.phys)
+            if cancelled and not cancelled.isdisjoint(batch.phys):
+                batch = batch.without(cancelled)
+            n = len(batch.phys)
             if slot.first_fire_pos is None:
                 slot.first_fire_pos = store.dispatched_pos
-            if len(chunk) == 1:
-                _phys, member, tag, _keys, born_ts = chunk[0]
+            if n == 1:
+                member = batch.member(0)
                 flag, blen = _MEMBER_FLAG_BLEN.unpack_from(member, 12)
+                tag = next(iter(batch.tags)) if len(batch.tags) == 1 else \
+                    _prop(member[22 + blen:], _TAGS1, _TAGS2)
                 r = store.append(topic, qid, member[20:20 + blen], member[22 + blen:], flag,
-                                 sys_flag, born_ts, born_host, reconsume, 0, 1, tag_hash(tag))
-            else:
-                tags = {it[2] for it in chunk}
+                                 sys_flag, batch.born_ts, born_host, reconsume, 0, 1,
+                                 tag_hash(tag))
+            elif n:
+                tags = batch.tags
                 th = tag_hash(next(iter(tags))) if len(tags) == 1 else TAG_HASH_MIXED
-                r = store.append(topic, qid, b"".join([it[1] for it in chunk]), b"", 0,
-                                 sys_flag | rec.FORMAT_NATIVE_BATCH, chunk[0][4], born_host,
-                                 reconsume, 0, len(chunk), th)
-            self.lateness.add(r.store_timestamp - due, len(chunk))
-            counters.messages_in += len(chunk)
+                r = store.append(topic, qid, batch.body, b"", 0,
+                                 sys_flag | rec.FORMAT_NATIVE_BATCH, batch.born_ts, born_host,
+                                 reconsume, 0, n, th)
+            del batches[0]
+            self._fired(slot, n_all)
+            if not n:
+                continue
+            self.lateness.add(r.store_timestamp - due, n)
+            counters.messages_in += n
             counters.bytes_in += store.dispatched_pos - r.physical_offset
             counters.puts += 1
-            self.delivered += len(chunk)
-            if any(it[3] for it in chunk):
-                self._index_backlog.append((r.physical_offset, r.store_timestamp, chunk))
-            i = j
-        self._fired(slot, n_all)
+            self.delivered += n
+            if any(batch.keys):
+                self._index_backlog.append((r.physical_offset, r.store_timestamp, batch.keys))
 
     def _fired(self, slot: _Slot, n: int) -> None:
         slot.items -= n
@@ -791,10 +840,10 @@ class TimerService:
                 continue
             budget = INDEX_STEP
             while self._index_backlog and budget > 0:
-                phys, ts, chunk = self._index_backlog.popleft()
+                phys, ts, member_keys = self._index_backlog.popleft()
                 try:
-                    for member, item in enumerate(chunk):
-                        for key in item[3]:
+                    for member, keys in enumerate(member_keys):
+                        for key in keys:
                             index.put(key, phys, member, ts)
                             budget -= 1
                 except OSError as exc:  # a new index file could not be made (disk full)
@@ -845,8 +894,8 @@ class TimerService:
             if any(r[1] == phys for r in slot.relinks):
                 return True
             groups = slot.due.get(deliver)
-            return groups is not None and any(it[0] == phys for items in groups.values()
-                                              for it in items)
+            return groups is not None and any(phys in b.phys for batches in groups.values()
+                                              for b in batches)
         if slot_s < self.prepared_upto_s and slot is None:
             return False
         return any(e[2] == phys and not e[4] for e in self.wheel.walk(slot_s))
@@ -859,14 +908,7 @@ class TimerService:
             log.error("cancelling the timer at %d: %s", phys, exc)
         slot = self.slots.get(slot_s)
         if slot is not None:
-            slot.cancelled.add(phys)
-            for groups in slot.due.values():
-                for items in groups.values():
-                    before = len(items)
-                    items[:] = [it for it in items if it[0] != phys]
-                    self._fired(slot, before - len(items))
-            for due in [d for d, g in slot.due.items() if not any(g.values())]:
-                del slot.due[due]
+            slot.cancelled.add(phys)  # the firer leaves it out of its batch
 
     # ================================================================ lifecycle
 

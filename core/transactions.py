@@ -73,7 +73,13 @@ from .message import (
 )
 from .metadata import validate_group_name
 from .store.files import atomic_write, read_file
-from .timers import TIMER_TOPIC, iter_records, new_message_id, parse_delivery
+from .timers import (
+    TIMER_TOPIC,
+    iter_records,
+    new_message_id,
+    parse_delivery,
+    strip_timer_properties,
+)
 
 if TYPE_CHECKING:
     from .broker import Broker
@@ -376,7 +382,7 @@ class TransactionService:
         deliver = parse_delivery(props, timers.clock(), timers.max_delay_ms) \
             if timers.wants_timer(props) else None
         if deliver is not None and deliver > timers.clock():
-            clean = {k: v for k, v in props.items() if k not in _TIMER_REQUEST}
+            clean = strip_timer_properties(props)
             put = timers.append_timer(real, clean, t.name, qid, deliver, prepared_offset=h.phys)
             result = PutResult(t.name, qid, -1, 1, put.physical_offset, put.store_timestamp,
                                put.store_host, put.uniq_keys)
