@@ -397,3 +397,24 @@ async def test_a_store_refusing_writes_delays_timers_but_loses_none(broker) -> N
     broker.store.failed = None
     await until(lambda: broker.store.queue_bounds("t", 0)[1] == 1, 3.0)
     assert [m.body for m in read_queue(broker, "t", 0)] == [b"x"]
+
+
+async def test_cancelling_members_of_a_batch_built_ahead_leaves_the_rest_in_order(broker) -> None:
+    from ferrymq.core import parse_filter
+
+    due = now_ms() + 1200
+    ids = []
+    for i in range(50):
+        r = await broker.put(Message("t", b"%d" % i, {"TIMER_DELIVER_MS": str(due),
+                                                      "TAGS": "odd" if i % 2 else "even"},
+                                     queue_id=0))
+        ids.append(r.message_id())
+    await until(lambda: broker.timer_stats().prepared == 50)  # built, waiting for its ms
+    for i in (0, 7, 49):
+        await broker.cancel_timer(ids[i])
+    await until(lambda: broker.store.queue_bounds("t", 0)[1] == 47)
+    assert [int(m.body) for m in read_queue(broker, "t", 0)] == [
+        i for i in range(50) if i not in (0, 7, 49)]
+    odd = broker.get(None, "t", 0, 0, 100, 1 << 20, parse_filter("odd"))
+    assert {int(m.body) % 2 for m in odd.messages()} == {1}
+    assert broker.timer_stats().prepared == 0
