@@ -435,11 +435,19 @@ class TransactionService:
                                       f"{_PAST.get(outcome, 'ended')} already", outcome)
 
     def _read_half(self, h: _Half) -> ConsumedMessage:
-        m = self.store.message_at(h.phys)
-        if m is None or m.topic != HALF_TOPIC:
+        """The half's record, decoded once (``message_at`` decodes twice: a third of
+        an END_TRANSACTION's time, measured with py-spy)."""
+        data = self.store.read_record(h.phys)
+        try:
+            r = rec.decode(data, 0, check_crc=False) if data is not None else None
+        except rec.RecordError:
+            r = None
+        if r is None or r.topic != HALF_TOPIC or r.physical_offset != h.phys:
             # The record is gone (it cannot be: rolled before retention); never guess.
             raise TransactionNotFound(f"the half at CommitLog offset {h.phys} is no longer stored")
-        return m
+        return ConsumedMessage(r.topic, r.queue_id, r.queue_offset, r.body, r.properties,
+                               r.born_timestamp, r.store_timestamp, r.physical_offset,
+                               r.store_host, r.born_host, r.flag, r.sys_flag, r.reconsume_times)
 
     def _end(self, h: _Half, kind: int) -> PutResult:
         """Append the op record for ``h`` and forget it (synchronous)."""
