@@ -122,7 +122,7 @@ class BrokerConfig:
     roll_window_s: int = 86_400  # timers and open halves older than this are appended again
     timer_wheel_slots: int = 1 << 22  # seconds in the ring (48.5 days)
     timer_log_segment_entries: int = 1 << 20
-    timer_prepare_limit: int = 500_000  # deliveries built ahead of time, at most (soft)
+    timer_prepare_limit: int = 200_000  # deliveries built ahead of time, at most (soft)
     transaction_check_timeout_ms: int = 6_000  # RocketMQ transactionTimeOut
     transaction_check_interval_ms: int = 60_000  # RocketMQ transactionCheckInterval
     transaction_check_max: int = 15  # RocketMQ transactionCheckMax

@@ -44,7 +44,6 @@ import math
 import os
 import struct
 import time
-from array import array
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -107,12 +106,15 @@ _Q = struct.Struct(">q")
 _MEMBER = struct.Struct(">iiiii")  # batch member head: total, magic, crc, flag, body length
 _MEMBER_FLAG_BLEN = struct.Struct(">ii")
 _U16 = struct.Struct(">H")
+_PAIR = struct.Struct(">qq")
 
 PREPARE_CHUNK = 500  # timer records read per step before yielding (~3 ms on a slow core)
+WALK_CHUNK = 5000  # wheel entries walked per step before yielding (~3 ms)
 INDEX_STEP = 500  # keys of delivered messages indexed per step before yielding
 INDEX_DELAY_S = 0.01  # the indexer starts this long after the deliveries that woke it
 LOOKAHEAD_MS = 1000  # a slot is prepared at least this long before its second starts
-MAX_LEAD_MS = 60_000
+MAX_LEAD_MS = 10_000
+MAX_COST_US = 30.0  # per timer, for the lead: a chunk timed across a GC pause must not inflate it
 SCAN_SPAN_S = 3600  # the preparer looks this far ahead for the next non-empty slot
 IDLE_WAKE_S = 60.0  # an idle preparer still wakes this often, so processed time follows the clock
 MAX_BATCH_MEMBERS = 1024  # members per delivery record
@@ -195,6 +197,20 @@ def _prop(raw: bytes, name1: bytes, mid: bytes) -> str | None:
     return raw[i:j if j >= 0 else len(raw)].decode("utf-8", "replace")
 
 
+def _member_keys(member: bytes) -> list[str]:
+    """The keys the index holds for one batch member: its client id and its KEYS."""
+    blen = _MEMBER_FLAG_BLEN.unpack_from(member, 12)[1]
+    props = member[22 + blen:]
+    out = []
+    uniq = _prop(props, _UNIQ1, _UNIQ2) if _UNIQ1 in props else None
+    if uniq:
+        out.append(uniq)
+    if _KEYS1 in props:
+        ks = _prop(props, _KEYS1, _KEYS2)
+        out.extend(k for k in (ks.split(KEY_SEPARATOR) if ks else ()) if k)
+    return out
+
+
 _NAME_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
 _TAGS1, _TAGS2 = b"TAGS\x01", b"\x02TAGS\x01"
 _UNIQ1, _UNIQ2 = b"UNIQ_KEY\x01", b"\x02UNIQ_KEY\x01"
@@ -267,35 +283,59 @@ class CancelResult:
 class _Batch:
     """Deliveries due at the same millisecond for the same queue, built ahead of time
     as the body of one native batch record: at the due instant appending it is a
-    CRC and a copy. ``ends`` are the members' end offsets in ``body``."""
+    CRC and a copy. ``index`` holds (timer offset, end of member in ``body``) per
+    member. Both are bytearrays, which the garbage collector does not track: a
+    second of 100,000 sparse timers would otherwise hold half a million tracked
+    objects and make every full collection take hundreds of milliseconds
+    (measured with ``ferrymq bench timers`` and gc callbacks). ``prev`` links the
+    full batches of the same group, newest first."""
 
-    __slots__ = ("body", "born_ts", "ends", "keys", "phys", "tags")
+    __slots__ = ("body", "born_ts", "index", "mixed", "prev", "tag")
 
-    def __init__(self, born_ts: int) -> None:
+    def __init__(self, born_ts: int, prev: _Batch | None = None) -> None:
         self.body = bytearray()
-        self.phys = array("q")
-        self.ends = array("q")
-        self.tags: set[str | None] = set()
-        self.keys: list[tuple[str, ...]] = []
+        self.index = bytearray()
         self.born_ts = born_ts
+        self.tag: str | None = None
+        self.mixed = False
+        self.prev = prev
 
-    def add(self, phys: int, member: bytes, tag: str | None, keys: tuple[str, ...]) -> None:
+    @property
+    def count(self) -> int:
+        return len(self.index) >> 4
+
+    def add(self, phys: int, member: bytes, tag: str | None) -> None:
+        if not self.index:
+            self.tag = tag
+        elif tag != self.tag:
+            self.mixed = True
         self.body += member
-        self.phys.append(phys)
-        self.ends.append(len(self.body))
-        self.tags.add(tag)
-        self.keys.append(keys)
+        self.index += _PAIR.pack(phys, len(self.body))
+
+    def offsets(self) -> list[int]:
+        return [phys for phys, _end in _PAIR.iter_unpack(self.index)]
 
     def member(self, i: int) -> bytes:
-        return bytes(self.body[self.ends[i - 1] if i else 0:self.ends[i]])
+        start = _PAIR.unpack_from(self.index, (i - 1) << 4)[1] if i else 0
+        return bytes(self.body[start:_PAIR.unpack_from(self.index, i << 4)[1]])
 
     def without(self, cancelled: set[int]) -> _Batch:
         """A copy without the cancelled members."""
         out = _Batch(self.born_ts)
-        for i, phys in enumerate(self.phys):
+        for i, phys in enumerate(self.offsets()):
             if phys not in cancelled:
-                out.add(phys, self.member(i), None, self.keys[i])
-        out.tags = self.tags
+                out.add(phys, self.member(i), self.tag)
+        out.mixed = self.mixed
+        return out
+
+    def chain(self) -> list[_Batch]:
+        """This batch and the full ones before it, oldest first."""
+        out = []
+        b: _Batch | None = self
+        while b is not None:
+            out.append(b)
+            b = b.prev
+        out.reverse()
         return out
 
 
@@ -307,7 +347,7 @@ class _Slot:
 
     def __init__(self, second: int) -> None:
         self.second = second
-        self.due: dict[int, dict[GroupKey, list[_Batch]]] = {}
+        self.due: dict[int, dict[GroupKey, _Batch]] = {}  # the newest batch of each group
         self.items = 0
         self.relinks: list[tuple[int, int, int, int]] = []  # (deliver ms, offset, size, stored s)
         self.deferred: list[tuple[int, int, int, int]] = []  # a later lap's inserts, after the clear
@@ -372,8 +412,8 @@ class TimerService:
         self._skip: set[int] = set()  # timers processed before the last stop (start-up scan)
         self._skip_until_s = 0
         self._dedupe_floor: int | None = None  # keep the scan's start until the catch-up is done
-        # (record offset, store time, keys per member, first member not indexed yet)
-        self._index_backlog: deque[tuple[int, int, list[tuple[str, ...]], int]] = deque()
+        # (record offset, store time, the batch appended there, first member not indexed)
+        self._index_backlog: deque[tuple[int, int, _Batch, int]] = deque()
         self._missing_topics: set[str] = set()
         self._preparer_target = 0
         self._wake_preparer = trio.Event()
@@ -483,7 +523,8 @@ class TimerService:
 
     def _lead_ms(self, count: int) -> int:
         """How long before its second a slot of ``count`` timers is read."""
-        return min(MAX_LEAD_MS, LOOKAHEAD_MS + int(count * self._cost_us * 2 / 1000))
+        cost = min(self._cost_us, MAX_COST_US)
+        return min(MAX_LEAD_MS, LOOKAHEAD_MS + int(count * cost * 2 / 1000))
 
     async def _preparer(self) -> None:
         wheel = self.wheel
@@ -511,21 +552,26 @@ class TimerService:
             if nxt is None:
                 self.prepared_upto_s = target  # a whole span of empty seconds, all in the past
                 continue
-            self.prepared_upto_s = target
-            try:
-                entries = wheel.walk(target)
-            except WheelCorrupt as exc:
-                # Never stall the wheel on one bad slot (the lesson of apache/rocketmq #1568):
-                # keep what can be read, count the rest as lost, and say so loudly.
-                log.error("timer slot %d is damaged (%s); its timers are lost", target, exc)
-                self.dropped += wheel.count(target)
-                entries = []
+            # From here on a new timer for this second is taken in memory (the list
+            # below ends where it starts now), so the list can be walked in parts.
+            n, count = wheel.head(target)
             self.prepared_upto_s = target + 1
             slot = self.slots.get(target)
             if slot is None:
                 slot = self.slots[target] = _Slot(target)
             slot.preparing = True
             try:
+                entries: list[Slot] = []
+                while n >= 0:
+                    try:
+                        n = wheel.walk_part(target, n, WALK_CHUNK, entries)
+                    except WheelCorrupt as exc:
+                        # Never stall the wheel on one bad slot (the lesson of apache/rocketmq
+                        # #1568): keep what could be read, count the rest as lost, say so.
+                        log.error("timer slot %d is damaged (%s); timers lost", target, exc)
+                        self.dropped += max(0, count - len(entries))
+                        break
+                    await trio.sleep(0)
                 entries.reverse()  # oldest first: timers due at the same ms go out in arrival order
                 for i in range(0, len(entries), PREPARE_CHUNK):
                     t0 = time.perf_counter()
@@ -562,29 +608,25 @@ class TimerService:
         if prepared is None:
             self.dropped += 1
             return
-        key, member, tag, keys, born_ts = prepared
+        key, member, tag, born_ts = prepared
         groups = slot.due.get(deliver)
         if groups is None:
             groups = slot.due[deliver] = {}
             heapq.heappush(self._due_heap, (deliver, slot.second))
-        batches = groups.get(key)
-        if batches is None:
-            batch = _Batch(born_ts)
-            groups[key] = [batch]
+        batch = groups.get(key)
+        if batch is None:
+            batch = groups[key] = _Batch(born_ts)
             if key[0] not in self.broker.meta.topics:
                 self._missing_topics.add(key[0])
-        else:
-            batch = batches[-1]
-            if len(batch.phys) >= MAX_BATCH_MEMBERS \
-                    or len(batch.body) + len(member) > self.max_batch_bytes:
-                batch = _Batch(born_ts)
-                batches.append(batch)
-        batch.add(phys, member, tag, keys)
+        elif len(batch.index) >= MAX_BATCH_MEMBERS << 4 \
+                or len(batch.body) + len(member) > self.max_batch_bytes:
+            batch = groups[key] = _Batch(born_ts, batch)
+        batch.add(phys, member, tag)
         slot.items += 1
         self._prepared_items += 1
 
     def _prepare_record(self, deliver: int, phys: int, size: int
-                        ) -> tuple[GroupKey, bytes, str | None, tuple[str, ...], int] | None:
+                        ) -> tuple[GroupKey, bytes, str | None, int] | None:
         """Read a timer record and build its delivery as a batch member, working on
         the encoded bytes (a full decode costs several times as much)."""
         data = self.store.commitlog.read(phys, size)
@@ -618,17 +660,10 @@ class TimerService:
         member = b"".join((_MEMBER.pack(22 + blen + len(dprops), rec.MAGIC, 0, flag, blen), body,
                            _U16.pack(len(dprops)), dprops))
         tag = _prop(keep, _TAGS1, _TAGS2) if _TAGS1 in keep else None
-        keys: tuple[str, ...] = ()
-        if _UNIQ1 in keep or _KEYS1 in keep:
-            ks = _prop(keep, _KEYS1, _KEYS2)
-            uniq = _prop(keep, _UNIQ1, _UNIQ2)
-            keys = tuple(k for k in (ks.split(KEY_SEPARATOR) if ks else ()) if k)
-            if uniq:
-                keys = (uniq, *keys)  # the client id first: the single-record path uses it
         # A delivery is a plain message: a committed transaction's flags stay on its timer
         # record (where the start-up scan looks for commits), not on the copy.
         flags = sys_flag & ~(rec.FORMAT_MASK | rec.TRANSACTION_MASK)
-        return (real_topic, real_qid, reconsume, flags, born_host), member, tag, keys, born_ts
+        return (real_topic, real_qid, reconsume, flags, born_host), member, tag, born_ts
 
     async def _ensure_topics(self) -> None:
         """Auto-create destination topics now, not at the due instant (creating one
@@ -682,7 +717,8 @@ class TimerService:
             groups = slot.due.pop(due, None) if slot is not None else None
             if not groups:
                 continue
-            for key, batches in groups.items():
+            for key, newest in groups.items():
+                batches = newest.chain()
                 try:
                     self._append_group(slot, due, key, batches)  # type: ignore[arg-type]
                 except FerryError as exc:
@@ -690,7 +726,10 @@ class TimerService:
                     # deliveries not appended yet and try again in a second.
                     log.error("timer delivery to %s failed (%s); retrying", key[0], exc)
                     retry = now + 1000
-                    slot.due.setdefault(retry, {}).setdefault(key, []).extend(batches)  # type: ignore[union-attr]
+                    later = slot.due.setdefault(retry, {})  # type: ignore[union-attr]
+                    for b in batches:
+                        b.prev = later.get(key)
+                        later[key] = b
                     heapq.heappush(heap, (retry, second))
                     continue
                 touched.add(key[0])
@@ -704,7 +743,7 @@ class TimerService:
         store = self.store
         t = broker.meta.topics.get(topic)
         if t is None or not t.writable:
-            n = sum(len(b.phys) for b in batches)
+            n = sum(b.count for b in batches)
             log.error("%d timer(s) due for topic %s dropped: the topic %s", n, topic,
                       "does not exist" if t is None else "is not writable")
             self.dropped += n
@@ -717,23 +756,20 @@ class TimerService:
         cancelled = slot.cancelled
         while batches:
             batch = batches[0]
-            n_all = len(batch.phys)
-            if cancelled and not cancelled.isdisjoint(batch.phys):
+            n_all = batch.count
+            if cancelled and not cancelled.isdisjoint(batch.offsets()):
                 batch = batch.without(cancelled)
-            n = len(batch.phys)
+            n = batch.count
             if slot.first_fire_pos is None:
                 slot.first_fire_pos = store.dispatched_pos
             if n == 1:
                 member = batch.member(0)
                 flag, blen = _MEMBER_FLAG_BLEN.unpack_from(member, 12)
-                tag = next(iter(batch.tags)) if len(batch.tags) == 1 else \
-                    _prop(member[22 + blen:], _TAGS1, _TAGS2)
                 r = store.append(topic, qid, member[20:20 + blen], member[22 + blen:], flag,
                                  sys_flag, batch.born_ts, born_host, reconsume, 0, 1,
-                                 tag_hash(tag))
+                                 tag_hash(batch.tag))
             elif n:
-                tags = batch.tags
-                th = tag_hash(next(iter(tags))) if len(tags) == 1 else TAG_HASH_MIXED
+                th = TAG_HASH_MIXED if batch.mixed else tag_hash(batch.tag)
                 r = store.append(topic, qid, batch.body, b"", 0,
                                  sys_flag | rec.FORMAT_NATIVE_BATCH, batch.born_ts, born_host,
                                  reconsume, 0, n, th)
@@ -746,8 +782,8 @@ class TimerService:
             counters.bytes_in += store.dispatched_pos - r.physical_offset
             counters.puts += 1
             self.delivered += n
-            if any(batch.keys):
-                self._index_backlog.append((r.physical_offset, r.store_timestamp, batch.keys, 0))
+            if _UNIQ1 in batch.body or _KEYS1 in batch.body:
+                self._index_backlog.append((r.physical_offset, r.store_timestamp, batch, 0))
 
     def _fired(self, slot: _Slot, n: int) -> None:
         slot.items -= n
@@ -847,11 +883,11 @@ class TimerService:
                 continue
             budget = INDEX_STEP
             while backlog and budget > 0:
-                phys, ts, member_keys, start = backlog.popleft()
-                member = start
+                phys, ts, batch, member = backlog.popleft()
+                count = batch.count
                 try:
-                    while member < len(member_keys) and budget > 0:
-                        for key in member_keys[member]:
+                    while member < count and budget > 0:
+                        for key in _member_keys(batch.member(member)):
                             index.put(key, phys, member, ts)
                             budget -= 1
                         member += 1
@@ -859,8 +895,8 @@ class TimerService:
                     log.error("indexing delivered timers failed; lookups by their ids will "
                               "find the timer records", exc_info=exc)
                     continue
-                if member < len(member_keys):
-                    backlog.appendleft((phys, ts, member_keys, member))
+                if member < count:
+                    backlog.appendleft((phys, ts, batch, member))
             await trio.sleep(0)
 
     # ================================================================ cancel
@@ -906,8 +942,8 @@ class TimerService:
             if any(r[1] == phys for r in slot.relinks):
                 return True
             groups = slot.due.get(deliver)
-            return groups is not None and any(phys in b.phys for batches in groups.values()
-                                              for b in batches)
+            return groups is not None and any(phys in b.offsets() for newest in groups.values()
+                                              for b in newest.chain())
         if slot_s < self.prepared_upto_s and slot is None:
             return False
         return any(e[2] == phys and not e[4] for e in self.wheel.walk(slot_s))

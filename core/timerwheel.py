@@ -274,33 +274,53 @@ class TimerWheel:
 
     def walk(self, slot_s: int) -> list[Slot]:
         """Every entry of the slot as (number, delivery ms, offset, size, cancelled),
-        newest first (cancelled ones included). Raises WheelCorrupt on a broken link."""
+        newest first (cancelled ones included). Raises WheelCorrupt on a broken link
+        or a bad CRC."""
+        out: list[Slot] = []
+        head, count = self.head(slot_s)
+        n = head
+        while n >= 0:
+            n = self.walk_part(slot_s, n, 1 << 62, out, check=True)
+        if len(out) != count:
+            raise WheelCorrupt(f"slot {slot_s} counts {count} entries but links {len(out)}")
+        return out
+
+    def head(self, slot_s: int) -> tuple[int, int]:
+        """(newest entry number or -1, entry count) of a slot."""
         assert self._mm is not None
         head, count, _ = SLOT.unpack_from(self._mm, (slot_s & self.mask) * SLOT_SIZE)
-        out: list[Slot] = []
-        n = head - 1
+        return head - 1, count
+
+    def walk_part(self, slot_s: int, n: int, limit: int, out: list[Slot],
+                  check: bool = False) -> int:
+        """Append to ``out`` up to ``limit`` entries of a slot's list from entry ``n``
+        back; returns the entry to continue from (-1 at the end). Entries are never
+        rewritten but for their cancel flag, so a list can be walked in parts while
+        new timers are linked in front of it. ``check`` verifies each entry's CRC
+        (``validate`` does it for the whole wheel after an unclean stop; the
+        preparer's walk skips it: a third of its cost)."""
         segs = self.segments
         per = self.segment_entries
         end = self.next_entry
         unpack = ENTRY.unpack_from
-        while n >= 0:
+        first = segs[0].first if segs else 0
+        while n >= 0 and limit > 0:
             if not segs or n >= end:
                 raise WheelCorrupt(f"slot {slot_s} links to missing entry {n}")
-            i = (n - segs[0].first) // per
+            i = (n - first) // per
             if i < 0 or i >= len(segs):
                 raise WheelCorrupt(f"slot {slot_s} links to a deleted log segment (entry {n})")
             seg = segs[i]
-            deliver, phys, prev, size, check = unpack(seg.mm, SEGMENT_HEADER_SIZE
-                                                      + (n - seg.first) * ENTRY_SIZE)
-            if check != _check(deliver, phys, prev):
+            deliver, phys, prev, size, crc = unpack(seg.mm, SEGMENT_HEADER_SIZE
+                                                    + (n - seg.first) * ENTRY_SIZE)
+            if check and crc != _check(deliver, phys, prev):
                 raise WheelCorrupt(f"timer log entry {n} fails its CRC")
             out.append((n, deliver, phys, -size if size < 0 else size, size < 0))
             if prev - 1 >= n:
                 raise WheelCorrupt(f"timer log entry {n} links forward")
             n = prev - 1
-        if len(out) != count:
-            raise WheelCorrupt(f"slot {slot_s} counts {count} entries but links {len(out)}")
-        return out
+            limit -= 1
+        return n
 
     def clear(self, slot_s: int) -> None:
         """Empty a processed slot (its entries become dead log space)."""
