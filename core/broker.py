@@ -64,6 +64,15 @@ from .metadata import (
     validate_group_name,
     validate_topic_name,
 )
+from .metrics import MetricsRegistry, broker_collector
+from .pop import (
+    DEFAULT_INVISIBLE_MS,
+    DEFAULT_MAX_INFLIGHT_PER_QUEUE,
+    PoppedMessage,
+    PopService,
+    QueuePopStatus,
+    ReceiptRenewal,
+)
 from .retry import RESENT_TOPIC, DeadLetter, ResendResult, RetryService, SendBackResult
 from .stats import Counters, GroupTopicStats, QueueLag, TopicStats
 from .store.store import MessageStore, RecoveryReport, StoreConfig
@@ -171,6 +180,14 @@ class Broker:
         self.timers = TimerService(self)
         self.transactions = TransactionService(self)
         self.retry = RetryService(self)
+        self.metrics = MetricsRegistry()
+        self.metrics.add_collector(broker_collector(self))
+        self._flush_seconds = self.metrics.histogram(
+            "ferrymq_store_flush_duration_seconds", "CommitLog fsync latency.").labels()
+        self.pop_service = PopService(
+            self, os.path.join(config.data_dir, "pop"),
+            max_inflight_per_queue=int(config.extra.get(  # type: ignore[call-overload]
+                "pop_max_inflight_per_queue", DEFAULT_MAX_INFLIGHT_PER_QUEUE)))
 
     # ================================================================ lifecycle
 
@@ -213,6 +230,7 @@ class Broker:
         self._save_topics_sync()
         self.timers.open_sync(self.recovery.clean_shutdown)
         self.transactions.open_sync()
+        self.pop_service.open()
         self.started_at = now_ms()
         log.info("store open", extra={"recovery": self.recovery})
 
@@ -252,6 +270,7 @@ class Broker:
                            self.flush_offsets)
         nursery.start_soon(self._every, self.config.retention_check_interval_s,
                            self.run_retention)
+        nursery.start_soon(self.pop_service.run)
         self.timers.start(nursery)
         self.transactions.start(nursery)
         # What start-up built (modules, configuration, recovery) lives as long as the
@@ -284,6 +303,7 @@ class Broker:
     def _flushed(self, pos: int, seconds: float) -> None:
         self.counters.flushes += 1
         self.counters.flush_seconds += seconds
+        self._flush_seconds.observe(seconds)
 
     def _close_sync(self) -> None:
         if not self.store._open:
@@ -296,6 +316,7 @@ class Broker:
                 self.meta.save("groups.json", self.meta.dump_groups())
             if self.meta.offsets_dirty:
                 self.meta.save("offsets.json", self.meta.dump_offsets())
+            self.pop_service.close()
         finally:
             self.timers.wheel.close()
             self.store.close()
@@ -536,6 +557,48 @@ class Broker:
             for ev in waiters:
                 ev.set()
 
+    # ================================================================ pop consumption
+    # RocketMQ 5's POP_MESSAGE, ACK_MESSAGE, BATCH_ACK_MESSAGE, CHANGE_INVISIBLE_TIME
+    # and PEEK_MESSAGE; the state and its durability live in core/pop.py (docs/pop.md).
+
+    async def pop(self, group: str, topic: str, max_messages: int = 16,
+                  invisible_time_ms: int = DEFAULT_INVISIBLE_MS, filter: Filter | None = None,
+                  *, queue_id: int = -1, wait_ms: int = 0, init: str = "earliest"
+                  ) -> list[PoppedMessage]:
+        """Lease up to ``max_messages`` messages of ``topic`` (every queue, or only
+        ``queue_id``) to ``group`` for ``invisible_time_ms``: revived ones first, then
+        new ones. Waits up to ``wait_ms`` for one (long polling); [] at the timeout.
+        A group without pop state starts at its committed offset, else at the
+        queue's start (``init="earliest"``) or end (``"latest"``). Raises
+        TopicNotFound, PermissionDenied, QueueNotFound, InvalidArgument,
+        InvalidGroupName, GroupNotFound (auto-create off)."""
+        return await self.pop_service.pop(group, topic, max_messages, invisible_time_ms,
+                                          filter, queue_id, wait_ms, init)
+
+    def ack(self, receipt: str) -> None:
+        """Ack one popped message by its receipt handle. Raises InvalidReceipt (not
+        issued by this broker), ReceiptStale (acked already, or its invisible time
+        ran out, or superseded by change_invisible_time), TopicNotFound."""
+        self.pop_service.ack(receipt)
+
+    def ack_batch(self, receipts: Sequence[str]) -> list[FerryError | None]:
+        """Ack several handles; per handle None (acked) or the error ``ack`` would raise."""
+        return self.pop_service.ack_batch(receipts)
+
+    def change_invisible_time(self, receipt: str, invisible_time_ms: int) -> ReceiptRenewal:
+        """Extend (or shorten) a lease to ``invisible_time_ms`` from now. The old handle
+        becomes stale; ack with the returned one. Raises as ``ack``, and InvalidArgument."""
+        return self.pop_service.change_invisible_time(receipt, invisible_time_ms)
+
+    def peek(self, group: str, topic: str, max_messages: int = 16,
+             filter: Filter | None = None, *, queue_id: int = -1) -> list[ConsumedMessage]:
+        """What the group's next pop would get, without leasing anything."""
+        return self.pop_service.peek(group, topic, max_messages, filter, queue_id)
+
+    def pop_status(self, group: str, topic: str | None = None) -> list[QueuePopStatus]:
+        """Per queue the group popped from: pop offset, leases out, revived waiting."""
+        return self.pop_service.status(group, topic)
+
     # ================================================================ offsets
 
     def queue_bounds(self, topic: str, queue_id: int) -> tuple[int, int]:
@@ -666,6 +729,7 @@ class Broker:
         self.store.drop_topic(name)
         self._round_robin.pop(name, None)
         self.counters.topics.pop(name, None)
+        self.pop_service.forget_topic(name)
         self._notify(name)
         await self._save_topics()
 
@@ -709,6 +773,7 @@ class Broker:
     async def delete_group(self, name: str) -> None:
         self.group(name)
         del self.meta.groups[name]
+        self.pop_service.forget_group(name)
         if self.meta.offsets.pop(name, None) is not None:
             self.meta.offsets_dirty = True
         await self._save_groups()

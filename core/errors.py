@@ -129,6 +129,20 @@ class ShuttingDown(FerryError):
     retriable = True
 
 
+class InvalidReceipt(InvalidArgument):
+    """The receipt handle is malformed or was not issued by this broker (forged, truncated)."""
+
+    code = "invalid_receipt"
+
+
+class ReceiptStale(FerryError):
+    """The receipt handle is no longer current: its message was acked, its invisible
+    time ran out (the message was revived: only the newest handle counts), or its
+    invisible time was changed (which issues a new handle)."""
+
+    code = "receipt_stale"
+
+
 class MessageNotFound(FerryError):
     """No message has that id or offset (or it left the store with retention)."""
 

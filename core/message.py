@@ -242,11 +242,14 @@ class StoredRecord(NamedTuple):
                 r.store_timestamp, r.physical_offset, r.store_host, r.born_host, r.flag,
                 r.sys_flag, r.reconsume_times),))
         elif fmt == rec.FORMAT_NATIVE_BATCH:
+            # Members before start_offset are walked but never built: a consumer
+            # reading a big batch a few messages at a time pays for what it reads.
+            skip = max(0, start_offset - r.queue_offset)
             items = (ConsumedMessage(
                 r.topic, r.queue_id, r.queue_offset + i, m.body, m.properties, r.born_timestamp,
                 r.store_timestamp, r.physical_offset, r.store_host, r.born_host, m.flag,
                 r.sys_flag & ~rec.FORMAT_MASK, r.reconsume_times, i)
-                for i, m in enumerate(rec.iter_members(r.body)))
+                for i, m in enumerate(rec.iter_members(r.body, skip), skip))
         else:
             decoder = _BATCH_DECODERS.get(fmt)
             if decoder is None:

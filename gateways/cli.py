@@ -56,6 +56,8 @@ def _port_option(door: str) -> Any:
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"],
                                                case_sensitive=False), help="Default WARNING.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), help="Default text (logfmt).")
+@click.option("--namesrv", "namesrv_addr", metavar="HOST:PORT[;HOST:PORT]",
+              help="Join a cluster: register with these NameServers (default: the embedded one).")
 @click.option("--ready-file", type=click.Path(dir_okay=False),
               help="Write {\"pid\", \"ports\"} as JSON here once every door listens.")
 def serve(config_file: str | None, **flags: Any) -> None:

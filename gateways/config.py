@@ -42,6 +42,7 @@ class ServerConfig:
     log_level: str = "WARNING"
     log_format: str = "text"
     ready_file: str | None = None
+    namesrv_addr: str | None = None  # NameServers the broker registers with (HOST:PORT;...)
 
     def port(self, door: str) -> int | None:
         """The configured port of a door; None when it is switched off (port 0)."""
@@ -100,7 +101,8 @@ def load_config(path: str | None = None, env: Mapping[str, str] | None = None,
             name = key[len("FERRYMQ_"):].lower()
             if name.endswith("_port") and name[:-5] in DEFAULT_PORTS:
                 ports[name[:-5]] = _coerce(key, value, 0)
-            elif name in _BROKER_KEYS or name in ("host", "log_level", "log_format"):
+            elif name in _BROKER_KEYS or name in ("host", "log_level", "log_format",
+                                                   "namesrv_addr"):
                 flat[name] = value
     for key, value in (overrides or {}).items():
         if value is None:
@@ -109,7 +111,8 @@ def load_config(path: str | None = None, env: Mapping[str, str] | None = None,
             ports[key[:-5]] = _coerce(key, value, 0)
         else:
             flat[key] = value
-    unknown = set(flat) - _BROKER_KEYS - {"host", "log_level", "log_format", "ready_file"}
+    unknown = set(flat) - _BROKER_KEYS - {"host", "log_level", "log_format", "ready_file",
+                                          "namesrv_addr"}
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
     defaults = BrokerConfig()
@@ -128,7 +131,8 @@ def load_config(path: str | None = None, env: Mapping[str, str] | None = None,
         broker=broker, host=str(flat.get("host", "0.0.0.0")), ports=ports, doors=doors,
         log_level=str(flat.get("log_level", "WARNING")).upper(),
         log_format=str(flat.get("log_format", "text")),
-        ready_file=flat.get("ready_file"))
+        ready_file=flat.get("ready_file"),
+        namesrv_addr=str(flat["namesrv_addr"]) if flat.get("namesrv_addr") else None)
     if cfg.log_format not in ("text", "json"):
         raise ConfigError("log_format must be 'text' or 'json'")
     return cfg

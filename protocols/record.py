@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import construct as c
@@ -151,6 +151,67 @@ def decode_properties(raw: bytes | memoryview | str) -> dict[str, str]:
     return out
 
 
+def find_property(raw: bytes, name: bytes) -> str | None:
+    """The value of property ``name`` in encoded properties, without decoding the rest
+    (``name`` must be encoded and end with ``\x01``, e.g. ``b"TAGS\x01"``)."""
+    i = raw.find(name)
+    while i > 0 and raw[i - 1] != 2:  # a longer name that ends with this one
+        i = raw.find(name, i + 1)
+    if i < 0:
+        return None
+    start = i + len(name)
+    end = raw.find(b"\x02", start)
+    return raw[start:end if end >= 0 else len(raw)].decode("utf-8", "replace")
+
+
+class EncodedProperties(Mapping[str, str]):
+    """Properties still in their stored encoding, decoded on first use.
+
+    A door that receives properties encoded (RocketMQ remoting sends the very
+    ``name\x01value\x02`` text the record holds) hands them to the store as they
+    came, and a reader that wants one property finds it without decoding the
+    rest. Behaves as a read-only mapping of str to str."""
+
+    __slots__ = ("_dict", "raw")
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        self._dict: dict[str, str] | None = None
+
+    def _decoded(self) -> dict[str, str]:
+        if self._dict is None:
+            self._dict = decode_properties(self.raw)
+        return self._dict
+
+    def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        if self._dict is not None:
+            return self._dict.get(name, default)
+        value = find_property(self.raw, name.encode() + b"\x01")
+        return default if value is None else value
+
+    def __getitem__(self, name: str) -> str:
+        return self._decoded()[name]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._decoded())
+
+    def __len__(self) -> int:
+        return len(self._decoded())
+
+    def __bool__(self) -> bool:
+        return bool(self.raw)
+
+    def any_of(self, names: Iterable[bytes]) -> bool:
+        """Whether any of the encoded names (``b"DELAY\x01"``...) is present."""
+        return any(find_property(self.raw, n) is not None for n in names)
+
+    def __repr__(self) -> str:
+        return f"EncodedProperties({self._decoded()!r})"
+
+
 def host_bytes(address: str, port: int) -> bytes:
     """An IPv4 ``address:port`` as the 8 bytes of a record's host field."""
     parts = [int(p) for p in address.split(".")]
@@ -199,8 +260,8 @@ class Record:
         return self.sys_flag & FORMAT_MASK
 
     @property
-    def properties(self) -> dict[str, str]:
-        return decode_properties(self.properties_raw)
+    def properties(self) -> Mapping[str, str]:
+        return EncodedProperties(self.properties_raw) if self.properties_raw else {}
 
 
 def encode(
@@ -310,8 +371,8 @@ class BatchMember:
     properties_raw: bytes
 
     @property
-    def properties(self) -> dict[str, str]:
-        return decode_properties(self.properties_raw)
+    def properties(self) -> Mapping[str, str]:
+        return EncodedProperties(self.properties_raw) if self.properties_raw else {}
 
 
 def encode_member(flag: int, body: bytes, properties: bytes) -> bytes:
@@ -323,11 +384,21 @@ def encode_member(flag: int, body: bytes, properties: bytes) -> bytes:
                      _U16.pack(len(properties)), properties))
 
 
-def iter_members(body: bytes | memoryview) -> Iterator[BatchMember]:
-    """The members of a native batch body, in order. Raises RecordError on a member
-    whose sizes do not add up (RocketMQ clients send magic and CRC as 0: not checked)."""
+def iter_members(body: bytes | memoryview, skip: int = 0) -> Iterator[BatchMember]:
+    """The members of a native batch body, in order, from member ``skip`` on (the
+    ones before are stepped over by their sizes, not built). Raises RecordError on
+    a member whose sizes do not add up (RocketMQ clients send magic and CRC as 0:
+    not checked)."""
     end = len(body)
     p = 0
+    while skip > 0 and p < end:
+        if end - p < 22:
+            raise RecordError("truncated batch member")
+        total = _I32.unpack_from(body, p)[0]
+        if total < 22 or p + total > end:
+            raise RecordError("batch member size out of range")
+        p += total
+        skip -= 1
     while p < end:
         if end - p < 22:
             raise RecordError("truncated batch member")

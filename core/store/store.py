@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import struct
 import time
@@ -56,11 +57,13 @@ _write = CommitLog.write
 _U16 = struct.Struct(">H")
 _I32 = struct.Struct(">i")
 _SIZE_MAGIC = struct.Struct(">ii")
-# Entries a filtered get may skip before answering (RocketMQ's maxFilterMessageCount).
 # A batch member may not ask for delayed delivery or be a transaction's half: a batch
 # is one record, delivered at once (RocketMQ's client refuses these for batches too).
 _NOT_IN_BATCH = frozenset(("DELAY", "TIMER_DELIVER_MS", "TIMER_DELAY_MS", "TIMER_DELAY_SEC",
                            "TRAN_MSG"))
+_NOT_IN_BATCH_RE = re.compile(b"(?:^|\x02)(?:" + b"|".join(n.encode() for n in _NOT_IN_BATCH)
+                              + b")\x01")
+# Entries a filtered get may skip before answering (RocketMQ's maxFilterMessageCount).
 _MAX_SCAN_ENTRIES = 16_000
 
 
@@ -86,11 +89,81 @@ class RecoveryReport:
 
 
 def _record_keys(props: Mapping[str, str], member: int) -> list[tuple[str, int]]:
-    out = [(k, member) for k in props.get(PROPERTY_KEYS, "").split(" ") if k]
+    out = [(k, member) for k in (props.get(PROPERTY_KEYS) or "").split(" ") if k]
     uniq = props.get(PROPERTY_UNIQ_KEY)
     if uniq:
         out.append((uniq, member))
     return out
+
+
+# RocketMQ client ids (MessageClientIDSetter) are ip(4 or 16) pid(2) class loader(4)
+# time(4) counter(2) in hex. The members of a batch share everything but the
+# counter, so a batch record indexes each distinct id-without-its-counter once,
+# as "any member" (ANY_MEMBER), instead of one entry per member; a lookup by id
+# also asks for its prefix and finds the member by reading the record.
+_CLIENT_ID_LENGTHS = (32, 56)
+ANY_MEMBER = -1
+
+
+def client_id_prefix(uniq: str) -> str | None:
+    """The part of a RocketMQ-format client id shared by one producer's batch (an id
+    of another form with the same length only costs a lookup extra candidates)."""
+    return uniq[:-4] if len(uniq) in _CLIENT_ID_LENGTHS else None
+
+
+_TAGS_B, _KEYS_B, _UNIQ_B = b"TAGS\x01", b"KEYS\x01", b"UNIQ_KEY\x01"
+_find_property = rec.find_property
+_unpack_member = struct.Struct(">iiiii").unpack_from
+_unpack_u16 = struct.Struct(">H").unpack_from
+
+
+def scan_batch(body: bytes | memoryview) -> tuple[int, int, list[tuple[str, int]],
+                                                  tuple[str | None, ...]]:
+    """(message count, tag hash, keys to index, client ids) of a native batch body,
+    validating every member's sizes without building an object per member (this
+    runs for every batch produced). Raises InvalidMessage."""
+    end = len(body)
+    p = n = 0
+    tags: set[str | None] = set()
+    keys: list[tuple[str, int]] = []
+    uniq: list[str | None] = []
+    prefixes: set[str] = set()
+    while p < end:
+        if end - p < 22:
+            raise InvalidMessage("malformed batch: truncated member")
+        total, _magic, _crc, _flag, body_len = _unpack_member(body, p)
+        q = p + 20 + body_len
+        if total < 22 or p + total > end or body_len < 0 or q + 2 > p + total:
+            raise InvalidMessage("malformed batch: member size out of range")
+        props_len = _unpack_u16(body, q)[0]
+        if q + 2 + props_len != p + total:
+            raise InvalidMessage("malformed batch: member size does not match its fields")
+        if props_len:
+            raw = bytes(body[q + 2:q + 2 + props_len])
+            if _NOT_IN_BATCH_RE.search(raw) is not None:
+                raise _batch_member_refused(rec.decode_properties(raw))
+            tags.add(_find_property(raw, _TAGS_B) if _TAGS_B in raw else None)
+            if _KEYS_B in raw:
+                k = _find_property(raw, _KEYS_B)
+                if k:
+                    keys.extend((key, n) for key in k.split(" ") if key)
+            u = _find_property(raw, _UNIQ_B) if _UNIQ_B in raw else None
+            uniq.append(u)
+            if u:
+                prefix = client_id_prefix(u)
+                if prefix is None:
+                    keys.append((u, n))
+                elif prefix not in prefixes:
+                    prefixes.add(prefix)
+                    keys.append((prefix, ANY_MEMBER))
+        else:
+            tags.add(None)
+            uniq.append(None)
+        n += 1
+        p += total
+    if n == 0:
+        raise InvalidMessage("empty batch")
+    return n, _batch_tag_hash(tags), keys, tuple(uniq) if any(uniq) else ()
 
 
 class MessageStore:
@@ -228,15 +301,8 @@ class MessageStore:
             h = hook(props) if hook is not None else tag_hash(props.get(PROPERTY_TAGS))
             return 1, h, _record_keys(props, 0)
         if fmt == rec.FORMAT_NATIVE_BATCH:
-            tags: set[str | None] = set()
-            keys: list[tuple[str, int]] = []
-            n = 0
-            for i, m in enumerate(rec.iter_members(r.body)):
-                props = m.properties
-                tags.add(props.get(PROPERTY_TAGS))
-                keys.extend(_record_keys(props, i))
-                n += 1
-            return n, _batch_tag_hash(tags), keys
+            n, h, keys, _uniq = scan_batch(r.body)
+            return n, h, keys
         h = kb.read_header(r.body)
         return h.last_offset_delta + 1, TAG_HASH_NONE, []
 
@@ -357,6 +423,7 @@ class MessageStore:
         tags: set[str | None] = set()
         keys: list[tuple[str, int]] = []
         uniq: list[str | None] = []
+        prefixes: set[str] = set()
         plain = True  # no member has properties: the common case, kept cheap
         total = 0
         for i, m in enumerate(messages):
@@ -376,9 +443,21 @@ class MessageStore:
                 pb = rec.encode_properties(props)
                 if len(pb) > rec.MAX_PROPERTIES_BYTES:
                     raise InvalidMessage("properties exceed 32767 bytes")
+                if not _NOT_IN_BATCH.isdisjoint(props):
+                    raise _batch_member_refused(props)
                 tags.add(props.get(PROPERTY_TAGS))
-                keys.extend(_record_keys(props, i))
-                uniq.append(props.get(PROPERTY_UNIQ_KEY))
+                k = props.get(PROPERTY_KEYS)
+                if k:
+                    keys.extend((key, i) for key in k.split(" ") if key)
+                u = props.get(PROPERTY_UNIQ_KEY)
+                uniq.append(u)
+                if u:
+                    prefix = client_id_prefix(u)
+                    if prefix is None:
+                        keys.append((u, i))
+                    elif prefix not in prefixes:
+                        prefixes.add(prefix)
+                        keys.append((prefix, ANY_MEMBER))
                 add(_pack_member(22 + len(body) + len(pb), _MAGIC, 0, m.flag, len(body)))
                 add(body)
                 add(_pack_u16(len(pb)))
@@ -400,29 +479,13 @@ class MessageStore:
                            tuple(uniq) if any(uniq) else ())
 
     def append_encoded_batch(self, topic: str, queue_id: int, body: bytes,
-                             **kw: object) -> PutResult:
+                             born_timestamp: int = 0, born_host: bytes = _ZERO_HOST
+                             ) -> PutResult:
         """Append a native batch body already in RocketMQ's batch encoding (what
-        SEND_BATCH_MESSAGE carries), validating every member's sizes."""
-        tags: set[str | None] = set()
-        keys: list[tuple[str, int]] = []
-        uniq: list[str | None] = []
-        n = 0
-        try:
-            for i, m in enumerate(rec.iter_members(body)):
-                props = m.properties
-                if props and not _NOT_IN_BATCH.isdisjoint(props):
-                    raise _batch_member_refused(props)
-                tags.add(props.get(PROPERTY_TAGS))
-                keys.extend(_record_keys(props, i))
-                uniq.append(props.get(PROPERTY_UNIQ_KEY))
-                n += 1
-        except rec.RecordError as exc:
-            raise InvalidMessage(f"malformed batch: {exc}") from exc
-        if n == 0:
-            raise InvalidMessage("empty batch")
-        return self.append(topic, queue_id, body, b"", sys_flag=rec.FORMAT_NATIVE_BATCH,
-                           count=n, tag_hash=_batch_tag_hash(tags), keys=keys,
-                           uniq_keys=tuple(uniq) if any(uniq) else (), **kw)  # type: ignore[arg-type]
+        SEND_BATCH_MESSAGE carries) as it came, validating every member's sizes."""
+        n, h, keys, uniq = scan_batch(body)
+        return self.append(topic, queue_id, body, b"", 0, rec.FORMAT_NATIVE_BATCH,
+                           born_timestamp, born_host, 0, 0, n, h, keys, uniq)
 
     def append_kafka_batch(self, topic: str, queue_id: int, batch: bytes | bytearray | memoryview,
                            **kw: object) -> PutResult:
@@ -523,35 +586,51 @@ class MessageStore:
             return None
         return self.commitlog.read(phys, size)
 
-    def message_at(self, phys: int, member: int = 0) -> ConsumedMessage | None:
-        """The message stored at (CommitLog offset, batch member), or None."""
+    def messages_at(self, phys: int) -> list[ConsumedMessage]:
+        """Every message of the record at CommitLog offset ``phys`` (none if gone)."""
         data = self.read_record(phys)
         if data is None:
-            return None
+            return []
         try:
             r = rec.decode(data, 0, check_crc=False)
         except rec.RecordError:
-            return None
-        sr = StoredRecord(r.topic, r.queue_id, r.queue_offset, 1, phys, r.sys_flag,
-                          r.store_timestamp, data)
-        for m in sr.messages():
+            return []
+        return list(StoredRecord(r.topic, r.queue_id, r.queue_offset, 1, phys, r.sys_flag,
+                                 r.store_timestamp, data).messages())
+
+    def message_at(self, phys: int, member: int = 0) -> ConsumedMessage | None:
+        """The message stored at (CommitLog offset, batch member), or None."""
+        for m in self.messages_at(phys):
             if m.batch_index == member:
                 return m
         return None
 
     def lookup_key(self, key: str, topic: str | None = None, limit: int = 32
                    ) -> list[ConsumedMessage]:
-        """Messages whose KEYS or UNIQ_KEY include ``key``, newest first."""
-        out = []
-        for phys, member in self.index.lookup(key, limit * 4):
-            m = self.message_at(phys, member)
-            if m is None or (topic is not None and m.topic != topic):
-                continue
-            if key in m.keys or m.properties.get(PROPERTY_UNIQ_KEY) == key:
-                out.append(m)
-                if len(out) >= limit:
-                    break
-        return out
+        """Messages whose KEYS or UNIQ_KEY include ``key``, newest first. A
+        RocketMQ-format client id is also looked up by its prefix, which is how
+        batch records index their members' ids (see ``client_id_prefix``)."""
+        candidates = self.index.lookup(key, limit * 4)
+        prefix = client_id_prefix(key)
+        if prefix is not None:
+            candidates += [c for c in self.index.lookup(prefix, limit * 4)
+                           if c not in candidates]
+        out: list[ConsumedMessage] = []
+        seen: set[tuple[int, int]] = set()
+        for phys, member in candidates:
+            found = (self.messages_at(phys) if member == ANY_MEMBER
+                     else [m for m in [self.message_at(phys, member)] if m is not None])
+            for m in found:
+                if (m.physical_offset, m.batch_index) in seen:
+                    continue
+                if topic is not None and m.topic != topic:
+                    continue
+                if key in m.keys or m.properties.get(PROPERTY_UNIQ_KEY) == key:
+                    seen.add((m.physical_offset, m.batch_index))
+                    out.append(m)
+            if len(out) >= limit:
+                break
+        return out[:limit]
 
     # ================================================================ admin
 

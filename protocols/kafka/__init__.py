@@ -1,1 +1,1 @@
-"""The Kafka wire protocol, sans I/O: request/response codecs and record formats."""
+"""Kafka's wire protocol, sans-I/O: codecs derived from Kafka's specs, record formats, framing."""

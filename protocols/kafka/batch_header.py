@@ -1,4 +1,4 @@
-"""The fixed header of a Kafka RecordBatch (magic 2): the one part of Kafka's formats the store reads.
+"""The fixed header of a Kafka RecordBatch (magic 2): the part of Kafka's formats the store reads.
 
 Layout (big-endian; KIP-98, Kafka's DefaultRecordBatch)::
 

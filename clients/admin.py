@@ -1,0 +1,230 @@
+"""Admin: topics, consumer groups and their lag, offset reset by time, message lookups, the cluster.
+
+Every call goes through the NameServer (for routes and the broker list) to the
+brokers concerned, as RocketMQ's mqadmin does; a broker address given as the
+"NameServer" works for a single broker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+from ..protocols import record as rec
+from ..protocols.remoting import RequestCode, ResponseCode, request
+from ..protocols.remoting import bodies as B
+from ..protocols.remoting import headers as H
+from ..protocols.remoting.messages import MessageExt, decode_messages, parse_offset_msg_id
+from .instance import ClientInstance, NoRouteError
+from .remoting import DEFAULT_TIMEOUT, BrokerError, ClientError, check
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    queue: B.MessageQueue
+    min_offset: int
+    max_offset: int
+    last_update_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueueLag:
+    queue: B.MessageQueue
+    broker_offset: int
+    consumer_offset: int  # -1: never committed
+
+    @property
+    def lag(self) -> int:
+        return max(0, self.broker_offset - max(self.consumer_offset, 0))
+
+
+class Admin:
+    def __init__(self, namesrv: str | list[str], *, timeout: float = DEFAULT_TIMEOUT,
+                 **instance_options: Any) -> None:
+        self.instance = ClientInstance(namesrv, timeout=timeout, **instance_options)
+
+    async def __aenter__(self) -> Admin:
+        await self.instance.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.instance.__aexit__(None, None, None)
+
+    # ------------------------------------------------------------ cluster
+
+    async def cluster(self) -> B.ClusterInfo:
+        resp = await self.instance.namesrv_invoke(request(RequestCode.GET_BROKER_CLUSTER_INFO, 0))
+        return B.ClusterInfo.decode(check(resp, "NameServer").body)
+
+    async def brokers(self) -> dict[str, str]:
+        """Broker name -> master address, for every live broker."""
+        info = await self.cluster()
+        out = {n: b.master_addr for n, b in info.brokerAddrTable.items() if b.master_addr}
+        self.instance.broker_addrs.update(out)
+        return out
+
+    async def broker_runtime(self, addr: str) -> dict[str, str]:
+        resp = check(await self.instance.remoting.invoke(
+            addr, request(RequestCode.GET_BROKER_RUNTIME_INFO, 0)), addr)
+        table = B.loads(resp.body).get("table", {})
+        return {str(k): str(v) for k, v in table.items()}
+
+    # ------------------------------------------------------------ topics
+
+    async def topics(self) -> list[str]:
+        resp = await self.instance.namesrv_invoke(
+            request(RequestCode.GET_ALL_TOPIC_LIST_FROM_NAMESERVER, 0))
+        return B.decode_topic_list(check(resp, "NameServer").body)
+
+    async def create_topic(self, topic: str, queues: int = 4, *, perm: int = 6,
+                           order: bool = False, brokers: list[str] | None = None) -> list[str]:
+        """Create (or grow) the topic with ``queues`` queues on each of ``brokers`` (names;
+        default every broker). Returns the broker names."""
+        all_brokers = await self.brokers()
+        names = brokers or sorted(all_brokers)
+        if not names:
+            raise NoRouteError("no broker is registered with the NameServer")
+        ext = H.CreateTopicRequestHeader(topic, readQueueNums=queues, writeQueueNums=queues,
+                                         perm=perm, order=order).to_ext()
+        for name in names:
+            addr = all_brokers.get(name)
+            if addr is None:
+                raise NoRouteError(f"no live broker named {name}")
+            check(await self.instance.remoting.invoke(
+                addr, request(RequestCode.UPDATE_AND_CREATE_TOPIC, 0, ext)), addr)
+        return names
+
+    async def route(self, topic: str) -> B.TopicRouteData:
+        route = await self.instance.fetch_route(topic)
+        if route is None:
+            raise BrokerError(ResponseCode.TOPIC_NOT_EXIST, f"topic {topic} has no route")
+        return route
+
+    async def topic_stats(self, topic: str) -> list[QueueStats]:
+        route = await self.route(topic)
+        out = []
+        for bd in route.brokerDatas:
+            if not bd.master_addr:
+                continue
+            resp = check(await self.instance.remoting.invoke(bd.master_addr, request(
+                RequestCode.GET_TOPIC_STATS_INFO, 0, {"topic": topic})), bd.master_addr)
+            for mq, v in B.decode_queue_table(resp.body):
+                out.append(QueueStats(mq, int(v.get("minOffset", 0)), int(v.get("maxOffset", 0)),
+                                      int(v.get("lastUpdateTimestamp", 0))))
+        return sorted(out, key=lambda s: (s.queue.brokerName, s.queue.queueId))
+
+    async def delete_topic(self, topic: str) -> None:
+        route = await self.route(topic)
+        for bd in route.brokerDatas:
+            if bd.master_addr:
+                check(await self.instance.remoting.invoke(bd.master_addr, request(
+                    RequestCode.DELETE_TOPIC_IN_BROKER, 0, {"topic": topic})), bd.master_addr)
+        for ns in self.instance.namesrvs:
+            with contextlib.suppress(ClientError):
+                await self.instance.remoting.invoke(ns, request(
+                    RequestCode.DELETE_TOPIC_IN_NAMESRV, 0, {"topic": topic}))
+        self.instance.routes.pop(topic, None)
+
+    # ------------------------------------------------------------ groups
+
+    async def groups(self) -> list[dict[str, Any]]:
+        merged: dict[str, dict[str, Any]] = {}
+        for name, addr in sorted((await self.brokers()).items()):
+            resp = check(await self.instance.remoting.invoke(addr, request(
+                RequestCode.GET_ALL_SUBSCRIPTIONGROUP_CONFIG, 0)), addr)
+            table = B.loads(resp.body).get("subscriptionGroupTable", {})
+            for g, cfg in table.items():
+                row = merged.setdefault(g, dict(cfg, brokers=[]))
+                row["brokers"].append(name)
+                row["online"] = bool(row.get("online")) or bool(cfg.get("online"))
+        return [merged[g] for g in sorted(merged)]
+
+    async def group_lag(self, group: str, topic: str | None = None) -> list[QueueLag]:
+        out = []
+        for _name, addr in sorted((await self.brokers()).items()):
+            ext = {"consumerGroup": group}
+            if topic:
+                ext["topic"] = topic
+            resp = await self.instance.remoting.invoke(addr, request(
+                RequestCode.GET_CONSUME_STATS, 0, ext))
+            if resp.code == ResponseCode.SUBSCRIPTION_GROUP_NOT_EXIST:
+                continue
+            for mq, v in B.decode_queue_table(check(resp, addr).body):
+                out.append(QueueLag(mq, int(v.get("brokerOffset", 0)),
+                                    int(v.get("consumerOffset", -1))))
+        return sorted(out, key=lambda r: (r.queue.topic, r.queue.brokerName, r.queue.queueId))
+
+    async def group_members(self, group: str) -> list[dict[str, Any]]:
+        seen: dict[str, dict[str, Any]] = {}
+        for _name, addr in sorted((await self.brokers()).items()):
+            resp = await self.instance.remoting.invoke(addr, request(
+                RequestCode.GET_CONSUMER_CONNECTION_LIST, 0, {"consumerGroup": group}))
+            if resp.code != ResponseCode.SUCCESS:
+                continue
+            doc = B.loads(resp.body)
+            for c in doc.get("connectionSet", []):
+                seen[c.get("clientId", "")] = dict(c, messageModel=doc.get("messageModel"))
+        return [seen[k] for k in sorted(seen)]
+
+    async def reset_offsets_preview(self, group: str, topic: str, timestamp_ms: int
+                                    ) -> list[tuple[B.MessageQueue, int, int]]:
+        """(queue, current committed offset or -1, offset the reset would set)."""
+        lags = {r.queue: r.consumer_offset for r in await self.group_lag(group, topic)}
+        route = await self.route(topic)
+        out = []
+        for mq in B.queues_of(topic, route, write=False):
+            resp = check(await self.instance.broker_invoke(mq.brokerName, request(
+                RequestCode.SEARCH_OFFSET_BY_TIMESTAMP, 0, {
+                    "topic": topic, "queueId": str(mq.queueId),
+                    "timestamp": str(timestamp_ms)})), mq.brokerName)
+            out.append((mq, lags.get(mq, -1), int(resp.ext("offset") or 0)))
+        return out
+
+    async def reset_offsets(self, group: str, topic: str, timestamp_ms: int
+                            ) -> list[tuple[B.MessageQueue, int]]:
+        """Move the group's offsets on every queue of ``topic`` to the first message stored
+        at or after ``timestamp_ms``; online consumers are told to follow."""
+        route = await self.route(topic)
+        out: list[tuple[B.MessageQueue, int]] = []
+        ext = H.ResetOffsetRequestHeader(topic, group, timestamp_ms, True).to_ext()
+        for bd in route.brokerDatas:
+            if bd.master_addr:
+                resp = check(await self.instance.remoting.invoke(bd.master_addr, request(
+                    RequestCode.INVOKE_BROKER_TO_RESET_OFFSET, 0, ext)), bd.master_addr)
+                out.extend((mq, int(o)) for mq, o in B.decode_queue_table(resp.body))
+        return out
+
+    # ------------------------------------------------------------ messages
+
+    async def message_by_id(self, msg_id: str) -> MessageExt | None:
+        """A message by its id (client id or offset id), asking every broker."""
+        brokers = await self.brokers()
+        addrs = list(brokers.values())
+        parsed = parse_offset_msg_id(msg_id)
+        if parsed and parsed[0] in addrs:
+            addrs.remove(parsed[0])
+            addrs.insert(0, parsed[0])
+        ext = {"offset": str(parsed[1] if parsed else -1), "msgId": msg_id}
+        for addr in addrs:
+            resp = await self.instance.remoting.invoke(addr, request(
+                RequestCode.VIEW_MESSAGE_BY_ID, 0, ext))
+            if resp.code == ResponseCode.SUCCESS and resp.body:
+                try:
+                    return decode_messages(resp.body)[0]
+                except rec.RecordError:
+                    continue
+        return None
+
+    async def messages_by_key(self, topic: str, key: str, limit: int = 32) -> list[MessageExt]:
+        route = await self.route(topic)
+        out: list[MessageExt] = []
+        ext = H.QueryMessageRequestHeader(topic, key, limit, 0, 0).to_ext()
+        for bd in route.brokerDatas:
+            if not bd.master_addr:
+                continue
+            resp = await self.instance.remoting.invoke(bd.master_addr, request(
+                RequestCode.QUERY_MESSAGE, 0, ext))
+            if resp.code == ResponseCode.SUCCESS:
+                out.extend(decode_messages(resp.body))
+        return sorted(out, key=lambda m: m.store_timestamp)

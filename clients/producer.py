@@ -1,0 +1,306 @@
+"""The producer: sync, async and oneway sends, batches, ordered sends by sharding key, retries.
+
+Queue choice follows RocketMQ's DefaultMQProducerImpl: round-robin over the
+topic's writable queues on every broker the NameServer lists, and after a
+failure the next attempt avoids the broker that failed (``retries`` more
+attempts, RocketMQ's retryTimesWhenSendFailed = 2, with a short growing
+backoff), and later sends pass it over for ``FAULT_ISOLATION_S`` while other
+brokers work, so a producer moves on when a broker dies. An ordered send (a
+``sharding_key``) always maps the key onto the same queue and is not moved.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+import zlib
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from ..protocols.record import encode_member
+from ..protocols.remoting import RemotingCommand, RequestCode, ResponseCode, request
+from ..protocols.remoting import bodies as B
+from ..protocols.remoting.codes import DEFAULT_TOPIC
+from ..protocols.remoting.messages import encode_properties
+from .instance import ClientInstance, NoRouteError
+from .message import SHARDING_KEY, Message, SendResult, new_uniq_key
+from .remoting import DEFAULT_TIMEOUT, BrokerError, ClientError, RemotingConnectError
+
+log = logging.getLogger("ferrymq.client")
+
+DEFAULT_RETRIES = 2  # RocketMQ DefaultMQProducer.retryTimesWhenSendFailed
+RETRY_BACKOFF_S = 0.05
+MAX_IN_FLIGHT = 1024  # async sends outstanding per producer
+# How long a broker that failed a send is passed over while others work (RocketMQ's
+# latency fault tolerance isolates a failed broker for 30 s; shorter here so a restarted
+# broker is used again soon).
+FAULT_ISOLATION_S = 10.0
+# Response codes after which another broker may succeed (RocketMQ's retryResponseCodes).
+RETRIABLE = {ResponseCode.SYSTEM_ERROR, ResponseCode.SYSTEM_BUSY, ResponseCode.TOPIC_NOT_EXIST,
+             ResponseCode.SERVICE_NOT_AVAILABLE, ResponseCode.NO_PERMISSION,
+             ResponseCode.FLUSH_DISK_TIMEOUT}
+
+
+class Producer:
+    """``async with Producer("host:9876", group="pg") as p: await p.send(Message(...))``."""
+
+    def __init__(self, namesrv: str | list[str], group: str = "DEFAULT_PRODUCER", *,
+                 timeout: float = DEFAULT_TIMEOUT, retries: int = DEFAULT_RETRIES,
+                 max_in_flight: int = MAX_IN_FLIGHT, **instance_options: Any) -> None:
+        self.group = group
+        self.timeout = timeout
+        self.retries = retries
+        self.instance = ClientInstance(namesrv, timeout=timeout, **instance_options)
+        self.instance.producer_groups.add(group)
+        self._rr = itertools.count()
+        self._window = anyio.Semaphore(max_in_flight)
+        self._queues: dict[str, tuple[B.TopicRouteData, list[B.MessageQueue]]] = {}
+        self._faulty: dict[str, float] = {}  # broker name -> avoid it until (monotonic)
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    async def __aenter__(self) -> Producer:
+        await self.instance.__aenter__()
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._tg is not None
+        await self._tg.__aexit__(None, None, None)  # waits for async sends in flight
+        await self.instance.unregister(producer_group=self.group)
+        await self.instance.__aexit__(None, None, None)
+
+    # ------------------------------------------------------------ building
+
+    def _header(self, topic: str, mq: B.MessageQueue, props: str | None, from_default: bool,
+                flag: int = 0, batch: bool = False) -> dict[str, str]:
+        """SEND_MESSAGE_V2's header (what ``SendMessageRequestHeader.to_ext_v2`` gives,
+        built directly: it is on every send)."""
+        ext = {"a": self.group, "b": topic, "c": DEFAULT_TOPIC, "d": "4", "e": str(mq.queueId),
+               "f": "0", "g": str(time.time_ns() // 1_000_000), "h": str(flag), "j": "0",
+               "k": "false"}
+        if props is not None:
+            ext["i"] = props
+        if batch:
+            ext["m"] = "true"
+        return ext
+
+    def _choose(self, queues: list[B.MessageQueue], avoid: set[str]) -> B.MessageQueue:
+        """Round-robin, skipping the brokers this send failed on and those that failed
+        recently (RocketMQ's sendLatencyFaultEnable), unless nothing else is left."""
+        n = len(queues)
+        start = next(self._rr)
+        now = time.monotonic()
+        faulty = {b for b, until in self._faulty.items() if until > now}
+        for skip in (avoid | faulty, avoid):
+            for i in range(n):
+                q = queues[(start + i) % n]
+                if q.brokerName not in skip:
+                    return q
+        return queues[start % n]
+
+    @property
+    def faulty_brokers(self) -> set[str]:
+        """Brokers passed over for now because a send to them failed."""
+        now = time.monotonic()
+        return {b for b, until in self._faulty.items() if until > now}
+
+    def _mark_faulty(self, broker_name: str) -> None:
+        self._faulty[broker_name] = time.monotonic() + FAULT_ISOLATION_S
+
+    # ------------------------------------------------------------ sending
+
+    async def _send_cmd(self, topic: str, build: Callable[[B.MessageQueue, bool], RemotingCommand],
+                        sharding_key: str | None, queue: B.MessageQueue | None,
+                        oneway: bool = False) -> tuple[RemotingCommand | None, B.MessageQueue]:
+        inst = self.instance
+        avoid: set[str] = set()
+        last: Exception | None = None
+        attempts = 1 if (sharding_key is not None or queue is not None) else 1 + self.retries
+        for attempt in range(attempts):
+            mq: B.MessageQueue | None = None
+            try:
+                if queue is not None:
+                    mq, from_default = queue, False
+                else:
+                    queues, from_default = await inst.publish_queues(topic)
+                    if not queues:
+                        raise NoRouteError(f"topic {topic} has no writable queue")
+                    if sharding_key is not None:
+                        mq = queues[zlib.crc32(sharding_key.encode()) % len(queues)]
+                    else:
+                        mq = self._choose(queues, avoid)
+                cmd = build(mq, from_default)
+                addr = inst.broker_addr(mq.brokerName)
+                if oneway:
+                    await inst.remoting.invoke_oneway(addr, cmd)
+                    return None, mq
+                resp = await inst.remoting.invoke(addr, cmd, self.timeout)
+                if resp.code == ResponseCode.SUCCESS:
+                    if from_default:
+                        inst.routes.pop(topic, None)  # the topic exists now: learn its route
+                    return resp, mq
+                err = BrokerError(resp.code, resp.remark, addr)
+                if resp.code not in RETRIABLE:
+                    raise err
+                last = err
+                avoid.add(mq.brokerName)
+                self._mark_faulty(mq.brokerName)
+            except (RemotingConnectError, NoRouteError, ClientError) as exc:
+                if isinstance(exc, BrokerError) and exc.code not in RETRIABLE:
+                    raise
+                last = exc
+                if queue is None and mq is not None:
+                    avoid.add(mq.brokerName)
+                    self._mark_faulty(mq.brokerName)
+                inst.routes.pop(topic, None)
+            if attempt + 1 < attempts:
+                await anyio.sleep(RETRY_BACKOFF_S * (attempt + 1))
+        assert last is not None
+        raise last
+
+    async def send(self, message: Message, *, sharding_key: str | None = None,
+                   queue: B.MessageQueue | None = None) -> SendResult:
+        """Send and wait for the broker's acknowledgement. ``sharding_key``: ordered
+        send (the same key always goes to the same queue). Raises BrokerError,
+        RemotingConnectError, NoRouteError, RemotingTimeoutError."""
+        uniq = new_uniq_key()
+        props = message.wire_properties(uniq)
+        if sharding_key is not None:
+            props[SHARDING_KEY] = sharding_key
+        encoded = encode_properties(props)
+        topic = message.topic
+
+        def build(mq: B.MessageQueue, from_default: bool) -> RemotingCommand:
+            return request(RequestCode.SEND_MESSAGE_V2, 0,
+                           self._header(topic, mq, encoded, from_default, message.flag),
+                           bytes(message.body))
+
+        resp, mq = await self._send_cmd(topic, build, sharding_key, queue)
+        assert resp is not None
+        return SendResult(uniq, resp.ext("msgId") or "", mq, int(resp.ext("queueOffset") or 0))
+
+    async def send_oneway(self, message: Message, *, sharding_key: str | None = None) -> None:
+        """Send without waiting for (or getting) an acknowledgement."""
+        props = message.wire_properties(new_uniq_key())
+        encoded = encode_properties(props)
+
+        def build(mq: B.MessageQueue, from_default: bool) -> RemotingCommand:
+            return request(RequestCode.SEND_MESSAGE_V2, 0,
+                           self._header(message.topic, mq, encoded, from_default, message.flag),
+                           bytes(message.body), oneway=True)
+
+        await self._send_cmd(message.topic, build, sharding_key, None, oneway=True)
+
+    async def send_batch(self, messages: Sequence[Message], *,
+                         sharding_key: str | None = None) -> list[SendResult]:
+        """Send messages of one topic as one batch (stored as one record in one queue)."""
+        if not messages:
+            return []
+        topic = messages[0].topic
+        if any(m.topic != topic for m in messages):
+            raise ValueError("every message of a batch goes to the same topic")
+        uniqs = [new_uniq_key() for _ in messages]
+        body = b"".join(encode_member(m.flag, bytes(m.body), m.wire_properties_text(u).encode())
+                        for m, u in zip(messages, uniqs, strict=True))
+
+        def build(mq: B.MessageQueue, from_default: bool) -> RemotingCommand:
+            return request(RequestCode.SEND_BATCH_MESSAGE, 0,
+                           self._header(topic, mq, None, from_default, batch=True), body)
+
+        resp, mq = await self._send_cmd(topic, build, sharding_key, None)
+        assert resp is not None
+        offsets = (resp.ext("msgId") or "").split(",")
+        base = int(resp.ext("queueOffset") or 0)
+        return [SendResult(u, offsets[i] if i < len(offsets) else "", mq, base + i)
+                for i, u in enumerate(uniqs)]
+
+    def send_async(self, message: Message,
+                   callback: Callable[[SendResult | BaseException], Any] | None = None,
+                   *, sharding_key: str | None = None) -> Awaitable[None]:
+        """Start a send and return once it is queued; ``callback`` gets the SendResult or
+        the exception. Await the result: it waits only while ``max_in_flight`` sends are
+        outstanding. Sends queued without waiting leave in one write, so a pipelining
+        producer pays one system call per batch of messages; a failed one is retried
+        like ``send`` (moving to another broker)."""
+        return self._start_async(message, callback, sharding_key)
+
+    async def _start_async(self, message: Message,
+                           callback: Callable[[SendResult | BaseException], Any] | None,
+                           sharding_key: str | None) -> None:
+        assert self._tg is not None, "use the producer as an async context manager"
+        try:
+            self._window.acquire_nowait()
+        except anyio.WouldBlock:
+            await self._window.acquire()
+        if not self._send_nowait(message, callback, sharding_key):
+            self._tg.start_soon(self._run_async, message, callback, sharding_key)
+
+    def _finish(self, callback: Callable[[SendResult | BaseException], Any] | None,
+                result: SendResult | BaseException) -> None:
+        self._window.release()
+        if callback is not None:
+            callback(result)
+        elif isinstance(result, BaseException):
+            log.warning("async send failed: %s", result)
+
+    def _send_nowait(self, message: Message,
+                     callback: Callable[[SendResult | BaseException], Any] | None,
+                     sharding_key: str | None) -> bool:
+        """The fast path: the route is known and the connection open. False: take
+        the general path."""
+        inst = self.instance
+        topic = message.topic
+        route = inst.routes.get(topic)
+        if route is None:
+            return False
+        cached = self._queues.get(topic)
+        if cached is None or cached[0] is not route:
+            cached = self._queues[topic] = (route, B.queues_of(topic, route, write=True))
+        queues = cached[1]
+        if not queues:
+            return False
+        if sharding_key is not None:
+            mq = queues[zlib.crc32(sharding_key.encode()) % len(queues)]
+        else:
+            mq = self._choose(queues, set())
+        addr = inst.broker_addrs.get(mq.brokerName)
+        conn = inst.remoting.connections.get(addr) if addr else None
+        if conn is None or conn.closed:
+            return False
+        uniq = new_uniq_key()
+        props = message.wire_properties(uniq)
+        if sharding_key is not None:
+            props[SHARDING_KEY] = sharding_key
+        cmd = request(RequestCode.SEND_MESSAGE_V2, 0,
+                      self._header(topic, mq, encode_properties(props), False, message.flag),
+                      bytes(message.body))
+
+        def done(resp: Any) -> None:
+            if isinstance(resp, RemotingCommand) and resp.code == ResponseCode.SUCCESS:
+                self._finish(callback, SendResult(uniq, resp.ext("msgId") or "", mq,
+                                                  int(resp.ext("queueOffset") or 0)))
+            elif self._tg is not None:
+                # A failure or a refusal: retry the long way (other brokers, backoff),
+                # keeping this send's place in the window.
+                self._tg.start_soon(self._run_async, message, callback, sharding_key)
+
+        try:
+            conn.send_nowait(cmd, done, self.timeout)
+        except ClientError:
+            return False
+        return True
+
+    async def _run_async(self, message: Message,
+                         callback: Callable[[SendResult | BaseException], Any] | None,
+                         sharding_key: str | None) -> None:
+        try:
+            result: SendResult | BaseException = await self.send(message,
+                                                                  sharding_key=sharding_key)
+        except ClientError as exc:
+            result = exc
+        self._finish(callback, result)

@@ -1,0 +1,281 @@
+"""A broker-wide metrics registry (counters, gauges, histograms) rendered as Prometheus text.
+
+Every door feeds the same registry (``broker.metrics``); the HTTP door's
+``GET /metrics`` renders it. Two kinds of source:
+
+- instruments a caller updates as things happen (``counter``, ``gauge``,
+  ``histogram``), for what only the caller sees: requests and their latency
+  per protocol, open connections;
+- collectors, called at scrape time, for what the broker already counts:
+  messages and bytes in per topic, out per group, lag, store and pop state.
+  Nothing is counted twice.
+
+Names follow the Prometheus conventions (``ferrymq_`` prefix, base units,
+``_total`` on counters) and use the OpenTelemetry messaging vocabulary for
+labels where one applies: ``protocol`` (messaging.system: kafka, rocketmq,
+mqtt, http), ``topic`` (messaging.destination.name), ``queue``
+(messaging.destination.partition.id), ``group``
+(messaging.consumer.group.name), ``operation`` (messaging.operation.type).
+The format is Prometheus text exposition 0.0.4.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .broker import Broker
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Seconds; Prometheus client's defaults reach down to 5 ms, a broker's requests
+# go well below that.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                   0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    suffix: str  # "" or "_bucket", "_sum", "_count"
+    labels: tuple[tuple[str, str], ...]
+    value: float
+
+
+@dataclass(slots=True)
+class Family:
+    """What a collector yields: one metric name, its type and help, and samples."""
+
+    name: str
+    kind: str  # counter | gauge | histogram
+    help: str
+    samples: list[Sample] = field(default_factory=list)
+
+    def add(self, value: float, **labels: object) -> None:
+        self.samples.append(Sample("", tuple((k, str(v)) for k, v in labels.items()), value))
+
+
+class _Counter:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+
+class _Gauge(_Counter):
+    __slots__ = ()
+
+    def set(self, value: float) -> None:
+        self.value = value
+
+    def dec(self, amount: float = 1.0) -> None:
+        self.value -= amount
+
+
+class _Histogram:
+    __slots__ = ("bounds", "count", "counts", "sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        self.count += 1
+
+
+class Instrument:
+    """A labelled family of counters, gauges or histograms. ``labels(*values)``
+    returns the child for those label values (cache it on hot paths)."""
+
+    def __init__(self, name: str, kind: str, help: str, labelnames: Sequence[str],
+                 buckets: Sequence[float] = LATENCY_BUCKETS) -> None:
+        self.name, self.kind, self.help = name, kind, help
+        self.labelnames = tuple(labelnames)
+        self.buckets = tuple(sorted(buckets))
+        self._children: dict[tuple[str, ...], _Counter | _Histogram] = {}
+
+    def labels(self, *values: object) -> _Gauge | _Histogram:
+        key = tuple(str(v) for v in values)
+        child = self._children.get(key)
+        if child is None:
+            if len(key) != len(self.labelnames):
+                raise ValueError(f"{self.name} takes labels {self.labelnames}")
+            child = (_Histogram(self.buckets) if self.kind == "histogram"
+                     else _Gauge())
+            self._children[key] = child
+        return child  # type: ignore[return-value]
+
+    def family(self) -> Family:
+        fam = Family(self.name, self.kind, self.help)
+        for key, child in self._children.items():
+            labels = tuple(zip(self.labelnames, key, strict=True))
+            if isinstance(child, _Histogram):
+                cumulative = 0
+                for bound, n in zip((*self.buckets, math.inf), child.counts, strict=True):
+                    cumulative += n
+                    fam.samples.append(Sample("_bucket", (*labels, ("le", _num(bound))),
+                                              cumulative))
+                fam.samples.append(Sample("_sum", labels, child.sum))
+                fam.samples.append(Sample("_count", labels, child.count))
+            else:
+                fam.samples.append(Sample("", labels, child.value))
+        return fam
+
+
+class MetricsRegistry:
+    def __init__(self) -> None:
+        self._instruments: dict[str, Instrument] = {}
+        self._collectors: list[Callable[[], Iterable[Family]]] = []
+
+    def _get(self, name: str, kind: str, help: str, labelnames: Sequence[str],
+             buckets: Sequence[float] = LATENCY_BUCKETS) -> Instrument:
+        inst = self._instruments.get(name)
+        if inst is None:
+            inst = self._instruments[name] = Instrument(name, kind, help, labelnames, buckets)
+        elif inst.kind != kind or inst.labelnames != tuple(labelnames):
+            raise ValueError(f"metric {name} is registered as a {inst.kind} "
+                             f"with labels {inst.labelnames}")
+        return inst
+
+    def counter(self, name: str, help: str, labelnames: Sequence[str] = ()) -> Instrument:
+        if not name.endswith("_total"):
+            raise ValueError("a counter's name ends in _total (Prometheus naming)")
+        return self._get(name, "counter", help, labelnames)
+
+    def gauge(self, name: str, help: str, labelnames: Sequence[str] = ()) -> Instrument:
+        return self._get(name, "gauge", help, labelnames)
+
+    def histogram(self, name: str, help: str, labelnames: Sequence[str] = (),
+                  buckets: Sequence[float] = LATENCY_BUCKETS) -> Instrument:
+        return self._get(name, "histogram", help, labelnames, buckets)
+
+    def add_collector(self, collector: Callable[[], Iterable[Family]]) -> None:
+        self._collectors.append(collector)
+
+    def families(self) -> list[Family]:
+        out = [inst.family() for inst in self._instruments.values()]
+        for collect in self._collectors:
+            out.extend(collect())
+        return out
+
+    def render(self) -> str:
+        """Prometheus text exposition format 0.0.4 of every family, sorted by name."""
+        lines: list[str] = []
+        for fam in sorted(self.families(), key=lambda f: f.name):
+            lines.append(f"# HELP {fam.name} {_escape_help(fam.help)}")
+            lines.append(f"# TYPE {fam.name} {fam.kind}")
+            for s in fam.samples:
+                if s.labels:
+                    inner = ",".join(f'{k}="{_escape_label(v)}"' for k, v in s.labels)
+                    lines.append(f"{fam.name}{s.suffix}{{{inner}}} {_num(s.value)}")
+                else:
+                    lines.append(f"{fam.name}{s.suffix} {_num(s.value)}")
+        return "\n".join(lines) + "\n"
+
+
+def _num(v: float) -> str:
+    if v == math.inf:
+        return "+Inf"
+    if v == -math.inf:
+        return "-Inf"
+    if v != v:
+        return "NaN"
+    if float(v).is_integer() and abs(v) < 1e15:
+        return str(int(v))
+    return repr(float(v))
+
+
+def _escape_label(v: str) -> str:
+    return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _escape_help(v: str) -> str:
+    return v.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def broker_collector(broker: Broker) -> Callable[[], Iterable[Family]]:
+    """The families the broker counts itself, read at scrape time."""
+
+    def collect() -> Iterable[Family]:
+        c = broker.counters
+        m_in = Family("ferrymq_messages_in_total", "counter",
+                      "Messages stored, per topic, through every door.")
+        b_in = Family("ferrymq_bytes_in_total", "counter",
+                      "Bytes stored (records as written), per topic, through every door.")
+        for name, tc in sorted(c.topics.items()):
+            m_in.add(tc.messages_in, topic=name)
+            b_in.add(tc.bytes_in, topic=name)
+        m_out = Family("ferrymq_messages_out_total", "counter",
+                       "Messages delivered to consumer groups, per group and topic.")
+        b_out = Family("ferrymq_bytes_out_total", "counter",
+                       "Stored record bytes delivered to consumer groups, per group and topic.")
+        for (group, topic), gc in sorted(c.groups.items()):
+            m_out.add(gc.messages_out, group=group, topic=topic)
+            b_out.add(gc.bytes_out, group=group, topic=topic)
+        lag = Family("ferrymq_group_lag_messages", "gauge",
+                     "Messages between a group's committed offset and the queue's end.")
+        for group, topics in sorted(broker.meta.offsets.items()):
+            for topic, queues in sorted(topics.items()):
+                if topic not in broker.meta.topics:
+                    continue
+                for qid, committed in sorted(queues.items()):
+                    _, hi = broker.store.queue_bounds(topic, qid)
+                    lag.add(max(0, hi - committed), group=group, topic=topic, queue=qid)
+        stored = Family("ferrymq_topic_messages", "gauge",
+                        "Messages currently retained, per topic.")
+        for t in broker.topics():
+            stored.add(sum(hi - lo for lo, hi in (broker.store.queue_bounds(t.name, q)
+                                                  for q in range(t.queues))), topic=t.name)
+        cl = broker.store.commitlog
+        disk = Family("ferrymq_store_commitlog_bytes", "gauge",
+                      "Bytes of CommitLog retained on disk (write position minus minimum).")
+        disk.add(max(0, cl.write_pos - cl.min_offset))
+        fs = Family("ferrymq_store_disk_used_ratio", "gauge",
+                    "Used fraction of the file system holding the store.")
+        try:
+            st = os.statvfs(broker.config.data_dir)
+            total = st.f_blocks * st.f_frsize
+            fs.add((total - st.f_bavail * st.f_frsize) / total if total else 0.0)
+        except OSError:
+            pass
+        failures = Family("ferrymq_store_flush_failures_total", "counter",
+                          "fsync failures (the store refuses writes after one).")
+        failures.add(c.flush_failures)
+        topics = Family("ferrymq_topics", "gauge", "Topics.")
+        topics.add(len(broker.meta.topics))
+        groups = Family("ferrymq_groups", "gauge", "Consumer groups.")
+        groups.add(len(broker.meta.groups))
+        start = Family("ferrymq_start_time_seconds", "gauge",
+                       "When the broker started, in seconds since the epoch.")
+        start.add(broker.started_at / 1000)
+        out = [m_in, b_in, m_out, b_out, lag, stored, disk, fs, failures, topics, groups, start]
+        pop = getattr(broker, "pop_service", None)
+        if pop is not None:
+            inflight = Family("ferrymq_pop_inflight_messages", "gauge",
+                              "Messages popped and neither acked nor revived yet.")
+            inflight.add(pop.in_flight())
+            out.append(inflight)
+            for key, help in (("acks", "Pop receipts acked."),
+                              ("revived", "Pop leases that ran out and were redelivered."),
+                              ("dead_lettered", "Messages moved to %DLQ% after too many "
+                                                "deliveries."),
+                              ("stale_acks", "Acks refused with a stale receipt handle."),
+                              ("invalid_receipts", "Acks refused with a forged or malformed "
+                                                   "receipt handle.")):
+                f = Family(f"ferrymq_pop_{key}_total", "counter", help)
+                f.add(pop.stats[key])
+                out.append(f)
+        return out
+
+    return collect

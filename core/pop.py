@@ -1,0 +1,814 @@
+"""Pop consumption (RocketMQ 5's stateless model): lease, ack by receipt, revive the un-acked.
+
+A consumer asks for messages of (group, topic) without owning queues or
+offsets. Each message handed out is *leased* to the group until its invisible
+time runs out; the consumer acks it with the opaque receipt handle it got. A
+lease that runs out un-acked is *revived*: the message becomes poppable again,
+its reconsume count one higher, and past the group's ``max_reconsume_times``
+it goes to ``%DLQ%<group>`` instead. See docs/pop.md for the whole argument.
+
+State per (group, topic, queue) is a ``QueueState``: the pop offset (the next
+offset never handed out) and the leases of the messages handed out and not yet
+acked, in offset order. The message itself stays where it is in the CommitLog:
+a revived message is re-read at its offset, never copied (RocketMQ copies it
+into a retry topic, and an ack racing that copy left duplicates: apache/rocketmq
+#3787, #4153). Here every lease carries a lease number; a receipt handle names
+one, and only the current lease of a message can be acked. Reviving, changing
+the invisible time, and acking all replace or drop the lease, so an old
+handle is refused (``ReceiptStale``) and can never ack a newer delivery.
+
+Durability: every state change is an operation appended to a journal (page
+cache at once, fsynced at each snapshot) and applied by the same ``_apply``
+code at start-up; a snapshot (msgpack, atomic rename) compacts the journal.
+So a SIGKILLed broker loses no pop, ack or lease; a power loss loses at most
+the last snapshot interval, which redelivers (never drops) messages.
+
+Memory is bounded: at most ``max_inflight_per_queue`` leases per queue (a full
+window pops nothing new from that queue until acks or the DLQ drain it), and
+the expiry heap is compacted when stale entries outnumber live leases.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import heapq
+import hmac
+import itertools
+import logging
+import os
+import secrets
+import struct
+import zlib
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+import trio
+
+from .errors import (
+    FerryError,
+    InvalidArgument,
+    InvalidReceipt,
+    QueueNotFound,
+    ReceiptStale,
+    TopicNotFound,
+)
+from .filter import Filter
+from .message import (
+    PROPERTY_DLQ_ORIGIN_MESSAGE_ID,
+    PROPERTY_DLQ_ORIGIN_TOPIC,
+    PROPERTY_MAX_RECONSUME_TIMES,
+    ConsumedMessage,
+    Message,
+    now_ms,
+)
+from .metadata import DLQ_PREFIX
+from .store.files import atomic_write, fsync_dir, read_file
+
+if TYPE_CHECKING:
+    from .broker import Broker
+
+log = logging.getLogger("ferrymq.pop")
+
+MIN_INVISIBLE_MS = 100  # shorter leases would expire before a consumer could ack over a network
+MAX_INVISIBLE_MS = 12 * 3600_000  # RocketMQ proxy's maxInvisibleTimeMills (12 h)
+DEFAULT_INVISIBLE_MS = 30_000  # RocketMQ SimpleConsumer's default invisible duration
+MAX_POP_MESSAGES = 1024
+DEFAULT_MAX_INFLIGHT_PER_QUEUE = 10_000
+POP_MAX_BYTES = 4 << 20  # per pop call, as a pull's default
+REVIVE_IDLE_S = 1.0  # how soon journal bytes are fsynced (as the broker's offsets are saved)
+IDLE_MAX_S = 60.0  # the scanner's longest sleep with nothing to do
+SNAPSHOT_JOURNAL_BYTES = 8 << 20  # compact the journal once it grows past this
+
+RECEIPT_VERSION = 1
+_MAC_BYTES = 16  # HMAC-SHA256 truncated to 128 bits: forging needs 2**128 tries
+_RECEIPT_FIXED = struct.Struct(">iqqiq")  # queue id, offset, pop time ms, invisible ms, lease
+_FRAME = struct.Struct(">IIQ")  # journal frame: payload length, CRC-32 of payload, sequence
+
+Key = tuple[str, str, int]  # (group, topic, queue id)
+
+LEASED, READY, DEAD = 0, 1, 2  # a lease's states: out with a consumer, revived, bound for the DLQ
+
+
+@dataclass(slots=True)
+class Lease:
+    """One message handed out and not acked. ``lease`` changes with every pop and
+    every change of invisible time; ``deliveries`` counts hand-outs (1 = first)."""
+
+    lease: int
+    deliveries: int
+    pop_time: int
+    until: int
+    state: int = LEASED
+
+
+@dataclass(slots=True)
+class QueueState:
+    pop_offset: int
+    leases: dict[int, Lease] = field(default_factory=dict)  # offset -> lease, in offset order
+    ready: deque[int] = field(default_factory=deque)  # revived offsets, oldest first
+
+    @property
+    def progress(self) -> int:
+        """The offset below which the group has consumed everything (its committed offset)."""
+        for offset in self.leases:
+            return offset
+        return self.pop_offset
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """The fields a receipt handle carries, authenticated as a whole by an HMAC."""
+
+    group: str
+    topic: str
+    queue_id: int
+    offset: int
+    pop_time: int
+    invisible_ms: int
+    lease: int
+
+    @property
+    def invisible_until(self) -> int:
+        return self.pop_time + self.invisible_ms
+
+
+@dataclass(frozen=True, slots=True)
+class PoppedMessage:
+    """A message as pop hands it out: the message (its ``reconsume_times`` is the
+    number of earlier deliveries), its receipt handle, and when the lease ends."""
+
+    message: ConsumedMessage
+    receipt: str
+    pop_time: int
+    invisible_until: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptRenewal:
+    """What ``change_invisible_time`` answers: the new handle and the new deadline."""
+
+    receipt: str
+    invisible_until: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueuePopStatus:
+    topic: str
+    queue_id: int
+    pop_offset: int
+    in_flight: int
+    ready: int
+
+
+class ReceiptCodec:
+    """Builds and checks receipt handles: URL-safe base64 of the packed fields and an
+    HMAC-SHA256 (per-broker secret) over them. Anything not issued by this broker's
+    secret is ``InvalidReceipt``; the codec knows nothing of whether it is current."""
+
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret
+
+    def _mac(self, payload: bytes) -> bytes:
+        return hmac.new(self._secret, payload, hashlib.sha256).digest()[:_MAC_BYTES]
+
+    def encode(self, r: Receipt) -> str:
+        g, t = r.group.encode(), r.topic.encode()
+        payload = (bytes((RECEIPT_VERSION,)) + struct.pack(">H", len(g)) + g + bytes((len(t),))
+                   + t + _RECEIPT_FIXED.pack(r.queue_id, r.offset, r.pop_time, r.invisible_ms,
+                                             r.lease))
+        return base64.urlsafe_b64encode(payload + self._mac(payload)).rstrip(b"=").decode()
+
+    def decode(self, handle: str) -> Receipt:
+        if not isinstance(handle, str) or not 0 < len(handle) <= 1024:
+            raise InvalidReceipt("a receipt handle is a string of at most 1024 characters")
+        try:
+            raw = base64.urlsafe_b64decode(handle + "=" * (-len(handle) % 4))
+        except (ValueError, TypeError):
+            raise InvalidReceipt("the receipt handle is not URL-safe base64") from None
+        if len(raw) < 1 + 2 + 1 + _RECEIPT_FIXED.size + _MAC_BYTES:
+            raise InvalidReceipt("the receipt handle is truncated")
+        payload, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
+        if not hmac.compare_digest(mac, self._mac(payload)):
+            raise InvalidReceipt("the receipt handle was not issued by this broker")
+        try:
+            if payload[0] != RECEIPT_VERSION:
+                raise ValueError("version")
+            (glen,) = struct.unpack_from(">H", payload, 1)
+            p = 3
+            group = payload[p:p + glen].decode()
+            p += glen
+            tlen = payload[p]
+            topic = payload[p + 1:p + 1 + tlen].decode()
+            p += 1 + tlen
+            fields = _RECEIPT_FIXED.unpack_from(payload, p)
+            if p + _RECEIPT_FIXED.size != len(payload):
+                raise ValueError("length")
+        except (ValueError, IndexError, struct.error, UnicodeDecodeError):
+            # Authentic but unreadable: a handle from a newer format version.
+            raise InvalidReceipt("unsupported receipt handle format") from None
+        return Receipt(group, topic, *fields)
+
+
+class PopService:
+    """Pop state and its journal; the Broker's pop methods delegate here. Runs on
+    the broker's event-loop thread except ``open`` and ``close`` (worker thread or
+    start-up/shutdown, when nothing else touches it)."""
+
+    def __init__(self, broker: Broker, directory: str, *,
+                 max_inflight_per_queue: int = DEFAULT_MAX_INFLIGHT_PER_QUEUE,
+                 snapshot_journal_bytes: int = SNAPSHOT_JOURNAL_BYTES) -> None:
+        self.broker = broker
+        self.directory = directory
+        self.max_inflight_per_queue = max_inflight_per_queue
+        self.snapshot_journal_bytes = snapshot_journal_bytes
+        self.queues: dict[Key, QueueState] = {}
+        self.codec = ReceiptCodec(b"")
+        self._heap: list[tuple[int, int, Key, int]] = []  # (until, lease, key, offset)
+        self._live = 0  # leases in state LEASED: the heap's useful entries
+        self._next_lease = 1
+        self._seq = 0  # last journal sequence number written or replayed
+        self._journal_fd = -1
+        self._journal_bytes = 0
+        self._synced_bytes = 0
+        self._dead: deque[tuple[Key, int]] = deque()  # leases bound for the DLQ
+        self._rotor: dict[tuple[str, str], itertools.count[int]] = {}
+        self._waiters: dict[tuple[str, str], set[trio.Event]] = {}
+        self._scanner_wakeup: trio.Event | None = None
+        self._scanner_target = 0
+        self._scanner_idle = False  # asleep for IDLE_MAX_S: wake it when the journal grows
+        self._anchor: tuple[int, float] | None = None
+        self.stats = {"pops": 0, "popped": 0, "acks": 0, "revived": 0, "dead_lettered": 0,
+                      "stale_acks": 0, "invalid_receipts": 0}
+
+    # ================================================================ clock
+
+    def now(self) -> int:
+        """Wall-clock milliseconds that advance with trio's clock: immune to wall-clock
+        steps while running, and driven by MockClock in tests."""
+        current = trio.current_time()
+        if self._anchor is None:
+            self._anchor = (now_ms(), current)
+        wall, at = self._anchor
+        return wall + int((current - at) * 1000)
+
+    # ================================================================ persistence
+
+    def open(self) -> None:
+        """Load the secret, the snapshot and the journal (start-up, worker thread)."""
+        os.makedirs(self.directory, exist_ok=True)
+        secret_path = os.path.join(self.directory, "secret")
+        secret = read_file(secret_path)
+        if not secret or len(secret) < 32:
+            secret = secrets.token_bytes(32)
+            atomic_write(secret_path, secret)
+        self.codec = ReceiptCodec(secret)
+        raw = read_file(os.path.join(self.directory, "snapshot"))
+        if raw:
+            doc = msgpack.unpackb(raw, strict_map_key=False)
+            self._seq = doc["seq"]
+            self._next_lease = doc["next_lease"]
+            for g, t, q, pop_offset, leases in doc["queues"]:
+                qs = self.queues[(g, t, q)] = QueueState(pop_offset)
+                for offset, lease, deliveries, pop_time, until in leases:
+                    qs.leases[offset] = Lease(lease, deliveries, pop_time, until)
+        replayed = 0
+        for path in self._journal_files():
+            replayed += self._replay(path)
+        self._live = 0
+        for key, qs in self.queues.items():
+            qs.leases = dict(sorted(qs.leases.items()))
+            for offset, lease in qs.leases.items():
+                heapq.heappush(self._heap, (lease.until, lease.lease, key, offset))
+                self._live += 1
+        self._open_journal()
+        if replayed:
+            log.info("pop state recovered", extra={"journal_ops": replayed,
+                                                   "queues": len(self.queues)})
+
+    def _journal_files(self) -> list[str]:
+        names = sorted(n for n in os.listdir(self.directory) if n.startswith("journal-"))
+        return [os.path.join(self.directory, n) for n in names]
+
+    def _replay(self, path: str) -> int:
+        with open(path, "rb") as f:
+            data = f.read()
+        pos = n = 0
+        while pos + _FRAME.size <= len(data):
+            length, crc, seq = _FRAME.unpack_from(data, pos)
+            payload = data[pos + _FRAME.size:pos + _FRAME.size + length]
+            if len(payload) != length or zlib.crc32(payload) != crc:
+                log.warning("pop journal %s ends in a torn write at byte %d", path, pos)
+                break
+            pos += _FRAME.size + length
+            if seq <= self._seq:
+                continue  # already in the snapshot
+            self._seq = seq
+            self._apply(msgpack.unpackb(payload), replay=True)
+            n += 1
+        return n
+
+    def _open_journal(self) -> None:
+        path = os.path.join(self.directory, f"journal-{self._seq + 1:020d}")
+        self._journal_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._journal_bytes = self._synced_bytes = os.fstat(self._journal_fd).st_size
+        fsync_dir(self.directory)
+
+    def _log(self, op: list[Any]) -> None:
+        """Make ``op`` durable against a process crash (page cache), then apply it."""
+        payload = msgpack.packb(op)
+        self._seq += 1
+        frame = _FRAME.pack(len(payload), zlib.crc32(payload), self._seq) + payload
+        os.write(self._journal_fd, frame)
+        self._journal_bytes += len(frame)
+        if self._scanner_idle and self._scanner_wakeup is not None:
+            self._scanner_wakeup.set()  # new journal bytes: fsync within REVIVE_IDLE_S
+        self._apply(op, replay=False)
+
+    def _snapshot_bytes(self) -> bytes:
+        queues = []
+        for (g, t, q), qs in self.queues.items():
+            queues.append([g, t, q, qs.pop_offset,
+                           [[o, x.lease, x.deliveries, x.pop_time, x.until]
+                            for o, x in qs.leases.items()]])
+        return msgpack.packb({"version": 1, "seq": self._seq, "next_lease": self._next_lease,
+                              "queues": queues})
+
+    def rotate(self) -> tuple[bytes, int, int] | None:
+        """Loop thread: start a new journal and take a snapshot consistent with it.
+        Returns what ``write_snapshot`` needs, or None when the journal is empty."""
+        if self._journal_bytes == 0:
+            return None
+        old_fd = self._journal_fd
+        data = self._snapshot_bytes()
+        self._open_journal()
+        return data, self._seq, old_fd
+
+    def write_snapshot(self, job: tuple[bytes, int, int]) -> None:
+        """Worker thread: write the snapshot, then drop the journals it covers."""
+        data, seq, old_fd = job
+        try:
+            os.fsync(old_fd)
+        finally:
+            os.close(old_fd)
+        atomic_write(os.path.join(self.directory, "snapshot"), data)
+        for path in self._journal_files():
+            first = int(os.path.basename(path)[len("journal-"):])
+            if first <= seq:
+                os.unlink(path)
+
+    async def maybe_snapshot(self, force: bool = False) -> None:
+        if force or self._journal_bytes >= self.snapshot_journal_bytes:
+            job = self.rotate()
+            if job is not None:
+                await trio.to_thread.run_sync(self.write_snapshot, job)
+        elif self._journal_fd >= 0 and self._journal_bytes > self._synced_bytes:
+            size = self._journal_bytes
+            await trio.to_thread.run_sync(os.fsync, self._journal_fd)
+            self._synced_bytes = max(self._synced_bytes, size)
+
+    def close(self) -> None:
+        """Shutdown: a final snapshot so the next start replays nothing."""
+        if self._journal_fd < 0:
+            return
+        job = self.rotate()
+        if job is not None:
+            self.write_snapshot(job)
+        os.fsync(self._journal_fd)
+        os.close(self._journal_fd)
+        self._journal_fd = -1
+
+    # ================================================================ the state machine
+
+    def _apply(self, op: list[Any], *, replay: bool) -> None:
+        """Every state change, live or replayed from the journal, goes through here.
+
+        ``["P", g, t, q, pop_offset, pop_time, until, [[offset, lease, deliveries]...]]``
+        leases messages (new ones and redeliveries) and moves the pop offset;
+        ``["A", g, t, q, [offset...]]`` acks; ``["C", g, t, q, offset, lease,
+        pop_time, until]`` changes a lease's invisible time; ``["D", g, t, q,
+        [offset...]]`` drops leases moved to the DLQ (or whose message is gone);
+        ``["X", g, t]`` forgets a group's state on a topic (the topic was deleted)."""
+        kind = op[0]
+        if kind == "X":
+            for key in [k for k in self.queues if k[0] == op[1] and k[1] == op[2]]:
+                qs = self.queues.pop(key)
+                self._live -= sum(1 for x in qs.leases.values() if x.state == LEASED)
+            return
+        key: Key = (op[1], op[2], op[3])
+        qs = self.queues.get(key)
+        if qs is None:
+            qs = self.queues[key] = QueueState(op[4] if kind == "P" else 0)
+        if kind == "P":
+            _, _, _, _, pop_offset, pop_time, until, items = op
+            qs.pop_offset = max(qs.pop_offset, pop_offset)
+            for offset, lease_no, deliveries in items:
+                old = qs.leases.get(offset)
+                if old is not None and old.state == LEASED:
+                    self._live -= 1
+                qs.leases[offset] = Lease(lease_no, deliveries, pop_time, until)
+                self._live += 1
+                self._next_lease = max(self._next_lease, lease_no + 1)
+                if not replay:
+                    self._push(until, lease_no, key, offset)
+            # (After a replay ``open`` sorts every queue's leases by offset once.)
+        elif kind in ("A", "D"):
+            for offset in op[4]:
+                old = qs.leases.pop(offset, None)
+                if old is not None and old.state == LEASED:
+                    self._live -= 1
+        elif kind == "C":
+            _, _, _, _, offset, lease_no, pop_time, until = op
+            old = qs.leases.get(offset)
+            if old is not None:
+                if old.state != LEASED:
+                    self._live += 1
+                old.lease, old.pop_time, old.until, old.state = lease_no, pop_time, until, LEASED
+                self._next_lease = max(self._next_lease, lease_no + 1)
+                if not replay:
+                    self._push(until, lease_no, key, offset)
+        else:
+            raise ValueError(f"unknown pop journal operation {kind!r}")
+        if not replay:
+            self._commit_progress(key, qs)
+
+    def _commit_progress(self, key: Key, qs: QueueState) -> None:
+        group, topic, qid = key
+        progress = qs.progress
+        meta = self.broker.meta
+        if meta.committed(group, topic, qid) != progress and topic in meta.topics:
+            meta.commit(group, topic, qid, progress)
+
+    def _push(self, until: int, lease_no: int, key: Key, offset: int) -> None:
+        heapq.heappush(self._heap, (until, lease_no, key, offset))
+        if len(self._heap) > 2 * self._live + 1024:
+            # Acked leases leave their heap entries behind; keep the heap within
+            # twice the live leases so memory follows the in-flight windows.
+            self._heap = [e for e in self._heap if self._current(e) is not None]
+            heapq.heapify(self._heap)
+        wakeup = self._scanner_wakeup
+        if wakeup is not None and until < self._scanner_target:
+            wakeup.set()
+
+    def _current(self, entry: tuple[int, int, Key, int]) -> Lease | None:
+        _, lease_no, key, offset = entry
+        qs = self.queues.get(key)
+        lease = qs.leases.get(offset) if qs else None
+        if lease is None or lease.lease != lease_no or lease.state != LEASED:
+            return None
+        return lease
+
+    def revive_due(self, now: int) -> int:
+        """Turn every lease whose invisible time has run out into a redelivery (or a
+        dead letter past the group's maximum). Returns how many were revived."""
+        heap = self._heap
+        n = 0
+        while heap and heap[0][0] <= now:
+            entry = heapq.heappop(heap)
+            lease = self._current(entry)
+            if lease is None:
+                continue
+            _, _, key, offset = entry
+            self._live -= 1
+            n += 1
+            g = self.broker.meta.groups.get(key[0])
+            max_reconsume = g.max_reconsume_times if g is not None else 16
+            if lease.deliveries > max_reconsume:
+                lease.state = DEAD
+                self._dead.append((key, offset))
+            else:
+                lease.state = READY
+                self.queues[key].ready.append(offset)
+                self.stats["revived"] += 1
+                self._wake((key[0], key[1]))
+        return n
+
+    def _wake(self, group_topic: tuple[str, str]) -> None:
+        waiters = self._waiters.pop(group_topic, None)
+        if waiters:
+            for ev in waiters:
+                ev.set()
+
+    # ================================================================ background
+
+    async def run(self) -> None:
+        """The revive scanner: sleeps until the earliest lease falls due (or a second),
+        revives, and drains the DLQ backlog; snapshots the journal when it grows."""
+        last_snapshot = trio.current_time()
+        while True:
+            now = self.now()
+            self.revive_due(now)
+            if self._dead:
+                await self._drain_dead()
+            # Sleep until the earliest lease falls due (a new earlier one wakes us);
+            # at most a second while the journal holds bytes not yet fsynced.
+            idle = REVIVE_IDLE_S if self._journal_bytes > self._synced_bytes else IDLE_MAX_S
+            target = min(self._heap[0][0] if self._heap else now + int(idle * 1000),
+                         now + int(idle * 1000))
+            self._scanner_target = target
+            self._scanner_idle = idle == IDLE_MAX_S
+            self._scanner_wakeup = trio.Event()
+            with trio.move_on_after(max(0, target - now) / 1000):
+                await self._scanner_wakeup.wait()
+            self._scanner_wakeup = None
+            if trio.current_time() - last_snapshot >= REVIVE_IDLE_S:
+                last_snapshot = trio.current_time()
+                try:
+                    await self.maybe_snapshot()
+                except OSError as exc:
+                    log.error("pop snapshot failed", exc_info=exc)
+
+    async def _drain_dead(self) -> None:
+        while self._dead:
+            key, offset = self._dead.popleft()
+            qs = self.queues.get(key)
+            lease = qs.leases.get(offset) if qs else None
+            if lease is None or lease.state != DEAD:
+                continue
+            group, topic, qid = key
+            msg = self._read(topic, qid, offset)
+            if msg is not None:
+                try:
+                    await self._put_dead_letter(group, msg, lease.deliveries)
+                except FerryError as exc:
+                    # Keep the lease: the next pass tries again rather than lose it.
+                    log.error("cannot move %s:%d@%d to the DLQ: %s", topic, qid, offset, exc)
+                    self._dead.append((key, offset))
+                    return
+                self.stats["dead_lettered"] += 1
+            else:
+                log.warning("dead letter %s:%d@%d is gone from the store", topic, qid, offset)
+            if key in self.queues and offset in self.queues[key].leases:
+                self._log(["D", group, topic, qid, [offset]])
+
+    async def _put_dead_letter(self, group: str, m: ConsumedMessage, deliveries: int) -> None:
+        dlq = DLQ_PREFIX + group
+        if dlq not in self.broker.meta.topics:
+            await self.broker.create_topic(dlq, 1, exist_ok=True)
+        props = dict(m.properties)
+        props.setdefault(PROPERTY_DLQ_ORIGIN_TOPIC, m.topic)
+        props.setdefault(PROPERTY_DLQ_ORIGIN_MESSAGE_ID, m.msg_id)
+        props[PROPERTY_MAX_RECONSUME_TIMES] = str(deliveries - 1)
+        await self.broker.put(Message(dlq, m.body, props, 0, m.flag, m.born_timestamp,
+                                      m.born_host, deliveries))
+
+    # ================================================================ reading
+
+    def _read(self, topic: str, qid: int, offset: int) -> ConsumedMessage | None:
+        """The message at one offset (a member of a batch record included), or None."""
+        try:
+            r = self.broker.get(None, topic, qid, offset, 1, 1)
+        except FerryError:
+            return None
+        for m in r.messages(offset):
+            return m if m.queue_offset == offset else None
+        return None
+
+    def _queue_ids(self, topic: str, queue_id: int) -> list[int]:
+        t = self.broker._readable_topic(topic)
+        if queue_id >= 0:
+            if queue_id >= t.queues:
+                raise QueueNotFound(f"topic {topic} has {t.queues} queues; no queue {queue_id}")
+            return [queue_id]
+        return list(range(t.queues))
+
+    def _state(self, group: str, topic: str, qid: int, init: str) -> tuple[QueueState, bool]:
+        """The queue's pop state, and whether it was created just now."""
+        key = (group, topic, qid)
+        qs = self.queues.get(key)
+        if qs is not None:
+            return qs, False
+        lo, hi = self.broker.queue_bounds(topic, qid)
+        committed = self.broker.committed_offset(group, topic, qid)
+        start = committed if committed is not None else (hi if init == "latest" else lo)
+        qs = self.queues[key] = QueueState(start)
+        return qs, True
+
+    # ================================================================ API
+
+    def pop_now(self, group: str, topic: str, max_messages: int, invisible_ms: int,
+                filter: Filter | None, queue_id: int, init: str) -> list[PoppedMessage]:
+        """One non-waiting pop: redeliveries first, then new messages, queue by queue."""
+        queue_ids = self._queue_ids(topic, queue_id)
+        now = self.now()
+        self.revive_due(now)
+        if self._dead and self._scanner_wakeup is not None:
+            self._scanner_wakeup.set()
+        rotor = self._rotor.get((group, topic))
+        if rotor is None:
+            rotor = self._rotor[(group, topic)] = itertools.count()
+        start = next(rotor) % len(queue_ids)
+        until = now + invisible_ms
+        out: list[PoppedMessage] = []
+        self.stats["pops"] += 1
+        for qid in queue_ids[start:] + queue_ids[:start]:
+            if len(out) >= max_messages:
+                break
+            qs, created = self._state(group, topic, qid, init)
+            items: list[list[int]] = []
+            msgs: list[ConsumedMessage] = []
+            self._take_ready((group, topic, qid), qs, max_messages - len(out), filter,
+                             items, msgs)
+            pop_offset = self._take_new(group, qs, topic, qid,
+                                        max_messages - len(out) - len(items), filter,
+                                        items, msgs)
+            if not items and pop_offset == qs.pop_offset and not created:
+                continue  # nothing changed (a new state is journaled: "latest" is a time)
+            self._log(["P", group, topic, qid, pop_offset, now, until, items])
+            for (offset, lease_no, deliveries), m in zip(items, msgs, strict=True):
+                if m.reconsume_times != deliveries - 1:
+                    m = m._replace(reconsume_times=deliveries - 1)
+                handle = self.codec.encode(Receipt(group, topic, qid, offset, now,
+                                                   invisible_ms, lease_no))
+                out.append(PoppedMessage(m, handle, now, until))
+        self.stats["popped"] += len(out)
+        return out
+
+    def _take_ready(self, key: Key, qs: QueueState, room: int, filter: Filter | None,
+                    items: list[list[int]], msgs: list[ConsumedMessage]) -> None:
+        _, topic, qid = key
+        skipped: list[int] = []
+        while qs.ready and len(items) < room:
+            offset = qs.ready.popleft()
+            lease = qs.leases.get(offset)
+            if lease is None or lease.state != READY:
+                continue
+            m = self._read(topic, qid, offset)
+            if m is None:
+                lease.state = DEAD  # retention removed it: nothing to redeliver
+                self._dead.append((key, offset))
+                continue
+            if filter is not None and not filter.matches(m):
+                skipped.append(offset)  # not this consumer's: leave it for a matching one
+                continue
+            items.append([offset, self._new_lease(), lease.deliveries + 1])
+            msgs.append(m)
+        qs.ready.extendleft(reversed(skipped))
+
+    def _take_new(self, group: str, qs: QueueState, topic: str, qid: int, room: int,
+                  filter: Filter | None, items: list[list[int]],
+                  msgs: list[ConsumedMessage]) -> int:
+        """Lease up to ``room`` new messages from the pop offset; returns the new pop offset."""
+        room = min(room, self.max_inflight_per_queue - len(qs.leases))
+        # Retention may have removed what was never popped: start at the queue's minimum.
+        pop_offset = max(qs.pop_offset, self.broker.store.queue_bounds(topic, qid)[0])
+        if room <= 0:
+            return pop_offset
+        r = self.broker.get(group, topic, qid, pop_offset, room, POP_MAX_BYTES, filter)
+        new_offset = r.next_offset
+        for taken, m in enumerate(r.messages(pop_offset)):
+            if taken == room:
+                new_offset = m.queue_offset
+                break
+            items.append([m.queue_offset, self._new_lease(), 1])
+            msgs.append(m)
+        return max(new_offset, pop_offset)
+
+    def _new_lease(self) -> int:
+        n = self._next_lease
+        self._next_lease += 1
+        return n
+
+    async def pop(self, group: str, topic: str, max_messages: int, invisible_ms: int,
+                  filter: Filter | None, queue_id: int, wait_ms: int, init: str
+                  ) -> list[PoppedMessage]:
+        if not 1 <= max_messages <= MAX_POP_MESSAGES:
+            raise InvalidArgument(f"max_messages must be 1..{MAX_POP_MESSAGES}")
+        if not MIN_INVISIBLE_MS <= invisible_ms <= MAX_INVISIBLE_MS:
+            raise InvalidArgument(
+                f"invisible time must be {MIN_INVISIBLE_MS}..{MAX_INVISIBLE_MS} ms")
+        if wait_ms < 0:
+            raise InvalidArgument("wait must not be negative")
+        if init not in ("earliest", "latest"):
+            raise InvalidArgument("init must be 'earliest' or 'latest'")
+        self.broker._group_for_commit(group)
+        deadline = trio.current_time() + wait_ms / 1000
+        while True:
+            got = self.pop_now(group, topic, max_messages, invisible_ms, filter, queue_id, init)
+            if got or trio.current_time() >= deadline:
+                return got
+            ev = trio.Event()
+            broker_waiters = self.broker._waiters.setdefault(topic, set())
+            broker_waiters.add(ev)
+            mine = self._waiters.setdefault((group, topic), set())
+            mine.add(ev)
+            try:
+                with trio.move_on_at(deadline):
+                    await ev.wait()
+            finally:
+                broker_waiters.discard(ev)
+                if not broker_waiters and self.broker._waiters.get(topic) is broker_waiters:
+                    del self.broker._waiters[topic]
+                mine.discard(ev)
+                if not mine and self._waiters.get((group, topic)) is mine:
+                    del self._waiters[(group, topic)]
+
+    def _check(self, handle: str) -> tuple[Receipt, QueueState, Lease]:
+        try:
+            r = self.codec.decode(handle)
+        except InvalidReceipt:
+            self.stats["invalid_receipts"] += 1
+            raise
+        if r.topic not in self.broker.meta.topics:
+            raise TopicNotFound(f"topic {r.topic} does not exist")
+        qs = self.queues.get((r.group, r.topic, r.queue_id))
+        lease = qs.leases.get(r.offset) if qs else None
+        if (lease is None or lease.lease != r.lease or lease.state != LEASED
+                or self.now() >= lease.until):
+            self.stats["stale_acks"] += 1
+            raise ReceiptStale(
+                "the receipt handle is not current: the message was acked, or its "
+                "invisible time ran out and it was (or will be) delivered again")
+        return r, qs, lease  # type: ignore[return-value]
+
+    def ack(self, handle: str) -> None:
+        r, _, _ = self._check(handle)
+        self._log(["A", r.group, r.topic, r.queue_id, [r.offset]])
+        self.stats["acks"] += 1
+
+    def ack_batch(self, handles: Sequence[str]) -> list[FerryError | None]:
+        results: list[FerryError | None] = []
+        by_queue: dict[Key, list[int]] = {}
+        for h in handles:
+            try:
+                r, _, _ = self._check(h)
+            except FerryError as exc:
+                results.append(exc)
+                continue
+            offsets = by_queue.setdefault((r.group, r.topic, r.queue_id), [])
+            if r.offset in offsets:
+                results.append(ReceiptStale("the same receipt handle twice in one batch"))
+                continue
+            offsets.append(r.offset)
+            results.append(None)
+        for (g, t, q), offsets in by_queue.items():
+            self._log(["A", g, t, q, offsets])
+            self.stats["acks"] += len(offsets)
+        return results
+
+    def change_invisible_time(self, handle: str, invisible_ms: int) -> ReceiptRenewal:
+        if not MIN_INVISIBLE_MS <= invisible_ms <= MAX_INVISIBLE_MS:
+            raise InvalidArgument(
+                f"invisible time must be {MIN_INVISIBLE_MS}..{MAX_INVISIBLE_MS} ms")
+        r, _, _ = self._check(handle)
+        now = self.now()
+        lease_no = self._new_lease()
+        self._log(["C", r.group, r.topic, r.queue_id, r.offset, lease_no, now, now + invisible_ms])
+        new = self.codec.encode(Receipt(r.group, r.topic, r.queue_id, r.offset, now,
+                                        invisible_ms, lease_no))
+        return ReceiptRenewal(new, now + invisible_ms)
+
+    def peek(self, group: str, topic: str, max_messages: int, filter: Filter | None,
+             queue_id: int) -> list[ConsumedMessage]:
+        if not 1 <= max_messages <= MAX_POP_MESSAGES:
+            raise InvalidArgument(f"max_messages must be 1..{MAX_POP_MESSAGES}")
+        self.revive_due(self.now())
+        out: list[ConsumedMessage] = []
+        for qid in self._queue_ids(topic, queue_id):
+            qs = self.queues.get((group, topic, qid))
+            if qs is not None:
+                for offset in qs.ready:
+                    if len(out) >= max_messages:
+                        return out
+                    lease = qs.leases.get(offset)
+                    m = self._read(topic, qid, offset) if lease and lease.state == READY else None
+                    if m is not None and (filter is None or filter.matches(m)):
+                        out.append(m._replace(reconsume_times=lease.deliveries))  # type: ignore[union-attr]
+                start = qs.pop_offset
+            else:
+                committed = self.broker.committed_offset(group, topic, qid)
+                start = committed if committed is not None else self.broker.queue_bounds(
+                    topic, qid)[0]
+            room = max_messages - len(out)
+            if room <= 0:
+                break
+            r = self.broker.get(None, topic, qid, start, room, POP_MAX_BYTES, filter)
+            for m in r.messages(start):
+                if len(out) >= max_messages:
+                    break
+                out.append(m)
+        return out
+
+    def status(self, group: str, topic: str | None = None) -> list[QueuePopStatus]:
+        return [QueuePopStatus(t, q, qs.pop_offset,
+                               sum(1 for x in qs.leases.values() if x.state == LEASED),
+                               sum(1 for x in qs.leases.values() if x.state == READY))
+                for (g, t, q), qs in sorted(self.queues.items())
+                if g == group and (topic is None or t == topic)]
+
+    def forget_topic(self, topic: str) -> None:
+        """Drop every group's pop state on a deleted topic."""
+        for g in sorted({k[0] for k in self.queues if k[1] == topic}):
+            self._log(["X", g, topic])
+
+    def forget_group(self, group: str) -> None:
+        """Drop a deleted group's pop state on every topic."""
+        for t in sorted({k[1] for k in self.queues if k[0] == group}):
+            self._log(["X", group, t])
+
+    def in_flight(self) -> int:
+        return self._live
+

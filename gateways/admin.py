@@ -1,0 +1,540 @@
+"""The native CLI: topics, groups, produce, consume, offsets, messages, cluster, NameServer.
+
+``ferrymq topic create|list|describe|delete``, ``group list|describe``,
+``produce``, ``consume``, ``offset reset``, ``message show``, ``cluster
+list`` and ``namesrv`` (a standalone NameServer). Every command talks to a
+NameServer (``-n``, ``FERRYMQ_NAMESRV``, default 127.0.0.1:9876; a broker
+address works too) through the FerryMQ client.
+
+Conventions (docs/cli.md): data goes to stdout, as a table on a terminal or
+JSON lines otherwise (``-o table|json``); progress and hints go to stderr and
+only on a terminal; ``topic delete`` wants ``--yes`` and ``offset reset`` is a
+dry run until ``--execute``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import anyio
+import click
+
+from ..clients import Admin, ClientError, Message, Producer, PushConsumer
+from ..clients.message import MessageExt
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+DEFAULT_NAMESRV = "127.0.0.1:9876"
+T = TypeVar("T")
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+
+
+def parse_time(text: str, now_ms: int | None = None) -> int:
+    """A point in time as epoch milliseconds: ``earliest`` (0), ``latest`` (-1), epoch
+    milliseconds, an ISO 8601 date/time (UTC unless it says otherwise), or a duration
+    ago (``90s``, ``10m``, ``2h``, ``1d``)."""
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    t = text.strip().lower()
+    if t in ("earliest", "first", "beginning"):
+        return 0
+    if t in ("latest", "last", "end", "now"):
+        return -1
+    if t.isdigit():
+        return int(t)
+    m = _DURATION.match(t.removesuffix(" ago"))
+    if m:
+        return now_ms - int(float(m.group(1)) * _UNIT_MS[m.group(2)])
+    try:
+        dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r}: use earliest, latest, epoch ms, ISO 8601 or a duration like 10m") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1000)
+
+
+def _iso(ms: int) -> str:
+    if ms <= 0:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+def _run(fn: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return anyio.run(fn)
+    except ClientError as exc:
+        raise click.ClickException(str(exc)) from None
+    except BaseExceptionGroup as group:
+        match, _rest = group.split(ClientError)
+        if match is None:
+            raise
+        first: BaseException = match
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise click.ClickException(str(first)) from None
+
+
+def _err_console() -> Any:
+    from rich.console import Console
+    return Console(stderr=True)
+
+
+def _hint(text: str) -> None:
+    if sys.stderr.isatty():
+        _err_console().print(text, style="dim")
+
+
+def _emit(rows: Sequence[dict[str, Any]], columns: Sequence[str], output: str | None,
+          title: str | None = None) -> None:
+    """Rows as a rich table (a terminal, or ``-o table``) or JSON lines."""
+    fmt = output or ("table" if sys.stdout.isatty() else "json")
+    if fmt == "json":
+        for r in rows:
+            click.echo(json.dumps(r, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c.upper().replace("_", "-"))
+    for r in rows:
+        table.add_row(*("" if r.get(c) is None else str(r.get(c)) for c in columns))
+    Console(width=max(100, 20 * len(columns))).print(table)
+
+
+def namesrv_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("-n", "--namesrv", envvar="FERRYMQ_NAMESRV", default=DEFAULT_NAMESRV,
+                        show_default=True, metavar="HOST:PORT[;HOST:PORT]",
+                        help="NameServer(s), or one broker's address.")(f)
+
+
+def output_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("-o", "--output", type=click.Choice(["table", "json"]),
+                        help="table (default on a terminal) or JSON lines.")(f)
+
+
+def _message_row(m: MessageExt) -> dict[str, Any]:
+    try:
+        body: Any = m.body.decode()
+    except UnicodeDecodeError:
+        body = m.body.hex()
+    props = {k: v for k, v in m.properties.items() if k not in ("TAGS", "KEYS", "UNIQ_KEY")}
+    return {"topic": m.topic, "queue": m.queue_id, "offset": m.queue_offset, "msgId": m.msg_id,
+            "offsetMsgId": m.offset_msg_id, "tags": m.tags, "keys": " ".join(m.keys) or None,
+            "bornAt": _iso(m.born_timestamp), "storedAt": _iso(m.store_timestamp),
+            "reconsumeTimes": m.reconsume_times, "properties": props, "body": body}
+
+
+# ====================================================================== topic
+
+
+@click.group(context_settings=CONTEXT)
+def topic() -> None:
+    """Create, list, describe and delete topics."""
+
+
+@topic.command("create", context_settings=CONTEXT)
+@click.argument("name")
+@click.option("-q", "--queues", type=click.IntRange(1, 1024), default=4, show_default=True,
+              help="Queues per broker.")
+@click.option("--order", is_flag=True, help="An ordered (FIFO) topic.")
+@click.option("-b", "--broker", "brokers", multiple=True,
+              help="Broker name to create it on (repeat; default: every broker).")
+@namesrv_option
+def topic_create(name: str, queues: int, order: bool, brokers: tuple[str, ...],
+                 namesrv: str) -> None:
+    """Create a topic (or grow its queues) on the cluster's brokers."""
+    async def go() -> list[str]:
+        async with Admin(namesrv) as a:
+            return await a.create_topic(name, queues, order=order, brokers=list(brokers) or None)
+    names = _run(go)
+    click.echo(json.dumps({"topic": name, "queues": queues, "brokers": names}))
+
+
+@topic.command("list", context_settings=CONTEXT)
+@namesrv_option
+@output_option
+@click.option("--all", "show_all", is_flag=True, help="Include system topics (%RETRY%, TBW102...).")
+def topic_list(namesrv: str, output: str | None, show_all: bool) -> None:
+    """List the topics the NameServer knows."""
+    async def go() -> list[str]:
+        async with Admin(namesrv) as a:
+            return await a.topics()
+    names = [t for t in _run(go) if show_all or not t.startswith(("%", "TBW102", "RMQ_SYS_"))]
+    _emit([{"topic": t} for t in names], ["topic"], output)
+
+
+@topic.command("describe", context_settings=CONTEXT)
+@click.argument("name")
+@namesrv_option
+@output_option
+def topic_describe(name: str, namesrv: str, output: str | None) -> None:
+    """Queues of a topic on each broker: offsets and last write."""
+    async def go() -> list[Any]:
+        async with Admin(namesrv) as a:
+            return await a.topic_stats(name)
+    rows = [{"broker": s.queue.brokerName, "queue": s.queue.queueId, "min_offset": s.min_offset,
+             "max_offset": s.max_offset, "messages": s.max_offset - s.min_offset,
+             "last_write": _iso(s.last_update_ms)} for s in _run(go)]
+    _emit(rows, ["broker", "queue", "min_offset", "max_offset", "messages", "last_write"], output,
+          title=f"topic {name}")
+
+
+@topic.command("delete", context_settings=CONTEXT)
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Really delete it.")
+@namesrv_option
+def topic_delete(name: str, yes: bool, namesrv: str) -> None:
+    """Delete a topic on every broker and the NameServers (asks for --yes)."""
+    if not yes:
+        raise click.UsageError(f"deleting topic {name} drops its messages: add --yes")
+
+    async def go() -> None:
+        async with Admin(namesrv) as a:
+            await a.delete_topic(name)
+    _run(go)
+    click.echo(json.dumps({"deleted": name}))
+
+
+# ====================================================================== group
+
+
+@click.group(context_settings=CONTEXT)
+def group() -> None:
+    """List consumer groups and show their lag."""
+
+
+@group.command("list", context_settings=CONTEXT)
+@namesrv_option
+@output_option
+def group_list(namesrv: str, output: str | None) -> None:
+    """Consumer groups known to the brokers."""
+    async def go() -> list[dict[str, Any]]:
+        async with Admin(namesrv) as a:
+            return await a.groups()
+    rows = [{"group": g["groupName"], "online": g.get("online", False),
+             "broadcast": g.get("consumeBroadcastEnable", False),
+             "max_reconsume": g.get("retryMaxTimes"), "brokers": ",".join(g["brokers"])}
+            for g in _run(go)]
+    _emit(rows, ["group", "online", "broadcast", "max_reconsume", "brokers"], output)
+
+
+@group.command("describe", context_settings=CONTEXT)
+@click.argument("name")
+@click.option("-t", "--topic", "topic_name", help="Only this topic.")
+@namesrv_option
+@output_option
+def group_describe(name: str, topic_name: str | None, namesrv: str, output: str | None) -> None:
+    """Per queue: the group's committed offset, the queue's end and the lag."""
+    async def go() -> tuple[list[Any], list[dict[str, Any]]]:
+        async with Admin(namesrv) as a:
+            return await a.group_lag(name, topic_name), await a.group_members(name)
+    lags, members = _run(go)
+    rows = [{"group": name, "topic": r.queue.topic, "broker": r.queue.brokerName,
+             "queue": r.queue.queueId,
+             "current_offset": None if r.consumer_offset < 0 else r.consumer_offset,
+             "log_end_offset": r.broker_offset, "lag": r.lag} for r in lags]
+    _emit(rows, ["group", "topic", "broker", "queue", "current_offset", "log_end_offset", "lag"],
+          output, title=f"group {name}: {len(members)} member(s) online")
+    _hint(f"total lag {sum(r['lag'] for r in rows)}; members: "
+          + (", ".join(m.get("clientId", "?") for m in members) or "none online"))
+
+
+# ====================================================================== produce
+
+
+def _read_stdin_lines() -> Iterable[str]:
+    for line in sys.stdin:
+        yield line.rstrip("\n")
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("topic_name", metavar="TOPIC")
+@click.argument("bodies", nargs=-1)
+@click.option("--tags", help="Tag of every message.")
+@click.option("--keys", help="Keys of every message (space separated).")
+@click.option("-p", "--property", "props", multiple=True, metavar="NAME=VALUE",
+              help="A property (repeat).")
+@click.option("--sharding-key", help="Ordered send: the same key always goes to one queue.")
+@click.option("--batch", type=click.IntRange(1, 1024), default=1, show_default=True,
+              help="Send this many messages per request.")
+@click.option("--group", default="ferrymq-cli-producer", show_default=True)
+@namesrv_option
+def produce(topic_name: str, bodies: tuple[str, ...], tags: str | None, keys: str | None,
+            props: tuple[str, ...], sharding_key: str | None, batch: int, group: str,
+            namesrv: str) -> None:
+    """Send messages: the BODIES arguments, or one message per line of stdin.
+    Prints one JSON line per message sent (its id, queue and offset)."""
+    properties: dict[str, str] = {}
+    for p in props:
+        k, sep, v = p.partition("=")
+        if not sep or not k:
+            raise click.BadParameter(f"{p!r} is not NAME=VALUE", param_hint="--property")
+        properties[k] = v
+    source: Iterable[str] = bodies if bodies else _read_stdin_lines()
+
+    async def go() -> int:
+        n = 0
+        progress = None
+        if sys.stderr.isatty():
+            from rich.progress import Progress, SpinnerColumn, TextColumn
+            progress = Progress(SpinnerColumn(), TextColumn("{task.completed} sent"),
+                                console=_err_console(), transient=True)
+            progress.start()
+            task = progress.add_task("produce", total=None)
+        try:
+            async with Producer(namesrv, group) as p:
+                pending: list[Message] = []
+
+                async def flush() -> None:
+                    nonlocal n
+                    if len(pending) == 1:
+                        results = [await p.send(pending[0], sharding_key=sharding_key)]
+                    else:
+                        results = await p.send_batch(pending, sharding_key=sharding_key)
+                    for r in results:
+                        click.echo(json.dumps({"msgId": r.msg_id, "offsetMsgId": r.offset_msg_id,
+                                               "topic": r.queue.topic,
+                                               "broker": r.queue.brokerName,
+                                               "queue": r.queue.queueId,
+                                               "offset": r.queue_offset}))
+                    n += len(results)
+                    if progress is not None:
+                        progress.update(task, completed=n)
+                    pending.clear()
+
+                for body in source:
+                    pending.append(Message(topic_name, body.encode(), tags=tags, keys=keys,
+                                           properties=properties))
+                    if len(pending) >= batch:
+                        await flush()
+                if pending:
+                    await flush()
+        finally:
+            if progress is not None:
+                progress.stop()
+        return n
+
+    n = _run(go)
+    _hint(f"{n} message(s) sent to {topic_name}")
+
+
+# ====================================================================== consume
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("topic_name", metavar="TOPIC")
+@click.option("-g", "--group", help="Consumer group (default: a new one for this run).")
+@click.option("--from", "start", default="latest", show_default=True,
+              help="Where a group without offsets starts: earliest, latest or a TIME "
+                   "(epoch ms, ISO 8601, or a duration ago like 10m).")
+@click.option("-e", "--expression", default="*", show_default=True,
+              help="Tag filter (TagA || TagB).")
+@click.option("--sql", help="SQL92 property filter instead of a tag filter.")
+@click.option("-m", "--max-messages", type=click.IntRange(min=1),
+              help="Stop after this many messages.")
+@click.option("--idle-timeout", type=float, default=None,
+              help="Stop after this many seconds without a message.")
+@click.option("--broadcast", is_flag=True, help="Broadcasting: every member gets everything.")
+@namesrv_option
+def consume(topic_name: str, group: str | None, start: str, expression: str, sql: str | None,
+            max_messages: int | None, idle_timeout: float | None, broadcast: bool,
+            namesrv: str) -> None:
+    """Print messages as JSON lines until Ctrl-C, --max-messages or --idle-timeout."""
+    when = parse_time(start)
+    consume_from: str | int = "FIRST" if when == 0 else "LAST" if when == -1 else when
+    group = group or f"ferrymq-cli-{int(time.time() * 1000)}"
+    count = 0
+    last = [time.monotonic()]
+
+    async def go() -> None:
+        done = anyio.Event()
+        lock = anyio.Lock()
+
+        async def handler(msgs: list[MessageExt]) -> None:
+            nonlocal count
+            async with lock:
+                for m in msgs:
+                    if max_messages is not None and count >= max_messages:
+                        # Enough: park until shutdown cancels us, so that this message
+                        # and the rest stay unconsumed for the group.
+                        done.set()
+                        await anyio.sleep_forever()
+                    click.echo(json.dumps(_message_row(m)))
+                    count += 1
+                last[0] = time.monotonic()
+                if max_messages is not None and count >= max_messages:
+                    done.set()
+
+        c = PushConsumer(namesrv, group, handler, consume_from=consume_from,
+                         message_model="BROADCASTING" if broadcast else "CLUSTERING",
+                         client_name=group)
+        if sql:
+            c.subscribe(topic_name, sql, "SQL92")
+        else:
+            c.subscribe(topic_name, expression)
+        async with c:
+            while not done.is_set():
+                with anyio.move_on_after(0.2):
+                    await done.wait()
+                if idle_timeout is not None and time.monotonic() - last[0] > idle_timeout:
+                    break
+
+    with contextlib.suppress(KeyboardInterrupt):
+        _run(go)
+    _hint(f"{count} message(s) from {topic_name} (group {group})")
+
+
+class _Stop(Exception):
+    """Raised in the handler past --max-messages: the message is left unconsumed."""
+
+
+# ====================================================================== offset
+
+
+@click.group(context_settings=CONTEXT)
+def offset() -> None:
+    """Move consumer group offsets."""
+
+
+@offset.command("reset", context_settings=CONTEXT)
+@click.option("-g", "--group", required=True)
+@click.option("-t", "--topic", "topic_name", required=True)
+@click.option("--to-time", required=True, metavar="TIME",
+              help="earliest, latest, epoch ms, ISO 8601, or a duration ago (10m, 2h).")
+@click.option("--execute", is_flag=True, help="Apply it (without: a dry run).")
+@namesrv_option
+@output_option
+def offset_reset(group: str, topic_name: str, to_time: str, execute: bool, namesrv: str,
+                 output: str | None) -> None:
+    """Set the group's offsets on every queue of the topic to the first message stored
+    at or after TIME. A dry run unless --execute; online consumers follow the reset."""
+    ts = parse_time(to_time)
+
+    async def go() -> list[dict[str, Any]]:
+        async with Admin(namesrv) as a:
+            preview = await a.reset_offsets_preview(group, topic_name,
+                                                    ts if ts >= 0 else 2**62)
+            done = dict(await a.reset_offsets(group, topic_name, ts)) if execute else {}
+        return [{"group": group, "topic": topic_name, "broker": q.brokerName, "queue": q.queueId,
+                 "current_offset": None if cur < 0 else cur,
+                 "new_offset": done.get(q, new), "applied": q in done}
+                for q, cur, new in preview]
+
+    rows = _run(go)
+    _emit(rows, ["group", "topic", "broker", "queue", "current_offset", "new_offset", "applied"],
+          output)
+    if not execute:
+        _hint("dry run: re-run with --execute to apply")
+
+
+# ====================================================================== message
+
+
+@click.group(context_settings=CONTEXT)
+def message() -> None:
+    """Look messages up."""
+
+
+@message.command("show", context_settings=CONTEXT)
+@click.argument("msg_id", required=False)
+@click.option("-t", "--topic", "topic_name", help="With --key: the topic to search.")
+@click.option("-k", "--key", help="Find by key instead of id.")
+@namesrv_option
+def message_show(msg_id: str | None, topic_name: str | None, key: str | None,
+                 namesrv: str) -> None:
+    """Show a message by id (client id or offset id), or messages by --topic and --key."""
+    if not msg_id and not (key and topic_name):
+        raise click.UsageError("give a message id, or --topic and --key")
+
+    async def go() -> list[MessageExt]:
+        async with Admin(namesrv) as a:
+            if msg_id:
+                m = await a.message_by_id(msg_id)
+                return [m] if m else []
+            assert topic_name and key
+            return await a.messages_by_key(topic_name, key)
+
+    found = _run(go)
+    if not found:
+        raise click.ClickException("no such message")
+    for m in found:
+        click.echo(json.dumps(_message_row(m)))
+
+
+# ====================================================================== cluster
+
+
+@click.group(context_settings=CONTEXT)
+def cluster() -> None:
+    """The brokers behind the NameServers."""
+
+
+@cluster.command("list", context_settings=CONTEXT)
+@namesrv_option
+@output_option
+def cluster_list(namesrv: str, output: str | None) -> None:
+    """Every live broker: cluster, name, address, topics, messages stored so far."""
+    async def go() -> list[dict[str, Any]]:
+        async with Admin(namesrv) as a:
+            info = await a.cluster()
+            rows = []
+            for cname, names in sorted(info.clusterAddrTable.items()):
+                for bname in names:
+                    bd = info.brokerAddrTable.get(bname)
+                    addr = bd.master_addr if bd else None
+                    rt: dict[str, str] = {}
+                    if addr:
+                        try:
+                            rt = await a.broker_runtime(addr)
+                        except ClientError:
+                            rt = {}
+                    rows.append({"cluster": cname, "broker": bname, "address": addr,
+                                 "topics": rt.get("topics"), "messages_in":
+                                 rt.get("msgPutTotalTodayNow"), "version":
+                                 rt.get("brokerVersionDesc"),
+                                 "up_since": _iso(int(rt.get("bootTimestamp", "0") or 0))})
+            return rows
+    _emit(_run(go), ["cluster", "broker", "address", "topics", "messages_in", "version",
+                     "up_since"], output)
+
+
+# ====================================================================== namesrv
+
+
+@click.command(context_settings=CONTEXT)
+@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=9876, show_default=True)
+@click.option("--broker-expiry", type=float, default=120.0, show_default=True,
+              help="Seconds without a registration before a broker leaves the routes.")
+@click.option("--log-level", default="WARNING", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+def namesrv(host: str, port: int, broker_expiry: float, log_level: str) -> None:
+    """Run a NameServer alone (brokers join with `ferrymq serve --namesrv HOST:PORT`)."""
+    import trio
+
+    from .logs import setup_logging
+    from .namesrv import serve_namesrv
+    setup_logging(log_level)
+
+    async def run() -> None:
+        async with trio.open_nursery() as n:
+            bound = await n.start(serve_namesrv, host, port, {"broker_expiry_s": broker_expiry})
+            click.echo(f"ferrymq: NameServer on {host}:{bound}; Ctrl-C stops", err=True)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        trio.run(run)
+
+
+def register(main: click.Group) -> None:
+    for cmd in (topic, group, produce, consume, offset, message, cluster, namesrv):
+        main.add_command(cmd)

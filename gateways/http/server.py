@@ -1,0 +1,447 @@
+"""The HTTP/1.1 socket loop: h11 for the protocol, trio for the socket, limits and timeouts.
+
+One task per connection reads a request (head, then body up to the body
+limit), hands a ``Request`` to the application, and writes its ``Response``
+(or streams a ``StreamResponse``: server-sent events). h11 is the sans-I/O
+protocol object; this module only moves bytes and enforces time and size:
+
+- a request head must arrive within ``header_timeout_s`` (slowloris), its body
+  within ``body_timeout_s``; an idle keep-alive connection closes after
+  ``keepalive_timeout_s``; every send must finish within ``send_timeout_s``
+  (a client that stops reading cannot pin a response in memory);
+- bodies above ``max_body_bytes`` are refused with 413 before they are read
+  (Content-Length) or as soon as they pass the limit (chunked);
+- heads above ``max_header_bytes`` get 431 (h11's own limit);
+- past ``max_connections`` a new connection gets 503 and is closed.
+
+Timeouts cost a float per phase: each connection has a ``deadline`` that
+moves with the phase of the request, and one watchdog task per listener
+cancels the connections whose deadline has passed (to WATCHDOG_TICK_S).
+Neither a cancel scope per request nor trio's deadline bookkeeping per phase
+(the measured cost of hypercorn's trio worker, see docs/http.md). A response
+is first written with a plain non-blocking write; only what the socket does
+not take at once goes through trio's send_all.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
+from http import HTTPStatus
+from typing import Any, Protocol
+
+import h11
+import trio
+
+from .problems import PROBLEM_CONTENT_TYPE, Problem, problem_body
+
+log = logging.getLogger("ferrymq.http")
+
+RECV_BYTES = 64 * 1024
+WATCH_STASH_BYTES = 64 * 1024  # pipelined bytes kept while a long poll watches the socket
+WATCHDOG_TICK_S = 0.25  # timeouts are enforced to within this
+REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The door's safety limits; every one is an ``[http]`` option of the same name."""
+
+    max_body_bytes: int = 8 << 20
+    max_header_bytes: int = 16 << 10  # h11's default incomplete-event limit
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    keepalive_timeout_s: float = 75.0  # longer than common clients' pools keep idle sockets
+    send_timeout_s: float = 30.0
+    request_timeout_s: float = 30.0  # a handler that does not wait (produce, admin)
+    max_connections: int = 4096
+    max_wait_s: float = 30.0  # long-poll cap (Confluent REST, RocketMQ HTTP: about 30 s)
+    max_long_polls: int = 1000
+    max_long_polls_per_group: int = 100
+    max_streams: int = 256
+    sse_heartbeat_s: float = 15.0
+    # A stream ends after this long; EventSource clients reconnect with Last-Event-ID
+    # (the retry: hint is 1 s), so no response lives unbounded behind a proxy.
+    stream_max_s: float = 3600.0
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any], others: tuple[str, ...] = ()) -> Limits:
+        """The limits named in ``options`` (the ``[http]`` table); any name that is
+        neither a limit nor one of ``others`` is a mistake worth stopping for."""
+        unknown = set(options) - set(cls.__dataclass_fields__) - set(others)
+        if unknown:
+            raise ValueError(f"[http] unknown option(s): {', '.join(sorted(unknown))}")
+        known = {k: options[k] for k in cls.__dataclass_fields__ if k in options}
+        try:
+            out = cls(**known)
+        except TypeError as exc:
+            raise ValueError(f"[http] {exc}") from None
+        for name in cls.__dataclass_fields__:
+            value = getattr(out, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ValueError(f"[http] {name} must be a positive number")
+        return out
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    path: str
+    query: str
+    headers: dict[bytes, bytes]  # lower-case name -> value (the last, if repeated)
+    body: bytes
+    conn: Connection
+    params: dict[str, Any] = field(default_factory=dict)
+    route: Any = None
+
+    def header(self, name: bytes) -> str | None:
+        """The last value of a header (``name`` lower-case), or None."""
+        found = self.headers.get(name)
+        return found.decode("latin-1") if found is not None else None
+
+    @property
+    def content_type(self) -> str:
+        """The media type without parameters, lower-case ("" when absent)."""
+        ct = self.header(b"content-type")
+        return ct.split(";", 1)[0].strip().lower() if ct else ""
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    body: bytes = b""
+    content_type: str = "application/json"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class StreamResponse:
+    """A response whose body is produced over time (text/event-stream). ``chunks``
+    yields bytes to send; the connection closes its iterator when the client goes."""
+
+    status: int
+    content_type: str
+    chunks: AsyncIterator[bytes]
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+class App(Protocol):
+    limits: Limits
+
+    async def handle(self, request: Request) -> Response | StreamResponse: ...
+
+    def connection_opened(self) -> None: ...
+
+    def connection_closed(self) -> None: ...
+
+
+class ClientGone(Exception):
+    """The client closed its side while a long request waited for data."""
+
+
+class Connection:
+    """One client connection; ``run`` serves its requests until either side closes."""
+
+    def __init__(self, stream: trio.SocketStream, app: App) -> None:
+        self.stream = stream
+        self.app = app
+        self.limits = app.limits
+        self.h = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
+        self.scope = trio.CancelScope()
+        self.deadline = math.inf  # the watchdog cancels ``scope`` once this has passed
+        self._fd = stream.socket.fileno()
+        self.peer_closed = False
+        self._watching = False
+
+    # ------------------------------------------------------------ reading
+
+    async def _next_event(self) -> Any:
+        while True:
+            ev = self.h.next_event()
+            if ev is not h11.NEED_DATA:
+                return ev
+            data = await self.stream.receive_some(RECV_BYTES)
+            if not data:
+                self.peer_closed = True
+            self.h.receive_data(data)
+
+    async def _read_request(self) -> Request | None:
+        """The next request with its whole body, or None once the client is done."""
+        self._phase = "idle"
+        self.deadline = trio.current_time() + self.limits.keepalive_timeout_s
+        ev = self.h.next_event()
+        if ev is h11.NEED_DATA:
+            data = await self.stream.receive_some(RECV_BYTES)
+            if not data:
+                return None  # closed between requests: the normal end of keep-alive
+            self.h.receive_data(data)
+            self._phase = "head"
+            self.deadline = trio.current_time() + self.limits.header_timeout_s
+            ev = await self._next_event()
+        if isinstance(ev, h11.ConnectionClosed):
+            return None
+        if not isinstance(ev, h11.Request):
+            raise h11.RemoteProtocolError(f"unexpected {type(ev).__name__}", 400)
+        self._phase = "body"
+        self._method = ev.method.decode("ascii")
+        # One pass over h11's Headers (a Sequence: slow to iterate) into a dict.
+        headers = dict(ev.headers)
+        if ev.http_version not in (b"1.1", b"1.0"):
+            raise Problem("http_version_not_supported", "FerryMQ speaks HTTP/1.1 and 1.0")
+        # h11 bounds a head that arrives in pieces; one that arrives whole is measured here.
+        size = len(ev.target) + 4 * len(headers)
+        for k, v in headers.items():
+            size += len(k) + len(v)
+        if size > self.limits.max_header_bytes:
+            raise Problem("headers_too_large", f"the request head passed "
+                                               f"{self.limits.max_header_bytes} bytes")
+        target = ev.target.decode("latin-1")
+        path, _, query = target.partition("?")
+        length = headers.get(b"content-length")
+        if length is not None and int(length) > self.limits.max_body_bytes:
+            raise Problem("body_too_large", f"the body is {length} bytes; the limit is "
+                                            f"{self.limits.max_body_bytes}")
+        if self.h.they_are_waiting_for_100_continue:
+            await self._send(self.h.send(h11.InformationalResponse(status_code=100,
+                                                                    headers=[])))
+        self.deadline = trio.current_time() + self.limits.body_timeout_s
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            ev = await self._next_event()
+            if type(ev) is h11.Data:
+                size += len(ev.data)
+                if size > self.limits.max_body_bytes:
+                    raise Problem("body_too_large",
+                                  f"the body passed the limit of {self.limits.max_body_bytes}")
+                chunks.append(ev.data)
+            elif type(ev) is h11.EndOfMessage:
+                break
+            else:
+                raise h11.RemoteProtocolError("the body ended early", 400)
+        self._phase = "handle"
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return Request(self._method, path, query, headers, body, self)
+
+    # ------------------------------------------------------------ writing
+
+    async def _send(self, data: bytes | None) -> None:
+        if not data:
+            return
+        try:
+            n = os.write(self._fd, data)
+        except BlockingIOError:
+            n = 0
+        except OSError as exc:
+            raise trio.BrokenResourceError(str(exc)) from None
+        if n < len(data):
+            # The client is not reading fast enough: wait, but not forever.
+            saved, self.deadline = self.deadline, trio.current_time() + self.limits.send_timeout_s
+            await self.stream.send_all(memoryview(data)[n:])
+            self.deadline = saved
+
+    def _head(self, status: int, content_type: str, headers: list[tuple[str, str]],
+              length: int | None) -> bytes:
+        hs: list[tuple[bytes | str, bytes | str]] = [(b"content-type", content_type)]
+        if length is not None:
+            hs.append((b"content-length", str(length)))
+        hs.extend(headers)
+        return self.h.send(h11.Response(status_code=status, headers=hs,  # type: ignore[return-value]
+                                        reason=REASONS.get(status, b"")))
+
+    async def send_response(self, resp: Response) -> None:
+        body = resp.body
+        out = self._head(resp.status, resp.content_type, resp.headers, len(body))
+        if body and self._method != "HEAD":
+            out += self.h.send(h11.Data(data=body))  # type: ignore[operator]
+        out += self.h.send(h11.EndOfMessage())  # type: ignore[operator]
+        await self._send(out)
+
+    async def send_stream(self, resp: StreamResponse) -> None:
+        await self._send(self._head(resp.status, resp.content_type, resp.headers, None))
+        if self._method == "HEAD":
+            await self._send(self.h.send(h11.EndOfMessage()))
+            return
+        chunks = resp.chunks
+
+        async def pump() -> None:
+            async for chunk in chunks:
+                await self._send(self.h.send(h11.Data(data=chunk)))
+            await self._send(self.h.send(h11.EndOfMessage()))
+
+        try:
+            await self.until_disconnect(pump)
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                with trio.CancelScope(shield=True):
+                    await aclose()
+
+    def _problem_bytes(self, problem: Problem, instance: str | None = None) -> bytes:
+        if self.h.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return b""
+        body = problem.body(instance)
+        headers = list(problem.headers)
+        if self.h.their_state is not h11.DONE:
+            headers.append(("connection", "close"))  # the rest of the request is unread
+        out = self._head(problem.status, PROBLEM_CONTENT_TYPE, headers, len(body))
+        if self._method != "HEAD":
+            out += self.h.send(h11.Data(data=body))  # type: ignore[operator]
+        return out + self.h.send(h11.EndOfMessage())  # type: ignore[operator]
+
+    async def send_problem(self, problem: Problem, instance: str | None = None) -> None:
+        await self._send(self._problem_bytes(problem, instance))
+
+    # ------------------------------------------------------------ long requests
+
+    async def until_disconnect(self, fn: Callable[[], Awaitable[Any]]) -> Any:
+        """Run ``fn`` while watching the socket: if the client closes its side, cancel
+        ``fn`` and raise ClientGone. Bytes that arrive meanwhile (a pipelined next
+        request) go to h11's buffer, up to WATCH_STASH_BYTES."""
+        if self._watching or self.peer_closed:
+            return await fn()
+        result: list[Any] = []
+        broken: list[BaseException] = []
+        gone = False
+
+        # Both tasks keep their stream errors to themselves (a nursery would wrap
+        # them in an ExceptionGroup); the first one out cancels the other.
+        async def work() -> None:
+            try:
+                result.append(await fn())
+            except Exception as exc:  # re-raised unwrapped below
+                broken.append(exc)
+            nursery.cancel_scope.cancel()
+
+        async def watch() -> None:
+            nonlocal gone
+            stashed = 0
+            try:
+                while stashed < WATCH_STASH_BYTES:
+                    data = await self.stream.receive_some(RECV_BYTES)
+                    if not data:
+                        break
+                    stashed += len(data)
+                    self.h.receive_data(data)
+                else:
+                    await trio.sleep_forever()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            gone = self.peer_closed = True
+            nursery.cancel_scope.cancel()
+
+        self._watching = True
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(work)
+                nursery.start_soon(watch)
+        finally:
+            self._watching = False
+        if broken:
+            raise broken[0]
+        if gone and not result:
+            raise ClientGone()
+        return result[0] if result else None
+
+    # ------------------------------------------------------------ the loop
+
+    async def run(self) -> None:
+        app = self.app
+        app.connection_opened()
+        try:
+            with self.scope:
+                await self._serve()
+            if self.scope.cancelled_caught and self._phase in ("head", "body"):
+                # A client too slow to send its request: tell it, then close.
+                self.deadline = math.inf
+                try:
+                    data = self._problem_bytes(Problem("request_timeout"))
+                    if data:
+                        os.write(self._fd, data)
+                except (OSError, h11.LocalProtocolError):
+                    pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ClientGone):
+            pass
+        finally:
+            app.connection_closed()
+            with trio.move_on_after(1) as cs:
+                cs.shield = True
+                await self.stream.aclose()
+
+    _method = "GET"
+    _phase = "idle"  # idle (keep-alive) | head | body | handle
+
+    async def _serve(self) -> None:
+        app = self.app
+        while True:
+            try:
+                req = await self._read_request()
+            except h11.RemoteProtocolError as exc:
+                status = exc.error_status_hint
+                code = "headers_too_large" if status == 431 else "bad_request"
+                await self.send_problem(Problem(code, str(exc)))
+                return
+            except Problem as p:
+                await self.send_problem(p)
+                return
+            if req is None:
+                return
+            # The application sets the request deadline once it knows the route
+            # (long polls and streams have their own bounds).
+            self.deadline = math.inf
+            resp = await app.handle(req)
+            if isinstance(resp, StreamResponse):
+                self.deadline = math.inf
+                await self.send_stream(resp)
+            else:
+                await self.send_response(resp)
+            if self.h.our_state is h11.MUST_CLOSE or self.h.their_state is not h11.DONE:
+                return
+            self.h.start_next_cycle()
+
+
+async def serve_connections(listeners: list[trio.SocketListener], app: App, *,
+                            task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                            ) -> None:
+    """Accept connections forever, one task each, refusing past max_connections."""
+    live: set[Connection] = set()
+
+    async def watchdog() -> None:
+        while True:
+            await trio.sleep(WATCHDOG_TICK_S)
+            now = trio.current_time()
+            for conn in live:
+                if conn.deadline <= now:
+                    conn.scope.cancel()
+
+    async def handler(stream: trio.SocketStream) -> None:
+        if len(live) >= app.limits.max_connections:
+            try:
+                with trio.move_on_after(1):
+                    await stream.send_all(
+                        b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: "
+                        + PROBLEM_CONTENT_TYPE.encode() + b"\r\nconnection: close\r\n"
+                        b"content-length: " + str(len(body := problem_body(
+                            "too_many_connections"))).encode() + b"\r\n\r\n" + body)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            await stream.aclose()
+            return
+        conn = Connection(stream, app)
+        live.add(conn)
+        try:
+            await conn.run()
+        except Exception:
+            # A bug in one connection must not take the listener down with it.
+            log.exception("http connection failed")
+        finally:
+            live.discard(conn)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watchdog)
+        await nursery.start(partial(trio.serve_listeners, handler, listeners))
+        task_status.started()

@@ -1,0 +1,212 @@
+"""The Kafka door's sockets: accept, read frames, answer in order, persist producer state.
+
+One task per connection reads bytes into a ``ServerConnection`` (sans-I/O),
+hands each request to ``KafkaDoor`` and writes the response before reading
+the next request, as a Kafka broker does (responses go back in request order
+and a long-polling fetch holds only its own connection). A framing error, an
+unknown API, a body that does not decode or an unsupported version (but for
+ApiVersions, answered with error 35 in v0) closes that connection alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Any
+
+import trio
+
+from ...core.broker import Broker
+from ...core.errors import FerryError
+from ...protocols import record as rec
+from ...protocols.kafka import batch_header as bh
+from ...protocols.kafka import errors as ke
+from ...protocols.kafka.connection import (
+    NEED_DATA,
+    BadRequest,
+    FrameError,
+    Request,
+    ServerConnection,
+    UnknownApi,
+    UnsupportedVersion,
+    response_bytes,
+)
+from ..server import DoorContext
+from .groups import Coordinator
+from .handlers import (
+    API_VERSIONS,
+    SASL_AUTHENTICATE,
+    SASL_HANDSHAKE,
+    SUPPORTED,
+    DoorOptions,
+    KafkaDoor,
+    Session,
+    now_ms,
+)
+from .producers import ProducerStates
+
+log = logging.getLogger("ferrymq.kafka")
+
+RECV_MIN = 64 << 10  # smallest read; a frame in progress asks for up to RECV_MAX at once
+RECV_MAX = 4 << 20
+PERSIST_INTERVAL_S = 1.0  # producer-state snapshot period when it changed
+REPLAY_BYTES = 4 << 20  # read size while replaying producer state from the queues
+_PRE_AUTH = frozenset((API_VERSIONS, SASL_HANDSHAKE, SASL_AUTHENTICATE))
+
+
+async def serve(ctx: DoorContext, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+                ) -> None:
+    """Run the Kafka door until cancelled (see gateways/server.py)."""
+    options = DoorOptions.from_mapping(ctx.options)
+    broker = ctx.broker
+    producers = ProducerStates(os.path.join(broker.config.data_dir, "kafka"))
+    await trio.to_thread.run_sync(producers.load)
+    replay_producer_state(broker, producers)
+    coordinator = Coordinator(min_session_ms=options.group_min_session_timeout_ms,
+                              max_session_ms=options.group_max_session_timeout_ms,
+                              initial_rebalance_delay_ms=options.group_initial_rebalance_delay_ms)
+    listeners = await trio.open_tcp_listeners(ctx.port, host=ctx.host)
+    port = listeners[0].socket.getsockname()[1]
+    door = KafkaDoor(broker, options, port, coordinator, producers)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(coordinator.run)
+            nursery.start_soon(_persist_loop, broker, producers)
+            task_status.started(port)
+            await trio.serve_listeners(lambda stream: handle_connection(door, stream), listeners)
+    finally:
+        with trio.CancelScope(shield=True):
+            await _save(broker, producers)
+
+
+def replay_producer_state(broker: Broker, producers: ProducerStates) -> int:
+    """Bring the loaded snapshot up to the queues' ends: forget batches past them
+    (lost in a crash), re-read the Kafka batches appended after the snapshot."""
+    replayed = 0
+    for topic, qid in list(broker.store.queues):
+        if topic not in broker.meta.topics:
+            continue
+        lo, hi = broker.store.queue_bounds(topic, qid)
+        producers.truncate(topic, qid, hi)
+        offset = max(lo, producers.snapshot_ends.get((topic, qid), lo))
+        while offset < hi:
+            got = broker.store.get(topic, qid, offset, 1 << 20, REPLAY_BYTES)
+            if not got.records:
+                break
+            for r in got.records:
+                if r.format != rec.FORMAT_KAFKA_BATCH:
+                    continue
+                h = bh.read_header(r.decode().body)
+                if h.producer_id >= 0 and h.base_sequence >= 0:
+                    producers.record(h.producer_id, h.producer_epoch, topic, qid,
+                                     h.base_sequence, h.records_count, r.queue_offset,
+                                     r.store_timestamp)
+                    replayed += 1
+            offset = got.next_offset
+    producers.snapshot_ends = {}
+    return replayed
+
+
+async def _save(broker: Broker, producers: ProducerStates) -> None:
+    ends = {key: q.max_offset for key, q in broker.store.queues.items()}
+    data = producers.snapshot(ends)
+    try:
+        await trio.to_thread.run_sync(producers.save, data)
+    except OSError as exc:
+        producers.dirty = True
+        log.error("cannot save Kafka producer state", exc_info=exc)
+
+
+async def _persist_loop(broker: Broker, producers: ProducerStates) -> None:
+    while True:
+        await trio.sleep(PERSIST_INTERVAL_S)
+        if producers.dirty:
+            await _save(broker, producers)
+
+
+async def handle_connection(door: KafkaDoor, stream: trio.SocketStream) -> None:
+    """Serve one client until it disconnects or breaks the protocol."""
+    try:
+        peer = stream.socket.getpeername()
+        local = stream.socket.getsockname()
+        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+    except OSError:
+        await stream.aclose()
+        return
+    session = Session(client_host=str(peer[0]), local_host=str(local[0]),
+                      authenticated=door.options.sasl_plain_users is None)
+    conn = ServerConnection(SUPPORTED, max_frame_size=door.options.max_frame_size)
+    try:
+        async with stream:
+            await _serve_connection(door, stream, conn, session)
+    except FrameError as exc:
+        log.info("closing Kafka connection from %s: %s", peer, exc)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass  # the client went away, possibly mid-request: nothing to answer
+    except Exception:  # a bug of ours: lose this connection, never the broker
+        door.counters["connection_errors"] += 1
+        log.exception("Kafka connection from %s failed", peer)
+
+
+async def _receive(stream: trio.SocketStream, conn: ServerConnection) -> bool:
+    want = min(max(conn.frame_wanted(), RECV_MIN), RECV_MAX)
+    data = await stream.receive_some(want)
+    if not data:
+        return False
+    conn.receive_data(data)
+    return True
+
+
+async def _serve_connection(door: KafkaDoor, stream: trio.SocketStream, conn: ServerConnection,
+                            session: Session) -> None:
+    while True:
+        if session.raw_sasl:
+            token = conn.next_raw_frame()
+            if token is NEED_DATA:
+                if not await _receive(stream, conn):
+                    return
+                continue
+            session.raw_sasl = False
+            if not door.check_plain(token):  # type: ignore[arg-type]
+                log.info("SASL PLAIN authentication failed for %s", session.client_host)
+                return
+            session.authenticated = True
+            await stream.send_all(b"\x00\x00\x00\x00")
+            continue
+        ev = conn.next_event()
+        if ev is NEED_DATA:
+            if not await _receive(stream, conn):
+                return
+            continue
+        if isinstance(ev, UnsupportedVersion):
+            if ev.header.api_key == API_VERSIONS:
+                body = door.api_versions_body(ke.UNSUPPORTED_VERSION)
+                await stream.send_all(b"".join(response_bytes(ev.header, body, version=0)))
+                continue
+            log.info("closing: %s v%d is not supported", ev.header.api_key, ev.header.api_version)
+            return
+        if isinstance(ev, UnknownApi):
+            log.info("closing: unknown API key %d", ev.header.api_key)
+            return
+        if isinstance(ev, BadRequest):
+            log.info("closing: malformed request (api %d v%d): %s", ev.header.api_key,
+                     ev.header.api_version, ev.reason)
+            return
+        assert isinstance(ev, Request)
+        h = ev.header
+        if not session.authenticated and h.api_key not in _PRE_AUTH:
+            log.info("closing: api %d before SASL authentication", h.api_key)
+            return
+        try:
+            body = await door.handlers[h.api_key](h, ev.body, session)
+        except FerryError as exc:
+            log.warning("request api %d failed: %s", h.api_key, exc)
+            return
+        if body is None:
+            continue
+        parts: list[Any] = response_bytes(h, body)
+        await stream.send_all(b"".join(parts) if len(parts) > 1 else parts[0])
+
+
+__all__ = ["handle_connection", "now_ms", "replay_producer_state", "serve"]

@@ -1,0 +1,77 @@
+"""The MQTT door: MQTT 3.1, 3.1.1 and 5.0 over TCP (1883) and WebSocket (8083, path /mqtt).
+
+``serve`` binds the listeners, runs the ``Hub`` (sessions, dispatchers,
+retained messages) and serves every connection with a ``Client``; see
+docs/mqtt.md for the design and the mapping onto the broker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+from functools import partial
+from typing import Any
+
+import trio
+
+from .client import Client
+from .hub import Hub
+from .options import MqttOptions
+from .websocket import WebSocketStream
+
+log = logging.getLogger("ferrymq.mqtt")
+
+__all__ = ["serve"]
+
+
+async def serve(ctx: Any, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+                ) -> None:
+    """Serve MQTT until cancelled; reports the TCP port through ``task_status``."""
+    opts = MqttOptions.from_table(ctx.options)
+    state_dir = opts.state_dir or os.path.join(ctx.broker.config.data_dir, "mqtt")
+    os.makedirs(state_dir, exist_ok=True)
+    hub = Hub(ctx.broker, opts, state_dir)
+    await trio.to_thread.run_sync(hub.load)
+
+    def handle_tcp(stream: Any) -> Any:
+        # Not a coroutine of its own: an idle client costs one frame (Client.run).
+        return Client(hub, stream, "tcp").run()
+
+    async def handle_ws(stream: Any) -> None:
+        ws = WebSocketStream(stream, opts.ws_path)
+        ok = False
+        with trio.move_on_after(opts.connect_timeout), contextlib.suppress(
+                trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            ok = await ws.handshake()
+        if not ok:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError,
+                                     OSError):
+                await stream.aclose()
+            return
+        await Client(hub, ws, "ws").run()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(hub.run)
+            listeners = await trio.open_tcp_listeners(ctx.port, host=ctx.host)
+            port = listeners[0].socket.getsockname()[1]
+            nursery.start_soon(partial(trio.serve_listeners, handle_tcp, listeners))
+            if opts.ws_port:
+                try:
+                    ws_listeners = await trio.open_tcp_listeners(opts.ws_port, host=ctx.host)
+                except OSError as exc:
+                    if exc.errno != errno.EADDRINUSE or opts.ws_port_explicit:
+                        raise
+                    # The default WebSocket port is taken (another broker on this
+                    # host): the TCP door still serves; configure ws_port to insist.
+                    log.warning("MQTT over WebSocket off: port %d is in use", opts.ws_port)
+                else:
+                    ctx.bound["mqtt-ws"] = ws_listeners[0].socket.getsockname()[1]
+                    nursery.start_soon(partial(trio.serve_listeners, handle_ws,
+                                               ws_listeners))
+            task_status.started(port)
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(hub.save_sync)

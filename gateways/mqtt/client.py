@@ -1,0 +1,688 @@
+"""One MQTT client connection: read bytes, feed the protocol object, act, write what it builds.
+
+A ``Client`` runs two tasks: the reader (this module's loop, which also times
+the keep alive) and a writer that drains the out buffer. Deliveries append to
+the out buffer synchronously, so a dispatcher never waits for a socket; a
+full buffer (``max_outbuf``) makes the session queue (QoS 1/2) or drop (QoS 0)
+instead. Anything the client does wrong ends in ``MqttError``: the protocol
+object says what to send before closing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import socket
+import uuid
+from typing import Any
+
+import trio
+
+from ...core.errors import FerryError, MessageTooLarge, PermissionDenied
+from ...core.message import Message, now_ms
+from ...protocols.mqtt import codec
+from ...protocols.mqtt.codec import MqttError
+from ...protocols.mqtt.connection import ServerConnection
+from ...protocols.mqtt.constants import MQTT_3_1, MQTT_5, SESSION_NEVER_EXPIRES, Prop, Reason
+from ...protocols.mqtt.packets import (
+    Auth,
+    Connack,
+    Connect,
+    Disconnect,
+    Packet,
+    Pingreq,
+    Pingresp,
+    Puback,
+    Pubcomp,
+    Publish,
+    Pubrec,
+    Pubrel,
+    Suback,
+    Subscribe,
+    Unsuback,
+    Unsubscribe,
+    Will,
+)
+from ...protocols.mqtt.topics import parse_filter
+from .auth import verify_password
+from .hub import Delivery, Hub, Session, SubOpts
+
+log = logging.getLogger("ferrymq.mqtt")
+
+RECV_SIZE = 65536
+KEEP_ALIVE_FACTOR = 1.5  # 3.1.2.10: one and a half times the Keep Alive
+CLOSE_GRACE = 2.0  # seconds to flush the last bytes (a DISCONNECT) before closing
+_STOP = object()
+BATCH_MAX = 256  # publishes stored together at most
+BATCH_BYTES = 1 << 20  # payload bytes per batch record at most (the core allows 4 MiB)
+
+
+class Client:
+    """See the module docstring. ``stream`` is any trio Stream (TCP or WebSocket).
+
+    An idle connection is one task (this reader, one coroutine frame): the
+    writer is a task started in the hub's nursery only while there are bytes
+    to send, and the CONNECT timeout and keep alive are a ``deadline`` that one
+    hub task checks for every client (docs/mqtt.md, "Performance")."""
+
+    __slots__ = ("_closed", "_idle", "_reading", "_writing", "access", "client_id", "conn",
+                 "deadline", "hub", "keep_alive", "max_outbuf", "outbuf", "publish_will",
+                 "session", "stream", "transport", "version", "will")
+
+    def __init__(self, hub: Hub, stream: Any, transport: str = "tcp") -> None:
+        self.hub = hub
+        self.stream = stream
+        self.transport = transport
+        self.conn = ServerConnection(hub.limits)
+        self.outbuf = bytearray()
+        self.max_outbuf = hub.options.max_outbuf
+        self.session: Session | None = None
+        self.version = 0
+        self.client_id = ""
+        self.keep_alive = 0
+        self.will: Will | None = None
+        self.publish_will = True
+        self.access = hub.open_access
+        self.deadline = math.inf  # trio time; the hub's sweeper calls ``expire`` past it
+        self._writing = False
+        self._reading = False  # the reader is handling packets: it sends their answers itself
+        self._closed = False
+        self._idle: trio.Event | None = None  # set when the writer stops / the client ends
+
+    # ------------------------------------------------------------ output
+
+    @property
+    def writable(self) -> bool:
+        return len(self.outbuf) < self.max_outbuf
+
+    def write(self, data: bytes) -> None:
+        if data:
+            self.outbuf += data
+            if not self._writing and not self._reading:
+                self._start_writer()
+
+    def _start_writer(self) -> None:
+        if self._closed:
+            return
+        self._writing = True
+        nursery = self.hub.nursery
+        assert nursery is not None
+        nursery.start_soon(self._writer)
+
+    def send(self, packet: Packet) -> None:
+        data = self.conn.send(packet)
+        if data:
+            self.write(data)
+
+    def send_pubrel(self, pid: int) -> None:
+        self.write(codec.encode(Pubrel(pid), self.version))
+
+    def send_delivery(self, d: Delivery, qos: int, retain: bool, sub_ids: tuple[int, ...],
+                      pid: int, dup: bool = False) -> bool:
+        """Encode and buffer one PUBLISH; False when it is not sent (expired, or larger
+        than the client's Maximum Packet Size: 3.1.2.11.4, dropped as if delivered)."""
+        now = now_ms() if d.expiry_at else 0
+        if d.expiry_at and d.expired(now):
+            self.hub.stats["expired"] += 1
+            return False
+        conn = self.conn
+        cacheable = not qos and not sub_ids and not conn.client_topic_alias_maximum
+        if cacheable:
+            key = (self.version, retain)
+            data = d.cache.get(key)
+            if data is not None:
+                if len(data) > conn.client_max_packet_size:
+                    return False
+                self.write(data)
+                self.hub.stats["sent"] += 1
+                return True
+        props = None
+        if self.version == MQTT_5:
+            props = d.v5_props(now)
+            if sub_ids:
+                props = codec.extend_properties(props, codec.subscription_ids(sub_ids))
+        data = conn.send_publish(d.topic, d.payload, qos, retain, dup, pid or None, props)
+        if data is None:
+            self.hub.stats["oversize_dropped"] += 1
+            return False
+        if cacheable and not d.expiry_at:
+            d.cache[key] = data
+        self.write(data)
+        self.hub.stats["sent"] += 1
+        return True
+
+    async def _flush(self) -> None:
+        """The reader sends what its packets produced (no writer task per reply)."""
+        self._writing = True
+        try:
+            while self.outbuf and not self._closed:
+                data, self.outbuf = self.outbuf, bytearray()
+                await self.stream.send_all(data)
+                self.hub.stats["bytes_sent"] += len(data)
+                s = self.session
+                if s is not None and s.client is self:
+                    s.pump()
+        finally:
+            self._writing = False
+
+    async def _writer(self) -> None:
+        """Send the out buffer until it stays empty, then end (started by ``write``)."""
+        stats = self.hub.stats
+        try:
+            # Let every task that is ready run first (readers acknowledging,
+            # dispatchers routing): what they add leaves in the same send.
+            await trio.sleep(0)
+            while self.outbuf and not self._closed:
+                data, self.outbuf = self.outbuf, bytearray()
+                await self.stream.send_all(data)
+                stats["bytes_sent"] += len(data)
+                s = self.session
+                if s is not None and s.client is self:
+                    s.pump()
+                if not self.outbuf:
+                    await trio.sleep(0)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            self._stop_reading()  # the peer is gone
+        except Exception:  # a bug here must not take the hub's nursery down
+            stats["internal_errors"] += 1
+            log.exception("mqtt writer of %r failed", self.client_id)
+            self._stop_reading()
+        finally:
+            self._writing = False
+            if self._idle is not None:
+                self._idle.set()
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        """Serve the connection to its end. One coroutine frame on purpose: an idle
+        client costs this frame, its socket and its session (docs/mqtt.md)."""
+        hub = self.hub
+        if len(hub.clients) >= hub.options.max_connections:
+            hub.stats["connections_refused"] += 1
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError,
+                                     OSError):
+                await self.stream.aclose()
+            return
+        hub.clients.add(self)
+        self.deadline = trio.current_time() + hub.options.connect_timeout
+        conn = self.conn
+        stats = hub.stats
+        receive = self.stream.receive_some
+        try:
+            connect = None
+            while connect is None:
+                ev = conn.next_event()
+                if ev is not None:
+                    assert isinstance(ev, Connect)
+                    connect = ev
+                    break
+                data = await receive(RECV_SIZE)
+                if not data:
+                    return
+                stats["bytes_received"] += len(data)
+                conn.receive_data(data)
+            self._reading = True
+            accepted = await self._accept(connect)
+            self._reading = False
+            if self.outbuf and not self._writing:
+                await self._flush()
+            if not accepted:
+                return
+            timeout = self.keep_alive * KEEP_ALIVE_FACTOR if self.keep_alive else math.inf
+            now = trio.current_time
+            batch: list[Publish] = []
+            while True:
+                self._reading = True
+                ev = conn.next_event()
+                while ev is not None:
+                    if type(ev) is Publish and ev.qos < 2:
+                        # QoS 0/1 publishes read together are stored together: one
+                        # batch record per queue (docs/mqtt.md, "Batches").
+                        batch.append(ev)
+                        if len(batch) >= BATCH_MAX:
+                            await self._publish_batch(batch)
+                            batch.clear()
+                    else:
+                        if batch:
+                            await self._publish_batch(batch)
+                            batch.clear()
+                        if await self._handle(ev) is _STOP:
+                            return
+                    ev = conn.next_event()
+                if batch:
+                    await self._publish_batch(batch)
+                    batch.clear()
+                self._reading = False
+                if self.outbuf and not self._writing:
+                    await self._flush()
+                self.deadline = now() + timeout  # the hub's sweeper enforces it (``expire``)
+                data = await receive(RECV_SIZE)
+                if not data:
+                    return
+                stats["bytes_received"] += len(data)
+                conn.receive_data(data)
+        except MqttError as err:
+            stats["protocol_errors"] += 1
+            log.info("mqtt client %r: %s (reason %#x)", self.client_id, err.detail, err.reason)
+            self.write(conn.error_bytes(err))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        except Exception:  # one connection's bug must not end the door: count, log, close
+            stats["internal_errors"] += 1
+            log.exception("mqtt connection of %r failed", self.client_id)
+        finally:
+            self._reading = False
+            hub.clients.discard(self)
+            if self._writing or self.outbuf:
+                # A writer is busy, or a DISCONNECT / refusing CONNACK was written
+                # last: let it out, for a bounded time even during shutdown.
+                with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_GRACE):
+                    if self._writing:
+                        self._idle = trio.Event()
+                        await self._idle.wait()
+                    else:
+                        with contextlib.suppress(trio.BrokenResourceError,
+                                                 trio.ClosedResourceError, OSError):
+                            await self._flush()
+            self._closed = True
+            self._finish()
+            sock = getattr(self.stream, "socket", None)
+            if sock is not None:
+                sock.close()  # TCP: closing needs no await (SocketStream.aclose adds a checkpoint)
+            else:
+                with trio.CancelScope(shield=True), trio.move_on_after(1), contextlib.suppress(
+                        trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    await self.stream.aclose()  # WebSocket: a close frame first
+            if self._idle is not None:
+                self._idle.set()
+
+    async def wait_closed(self) -> None:
+        if self._closed:
+            return
+        if self._idle is None:
+            self._idle = trio.Event()
+        while not self._closed:
+            await self._idle.wait()
+            self._idle = trio.Event()
+
+    def _stop_reading(self) -> None:
+        """End the reader from outside: its pending receive returns end-of-file, and
+        it closes after the writer has flushed what was written before."""
+        stream = self.stream
+        sock = getattr(stream, "socket", None) or getattr(getattr(stream, "stream", None),
+                                                          "socket", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RD)
+
+    def expire(self) -> None:
+        """The hub's sweeper found the deadline passed: no CONNECT in time, or no
+        packet within 1.5 x Keep Alive (3.1.2.10: close, will included)."""
+        self.deadline = math.inf
+        if self.session is not None:
+            self.hub.stats["keep_alive_expired"] += 1
+            if self.version == MQTT_5:
+                self.send(Disconnect(Reason.KEEP_ALIVE_TIMEOUT))
+        self._stop_reading()
+
+    def kick(self, reason: int) -> None:
+        """Close this connection from outside (session taken over, 3.1.4-3)."""
+        if self.version == MQTT_5:
+            self.send(Disconnect(reason))
+        self._stop_reading()
+
+    # ------------------------------------------------------------ CONNECT
+
+    async def _accept(self, c: Connect) -> bool:
+        hub = self.hub
+        o = hub.options
+        v5 = c.version == MQTT_5
+        self.version = c.version
+        self.client_id = c.client_id
+        if v5 and Prop.AUTHENTICATION_METHOD in c.properties:
+            return self._refuse(Reason.BAD_AUTHENTICATION_METHOD)  # 4.12: none offered
+        reason = self._authenticate(c)
+        if reason:
+            return self._refuse(reason)
+        assigned = None
+        cid = c.client_id
+        if not cid:
+            # 3.1.3.1: a server may assign an id to a clean session (3.1.1: only
+            # clean; 3.1 requires 1-23 characters).
+            if c.version == MQTT_3_1 or (not v5 and not c.clean_start):
+                return self._refuse(Reason.CLIENT_IDENTIFIER_NOT_VALID)
+            cid = assigned = f"ferrymq-{uuid.uuid4().hex}"
+        self.client_id = cid
+        self.access = hub.access_for(c.username, cid)
+        if c.will is not None and c.will.retain and not o.retain_available:
+            return self._refuse(Reason.RETAIN_NOT_SUPPORTED)
+        if v5:
+            expiry = min(int(c.properties.get(Prop.SESSION_EXPIRY_INTERVAL, 0)),
+                         o.max_session_expiry)
+        else:
+            expiry = 0 if c.clean_start else min(SESSION_NEVER_EXPIRES, o.max_session_expiry)
+        props: dict[int, Any] = {}
+        keep_alive = c.keep_alive
+        if v5:
+            if o.server_keep_alive:
+                keep_alive = o.server_keep_alive
+            elif o.max_keep_alive and (keep_alive == 0 or keep_alive > o.max_keep_alive):
+                keep_alive = o.max_keep_alive
+            if keep_alive != c.keep_alive:
+                props[Prop.SERVER_KEEP_ALIVE] = keep_alive  # 3.2.2.3.14
+            props[Prop.RECEIVE_MAXIMUM] = o.receive_maximum
+            props[Prop.MAXIMUM_PACKET_SIZE] = o.max_packet_size
+            props[Prop.TOPIC_ALIAS_MAXIMUM] = o.topic_alias_maximum
+            if not o.retain_available:
+                props[Prop.RETAIN_AVAILABLE] = 0
+            if assigned:
+                props[Prop.ASSIGNED_CLIENT_IDENTIFIER] = assigned
+            if expiry != c.properties.get(Prop.SESSION_EXPIRY_INTERVAL, 0):
+                props[Prop.SESSION_EXPIRY_INTERVAL] = expiry
+        self.keep_alive = keep_alive
+        old = hub.sessions.get(cid)
+        if old is not None and old.client is not None:
+            prev = old.client
+            prev.kick(Reason.SESSION_TAKEN_OVER)
+            with trio.move_on_after(CLOSE_GRACE * 2):
+                await prev.wait_closed()
+            old = hub.sessions.get(cid)
+        if old is not None and (c.clean_start or old.client is not None):
+            hub.end_session(old)
+            old = None
+        present = old is not None
+        s = old if old is not None else Session(hub, cid)
+        hub.sessions[cid] = s
+        s.client = self
+        s.expiry = expiry
+        s.generation += 1
+        s.window = min(o.max_inflight, self.conn.client_receive_maximum)
+        self.session = s
+        self.will = c.will
+        self.conn.restore_inbound(set(s.inbound_qos2))
+        self.send(Connack(present, Reason.SUCCESS, props))
+        hub.stats["connects"] += 1
+        hub.stats["max_online"] = max(hub.stats["max_online"], len(hub.clients))
+        if present:
+            s.resend_inflight()  # first: what attaching delivers is new, not a resend
+        hub.attach(s, resumed=present)
+        if present:
+            hub.catch_up(s)
+            s.pump()
+        if s.persistent:
+            hub.session_saver.mark()
+        return True
+
+    def _authenticate(self, c: Connect) -> int:
+        hub = self.hub
+        if c.username is None:
+            return 0 if hub.options.allow_anonymous else Reason.NOT_AUTHORIZED
+        if hub.passwords is None:
+            return 0
+        stored = hub.passwords.get(c.username)
+        if stored is None or c.password is None or not verify_password(stored, c.password):
+            hub.stats["auth_failures"] += 1
+            return Reason.BAD_USERNAME_OR_PASSWORD
+        return 0
+
+    def _refuse(self, reason: int) -> bool:
+        self.hub.stats["connects_refused"] += 1
+        self.send(Connack(False, reason))
+        self.publish_will = False
+        return False
+
+    # ------------------------------------------------------------ packets
+
+    async def _handle(self, ev: Packet) -> object:
+        t = type(ev)
+        s = self.session
+        assert s is not None
+        if t is Publish:
+            await self._on_publish(ev)  # type: ignore[arg-type]
+        elif t is Puback or t is Pubcomp:
+            s.ack(ev.packet_id)  # type: ignore[union-attr]
+        elif t is Pubrec:
+            pid = ev.packet_id  # type: ignore[union-attr]
+            out = s.inflight.get(pid)
+            if out is None:
+                self.write(codec.encode(Pubrel(pid, Reason.PACKET_IDENTIFIER_NOT_FOUND),
+                                        self.version))
+            elif ev.reason >= 0x80:  # type: ignore[union-attr]
+                s.ack(pid)  # 4.3.3: a failed PUBREC ends the flow
+            else:
+                out.released = True
+                self.send_pubrel(pid)
+                if s.persistent:
+                    self.hub.session_saver.mark()
+        elif t is Pubrel:
+            pid = ev.packet_id  # type: ignore[union-attr]
+            if pid in s.inbound_qos2:
+                s.inbound_qos2.discard(pid)
+                if s.persistent:
+                    self.hub.session_saver.mark()
+                self.send(Pubcomp(pid))
+            else:
+                self.send(Pubcomp(pid, Reason.PACKET_IDENTIFIER_NOT_FOUND))
+        elif t is Subscribe:
+            await self._on_subscribe(ev)  # type: ignore[arg-type]
+        elif t is Unsubscribe:
+            await self._on_unsubscribe(ev)  # type: ignore[arg-type]
+        elif t is Pingreq:
+            self.send(Pingresp())
+        elif t is Disconnect:
+            reason = ev.reason  # type: ignore[union-attr]
+            # 3.14.4: a normal DISCONNECT discards the will; 0x04 asks for it.
+            self.publish_will = reason == Reason.DISCONNECT_WITH_WILL
+            expiry = ev.properties.get(Prop.SESSION_EXPIRY_INTERVAL)  # type: ignore[union-attr]
+            if expiry is not None:
+                s.expiry = min(int(expiry), self.hub.options.max_session_expiry)
+            return _STOP
+        elif t is Auth:
+            raise MqttError("AUTH without enhanced authentication", Reason.PROTOCOL_ERROR)
+        return None
+
+    def _refusal(self, p: Publish) -> int:
+        """The reason a PUBLISH is not stored (0: it is)."""
+        if p.retain and not self.hub.options.retain_available:
+            raise MqttError("retain is not available", Reason.RETAIN_NOT_SUPPORTED)
+        if p.topic.startswith("$") or not self.access.may_publish(p.topic):
+            self.hub.stats["publish_denied"] += 1
+            return Reason.NOT_AUTHORIZED
+        if (p.properties and p.properties.get(Prop.PAYLOAD_FORMAT_INDICATOR) == 1
+                and not _is_utf8(p.payload)):
+            return Reason.PAYLOAD_FORMAT_INVALID  # 3.3.2.3.2
+        return 0
+
+    def _store_failure(self, exc: FerryError, qos: int) -> int:
+        if isinstance(exc, MessageTooLarge):
+            return Reason.PACKET_TOO_LARGE
+        if isinstance(exc, PermissionDenied):
+            return Reason.NOT_AUTHORIZED
+        log.warning("publish from %r failed: %s", self.client_id, exc)
+        self.hub.stats["publish_failed"] += 1
+        if self.version != MQTT_5 and qos:
+            # 3.1.1 cannot refuse a QoS 1/2 message: close, the client resends.
+            raise MqttError(str(exc), Reason.UNSPECIFIED_ERROR) from exc
+        return Reason.UNSPECIFIED_ERROR
+
+    async def _publish_batch(self, batch: list[Publish]) -> None:
+        """Store QoS 0/1 publishes with one put per (topic, queue), then acknowledge
+        each QoS 1 one in order, with its own reason code."""
+        hub = self.hub
+        n = len(batch)
+        reasons = [0] * n
+        messages: list[Message | None] = [None] * n
+        groups: dict[tuple[str, int], list[int]] = {}
+        payload_bytes = 0
+        cached = hub.cached_message
+        cid = self.client_id
+        for i, p in enumerate(batch):
+            reason = self._refusal(p)
+            if not reason:
+                try:
+                    m = cached(p.topic, p.payload, p.qos, p.retain, cid, p.properties) or \
+                        await hub.message_for(p.topic, p.payload, p.qos, p.retain, cid,
+                                              p.properties)
+                except FerryError as exc:
+                    reason = self._store_failure(exc, p.qos)
+                else:
+                    messages[i] = m
+                    payload_bytes += len(p.payload)
+                    if payload_bytes > BATCH_BYTES:
+                        await self._put_groups(groups, messages, reasons, batch)
+                        groups.clear()
+                        payload_bytes = len(p.payload)
+                    groups.setdefault((m.topic, m.queue_id), []).append(i)
+            reasons[i] = reason
+        await self._put_groups(groups, messages, reasons, batch)
+        retained_qos = False
+        v5 = self.version == MQTT_5
+        for i, p in enumerate(batch):
+            if p.retain and not reasons[i]:
+                m = messages[i]
+                assert m is not None
+                hub.retain(Delivery(p.topic, p.payload, p.qos, True, dict(m.properties),
+                                    self.client_id, None))
+                retained_qos |= p.qos > 0
+        if retained_qos:
+            await hub.retained_saver.save_now()
+        for i, p in enumerate(batch):
+            if p.qos:
+                self.send(Puback(p.packet_id, reasons[i] if v5 else 0))  # type: ignore[arg-type]
+
+    async def _put_groups(self, groups: dict[tuple[str, int], list[int]],
+                          messages: list[Message | None], reasons: list[int],
+                          batch: list[Publish]) -> None:
+        put = self.hub.broker.put
+        for idx in groups.values():
+            try:
+                if len(idx) == 1:
+                    await put(messages[idx[0]])  # type: ignore[arg-type]
+                else:
+                    await put([messages[i] for i in idx])  # type: ignore[misc]
+            except FerryError as exc:
+                reason = self._store_failure(exc, max(batch[i].qos for i in idx))
+                for i in idx:
+                    reasons[i] = reason
+            else:
+                self.hub.stats["received"] += len(idx)
+
+    async def _on_publish(self, p: Publish) -> None:
+        hub = self.hub
+        s = self.session
+        assert s is not None
+        qos = p.qos
+        pid = p.packet_id
+        v5 = self.version == MQTT_5
+        if qos == 2 and pid in s.inbound_qos2:
+            self.send(Pubrec(pid))  # type: ignore[arg-type]  # a resend: stored already (4.3.3)
+            return
+        reason = self._refusal(p)
+        if not reason:
+            try:
+                await hub.publish(p.topic, p.payload, qos, p.retain, self.client_id,
+                                  p.properties)
+            except FerryError as exc:
+                reason = self._store_failure(exc, qos)
+        if qos == 1:
+            self.send(Puback(pid, reason if v5 else 0))  # type: ignore[arg-type]
+        elif qos == 2:
+            if reason and v5:
+                self.send(Pubrec(pid, reason))  # type: ignore[arg-type]
+                return
+            s.inbound_qos2.add(pid)  # type: ignore[arg-type]
+            if s.persistent:
+                # Exactly once across a restart: the id must be durable before PUBREC.
+                await hub.session_saver.save_now()
+            self.send(Pubrec(pid))  # type: ignore[arg-type]
+
+    async def _on_subscribe(self, sub: Subscribe) -> None:
+        hub = self.hub
+        s = self.session
+        assert s is not None
+        sub_id = sub.subscription_id
+        reasons = []
+        retained: list[tuple[str, SubOpts]] = []
+        for item in sub.subscriptions:
+            try:
+                spec = parse_filter(item.filter)
+            except MqttError:
+                reasons.append(Reason.TOPIC_FILTER_INVALID)
+                continue
+            if spec.share is not None and item.no_local:
+                # 3.8.3.1 [MQTT-3.8.3-4]: No Local on a shared subscription.
+                raise MqttError("No Local on a shared subscription", Reason.PROTOCOL_ERROR)
+            if not self.access.may_subscribe(spec.filter):
+                hub.stats["subscribe_denied"] += 1
+                reasons.append(Reason.NOT_AUTHORIZED)
+                continue
+            if (len(s.subs) + len(s.shared) >= hub.options.max_subscriptions
+                    and item.filter not in s.subs):
+                reasons.append(Reason.QUOTA_EXCEEDED)
+                continue
+            so = SubOpts(item.qos, item.no_local, item.retain_as_published,
+                         item.retain_handling, sub_id)
+            existed = hub.subscribe(s, spec.share, spec.filter, so)
+            reasons.append(item.qos)
+            # 3.3.1.3 / 3.8.3.1 Retain Handling; shared subscriptions get none (4.8.2).
+            if spec.share is None and (so.rh == 0 or (so.rh == 1 and not existed)):
+                retained.append((spec.filter, so))
+        if s.persistent:
+            # A persistent session's subscriptions are durable before SUBACK: a
+            # crash right after it must not lose what the client was told it has.
+            await hub.session_saver.save_now()
+        self.send(Suback(sub.packet_id, tuple(reasons)))
+        for topic_filter, so in retained:
+            for d in hub.retained_for(topic_filter):
+                if so.no_local and d.publisher == self.client_id:
+                    continue
+                s.enqueue(d, min(d.qos, so.qos), True, (so.sub_id,) if so.sub_id else ())
+
+    async def _on_unsubscribe(self, u: Unsubscribe) -> None:
+        s = self.session
+        assert s is not None
+        reasons = []
+        for raw in u.filters:
+            try:
+                spec = parse_filter(raw)
+            except MqttError:
+                reasons.append(Reason.TOPIC_FILTER_INVALID)
+                continue
+            found = self.hub.unsubscribe(s, spec.share, spec.filter)
+            reasons.append(Reason.SUCCESS if found else Reason.NO_SUBSCRIPTION_EXISTED)
+        if s.persistent:
+            await self.hub.session_saver.save_now()
+        self.send(Unsuback(u.packet_id, tuple(reasons)))
+
+    # ------------------------------------------------------------ the end
+
+    def _finish(self) -> None:
+        """The connection is gone: detach the session, and see to the will."""
+        hub = self.hub
+        s = self.session
+        if s is None or s.client is not self:
+            return
+        s.client = None
+        s.disconnected_at = now_ms()
+        hub.detach(s)
+        will = self.will
+        if will is not None and self.publish_will:
+            delay = will.delay if self.version == MQTT_5 else 0
+            # 3.1.3.2.2: the will goes at the will delay or when the session ends.
+            delay = min(delay, s.expiry)
+            assert hub.nursery is not None
+            hub.nursery.start_soon(hub.publish_will, s, s.generation, will, delay, self.access)
+        if not s.persistent:
+            hub.end_session(s)
+        else:
+            hub.session_saver.mark()
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True

@@ -1,0 +1,181 @@
+"""How an MQTT application message becomes a broker Message and back (docs/mqtt.md, "Mapping").
+
+- The first level of the MQTT topic names the broker topic (``broker_topic``),
+  its characters outside ``[A-Za-z0-9._-]`` written as ``|XX`` per UTF-8 byte.
+- The whole MQTT topic travels in the ``MQTT_TOPIC`` property; the queue is
+  chosen by a CRC-32 of it, so the messages of one MQTT topic keep their order.
+- QoS, retain flag and the MQTT 5 message properties travel as ``MQTT_*``
+  properties; MQTT 5 user properties are plain message properties (Kafka
+  headers, RocketMQ user properties) when they can be, else a JSON list in
+  ``MQTT_USER_PROPERTIES``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import zlib
+from collections.abc import Mapping
+from typing import Any
+
+from ...core.message import ConsumedMessage, Message, now_ms
+from ...core.metadata import SYSTEM_PREFIXES
+from ...protocols.mqtt.constants import Prop
+
+MQTT_TOPIC = "MQTT_TOPIC"
+MQTT_QOS = "MQTT_QOS"
+MQTT_RETAIN = "MQTT_RETAIN"
+MQTT_PUBLISHER = "MQTT_PUBLISHER"
+MQTT_CONTENT_TYPE = "MQTT_CONTENT_TYPE"
+MQTT_RESPONSE_TOPIC = "MQTT_RESPONSE_TOPIC"
+MQTT_CORRELATION_DATA = "MQTT_CORRELATION_DATA"  # base64
+MQTT_PAYLOAD_FORMAT = "MQTT_PAYLOAD_FORMAT"
+MQTT_EXPIRY_AT = "MQTT_EXPIRY_AT"  # absolute, ms since the epoch: it counts down while stored
+MQTT_USER_PROPERTIES = "MQTT_USER_PROPERTIES"  # JSON [[name, value], ...] when needed
+MQTT_PREFIX = "MQTT_"
+
+DEFAULT_FOREIGN_QOS = 1
+"""QoS of a message produced through another door: it is stored durably, so
+subscribers may get it at least once."""
+
+# RocketMQ system properties: never MQTT user properties, and an MQTT user
+# property of such a name must not steer the core (a "DELAY" header).
+RESERVED = frozenset({
+    "UNIQ_KEY", "WAIT", "TRAN_MSG", "PGROUP", "REAL_TOPIC", "REAL_QID", "RETRY_TOPIC", "DELAY",
+    "TIMER_DELIVER_MS", "TIMER_DELAY_MS", "TIMER_DELAY_SEC", "TIMER_OUT_MS", "MIN_OFFSET",
+    "MAX_OFFSET", "CONSUME_START_TIME", "ORIGIN_MESSAGE_ID", "MAX_RECONSUME_TIMES",
+    "__SHARDINGKEY", "DLQ_ORIGIN_TOPIC", "DLQ_ORIGIN_MESSAGE_ID", "CLUSTER", "TRACE_ON",
+    "MSG_REGION", "TRAN_PREPARED_QUEUE_OFFSET", "CHECK_IMMUNITY_TIME_IN_SECONDS",
+})
+
+_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+MAX_TOPIC_LEN = 127  # core/metadata.py TOPIC_NAME
+_HASHED_PREFIX = 109  # 109 + "|H" + 16 hex digits = 127
+
+
+def broker_topic(mqtt_topic: str) -> str:
+    """The broker topic of an MQTT topic name or of a filter's literal first level:
+    that level with every character outside ``[A-Za-z0-9._-]`` written ``|XX`` (its
+    UTF-8 bytes in upper-case hex); an empty level is ``|``, ``.`` and ``..`` are
+    escaped too; a result over 127 characters keeps 109 and appends ``|H`` and 16
+    hex digits of its SHA-1; a RocketMQ system prefix gets a ``|`` in front. Always
+    a valid topic name."""
+    level = mqtt_topic.split("/", 1)[0]
+    if not level:
+        return "|"
+    if level in (".", ".."):
+        level = "|2E" * len(level)
+    elif not _SAFE.issuperset(level):
+        level = "".join(ch if ch in _SAFE else "".join(f"|{b:02X}" for b in ch.encode())
+                        for ch in level)
+    if level.startswith(SYSTEM_PREFIXES):
+        level = "|" + level  # never write into RMQ_SYS_*, TBW102...: "|" + letters is no escape
+    if len(level) > MAX_TOPIC_LEN:
+        digest = hashlib.sha1(level.encode()).hexdigest()[:16].upper()
+        level = f"{level[:_HASHED_PREFIX]}|H{digest}"
+    return level
+
+
+def queue_for(mqtt_topic: str, queues: int) -> int:
+    """The queue of an MQTT topic: stable across restarts, so per-topic order holds."""
+    return zlib.crc32(mqtt_topic.encode()) % queues
+
+
+def _storable(text: str) -> bool:
+    return "\x01" not in text and "\x02" not in text
+
+
+def to_message(topic: str, queue_id: int, payload: bytes, qos: int, retain: bool,
+               publisher: str, props: Mapping[int, Any], now: int | None = None) -> Message:
+    """The broker Message for an MQTT PUBLISH to ``topic`` (an MQTT topic name)."""
+    p: dict[str, str] = {MQTT_TOPIC: topic, MQTT_QOS: "012"[qos], MQTT_PUBLISHER: publisher}
+    if retain:
+        p[MQTT_RETAIN] = "1"
+    if props:
+        v = props.get(Prop.PAYLOAD_FORMAT_INDICATOR)
+        if v is not None:
+            p[MQTT_PAYLOAD_FORMAT] = str(v)
+        v = props.get(Prop.CONTENT_TYPE)
+        if v is not None:
+            p[MQTT_CONTENT_TYPE] = v
+        v = props.get(Prop.RESPONSE_TOPIC)
+        if v is not None:
+            p[MQTT_RESPONSE_TOPIC] = v
+        v = props.get(Prop.CORRELATION_DATA)
+        if v is not None:
+            p[MQTT_CORRELATION_DATA] = base64.b64encode(v).decode()
+        v = props.get(Prop.MESSAGE_EXPIRY_INTERVAL)
+        if v is not None:
+            p[MQTT_EXPIRY_AT] = str((now or now_ms()) + v * 1000)
+        users = props.get(Prop.USER_PROPERTY)
+        if users:
+            names = [k for k, _ in users]
+            plain = (len(set(names)) == len(names)
+                     and all(k not in RESERVED and not k.startswith(MQTT_PREFIX) and k
+                             and _storable(k) and _storable(v) for k, v in users))
+            if plain:
+                p.update(users)
+            else:
+                p[MQTT_USER_PROPERTIES] = json.dumps([list(kv) for kv in users])
+    return Message(broker_topic(topic), payload, p, queue_id=queue_id)
+
+
+def mqtt_topic_of(m: ConsumedMessage) -> str:
+    """The MQTT topic of a stored message: its ``MQTT_TOPIC``, else the broker topic."""
+    return m.properties.get(MQTT_TOPIC) or m.topic
+
+
+def user_properties(props: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """MQTT 5 user properties of a stored message, in stored order."""
+    raw = props.get(MQTT_USER_PROPERTIES)
+    if raw is not None:
+        try:
+            return tuple((str(k), str(v)) for k, v in json.loads(raw))
+        except (ValueError, TypeError):
+            return ()
+    return tuple((k, v) for k, v in props.items()
+                 if not k.startswith(MQTT_PREFIX) and k not in RESERVED)
+
+
+def message_properties(props: Mapping[str, str], now: int) -> tuple[dict[int, Any], bool]:
+    """(MQTT 5 PUBLISH properties, expired?) of a stored message at time ``now``
+    (3.3.2.3.3: the expiry interval sent is what remains of it)."""
+    out: dict[int, Any] = {}
+    if len(props) <= 3 and MQTT_TOPIC in props:
+        return out, False  # the common case: topic, QoS, publisher only
+    v = props.get(MQTT_PAYLOAD_FORMAT)
+    if v is not None and v in ("0", "1"):
+        out[Prop.PAYLOAD_FORMAT_INDICATOR] = int(v)
+    v = props.get(MQTT_EXPIRY_AT)
+    if v is not None:
+        try:
+            left = int(v) - now
+        except ValueError:
+            left = 1
+        if left <= 0:
+            return out, True
+        out[Prop.MESSAGE_EXPIRY_INTERVAL] = max(1, (left + 999) // 1000)
+    v = props.get(MQTT_CONTENT_TYPE)
+    if v is not None:
+        out[Prop.CONTENT_TYPE] = v
+    v = props.get(MQTT_RESPONSE_TOPIC)
+    if v is not None:
+        out[Prop.RESPONSE_TOPIC] = v
+    v = props.get(MQTT_CORRELATION_DATA)
+    if v is not None:
+        with contextlib.suppress(ValueError):  # not ours: another door wrote it
+            out[Prop.CORRELATION_DATA] = base64.b64decode(v)
+    users = user_properties(props)
+    if users:
+        out[Prop.USER_PROPERTY] = users
+    return out, False
+
+
+def qos_of(props: Mapping[str, str]) -> int:
+    """The QoS a message was published with (``DEFAULT_FOREIGN_QOS`` from other doors)."""
+    return _QOS.get(props.get(MQTT_QOS), DEFAULT_FOREIGN_QOS)  # type: ignore[arg-type]
+
+
+_QOS = {"0": 0, "1": 1, "2": 2}

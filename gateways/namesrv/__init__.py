@@ -1,0 +1,150 @@
+"""The NameServer door (port 9876): brokers register their topics, clients ask for routes.
+
+Requests served: REGISTER_BROKER, UNREGISTER_BROKER, GET_ROUTEINFO_BY_TOPIC,
+GET_BROKER_CLUSTER_INFO, GET_ALL_TOPIC_LIST_FROM_NAMESERVER,
+GET_TOPICS_BY_CLUSTER, DELETE_TOPIC_IN_NAMESRV; any other code gets
+REQUEST_CODE_NOT_SUPPORTED. The table lives in memory (routes.py): brokers
+re-register every 30 s, so a restarted NameServer is whole again within one
+period, as RocketMQ's is.
+
+``ferrymq serve`` embeds one (this module's ``serve``); ``ferrymq namesrv``
+runs ``serve_namesrv`` alone. Options (``[namesrv]``): ``broker_expiry_s``
+(120), ``scan_interval_s`` (10, RocketMQ's scanNotActiveBroker period),
+``max_frame``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import trio
+
+from ...protocols.remoting import (
+    DEFAULT_MAX_FRAME,
+    FrameDecoder,
+    RemotingCommand,
+    RemotingProtocolError,
+    RequestCode,
+    ResponseCode,
+    encode,
+    response_to,
+)
+from ...protocols.remoting import bodies as B
+from ...protocols.remoting import headers as H
+from ..server import DoorContext
+from .routes import BROKER_EXPIRY_S, RouteTable
+
+log = logging.getLogger("ferrymq.namesrv")
+
+SCAN_INTERVAL_S = 10.0  # RocketMQ NamesrvController: scanNotActiveBroker every 10 s
+RECEIVE_SIZE = 64 * 1024
+
+
+class NameServer:
+    def __init__(self, table: RouteTable) -> None:
+        self.table = table
+
+    def handle(self, cmd: RemotingCommand, peer: str) -> RemotingCommand:
+        C = RequestCode
+        try:
+            if cmd.code == C.REGISTER_BROKER:
+                h = H.RegisterBrokerRequestHeader.from_ext(cmd.ext_fields)
+                if h.compressed:
+                    return response_to(cmd, ResponseCode.SYSTEM_ERROR,
+                                       remark="compressed registration bodies are not supported")
+                body = B.RegisterBrokerBody.decode(cmd.body)
+                self.table.register(h.clusterName, h.brokerName, h.brokerId, h.brokerAddr,
+                                    body.topics, body.data_version)
+                return response_to(cmd, ResponseCode.SUCCESS,
+                                   H.RegisterBrokerResponseHeader("", "").to_ext(),
+                                   B.dumps({"table": {}}))
+            if cmd.code == C.UNREGISTER_BROKER:
+                uh = H.UnRegisterBrokerRequestHeader.from_ext(cmd.ext_fields)
+                self.table.unregister(uh.brokerAddr)
+                return response_to(cmd, ResponseCode.SUCCESS)
+            if cmd.code == C.GET_ROUTEINFO_BY_TOPIC:
+                th = H.TopicHeader.from_ext(cmd.ext_fields)
+                route = self.table.route(th.topic)
+                if route is None:
+                    return response_to(cmd, ResponseCode.TOPIC_NOT_EXIST, remark=(
+                        f"No topic route info in name server for the topic: {th.topic}"))
+                return response_to(cmd, ResponseCode.SUCCESS, body=route.encode())
+            if cmd.code == C.GET_BROKER_CLUSTER_INFO:
+                return response_to(cmd, ResponseCode.SUCCESS,
+                                   body=self.table.cluster_info().encode())
+            if cmd.code == C.GET_ALL_TOPIC_LIST_FROM_NAMESERVER:
+                return response_to(cmd, ResponseCode.SUCCESS,
+                                   body=B.encode_topic_list(self.table.topics()))
+            if cmd.code == C.GET_TOPICS_BY_CLUSTER:
+                cluster = cmd.ext("cluster")
+                return response_to(cmd, ResponseCode.SUCCESS,
+                                   body=B.encode_topic_list(self.table.topics(cluster)))
+            if cmd.code == C.DELETE_TOPIC_IN_NAMESRV:
+                self.table.delete_topic(H.TopicHeader.from_ext(cmd.ext_fields).topic)
+                return response_to(cmd, ResponseCode.SUCCESS)
+        except H.HeaderError as exc:
+            return response_to(cmd, exc.response_code, remark=str(exc))
+        except B.BodyError as exc:
+            return response_to(cmd, ResponseCode.SYSTEM_ERROR, remark=str(exc))
+        return response_to(cmd, ResponseCode.REQUEST_CODE_NOT_SUPPORTED,
+                           remark=f"request type {cmd.code} not supported")
+
+
+async def _connection(stream: trio.SocketStream, ns: NameServer, max_frame: int) -> None:
+    decoder = FrameDecoder(max_frame)
+    try:
+        peer = "{}:{}".format(*stream.socket.getpeername()[:2])
+    except OSError:
+        peer = "?"
+    try:
+        while True:
+            data = await stream.receive_some(RECEIVE_SIZE)
+            if not data:
+                return
+            out = []
+            try:
+                decoder.receive_data(data)
+                while (cmd := decoder.next_command()) is not None:
+                    if not cmd.is_response:
+                        resp = ns.handle(cmd, peer)
+                        if not cmd.is_oneway:
+                            out.append(encode(resp))
+            except RemotingProtocolError as exc:
+                log.info("closing %s: %s", peer, exc)
+                return
+            finally:
+                if out:
+                    await stream.send_all(b"".join(out))
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    finally:
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
+
+
+async def serve_namesrv(host: str, port: int, options: Mapping[str, Any] | None = None, *,
+                        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    opts = options or {}
+    table = RouteTable(float(opts.get("broker_expiry_s", BROKER_EXPIRY_S)))
+    ns = NameServer(table)
+    scan = float(opts.get("scan_interval_s", min(SCAN_INTERVAL_S, table.broker_expiry_s / 2)))
+    listeners = await trio.open_tcp_listeners(port, host=host or None)
+    bound = listeners[0].socket.getsockname()[1]
+    handler = functools.partial(_connection, ns=ns,
+                                max_frame=int(opts.get("max_frame", DEFAULT_MAX_FRAME)))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(functools.partial(trio.serve_listeners, handler, listeners))
+        task_status.started(bound)
+        while True:
+            await trio.sleep(scan)
+            for addr in table.expire():
+                log.warning("broker %s silent for %.0f s: removed from the routes", addr,
+                            table.broker_expiry_s)
+
+
+async def serve(ctx: DoorContext, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+                ) -> None:
+    await serve_namesrv(ctx.host, ctx.port, ctx.options, task_status=task_status)

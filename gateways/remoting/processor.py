@@ -1,0 +1,737 @@
+"""The broker's remoting processor: each RocketMQ request code translated into Broker calls.
+
+``Processor.handle(conn, cmd)`` returns the response (or None for a oneway
+request, or when the request was suspended and will answer later). Every
+code RocketMQ clients use for producing, consuming, client bookkeeping and
+administration is here; any other code gets REQUEST_CODE_NOT_SUPPORTED. A
+FerryError from the core becomes the RocketMQ response code that means the
+same (``error_code``); a malformed header becomes SYSTEM_ERROR, as in
+RocketMQ. See docs/remoting.md for the mapping and its reasons.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import struct
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ...core.broker import Broker
+from ...core.errors import FerryError
+from ...core.filter import Filter, parse_filter
+from ...core.message import (
+    PROPERTY_ORIGIN_MESSAGE_ID,
+    PROPERTY_RETRY_TOPIC,
+    PROPERTY_UNIQ_KEY,
+    ConsumedMessage,
+    GetStatus,
+    Message,
+    offset_message_id,
+)
+from ...core.metadata import DLQ_PREFIX, PERM_READ_WRITE, RETRY_PREFIX
+from ...protocols import record as rec
+from ...protocols.remoting import (
+    RemotingCommand,
+    RequestCode,
+    ResponseCode,
+    encode,
+    response_to,
+)
+from ...protocols.remoting import bodies as B
+from ...protocols.remoting import headers as H
+from ...protocols.remoting.codes import (
+    DEFAULT_TOPIC,
+    PULL_FLAG_COMMIT_OFFSET,
+    PULL_FLAG_SUBSCRIPTION,
+    PULL_FLAG_SUSPEND,
+)
+from ...protocols.remoting.frame import encode_send_ok
+from .client_table import ClientTable
+
+if TYPE_CHECKING:
+    from .connection import ServerConnection
+
+log = logging.getLogger("ferrymq.remoting")
+_OFFSET_ID = struct.Struct(">8sq")  # offsetMsgId: store host and CommitLog offset
+
+MAX_SUSPEND_S = 30.0  # cap on a long poll (RocketMQ clients ask 15-20 s)
+DEFAULT_MAX_PULL_BYTES = 4 << 20
+MAX_PULL_MESSAGES = 1024
+MAX_RECONSUME_TIMES = 16  # RocketMQ SubscriptionGroupConfig.retryMaxTimes default
+
+# FerryError.code -> RocketMQ ResponseCode (docs/remoting.md, "Errors")
+ERROR_CODES: dict[str, int] = {
+    "invalid_argument": ResponseCode.INVALID_PARAMETER,
+    "invalid_topic_name": ResponseCode.INVALID_PARAMETER,
+    "invalid_group_name": ResponseCode.INVALID_PARAMETER,
+    "invalid_message": ResponseCode.MESSAGE_ILLEGAL,
+    "corrupt_message": ResponseCode.MESSAGE_ILLEGAL,
+    "message_too_large": ResponseCode.MESSAGE_ILLEGAL,
+    "invalid_filter": ResponseCode.SUBSCRIPTION_PARSE_FAILED,
+    "topic_not_found": ResponseCode.TOPIC_NOT_EXIST,
+    "topic_exists": ResponseCode.TOPIC_EXIST_ALREADY,
+    "queue_not_found": ResponseCode.INVALID_PARAMETER,
+    "group_not_found": ResponseCode.SUBSCRIPTION_GROUP_NOT_EXIST,
+    "permission_denied": ResponseCode.NO_PERMISSION,
+    "offset_out_of_range": ResponseCode.INVALID_PARAMETER,
+    "store_error": ResponseCode.SERVICE_NOT_AVAILABLE,
+    "flush_failed": ResponseCode.SERVICE_NOT_AVAILABLE,
+    "disk_full": ResponseCode.SERVICE_NOT_AVAILABLE,
+    "shutting_down": ResponseCode.SERVICE_NOT_AVAILABLE,
+}
+
+
+def error_code(exc: FerryError) -> int:
+    return ERROR_CODES.get(exc.code, ResponseCode.SYSTEM_ERROR)
+
+
+def host_bytes_of(peer: str) -> bytes:
+    host, _, port = peer.rpartition(":")
+    try:
+        return rec.host_bytes(host, int(port))
+    except ValueError:
+        return b"\x00" * 8
+
+
+def batch_offset_ids(store_host: bytes, phys: int, count: int) -> str:
+    """The offset ids of a batch record's members, comma-separated (what
+    ``PutResult.offset_message_id(i)`` gives for each i, built as text at once)."""
+    addr = store_host[:4].hex().upper()
+    port = int.from_bytes(store_host[4:8], "big", signed=True) & 0xFFFF
+    tail = f"{phys & 0xFFFFFFFFFFFFFFFF:016X}"
+    return ",".join(f"{addr}{((i << 16) | port) & 0xFFFFFFFF:08X}{tail}" for i in range(count))
+
+
+def encode_message(m: ConsumedMessage) -> bytes:
+    """One message as a RocketMQ record (a batch member unpacked for a RocketMQ
+    consumer): its own queue offset, FerryMQ's format bits cleared, and the member
+    index in the store host's port field so its offset id is the core's id."""
+    store_host = m.store_host
+    if m.batch_index:
+        port = int.from_bytes(store_host[4:8], "big", signed=True) & 0xFFFF
+        store_host = store_host[:4] + ((m.batch_index << 16) | port).to_bytes(4, "big",
+                                                                             signed=True)
+    return rec.encode(
+        queue_id=m.queue_id, flag=m.flag, queue_offset=m.queue_offset,
+        physical_offset=m.physical_offset, sys_flag=m.sys_flag & ~rec.FORMAT_MASK,
+        born_timestamp=m.born_timestamp, born_host=m.born_host[:8] if len(m.born_host) >= 8
+        else b"\x00" * 8, store_timestamp=m.store_timestamp, store_host=store_host[:8],
+        reconsume_times=m.reconsume_times, prepared_transaction_offset=0, body=m.body,
+        topic=m.topic.encode(), properties=rec.encode_properties(m.properties))
+
+
+async def _nothing() -> None:
+    pass
+
+
+_MEMBER_HEAD = struct.Struct(">iiiii")  # total size, magic, CRC, flag, body length
+_U16 = struct.Struct(">H")
+_I32 = struct.Struct(">i")
+
+
+def unpack_native_batch(data: bytes, start: int, limit: int, out: list[bytes]) -> tuple[int, int]:
+    """Append to ``out`` the members of a stored native batch record at queue offsets
+    >= ``start`` (at most ``limit``), each as a RocketMQ record of its own: the fast path
+    of ``encode_message`` for unfiltered pulls, working on the bytes without decoding
+    properties. Returns (members appended, queue offset of the last one)."""
+    (_total, _magic, _crc, qid, _flag, qoff, phys, sys_flag, born_ts, born_host, store_ts,
+     store_host, reconsume, _prepared, body_len) = rec.HEADER.unpack_from(data, 0)
+    body_end = rec.HEADER_SIZE + body_len
+    tail = data[body_end:body_end + 1 + data[body_end]]  # topic length byte and topic
+    sys_flag &= ~rec.FORMAT_MASK
+    port = _I32.unpack_from(store_host, 4)[0] & 0xFFFF
+    pack, crc = rec.HEADER.pack, rec.body_crc
+    p = rec.HEADER_SIZE
+    i = n = 0
+    last = qoff - 1
+    while p < body_end and n < limit:
+        mtotal, _m, _c, mflag, mlen = _MEMBER_HEAD.unpack_from(data, p)
+        if qoff + i >= start:
+            b0 = p + 20
+            body = data[b0:b0 + mlen]
+            props_end = p + mtotal
+            props = data[b0 + mlen:props_end]  # length (2 bytes) and properties
+            host = store_host if i == 0 else store_host[:4] + _I32.pack((i << 16) | port)
+            out.append(pack(rec.HEADER_SIZE + mlen + len(tail) + len(props), rec.MAGIC, crc(body),
+                            qid, mflag, qoff + i, phys, sys_flag, born_ts, born_host, store_ts,
+                            host, reconsume, 0, mlen))
+            out.append(body)
+            out.append(tail)
+            out.append(props)
+            n += 1
+            last = qoff + i
+        p += mtotal
+        i += 1
+    return n, last
+
+
+Handler = Callable[["ServerConnection", RemotingCommand],
+                   Awaitable[RemotingCommand | bytes | None]]
+
+
+class Processor:
+    def __init__(self, broker: Broker, *, broker_addr: str, client_table: ClientTable,
+                 on_topics_changed: Callable[[], None] = lambda: None,
+                 max_suspend_s: float = MAX_SUSPEND_S) -> None:
+        self.broker = broker
+        self.broker_addr = broker_addr
+        self.clients = client_table
+        self.on_topics_changed = on_topics_changed
+        self.register_now: Callable[[], Awaitable[None]] = _nothing
+        self.max_suspend_s = max_suspend_s
+        self.counters: Counter[str] = Counter()
+        self.store_host = rec.host_bytes(broker.config.store_host, broker.config.store_port)
+        self.started = time.time()
+        C = RequestCode
+        self.handlers: dict[int, Handler] = {
+            C.SEND_MESSAGE: self.send_message,
+            C.SEND_MESSAGE_V2: self.send_message,
+            C.SEND_BATCH_MESSAGE: self.send_message,
+            C.PULL_MESSAGE: self.pull_message,
+            C.QUERY_CONSUMER_OFFSET: self.query_consumer_offset,
+            C.UPDATE_CONSUMER_OFFSET: self.update_consumer_offset,
+            C.HEART_BEAT: self.heart_beat,
+            C.UNREGISTER_CLIENT: self.unregister_client,
+            C.GET_CONSUMER_LIST_BY_GROUP: self.get_consumer_list,
+            C.CONSUMER_SEND_MSG_BACK: self.send_msg_back,
+            C.LOCK_BATCH_MQ: self.lock_batch,
+            C.UNLOCK_BATCH_MQ: self.unlock_batch,
+            C.SEARCH_OFFSET_BY_TIMESTAMP: self.search_offset,
+            C.GET_MAX_OFFSET: self.get_max_offset,
+            C.GET_MIN_OFFSET: self.get_min_offset,
+            C.GET_EARLIEST_MSG_STORETIME: self.get_earliest_store_time,
+            C.VIEW_MESSAGE_BY_ID: self.view_message,
+            C.QUERY_MESSAGE: self.query_message,
+            C.UPDATE_AND_CREATE_TOPIC: self.create_topic,
+            C.DELETE_TOPIC_IN_BROKER: self.delete_topic,
+            C.GET_ALL_TOPIC_CONFIG: self.all_topic_config,
+            C.GET_TOPIC_STATS_INFO: self.topic_stats,
+            C.GET_CONSUME_STATS: self.consume_stats,
+            C.GET_ALL_SUBSCRIPTIONGROUP_CONFIG: self.all_groups,
+            C.UPDATE_AND_CREATE_SUBSCRIPTIONGROUP: self.create_group,
+            C.DELETE_SUBSCRIPTIONGROUP: self.delete_group,
+            C.GET_CONSUMER_CONNECTION_LIST: self.consumer_connections,
+            C.INVOKE_BROKER_TO_RESET_OFFSET: self.reset_offset,
+            C.GET_BROKER_RUNTIME_INFO: self.runtime_info,
+            C.GET_ROUTEINFO_BY_TOPIC: self.route_info,
+            C.GET_BROKER_CLUSTER_INFO: self.cluster_info,
+            C.GET_ALL_TOPIC_LIST_FROM_NAMESERVER: self.topic_list,
+            C.QUERY_TOPIC_CONSUME_BY_WHO: self.consumed_by,
+        }
+
+    # ================================================================ dispatch
+
+    async def handle(self, conn: ServerConnection, cmd: RemotingCommand
+                     ) -> RemotingCommand | bytes | None:
+        """The response (a command, or an already encoded frame on hot paths), or None
+        (a oneway request, or a suspended one that answers later)."""
+        handler = self.handlers.get(cmd.code)
+        if handler is None:
+            self.counters["unsupported"] += 1
+            return response_to(cmd, ResponseCode.REQUEST_CODE_NOT_SUPPORTED,
+                               remark=f"request type {cmd.code} not supported")
+        try:
+            return await handler(conn, cmd)
+        except H.HeaderError as exc:
+            self.counters["bad_header"] += 1
+            return response_to(cmd, exc.response_code, remark=str(exc))
+        except B.BodyError as exc:
+            self.counters["bad_body"] += 1
+            return response_to(cmd, ResponseCode.SYSTEM_ERROR, remark=str(exc))
+        except FerryError as exc:
+            return response_to(cmd, error_code(exc), remark=exc.detail)
+
+    def connection_closed(self, conn: ServerConnection) -> None:
+        self._notify_changed(self.clients.connection_closed(conn))
+
+    # ================================================================ producing
+
+    async def send_message(self, conn: ServerConnection, cmd: RemotingCommand
+                           ) -> RemotingCommand | bytes:
+        fast = (H.send_v2_fields(cmd.ext_fields) if cmd.code != RequestCode.SEND_MESSAGE
+                else None)
+        max_reconsume: int | None = None
+        if fast is None:
+            if cmd.code == RequestCode.SEND_MESSAGE:
+                h = H.SendMessageRequestHeader.from_ext(cmd.ext_fields)
+            else:
+                h = H.SendMessageRequestHeader.from_ext_v2(cmd.ext_fields)
+            _group, topic, qid, sys_flag, born_ts, flag, props_text, reconsume, batch = (
+                h.producerGroup, h.topic, h.queueId, h.sysFlag, h.bornTimestamp, h.flag,
+                h.properties, h.reconsumeTimes or 0, bool(h.batch))
+            max_reconsume = h.maxReconsumeTimes
+        else:
+            _group, topic, qid, sys_flag, born_ts, flag, props_text, reconsume, batch = fast
+        broker = self.broker
+        t = broker.meta.topics.get(topic)
+        if t is not None and qid >= t.queues:
+            qid %= t.queues  # RocketMQ: queueIdInt % writeQueueNums
+        born_host = conn.peer_bytes
+        # The C++ client sends batches as SEND_MESSAGE with batch=true.
+        if cmd.code == RequestCode.SEND_BATCH_MESSAGE or batch:
+            result = await broker.put_encoded_batch(topic, qid, cmd.body, born_host)
+            ext = {"msgId": batch_offset_ids(result.store_host, result.physical_offset,
+                                             result.count),
+                   "queueId": str(result.queue_id), "queueOffset": str(result.queue_offset),
+                   "MSG_REGION": "DefaultRegion", "TRACE_ON": "true"}
+            return response_to(cmd, ResponseCode.SUCCESS, ext)
+        # Stored as they came: the store reads TAGS, KEYS and UNIQ_KEY from the text.
+        props = rec.EncodedProperties(props_text.encode()) if props_text else {}
+        if topic.startswith(RETRY_PREFIX):
+            # A client re-sending a retry message itself (RocketMQ's send-back fallback):
+            # past the maximum it goes to the dead-letter topic.
+            if max_reconsume is None and cmd.code != RequestCode.SEND_MESSAGE:
+                max_reconsume = H.SendMessageRequestHeader.from_ext_v2(
+                    cmd.ext_fields).maxReconsumeTimes
+            limit = max_reconsume if max_reconsume is not None else \
+                self._max_reconsume(topic[len(RETRY_PREFIX):])
+            if reconsume > limit:
+                topic = DLQ_PREFIX + topic[len(RETRY_PREFIX):]
+                await broker.create_topic(topic, 1, exist_ok=True)
+                qid = 0
+        msg = Message(topic, cmd.body, props, qid, flag, born_ts, born_host, reconsume, sys_flag)
+        result = await broker.put(msg)
+        if t is None:
+            self.on_topics_changed()  # auto-created: tell the NameServer now
+        return encode_send_ok(
+            cmd, _OFFSET_ID.pack(result.store_host, result.physical_offset).hex().upper(),
+            result.queue_id, result.queue_offset)
+
+    # ================================================================ consuming
+
+    def _filter_for(self, h: H.PullMessageRequestHeader) -> Filter | None:
+        if h.sysFlag & PULL_FLAG_SUBSCRIPTION and h.subscription is not None:
+            return parse_filter(h.subscription, h.expressionType or "TAG")
+        sub = self.clients.subscription(h.consumerGroup, h.topic)
+        if sub is None:
+            return None
+        return parse_filter(sub.subString, sub.expressionType)
+
+    async def pull_message(self, conn: ServerConnection, cmd: RemotingCommand
+                           ) -> RemotingCommand | None:
+        h = H.PullMessageRequestHeader.from_ext(cmd.ext_fields)
+        filt = self._filter_for(h)
+        broker = self.broker
+        if h.sysFlag & PULL_FLAG_COMMIT_OFFSET and h.commitOffset > 0:
+            # RocketMQ ignores a piggy-backed commit it cannot apply; so do we.
+            with contextlib.suppress(FerryError):
+                broker.commit_offset(h.consumerGroup, h.topic, h.queueId, h.commitOffset)
+        resp = self._pull_once(cmd, h, filt)
+        timeout = min(h.suspendTimeoutMillis / 1000, self.max_suspend_s)
+        if resp is not None or not h.sysFlag & PULL_FLAG_SUSPEND or timeout <= 0:
+            return resp if resp is not None else self._not_found(cmd, h)
+        try:
+            conn.suspended.acquire_nowait()
+        except trio.WouldBlock:
+            self.counters["suspend_refused"] += 1
+            return self._not_found(cmd, h)
+
+        async def suspended() -> None:
+            try:
+                await broker.wait(h.topic, h.queueId, h.queueOffset, timeout)
+                try:
+                    late = self._pull_once(cmd, h, filt) or self._not_found(cmd, h)
+                except FerryError as exc:
+                    late = response_to(cmd, error_code(exc), remark=exc.detail)
+                await conn.send(encode(late))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            finally:
+                conn.suspended.release()
+
+        self.counters["suspended"] += 1
+        conn.spawn(suspended)
+        return None
+
+    def _not_found(self, cmd: RemotingCommand, h: H.PullMessageRequestHeader) -> RemotingCommand:
+        lo, hi = self.broker.queue_bounds(h.topic, h.queueId)
+        return response_to(cmd, ResponseCode.PULL_NOT_FOUND, H.PullMessageResponseHeader(
+            0, h.queueOffset, lo, hi).to_ext())
+
+    def _pull_once(self, cmd: RemotingCommand, h: H.PullMessageRequestHeader,
+                   filt: Filter | None) -> RemotingCommand | None:
+        """The response if there is something to say now; None to wait (no new message)."""
+        max_msgs = max(1, min(h.maxMsgNums, MAX_PULL_MESSAGES))
+        r = self.broker.get(h.consumerGroup, h.topic, h.queueId, h.queueOffset, max_msgs,
+                            h.maxMsgBytes or DEFAULT_MAX_PULL_BYTES, filt)
+        st = r.status
+        if st is GetStatus.FOUND:
+            parts: list[bytes] = []
+            n = 0
+            next_offset = r.next_offset
+            for sr in r.records:
+                if not sr.is_batch and (filt is None or sr.queue_offset >= h.queueOffset):
+                    parts.append(sr.data)
+                    n += 1
+                elif sr.format == rec.FORMAT_NATIVE_BATCH and filt is None:
+                    k, last = unpack_native_batch(sr.data, h.queueOffset, max_msgs - n, parts)
+                    n += k
+                    if n >= max_msgs:
+                        next_offset = last + 1
+                else:
+                    for m in sr.messages(h.queueOffset):
+                        parts.append(encode_message(m))
+                        n += 1
+                        if n >= max_msgs:
+                            next_offset = m.queue_offset + 1
+                            break
+                if n >= max_msgs:
+                    break
+            self.counters["pulled"] += n
+            return response_to(cmd, ResponseCode.SUCCESS, H.PullMessageResponseHeader(
+                0, next_offset, r.min_offset, r.max_offset).to_ext(), b"".join(parts))
+        ext = H.PullMessageResponseHeader(0, r.next_offset, r.min_offset, r.max_offset).to_ext()
+        if st is GetStatus.NO_MATCHED_MESSAGE:
+            return response_to(cmd, ResponseCode.PULL_RETRY_IMMEDIATELY, ext)
+        if st in (GetStatus.OFFSET_TOO_SMALL, GetStatus.OFFSET_OVERFLOW_BADLY):
+            return response_to(cmd, ResponseCode.PULL_OFFSET_MOVED, ext)
+        if st is GetStatus.NO_MESSAGE_IN_QUEUE and h.queueOffset != 0:
+            return response_to(cmd, ResponseCode.PULL_OFFSET_MOVED, ext)
+        return None  # NO_NEW_MESSAGE, OFFSET_OVERFLOW_ONE, empty queue at 0: wait
+
+    async def query_consumer_offset(self, conn: ServerConnection, cmd: RemotingCommand
+                                    ) -> RemotingCommand:
+        h = H.QueryConsumerOffsetRequestHeader.from_ext(cmd.ext_fields)
+        off = self.broker.committed_offset(h.consumerGroup, h.topic, h.queueId)
+        if off is None:
+            t = self.broker.meta.topics.get(h.topic)
+            lo, hi = self.broker.queue_bounds(h.topic, h.queueId) if t else (0, 0)
+            # RocketMQ: a group without an offset on a queue that still holds its first
+            # message starts at 0 (ConsumerManageProcessor), unless told not to.
+            if h.setZeroIfNotFound is not False and lo == 0 and hi > 0:
+                off = 0
+            else:
+                return response_to(cmd, ResponseCode.QUERY_NOT_FOUND,
+                                   remark="Not found, maybe this group consumer boot first")
+        return response_to(cmd, ResponseCode.SUCCESS, {"offset": str(off)})
+
+    async def update_consumer_offset(self, conn: ServerConnection, cmd: RemotingCommand
+                                     ) -> RemotingCommand:
+        h = H.UpdateConsumerOffsetRequestHeader.from_ext(cmd.ext_fields)
+        self.broker.commit_offset(h.consumerGroup, h.topic, h.queueId, h.commitOffset)
+        return response_to(cmd, ResponseCode.SUCCESS)
+
+    async def search_offset(self, conn: ServerConnection, cmd: RemotingCommand) -> RemotingCommand:
+        h = H.SearchOffsetRequestHeader.from_ext(cmd.ext_fields)
+        self.broker.queue_bounds(h.topic, h.queueId)  # validates topic and queue
+        off = self.broker.offset_for_time(h.topic, h.queueId, h.timestamp)
+        return response_to(cmd, ResponseCode.SUCCESS, {"offset": str(off)})
+
+    async def get_max_offset(self, conn: ServerConnection, cmd: RemotingCommand) -> RemotingCommand:
+        h = H.QueueHeader.from_ext(cmd.ext_fields)
+        return response_to(cmd, ResponseCode.SUCCESS,
+                           {"offset": str(self.broker.queue_bounds(h.topic, h.queueId)[1])})
+
+    async def get_min_offset(self, conn: ServerConnection, cmd: RemotingCommand) -> RemotingCommand:
+        h = H.QueueHeader.from_ext(cmd.ext_fields)
+        return response_to(cmd, ResponseCode.SUCCESS,
+                           {"offset": str(self.broker.queue_bounds(h.topic, h.queueId)[0])})
+
+    async def get_earliest_store_time(self, conn: ServerConnection, cmd: RemotingCommand
+                                      ) -> RemotingCommand:
+        h = H.QueueHeader.from_ext(cmd.ext_fields)
+        lo, _hi = self.broker.queue_bounds(h.topic, h.queueId)
+        r = self.broker.get(None, h.topic, h.queueId, lo, 1, 1)
+        ts = r.records[0].store_timestamp if r.records else 0
+        return response_to(cmd, ResponseCode.SUCCESS, {"timestamp": str(ts)})
+
+    # ================================================================ clients
+
+    def _notify_changed(self, groups: set[str]) -> None:
+        for g in groups:
+            for c in self.clients.members(g):
+                c.conn.send_request_soon(RequestCode.NOTIFY_CONSUMER_IDS_CHANGED,
+                                         {"consumerGroup": g})
+
+    async def heart_beat(self, conn: ServerConnection, cmd: RemotingCommand) -> RemotingCommand:
+        hb = B.HeartbeatData.decode(cmd.body)
+        if not hb.clientID:
+            raise B.BodyError("heartbeat without clientID")
+        for c in hb.consumers:
+            if not c.groupName:
+                continue
+            await self.broker.create_group(c.groupName, exist_ok=True,
+                                           broadcast=c.messageModel == "BROADCASTING")
+            if c.messageModel != "BROADCASTING":
+                # RocketMQ creates the group's retry topic on its first heartbeat, so
+                # that consumers find a route for it.
+                retry = RETRY_PREFIX + c.groupName
+                if retry not in self.broker.meta.topics:
+                    await self.broker.create_topic(retry, 1, exist_ok=True)
+                    self.on_topics_changed()
+        changed = self.clients.heartbeat(hb.clientID, conn, hb.producerGroups, hb.consumers,
+                                         cmd.language, cmd.version)
+        self._notify_changed(changed)
+        return response_to(cmd, ResponseCode.SUCCESS)
+
+    async def unregister_client(self, conn: ServerConnection, cmd: RemotingCommand
+                                ) -> RemotingCommand:
+        h = H.UnregisterClientRequestHeader.from_ext(cmd.ext_fields)
+        self._notify_changed(self.clients.unregister(h.clientID, h.producerGroup,
+                                                     h.consumerGroup))
+        return response_to(cmd, ResponseCode.SUCCESS)
+
+    async def get_consumer_list(self, conn: ServerConnection, cmd: RemotingCommand
+                                ) -> RemotingCommand:
+        h = H.ConsumerGroupHeader.from_ext(cmd.ext_fields)
+        ids = [c.client_id for c in self.clients.members(h.consumerGroup)]
+        if not ids:
+            return response_to(cmd, ResponseCode.SYSTEM_ERROR,
+                               remark=f"no consumer of group {h.consumerGroup} is online")
+        return response_to(cmd, ResponseCode.SUCCESS, body=B.encode_consumer_ids(ids))
+
+    async def lock_batch(self, conn: ServerConnection, cmd: RemotingCommand) -> RemotingCommand:
+        body = B.LockBatchRequestBody.decode(cmd.body)
+        ok = self.clients.lock(body.consumerGroup, body.clientId, body.mqSet)
+        return response_to(cmd, ResponseCode.SUCCESS, body=B.encode_lock_ok(ok))
+
+    async def unlock_batch(self, conn: ServerConnection, cmd: RemotingCommand) -> RemotingCommand:
+        body = B.LockBatchRequestBody.decode(cmd.body)
+        self.clients.unlock(body.consumerGroup, body.clientId, body.mqSet)
+        return response_to(cmd, ResponseCode.SUCCESS)
+
+    def _max_reconsume(self, group: str) -> int:
+        g = self.broker.meta.groups.get(group)
+        return g.max_reconsume_times if g else MAX_RECONSUME_TIMES
+
+    async def send_msg_back(self, conn: ServerConnection, cmd: RemotingCommand
+                            ) -> RemotingCommand:
+        """A message the consumer failed: to ``%RETRY%<group>`` with its reconsume count
+        raised, or past the maximum to ``%DLQ%<group>``. Delay levels are not timers
+        yet: the retry is delivered at once (docs/remoting.md, "Retry")."""
+        h = H.ConsumerSendMsgBackRequestHeader.from_ext(cmd.ext_fields)
+        broker = self.broker
+        m = broker.message_by_id(h.originMsgId) if h.originMsgId else None
+        if m is None or (h.originTopic and m.topic != h.originTopic
+                         and not m.topic.startswith(RETRY_PREFIX)):
+            m = broker.message_by_id(offset_message_id(self.store_host, h.offset))
+        if m is None:
+            return response_to(cmd, ResponseCode.SYSTEM_ERROR,
+                               remark=f"no message at CommitLog offset {h.offset}")
+        limit = h.maxReconsumeTimes if h.maxReconsumeTimes is not None else \
+            self._max_reconsume(h.group)
+        props = dict(m.properties)
+        props.setdefault(PROPERTY_RETRY_TOPIC, m.topic if not m.topic.startswith(RETRY_PREFIX)
+                         else props.get(PROPERTY_RETRY_TOPIC, m.topic))
+        props.setdefault(PROPERTY_ORIGIN_MESSAGE_ID, m.msg_id)
+        if PROPERTY_UNIQ_KEY not in props:
+            props[PROPERTY_UNIQ_KEY] = m.msg_id
+        reconsume = m.reconsume_times + 1
+        if m.reconsume_times >= limit or h.delayLevel < 0:
+            topic = DLQ_PREFIX + h.group
+            self.counters["dead_lettered"] += 1
+        else:
+            topic = RETRY_PREFIX + h.group
+            self.counters["retried"] += 1
+        created = topic not in broker.meta.topics
+        await broker.create_topic(topic, 1, perm=PERM_READ_WRITE, exist_ok=True)
+        await broker.put(Message(topic, m.body, props, 0, m.flag, m.born_timestamp,
+                                 m.born_host[:8], reconsume, m.sys_flag & ~rec.FORMAT_MASK))
+        if created:
+            self.on_topics_changed()
+        return response_to(cmd, ResponseCode.SUCCESS)
+
+    # ================================================================ lookups
+
+    async def view_message(self, conn: ServerConnection, cmd: RemotingCommand) -> RemotingCommand:
+        h = H.ViewMessageByIdRequestHeader.from_ext(cmd.ext_fields)
+        m = self.broker.message_by_id(h.msgId) if h.msgId else None
+        if m is None:
+            m = self.broker.message_by_id(offset_message_id(self.store_host, h.offset))
+        if m is None:
+            return response_to(cmd, ResponseCode.SYSTEM_ERROR,
+                               remark=f"no message with id {h.msgId or h.offset}")
+        return response_to(cmd, ResponseCode.SUCCESS, body=encode_message(m))
+
+    async def query_message(self, conn: ServerConnection, cmd: RemotingCommand
+                            ) -> RemotingCommand:
+        h = H.QueryMessageRequestHeader.from_ext(cmd.ext_fields)
+        found = self.broker.messages_by_key(h.topic, h.key, max(1, min(h.maxNum, 64)))
+        if h.endTimestamp:
+            found = [m for m in found if h.beginTimestamp <= m.store_timestamp <= h.endTimestamp]
+        if not found:
+            return response_to(cmd, ResponseCode.QUERY_NOT_FOUND,
+                               remark=f"no message with key {h.key}")
+        return response_to(cmd, ResponseCode.SUCCESS, H.QueryMessageResponseHeader(
+            max(m.store_timestamp for m in found), 0).to_ext(),
+            b"".join(encode_message(m) for m in found))
+
+    # ================================================================ admin
+
+    async def create_topic(self, conn: ServerConnection, cmd: RemotingCommand) -> RemotingCommand:
+        h = H.CreateTopicRequestHeader.from_ext(cmd.ext_fields)
+        queues = max(h.readQueueNums, h.writeQueueNums)
+        t = self.broker.meta.topics.get(h.topic)
+        if t is None:
+            await self.broker.create_topic(h.topic, queues, perm=h.perm & PERM_READ_WRITE,
+                                           message_type="FIFO" if h.order else "NORMAL")
+        else:
+            await self.broker.update_topic(h.topic, queues=max(queues, t.queues),
+                                           perm=h.perm & PERM_READ_WRITE)
+        await self.register_now()
+        return response_to(cmd, ResponseCode.SUCCESS)
+
+    async def delete_topic(self, conn: ServerConnection, cmd: RemotingCommand) -> RemotingCommand:
+        h = H.TopicHeader.from_ext(cmd.ext_fields)
+        await self.broker.delete_topic(h.topic)
+        await self.register_now()
+        return response_to(cmd, ResponseCode.SUCCESS)
+
+    def topic_configs(self) -> list[B.TopicConfigData]:
+        out = [B.TopicConfigData(t.name, t.queues, t.queues, t.perm, t.message_type == "FIFO")
+               for t in self.broker.topics()]
+        if self.broker.config.auto_create_topics and DEFAULT_TOPIC not in self.broker.meta.topics:
+            # RocketMQ's autoCreateTopicEnable: the default topic's route tells clients
+            # which brokers create unknown topics on first send.
+            q = self.broker.config.default_queues
+            out.append(B.TopicConfigData(DEFAULT_TOPIC, q, q, 7))
+        return out
+
+    async def all_topic_config(self, conn: ServerConnection, cmd: RemotingCommand
+                               ) -> RemotingCommand:
+        return response_to(cmd, ResponseCode.SUCCESS,
+                           body=B.RegisterBrokerBody(tuple(self.topic_configs())).encode())
+
+    def _mq(self, topic: str, qid: int) -> B.MessageQueue:
+        return B.MessageQueue(topic, self.broker.config.broker_name, qid)
+
+    async def topic_stats(self, conn: ServerConnection, cmd: RemotingCommand) -> RemotingCommand:
+        h = H.TopicHeader.from_ext(cmd.ext_fields)
+        st = self.broker.topic_stats(h.topic)
+        rows = []
+        for qid, lo, hi in st.queues:
+            last = 0
+            if hi > lo:
+                r = self.broker.get(None, h.topic, qid, hi - 1, 1, 1)
+                last = r.records[-1].store_timestamp if r.records else 0
+            rows.append((self._mq(h.topic, qid),
+                         {"lastUpdateTimestamp": last, "maxOffset": hi, "minOffset": lo}))
+        return response_to(cmd, ResponseCode.SUCCESS, body=B.encode_queue_table(rows))
+
+    async def consume_stats(self, conn: ServerConnection, cmd: RemotingCommand
+                            ) -> RemotingCommand:
+        h = H.GetConsumeStatsRequestHeader.from_ext(cmd.ext_fields)
+        self.broker.group(h.consumerGroup)
+        rows = []
+        for gs in self.broker.group_stats(h.consumerGroup, h.topic or None):
+            for q in gs.queues:
+                rows.append((self._mq(gs.topic, q.queue_id),
+                             {"brokerOffset": q.max_offset,
+                              "consumerOffset": -1 if q.committed is None else q.committed,
+                              "lastTimestamp": 0}))
+        return response_to(cmd, ResponseCode.SUCCESS,
+                           body=B.encode_queue_table(rows, consumeTps=0.0))
+
+    async def all_groups(self, conn: ServerConnection, cmd: RemotingCommand) -> RemotingCommand:
+        table = {g.name: {"groupName": g.name, "consumeEnable": g.consume_enable,
+                          "consumeBroadcastEnable": g.broadcast,
+                          "retryMaxTimes": g.max_reconsume_times,
+                          "retryQueueNums": g.retry_queues,
+                          "online": bool(self.clients.members(g.name))}
+                 for g in self.broker.groups()}
+        return response_to(cmd, ResponseCode.SUCCESS, body=B.dumps({
+            "dataVersion": {"counter": 0, "timestamp": 0}, "subscriptionGroupTable": table}))
+
+    async def create_group(self, conn: ServerConnection, cmd: RemotingCommand) -> RemotingCommand:
+        d = B.loads(cmd.body) if cmd.body else {}
+        if not isinstance(d, dict) or not d.get("groupName"):
+            raise B.BodyError("subscription group config without groupName")
+        name = str(d["groupName"])
+        settings: dict[str, Any] = {}
+        if "retryMaxTimes" in d:
+            settings["max_reconsume_times"] = int(d["retryMaxTimes"])
+        if "consumeBroadcastEnable" in d:
+            settings["broadcast"] = bool(d["consumeBroadcastEnable"])
+        if name in self.broker.meta.groups:
+            await self.broker.update_group(name, **settings)
+        else:
+            await self.broker.create_group(name, **settings)
+        return response_to(cmd, ResponseCode.SUCCESS)
+
+    async def delete_group(self, conn: ServerConnection, cmd: RemotingCommand) -> RemotingCommand:
+        h = H.DeleteSubscriptionGroupRequestHeader.from_ext(cmd.ext_fields)
+        await self.broker.delete_group(h.groupName)
+        return response_to(cmd, ResponseCode.SUCCESS)
+
+    async def consumer_connections(self, conn: ServerConnection, cmd: RemotingCommand
+                                   ) -> RemotingCommand:
+        h = H.ConsumerGroupHeader.from_ext(cmd.ext_fields)
+        members = self.clients.members(h.consumerGroup)
+        if not members:
+            return response_to(cmd, ResponseCode.CONSUMER_NOT_ONLINE,
+                               remark=f"no consumer of group {h.consumerGroup} is online")
+        cd = members[0].consumers[h.consumerGroup]
+        return response_to(cmd, ResponseCode.SUCCESS, body=B.dumps({
+            "connectionSet": [{"clientAddr": c.conn.peer, "clientId": c.client_id,
+                               "language": c.language, "version": c.version}
+                              for c in members],
+            "consumeFromWhere": cd.consumeFromWhere, "consumeType": cd.consumeType,
+            "messageModel": cd.messageModel,
+            "subscriptionTable": {s.topic: s.to_json() for s in cd.subscriptionDataSet}}))
+
+    async def reset_offset(self, conn: ServerConnection, cmd: RemotingCommand) -> RemotingCommand:
+        """Move the group's offsets on every queue of the topic to the first message
+        stored at or after the timestamp (-1: the end), and tell online members."""
+        h = H.ResetOffsetRequestHeader.from_ext(cmd.ext_fields)
+        t = self.broker.topic(h.topic)
+        rows = []
+        for qid in range(t.queues):
+            lo, hi = self.broker.queue_bounds(h.topic, qid)
+            off = hi if h.timestamp < 0 else max(lo, self.broker.offset_for_time(
+                h.topic, qid, h.timestamp))
+            self.broker.commit_offset(h.group, h.topic, qid, off)
+            rows.append((self._mq(h.topic, qid), off))
+        body = B.encode_queue_table(rows)
+        for c in self.clients.members(h.group):
+            c.conn.send_request_soon(RequestCode.RESET_CONSUMER_CLIENT_OFFSET, {
+                "topic": h.topic, "group": h.group, "timestamp": str(h.timestamp),
+                "isForce": "true"}, body)
+        await self.broker.flush_offsets()
+        return response_to(cmd, ResponseCode.SUCCESS, body=body)
+
+    async def runtime_info(self, conn: ServerConnection, cmd: RemotingCommand) -> RemotingCommand:
+        b = self.broker
+        msgs_in = sum(c.messages_in for c in b.counters.topics.values())
+        table = {"brokerVersionDesc": "FerryMQ", "bootTimestamp": str(b.started_at),
+                 "msgPutTotalTodayNow": str(msgs_in),
+                 "commitLogMaxOffset": str(b.store.dispatched_pos),
+                 "topics": str(len(b.meta.topics)), "groups": str(len(b.meta.groups)),
+                 "clients": str(len(self.clients.clients))}
+        return response_to(cmd, ResponseCode.SUCCESS, body=B.dumps({"table": table}))
+
+    # A broker answers the NameServer's route queries for itself, so that a client
+    # pointed straight at a broker (no NameServer) still finds its way.
+
+    def own_broker_data(self) -> B.BrokerData:
+        c = self.broker.config
+        return B.BrokerData(c.cluster_name, c.broker_name, {0: self.broker_addr})
+
+    async def route_info(self, conn: ServerConnection, cmd: RemotingCommand) -> RemotingCommand:
+        h = H.TopicHeader.from_ext(cmd.ext_fields)
+        for tc in self.topic_configs():
+            if tc.topicName == h.topic:
+                route = B.TopicRouteData(
+                    (B.QueueData(self.broker.config.broker_name, tc.readQueueNums,
+                                 tc.writeQueueNums, tc.perm),), (self.own_broker_data(),))
+                return response_to(cmd, ResponseCode.SUCCESS, body=route.encode())
+        return response_to(cmd, ResponseCode.TOPIC_NOT_EXIST,
+                           remark=f"No topic route info in name server for the topic: {h.topic}")
+
+    async def cluster_info(self, conn: ServerConnection, cmd: RemotingCommand) -> RemotingCommand:
+        bd = self.own_broker_data()
+        return response_to(cmd, ResponseCode.SUCCESS, body=B.ClusterInfo(
+            {bd.brokerName: bd}, {bd.cluster: (bd.brokerName,)}).encode())
+
+    async def topic_list(self, conn: ServerConnection, cmd: RemotingCommand) -> RemotingCommand:
+        return response_to(cmd, ResponseCode.SUCCESS, body=B.encode_topic_list(
+            (t.name for t in self.broker.topics()), self.broker_addr))
+
+    async def consumed_by(self, conn: ServerConnection, cmd: RemotingCommand) -> RemotingCommand:
+        h = H.TopicHeader.from_ext(cmd.ext_fields)
+        groups = sorted(g for g, ts in self.broker.meta.offsets.items() if h.topic in ts)
+        return response_to(cmd, ResponseCode.SUCCESS, body=B.dumps({"groupList": groups}))

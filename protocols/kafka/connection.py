@@ -1,0 +1,203 @@
+"""The server side of one Kafka connection as a pure object: bytes in, requests out.
+
+Feed received bytes to ``receive_data``; call ``next_event`` until it returns
+``NEED_DATA``. Events:
+
+- ``Request``: a decoded request of a supported (api key, version);
+- ``UnsupportedVersion``: a known header whose version this server does not
+  offer (answer ApiVersions with error 35 in v0 format; anything else: close);
+- ``UnknownApi``: an api key this server does not implement (close);
+- ``BadRequest``: a well-framed request whose body does not decode (close).
+
+Framing errors (a size below the header, above ``max_frame_size``) raise
+``FrameError``: the stream cannot be resynchronised, so the connection must be
+closed. The frame size is checked before buffering its bytes, so a frame
+announcing 2 GiB costs nothing. Responses are built with ``response_bytes``:
+``size | correlation id | [tagged fields, flexible responses but ApiVersions]
+| body`` as a list of chunks (a fetch response's batches are never joined).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from . import schema
+from .schema import DecodeError
+
+DEFAULT_MAX_FRAME = 100 << 20  # Kafka's socket.request.max.bytes default (104857600)
+API_VERSIONS = 18
+_HEAD = struct.Struct(">ihhi")  # size, api key, api version, correlation id
+_I16 = struct.Struct(">h")
+_I32 = struct.Struct(">i")
+
+
+class FrameError(ValueError):
+    """The peer broke framing; close the connection."""
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    api_key: int
+    api_version: int
+    correlation_id: int
+    client_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    header: Header
+    body: Any  # the generated request dataclass of header.api_key
+
+
+@dataclass(frozen=True, slots=True)
+class UnsupportedVersion:
+    header: Header
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownApi:
+    header: Header
+
+
+@dataclass(frozen=True, slots=True)
+class BadRequest:
+    header: Header
+    reason: str
+
+
+class _NeedData:
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA = _NeedData()
+Event = Request | UnsupportedVersion | UnknownApi | BadRequest
+
+
+class ServerConnection:
+    """See the module docstring. ``supported`` maps api key -> (min, max) version."""
+
+    def __init__(self, supported: Mapping[int, tuple[int, int]], *,
+                 max_frame_size: int = DEFAULT_MAX_FRAME) -> None:
+        self.supported = supported
+        self.max_frame_size = max_frame_size
+        self._buf = bytearray()
+        self._need = 4  # bytes needed before the next step can run
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        self._buf += data
+
+    def frame_wanted(self) -> int:
+        """How many more bytes complete the frame being received (0 if one is ready)."""
+        if len(self._buf) < 4:
+            return 4 - len(self._buf)
+        (size,) = _I32.unpack_from(self._buf, 0)
+        return max(0, 4 + size - len(self._buf))
+
+    def next_raw_frame(self) -> bytes | _NeedData:
+        """The next size-prefixed frame as bare bytes (SASL tokens after a v0
+        SaslHandshake travel outside Kafka's request framing)."""
+        buf = self._buf
+        if len(buf) < 4:
+            return NEED_DATA
+        (size,) = _I32.unpack_from(buf, 0)
+        if size < 0 or size > self.max_frame_size:
+            raise FrameError(f"frame size {size} outside 0..{self.max_frame_size}")
+        if len(buf) < 4 + size:
+            return NEED_DATA
+        frame = bytes(buf[4:4 + size])
+        del buf[:4 + size]
+        return frame
+
+    def next_event(self) -> Event | _NeedData:
+        buf = self._buf
+        if len(buf) < 4:
+            return NEED_DATA
+        (size,) = _I32.unpack_from(buf, 0)
+        if size < 8 or size > self.max_frame_size:
+            raise FrameError(f"request size {size} outside 8..{self.max_frame_size}")
+        if len(buf) < 4 + size:
+            return NEED_DATA
+        frame = bytes(buf[4:4 + size])
+        del buf[:4 + size]
+        return self._parse(frame)
+
+    def _parse(self, frame: bytes) -> Event:
+        api_key, version, correlation = struct.unpack_from(">hhi", frame, 0)
+        view = memoryview(frame)
+        try:
+            client_id, pos = _client_id(view, 8)
+        except DecodeError as exc:
+            return BadRequest(Header(api_key, version, correlation, None), str(exc))
+        header = Header(api_key, version, correlation, client_id)
+        if api_key not in schema.API_NAMES:
+            return UnknownApi(header)
+        rng = self.supported.get(api_key)
+        if rng is None:
+            return UnknownApi(header)
+        if not rng[0] <= version <= rng[1]:
+            return UnsupportedVersion(header)
+        try:
+            if schema.is_flexible(api_key, version):
+                pos = schema._skip_tagged(view, pos)  # request header v2's tagged fields
+            body = schema.decode(api_key, version, view[pos:])
+        except DecodeError as exc:
+            return BadRequest(header, str(exc))
+        return Request(header, body)
+
+
+def _client_id(view: memoryview, pos: int) -> tuple[str | None, int]:
+    """The header's client id: a classic nullable string in every header version."""
+    if pos + 2 > len(view):
+        raise DecodeError("truncated request header")
+    (n,) = _I16.unpack_from(view, pos)
+    pos += 2
+    if n < 0:
+        return None, pos
+    if pos + n > len(view):
+        raise DecodeError("truncated client id")
+    return str(view[pos:pos + n], "utf-8", "replace"), pos + n
+
+
+def response_bytes(header: Header, body: Any, version: int | None = None) -> list[Any]:
+    """A response frame for ``header``'s request as byte chunks. ``version`` overrides
+    the encoding version (ApiVersions answers an unsupported version in v0)."""
+    api_key = header.api_key
+    v = header.api_version if version is None else version
+    parts: list[Any] = [b"", _I32.pack(header.correlation_id)]
+    if api_key != API_VERSIONS and schema.is_flexible(api_key, v, response=True):
+        parts.append(b"\x00")  # response header v1: no tagged fields
+    schema.encode(api_key, v, body, out=parts)
+    parts[0] = _I32.pack(sum(len(p) for p in parts))
+    return parts
+
+
+def request_bytes(api_key: int, version: int, correlation_id: int, body: Any,
+                  client_id: str | None = "test") -> bytes:
+    """A request frame (the client side; tests and the benchmark use it)."""
+    head = [struct.pack(">hhi", api_key, version, correlation_id)]
+    if client_id is None:
+        head.append(_I16.pack(-1))
+    else:
+        raw = client_id.encode()
+        head.append(_I16.pack(len(raw)) + raw)
+    if schema.is_flexible(api_key, version):
+        head.append(b"\x00")
+    payload = b"".join(head) + schema.encode_bytes(api_key, version, body, response=False)
+    return _I32.pack(len(payload)) + payload
+
+
+def parse_response(api_key: int, version: int, frame: bytes) -> tuple[int, Any]:
+    """(correlation id, body) of a response frame without its size prefix (client side)."""
+    (correlation,) = _I32.unpack_from(frame, 0)
+    pos = 4
+    if api_key != API_VERSIONS and schema.is_flexible(api_key, version, response=True):
+        pos = schema._skip_tagged(memoryview(frame), pos)
+    return correlation, schema.decode(api_key, version, frame[pos:], response=True)

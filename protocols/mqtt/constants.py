@@ -1,0 +1,236 @@
+"""MQTT's numbers: packet types, protocol levels, reason codes, properties and their types.
+
+Sources: OASIS MQTT Version 3.1.1 (2014) and MQTT Version 5.0 (2019). Section
+numbers in comments are of the 5.0 specification unless they say 3.1.1.
+"""
+
+from __future__ import annotations
+
+import enum
+
+# Protocol levels (CONNECT variable header, 3.1.2.2; 3.1.1 section 3.1.2.2).
+MQTT_3_1 = 3  # protocol name "MQIsdp"
+MQTT_3_1_1 = 4  # protocol name "MQTT"
+MQTT_5 = 5
+PROTOCOL_NAMES = {MQTT_3_1: "MQIsdp", MQTT_3_1_1: "MQTT", MQTT_5: "MQTT"}
+
+# 2.1.4: the Remaining Length is a Variable Byte Integer of at most four bytes.
+MAX_REMAINING_LENGTH = 268_435_455
+MAX_PACKET_ID = 0xFFFF
+MAX_TOPIC_ALIAS = 0xFFFF
+MAX_SUBSCRIPTION_ID = 268_435_455  # 3.8.2.1.2: a Variable Byte Integer 1..268,435,455
+SESSION_NEVER_EXPIRES = 0xFFFFFFFF  # 3.1.2.11.2
+
+
+class PacketType(enum.IntEnum):
+    """2.1.2: the high nibble of the fixed header's first byte."""
+
+    CONNECT = 1
+    CONNACK = 2
+    PUBLISH = 3
+    PUBACK = 4
+    PUBREC = 5
+    PUBREL = 6
+    PUBCOMP = 7
+    SUBSCRIBE = 8
+    SUBACK = 9
+    UNSUBSCRIBE = 10
+    UNSUBACK = 11
+    PINGREQ = 12
+    PINGRESP = 13
+    DISCONNECT = 14
+    AUTH = 15  # 5.0 only
+
+
+# 2.1.3: packets whose flags are fixed (PUBLISH's carry DUP, QoS and RETAIN).
+REQUIRED_FLAGS = {
+    PacketType.PUBREL: 0b0010,
+    PacketType.SUBSCRIBE: 0b0010,
+    PacketType.UNSUBSCRIBE: 0b0010,
+}
+
+
+class Reason(enum.IntEnum):
+    """2.4: MQTT 5.0 reason codes (the subset a server sends or receives)."""
+
+    SUCCESS = 0x00  # also NORMAL_DISCONNECTION and GRANTED_QOS_0
+    GRANTED_QOS_1 = 0x01
+    GRANTED_QOS_2 = 0x02
+    DISCONNECT_WITH_WILL = 0x04
+    NO_MATCHING_SUBSCRIBERS = 0x10
+    NO_SUBSCRIPTION_EXISTED = 0x11
+    UNSPECIFIED_ERROR = 0x80
+    MALFORMED_PACKET = 0x81
+    PROTOCOL_ERROR = 0x82
+    IMPLEMENTATION_SPECIFIC_ERROR = 0x83
+    UNSUPPORTED_PROTOCOL_VERSION = 0x84
+    CLIENT_IDENTIFIER_NOT_VALID = 0x85
+    BAD_USERNAME_OR_PASSWORD = 0x86
+    NOT_AUTHORIZED = 0x87
+    SERVER_UNAVAILABLE = 0x88
+    SERVER_BUSY = 0x89
+    BANNED = 0x8A
+    SERVER_SHUTTING_DOWN = 0x8B
+    BAD_AUTHENTICATION_METHOD = 0x8C
+    KEEP_ALIVE_TIMEOUT = 0x8D
+    SESSION_TAKEN_OVER = 0x8E
+    TOPIC_FILTER_INVALID = 0x8F
+    TOPIC_NAME_INVALID = 0x90
+    PACKET_IDENTIFIER_IN_USE = 0x91
+    PACKET_IDENTIFIER_NOT_FOUND = 0x92
+    RECEIVE_MAXIMUM_EXCEEDED = 0x93
+    TOPIC_ALIAS_INVALID = 0x94
+    PACKET_TOO_LARGE = 0x95
+    MESSAGE_RATE_TOO_HIGH = 0x96
+    QUOTA_EXCEEDED = 0x97
+    ADMINISTRATIVE_ACTION = 0x98
+    PAYLOAD_FORMAT_INVALID = 0x99
+    RETAIN_NOT_SUPPORTED = 0x9A
+    QOS_NOT_SUPPORTED = 0x9B
+    USE_ANOTHER_SERVER = 0x9C
+    SERVER_MOVED = 0x9D
+    SHARED_SUBSCRIPTIONS_NOT_SUPPORTED = 0x9E
+    CONNECTION_RATE_EXCEEDED = 0x9F
+    MAXIMUM_CONNECT_TIME = 0xA0
+    SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED = 0xA1
+    WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED = 0xA2
+
+
+class ConnackCode311(enum.IntEnum):
+    """3.1.1 section 3.2.2.3: CONNACK return codes."""
+
+    ACCEPTED = 0
+    UNACCEPTABLE_PROTOCOL_VERSION = 1
+    IDENTIFIER_REJECTED = 2
+    SERVER_UNAVAILABLE = 3
+    BAD_USERNAME_OR_PASSWORD = 4
+    NOT_AUTHORIZED = 5
+
+
+SUBACK_FAILURE_311 = 0x80  # 3.1.1 section 3.9.3
+
+
+def connack_code_311(reason: int) -> int:
+    """The 3.1.1 CONNACK return code closest to a 5.0 reason code."""
+    return {
+        Reason.SUCCESS: ConnackCode311.ACCEPTED,
+        Reason.UNSUPPORTED_PROTOCOL_VERSION: ConnackCode311.UNACCEPTABLE_PROTOCOL_VERSION,
+        Reason.CLIENT_IDENTIFIER_NOT_VALID: ConnackCode311.IDENTIFIER_REJECTED,
+        Reason.BAD_USERNAME_OR_PASSWORD: ConnackCode311.BAD_USERNAME_OR_PASSWORD,
+        Reason.NOT_AUTHORIZED: ConnackCode311.NOT_AUTHORIZED,
+        Reason.BAD_AUTHENTICATION_METHOD: ConnackCode311.NOT_AUTHORIZED,
+        Reason.BANNED: ConnackCode311.NOT_AUTHORIZED,
+    }.get(reason, ConnackCode311.SERVER_UNAVAILABLE)
+
+
+class Prop(enum.IntEnum):
+    """2.2.2.2: property identifiers."""
+
+    PAYLOAD_FORMAT_INDICATOR = 0x01
+    MESSAGE_EXPIRY_INTERVAL = 0x02
+    CONTENT_TYPE = 0x03
+    RESPONSE_TOPIC = 0x08
+    CORRELATION_DATA = 0x09
+    SUBSCRIPTION_IDENTIFIER = 0x0B
+    SESSION_EXPIRY_INTERVAL = 0x11
+    ASSIGNED_CLIENT_IDENTIFIER = 0x12
+    SERVER_KEEP_ALIVE = 0x13
+    AUTHENTICATION_METHOD = 0x15
+    AUTHENTICATION_DATA = 0x16
+    REQUEST_PROBLEM_INFORMATION = 0x17
+    WILL_DELAY_INTERVAL = 0x18
+    REQUEST_RESPONSE_INFORMATION = 0x19
+    RESPONSE_INFORMATION = 0x1A
+    SERVER_REFERENCE = 0x1C
+    REASON_STRING = 0x1F
+    RECEIVE_MAXIMUM = 0x21
+    TOPIC_ALIAS_MAXIMUM = 0x22
+    TOPIC_ALIAS = 0x23
+    MAXIMUM_QOS = 0x24
+    RETAIN_AVAILABLE = 0x25
+    USER_PROPERTY = 0x26
+    MAXIMUM_PACKET_SIZE = 0x27
+    WILDCARD_SUBSCRIPTION_AVAILABLE = 0x28
+    SUBSCRIPTION_IDENTIFIER_AVAILABLE = 0x29
+    SHARED_SUBSCRIPTION_AVAILABLE = 0x2A
+
+
+class PType(enum.Enum):
+    """1.5: the data representation of a property value."""
+
+    BYTE = 1
+    U16 = 2
+    U32 = 3
+    VARINT = 4
+    UTF8 = 5
+    BINARY = 6
+    PAIR = 7
+
+
+PROPERTY_TYPES: dict[int, PType] = {
+    Prop.PAYLOAD_FORMAT_INDICATOR: PType.BYTE,
+    Prop.MESSAGE_EXPIRY_INTERVAL: PType.U32,
+    Prop.CONTENT_TYPE: PType.UTF8,
+    Prop.RESPONSE_TOPIC: PType.UTF8,
+    Prop.CORRELATION_DATA: PType.BINARY,
+    Prop.SUBSCRIPTION_IDENTIFIER: PType.VARINT,
+    Prop.SESSION_EXPIRY_INTERVAL: PType.U32,
+    Prop.ASSIGNED_CLIENT_IDENTIFIER: PType.UTF8,
+    Prop.SERVER_KEEP_ALIVE: PType.U16,
+    Prop.AUTHENTICATION_METHOD: PType.UTF8,
+    Prop.AUTHENTICATION_DATA: PType.BINARY,
+    Prop.REQUEST_PROBLEM_INFORMATION: PType.BYTE,
+    Prop.WILL_DELAY_INTERVAL: PType.U32,
+    Prop.REQUEST_RESPONSE_INFORMATION: PType.BYTE,
+    Prop.RESPONSE_INFORMATION: PType.UTF8,
+    Prop.SERVER_REFERENCE: PType.UTF8,
+    Prop.REASON_STRING: PType.UTF8,
+    Prop.RECEIVE_MAXIMUM: PType.U16,
+    Prop.TOPIC_ALIAS_MAXIMUM: PType.U16,
+    Prop.TOPIC_ALIAS: PType.U16,
+    Prop.MAXIMUM_QOS: PType.BYTE,
+    Prop.RETAIN_AVAILABLE: PType.BYTE,
+    Prop.USER_PROPERTY: PType.PAIR,
+    Prop.MAXIMUM_PACKET_SIZE: PType.U32,
+    Prop.WILDCARD_SUBSCRIPTION_AVAILABLE: PType.BYTE,
+    Prop.SUBSCRIPTION_IDENTIFIER_AVAILABLE: PType.BYTE,
+    Prop.SHARED_SUBSCRIPTION_AVAILABLE: PType.BYTE,
+}
+
+# Where each property may appear (2.2.2.2's table). "will" is the Will Properties
+# of a CONNECT payload. A property elsewhere is a Malformed Packet (2.2.2.2).
+_P = Prop
+_MESSAGE = {_P.PAYLOAD_FORMAT_INDICATOR, _P.MESSAGE_EXPIRY_INTERVAL, _P.CONTENT_TYPE,
+            _P.RESPONSE_TOPIC, _P.CORRELATION_DATA, _P.USER_PROPERTY}
+ALLOWED_PROPERTIES: dict[object, frozenset[int]] = {
+    PacketType.CONNECT: frozenset({
+        _P.SESSION_EXPIRY_INTERVAL, _P.AUTHENTICATION_METHOD, _P.AUTHENTICATION_DATA,
+        _P.REQUEST_PROBLEM_INFORMATION, _P.REQUEST_RESPONSE_INFORMATION, _P.RECEIVE_MAXIMUM,
+        _P.TOPIC_ALIAS_MAXIMUM, _P.USER_PROPERTY, _P.MAXIMUM_PACKET_SIZE}),
+    "will": frozenset(_MESSAGE | {_P.WILL_DELAY_INTERVAL}),
+    PacketType.CONNACK: frozenset({
+        _P.SESSION_EXPIRY_INTERVAL, _P.ASSIGNED_CLIENT_IDENTIFIER, _P.SERVER_KEEP_ALIVE,
+        _P.AUTHENTICATION_METHOD, _P.AUTHENTICATION_DATA, _P.RESPONSE_INFORMATION,
+        _P.SERVER_REFERENCE, _P.REASON_STRING, _P.RECEIVE_MAXIMUM, _P.TOPIC_ALIAS_MAXIMUM,
+        _P.MAXIMUM_QOS, _P.RETAIN_AVAILABLE, _P.USER_PROPERTY, _P.MAXIMUM_PACKET_SIZE,
+        _P.WILDCARD_SUBSCRIPTION_AVAILABLE, _P.SUBSCRIPTION_IDENTIFIER_AVAILABLE,
+        _P.SHARED_SUBSCRIPTION_AVAILABLE}),
+    PacketType.PUBLISH: frozenset(_MESSAGE | {_P.TOPIC_ALIAS, _P.SUBSCRIPTION_IDENTIFIER}),
+    PacketType.PUBACK: frozenset({_P.REASON_STRING, _P.USER_PROPERTY}),
+    PacketType.PUBREC: frozenset({_P.REASON_STRING, _P.USER_PROPERTY}),
+    PacketType.PUBREL: frozenset({_P.REASON_STRING, _P.USER_PROPERTY}),
+    PacketType.PUBCOMP: frozenset({_P.REASON_STRING, _P.USER_PROPERTY}),
+    PacketType.SUBSCRIBE: frozenset({_P.SUBSCRIPTION_IDENTIFIER, _P.USER_PROPERTY}),
+    PacketType.SUBACK: frozenset({_P.REASON_STRING, _P.USER_PROPERTY}),
+    PacketType.UNSUBSCRIBE: frozenset({_P.USER_PROPERTY}),
+    PacketType.UNSUBACK: frozenset({_P.REASON_STRING, _P.USER_PROPERTY}),
+    PacketType.DISCONNECT: frozenset({_P.SESSION_EXPIRY_INTERVAL, _P.REASON_STRING,
+                                      _P.USER_PROPERTY, _P.SERVER_REFERENCE}),
+    PacketType.AUTH: frozenset({_P.AUTHENTICATION_METHOD, _P.AUTHENTICATION_DATA,
+                                _P.REASON_STRING, _P.USER_PROPERTY}),
+}
+
+# Properties that may appear more than once (2.2.2.2: "It is a Protocol Error to
+# include ... more than once" for all others). A PUBLISH to a client carries
+# one Subscription Identifier per matching subscription (3.3.4).
+REPEATABLE = frozenset({Prop.USER_PROPERTY, Prop.SUBSCRIPTION_IDENTIFIER})

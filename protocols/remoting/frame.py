@@ -1,0 +1,340 @@
+"""The remoting frame: ``RemotingCommand`` to bytes and back, and a sans-I/O stream decoder.
+
+Wire layout (RocketMQ ``RemotingCommand.encode``/``decode``, big-endian)::
+
+    int32 length            bytes that follow this word (header word + header + body)
+    int32 type<<24 | hlen   serialize type in the top byte, header length below
+    header                  JSON (type 0) or RocketMQ binary (type 1)
+    body                    the rest
+
+JSON header: ``{"code", "language", "version", "opaque", "flag", "remark",
+"extFields", "serializeTypeCurrentRPC"}``. Binary header (RocketMQSerializable):
+``int16 code | int8 language | int16 version | int32 opaque | int32 flag |
+int32 remark length | remark | int32 ext length | (int16 klen | key | int32 vlen
+| value)*``.
+
+Loose input is accepted (numbers and booleans where strings belong, a language
+as a name or a number, missing fields); what we emit is what RocketMQ emits
+(every extField a string, ``language`` as a name). The decoder enforces the
+maximum frame size itself: a peer cannot make it buffer more than that.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import NamedTuple
+
+from .codes import FLAG_ONEWAY, FLAG_RESPONSE, LanguageCode, SerializeType
+
+DEFAULT_MAX_FRAME = 16 * 1024 * 1024  # NettySystemConfig: 16 MiB frame maximum
+MIN_FRAME = 4  # the header-length word alone
+_I32 = struct.Struct(">i")
+_U32 = struct.Struct(">I")
+_FRAME_HEAD = struct.Struct(">iI")
+_BIN_FIXED = struct.Struct(">hbhii")
+_NO_FIELDS: Mapping[str, object] = MappingProxyType({})  # code, language, version, opaque, flag
+_H = struct.Struct(">h")
+
+_LANG_BY_NAME = {lang.name: lang for lang in LanguageCode}
+_LANG_NAMES = {int(lang): lang.name for lang in LanguageCode}
+_esc = getattr(json.encoder, "c_encode_basestring", None) or json.encoder.encode_basestring
+
+
+class RemotingProtocolError(Exception):
+    """The peer broke the framing or sent an undecodable header: close the connection.
+
+    ``opaque`` is set when the header was readable enough to answer the request."""
+
+    def __init__(self, message: str, opaque: int | None = None) -> None:
+        super().__init__(message)
+        self.opaque = opaque
+
+
+class RemotingCommand(NamedTuple):
+    """One request or response. ``ext_fields`` holds the typed header's fields as
+    RocketMQ carries them (strings when we build them; whatever the peer sent
+    when decoded). See headers.py for the typed views.
+
+    Immutable. A named tuple rather than a frozen dataclass: one is built for every
+    frame in each direction, and a frozen dataclass's ``__init__`` (one
+    ``object.__setattr__`` per field) showed up in the broker's profile."""
+
+    code: int
+    opaque: int = 0
+    flag: int = 0
+    ext_fields: Mapping[str, object] = _NO_FIELDS
+    body: bytes = b""
+    remark: str | None = None
+    language: int = LanguageCode.PYTHON
+    version: int = 0
+    serialize_type: int = SerializeType.JSON
+
+    @property
+    def is_response(self) -> bool:
+        return bool(self.flag & FLAG_RESPONSE)
+
+    @property
+    def is_oneway(self) -> bool:
+        return bool(self.flag & FLAG_ONEWAY)
+
+    def ext(self, name: str, default: str | None = None) -> str | None:
+        """One extField as a string (loose input: ints and bools become strings)."""
+        v = self.ext_fields.get(name)
+        if v is None:
+            return default
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        return v if isinstance(v, str) else str(v)
+
+
+def request(code: int, opaque: int, ext_fields: Mapping[str, object] | None = None,
+            body: bytes = b"", *, oneway: bool = False,
+            serialize_type: int = SerializeType.JSON) -> RemotingCommand:
+    return RemotingCommand(code, opaque, FLAG_ONEWAY if oneway else 0, ext_fields or {}, body,
+                           serialize_type=serialize_type)
+
+
+def response_to(req: RemotingCommand, code: int, ext_fields: Mapping[str, object] | None = None,
+                body: bytes = b"", remark: str | None = None) -> RemotingCommand:
+    """The response to ``req``: same opaque, same header encoding, response flag set."""
+    return RemotingCommand(code, req.opaque, FLAG_RESPONSE, ext_fields or {}, body, remark,
+                           LanguageCode.JAVA, req.version, req.serialize_type)
+
+
+# ------------------------------------------------------------------ encoding
+
+
+def _ext_str(v: object) -> str:
+    if type(v) is str:
+        return v
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def encode_header(cmd: RemotingCommand) -> bytes:
+    """The header bytes of ``cmd`` in its serialize type."""
+    ext = {k: _ext_str(v) for k, v in cmd.ext_fields.items() if v is not None}
+    if cmd.serialize_type == SerializeType.ROCKETMQ:
+        parts = [_BIN_FIXED.pack(cmd.code, int(cmd.language), cmd.version, cmd.opaque, cmd.flag)]
+        remark = cmd.remark.encode() if cmd.remark else b""
+        parts.append(_I32.pack(len(remark)) + remark)
+        kv = []
+        for k, v in ext.items():
+            kb, vb = k.encode(), v.encode()
+            kv.append(_H.pack(len(kb)) + kb + _I32.pack(len(vb)) + vb)
+        ext_bytes = b"".join(kv)
+        parts.append(_I32.pack(len(ext_bytes)) + ext_bytes)
+        return b"".join(parts)
+    lang = _LANG_NAMES.get(cmd.language, "OTHER")
+    # Written by hand rather than with json.dumps: this is on every request and
+    # response, and the shape is fixed (keys in RocketMQ's order: fastjson sorts them).
+    text = [f'{{"code":{int(cmd.code)},']
+    if ext:
+        text.append('"extFields":{')
+        text.append(",".join([f"{_esc(k)}:{_esc(v)}" for k, v in ext.items()]))
+        text.append("},")
+    text.append(f'"flag":{int(cmd.flag)},"language":"{lang}","opaque":{int(cmd.opaque)},')
+    if cmd.remark is not None:
+        text.append(f'"remark":{_esc(cmd.remark)},')
+    text.append(f'"serializeTypeCurrentRPC":"JSON","version":{int(cmd.version)}}}')
+    return "".join(text).encode()
+
+
+def encode(cmd: RemotingCommand) -> bytes:
+    """The whole frame of ``cmd``."""
+    header = encode_header(cmd)
+    body = cmd.body
+    return b"".join((_FRAME_HEAD.pack(4 + len(header) + len(body),
+                                      (int(cmd.serialize_type) << 24) | len(header)),
+                     header, body))
+
+
+_SEND_OK = ('{"code":0,"extFields":{"msgId":"%s","queueId":"%d","queueOffset":"%d",'
+            '"MSG_REGION":"DefaultRegion","TRACE_ON":"true"},"flag":1,"language":"JAVA",'
+            '"opaque":%d,"serializeTypeCurrentRPC":"JSON","version":%d}')
+
+
+def encode_send_ok(req: RemotingCommand, msg_id: str, queue_id: int, queue_offset: int) -> bytes:
+    """The SUCCESS response to a send, as ``encode(response_to(req, SUCCESS, {...}))``
+    gives it, from a template: it answers every message produced (a JSON request only;
+    ``msg_id`` is hex, so nothing needs escaping)."""
+    if req.serialize_type != SerializeType.JSON:
+        return encode(response_to(req, 0, {
+            "msgId": msg_id, "queueId": str(queue_id), "queueOffset": str(queue_offset),
+            "MSG_REGION": "DefaultRegion", "TRACE_ON": "true"}))
+    header = (_SEND_OK % (msg_id, queue_id, queue_offset, req.opaque, req.version)).encode()
+    return _FRAME_HEAD.pack(4 + len(header), len(header)) + header
+
+
+# ------------------------------------------------------------------ decoding
+
+
+def _int(v: object, default: int = 0) -> int:
+    if v is None or v == "":
+        return default
+    if isinstance(v, bool):
+        return int(v)
+    if isinstance(v, int):
+        return v
+    return int(str(v).strip())
+
+
+def _language(v: object) -> int:
+    if isinstance(v, str):
+        lang = _LANG_BY_NAME.get(v.upper())
+        if lang is not None:
+            return lang
+        try:
+            return int(v)
+        except ValueError:
+            return LanguageCode.OTHER
+    if isinstance(v, int):
+        return v
+    return LanguageCode.OTHER
+
+
+def decode_json_header(raw: bytes | memoryview, body: bytes) -> RemotingCommand:
+    try:
+        doc = json.loads(bytes(raw))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise RemotingProtocolError(f"header is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise RemotingProtocolError("JSON header is not an object")
+    opaque = None
+    try:
+        opaque, code, flag, version = (doc.get("opaque"), doc.get("code"), doc.get("flag"),
+                                       doc.get("version"))
+        if type(opaque) is not int:
+            opaque = _int(opaque)
+        if type(code) is not int:
+            code = _int(code)
+        if type(flag) is not int:
+            flag = _int(flag)
+        if type(version) is not int:
+            version = _int(version)
+    except (TypeError, ValueError):
+        raise RemotingProtocolError("JSON header has a non-numeric code, opaque, flag or "
+                                    "version", opaque) from None
+    ext = doc.get("extFields") or {}
+    if not isinstance(ext, dict):
+        raise RemotingProtocolError("extFields is not an object", opaque)
+    remark = doc.get("remark")
+    return RemotingCommand(code, opaque, flag, ext, body,
+                           None if remark is None else str(remark),
+                           _language(doc.get("language")), version, SerializeType.JSON)
+
+
+def decode_binary_header(raw: bytes | memoryview, body: bytes) -> RemotingCommand:
+    n = len(raw)
+    if n < _BIN_FIXED.size + 8:
+        raise RemotingProtocolError("binary header truncated")
+    code, lang, version, opaque, flag = _BIN_FIXED.unpack_from(raw, 0)
+    p = _BIN_FIXED.size
+    (rlen,) = _I32.unpack_from(raw, p)
+    p += 4
+    if rlen < 0 or p + rlen + 4 > n:
+        raise RemotingProtocolError("binary header: remark length out of range", opaque)
+    try:
+        remark = bytes(raw[p:p + rlen]).decode() if rlen else None
+        p += rlen
+        (elen,) = _I32.unpack_from(raw, p)
+        p += 4
+        end = p + elen
+        if elen < 0 or end > n:
+            raise RemotingProtocolError("binary header: extFields length out of range", opaque)
+        ext: dict[str, str] = {}
+        while p < end:
+            if p + 2 > end:
+                raise RemotingProtocolError("binary header: truncated key", opaque)
+            (klen,) = _H.unpack_from(raw, p)
+            p += 2
+            if klen < 0 or p + klen + 4 > end:
+                raise RemotingProtocolError("binary header: key length out of range", opaque)
+            k = bytes(raw[p:p + klen]).decode()
+            p += klen
+            (vlen,) = _I32.unpack_from(raw, p)
+            p += 4
+            if vlen < 0 or p + vlen > end:
+                raise RemotingProtocolError("binary header: value length out of range", opaque)
+            ext[k] = bytes(raw[p:p + vlen]).decode()
+            p += vlen
+    except UnicodeDecodeError:
+        raise RemotingProtocolError("binary header: text is not UTF-8", opaque) from None
+    return RemotingCommand(code, opaque, flag, ext, body, remark, lang, version,
+                           SerializeType.ROCKETMQ)
+
+
+def decode_frame(frame: bytes | memoryview) -> RemotingCommand:
+    """One frame without its leading length word. Raises RemotingProtocolError."""
+    n = len(frame)
+    if n < MIN_FRAME:
+        raise RemotingProtocolError("frame shorter than its header-length word")
+    (word,) = _U32.unpack_from(frame, 0)
+    stype = word >> 24
+    hlen = word & 0xFFFFFF
+    if hlen > n - 4:
+        raise RemotingProtocolError(f"header length {hlen} exceeds the frame ({n - 4} bytes)")
+    header = memoryview(frame)[4:4 + hlen]
+    body = bytes(frame[4 + hlen:])
+    if stype == SerializeType.JSON:
+        return decode_json_header(header, body)
+    if stype == SerializeType.ROCKETMQ:
+        return decode_binary_header(header, body)
+    raise RemotingProtocolError(f"unknown serialize type {stype}")
+
+
+class FrameDecoder:
+    """Feed bytes with ``receive_data``; take commands with ``next_command`` (None
+    when more bytes are needed). Raises RemotingProtocolError for a frame larger
+    than ``max_frame`` (as soon as its length word arrives), a negative length,
+    or an undecodable header; after that the stream is unusable: close it.
+
+    Memory held is at most one frame plus one read."""
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.max_frame = max_frame
+        self._buf = bytearray()
+        self._pos = 0
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf) - self._pos
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        if self._pos and self._pos == len(self._buf):
+            self._buf.clear()
+            self._pos = 0
+        self._buf += data
+        if len(self._buf) - self._pos >= 4:
+            (length,) = _I32.unpack_from(self._buf, self._pos)
+            self._check(length)
+
+    def _check(self, length: int) -> None:
+        if length < MIN_FRAME or length > self.max_frame:
+            raise RemotingProtocolError(
+                f"frame length {length} outside {MIN_FRAME}..{self.max_frame}")
+
+    def next_command(self) -> RemotingCommand | None:
+        buf = self._buf
+        pos = self._pos
+        avail = len(buf) - pos
+        if avail < 4:
+            self._compact()
+            return None
+        (length,) = _I32.unpack_from(buf, pos)
+        self._check(length)
+        if avail < 4 + length:
+            self._compact()
+            return None
+        frame = bytes(buf[pos + 4:pos + 4 + length])
+        self._pos = pos + 4 + length
+        return decode_frame(frame)
+
+    def _compact(self) -> None:
+        if self._pos:
+            del self._buf[:self._pos]
+            self._pos = 0

@@ -1,0 +1,71 @@
+"""The group coordinator under trio's mock clock: joins, sync, heartbeats, expiry."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+from ferrymq.gateways.kafka.groups import COMPLETING, EMPTY, STABLE, Coordinator
+from ferrymq.protocols.kafka import errors as ke
+
+PROTOS = [("range", b"meta")]
+
+
+async def _join(co: Coordinator, member: str = "", v4: bool = False):
+    return await co.join("g", member, None, "client", "host", 10_000, 30_000, "consumer",
+                         PROTOS, require_known_id=v4)
+
+
+async def test_join_sync_heartbeat_and_session_expiry(autojump_clock) -> None:
+    co = Coordinator()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(co.run)
+        first = await _join(co, v4=True)
+        assert first.error == ke.MEMBER_ID_REQUIRED and first.member_id
+        res = await _join(co, first.member_id, v4=True)
+        assert res.error == ke.NONE and res.leader == res.member_id and res.generation == 1
+        assert co.groups["g"].state == COMPLETING
+        err, assignment = await co.sync("g", 1, res.member_id, [(res.member_id, b"all")])
+        assert (err, assignment, co.groups["g"].state) == (ke.NONE, b"all", STABLE)
+
+        # A second member joins: the first learns of the rebalance from its heartbeat.
+        results = {}
+
+        async def second() -> None:
+            results["b"] = await _join(co)
+        nursery.start_soon(second)
+        await trio.sleep(1)
+        assert co.heartbeat("g", 1, res.member_id) == ke.REBALANCE_IN_PROGRESS
+        results["a"] = await _join(co, res.member_id)
+        await trio.sleep(0)
+        a, b = results["a"], results["b"]
+        assert a.generation == b.generation == 2
+        assert len(a.members) == 2 and b.members == (), "only the leader sees the members"
+        assert co.check_commit("g", 1, a.member_id) == ke.ILLEGAL_GENERATION
+
+        # b stops heartbeating: after its session timeout it is gone and a rebalance starts.
+        async def keep_alive() -> None:
+            while True:
+                co.heartbeat("g", 2, a.member_id)
+                await trio.sleep(3)
+        nursery.start_soon(keep_alive)
+        await trio.sleep(11)
+        assert b.member_id not in co.groups["g"].members
+        assert co.heartbeat("g", 2, a.member_id) == ke.REBALANCE_IN_PROGRESS
+        assert co.leave("g", a.member_id) == ke.NONE
+        await trio.sleep(0.1)
+        assert co.groups["g"].state == EMPTY
+        assert co.check_commit("g", -1, "") == ke.NONE, "simple commits once the group is empty"
+        nursery.cancel_scope.cancel()
+
+
+async def test_bad_session_timeout_and_unknown_member(autojump_clock) -> None:
+    co = Coordinator()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(co.run)
+        res = await co.join("g", "", None, "c", "h", 10, 30_000, "consumer", PROTOS,
+                            require_known_id=False)
+        assert res.error == ke.INVALID_SESSION_TIMEOUT
+        res = await _join(co, "nobody")
+        assert res.error == ke.UNKNOWN_MEMBER_ID
+        assert co.heartbeat("g", 0, "nobody") == ke.UNKNOWN_MEMBER_ID
+        nursery.cancel_scope.cancel()
