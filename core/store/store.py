@@ -615,6 +615,9 @@ class MessageStore:
         if prefix is not None:
             candidates += [c for c in self.index.lookup(prefix, limit * 4)
                            if c not in candidates]
+            # Newest first across both lookups: an id's newer copy in a batch (indexed
+            # by prefix) must come before its older copy stored alone (indexed exactly).
+            candidates.sort(key=lambda c: c[0], reverse=True)
         out: list[ConsumedMessage] = []
         seen: set[tuple[int, int]] = set()
         for phys, member in candidates:
