@@ -70,6 +70,7 @@ from .message import (
     parse_offset_message_id,
 )
 from .store.files import atomic_write, read_file
+from .store.store import ANY_MEMBER, client_id_prefix
 from .timerwheel import Slot, TimerWheel, WheelCorrupt
 
 if TYPE_CHECKING:
@@ -197,18 +198,16 @@ def _prop(raw: bytes, name1: bytes, mid: bytes) -> str | None:
     return raw[i:j if j >= 0 else len(raw)].decode("utf-8", "replace")
 
 
-def _member_keys(member: bytes) -> list[str]:
-    """The keys the index holds for one batch member: its client id and its KEYS."""
+def _member_keys(member: bytes) -> tuple[str | None, list[str]]:
+    """(client id, KEYS) of one batch member."""
     blen = _MEMBER_FLAG_BLEN.unpack_from(member, 12)[1]
     props = member[22 + blen:]
-    out = []
     uniq = _prop(props, _UNIQ1, _UNIQ2) if _UNIQ1 in props else None
-    if uniq:
-        out.append(uniq)
+    keys: list[str] = []
     if _KEYS1 in props:
         ks = _prop(props, _KEYS1, _KEYS2)
-        out.extend(k for k in (ks.split(KEY_SEPARATOR) if ks else ()) if k)
-    return out
+        keys = [k for k in (ks.split(KEY_SEPARATOR) if ks else ()) if k]
+    return uniq, keys
 
 
 _NAME_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
@@ -412,8 +411,9 @@ class TimerService:
         self._skip: set[int] = set()  # timers processed before the last stop (start-up scan)
         self._skip_until_s = 0
         self._dedupe_floor: int | None = None  # keep the scan's start until the catch-up is done
-        # (record offset, store time, the batch appended there, first member not indexed)
-        self._index_backlog: deque[tuple[int, int, _Batch, int]] = deque()
+        # (record offset, store time, the batch appended there, first member not indexed,
+        # client id prefixes indexed for it so far)
+        self._index_backlog: deque[tuple[int, int, _Batch, int, set[str]]] = deque()
         self._missing_topics: set[str] = set()
         self._preparer_target = 0
         self._wake_preparer = trio.Event()
@@ -783,7 +783,7 @@ class TimerService:
             counters.puts += 1
             self.delivered += n
             if _UNIQ1 in batch.body or _KEYS1 in batch.body:
-                self._index_backlog.append((r.physical_offset, r.store_timestamp, batch, 0))
+                self._index_backlog.append((r.physical_offset, r.store_timestamp, batch, 0, set()))
 
     def _fired(self, slot: _Slot, n: int) -> None:
         slot.items -= n
@@ -883,11 +883,24 @@ class TimerService:
                 continue
             budget = INDEX_STEP
             while backlog and budget > 0:
-                phys, ts, batch, member = backlog.popleft()
+                phys, ts, batch, member, prefixes = backlog.popleft()
                 count = batch.count
                 try:
                     while member < count and budget > 0:
-                        for key in _member_keys(batch.member(member)):
+                        uniq, keys = _member_keys(batch.member(member))
+                        # As the store indexes a batch record: a RocketMQ-format client
+                        # id once per distinct prefix, as "any member"; a single record
+                        # and other ids exactly.
+                        prefix = client_id_prefix(uniq) if uniq and count > 1 else None
+                        if prefix is not None:
+                            if prefix not in prefixes:
+                                prefixes.add(prefix)
+                                index.put(prefix, phys, ANY_MEMBER, ts)
+                                budget -= 1
+                        elif uniq:
+                            index.put(uniq, phys, member, ts)
+                            budget -= 1
+                        for key in keys:
                             index.put(key, phys, member, ts)
                             budget -= 1
                         member += 1
@@ -896,7 +909,7 @@ class TimerService:
                               "find the timer records", exc_info=exc)
                     continue
                 if member < count:
-                    backlog.appendleft((phys, ts, batch, member))
+                    backlog.appendleft((phys, ts, batch, member, prefixes))
             await trio.sleep(0)
 
     # ================================================================ cancel
