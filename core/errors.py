@@ -142,3 +142,39 @@ class ReceiptStale(FerryError):
 
     code = "receipt_stale"
 
+
+class MessageNotFound(FerryError):
+    """No message has that id or offset (or it left the store with retention)."""
+
+    code = "message_not_found"
+
+
+class InvalidDelay(InvalidArgument):
+    """A delivery time or delay property is malformed, negative, or beyond the horizon."""
+
+    code = "invalid_delay"
+
+
+class TimerNotFound(FerryError):
+    """No pending timer has that message id (never timed, delivered, or cancelled)."""
+
+    code = "timer_not_found"
+
+
+class TransactionNotFound(FerryError):
+    """No half message matches that transaction (unknown offset or id)."""
+
+    code = "transaction_not_found"
+
+
+class TransactionAlreadyEnded(FerryError):
+    """The transaction was already committed, rolled back or discarded.
+
+    ``outcome`` says which ("commit", "rollback", "discard"), or "ended" when
+    the broker no longer remembers; nothing was delivered by this call."""
+
+    code = "transaction_already_ended"
+
+    def __init__(self, detail: str = "", outcome: str = "ended") -> None:
+        super().__init__(detail)
+        self.outcome = outcome

@@ -182,6 +182,10 @@ class MessageStore:
         self._open = False
         self._last_checkpoint = 0  # the offsets of the last two distinct checkpoints
         self._previous_checkpoint = 0
+        # Topics whose ConsumeQueue tag-hash field carries something else than the
+        # tag's hash (the timer topic stores the delivery time there): recovery asks
+        # the hook, given the record's properties, what append wrote.
+        self.tag_hash_hooks: dict[str, Callable[[Mapping[str, str]], int]] = {}
 
     # ================================================================ lifecycle
 
@@ -293,7 +297,9 @@ class MessageStore:
         fmt = r.sys_flag & rec.FORMAT_MASK
         if fmt == rec.FORMAT_SINGLE:
             props = r.properties
-            return 1, tag_hash(props.get(PROPERTY_TAGS)), _record_keys(props, 0)
+            hook = self.tag_hash_hooks.get(r.topic)
+            h = hook(props) if hook is not None else tag_hash(props.get(PROPERTY_TAGS))
+            return 1, h, _record_keys(props, 0)
         if fmt == rec.FORMAT_NATIVE_BATCH:
             n, h, keys, _uniq = scan_batch(r.body)
             return n, h, keys
@@ -562,6 +568,9 @@ class MessageStore:
         if prefix is not None:
             candidates += [c for c in self.index.lookup(prefix, limit * 4)
                            if c not in candidates]
+            # Newest first across both lookups: an id's newer copy in a batch (indexed
+            # by prefix) must come before its older copy stored alone (indexed exactly).
+            candidates.sort(key=lambda c: c[0], reverse=True)
         out: list[ConsumedMessage] = []
         seen: set[tuple[int, int]] = set()
         for phys, member in candidates:

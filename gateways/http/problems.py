@@ -38,6 +38,10 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "shutting_down": (503, "Shutting down"),
     "invalid_receipt": (400, "Invalid receipt handle"),
     "receipt_stale": (410, "Receipt handle no longer valid"),
+    "invalid_delay": (400, "Invalid delivery time or delay"),
+    "timer_not_found": (404, "No such pending timer"),
+    "transaction_not_found": (404, "Transaction not found"),
+    "transaction_already_ended": (409, "Transaction already ended"),
     "internal_error": (500, "Internal error"),
     # The HTTP door's own kinds.
     "bad_request": (400, "Malformed HTTP request"),

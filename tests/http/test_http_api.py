@@ -9,12 +9,8 @@ import re
 from datetime import UTC, datetime
 
 import trio
-from ferrymq.core.message import (
-    PROPERTY_TIMER_DELAY_MS,
-    PROPERTY_TIMER_DELIVER_MS,
-    Message,
-    now_ms,
-)
+from ferrymq.core.message import Message, now_ms
+from ferrymq.core.timers import TIMER_TOPIC
 
 
 def stored(door, topic: str, queue: int = 0, offset: int = 0):
@@ -102,10 +98,15 @@ async def test_delivery_time_is_stored_as_timer_properties(door) -> None:
     await door.client.post("/v1/topics/d/messages", json={"body": "b", "deliver_at": rfc3339})
     await door.client.post("/v1/topics/d/messages", content=b"c",
                            headers={"ferrymq-deliver-at": str(at)})
-    a, b, c = stored(door, "d")
-    assert a.properties[PROPERTY_TIMER_DELAY_MS] == "5000"
-    assert b.properties[PROPERTY_TIMER_DELIVER_MS] == str(at)
-    assert c.properties[PROPERTY_TIMER_DELIVER_MS] == str(at)
+    # They are timers now (issue 6): nothing in the topic yet, three timer records
+    # that name it and their delivery times.
+    assert stored(door, "d") == []
+    timer_q = door.broker.store.queues[(TIMER_TOPIC, 0)]
+    a, b, c = (door.broker.store.message_at(timer_q.entry(i).physical_offset)
+               for i in range(timer_q.first_entry, timer_q.next_entry))
+    assert all(m.properties["REAL_TOPIC"] == "d" for m in (a, b, c))
+    assert int(a.properties["TIMER_OUT_MS"]) - a.store_timestamp in range(4990, 5011)
+    assert b.properties["TIMER_OUT_MS"] == c.properties["TIMER_OUT_MS"] == str(at)
     for bad in ({"body": "x", "delay_ms": -1}, {"body": "x", "delay_ms": 10**15},
                 {"body": "x", "deliver_at": "tomorrow"},
                 {"body": "x", "deliver_at": 1, "delay_ms": 1}):

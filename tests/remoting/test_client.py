@@ -339,16 +339,20 @@ async def test_pull_consumer_filters_and_seeks_by_time(native) -> None:
         import time as _time
         cut = int(_time.time() * 1000)
         await p.send(Message("PF", b"new-y", tags="y"))
-        await p.send(Message("PF", b"new-x", tags="x", delay_level=3))
+        sent_at = _time.monotonic()
+        await p.send(Message("PF", b"new-x", tags="x", delay_level=1))
     mq = r.queue
     async with PullConsumer(ns, "pf", **FAST_CLIENT) as c:
         c.assign([mq])
         assert await c.seek_to_time(mq, cut) == 1
         c.set_filter("PF", "x")
-        msgs = await c.poll()
+        msgs = await c.poll(timeout=0.2)
+        while not msgs and _time.monotonic() - sent_at < 10:
+            msgs = await c.poll(timeout=1.0)
         assert [m.body for m in msgs] == [b"new-x"]
-        # delay levels are kept but not honoured before the timers issue: delivered at once
-        assert msgs[0].properties["DELAY"] == "3"
+        # a delay level is honoured (issue 6): the message comes after it, as a timer's copy
+        assert _time.monotonic() - sent_at >= 1.0 - 0.05
+        assert "DELAY" not in msgs[0].properties and "TIMER_OUT_MS" in msgs[0].properties
         assert await c.seek_to_end(mq) == 3
         assert await c.poll(timeout=0.2) == []
 
