@@ -139,3 +139,23 @@ def start_broker(tmp_path: Path) -> Iterator[Callable[..., BrokerProcess]]:
             b.stop()
         except Exception:
             b.kill()
+
+
+@pytest.fixture(scope="module")
+def start_module_broker(tmp_path_factory: pytest.TempPathFactory
+                        ) -> Iterator[Callable[..., BrokerProcess]]:
+    """Like ``start_broker``, but the brokers live for the whole test module (for
+    modules whose tests can share one broker, started once)."""
+    started: list[BrokerProcess] = []
+
+    def start(*doors: str, extra_args: tuple[str, ...] = (), name: str = "broker") -> BrokerProcess:
+        b = BrokerProcess(tmp_path_factory.mktemp(name) / name, tuple(doors), tuple(extra_args))
+        started.append(b)
+        return b.start()
+
+    yield start
+    for b in started:
+        try:
+            b.stop()
+        except Exception:  # never let cleanup hide the tests' own failures
+            b.kill()

@@ -22,14 +22,9 @@ DOORS = ("namesrv", "remoting", "kafka", "mqtt", "http")
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory):
-    """One broker with every door for the whole module (module-scoped: start once)."""
-    import conftest
-
-    b = conftest.BrokerProcess(tmp_path_factory.mktemp("cross") / "broker", DOORS)
-    b.start()
-    yield b
-    b.stop()
+def broker(start_module_broker):
+    """One broker with every door, started once for the whole module."""
+    return start_module_broker(*DOORS)
 
 
 def fresh(prefix: str) -> str:
