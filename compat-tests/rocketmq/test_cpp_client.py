@@ -16,9 +16,12 @@ from ferrymq.clients import Admin, Message, Producer, PushConsumer
 from ferrymq.clients.message import MessageExt
 
 PEER = Path(__file__).with_name("cpp_peer.py")
-# Small store files (a shared CI disk), fast registration.
+# Small store files (a shared CI disk), fast registration, short delay levels (a retry
+# at level 3 comes back after 1 s, not 10 s).
 FAST = ("segment_size = 67108864\ncq_entries_per_file = 20000\nindex_slots = 20000\n"
-        "index_entries = 80000\n[remoting]\nregister_interval_s = 1.0\n")
+        "index_entries = 80000\n"
+        'delay_levels = "1s 1s 1s 2s 2s 2s 3s 3s 3s 4s 4s 4s 5s 5s 5s 6s 6s 6s"\n'
+        "[remoting]\nregister_interval_s = 1.0\n")
 FAST_CLIENT = {"heartbeat_s": 1.0, "route_refresh_s": 1.0}
 
 
