@@ -126,5 +126,5 @@ class DeadLetterRequests:
         self.counters["dead_letters_resent"] += len(done)
         return response_to(cmd, ResponseCode.SUCCESS, body=B.dumps({"resent": [
             {**letter_json(r.letter), "topic": r.put.topic, "queueId": r.put.queue_id,
-             "queueOffset": r.put.queue_offset, "newOffsetMsgId": r.put.offset_message_id()}
+             "newQueueOffset": r.put.queue_offset, "newOffsetMsgId": r.put.offset_message_id()}
             for r in done]}))
