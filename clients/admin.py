@@ -276,18 +276,18 @@ class Admin:
         ext = H.ResendDeadLettersRequestHeader(
             group, ",".join(str(r) for r in refs) if refs else None, force).to_ext()
         out: list[dict[str, Any]] = []
+        not_found: BrokerError | None = None
         for name, addr in await self._broker_addrs(broker):
-            if refs and broker is None:
-                # ids live on one broker: ask each, and skip those that do not know them
-                resp = await self.instance.remoting.invoke(addr, request(
-                    FerryRequestCode.RESEND_DEAD_LETTERS, 0, ext))
-                if resp.code == ResponseCode.QUERY_NOT_FOUND:
-                    continue
-                check(resp, addr)
-            else:
-                resp = check(await self.instance.remoting.invoke(addr, request(
-                    FerryRequestCode.RESEND_DEAD_LETTERS, 0, ext)), addr)
+            resp = await self.instance.remoting.invoke(addr, request(
+                FerryRequestCode.RESEND_DEAD_LETTERS, 0, ext))
+            if resp.code == ResponseCode.QUERY_NOT_FOUND:
+                # named letters live on one broker: the others do not know them
+                not_found = BrokerError(resp.code, resp.remark, addr)
+                continue
+            check(resp, addr)
             out.extend(dict(d, broker=name) for d in B.loads(resp.body).get("resent", []))
+        if not out and not_found is not None:
+            raise not_found
         return out
 
     async def transaction_stats(self, *, broker: str | None = None, limit: int = 100

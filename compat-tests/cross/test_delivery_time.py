@@ -105,6 +105,7 @@ def test_mqtt5_user_property_delays_a_publish(broker) -> None:
         assert msg.payload == b"mqtt-later" and msg.topic == f"{topic}/lamp"
         users = dict(msg.properties.UserProperty)
         assert users["room"] == "kitchen" and "ferrymq-delay-ms" not in users
+        assert not {"TIMER_OUT_MS", "TIMER_FROM"} & set(users), "bookkeeping stays inside"
         # a bad delivery time is refused with a reason code, nothing stored
         bad = paho.Properties(paho.PacketTypes.PUBLISH)
         bad.UserProperty = [("ferrymq-delay-ms", "-3")]

@@ -258,3 +258,23 @@ async def test_lookup_by_id_and_key_and_admin_queries(native) -> None:
         again = await rc.invoke(addr, request(RequestCode.GET_MAX_OFFSET, 0,
                                               {"topic": "TA", "queueId": "0"}))
         assert again.code == ResponseCode.TOPIC_NOT_EXIST
+
+
+async def test_delays_absurd_or_fallback_through_the_retry_topic(native) -> None:
+    """A DELAY the broker cannot honour is MESSAGE_ILLEGAL, nothing stored; a client's own
+    re-send into %RETRY% (RocketMQ's fallback when send-back fails) is delayed too."""
+    addr = native.address("remoting")
+    async with RemotingClient() as rc:
+        for props in ({"DELAY": "19"}, {"TIMER_DELAY_MS": "-1"}, {"TIMER_DELAY_SEC": "x"},
+                      {"TIMER_DELIVER_MS": str(10**15)}, {"DELAY": "1", "TIMER_DELAY_MS": "5"}):
+            r = await rc.invoke(addr, send_v2("TAbsurd", b"x", **props))
+            assert r.code == ResponseCode.MESSAGE_ILLEGAL and r.remark, props
+        mx = await rc.invoke(addr, request(RequestCode.GET_MAX_OFFSET, 0,
+                                           {"topic": "TAbsurd", "queueId": "0"}))
+        assert mx.code != ResponseCode.SUCCESS or mx.ext("offset") == "0"
+        t0 = time.monotonic()
+        r = await rc.invoke(addr, send_v2("%RETRY%fb", b"again", DELAY="3", RETRY_TOPIC="T0"))
+        assert r.code == ResponseCode.SUCCESS and r.ext("queueOffset") == "-1", "a timer"
+        p = await rc.invoke(addr, pull_req("%RETRY%fb", 0, 0, suspend_ms=8000), 10)
+        (m,) = decode_messages(p.body)
+        assert m.body == b"again" and time.monotonic() - t0 >= 0.9  # level 3: 1 s here

@@ -158,3 +158,8 @@ def test_dlq_list_show_and_resend_once_unless_forced(cli, native) -> None:  # ty
     missing = cli("dlq", "show", "cli-dlq", "NO-SUCH-ID", ok=False)
     assert missing.exit_code == 1 and "no dead letter" in missing.output
     assert lines(cli("dlq", "list", "nobody").output) == []
+
+
+def test_dlq_resend_of_an_unknown_letter_is_an_error(cli) -> None:  # type: ignore[no-untyped-def]
+    result = cli("dlq", "resend", "nobody", "NO-SUCH-ID", ok=False)
+    assert result.exit_code == 1 and "NO-SUCH-ID" in result.output
