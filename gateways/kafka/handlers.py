@@ -73,6 +73,9 @@ def kafka_visible(name: str) -> bool:
     return 0 < len(name) <= KAFKA_MAX_TOPIC and set(name) <= KAFKA_TOPIC_CHARS
 
 
+DELIVERY_HEADER_MODES = ("all", "uncompressed", "off")
+
+
 @dataclass(frozen=True, slots=True)
 class DoorOptions:
     """The ``[kafka]`` table of the server configuration."""
@@ -87,6 +90,15 @@ class DoorOptions:
     group_initial_rebalance_delay_ms: int = 0
     sasl_plain_users: Mapping[str, str] | None = None  # SASL PLAIN users; None = off
     cluster_id: str = "ferrymq"
+    # Which produced batches are searched for delivery-time headers (docs/kafka.md,
+    # "Delivery time"): "all", "uncompressed" (compressed ones are stored verbatim
+    # unsearched: their search costs a decompression), or "off".
+    delivery_headers: str = "all"
+
+    def __post_init__(self) -> None:
+        if self.delivery_headers not in DELIVERY_HEADER_MODES:
+            raise ValueError(f"[kafka] delivery_headers: one of "
+                             f"{', '.join(DELIVERY_HEADER_MODES)}, not {self.delivery_headers!r}")
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any]) -> DoorOptions:
@@ -274,7 +286,7 @@ class KafkaDoor:
         hdr = bh.read_header(batch)
         if hdr.attributes & kr.CONTROL_FLAG or hdr.attributes & kr.TRANSACTIONAL_FLAG:
             raise _ProduceError(ke.INVALID_RECORD)
-        records = self._timed_records(batch)
+        records = self._timed_records(batch, hdr)
         pid = hdr.producer_id
         if pid >= 0 and hdr.base_sequence >= 0:
             verdict, offset = self.producers.check(pid, hdr.producer_epoch, topic, queue_id,
@@ -298,12 +310,14 @@ class KafkaDoor:
         result = await self.broker.put_kafka_batch(topic, queue_id, batch)
         return result.queue_offset
 
-    @staticmethod
-    def _timed_records(batch: Any) -> tuple[kr.Record, ...] | None:
+    def _timed_records(self, batch: Any, hdr: bh.BatchHeader) -> tuple[kr.Record, ...] | None:
         """The batch's records when one of them carries a delivery-time header, else None.
         The common batch costs one search of its bytes (kr.batch_mentions: no copy,
         or one decompression when compressed); only a batch that mentions a header
-        name is decoded."""
+        name is decoded. The ``delivery_headers`` option may skip the search."""
+        mode = self.options.delivery_headers
+        if mode == "off" or (mode == "uncompressed" and hdr.attributes & kr.COMPRESSION_MASK):
+            return None
         try:
             if not kr.batch_mentions(batch, DELIVERY_MARK):
                 return None

@@ -1,7 +1,9 @@
 """The native door: Apache RocketMQ 4.x remoting on port 10911, and registration with NameServers.
 
 ``serve`` listens, runs one ``serve_connection`` per client
-(connection.py), translates requests in ``Processor`` (processor.py), keeps
+(connection.py), translates requests in ``Processor`` (processor.py, with
+transactions.py, pop.py and deadletters.py), installs the broker's
+transaction check-back for the time it runs, keeps
 the client and lock tables (client_table.py) and registers the broker with
 its NameServers (registration.py): the ones named by ``--namesrv`` /
 ``namesrv_addr``, else the NameServer embedded in this server.

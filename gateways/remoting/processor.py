@@ -7,6 +7,11 @@ administration is here; any other code gets REQUEST_CODE_NOT_SUPPORTED. A
 FerryError from the core becomes the RocketMQ response code that means the
 same (``error_code``); a malformed header becomes SYSTEM_ERROR, as in
 RocketMQ. See docs/remoting.md for the mapping and its reasons.
+
+Issue 6's requests live in modules of their own, which install their handlers
+here: transactions.py (END_TRANSACTION, the check-back), pop.py (the five pop
+codes), deadletters.py (CONSUMER_SEND_MSG_BACK and FerryMQ's dead-letter
+requests).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ import trio
 from ferrymq.core.broker import Broker, BrokerConfig
 from ferrymq.gateways.config import ServerConfig
 from ferrymq.gateways.kafka import serve
+from ferrymq.gateways.kafka.handlers import DoorOptions, kafka_batch_view
 from ferrymq.gateways.kafka.mapping import DELIVERY_MARK
 from ferrymq.gateways.server import DoorContext
 from ferrymq.protocols import record as rec
@@ -22,11 +23,15 @@ from ferrymq.protocols.kafka import records as kr
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
+# kafka-python compresses a batch only when that makes it smaller: a repetitive value.
+ZIPPABLE = b"zipped " * 200
 
-async def _with_door(tmp_path, body) -> None:  # type: ignore[no-untyped-def]
+
+async def _with_door(tmp_path, body, options=None) -> None:  # type: ignore[no-untyped-def]
     async with Broker.open(BrokerConfig(data_dir=str(tmp_path / "data"))) as broker, \
             trio.open_nursery() as nursery:
-        port = await nursery.start(serve, DoorContext(broker, "127.0.0.1", 0, {}, ServerConfig()))
+        port = await nursery.start(serve, DoorContext(broker, "127.0.0.1", 0, options or {},
+                                                      ServerConfig()))
         await body(broker, f"127.0.0.1:{port}")
         nursery.cancel_scope.cancel()
 
@@ -89,12 +94,12 @@ async def test_compressed_batches_and_absolute_times_too(tmp_path) -> None:
         await broker.create_topic("kz", 1)
         at = int(time.time() * 1000) + 1200
         offsets = await trio.to_thread.run_sync(lambda: _produce(
-            bootstrap, "kz", [(b"zipped", [("ferrymq-deliver-at-ms", str(at).encode())])],
+            bootstrap, "kz", [(ZIPPABLE, [("ferrymq-deliver-at-ms", str(at).encode())])],
             compression_type="gzip"))
         assert offsets == [-1], "a timed record's offset is assigned at delivery"
         assert await trio.to_thread.run_sync(_read, bootstrap, "kz", 0.5) == []
         (r,) = await trio.to_thread.run_sync(_read, bootstrap, "kz", 2.0)
-        assert r.value == b"zipped" and int(dict(r.headers)["TIMER_OUT_MS"]) == at
+        assert r.value == ZIPPABLE and int(dict(r.headers)["TIMER_OUT_MS"]) == at
     await _with_door(tmp_path, body)
 
 
@@ -119,6 +124,29 @@ async def test_ordinary_batches_stay_verbatim_and_bad_times_are_invalid_records(
         assert broker.queue_bounds("kb", 0) == (0, 2), "nothing of a refused batch is stored"
         assert broker.timer_stats().pending == 0
     await _with_door(tmp_path, body)
+
+
+async def test_the_search_can_skip_compressed_batches_or_be_off(tmp_path) -> None:
+    async def body(broker: Broker, bootstrap: str) -> None:
+        await broker.create_topic("ko", 1)
+        header = [("ferrymq-delay-ms", b"60000")]
+        zipped = await trio.to_thread.run_sync(lambda: _produce(
+            bootstrap, "ko", [(ZIPPABLE, header)], compression_type="gzip"))
+        plain = await trio.to_thread.run_sync(_produce, bootstrap, "ko", [(b"timed", header)])
+        assert zipped == [0] and plain == [-1]
+        (r,) = broker.get(None, "ko", 0, 0, 10).records
+        assert r.format == rec.FORMAT_KAFKA_BATCH, "the compressed batch was not searched"
+        assert kr.decode_batch(kafka_batch_view(r), verify=False).compression == kr.GZIP
+        assert broker.timer_stats().pending == 1
+    await _with_door(tmp_path, body, {"delivery_headers": "uncompressed"})
+
+    async def off(broker: Broker, bootstrap: str) -> None:
+        await broker.create_topic("kf", 1)
+        assert await trio.to_thread.run_sync(_produce, bootstrap, "kf", [
+            (b"inert", [("ferrymq-delay-ms", b"60000")])]) == [0]
+    await _with_door(tmp_path / "off", off, {"delivery_headers": "off"})
+    with pytest.raises(ValueError):
+        DoorOptions.from_mapping({"delivery_headers": "sometimes"})
 
 
 @pytest.mark.parametrize("codec", [kr.NO_COMPRESSION, kr.GZIP, kr.LZ4, kr.ZSTD, kr.SNAPPY])
