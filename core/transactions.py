@@ -72,7 +72,7 @@ from .message import (
     parse_offset_message_id,
 )
 from .metadata import validate_group_name
-from .store.files import atomic_write, read_file
+from .store.files import atomic_write, read_json_state
 from .timers import (
     TIMER_TOPIC,
     iter_records,
@@ -712,15 +712,10 @@ class TransactionService:
         atomic_write(os.path.join(self.directory, "checkpoint.json"), json.dumps(snap).encode())
 
     def _read_checkpoint(self) -> dict[str, Any] | None:
-        raw = read_file(os.path.join(self.directory, "checkpoint.json"))
-        if not raw:
-            return None
         try:
-            cp = json.loads(raw)
-            for k in ("half_offset", "op_offset", "dedupe_from"):
-                int(cp[k])
-            return cp  # type: ignore[no-any-return]
-        except (ValueError, KeyError, TypeError):
+            return read_json_state(os.path.join(self.directory, "checkpoint.json"),
+                                   ("half_offset", "op_offset", "dedupe_from"))
+        except ValueError:
             log.error("transaction checkpoint unreadable: rebuilding from the queues' start")
             return None
 
