@@ -929,8 +929,10 @@ class Broker:
         True when the question reached a live producer of the group."""
         self.transactions.checker = checker
 
-    def pending_transactions(self, limit: int = 100) -> list[PendingTransaction]:
-        return self.transactions.list_pending(limit)
+    def pending_transactions(self, limit: int = 100, group: str | None = None
+                             ) -> list[PendingTransaction]:
+        """Open halves, oldest first (only the producer group ``group``'s when given)."""
+        return self.transactions.list_pending(limit, group)
 
     def transaction_stats(self) -> TransactionStats:
         return self.transactions.stats()
