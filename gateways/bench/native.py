@@ -393,12 +393,15 @@ def consume(namesrv: str | None, messages: int, pull_size: int, batched: bool,
         anyio.run(fill)
 
         async def drain() -> tuple[int, list[float], str]:
+            # One pull in flight per queue, all queues at once: how a consumer of the
+            # topic reads (RocketMQ's PushConsumer keeps a pull request per queue).
             async with ClientInstance(ns) as inst:
                 queues = await inst.subscribe_queues(topic, refresh=True)
-                total = 0
+                counts: list[int] = []
                 lats: list[float] = []
-                for mq in queues:
-                    offset = 0
+
+                async def drain_queue(mq: Any) -> None:
+                    offset = n = 0
                     while True:
                         t = time.perf_counter()
                         _code, nxt, msgs = await pull(inst, "bench-consumer", mq, offset,
@@ -406,8 +409,14 @@ def consume(namesrv: str | None, messages: int, pull_size: int, batched: bool,
                         if not msgs:
                             break
                         lats.append(time.perf_counter() - t)
-                        total += len(msgs)
+                        n += len(msgs)
                         offset = nxt
+                    counts.append(n)
+
+                async with anyio.create_task_group() as tg:
+                    for mq in queues:
+                        tg.start_soon(drain_queue, mq)
+                total = sum(counts)
             return total, lats, f"pull of up to {pull_size}"
 
         r = _measure(f"native.consume.pull_decoded.{'batched' if batched else 'single'}", pid,
