@@ -11,6 +11,7 @@ import struct
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ..protocols.remoting.bodies import MessageQueue
 from ..protocols.remoting.messages import MessageExt
@@ -80,10 +81,10 @@ class SendStatus(enum.Enum):
     SEND_OK = "SEND_OK"
 
 
-@dataclass(frozen=True, slots=True)
-class SendResult:
+class SendResult(NamedTuple):
     """Where a message landed. ``msg_id`` is the client id (UNIQ_KEY), stable across
-    retries and redeliveries; ``offset_msg_id`` names the stored copy."""
+    retries and redeliveries; ``offset_msg_id`` names the stored copy. (An immutable
+    NamedTuple: one is built per message sent, at a third of a dataclass's cost.)"""
 
     msg_id: str
     offset_msg_id: str
@@ -121,6 +122,13 @@ def new_uniq_key() -> str:
     random instance part, then milliseconds and a counter (16 bytes, hex)."""
     return (f"{_PREFIX_HEX}{(time.time_ns() // 1_000_000) & 0xFFFFFFFF:08X}"
             f"{next(_COUNTER) & 0xFFFF:04X}")
+
+
+def new_uniq_keys(n: int) -> list[str]:
+    """``n`` message ids sharing one timestamp (a batch's), as ``new_uniq_key`` makes
+    them; the broker indexes a batch's ids once per shared prefix."""
+    head = f"{_PREFIX_HEX}{(time.time_ns() // 1_000_000) & 0xFFFFFFFF:08X}"
+    return [f"{head}{next(_COUNTER) & 0xFFFF:04X}" for _ in range(n)]
 
 
 def local_ip() -> str:

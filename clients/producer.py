@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import struct
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
@@ -21,14 +22,17 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from ..protocols.record import encode_member
+from ..protocols.record import MAGIC
 from ..protocols.remoting import RemotingCommand, RequestCode, ResponseCode, request
 from ..protocols.remoting import bodies as B
 from ..protocols.remoting.codes import DEFAULT_TOPIC
 from ..protocols.remoting.messages import encode_properties
 from .instance import ClientInstance, NoRouteError
-from .message import SHARDING_KEY, Message, SendResult, new_uniq_key
+from .message import SHARDING_KEY, Message, SendResult, new_uniq_key, new_uniq_keys
 from .remoting import DEFAULT_TIMEOUT, BrokerError, ClientError, RemotingConnectError
+
+_MEMBER_HEAD = struct.Struct(">iiiii")  # total, magic, CRC, flag, body length
+_U16 = struct.Struct(">H")
 
 log = logging.getLogger("ferrymq.client")
 
@@ -204,9 +208,16 @@ class Producer:
         topic = messages[0].topic
         if any(m.topic != topic for m in messages):
             raise ValueError("every message of a batch goes to the same topic")
-        uniqs = [new_uniq_key() for _ in messages]
-        body = b"".join(encode_member(m.flag, bytes(m.body), m.wire_properties_text(u).encode())
-                        for m, u in zip(messages, uniqs, strict=True))
+        uniqs = new_uniq_keys(len(messages))
+        # RocketMQ's batch encoding; the member CRC is left 0 as RocketMQ's own client
+        # leaves it (the broker's record CRC covers the whole batch).
+        parts: list[bytes] = []
+        for m, u in zip(messages, uniqs, strict=True):
+            body = bytes(m.body)
+            props = m.wire_properties_text(u).encode()
+            parts += (_MEMBER_HEAD.pack(22 + len(body) + len(props), MAGIC, 0, m.flag, len(body)),
+                      body, _U16.pack(len(props)), props)
+        body = b"".join(parts)
 
         def build(mq: B.MessageQueue, from_default: bool) -> RemotingCommand:
             return request(RequestCode.SEND_BATCH_MESSAGE, 0,

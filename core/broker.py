@@ -96,6 +96,18 @@ log = logging.getLogger("ferrymq.broker")
 _SPECIAL_PROPERTIES = frozenset(("DELAY", "TIMER_DELIVER_MS", "TIMER_DELAY_MS", "TIMER_DELAY_SEC",
                                  PROPERTY_TRANSACTION_PREPARED))
 # System topics the features own: perm 0 hides them from producers and consumers.
+_SPECIAL_ENCODED = tuple(name.encode() + b"\x01" for name in _SPECIAL_PROPERTIES)
+
+
+def _may_be_special(props: Mapping[str, str]) -> bool:
+    """Whether a put's properties name a timer or a half. Encoded properties (the
+    remoting door's) are searched, not decoded: this runs for every message."""
+    if type(props) is rec.EncodedProperties:
+        raw = props.raw
+        return any(name in raw for name in _SPECIAL_ENCODED)
+    return not _SPECIAL_PROPERTIES.isdisjoint(props)
+
+
 _SYSTEM_TOPICS = {TIMER_TOPIC: 0, HALF_TOPIC: 0, OP_TOPIC: 0, RESENT_TOPIC: 0,
                   CHECK_MAX_TOPIC: PERM_READ}
 
@@ -363,7 +375,7 @@ class Broker:
         if isinstance(messages, Message):
             m = messages
             props = m.properties
-            if props and not _SPECIAL_PROPERTIES.isdisjoint(props) and self._special(props):
+            if props and _may_be_special(props) and self._special(props):
                 return await self._put_special(m)  # a timer or a half: see "issue 6" below
             topic = m.topic
             t = self.meta.topics.get(topic)
@@ -920,8 +932,10 @@ class Broker:
         True when the question reached a live producer of the group."""
         self.transactions.checker = checker
 
-    def pending_transactions(self, limit: int = 100) -> list[PendingTransaction]:
-        return self.transactions.list_pending(limit)
+    def pending_transactions(self, limit: int = 100, group: str | None = None
+                             ) -> list[PendingTransaction]:
+        """Open halves, oldest first (only the producer group ``group``'s when given)."""
+        return self.transactions.list_pending(limit, group)
 
     def transaction_stats(self) -> TransactionStats:
         return self.transactions.stats()

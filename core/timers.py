@@ -69,7 +69,7 @@ from .message import (
     now_ms,
     parse_offset_message_id,
 )
-from .store.files import atomic_write, read_file
+from .store.files import atomic_write, read_json_state
 from .store.store import ANY_MEMBER, client_id_prefix
 from .timerwheel import Slot, TimerWheel, WheelCorrupt
 
@@ -1172,15 +1172,10 @@ class TimerService:
                      json.dumps(snap).encode())
 
     def _read_checkpoint(self) -> dict[str, Any] | None:
-        raw = read_file(os.path.join(self.directory, "checkpoint.json"))
-        if not raw:
-            return None
         try:
-            cp = json.loads(raw)
-            for k in ("processed_s", "dedupe_from", "queue_offset"):
-                int(cp[k])
-            return cp  # type: ignore[no-any-return]
-        except (ValueError, KeyError, TypeError):
+            return read_json_state(os.path.join(self.directory, "checkpoint.json"),
+                                   ("processed_s", "dedupe_from", "queue_offset"))
+        except ValueError:
             log.error("timer checkpoint unreadable: rebuilding the wheel")
             return None
 

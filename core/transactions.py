@@ -72,7 +72,7 @@ from .message import (
     parse_offset_message_id,
 )
 from .metadata import validate_group_name
-from .store.files import atomic_write, read_file
+from .store.files import atomic_write, read_json_state
 from .timers import (
     TIMER_TOPIC,
     iter_records,
@@ -406,12 +406,13 @@ class TransactionService:
             phys = ref
         else:
             phys = self._ids.get(ref)
+            if phys is None:  # an ended transaction: its half is still findable by id
+                # (before trying the id as an offset id: any 32 hex digits decode as one)
+                found = self.store.lookup_key(ref, HALF_TOPIC, limit=1)
+                phys = found[0].physical_offset if found else None
             if phys is None:
                 decoded = parse_offset_message_id(ref)
                 phys = decoded[0] if decoded is not None else None
-            if phys is None:  # an ended transaction: its half is still findable by id
-                found = self.store.lookup_key(ref, HALF_TOPIC, limit=1)
-                phys = found[0].physical_offset if found else None
         if phys is None and transaction_id:
             phys = self._ids.get(transaction_id)
         if phys is None:
@@ -713,15 +714,10 @@ class TransactionService:
         atomic_write(os.path.join(self.directory, "checkpoint.json"), json.dumps(snap).encode())
 
     def _read_checkpoint(self) -> dict[str, Any] | None:
-        raw = read_file(os.path.join(self.directory, "checkpoint.json"))
-        if not raw:
-            return None
         try:
-            cp = json.loads(raw)
-            for k in ("half_offset", "op_offset", "dedupe_from"):
-                int(cp[k])
-            return cp  # type: ignore[no-any-return]
-        except (ValueError, KeyError, TypeError):
+            return read_json_state(os.path.join(self.directory, "checkpoint.json"),
+                                   ("half_offset", "op_offset", "dedupe_from"))
+        except ValueError:
             log.error("transaction checkpoint unreadable: rebuilding from the queues' start")
             return None
 
@@ -737,9 +733,12 @@ class TransactionService:
 
     # ================================================================ admin
 
-    def list_pending(self, limit: int = 100) -> list[PendingTransaction]:
+    def list_pending(self, limit: int = 100, group: str | None = None
+                     ) -> list[PendingTransaction]:
+        """Open halves, oldest first; only ``group``'s when given."""
         out = []
-        for h in sorted(self.pending.values(), key=lambda h: h.store_ms)[:limit]:
+        halves = [h for h in self.pending.values() if group is None or h.group == group]
+        for h in sorted(halves, key=lambda h: h.store_ms)[:limit]:
             out.append(PendingTransaction(h.phys, h.queue_offset, h.msg_id, h.transaction_id,
                                           h.group, h.topic, h.store_ms, h.checks,
                                           h.next_check_ms))

@@ -134,6 +134,8 @@ def encode_properties(properties: Mapping[str, str]) -> bytes:
     """``name\\x01value\\x02`` pairs, as RocketMQ's messageProperties2String writes them."""
     if not properties:
         return b""
+    if type(properties) is EncodedProperties:
+        return properties.raw  # already in this encoding: written back as it came
     return "".join(f"{k}\x01{v}\x02" for k, v in properties.items()).encode()
 
 

@@ -139,3 +139,14 @@ def test_hosts_format() -> None:
     assert rec.host_str(raw) == "192.168.1.2:10911"
     with pytest.raises(ValueError):
         rec.host_bytes("300.1.1.1", 1)
+
+
+def test_encoded_properties_pass_through_without_decoding() -> None:
+    raw = b"UNIQ_KEY\x01ABC\x02TAGS\x01TagA\x02XTAGS\x01no\x02"
+    props = rec.EncodedProperties(raw)
+    assert rec.encode_properties(props) is raw, "written back exactly as it came"
+    assert props.get("TAGS") == "TagA" and props._dict is None, "found by search, not decoded"
+    assert props.get("AGS") is None and props.get("XTAGS") == "no"
+    assert dict(props) == {"UNIQ_KEY": "ABC", "TAGS": "TagA", "XTAGS": "no"}
+    assert props == {"UNIQ_KEY": "ABC", "TAGS": "TagA", "XTAGS": "no"}
+    assert not rec.EncodedProperties(b"")

@@ -298,3 +298,31 @@ def test_metrics_cover_every_door(broker) -> None:
                 f'request="{request}"}}') in text, (protocol, request)
     assert f'ferrymq_messages_in_total{{topic="{topic}"}} 4' in text, \
         "one message in through each door, counted once in the core"
+
+
+def test_mqtt_to_kafka_with_aiokafka(broker) -> None:
+    """Issue 5 names aiokafka for MQTT -> Kafka: the same mapping through it."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer
+
+    base = fresh("m2a")
+    mqtt_publish(broker, f"{base}/line/7", b"on")
+
+    async def read() -> list:
+        c = AIOKafkaConsumer(base, bootstrap_servers=broker.address("kafka"),
+                             auto_offset_reset="earliest", group_id=fresh("ag"))
+        await c.start()
+        try:
+            got: list = []
+            deadline = time.monotonic() + 20
+            while not got and time.monotonic() < deadline:
+                for records in (await c.getmany(timeout_ms=500)).values():
+                    got += records
+            return got
+        finally:
+            await c.stop()
+
+    (m,) = asyncio.run(read())
+    assert m.value == b"on"
+    assert dict(m.headers)["MQTT_TOPIC"] == f"{base}/line/7".encode()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 
 from ..errors import StoreError
@@ -39,6 +40,23 @@ def read_file(path: str) -> bytes | None:
             return f.read()
     except FileNotFoundError:
         return None
+
+
+def read_json_state(path: str, required_ints: tuple[str, ...]) -> dict[str, object] | None:
+    """A JSON state file written by ``atomic_write``: None if absent. Raises ValueError
+    if it does not parse or lacks one of ``required_ints`` as an integer."""
+    raw = read_file(path)
+    if not raw:
+        return None
+    try:
+        doc = json.loads(raw)
+        for k in required_ints:
+            int(doc[k])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return doc
 
 
 class DirectoryLock:

@@ -112,6 +112,9 @@ def client_id_prefix(uniq: str) -> str | None:
 
 
 _TAGS_B, _KEYS_B, _UNIQ_B = b"TAGS\x01", b"KEYS\x01", b"UNIQ_KEY\x01"
+_TAGS_RE = re.compile(b"TAGS\x01([^\x02]*)")
+_KEYS_RE = re.compile(b"KEYS\x01([^\x02]*)")
+_UNIQ_RE = re.compile(b"UNIQ_KEY\x01([^\x02]*)")
 _find_property = rec.find_property
 _unpack_member = struct.Struct(">iiiii").unpack_from
 _unpack_u16 = struct.Struct(">H").unpack_from
@@ -119,15 +122,18 @@ _unpack_u16 = struct.Struct(">H").unpack_from
 
 def scan_batch(body: bytes | memoryview) -> tuple[int, int, list[tuple[str, int]],
                                                   tuple[str | None, ...]]:
-    """(message count, tag hash, keys to index, client ids) of a native batch body,
-    validating every member's sizes without building an object per member (this
-    runs for every batch produced). Raises InvalidMessage."""
+    """(message count, tag hash, keys to index, client ids) of a native batch body.
+
+    Runs for every batch produced, so only the size walk is per member; the
+    properties that matter are found by one regex pass each over the whole body.
+    A hit inside a payload is harmless: an extra index candidate (lookups read
+    the record to confirm) or a "mixed" tag hash (filters then read the record);
+    nothing is ever missed. Keys are indexed as "any member" of the record;
+    client ids once per distinct prefix (``client_id_prefix``). Client ids per
+    member are not returned (the remoting door answers with offset ids).
+    Raises InvalidMessage."""
     end = len(body)
     p = n = 0
-    tags: set[str | None] = set()
-    keys: list[tuple[str, int]] = []
-    uniq: list[str | None] = []
-    prefixes: set[str] = set()
     while p < end:
         if end - p < 22:
             raise InvalidMessage("malformed batch: truncated member")
@@ -135,35 +141,34 @@ def scan_batch(body: bytes | memoryview) -> tuple[int, int, list[tuple[str, int]
         q = p + 20 + body_len
         if total < 22 or p + total > end or body_len < 0 or q + 2 > p + total:
             raise InvalidMessage("malformed batch: member size out of range")
-        props_len = _unpack_u16(body, q)[0]
-        if q + 2 + props_len != p + total:
+        if q + 2 + _unpack_u16(body, q)[0] != p + total:
             raise InvalidMessage("malformed batch: member size does not match its fields")
-        if props_len:
-            raw = bytes(body[q + 2:q + 2 + props_len])
-            if _NOT_IN_BATCH_RE.search(raw) is not None:
-                raise _batch_member_refused(rec.decode_properties(raw))
-            tags.add(_find_property(raw, _TAGS_B) if _TAGS_B in raw else None)
-            if _KEYS_B in raw:
-                k = _find_property(raw, _KEYS_B)
-                if k:
-                    keys.extend((key, n) for key in k.split(" ") if key)
-            u = _find_property(raw, _UNIQ_B) if _UNIQ_B in raw else None
-            uniq.append(u)
-            if u:
-                prefix = client_id_prefix(u)
-                if prefix is None:
-                    keys.append((u, n))
-                elif prefix not in prefixes:
-                    prefixes.add(prefix)
-                    keys.append((prefix, ANY_MEMBER))
-        else:
-            tags.add(None)
-            uniq.append(None)
         n += 1
         p += total
     if n == 0:
         raise InvalidMessage("empty batch")
-    return n, _batch_tag_hash(tags), keys, tuple(uniq) if any(uniq) else ()
+    raw = body if isinstance(body, bytes) else bytes(body)
+    if b"DELAY\x01" in raw or b"TIMER_" in raw or b"TRAN_MSG\x01" in raw:
+        # Plain substring tests: measured 6 us over a 32-message batch where a
+        # regex alternation took 57. Only a hit pays for the precise look.
+        for m in rec.iter_members(raw):  # a precise look, only when the fast one hit
+            if m.properties_raw and _NOT_IN_BATCH_RE.search(m.properties_raw):
+                raise _batch_member_refused(m.properties)
+    h = TAG_HASH_NONE
+    if _TAGS_B in raw:
+        tags = _TAGS_RE.findall(raw)
+        h = (tag_hash(tags[0].decode("utf-8", "replace"))
+             if len(tags) == n and len(set(tags)) == 1 else TAG_HASH_MIXED)
+    keys: list[tuple[str, int]] = []
+    if _KEYS_B in raw:
+        for value in _KEYS_RE.findall(raw):
+            keys.extend((k, ANY_MEMBER) for k in value.decode("utf-8", "replace").split(" ") if k)
+    if _UNIQ_B in raw:
+        # Distinct prefixes as bytes first: a batch from one producer has one or two.
+        distinct = {v[:-4] if len(v) in _CLIENT_ID_LENGTHS else v
+                    for v in _UNIQ_RE.findall(raw)}
+        keys.extend((v.decode("utf-8", "replace"), ANY_MEMBER) for v in distinct)
+    return n, h, keys, ()
 
 
 class MessageStore:

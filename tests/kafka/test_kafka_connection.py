@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import struct
 
 import pytest
@@ -101,3 +102,33 @@ def test_flexible_response_gets_header_v1() -> None:
     raw = b"".join(response_bytes(ev.header, R(node_id=1, host="h", port=9)))
     assert raw[8] == 0  # the empty tag section right after the correlation id
     assert parse_response(10, 3, raw[4:])[1].port == 9
+
+
+@pytest.mark.parametrize("cuts", [(), (3,), (5,), (1, 40), (2, 3, 80), (27, 54)])
+def test_frames_in_any_reads_come_out_whole_and_in_order(cuts) -> None:
+    """Reads of whole frames are parsed in place (no copy); any other cut goes through
+    the buffer. Either way every request comes out once, in order."""
+    R = schema.request_class(3)
+    stream = b"".join(request_bytes(3, 1, cid, R(topics=None)) for cid in range(4))
+    bounds = [0, *cuts, len(stream)]
+    c = conn()
+    got = []
+    for a, b in itertools.pairwise(bounds):
+        c.receive_data(stream[a:b])
+        while (ev := c.next_event()) is not NEED_DATA:
+            got.append(ev.header.correlation_id)
+    assert got == [0, 1, 2, 3]
+    assert c.buffered == 0
+
+
+def test_a_whole_frame_read_is_not_copied_into_the_buffer() -> None:
+    R = schema.request_class(3)
+    frame = request_bytes(3, 1, 9, R(topics=None))
+    c = conn()
+    c.receive_data(frame + frame[:5])  # one whole frame and the start of the next
+    assert isinstance(c.next_event(), Request)
+    assert c.next_event() is NEED_DATA
+    c.receive_data(frame[5:])
+    ev = c.next_event()
+    assert isinstance(ev, Request) and ev.header.correlation_id == 9
+    assert c.buffered == 0
