@@ -3,7 +3,8 @@
     async with Producer("127.0.0.1:9876", group="pg") as p:
         await p.send(Message("Orders", b"...", tags="paid", keys="order-7"))
 
-``Producer``, ``PushConsumer``, ``PullConsumer`` and ``Admin`` are async;
+``Producer``, ``TransactionProducer``, ``PushConsumer``, ``PullConsumer``,
+``SimpleConsumer`` and ``Admin`` are async;
 ``ferrymq.clients.blocking`` has the same objects for plain scripts. See
 docs/client.md.
 """
@@ -14,12 +15,15 @@ from .instance import NoRouteError
 from .message import ConsumeResult, Message, MessageExt, MessageQueue, SendResult
 from .producer import Producer
 from .remoting import BrokerError, ClientError, RemotingConnectError, RemotingTimeoutError
+from .simple import SimpleConsumer
+from .transaction import LocalTransactionState, TransactionProducer, TransactionSendResult
 
 __all__ = [
     "Admin",
     "BrokerError",
     "ClientError",
     "ConsumeResult",
+    "LocalTransactionState",
     "Message",
     "MessageExt",
     "MessageQueue",
@@ -32,5 +36,8 @@ __all__ = [
     "RemotingConnectError",
     "RemotingTimeoutError",
     "SendResult",
+    "SimpleConsumer",
+    "TransactionProducer",
+    "TransactionSendResult",
     "allocate_average",
 ]

@@ -15,6 +15,7 @@ from ..protocols import record as rec
 from ..protocols.remoting import RequestCode, ResponseCode, request
 from ..protocols.remoting import bodies as B
 from ..protocols.remoting import headers as H
+from ..protocols.remoting.codes import FerryRequestCode
 from ..protocols.remoting.messages import MessageExt, decode_messages, parse_offset_msg_id
 from .instance import ClientInstance, NoRouteError
 from .remoting import DEFAULT_TIMEOUT, BrokerError, ClientError, check
@@ -228,3 +229,73 @@ class Admin:
             if resp.code == ResponseCode.SUCCESS:
                 out.extend(decode_messages(resp.body))
         return sorted(out, key=lambda m: m.store_timestamp)
+
+    # ------------------------------------------------------------ dead letters (FerryMQ's requests)
+
+    async def _broker_addrs(self, broker: str | None) -> list[tuple[str, str]]:
+        brokers = await self.brokers()
+        if broker is not None:
+            if broker not in brokers:
+                raise NoRouteError(f"no live broker named {broker}")
+            return [(broker, brokers[broker])]
+        return sorted(brokers.items())
+
+    async def dead_letters(self, group: str, offset: int = 0, limit: int = 100, *,
+                           broker: str | None = None) -> list[dict[str, Any]]:
+        """The dead letters of ``group`` on every broker (or one), oldest first per
+        broker: DLQ offset, message id, original topic and id, reconsume count, store
+        time, whether resent; each row names its ``broker``."""
+        out: list[dict[str, Any]] = []
+        ext = H.DeadLettersRequestHeader(group, offset, limit).to_ext()
+        for name, addr in await self._broker_addrs(broker):
+            resp = check(await self.instance.remoting.invoke(addr, request(
+                FerryRequestCode.LIST_DEAD_LETTERS, 0, ext)), addr)
+            out.extend(dict(d, broker=name) for d in B.loads(resp.body).get("letters", []))
+        return out
+
+    async def dead_letter(self, group: str, ref: str | int, *, broker: str | None = None
+                          ) -> tuple[dict[str, str], MessageExt] | None:
+        """One dead letter by message id or DLQ offset: (its fields, the message), or None."""
+        ext = {"group": group, **({"offset": str(ref)} if isinstance(ref, int)
+                                  else {"msgId": ref})}
+        for _name, addr in await self._broker_addrs(broker):
+            resp = await self.instance.remoting.invoke(addr, request(
+                FerryRequestCode.VIEW_DEAD_LETTER, 0, ext))
+            if resp.code == ResponseCode.SUCCESS and resp.body:
+                return dict(resp.ext_fields), decode_messages(resp.body)[0]  # type: ignore[arg-type]
+            if resp.code != ResponseCode.QUERY_NOT_FOUND:
+                check(resp, addr)
+        return None
+
+    async def resend_dead_letters(self, group: str, refs: list[str | int] | None = None, *,
+                                  force: bool = False, broker: str | None = None
+                                  ) -> list[dict[str, Any]]:
+        """Put dead letters back into their original topics (every letter not resent
+        yet when ``refs`` is None). A letter resent before is refused (BrokerError,
+        INVALID_PARAMETER) unless ``force``. Returns what was resent, and where."""
+        ext = H.ResendDeadLettersRequestHeader(
+            group, ",".join(str(r) for r in refs) if refs else None, force).to_ext()
+        out: list[dict[str, Any]] = []
+        not_found: BrokerError | None = None
+        for name, addr in await self._broker_addrs(broker):
+            resp = await self.instance.remoting.invoke(addr, request(
+                FerryRequestCode.RESEND_DEAD_LETTERS, 0, ext))
+            if resp.code == ResponseCode.QUERY_NOT_FOUND:
+                # named letters live on one broker: the others do not know them
+                not_found = BrokerError(resp.code, resp.remark, addr)
+                continue
+            check(resp, addr)
+            out.extend(dict(d, broker=name) for d in B.loads(resp.body).get("resent", []))
+        if not out and not_found is not None:
+            raise not_found
+        return out
+
+    async def transaction_stats(self, *, broker: str | None = None, limit: int = 100
+                                ) -> list[dict[str, Any]]:
+        """Per broker: transaction counters, open halves and discarded halves."""
+        out = []
+        for name, addr in await self._broker_addrs(broker):
+            resp = check(await self.instance.remoting.invoke(addr, request(
+                FerryRequestCode.GET_TRANSACTION_STATS, 0, {"limit": str(limit)})), addr)
+            out.append(dict(B.loads(resp.body), broker=name))
+        return out

@@ -18,6 +18,8 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from . import admin as _admin
 from . import consumer as _consumer
 from . import producer as _producer
+from . import simple as _simple
+from . import transaction as _transaction
 from .message import Message, SendResult
 
 
@@ -66,6 +68,35 @@ class Producer(_Facade):
         """Start a send; the future completes with the SendResult (or its error)."""
         assert self._portal is not None
         return self._portal.start_task_soon(lambda: self._target.send(message, **kw))
+
+
+class TransactionProducer(Producer):
+    """The TransactionProducer for plain scripts: ``executor`` and ``checker`` may be
+    plain functions (they run in worker threads, as the local transaction blocks)."""
+
+    def __init__(self, namesrv: str | list[str], group: str, **options: Any) -> None:
+        _Facade.__init__(self)
+        self._start(_transaction.TransactionProducer(namesrv, group, **options))
+
+    def send_in_transaction(self, message: Message, arg: Any = None,
+                            **kw: Any) -> _transaction.TransactionSendResult:
+        return self._call(self._target.send_in_transaction, message, arg, **kw)
+
+
+class SimpleConsumer(_Facade):
+    """``receive``, ``ack``, ``ack_batch``, ``change_invisible_duration``, ``peek``."""
+
+    def __init__(self, namesrv: str | list[str], group: str,
+                 subscriptions: dict[str, str] | None = None, **options: Any) -> None:
+        super().__init__()
+        self._start(_simple.SimpleConsumer(namesrv, group, subscriptions, **options))
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._target, name)
+        if callable(attr) and name in ("receive", "ack", "ack_batch",
+                                       "change_invisible_duration", "peek"):
+            return lambda *a, **kw: self._call(attr, *a, **kw)
+        return attr
 
 
 class PushConsumer(_Facade):

@@ -39,6 +39,7 @@ HEARTBEAT_S = 30.0  # RocketMQ ClientConfig.heartbeatBrokerInterval
 _INSTANCES = itertools.count(1)
 
 ServerRequestHandler = Callable[[RemotingCommand], Awaitable[None]]
+CodeHandler = Callable[[RemotingConnection, RemotingCommand], Awaitable[RemotingCommand | None]]
 
 
 class NoRouteError(ClientError):
@@ -60,6 +61,9 @@ class ClientInstance:
         self.producer_groups: set[str] = set()
         self.consumer_data: Callable[[], list[B.ConsumerData]] = lambda: []
         self.on_server_request: ServerRequestHandler | None = None
+        # Requests a broker sends us, by code, answered on the connection they came on
+        # (CHECK_TRANSACTION_STATE: the answer goes back to that broker).
+        self.request_handlers: dict[int, CodeHandler] = {}
         self.remoting = RemotingClient(on_request=self._server_request)
         self.tg: anyio.abc.TaskGroup | None = None
         self._ns_index = 0
@@ -83,6 +87,9 @@ class ClientInstance:
 
     async def _server_request(self, conn: RemotingConnection, cmd: RemotingCommand
                               ) -> RemotingCommand | None:
+        handler = self.request_handlers.get(cmd.code)
+        if handler is not None:
+            return await handler(conn, cmd)
         if self.on_server_request is not None:
             await self.on_server_request(cmd)
         if cmd.code in (RequestCode.NOTIFY_CONSUMER_IDS_CHANGED,
@@ -158,14 +165,24 @@ class ClientInstance:
 
     async def resolve_broker(self, broker_name: str) -> str:
         """The broker's master address, asking the NameServer's cluster table if unknown."""
-        addr = self.broker_addrs.get(broker_name)
-        if addr is None:
-            resp = check(await self.namesrv_invoke(
-                request(RequestCode.GET_BROKER_CLUSTER_INFO, 0)), "NameServer")
-            for name, bd in B.ClusterInfo.decode(resp.body).brokerAddrTable.items():
-                if bd.master_addr:
-                    self.broker_addrs[name] = bd.master_addr
+        if broker_name not in self.broker_addrs:
+            await self.learn_brokers()
         return self.broker_addr(broker_name)
+
+    async def learn_brokers(self) -> None:
+        """Learn every live broker from the NameServer's cluster table; heart-beat the new
+        ones at once. A transactional producer needs this: any broker may hold a half of
+        its group and check back through whichever producer heart-beats it (RocketMQ's
+        producer learns them through the default topic's route at start)."""
+        resp = check(await self.namesrv_invoke(
+            request(RequestCode.GET_BROKER_CLUSTER_INFO, 0)), "NameServer")
+        new = False
+        for name, bd in B.ClusterInfo.decode(resp.body).brokerAddrTable.items():
+            if bd.master_addr and self.broker_addrs.get(name) != bd.master_addr:
+                self.broker_addrs[name] = bd.master_addr
+                new = True
+        if new:
+            self._heartbeat_now.set()
 
     async def broker_invoke(self, broker_name: str, cmd: RemotingCommand,
                             timeout: float | None = None) -> RemotingCommand:

@@ -76,7 +76,7 @@ from .pop import (
 from .retry import RESENT_TOPIC, DeadLetter, ResendResult, RetryService, SendBackResult
 from .stats import Counters, GroupTopicStats, QueueLag, TopicStats
 from .store.store import MessageStore, RecoveryReport, StoreConfig
-from .timers import TIMER_TOPIC, CancelResult, TimerService, TimerStats
+from .timers import TIMER_TOPIC, CancelResult, TimerService, TimerStats, parse_delay_levels
 from .transactions import (
     CHECK_MAX_TOPIC,
     HALF_TOPIC,
@@ -144,6 +144,8 @@ class BrokerConfig:
     timer_wheel_slots: int = 1 << 22  # seconds in the ring (48.5 days)
     timer_log_segment_entries: int = 1 << 20
     timer_prepare_limit: int = 200_000  # deliveries built ahead of time, at most (soft)
+    # RocketMQ's messageDelayLevel: the lengths of the 18 DELAY levels (retries use them too).
+    delay_levels: str = "1s 5s 10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h"
     transaction_check_timeout_ms: int = 6_000  # RocketMQ transactionTimeOut
     transaction_check_interval_ms: int = 60_000  # RocketMQ transactionCheckInterval
     transaction_check_max: int = 15  # RocketMQ transactionCheckMax
@@ -160,6 +162,7 @@ class BrokerConfig:
             raise ValueError("timer_wheel_slots must be a power of two, at least 1024")
         if not 60 <= self.roll_window_s < self.timer_wheel_slots // 2:
             raise ValueError("roll_window_s must be at least 60 and under half the wheel")
+        parse_delay_levels(self.delay_levels)  # raises ValueError
         if self.timer_max_delay_ms < 0 or self.transaction_check_max < 0 \
                 or self.transaction_check_timeout_ms < 0 or self.transaction_check_interval_ms < 1:
             raise ValueError("timer and transaction settings must not be negative")

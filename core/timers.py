@@ -45,7 +45,7 @@ import os
 import struct
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -87,6 +87,24 @@ PROPERTY_TIMER_CANCEL = "TIMER_CANCEL"  # on a cancel record: the offset of the 
 DELAY_LEVELS_MS = tuple(s * 1000 for s in (1, 5, 10, 30, 60, 120, 180, 240, 300, 360, 420,
                                             480, 540, 600, 1200, 1800, 3600, 7200))
 MAX_DELAY_LEVEL = len(DELAY_LEVELS_MS)
+_LEVEL_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def parse_delay_levels(text: str) -> tuple[int, ...]:
+    """RocketMQ's ``messageDelayLevel`` form (``"1s 5s 10s ... 2h"``; units ms, s, m, h,
+    d) as milliseconds. Exactly ``MAX_DELAY_LEVEL`` (18) positive durations: the
+    levels are part of the protocol (DELAY, and retries at level 3 + reconsume
+    count), so only their lengths may change. Raises ValueError."""
+    out = []
+    for item in text.split():
+        num = item.rstrip("abcdefghijklmnopqrstuvwxyz")
+        unit = _LEVEL_UNITS_MS.get(item[len(num):])
+        if unit is None or not num.isdigit() or int(num) <= 0:
+            raise ValueError(f"delay level {item!r}: a positive integer and one of ms, s, m, h, d")
+        out.append(int(num) * unit)
+    if len(out) != MAX_DELAY_LEVEL:
+        raise ValueError(f"delay_levels needs {MAX_DELAY_LEVEL} durations, not {len(out)}")
+    return tuple(out)
 
 REQUEST_PROPERTIES = (PROPERTY_TIMER_DELIVER_MS, PROPERTY_TIMER_DELAY_MS,
                       PROPERTY_TIMER_DELAY_SEC, PROPERTY_DELAY_LEVEL)
@@ -127,14 +145,16 @@ GroupKey = tuple[str, int, int, int, bytes]
 """(real topic, queue id, reconsume times, system flags, born host): one delivery record each."""
 
 
-def parse_delivery(props: Mapping[str, str], now: int, max_delay_ms: int) -> int | None:
+def parse_delivery(props: Mapping[str, str], now: int, max_delay_ms: int,
+                   levels: Sequence[int] = DELAY_LEVELS_MS) -> int | None:
     """The absolute delivery time (ms) a message asks for, or None for "now".
 
     Exactly one of ``TIMER_DELIVER_MS`` (absolute ms since the epoch; a time in
     the past means now), ``TIMER_DELAY_MS``, ``TIMER_DELAY_SEC`` or ``DELAY`` (a
     level 1-18; 0 means none) may be set, as a decimal integer. Raises
     InvalidDelay for anything else: two of them, a non-integer, a negative
-    value, a level outside 0-18, or a time beyond ``max_delay_ms`` from now."""
+    value, a level outside 0-18, or a time beyond ``max_delay_ms`` from now.
+    ``levels`` are the 18 delay levels' lengths (the broker's ``delay_levels``)."""
     found = [k for k in REQUEST_PROPERTIES if k in props]
     if not found:
         return None
@@ -152,7 +172,7 @@ def parse_delivery(props: Mapping[str, str], now: int, max_delay_ms: int) -> int
     if name == PROPERTY_DELAY_LEVEL:
         if value > MAX_DELAY_LEVEL:
             raise InvalidDelay(f"DELAY is a level 1-{MAX_DELAY_LEVEL} (0: none), not {value}")
-        return None if value == 0 else now + DELAY_LEVELS_MS[value - 1]
+        return None if value == 0 else now + levels[value - 1]
     if name == PROPERTY_TIMER_DELIVER_MS:
         at = value
     elif name == PROPERTY_TIMER_DELAY_MS:
@@ -398,6 +418,7 @@ class TimerService:
                                 cfg.timer_log_segment_entries)
         self.clock: Callable[[], int] = now_ms  # wall clock in ms; tests replace it
         self.max_delay_ms = cfg.timer_max_delay_ms
+        self.levels = parse_delay_levels(cfg.delay_levels)
         self.roll_s = cfg.roll_window_s
         self.prepare_limit = cfg.timer_prepare_limit
         self.checkpoint_interval = cfg.checkpoint_interval_ms / 1000
@@ -442,7 +463,7 @@ class TimerService:
         (assigned at delivery) and the offset message id is the timer record's."""
         broker = self.broker
         now = self.clock()
-        deliver = parse_delivery(m.properties, now, self.max_delay_ms)
+        deliver = parse_delivery(m.properties, now, self.max_delay_ms, self.levels)
         clean = strip_timer_properties(m.properties)
         if deliver is None or deliver <= now:
             return await broker.put(m._replace(properties=clean))

@@ -269,7 +269,8 @@ class TransactionService:
         property the commit could not honour."""
         validate_group_name(producer_group)
         broker = self.broker
-        parse_delivery(m.properties, self.clock(), broker.timers.max_delay_ms)
+        parse_delivery(m.properties, self.clock(), broker.timers.max_delay_ms,
+                       broker.timers.levels)
         t = await broker._topic_for_put(m.topic)
         if len(m.body) > broker.config.max_message_size:
             raise MessageTooLarge(f"message body is {len(m.body)} bytes; the maximum is "
@@ -379,7 +380,7 @@ class TransactionService:
                        m.reconsume_times, sys_flag)
         # The real message and the op record are appended in one synchronous step.
         timers = broker.timers
-        deliver = parse_delivery(props, timers.clock(), timers.max_delay_ms) \
+        deliver = parse_delivery(props, timers.clock(), timers.max_delay_ms, timers.levels) \
             if timers.wants_timer(props) else None
         if deliver is not None and deliver > timers.clock():
             clean = strip_timer_properties(props)

@@ -1,8 +1,8 @@
 """The native CLI: topics, groups, produce, consume, offsets, messages, cluster, NameServer.
 
 ``ferrymq topic create|list|describe|delete``, ``group list|describe``,
-``produce``, ``consume``, ``offset reset``, ``message show``, ``cluster
-list`` and ``namesrv`` (a standalone NameServer). Every command talks to a
+``produce``, ``consume``, ``offset reset``, ``message show``, ``dlq
+list|show|resend``, ``cluster list`` and ``namesrv`` (a standalone NameServer). Every command talks to a
 NameServer (``-n``, ``FERRYMQ_NAMESRV``, default 127.0.0.1:9876; a broker
 address works too) through the FerryMQ client.
 
@@ -471,6 +471,96 @@ def message_show(msg_id: str | None, topic_name: str | None, key: str | None,
         click.echo(json.dumps(_message_row(m)))
 
 
+# ====================================================================== dlq
+
+
+@click.group(context_settings=CONTEXT)
+def dlq() -> None:
+    """Dead letters: list, show and resend them to their original topic."""
+
+
+def _letter_row(d: dict[str, Any]) -> dict[str, Any]:
+    return {"broker": d.get("broker"), "offset": d.get("queueOffset"), "msgId": d.get("msgId"),
+            "originTopic": d.get("originTopic"), "originMsgId": d.get("originMsgId"),
+            "reconsumeTimes": d.get("reconsumeTimes"),
+            "storedAt": _iso(int(d.get("storeTimestamp") or 0)), "resent": d.get("resent")}
+
+
+def _ref(text: str) -> str | int:
+    """A dead letter named by its DLQ queue offset (digits) or its message id."""
+    return int(text) if text.isdigit() else text
+
+
+@dlq.command("list", context_settings=CONTEXT)
+@click.argument("group")
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True,
+              help="First DLQ queue offset to list.")
+@click.option("-m", "--max", "limit", type=click.IntRange(1, 1000), default=100,
+              show_default=True, help="At most this many letters per broker.")
+@click.option("-b", "--broker", help="Only this broker (by name).")
+@namesrv_option
+@output_option
+def dlq_list(group: str, offset: int, limit: int, broker: str | None, namesrv: str,
+             output: str | None) -> None:
+    """The dead letters of GROUP (%DLQ%GROUP), oldest first: id, original topic, attempts,
+    and whether each was resent already."""
+    async def go() -> list[dict[str, Any]]:
+        async with Admin(namesrv) as a:
+            return [_letter_row(d) for d in await a.dead_letters(group, offset, limit,
+                                                                  broker=broker)]
+
+    _emit(_run(go), ["broker", "offset", "msgId", "originTopic", "reconsumeTimes", "storedAt",
+                     "resent"], output, title=f"%DLQ%{group}")
+
+
+@dlq.command("show", context_settings=CONTEXT)
+@click.argument("group")
+@click.argument("ref", metavar="ID|OFFSET")
+@click.option("-b", "--broker", help="Only this broker (by name).")
+@namesrv_option
+def dlq_show(group: str, ref: str, broker: str | None, namesrv: str) -> None:
+    """One dead letter of GROUP, by message id or DLQ offset: its bookkeeping and the
+    message itself, as JSON."""
+    async def go() -> tuple[dict[str, str], MessageExt] | None:
+        async with Admin(namesrv) as a:
+            return await a.dead_letter(group, _ref(ref), broker=broker)
+
+    found = _run(go)
+    if found is None:
+        raise click.ClickException(f"no dead letter {ref} in %DLQ%{group}")
+    letter, m = found
+    click.echo(json.dumps({**_letter_row(letter), "resent": letter.get("resent") == "true",
+                           "message": _message_row(m)}))
+
+
+@dlq.command("resend", context_settings=CONTEXT)
+@click.argument("group")
+@click.argument("refs", nargs=-1, metavar="[ID|OFFSET]...")
+@click.option("--all", "every", is_flag=True, help="Every letter of GROUP not resent yet.")
+@click.option("--force", is_flag=True, help="Resend letters that were resent before.")
+@click.option("-b", "--broker", help="Only this broker (by name).")
+@namesrv_option
+@output_option
+def dlq_resend(group: str, refs: tuple[str, ...], every: bool, force: bool, broker: str | None,
+               namesrv: str, output: str | None) -> None:
+    """Put dead letters of GROUP back into their original topic as fresh messages (same
+    message id, reconsume count 0). A letter is resent once: again only with --force."""
+    if bool(refs) == every:
+        raise click.UsageError("name the letters (ids or DLQ offsets), or give --all")
+
+    async def go() -> list[dict[str, Any]]:
+        async with Admin(namesrv) as a:
+            done = await a.resend_dead_letters(group, [_ref(r) for r in refs] or None,
+                                               force=force, broker=broker)
+        return [{"broker": d.get("broker"), "offset": d.get("queueOffset"),
+                 "msgId": d.get("msgId"), "topic": d.get("topic"), "queue": d.get("queueId"),
+                 "queueOffset": d.get("newQueueOffset")} for d in done]
+
+    rows = _run(go)
+    _emit(rows, ["broker", "offset", "msgId", "topic", "queue", "queueOffset"], output)
+    _hint(f"{len(rows)} dead letter(s) resent")
+
+
 # ====================================================================== cluster
 
 
@@ -536,5 +626,5 @@ def namesrv(host: str, port: int, broker_expiry: float, log_level: str) -> None:
 
 
 def register(main: click.Group) -> None:
-    for cmd in (topic, group, produce, consume, offset, message, cluster, namesrv):
+    for cmd in (topic, group, produce, consume, offset, message, dlq, cluster, namesrv):
         main.add_command(cmd)

@@ -11,12 +11,13 @@ import shutil
 
 import pytest
 import trio
-from ferrymq.core import Broker, Message
+from ferrymq.core import Broker, BrokerConfig, Message
 from ferrymq.core.errors import InvalidDelay, InvalidMessage, PermissionDenied, TimerNotFound
 from ferrymq.core.message import now_ms
 from ferrymq.core.timers import (
     DELAY_LEVELS_MS,
     TIMER_TOPIC,
+    parse_delay_levels,
     parse_delivery,
     timer_from_offsets,
 )
@@ -49,6 +50,20 @@ def test_the_eighteen_delay_levels_are_rocketmqs() -> None:
         1, 5, 10, 30, 60, 120, 180, 240, 300, 360, 420, 480, 540, 600, 1200, 1800, 3600, 7200]
     for level, ms in enumerate(DELAY_LEVELS_MS, 1):
         assert parse_delivery({"DELAY": str(level)}, 0, MAX) == ms
+
+
+def test_delay_levels_are_configurable_as_rocketmqs_message_delay_level() -> None:
+    default = "1s 5s 10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h"
+    assert parse_delay_levels(default) == DELAY_LEVELS_MS
+    assert BrokerConfig().delay_levels == default
+    fast = parse_delay_levels(" ".join(f"{100 * i}ms" for i in range(1, 19)))
+    assert parse_delivery({"DELAY": "3"}, 1000, MAX, fast) == 1300
+    for bad in ("1s 5s", default + " 3h", default.replace("5s", "5x"),
+                default.replace("5s", "0s"), default.replace("5s", "-5s")):
+        with pytest.raises(ValueError):
+            parse_delay_levels(bad)
+    with pytest.raises(ValueError):
+        BrokerConfig(delay_levels="1s")
 
 
 @pytest.mark.parametrize("props", [

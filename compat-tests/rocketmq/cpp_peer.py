@@ -3,7 +3,7 @@
 Each test runs this script so that the C library, its threads and its signal
 handling stay out of the pytest process. Output: one JSON document on stdout.
 
-    cpp_peer.py produce NAMESRV TOPIC N [--batch] [--orderly KEY]
+    cpp_peer.py produce NAMESRV TOPIC N [--batch] [--orderly KEY] [--delay LEVEL]
     cpp_peer.py consume NAMESRV TOPIC GROUP N TIMEOUT [--orderly] [--expression EXPR]
                         [--fail-first BODY]
 """
@@ -19,7 +19,8 @@ CONSUME_SUCCESS = 0  # the C client's CConsumeStatus
 RECONSUME_LATER = 1
 
 
-def produce(ns: str, topic: str, n: int, batch: bool, orderly_key: str | None) -> None:
+def produce(ns: str, topic: str, n: int, batch: bool, orderly_key: str | None,
+            delay_level: int = 0) -> None:
     from rocketmq.client import Message, Producer
 
     p = Producer("PID-compat")
@@ -34,6 +35,8 @@ def produce(ns: str, topic: str, n: int, batch: bool, orderly_key: str | None) -
             m.set_tags("cpp" if i % 2 == 0 else "odd")
             m.set_property("seq", str(i))
             m.set_body(f"cpp-{i}")
+            if delay_level:
+                m.set_delay_time_level(delay_level)
             msgs.append(m)
         if batch:
             r = p.send_batch(msgs)
@@ -93,7 +96,8 @@ if __name__ == "__main__":
     a = sys.argv[1:]
     if a[0] == "produce":
         key = a[a.index("--orderly") + 1] if "--orderly" in a else None
-        produce(a[1], a[2], int(a[3]), "--batch" in a, key)
+        delay = int(a[a.index("--delay") + 1]) if "--delay" in a else 0
+        produce(a[1], a[2], int(a[3]), "--batch" in a, key, delay)
     else:
         expr = a[a.index("--expression") + 1] if "--expression" in a else "*"
         fail = a[a.index("--fail-first") + 1] if "--fail-first" in a else None

@@ -16,9 +16,12 @@ from ferrymq.clients import Admin, Message, Producer, PushConsumer
 from ferrymq.clients.message import MessageExt
 
 PEER = Path(__file__).with_name("cpp_peer.py")
-# Small store files (a shared CI disk), fast registration.
+# Small store files (a shared CI disk), fast registration, short delay levels (a retry
+# at level 3 comes back after 1 s, not 10 s).
 FAST = ("segment_size = 67108864\ncq_entries_per_file = 20000\nindex_slots = 20000\n"
-        "index_entries = 80000\n[remoting]\nregister_interval_s = 1.0\n")
+        "index_entries = 80000\n"
+        'delay_levels = "1s 1s 1s 2s 2s 2s 3s 3s 3s 4s 4s 4s 5s 5s 5s 6s 6s 6s"\n'
+        "[remoting]\nregister_interval_s = 1.0\n")
 FAST_CLIENT = {"heartbeat_s": 1.0, "route_refresh_s": 1.0}
 
 
@@ -135,3 +138,30 @@ async def test_cpp_orderly_push_consumer_locks_queues(broker) -> None:
     got = await trio.to_thread.run_sync(peer, "consume", ns, "CppOrderly", "CID-orderly", "20",
                                         "60", "--orderly")
     assert [int(g["seq"]) for g in got] == list(range(20)), "in order, under the broker lock"
+
+
+async def test_cpp_delay_level_is_honoured(broker) -> None:
+    """Message::setDelayTimeLevel(1) through the C++ client: stored as a timer, delivered
+    1 s after it was sent (level 1 on this broker too), never before."""
+    ns = broker.address("namesrv")
+    await create(ns, "CppDelay", 1)
+    got: list[MessageExt] = []
+
+    async def h(msgs: list[MessageExt]) -> None:
+        got.extend(msgs)
+
+    c = PushConsumer(ns, "ferry-reads-delayed", h, consume_from="FIRST", rebalance_s=1.0,
+                     **FAST_CLIENT)
+    c.subscribe("CppDelay")
+    async with c:
+        sent = await trio.to_thread.run_sync(peer, "produce", ns, "CppDelay", "2",
+                                             "--delay", "1")
+        assert [s["status"] for s in sent] == [0, 0]
+        with trio.fail_after(20):
+            while len(got) < 2:
+                await trio.sleep(0.1)
+    for m in got:
+        due = int(m.properties["TIMER_OUT_MS"])
+        assert due - m.born_timestamp >= 1000 - 50, "level 1: one second after it was sent"
+        assert m.store_timestamp >= due, "not before its time"
+        assert "DELAY" not in m.properties

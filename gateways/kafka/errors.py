@@ -22,6 +22,7 @@ _BY_CODE: dict[str, int] = {
     "store_error": ke.KAFKA_STORAGE_ERROR,
     "flush_failed": ke.KAFKA_STORAGE_ERROR,
     "disk_full": ke.KAFKA_STORAGE_ERROR,
+    "invalid_delay": ke.INVALID_RECORD,  # a delivery-time header the broker refuses
     # Retriable for every client: it refreshes metadata and tries again (elsewhere).
     "shutting_down": ke.LEADER_NOT_AVAILABLE,
 }

@@ -18,8 +18,9 @@ import trio
 
 from ...core.broker import Broker
 from ...core.errors import FerryError, TopicNotFound
-from ...core.message import GetStatus, StoredRecord
+from ...core.message import GetStatus, Message, StoredRecord
 from ...core.metrics import DoorMetrics
+from ...core.timers import parse_delivery
 from ...protocols import record as rec
 from ...protocols.kafka import batch_header as bh
 from ...protocols.kafka import errors as ke
@@ -28,7 +29,13 @@ from ...protocols.kafka import schema
 from ...protocols.kafka.connection import Header
 from .errors import kafka_error
 from .groups import DEAD, EMPTY, Coordinator
-from .mapping import pack_messages
+from .mapping import (
+    DELIVERY_MARK,
+    delivery_message,
+    kafka_to_properties,
+    pack_messages,
+    wants_delivery,
+)
 from .producers import ProducerStates, Verdict
 
 log = logging.getLogger("ferrymq.kafka")
@@ -66,6 +73,9 @@ def kafka_visible(name: str) -> bool:
     return 0 < len(name) <= KAFKA_MAX_TOPIC and set(name) <= KAFKA_TOPIC_CHARS
 
 
+DELIVERY_HEADER_MODES = ("all", "uncompressed", "off")
+
+
 @dataclass(frozen=True, slots=True)
 class DoorOptions:
     """The ``[kafka]`` table of the server configuration."""
@@ -80,6 +90,15 @@ class DoorOptions:
     group_initial_rebalance_delay_ms: int = 0
     sasl_plain_users: Mapping[str, str] | None = None  # SASL PLAIN users; None = off
     cluster_id: str = "ferrymq"
+    # Which produced batches are searched for delivery-time headers (docs/kafka.md,
+    # "Delivery time"): "all", "uncompressed" (compressed ones are stored verbatim
+    # unsearched: their search costs a decompression), or "off".
+    delivery_headers: str = "all"
+
+    def __post_init__(self) -> None:
+        if self.delivery_headers not in DELIVERY_HEADER_MODES:
+            raise ValueError(f"[kafka] delivery_headers: one of "
+                             f"{', '.join(DELIVERY_HEADER_MODES)}, not {self.delivery_headers!r}")
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any]) -> DoorOptions:
@@ -261,10 +280,13 @@ class KafkaDoor:
                                           log_start_offset=lo)
 
     async def _append(self, topic: str, queue_id: int, batch: Any) -> int:
-        """Append one v2 batch, applying the idempotent producer's sequence rules."""
+        """Append one v2 batch, applying the idempotent producer's sequence rules. A batch
+        whose records ask for a delivery time is split into messages (``_put_split``);
+        any other is stored verbatim."""
         hdr = bh.read_header(batch)
         if hdr.attributes & kr.CONTROL_FLAG or hdr.attributes & kr.TRANSACTIONAL_FLAG:
             raise _ProduceError(ke.INVALID_RECORD)
+        records = self._timed_records(batch, hdr)
         pid = hdr.producer_id
         if pid >= 0 and hdr.base_sequence >= 0:
             verdict, offset = self.producers.check(pid, hdr.producer_epoch, topic, queue_id,
@@ -276,12 +298,60 @@ class KafkaDoor:
                     Verdict.OUT_OF_ORDER: ke.OUT_OF_ORDER_SEQUENCE_NUMBER,
                     Verdict.FENCED: ke.INVALID_PRODUCER_EPOCH,
                     Verdict.UNKNOWN_PRODUCER: ke.UNKNOWN_PRODUCER_ID}[verdict])
-            result = await self.broker.put_kafka_batch(topic, queue_id, batch)
+            if records is not None:
+                offset = await self._put_split(topic, queue_id, records)
+            else:
+                offset = (await self.broker.put_kafka_batch(topic, queue_id, batch)).queue_offset
             self.producers.record(pid, hdr.producer_epoch, topic, queue_id, hdr.base_sequence,
-                                  hdr.records_count, result.queue_offset, now_ms())
-            return result.queue_offset
+                                  hdr.records_count, offset, now_ms())
+            return offset
+        if records is not None:
+            return await self._put_split(topic, queue_id, records)
         result = await self.broker.put_kafka_batch(topic, queue_id, batch)
         return result.queue_offset
+
+    def _timed_records(self, batch: Any, hdr: bh.BatchHeader) -> tuple[kr.Record, ...] | None:
+        """The batch's records when one of them carries a delivery-time header, else None.
+        The common batch costs one search of its bytes (kr.batch_mentions: no copy,
+        or one decompression when compressed); only a batch that mentions a header
+        name is decoded. The ``delivery_headers`` option may skip the search."""
+        mode = self.options.delivery_headers
+        if mode == "off" or (mode == "uncompressed" and hdr.attributes & kr.COMPRESSION_MASK):
+            return None
+        try:
+            if not kr.batch_mentions(batch, DELIVERY_MARK):
+                return None
+            records = kr.decode_batch(batch, verify=False).records
+        except kr.RecordsError as exc:
+            raise _ProduceError(ke.CORRUPT_MESSAGE) from exc
+        return records if any(wants_delivery(r.headers) for r in records) else None
+
+    async def _put_split(self, topic: str, queue_id: int, records: tuple[kr.Record, ...]) -> int:
+        """Store a batch with delivery-time records as messages: each timed record through
+        ``Broker.put`` (a timer), the others together as one native batch record. Every
+        timed record is checked before anything is stored (all or nothing, as for a
+        verbatim batch). Returns the queue offset of the first immediate record, or -1
+        when every record is timed (their offsets are assigned at delivery)."""
+        broker = self.broker
+        timers = broker.timers
+        immediate: list[Message] = []
+        timed: list[Message] = []
+        for r in records:
+            if wants_delivery(r.headers):
+                m = delivery_message(topic, queue_id, r)
+                parse_delivery(m.properties, timers.clock(), timers.max_delay_ms, timers.levels)
+                timed.append(m)
+            else:
+                immediate.append(Message(topic, r.value if r.value is not None else b"",
+                                         kafka_to_properties(r.key, r.headers), queue_id,
+                                         born_timestamp=r.timestamp))
+        offset = -1
+        if immediate:
+            offset = (await broker.put(immediate)).queue_offset
+        for m in timed:
+            await broker.put(m)
+        self.counters["timed_records"] = self.counters.get("timed_records", 0) + len(timed)
+        return offset
 
     # ================================================================ Fetch
 

@@ -12,21 +12,34 @@ FerryMQ -> Kafka (packing natively produced records into RecordBatches on
 fetch): the inverse. ``KEYS`` (or ``KAFKA_KEY_BASE64``) is the key, every other
 property a header, the born timestamp (store timestamp when unset) the
 record's CreateTime.
+
+Delivery time (docs/kafka.md, "Delivery time"; docs/timers.md): a record with the
+header ``ferrymq-deliver-at-ms`` (absolute, ms since the epoch) or
+``ferrymq-delay-ms`` (ASCII decimal) becomes a timer: ``delivery_message``
+turns it into a Message carrying ``TIMER_DELIVER_MS`` / ``TIMER_DELAY_MS``.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Iterable, Iterator, Mapping
 
+from ...core.errors import InvalidDelay
 from ...core.message import (
     KEY_SEPARATOR,
     PROPERTY_KEYS,
+    PROPERTY_PRODUCER_GROUP,
+    PROPERTY_TIMER_DELAY_MS,
+    PROPERTY_TIMER_DELIVER_MS,
+    PROPERTY_TRANSACTION_PREPARED,
     ConsumedMessage,
+    Message,
     StoredRecord,
     register_batch_decoder,
 )
+from ...core.timers import REQUEST_PROPERTIES
 from ...protocols import record as rec
 from ...protocols.kafka import records as kr
 
@@ -105,6 +118,47 @@ def decode_kafka_record(stored: StoredRecord, r: rec.Record) -> Iterator[Consume
             r.topic, r.queue_id, k.offset, k.value if k.value is not None else b"",
             kafka_to_properties(k.key, k.headers), k.timestamp, r.store_timestamp,
             r.physical_offset, r.store_host, r.born_host, 0, sys_flag, 0, i)
+
+
+DELIVER_AT_HEADER = "ferrymq-deliver-at-ms"
+DELAY_HEADER = "ferrymq-delay-ms"
+DELIVERY_HEADERS = {DELIVER_AT_HEADER: PROPERTY_TIMER_DELIVER_MS, DELAY_HEADER: PROPERTY_TIMER_DELAY_MS}
+# Both names share this prefix: a batch whose records do not contain it carries neither
+# (the door's cheap test before it decodes anything: kr.batch_mentions).
+DELIVERY_MARK = re.compile(rb"ferrymq-de(?:liver-at|lay)-ms")
+# Property names that steer the core. Inert in a batch stored verbatim; a record the
+# door turns into a Message must not carry them, or they would act.
+_STEERING = frozenset((*REQUEST_PROPERTIES, PROPERTY_TRANSACTION_PREPARED,
+                       PROPERTY_PRODUCER_GROUP))
+
+
+def wants_delivery(headers: Iterable[tuple[str, bytes | None]]) -> bool:
+    return any(name in DELIVERY_HEADERS for name, _ in headers)
+
+
+def delivery_message(topic: str, queue_id: int, record: kr.Record) -> Message:
+    """A record as a Message for ``Broker.put``: its key and headers as properties (as
+    the batch decoder maps them), a delivery header as the timer property it names.
+    Raises InvalidDelay for two delivery headers, a value that is not ASCII text, or a
+    header that would steer the core (``DELAY``, ``TIMER_*``, ``TRAN_MSG``, ``PGROUP``)."""
+    plain = [(n, v) for n, v in record.headers if n not in DELIVERY_HEADERS]
+    asked = [(n, v) for n, v in record.headers if n in DELIVERY_HEADERS]
+    if len(asked) > 1:
+        raise InvalidDelay(f"give one of {DELIVER_AT_HEADER}, {DELAY_HEADER}, not "
+                           f"{' and '.join(n for n, _ in asked)}")
+    name, raw = asked[0]
+    try:
+        value = (raw or b"").decode("ascii")
+    except UnicodeDecodeError:
+        raise InvalidDelay(f"header {name} must be an ASCII decimal integer") from None
+    props = kafka_to_properties(record.key, plain)
+    clash = _STEERING.intersection(props)
+    if clash:
+        raise InvalidDelay(f"a record with {name} must not carry the header(s) "
+                           f"{', '.join(sorted(clash))}")
+    props[DELIVERY_HEADERS[name]] = value
+    return Message(topic, record.value if record.value is not None else b"", props, queue_id,
+                   born_timestamp=record.timestamp)
 
 
 def pack_messages(messages: list[ConsumedMessage]) -> bytes:

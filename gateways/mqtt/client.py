@@ -20,7 +20,7 @@ from typing import Any
 
 import trio
 
-from ...core.errors import FerryError, MessageTooLarge, PermissionDenied
+from ...core.errors import FerryError, InvalidDelay, MessageTooLarge, PermissionDenied
 from ...core.message import Message, now_ms
 from ...protocols.mqtt import codec
 from ...protocols.mqtt.codec import MqttError
@@ -46,6 +46,7 @@ from ...protocols.mqtt.packets import (
     Will,
 )
 from ...protocols.mqtt.topics import parse_filter
+from . import mapping
 from .auth import verify_password
 from .hub import Delivery, Hub, Session, SubOpts
 
@@ -519,6 +520,11 @@ class Client:
             return Reason.PACKET_TOO_LARGE
         if isinstance(exc, PermissionDenied):
             return Reason.NOT_AUTHORIZED
+        if isinstance(exc, InvalidDelay):
+            # Only MQTT 5 user properties ask for a delivery time: a 5.0 client, which
+            # gets the reason code; the publish is not stored.
+            self.hub.stats["publish_bad_delay"] += 1
+            return Reason.IMPLEMENTATION_SPECIFIC_ERROR
         log.warning("publish from %r failed: %s", self.client_id, exc)
         self.hub.stats["publish_failed"] += 1
         if self.version != MQTT_5 and qos:
@@ -553,7 +559,10 @@ class Client:
                         await self._put_groups(groups, messages, reasons, batch)
                         groups.clear()
                         payload_bytes = len(p.payload)
-                    groups.setdefault((m.topic, m.queue_id), []).append(i)
+                    # A timed message is put on its own: a batch record is delivered at once.
+                    key = (m.topic, -1 - i) if p.properties and mapping.is_timed(m) \
+                        else (m.topic, m.queue_id)
+                    groups.setdefault(key, []).append(i)
             reasons[i] = reason
         await self._put_groups(groups, messages, reasons, batch)
         retained_qos = False

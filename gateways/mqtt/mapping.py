@@ -8,6 +8,11 @@
   properties; MQTT 5 user properties are plain message properties (Kafka
   headers, RocketMQ user properties) when they can be, else a JSON list in
   ``MQTT_USER_PROPERTIES``.
+- Delivery time: the MQTT 5 user property ``ferrymq-deliver-at-ms`` (absolute,
+  ms since the epoch) or ``ferrymq-delay-ms`` becomes the core's
+  ``TIMER_DELIVER_MS`` / ``TIMER_DELAY_MS`` (docs/mqtt.md, "Delivery time"):
+  explicit names, so that no user property named like a RocketMQ system
+  property (``DELAY``...) ever steers the core.
 """
 
 from __future__ import annotations
@@ -20,7 +25,14 @@ import zlib
 from collections.abc import Mapping
 from typing import Any
 
-from ...core.message import ConsumedMessage, Message, now_ms
+from ...core.errors import InvalidDelay
+from ...core.message import (
+    PROPERTY_TIMER_DELAY_MS,
+    PROPERTY_TIMER_DELIVER_MS,
+    ConsumedMessage,
+    Message,
+    now_ms,
+)
 from ...core.metadata import SYSTEM_PREFIXES
 from ...protocols.mqtt.constants import Prop
 
@@ -44,11 +56,17 @@ subscribers may get it at least once."""
 # property of such a name must not steer the core (a "DELAY" header).
 RESERVED = frozenset({
     "UNIQ_KEY", "WAIT", "TRAN_MSG", "PGROUP", "REAL_TOPIC", "REAL_QID", "RETRY_TOPIC", "DELAY",
-    "TIMER_DELIVER_MS", "TIMER_DELAY_MS", "TIMER_DELAY_SEC", "TIMER_OUT_MS", "MIN_OFFSET",
+    "TIMER_DELIVER_MS", "TIMER_DELAY_MS", "TIMER_DELAY_SEC", "TIMER_OUT_MS", "TIMER_FROM",
+    "MIN_OFFSET",
     "MAX_OFFSET", "CONSUME_START_TIME", "ORIGIN_MESSAGE_ID", "MAX_RECONSUME_TIMES",
     "__SHARDINGKEY", "DLQ_ORIGIN_TOPIC", "DLQ_ORIGIN_MESSAGE_ID", "CLUSTER", "TRACE_ON",
     "MSG_REGION", "TRAN_PREPARED_QUEUE_OFFSET", "CHECK_IMMUNITY_TIME_IN_SECONDS",
 })
+
+DELIVER_AT_PROPERTY = "ferrymq-deliver-at-ms"
+DELAY_PROPERTY = "ferrymq-delay-ms"
+DELIVERY_PROPERTIES = {DELIVER_AT_PROPERTY: PROPERTY_TIMER_DELIVER_MS,
+                       DELAY_PROPERTY: PROPERTY_TIMER_DELAY_MS}
 
 _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 MAX_TOPIC_LEN = 127  # core/metadata.py TOPIC_NAME
@@ -110,6 +128,17 @@ def to_message(topic: str, queue_id: int, payload: bytes, qos: int, retain: bool
         if v is not None:
             p[MQTT_EXPIRY_AT] = str((now or now_ms()) + v * 1000)
         users = props.get(Prop.USER_PROPERTY)
+        timer: tuple[str, str] | None = None
+        if users and any(k in DELIVERY_PROPERTIES for k, _ in users):
+            asked = [(k, v) for k, v in users if k in DELIVERY_PROPERTIES]
+            if len(asked) > 1:
+                raise InvalidDelay(f"give one of {DELIVER_AT_PROPERTY}, {DELAY_PROPERTY}, "
+                                   f"once, not {len(asked)} of them")
+            if retain:
+                raise InvalidDelay("a delivery time and the retain flag cannot be combined "
+                                   "(the retained message would be seen before its time)")
+            timer = (DELIVERY_PROPERTIES[asked[0][0]], asked[0][1])
+            users = [(k, v) for k, v in users if k not in DELIVERY_PROPERTIES]
         if users:
             names = [k for k, _ in users]
             plain = (len(set(names)) == len(names)
@@ -119,7 +148,16 @@ def to_message(topic: str, queue_id: int, payload: bytes, qos: int, retain: bool
                 p.update(users)
             else:
                 p[MQTT_USER_PROPERTIES] = json.dumps([list(kv) for kv in users])
+        if timer is not None:
+            p[timer[0]] = timer[1]  # validated by Broker.put (InvalidDelay)
     return Message(broker_topic(topic), payload, p, queue_id=queue_id)
+
+
+def is_timed(m: Message) -> bool:
+    """Whether the message asks for a delivery time (it must be put on its own: a
+    batch record is delivered at once)."""
+    props = m.properties
+    return PROPERTY_TIMER_DELAY_MS in props or PROPERTY_TIMER_DELIVER_MS in props
 
 
 def mqtt_topic_of(m: ConsumedMessage) -> str:

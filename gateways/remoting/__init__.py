@@ -1,7 +1,9 @@
 """The native door: Apache RocketMQ 4.x remoting on port 10911, and registration with NameServers.
 
 ``serve`` listens, runs one ``serve_connection`` per client
-(connection.py), translates requests in ``Processor`` (processor.py), keeps
+(connection.py), translates requests in ``Processor`` (processor.py, with
+transactions.py, pop.py and deadletters.py), installs the broker's
+transaction check-back for the time it runs, keeps
 the client and lock tables (client_table.py) and registers the broker with
 its NameServers (registration.py): the ones named by ``--namesrv`` /
 ``namesrv_addr``, else the NameServer embedded in this server.
@@ -81,13 +83,18 @@ async def serve(ctx: DoorContext, *, task_status: trio.TaskStatus[int] = trio.TA
             await serve_one(stream)
         finally:
             slots.release()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(functools.partial(trio.serve_listeners, handler, listeners))
-        if namesrvs:
-            await nursery.start(registrar.run)
-        nursery.start_soon(_expire_clients, processor, table)
-        log.info("remoting door on %s (NameServers: %s)", addr, ", ".join(namesrvs) or "none")
-        task_status.started(port)
+    # The broker checks back open transactions through this door's producers while it runs.
+    ctx.broker.set_transaction_checker(processor.transactions.check)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(functools.partial(trio.serve_listeners, handler, listeners))
+            if namesrvs:
+                await nursery.start(registrar.run)
+            nursery.start_soon(_expire_clients, processor, table)
+            log.info("remoting door on %s (NameServers: %s)", addr, ", ".join(namesrvs) or "none")
+            task_status.started(port)
+    finally:
+        ctx.broker.set_transaction_checker(None)
 
 
 async def _expire_clients(processor: Processor, table: ClientTable) -> None:

@@ -43,6 +43,7 @@ class ClientTable:
         self.clients: dict[str, ClientInfo] = {}
         # (group, topic, broker name, queue id) -> (client id, expiry)
         self.locks: dict[tuple[str, str, str, int], tuple[str, float]] = {}
+        self._producer_turn = 0
 
     # ------------------------------------------------------------ heartbeats
 
@@ -127,6 +128,20 @@ class ClientTable:
             for g in c.producer_groups:
                 out.setdefault(g, []).append(c)
         return out
+
+    def live_producers(self, group: str) -> list[ClientInfo]:
+        """The clients that heart-beat ``group`` as a producer group on a connection that
+        is still open, starting with a different one on each call (RocketMQ's
+        ProducerManager.getAvailableChannel rotates the same way), so the check-backs
+        of a group spread over its producers and a dead one is passed over."""
+        live = sorted((c for c in self.clients.values()
+                       if group in c.producer_groups and not getattr(c.conn, "closed", False)),
+                      key=lambda c: c.client_id)
+        if not live:
+            return []
+        self._producer_turn += 1
+        k = self._producer_turn % len(live)
+        return live[k:] + live[:k]
 
     # ------------------------------------------------------------ locks
 

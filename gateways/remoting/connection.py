@@ -79,6 +79,22 @@ class ServerConnection:
         assert self.nursery is not None
         self.nursery.start_soon(fn)
 
+    async def send_oneway(self, code: int, ext: dict[str, str], body: bytes = b"",
+                          timeout: float = 3.0) -> bool:
+        """Send a oneway request to the client now (CHECK_TRANSACTION_STATE); True when
+        its bytes went out within ``timeout``, False if the connection is closed,
+        broke, or the peer does not read."""
+        if self.closed:
+            return False
+        self._opaque = (self._opaque + 1) & 0x7FFFFFFF
+        data = encode(request(code, self._opaque, ext, body, oneway=True))
+        try:
+            with trio.move_on_after(timeout) as scope:
+                await self.send(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return not scope.cancelled_caught
+
     def send_request_soon(self, code: int, ext: dict[str, str], body: bytes = b"") -> None:
         """A oneway request to the client (NOTIFY_CONSUMER_IDS_CHANGED...), sent by a
         task so that a peer that does not read cannot block the caller. At most one

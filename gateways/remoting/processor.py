@@ -7,6 +7,11 @@ administration is here; any other code gets REQUEST_CODE_NOT_SUPPORTED. A
 FerryError from the core becomes the RocketMQ response code that means the
 same (``error_code``); a malformed header becomes SYSTEM_ERROR, as in
 RocketMQ. See docs/remoting.md for the mapping and its reasons.
+
+Issue 6's requests live in modules of their own, which install their handlers
+here: transactions.py (END_TRANSACTION, the check-back), pop.py (the five pop
+codes), deadletters.py (CONSUMER_SEND_MSG_BACK and FerryMQ's dead-letter
+requests).
 """
 
 from __future__ import annotations
@@ -26,9 +31,6 @@ from ...core.broker import Broker
 from ...core.errors import FerryError
 from ...core.filter import Filter, parse_filter
 from ...core.message import (
-    PROPERTY_ORIGIN_MESSAGE_ID,
-    PROPERTY_RETRY_TOPIC,
-    PROPERTY_UNIQ_KEY,
     ConsumedMessage,
     GetStatus,
     Message,
@@ -51,6 +53,7 @@ from ...protocols.remoting.codes import (
     PULL_FLAG_COMMIT_OFFSET,
     PULL_FLAG_SUBSCRIPTION,
     PULL_FLAG_SUSPEND,
+    FerryRequestCode,
 )
 from ...protocols.remoting.frame import encode_send_ok
 from .client_table import ClientTable
@@ -85,6 +88,14 @@ ERROR_CODES: dict[str, int] = {
     "flush_failed": ResponseCode.SERVICE_NOT_AVAILABLE,
     "disk_full": ResponseCode.SERVICE_NOT_AVAILABLE,
     "shutting_down": ResponseCode.SERVICE_NOT_AVAILABLE,
+    # Issue 6: timers, transactions, pop, dead letters.
+    "invalid_delay": ResponseCode.MESSAGE_ILLEGAL,  # RocketMQ: "timer message illegal"
+    "invalid_receipt": ResponseCode.INVALID_PARAMETER,
+    "receipt_stale": ResponseCode.NO_MESSAGE,
+    "message_not_found": ResponseCode.QUERY_NOT_FOUND,
+    "timer_not_found": ResponseCode.QUERY_NOT_FOUND,
+    "transaction_not_found": ResponseCode.SYSTEM_ERROR,  # RocketMQ's answer, with a remark
+    "transaction_already_ended": ResponseCode.ILLEGAL_OPERATION,
 }
 
 
@@ -176,7 +187,7 @@ Handler = Callable[["ServerConnection", RemotingCommand],
                    Awaitable[RemotingCommand | bytes | None]]
 
 
-_REQUEST_NAMES = {int(code): code.name.lower() for code in RequestCode}
+_REQUEST_NAMES = {int(code): code.name.lower() for code in (*RequestCode, *FerryRequestCode)}
 
 
 class Processor:
@@ -202,7 +213,6 @@ class Processor:
             C.HEART_BEAT: self.heart_beat,
             C.UNREGISTER_CLIENT: self.unregister_client,
             C.GET_CONSUMER_LIST_BY_GROUP: self.get_consumer_list,
-            C.CONSUMER_SEND_MSG_BACK: self.send_msg_back,
             C.LOCK_BATCH_MQ: self.lock_batch,
             C.UNLOCK_BATCH_MQ: self.unlock_batch,
             C.SEARCH_OFFSET_BY_TIMESTAMP: self.search_offset,
@@ -227,6 +237,13 @@ class Processor:
             C.GET_ALL_TOPIC_LIST_FROM_NAMESERVER: self.topic_list,
             C.QUERY_TOPIC_CONSUME_BY_WHO: self.consumed_by,
         }
+        # Issue 6's requests, one module each: transactions, pop, retry and dead letters.
+        from .deadletters import DeadLetterRequests
+        from .pop import PopRequests
+        from .transactions import TransactionRequests
+        self.transactions = TransactionRequests(self)
+        for part in (self.transactions, PopRequests(self), DeadLetterRequests(self)):
+            part.install(self.handlers)
 
     # ================================================================ dispatch
 
@@ -507,40 +524,6 @@ class Processor:
     def _max_reconsume(self, group: str) -> int:
         g = self.broker.meta.groups.get(group)
         return g.max_reconsume_times if g else MAX_RECONSUME_TIMES
-
-    async def send_msg_back(self, conn: ServerConnection, cmd: RemotingCommand
-                            ) -> RemotingCommand:
-        """A message the consumer failed: to ``%RETRY%<group>`` with its reconsume count
-        raised, or past the maximum to ``%DLQ%<group>``. Delay levels are not timers
-        yet: the retry is delivered at once (docs/remoting.md, "Retry")."""
-        h = H.ConsumerSendMsgBackRequestHeader.from_ext(cmd.ext_fields)
-        broker = self.broker
-        m = broker.message_by_id(h.originMsgId) if h.originMsgId else None
-        if m is None or (h.originTopic and m.topic != h.originTopic
-                         and not m.topic.startswith(RETRY_PREFIX)):
-            m = broker.message_by_id(offset_message_id(self.store_host, h.offset))
-        if m is None:
-            return response_to(cmd, ResponseCode.SYSTEM_ERROR,
-                               remark=f"no message at CommitLog offset {h.offset}")
-        limit = h.maxReconsumeTimes if h.maxReconsumeTimes is not None else \
-            self._max_reconsume(h.group)
-        props = dict(m.properties)
-        props.setdefault(PROPERTY_RETRY_TOPIC, m.topic if not m.topic.startswith(RETRY_PREFIX)
-                         else props.get(PROPERTY_RETRY_TOPIC, m.topic))
-        props.setdefault(PROPERTY_ORIGIN_MESSAGE_ID, m.msg_id)
-        if PROPERTY_UNIQ_KEY not in props:
-            props[PROPERTY_UNIQ_KEY] = m.msg_id
-        reconsume = m.reconsume_times + 1
-        if m.reconsume_times >= limit or h.delayLevel < 0:
-            topic = DLQ_PREFIX + h.group
-            self.counters["dead_lettered"] += 1
-        else:
-            topic = RETRY_PREFIX + h.group
-            self.counters["retried"] += 1
-        await broker.create_topic(topic, 1, perm=PERM_READ_WRITE, exist_ok=True)
-        await broker.put(Message(topic, m.body, props, 0, m.flag, m.born_timestamp,
-                                 m.born_host[:8], reconsume, m.sys_flag & ~rec.FORMAT_MASK))
-        return response_to(cmd, ResponseCode.SUCCESS)
 
     # ================================================================ lookups
 

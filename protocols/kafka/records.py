@@ -22,6 +22,7 @@ or values out. ``RecordsError`` says the bytes are not valid records;
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
@@ -431,6 +432,19 @@ def downconvert(records: Iterable[Record], magic: int) -> bytes:
     """Records as an uncompressed v0/v1 message set (Fetch v0-v3); headers are lost."""
     return b"".join(encode_message(r.offset, magic, r.timestamp, r.key, r.value)
                     for r in records)
+
+
+def batch_mentions(batch: bytes | memoryview, pattern: re.Pattern[bytes]) -> bool:
+    """Whether the records of the v2 batch ``batch`` contain bytes matching ``pattern``
+    (a header name, say): a search of the records as stored (no copy: ``re`` reads a
+    memoryview in place), or of the decompressed records when the batch is compressed.
+    A cheap filter: False means no record has such a header; True means decode and
+    look. Raises RecordsError for a batch that does not decompress."""
+    h = bh.read_header(batch)
+    codec = h.attributes & COMPRESSION_MASK
+    if not codec:
+        return pattern.search(batch, bh.HEADER_SIZE, h.size) is not None
+    return pattern.search(decompress(codec, batch[bh.HEADER_SIZE:h.size])) is not None
 
 
 def iter_records(batch: bytes | memoryview) -> Iterator[Record]:

@@ -2,7 +2,10 @@
 
 Every value is RocketMQ's own (``RequestCode``, ``ResponseCode``,
 ``RemotingSysResponseCode``, ``LanguageCode``, ``PullSysFlag``,
-``RemotingCommand`` in the Apache RocketMQ source); FerryMQ adds none.
+``RemotingCommand`` in the Apache RocketMQ source), except FerryMQ's own admin
+requests (``FerryRequestCode``), which live in a range RocketMQ does not use
+(``FERRY_CODE_MIN``..``FERRY_CODE_MAX``; RocketMQ's highest request code is
+200151, its pop codes).
 """
 
 from __future__ import annotations
@@ -69,6 +72,27 @@ class RequestCode(enum.IntEnum):
     GET_ALL_PRODUCER_INFO = 328
     GET_TOPIC_CONFIG = 351
     QUERY_ASSIGNMENT = 400
+    # RocketMQ 5's pop consumption (RequestCode.POP_MESSAGE ... BATCH_ACK_MESSAGE).
+    POP_MESSAGE = 200050
+    ACK_MESSAGE = 200051
+    PEEK_MESSAGE = 200052
+    CHANGE_MESSAGE_INVISIBLETIME = 200053
+    BATCH_ACK_MESSAGE = 200151
+
+
+FERRY_CODE_MIN = 900_000
+FERRY_CODE_MAX = 900_999
+
+
+class FerryRequestCode(enum.IntEnum):
+    """FerryMQ's admin requests that RocketMQ has no code for (docs/remoting.md,
+    "FerryMQ's own requests"): dead letters (RocketMQ cannot list or resend them:
+    apache/rocketmq #2199, #2436) and the transaction table."""
+
+    LIST_DEAD_LETTERS = 900_001
+    VIEW_DEAD_LETTER = 900_002
+    RESEND_DEAD_LETTERS = 900_003
+    GET_TRANSACTION_STATS = 900_010
 
 
 class ResponseCode(enum.IntEnum):
@@ -152,6 +176,16 @@ PULL_FLAG_SUSPEND = 0x2
 PULL_FLAG_SUBSCRIPTION = 0x4
 PULL_FLAG_CLASS_FILTER = 0x8
 PULL_FLAG_LITE_PULL = 0x10
+
+# MessageSysFlag transaction values: a send's sysFlag and END_TRANSACTION's commitOrRollback.
+TRANSACTION_NOT_TYPE = 0x0
+TRANSACTION_PREPARED_TYPE = 0x4
+TRANSACTION_COMMIT_TYPE = 0x8
+TRANSACTION_ROLLBACK_TYPE = 0xC
+
+# ConsumeInitMode: where a pop consumer group without an offset starts.
+CONSUME_INIT_MODE_MIN = 0
+CONSUME_INIT_MODE_MAX = 1
 
 # PermName: queue/topic permissions.
 PERM_INHERIT = 0x1

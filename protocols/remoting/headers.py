@@ -285,6 +285,152 @@ class QueryMessageResponseHeader(Header):
     indexLastUpdatePhyoffset: int
 
 
+# ------------------------------------------------------------------ transactions
+
+
+@dataclass(frozen=True, slots=True)
+class EndTransactionRequestHeader(Header):
+    """END_TRANSACTION (37): a producer's COMMIT (8), ROLLBACK (12) or UNKNOWN (0) for the
+    half stored at ``commitLogOffset``; ``fromTransactionCheck`` when it answers a
+    CHECK_TRANSACTION_STATE. ``bname`` is RpcRequestHeader's broker name."""
+
+    producerGroup: str
+    tranStateTableOffset: int
+    commitLogOffset: int
+    commitOrRollback: int
+    msgId: str
+    fromTransactionCheck: bool = False
+    transactionId: str | None = None
+    topic: str | None = None
+    bname: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckTransactionStateRequestHeader(Header):
+    """CHECK_TRANSACTION_STATE (39), broker to producer (oneway): what RocketMQ's
+    AbstractTransactionalMessageCheckListener.sendCheckMessage fills in. ``topic`` is
+    the half's (system) topic, ``msgId`` and ``transactionId`` the client id,
+    ``offsetMsgId`` encodes ``commitLogOffset``; the body is the message as sent."""
+
+    tranStateTableOffset: int
+    commitLogOffset: int
+    msgId: str | None = None
+    transactionId: str | None = None
+    offsetMsgId: str | None = None
+    topic: str | None = None
+    bname: str | None = None
+
+
+# ------------------------------------------------------------------ pop consumption
+
+
+@dataclass(frozen=True, slots=True)
+class PopMessageRequestHeader(Header):
+    """POP_MESSAGE (200050). ``queueId`` -1: every queue; ``invisibleTime`` and
+    ``pollTime`` (how long to wait for a message) in ms; ``initMode`` 0 starts a new
+    group at the queue's start, 1 at its end (ConsumeInitMode)."""
+
+    consumerGroup: str
+    topic: str
+    queueId: int
+    maxMsgNums: int
+    invisibleTime: int
+    pollTime: int = 0
+    bornTime: int = 0
+    initMode: int = 0
+    expType: str | None = None
+    exp: str | None = None
+    order: bool = False
+    attemptId: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PopMessageResponseHeader(Header):
+    popTime: int
+    invisibleTime: int
+    reviveQid: int
+    restNum: int
+    startOffsetInfo: str | None = None
+    msgOffsetInfo: str | None = None
+    orderCountInfo: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AckMessageRequestHeader(Header):
+    """ACK_MESSAGE (200051): ``extraInfo`` is the message's POP_CK property as given."""
+
+    consumerGroup: str
+    topic: str
+    queueId: int
+    extraInfo: str
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeInvisibleTimeRequestHeader(Header):
+    """CHANGE_MESSAGE_INVISIBLETIME (200053): a new lease of ``invisibleTime`` ms from now."""
+
+    consumerGroup: str
+    topic: str
+    queueId: int
+    extraInfo: str
+    offset: int
+    invisibleTime: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeInvisibleTimeResponseHeader(Header):
+    """RocketMQ's three fields, and FerryMQ's ``extraInfo``: the new POP_CK (with the
+    new receipt handle), which RocketMQ's clients ignore and FerryMQ's client uses."""
+
+    popTime: int
+    invisibleTime: int
+    reviveQid: int
+    extraInfo: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PeekMessageRequestHeader(Header):
+    """PEEK_MESSAGE (200052): what a pop would get, leasing nothing."""
+
+    consumerGroup: str
+    topic: str
+    queueId: int
+    maxMsgNums: int
+
+
+# ------------------------------------------------------------------ FerryMQ's own admin
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLettersRequestHeader(Header):
+    """LIST_DEAD_LETTERS (900001): ``limit`` letters of ``group`` from DLQ offset ``offset``."""
+
+    group: str
+    offset: int = 0
+    limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRequestHeader(Header):
+    """VIEW_DEAD_LETTER (900002): one letter by its message id or DLQ queue offset
+    (``msgId`` wins when both are given)."""
+
+    group: str
+    msgId: str | None = None
+    offset: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResendDeadLettersRequestHeader(Header):
+    """RESEND_DEAD_LETTERS (900003): ``msgIds`` (comma-separated message ids or DLQ
+    offsets; absent: every letter not resent yet); ``force`` resends letters resent before."""
+
+    group: str
+    msgIds: str | None = None
+    force: bool = False
+
+
 # ------------------------------------------------------------------ admin
 
 

@@ -61,3 +61,29 @@ def test_message_expiry_is_absolute_in_the_store() -> None:
 def test_queue_choice_is_stable_per_mqtt_topic() -> None:
     assert mapping.queue_for("a/b", 8) == mapping.queue_for("a/b", 8)
     assert len({mapping.queue_for(f"a/{i}", 8) for i in range(100)}) == 8
+
+
+def test_delivery_time_user_properties_become_the_timer_properties() -> None:
+    m = mapping.to_message("a/b", 0, b"x", 1, False, "c1", {Prop.USER_PROPERTY: [
+        ("ferrymq-delay-ms", "1500"), ("color", "red")]})
+    assert m.properties["TIMER_DELAY_MS"] == "1500" and m.properties["color"] == "red"
+    assert "ferrymq-delay-ms" not in m.properties and mapping.is_timed(m)
+    at = mapping.to_message("a/b", 0, b"x", 1, False, "c1", {Prop.USER_PROPERTY: [
+        ("ferrymq-deliver-at-ms", "1700000000000"), ("k", "1"), ("k", "2")]})
+    assert at.properties["TIMER_DELIVER_MS"] == "1700000000000"
+    assert "ferrymq" not in at.properties["MQTT_USER_PROPERTIES"], "the rest keeps its form"
+    # RocketMQ's own names never steer the core from MQTT
+    plain = mapping.to_message("a/b", 0, b"x", 1, False, "c1", {Prop.USER_PROPERTY: [
+        ("DELAY", "3"), ("TIMER_DELAY_MS", "5")]})
+    assert not mapping.is_timed(plain) and "DELAY" not in plain.properties
+
+
+@pytest.mark.parametrize("users, retain", [
+    ([("ferrymq-delay-ms", "1"), ("ferrymq-deliver-at-ms", "2")], False),
+    ([("ferrymq-delay-ms", "1"), ("ferrymq-delay-ms", "2")], False),
+    ([("ferrymq-delay-ms", "1000")], True),
+])
+def test_conflicting_or_retained_delivery_times_are_refused(users, retain) -> None:
+    from ferrymq.core.errors import InvalidDelay
+    with pytest.raises(InvalidDelay):
+        mapping.to_message("a/b", 0, b"x", 1, retain, "c1", {Prop.USER_PROPERTY: users})

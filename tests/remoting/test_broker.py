@@ -139,28 +139,40 @@ async def test_consumer_offsets_query_update_and_search(native) -> None:
         assert (mn.ext("offset"), mx.ext("offset")) == ("0", "2")
 
 
-async def test_send_back_goes_to_retry_then_dead_letter(native) -> None:
+async def test_send_back_goes_to_retry_after_its_delay_then_dead_letter(native) -> None:
+    """Retries are timers at level 3 + reconsume count (here 1 s, then 2 s: the test
+    broker's short delay_levels); past maxReconsumeTimes the message is dead-lettered."""
     addr = native.address("remoting")
     async with RemotingClient() as rc:
         r = await rc.invoke(addr, send_v2("TR", b"poison", UNIQ_KEY="POISON1"))
         phys = int(r.ext("msgId")[16:], 16)  # type: ignore[index]
         back = {"group": "rg", "delayLevel": "0", "originMsgId": "POISON1",
                 "originTopic": "TR", "maxReconsumeTimes": "2"}
-        for expected in (1, 2):
+        for expected, delay_s in ((1, 1.0), (2, 2.0)):
+            t0 = time.monotonic()
             resp = await rc.invoke(addr, request(RequestCode.CONSUMER_SEND_MSG_BACK, 0,
                                                  {**back, "offset": str(phys)}))
             assert resp.code == ResponseCode.SUCCESS
+            assert resp.ext("topic") == "%RETRY%rg" and resp.ext("delayLevel") == str(2 + expected)
             p = await rc.invoke(addr, pull_req("%RETRY%rg", 0, expected - 1))
+            assert p.code == ResponseCode.PULL_NOT_FOUND, "not before its delay"
+            p = await rc.invoke(addr, pull_req("%RETRY%rg", 0, expected - 1, suspend_ms=8000), 10)
             (m,) = decode_messages(p.body)
+            assert time.monotonic() - t0 >= delay_s - 0.1
             assert m.reconsume_times == expected and m.body == b"poison"
             assert m.properties["RETRY_TOPIC"] == "TR" and m.msg_id == "POISON1"
             phys = m.physical_offset
         resp = await rc.invoke(addr, request(RequestCode.CONSUMER_SEND_MSG_BACK, 0,
                                              {**back, "offset": str(phys)}))
-        assert resp.code == ResponseCode.SUCCESS
+        assert resp.code == ResponseCode.SUCCESS and resp.ext("topic") == "%DLQ%rg"
         p = await rc.invoke(addr, pull_req("%DLQ%rg", 0, 0))
         (dead,) = decode_messages(p.body)
         assert dead.body == b"poison" and dead.reconsume_times == 3
+        assert dead.properties["DLQ_ORIGIN_TOPIC"] == "TR"
+        # a send-back naming nothing is an error, not a guess
+        resp = await rc.invoke(addr, request(RequestCode.CONSUMER_SEND_MSG_BACK, 0, {
+            "group": "rg", "offset": str(10**12), "originMsgId": "NOPE"}))
+        assert resp.code != ResponseCode.SUCCESS and resp.remark
 
 
 async def test_heartbeat_client_table_notifications_and_locks(native) -> None:
@@ -246,3 +258,23 @@ async def test_lookup_by_id_and_key_and_admin_queries(native) -> None:
         again = await rc.invoke(addr, request(RequestCode.GET_MAX_OFFSET, 0,
                                               {"topic": "TA", "queueId": "0"}))
         assert again.code == ResponseCode.TOPIC_NOT_EXIST
+
+
+async def test_delays_absurd_or_fallback_through_the_retry_topic(native) -> None:
+    """A DELAY the broker cannot honour is MESSAGE_ILLEGAL, nothing stored; a client's own
+    re-send into %RETRY% (RocketMQ's fallback when send-back fails) is delayed too."""
+    addr = native.address("remoting")
+    async with RemotingClient() as rc:
+        for props in ({"DELAY": "19"}, {"TIMER_DELAY_MS": "-1"}, {"TIMER_DELAY_SEC": "x"},
+                      {"TIMER_DELIVER_MS": str(10**15)}, {"DELAY": "1", "TIMER_DELAY_MS": "5"}):
+            r = await rc.invoke(addr, send_v2("TAbsurd", b"x", **props))
+            assert r.code == ResponseCode.MESSAGE_ILLEGAL and r.remark, props
+        mx = await rc.invoke(addr, request(RequestCode.GET_MAX_OFFSET, 0,
+                                           {"topic": "TAbsurd", "queueId": "0"}))
+        assert mx.code != ResponseCode.SUCCESS or mx.ext("offset") == "0"
+        t0 = time.monotonic()
+        r = await rc.invoke(addr, send_v2("%RETRY%fb", b"again", DELAY="3", RETRY_TOPIC="T0"))
+        assert r.code == ResponseCode.SUCCESS and r.ext("queueOffset") == "-1", "a timer"
+        p = await rc.invoke(addr, pull_req("%RETRY%fb", 0, 0, suspend_ms=8000), 10)
+        (m,) = decode_messages(p.body)
+        assert m.body == b"again" and time.monotonic() - t0 >= 0.9  # level 3: 1 s here

@@ -106,3 +106,60 @@ def test_errors_are_messages_not_tracebacks(native) -> None:
     assert r.exit_code == 1 and "TOPIC_NOT_EXIST" in r.output
     r = runner.invoke(main, ["topic", "list", "-n", "127.0.0.1:1"])
     assert r.exit_code == 1 and "Error" in r.output and "Traceback" not in r.output
+
+
+def test_dlq_list_show_and_resend_once_unless_forced(cli, native) -> None:  # type: ignore[no-untyped-def]
+    import trio
+    from ferrymq.clients.remoting import RemotingClient
+    from ferrymq.protocols.remoting import RequestCode, ResponseCode, request
+
+    sent = lines(cli("produce", "CliDlq", "--keys", "dlq-key", input="poison\nvenom\n").output)
+    addr = native.address("remoting")
+
+    async def dead_letter_both() -> None:
+        async with RemotingClient() as rc:
+            for s in sent:
+                # delayLevel -1: straight to the DLQ (RocketMQ's convention)
+                resp = await rc.invoke(addr, request(RequestCode.CONSUMER_SEND_MSG_BACK, 0, {
+                    "group": "cli-dlq", "offset": str(int(s["offsetMsgId"][16:], 16)),
+                    "originMsgId": s["msgId"], "originTopic": "CliDlq", "delayLevel": "-1"}))
+                assert resp.code == ResponseCode.SUCCESS, resp.remark
+
+    trio.run(dead_letter_both)
+    listed = lines(cli("dlq", "list", "cli-dlq").output)
+    assert [(d["offset"], d["originTopic"], d["resent"]) for d in listed] == [
+        (0, "CliDlq", False), (1, "CliDlq", False)]
+    assert {d["msgId"] for d in listed} == {s["msgId"] for s in sent}
+    poison = next(d for d in listed if d["msgId"] == sent[0]["msgId"])
+    shown = lines(cli("dlq", "show", "cli-dlq", poison["msgId"]).output)[0]
+    assert shown["message"]["body"] == "poison" and shown["message"]["topic"] == "%DLQ%cli-dlq"
+    assert shown["resent"] is False and shown["originTopic"] == "CliDlq"
+    assert lines(cli("dlq", "show", "cli-dlq", "0").output)[0]["msgId"] == poison["msgId"]
+
+    resent = lines(cli("dlq", "resend", "cli-dlq", poison["msgId"]).output)
+    assert [(r["msgId"], r["topic"]) for r in resent] == [(poison["msgId"], "CliDlq")]
+    again = cli("dlq", "resend", "cli-dlq", poison["msgId"], ok=False)
+    assert again.exit_code != 0 and "already resent" in again.output
+    rest = lines(cli("dlq", "resend", "cli-dlq", "--all").output)
+    assert [r["offset"] for r in rest] == [1], "--all skips what was resent"
+    assert lines(cli("dlq", "resend", "cli-dlq", "--all").output) == []
+    assert all(d["resent"] for d in lines(cli("dlq", "list", "cli-dlq").output))
+    got = lines(cli("consume", "CliDlq", "--group", "cli-dlq-check", "--from", "earliest",
+                    "-m", "4", "--idle-timeout", "5").output)
+    assert sorted(m["body"] for m in got) == ["poison", "poison", "venom", "venom"], \
+        "each letter came back once"
+    back = next(m for m in got if m["body"] == "poison" and m["offset"] >= 1)
+    assert back["msgId"] == poison["msgId"] and back["reconsumeTimes"] == 0
+    assert "DLQ_ORIGIN_TOPIC" not in back["properties"]
+    forced = lines(cli("dlq", "resend", "cli-dlq", "0", "--force").output)
+    assert len(forced) == 1
+    for bad in (("dlq", "resend", "cli-dlq"), ("dlq", "resend", "cli-dlq", "0", "--all")):
+        assert cli(*bad, ok=False).exit_code == 2  # usage: name letters or --all
+    missing = cli("dlq", "show", "cli-dlq", "NO-SUCH-ID", ok=False)
+    assert missing.exit_code == 1 and "no dead letter" in missing.output
+    assert lines(cli("dlq", "list", "nobody").output) == []
+
+
+def test_dlq_resend_of_an_unknown_letter_is_an_error(cli) -> None:  # type: ignore[no-untyped-def]
+    result = cli("dlq", "resend", "nobody", "NO-SUCH-ID", ok=False)
+    assert result.exit_code == 1 and "NO-SUCH-ID" in result.output
