@@ -165,6 +165,29 @@ def test_key_index_rolls_files_and_still_finds_old_keys(store, config) -> None:
     assert [m.body for m in store.lookup_key("k99")] == [b"99"]
 
 
+def test_index_files_left_broken_by_a_crash_are_dropped_not_fatal(config) -> None:
+    s = MessageStore(config)
+    s.open()
+    for i in range(40):
+        put(s, b"%d" % i, KEYS="k%d" % i)
+    s.close()
+    d = os.path.join(config.directory, "index")
+    names = sorted(os.listdir(d))
+    # What a SIGKILL between creating and sizing a file used to leave behind, a
+    # half-built temporary file, and a file whose header is garbage.
+    open(os.path.join(d, "9" * 20), "wb").close()
+    open(os.path.join(d, "%020d.tmp" % 1), "wb").close()
+    with open(os.path.join(d, names[-1]), "r+b") as f:
+        f.write(b"\xff" * 40)
+    s = MessageStore(config)
+    s.open()
+    assert sorted(os.listdir(d)) == names[:-1]
+    assert [m.body for m in s.lookup_key("k3")] == [b"3"], "older files still answer"
+    put(s, b"new", KEYS="fresh")
+    assert [m.body for m in s.lookup_key("fresh")] == [b"new"]
+    s.close()
+
+
 def kafka_batch(count: int, base_offset: int = 99) -> bytes:
     """A RecordBatch v2 with ``count`` (empty) records; the store does not check its CRC."""
     tail = struct.pack(">hiqqqhii", 0, count - 1, 1000, 1000, -1, -1, -1, count) + b"\x00" * 7

@@ -31,6 +31,10 @@ _COUNT_POS = 36
 _NAME_DIGITS = 20
 
 
+class BrokenIndexFile(ValueError):
+    """An index file that cannot be used; the index is rebuilt from the CommitLog."""
+
+
 def key_hash(key: str) -> int:
     return zlib.crc32(key.encode())
 
@@ -40,15 +44,35 @@ class IndexFile:
 
     def __init__(self, path: str, slots: int, max_entries: int, begin_phys: int | None) -> None:
         self.path = path
-        create = begin_phys is not None
-        self.fd = os.open(path, os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0), 0o644)
-        if create:
-            os.ftruncate(self.fd, HEADER.size + slots * 4 + max_entries * ENTRY.size)
-        self.mm = mmap.mmap(self.fd, 0)
-        if create:
-            HEADER.pack_into(self.mm, 0, 0, 0, begin_phys, begin_phys, slots, 0)
-        _, _, self.begin_phys, self.end_phys, self.slots, self.entries = HEADER.unpack_from(self.mm)
-        self.max_entries = (len(self.mm) - HEADER.size - self.slots * 4) // ENTRY.size
+        if begin_phys is not None:
+            # Build the file under a temporary name and rename it into place, so a
+            # crash never leaves a file without its header under a real name.
+            tmp = path + ".tmp"
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.ftruncate(fd, HEADER.size + slots * 4 + max_entries * ENTRY.size)
+                os.pwrite(fd, HEADER.pack(0, 0, begin_phys, begin_phys, slots, 0), 0)
+                os.rename(tmp, path)
+            except BaseException:
+                os.close(fd)
+                raise
+            self.fd = fd
+        else:
+            self.fd = os.open(path, os.O_RDWR)
+        try:
+            size = os.fstat(self.fd).st_size
+            if size < HEADER.size:
+                raise BrokenIndexFile(f"{path}: {size} bytes, shorter than a header")
+            self.mm = mmap.mmap(self.fd, 0)
+            _, _, self.begin_phys, self.end_phys, self.slots, self.entries = HEADER.unpack_from(
+                self.mm)
+            self.max_entries = (len(self.mm) - HEADER.size - self.slots * 4) // ENTRY.size
+            if self.slots <= 0 or self.max_entries <= 0 or not 0 <= self.entries <= self.max_entries:
+                self.mm.close()
+                raise BrokenIndexFile(f"{path}: header does not describe this file")
+        except BaseException:
+            os.close(self.fd)
+            raise
 
     @property
     def full(self) -> bool:
@@ -104,8 +128,19 @@ class KeyIndex:
     def open(self) -> None:
         os.makedirs(self.directory, exist_ok=True)
         for n in sorted(os.listdir(self.directory)):
-            if len(n) == _NAME_DIGITS and n.isdigit():
-                self.files.append(IndexFile(os.path.join(self.directory, n), 0, 0, None))
+            path = os.path.join(self.directory, n)
+            if n.endswith(".tmp"):  # a crash while creating a file
+                os.unlink(path)
+            elif len(n) == _NAME_DIGITS and n.isdigit():
+                try:
+                    self.files.append(IndexFile(path, 0, 0, None))
+                except BrokenIndexFile:
+                    # Unusable (e.g. an older build crashed while creating it): drop it
+                    # and every newer file; recovery re-indexes from the CommitLog.
+                    for later in sorted(os.listdir(self.directory)):
+                        if len(later) == _NAME_DIGITS and later.isdigit() and later >= n:
+                            os.unlink(os.path.join(self.directory, later))
+                    break
 
     def close(self) -> None:
         for f in self.files:
