@@ -1,9 +1,9 @@
-"""``ferrymq bench http``: wrk against the HTTP door and against a bare h11 peer, in one run.
+"""``ferrymq bench http``: wrk against the HTTP door and a bare peer on its stack, in one run.
 
 The broker runs as a child process with only the HTTP door, on loopback, with
 a fresh data directory (async flush unless ``--flush sync``). The peer is the
-smallest h11-on-trio server that answers every request with a fixed JSON
-body: the ceiling of this stack on this machine, measured by the same wrk in
+smallest server on the same stack (trio and ``protocols.http.h1``) that answers
+every request with a fixed JSON body: the ceiling of this stack on this machine, measured by the same wrk in
 the same run. Each scenario reports wrk's requests per second, messages per
 second, latency percentiles, and the server's CPU per request (user + system
 time of the server process over the run, from /proc): on a shared machine
@@ -185,7 +185,7 @@ def run_bench(seconds: float, connections: int, batch: int, flush: str) -> list[
         with _process([sys.executable, "-m", "ferrymq.gateways.bench.http_peer",
                        str(peer_port)], peer_port) as peer:
             rows.append(_wrk(f"http://127.0.0.1:{peer_port}/", peer.pid, seconds, connections,
-                             None, "peer: bare h11 server, GET"))
+                             None, "peer: bare h1 server, GET"))
         port = _free_port()
         args = [sys.executable, "-m", "ferrymq.gateways", "serve", "--data-dir",
                 os.path.join(tmp, "data"), "--host", "127.0.0.1", "--flush", flush,
@@ -228,7 +228,7 @@ def print_rows(rows: list[Row], as_json: bool) -> None:
               show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
 def http_bench(seconds: int, connections: int, batch: int, flush: str, as_json: bool) -> None:
-    """wrk against the HTTP door and a bare h11 peer: produce, batch produce, long-poll
+    """wrk against the HTTP door and a bare peer on the same stack: produce, batch produce, long-poll
     consume; requests/s, messages/s, latency and server CPU per request."""
     print_rows(run_bench(seconds, connections, batch, flush), as_json)
 

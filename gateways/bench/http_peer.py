@@ -1,42 +1,32 @@
-"""The peer of ``ferrymq bench http``: the smallest h11-on-trio server, answering every request
-with the same small JSON body (run as ``python -m ferrymq.gateways.bench.http_peer PORT``)."""
+"""The peer of ``ferrymq bench http``: the smallest server on the door's own stack (trio and
+``protocols.http.h1``), answering every request with the same small JSON body (run as
+``python -m ferrymq.gateways.bench.http_peer PORT``)."""
 
 from __future__ import annotations
 
 import sys
 
-import h11
 import trio
+from ferrymq.protocols.http import h1
 
 BODY = b'{"status":"ok"}'
+RESPONSE = h1.response_head(200, [("content-type", "application/json")], len(BODY)) + BODY
 RECV_BYTES = 64 * 1024
 
 
-async def _next(conn: h11.Connection, stream: trio.SocketStream) -> object:
-    while True:
-        ev = conn.next_event()
-        if ev is not h11.NEED_DATA:
-            return ev
-        conn.receive_data(await stream.receive_some(RECV_BYTES))
-
-
 async def handler(stream: trio.SocketStream) -> None:
-    conn = h11.Connection(h11.SERVER)
+    conn = h1.ServerConnection()
     try:
         while True:
-            ev = await _next(conn, stream)
-            if not isinstance(ev, h11.Request):
-                return
-            while not isinstance(await _next(conn, stream), h11.EndOfMessage):
-                pass
-            out = conn.send(h11.Response(status_code=200, headers=[
-                ("content-type", "application/json"), ("content-length", str(len(BODY)))]))
-            out += conn.send(h11.Data(data=BODY)) + conn.send(h11.EndOfMessage())  # type: ignore[operator]
-            await stream.send_all(out)  # type: ignore[arg-type]
-            if conn.our_state is h11.MUST_CLOSE:
-                return
-            conn.start_next_cycle()
-    except (trio.BrokenResourceError, h11.RemoteProtocolError):
+            ev = conn.next_event()
+            if ev is h1.NEED_DATA:
+                data = await stream.receive_some(RECV_BYTES)
+                if not data:
+                    return
+                conn.receive_data(data)
+            elif ev is h1.END:
+                await stream.send_all(RESPONSE)
+    except (trio.BrokenResourceError, h1.ProtocolError):
         return
 
 

@@ -1,7 +1,7 @@
 """The HTTP door: JSON over HTTP/1.1 for curl, browsers and any language (docs/http.md).
 
 ``serve`` binds the listener and serves the route table of ``api.py`` through
-the h11 connection loop of ``server.py``. Options (the ``[http]`` table): the
+the HTTP/1.1 connection loop of ``server.py``. Options (the ``[http]`` table): the
 limits of ``server.Limits`` by name, and ``auth_tokens`` (a list of bearer
 tokens; authentication is off when absent).
 """

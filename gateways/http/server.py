@@ -1,8 +1,9 @@
-"""The HTTP/1.1 socket loop: h11 for the protocol, trio for the socket, limits and timeouts.
+"""The HTTP/1.1 socket loop: ``protocols.http.h1`` for the protocol, trio for the socket,
+limits and timeouts.
 
 One task per connection reads a request (head, then body up to the body
 limit), hands a ``Request`` to the application, and writes its ``Response``
-(or streams a ``StreamResponse``: server-sent events). h11 is the sans-I/O
+(or streams a ``StreamResponse``: server-sent events). ``h1`` is the sans-I/O
 protocol object; this module only moves bytes and enforces time and size:
 
 - a request head must arrive within ``header_timeout_s`` (slowloris), its body
@@ -11,7 +12,7 @@ protocol object; this module only moves bytes and enforces time and size:
   (a client that stops reading cannot pin a response in memory);
 - bodies above ``max_body_bytes`` are refused with 413 before they are read
   (Content-Length) or as soon as they pass the limit (chunked);
-- heads above ``max_header_bytes`` get 431 (h11's own limit);
+- heads above ``max_header_bytes`` get 431, counted while they arrive;
 - past ``max_connections`` a new connection gets 503 and is closed.
 
 Timeouts cost a float per phase: each connection has a ``deadline`` that
@@ -31,11 +32,10 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
-from http import HTTPStatus
 from typing import Any, Protocol
 
-import h11
 import trio
+from ferrymq.protocols.http import h1
 
 from .problems import PROBLEM_CONTENT_TYPE, Problem, problem_body
 
@@ -44,7 +44,6 @@ log = logging.getLogger("ferrymq.http")
 RECV_BYTES = 64 * 1024
 WATCH_STASH_BYTES = 64 * 1024  # pipelined bytes kept while a long poll watches the socket
 WATCHDOG_TICK_S = 0.25  # timeouts are enforced to within this
-REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +51,7 @@ class Limits:
     """The door's safety limits; every one is an ``[http]`` option of the same name."""
 
     max_body_bytes: int = 8 << 20
-    max_header_bytes: int = 16 << 10  # h11's default incomplete-event limit
+    max_header_bytes: int = 16 << 10  # request line and headers
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     keepalive_timeout_s: float = 75.0  # longer than common clients' pools keep idle sockets
@@ -143,6 +142,10 @@ class ClientGone(Exception):
     """The client closed its side while a long request waited for data."""
 
 
+_CLOSED = object()  # the client closed its side
+_NO_BODY_STATUSES = frozenset((204, 304))
+
+
 class Connection:
     """One client connection; ``run`` serves its requests until either side closes."""
 
@@ -150,79 +153,92 @@ class Connection:
         self.stream = stream
         self.app = app
         self.limits = app.limits
-        self.h = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
+        self.p = h1.ServerConnection(self.limits.max_header_bytes)
         self.scope = trio.CancelScope()
         self.deadline = math.inf  # the watchdog cancels ``scope`` once this has passed
         self._fd = stream.socket.fileno()
         self.peer_closed = False
         self._watching = False
+        self._head: h1.RequestHead | None = None
+        self._body_done = True  # the current request was read to its end
+        self._responded = False  # a response to the current request has begun
+        self._close = False  # this connection ends after the current response
+        self._pending_error: h1.ProtocolError | None = None  # met while watching a long poll
 
     # ------------------------------------------------------------ reading
 
-    async def _next_event(self) -> Any:
+    async def _receive(self) -> None:
+        data = await self.stream.receive_some(RECV_BYTES)
+        if not data:
+            self.peer_closed = True
+        self.p.receive_data(data)
+
+    async def _next_event(self) -> object:
+        p = self.p
         while True:
-            ev = self.h.next_event()
-            if ev is not h11.NEED_DATA:
+            ev = p.next_event()
+            if ev is not h1.NEED_DATA:
                 return ev
-            data = await self.stream.receive_some(RECV_BYTES)
-            if not data:
-                self.peer_closed = True
-            self.h.receive_data(data)
+            if p.closed:
+                return _CLOSED
+            await self._receive()
 
     async def _read_request(self) -> Request | None:
         """The next request with its whole body, or None once the client is done."""
+        if self._pending_error is not None:
+            raise self._pending_error
         self._phase = "idle"
+        self._head = None
+        self._responded = False
+        self._body_done = False
         self.deadline = trio.current_time() + self.limits.keepalive_timeout_s
-        ev = self.h.next_event()
-        if ev is h11.NEED_DATA:
+        p = self.p
+        ev = p.next_event()
+        if ev is h1.NEED_DATA:
+            if p.closed:
+                return None
             data = await self.stream.receive_some(RECV_BYTES)
             if not data:
                 return None  # closed between requests: the normal end of keep-alive
-            self.h.receive_data(data)
             self._phase = "head"
             self.deadline = trio.current_time() + self.limits.header_timeout_s
+            p.receive_data(data)
             ev = await self._next_event()
-        if isinstance(ev, h11.ConnectionClosed):
-            return None
-        if not isinstance(ev, h11.Request):
-            raise h11.RemoteProtocolError(f"unexpected {type(ev).__name__}", 400)
+        if ev is _CLOSED:
+            return None  # closed in the middle of a head: nobody to answer
+        if type(ev) is not h1.RequestHead:
+            raise h1.ProtocolError(f"unexpected {type(ev).__name__}")
+        self._head = head = ev
         self._phase = "body"
-        self._method = ev.method.decode("ascii")
-        # One pass over h11's Headers (a Sequence: slow to iterate) into a dict.
-        headers = dict(ev.headers)
-        if ev.http_version not in (b"1.1", b"1.0"):
+        self._method = head.method
+        if head.version not in ("1.1", "1.0"):
             raise Problem("http_version_not_supported", "FerryMQ speaks HTTP/1.1 and 1.0")
-        # h11 bounds a head that arrives in pieces; one that arrives whole is measured here.
-        size = len(ev.target) + 4 * len(headers)
-        for k, v in headers.items():
-            size += len(k) + len(v)
-        if size > self.limits.max_header_bytes:
-            raise Problem("headers_too_large", f"the request head passed "
-                                               f"{self.limits.max_header_bytes} bytes")
-        target = ev.target.decode("latin-1")
-        path, _, query = target.partition("?")
+        path, _, query = head.target.partition("?")
+        headers = head.headers
         length = headers.get(b"content-length")
         if length is not None and int(length) > self.limits.max_body_bytes:
-            raise Problem("body_too_large", f"the body is {length} bytes; the limit is "
+            raise Problem("body_too_large", f"the body is {int(length)} bytes; the limit is "
                                             f"{self.limits.max_body_bytes}")
-        if self.h.they_are_waiting_for_100_continue:
-            await self._send(self.h.send(h11.InformationalResponse(status_code=100,
-                                                                    headers=[])))
         self.deadline = trio.current_time() + self.limits.body_timeout_s
+        ev = p.next_event()
+        if ev is h1.NEED_DATA and head.expect_continue:
+            await self._send(h1.CONTINUE)
         chunks: list[bytes] = []
         size = 0
+        limit = self.limits.max_body_bytes
         while True:
-            ev = await self._next_event()
-            if type(ev) is h11.Data:
-                size += len(ev.data)
-                if size > self.limits.max_body_bytes:
-                    raise Problem("body_too_large",
-                                  f"the body passed the limit of {self.limits.max_body_bytes}")
-                chunks.append(ev.data)
-            elif type(ev) is h11.EndOfMessage:
+            if ev is h1.NEED_DATA:
+                ev = await self._next_event()
+            if ev is h1.END:
                 break
-            else:
-                raise h11.RemoteProtocolError("the body ended early", 400)
+            if ev is _CLOSED:
+                raise h1.ProtocolError("the body ended early")
+            size += len(ev)  # type: ignore[arg-type]
+            if size > limit:
+                raise Problem("body_too_large", f"the body passed the limit of {limit}")
+            chunks.append(ev)  # type: ignore[arg-type]
+            ev = p.next_event()
+        self._body_done = True
         self._phase = "handle"
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         return Request(self._method, path, query, headers, body, self)
@@ -244,34 +260,46 @@ class Connection:
             await self.stream.send_all(memoryview(data)[n:])
             self.deadline = saved
 
-    def _head(self, status: int, content_type: str, headers: list[tuple[str, str]],
-              length: int | None) -> bytes:
-        hs: list[tuple[bytes | str, bytes | str]] = [(b"content-type", content_type)]
-        if length is not None:
-            hs.append((b"content-length", str(length)))
-        hs.extend(headers)
-        return self.h.send(h11.Response(status_code=status, headers=hs,  # type: ignore[return-value]
-                                        reason=REASONS.get(status, b"")))
+    def _ends_here(self) -> bool:
+        """Whether the connection closes after the current response."""
+        head = self._head
+        return (self._close or head is None or not head.keep_alive or self.p.must_close
+                or not self._body_done)
+
+    def _response_bytes(self, status: int, content_type: str, headers: list[tuple[str, str]],
+                        body: bytes) -> bytes:
+        self._responded = True
+        self._close = close = self._ends_here()
+        if status in _NO_BODY_STATUSES:
+            return h1.response_head(status, headers, None if status == 304 else 0, "1.1", close)
+        out = h1.response_head(status, [("content-type", content_type), *headers], len(body),
+                               "1.1", close)
+        return out + body if body and self._method != "HEAD" else out
 
     async def send_response(self, resp: Response) -> None:
-        body = resp.body
-        out = self._head(resp.status, resp.content_type, resp.headers, len(body))
-        if body and self._method != "HEAD":
-            out += self.h.send(h11.Data(data=body))  # type: ignore[operator]
-        out += self.h.send(h11.EndOfMessage())  # type: ignore[operator]
-        await self._send(out)
+        await self._send(self._response_bytes(resp.status, resp.content_type, resp.headers,
+                                              resp.body))
 
     async def send_stream(self, resp: StreamResponse) -> None:
-        await self._send(self._head(resp.status, resp.content_type, resp.headers, None))
+        self._responded = True
+        version = self._head.version if self._head is not None else "1.1"
+        # HTTP/1.0 has no chunked coding: the body runs to the close.
+        self._close = close = self._ends_here() or version != "1.1"
+        await self._send(h1.response_head(resp.status, [("content-type", resp.content_type),
+                                                         *resp.headers], None, version, close))
         if self._method == "HEAD":
-            await self._send(self.h.send(h11.EndOfMessage()))
+            if version == "1.1":
+                self._close = True  # a chunked head with no body would confuse a reader
             return
         chunks = resp.chunks
+        framed = version == "1.1"
 
         async def pump() -> None:
-            async for chunk in chunks:
-                await self._send(self.h.send(h11.Data(data=chunk)))
-            await self._send(self.h.send(h11.EndOfMessage()))
+            async for piece in chunks:
+                if piece:
+                    await self._send(h1.chunk(piece) if framed else piece)
+            if framed:
+                await self._send(h1.LAST_CHUNK)
 
         try:
             await self.until_disconnect(pump)
@@ -282,16 +310,11 @@ class Connection:
                     await aclose()
 
     def _problem_bytes(self, problem: Problem, instance: str | None = None) -> bytes:
-        if self.h.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
-            return b""
-        body = problem.body(instance)
+        if self._responded:
+            return b""  # too late for another status line
         headers = list(problem.headers)
-        if self.h.their_state is not h11.DONE:
-            headers.append(("connection", "close"))  # the rest of the request is unread
-        out = self._head(problem.status, PROBLEM_CONTENT_TYPE, headers, len(body))
-        if self._method != "HEAD":
-            out += self.h.send(h11.Data(data=body))  # type: ignore[operator]
-        return out + self.h.send(h11.EndOfMessage())  # type: ignore[operator]
+        return self._response_bytes(problem.status, PROBLEM_CONTENT_TYPE, headers,
+                                    problem.body(instance))
 
     async def send_problem(self, problem: Problem, instance: str | None = None) -> None:
         await self._send(self._problem_bytes(problem, instance))
@@ -301,7 +324,7 @@ class Connection:
     async def until_disconnect(self, fn: Callable[[], Awaitable[Any]]) -> Any:
         """Run ``fn`` while watching the socket: if the client closes its side, cancel
         ``fn`` and raise ClientGone. Bytes that arrive meanwhile (a pipelined next
-        request) go to h11's buffer, up to WATCH_STASH_BYTES."""
+        request) go to the parser, up to WATCH_STASH_BYTES."""
         if self._watching or self.peer_closed:
             return await fn()
         result: list[Any] = []
@@ -321,12 +344,15 @@ class Connection:
             nonlocal gone
             stashed = 0
             try:
-                while stashed < WATCH_STASH_BYTES:
+                while stashed < WATCH_STASH_BYTES and self._pending_error is None:
                     data = await self.stream.receive_some(RECV_BYTES)
                     if not data:
                         break
                     stashed += len(data)
-                    self.h.receive_data(data)
+                    try:
+                        self.p.receive_data(data)
+                    except h1.ProtocolError as exc:
+                        self._pending_error = exc  # answered once this request is done
                 else:
                     await trio.sleep_forever()
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -362,7 +388,7 @@ class Connection:
                     data = self._problem_bytes(Problem("request_timeout"))
                     if data:
                         os.write(self._fd, data)
-                except (OSError, h11.LocalProtocolError):
+                except OSError:
                     pass
         except (trio.BrokenResourceError, trio.ClosedResourceError, ClientGone):
             pass
@@ -380,12 +406,13 @@ class Connection:
         while True:
             try:
                 req = await self._read_request()
-            except h11.RemoteProtocolError as exc:
-                status = exc.error_status_hint
-                code = "headers_too_large" if status == 431 else "bad_request"
+            except h1.ProtocolError as exc:
+                self._close = True
+                code = _PROTOCOL_PROBLEMS.get(exc.status, "bad_request")
                 await self.send_problem(Problem(code, str(exc)))
                 return
             except Problem as p:
+                self._close = True
                 await self.send_problem(p)
                 return
             if req is None:
@@ -399,9 +426,11 @@ class Connection:
                 await self.send_stream(resp)
             else:
                 await self.send_response(resp)
-            if self.h.our_state is h11.MUST_CLOSE or self.h.their_state is not h11.DONE:
+            if self._close:
                 return
-            self.h.start_next_cycle()
+
+
+_PROTOCOL_PROBLEMS = {431: "headers_too_large", 505: "http_version_not_supported"}
 
 
 async def serve_connections(listeners: list[trio.SocketListener], app: App, *,

@@ -3,6 +3,7 @@ gets a problem+json with the right status, and the broker keeps serving everyone
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 
@@ -190,6 +191,46 @@ def test_garbage_bytes_get_400_and_a_closed_connection(broker) -> None:
         assert out.startswith(b"HTTP/1.1 %d " % status), out[:100]
         assert b"application/problem+json" in out
     still_serving(c)
+
+
+def test_smuggling_shapes_get_400_and_a_closed_connection(broker) -> None:
+    b, c = broker
+    for junk in (b"POST /v1/topics/t/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+                 b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n",
+                 b"POST /v1/topics/t/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                 b"Content-Length: 30\r\n\r\n{}GET /healthz HTTP/1.1\r\n\r\n"):
+        out = raw_exchange(b.address("http"), junk)
+        assert out.startswith(b"HTTP/1.1 400 ") and out.count(b"HTTP/1.1") == 1, out
+        assert b"connection: close" in out
+    still_serving(c)
+
+
+def test_wire_level_http_pipelining_chunked_continue_and_1_0(broker) -> None:
+    b, c = broker
+    address = b.address("http")
+    body = b'{"body": "piped"}'
+    out = raw_exchange(address, (
+        b"POST /v1/topics/wire/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+        b"\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        + b"POST /v1/topics/wire/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+        b"\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"bod\r\nc\r\ny\": \"chunk\"}\r\n0\r\n\r\n"
+        + b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+    assert re.findall(rb"HTTP/1.1 (\d{3}) ", out) == [b"201", b"201", b"200"], out
+    assert out.rstrip().endswith(b"}") and b"connection: close" in out
+    # HTTP/1.0 without keep-alive: one answer, then the server closes.
+    out = raw_exchange(address, b"GET /healthz HTTP/1.0\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200 ") and b"connection: close" in out
+    # Expect: 100-continue: the interim answer comes before the body is sent.
+    host, port = address.split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(b"POST /v1/topics/wire/messages HTTP/1.1\r\nHost: x\r\n"
+                  b"Content-Type: application/json\r\nExpect: 100-continue\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(body))
+        assert s.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.sendall(body)
+        assert s.recv(65536).startswith(b"HTTP/1.1 201 ")
+    got = c.get("/v1/topics/wire/messages", params={"group": "g", "max": 10}).json()
+    assert sorted(m["body"] for m in got["messages"]) == ["chunk", "piped", "piped"]
 
 
 def test_oversized_headers_get_431(broker) -> None:

@@ -1,0 +1,1 @@
+"""HTTP/1.1, sans-I/O: the server side of a connection (``h1``)."""
