@@ -157,6 +157,13 @@ async def handle_connection(door: KafkaDoor, stream: trio.SocketStream) -> None:
 
 
 async def _receive(stream: trio.SocketStream, conn: ServerConnection) -> bool:
+    into = conn.frame_buffer()
+    if into is not None:  # a large frame under way: straight into its buffer
+        n = await stream.socket.recv_into(into)
+        if not n:
+            return False
+        conn.frame_received(n)
+        return True
     want = min(max(conn.frame_wanted(), RECV_MIN), RECV_MAX)
     data = await stream.receive_some(want)
     if not data:

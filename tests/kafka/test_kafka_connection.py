@@ -132,3 +132,43 @@ def test_a_whole_frame_read_is_not_copied_into_the_buffer() -> None:
     ev = c.next_event()
     assert isinstance(ev, Request) and ev.header.correlation_id == 9
     assert c.buffered == 0
+
+
+def test_a_large_frame_is_received_into_a_buffer_of_its_own() -> None:
+    """From LARGE_FRAME on, a frame under way gets its own buffer: the socket can
+    read into it (frame_buffer/frame_received) or bytes can be fed; both give the
+    same request, and bytes past it start the next frame."""
+    from ferrymq.protocols.kafka.connection import LARGE_FRAME
+
+    R = schema.request_class(3)
+    big = request_bytes(3, 1, 1, R(topics=[R.MetadataRequestTopic(name="t" * 200)]
+                                    * (LARGE_FRAME // 200)))
+    small = request_bytes(3, 1, 2, R(topics=None))
+    assert len(big) > LARGE_FRAME
+    for use_buffer in (False, True):
+        c = conn()
+        assert c.frame_buffer() is None
+        c.receive_data(big[:1000])
+        assert c.next_event() is NEED_DATA
+        pos = 1000
+        while pos < len(big):
+            view = c.frame_buffer()
+            assert view is not None and len(view) == len(big) - pos == c.frame_wanted()
+            if use_buffer:
+                n = min(len(view), 30_000)
+                view[:n] = big[pos:pos + n]
+                c.frame_received(n)
+            else:
+                n = min(len(big) - pos, 30_000)
+                c.receive_data(big[pos:pos + n] + (small[:3] if pos + n == len(big) else b""))
+            pos += n
+        ev = c.next_event()
+        assert isinstance(ev, Request) and ev.header.correlation_id == 1
+        assert len(ev.body.topics) == LARGE_FRAME // 200
+        if not use_buffer:
+            c.receive_data(small[3:])
+        else:
+            c.receive_data(small)
+        ev = c.next_event()
+        assert isinstance(ev, Request) and ev.header.correlation_id == 2
+        assert c.next_event() is NEED_DATA and c.buffered == 0
