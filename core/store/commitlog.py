@@ -172,6 +172,15 @@ class CommitLog:
         elif os.pwrite(seg.fd, data, local) != n:
             raise StoreError("short write to the CommitLog")
 
+    @staticmethod
+    def write_parts(seg: Segment, local: int, parts: tuple[bytes | memoryview, ...], n: int) -> None:
+        """``write`` of a record given as pieces totalling ``n`` bytes: one pwritev(2)
+        from where they lie when large, one join and copy when small."""
+        if n < _PWRITE_MIN:
+            seg.mm[local:local + n] = b"".join(parts)
+        elif os.pwritev(seg.fd, parts, local) != n:
+            raise StoreError("short write to the CommitLog")
+
     def _roll(self, base: int) -> Segment:
         seg = Segment(os.path.join(self.directory, segment_name(base)), base,
                       self.segment_size, True)

@@ -67,4 +67,12 @@ def read_header(batch: bytes | bytearray | memoryview, pos: int = 0) -> BatchHea
 
 def with_base_offset(batch: bytes | bytearray | memoryview, base_offset: int) -> bytes:
     """The batch with its baseOffset (and partitionLeaderEpoch, zeroed) rewritten."""
-    return struct.pack(">qii", base_offset, len(batch) - LENGTH_OVERHEAD, 0) + bytes(batch[16:])
+    return b"".join(with_base_offset_parts(batch, base_offset))
+
+
+def with_base_offset_parts(batch: bytes | bytearray | memoryview, base_offset: int
+                           ) -> tuple[bytes, memoryview]:
+    """``with_base_offset`` as (new first 16 bytes, a view of the rest): no copy of
+    the records, for a writer that takes pieces (the store's vectored append)."""
+    return (struct.pack(">qii", base_offset, len(batch) - LENGTH_OVERHEAD, 0),
+            memoryview(batch)[16:])
