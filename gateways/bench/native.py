@@ -371,10 +371,12 @@ def consume(namesrv: str | None, messages: int, pull_size: int, batched: bool,
             async with Admin(ns) as admin:  # routed before the first send
                 await admin.create_topic(topic, 4)
             async with Producer(ns, "bench", max_in_flight=512) as p:
+                # Spread over the topic's queues (the producer's round robin), as a
+                # topic is written: a consumer then has a pull in flight per queue.
                 if not batched:
-                    await p.send(Message(topic, BODY), sharding_key="one")
+                    await p.send(Message(topic, BODY))
                     for _ in range(messages - 1):
-                        await p.send_async(Message(topic, BODY), sharding_key="one")
+                        await p.send_async(Message(topic, BODY))
                     return
                 batch = [Message(topic, BODY) for _ in range(256)]
                 async with anyio.create_task_group() as tg:
@@ -382,7 +384,7 @@ def consume(namesrv: str | None, messages: int, pull_size: int, batched: bool,
 
                     async def one() -> None:
                         try:
-                            await p.send_batch(batch, sharding_key="one")
+                            await p.send_batch(batch)
                         finally:
                             sem.release()
 
