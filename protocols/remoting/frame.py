@@ -330,7 +330,7 @@ class FrameDecoder:
         if avail < 4 + length:
             self._compact()
             return None
-        frame = bytes(buf[pos + 4:pos + 4 + length])
+        frame = bytes(memoryview(buf)[pos + 4:pos + 4 + length])  # one copy, not two
         self._pos = pos + 4 + length
         return decode_frame(frame)
 

@@ -141,48 +141,51 @@ _FAST_MIN = rec.HEADER_SIZE + 3
 def decode_messages(body: bytes | memoryview) -> list[MessageExt]:
     """The records of a pull/query body. Raises record.RecordError on garbage.
 
-    The common record (IPv4 hosts) is read with one struct unpack and slices; anything
-    else goes through ``record.decode``, the reference decoder."""
+    The common record (IPv4 hosts, not compressed) is read with one struct unpack
+    and slices, and its MessageExt built by ``tuple.__new__`` (the named tuple's own
+    ``__new__`` is a Python function: a third of the time per message); anything else
+    goes through ``record.decode``, the reference decoder. About 1.5 us a message."""
     body = bytes(body)
     out: list[MessageExt] = []
     pos = 0
     end = len(body)
     unpack = rec.HEADER.unpack_from
-    v6 = rec.BORNHOST_V6_FLAG | rec.STOREHOST_V6_FLAG
+    head = rec.HEADER_SIZE
+    slow_flags = rec.BORNHOST_V6_FLAG | rec.STOREHOST_V6_FLAG | rec.COMPRESSED_FLAG
+    magic_ok = rec.MAGIC
     append = out.append
+    topics = _TOPICS
+    new = tuple.__new__
+    ext = MessageExt
+    lazy = LazyProperties
     while pos < end:
-        if end - pos >= rec.HEADER_SIZE:
+        if end - pos >= head:
             (total, magic, _crc, qid, flag, qoff, phys, sys_flag, born_ts, born_host, store_ts,
              store_host, reconsume, _prep, body_len) = unpack(body, pos)
             rend = pos + total
-            if (magic == rec.MAGIC and not sys_flag & v6 and total >= _FAST_MIN
-                    and rend <= end and 0 <= body_len <= total - _FAST_MIN):
-                p = pos + rec.HEADER_SIZE
-                payload = body[p:p + body_len]
-                p += body_len
-                tlen = body[p]
-                traw = body[p + 1:p + 1 + tlen]
-                topic = _TOPICS.get(traw)
-                if topic is None:
-                    topic = _TOPICS[traw] = traw.decode("utf-8", "replace")
-                    if len(_TOPICS) > 10_000:
-                        _TOPICS.clear()
-                p += 1 + tlen
-                if p + 2 <= rend and p + 2 + ((body[p] << 8) | body[p + 1]) == rend:
-                    if sys_flag & rec.COMPRESSED_FLAG:
-                        payload = _inflate(payload)
-                    append(MessageExt(topic, qid, qoff, payload, LazyProperties(body[p + 2:rend]),
-                                      born_ts, store_ts, phys, store_host, born_host, sys_flag,
-                                      flag, reconsume))
+            if (magic == magic_ok and not sys_flag & slow_flags and rend <= end
+                    and 0 <= body_len <= total - _FAST_MIN):
+                p = pos + head + body_len  # the topic's length byte
+                q = p + 1 + body[p]  # the properties' length
+                if q + 2 <= rend and q + 2 + ((body[q] << 8) | body[q + 1]) == rend:
+                    traw = body[p + 1:q]
+                    topic = topics.get(traw)
+                    if topic is None:
+                        if len(topics) >= 10_000:
+                            topics.clear()
+                        topic = topics[traw] = traw.decode("utf-8", "replace")
+                    append(new(ext, (topic, qid, qoff, body[pos + head:p], lazy(body[q + 2:rend]),
+                                     born_ts, store_ts, phys, store_host, born_host, sys_flag,
+                                     flag, reconsume)))
                     pos = rend
                     continue
         r = rec.decode(body, pos, check_crc=False)
         payload = r.body
         if r.sys_flag & rec.COMPRESSED_FLAG:
             payload = _inflate(payload)
-        out.append(MessageExt(r.topic, r.queue_id, r.queue_offset, payload, r.properties,
-                              r.born_timestamp, r.store_timestamp, r.physical_offset,
-                              r.store_host, r.born_host, r.sys_flag, r.flag, r.reconsume_times))
+        append(MessageExt(r.topic, r.queue_id, r.queue_offset, payload, r.properties,
+                          r.born_timestamp, r.store_timestamp, r.physical_offset,
+                          r.store_host, r.born_host, r.sys_flag, r.flag, r.reconsume_times))
         pos += r.total_size
     return out
 

@@ -279,3 +279,35 @@ def test_pulled_properties_decode_lazily_and_behave_as_a_mapping() -> None:
     assert m.properties == {"TAGS": "t", "KEYS": "a b"} and dict(m.properties)["TAGS"] == "t"
     assert m.tags == "t" and m.keys == ["a", "b"] and m.properties.get("nope") is None
     assert "TAGS" in m.properties and len(m.properties) == 2
+
+
+def test_decode_messages_fast_path_agrees_with_the_reference_decoder() -> None:
+    """The fast path (plain IPv4 records) and the general one (compressed) give the
+    same messages as ``record.decode``; a torn record is a RecordError."""
+    import zlib
+
+    from ferrymq.protocols.remoting.messages import decode_messages
+
+    host = b"\x7f\x00\x00\x01\x00\x00\x10\x00"
+    records = []
+    for i, (body, sys_flag) in enumerate([(b"plain", 0), (zlib.compress(b"squeezed" * 50),
+                                                          rec.COMPRESSED_FLAG),
+                                          (b"", 0), (b"x" * 300, 0)]):
+        records.append(rec.encode(
+            queue_id=i, flag=7, queue_offset=100 + i, physical_offset=1000 * i,
+            sys_flag=sys_flag, born_timestamp=11, born_host=host, store_timestamp=22,
+            store_host=host, reconsume_times=i, prepared_transaction_offset=0, body=body,
+            topic=b"t%d" % (i % 2), properties=rec.encode_properties({"KEYS": f"k{i}"})))
+    got = decode_messages(b"".join(records))
+    for m, raw in zip(got, records, strict=True):
+        r = rec.decode(raw, 0, check_crc=False)
+        body = zlib.decompress(r.body) if r.sys_flag & rec.COMPRESSED_FLAG else r.body
+        assert (m.topic, m.queue_id, m.queue_offset, m.body, dict(m.properties),
+                m.born_timestamp, m.store_timestamp, m.physical_offset, m.store_host,
+                m.born_host, m.sys_flag, m.flag, m.reconsume_times) == (
+            r.topic, r.queue_id, r.queue_offset, body, dict(r.properties), r.born_timestamp,
+            r.store_timestamp, r.physical_offset, r.store_host, r.born_host, r.sys_flag,
+            r.flag, r.reconsume_times)
+    assert got[1].body == b"squeezed" * 50 and got[0].keys == ["k0"]
+    with pytest.raises(rec.RecordError):
+        decode_messages(b"".join(records)[:-3])
