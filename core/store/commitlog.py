@@ -98,6 +98,7 @@ class CommitLog:
         self._graveyard: list[Segment] = []
         self._read_lock = threading.Lock()
         self._tail: Segment | None = None
+        self._read_seg: Segment | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -122,12 +123,13 @@ class CommitLog:
             s.close()
         for s in self._graveyard:
             s.close()
-        self.segments = ()
+        self._set_segments(())
         self._graveyard = []
 
     def _set_segments(self, segs: tuple[Segment, ...]) -> None:
         self.segments = segs
         self._bases = [s.base for s in segs]
+        self._read_seg = None  # read's last segment, forgotten on any change
         self._tail = segs[-1] if segs else None  # the segment appends go to
 
     @property
@@ -200,7 +202,9 @@ class CommitLog:
     def read(self, phys: int, size: int) -> bytes | None:
         """The ``size`` bytes at ``phys`` (on the event-loop thread), or None if
         that part of the log is gone (retention) or not written yet."""
-        seg = self._segment_for(phys)
+        seg = self._read_seg  # reads come in runs from one segment
+        if seg is None or not seg.base <= phys < seg.end:
+            seg = self._read_seg = self._segment_for(phys)
         if seg is None or phys + size > self.write_pos:
             return None
         local = phys - seg.base

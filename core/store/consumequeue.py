@@ -18,10 +18,12 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+from collections.abc import Iterator
 from typing import NamedTuple
 
 ENTRY = struct.Struct(">qiqiqq")
 ENTRY_SIZE = ENTRY.size  # 40
+_ITER_CHUNK = 1024  # entries unpacked per slice by iter_entries
 _pack_entry = ENTRY.pack_into
 _NAME_DIGITS = 20
 
@@ -128,6 +130,20 @@ class ConsumeQueue:
     def entry(self, index: int) -> Entry:
         mm, pos = self._locate(index)
         return Entry._make(ENTRY.unpack_from(mm, pos))
+
+    def iter_entries(self, index: int, stop: int) -> Iterator[tuple[int, int, int, int, int, int]]:
+        """Entries ``[index, stop)`` as plain tuples (the fields of ``Entry``), read in
+        chunks of at most _ITER_CHUNK entries: the read path's loop, without a named
+        tuple and a file lookup per entry."""
+        files = self.files
+        first = files[0].first if files else 0
+        per = self.per_file
+        while index < stop:
+            f = files[(index - first) // per]
+            n = min(stop, f.first + per, index + _ITER_CHUNK) - index
+            pos = (index - f.first) * ENTRY_SIZE
+            yield from ENTRY.iter_unpack(f.mm[pos:pos + n * ENTRY_SIZE])
+            index += n
 
     def append(self, phys: int, size: int, base: int, count: int, tag_hash: int,
                store_ts: int) -> None:

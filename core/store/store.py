@@ -506,11 +506,12 @@ class MessageStore:
         records: list[StoredRecord] = []
         msgs = nbytes = scanned = 0
         next_off = offset
-        end = q.next_entry
-        entry = q.entry
-        while i < end:
-            phys, size, base, count, th, ts = entry(i)
-            i += 1
+        # Each entry holds at least one message: without a filter, max_messages
+        # entries are enough; with one, up to _MAX_SCAN_ENTRIES more may be skipped.
+        end = min(q.next_entry,
+                  i + max(max_messages, 1) + (_MAX_SCAN_ENTRIES if filt is not None else 0))
+        new = tuple.__new__
+        for phys, size, base, count, th, ts in q.iter_entries(i, end):
             if phys + size > limit or (records and nbytes + size > max_bytes):
                 break
             scanned += 1
@@ -522,8 +523,8 @@ class MessageStore:
             data = read(phys, size)
             if data is None:
                 break  # removed under us by retention; the next get sees the new minimum
-            sr = StoredRecord(topic, queue_id, base, count, phys,
-                              _I32.unpack_from(data, rec.POS_SYS_FLAG)[0], ts, data, filt)
+            sr = new(StoredRecord, (topic, queue_id, base, count, phys,  # NamedTuple, fast
+                                    _I32.unpack_from(data, rec.POS_SYS_FLAG)[0], ts, data, filt))
             if filt is not None and next(sr.messages(offset), None) is None:
                 next_off = base + count
                 if scanned >= _MAX_SCAN_ENTRIES:
