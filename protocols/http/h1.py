@@ -155,7 +155,6 @@ class ServerConnection:
         return self._events.popleft() if self._events else NEED_DATA
 
 
-
 # ------------------------------------------------------------ output
 
 
