@@ -172,3 +172,20 @@ def test_a_large_frame_is_received_into_a_buffer_of_its_own() -> None:
         ev = c.next_event()
         assert isinstance(ev, Request) and ev.header.correlation_id == 2
         assert c.next_event() is NEED_DATA and c.buffered == 0
+
+
+def test_announcing_large_frames_reserves_no_memory() -> None:
+    """A frame's own buffer is anonymous memory: 20 connections announcing 16 MiB
+    frames and sending a kilobyte each must not cost 320 MiB of RSS."""
+    from ferrymq.protocols.kafka.connection import MAX_PREALLOCATED_FRAME
+
+    def rss_mib() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096 / (1 << 20)
+
+    conns = [ServerConnection(SUPPORTED, max_frame_size=1 << 30) for _ in range(20)]
+    before = rss_mib()
+    for c in conns:
+        c.receive_data(struct.pack(">ihhi", MAX_PREALLOCATED_FRAME - 4, 3, 1, 7) + b"x" * 1000)
+        assert c.next_event() is NEED_DATA and c.frame_buffer() is not None
+    assert rss_mib() - before < 32
