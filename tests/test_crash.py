@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import os
 import random
-import signal
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -19,43 +16,23 @@ from ferrymq.core import Broker
 
 sys.path.insert(0, str(Path(__file__).parent))
 import crash_writer
+from writer_process import WriterProcess
 
 WRITER = str(Path(__file__).parent / "crash_writer.py")
 
 
-class Writer:
-    """One life of the writing broker; collects the acknowledgements it printed."""
+class Writer(WriterProcess):
+    """One life of the writing broker; its acknowledgements as (queue, offset, count, tag)."""
 
     def __init__(self, data_dir: Path, run: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, WRITER, str(data_dir), run],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.acks: list[tuple[int, int, int, str]] = []
-        self.ready = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        if not self.ready.wait(30):
-            self.proc.kill()
-            raise RuntimeError(f"writer did not start: {self.proc.stderr.read().decode()}")
+        super().__init__(WRITER, data_dir, run)
 
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            if line == b"READY\n":
-                self.ready.set()
-            elif line.startswith(b"ACK ") and line.endswith(b"\n"):
-                _, q, off, n, tag = line.decode().split()
-                self.acks.append((int(q), int(off), int(n), tag))
+    @property
+    def acks(self) -> list[tuple[int, int, int, str]]:
+        return [(int(q), int(off), int(n), tag) for q, off, n, tag in self.of_kind("ACK")]
 
-    def wait_for_acks(self, n: int, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.acks) < n:
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError(f"writer acknowledged only {len(self.acks)} messages")
-            time.sleep(0.005)
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-        self._reader.join(10)
+    def wait_for_acks(self, n: int) -> None:
+        self.wait_for("ACK", n)
 
 
 def read_everything(data_dir: Path) -> dict[int, list[tuple[int, bytes]]]:

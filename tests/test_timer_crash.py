@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import os
 import random
-import signal
-import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -26,43 +23,9 @@ from ferrymq.core.message import now_ms
 sys.path.insert(0, str(Path(__file__).parent))
 import timer_crash_writer as writer
 from timer_helpers import read_topic
+from writer_process import WriterProcess
 
 WRITER = str(Path(__file__).parent / "timer_crash_writer.py")
-
-
-class Life:
-    """One life of the writing broker and the acknowledgements it printed."""
-
-    def __init__(self, data_dir: Path, run: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, WRITER, str(data_dir), run],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.lines: list[list[str]] = []
-        self.ready = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        if not self.ready.wait(30):
-            self.proc.kill()
-            raise RuntimeError(f"writer did not start: {self.proc.stderr.read().decode()}")
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            if line == b"READY\n":
-                self.ready.set()
-            elif line.endswith(b"\n"):
-                self.lines.append(line.decode().split())
-
-    def wait_for(self, kind: str, n: int, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while sum(1 for p in list(self.lines) if p[0] == kind) < n:
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError(f"writer printed too few {kind}: "
-                                   f"{self.proc.stderr.read().decode()[-3000:]}")
-            time.sleep(0.005)
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-        self._reader.join(10)
 
 
 @pytest.mark.slow
@@ -71,7 +34,7 @@ def test_timers_and_transactions_survive_repeated_sigkill(tmp_path) -> None:
     rng = random.Random(os.environ.get("CRASH_SEED", "ferrymq-timers"))
     lines: list[list[str]] = []
     for cycle in range(8):
-        life = Life(data_dir, f"r{cycle}")
+        life = WriterProcess(WRITER, data_dir, f"r{cycle}")
         life.wait_for("TIMER", 20)
         life.wait_for("HALF", 2)
         time.sleep(rng.uniform(0.0, 1.2))  # some timers fall due in this life, some later
