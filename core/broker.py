@@ -796,8 +796,13 @@ class Broker:
         return g
 
     async def delete_group(self, name: str) -> None:
-        self.group(name)
-        del self.meta.groups[name]
+        """Forget a group: its settings, pop state and committed offsets. A group known
+        only by its offsets (a Kafka consumer group commits without being created)
+        counts as existing; GroupNotFound when neither is there."""
+        validate_group_name(name)
+        if name not in self.meta.groups and name not in self.meta.offsets:
+            raise GroupNotFound(f"consumer group {name} does not exist")
+        self.meta.groups.pop(name, None)
         self.pop_service.forget_group(name)
         if self.meta.offsets.pop(name, None) is not None:
             self.meta.offsets_dirty = True

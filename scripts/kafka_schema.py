@@ -28,7 +28,7 @@ APIS = {
     13: "LeaveGroup", 14: "SyncGroup", 15: "DescribeGroups", 16: "ListGroups",
     17: "SaslHandshake", 18: "ApiVersions", 19: "CreateTopics", 20: "DeleteTopics",
     22: "InitProducerId", 32: "DescribeConfigs", 36: "SaslAuthenticate",
-    37: "CreatePartitions",
+    37: "CreatePartitions", 42: "DeleteGroups",
 }
 OPEN = 0x7FFF  # "N+" in a spec: every later version
 PRIMITIVES = {"bool", "int8", "int16", "uint16", "int32", "int64", "float64", "string",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 TOPIC = "ck-topic"
@@ -90,7 +90,15 @@ def test_confluent_kafka_end_to_end(bootstrap, wait_for) -> None:
     assert sorted(late) == [f"late-{i}".encode() for i in range(4)], "resumed at the commit"
     committed = c.committed([TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)], timeout=10)
     assert all(tp.offset >= 0 for tp in committed)
+    with pytest.raises(KafkaException) as err:  # a live member: the group stays
+        admin.delete_consumer_groups([GROUP])[GROUP].result(10)
+    assert err.value.args[0].code() == KafkaError.NON_EMPTY_GROUP
     c.close()
+    admin.delete_consumer_groups([GROUP])[GROUP].result(10)
+    assert GROUP not in {g.group_id for g in admin.list_consumer_groups().result(10).valid}
+    with pytest.raises(KafkaException) as err:
+        admin.delete_consumer_groups([GROUP])[GROUP].result(10)
+    assert err.value.args[0].code() == KafkaError.GROUP_ID_NOT_FOUND
 
     admin.delete_topics([TOPIC])[TOPIC].result(30)
     wait_for(lambda: TOPIC not in admin.list_topics(timeout=10).topics, what="topic deleted")

@@ -17,7 +17,7 @@ from typing import Any
 import trio
 
 from ...core.broker import Broker
-from ...core.errors import FerryError, TopicNotFound
+from ...core.errors import FerryError, GroupNotFound, InvalidGroupName, TopicNotFound
 from ...core.message import GetStatus, Message, StoredRecord
 from ...core.metrics import DoorMetrics
 from ...core.timers import parse_delivery
@@ -45,6 +45,7 @@ OFFSET_COMMIT, OFFSET_FETCH, FIND_COORDINATOR, JOIN_GROUP = 8, 9, 10, 11
 HEARTBEAT, LEAVE_GROUP, SYNC_GROUP, DESCRIBE_GROUPS, LIST_GROUPS = 12, 13, 14, 15, 16
 SASL_HANDSHAKE, API_VERSIONS, CREATE_TOPICS, DELETE_TOPICS = 17, 18, 19, 20
 INIT_PRODUCER_ID, DESCRIBE_CONFIGS, SASL_AUTHENTICATE, CREATE_PARTITIONS = 22, 32, 36, 37
+DELETE_GROUPS = 42
 
 SUPPORTED: dict[int, tuple[int, int]] = {
     PRODUCE: (0, 8), FETCH: (0, 11), LIST_OFFSETS: (0, 5), METADATA: (0, 8),
@@ -52,7 +53,7 @@ SUPPORTED: dict[int, tuple[int, int]] = {
     HEARTBEAT: (0, 3), LEAVE_GROUP: (0, 3), SYNC_GROUP: (0, 3), DESCRIBE_GROUPS: (0, 3),
     LIST_GROUPS: (0, 2), SASL_HANDSHAKE: (0, 1), API_VERSIONS: (0, 3), CREATE_TOPICS: (0, 4),
     DELETE_TOPICS: (0, 3), INIT_PRODUCER_ID: (0, 2), DESCRIBE_CONFIGS: (0, 2),
-    SASL_AUTHENTICATE: (0, 1), CREATE_PARTITIONS: (0, 1),
+    SASL_AUTHENTICATE: (0, 1), CREATE_PARTITIONS: (0, 1), DELETE_GROUPS: (0, 2),
 }
 """Api key -> (min, max) version offered. The Kafka 0.11 table and a little more."""
 
@@ -150,7 +151,7 @@ class KafkaDoor:
             CREATE_TOPICS: self.create_topics, DELETE_TOPICS: self.delete_topics,
             INIT_PRODUCER_ID: self.init_producer_id, DESCRIBE_CONFIGS: self.describe_configs,
             SASL_AUTHENTICATE: self.sasl_authenticate,
-            CREATE_PARTITIONS: self.create_partitions,
+            CREATE_PARTITIONS: self.create_partitions, DELETE_GROUPS: self.delete_groups,
         }
 
     def host_for(self, session: Session) -> str:
@@ -590,6 +591,24 @@ class KafkaDoor:
                 seen[gid] = g.protocol_type or "consumer"
         return R(error_code=ke.NONE, groups=tuple(
             R.ListedGroup(group_id=gid, protocol_type=pt) for gid, pt in sorted(seen.items())))
+
+    async def delete_groups(self, h: Header, req: Any, s: Session) -> Any:
+        """A group with live members is NON_EMPTY_GROUP; otherwise its committed offsets,
+        its FerryMQ group (subscription settings, pop state) and its coordinator state
+        go, as they would through ``DELETE /v1/groups/{group}``."""
+        R = schema.response_class(DELETE_GROUPS)
+        out = []
+        for gid in req.groups_names:
+            code = self.coordinator.forget(gid)
+            if code == ke.NONE:
+                try:
+                    await self.broker.delete_group(gid)
+                except GroupNotFound:
+                    code = ke.GROUP_ID_NOT_FOUND
+                except InvalidGroupName:
+                    code = ke.INVALID_GROUP_ID
+            out.append(R.DeletableGroupResult(group_id=gid, error_code=code))
+        return R(results=tuple(out))
 
     # ================================================================ admin
 

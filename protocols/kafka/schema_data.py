@@ -486,4 +486,11 @@ APIS = {0: ('produce',
         ('results', '[]struct', (0, 32767), None, None, None, [], 'CreatePartitionsTopicResult',
          (('name', 'string', (0, 32767), None, None, None, '', '', ()),
           ('error_code', 'int16', (0, 32767), None, None, None, 0, '', ()),
-          ('error_message', 'string', (0, 32767), (0, 32767), None, None, None, '', ()))))))}
+          ('error_message', 'string', (0, 32767), (0, 32767), None, None, None, '', ())))))),
+ 42: ('delete_groups',
+      ((0, 2), 2, (('groups_names', '[]string', (0, 32767), None, None, None, [], '', ()),)),
+      ((0, 2), 2,
+       (('throttle_time_ms', 'int32', (0, 32767), None, None, None, 0, '', ()),
+        ('results', '[]struct', (0, 32767), None, None, None, [], 'DeletableGroupResult',
+         (('group_id', 'string', (0, 32767), None, None, None, '', '', ()),
+          ('error_code', 'int16', (0, 32767), None, None, None, 0, '', ()))))))}
