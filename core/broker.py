@@ -38,6 +38,7 @@ from .errors import (
     PermissionDenied,
     QueueNotFound,
     ShuttingDown,
+    StoreError,
     TopicExists,
     TopicNotFound,
 )
@@ -76,6 +77,7 @@ from .pop import (
 from .retry import RESENT_TOPIC, DeadLetter, ResendResult, RetryService, SendBackResult
 from .stats import Counters, GroupTopicStats, QueueLag, TopicStats
 from .store.store import MessageStore, RecoveryReport, StoreConfig
+from .supervisor import TaskSupervisor
 from .timers import TIMER_TOPIC, CancelResult, TimerService, TimerStats, parse_delay_levels
 from .transactions import (
     CHECK_MAX_TOPIC,
@@ -269,26 +271,32 @@ class Broker:
         return True
 
     def _start_tasks(self, nursery: trio.Nursery) -> None:
+        # Every background task runs supervised (core/supervisor.py): a failure is
+        # logged, counted and the task restarted with backoff; only the flusher is
+        # critical (writers wait on it), and its failure stops the broker cleanly.
         store = self.store
+        tasks = self.tasks = TaskSupervisor(nursery, self.metrics, prefix="broker",
+                                            on_fatal=self._store_task_failed)
         if self.sync_flush:
             self._committer = GroupCommitter(store.flush, lambda: store.dispatched_pos,
                                              self._flush_failed, self._flushed)
             self._committer.flushed_pos = store.commitlog.flushed_pos
-            nursery.start_soon(self._committer.run)
+            tasks.start_soon(self._committer.run, name="flusher", critical=True)
         else:
-            nursery.start_soon(partial(
+            tasks.start_soon(partial(
                 interval_flusher, store.flush,
                 lambda: store.commitlog.flushed_pos < store.commitlog.write_pos,
-                self.config.flush_interval_ms / 1000, self._flush_failed, self._flushed))
-        nursery.start_soon(self._every, self.config.checkpoint_interval_ms / 1000,
-                           self._checkpoint)
-        nursery.start_soon(self._every, self.config.offset_persist_interval_ms / 1000,
-                           self.flush_offsets)
-        nursery.start_soon(self._every, self.config.retention_check_interval_s,
-                           self.run_retention)
-        nursery.start_soon(self.pop_service.run)
-        self.timers.start(nursery)
-        self.transactions.start(nursery)
+                self.config.flush_interval_ms / 1000, self._flush_failed, self._flushed),
+                name="flusher", critical=True)
+        tasks.every(self.config.checkpoint_interval_ms / 1000, self._checkpoint,
+                    name="checkpoint")
+        tasks.every(self.config.offset_persist_interval_ms / 1000, self.flush_offsets,
+                    name="offsets")
+        tasks.every(self.config.retention_check_interval_s, self.run_retention,
+                    name="retention")
+        tasks.start_soon(self.pop_service.run, name="pop")
+        self.timers.start(tasks)  # type: ignore[arg-type]  # a supervisor starts tasks as a nursery does
+        self.transactions.start(tasks)  # type: ignore[arg-type]
         # What start-up built (modules, configuration, recovery) lives as long as the
         # process: out of the collector's sight, full collections stay short. Timer
         # lateness depends on it (``ferrymq bench timers``: the longest pause of a
@@ -296,17 +304,11 @@ class Broker:
         gc.collect()
         gc.freeze()
 
-    async def _every(self, seconds: float, job: Callable[[], object]) -> None:
-        while True:
-            await trio.sleep(seconds)
-            try:
-                result = job()
-                if hasattr(result, "__await__"):
-                    await result  # type: ignore[misc]
-            except FerryError as exc:
-                log.error("background job %s failed: %s", getattr(job, "__name__", job), exc)
-            except OSError as exc:
-                log.error("background job %s failed", getattr(job, "__name__", job), exc_info=exc)
+    def _store_task_failed(self, task: str, exc: BaseException) -> None:
+        """A critical task died: nothing written from now on can be promised durable.
+        Refuse writes, and leave the abort marker so the next start recovers the log."""
+        if self.store.failed is None:
+            self.store.failed = StoreError(f"{task} failed: {type(exc).__name__}: {exc}")
 
     async def _checkpoint(self) -> None:
         if self.store.failed is None and self.store.dispatched_pos:
