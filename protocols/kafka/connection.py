@@ -153,6 +153,21 @@ class ServerConnection:
         (size,) = _I32.unpack_from(self._buf, 0)
         return max(0, 4 + size - len(self._buf))
 
+    def frame_in_progress(self) -> int:
+        """The size (with its length word) of the frame begun but not complete; 0 when
+        none has begun. A reader uses it to hold a budget before reading the rest."""
+        if self._frame is not None:
+            return 4 + len(self._frame) if self._frame_have < len(self._frame) else 0
+        if self._data is not None:
+            self._spill()
+        n = len(self._buf)
+        if n == 0:
+            return 0
+        if n < 4:
+            return 4
+        (size,) = _I32.unpack_from(self._buf, 0)
+        return 4 + size if n < 4 + size else 0
+
     def next_raw_frame(self) -> bytes | _NeedData:
         """The next size-prefixed frame as bare bytes (SASL tokens after a v0
         SaslHandshake travel outside Kafka's request framing)."""

@@ -22,14 +22,23 @@ maximum frame size itself: a peer cannot make it buffer more than that.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import NamedTuple
 
+from .. import boundedjson
 from .codes import FLAG_ONEWAY, FLAG_RESPONSE, LanguageCode, SerializeType
 
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024  # NettySystemConfig: 16 MiB frame maximum
+# A JSON header is one flat object with one object inside (extFields): depth 2. The
+# size allows SEND_MESSAGE's properties with a 65,535-byte MQTT topic name many times
+# over; brackets inside strings (JSON kept in properties) count as containers, so that
+# limit is generous. Past these a header is a protocol error (docs/remoting.md).
+HEADER_JSON_LIMITS = boundedjson.JsonLimits(max_bytes=1 << 20, max_depth=8,
+                                            max_containers=100_000)
+_OPAQUE_IN_TEXT = re.compile(rb'"opaque"\s*:\s*"?(-?\d{1,10})')
 MIN_FRAME = 4  # the header-length word alone
 _I32 = struct.Struct(">i")
 _U32 = struct.Struct(">I")
@@ -197,13 +206,26 @@ def _language(v: object) -> int:
     return LanguageCode.OTHER
 
 
+def _opaque_of(raw: bytes) -> int | None:
+    """The opaque of a header that will not decode, when its text shows one: the error
+    response can then name the request it answers."""
+    m = _OPAQUE_IN_TEXT.search(raw[:4096])
+    if m is None:
+        return None
+    value = int(m.group(1))
+    return value if -(1 << 31) <= value < (1 << 31) else None
+
+
 def decode_json_header(raw: bytes | memoryview, body: bytes) -> RemotingCommand:
+    raw = bytes(raw)
     try:
-        doc = json.loads(bytes(raw))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise RemotingProtocolError(f"header is not JSON: {exc}") from None
+        doc = boundedjson.loads(raw, HEADER_JSON_LIMITS)
+    except boundedjson.JsonLimitError as exc:
+        raise RemotingProtocolError(f"header refused: {exc}", _opaque_of(raw)) from None
+    except ValueError as exc:  # UnicodeDecodeError is one
+        raise RemotingProtocolError(f"header is not JSON: {exc}", _opaque_of(raw)) from None
     if not isinstance(doc, dict):
-        raise RemotingProtocolError("JSON header is not an object")
+        raise RemotingProtocolError("JSON header is not an object", _opaque_of(raw))
     opaque = None
     try:
         opaque, code, flag, version = (doc.get("opaque"), doc.get("code"), doc.get("flag"),
@@ -303,6 +325,17 @@ class FrameDecoder:
     @property
     def buffered(self) -> int:
         return len(self._buf) - self._pos
+
+    def frame_in_progress(self) -> int:
+        """The length of the frame begun but not complete (0: none, or only part of
+        its length word): the bytes a reader will hold once it has all of them."""
+        avail = len(self._buf) - self._pos
+        if avail == 0:
+            return 0
+        if avail < 4:
+            return 4
+        (length,) = _I32.unpack_from(self._buf, self._pos)
+        return 4 + length if avail < 4 + length else 0
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         if self._pos and self._pos == len(self._buf):
