@@ -84,3 +84,16 @@ def test_the_decoder_reports_the_frame_under_way() -> None:
     assert d.frame_in_progress() == len(whole)  # the next one has begun
     d.receive_data(whole[10:])
     assert d.next_command() is not None and d.frame_in_progress() == 0
+
+
+def test_a_compressed_body_inflates_within_the_limit() -> None:
+    import zlib
+
+    from ferrymq.protocols import record as rec
+    from ferrymq.protocols.remoting import messages
+
+    bomb = zlib.compress(b"\0" * (messages.MAX_INFLATED + 1024), 9)
+    assert len(bomb) < 200_000
+    with pytest.raises(rec.RecordError, match="inflates past"):
+        messages._inflate(bomb)
+    assert messages._inflate(zlib.compress(b"fine" * 1000)) == b"fine" * 1000
