@@ -173,6 +173,7 @@ async def handle_connection(door: KafkaDoor, stream: trio.SocketStream, watch: W
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass  # the client went away, possibly mid-request: nothing to answer
     finally:
+        conn.close()
         metrics.connection_closed()
 
 

@@ -138,8 +138,8 @@ async def _connection(stream: trio.SocketStream, watch: Watch | None = None, *, 
                     with trio.move_on_after(1):
                         await stream.send_all(b"".join(out))
                 return
-            if watch is not None:
-                watch.release()
+            if watch is not None and watch.held and decoder.frame_in_progress() != watch.held:
+                watch.release()  # the frame it held the budget for is answered
             if out:
                 if watch is not None:
                     await watch.send_all(stream, b"".join(out))
@@ -148,6 +148,7 @@ async def _connection(stream: trio.SocketStream, watch: Watch | None = None, *, 
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     finally:
+        decoder.close()
         with trio.CancelScope(shield=True):
             await stream.aclose()
 

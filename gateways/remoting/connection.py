@@ -147,6 +147,7 @@ async def serve_connection(stream: trio.SocketStream, watch: Watch | None = None
         pass  # the peer went away, possibly while a long poll was answering it
     finally:
         conn.closed = True
+        conn.decoder.close()
         processor.metrics.connection_closed()
         processor.connection_closed(conn)
         with trio.CancelScope(shield=True):
@@ -196,7 +197,7 @@ async def _read_loop(conn: ServerConnection, processor: Processor) -> None:
                 with trio.move_on_after(1):
                     await conn.send(b"".join(out))
             return
-        if watch is not None:
-            watch.release()
+        if watch is not None and watch.held and decoder.frame_in_progress() != watch.held:
+            watch.release()  # the frame it held the budget for is answered
         if out:
             await conn.send(out[0] if len(out) == 1 else b"".join(out))

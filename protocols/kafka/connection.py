@@ -19,6 +19,7 @@ announcing 2 GiB costs nothing. Responses are built with ``response_bytes``:
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import struct
 from collections.abc import Mapping
@@ -152,6 +153,16 @@ class ServerConnection:
             return 4 - len(self._buf)
         (size,) = _I32.unpack_from(self._buf, 0)
         return max(0, 4 + size - len(self._buf))
+
+    def close(self) -> None:
+        """Give back what is buffered now (a large frame's buffer is megabytes), not when
+        the collector finds the connection."""
+        frame, self._frame, self._frame_have = self._frame, None, 0
+        if frame is not None:
+            with contextlib.suppress(BufferError):  # a request parsed from it is still held
+                frame.close()
+        self._buf = bytearray()
+        self._data = None
 
     def frame_in_progress(self) -> int:
         """The size (with its length word) of the frame begun but not complete; 0 when

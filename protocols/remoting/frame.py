@@ -21,7 +21,9 @@ maximum frame size itself: a peer cannot make it buffer more than that.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import mmap
 import re
 import struct
 from collections.abc import Mapping
@@ -309,26 +311,36 @@ def decode_frame(frame: bytes | memoryview) -> RemotingCommand:
     raise RemotingProtocolError(f"unknown serialize type {stype}")
 
 
+LARGE_FRAME = 64 << 10  # a frame from this size on, incomplete, gets a buffer of its own
+
+
 class FrameDecoder:
     """Feed bytes with ``receive_data``; take commands with ``next_command`` (None
     when more bytes are needed). Raises RemotingProtocolError for a frame larger
     than ``max_frame`` (as soon as its length word arrives), a negative length,
     or an undecodable header; after that the stream is unusable: close it.
 
-    Memory held is at most one frame plus one read."""
+    Memory held is at most one frame plus one read. A large frame that is not
+    complete gets a buffer of exactly its size (anonymous memory: pages cost only
+    once written), which the rest of it fills in place: no growing bytearray
+    over-allocating and copying as it arrives, and all of it handed back at once."""
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self.max_frame = max_frame
         self._buf = bytearray()
         self._pos = 0
+        self._frame: mmap.mmap | None = None  # the large frame under way, without its length
+        self._frame_have = 0
 
     @property
     def buffered(self) -> int:
-        return len(self._buf) - self._pos
+        return len(self._buf) - self._pos + self._frame_have
 
     def frame_in_progress(self) -> int:
         """The length of the frame begun but not complete (0: none, or only part of
         its length word): the bytes a reader will hold once it has all of them."""
+        if self._frame is not None:
+            return 4 + len(self._frame) if self._frame_have < len(self._frame) else 0
         avail = len(self._buf) - self._pos
         if avail == 0:
             return 0
@@ -338,6 +350,15 @@ class FrameDecoder:
         return 4 + length if avail < 4 + length else 0
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        frame = self._frame
+        if frame is not None:
+            have = self._frame_have
+            n = min(len(data), len(frame) - have)
+            frame[have:have + n] = memoryview(data)[:n]
+            self._frame_have = have + n
+            if n == len(data):
+                return
+            data = memoryview(data)[n:]  # the next frame begins
         if self._pos and self._pos == len(self._buf):
             self._buf.clear()
             self._pos = 0
@@ -352,6 +373,16 @@ class FrameDecoder:
                 f"frame length {length} outside {MIN_FRAME}..{self.max_frame}")
 
     def next_command(self) -> RemotingCommand | None:
+        frame = self._frame
+        if frame is not None:
+            if self._frame_have < len(frame):
+                return None
+            self._frame, self._frame_have = None, 0
+            try:
+                return decode_frame(memoryview(frame))  # the body comes out as bytes
+            finally:
+                with contextlib.suppress(BufferError):  # a traceback still holds a view
+                    frame.close()
         buf = self._buf
         pos = self._pos
         avail = len(buf) - pos
@@ -361,13 +392,30 @@ class FrameDecoder:
         (length,) = _I32.unpack_from(buf, pos)
         self._check(length)
         if avail < 4 + length:
-            self._compact()
+            if length >= LARGE_FRAME:
+                big = self._frame = mmap.mmap(-1, length)
+                self._frame_have = have = avail - 4
+                big[:have] = memoryview(buf)[pos + 4:]
+                buf.clear()
+                self._pos = 0
+            else:
+                self._compact()
             return None
-        frame = bytes(memoryview(buf)[pos + 4:pos + 4 + length])  # one copy, not two
+        frame_bytes = bytes(memoryview(buf)[pos + 4:pos + 4 + length])  # one copy, not two
         self._pos = pos + 4 + length
-        return decode_frame(frame)
+        return decode_frame(frame_bytes)
 
     def _compact(self) -> None:
         if self._pos:
             del self._buf[:self._pos]
             self._pos = 0
+
+    def close(self) -> None:
+        """Give back what is buffered now, not when the collector finds the connection
+        (a closed connection's large frame is megabytes)."""
+        frame, self._frame, self._frame_have = self._frame, None, 0
+        if frame is not None:
+            with contextlib.suppress(BufferError):
+                frame.close()
+        self._buf = bytearray()
+        self._pos = 0

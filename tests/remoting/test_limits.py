@@ -97,3 +97,29 @@ def test_a_compressed_body_inflates_within_the_limit() -> None:
     with pytest.raises(rec.RecordError, match="inflates past"):
         messages._inflate(bomb)
     assert messages._inflate(zlib.compress(b"fine" * 1000)) == b"fine" * 1000
+
+
+def test_a_large_frame_is_received_into_a_buffer_of_its_size() -> None:
+    body = bytes(range(256)) * 4000  # ~1 MB
+    whole = encode(request(RequestCode.SEND_MESSAGE, 5, {"topic": "t"}, body))
+    d = FrameDecoder()
+    for i in range(0, len(whole), 7000):  # in pieces, the way reads come
+        d.receive_data(whole[i:i + 7000] + (encode(request(RequestCode.HEART_BEAT, 6))
+                                             if i + 7000 >= len(whole) else b""))
+        if i + 7000 < len(whole):
+            assert d.next_command() is None
+            assert d.frame_in_progress() == len(whole)
+    cmd = d.next_command()
+    assert cmd is not None and cmd.opaque == 5 and cmd.body == body and cmd.ext("topic") == "t"
+    nxt = d.next_command()
+    assert nxt is not None and nxt.opaque == 6 and d.buffered == 0
+
+
+def test_a_large_frame_that_does_not_decode_is_still_a_protocol_error() -> None:
+    bad = frame(b"{" + b"x" * 100_000)
+    d = FrameDecoder()
+    d.receive_data(bad[:1000])
+    assert d.next_command() is None
+    d.receive_data(bad[1000:])
+    with pytest.raises(RemotingProtocolError):
+        d.next_command()
