@@ -40,13 +40,15 @@ from typing import Any
 
 import trio
 
+from .errors import StoreError
 from .metrics import TASK_FAILURES, MetricsRegistry
 
 log = logging.getLogger("ferrymq.tasks")
 
 
-class StoreFailure(Exception):
-    """A critical task failed: the store cannot keep its promises; the broker stops."""
+class StoreFailure(StoreError):
+    """A critical task failed: the store cannot keep its promises; the broker stops.
+    (A StoreError: whoever reports the broker's end says "ferrymq: <what failed>".)"""
 
 
 @dataclass(frozen=True, slots=True)

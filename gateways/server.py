@@ -94,12 +94,19 @@ async def run_server(config: ServerConfig, *,
                      ) -> None:
     """Run the broker and its doors until cancelled, SIGINT or SIGTERM; either way
     the broker shuts down cleanly (flush, checkpoint, abort marker removed)."""
-    async with trio.open_nursery() as outer:
-        # Listen for signals before recovery starts, so a stop request during a
-        # long recovery still ends in a clean shutdown.
-        outer.start_soon(_stop_on_signal, outer.cancel_scope)
-        await _serve(config, on_ready, task_status)
-        outer.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as outer:
+            # Listen for signals before recovery starts, so a stop request during a
+            # long recovery still ends in a clean shutdown.
+            outer.start_soon(_stop_on_signal, outer.cancel_scope)
+            await _serve(config, on_ready, task_status)
+            outer.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The signal task never fails: a group here wraps the one reason the broker
+        # stopped (a door that could not start, a StoreFailure): give it unwrapped.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
 
 
 async def _serve(config: ServerConfig, on_ready: Callable[[dict[str, int]], None] | None,
