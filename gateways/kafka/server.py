@@ -10,8 +10,9 @@ ApiVersions, answered with error 35 in v0) closes that connection alone.
 Connections run under the door's ``ConnectionSupervisor`` (gateways/
 supervision.py): whatever escapes this loop ends its connection only, and the
 loop keeps the connection's ``Watch`` told what it is doing, so the door's
-limits hold: the first request (with SASL: the authentication) within
-``handshake_timeout_s``, ``connections.max.idle.ms``'s 10 minutes idle, a frame
+limits hold: with SASL on, the authentication within ``handshake_timeout_s``;
+``connections.max.idle.ms``'s 10 minutes idle (from the accept when SASL is
+off: Kafka has no first-request deadline, and clients open connections early), a frame
 begun complete within ``frame_timeout_s``, a response taken within
 ``send_timeout_s``. Before SASL completes a frame may be at most
 ``pre_auth_max_bytes`` (Kafka's sasl.server.max.receive.size, 512 KiB), and a
@@ -160,8 +161,13 @@ async def handle_connection(door: KafkaDoor, stream: trio.SocketStream, watch: W
     sasl = door.options.sasl_plain_users is not None
     session = Session(client_host=str(peer[0]), local_host=str(local[0]), authenticated=not sasl)
     conn = ServerConnection(SUPPORTED, max_frame_size=door.options.max_frame_size)
-    if sasl and watch is not None and watch.limits.pre_auth_max_bytes:
-        conn.max_frame_size = min(conn.max_frame_size, watch.limits.pre_auth_max_bytes)
+    if watch is not None:
+        if not sasl:
+            # Nothing to complete: the connection is idle from its accept, as in Kafka
+            # (clients may open a connection before they need it).
+            watch.handshake_done()
+        elif watch.limits.pre_auth_max_bytes:
+            conn.max_frame_size = min(conn.max_frame_size, watch.limits.pre_auth_max_bytes)
     metrics = door.metrics
     metrics.connection_opened()
     try:
