@@ -134,8 +134,11 @@ class StreamResponse:
 
 
 class App(Protocol):
+    """What the connection loop needs of the application. An ``authenticator``
+    attribute, when the application has one (called with a Request, True lets it
+    through), also guards the body before it is read (``pre_auth_max_bytes``)."""
+
     limits: Limits
-    authenticator: Any  # None, or called with a Request: True lets it through
 
     async def handle(self, request: Request) -> Response | StreamResponse: ...
 
@@ -242,11 +245,11 @@ class Connection:
                                             f"{self.limits.max_body_bytes}")
         limit = self.limits.max_body_bytes
         pre_auth = self.watch.limits.pre_auth_max_bytes
+        authenticate = getattr(self.app, "authenticator", None)
         unauthenticated = False
-        if (pre_auth and self.app.authenticator is not None
+        if (pre_auth and authenticate is not None
                 and (length is None or int(length) > pre_auth)
-                and not self.app.authenticator(Request(self._method, path, query, headers, b"",
-                                                       self))):
+                and not authenticate(Request(self._method, path, query, headers, b"", self))):
             # No valid token: this request ends in 401 whatever its body; read at
             # most pre_auth_max_bytes of it (a chunked one), none if it says more.
             if length is not None:
