@@ -54,7 +54,7 @@ async def test_producer_sends_sync_oneway_batch_and_async(native) -> None:
         assert [b.queue_offset for b in batch] == list(range(batch[0].queue_offset,
                                                              batch[0].queue_offset + 4))
         for i in range(10):
-            await p.send_async(Message("CT", f"a{i}".encode()), results.append)
+            p.send_async(Message("CT", f"a{i}".encode()), results.append)
     assert len(results) == 10 and all(hasattr(x, "msg_id") for x in results)
     await trio.sleep(0.5)  # the broker registers the auto-created topic with the NameServer
     async with Admin(ns) as a:
