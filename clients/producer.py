@@ -95,16 +95,20 @@ class Producer:
         assert tg is not None
         self._closing = True
         try:
-            if self._in_flight:
-                self._idle = anyio.Event()
-                await self._idle.wait()
+            try:
+                if self._in_flight:
+                    self._idle = anyio.Event()
+                    await self._idle.wait()
+            finally:
+                if self._in_flight:
+                    tg.cancel_scope.cancel()
+                self._tg = None
+                await tg.__aexit__(None, None, None)
+            await self.instance.unregister(producer_group=self.group)
         finally:
-            if self._in_flight:
-                tg.cancel_scope.cancel()
-            await tg.__aexit__(None, None, None)
-            self._tg = None
-        await self.instance.unregister(producer_group=self.group)
-        await self.instance.__aexit__(None, None, None)
+            # Even when cancelled: every task group entered by hand is left, innermost
+            # first, or the caller's nursery stack is corrupted.
+            await self.instance.__aexit__(None, None, None)
 
     # ------------------------------------------------------------ building
 
