@@ -171,7 +171,7 @@ class Producer:
                     else:
                         mq = self._choose(queues, avoid)
                 cmd = build(mq, from_default)
-                addr = inst.broker_addr(mq.brokerName)
+                addr = await inst.resolve_broker(mq.brokerName)
                 if oneway:
                     await inst.remoting.invoke_oneway(addr, cmd)
                     return None, mq
