@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import collections
 
+import anyio
+import pytest
 import trio
 from ferrymq.clients import Admin, Message, Producer, PullConsumer, PushConsumer
 from ferrymq.clients.message import MessageExt
@@ -38,7 +40,7 @@ class Group:
             for m in msgs:
                 self.seen[name].append(m.body)
             if work_s:
-                await trio.sleep(work_s)  # a handler busy after it recorded: never cut short
+                await anyio.sleep(work_s)  # a handler busy after it recorded: never cut short
         c = PushConsumer(self.ns, self.group, handle, consume_from="FIRST", **FAST_PUSH)
         c.subscribe(self.topic)
         return c
@@ -160,3 +162,43 @@ async def test_members_joining_and_leaving_consume_every_message_once(native) ->
     twice = {b: n for b, n in every.items() if n > 1}
     assert not twice, f"{len(twice)} of {len(sent)} messages consumed more than once"
     assert all(g.seen[c] for c in ("c1", "c2", "c3", "c1-again")), "every member had a share"
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_handover_runs_under_asyncio_and_trio(native, backend: str) -> None:
+    """The same handover (lock, committed offset, release) on either event loop."""
+    ns = native.address("namesrv")
+    topic = f"Handover{backend}"
+
+    async def main() -> tuple[dict[str, list[bytes]], list[bytes]]:
+        async with Admin(ns, **FAST_CLIENT) as admin:
+            await admin.create_topic(topic, 2)
+        g = Group(ns, f"handover-{backend}", topic)
+        sent: list[bytes] = []
+        async with Producer(ns, "pg", **FAST_CLIENT) as p, anyio.create_task_group() as tg:
+            async def send(n: int) -> None:
+                for _ in range(n):
+                    body = f"m{len(sent)}".encode()
+                    await p.send(Message(topic, body))
+                    sent.append(body)
+
+            a = g.member("a")
+            await tg.start(a.run)
+            await send(10)
+            b = g.member("b")
+            await tg.start(b.run)
+            with anyio.fail_after(20):
+                while not (g.queues_of(a) and g.queues_of(b)):
+                    await anyio.sleep(0.05)
+            await send(10)
+            await b.shutdown()
+            await send(10)
+            with anyio.fail_after(20):
+                while not set(sent) <= {m for ms in g.seen.values() for m in ms}:
+                    await anyio.sleep(0.05)
+            await a.shutdown()
+        return g.seen, sent
+
+    seen, sent = anyio.run(main, backend=backend)
+    every = collections.Counter(m for ms in seen.values() for m in ms)
+    assert set(every) == set(sent) and max(every.values()) == 1
