@@ -281,6 +281,8 @@ class PushConsumer:
     # ------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> PushConsumer:
+        if not self.subscriptions:
+            raise ValueError("subscribe to a topic before starting")
         self._outer = anyio.create_task_group()
         await self._outer.__aenter__()
         try:

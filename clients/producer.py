@@ -89,8 +89,8 @@ class Producer:
     async def __aexit__(self, *exc: object) -> None:
         """Close: refuse new sends, wait for every ``send_async`` in flight to finish
         (each is bounded by its timeout and retries; every callback is called), then
-        leave. Cancelling the scope around the producer cancels the sends in flight
-        instead; their callbacks are then not called."""
+        leave. Cancelling the scope around the producer abandons the sends in flight
+        instead: their callbacks get the connection's error, or are not called."""
         tg = self._tg
         assert tg is not None
         self._closing = True
@@ -292,7 +292,11 @@ class Producer:
             self._window.acquire_nowait()
         except anyio.WouldBlock:
             await self._window.acquire()
-            tg = self._open_tg()  # it may have closed meanwhile
+            try:
+                tg = self._open_tg()  # it may have closed meanwhile
+            except ClientError:
+                self._window.release()
+                raise
         self._begin(tg, message, callback, sharding_key)
 
     @property
