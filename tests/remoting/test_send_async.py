@@ -76,10 +76,16 @@ def test_send_async_failures_reach_the_callback(native, backend: str) -> None:
 
             p.send_async(Message("SendAsyncOk", b"y"), broken)  # logged, nothing else
             p.send_async(Message("SendAsyncOk", b"z"), results.append)
-        return results
+
+            async def later(r: object) -> None:  # an async callback: a task of the producer
+                await anyio.sleep(0.05)
+                results.append(r)
+
+            p.send_async(Message("SendAsyncOk", b"w"), later)
+        return results  # the close waited for the async callback too
 
     results = anyio.run(main, backend=backend)
-    assert len(results) == 2
+    assert len(results) == 3
     errors = [r for r in results if isinstance(r, BaseException)]
     assert len(errors) == 1 and isinstance(errors[0], BrokerError)
     assert any(isinstance(r, SendResult) for r in results), "the producer kept working"
