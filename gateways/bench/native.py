@@ -184,8 +184,8 @@ def _produce_runs(ns: str, topic: str, seconds: float, window: int
             end = pc() + seconds
             while pc() < end:
                 t = pc()
-                await p.send_async(Message(topic, BODY),
-                                   lambda r, t=t: lats.append(pc() - t))
+                await p.throttled_send_async(Message(topic, BODY),
+                                             lambda r, t=t: lats.append(pc() - t))
         return len(lats), lats, "message"
 
     async def batches() -> tuple[int, list[float], str]:
@@ -364,7 +364,7 @@ def consume(namesrv: str | None, messages: int, pull_size: int, batched: bool,
                 if not batched:
                     await p.send(Message(topic, BODY))
                     for _ in range(messages - 1):
-                        await p.send_async(Message(topic, BODY))
+                        await p.throttled_send_async(Message(topic, BODY))
                     return
                 batch = [Message(topic, BODY) for _ in range(256)]
                 async with anyio.create_task_group() as tg:
