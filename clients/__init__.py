@@ -13,7 +13,7 @@ from .admin import Admin, QueueLag, QueueStats
 from .consumer import PullConsumer, PushConsumer, allocate_average
 from .instance import NoRouteError
 from .message import ConsumeResult, Message, MessageExt, MessageQueue, SendResult
-from .producer import Producer
+from .producer import Producer, TooManyInFlightError
 from .remoting import BrokerError, ClientError, RemotingConnectError, RemotingTimeoutError
 from .simple import SimpleConsumer
 from .transaction import LocalTransactionState, TransactionProducer, TransactionSendResult
@@ -37,6 +37,7 @@ __all__ = [
     "RemotingTimeoutError",
     "SendResult",
     "SimpleConsumer",
+    "TooManyInFlightError",
     "TransactionProducer",
     "TransactionSendResult",
     "allocate_average",

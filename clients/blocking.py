@@ -64,10 +64,26 @@ class Producer(_Facade):
     def send_batch(self, messages: list[Message], **kw: Any) -> list[SendResult]:
         return self._call(self._target.send_batch, messages, **kw)
 
-    def send_async(self, message: Message, **kw: Any) -> Future[SendResult]:
-        """Start a send; the future completes with the SendResult (or its error)."""
-        assert self._portal is not None
-        return self._portal.start_task_soon(lambda: self._target.send(message, **kw))
+    def send_async(self, message: Message,
+                   callback: Callable[[SendResult | BaseException], Any] | None = None,
+                   **kw: Any) -> Future[SendResult]:
+        """Start a send (the async producer's ``send_async``) and return a Future of its
+        SendResult (or its error); ``callback``, if given, gets the same, on the
+        producer's event-loop thread (keep it short). Blocks only while
+        ``max_in_flight`` sends are outstanding; ``close`` waits for those in flight."""
+        fut: Future[SendResult] = Future()
+        fut.set_running_or_notify_cancel()
+
+        def done(result: SendResult | BaseException) -> None:
+            if isinstance(result, BaseException):
+                fut.set_exception(result)
+            else:
+                fut.set_result(result)
+            if callback is not None:
+                callback(result)
+
+        self._call(self._target.throttled_send_async, message, done, **kw)
+        return fut
 
 
 class TransactionProducer(Producer):

@@ -79,9 +79,12 @@ class ClientInstance:
 
     async def __aexit__(self, *exc: object) -> None:
         assert self.tg is not None
-        self.tg.cancel_scope.cancel()
-        await self.tg.__aexit__(None, None, None)
-        await self.remoting.__aexit__(None, None, None)
+        tg, self.tg = self.tg, None
+        tg.cancel_scope.cancel()
+        try:
+            await tg.__aexit__(None, None, None)
+        finally:  # even when cancelled: leave the connections' task group too
+            await self.remoting.__aexit__(None, None, None)
 
     # ------------------------------------------------------------ server requests
 

@@ -11,6 +11,7 @@ brokers work, so a producer moves on when a broker dies. An ordered send (a
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
 import struct
@@ -49,6 +50,14 @@ RETRIABLE = {ResponseCode.SYSTEM_ERROR, ResponseCode.SYSTEM_BUSY, ResponseCode.T
              ResponseCode.FLUSH_DISK_TIMEOUT}
 
 
+SendCallback = Callable[[SendResult | BaseException], Any]
+
+
+class TooManyInFlightError(ClientError):
+    """``send_async`` found ``max_in_flight`` sends outstanding (RocketMQ's client
+    refuses the same way); ``throttled_send_async`` waits for room instead."""
+
+
 class Producer:
     """``async with Producer("host:9876", group="pg") as p: await p.send(Message(...))``."""
 
@@ -61,22 +70,45 @@ class Producer:
         self.instance = ClientInstance(namesrv, timeout=timeout, **instance_options)
         self.instance.producer_groups.add(group)
         self._rr = itertools.count()
+        self.max_in_flight = max_in_flight
         self._window = anyio.Semaphore(max_in_flight)
+        self._in_flight = 0
+        self._idle = anyio.Event()
+        self._closing = False
         self._queues: dict[str, tuple[B.TopicRouteData, list[B.MessageQueue]]] = {}
         self._faulty: dict[str, float] = {}  # broker name -> avoid it until (monotonic)
         self._tg: anyio.abc.TaskGroup | None = None
 
     async def __aenter__(self) -> Producer:
         await self.instance.__aenter__()
+        self._closing = False
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        assert self._tg is not None
-        await self._tg.__aexit__(None, None, None)  # waits for async sends in flight
-        await self.instance.unregister(producer_group=self.group)
-        await self.instance.__aexit__(None, None, None)
+        """Close: refuse new sends, wait for every ``send_async`` in flight to finish
+        (each is bounded by its timeout and retries; every callback is called), then
+        leave. Cancelling the scope around the producer abandons the sends in flight
+        instead: their callbacks get the connection's error, or are not called."""
+        tg = self._tg
+        assert tg is not None
+        self._closing = True
+        try:
+            try:
+                if self._in_flight:
+                    self._idle = anyio.Event()
+                    await self._idle.wait()
+            finally:
+                if self._in_flight:
+                    tg.cancel_scope.cancel()
+                self._tg = None
+                await tg.__aexit__(None, None, None)
+            await self.instance.unregister(producer_group=self.group)
+        finally:
+            # Even when cancelled: every task group entered by hand is left, innermost
+            # first, or the caller's nursery stack is corrupted.
+            await self.instance.__aexit__(None, None, None)
 
     # ------------------------------------------------------------ building
 
@@ -139,7 +171,7 @@ class Producer:
                     else:
                         mq = self._choose(queues, avoid)
                 cmd = build(mq, from_default)
-                addr = inst.broker_addr(mq.brokerName)
+                addr = await inst.resolve_broker(mq.brokerName)
                 if oneway:
                     await inst.remoting.invoke_oneway(addr, cmd)
                     return None, mq
@@ -230,37 +262,86 @@ class Producer:
         return [SendResult(u, offsets[i] if i < len(offsets) else "", mq, base + i)
                 for i, u in enumerate(uniqs)]
 
-    def send_async(self, message: Message,
-                   callback: Callable[[SendResult | BaseException], Any] | None = None,
-                   *, sharding_key: str | None = None) -> Awaitable[None]:
-        """Start a send and return once it is queued; ``callback`` gets the SendResult or
-        the exception. Await the result: it waits only while ``max_in_flight`` sends are
-        outstanding. Sends queued without waiting leave in one write, so a pipelining
-        producer pays one system call per batch of messages; a failed one is retried
-        like ``send`` (moving to another broker)."""
-        return self._start_async(message, callback, sharding_key)
+    def send_async(self, message: Message, callback: SendCallback | None = None, *,
+                   sharding_key: str | None = None) -> None:
+        """Start sending ``message`` now and return at once (RocketMQ's
+        ``send(msg, SendCallback)``); ``callback`` gets the SendResult or the exception,
+        exactly once. Nothing to await: the send belongs to the producer, whose close
+        waits for it. Sends started without yielding leave in one write. A failed send
+        is retried like ``send`` (moving to another broker).
 
-    async def _start_async(self, message: Message,
-                           callback: Callable[[SendResult | BaseException], Any] | None,
-                           sharding_key: str | None) -> None:
-        assert self._tg is not None, "use the producer as an async context manager"
+        Raises TooManyInFlightError at once when ``max_in_flight`` sends are outstanding
+        (RocketMQ refuses too: "executor rejected"); ``throttled_send_async`` waits for
+        room instead. Raises ClientError when the producer is not open."""
+        tg = self._open_tg()
+        try:
+            self._window.acquire_nowait()
+        except anyio.WouldBlock:
+            raise TooManyInFlightError(
+                f"{self.max_in_flight} sends in flight (max_in_flight); use "
+                "throttled_send_async to wait for room") from None
+        self._begin(tg, message, callback, sharding_key)
+
+    async def throttled_send_async(self, message: Message, callback: SendCallback | None = None,
+                                   *, sharding_key: str | None = None) -> None:
+        """``send_async`` with backpressure: waits only while ``max_in_flight`` sends are
+        outstanding, then starts the send and returns. It does NOT wait for the send
+        itself: the result goes to ``callback``."""
+        tg = self._open_tg()
         try:
             self._window.acquire_nowait()
         except anyio.WouldBlock:
             await self._window.acquire()
-        if not self._send_nowait(message, callback, sharding_key):
-            self._tg.start_soon(self._run_async, message, callback, sharding_key)
+            try:
+                tg = self._open_tg()  # it may have closed meanwhile
+            except ClientError:
+                self._window.release()
+                raise
+        self._begin(tg, message, callback, sharding_key)
 
-    def _finish(self, callback: Callable[[SendResult | BaseException], Any] | None,
-                result: SendResult | BaseException) -> None:
+    @property
+    def in_flight(self) -> int:
+        """Sends started by ``send_async`` whose callback has not been called yet."""
+        return self._in_flight
+
+    def _open_tg(self) -> anyio.abc.TaskGroup:
+        if self._tg is None or self._closing:
+            raise ClientError("the producer is not open: use it as an async context manager")
+        return self._tg
+
+    def _begin(self, tg: anyio.abc.TaskGroup, message: Message, callback: SendCallback | None,
+               sharding_key: str | None) -> None:
+        """The window is acquired: start the send (on the connection now, else as a task
+        of the producer's task group, scheduled now)."""
+        self._in_flight += 1
+        try:
+            started = self._send_nowait(message, callback, sharding_key)
+        except BaseException:
+            self._finish_count()
+            raise
+        if not started:
+            tg.start_soon(self._run_async, message, callback, sharding_key)
+
+    def _finish_count(self) -> None:
         self._window.release()
-        if callback is not None:
-            callback(result)
-        elif isinstance(result, BaseException):
-            log.warning("async send failed: %s", result)
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._idle.set()
 
-    def _send_nowait(self, message: Message,
-                     callback: Callable[[SendResult | BaseException], Any] | None,
+    def _finish(self, callback: SendCallback | None, result: SendResult | BaseException) -> None:
+        self._finish_count()
+        if callback is None:
+            if isinstance(result, BaseException):
+                log.warning("async send failed: %s", result)
+            return
+        try:
+            outcome = callback(result)
+            if inspect.isawaitable(outcome) and self._tg is not None:
+                self._tg.start_soon(_await, outcome)  # an async callback runs as our task
+        except Exception:  # the user's callback: never let it break a connection or us
+            log.exception("a send_async callback failed")
+
+    def _send_nowait(self, message: Message, callback: SendCallback | None,
                      sharding_key: str | None) -> bool:
         """The fast path: the route is known and the connection open. False: take
         the general path."""
@@ -297,8 +378,12 @@ class Producer:
                                                   int(resp.ext("queueOffset") or 0)))
             elif self._tg is not None:
                 # A failure or a refusal: retry the long way (other brokers, backoff),
-                # keeping this send's place in the window.
+                # keeping this send's place in the window. (The task group is open:
+                # the close waits for every send in flight.)
                 self._tg.start_soon(self._run_async, message, callback, sharding_key)
+            else:
+                self._finish(callback, resp if isinstance(resp, BaseException)
+                             else BrokerError(resp.code, resp.remark, addr or ""))
 
         try:
             conn.send_nowait(cmd, done, self.timeout)
@@ -306,12 +391,18 @@ class Producer:
             return False
         return True
 
-    async def _run_async(self, message: Message,
-                         callback: Callable[[SendResult | BaseException], Any] | None,
+    async def _run_async(self, message: Message, callback: SendCallback | None,
                          sharding_key: str | None) -> None:
         try:
             result: SendResult | BaseException = await self.send(message,
                                                                   sharding_key=sharding_key)
-        except ClientError as exc:
+        except Exception as exc:  # every outcome goes to the callback
             result = exc
         self._finish(callback, result)
+
+
+async def _await(outcome: Awaitable[Any]) -> None:
+    try:
+        await outcome
+    except Exception:
+        log.exception("a send_async callback failed")

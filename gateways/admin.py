@@ -375,9 +375,11 @@ def consume(topic_name: str, group: str | None, start: str, expression: str, sql
                 if max_messages is not None and count >= max_messages:
                     done.set()
 
+        # shutdown_grace_s=0: the handler parked past --max-messages is to be
+        # cancelled at once, not waited for.
         c = PushConsumer(namesrv, group, handler, consume_from=consume_from,
                          message_model="BROADCASTING" if broadcast else "CLUSTERING",
-                         client_name=group)
+                         client_name=group, shutdown_grace_s=0)
         if sql:
             c.subscribe(topic_name, sql, "SQL92")
         else:

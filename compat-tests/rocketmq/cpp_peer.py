@@ -1,7 +1,9 @@
 """Drive PyPI's ``rocketmq`` package (the Apache RocketMQ C++ client) from a child process.
 
 Each test runs this script so that the C library, its threads and its signal
-handling stay out of the pytest process. Output: one JSON document on stdout.
+handling stay out of the pytest process. Output: one JSON document on stdout (a
+consumed message's ``at`` and ``first_seen``: when the callback had it, and when it
+first had it, in seconds since the epoch).
 
     cpp_peer.py produce NAMESRV TOPIC N [--batch] [--orderly KEY] [--delay LEVEL]
     cpp_peer.py consume NAMESRV TOPIC GROUP N TIMEOUT [--orderly] [--expression EXPR]
@@ -57,10 +59,14 @@ def consume(ns: str, topic: str, group: str, n: int, timeout: float, orderly: bo
 
     got = []
     failed = set()
+    first_seen: dict[str, float] = {}  # body -> when the callback first had it
     lock = threading.Lock()
 
     def callback(msg) -> int:  # type: ignore[no-untyped-def]
         body = msg.body.decode()
+        now = time.time()
+        with lock:
+            first_seen.setdefault(body, now)
         if body == fail_first and body not in failed:
             failed.add(body)
             return RECONSUME_LATER  # the C++ client sends it back for a retry
@@ -69,7 +75,8 @@ def consume(ns: str, topic: str, group: str, n: int, timeout: float, orderly: bo
                         "keys": msg.keys.decode(), "queue": msg.queue_id,
                         "offset": msg.queue_offset,
                         "seq": (msg.get_property("seq") or b"").decode(),
-                        "reconsume": msg.reconsume_times})
+                        "reconsume": msg.reconsume_times,
+                        "first_seen": first_seen[body], "at": now})
         return CONSUME_SUCCESS
 
     c = PushConsumer(group, orderly=orderly)

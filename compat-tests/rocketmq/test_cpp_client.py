@@ -165,3 +165,40 @@ async def test_cpp_delay_level_is_honoured(broker) -> None:
         assert due - m.born_timestamp >= 1000 - 50, "level 1: one second after it was sent"
         assert m.store_timestamp >= due, "not before its time"
         assert "DELAY" not in m.properties
+
+
+@pytest.fixture
+def rocketmq_timed_broker(start_broker, tmp_path):  # type: ignore[no-untyped-def]
+    """RocketMQ's 30 s registration period (not the fast one above): only the broker's
+    answer to the heartbeat can make the retry topic routable in time."""
+    conf = tmp_path / "b.toml"
+    conf.write_text(FAST.replace("register_interval_s = 1.0", "register_interval_s = 30.0"))
+    return start_broker("namesrv", "remoting", extra_args=("--config", str(conf)))
+
+
+async def test_cpp_consumer_retries_come_back_once_its_group_is_known(
+        rocketmq_timed_broker) -> None:  # type: ignore[no-untyped-def]
+    """The group's first heartbeat creates %RETRY%<group> and registers it before it is
+    answered. A C++ consumer of a brand-new group looked the retry topic up before that
+    heartbeat, so it starts consuming retries at its own next route refresh and rebalance
+    (3 s and 10 s in this client); a consumer of a known group finds the route when it
+    starts, and a retry comes back after its delay level alone (1 s here). Figures are
+    printed (`pytest -s`), never asserted."""
+    ns = rocketmq_timed_broker.address("namesrv")
+    await create(ns, "CppRetryRoute", 1)
+    async with Producer(ns, "pg", **FAST_CLIENT) as p:
+        await p.send(Message("CppRetryRoute", b"first"))
+    got = await trio.to_thread.run_sync(peer, "consume", ns, "CppRetryRoute", "CID-new", "1",
+                                        "60", "--fail-first", "first")
+    first = {g["body"]: g for g in got}["first"]
+    assert first["reconsume"] >= 1, "the retry came back through %RETRY%CID-new"
+    print(f"\nnew group: the retry came back {first['at'] - first['first_seen']:.1f} s "
+          "after the failure")
+    async with Producer(ns, "pg", **FAST_CLIENT) as p:  # the same group, started again
+        await p.send(Message("CppRetryRoute", b"second"))
+    got = await trio.to_thread.run_sync(peer, "consume", ns, "CppRetryRoute", "CID-new", "1",
+                                        "60", "--fail-first", "second")
+    second = {g["body"]: g for g in got}["second"]
+    assert second["reconsume"] >= 1
+    print(f"known group: the retry came back {second['at'] - second['first_seen']:.1f} s "
+          "after the failure")

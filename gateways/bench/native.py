@@ -6,9 +6,8 @@ producers each waiting for its acks, (c) one producer pipelining async sends,
 consumer sees them. Figures are msgs/s and ack latency p50/p99/p999, with the
 CPU each side used. Without ``--namesrv`` a broker is started on a free port,
 pinned to CPU 0 while the load runs on CPU 1 (2 cores: broker on one, load on
-the other). The bare trio append-and-ack loop (the shared bench's ``ceiling.py``, found
-beside the repository or given with ``--ceiling``) runs with the same shapes
-and placement, for the same run's upper bound. Prints a table (``--json``:
+the other). The bare trio append-and-ack loop (``ceiling.py`` beside this module)
+runs with the same shapes and placement, for the same run's upper bound. Prints a table (``--json``:
 JSON lines); never pass/fail.
 """
 
@@ -24,7 +23,6 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -186,8 +184,8 @@ def _produce_runs(ns: str, topic: str, seconds: float, window: int
             end = pc() + seconds
             while pc() < end:
                 t = pc()
-                await p.send_async(Message(topic, BODY),
-                                   lambda r, t=t: lats.append(pc() - t))
+                await p.throttled_send_async(Message(topic, BODY),
+                                             lambda r, t=t: lats.append(pc() - t))
         return len(lats), lats, "message"
 
     async def batches() -> tuple[int, list[float], str]:
@@ -263,12 +261,12 @@ CEILING_SHAPES = {  # batch, connections, window, raw client: the same shapes fo
     "d.batch_32": (32, 1, 8, False)}
 
 
-def _ceiling(path: str, shape: str, seconds: float, pin: bool) -> list[dict[str, Any]]:
-    """Run the bare loop with the same shape and the same placement: its server on
-    CPU 0 (pinned as soon as ceiling.py spawns it), its load generator beside ours."""
+def _ceiling(shape: str, seconds: float, pin: bool) -> list[dict[str, Any]]:
+    """Run the bare loop (ceiling.py) with the same shape and the same placement: its
+    server on CPU 0 (pinned as soon as it is spawned), its load generator beside ours."""
     b, c, w, raw = CEILING_SHAPES[shape]
     args = [str(b), str(c), str(w), str(seconds)] + (["none", "sel"] if raw else [])
-    proc = subprocess.Popen([sys.executable, path, "run", *args],
+    proc = subprocess.Popen([sys.executable, "-m", f"{__package__}.ceiling", "run", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     if pin and (os.cpu_count() or 1) > 1:
         deadline = time.monotonic() + 10
@@ -293,12 +291,6 @@ def _ceiling(path: str, shape: str, seconds: float, pin: bool) -> list[dict[str,
     return out
 
 
-def default_ceiling() -> str | None:
-    """The shared bench's ceiling.py, when the repository sits beside shared/ (as in CI)."""
-    path = Path(__file__).resolve().parents[2].parent / "shared" / "bench" / "ceiling.py"
-    return str(path) if path.exists() else None
-
-
 @click.command("produce", context_settings=CONTEXT)
 @click.option("-n", "--namesrv", help="Measure this server (default: start one, pinned).")
 @click.option("--seconds", type=float, default=5.0, show_default=True, help="Per shape.")
@@ -309,18 +301,14 @@ def default_ceiling() -> str | None:
 @click.option("--window", type=int, default=256, show_default=True,
               help="Messages in flight for the pipelined shapes.")
 @click.option("--flush", type=click.Choice(["async", "sync"]), default="async", show_default=True)
-@click.option("--ceiling", "ceiling_path", type=click.Path(exists=True, dir_okay=False),
-              help="ceiling.py to run with the same shapes (default: the shared bench's, "
-                   "found beside the repository).")
 @click.option("--no-ceiling", is_flag=True, help="Do not run the ceiling.")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
 @click.option("--pin/--no-pin", default=True, show_default=True,
               help="Broker on CPU 0, load on the other CPUs.")
 def produce(namesrv: str | None, seconds: float, shapes: tuple[str, ...], window: int,
-            flush: str, ceiling_path: str | None, no_ceiling: bool, as_json: bool,
+            flush: str, no_ceiling: bool, as_json: bool,
             pin: bool) -> None:
     """Produce 100-byte messages in the four shapes; msgs/s and ack latency."""
-    ceiling_path = None if no_ceiling else (ceiling_path or default_ceiling())
     results: list[dict[str, Any]] = []
     with _server(namesrv, flush, pin) as (ns, pid):
         topic = f"bench-{int(time.time())}"
@@ -336,8 +324,8 @@ def produce(namesrv: str | None, seconds: float, shapes: tuple[str, ...], window
                 continue
             with progress_console().status(f"{name}"):
                 results.append(dict(_measure(f"native.produce.{name}", pid, fn), shape=name))
-                if ceiling_path:
-                    results.extend(_ceiling(ceiling_path, name, seconds,
+                if not no_ceiling:
+                    results.extend(_ceiling(name, seconds,
                                             pin and namesrv is None))
     _show("native produce (100-byte messages)", results, as_json)
 
@@ -376,7 +364,7 @@ def consume(namesrv: str | None, messages: int, pull_size: int, batched: bool,
                 if not batched:
                     await p.send(Message(topic, BODY))
                     for _ in range(messages - 1):
-                        await p.send_async(Message(topic, BODY))
+                        await p.throttled_send_async(Message(topic, BODY))
                     return
                 batch = [Message(topic, BODY) for _ in range(256)]
                 async with anyio.create_task_group() as tg:

@@ -17,12 +17,18 @@ timeout. Committed offsets are not kept here: they are the broker's (the same
 offsets the native client commits); this module only says whether a commit
 from a (generation, member) is acceptable.
 
+The states are ``GroupState`` and the moves between them ``TRANSITIONS`` (the
+diagram as data, as Kafka's GroupState keeps its valid previous states): every
+change of state goes through ``Group.move_to``, which refuses a move the table
+does not list (a bug of this module, never of a client).
+
 Everything here runs on the event loop; waiting is done on trio Events, and
 the rebalance and expiry timers are tasks in the coordinator's nursery.
 """
 
 from __future__ import annotations
 
+import enum
 import itertools
 import uuid
 from collections.abc import Sequence
@@ -32,11 +38,31 @@ import trio
 
 from ...protocols.kafka import errors as ke
 
-EMPTY = "Empty"
-PREPARING = "PreparingRebalance"
-COMPLETING = "CompletingRebalance"
-STABLE = "Stable"
-DEAD = "Dead"
+
+class GroupState(enum.StrEnum):
+    """A classic group's state; the value is the name DescribeGroups and ListGroups report."""
+
+    EMPTY = "Empty"
+    PREPARING = "PreparingRebalance"
+    COMPLETING = "CompletingRebalance"
+    STABLE = "Stable"
+    DEAD = "Dead"
+
+
+EMPTY, PREPARING, COMPLETING, STABLE, DEAD = GroupState
+
+TRANSITIONS: dict[GroupState, frozenset[GroupState]] = {
+    # state: the states it may move to (a move to the same state is never made)
+    EMPTY: frozenset((PREPARING, DEAD)),  # a first join; a deleted group
+    PREPARING: frozenset((COMPLETING, EMPTY, DEAD)),  # the round completes; everyone left
+    COMPLETING: frozenset((STABLE, PREPARING, EMPTY)),  # leader's sync; join/leave/expiry
+    STABLE: frozenset((PREPARING, EMPTY)),  # join, leave or expiry; the last member left
+    DEAD: frozenset(),
+}
+
+
+class IllegalTransition(AssertionError):
+    """A move ``TRANSITIONS`` does not allow: a bug in this module."""
 
 EXPIRY_CHECK_S = 0.25  # how often session expiry is checked
 
@@ -84,7 +110,7 @@ class JoinResult:
 @dataclass
 class Group:
     group_id: str
-    state: str = EMPTY
+    state: GroupState = EMPTY
     generation: int = 0
     protocol_type: str | None = None
     protocol: str | None = None
@@ -96,6 +122,12 @@ class Group:
 
     def all_joined(self) -> bool:
         return all(m.joining for m in self.members.values())
+
+    def move_to(self, new: GroupState) -> None:
+        """Change state along ``TRANSITIONS``; raises IllegalTransition otherwise."""
+        if new not in TRANSITIONS[self.state]:
+            raise IllegalTransition(f"group {self.group_id}: {self.state} -> {new}")
+        self.state = new
 
 
 class Coordinator:
@@ -193,7 +225,7 @@ class Coordinator:
     def _prepare_rebalance(self, g: Group, *, initial: bool = False) -> None:
         """Start a join round: every member must (re)join within the rebalance timeout."""
         self._fail_sync_waiters(g, ke.REBALANCE_IN_PROGRESS)
-        g.state = PREPARING
+        g.move_to(PREPARING)
         g.round = trio.Event()
         timeout = max((m.rebalance_timeout_ms for m in g.members.values()), default=0) / 1000
         assert self._nursery is not None, "Coordinator.run is not running"
@@ -216,7 +248,7 @@ class Coordinator:
             self._remove(g, mid, rebalance=False)  # did not rejoin in time
         g.round = None
         if not g.members:
-            g.state = EMPTY
+            g.move_to(EMPTY)
             g.generation += 1
             g.protocol = g.leader = None
             return
@@ -224,7 +256,7 @@ class Coordinator:
         g.protocol = self._choose_protocol(g)
         if g.leader not in g.members:
             g.leader = next(iter(g.members))
-        g.state = COMPLETING
+        g.move_to(COMPLETING)
         everyone = tuple((m.member_id, m.group_instance_id, m.metadata(g.protocol))
                          for m in g.members.values())
         for m in g.members.values():
@@ -274,7 +306,7 @@ class Coordinator:
             given = dict(assignments)
             for mm in g.members.values():
                 mm.assignment = given.get(mm.member_id, b"")
-            g.state = STABLE
+            g.move_to(STABLE)
             waiters, g.sync_waiters = g.sync_waiters, {}
             for ev in waiters.values():
                 ev.set()
@@ -330,7 +362,8 @@ class Coordinator:
         if not rebalance:
             return
         if not g.members:
-            g.state = EMPTY
+            if g.state != EMPTY:
+                g.move_to(EMPTY)
             g.protocol = g.leader = None
             g.generation += 1
             self._fail_sync_waiters(g, ke.REBALANCE_IN_PROGRESS)

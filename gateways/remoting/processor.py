@@ -479,6 +479,7 @@ class Processor:
         hb = B.HeartbeatData.decode(cmd.body)
         if not hb.clientID:
             raise B.BodyError("heartbeat without clientID")
+        created = False
         for c in hb.consumers:
             if not c.groupName:
                 continue
@@ -490,6 +491,16 @@ class Processor:
                 retry = RETRY_PREFIX + c.groupName
                 if retry not in self.broker.meta.topics:
                     await self.broker.create_topic(retry, 1, exist_ok=True)
+                    created = True
+        if created:
+            # ... and registers it with the NameServers before answering
+            # (createTopicInSendMessageBackMethod -> registerBrokerAll): the client
+            # looks the retry topic up next, and one that finds no route consumes its
+            # retries only after its next route refresh and rebalance (20-30 s).
+            # Bounded below the clients' 3 s request timeout: a NameServer that does
+            # not answer must not fail the heartbeat (the registrar retries anyway).
+            with trio.move_on_after(2.0):
+                await self.register_now()
         changed = self.clients.heartbeat(hb.clientID, conn, hb.producerGroups, hb.consumers,
                                          cmd.language, cmd.version)
         self._notify_changed(changed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio.testing
 from ferrymq.gateways.kafka.groups import COMPLETING, EMPTY, STABLE, Coordinator
@@ -69,3 +70,27 @@ async def test_bad_session_timeout_and_unknown_member(autojump_clock) -> None:
         assert res.error == ke.UNKNOWN_MEMBER_ID
         assert co.heartbeat("g", 0, "nobody") == ke.UNKNOWN_MEMBER_ID
         nursery.cancel_scope.cancel()
+
+
+def test_group_states_move_only_along_the_transition_table() -> None:
+    from ferrymq.gateways.kafka.groups import (
+        DEAD,
+        PREPARING,
+        TRANSITIONS,
+        Group,
+        GroupState,
+        IllegalTransition,
+    )
+
+    assert set(TRANSITIONS) == set(GroupState)
+    g = Group("g")
+    g.move_to(PREPARING)
+    with pytest.raises(IllegalTransition):
+        g.move_to(STABLE)  # a round must complete (and the leader sync) first
+    g.move_to(COMPLETING)
+    g.move_to(STABLE)
+    g.move_to(EMPTY)
+    g.move_to(DEAD)
+    with pytest.raises(IllegalTransition):
+        g.move_to(PREPARING)  # nothing leaves Dead
+    assert g.state == "Dead"  # the name DescribeGroups reports

@@ -54,7 +54,7 @@ async def test_producer_sends_sync_oneway_batch_and_async(native) -> None:
         assert [b.queue_offset for b in batch] == list(range(batch[0].queue_offset,
                                                              batch[0].queue_offset + 4))
         for i in range(10):
-            await p.send_async(Message("CT", f"a{i}".encode()), results.append)
+            p.send_async(Message("CT", f"a{i}".encode()), results.append)
     assert len(results) == 10 and all(hasattr(x, "msg_id") for x in results)
     await trio.sleep(0.5)  # the broker registers the auto-created topic with the NameServer
     async with Admin(ns) as a:
@@ -392,3 +392,26 @@ async def test_push_consumer_batch_size_and_start_from_a_timestamp(native) -> No
         await wait_for(lambda: sum(len(x) for x in calls) >= 12)
     assert [b for x in calls for b in x] == [f"after{i}".encode() for i in range(12)]
     assert max(len(x) for x in calls) == 5, "the handler gets up to consume_batch_size"
+
+
+async def test_cancelling_running_clients_leaves_the_callers_nursery_intact(native) -> None:
+    """Cancelling the scope around a running consumer and producer (a sibling failed, a
+    timeout) ends them cleanly: each leaves the task groups it entered, so the caller's
+    nursery is not corrupted and a second round works the same."""
+    ns = native.address("namesrv")
+    got: list[MessageExt] = []
+
+    async def h(msgs: list[MessageExt]) -> None:
+        got.extend(msgs)
+
+    for round_ in range(3):
+        async with trio.open_nursery() as nursery:
+            c = PushConsumer(ns, "cancelled", h, consume_from="FIRST", **FAST_PUSH)
+            c.subscribe("Cancelled")
+            await nursery.start(c.run)
+            async with Producer(ns, "pg", **FAST_CLIENT) as p:
+                await p.send(Message("Cancelled", f"r{round_}".encode()))
+                await wait_for(lambda r=round_: f"r{r}".encode() in {m.body for m in got})
+                nursery.cancel_scope.cancel()
+                await trio.sleep(1)  # cancelled here, with the producer and consumer open
+    assert {m.body for m in got} >= {b"r0", b"r1", b"r2"}

@@ -25,8 +25,8 @@ from ferrymq.protocols.remoting import (
 )
 from ferrymq.protocols.remoting.codes import LanguageCode
 
-# The repository is checked out beside shared/, which holds the captured frames.
-TESTDATA = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "rocketmq"
+# Frames captured from the RocketMQ C++ client (PyPI `rocketmq`), kept with the tests.
+TESTDATA = Path(__file__).resolve().parents[1] / "data" / "rocketmq"
 
 
 def cpp_frame(header: dict, body: bytes = b"") -> bytes:
