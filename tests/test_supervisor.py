@@ -187,9 +187,11 @@ async def test_a_dying_flusher_stops_the_broker_and_keeps_the_abort_marker(tmp_p
             def broken_flush(*args: object) -> int:
                 raise RuntimeError("not an OSError: a bug")
 
-            b.store.flush = broken_flush  # type: ignore[method-assign]
+            # Below the flusher's bound method (taken when the broker started).
+            b.store.commitlog.flush = broken_flush  # type: ignore[method-assign]
             await b.put(Message("t", b"unflushed"))
-            await trio.sleep_forever()  # the failure ends this, not a timeout
+            with trio.fail_after(60):  # the failure ends this long before
+                await trio.sleep_forever()
     assert os.path.exists(os.path.join(cfg.data_dir, "store", "abort")) or any(
         name == "abort" for _root, _dirs, files in os.walk(cfg.data_dir) for name in files)
     async with Broker.open(cfg) as again:

@@ -310,12 +310,22 @@ def wait_for(condition: Callable[[], bool], within: float = 15.0, what: str = ""
 
 
 def trickle(s: socket.socket, data: bytes, every: float = 0.25) -> bool:
-    """Send ``data`` a byte at a time (slowloris); True if the peer closed before the end."""
+    """Send ``data`` a byte at a time, ``every`` seconds apart (slowloris); True if the
+    peer closed before the end. What the peer answers meanwhile (a 408) is read and
+    dropped, so that its end of the stream is seen, not the answer in front of it."""
     for i in range(len(data)):
         try:
             s.sendall(data[i:i + 1])
         except OSError:
             return True
-        if not still_open(s, every):
-            return True
+        deadline = time.monotonic() + every
+        while (left := deadline - time.monotonic()) > 0:
+            s.settimeout(left)
+            try:
+                if not s.recv(65536):
+                    return True
+            except TimeoutError:
+                break
+            except OSError:
+                return True
     return False
