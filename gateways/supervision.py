@@ -169,17 +169,18 @@ class Watch:
     the connection; doors read it in their cleanup (HTTP answers 408 for a request
     that was too slow to arrive)."""
 
-    __slots__ = ("_budget", "_handshake_until", "_limits", "_protocol", "deadline", "expired",
-                 "held", "host", "peer", "reason", "scope", "send_deadline")
+    # Small on purpose: an idle connection costs this, its socket and its door's state.
+    __slots__ = ("_budget", "_handshake_until", "_limits", "_protocol", "addr", "deadline",
+                 "expired", "held", "reason", "scope", "send_deadline")
 
-    def __init__(self, limits: ConnectionLimits, peer: str, host: str,
-                 budget: RequestBudget | None, protocol: str) -> None:
+    def __init__(self, limits: ConnectionLimits, addr: tuple[Any, ...] | None,
+                 budget: RequestBudget | None, protocol: str, timed: bool = True) -> None:
         self._limits = limits
         self._budget = budget
         self._protocol = protocol
-        self.peer = peer
-        self.host = host
-        self.scope = trio.CancelScope()
+        self.addr = addr  # the peer's (host, port, ...), as getpeername gave it
+        # Only a door with time limits needs a scope to cancel (the watchdog's).
+        self.scope = trio.CancelScope() if timed else None
         self.expired: str | None = None
         self.held = 0
         self.send_deadline = math.inf
@@ -195,6 +196,15 @@ class Watch:
     @property
     def limits(self) -> ConnectionLimits:
         return self._limits
+
+    @property
+    def host(self) -> str:
+        return str(self.addr[0]) if self.addr else "?"
+
+    @property
+    def peer(self) -> str:
+        """The peer as ``host:port`` (``[host]:port`` for IPv6), for logs."""
+        return _format_peer(self.addr)
 
     @property
     def handshaking(self) -> bool:
@@ -277,7 +287,8 @@ class Watch:
     def expire(self, reason: str) -> None:
         self.expired = reason
         self.deadline = self.send_deadline = math.inf
-        self.scope.cancel()
+        if self.scope is not None:
+            self.scope.cancel()
 
 
 class ConnectionSupervisor:
@@ -334,10 +345,12 @@ class ConnectionSupervisor:
 
     async def run(self, handler: Handler, stream: Any) -> None:
         """Supervise one accepted ``stream`` (``serve`` calls this; tests may too)."""
-        peer, host = _peer(stream)
+        addr = _addr(stream)
+        host = str(addr[0]) if addr else "?"
         refused = self._admission(host)
         if refused is not None:
             self._count(self._refused, refused)
+            peer = _format_peer(addr)
             log.info("%s door refused %s: %s", self.door, peer, refused,
                      extra={"door": self.door, "peer": peer, "reason": refused})
             try:
@@ -349,26 +362,31 @@ class ConnectionSupervisor:
             finally:
                 await _close(stream)
             return
-        self.by_host[host] = self.by_host.get(host, 0) + 1
-        watch = Watch(self.limits, peer, host, self.budget, self.protocol)
+        by_host = self.by_host
+        by_host[host] = by_host.get(host, 0) + 1
+        watch = Watch(self.limits, addr, self.budget, self.protocol, self.timed)
         self.live.add(watch)
         try:
-            with watch.scope:
+            if watch.scope is not None:
+                with watch.scope:
+                    await handler(stream, watch)
+            else:
                 await handler(stream, watch)
         except Exception as exc:
-            self._contain(exc, peer)
+            self._contain(exc, watch.peer)
         finally:
             self.live.discard(watch)
-            left = self.by_host[host] - 1
+            left = by_host[host] - 1
             if left:
-                self.by_host[host] = left
+                by_host[host] = left
             else:
-                del self.by_host[host]
+                del by_host[host]
             watch.release()
             if watch.expired is not None:
                 self._count(self._closed, watch.expired)
-                log.info("%s door closed %s: %s", self.door, peer, watch.expired,
-                         extra={"door": self.door, "peer": peer, "reason": watch.expired})
+                log.info("%s door closed %s: %s", self.door, watch.peer, watch.expired,
+                         extra={"door": self.door, "peer": watch.peer,
+                                "reason": watch.expired})
             await _close(stream)
 
     def _admission(self, host: str) -> str | None:
@@ -429,16 +447,19 @@ def _is_gone(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in _GONE_ERRNOS
 
 
-def _peer(stream: Any) -> tuple[str, str]:
+def _addr(stream: Any) -> tuple[Any, ...] | None:
     sock = getattr(stream, "socket", None)
     try:
-        addr = sock.getpeername() if sock is not None else None
+        return sock.getpeername() if sock is not None else None  # type: ignore[no-any-return]
     except OSError:
-        addr = None
+        return None
+
+
+def _format_peer(addr: tuple[Any, ...] | None) -> str:
     if not addr:
-        return "?", "?"
+        return "?"
     host, port = str(addr[0]), addr[1]
-    return (f"[{host}]:{port}" if ":" in host else f"{host}:{port}"), host
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def _close(stream: Any) -> None:

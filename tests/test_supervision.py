@@ -263,7 +263,8 @@ async def test_a_reader_waits_for_the_budget_and_releases_it_when_it_ends() -> N
 
 def test_a_watch_without_limits_has_no_deadline() -> None:
     async def main() -> None:
-        w = Watch(FAST, "p", "h", None, "kafka")
+        w = Watch(FAST, ("10.0.0.1", 5), None, "kafka")
+        assert w.peer == "10.0.0.1:5" and w.host == "10.0.0.1" and w.scope is not None
         w.waiting(True)
         assert w.deadline == math.inf
         w.waiting(False)
