@@ -115,7 +115,7 @@ async def _connection(stream: trio.SocketStream, watch: Watch | None = None, *, 
             if not data:
                 return
             out = []
-            cmd: RemotingCommand | None = None
+            handling: RemotingCommand | None = None  # the command being handled, if any
             try:
                 decoder.receive_data(data)
                 while (cmd := decoder.next_command()) is not None:
@@ -123,13 +123,16 @@ async def _connection(stream: trio.SocketStream, watch: Watch | None = None, *, 
                         watch.handshake_done()
                         watch.busy()
                     if not cmd.is_response:
+                        handling = cmd
                         resp = ns.handle(cmd, peer)
+                        handling = None
                         if not cmd.is_oneway:
                             out.append(encode(resp))
             except RemotingProtocolError as exc:
                 log.info("closing %s: %s", peer, exc)
                 opaque = exc.opaque if exc.opaque is not None else (
-                    cmd.opaque if cmd is not None and not cmd.is_oneway else None)
+                    handling.opaque if handling is not None and not handling.is_oneway
+                    else None)
                 if opaque is not None:
                     out.append(encode(response_to(RemotingCommand(0, opaque),
                                                   ResponseCode.SYSTEM_ERROR,

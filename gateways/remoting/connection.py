@@ -169,18 +169,23 @@ async def _read_loop(conn: ServerConnection, processor: Processor) -> None:
         if not data:
             return
         out: list[bytes] = []
-        cmd: RemotingCommand | None = None
+        handling: RemotingCommand | None = None  # the command being handled, if any
         try:
             decoder.receive_data(data)
-            while (cmd := decoder.next_command()) is not None:
-                if watch is not None:
-                    watch.handshake_done()
-                    watch.busy()
+            cmd = decoder.next_command()
+            if cmd is not None and watch is not None:
+                watch.handshake_done()
+                watch.busy()  # until the next wait for bytes
+            while cmd is not None:
                 if cmd.is_response:
+                    cmd = decoder.next_command()
                     continue  # an answer to a oneway notification: nothing waits for it
+                handling = cmd
                 resp = await handle(conn, cmd)
+                handling = None
                 if resp is not None and not cmd.is_oneway:
                     out.append(resp if type(resp) is bytes else encode(resp))
+                cmd = decoder.next_command()
         except RemotingProtocolError as exc:
             processor.counters["protocol_errors"] += 1
             processor.metrics.error("frame", "protocol_error")
@@ -188,7 +193,7 @@ async def _read_loop(conn: ServerConnection, processor: Processor) -> None:
             # A header that did not decode names its opaque when it can; a body past
             # the limits belongs to the command being handled.
             opaque = exc.opaque if exc.opaque is not None else (
-                cmd.opaque if cmd is not None and not cmd.is_oneway else None)
+                handling.opaque if handling is not None and not handling.is_oneway else None)
             if opaque is not None:
                 bad = RemotingCommand(0, opaque)
                 out.append(encode(response_to(bad, ResponseCode.SYSTEM_ERROR,

@@ -129,3 +129,14 @@ def test_a_kafka_frame_announcing_2_gib_costs_nothing(hostile) -> None:
     assert drain(s, 1.0) == b""
     s.close()
     hostile.check()
+
+
+def test_a_bad_frame_after_a_good_one_is_not_answered_in_its_name(hostile) -> None:
+    """The error of a frame whose header does not decode must not borrow the opaque of
+    the request answered just before it in the same read."""
+    s = connect(hostile.ports.remoting)
+    s.sendall(encode(request(GET_BROKER_RUNTIME_INFO, 41)) + remoting_frame(NESTED))
+    got = responses(drain(s, 1.0))
+    assert [c.opaque for c in got] == [41] and got[0].code == ResponseCode.SUCCESS
+    s.close()
+    hostile.check()
