@@ -65,7 +65,7 @@ from .message import (
     Message,
     now_ms,
 )
-from .metadata import DLQ_PREFIX
+from .metadata import DLQ_PREFIX, NS_OFFSET
 from .store.files import atomic_write, fsync_dir, read_file
 
 if TYPE_CHECKING:
@@ -440,7 +440,7 @@ class PopService:
         progress = qs.progress
         meta = self.broker.meta
         if meta.committed(group, topic, qid) != progress and topic in meta.topics:
-            meta.commit(group, topic, qid, progress)
+            self.broker.state.append(((NS_OFFSET, key, progress),))
 
     def _push(self, until: int, lease_no: int, key: Key, offset: int) -> None:
         heapq.heappush(self._heap, (until, lease_no, key, offset))
