@@ -261,12 +261,13 @@ class Broker:
         """Start-up (docs/storage.md, "The state log"): the newest state snapshot, then
         the store's recovery, which replays the state records after the snapshot in
         log order with the messages (``StateLog.replay_queue``, ``_accept_record``).
-        A round-1 data directory's JSON files are imported once."""
+        A round-1 data directory's JSON files and pop journal are imported once."""
         os.makedirs(self.config.data_dir, exist_ok=True)
         had_snapshot = self.state.load()
-        legacy = self.meta.legacy_paths()
+        legacy = self.meta.legacy_paths() + self.pop_service.legacy_paths()
         if legacy and not had_snapshot:
             self.meta.load_legacy()
+            self.pop_service.load_legacy()
         self._system_topics_sync()
         self.recovery = self.store.open(self._accept_record, before_scan=self.state.replay_queue)
         for (topic, _qid) in list(self.store.queues):
@@ -402,7 +403,6 @@ class Broker:
             self.transactions.close_sync()
             if self.store.failed is None and self.state.since_snapshot:
                 self.state.snapshot_sync()  # the next start replays nothing
-            self.pop_service.close()
         finally:
             self.timers.wheel.close()
             self.store.close()
@@ -825,8 +825,8 @@ class Broker:
         # The dependent state first, the topic last: should the changes not fit one
         # record and a crash fall between two, the topic is still there to delete.
         changes: list[Change] = [(NS_OFFSET, k, None) for k in self.meta.offset_keys(topic=name)]
+        changes += self.pop_service.forget_changes(topic=name)
         changes += [(NS_TOMBSTONE, name, self.store.dispatched_pos), (NS_TOPIC, name, None)]
-        self.pop_service.forget_topic(name)
         await self.state.put_many(changes)  # _topic_changed drops its queues
 
     def watch_topics(self, callback: Callable[[], None]) -> None:
@@ -873,8 +873,8 @@ class Broker:
         if name not in self.meta.groups and name not in self.meta.offsets:
             raise GroupNotFound(f"consumer group {name} does not exist")
         changes: list[Change] = [(NS_OFFSET, k, None) for k in self.meta.offset_keys(group=name)]
+        changes += self.pop_service.forget_changes(group=name)
         changes.append((NS_GROUP, name, None))
-        self.pop_service.forget_group(name)
         await self.state.put_many(changes)
 
     # ================================================================ stats
