@@ -796,7 +796,7 @@ class Broker:
             changes.insert(0, (NS_TOMBSTONE, name, None))
         # Applied when appended, so concurrent producers see it at once; then durable.
         await self.state.put_many(changes)
-        return self.meta.topics[name]
+        return self._topic_after_wait(name)
 
     async def update_topic(self, name: str, *, queues: int | None = None,
                            perm: int | None = None, message_type: str | None = None,
@@ -815,7 +815,15 @@ class Broker:
             message_type=t.message_type if message_type is None else message_type,
             attributes=t.attributes if attributes is None else dict(attributes))
         await self.state.put(NS_TOPIC, name, t.to_json())
-        return self.meta.topics[name]
+        return self._topic_after_wait(name)
+
+    def _topic_after_wait(self, name: str) -> TopicConfig:
+        """The topic a change just made durable, unless another task deleted it while
+        that change waited for its flush."""
+        t = self.meta.topics.get(name)
+        if t is None:
+            raise TopicNotFound(f"topic {name} was deleted meanwhile")
+        return t
 
     async def delete_topic(self, name: str) -> None:
         """Delete a topic: its queues and committed offsets go at once, its records
@@ -858,12 +866,12 @@ class Broker:
             raise InvalidArgument(f"consumer group {name} exists")
         g = replace(GroupConfig(name, created_at=now_ms()), **settings)  # type: ignore[arg-type]
         await self.state.put(NS_GROUP, name, g.to_json())
-        return self.meta.groups[name]
+        return self.group(name)  # GroupNotFound if deleted while this waited for its flush
 
     async def update_group(self, name: str, **settings: object) -> GroupConfig:
         g = replace(self.group(name), **settings)  # type: ignore[arg-type]
         await self.state.put(NS_GROUP, name, g.to_json())
-        return self.meta.groups[name]
+        return self.group(name)  # GroupNotFound if deleted while this waited for its flush
 
     async def delete_group(self, name: str) -> None:
         """Forget a group: its settings, pop state and committed offsets. A group known

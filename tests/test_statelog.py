@@ -366,3 +366,37 @@ async def test_a_failed_fsync_under_a_snapshot_fails_the_store(tmp_path) -> None
         with pytest.raises(FlushFailed):
             await b.put(Message("t", b"x"))
         assert not list((tmp_path / "d" / "state").glob("snapshot-*"))
+
+
+async def test_a_topic_deleted_while_its_creation_waits_for_the_flush_is_not_found(
+        tmp_path) -> None:
+    import threading
+
+    from ferrymq.core.errors import TopicNotFound
+
+    async with Broker.open(config(tmp_path / "d", flush="sync")) as b:
+        gate = threading.Event()
+        flush = b.store.commitlog.flush
+
+        def slow_flush(upto: int | None = None) -> int:
+            gate.wait(30)  # a slow disk: the fsync returns when the test says so
+            return flush(upto)
+
+        b.store.commitlog.flush = slow_flush  # type: ignore[method-assign]
+        result: list[object] = []
+
+        async def create() -> None:
+            try:
+                result.append(await b.create_topic("brief", 1))
+            except TopicNotFound as exc:
+                result.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(create)
+            while "brief" not in b.meta.topics:
+                await trio.sleep(0.001)
+            nursery.start_soon(b.delete_topic, "brief")
+            while "brief" in b.meta.topics:
+                await trio.sleep(0.001)
+            gate.set()
+        assert isinstance(result[0], TopicNotFound)
