@@ -290,7 +290,9 @@ class StateLog:
         tables, subscribers = self.tables, self._subscribers
         n = 0
         for ns, key, value in changes:
-            t = tables.get(ns) or self._table(ns)
+            t = tables.get(ns)
+            if t is None:
+                t = self._table(ns)
             t.apply(key, value)
             for callback in subscribers.get(ns, ()):
                 callback(key, value)
