@@ -55,6 +55,10 @@ from .message import (
 from .metadata import (
     MAX_QUEUES,
     MESSAGE_TYPES,
+    NS_GROUP,
+    NS_OFFSET,
+    NS_TOMBSTONE,
+    NS_TOPIC,
     PERM_READ,
     PERM_READ_WRITE,
     PERM_WRITE,
@@ -74,6 +78,7 @@ from .pop import (
     ReceiptRenewal,
 )
 from .retry import RESENT_TOPIC, DeadLetter, ResendResult, RetryService, SendBackResult
+from .statelog import STATE_TOPIC, Change, StateLog
 from .stats import Counters, GroupTopicStats, QueueLag, TopicStats
 from .store.store import MessageStore, RecoveryReport, StoreConfig
 from .timers import TIMER_TOPIC, CancelResult, TimerService, TimerStats, parse_delay_levels
@@ -109,7 +114,7 @@ def _may_be_special(props: Mapping[str, str]) -> bool:
 
 
 _SYSTEM_TOPICS = {TIMER_TOPIC: 0, HALF_TOPIC: 0, OP_TOPIC: 0, RESENT_TOPIC: 0,
-                  CHECK_MAX_TOPIC: PERM_READ}
+                  CHECK_MAX_TOPIC: PERM_READ, STATE_TOPIC: 0}
 
 _THREADED_READ_BYTES = 8 << 20  # gets allowed to return this much read in a worker thread
 
@@ -129,7 +134,14 @@ class BrokerConfig:
     max_disk_ratio: float = 0.75  # RocketMQ's diskMaxUsedSpaceRatio
     retention_check_interval_s: float = 10.0
     checkpoint_interval_ms: int = 1000
+    # Unused since round 2 (offsets are state-log records, durable when committed);
+    # accepted so that round-1 configuration files still load.
     offset_persist_interval_ms: int = 1000
+    # The state log's compaction (docs/storage.md "The state log"): a snapshot every
+    # this many state records (at least as many as the state holds), or every
+    # interval when anything changed.
+    state_snapshot_records: int = 100_000
+    state_snapshot_interval_s: float = 60.0
     max_message_size: int = 4 << 20
     auto_create_topics: bool = True
     auto_create_groups: bool = True
@@ -163,6 +175,8 @@ class BrokerConfig:
         if not 60 <= self.roll_window_s < self.timer_wheel_slots // 2:
             raise ValueError("roll_window_s must be at least 60 and under half the wheel")
         parse_delay_levels(self.delay_levels)  # raises ValueError
+        if self.state_snapshot_records < 1 or self.state_snapshot_interval_s <= 0:
+            raise ValueError("state_snapshot_records and state_snapshot_interval_s must be positive")
         if self.timer_max_delay_ms < 0 or self.transaction_check_max < 0 \
                 or self.transaction_check_timeout_ms < 0 or self.transaction_check_interval_ms < 1:
             raise ValueError("timer and transaction settings must not be negative")
@@ -182,13 +196,22 @@ class Broker:
             store_host=rec.host_bytes(config.store_host, config.store_port),
         ))
         self.meta = Metadata(os.path.join(config.data_dir, "config"))
+        # The state log's own topic is no topic of the tables (its records define them):
+        # hidden from every listing and door, never created, written or read but here.
+        self.state = StateLog(self.store, os.path.join(config.data_dir, "state"),
+                              durable=self._state_durable,
+                              max_record_bytes=min(config.max_message_size, 1 << 20),
+                              snapshot_interval_s=config.state_snapshot_interval_s,
+                              snapshot_records=config.state_snapshot_records)
+        for ns, table in self.meta.tables(self._topic_changed, pinned=(STATE_TOPIC,)).items():
+            self.state.register(ns, table, admin=ns != NS_OFFSET)
         self.counters = Counters()
         self.recovery: RecoveryReport | None = None
         self.sync_flush = config.flush == "sync"
         self._committer: GroupCommitter | None = None
+        self._admin_committer: GroupCommitter | None = None  # async flush: admin changes
         self._waiters: dict[str, set[trio.Event]] = {}
         self._round_robin: dict[str, list[int]] = {}
-        self._meta_lock = trio.Lock()
         self._topic_watchers: list[Callable[[], None]] = []
         self._threaded_reads = 0
         self._closing = False
@@ -235,15 +258,32 @@ class Broker:
                 await trio.to_thread.run_sync(broker._close_sync)
 
     def _open_sync(self) -> None:
+        """Start-up (docs/storage.md, "The state log"): the newest state snapshot, then
+        the store's recovery, which replays the state records after the snapshot in
+        log order with the messages (``StateLog.replay_queue``, ``_accept_record``).
+        A round-1 data directory's JSON files and pop journal are imported once."""
         os.makedirs(self.config.data_dir, exist_ok=True)
-        self.meta.load()
+        had_snapshot = self.state.load()
+        legacy = self.meta.legacy_paths() + self.pop_service.legacy_paths()
+        if legacy and not had_snapshot:
+            self.meta.load_legacy()
+            self.pop_service.load_legacy()
         self._system_topics_sync()
-        self.recovery = self.store.open(self._accept_record)
+        self.recovery = self.store.open(self._accept_record, before_scan=self.state.replay_queue)
         for (topic, _qid) in list(self.store.queues):
-            if topic not in self.meta.topics:
+            if topic not in self.meta.topics and topic != STATE_TOPIC:
                 self.store.drop_topic(topic)  # a deleted topic's leftovers
         self._system_topics_sync()
-        self._save_topics_sync()
+        self.state.finish_recovery()
+        if legacy:
+            if not had_snapshot:
+                # The import is a snapshot at the log's end: written whole or not at all,
+                # and a crash before the files are renamed imports them again.
+                self.state.snapshot_sync()
+                log.warning("imported round-1 metadata into the state log", extra={
+                    "topics": len(self.meta.topics), "groups": len(self.meta.groups),
+                    "files": legacy})
+            Metadata.retire_legacy(legacy)
         self.timers.open_sync(self.recovery.clean_shutdown)
         self.transactions.open_sync()
         self.pop_service.open()
@@ -251,22 +291,52 @@ class Broker:
         log.info("store open", extra={"recovery": self.recovery})
 
     def _accept_record(self, topic: str, queue_id: int, phys: int) -> bool:
-        """Recovery asks whether a record belongs to a live topic."""
+        """Recovery, for each record past the checkpoint in log order: does it belong
+        to a live topic? A state record is applied here (unless the snapshot holds
+        it), so the topics are always those of the record's own point in the log or
+        of a later one — and for either the rule below is right: a record is live if
+        its topic exists and it is not older than the topic's creation."""
+        if topic == STATE_TOPIC:
+            self.state.recover_at(phys)
+            return True
         t = self.meta.topics.get(topic)
         if t is not None:
             if phys < t.created_phys:
                 return False
             if queue_id >= t.queues:
-                self.meta.with_topic(t, queues=queue_id + 1)
+                self.state.stage([(NS_TOPIC, topic, replace(t, queues=queue_id + 1).to_json())])
             return True
         if phys < self.meta.tombstones.get(topic, -1):
             return False
-        # The topic's records outlived its metadata (created, written, crashed
-        # before topics.json was rewritten): bring the topic back.
+        # Records without a topic: a round-1 directory whose topics.json lagged, or
+        # state lost to damage. Bring the topic back rather than drop its messages.
         log.warning("re-creating topic %s found in the CommitLog", topic)
-        self.meta.topics[topic] = TopicConfig(topic, max(queue_id + 1, self.config.default_queues),
-                                              created_at=now_ms(), created_phys=phys)
+        self.state.stage([(NS_TOPIC, topic, TopicConfig(
+            topic, max(queue_id + 1, self.config.default_queues), created_at=now_ms(),
+            created_phys=phys).to_json())])
         return True
+
+    def _topic_changed(self, name: str, old: TopicConfig | None, new: TopicConfig | None
+                       ) -> None:
+        """Every topic change, applied live or at recovery: a deleted topic's queues go
+        at once (its records leave the CommitLog with retention); the doors' watchers
+        hear of every change."""
+        if old is not None and (new is None or new.created_phys != old.created_phys):
+            self.store.drop_topic(name)
+            self._round_robin.pop(name, None)
+            self.counters.topics.pop(name, None)
+            self._notify(name)
+        for callback in self._topic_watchers:
+            callback()
+
+    async def _state_durable(self, pos: int, admin: bool) -> None:
+        """The state log's wait: under sync flush the group commit covering ``pos``;
+        under async flush an fsync of its own for admin changes, nothing for others
+        (durable within the flush interval)."""
+        c = self._committer if self._committer is not None else (
+            self._admin_committer if admin else None)
+        if c is not None and self.store.commitlog.flushed_pos < pos:
+            await c.wait_flushed(pos)
 
     def _start_tasks(self, nursery: trio.Nursery) -> None:
         store = self.store
@@ -280,10 +350,13 @@ class Broker:
                 interval_flusher, store.flush,
                 lambda: store.commitlog.flushed_pos < store.commitlog.write_pos,
                 self.config.flush_interval_ms / 1000, self._flush_failed, self._flushed))
+            self._admin_committer = GroupCommitter(store.flush, lambda: store.dispatched_pos,
+                                                   self._flush_failed, self._flushed)
+            self._admin_committer.flushed_pos = store.commitlog.flushed_pos
+            nursery.start_soon(self._admin_committer.run)
         nursery.start_soon(self._every, self.config.checkpoint_interval_ms / 1000,
                            self._checkpoint)
-        nursery.start_soon(self._every, self.config.offset_persist_interval_ms / 1000,
-                           self.flush_offsets)
+        nursery.start_soon(self.state.run)
         nursery.start_soon(self._every, self.config.retention_check_interval_s,
                            self.run_retention)
         nursery.start_soon(self.pop_service.run)
@@ -328,11 +401,8 @@ class Broker:
         try:
             self.timers.close_sync()
             self.transactions.close_sync()
-            if self.meta.groups_dirty:
-                self.meta.save("groups.json", self.meta.dump_groups())
-            if self.meta.offsets_dirty:
-                self.meta.save("offsets.json", self.meta.dump_offsets())
-            self.pop_service.close()
+            if self.store.failed is None and self.state.since_snapshot:
+                self.state.snapshot_sync()  # the next start replays nothing
         finally:
             self.timers.wheel.close()
             self.store.close()
@@ -637,10 +707,13 @@ class Broker:
         return lo, hi
 
     def commit_offset(self, group: str, topic: str, queue_id: int, offset: int) -> None:
-        """Record ``offset`` (the next message to consume) for the group. Persisted
-        within ``offset_persist_interval_ms`` and at shutdown (RocketMQ's model: a
-        crash can replay what was consumed since). Raises InvalidGroupName,
-        TopicNotFound, QueueNotFound, OffsetOutOfRange (negative), GroupNotFound."""
+        """Record ``offset`` (the next message to consume) for the group, as a state
+        record of the CommitLog: when this returns the commit survives a crash of the
+        process. A door acknowledges a commit after ``await wait_durable()``, which
+        under sync flush waits for the group commit covering it (under async flush
+        the window is the flush interval). Committing the offset already committed
+        writes nothing. Raises InvalidGroupName, TopicNotFound, QueueNotFound,
+        OffsetOutOfRange (negative), GroupNotFound, StoreError."""
         self._group_for_commit(group)
         t = self.meta.topics.get(topic)
         if t is None:
@@ -650,7 +723,16 @@ class Broker:
             raise QueueNotFound(f"topic {topic} has {t.queues} queues; no queue {queue_id}")
         if offset < 0:
             raise OffsetOutOfRange(f"offset {offset} is negative")
-        self.meta.commit(group, topic, queue_id, offset)
+        if self.meta.committed(group, topic, queue_id) != offset:
+            self.state.append(((NS_OFFSET, (group, topic, queue_id), offset),))
+
+    async def wait_durable(self) -> None:
+        """Return once every state change made so far (offset commits, pop acks,
+        auto-created groups) is as durable as the flush policy promises: under sync
+        flush on disk (one group commit serves every waiter); under async flush at
+        once, the flush interval being the window (docs/operations.md). Raises
+        FlushFailed."""
+        await self.state.wait(self.state.end, False)
 
     def _group_for_commit(self, group: str) -> GroupConfig:
         validate_group_name(group)
@@ -658,8 +740,9 @@ class Broker:
         if g is None:
             if not self.config.auto_create_groups:
                 raise GroupNotFound(f"consumer group {group} does not exist")
-            g = self.meta.groups[group] = GroupConfig(group, created_at=now_ms())
-            self.meta.groups_dirty = True  # saved by the periodic metadata job
+            # Appended with the commit that needs it; durable with it (``wait_durable``).
+            self.state.append(((NS_GROUP, group, GroupConfig(group, created_at=now_ms()).to_json()),))
+            g = self.meta.groups[group]
         return g
 
     def committed_offset(self, group: str, topic: str, queue_id: int) -> int | None:
@@ -673,13 +756,9 @@ class Broker:
         return self.store.offset_for_time(topic, queue_id, timestamp_ms)
 
     async def flush_offsets(self) -> None:
-        """Persist committed offsets (and auto-created groups) now if any changed."""
-        if self.meta.groups_dirty:
-            await self._save_groups()
-        if self.meta.offsets_dirty:
-            data = self.meta.dump_offsets()
-            async with self._meta_lock:
-                await trio.to_thread.run_sync(self.meta.save, "offsets.json", data)
+        """Make committed offsets (and every other state change) durable now, under
+        either flush policy: an fsync if anything is not on disk yet."""
+        await self.state.wait(self.state.end, True)
 
     # ================================================================ topics
 
@@ -698,8 +777,11 @@ class Broker:
                            attributes: Mapping[str, str] | None = None,
                            exist_ok: bool = False) -> TopicConfig:
         """Create a topic (``queues`` defaults to the broker's default_queues).
-        Raises InvalidTopicName, InvalidArgument, TopicExists (unless ``exist_ok``)."""
+        Raises InvalidTopicName, InvalidArgument, TopicExists (unless ``exist_ok``),
+        PermissionDenied (the state log's topic)."""
         validate_topic_name(name)
+        if name == STATE_TOPIC:
+            raise PermissionDenied(f"{name} is a system topic the broker manages")
         queues = self.config.default_queues if queues is None else queues
         _check_topic_args(queues, perm, message_type)
         existing = self.meta.topics.get(name)
@@ -709,11 +791,12 @@ class Broker:
             raise TopicExists(f"topic {name} exists")
         t = TopicConfig(name, queues, perm, message_type, now_ms(), self.store.dispatched_pos,
                         dict(attributes or {}))
-        # In memory first, so concurrent producers see it at once; then durable.
-        self.meta.topics[name] = t
-        self.meta.tombstones.pop(name, None)
-        await self._save_topics()
-        return t
+        changes: list[Change] = [(NS_TOPIC, name, t.to_json())]
+        if name in self.meta.tombstones:
+            changes.insert(0, (NS_TOMBSTONE, name, None))
+        # Applied when appended, so concurrent producers see it at once; then durable.
+        await self.state.put_many(changes)
+        return self._topic_after_wait(name)
 
     async def update_topic(self, name: str, *, queues: int | None = None,
                            perm: int | None = None, message_type: str | None = None,
@@ -727,11 +810,19 @@ class Broker:
             raise InvalidArgument(f"topic {name} has {t.queues} queues; queues cannot shrink")
         _check_topic_args(new_queues, t.perm if perm is None else perm,
                           t.message_type if message_type is None else message_type)
-        t = self.meta.with_topic(
+        t = replace(
             t, queues=new_queues, perm=t.perm if perm is None else perm,
             message_type=t.message_type if message_type is None else message_type,
             attributes=t.attributes if attributes is None else dict(attributes))
-        await self._save_topics()
+        await self.state.put(NS_TOPIC, name, t.to_json())
+        return self._topic_after_wait(name)
+
+    def _topic_after_wait(self, name: str) -> TopicConfig:
+        """The topic a change just made durable, unless another task deleted it while
+        that change waited for its flush."""
+        t = self.meta.topics.get(name)
+        if t is None:
+            raise TopicNotFound(f"topic {name} was deleted meanwhile")
         return t
 
     async def delete_topic(self, name: str) -> None:
@@ -739,15 +830,12 @@ class Broker:
         leave the CommitLog with retention. Raises TopicNotFound."""
         self._refuse_system_topic(name)
         self.topic(name)
-        del self.meta.topics[name]
-        self.meta.tombstones[name] = self.store.dispatched_pos
-        self.meta.drop_topic_offsets(name)
-        self.store.drop_topic(name)
-        self._round_robin.pop(name, None)
-        self.counters.topics.pop(name, None)
-        self.pop_service.forget_topic(name)
-        self._notify(name)
-        await self._save_topics()
+        # The dependent state first, the topic last: should the changes not fit one
+        # record and a crash fall between two, the topic is still there to delete.
+        changes: list[Change] = [(NS_OFFSET, k, None) for k in self.meta.offset_keys(topic=name)]
+        changes += self.pop_service.forget_changes(topic=name)
+        changes += [(NS_TOMBSTONE, name, self.store.dispatched_pos), (NS_TOPIC, name, None)]
+        await self.state.put_many(changes)  # _topic_changed drops its queues
 
     def watch_topics(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` (cheap, synchronous) whenever a topic is created, changed
@@ -755,16 +843,6 @@ class Broker:
         routes with the NameServer, so a topic a Kafka producer auto-created is
         routable for RocketMQ clients at once."""
         self._topic_watchers.append(callback)
-
-    async def _save_topics(self) -> None:
-        for callback in self._topic_watchers:
-            callback()
-        data = self.meta.dump_topics()
-        async with self._meta_lock:
-            await trio.to_thread.run_sync(self.meta.save, "topics.json", data)
-
-    def _save_topics_sync(self) -> None:
-        self.meta.save("topics.json", self.meta.dump_topics())
 
     # ================================================================ groups
 
@@ -786,14 +864,14 @@ class Broker:
             if exist_ok:
                 return g
             raise InvalidArgument(f"consumer group {name} exists")
-        g = self.meta.groups[name] = replace(GroupConfig(name, created_at=now_ms()), **settings)  # type: ignore[arg-type]
-        await self._save_groups()
-        return g
+        g = replace(GroupConfig(name, created_at=now_ms()), **settings)  # type: ignore[arg-type]
+        await self.state.put(NS_GROUP, name, g.to_json())
+        return self.group(name)  # GroupNotFound if deleted while this waited for its flush
 
     async def update_group(self, name: str, **settings: object) -> GroupConfig:
-        g = self.meta.groups[name] = replace(self.group(name), **settings)  # type: ignore[arg-type]
-        await self._save_groups()
-        return g
+        g = replace(self.group(name), **settings)  # type: ignore[arg-type]
+        await self.state.put(NS_GROUP, name, g.to_json())
+        return self.group(name)  # GroupNotFound if deleted while this waited for its flush
 
     async def delete_group(self, name: str) -> None:
         """Forget a group: its settings, pop state and committed offsets. A group known
@@ -802,16 +880,10 @@ class Broker:
         validate_group_name(name)
         if name not in self.meta.groups and name not in self.meta.offsets:
             raise GroupNotFound(f"consumer group {name} does not exist")
-        self.meta.groups.pop(name, None)
-        self.pop_service.forget_group(name)
-        if self.meta.offsets.pop(name, None) is not None:
-            self.meta.offsets_dirty = True
-        await self._save_groups()
-
-    async def _save_groups(self) -> None:
-        data = self.meta.dump_groups()
-        async with self._meta_lock:
-            await trio.to_thread.run_sync(self.meta.save, "groups.json", data)
+        changes: list[Change] = [(NS_OFFSET, k, None) for k in self.meta.offset_keys(group=name)]
+        changes += self.pop_service.forget_changes(group=name)
+        changes.append((NS_GROUP, name, None))
+        await self.state.put_many(changes)
 
     # ================================================================ stats
 
@@ -848,8 +920,8 @@ class Broker:
         if decoded is not None:
             phys, member = decoded
             m = self.store.message_at(phys, member)
-            if m is not None and m.offset_msg_id == msg_id.upper():
-                return m
+            if m is not None and m.offset_msg_id == msg_id.upper() and m.topic != STATE_TOPIC:
+                return m  # (the state log is no door's to read)
         return None
 
     def messages_by_key(self, topic: str, key: str, limit: int = 32) -> list[ConsumedMessage]:
@@ -867,7 +939,7 @@ class Broker:
         for name, perm in _SYSTEM_TOPICS.items():
             t = self.meta.topics.get(name)
             if t is not None and (t.perm != perm or t.queues != 1):
-                self.meta.topics[name] = replace(t, queues=1, perm=perm)
+                self.state.stage([(NS_TOPIC, name, replace(t, queues=1, perm=perm).to_json())])
         self.timers.register_hooks()
         self.transactions.register_hooks()
         self.retry.register_hooks()
@@ -875,16 +947,16 @@ class Broker:
     async def _system_topic(self, name: str) -> None:
         """Create a feature's system topic on first use (hidden: perm 0, one queue)."""
         if name not in self.meta.topics:
-            self.meta.topics[name] = TopicConfig(name, 1, _SYSTEM_TOPICS[name], "NORMAL",
-                                                 now_ms(), self.store.dispatched_pos)
-            await self._save_topics()
+            await self.state.put(NS_TOPIC, name, TopicConfig(
+                name, 1, _SYSTEM_TOPICS[name], "NORMAL", now_ms(),
+                self.store.dispatched_pos).to_json())
 
     def _system_topic_sync(self, name: str) -> None:
         """``_system_topic`` at start-up (the event loop is not serving yet)."""
         if name not in self.meta.topics:
-            self.meta.topics[name] = TopicConfig(name, 1, _SYSTEM_TOPICS[name], "NORMAL",
-                                                 now_ms(), self.store.dispatched_pos)
-            self._save_topics_sync()
+            self.state.append([(NS_TOPIC, name, TopicConfig(
+                name, 1, _SYSTEM_TOPICS[name], "NORMAL", now_ms(),
+                self.store.dispatched_pos).to_json())])
 
     def _refuse_system_topic(self, name: str) -> None:
         if name in _SYSTEM_TOPICS:
@@ -980,13 +1052,20 @@ class Broker:
         retention_check_interval_s)."""
         if self._threaded_reads:
             return []  # a worker thread is reading the ConsumeQueues: next pass
+        # Never delete state records no snapshot holds; ask for one when they sit in a
+        # segment retention may want (not the active one), so the next pass can.
+        keep = self.state.retention_floor()
+        segments = self.store.commitlog.segments
+        if keep is not None and segments and keep < segments[-1].base:
+            self.state.request_snapshot()
         deleted = self.store.retain(now_ms(), int(self.config.retention_hours * 3600_000),
-                                    self.config.max_disk_ratio)
+                                    self.config.max_disk_ratio, protect_from=keep)
         if deleted:
             floor = self.store.commitlog.min_offset
-            for name, at in list(self.meta.tombstones.items()):
-                if at <= floor:
-                    del self.meta.tombstones[name]
+            gone: list[Change] = [(NS_TOMBSTONE, name, None)
+                                  for name, at in self.meta.tombstones.items() if at <= floor]
+            if gone:
+                self.state.append(gone)  # no record of those topics is left to rule out
         return deleted
 
 

@@ -194,14 +194,18 @@ class MessageStore:
 
     # ================================================================ lifecycle
 
-    def open(self, accept: Callable[[str, int, int], bool] = lambda t, q, p: True) -> RecoveryReport:
+    def open(self, accept: Callable[[str, int, int], bool] = lambda t, q, p: True,
+             before_scan: Callable[[int], None] | None = None) -> RecoveryReport:
         """Lock the directory, map the files, and recover (see docs/storage.md):
         truncate every ConsumeQueue to the checkpoint, re-dispatch the CommitLog
         records from there on, validating each (magic, sizes, CRC, its own offset),
         and cut the log at the first byte that is not a valid record.
 
         ``accept(topic, queue_id, physical_offset)`` says whether a record belongs
-        to a live topic (a deleted topic's records stay in the log until retention)."""
+        to a live topic (a deleted topic's records stay in the log until retention);
+        it is asked in log order. ``before_scan(checkpoint)`` runs once the
+        ConsumeQueues are cut back to the checkpoint, before the first ``accept``
+        (the broker's state log replays what its queue holds below it)."""
         t0 = time.monotonic()
         d = self.config.directory
         os.makedirs(d, exist_ok=True)
@@ -228,6 +232,8 @@ class MessageStore:
             validate_from = min(validate_from, start)
         for q in self.queues.values():
             q.truncate_physical(start)
+        if before_scan is not None:
+            before_scan(start)
         index_from = self.index.end_phys
         end = validate_from
         count = 0
@@ -650,12 +656,15 @@ class MessageStore:
     # ================================================================ retention
 
     def retain(self, now_ms: int, retention_ms: int, max_disk_ratio: float,
-               disk_usage: Callable[[], tuple[int, int]] | None = None) -> list[int]:
+               disk_usage: Callable[[], tuple[int, int]] | None = None,
+               protect_from: int | None = None) -> list[int]:
         """Delete CommitLog segments older than ``retention_ms`` and, while the disk
         is fuller than ``max_disk_ratio``, enough of the oldest ones to get under it
         regardless of age; never the active segment. Queue minimum offsets and the
         index follow. ``disk_usage`` returns (used, total) bytes (default: the
-        file system of the data directory). Returns the deleted segments' bases."""
+        file system of the data directory). A segment holding bytes at or past
+        ``protect_from`` is kept whatever its age (the broker's state records no
+        snapshot holds yet). Returns the deleted segments' bases."""
         cl = self.commitlog
         old = cl.segments[:-1]
         keep_from = cl.min_offset
@@ -669,6 +678,8 @@ class MessageStore:
             if excess > 0:
                 n = min(len(old), max(1, -(-int(excess) // cl.segment_size)))
                 keep_from = max(keep_from, old[n - 1].end)
+        if protect_from is not None:
+            keep_from = min(keep_from, protect_from)
         deleted = cl.delete_segments(keep_from)
         if deleted:
             floor = cl.min_offset

@@ -494,6 +494,7 @@ class KafkaDoor:
                 parts.append(R.OffsetCommitResponsePartition(partition_index=p.partition_index,
                                                              error_code=code))
             topics.append(R.OffsetCommitResponseTopic(name=t.name, partitions=tuple(parts)))
+        await self.broker.wait_durable()  # acknowledged commits survive a crash (sync flush)
         return R(topics=tuple(topics))
 
     async def offset_fetch(self, h: Header, req: Any, s: Session) -> Any:
@@ -613,6 +614,10 @@ class KafkaDoor:
     # ================================================================ admin
 
     async def create_topics(self, h: Header, req: Any, s: Session) -> Any:
+        async with self.broker.state.batch():  # the topics of one request share one fsync
+            return await self._create_topics(h, req, s)
+
+    async def _create_topics(self, h: Header, req: Any, s: Session) -> Any:
         R = schema.response_class(CREATE_TOPICS)
         out = []
         for t in req.topics:

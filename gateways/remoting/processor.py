@@ -441,6 +441,7 @@ class Processor:
                                      ) -> RemotingCommand:
         h = H.UpdateConsumerOffsetRequestHeader.from_ext(cmd.ext_fields)
         self.broker.commit_offset(h.consumerGroup, h.topic, h.queueId, h.commitOffset)
+        await self.broker.wait_durable()  # acknowledged commits survive a crash (sync flush)
         return response_to(cmd, ResponseCode.SUCCESS)
 
     async def search_offset(self, conn: ServerConnection, cmd: RemotingCommand) -> RemotingCommand:
