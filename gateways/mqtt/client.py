@@ -435,6 +435,9 @@ class Client:
         s.client = self
         s.expiry = expiry
         s.generation += 1
+        # A new connection: whatever the last one left half done is void (4.4), even
+        # if that one is still closing (a takeover that did not finish in time).
+        s.flows.connection_lost()
         # 4.9: our Receive Maximum (5.0 only) in, the client's (capped by ours) out.
         s.flows.attach(o.receive_maximum, min(o.max_inflight, self.conn.client_receive_maximum),
                        strict=v5)

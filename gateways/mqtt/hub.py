@@ -308,7 +308,11 @@ class Hub:
             key = (share, topic_filter)
             if s.shared.pop(key, None) is None:
                 return False
-            queued = s.take_pending_shared(key)
+            g = self.shared.get(key)
+            # Queued messages go to another member; with none left, they are still
+            # delivered here (3.10.4: the server MAY deliver what it buffered).
+            others = g is not None and any(cid != s.client_id for cid in g.members)
+            queued = s.take_pending_shared(key) if others else []
             self._leave_shared(s.client_id, share, topic_filter, keep=False)
             self._hand_over(queued, s.client_id)
         else:
