@@ -139,6 +139,15 @@ OUTBOUND: dict[tuple[Flow, Event], tuple[Flow, Action]] = {
     (F.AWAIT_PUBREC, E.DISCARD): (F.IDLE, A.FREE),
 }
 
+# The hot path (every QoS 1/2 message passes here four times) reads these
+# module constants: an enum member through its class costs an attribute look-up.
+_IDLE = F.IDLE
+_RECV_Q1, _RECV_Q2 = E.RECV_PUBLISH_QOS1, E.RECV_PUBLISH_QOS2
+_SEND_Q1, _SEND_Q2 = E.SEND_PUBLISH_QOS1, E.SEND_PUBLISH_QOS2
+_SEND_PUBACK, _SEND_PUBREC, _SEND_PUBREC_ERROR = E.SEND_PUBACK, E.SEND_PUBREC, E.SEND_PUBREC_ERROR
+_RECV_PUBACK, _RECV_PUBCOMP = E.RECV_PUBACK, E.RECV_PUBCOMP
+_RECV_PUBREC, _RECV_PUBREC_ERROR = E.RECV_PUBREC, E.RECV_PUBREC_ERROR
+
 _LOCAL = frozenset({E.SEND_PUBLISH_QOS1, E.SEND_PUBLISH_QOS2, E.SEND_PUBACK, E.SEND_PUBREC,
                     E.SEND_PUBREC_ERROR, E.RESEND, E.DISCARD, E.CONNECTION_LOST})
 
@@ -184,26 +193,36 @@ class SessionState(Generic[T]):
         ``SEND_PUBREC`` (a resend of a stored QoS 2 message). Raises MqttError: a
         flow broken by the client, or 0x93 past the Receive Maximum (4.9)."""
         pid: int = p.packet_id  # type: ignore[assignment]
-        state = self._in.get(pid, F.IDLE)
-        nxt, action = _step(INBOUND, "inbound", pid,
-                            state, E.RECV_PUBLISH_QOS1 if p.qos == 1 else E.RECV_PUBLISH_QOS2)
-        if state is F.IDLE:
-            if self.strict and len(self._in) >= self.receive_maximum:
+        flows = self._in
+        state = flows.get(pid, _IDLE)
+        event = _RECV_Q1 if p.qos == 1 else _RECV_Q2
+        got = INBOUND.get((state, event))
+        if got is None:
+            got = _step(INBOUND, "inbound", pid, state, event)  # raises
+        if state is _IDLE:
+            if self.strict and len(flows) >= self.receive_maximum:
                 raise MqttError("more unacknowledged QoS 1/2 PUBLISHes than Receive Maximum",
                                 Reason.RECEIVE_MAXIMUM_EXCEEDED)
-            self._in[pid] = nxt
-        return action
+            flows[pid] = got[0]
+        return got[1]
 
     def send_ack(self, packet: Puback | Pubrec) -> None:
         """We acknowledge an inbound PUBLISH (PUBACK, or PUBREC: a reason >= 0x80
         ends a QoS 2 flow). Raises LocalProtocolError if no flow expects it."""
         pid = packet.packet_id
         if type(packet) is Puback:
-            event = E.SEND_PUBACK
+            event = _SEND_PUBACK
         else:
-            event = E.SEND_PUBREC_ERROR if packet.reason >= 0x80 else E.SEND_PUBREC
-        nxt, _ = _step(INBOUND, "inbound", pid, self._in.get(pid, F.IDLE), event)
-        self._set_in(pid, nxt)
+            event = _SEND_PUBREC_ERROR if packet.reason >= 0x80 else _SEND_PUBREC
+        flows = self._in
+        state = flows.get(pid, _IDLE)
+        got = INBOUND.get((state, event))
+        if got is None:
+            got = _step(INBOUND, "inbound", pid, state, event)  # raises
+        if got[0] is _IDLE:
+            del flows[pid]  # no (idle, SEND_*) is in the table: the flow was there
+        else:
+            flows[pid] = got[0]
 
     def receive_pubrel(self, packet: Pubrel) -> Action:
         """``SEND_PUBCOMP`` (the flow is over), or ``SEND_PUBCOMP_NOT_FOUND``."""
@@ -245,12 +264,19 @@ class SessionState(Generic[T]):
     def send_publish(self, qos: int, item: T) -> int:
         """Start an outbound QoS 1/2 flow; returns its packet id. Raises
         LocalProtocolError when the window is full (the client's Receive Maximum)."""
-        if len(self._out) >= self.window:
+        out = self._out
+        if len(out) >= self.window:
             raise LocalProtocolError("server bug: PUBLISH past the client's Receive Maximum")
-        pid = self._allocate()
-        nxt, _ = _step(OUTBOUND, "outbound", pid, F.IDLE,
-                       E.SEND_PUBLISH_QOS1 if qos == 1 else E.SEND_PUBLISH_QOS2)
-        self._out[pid] = (nxt, item)
+        pid = self.next_pid
+        if pid in out:
+            pid = self._allocate()
+        else:
+            self.next_pid = pid % MAX_PACKET_ID + 1
+        event = _SEND_Q1 if qos == 1 else _SEND_Q2
+        got = OUTBOUND.get((_IDLE, event))
+        if got is None:
+            got = _step(OUTBOUND, "outbound", pid, _IDLE, event)  # raises
+        out[pid] = (got[0], item)
         return pid
 
     def _allocate(self) -> int:
@@ -273,20 +299,25 @@ class SessionState(Generic[T]):
         pid = packet.packet_id
         t = type(packet)
         if t is Puback:
-            event = E.RECV_PUBACK
+            event = _RECV_PUBACK
         elif t is Pubcomp:
-            event = E.RECV_PUBCOMP
+            event = _RECV_PUBCOMP
         else:
-            event = E.RECV_PUBREC_ERROR if packet.reason >= 0x80 else E.RECV_PUBREC
-        flow = self._out.get(pid)
+            event = _RECV_PUBREC_ERROR if packet.reason >= 0x80 else _RECV_PUBREC
+        out = self._out
+        flow = out.get(pid)
+        state = _IDLE if flow is None else flow[0]
+        got = OUTBOUND.get((state, event))
+        if got is None:
+            got = _step(OUTBOUND, "outbound", pid, state, event)  # raises
         if flow is None:
-            return _step(OUTBOUND, "outbound", pid, F.IDLE, event)[1], None
-        nxt, action = _step(OUTBOUND, "outbound", pid, flow[0], event)
-        if nxt is F.IDLE:
-            del self._out[pid]
-        elif nxt is not flow[0]:
-            self._out[pid] = (nxt, flow[1])
-        return action, flow[1]
+            return got[1], None
+        nxt = got[0]
+        if nxt is _IDLE:
+            del out[pid]
+        elif nxt is not state:
+            out[pid] = (nxt, flow[1])
+        return got[1], flow[1]
 
     def discard(self, pid: int) -> T:
         """Drop an outbound message that could not be (re)sent, as if delivered."""
