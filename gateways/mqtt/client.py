@@ -491,7 +491,7 @@ class Client:
             await self._publish_qos2(ev)  # type: ignore[arg-type]  # QoS 0/1 are batched
         elif t is Puback or t is Pubcomp or t is Pubrec:
             # The client acknowledges one of our PUBLISHes (protocols/mqtt/session.py).
-            pid = ev.packet_id  # type: ignore[union-attr]
+            pid: int = ev.packet_id  # type: ignore[union-attr,assignment]
             action, _ = s.flows.receive_ack(ev)  # type: ignore[arg-type]
             if action is Action.FREE:
                 s.pump()
@@ -503,7 +503,7 @@ class Client:
                 self.write(codec.encode(Pubrel(pid, Reason.PACKET_IDENTIFIER_NOT_FOUND),
                                         self.version))
         elif t is Pubrel:
-            pid = ev.packet_id  # type: ignore[union-attr]
+            pid = ev.packet_id  # type: ignore[union-attr,assignment]
             if s.flows.receive_pubrel(ev) is Action.SEND_PUBCOMP:  # type: ignore[arg-type]
                 if s.persistent:
                     self.hub.state.sessions_changed()
@@ -624,7 +624,7 @@ class Client:
         s = self.session
         assert s is not None
         sub_id = sub.subscription_id
-        reasons = []
+        reasons: list[int] = []
         retained: list[tuple[str, SubOpts]] = []
         for item in sub.subscriptions:
             try:
@@ -664,7 +664,7 @@ class Client:
     async def _on_unsubscribe(self, u: Unsubscribe) -> None:
         s = self.session
         assert s is not None
-        reasons = []
+        reasons: list[int] = []
         for raw in u.filters:
             try:
                 spec = parse_filter(raw)

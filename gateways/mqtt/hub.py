@@ -202,9 +202,9 @@ class Hub:
             if t not in self.dispatchers:
                 self._start_dispatcher(t, False)
         if self.wild_watch > 0:
-            for t in self.broker.topics():
-                if not t.system and t.readable and t.name not in self.dispatchers:
-                    self._start_dispatcher(t.name, t.created_at >= self.wild_since)
+            for config in self.broker.topics():
+                if not config.system and config.readable and config.name not in self.dispatchers:
+                    self._start_dispatcher(config.name, config.created_at >= self.wild_since)
         for name, d in list(self.dispatchers.items()):
             if not self.watched(name):
                 d.stopped = True

@@ -110,9 +110,10 @@ class StorePath:
         cached = self.cached_message
         for i, p in enumerate(publishes):
             try:
-                m = cached(p.topic, p.payload, p.qos, p.retain, publisher, p.properties) or \
-                    await self.message_for(p.topic, p.payload, p.qos, p.retain, publisher,
-                                           p.properties)
+                m = cached(p.topic, p.payload, p.qos, p.retain, publisher, p.properties)
+                if m is None:
+                    m = await self.message_for(p.topic, p.payload, p.qos, p.retain, publisher,
+                                               p.properties)
             except FerryError as exc:
                 errors[i] = exc
                 continue

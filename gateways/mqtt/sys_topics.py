@@ -25,9 +25,14 @@ VERSION = "ferrymq-mqtt 0.1"
 class SysSource(Protocol):
     """What ``$SYS`` reads and where it delivers (the hub)."""
 
-    sessions: Mapping[str, Session]
-    stats: collections.Counter[str]
-    retained: RetainedStore
+    @property
+    def sessions(self) -> Mapping[str, Session]: ...
+
+    @property
+    def stats(self) -> collections.Counter[str]: ...
+
+    @property
+    def retained(self) -> RetainedStore: ...
 
     def subscription_count(self) -> int: ...
 
