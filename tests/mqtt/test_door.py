@@ -668,3 +668,16 @@ def test_unknown_acknowledgements_are_answered_or_ignored(broker) -> None:
     c.send(Pubrel(79))
     assert c.recv() == Pubcomp(79, Reason.PACKET_IDENTIFIER_NOT_FOUND)
     assert isinstance(c.publish("t", b"still here", 1), Puback)
+
+
+def test_an_expired_shared_members_unacknowledged_messages_go_to_another_member(broker) -> None:
+    props = {Prop.SESSION_EXPIRY_INTERVAL: 1}
+    a = client(broker, 5, client_id="a", clean=False, properties=props)
+    a.subscribe("$share/g/e", qos=1)
+    client(broker, 4, client_id="p").publish("e", b"late", 1)
+    assert [m.payload for m in a.messages(1, ack=False)] == [b"late"]
+    b = client(broker, 5, client_id="b")
+    b.subscribe("$share/g/e", qos=1)
+    a.close()  # its session lives on for a second: the message waits for it (4.8.2 MAY)
+    (m,) = b.messages(1, timeout=6)  # then the session ends, and b gets it
+    assert (m.payload, m.dup) == (b"late", False)
