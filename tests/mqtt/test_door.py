@@ -681,3 +681,21 @@ def test_an_expired_shared_members_unacknowledged_messages_go_to_another_member(
     a.close()  # its session lives on for a second: the message waits for it (4.8.2 MAY)
     (m,) = b.messages(1, timeout=6)  # then the session ends, and b gets it
     assert (m.payload, m.dup) == (b"late", False)
+
+
+def test_a_taken_default_websocket_port_leaves_mqtt_over_tcp_serving(start_broker, tmp_path) -> None:
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        holder.bind(("127.0.0.1", 8083))  # the default ws_port (or someone else has it)
+        holder.listen(1)
+    except OSError:
+        pass
+    try:
+        conf = tmp_path / "default-ws.toml"
+        conf.write_text("[mqtt]\nsys_interval = 0.2\n")  # ws_port left at its default
+        b = start_broker("mqtt", extra_args=("--config", str(conf)), name="defaultws")
+        assert isinstance(client(b, 4, client_id="tcp").publish("t", b"x", 1), Puback)
+        assert "WebSocket off" in b.log()
+    finally:
+        holder.close()
