@@ -41,9 +41,9 @@ import secrets
 import struct
 import zlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgpack
 import trio
@@ -66,10 +66,8 @@ from .message import (
     now_ms,
 )
 from .metadata import DLQ_PREFIX
+from .paths import Paths
 from .store.files import atomic_write, fsync_dir, read_file
-
-if TYPE_CHECKING:
-    from .broker import Broker
 
 log = logging.getLogger("ferrymq.pop")
 
@@ -89,6 +87,7 @@ _RECEIPT_FIXED = struct.Struct(">iqqiq")  # queue id, offset, pop time ms, invis
 _FRAME = struct.Struct(">IIQ")  # journal frame: payload length, CRC-32 of payload, sequence
 
 Key = tuple[str, str, int]  # (group, topic, queue id)
+ReceiptCheck = Callable[[str, str], None]  # (group, topic) a receipt names: raises to refuse
 
 LEASED, READY, DEAD = 0, 1, 2  # a lease's states: out with a consumer, revived, bound for the DLQ
 
@@ -218,10 +217,10 @@ class PopService:
     the broker's event-loop thread except ``open`` and ``close`` (worker thread or
     start-up/shutdown, when nothing else touches it)."""
 
-    def __init__(self, broker: Broker, directory: str, *,
+    def __init__(self, paths: Paths, directory: str, *,
                  max_inflight_per_queue: int = DEFAULT_MAX_INFLIGHT_PER_QUEUE,
                  snapshot_journal_bytes: int = SNAPSHOT_JOURNAL_BYTES) -> None:
-        self.broker = broker
+        self.paths = paths
         self.directory = directory
         self.max_inflight_per_queue = max_inflight_per_queue
         self.snapshot_journal_bytes = snapshot_journal_bytes
@@ -438,9 +437,10 @@ class PopService:
     def _commit_progress(self, key: Key, qs: QueueState) -> None:
         group, topic, qid = key
         progress = qs.progress
-        meta = self.broker.meta
-        if meta.committed(group, topic, qid) != progress and topic in meta.topics:
-            meta.commit(group, topic, qid, progress)
+        paths = self.paths
+        if paths.committed(group, topic, qid) != progress \
+                and paths.topic_config(topic) is not None:
+            paths.commit(group, topic, qid, progress)
 
     def _push(self, until: int, lease_no: int, key: Key, offset: int) -> None:
         heapq.heappush(self._heap, (until, lease_no, key, offset))
@@ -474,7 +474,7 @@ class PopService:
             _, _, key, offset = entry
             self._live -= 1
             n += 1
-            g = self.broker.meta.groups.get(key[0])
+            g = self.paths.group_config(key[0])
             max_reconsume = g.max_reconsume_times if g is not None else 16
             if lease.deliveries > max_reconsume:
                 lease.state = DEAD
@@ -546,13 +546,12 @@ class PopService:
 
     async def _put_dead_letter(self, group: str, m: ConsumedMessage, deliveries: int) -> None:
         dlq = DLQ_PREFIX + group
-        if dlq not in self.broker.meta.topics:
-            await self.broker.create_topic(dlq, 1, exist_ok=True)
+        await self.paths.ensure_topic(dlq, 1)
         props = dict(m.properties)
         props.setdefault(PROPERTY_DLQ_ORIGIN_TOPIC, m.topic)
         props.setdefault(PROPERTY_DLQ_ORIGIN_MESSAGE_ID, m.msg_id)
         props[PROPERTY_MAX_RECONSUME_TIMES] = str(deliveries - 1)
-        await self.broker.put(Message(dlq, m.body, props, 0, m.flag, m.born_timestamp,
+        await self.paths.put(Message(dlq, m.body, props, 0, m.flag, m.born_timestamp,
                                       m.born_host, deliveries))
 
     # ================================================================ reading
@@ -560,7 +559,7 @@ class PopService:
     def _read(self, topic: str, qid: int, offset: int) -> ConsumedMessage | None:
         """The message at one offset (a member of a batch record included), or None."""
         try:
-            r = self.broker.get(None, topic, qid, offset, 1, 1)
+            r = self.paths.get(None, topic, qid, offset, 1, 1)
         except FerryError:
             return None
         for m in r.messages(offset):
@@ -568,7 +567,7 @@ class PopService:
         return None
 
     def _queue_ids(self, topic: str, queue_id: int) -> list[int]:
-        t = self.broker._readable_topic(topic)
+        t = self.paths.readable_topic(topic)
         if queue_id >= 0:
             if queue_id >= t.queues:
                 raise QueueNotFound(f"topic {topic} has {t.queues} queues; no queue {queue_id}")
@@ -581,8 +580,8 @@ class PopService:
         qs = self.queues.get(key)
         if qs is not None:
             return qs, False
-        lo, hi = self.broker.queue_bounds(topic, qid)
-        committed = self.broker.committed_offset(group, topic, qid)
+        lo, hi = self.paths.queue_bounds(topic, qid)
+        committed = self.paths.committed(group, topic, qid)
         start = committed if committed is not None else (hi if init == "latest" else lo)
         qs = self.queues[key] = QueueState(start)
         return qs, True
@@ -654,10 +653,10 @@ class PopService:
         """Lease up to ``room`` new messages from the pop offset; returns the new pop offset."""
         room = min(room, self.max_inflight_per_queue - len(qs.leases))
         # Retention may have removed what was never popped: start at the queue's minimum.
-        pop_offset = max(qs.pop_offset, self.broker.store.queue_bounds(topic, qid)[0])
+        pop_offset = max(qs.pop_offset, self.paths.stored_bounds(topic, qid)[0])
         if room <= 0:
             return pop_offset
-        r = self.broker.get(group, topic, qid, pop_offset, room, POP_MAX_BYTES, filter)
+        r = self.paths.get(group, topic, qid, pop_offset, room, POP_MAX_BYTES, filter)
         new_offset = r.next_offset
         for taken, m in enumerate(r.messages(pop_offset)):
             if taken == room:
@@ -684,35 +683,35 @@ class PopService:
             raise InvalidArgument("wait must not be negative")
         if init not in ("earliest", "latest"):
             raise InvalidArgument("init must be 'earliest' or 'latest'")
-        self.broker._group_for_commit(group)
+        self.paths.consumer_group(group)
         deadline = trio.current_time() + wait_ms / 1000
         while True:
             got = self.pop_now(group, topic, max_messages, invisible_ms, filter, queue_id, init)
             if got or trio.current_time() >= deadline:
                 return got
             ev = trio.Event()
-            broker_waiters = self.broker._waiters.setdefault(topic, set())
-            broker_waiters.add(ev)
+            self.paths.watch((topic,), ev)  # a put to the topic
             mine = self._waiters.setdefault((group, topic), set())
-            mine.add(ev)
+            mine.add(ev)  # a revive of one of the group's leases
             try:
                 with trio.move_on_at(deadline):
                     await ev.wait()
             finally:
-                broker_waiters.discard(ev)
-                if not broker_waiters and self.broker._waiters.get(topic) is broker_waiters:
-                    del self.broker._waiters[topic]
+                self.paths.unwatch((topic,), ev)
                 mine.discard(ev)
                 if not mine and self._waiters.get((group, topic)) is mine:
                     del self._waiters[(group, topic)]
 
-    def _check(self, handle: str) -> tuple[Receipt, QueueState, Lease]:
+    def _check(self, handle: str, authorize: ReceiptCheck | None
+               ) -> tuple[Receipt, QueueState, Lease]:
         try:
             r = self.codec.decode(handle)
         except InvalidReceipt:
             self.stats["invalid_receipts"] += 1
             raise
-        if r.topic not in self.broker.meta.topics:
+        if authorize is not None:
+            authorize(r.group, r.topic)
+        if self.paths.topic_config(r.topic) is None:
             raise TopicNotFound(f"topic {r.topic} does not exist")
         qs = self.queues.get((r.group, r.topic, r.queue_id))
         lease = qs.leases.get(r.offset) if qs else None
@@ -724,17 +723,21 @@ class PopService:
                 "invisible time ran out and it was (or will be) delivered again")
         return r, qs, lease  # type: ignore[return-value]
 
-    def ack(self, handle: str) -> None:
-        r, _, _ = self._check(handle)
+    def ack(self, handle: str, authorize: ReceiptCheck | None = None) -> None:
+        """Ack a lease. ``authorize(group, topic)`` is called once the handle is
+        decoded (the Broker's access check); so for ``ack_batch`` and
+        ``change_invisible_time``."""
+        r, _, _ = self._check(handle, authorize)
         self._log(["A", r.group, r.topic, r.queue_id, [r.offset]])
         self.stats["acks"] += 1
 
-    def ack_batch(self, handles: Sequence[str]) -> list[FerryError | None]:
+    def ack_batch(self, handles: Sequence[str], authorize: ReceiptCheck | None = None
+                  ) -> list[FerryError | None]:
         results: list[FerryError | None] = []
         by_queue: dict[Key, list[int]] = {}
         for h in handles:
             try:
-                r, _, _ = self._check(h)
+                r, _, _ = self._check(h, authorize)
             except FerryError as exc:
                 results.append(exc)
                 continue
@@ -749,11 +752,12 @@ class PopService:
             self.stats["acks"] += len(offsets)
         return results
 
-    def change_invisible_time(self, handle: str, invisible_ms: int) -> ReceiptRenewal:
+    def change_invisible_time(self, handle: str, invisible_ms: int,
+                              authorize: ReceiptCheck | None = None) -> ReceiptRenewal:
         if not MIN_INVISIBLE_MS <= invisible_ms <= MAX_INVISIBLE_MS:
             raise InvalidArgument(
                 f"invisible time must be {MIN_INVISIBLE_MS}..{MAX_INVISIBLE_MS} ms")
-        r, _, _ = self._check(handle)
+        r, _, _ = self._check(handle, authorize)
         now = self.now()
         lease_no = self._new_lease()
         self._log(["C", r.group, r.topic, r.queue_id, r.offset, lease_no, now, now + invisible_ms])
@@ -779,13 +783,13 @@ class PopService:
                         out.append(m._replace(reconsume_times=lease.deliveries))  # type: ignore[union-attr]
                 start = qs.pop_offset
             else:
-                committed = self.broker.committed_offset(group, topic, qid)
-                start = committed if committed is not None else self.broker.queue_bounds(
+                committed = self.paths.committed(group, topic, qid)
+                start = committed if committed is not None else self.paths.queue_bounds(
                     topic, qid)[0]
             room = max_messages - len(out)
             if room <= 0:
                 break
-            r = self.broker.get(None, topic, qid, start, room, POP_MAX_BYTES, filter)
+            r = self.paths.get(None, topic, qid, start, room, POP_MAX_BYTES, filter)
             for m in r.messages(start):
                 if len(out) >= max_messages:
                     break

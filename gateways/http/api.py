@@ -693,11 +693,9 @@ class Api:
         return json_response({"status": "ok"})
 
     async def readyz(self, req: Request) -> Response:
-        b = self.broker
-        if b._closing:
-            raise Problem("not_ready", "the broker is shutting down")
-        if b.store.failed is not None:
-            raise Problem("not_ready", f"the store refuses writes: {b.store.failed}")
+        health = self.broker.health()
+        if not health.ready:
+            raise Problem("not_ready", health.reason)
         return json_response({"status": "ready"})
 
     async def metrics(self, req: Request) -> Response:
