@@ -270,17 +270,18 @@ def _broker_aliases(scope: ast.AST) -> set[str]:
     return aliases
 
 
-def facade_bypasses(folder: str = "gateways", exempt: Iterable[str] = ()) -> list[Reach]:
+def facade_bypasses(folder: str = "gateways", exempt: Iterable[str] = (),
+                    root: pathlib.Path = ROOT) -> list[Reach]:
     """Uses of a broker in ``folder`` (the doors) of what it has besides its facade
     (``broker_internals``): ``broker.meta``, ``self.broker.store``, ``b._closing``,
     ``broker.pop_service``... A broker is a name ``broker``, an attribute
     ``.broker``/``._broker``, a local bound to one, or a parameter annotated
-    ``Broker``. ``exempt`` are paths relative to the repository."""
+    ``Broker``. ``exempt`` are paths relative to ``root`` (the repository)."""
     internals = broker_internals()
     skip = set(exempt)
     out = []
-    for path in sorted((ROOT / folder).rglob("*.py")):
-        rel = str(path.relative_to(ROOT))
+    for path in sorted((root / folder).rglob("*.py")):
+        rel = str(path.relative_to(root))
         if rel in skip:
             continue
         tree = ast.parse(path.read_text(), rel)
