@@ -89,7 +89,7 @@ from .metadata import (
     validate_group_name,
     validate_topic_name,
 )
-from .metrics import Family, MetricsRegistry
+from .metrics import MetricsRegistry, broker_collector
 from .paths import Paths
 from .pop import (
     DEFAULT_INVISIBLE_MS,
@@ -158,13 +158,15 @@ class Broker:
         self.retry = RetryService(self.store, self._paths)
         self._paths.special_put = self._put_special
         self.metrics = MetricsRegistry()
-        self.metrics.add_collector(self._metric_families)
         self._flush_seconds = self.metrics.histogram(
             "ferrymq_store_flush_duration_seconds", "CommitLog fsync latency.").labels()
         self.pop_service = PopService(
             self._paths, os.path.join(config.data_dir, "pop"),
             max_inflight_per_queue=int(config.extra.get(  # type: ignore[call-overload]
                 "pop_max_inflight_per_queue", DEFAULT_MAX_INFLIGHT_PER_QUEUE)))
+        self.metrics.add_collector(broker_collector(
+            self.counters, self.meta, self.store, config.data_dir, lambda: self.started_at,
+            self.pop_service))
 
     # ================================================================ who is asking
 
@@ -982,80 +984,6 @@ class Broker:
         self._authorize(principal, GROUP, group, READ)
         return await self.retry.resend(group, refs, force=force,
                                        authorize=self._topic_check(principal, WRITE))
-
-    # ================================================================ metrics
-
-    def _metric_families(self) -> list[Family]:
-        """The families the broker counts itself, read at scrape time (the registry's
-        collector: core/metrics.py)."""
-        c = self.counters
-        m_in = Family("ferrymq_messages_in_total", "counter",
-                      "Messages stored, per topic, through every door.")
-        b_in = Family("ferrymq_bytes_in_total", "counter",
-                      "Bytes stored (records as written), per topic, through every door.")
-        for name, tc in sorted(c.topics.items()):
-            m_in.add(tc.messages_in, topic=name)
-            b_in.add(tc.bytes_in, topic=name)
-        m_out = Family("ferrymq_messages_out_total", "counter",
-                       "Messages delivered to consumer groups, per group and topic.")
-        b_out = Family("ferrymq_bytes_out_total", "counter",
-                       "Stored record bytes delivered to consumer groups, per group and topic.")
-        for (group, topic), gc_ in sorted(c.groups.items()):
-            m_out.add(gc_.messages_out, group=group, topic=topic)
-            b_out.add(gc_.bytes_out, group=group, topic=topic)
-        lag = Family("ferrymq_group_lag_messages", "gauge",
-                     "Messages between a group's committed offset and the queue's end.")
-        for group, topics in sorted(self.meta.offsets.items()):
-            for topic, queues in sorted(topics.items()):
-                if topic not in self.meta.topics:
-                    continue
-                for qid, committed in sorted(queues.items()):
-                    _, hi = self.store.queue_bounds(topic, qid)
-                    lag.add(max(0, hi - committed), group=group, topic=topic, queue=qid)
-        stored = Family("ferrymq_topic_messages", "gauge",
-                        "Messages currently retained, per topic.")
-        for t in sorted(self.meta.topics.values(), key=lambda t: t.name):
-            stored.add(sum(hi - lo for lo, hi in (self.store.queue_bounds(t.name, q)
-                                                  for q in range(t.queues))), topic=t.name)
-        cl = self.store.commitlog
-        disk = Family("ferrymq_store_commitlog_bytes", "gauge",
-                      "Bytes of CommitLog retained on disk (write position minus minimum).")
-        disk.add(max(0, cl.write_pos - cl.min_offset))
-        fs = Family("ferrymq_store_disk_used_ratio", "gauge",
-                    "Used fraction of the file system holding the store.")
-        try:
-            st = os.statvfs(self.config.data_dir)
-            total = st.f_blocks * st.f_frsize
-            fs.add((total - st.f_bavail * st.f_frsize) / total if total else 0.0)
-        except OSError:
-            pass
-        failures = Family("ferrymq_store_flush_failures_total", "counter",
-                          "fsync failures (the store refuses writes after one).")
-        failures.add(c.flush_failures)
-        topics_f = Family("ferrymq_topics", "gauge", "Topics.")
-        topics_f.add(len(self.meta.topics))
-        groups = Family("ferrymq_groups", "gauge", "Consumer groups.")
-        groups.add(len(self.meta.groups))
-        start = Family("ferrymq_start_time_seconds", "gauge",
-                       "When the broker started, in seconds since the epoch.")
-        start.add(self.started_at / 1000)
-        out = [m_in, b_in, m_out, b_out, lag, stored, disk, fs, failures, topics_f, groups, start]
-        pop = self.pop_service
-        inflight = Family("ferrymq_pop_inflight_messages", "gauge",
-                          "Messages popped and neither acked nor revived yet.")
-        inflight.add(pop.in_flight())
-        out.append(inflight)
-        for key, help in (("acks", "Pop receipts acked."),
-                          ("revived", "Pop leases that ran out and were redelivered."),
-                          ("dead_lettered", "Messages moved to %DLQ% after too many "
-                                            "deliveries."),
-                          ("stale_acks", "Acks refused with a stale receipt handle."),
-                          ("invalid_receipts", "Acks refused with a forged or malformed "
-                                               "receipt handle.")):
-            f = Family(f"ferrymq_pop_{key}_total", "counter", help)
-            f.add(pop.stats[key])
-            out.append(f)
-        return out
 
     # ================================================================ retention
 

@@ -8,7 +8,7 @@ Every door feeds the same registry (``broker.metrics``); the HTTP door's
   per protocol, open connections;
 - collectors, called at scrape time, for what the broker already counts:
   messages and bytes in per topic, out per group, lag, store and pop state
-  (``Broker._metric_families``). Nothing is counted twice.
+  (``broker_collector``). Nothing is counted twice.
 
 Names follow the Prometheus conventions (``ferrymq_`` prefix, base units,
 ``_total`` on counters) and use the OpenTelemetry messaging vocabulary for
@@ -23,8 +23,14 @@ from __future__ import annotations
 
 import bisect
 import math
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+
+from .metadata import Metadata
+from .pop import PopService
+from .stats import Counters
+from .store.store import MessageStore
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -243,3 +249,81 @@ def _escape_label(v: str) -> str:
 
 def _escape_help(v: str) -> str:
     return v.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def broker_collector(counters: Counters, meta: Metadata, store: MessageStore, data_dir: str,
+                     started_at: Callable[[], int], pop: PopService
+                     ) -> Callable[[], Iterable[Family]]:
+    """The families the broker counts itself, read at scrape time (the Broker installs
+    it with its own parts: this module knows no Broker)."""
+
+    def collect() -> Iterable[Family]:
+        c = counters
+        m_in = Family("ferrymq_messages_in_total", "counter",
+                      "Messages stored, per topic, through every door.")
+        b_in = Family("ferrymq_bytes_in_total", "counter",
+                      "Bytes stored (records as written), per topic, through every door.")
+        for name, tc in sorted(c.topics.items()):
+            m_in.add(tc.messages_in, topic=name)
+            b_in.add(tc.bytes_in, topic=name)
+        m_out = Family("ferrymq_messages_out_total", "counter",
+                       "Messages delivered to consumer groups, per group and topic.")
+        b_out = Family("ferrymq_bytes_out_total", "counter",
+                       "Stored record bytes delivered to consumer groups, per group and topic.")
+        for (group, topic), gc in sorted(c.groups.items()):
+            m_out.add(gc.messages_out, group=group, topic=topic)
+            b_out.add(gc.bytes_out, group=group, topic=topic)
+        lag = Family("ferrymq_group_lag_messages", "gauge",
+                     "Messages between a group's committed offset and the queue's end.")
+        for group, topic_offsets in sorted(meta.offsets.items()):
+            for topic, queues in sorted(topic_offsets.items()):
+                if topic not in meta.topics:
+                    continue
+                for qid, committed in sorted(queues.items()):
+                    _, hi = store.queue_bounds(topic, qid)
+                    lag.add(max(0, hi - committed), group=group, topic=topic, queue=qid)
+        stored = Family("ferrymq_topic_messages", "gauge",
+                        "Messages currently retained, per topic.")
+        for t in sorted(meta.topics.values(), key=lambda t: t.name):
+            stored.add(sum(hi - lo for lo, hi in (store.queue_bounds(t.name, q)
+                                                  for q in range(t.queues))), topic=t.name)
+        cl = store.commitlog
+        disk = Family("ferrymq_store_commitlog_bytes", "gauge",
+                      "Bytes of CommitLog retained on disk (write position minus minimum).")
+        disk.add(max(0, cl.write_pos - cl.min_offset))
+        fs = Family("ferrymq_store_disk_used_ratio", "gauge",
+                    "Used fraction of the file system holding the store.")
+        try:
+            st = os.statvfs(data_dir)
+            total = st.f_blocks * st.f_frsize
+            fs.add((total - st.f_bavail * st.f_frsize) / total if total else 0.0)
+        except OSError:
+            pass
+        failures = Family("ferrymq_store_flush_failures_total", "counter",
+                          "fsync failures (the store refuses writes after one).")
+        failures.add(c.flush_failures)
+        topics = Family("ferrymq_topics", "gauge", "Topics.")
+        topics.add(len(meta.topics))
+        groups = Family("ferrymq_groups", "gauge", "Consumer groups.")
+        groups.add(len(meta.groups))
+        start = Family("ferrymq_start_time_seconds", "gauge",
+                       "When the broker started, in seconds since the epoch.")
+        start.add(started_at() / 1000)
+        out = [m_in, b_in, m_out, b_out, lag, stored, disk, fs, failures, topics, groups, start]
+        inflight = Family("ferrymq_pop_inflight_messages", "gauge",
+                          "Messages popped and neither acked nor revived yet.")
+        inflight.add(pop.in_flight())
+        out.append(inflight)
+        for key, help in (("acks", "Pop receipts acked."),
+                          ("revived", "Pop leases that ran out and were redelivered."),
+                          ("dead_lettered", "Messages moved to %DLQ% after too many "
+                                            "deliveries."),
+                          ("stale_acks", "Acks refused with a stale receipt handle."),
+                          ("invalid_receipts", "Acks refused with a forged or malformed "
+                                               "receipt handle.")):
+            f = Family(f"ferrymq_pop_{key}_total", "counter", help)
+            f.add(pop.stats[key])
+            out.append(f)
+        return out
+
+    return collect

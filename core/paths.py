@@ -460,8 +460,8 @@ class Paths:
     def message_by_id(self, msg_id: str) -> ConsumedMessage | None:
         """A message by its id: a client id (UNIQ_KEY) through the index, or an offset
         message id decoded directly."""
-        for m in self._store.lookup_key(msg_id, limit=1):
-            return m
+        for found in self._store.lookup_key(msg_id, limit=1):
+            return found
         decoded = parse_offset_message_id(msg_id)
         if decoded is not None:
             phys, member = decoded
