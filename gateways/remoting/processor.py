@@ -172,9 +172,6 @@ class Processor:
         self.ctx.forget(conn)
         self.notify_changed(self.clients.connection_closed(conn))
 
-    def _who(self, conn: Connection) -> Principal:
-        return self.ctx.principal(conn)
-
     # ================================================================ producing
 
     async def send_message(self, conn: Connection, cmd: RemotingCommand
@@ -194,7 +191,7 @@ class Processor:
         else:
             _group, topic, qid, sys_flag, born_ts, flag, props_text, reconsume, batch = fast
         broker = self.broker
-        who = self._who(conn)
+        who = self.ctx.principal(conn)
         t = broker.find_topic(topic, principal=who)
         if t is not None and qid >= t.queues:
             qid %= t.queues  # RocketMQ: queueIdInt % writeQueueNums
@@ -243,7 +240,7 @@ class Processor:
         h = H.PullMessageRequestHeader.from_ext(cmd.ext_fields)
         filt = self._filter_for(h)
         broker = self.broker
-        who = self._who(conn)
+        who = self.ctx.principal(conn)
         if h.sysFlag & PULL_FLAG_COMMIT_OFFSET and h.commitOffset > 0:
             # RocketMQ ignores a piggy-backed commit it cannot apply; so do we.
             with contextlib.suppress(FerryError):
@@ -326,7 +323,7 @@ class Processor:
     async def query_consumer_offset(self, conn: Connection, cmd: RemotingCommand
                                     ) -> RemotingCommand:
         h = H.QueryConsumerOffsetRequestHeader.from_ext(cmd.ext_fields)
-        who = self._who(conn)
+        who = self.ctx.principal(conn)
         off = self.broker.committed_offset(h.consumerGroup, h.topic, h.queueId, principal=who)
         if off is None:
             t = self.broker.find_topic(h.topic, principal=who)
@@ -344,12 +341,12 @@ class Processor:
                                      ) -> RemotingCommand:
         h = H.UpdateConsumerOffsetRequestHeader.from_ext(cmd.ext_fields)
         self.broker.commit_offset(h.consumerGroup, h.topic, h.queueId, h.commitOffset,
-                                  principal=self._who(conn))
+                                  principal=self.ctx.principal(conn))
         return response_to(cmd, ResponseCode.SUCCESS)
 
     async def search_offset(self, conn: Connection, cmd: RemotingCommand) -> RemotingCommand:
         h = H.SearchOffsetRequestHeader.from_ext(cmd.ext_fields)
-        who = self._who(conn)
+        who = self.ctx.principal(conn)
         self.broker.queue_bounds(h.topic, h.queueId, principal=who)  # validates topic and queue
         off = self.broker.offset_for_time(h.topic, h.queueId, h.timestamp, principal=who)
         return response_to(cmd, ResponseCode.SUCCESS, {"offset": str(off)})
@@ -358,18 +355,18 @@ class Processor:
         h = H.QueueHeader.from_ext(cmd.ext_fields)
         return response_to(cmd, ResponseCode.SUCCESS,
                            {"offset": str(self.broker.queue_bounds(
-                               h.topic, h.queueId, principal=self._who(conn))[1])})
+                               h.topic, h.queueId, principal=self.ctx.principal(conn))[1])})
 
     async def get_min_offset(self, conn: Connection, cmd: RemotingCommand) -> RemotingCommand:
         h = H.QueueHeader.from_ext(cmd.ext_fields)
         return response_to(cmd, ResponseCode.SUCCESS,
                            {"offset": str(self.broker.queue_bounds(
-                               h.topic, h.queueId, principal=self._who(conn))[0])})
+                               h.topic, h.queueId, principal=self.ctx.principal(conn))[0])})
 
     async def get_earliest_store_time(self, conn: Connection, cmd: RemotingCommand
                                       ) -> RemotingCommand:
         h = H.QueueHeader.from_ext(cmd.ext_fields)
-        who = self._who(conn)
+        who = self.ctx.principal(conn)
         lo, _hi = self.broker.queue_bounds(h.topic, h.queueId, principal=who)
         r = self.broker.get(None, h.topic, h.queueId, lo, 1, 1, principal=who)
         ts = r.records[0].store_timestamp if r.records else 0
@@ -389,7 +386,7 @@ class Processor:
         if not hb.clientID:
             raise B.BodyError("heartbeat without clientID")
         created = False
-        who = self._who(conn)
+        who = self.ctx.principal(conn)
         for c in hb.consumers:
             if not c.groupName:
                 continue
@@ -450,7 +447,7 @@ class Processor:
 
     async def view_message(self, conn: Connection, cmd: RemotingCommand) -> RemotingCommand:
         h = H.ViewMessageByIdRequestHeader.from_ext(cmd.ext_fields)
-        who = self._who(conn)
+        who = self.ctx.principal(conn)
         m = self.broker.message_by_id(h.msgId, principal=who) if h.msgId else None
         if m is None:
             m = self.broker.message_by_id(offset_message_id(self.store_host, h.offset),
@@ -464,7 +461,7 @@ class Processor:
                             ) -> RemotingCommand:
         h = H.QueryMessageRequestHeader.from_ext(cmd.ext_fields)
         found = self.broker.messages_by_key(h.topic, h.key, max(1, min(h.maxNum, 64)),
-                                            principal=self._who(conn))
+                                            principal=self.ctx.principal(conn))
         if h.endTimestamp:
             found = [m for m in found if h.beginTimestamp <= m.store_timestamp <= h.endTimestamp]
         if not found:
@@ -479,7 +476,7 @@ class Processor:
     async def create_topic(self, conn: Connection, cmd: RemotingCommand) -> RemotingCommand:
         h = H.CreateTopicRequestHeader.from_ext(cmd.ext_fields)
         queues = max(h.readQueueNums, h.writeQueueNums)
-        who = self._who(conn)
+        who = self.ctx.principal(conn)
         t = self.broker.find_topic(h.topic, principal=who)
         if t is None:
             await self.broker.create_topic(h.topic, queues, perm=h.perm & PERM_READ_WRITE,
@@ -493,7 +490,7 @@ class Processor:
 
     async def delete_topic(self, conn: Connection, cmd: RemotingCommand) -> RemotingCommand:
         h = H.TopicHeader.from_ext(cmd.ext_fields)
-        await self.broker.delete_topic(h.topic, principal=self._who(conn))
+        await self.broker.delete_topic(h.topic, principal=self.ctx.principal(conn))
         await self.register_now()
         return response_to(cmd, ResponseCode.SUCCESS)
 
@@ -513,14 +510,14 @@ class Processor:
     async def all_topic_config(self, conn: Connection, cmd: RemotingCommand
                                ) -> RemotingCommand:
         return response_to(cmd, ResponseCode.SUCCESS, body=B.RegisterBrokerBody(
-            tuple(self.topic_configs(self._who(conn)))).encode())
+            tuple(self.topic_configs(self.ctx.principal(conn)))).encode())
 
     def _mq(self, topic: str, qid: int) -> B.MessageQueue:
         return B.MessageQueue(topic, self.broker.config.broker_name, qid)
 
     async def topic_stats(self, conn: Connection, cmd: RemotingCommand) -> RemotingCommand:
         h = H.TopicHeader.from_ext(cmd.ext_fields)
-        who = self._who(conn)
+        who = self.ctx.principal(conn)
         st = self.broker.topic_stats(h.topic, principal=who)
         rows = []
         for qid, lo, hi in st.queues:
@@ -535,7 +532,7 @@ class Processor:
     async def consume_stats(self, conn: Connection, cmd: RemotingCommand
                             ) -> RemotingCommand:
         h = H.GetConsumeStatsRequestHeader.from_ext(cmd.ext_fields)
-        who = self._who(conn)
+        who = self.ctx.principal(conn)
         self.broker.group(h.consumerGroup, principal=who)
         rows = []
         for gs in self.broker.group_stats(h.consumerGroup, h.topic or None, principal=who):
@@ -553,7 +550,7 @@ class Processor:
                           "retryMaxTimes": g.max_reconsume_times,
                           "retryQueueNums": g.retry_queues,
                           "online": bool(self.clients.members(g.name))}
-                 for g in self.broker.groups(principal=self._who(conn))}
+                 for g in self.broker.groups(principal=self.ctx.principal(conn))}
         return response_to(cmd, ResponseCode.SUCCESS, body=B.dumps({
             "dataVersion": {"counter": 0, "timestamp": 0}, "subscriptionGroupTable": table}))
 
@@ -567,7 +564,7 @@ class Processor:
             settings["max_reconsume_times"] = int(d["retryMaxTimes"])
         if "consumeBroadcastEnable" in d:
             settings["broadcast"] = bool(d["consumeBroadcastEnable"])
-        who = self._who(conn)
+        who = self.ctx.principal(conn)
         if self.broker.find_group(name, principal=who) is not None:
             await self.broker.update_group(name, principal=who, **settings)
         else:
@@ -576,7 +573,7 @@ class Processor:
 
     async def delete_group(self, conn: Connection, cmd: RemotingCommand) -> RemotingCommand:
         h = H.DeleteSubscriptionGroupRequestHeader.from_ext(cmd.ext_fields)
-        await self.broker.delete_group(h.groupName, principal=self._who(conn))
+        await self.broker.delete_group(h.groupName, principal=self.ctx.principal(conn))
         return response_to(cmd, ResponseCode.SUCCESS)
 
     async def consumer_connections(self, conn: Connection, cmd: RemotingCommand
@@ -599,7 +596,7 @@ class Processor:
         """Move the group's offsets on every queue of the topic to the first message
         stored at or after the timestamp (-1: the end), and tell online members."""
         h = H.ResetOffsetRequestHeader.from_ext(cmd.ext_fields)
-        who = self._who(conn)
+        who = self.ctx.principal(conn)
         t = self.broker.topic(h.topic, principal=who)
         rows = []
         for qid in range(t.queues):
@@ -617,7 +614,7 @@ class Processor:
         return response_to(cmd, ResponseCode.SUCCESS, body=body)
 
     async def runtime_info(self, conn: Connection, cmd: RemotingCommand) -> RemotingCommand:
-        st = self.broker.broker_stats(principal=self._who(conn))
+        st = self.broker.broker_stats(principal=self.ctx.principal(conn))
         table = {"brokerVersionDesc": "FerryMQ", "bootTimestamp": str(st.started_at),
                  "msgPutTotalTodayNow": str(st.messages_in),
                  "commitLogMaxOffset": str(st.commitlog_max_offset),
@@ -634,7 +631,7 @@ class Processor:
 
     async def route_info(self, conn: Connection, cmd: RemotingCommand) -> RemotingCommand:
         h = H.TopicHeader.from_ext(cmd.ext_fields)
-        for tc in self.topic_configs(self._who(conn)):
+        for tc in self.topic_configs(self.ctx.principal(conn)):
             if tc.topicName == h.topic:
                 route = B.TopicRouteData(
                     (B.QueueData(self.broker.config.broker_name, tc.readQueueNums,
@@ -650,9 +647,9 @@ class Processor:
 
     async def topic_list(self, conn: Connection, cmd: RemotingCommand) -> RemotingCommand:
         return response_to(cmd, ResponseCode.SUCCESS, body=B.encode_topic_list(
-            (t.name for t in self.broker.topics(principal=self._who(conn))), self.broker_addr))
+            (t.name for t in self.broker.topics(principal=self.ctx.principal(conn))), self.broker_addr))
 
     async def consumed_by(self, conn: Connection, cmd: RemotingCommand) -> RemotingCommand:
         h = H.TopicHeader.from_ext(cmd.ext_fields)
-        groups = self.broker.consuming_groups(h.topic, principal=self._who(conn))
+        groups = self.broker.consuming_groups(h.topic, principal=self.ctx.principal(conn))
         return response_to(cmd, ResponseCode.SUCCESS, body=B.dumps({"groupList": groups}))
