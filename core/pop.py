@@ -21,7 +21,7 @@ Durability: pop state is consumer state, kept in the broker's state log
 (core/statelog.py): every pop, ack, change of invisible time and dead letter
 is a record of the CommitLog — namespace ``pop``, (group, topic, queue) -> pop
 offset, and ``lease``, (group, topic, queue, offset) -> (lease number,
-deliveries, pop time, deadline) — applied by ``_apply_pop``/``_apply_lease``
+deliveries, pop time, deadline) — applied by ``apply_pop``/``apply_lease``
 at put time and at recovery, compacted with the broker's state snapshots. So a
 SIGKILLed broker loses no pop, ack or lease, and a pop under sync flush returns
 its receipts once they are on disk; an ack lost to a power cut (within the
@@ -47,7 +47,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgpack
 import trio
@@ -70,11 +70,9 @@ from .message import (
     now_ms,
 )
 from .metadata import DLQ_PREFIX, NS_OFFSET
-from .statelog import Change
+from .paths import Paths
+from .statelog import Change, StateLog
 from .store.files import atomic_write, read_file
-
-if TYPE_CHECKING:
-    from .broker import Broker
 
 log = logging.getLogger("ferrymq.pop")
 
@@ -95,6 +93,7 @@ _FRAME = struct.Struct(">IIQ")  # round 1's journal frame: payload length, CRC-3
 NS_POP, NS_LEASE = "pop", "lease"  # the state-log namespaces of pop state
 
 Key = tuple[str, str, int]  # (group, topic, queue id)
+ReceiptCheck = Callable[[str, str], None]  # (group, topic) a receipt names: raises to refuse
 
 LEASED, READY, DEAD = 0, 1, 2  # a lease's states: out with a consumer, revived, bound for the DLQ
 
@@ -223,9 +222,10 @@ class PopService:
     """Pop state; the Broker's pop methods delegate here. Runs on the broker's
     event-loop thread; its state changes go through the broker's state log."""
 
-    def __init__(self, broker: Broker, directory: str, *,
+    def __init__(self, paths: Paths, state: StateLog, directory: str, *,
                  max_inflight_per_queue: int = DEFAULT_MAX_INFLIGHT_PER_QUEUE) -> None:
-        self.broker = broker
+        self.paths = paths
+        self.state = state
         self.directory = directory  # the receipt secret; round 1's journal and snapshot
         self.max_inflight_per_queue = max_inflight_per_queue
         self.queues: dict[Key, QueueState] = {}
@@ -242,8 +242,8 @@ class PopService:
         self._anchor: tuple[int, float] | None = None
         self.stats = {"pops": 0, "popped": 0, "acks": 0, "revived": 0, "dead_lettered": 0,
                       "stale_acks": 0, "invalid_receipts": 0}
-        broker.state.register(NS_POP, _PopTable(self))
-        broker.state.register(NS_LEASE, _LeaseTable(self))
+        state.register(NS_POP, _PopTable(self))
+        state.register(NS_LEASE, _LeaseTable(self))
 
     # ================================================================ clock
 
@@ -286,7 +286,7 @@ class PopService:
 
     def _record(self, changes: list[Change]) -> None:
         """Append pop state changes to the state log, which applies them here."""
-        self.broker.state.append(changes)
+        self.state.append(changes)
 
     def _progress(self, key: Key, qs: QueueState, pop_offset: int,
                   removed: Iterable[int] = (), added: Iterable[int] = ()) -> list[Change]:
@@ -300,8 +300,9 @@ class PopService:
                 progress = min(progress, offset)
                 break
         group, topic, qid = key
-        meta = self.broker.meta
-        if meta.committed(group, topic, qid) != progress and topic in meta.topics:
+        paths = self.paths
+        if paths.committed(group, topic, qid) != progress \
+                and paths.topic_config(topic) is not None:
             return [(NS_OFFSET, key, progress)]
         return []
 
@@ -313,7 +314,7 @@ class PopService:
 
     # ================================================================ the state machine
 
-    def _apply_pop(self, key: Key, pop_offset: int | None) -> None:
+    def apply_pop(self, key: Key, pop_offset: int | None) -> None:
         """``pop`` namespace: (group, topic, queue) -> pop offset; deleting the key
         forgets the queue's state, leases included."""
         if pop_offset is None:
@@ -327,7 +328,7 @@ class PopService:
         else:
             qs.pop_offset = pop_offset
 
-    def _apply_lease(self, lkey: tuple[str, str, int, int],
+    def apply_lease(self, lkey: tuple[str, str, int, int],
                      value: tuple[int, int, int, int] | None) -> None:
         """``lease`` namespace: (group, topic, queue, offset) -> (lease number,
         deliveries, pop time, deadline). Setting it leases the message (a new pop,
@@ -380,9 +381,9 @@ class PopService:
             seq = doc["seq"]
             self._next_lease = max(self._next_lease, doc["next_lease"])
             for g, t, q, pop_offset, leases in doc["queues"]:
-                self._apply_pop((g, t, q), pop_offset)
+                self.apply_pop((g, t, q), pop_offset)
                 for offset, lease, deliveries, pop_time, until in leases:
-                    self._apply_lease((g, t, q, offset), (lease, deliveries, pop_time, until))
+                    self.apply_lease((g, t, q, offset), (lease, deliveries, pop_time, until))
         for path in self.legacy_paths():
             if not os.path.basename(path).startswith("journal-"):
                 continue
@@ -403,24 +404,24 @@ class PopService:
         kind = op[0]
         if kind == "X":
             for key in [k for k in self.queues if k[0] == op[1] and k[1] == op[2]]:
-                self._apply_pop(key, None)
+                self.apply_pop(key, None)
             return
         key = (op[1], op[2], op[3])
         if kind == "P":
             _, g, t, q, pop_offset, pop_time, until, items = op
             qs = self.queues.get(key)
-            self._apply_pop(key, max(pop_offset, qs.pop_offset if qs else 0))
+            self.apply_pop(key, max(pop_offset, qs.pop_offset if qs else 0))
             for offset, lease_no, deliveries in items:
-                self._apply_lease((g, t, q, offset), (lease_no, deliveries, pop_time, until))
+                self.apply_lease((g, t, q, offset), (lease_no, deliveries, pop_time, until))
         elif kind in ("A", "D"):
             for offset in op[4]:
-                self._apply_lease((*key, offset), None)
+                self.apply_lease((*key, offset), None)
         elif kind == "C":
             _, g, t, q, offset, lease_no, pop_time, until = op
             qs = self.queues.get(key)
             old = qs.leases.get(offset) if qs else None
             if old is not None:
-                self._apply_lease((g, t, q, offset), (lease_no, old.deliveries, pop_time, until))
+                self.apply_lease((g, t, q, offset), (lease_no, old.deliveries, pop_time, until))
 
     def _push(self, until: int, lease_no: int, key: Key, offset: int) -> None:
         heapq.heappush(self._heap, (until, lease_no, key, offset))
@@ -454,7 +455,7 @@ class PopService:
             _, _, key, offset = entry
             self._live -= 1
             n += 1
-            g = self.broker.meta.groups.get(key[0])
+            g = self.paths.group_config(key[0])
             max_reconsume = g.max_reconsume_times if g is not None else 16
             if lease.deliveries > max_reconsume:
                 lease.state = DEAD
@@ -518,13 +519,12 @@ class PopService:
 
     async def _put_dead_letter(self, group: str, m: ConsumedMessage, deliveries: int) -> None:
         dlq = DLQ_PREFIX + group
-        if dlq not in self.broker.meta.topics:
-            await self.broker.create_topic(dlq, 1, exist_ok=True)
+        await self.paths.ensure_topic(dlq, 1)
         props = dict(m.properties)
         props.setdefault(PROPERTY_DLQ_ORIGIN_TOPIC, m.topic)
         props.setdefault(PROPERTY_DLQ_ORIGIN_MESSAGE_ID, m.msg_id)
         props[PROPERTY_MAX_RECONSUME_TIMES] = str(deliveries - 1)
-        await self.broker.put(Message(dlq, m.body, props, 0, m.flag, m.born_timestamp,
+        await self.paths.put(Message(dlq, m.body, props, 0, m.flag, m.born_timestamp,
                                       m.born_host, deliveries))
 
     # ================================================================ reading
@@ -532,7 +532,7 @@ class PopService:
     def _read(self, topic: str, qid: int, offset: int) -> ConsumedMessage | None:
         """The message at one offset (a member of a batch record included), or None."""
         try:
-            r = self.broker.get(None, topic, qid, offset, 1, 1)
+            r = self.paths.get(None, topic, qid, offset, 1, 1)
         except FerryError:
             return None
         for m in r.messages(offset):
@@ -540,7 +540,7 @@ class PopService:
         return None
 
     def _queue_ids(self, topic: str, queue_id: int) -> list[int]:
-        t = self.broker._readable_topic(topic)
+        t = self.paths.readable_topic(topic)
         if queue_id >= 0:
             if queue_id >= t.queues:
                 raise QueueNotFound(f"topic {topic} has {t.queues} queues; no queue {queue_id}")
@@ -553,8 +553,8 @@ class PopService:
         qs = self.queues.get(key)
         if qs is not None:
             return qs, False
-        lo, hi = self.broker.queue_bounds(topic, qid)
-        committed = self.broker.committed_offset(group, topic, qid)
+        lo, hi = self.paths.queue_bounds(topic, qid)
+        committed = self.paths.committed(group, topic, qid)
         start = committed if committed is not None else (hi if init == "latest" else lo)
         qs = self.queues[key] = QueueState(start)
         return qs, True
@@ -630,10 +630,10 @@ class PopService:
         """Lease up to ``room`` new messages from the pop offset; returns the new pop offset."""
         room = min(room, self.max_inflight_per_queue - len(qs.leases))
         # Retention may have removed what was never popped: start at the queue's minimum.
-        pop_offset = max(qs.pop_offset, self.broker.store.queue_bounds(topic, qid)[0])
+        pop_offset = max(qs.pop_offset, self.paths.stored_bounds(topic, qid)[0])
         if room <= 0:
             return pop_offset
-        r = self.broker.get(group, topic, qid, pop_offset, room, POP_MAX_BYTES, filter)
+        r = self.paths.get(group, topic, qid, pop_offset, room, POP_MAX_BYTES, filter)
         new_offset = r.next_offset
         for taken, m in enumerate(r.messages(pop_offset)):
             if taken == room:
@@ -660,39 +660,39 @@ class PopService:
             raise InvalidArgument("wait must not be negative")
         if init not in ("earliest", "latest"):
             raise InvalidArgument("init must be 'earliest' or 'latest'")
-        self.broker._group_for_commit(group)
+        self.paths.consumer_group(group)
         deadline = trio.current_time() + wait_ms / 1000
         while True:
             got = self.pop_now(group, topic, max_messages, invisible_ms, filter, queue_id, init)
             if got:
                 # Under sync flush the leases are on disk before a receipt goes out.
-                await self.broker.wait_durable()
+                await self.paths.wait_durable()
                 return got
             if trio.current_time() >= deadline:
                 return got
             ev = trio.Event()
-            broker_waiters = self.broker._waiters.setdefault(topic, set())
-            broker_waiters.add(ev)
+            self.paths.watch((topic,), ev)  # a put to the topic
             mine = self._waiters.setdefault((group, topic), set())
-            mine.add(ev)
+            mine.add(ev)  # a revive of one of the group's leases
             try:
                 with trio.move_on_at(deadline):
                     await ev.wait()
             finally:
-                broker_waiters.discard(ev)
-                if not broker_waiters and self.broker._waiters.get(topic) is broker_waiters:
-                    del self.broker._waiters[topic]
+                self.paths.unwatch((topic,), ev)
                 mine.discard(ev)
                 if not mine and self._waiters.get((group, topic)) is mine:
                     del self._waiters[(group, topic)]
 
-    def _check(self, handle: str) -> tuple[Receipt, QueueState, Lease]:
+    def _check(self, handle: str, authorize: ReceiptCheck | None
+               ) -> tuple[Receipt, QueueState, Lease]:
         try:
             r = self.codec.decode(handle)
         except InvalidReceipt:
             self.stats["invalid_receipts"] += 1
             raise
-        if r.topic not in self.broker.meta.topics:
+        if authorize is not None:
+            authorize(r.group, r.topic)
+        if self.paths.topic_config(r.topic) is None:
             raise TopicNotFound(f"topic {r.topic} does not exist")
         qs = self.queues.get((r.group, r.topic, r.queue_id))
         lease = qs.leases.get(r.offset) if qs else None
@@ -704,19 +704,23 @@ class PopService:
                 "invisible time ran out and it was (or will be) delivered again")
         return r, qs, lease  # type: ignore[return-value]
 
-    def ack(self, handle: str) -> None:
-        r, qs, _ = self._check(handle)
+    def ack(self, handle: str, authorize: ReceiptCheck | None = None) -> None:
+        """Ack a lease. ``authorize(group, topic)`` is called once the handle is
+        decoded (the Broker's access check); so for ``ack_batch`` and
+        ``change_invisible_time``."""
+        r, qs, _ = self._check(handle, authorize)
         key = (r.group, r.topic, r.queue_id)
         self._record([(NS_LEASE, (*key, r.offset), None),
                       *self._progress(key, qs, qs.pop_offset, removed=(r.offset,))])
         self.stats["acks"] += 1
 
-    def ack_batch(self, handles: Sequence[str]) -> list[FerryError | None]:
+    def ack_batch(self, handles: Sequence[str], authorize: ReceiptCheck | None = None
+                  ) -> list[FerryError | None]:
         results: list[FerryError | None] = []
         by_queue: dict[Key, list[int]] = {}
         for h in handles:
             try:
-                r, _, _ = self._check(h)
+                r, _, _ = self._check(h, authorize)
             except FerryError as exc:
                 results.append(exc)
                 continue
@@ -733,11 +737,12 @@ class PopService:
             self.stats["acks"] += len(offsets)
         return results
 
-    def change_invisible_time(self, handle: str, invisible_ms: int) -> ReceiptRenewal:
+    def change_invisible_time(self, handle: str, invisible_ms: int,
+                              authorize: ReceiptCheck | None = None) -> ReceiptRenewal:
         if not MIN_INVISIBLE_MS <= invisible_ms <= MAX_INVISIBLE_MS:
             raise InvalidArgument(
                 f"invisible time must be {MIN_INVISIBLE_MS}..{MAX_INVISIBLE_MS} ms")
-        r, _, lease = self._check(handle)
+        r, _, lease = self._check(handle, authorize)
         now = self.now()
         lease_no = self._new_lease()
         self._record([(NS_LEASE, (r.group, r.topic, r.queue_id, r.offset),
@@ -764,13 +769,13 @@ class PopService:
                         out.append(m._replace(reconsume_times=lease.deliveries))  # type: ignore[union-attr]
                 start = qs.pop_offset
             else:
-                committed = self.broker.committed_offset(group, topic, qid)
-                start = committed if committed is not None else self.broker.queue_bounds(
+                committed = self.paths.committed(group, topic, qid)
+                start = committed if committed is not None else self.paths.queue_bounds(
                     topic, qid)[0]
             room = max_messages - len(out)
             if room <= 0:
                 break
-            r = self.broker.get(None, topic, qid, start, room, POP_MAX_BYTES, filter)
+            r = self.paths.get(None, topic, qid, start, room, POP_MAX_BYTES, filter)
             for m in r.messages(start):
                 if len(out) >= max_messages:
                     break
@@ -796,7 +801,7 @@ class _PopTable:
         self.svc = svc
 
     def apply(self, key: Any, value: Any) -> None:
-        self.svc._apply_pop(key, value)
+        self.svc.apply_pop(key, value)
 
     def get(self, key: Any) -> Any:
         qs = self.svc.queues.get(key)
@@ -820,7 +825,7 @@ class _LeaseTable:
         self.svc = svc
 
     def apply(self, key: Any, value: Any) -> None:
-        self.svc._apply_lease(key, value)
+        self.svc.apply_lease(key, value)
 
     def get(self, key: Any) -> Any:
         g, t, q, offset = key

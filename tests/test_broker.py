@@ -183,7 +183,7 @@ async def test_long_poll_wakes_on_put_and_times_out(broker) -> None:
                 await trio.sleep(0.001)
     assert woke == [True]
     assert await broker.wait("lp", 0, 0, 0) is True
-    assert broker._waiters == {}, "woken and timed-out waiters leave nothing behind"
+    assert broker._paths._waiters == {}, "woken and timed-out waiters leave nothing behind"
 
 
 async def test_wait_any_over_several_queues(broker) -> None:

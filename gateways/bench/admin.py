@@ -4,7 +4,7 @@ Scenarios, each under the chosen flush policy, the broker in-process:
 
 - *one by one*: ``create_topic`` N times, each acknowledged on its own (an fsync
   each: the admin-change rule of the state log, docs/storage.md);
-- *one batch*: the same inside ``broker.state.batch()``, as a Kafka CreateTopics
+- *one batch*: the same inside ``broker.admin_batch()``, as a Kafka CreateTopics
   with N topics is served (one fsync for all);
 - *restart, clean*: opening a broker that holds N topics after a clean shutdown
   (its state snapshot), in a fresh process: seconds and RSS;
@@ -50,7 +50,7 @@ async def _create(directory: str, flush: str, n: int, batch: bool, crash_copy: s
     async with Broker.open(_config(directory, flush)) as broker:
         t0 = time.perf_counter()
         if batch:
-            async with broker.state.batch():
+            async with broker.admin_batch():
                 for i in range(n):
                     await broker.create_topic(f"topic-{i}", 4)
         else:

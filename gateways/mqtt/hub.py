@@ -192,7 +192,7 @@ class Hub:
         if topic in self.literal_watch:
             return True
         if self.wild_watch > 0:
-            t = self.broker.meta.topics.get(topic)
+            t = self.broker.find_topic(topic)
             return t is not None and not t.system
         return False
 

@@ -57,7 +57,7 @@ class StorePath:
         """``message_for`` without a coroutine, for a topic whose route is known and
         that carries no 5.0 properties (the hot path); None otherwise."""
         hit = self._routes.get(topic)
-        if hit is None or props or self.broker.meta.topics.get(hit[1]) is not hit[0]:
+        if hit is None or props or self.broker.find_topic(hit[1]) is not hit[0]:
             return None
         plain = self._plain_props.get((topic, qos, retain, publisher))
         if plain is None:
@@ -70,7 +70,7 @@ class StorePath:
         needed (before any put, so wildcard subscribers see its first message)."""
         broker = self.broker
         hit = self._routes.get(topic)
-        if hit is not None and broker.meta.topics.get(hit[1]) is hit[0]:
+        if hit is not None and broker.find_topic(hit[1]) is hit[0]:
             bt, queue = hit[1], hit[2]
         else:
             bt = mapping.broker_topic(topic)

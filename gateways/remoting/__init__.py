@@ -100,4 +100,4 @@ async def serve(ctx: DoorContext, *, task_status: trio.TaskStatus[int] = trio.TA
 async def _expire_clients(processor: Processor, table: ClientTable) -> None:
     while True:
         await trio.sleep(min(10.0, table.expiry_s / 4))
-        processor._notify_changed(table.expire())
+        processor.notify_changed(table.expire())
