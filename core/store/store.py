@@ -39,7 +39,8 @@ from ..message import (
 )
 from .checkpoint import Checkpoint, read_checkpoint, write_checkpoint
 from .commitlog import CommitLog
-from .consumequeue import ConsumeQueue
+from .consumequeue import ConsumeQueue, PinnedReader
+from .filecache import FileCache, FileGone, default_budget
 from .files import DirectoryLock
 from .index import KeyIndex
 
@@ -75,6 +76,7 @@ class StoreConfig:
     index_slots: int = 500_000
     index_entries: int = 2_000_000
     store_host: bytes = rec.host_bytes("127.0.0.1", 10911)
+    max_open_files: int = 0  # files held open at once (filecache.py); 0: default_budget()
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,8 +177,11 @@ class MessageStore:
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
         d = config.directory
-        self.commitlog = CommitLog(os.path.join(d, "commitlog"), config.segment_size)
-        self.index = KeyIndex(os.path.join(d, "index"), config.index_slots, config.index_entries)
+        # Every segment, ConsumeQueue and index file is opened through this cache.
+        self.files = FileCache(config.max_open_files or default_budget())
+        self.commitlog = CommitLog(os.path.join(d, "commitlog"), config.segment_size, self.files)
+        self.index = KeyIndex(os.path.join(d, "index"), config.index_slots, config.index_entries,
+                              self.files)
         self.queues: dict[tuple[str, int], ConsumeQueue] = {}
         self.store_host = config.store_host
         self.dispatched_pos = 0  # every record below is in its ConsumeQueue and the index
@@ -268,11 +273,8 @@ class MessageStore:
         return report
 
     def _bytes_follow(self, end: int) -> bool:
-        seg = self.commitlog._segment_for(end)
-        if seg is None:
-            return False
-        local = end - seg.base
-        return seg.mm[local:local + 8] != bytes(len(seg.mm[local:local + 8]))
+        head = self.commitlog.peek(end, 8)
+        return head != bytes(len(head))
 
     def _load_queues(self) -> None:
         root = os.path.join(self.config.directory, "consumequeue")
@@ -282,7 +284,7 @@ class MessageStore:
             for qid in os.listdir(tdir):
                 if qid.isdigit():
                     q = ConsumeQueue(os.path.join(tdir, qid), topic, int(qid),
-                                     self.config.cq_entries_per_file)
+                                     self.config.cq_entries_per_file, self.files)
                     q.open()
                     self.queues[(topic, int(qid))] = q
 
@@ -296,6 +298,7 @@ class MessageStore:
                              f"CommitLog offset {r.physical_offset}")
         if q.next_entry == q.first_entry:
             q.reset_offsets(r.queue_offset)
+        q.ready()
         q.append(r.physical_offset, r.total_size, r.queue_offset, count, h, r.store_timestamp)
         if r.physical_offset >= index_from and keys:
             for key, member in keys:
@@ -325,6 +328,7 @@ class MessageStore:
                 q.close()
             self.commitlog.close()
             self.index.close()
+            self.files.close_all()
             self._lock.release()
             return
         self._open = False
@@ -337,6 +341,7 @@ class MessageStore:
                 q.close()
             self.commitlog.close()
             self.index.close()
+            self.files.close_all()
             self._lock.release()
 
     # ================================================================ writing
@@ -346,7 +351,7 @@ class MessageStore:
         if q is None:
             q = ConsumeQueue(os.path.join(self.config.directory, "consumequeue", topic,
                                           str(queue_id)), topic, queue_id,
-                             self.config.cq_entries_per_file)
+                             self.config.cq_entries_per_file, self.files)
             q.open()
             self.queues[(topic, queue_id)] = q
         return q
@@ -375,7 +380,11 @@ class MessageStore:
         the record is built as one bytes object copied into the mapped segment
         with one slice assignment (measured cheaper than three). A large body may
         come as a tuple of pieces (a Kafka batch: its rewritten first bytes and a
-        view of the rest), written with the record's other parts by one pwritev."""
+        view of the rest), written with the record's other parts by one pwritev.
+
+        Everything that can fail (rolling the segment, opening or creating the
+        ConsumeQueue and index files) happens before the record is written: a
+        record is never in the CommitLog without its queue entry."""
         if self.failed is not None:
             raise self.failed
         tail = self._topic_tails.get(topic) or self._topic_tail(topic)
@@ -395,6 +404,9 @@ class MessageStore:
         size = _HEADER_SIZE + body_len + len(tail) + 2 + props_len
         cl = self.commitlog
         seg, local, phys = cl.reserve(size)
+        if keys:
+            self.index.ready(len(keys), phys)
+        q.ready()  # last: nothing after it may close the queue's file before append
         ts = _time_ns() // 1_000_000
         if ts < self._last_ts:  # store timestamps never go backwards (time lookups bisect)
             ts = self._last_ts
@@ -497,6 +509,33 @@ class MessageStore:
         q = self.queues.get((topic, queue_id))
         if q is None:
             return GetResult(GetStatus.NO_MESSAGE_IN_QUEUE, (), 0, 0, 0)
+        if pread:
+            return self._get_pinned(q, topic, queue_id, offset, max_messages, max_bytes, filt,
+                                    visible_limit)
+        return self._get(q, self.commitlog.read, topic, queue_id, offset, max_messages,
+                         max_bytes, filt, visible_limit)
+
+    def _get_pinned(self, q: ConsumeQueue, topic: str, queue_id: int, offset: int,
+                    max_messages: int, max_bytes: int, filt: Filter | None,
+                    visible_limit: int | None) -> GetResult:
+        """``get`` from a worker thread: the ConsumeQueue read through a pinned reader
+        (the owner cannot close a file under it), the records with pread. If retention
+        deleted a file the read needed, it starts over once from the new bounds."""
+        for attempt in (0, 1):
+            reader = q.reader()
+            try:
+                return self._get(reader, self.commitlog.pread, topic, queue_id, offset,
+                                 max_messages, max_bytes, filt, visible_limit)
+            except FileGone:
+                if attempt:
+                    raise
+            finally:
+                reader.release()
+        raise AssertionError("unreachable")
+
+    def _get(self, q: ConsumeQueue | PinnedReader, read: Callable[[int, int], bytes | None],
+             topic: str, queue_id: int, offset: int, max_messages: int, max_bytes: int,
+             filt: Filter | None, visible_limit: int | None) -> GetResult:
         lo, hi = q.min_offset, q.max_offset
         if offset < lo:
             return GetResult(GetStatus.OFFSET_TOO_SMALL, (), lo, lo, hi)
@@ -508,7 +547,6 @@ class MessageStore:
         if i is None:
             return GetResult(GetStatus.NO_NEW_MESSAGE, (), offset, lo, hi)
         limit = self.dispatched_pos if visible_limit is None else visible_limit
-        read = self.commitlog.pread if pread else self.commitlog.read
         records: list[StoredRecord] = []
         msgs = nbytes = scanned = 0
         next_off = offset
@@ -687,8 +725,7 @@ class MessageStore:
                 q.delete_before_physical(floor)
             self.index.delete_before(floor)
             log.info("retention deleted %d CommitLog segment(s)", len(deleted))
-        else:
-            cl.reap()
+        self.files.trim()  # give back what worker threads' reads opened past the budget
         return deleted
 
 

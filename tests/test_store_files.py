@@ -1,0 +1,193 @@
+"""The store's files under a descriptor limit: thousands of queues hold data without
+running the process out of descriptors, reads in worker threads survive the cache
+closing files, and an append that cannot open its queue's file leaves nothing behind."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+from ferrymq.core.errors import StoreError
+from ferrymq.core.store.store import MessageStore, StoreConfig
+
+SEGMENT = 1 << 20
+
+
+def config(path, **kw) -> StoreConfig:
+    base = dict(directory=str(path), segment_size=SEGMENT, cq_entries_per_file=64,
+                index_slots=64, index_entries=256)
+    base.update(kw)
+    return StoreConfig(**base)  # type: ignore[arg-type]
+
+
+def run_limited(code: str, nofile: int, timeout: float = 300) -> dict:
+    """Run ``code`` in a fresh interpreter whose descriptor limit is ``nofile``
+    (soft and hard); it prints one JSON line last, returned here."""
+    prelude = textwrap.dedent(f"""
+        import json, os, resource, sys
+        resource.setrlimit(resource.RLIMIT_NOFILE, ({nofile}, {nofile}))
+        def open_fds():
+            return len(os.listdir("/proc/self/fd")) - 1
+    """)
+    out = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)],
+                         capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr[-4000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+TOPICS = 1500  # x 4 queues, each with data: far past the 256 descriptors allowed
+
+
+def test_thousands_of_queues_hold_data_under_a_low_descriptor_limit(tmp_path) -> None:
+    got = run_limited(f"""
+        from ferrymq.core.store.store import MessageStore, StoreConfig
+        cfg = StoreConfig(directory={str(tmp_path / "s")!r}, segment_size=1 << 20,
+                          cq_entries_per_file=64, index_slots=64, index_entries=256)
+        most = 0
+        s = MessageStore(cfg)
+        s.open()
+        for rnd in range(3):  # three messages per queue: every queue file reopened twice
+            for t in range({TOPICS}):
+                for q in range(4):
+                    s.append_message(f"dev{{t}}", q, f"{{t}}/{{q}}/{{rnd}}".encode(),
+                                     {{"KEYS": f"k{{t}}-{{q}}-{{rnd}}"}})
+            s.checkpoint()
+            most = max(most, open_fds())
+        bad = [(t, q) for t in range({TOPICS}) for q in range(4)
+               if [m.body for m in s.get(f"dev{{t}}", q, 0, 10, 1 << 20).messages()]
+               != [f"{{t}}/{{q}}/{{r}}".encode() for r in range(3)]]
+        found = len(s.lookup_key("k7-3-2"))
+        budget = s.files.budget
+        s.close()
+        os.unlink(os.path.join(cfg.directory, "checkpoint"))  # recover everything again
+        s = MessageStore(cfg)
+        report = s.open()
+        most = max(most, open_fds())
+        bad += [(t, q) for t in range({TOPICS}) for q in range(4)
+                if s.queue_bounds(f"dev{{t}}", q) != (0, 3)]
+        bad += [(t, q) for t in range(0, {TOPICS}, 97) for q in range(4)
+                if len(list(s.get(f"dev{{t}}", q, 0, 10, 1 << 20, pread=True).messages())) != 3]
+        s.close()
+        print(json.dumps({{"bad": bad[:5], "most": most, "found": found, "budget": budget,
+                          "redispatched": report.records_redispatched}}))
+    """, nofile=256)
+    assert got["bad"] == [], "every queue serves all its messages"
+    assert got["found"] == 1
+    assert got["redispatched"] == 3 * 4 * TOPICS
+    assert got["budget"] == 64, "a quarter of the soft limit"
+    assert got["most"] < 256
+
+
+def test_an_append_that_cannot_open_its_queue_file_stores_nothing(tmp_path, monkeypatch) -> None:
+    """The process is out of descriptors when a ConsumeQueue file must be created: the
+    put fails (StoreError), no record is left in the CommitLog without its entry, the
+    next put takes the next offset, and recovery finds the queue's offsets in order."""
+    s = MessageStore(config(tmp_path, cq_entries_per_file=4))
+    s.open()
+    for i in range(4):
+        s.append_message("t", 0, b"ok%d" % i, {})
+    real_open = os.open
+
+    def out_of_descriptors(path, flags, mode=0o777, **kw):
+        if "consumequeue" in str(path):
+            raise OSError(errno.EMFILE, "Too many open files", path)
+        return real_open(path, flags, mode, **kw)
+
+    monkeypatch.setattr(os, "open", out_of_descriptors)
+    for _ in range(2):
+        with pytest.raises(StoreError):
+            s.append_message("t", 0, b"lost", {})
+    monkeypatch.setattr(os, "open", real_open)
+    assert s.append_message("t", 0, b"ok4", {}).queue_offset == 4
+    s.close()
+    os.unlink(tmp_path / "checkpoint")  # re-dispatch the whole log, as after a crash
+    s = MessageStore(config(tmp_path, cq_entries_per_file=4))
+    s.open()
+    bodies = [m.body for m in s.get("t", 0, 0, 10, 1 << 20).messages()]
+    assert bodies == [b"ok0", b"ok1", b"ok2", b"ok3", b"ok4"]
+    s.close()
+
+
+def test_reads_in_worker_threads_while_appends_close_their_files(tmp_path) -> None:
+    """get(pread=True) runs in worker threads (Broker.get_large) while the owner thread
+    appends to hundreds of queues through a 16-file budget: every read sees exactly
+    the messages of its queue."""
+    s = MessageStore(config(tmp_path, max_open_files=16, cq_entries_per_file=16))
+    s.open()
+    queues = [(f"q{i}", 0) for i in range(200)]
+    counts = dict.fromkeys(queues, 0)
+    for key in queues:
+        s.append_message(key[0], 0, f"{key[0]}:0".encode(), {})
+        counts[key] = 1
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def reader(seed: int) -> None:
+        rnd = random.Random(seed)
+        try:
+            while not stop.is_set():
+                topic, qid = rnd.choice(queues)
+                n = counts[(topic, qid)]  # at least this many are there
+                got = [m.body for m in s.get(topic, qid, 0, 1000, 1 << 30, pread=True).messages()]
+                assert got[:n] == [f"{topic}:{i}".encode() for i in range(n)], (topic, got[:3])
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=reader, args=(i,)) for i in range(3)]
+    for w in workers:
+        w.start()
+    rnd = random.Random(1)
+    try:
+        for _ in range(6000):
+            key = rnd.choice(queues)
+            s.append_message(key[0], 0, f"{key[0]}:{counts[key]}".encode(), {})
+            counts[key] += 1
+    finally:
+        stop.set()
+        for w in workers:
+            w.join()
+    assert not errors, errors[0]
+    assert s.files.evictions["consumequeue"] > 1000
+    s.checkpoint()  # syncs queues whose files are closed through descriptors of their own
+    assert s.files.transient["consumequeue"] > 0
+    s.retain(0, 1 << 62, 1.0)  # the owner's trim: back under the budget
+    assert s.files.used <= 16
+    s.close()
+
+
+def test_retention_deletes_a_segment_while_a_worker_reads_it(tmp_path) -> None:
+    s = MessageStore(config(tmp_path, segment_size=64 * 1024))
+    s.open()
+    for i in range(300):
+        s.append_message("t", 0, b"x" * 1000, {"i": str(i)})
+    old = s.commitlog.segments[0]
+    assert s.files.pin(old)  # a worker thread's pread in progress
+    deleted = s.retain(10**15, 0, 1.0)
+    assert old.base in deleted and not os.path.exists(old.path)
+    assert old.mm is not None and s.commitlog.pread(old.base, 8) is None, \
+        "no new read of a deleted segment"
+    s.files.unpin(old)
+    assert old.mm is None, "closed when the last reader let go"
+    s.close()
+
+
+def test_the_queue_file_a_get_reads_is_not_closed_by_the_reads_of_records(tmp_path) -> None:
+    """The owner's get walks a queue's entries while reading records from segments the
+    cache must reopen: those opens may close other files, never the entries' mapping in
+    use (it is read anew each chunk)."""
+    s = MessageStore(config(tmp_path, max_open_files=16, segment_size=8192,
+                            cq_entries_per_file=2048))
+    s.open()
+    for i in range(400):
+        s.append_message("t", 0, b"%04d" % i + b"." * 400, {})
+    got = [m.body[:4] for m in s.get("t", 0, 0, 400, 1 << 30).messages()]
+    assert got == [b"%04d" % i for i in range(400)]
+    assert s.files.evictions["commitlog"] > 0
+    s.close()
