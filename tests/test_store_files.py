@@ -191,3 +191,34 @@ def test_the_queue_file_a_get_reads_is_not_closed_by_the_reads_of_records(tmp_pa
     assert got == [b"%04d" % i for i in range(400)]
     assert s.files.evictions["commitlog"] > 0
     s.close()
+
+
+async def test_the_broker_reports_its_open_files_against_the_budget(tmp_path) -> None:
+    from ferrymq.core import Broker, BrokerConfig, Message
+
+    cfg = BrokerConfig(data_dir=str(tmp_path / "b"), segment_size=8 << 20, max_open_files=32,
+                       cq_entries_per_file=64, index_slots=64, index_entries=256)
+    async with Broker.open(cfg) as b:
+        for t in range(40):
+            await b.put(Message(f"t{t}", b"x", queue_id=0))
+        text = b.metrics.render()
+    assert "ferrymq_store_open_files_budget 32\n" in text
+    open_cq = int(text.split('ferrymq_store_open_files{kind="consumequeue"} ')[1].split("\n")[0])
+    assert 0 < open_cq <= 32
+    assert 'ferrymq_store_open_files{kind="commitlog"} 1\n' in text
+    evicted = text.split('ferrymq_store_file_evictions_total{kind="consumequeue"} ')[1]
+    assert int(evicted.split("\n")[0]) > 0, "40 queues through a 32-file budget"
+    assert "ferrymq_store_file_opens_total{kind=\"consumequeue\"}" in text
+    assert "# TYPE ferrymq_store_file_descriptors gauge" in text
+
+
+def test_max_open_files_is_checked_where_the_configuration_is() -> None:
+    from ferrymq.core import BrokerConfig
+    from ferrymq.gateways.config import ConfigError, load_config
+
+    assert BrokerConfig(max_open_files=0).max_open_files == 0  # automatic
+    with pytest.raises(ValueError, match="max_open_files"):
+        BrokerConfig(max_open_files=3)
+    with pytest.raises(ConfigError, match="max_open_files"):
+        load_config(env={"FERRYMQ_MAX_OPEN_FILES": "3"})
+    assert load_config(env={"FERRYMQ_MAX_OPEN_FILES": "500"}).broker.max_open_files == 500
