@@ -70,6 +70,18 @@ def _create_file(path: str, size: int) -> tuple[int, mmap.mmap]:
         raise
 
 
+def _data_end(path: str) -> int:
+    """Where the file's first hole starts (its size if it has none, or if the file
+    system cannot tell)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.lseek(fd, 0, os.SEEK_HOLE)
+    except OSError:
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+
+
 class _Entries:
     """Reading entries ``[first_entry, next_entry)``: shared by the ConsumeQueue (owner
     thread) and its pinned readers (worker threads), which differ in ``_mm``."""
@@ -205,10 +217,13 @@ class ConsumeQueue(_Entries):
             return
         self.first_entry = self.files[0].first
         # Entries are written in order, so "size != 0" holds for a prefix of the
-        # last file: binary search for its end.
+        # last file: binary search for its end, below the file's first hole (the
+        # file is sparse: probing a hole through the mapping would fault in a
+        # zeroed page, and a broker with thousands of queues would pay for
+        # thousands of them at every start).
         last = self.files[-1]
+        lo, hi = 0, min(self.per_file, -(-_data_end(last.path) // ENTRY_SIZE))
         mm = self._mm(last)
-        lo, hi = 0, self.per_file
         while lo < hi:
             mid = (lo + hi) // 2
             if ENTRY.unpack_from(mm, mid * ENTRY_SIZE)[1] != 0:
