@@ -222,13 +222,13 @@ class CommitLog:
         seg = self._read_seg  # reads come in runs from one segment
         if seg is None or not seg.base <= phys < seg.end:
             seg = self._read_seg = self._segment_for(phys)
+            if seg is not None:
+                seg.ref = True  # once a run: the clock's hand is slow next to a run
         if seg is None or phys + size > self.write_pos:
             return None
         mm = seg.mm
         if mm is None:
             mm = self.files.open(seg)
-        else:
-            seg.ref = True
         local = phys - seg.base
         return mm[local:local + size]
 

@@ -183,10 +183,38 @@ class ConsumeQueue(_Entries):
         self.max_offset = 0  # the queue offset the next message gets
         self.dirty = False
         self._file_bytes = entries_per_file * ENTRY_SIZE
-        # Where the last entry's record lies, kept in memory: recovery asks every
+        # Where the last entry's record ends, kept in memory: recovery asks every
         # queue, and reading it would open every queue's last file.
-        self._last_phys = 0
         self._last_end = 0
+        self.tail: _File | None = None  # the file the next entry goes into, if it exists
+
+    def _locate(self, index: int) -> tuple[mmap.mmap, int]:
+        # _Entries._locate with _mm inlined: this is every get's first step.
+        files = self.files
+        f = files[(index - files[0].first) // self.per_file]
+        mm = f.mm
+        if mm is None:
+            mm = self.cache.open(f)
+        else:
+            f.ref = True
+        return mm, (index - f.first) * ENTRY_SIZE
+
+    def iter_entries(self, index: int, stop: int) -> Iterator[tuple[int, int, int, int, int, int]]:
+        # _Entries.iter_entries with _mm inlined: every get's loop.
+        files = self.files
+        first = files[0].first if files else 0
+        per = self.per_file
+        while index < stop:
+            f = files[(index - first) // per]
+            n = min(stop, f.limit, index + _ITER_CHUNK) - index
+            pos = (index - f.first) * ENTRY_SIZE
+            mm = f.mm
+            if mm is None:
+                mm = self.cache.open(f)
+            else:
+                f.ref = True
+            yield from ENTRY.iter_unpack(mm[pos:pos + n * ENTRY_SIZE])
+            index += n
 
     def _mm(self, f: _File) -> mmap.mmap:
         mm = f.mm
@@ -241,6 +269,7 @@ class ConsumeQueue(_Entries):
         for f in self.files:
             self.cache.discard(f)
         self.files = []
+        self.tail = None
 
     def _refresh_bounds(self) -> None:
         if self.next_entry > self.first_entry:
@@ -248,7 +277,6 @@ class ConsumeQueue(_Entries):
             last = self.entry(self.next_entry - 1)
             self.min_offset = first.base_offset
             self.max_offset = last.base_offset + last.count
-            self._last_phys = last.physical_offset
             self._last_end = last.physical_offset + last.size
         else:
             self.min_offset = self.max_offset
@@ -261,10 +289,12 @@ class ConsumeQueue(_Entries):
     # ------------------------------------------------------------------ entries
 
     def ready(self) -> None:
-        """Make sure the file the next entry goes into exists and is mapped, so that
-        ``append`` cannot fail: the store calls this before it writes the record, and
-        a record never lands in the CommitLog without its entry. Raises StoreError."""
+        """Make sure the file the next entry goes into exists and is mapped (it is
+        then ``tail``), so that ``append`` cannot fail: the store calls this before it
+        writes the record (inlining the check ``tail`` is open and has room), and a
+        record never lands in the CommitLog without its entry. Raises StoreError."""
         files = self.files
+        self.tail = None
         if files:
             f = files[-1]
             if self.next_entry < f.limit:
@@ -272,6 +302,7 @@ class ConsumeQueue(_Entries):
                     self.cache.open(f)
                 else:
                     f.ref = True
+                self.tail = f
                 return
         index = self.next_entry
         first = index - index % self.per_file
@@ -279,20 +310,21 @@ class ConsumeQueue(_Entries):
                   self.per_file)
         self.cache.create(f, lambda: _create_file(f.path, f.size))
         files.append(f)
+        self.tail = f
 
     def append(self, phys: int, size: int, base: int, count: int, tag_hash: int,
                store_ts: int) -> None:
-        """Add the entry for a record whose first message has queue offset ``base``.
-        ``ready()`` must have been called since the last change to this queue's files."""
+        """Add the entry for a record whose first message has queue offset ``base``, in
+        ``tail``, which ``ready()`` (or the store's inlined check) made sure is open
+        with room since anything last opened a file."""
         index = self.next_entry
-        f = self.files[-1]
-        _pack_entry(f.mm, (index - f.first) * ENTRY_SIZE, phys, size, base, count, tag_hash,
-                    store_ts)
+        f = self.tail
+        _pack_entry(f.mm, (index - f.first) * ENTRY_SIZE, phys, size, base, count,  # type: ignore[union-attr, arg-type]
+                    tag_hash, store_ts)
         if index == self.first_entry:
             self.min_offset = base
         self.next_entry = index + 1
         self.max_offset = base + count
-        self._last_phys = phys
         self._last_end = phys + size
         self.dirty = True
 
@@ -304,7 +336,7 @@ class ConsumeQueue(_Entries):
     def truncate_physical(self, phys: int) -> None:
         """Drop every entry for a record at CommitLog offset >= ``phys`` (they will be
         re-dispatched from the CommitLog, or were lost with it)."""
-        if self.next_entry == self.first_entry or self._last_phys < phys:
+        if self.next_entry == self.first_entry or self._last_end <= phys:
             return  # nothing that far: no file needs opening
         self._truncate_entries(self._first_at_or_past(phys))
 
@@ -322,6 +354,7 @@ class ConsumeQueue(_Entries):
             stop = (min(self.next_entry, f.limit) - f.first) * ENTRY_SIZE
             self._mm(f)[start:stop] = bytes(stop - start)
         self.files = keep
+        self.tail = None
         self.next_entry = index
         if index == self.first_entry:
             self.min_offset = self.max_offset = new_max
@@ -343,7 +376,7 @@ class ConsumeQueue(_Entries):
             return self.min_offset
         # Keep the last file even when empty: it anchors the entry numbering.
         while len(self.files) > 1 and self.files[1].first <= lo:
-            self.cache.discard(self.files.pop(0), unlink=True)
+            self.cache.discard(self.files.pop(0), unlink=True)  # never the tail
         self.first_entry = lo
         if lo < self.next_entry:
             self.min_offset = self.entry(lo).base_offset
@@ -368,6 +401,7 @@ class ConsumeQueue(_Entries):
         for f in self.files:
             self.cache.discard(f, unlink=True)
         self.files = []
+        self.tail = None
         for n in os.listdir(self.directory):
             os.unlink(os.path.join(self.directory, n))
         os.rmdir(self.directory)

@@ -128,7 +128,7 @@ class KeyIndex:
         self.cache = cache if cache is not None else FileCache(default_budget())
         self.files: list[IndexFile] = []
         self.dirty = False
-        self._tail: IndexFile | None = None
+        self.tail: IndexFile | None = None  # the newest file, pinned open
 
     def open(self) -> None:
         os.makedirs(self.directory, exist_ok=True)
@@ -162,13 +162,13 @@ class KeyIndex:
     def _retail(self) -> None:
         """Pin the newest file (the one puts write) and let the previous one go."""
         new = self.files[-1] if self.files else None
-        if new is self._tail:
+        if new is self.tail:
             return
         if new is not None:
             self.cache.pin(new)
-        if self._tail is not None:
-            self.cache.unpin(self._tail)
-        self._tail = new
+        if self.tail is not None:
+            self.cache.unpin(self.tail)
+        self.tail = new
 
     def _mm(self, f: IndexFile) -> mmap.mmap:
         mm = f.mm
@@ -203,16 +203,17 @@ class KeyIndex:
         self._retail()
 
     def put(self, key: str, phys: int, member: int, ts: int) -> None:
-        if not self.files or self.files[-1].full:
+        f = self.tail
+        if f is None or f.entries >= f.max_entries:
             self._add_file(phys)
-        f = self.files[-1]
-        f.put(f.mm, key_hash(key), phys, member, ts)  # type: ignore[arg-type]  # pinned open
+            f = self.tail
+        f.put(f.mm, key_hash(key), phys, member, ts)  # type: ignore[union-attr, arg-type]
         self.dirty = True
 
     def advance(self, end_phys: int, ts: int) -> None:
         """Every record below ``end_phys`` is indexed (called after a record's keys)."""
-        if self.files:
-            f = self.files[-1]
+        f = self.tail
+        if f is not None:
             f.advance(f.mm, end_phys, ts)  # type: ignore[arg-type]  # pinned open
 
     def lookup(self, key: str, limit: int = 64) -> list[tuple[int, int]]:
@@ -237,6 +238,6 @@ class KeyIndex:
     def flush(self) -> None:
         """Make the newest file durable (worker thread)."""
         self.dirty = False
-        f = self._tail
+        f = self.tail
         if f is not None:
             self.cache.sync(f)

@@ -425,9 +425,9 @@ class MessageStore:
             if props_len > rec.MAX_LONG_PROPERTIES_BYTES:
                 raise InvalidMessage(f"properties exceed {rec.MAX_LONG_PROPERTIES_BYTES} bytes")
             sys_flag |= _LONG_PROPS
-            plen = _pack_i32(props_len)
+            plen, plen_size = _pack_i32(props_len), 4
         else:
-            plen = _pack_u16(props_len)
+            plen, plen_size = _pack_u16(props_len), 2
         q = self.queues.get((topic, queue_id)) or self._queue(topic, queue_id)
         qoff = q.max_offset
         if type(body) is tuple:  # pieces (a large body): written by one pwritev, never joined
@@ -438,12 +438,18 @@ class MessageStore:
         else:
             body_len = len(body)
             crc = _crc32(body)
-        size = _HEADER_SIZE + body_len + len(tail) + len(plen) + props_len
+        size = _HEADER_SIZE + body_len + len(tail) + plen_size + props_len
         cl = self.commitlog
         seg, local, phys = cl.reserve(size)
         if keys:
-            self.index.ready(len(keys), phys)
-        q.ready()  # last: nothing after it may close the queue's file before append
+            it = self.index.tail  # inlined KeyIndex.ready: room for these keys?
+            if it is None or it.entries + len(keys) > it.max_entries:
+                self.index.ready(len(keys), phys)
+        # Last: nothing after it may close the queue's file before append. Inlined:
+        # the tail file is open and has room (ConsumeQueue.ready).
+        qt = q.tail
+        if qt is None or qt.mm is None or q.next_entry >= qt.limit:
+            q.ready()
         ts = _time_ns() // 1_000_000
         if ts < self._last_ts:  # store timestamps never go backwards (time lookups bisect)
             ts = self._last_ts
@@ -542,92 +548,85 @@ class MessageStore:
 
     def get(self, topic: str, queue_id: int, offset: int, max_messages: int, max_bytes: int,
             filt: Filter | None = None, visible_limit: int | None = None,
-            pread: bool = False) -> GetResult:
+            pread: bool = False, _again: bool = True) -> GetResult:
         """Up to ``max_messages`` messages (whole records; at least one record even if
         it exceeds ``max_bytes``) from queue ``offset`` on. Records at or past
         ``visible_limit`` (a CommitLog offset: unflushed data under sync flush) are
-        not returned. ``pread`` reads with pread(2): use it from a worker thread."""
-        q = self.queues.get((topic, queue_id))
-        if q is None:
+        not returned. ``pread`` reads with pread(2): use it from a worker thread; the
+        ConsumeQueue is then read through a pinned reader (the owner thread cannot
+        close a file under it) and, if retention deleted a file the read needed,
+        the read starts over once from the queue's new bounds."""
+        cq = self.queues.get((topic, queue_id))
+        if cq is None:
             return GetResult(GetStatus.NO_MESSAGE_IN_QUEUE, (), 0, 0, 0)
+        q: ConsumeQueue | PinnedReader = cq
+        read = self.commitlog.read
+        reader = None
         if pread:
-            return self._get_pinned(q, topic, queue_id, offset, max_messages, max_bytes, filt,
-                                    visible_limit)
-        return self._get(q, self.commitlog.read, topic, queue_id, offset, max_messages,
-                         max_bytes, filt, visible_limit)
-
-    def _get_pinned(self, q: ConsumeQueue, topic: str, queue_id: int, offset: int,
-                    max_messages: int, max_bytes: int, filt: Filter | None,
-                    visible_limit: int | None) -> GetResult:
-        """``get`` from a worker thread: the ConsumeQueue read through a pinned reader
-        (the owner cannot close a file under it), the records with pread. If retention
-        deleted a file the read needed, it starts over once from the new bounds."""
-        for attempt in (0, 1):
-            reader = q.reader()
-            try:
-                return self._get(reader, self.commitlog.pread, topic, queue_id, offset,
-                                 max_messages, max_bytes, filt, visible_limit)
-            except FileGone:
-                if attempt:
-                    raise
-            finally:
+            q = reader = cq.reader()
+            read = self.commitlog.pread
+        try:
+            lo, hi = q.min_offset, q.max_offset
+            if offset < lo:
+                return GetResult(GetStatus.OFFSET_TOO_SMALL, (), lo, lo, hi)
+            if offset == hi:
+                return GetResult(GetStatus.NO_NEW_MESSAGE, (), offset, lo, hi)
+            if offset > hi:
+                return GetResult(GetStatus.OFFSET_OVERFLOW_BADLY, (), hi, lo, hi)
+            i = q.find(offset)
+            if i is None:
+                return GetResult(GetStatus.NO_NEW_MESSAGE, (), offset, lo, hi)
+            limit = self.dispatched_pos if visible_limit is None else visible_limit
+            records: list[StoredRecord] = []
+            msgs = nbytes = scanned = 0
+            next_off = offset
+            # Each entry holds at least one message: without a filter, max_messages
+            # entries are enough; with one, up to _MAX_SCAN_ENTRIES more may be skipped.
+            end = min(q.next_entry,
+                      i + max(max_messages, 1) + (_MAX_SCAN_ENTRIES if filt is not None else 0))
+            new = tuple.__new__
+            for phys, size, base, count, th, ts in q.iter_entries(i, end):
+                if phys + size > limit or (records and nbytes + size > max_bytes):
+                    break
+                scanned += 1
+                if filt is not None and not filt.may_match_tag_hash(th):
+                    next_off = base + count
+                    if scanned >= _MAX_SCAN_ENTRIES:
+                        break
+                    continue
+                data = read(phys, size)
+                if data is None:
+                    break  # removed under us by retention; the next get sees the new minimum
+                sr = new(StoredRecord, (topic, queue_id, base, count, phys,  # NamedTuple, fast
+                                        _I32.unpack_from(data, rec.POS_SYS_FLAG)[0], ts, data, filt))
+                if filt is not None and next(sr.messages(offset), None) is None:
+                    next_off = base + count
+                    if scanned >= _MAX_SCAN_ENTRIES:
+                        break
+                    continue
+                records.append(sr)
+                nbytes += size
+                msgs += base + count - (offset if base < offset else base)
+                next_off = base + count
+                if msgs >= max_messages:
+                    break
+            if records:
+                status = GetStatus.FOUND
+            elif next_off > offset:
+                status = GetStatus.NO_MATCHED_MESSAGE
+            else:
+                status = GetStatus.NO_NEW_MESSAGE
+            return GetResult(status, tuple(records), next_off, lo, hi)
+        except FileGone:
+            if reader is None or not _again:
+                raise
+            reader.release()
+            reader = None
+            return self.get(topic, queue_id, offset, max_messages, max_bytes, filt,
+                            visible_limit, True, False)
+        finally:
+            if reader is not None:
                 reader.release()
-        raise AssertionError("unreachable")
-
-    def _get(self, q: ConsumeQueue | PinnedReader, read: Callable[[int, int], bytes | None],
-             topic: str, queue_id: int, offset: int, max_messages: int, max_bytes: int,
-             filt: Filter | None, visible_limit: int | None) -> GetResult:
-        lo, hi = q.min_offset, q.max_offset
-        if offset < lo:
-            return GetResult(GetStatus.OFFSET_TOO_SMALL, (), lo, lo, hi)
-        if offset == hi:
-            return GetResult(GetStatus.NO_NEW_MESSAGE, (), offset, lo, hi)
-        if offset > hi:
-            return GetResult(GetStatus.OFFSET_OVERFLOW_BADLY, (), hi, lo, hi)
-        i = q.find(offset)
-        if i is None:
-            return GetResult(GetStatus.NO_NEW_MESSAGE, (), offset, lo, hi)
-        limit = self.dispatched_pos if visible_limit is None else visible_limit
-        records: list[StoredRecord] = []
-        msgs = nbytes = scanned = 0
-        next_off = offset
-        # Each entry holds at least one message: without a filter, max_messages
-        # entries are enough; with one, up to _MAX_SCAN_ENTRIES more may be skipped.
-        end = min(q.next_entry,
-                  i + max(max_messages, 1) + (_MAX_SCAN_ENTRIES if filt is not None else 0))
-        new = tuple.__new__
-        for phys, size, base, count, th, ts in q.iter_entries(i, end):
-            if phys + size > limit or (records and nbytes + size > max_bytes):
-                break
-            scanned += 1
-            if filt is not None and not filt.may_match_tag_hash(th):
-                next_off = base + count
-                if scanned >= _MAX_SCAN_ENTRIES:
-                    break
-                continue
-            data = read(phys, size)
-            if data is None:
-                break  # removed under us by retention; the next get sees the new minimum
-            sr = new(StoredRecord, (topic, queue_id, base, count, phys,  # NamedTuple, fast
-                                    _I32.unpack_from(data, rec.POS_SYS_FLAG)[0], ts, data, filt))
-            if filt is not None and next(sr.messages(offset), None) is None:
-                next_off = base + count
-                if scanned >= _MAX_SCAN_ENTRIES:
-                    break
-                continue
-            records.append(sr)
-            nbytes += size
-            msgs += base + count - (offset if base < offset else base)
-            next_off = base + count
-            if msgs >= max_messages:
-                break
-        if records:
-            status = GetStatus.FOUND
-        elif next_off > offset:
-            status = GetStatus.NO_MATCHED_MESSAGE
-        else:
-            status = GetStatus.NO_NEW_MESSAGE
-        return GetResult(status, tuple(records), next_off, lo, hi)
 
     def offset_for_time(self, topic: str, queue_id: int, timestamp_ms: int) -> int:
         q = self.queues.get((topic, queue_id))
