@@ -52,6 +52,7 @@ class _File(CachedFile):
     __slots__ = ("first", "limit")
 
     KIND = "consumequeue"
+    RANDOM = True  # sparse, and a get reads one page of entries
 
     def __init__(self, path: str, first: int, entries: int) -> None:
         super().__init__(path, entries * ENTRY_SIZE)

@@ -107,6 +107,10 @@ class CachedFile:
 
     KIND: ClassVar[str] = "file"
     KEEPS_FD: ClassVar[bool] = False
+    RANDOM: ClassVar[bool] = False
+    """Read at random, not in sequence: the mapping is advised MADV_RANDOM, so a fault
+    reads one page, not the device's read-ahead window around it (8 MiB of holes of
+    a sparse file, zeroed page by page, on a disk with read_ahead_kb = 8192)."""
 
     def __init__(self, path: str, size: int) -> None:
         self.path = path
@@ -307,6 +311,8 @@ class FileCache:
         self._install(f, fd, mm)
 
     def _install(self, f: CachedFile, fd: int, mm: mmap.mmap) -> None:
+        if f.RANDOM:
+            mm.madvise(mmap.MADV_RANDOM)
         f.fd, f.mm = fd, mm
         self._clock[f] = None
         self.used += slots_of(type(f))

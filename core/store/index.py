@@ -49,6 +49,7 @@ class IndexFile(CachedFile):
     __slots__ = ("begin_phys", "end_phys", "entries", "max_entries", "slots")
 
     KIND = "index"
+    RANDOM = True  # sparse, and a hash table
 
     def __init__(self, path: str, size: int) -> None:
         super().__init__(path, size)
