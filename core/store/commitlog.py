@@ -255,7 +255,7 @@ class CommitLog:
         records into the next segment; stops at the first byte that is not a valid
         record. Used by recovery; ``write_pos`` is not consulted. The segment being
         scanned stays pinned open while the caller handles its records."""
-        seg = self._segment_for(start)
+        seg: Segment | None = self._segment_for(start)
         pos = start
         while seg is not None:
             self.files.pin(seg)
