@@ -143,6 +143,7 @@ class Broker:
             index_slots=config.index_slots,
             index_entries=config.index_entries,
             store_host=rec.host_bytes(config.store_host, config.store_port),
+            max_open_files=config.max_open_files,
         ))
         self.meta = Metadata(os.path.join(config.data_dir, "config"))
         # The state log's own topic is no topic of the tables (its records define them):

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .metadata import MAX_QUEUES
+from .store.filecache import MIN_BUDGET as MIN_OPEN_FILES
 
 # RocketMQ's messageDelayLevel default: "1s 5s 10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h".
 DELAY_LEVELS_MS = tuple(s * 1000 for s in (1, 5, 10, 30, 60, 120, 180, 240, 300, 360, 420,
@@ -49,6 +50,7 @@ class BrokerConfig:
     cq_entries_per_file: int = 300_000
     index_slots: int = 500_000
     index_entries: int = 2_000_000
+    max_open_files: int = 0  # store files held open at once (docs/storage.md); 0: automatic
     retention_hours: float = 72.0
     max_disk_ratio: float = 0.75  # RocketMQ's diskMaxUsedSpaceRatio
     retention_check_interval_s: float = 10.0
@@ -87,6 +89,8 @@ class BrokerConfig:
             raise ValueError("flush must be 'async' or 'sync'")
         if self.segment_size < self.max_message_size + 64 * 1024:
             raise ValueError("segment_size must exceed max_message_size by at least 64 KiB")
+        if self.max_open_files and self.max_open_files < MIN_OPEN_FILES:
+            raise ValueError(f"max_open_files must be 0 (automatic) or at least {MIN_OPEN_FILES}")
         if not 1 <= self.default_queues <= MAX_QUEUES:
             raise ValueError(f"default_queues must be 1..{MAX_QUEUES}")
         if self.timer_wheel_slots < 1024 or self.timer_wheel_slots & (self.timer_wheel_slots - 1):

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from .metadata import Metadata
 from .pop import PopService
 from .stats import Counters
+from .store.filecache import FILE_KINDS, FileCache
 from .store.store import MessageStore
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -310,6 +311,7 @@ def broker_collector(counters: Counters, meta: Metadata, store: MessageStore, da
                        "When the broker started, in seconds since the epoch.")
         start.add(started_at() / 1000)
         out = [m_in, b_in, m_out, b_out, lag, stored, disk, fs, failures, topics, groups, start]
+        out.extend(store_file_families(store.files))
         inflight = Family("ferrymq_pop_inflight_messages", "gauge",
                           "Messages popped and neither acked nor revived yet.")
         inflight.add(pop.in_flight())
@@ -327,3 +329,28 @@ def broker_collector(counters: Counters, meta: Metadata, store: MessageStore, da
         return out
 
     return collect
+
+
+def store_file_families(files: FileCache) -> list[Family]:
+    """The store's file cache (core/store/filecache.py, docs/storage.md): files open per
+    kind against the budget, descriptors they hold, opens and evictions per kind."""
+    by_kind = files.open_by_kind()
+    open_files = Family("ferrymq_store_open_files", "gauge",
+                        "Store files held open (mapped), per kind: commitlog, consumequeue, "
+                        "index.")
+    opens = Family("ferrymq_store_file_opens_total", "counter",
+                   "Store files opened (mapped) by the file cache, per kind.")
+    evictions = Family("ferrymq_store_file_evictions_total", "counter",
+                       "Store files closed to stay within max_open_files, per kind.")
+    for kind in FILE_KINDS:
+        open_files.add(by_kind.get(kind, 0), kind=kind)
+        opens.add(files.opens[kind], kind=kind)
+        evictions.add(files.evictions[kind], kind=kind)
+    budget = Family("ferrymq_store_open_files_budget", "gauge",
+                    "max_open_files: the file cache's budget in slots (an open file takes one "
+                    "per descriptor it holds, at least one).")
+    budget.add(files.budget)
+    fds = Family("ferrymq_store_file_descriptors", "gauge",
+                 "Descriptors the store's open files hold.")
+    fds.add(files.descriptors())
+    return [open_files, opens, evictions, budget, fds]

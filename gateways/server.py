@@ -23,6 +23,7 @@ import trio
 
 from ..core.broker import Broker
 from .config import ServerConfig
+from .fdlimit import prepare_fd_limit
 
 log = logging.getLogger("ferrymq.server")
 
@@ -76,6 +77,8 @@ async def run_server(config: ServerConfig, *,
 
 async def _serve(config: ServerConfig, on_ready: Callable[[dict[str, int]], None] | None,
                  task_status: trio.TaskStatus[dict[str, int]]) -> None:
+    # Before the store opens: its file budget defaults to a share of the soft limit.
+    prepare_fd_limit(config, tuple(d for d in available_doors() if config.port(d) is not None))
     async with Broker.open(config.broker) as broker, trio.open_nursery() as nursery:
         bound: dict[str, int] = {}
         for name in DOORS:

@@ -300,8 +300,9 @@ class Processor:
                     if n >= max_msgs:
                         next_offset = last + 1
                 else:
+                    long_ok = cmd.ext(rec.PULL_LONG_PROPERTIES) == "true"
                     for m in sr.messages(h.queueOffset):
-                        parts.append(encode_message(m))
+                        parts.append(encode_message(m, long_ok))
                         n += 1
                         if n >= max_msgs:
                             next_offset = m.queue_offset + 1

@@ -31,10 +31,12 @@ def batch_offset_ids(store_host: bytes, phys: int, count: int) -> str:
     return ",".join(f"{addr}{((i << 16) | port) & 0xFFFFFFFF:08X}{tail}" for i in range(count))
 
 
-def encode_message(m: ConsumedMessage) -> bytes:
+def encode_message(m: ConsumedMessage, long_properties: bool = False) -> bytes:
     """One message as a RocketMQ record (a batch member unpacked for a RocketMQ
     consumer): its own queue offset, FerryMQ's format bits cleared, and the member
-    index in the store host's port field so its offset id is the core's id."""
+    index in the store host's port field so its offset id is the core's id.
+    Properties past 32,767 bytes are fitted (record.fit_properties) unless
+    ``long_properties`` (FerryMQ's client asked for the long form)."""
     store_host = m.store_host
     if m.batch_index:
         port = int.from_bytes(store_host[4:8], "big", signed=True) & 0xFFFF
@@ -46,7 +48,8 @@ def encode_message(m: ConsumedMessage) -> bytes:
         born_timestamp=m.born_timestamp, born_host=m.born_host[:8] if len(m.born_host) >= 8
         else b"\x00" * 8, store_timestamp=m.store_timestamp, store_host=store_host[:8],
         reconsume_times=m.reconsume_times, prepared_transaction_offset=0, body=m.body,
-        topic=m.topic.encode(), properties=rec.encode_properties(m.properties))
+        topic=m.topic.encode(), properties=rec.encode_properties(m.properties),
+        long_properties=long_properties)
 
 
 _MEMBER_HEAD = struct.Struct(">iiiii")  # total size, magic, CRC, flag, body length
