@@ -24,6 +24,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
 # Real broker processes for integration and compat tests.
 
 import json  # noqa: E402
+import resource  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
@@ -54,6 +55,7 @@ class BrokerProcess:
     ports: dict[str, int] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    nofile: tuple[int, int] | None = None  # RLIMIT_NOFILE (soft, hard) of the process
 
     def start(self, timeout: float = 30.0) -> BrokerProcess:
         if not self.ports:
@@ -69,7 +71,9 @@ class BrokerProcess:
         args += ["--segment-size", str(TEST_SEGMENT_SIZE), *self.extra_args]
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
-        self.proc = subprocess.Popen(args, stdout=log, stderr=log)
+        limit = self.nofile
+        self.proc = subprocess.Popen(args, stdout=log, stderr=log, preexec_fn=None if limit is None
+                                     else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, limit))
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -128,8 +132,10 @@ def start_broker(tmp_path: Path) -> Iterator[Callable[..., BrokerProcess]]:
     started: list[BrokerProcess] = []
 
     def start(*doors: str, extra_args: tuple[str, ...] = (), name: str = "broker",
-              data_dir: Path | None = None) -> BrokerProcess:
-        b = BrokerProcess(data_dir or tmp_path / name, tuple(doors), tuple(extra_args))
+              data_dir: Path | None = None, nofile: tuple[int, int] | None = None
+              ) -> BrokerProcess:
+        b = BrokerProcess(data_dir or tmp_path / name, tuple(doors), tuple(extra_args),
+                          nofile=nofile)
         started.append(b)
         return b.start()
 

@@ -152,8 +152,9 @@ async def pull(inst: ClientInstance, group: str, mq: B.MessageQueue, offset: int
         group, mq.topic, mq.queueId, offset, max_msgs, flag, commit_offset, suspend_ms,
         sub.subString if sub else None, sub.subVersion if sub else 0,
         sub.expressionType if sub else None)
-    resp = await inst.broker_invoke(mq.brokerName, request(RequestCode.PULL_MESSAGE, 0,
-                                                           h.to_ext()),
+    ext = h.to_ext()
+    ext[rec.PULL_LONG_PROPERTIES] = "true"  # we read long property areas (docs/storage.md)
+    resp = await inst.broker_invoke(mq.brokerName, request(RequestCode.PULL_MESSAGE, 0, ext),
                                     timeout=suspend_ms / 1000 + inst.timeout)
     nxt = int(resp.ext("nextBeginOffset") or offset)
     if resp.code == ResponseCode.SUCCESS:

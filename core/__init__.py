@@ -4,12 +4,14 @@ It knows nothing of sockets; it runs on trio and sends blocking disk work to
 worker threads.
 """
 
+from .access import ANONYMOUS, Principal
 from .broker import Broker, BrokerConfig
 from .errors import FerryError
 from .filter import parse_filter
 from .message import ConsumedMessage, GetResult, GetStatus, Message, PutResult, StoredRecord
 
 __all__ = [
+    "ANONYMOUS",
     "Broker",
     "BrokerConfig",
     "ConsumedMessage",
@@ -17,6 +19,7 @@ __all__ = [
     "GetResult",
     "GetStatus",
     "Message",
+    "Principal",
     "PutResult",
     "StoredRecord",
     "parse_filter",

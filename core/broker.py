@@ -1,13 +1,25 @@
 """The Broker: the one produce/consume/admin API that every front-end speaks.
 
-It owns the store, the metadata and the background tasks (flushing,
-checkpoints, offset persistence, retention) and runs on trio. Gateways call it
-and never touch the store. A sketch of the way of a message:
+It owns the store, the metadata, the services (timers, transactions, retry, pop)
+and the background tasks (flushing, checkpoints, offset persistence, retention),
+and runs on trio. Gateways call it and nothing else of the core: they never
+touch the store or the metadata (tests/test_architecture.py holds them to it).
+A sketch of the way of a message:
 
-    gateway ──put(Message)──► Broker ──append──► MessageStore (CommitLog, ConsumeQueue, index)
-                                 └──(sync flush) await group commit──► ack
+    gateway ──put(Message, principal=)──► Broker._authorize ──► Paths.put ──append──► MessageStore
+                                             (core/access.py)    (core/paths.py)        (CommitLog,
+                                 └──(sync flush) await group commit──► ack               ConsumeQueue, index)
     gateway ──get(group, topic, queue, offset)──► GetResult(records) ──► bytes on the wire
     gateway ──wait(topic, queue, offset, timeout)──► woken by the next put (long polling)
+
+Every public call that produces, consumes, commits, administers, pops,
+transacts, or touches timers or dead letters takes ``principal=`` (who is
+asking; ``ANONYMOUS`` when a caller passes none) and passes it through
+``_authorize``, the one access decision (docs/architecture.md, "Who is
+asking", has the table of resources and operations). Then it takes the core's
+one write path or read path (``core/paths.py``), which the services share:
+their own work (timer deliveries, retries, commits, revives) never passes the
+facade, so it is never checked against a client's principal.
 
 Calls that do not wait (``get``, ``commit_offset``, admin reads) are plain
 methods; ``put`` is async because under sync flush it waits for the fsync.
@@ -21,23 +33,38 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from functools import partial
 
 import trio
 
 from ..protocols import record as rec
+from .access import (
+    ALTER,
+    ANONYMOUS,
+    CLUSTER,
+    CREATE,
+    DELETE,
+    DESCRIBE,
+    GROUP,
+    READ,
+    TOPIC,
+    TRANSACTIONAL_ID,
+    WRITE,
+    AccessControl,
+    Operation,
+    Principal,
+    ResourceType,
+)
+from .config import BrokerConfig
 from .errors import (
     FerryError,
     FlushFailed,
     GroupNotFound,
     InvalidArgument,
-    InvalidMessage,
-    MessageTooLarge,
     OffsetOutOfRange,
     PermissionDenied,
     QueueNotFound,
-    ShuttingDown,
     StoreError,
     TopicExists,
     TopicNotFound,
@@ -51,14 +78,16 @@ from .message import (
     Message,
     PutResult,
     now_ms,
-    parse_offset_message_id,
 )
 from .metadata import (
     MAX_QUEUES,
     MESSAGE_TYPES,
+    NS_GROUP,
+    NS_OFFSET,
+    NS_TOMBSTONE,
+    NS_TOPIC,
     PERM_READ,
     PERM_READ_WRITE,
-    PERM_WRITE,
     GroupConfig,
     Metadata,
     TopicConfig,
@@ -66,19 +95,22 @@ from .metadata import (
     validate_topic_name,
 )
 from .metrics import MetricsRegistry, broker_collector
+from .paths import Paths
 from .pop import (
     DEFAULT_INVISIBLE_MS,
     DEFAULT_MAX_INFLIGHT_PER_QUEUE,
     PoppedMessage,
     PopService,
     QueuePopStatus,
+    Receipt,
     ReceiptRenewal,
 )
 from .retry import RESENT_TOPIC, DeadLetter, ResendResult, RetryService, SendBackResult
-from .stats import Counters, GroupTopicStats, QueueLag, TopicStats
+from .statelog import STATE_TOPIC, Change, StateLog
+from .stats import BrokerStats, Counters, GroupTopicStats, Health, QueueLag, StoredQueue, TopicStats
 from .store.store import MessageStore, RecoveryReport, StoreConfig
 from .supervisor import TaskSupervisor
-from .timers import TIMER_TOPIC, CancelResult, TimerService, TimerStats, parse_delay_levels
+from .timers import TIMER_TOPIC, CancelResult, TimerService, TimerStats, parse_delivery
 from .transactions import (
     CHECK_MAX_TOPIC,
     HALF_TOPIC,
@@ -91,83 +123,14 @@ from .transactions import (
     TransactionStats,
 )
 
+__all__ = ["ANONYMOUS", "Broker", "BrokerConfig", "Principal"]
+
 log = logging.getLogger("ferrymq.broker")
 
-# The properties that send a single put elsewhere (core/timers.py, core/transactions.py);
-# a message without properties never looks at them.
-_SPECIAL_PROPERTIES = frozenset(("DELAY", "TIMER_DELIVER_MS", "TIMER_DELAY_MS", "TIMER_DELAY_SEC",
-                                 PROPERTY_TRANSACTION_PREPARED))
-# System topics the features own: perm 0 hides them from producers and consumers.
-_SPECIAL_ENCODED = tuple(name.encode() + b"\x01" for name in _SPECIAL_PROPERTIES)
-
-
-def _may_be_special(props: Mapping[str, str]) -> bool:
-    """Whether a put's properties name a timer or a half. Encoded properties (the
-    remoting door's) are searched, not decoded: this runs for every message."""
-    if type(props) is rec.EncodedProperties:
-        raw = props.raw
-        return any(name in raw for name in _SPECIAL_ENCODED)
-    return not _SPECIAL_PROPERTIES.isdisjoint(props)
-
-
+# The services' system topics and their permissions: 0 hides them from producers
+# and consumers; the discarded halves can be read (by admin tools).
 _SYSTEM_TOPICS = {TIMER_TOPIC: 0, HALF_TOPIC: 0, OP_TOPIC: 0, RESENT_TOPIC: 0,
-                  CHECK_MAX_TOPIC: PERM_READ}
-
-_THREADED_READ_BYTES = 8 << 20  # gets allowed to return this much read in a worker thread
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerConfig:
-    """Everything the core needs; the server builds it from TOML, environment and flags."""
-
-    data_dir: str = "./ferrymq-data"
-    flush: str = "async"  # "async": fsync every flush_interval_ms; "sync": ack after fsync
-    flush_interval_ms: int = 500
-    segment_size: int = 1 << 30
-    cq_entries_per_file: int = 300_000
-    index_slots: int = 500_000
-    index_entries: int = 2_000_000
-    retention_hours: float = 72.0
-    max_disk_ratio: float = 0.75  # RocketMQ's diskMaxUsedSpaceRatio
-    retention_check_interval_s: float = 10.0
-    checkpoint_interval_ms: int = 1000
-    offset_persist_interval_ms: int = 1000
-    max_message_size: int = 4 << 20
-    auto_create_topics: bool = True
-    auto_create_groups: bool = True
-    default_queues: int = 4
-    broker_name: str = "broker-a"
-    cluster_name: str = "DefaultCluster"
-    store_host: str = "127.0.0.1"
-    store_port: int = 10911
-    # Timers, transactions, retry (docs/timers.md, docs/transactions.md).
-    timer_max_delay_ms: int = 365 * 86_400_000  # a later delivery time is refused (InvalidDelay)
-    roll_window_s: int = 86_400  # timers and open halves older than this are appended again
-    timer_wheel_slots: int = 1 << 22  # seconds in the ring (48.5 days)
-    timer_log_segment_entries: int = 1 << 20
-    timer_prepare_limit: int = 200_000  # deliveries built ahead of time, at most (soft)
-    # RocketMQ's messageDelayLevel: the lengths of the 18 DELAY levels (retries use them too).
-    delay_levels: str = "1s 5s 10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h"
-    transaction_check_timeout_ms: int = 6_000  # RocketMQ transactionTimeOut
-    transaction_check_interval_ms: int = 60_000  # RocketMQ transactionCheckInterval
-    transaction_check_max: int = 15  # RocketMQ transactionCheckMax
-    extra: Mapping[str, object] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.flush not in ("async", "sync"):
-            raise ValueError("flush must be 'async' or 'sync'")
-        if self.segment_size < self.max_message_size + 64 * 1024:
-            raise ValueError("segment_size must exceed max_message_size by at least 64 KiB")
-        if not 1 <= self.default_queues <= MAX_QUEUES:
-            raise ValueError(f"default_queues must be 1..{MAX_QUEUES}")
-        if self.timer_wheel_slots < 1024 or self.timer_wheel_slots & (self.timer_wheel_slots - 1):
-            raise ValueError("timer_wheel_slots must be a power of two, at least 1024")
-        if not 60 <= self.roll_window_s < self.timer_wheel_slots // 2:
-            raise ValueError("roll_window_s must be at least 60 and under half the wheel")
-        parse_delay_levels(self.delay_levels)  # raises ValueError
-        if self.timer_max_delay_ms < 0 or self.transaction_check_max < 0 \
-                or self.transaction_check_timeout_ms < 0 or self.transaction_check_interval_ms < 1:
-            raise ValueError("timer and transaction settings must not be negative")
+                  CHECK_MAX_TOPIC: PERM_READ, STATE_TOPIC: 0}
 
 
 class Broker:
@@ -182,30 +145,63 @@ class Broker:
             index_slots=config.index_slots,
             index_entries=config.index_entries,
             store_host=rec.host_bytes(config.store_host, config.store_port),
+            max_open_files=config.max_open_files,
         ))
         self.meta = Metadata(os.path.join(config.data_dir, "config"))
+        # The state log's own topic is no topic of the tables (its records define them):
+        # hidden from every listing and door, never created, written or read but here.
+        self.state = StateLog(self.store, os.path.join(config.data_dir, "state"),
+                              durable=self._state_durable,
+                              max_record_bytes=min(config.max_message_size, 1 << 20),
+                              snapshot_interval_s=config.state_snapshot_interval_s,
+                              snapshot_records=config.state_snapshot_records)
+        for ns, table in self.meta.tables(self._topic_changed, pinned=(STATE_TOPIC,)).items():
+            self.state.register(ns, table, admin=ns != NS_OFFSET)
         self.counters = Counters()
         self.recovery: RecoveryReport | None = None
         self.sync_flush = config.flush == "sync"
-        self._committer: GroupCommitter | None = None
-        self._waiters: dict[str, set[trio.Event]] = {}
-        self._round_robin: dict[str, list[int]] = {}
-        self._meta_lock = trio.Lock()
+        self._admin_committer: GroupCommitter | None = None  # async flush: admin changes
         self._topic_watchers: list[Callable[[], None]] = []
-        self._threaded_reads = 0
-        self._closing = False
+        self._access = AccessControl()
         self.started_at = 0
-        self.timers = TimerService(self)
-        self.transactions = TransactionService(self)
-        self.retry = RetryService(self)
+        # The one write path and read path; the services get it, never the Broker.
+        self._paths = Paths(config, self.store, self.meta, self.state, self.counters,
+                            create_topic=self._create_topic)
+        for name, perm in _SYSTEM_TOPICS.items():
+            self._paths.register_system_topic(name, perm)
+        self.timers = TimerService(config, self.store, self._paths)
+        self.transactions = TransactionService(config, self.store, self._paths, self.timers)
+        self.retry = RetryService(self.store, self._paths)
+        self._paths.special_put = self._put_special
         self.metrics = MetricsRegistry()
-        self.metrics.add_collector(broker_collector(self))
         self._flush_seconds = self.metrics.histogram(
             "ferrymq_store_flush_duration_seconds", "CommitLog fsync latency.").labels()
         self.pop_service = PopService(
-            self, os.path.join(config.data_dir, "pop"),
+            self._paths, self.state, os.path.join(config.data_dir, "pop"),
             max_inflight_per_queue=int(config.extra.get(  # type: ignore[call-overload]
                 "pop_max_inflight_per_queue", DEFAULT_MAX_INFLIGHT_PER_QUEUE)))
+        self.metrics.add_collector(broker_collector(
+            self.counters, self.meta, self.store, config.data_dir, lambda: self.started_at,
+            self.pop_service))
+
+    # ================================================================ who is asking
+
+    def _authorize(self, principal: Principal, kind: ResourceType, name: str,
+                   operation: Operation) -> None:
+        """The facade's one access decision (core/access.py): every public call that
+        produces, consumes, commits, administers, pops, transacts, or touches
+        timers or dead letters passes here once per resource it touches, before
+        it does anything. Raises PermissionDenied (today: never)."""
+        self._access.check(principal, kind, name, operation)
+
+    def _permits(self, principal: Principal, kind: ResourceType, name: str,
+                 operation: Operation) -> bool:
+        """``_authorize`` as a question: listings show only what may be seen."""
+        try:
+            self._authorize(principal, kind, name, operation)
+        except PermissionDenied:
+            return False
+        return True
 
     # ================================================================ lifecycle
 
@@ -224,7 +220,7 @@ class Broker:
                 try:
                     yield broker
                 finally:
-                    broker._closing = True
+                    broker._paths.closing = True
                     nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             # The background tasks catch their own errors, so a group here wraps
@@ -237,15 +233,32 @@ class Broker:
                 await trio.to_thread.run_sync(broker._close_sync)
 
     def _open_sync(self) -> None:
+        """Start-up (docs/storage.md, "The state log"): the newest state snapshot, then
+        the store's recovery, which replays the state records after the snapshot in
+        log order with the messages (``StateLog.replay_queue``, ``_accept_record``).
+        A round-1 data directory's JSON files and pop journal are imported once."""
         os.makedirs(self.config.data_dir, exist_ok=True)
-        self.meta.load()
+        had_snapshot = self.state.load()
+        legacy = self.meta.legacy_paths() + self.pop_service.legacy_paths()
+        if legacy and not had_snapshot:
+            self.meta.load_legacy()
+            self.pop_service.load_legacy()
         self._system_topics_sync()
-        self.recovery = self.store.open(self._accept_record)
+        self.recovery = self.store.open(self._accept_record, before_scan=self.state.replay_queue)
         for (topic, _qid) in list(self.store.queues):
-            if topic not in self.meta.topics:
+            if topic not in self.meta.topics and topic != STATE_TOPIC:
                 self.store.drop_topic(topic)  # a deleted topic's leftovers
         self._system_topics_sync()
-        self._save_topics_sync()
+        self.state.finish_recovery()
+        if legacy:
+            if not had_snapshot:
+                # The import is a snapshot at the log's end: written whole or not at all,
+                # and a crash before the files are renamed imports them again.
+                self.state.snapshot_sync()
+                log.warning("imported round-1 metadata into the state log", extra={
+                    "topics": len(self.meta.topics), "groups": len(self.meta.groups),
+                    "files": legacy})
+            Metadata.retire_legacy(legacy)
         self.timers.open_sync(self.recovery.clean_shutdown)
         self.transactions.open_sync()
         self.pop_service.open()
@@ -253,22 +266,51 @@ class Broker:
         log.info("store open", extra={"recovery": self.recovery})
 
     def _accept_record(self, topic: str, queue_id: int, phys: int) -> bool:
-        """Recovery asks whether a record belongs to a live topic."""
+        """Recovery, for each record past the checkpoint in log order: does it belong
+        to a live topic? A state record is applied here (unless the snapshot holds
+        it), so the topics are always those of the record's own point in the log or
+        of a later one — and for either the rule below is right: a record is live if
+        its topic exists and it is not older than the topic's creation."""
+        if topic == STATE_TOPIC:
+            self.state.recover_at(phys)
+            return True
         t = self.meta.topics.get(topic)
         if t is not None:
             if phys < t.created_phys:
                 return False
             if queue_id >= t.queues:
-                self.meta.with_topic(t, queues=queue_id + 1)
+                self.state.stage([(NS_TOPIC, topic, replace(t, queues=queue_id + 1).to_json())])
             return True
         if phys < self.meta.tombstones.get(topic, -1):
             return False
-        # The topic's records outlived its metadata (created, written, crashed
-        # before topics.json was rewritten): bring the topic back.
+        # Records without a topic: a round-1 directory whose topics.json lagged, or
+        # state lost to damage. Bring the topic back rather than drop its messages.
         log.warning("re-creating topic %s found in the CommitLog", topic)
-        self.meta.topics[topic] = TopicConfig(topic, max(queue_id + 1, self.config.default_queues),
-                                              created_at=now_ms(), created_phys=phys)
+        self.state.stage([(NS_TOPIC, topic, TopicConfig(
+            topic, max(queue_id + 1, self.config.default_queues), created_at=now_ms(),
+            created_phys=phys).to_json())])
         return True
+
+    def _topic_changed(self, name: str, old: TopicConfig | None, new: TopicConfig | None
+                       ) -> None:
+        """Every topic change, applied live or at recovery: a deleted topic's queues go
+        at once (its records leave the CommitLog with retention); the doors' watchers
+        hear of every change."""
+        if old is not None and (new is None or new.created_phys != old.created_phys):
+            self.store.drop_topic(name)
+            self.counters.topics.pop(name, None)
+            self._paths.forget_topic(name)
+        for callback in self._topic_watchers:
+            callback()
+
+    async def _state_durable(self, pos: int, admin: bool) -> None:
+        """The state log's wait: under sync flush the group commit covering ``pos``;
+        under async flush an fsync of its own for admin changes, nothing for others
+        (durable within the flush interval)."""
+        c = self._paths.committer if self._paths.committer is not None else (
+            self._admin_committer if admin else None)
+        if c is not None and self.store.commitlog.flushed_pos < pos:
+            await c.wait_flushed(pos)
 
     def _start_tasks(self, nursery: trio.Nursery) -> None:
         # Every background task runs supervised (core/supervisor.py): a failure is
@@ -278,20 +320,25 @@ class Broker:
         tasks = self.tasks = TaskSupervisor(nursery, self.metrics, prefix="broker",
                                             on_fatal=self._store_task_failed)
         if self.sync_flush:
-            self._committer = GroupCommitter(store.flush, lambda: store.dispatched_pos,
-                                             self._flush_failed, self._flushed)
-            self._committer.flushed_pos = store.commitlog.flushed_pos
-            tasks.start_soon(self._committer.run, name="flusher", critical=True)
+            self._paths.committer = committer = GroupCommitter(
+                store.flush, lambda: store.dispatched_pos, self._flush_failed, self._flushed)
+            committer.flushed_pos = store.commitlog.flushed_pos
+            tasks.start_soon(committer.run, name="flusher", critical=True)
         else:
             tasks.start_soon(partial(
                 interval_flusher, store.flush,
                 lambda: store.commitlog.flushed_pos < store.commitlog.write_pos,
                 self.config.flush_interval_ms / 1000, self._flush_failed, self._flushed),
                 name="flusher", critical=True)
+            # Admin changes wait for a flush even under async flush (the state log):
+            # writers wait on this one too, so it is as critical as the flusher.
+            self._admin_committer = GroupCommitter(store.flush, lambda: store.dispatched_pos,
+                                                   self._flush_failed, self._flushed)
+            self._admin_committer.flushed_pos = store.commitlog.flushed_pos
+            tasks.start_soon(self._admin_committer.run, name="admin_flusher", critical=True)
         tasks.every(self.config.checkpoint_interval_ms / 1000, self._checkpoint,
                     name="checkpoint")
-        tasks.every(self.config.offset_persist_interval_ms / 1000, self.flush_offsets,
-                    name="offsets")
+        tasks.start_soon(self.state.run, name="state")
         tasks.every(self.config.retention_check_interval_s, self.run_retention,
                     name="retention")
         tasks.start_soon(self.pop_service.run, name="pop")
@@ -330,250 +377,104 @@ class Broker:
         try:
             self.timers.close_sync()
             self.transactions.close_sync()
-            if self.meta.groups_dirty:
-                self.meta.save("groups.json", self.meta.dump_groups())
-            if self.meta.offsets_dirty:
-                self.meta.save("offsets.json", self.meta.dump_offsets())
-            self.pop_service.close()
+            if self.store.failed is None and self.state.since_snapshot:
+                self.state.snapshot_sync()  # the next start replays nothing
         finally:
             self.timers.wheel.close()
             self.store.close()
 
     # ================================================================ producing
+    # Authorize, then the write path (core/paths.py).
 
-    def _writable_topic(self, name: str) -> TopicConfig | None:
-        t = self.meta.topics.get(name)
-        if t is not None and not t.writable:
-            raise PermissionDenied(f"topic {name} is not writable")
-        return t
-
-    async def _topic_for_put(self, name: str) -> TopicConfig:
-        t = self._writable_topic(name)
-        if t is None:
-            validate_topic_name(name)
-            if not self.config.auto_create_topics:
-                raise TopicNotFound(f"topic {name} does not exist")
-            t = await self.create_topic(name, exist_ok=True)
-        return t
-
-    def _queue_for(self, t: TopicConfig, queue_id: int) -> int:
-        if queue_id < 0:
-            rr = self._round_robin.get(t.name)
-            if rr is None:
-                rr = self._round_robin[t.name] = [0]
-            rr[0] += 1
-            return rr[0] % t.queues
-        if queue_id >= t.queues:
-            raise QueueNotFound(f"topic {t.name} has {t.queues} queues; no queue {queue_id}")
-        return queue_id
-
-    async def put(self, messages: Message | Sequence[Message]) -> PutResult:
+    async def put(self, messages: Message | Sequence[Message], *,
+                  principal: Principal = ANONYMOUS) -> PutResult:
         """Append one message, or a batch (one topic, one queue: the first message's
         ``queue_id``) stored as one record. Returns where it landed; under sync flush,
-        only once it is on disk. Raises TopicNotFound, PermissionDenied,
-        MessageTooLarge, InvalidMessage, QueueNotFound, StoreError, ShuttingDown."""
-        if self._closing:
-            raise ShuttingDown()
+        only once it is on disk. A message with a delivery-time property becomes a
+        timer (docs/timers.md); one marked ``TRAN_MSG=true`` a half
+        (docs/transactions.md). Checks WRITE on the topic. Raises PermissionDenied,
+        TopicNotFound, MessageTooLarge, InvalidMessage, InvalidDelay, QueueNotFound,
+        StoreError, ShuttingDown."""
         if isinstance(messages, Message):
-            m = messages
-            props = m.properties
-            if props and _may_be_special(props) and self._special(props):
-                return await self._put_special(m)  # a timer or a half: see "issue 6" below
-            topic = m.topic
-            t = self.meta.topics.get(topic)
-            if t is None or not t.perm & PERM_WRITE:
-                t = await self._topic_for_put(topic)
-            body = m.body
-            if len(body) > self.config.max_message_size:
-                raise MessageTooLarge(
-                    f"message body is {len(body)} bytes; the maximum is "
-                    f"{self.config.max_message_size}")
-            qid = m.queue_id
-            if qid < 0 or qid >= t.queues:
-                qid = self._queue_for(t, qid)
-            try:
-                result = self.store.append_message(
-                    topic, qid, body, m.properties, m.flag, m.sys_flag & ~rec.FORMAT_MASK,
-                    m.born_timestamp, m.born_host, m.reconsume_times)
-            except UnicodeEncodeError as exc:
-                raise InvalidMessage(f"properties are not encodable: {exc}") from exc
-            c = self.counters.topics.get(topic) or self.counters.topic(topic)
-            c.messages_in += 1
-            c.bytes_in += self.store.dispatched_pos - result.physical_offset
-            c.puts += 1
-            if self._committer is not None:
-                await self._committer.wait_flushed(self.store.dispatched_pos)
-            if self._waiters:
-                self._notify(topic)
-            return result
-        batch = list(messages)
-        if not batch:
-            raise InvalidMessage("empty batch")
-        if len(batch) == 1:
-            return await self.put(batch[0])
-        first = batch[0]
-        t = self.meta.topics.get(first.topic)
-        if t is None or not t.perm & PERM_WRITE:
-            t = await self._topic_for_put(first.topic)
-        qid = self._queue_for(t, first.queue_id)
-        try:
-            result = self.store.append_batch(first.topic, qid, batch, first.born_timestamp,
-                                             first.born_host, self.config.max_message_size)
-        except UnicodeEncodeError as exc:
-            raise InvalidMessage(f"properties are not encodable: {exc}") from exc
-        return await self._after_put(result)
+            self._authorize(principal, TOPIC, messages.topic, WRITE)
+        else:
+            messages = list(messages)
+            if messages:
+                self._authorize(principal, TOPIC, messages[0].topic, WRITE)
+        return await self._paths.put(messages)
 
     async def put_encoded_batch(self, topic: str, queue_id: int, body: bytes,
-                                born_host: bytes = b"\x00" * 8) -> PutResult:
+                                born_host: bytes = b"\x00" * 8, *,
+                                principal: Principal = ANONYMOUS) -> PutResult:
         """Append a native batch already in RocketMQ's batch encoding (a
-        SEND_BATCH_MESSAGE body) as one record, without re-encoding it."""
-        if self._closing:
-            raise ShuttingDown()
-        t = await self._topic_for_put(topic)
-        if len(body) > self.config.max_message_size:
-            raise MessageTooLarge(f"batch is {len(body)} bytes; the maximum is "
-                                  f"{self.config.max_message_size}")
-        qid = self._queue_for(t, queue_id)
-        result = self.store.append_encoded_batch(topic, qid, body, born_host=born_host)
-        return await self._after_put(result)
+        SEND_BATCH_MESSAGE body) as one record, without re-encoding it. Checks WRITE
+        on the topic; raises as ``put``."""
+        self._authorize(principal, TOPIC, topic, WRITE)
+        return await self._paths.put_encoded_batch(topic, queue_id, body, born_host)
 
     async def put_kafka_batch(self, topic: str, queue_id: int,
-                              batch: bytes | bytearray | memoryview) -> PutResult:
+                              batch: bytes | bytearray | memoryview, *,
+                              principal: Principal = ANONYMOUS) -> PutResult:
         """Append one Kafka RecordBatch (magic 2, CRC already checked by the Kafka
-        codec) as one record; its base offset becomes the queue offset assigned."""
-        if self._closing:
-            raise ShuttingDown()
-        t = await self._topic_for_put(topic)
-        if len(batch) > self.config.max_message_size:
-            raise MessageTooLarge(f"batch is {len(batch)} bytes; the maximum is "
-                                  f"{self.config.max_message_size}")
-        qid = self._queue_for(t, queue_id)
-        result = self.store.append_kafka_batch(topic, qid, batch)
-        return await self._after_put(result)
+        codec) as one record; its base offset becomes the queue offset assigned.
+        Checks WRITE on the topic; raises as ``put``."""
+        self._authorize(principal, TOPIC, topic, WRITE)
+        return await self._paths.put_kafka_batch(topic, queue_id, batch)
 
-    async def _after_put(self, result: PutResult) -> PutResult:
-        """Count the put (bytes = the record as stored), wait for the flush under
-        sync flush, then wake the long polls of the topic."""
-        c = self.counters.topics.get(result.topic) or self.counters.topic(result.topic)
-        c.messages_in += result.count
-        c.bytes_in += self.store.dispatched_pos - result.physical_offset
-        c.puts += 1
-        if self._committer is not None:
-            await self._committer.wait_flushed(self.store.dispatched_pos)
-        if self._waiters:
-            self._notify(result.topic)
-        return result
+    def delivery_time(self, properties: Mapping[str, str]) -> int | None:
+        """The delivery time (epoch ms) that ``properties`` ask for, by this broker's
+        clock, levels and horizon (``timer_max_delay_ms``); None when they ask for
+        none. Raises InvalidDelay exactly when ``put`` of a message carrying them
+        would: a door checks a batch's timed messages before storing any."""
+        timers = self.timers
+        return parse_delivery(properties, timers.clock(), timers.max_delay_ms, timers.levels)
 
     # ================================================================ consuming
-
-    def _readable_topic(self, name: str) -> TopicConfig:
-        t = self.meta.topics.get(name)
-        if t is None:
-            validate_topic_name(name)
-            raise TopicNotFound(f"topic {name} does not exist")
-        if not t.readable:
-            raise PermissionDenied(f"topic {name} is not readable")
-        return t
-
-    def _visible_limit(self) -> int | None:
-        return self._committer.flushed_pos if self._committer is not None else None
+    # Authorize, then the read path (core/paths.py).
 
     def get(self, group: str | None, topic: str, queue_id: int, offset: int,
             max_messages: int = 32, max_bytes: int = 4 << 20,
-            filter: Filter | None = None) -> GetResult:
+            filter: Filter | None = None, *, principal: Principal = ANONYMOUS) -> GetResult:
         """Read from ``offset`` on: whole records, at least one if any is there,
         up to ``max_messages`` messages and about ``max_bytes`` bytes. Never waits
         (see ``wait``). ``group`` (None for anonymous reads) is charged in the
-        stats. Raises TopicNotFound, PermissionDenied, QueueNotFound, InvalidArgument."""
-        t = self._readable_topic(topic)
-        if not 0 <= queue_id < t.queues:
-            raise QueueNotFound(f"topic {topic} has {t.queues} queues; no queue {queue_id}")
-        if max_messages < 1 or max_bytes < 1 or offset < 0:
-            raise InvalidArgument("offset must be >= 0, max_messages and max_bytes >= 1")
-        result = self.store.get(topic, queue_id, offset, max_messages, max_bytes, filter,
-                                self._visible_limit())
-        if group is not None and result.records:
-            self._charge(group, topic, result)
-        return result
+        stats. Checks READ on the topic. Raises PermissionDenied, TopicNotFound,
+        QueueNotFound, InvalidArgument."""
+        self._authorize(principal, TOPIC, topic, READ)
+        return self._paths.get(group, topic, queue_id, offset, max_messages, max_bytes, filter)
 
     async def get_large(self, group: str | None, topic: str, queue_id: int, offset: int,
                         max_messages: int, max_bytes: int,
-                        filter: Filter | None = None) -> GetResult:
+                        filter: Filter | None = None, *,
+                        principal: Principal = ANONYMOUS) -> GetResult:
         """``get`` for bulk reads: above 8 MiB the records are read with pread(2) in
         a worker thread, so cold pages never stall the event loop."""
-        if max_bytes < _THREADED_READ_BYTES:
-            return self.get(group, topic, queue_id, offset, max_messages, max_bytes, filter)
-        t = self._readable_topic(topic)
-        if not 0 <= queue_id < t.queues:
-            raise QueueNotFound(f"topic {topic} has {t.queues} queues; no queue {queue_id}")
-        self._threaded_reads += 1
-        try:
-            result = await trio.to_thread.run_sync(partial(
-                self.store.get, topic, queue_id, offset, max_messages, max_bytes, filter,
-                self._visible_limit(), pread=True))
-        finally:
-            self._threaded_reads -= 1
-        if group is not None and result.records:
-            self._charge(group, topic, result)
-        return result
+        self._authorize(principal, TOPIC, topic, READ)
+        return await self._paths.get_large(group, topic, queue_id, offset, max_messages,
+                                           max_bytes, filter)
 
-    def _charge(self, group: str, topic: str, result: GetResult) -> None:
-        c = self.counters.group(group, topic)
-        c.gets += 1
-        c.messages_out += result.message_count
-        c.bytes_out += sum(len(r.data) for r in result.records)
+    def available(self, topic: str, queue_id: int, offset: int, *,
+                  principal: Principal = ANONYMOUS) -> bool:
+        """Whether a get at ``offset`` would find a visible message now. Checks READ
+        on the topic."""
+        self._authorize(principal, TOPIC, topic, READ)
+        return self._paths.available(topic, queue_id, offset)
 
-    def available(self, topic: str, queue_id: int, offset: int) -> bool:
-        """Whether a get at ``offset`` would find a visible message now."""
-        q = self.store.queues.get((topic, queue_id))
-        if q is None or offset >= q.max_offset:
-            return False
-        if self._committer is None:
-            return True
-        i = q.find(max(offset, q.min_offset))
-        if i is None:
-            return False
-        e = q.entry(i)
-        return e.physical_offset + e.size <= self._committer.flushed_pos
-
-    async def wait(self, topic: str, queue_id: int, offset: int, timeout: float) -> bool:
+    async def wait(self, topic: str, queue_id: int, offset: int, timeout: float, *,
+                   principal: Principal = ANONYMOUS) -> bool:
         """Long polling: return True as soon as a message at ``offset`` or later is
-        visible in the queue, False after ``timeout`` seconds without one."""
-        return await self.wait_any(((topic, queue_id, offset),), timeout)
+        visible in the queue, False after ``timeout`` seconds without one. Checks
+        READ on the topic."""
+        return await self.wait_any(((topic, queue_id, offset),), timeout, principal=principal)
 
-    async def wait_any(self, positions: Iterable[tuple[str, int, int]], timeout: float) -> bool:
-        """``wait`` over several (topic, queue id, offset) positions at once."""
+    async def wait_any(self, positions: Iterable[tuple[str, int, int]], timeout: float, *,
+                       principal: Principal = ANONYMOUS) -> bool:
+        """``wait`` over several (topic, queue id, offset) positions at once. Checks READ
+        on each topic."""
         positions = tuple(positions)
-
-        def ready() -> bool:
-            return any(self.available(t, q, o) for t, q, o in positions)
-
-        if ready():
-            return True
-        topics = {t for t, _, _ in positions}
-        with trio.move_on_after(timeout):
-            while True:
-                ev = trio.Event()
-                for t in topics:
-                    self._waiters.setdefault(t, set()).add(ev)
-                try:
-                    await ev.wait()
-                finally:
-                    for t in topics:
-                        s = self._waiters.get(t)
-                        if s is not None:
-                            s.discard(ev)
-                            if not s:
-                                del self._waiters[t]
-                if ready():
-                    return True
-        return False
-
-    def _notify(self, topic: str) -> None:
-        waiters = self._waiters.pop(topic, None)
-        if waiters:
-            for ev in waiters:
-                ev.set()
+        for topic in {t for t, _, _ in positions}:
+            self._authorize(principal, TOPIC, topic, READ)
+        return await self._paths.wait_any(positions, timeout)
 
     # ================================================================ pop consumption
     # RocketMQ 5's POP_MESSAGE, ACK_MESSAGE, BATCH_ACK_MESSAGE, CHANGE_INVISIBLE_TIME
@@ -581,69 +482,102 @@ class Broker:
 
     async def pop(self, group: str, topic: str, max_messages: int = 16,
                   invisible_time_ms: int = DEFAULT_INVISIBLE_MS, filter: Filter | None = None,
-                  *, queue_id: int = -1, wait_ms: int = 0, init: str = "earliest"
-                  ) -> list[PoppedMessage]:
+                  *, queue_id: int = -1, wait_ms: int = 0, init: str = "earliest",
+                  principal: Principal = ANONYMOUS) -> list[PoppedMessage]:
         """Lease up to ``max_messages`` messages of ``topic`` (every queue, or only
         ``queue_id``) to ``group`` for ``invisible_time_ms``: revived ones first, then
         new ones. Waits up to ``wait_ms`` for one (long polling); [] at the timeout.
         A group without pop state starts at its committed offset, else at the
-        queue's start (``init="earliest"``) or end (``"latest"``). Raises
-        TopicNotFound, PermissionDenied, QueueNotFound, InvalidArgument,
-        InvalidGroupName, GroupNotFound (auto-create off)."""
+        queue's start (``init="earliest"``) or end (``"latest"``). Checks READ on the
+        group and the topic. Raises PermissionDenied, TopicNotFound, QueueNotFound,
+        InvalidArgument, InvalidGroupName, GroupNotFound (auto-create off)."""
+        self._authorize(principal, GROUP, group, READ)
+        self._authorize(principal, TOPIC, topic, READ)
         return await self.pop_service.pop(group, topic, max_messages, invisible_time_ms,
                                           filter, queue_id, wait_ms, init)
 
-    def ack(self, receipt: str) -> None:
-        """Ack one popped message by its receipt handle. Raises InvalidReceipt (not
-        issued by this broker), ReceiptStale (acked already, or its invisible time
-        ran out, or superseded by change_invisible_time), TopicNotFound."""
-        self.pop_service.ack(receipt)
+    def _receipt_check(self, principal: Principal) -> Callable[[str, str], None]:
+        """What an ack checks once its receipt is decoded: READ on its group."""
+        def check(group: str, topic: str) -> None:
+            self._authorize(principal, GROUP, group, READ)
+        return check
 
-    def ack_batch(self, receipts: Sequence[str]) -> list[FerryError | None]:
+    def ack(self, receipt: str, *, principal: Principal = ANONYMOUS) -> None:
+        """Ack one popped message by its receipt handle. Checks READ on the group the
+        receipt names. Raises InvalidReceipt (not issued by this broker), ReceiptStale
+        (acked already, or its invisible time ran out, or superseded by
+        change_invisible_time), TopicNotFound, PermissionDenied."""
+        self.pop_service.ack(receipt, self._receipt_check(principal))
+
+    def ack_batch(self, receipts: Sequence[str], *,
+                  principal: Principal = ANONYMOUS) -> list[FerryError | None]:
         """Ack several handles; per handle None (acked) or the error ``ack`` would raise."""
-        return self.pop_service.ack_batch(receipts)
+        return self.pop_service.ack_batch(receipts, self._receipt_check(principal))
 
-    def change_invisible_time(self, receipt: str, invisible_time_ms: int) -> ReceiptRenewal:
+    def change_invisible_time(self, receipt: str, invisible_time_ms: int, *,
+                              principal: Principal = ANONYMOUS) -> ReceiptRenewal:
         """Extend (or shorten) a lease to ``invisible_time_ms`` from now. The old handle
         becomes stale; ack with the returned one. Raises as ``ack``, and InvalidArgument."""
-        return self.pop_service.change_invisible_time(receipt, invisible_time_ms)
+        return self.pop_service.change_invisible_time(receipt, invisible_time_ms,
+                                                      self._receipt_check(principal))
 
     def peek(self, group: str, topic: str, max_messages: int = 16,
-             filter: Filter | None = None, *, queue_id: int = -1) -> list[ConsumedMessage]:
-        """What the group's next pop would get, without leasing anything."""
+             filter: Filter | None = None, *, queue_id: int = -1,
+             principal: Principal = ANONYMOUS) -> list[ConsumedMessage]:
+        """What the group's next pop would get, without leasing anything. Checks READ
+        on the group and the topic."""
+        self._authorize(principal, GROUP, group, READ)
+        self._authorize(principal, TOPIC, topic, READ)
         return self.pop_service.peek(group, topic, max_messages, filter, queue_id)
 
-    def pop_status(self, group: str, topic: str | None = None) -> list[QueuePopStatus]:
-        """Per queue the group popped from: pop offset, leases out, revived waiting."""
+    def pop_status(self, group: str, topic: str | None = None, *,
+                   principal: Principal = ANONYMOUS) -> list[QueuePopStatus]:
+        """Per queue the group popped from: pop offset, leases out, revived waiting.
+        Checks DESCRIBE on the group."""
+        self._authorize(principal, GROUP, group, DESCRIBE)
         return self.pop_service.status(group, topic)
+
+    def receipt(self, handle: str) -> Receipt:
+        """What a receipt handle this broker issued names (group, topic, queue,
+        offset...), without asking whether it is current. Raises InvalidReceipt."""
+        return self.pop_service.codec.decode(handle)
 
     # ================================================================ offsets
 
-    def queue_bounds(self, topic: str, queue_id: int) -> tuple[int, int]:
-        """(min offset, max offset) of a queue; max is the next message's offset."""
-        t = self._readable_topic(topic)
+    def queue_bounds(self, topic: str, queue_id: int, *,
+                     principal: Principal = ANONYMOUS) -> tuple[int, int]:
+        """(min offset, max offset) of a queue as consumers see it; max is the next
+        message's offset. Checks DESCRIBE on the topic. Raises TopicNotFound,
+        PermissionDenied (not readable), QueueNotFound."""
+        self._authorize(principal, TOPIC, topic, DESCRIBE)
+        return self._paths.queue_bounds(topic, queue_id)
+
+    def min_offset(self, topic: str, queue_id: int, *, principal: Principal = ANONYMOUS) -> int:
+        """The queue's first retained offset (retention moves it), as a producer learns
+        it: the topic need not be readable. 0 for a queue that never held a message.
+        Checks DESCRIBE on the topic; raises TopicNotFound, QueueNotFound."""
+        self._authorize(principal, TOPIC, topic, DESCRIBE)
+        t = self._paths.topic_config(topic)
+        if t is None:
+            validate_topic_name(topic)
+            raise TopicNotFound(f"topic {topic} does not exist")
         if not 0 <= queue_id < t.queues:
             raise QueueNotFound(f"topic {topic} has {t.queues} queues; no queue {queue_id}")
-        lo, hi = self.store.queue_bounds(topic, queue_id)
-        if self._committer is not None and hi > lo and not self.available(topic, queue_id, hi - 1):
-            # Under sync flush, messages not yet on disk are not visible: find the
-            # visible end by bisection over the (few) unflushed tail entries.
-            a, b = lo, hi - 1
-            while a < b:
-                mid = (a + b) // 2
-                if self.available(topic, queue_id, mid):
-                    a = mid + 1
-                else:
-                    b = mid
-            hi = a
-        return lo, hi
+        return self._paths.stored_bounds(topic, queue_id)[0]
 
-    def commit_offset(self, group: str, topic: str, queue_id: int, offset: int) -> None:
-        """Record ``offset`` (the next message to consume) for the group. Persisted
-        within ``offset_persist_interval_ms`` and at shutdown (RocketMQ's model: a
-        crash can replay what was consumed since). Raises InvalidGroupName,
-        TopicNotFound, QueueNotFound, OffsetOutOfRange (negative), GroupNotFound."""
-        self._group_for_commit(group)
+    def commit_offset(self, group: str, topic: str, queue_id: int, offset: int, *,
+                      principal: Principal = ANONYMOUS) -> None:
+        """Record ``offset`` (the next message to consume) for the group, as a state
+        record of the CommitLog: when this returns the commit survives a crash of the
+        process. A door acknowledges a commit after ``await wait_durable()``, which
+        under sync flush waits for the group commit covering it (under async flush
+        the window is the flush interval). Committing the offset already committed
+        writes nothing. Checks READ on the group and the topic. Raises
+        PermissionDenied, InvalidGroupName, TopicNotFound, QueueNotFound,
+        OffsetOutOfRange (negative), GroupNotFound, StoreError."""
+        self._authorize(principal, GROUP, group, READ)
+        self._authorize(principal, TOPIC, topic, READ)
+        self._paths.consumer_group(group)
         t = self.meta.topics.get(topic)
         if t is None:
             validate_topic_name(topic)
@@ -652,56 +586,100 @@ class Broker:
             raise QueueNotFound(f"topic {topic} has {t.queues} queues; no queue {queue_id}")
         if offset < 0:
             raise OffsetOutOfRange(f"offset {offset} is negative")
-        self.meta.commit(group, topic, queue_id, offset)
+        self._paths.commit(group, topic, queue_id, offset)
 
-    def _group_for_commit(self, group: str) -> GroupConfig:
-        validate_group_name(group)
-        g = self.meta.groups.get(group)
-        if g is None:
-            if not self.config.auto_create_groups:
-                raise GroupNotFound(f"consumer group {group} does not exist")
-            g = self.meta.groups[group] = GroupConfig(group, created_at=now_ms())
-            self.meta.groups_dirty = True  # saved by the periodic metadata job
-        return g
+    async def wait_durable(self) -> None:
+        """Return once every state change made so far (offset commits, pop acks,
+        auto-created groups) is as durable as the flush policy promises: under sync
+        flush on disk (one group commit serves every waiter); under async flush at
+        once, the flush interval being the window (docs/operations.md). Raises
+        FlushFailed."""
+        await self.state.wait(self.state.end, False)
 
-    def committed_offset(self, group: str, topic: str, queue_id: int) -> int | None:
-        """The group's committed offset for the queue, or None if it never committed."""
-        return self.meta.committed(group, topic, queue_id)
+    def committed_offset(self, group: str, topic: str, queue_id: int, *,
+                         principal: Principal = ANONYMOUS) -> int | None:
+        """The group's committed offset for the queue, or None if it never committed.
+        Checks DESCRIBE on the group."""
+        self._authorize(principal, GROUP, group, DESCRIBE)
+        return self._paths.committed(group, topic, queue_id)
 
-    def offset_for_time(self, topic: str, queue_id: int, timestamp_ms: int) -> int:
+    def committed_offsets(self, group: str, *, principal: Principal = ANONYMOUS
+                          ) -> dict[str, dict[int, int]]:
+        """Every offset the group committed: topic -> queue id -> offset (a copy;
+        empty for a group that never committed). Checks DESCRIBE on the group."""
+        self._authorize(principal, GROUP, group, DESCRIBE)
+        return {topic: dict(queues) for topic, queues in self.meta.offsets.get(group, {}).items()}
+
+    def offset_for_time(self, topic: str, queue_id: int, timestamp_ms: int, *,
+                        principal: Principal = ANONYMOUS) -> int:
         """The first offset whose message was stored at or after ``timestamp_ms``
-        (the max offset if none): rewinding a consumer by time."""
-        self._readable_topic(topic)
-        return self.store.offset_for_time(topic, queue_id, timestamp_ms)
+        (the max offset if none): rewinding a consumer by time. Checks DESCRIBE on
+        the topic. Raises TopicNotFound, PermissionDenied (not readable)."""
+        self._authorize(principal, TOPIC, topic, DESCRIBE)
+        return self._paths.offset_for_time(topic, queue_id, timestamp_ms)
+
+    @asynccontextmanager
+    async def admin_batch(self) -> AsyncIterator[None]:
+        """Admin changes made inside the block (topics and groups created, updated,
+        deleted) are acknowledged together: leaving the block waits once for their
+        durability (a Kafka CreateTopics of 10,000 topics costs one fsync, not
+        10,000). Each change inside is still checked by its own call."""
+        async with self.state.batch():
+            yield
 
     async def flush_offsets(self) -> None:
-        """Persist committed offsets (and auto-created groups) now if any changed."""
-        if self.meta.groups_dirty:
-            await self._save_groups()
-        if self.meta.offsets_dirty:
-            data = self.meta.dump_offsets()
-            async with self._meta_lock:
-                await trio.to_thread.run_sync(self.meta.save, "offsets.json", data)
+        """Make committed offsets (and every other state change) durable now, under
+        either flush policy: an fsync if anything is not on disk yet. Not checked:
+        it makes durable what was committed already."""
+        await self.state.wait(self.state.end, True)
 
     # ================================================================ topics
 
-    def topic(self, name: str) -> TopicConfig:
+    def topic(self, name: str, *, principal: Principal = ANONYMOUS) -> TopicConfig:
+        """The topic's configuration. Checks DESCRIBE on it. Raises PermissionDenied,
+        InvalidTopicName, TopicNotFound."""
+        self._authorize(principal, TOPIC, name, DESCRIBE)
+        return self._topic(name)
+
+    def _topic(self, name: str) -> TopicConfig:
         t = self.meta.topics.get(name)
         if t is None:
             validate_topic_name(name)
             raise TopicNotFound(f"topic {name} does not exist")
         return t
 
-    def topics(self) -> list[TopicConfig]:
-        return sorted(self.meta.topics.values(), key=lambda t: t.name)
+    def find_topic(self, name: str, *, principal: Principal = ANONYMOUS) -> TopicConfig | None:
+        """The topic's configuration, or None when there is no such topic (whatever
+        its name). Checks DESCRIBE on it."""
+        self._authorize(principal, TOPIC, name, DESCRIBE)
+        return self.meta.topics.get(name)
+
+    def topics(self, *, principal: Principal = ANONYMOUS) -> list[TopicConfig]:
+        """Every topic the principal may DESCRIBE (system topics included), by name."""
+        return [t for t in sorted(self.meta.topics.values(), key=lambda t: t.name)
+                if self._permits(principal, TOPIC, t.name, DESCRIBE)]
 
     async def create_topic(self, name: str, queues: int | None = None, *,
                            perm: int = PERM_READ_WRITE, message_type: str = "NORMAL",
                            attributes: Mapping[str, str] | None = None,
-                           exist_ok: bool = False) -> TopicConfig:
-        """Create a topic (``queues`` defaults to the broker's default_queues).
-        Raises InvalidTopicName, InvalidArgument, TopicExists (unless ``exist_ok``)."""
+                           exist_ok: bool = False,
+                           principal: Principal = ANONYMOUS) -> TopicConfig:
+        """Create a topic (``queues`` defaults to the broker's default_queues). Checks
+        CREATE on it. Raises PermissionDenied, InvalidTopicName, InvalidArgument,
+        TopicExists (unless ``exist_ok``)."""
+        self._authorize(principal, TOPIC, name, CREATE)
+        return await self._create_topic(name, queues, perm=perm, message_type=message_type,
+                                        attributes=attributes, exist_ok=exist_ok)
+
+    async def _create_topic(self, name: str, queues: int | None = None, *,
+                            perm: int = PERM_READ_WRITE, message_type: str = "NORMAL",
+                            attributes: Mapping[str, str] | None = None,
+                            exist_ok: bool = False) -> TopicConfig:
+        """``create_topic`` unchecked: the write path auto-creates topics through it.
+        Raises PermissionDenied also for the state log's topic."""
         validate_topic_name(name)
+        if name == STATE_TOPIC:
+            raise PermissionDenied(f"{name} is a system topic the broker manages")
         queues = self.config.default_queues if queues is None else queues
         _check_topic_args(queues, perm, message_type)
         existing = self.meta.topics.get(name)
@@ -711,121 +689,157 @@ class Broker:
             raise TopicExists(f"topic {name} exists")
         t = TopicConfig(name, queues, perm, message_type, now_ms(), self.store.dispatched_pos,
                         dict(attributes or {}))
-        # In memory first, so concurrent producers see it at once; then durable.
-        self.meta.topics[name] = t
-        self.meta.tombstones.pop(name, None)
-        await self._save_topics()
-        return t
+        changes: list[Change] = [(NS_TOPIC, name, t.to_json())]
+        if name in self.meta.tombstones:
+            changes.insert(0, (NS_TOMBSTONE, name, None))
+        # Applied when appended, so concurrent producers see it at once; then durable.
+        await self.state.put_many(changes)
+        return self._topic_after_wait(name)
 
     async def update_topic(self, name: str, *, queues: int | None = None,
                            perm: int | None = None, message_type: str | None = None,
-                           attributes: Mapping[str, str] | None = None) -> TopicConfig:
+                           attributes: Mapping[str, str] | None = None,
+                           principal: Principal = ANONYMOUS) -> TopicConfig:
         """Change a topic's queue count (grow only: a queue's messages stay where
-        they are), permissions, message type or attributes."""
+        they are), permissions, message type or attributes. Checks ALTER on it."""
+        self._authorize(principal, TOPIC, name, ALTER)
         self._refuse_system_topic(name)
-        t = self.topic(name)
+        t = self._topic(name)
         new_queues = t.queues if queues is None else queues
         if new_queues < t.queues:
             raise InvalidArgument(f"topic {name} has {t.queues} queues; queues cannot shrink")
         _check_topic_args(new_queues, t.perm if perm is None else perm,
                           t.message_type if message_type is None else message_type)
-        t = self.meta.with_topic(
+        t = replace(
             t, queues=new_queues, perm=t.perm if perm is None else perm,
             message_type=t.message_type if message_type is None else message_type,
             attributes=t.attributes if attributes is None else dict(attributes))
-        await self._save_topics()
+        await self.state.put(NS_TOPIC, name, t.to_json())
+        return self._topic_after_wait(name)
+
+    def _topic_after_wait(self, name: str) -> TopicConfig:
+        """The topic a change just made durable, unless another task deleted it while
+        that change waited for its flush."""
+        t = self.meta.topics.get(name)
+        if t is None:
+            raise TopicNotFound(f"topic {name} was deleted meanwhile")
         return t
 
-    async def delete_topic(self, name: str) -> None:
+    async def delete_topic(self, name: str, *, principal: Principal = ANONYMOUS) -> None:
         """Delete a topic: its queues and committed offsets go at once, its records
-        leave the CommitLog with retention. Raises TopicNotFound."""
+        leave the CommitLog with retention. Checks DELETE on it. Raises TopicNotFound."""
+        self._authorize(principal, TOPIC, name, DELETE)
         self._refuse_system_topic(name)
-        self.topic(name)
-        del self.meta.topics[name]
-        self.meta.tombstones[name] = self.store.dispatched_pos
-        self.meta.drop_topic_offsets(name)
-        self.store.drop_topic(name)
-        self._round_robin.pop(name, None)
-        self.counters.topics.pop(name, None)
-        self.pop_service.forget_topic(name)
-        self._notify(name)
-        await self._save_topics()
+        self._topic(name)
+        # The dependent state first, the topic last: should the changes not fit one
+        # record and a crash fall between two, the topic is still there to delete.
+        changes: list[Change] = [(NS_OFFSET, k, None) for k in self.meta.offset_keys(topic=name)]
+        changes += self.pop_service.forget_changes(topic=name)
+        changes += [(NS_TOMBSTONE, name, self.store.dispatched_pos), (NS_TOPIC, name, None)]
+        await self.state.put_many(changes)  # _topic_changed drops its queues
 
     def watch_topics(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` (cheap, synchronous) whenever a topic is created, changed
         or deleted, through whichever door: the remoting door re-registers its
         routes with the NameServer, so a topic a Kafka producer auto-created is
-        routable for RocketMQ clients at once."""
+        routable for RocketMQ clients at once. Door wiring: not checked."""
         self._topic_watchers.append(callback)
-
-    async def _save_topics(self) -> None:
-        for callback in self._topic_watchers:
-            callback()
-        data = self.meta.dump_topics()
-        async with self._meta_lock:
-            await trio.to_thread.run_sync(self.meta.save, "topics.json", data)
-
-    def _save_topics_sync(self) -> None:
-        self.meta.save("topics.json", self.meta.dump_topics())
 
     # ================================================================ groups
 
-    def group(self, name: str) -> GroupConfig:
+    def group(self, name: str, *, principal: Principal = ANONYMOUS) -> GroupConfig:
+        """The group's configuration. Checks DESCRIBE on it. Raises PermissionDenied,
+        InvalidGroupName, GroupNotFound."""
+        self._authorize(principal, GROUP, name, DESCRIBE)
+        return self._group(name)
+
+    def _group(self, name: str) -> GroupConfig:
         validate_group_name(name)
         g = self.meta.groups.get(name)
         if g is None:
             raise GroupNotFound(f"consumer group {name} does not exist")
         return g
 
-    def groups(self) -> list[GroupConfig]:
-        return sorted(self.meta.groups.values(), key=lambda g: g.name)
+    def find_group(self, name: str, *, principal: Principal = ANONYMOUS) -> GroupConfig | None:
+        """The group's configuration, or None when it was never created (a group known
+        only by its committed offsets has none). Checks DESCRIBE on it."""
+        self._authorize(principal, GROUP, name, DESCRIBE)
+        return self.meta.groups.get(name)
 
-    async def create_group(self, name: str, *, exist_ok: bool = False, **settings: object
-                           ) -> GroupConfig:
+    def groups(self, *, principal: Principal = ANONYMOUS) -> list[GroupConfig]:
+        """Every created group the principal may DESCRIBE, by name."""
+        return [g for g in sorted(self.meta.groups.values(), key=lambda g: g.name)
+                if self._permits(principal, GROUP, g.name, DESCRIBE)]
+
+    def known_groups(self, *, principal: Principal = ANONYMOUS) -> list[str]:
+        """The names of every group the broker knows and the principal may DESCRIBE:
+        created ones and those known only by their committed offsets (a Kafka group
+        commits without being created), sorted."""
+        names = set(self.meta.groups) | set(self.meta.offsets)
+        return [g for g in sorted(names) if self._permits(principal, GROUP, g, DESCRIBE)]
+
+    def consuming_groups(self, topic: str, *, principal: Principal = ANONYMOUS) -> list[str]:
+        """The groups that committed an offset on ``topic`` (RocketMQ's "consumed by
+        who"), sorted. Checks DESCRIBE on the topic; lists the groups the principal
+        may DESCRIBE."""
+        self._authorize(principal, TOPIC, topic, DESCRIBE)
+        return sorted(g for g, topics in self.meta.offsets.items()
+                      if topic in topics and self._permits(principal, GROUP, g, DESCRIBE))
+
+    async def create_group(self, name: str, *, exist_ok: bool = False,
+                           principal: Principal = ANONYMOUS, **settings: object) -> GroupConfig:
+        """Create a consumer group with ``settings`` (GroupConfig fields). Checks CREATE
+        on it. Raises PermissionDenied, InvalidGroupName, InvalidArgument (exists,
+        unless ``exist_ok``)."""
+        self._authorize(principal, GROUP, name, CREATE)
         validate_group_name(name)
         g = self.meta.groups.get(name)
         if g is not None:
             if exist_ok:
                 return g
             raise InvalidArgument(f"consumer group {name} exists")
-        g = self.meta.groups[name] = replace(GroupConfig(name, created_at=now_ms()), **settings)  # type: ignore[arg-type]
-        await self._save_groups()
-        return g
+        g = replace(GroupConfig(name, created_at=now_ms()), **settings)  # type: ignore[arg-type]
+        await self.state.put(NS_GROUP, name, g.to_json())
+        return self._group(name)  # GroupNotFound if deleted while this waited for its flush
 
-    async def update_group(self, name: str, **settings: object) -> GroupConfig:
-        g = self.meta.groups[name] = replace(self.group(name), **settings)  # type: ignore[arg-type]
-        await self._save_groups()
-        return g
+    async def update_group(self, name: str, *, principal: Principal = ANONYMOUS,
+                           **settings: object) -> GroupConfig:
+        """Change a group's settings. Checks ALTER on it. Raises GroupNotFound."""
+        self._authorize(principal, GROUP, name, ALTER)
+        g = replace(self._group(name), **settings)  # type: ignore[arg-type]
+        await self.state.put(NS_GROUP, name, g.to_json())
+        return self._group(name)  # GroupNotFound if deleted while this waited for its flush
 
-    async def delete_group(self, name: str) -> None:
+    async def delete_group(self, name: str, *, principal: Principal = ANONYMOUS) -> None:
         """Forget a group: its settings, pop state and committed offsets. A group known
         only by its offsets (a Kafka consumer group commits without being created)
-        counts as existing; GroupNotFound when neither is there."""
+        counts as existing; GroupNotFound when neither is there. Checks DELETE on it."""
+        self._authorize(principal, GROUP, name, DELETE)
         validate_group_name(name)
         if name not in self.meta.groups and name not in self.meta.offsets:
             raise GroupNotFound(f"consumer group {name} does not exist")
-        self.meta.groups.pop(name, None)
-        self.pop_service.forget_group(name)
-        if self.meta.offsets.pop(name, None) is not None:
-            self.meta.offsets_dirty = True
-        await self._save_groups()
-
-    async def _save_groups(self) -> None:
-        data = self.meta.dump_groups()
-        async with self._meta_lock:
-            await trio.to_thread.run_sync(self.meta.save, "groups.json", data)
+        changes: list[Change] = [(NS_OFFSET, k, None) for k in self.meta.offset_keys(group=name)]
+        changes += self.pop_service.forget_changes(group=name)
+        changes.append((NS_GROUP, name, None))
+        await self.state.put_many(changes)
 
     # ================================================================ stats
 
-    def topic_stats(self, name: str) -> TopicStats:
-        t = self.topic(name)
+    def topic_stats(self, name: str, *, principal: Principal = ANONYMOUS) -> TopicStats:
+        """Every queue's (min, max) offset as stored, and the messages and bytes put
+        since start. Checks DESCRIBE on the topic. Raises TopicNotFound."""
+        self._authorize(principal, TOPIC, name, DESCRIBE)
+        t = self._topic(name)
         c = self.counters.topics.get(name)
         queues = tuple((q, *self.store.queue_bounds(name, q)) for q in range(t.queues))
         return TopicStats(name, queues, c.messages_in if c else 0, c.bytes_in if c else 0)
 
-    def group_stats(self, group: str, topic: str | None = None) -> list[GroupTopicStats]:
-        """Per topic the group consumed: every queue's committed offset and lag."""
-        self.group(group)
+    def group_stats(self, group: str, topic: str | None = None, *,
+                    principal: Principal = ANONYMOUS) -> list[GroupTopicStats]:
+        """Per topic the group consumed: every queue's committed offset and lag. Checks
+        DESCRIBE on the group. Raises GroupNotFound."""
+        self._authorize(principal, GROUP, group, DESCRIBE)
+        self._group(group)
         topics = [topic] if topic else sorted(self.meta.offsets.get(group, {}))
         out = []
         for name in topics:
@@ -839,26 +853,73 @@ class Broker:
                                        c.bytes_out if c else 0))
         return out
 
+    def broker_stats(self, *, principal: Principal = ANONYMOUS) -> BrokerStats:
+        """The broker as a whole (RocketMQ's runtime info): start time, messages put
+        since, the CommitLog's end, topic and group counts. Checks DESCRIBE on the
+        cluster."""
+        self._authorize(principal, CLUSTER, "", DESCRIBE)
+        return BrokerStats(self.started_at,
+                           sum(c.messages_in for c in self.counters.topics.values()),
+                           self.store.dispatched_pos, len(self.meta.topics),
+                           len(self.meta.groups))
+
+    def health(self) -> Health:
+        """Whether the broker takes writes, and why not (shutting down, a failed
+        flush). Not checked: readiness probes ask it anonymously."""
+        if self._paths.closing:
+            return Health(False, "the broker is shutting down")
+        if self.store.failed is not None:
+            return Health(False, f"the store refuses writes: {self.store.failed}")
+        return Health(True, "")
+
+    # ---------------------------------------------------------------- a door's own state
+
+    def stored_queues(self, *, principal: Principal = ANONYMOUS) -> list[StoredQueue]:
+        """Every queue of a live topic that holds or held a message, with its (min, max)
+        offset as stored: flushed or not, the topic readable or not. For a door that
+        keeps state of its own alongside the queues (the Kafka door's producer ids).
+        Checks DESCRIBE on the cluster."""
+        self._authorize(principal, CLUSTER, "", DESCRIBE)
+        topics = self.meta.topics
+        return [StoredQueue(topic, qid, *self.store.queue_bounds(topic, qid))
+                for topic, qid in list(self.store.queues) if topic in topics]
+
+    def read_stored(self, topic: str, queue_id: int, offset: int, max_messages: int,
+                    max_bytes: int, *, principal: Principal = ANONYMOUS) -> GetResult:
+        """Records as stored, from ``offset`` on: no permission or flush visibility
+        applies, for a door rebuilding its own state from the queues at start-up
+        (``stored_queues``). Checks READ on the topic."""
+        self._authorize(principal, TOPIC, topic, READ)
+        return self.store.get(topic, queue_id, offset, max_messages, max_bytes)
+
     # ================================================================ lookups
 
-    def message_by_id(self, msg_id: str) -> ConsumedMessage | None:
+    def message_by_id(self, msg_id: str, *, principal: Principal = ANONYMOUS
+                      ) -> ConsumedMessage | None:
         """A message by its id: a client id (UNIQ_KEY) through the index, or an
-        offset message id decoded directly."""
-        for m in self.store.lookup_key(msg_id, limit=1):
-            return m
-        decoded = parse_offset_message_id(msg_id)
-        if decoded is not None:
-            phys, member = decoded
-            m = self.store.message_at(phys, member)
-            if m is not None and m.offset_msg_id == msg_id.upper():
-                return m
-        return None
+        offset message id decoded directly; None when there is none. Checks READ on
+        the topic it is found in."""
+        m = self._paths.message_by_id(msg_id)
+        if m is not None:
+            self._authorize(principal, TOPIC, m.topic, READ)
+        return m
 
-    def messages_by_key(self, topic: str, key: str, limit: int = 32) -> list[ConsumedMessage]:
-        self.topic(topic)
+    def messages_by_id(self, msg_id: str, limit: int = 16, *,
+                       principal: Principal = ANONYMOUS) -> list[ConsumedMessage]:
+        """Every stored message with the client id ``msg_id`` (a message, its retries,
+        its dead letter share it), up to ``limit``, those of topics the principal
+        may READ."""
+        return [m for m in self.store.lookup_key(msg_id, limit=limit)
+                if m.topic != STATE_TOPIC and self._permits(principal, TOPIC, m.topic, READ)]
+
+    def messages_by_key(self, topic: str, key: str, limit: int = 32, *,
+                        principal: Principal = ANONYMOUS) -> list[ConsumedMessage]:
+        """Messages of ``topic`` whose keys include ``key``. Checks READ on the topic."""
+        self._authorize(principal, TOPIC, topic, READ)
+        self._topic(topic)
         return self.store.lookup_key(key, topic, limit)
 
-    # ================================================================ issue 6: timers, transactions, retry
+    # ================================================================ timers, transactions, retry
     # Thin adapters over core/timers.py, core/transactions.py and core/retry.py:
     # the doors call these (docs/timers.md and docs/transactions.md say how).
 
@@ -866,129 +927,158 @@ class Broker:
         """Around recovery: the store learns how to re-derive the ConsumeQueue tag-hash
         fields the features use for their own purposes, and a system topic that
         recovery found in the CommitLog gets its permissions back."""
-        for name, perm in _SYSTEM_TOPICS.items():
+        for name, perm in self._paths.system_topics().items():
             t = self.meta.topics.get(name)
             if t is not None and (t.perm != perm or t.queues != 1):
-                self.meta.topics[name] = replace(t, queues=1, perm=perm)
+                self.state.stage([(NS_TOPIC, name, replace(t, queues=1, perm=perm).to_json())])
         self.timers.register_hooks()
         self.transactions.register_hooks()
         self.retry.register_hooks()
 
-    async def _system_topic(self, name: str) -> None:
-        """Create a feature's system topic on first use (hidden: perm 0, one queue)."""
-        if name not in self.meta.topics:
-            self.meta.topics[name] = TopicConfig(name, 1, _SYSTEM_TOPICS[name], "NORMAL",
-                                                 now_ms(), self.store.dispatched_pos)
-            await self._save_topics()
-
-    def _system_topic_sync(self, name: str) -> None:
-        """``_system_topic`` at start-up (the event loop is not serving yet)."""
-        if name not in self.meta.topics:
-            self.meta.topics[name] = TopicConfig(name, 1, _SYSTEM_TOPICS[name], "NORMAL",
-                                                 now_ms(), self.store.dispatched_pos)
-            self._save_topics_sync()
-
     def _refuse_system_topic(self, name: str) -> None:
-        if name in _SYSTEM_TOPICS:
+        if self._paths.is_system_topic(name):
             raise PermissionDenied(f"{name} is a system topic the broker manages")
 
-    @staticmethod
-    def _special(props: Mapping[str, str]) -> bool:
-        return props.get(PROPERTY_TRANSACTION_PREPARED) == "true" \
-            or TimerService.wants_timer(props)
-
     async def _put_special(self, m: Message) -> PutResult:
-        """``put`` of a message asking for a delivery time, or marked as a half."""
+        """The write path's diversion (``Paths.special_put``): a message asking for a
+        delivery time, or marked as a half."""
         if m.properties.get(PROPERTY_TRANSACTION_PREPARED) == "true":
             return await self.transactions.prepare_put(m)
         return await self.timers.put(m)
 
+    def _topic_check(self, principal: Principal, operation: Operation) -> Callable[[str], None]:
+        """A check of ``operation`` on the topic a service resolves an id to."""
+        def check(topic: str) -> None:
+            self._authorize(principal, TOPIC, topic, operation)
+        return check
+
     # ---------------------------------------------------------------- timers
 
-    async def cancel_timer(self, message_id: str) -> CancelResult:
+    async def cancel_timer(self, message_id: str, *,
+                           principal: Principal = ANONYMOUS) -> CancelResult:
         """Cancel a pending timer by the message id its put returned (its client id,
         or the offset id of the timer record). Durable under sync flush when this
-        returns. Raises TimerNotFound (unknown, delivered, or cancelled already)."""
-        return await self.timers.cancel(message_id)
+        returns. Checks WRITE on the timer's destination topic. Raises TimerNotFound
+        (unknown, delivered, or cancelled already), PermissionDenied."""
+        return await self.timers.cancel(message_id, self._topic_check(principal, WRITE))
 
-    def timer_stats(self) -> TimerStats:
+    def timer_stats(self, *, principal: Principal = ANONYMOUS) -> TimerStats:
+        """The timers' counts and delivery lateness. Checks DESCRIBE on the cluster."""
+        self._authorize(principal, CLUSTER, "", DESCRIBE)
         return self.timers.stats()
 
     # ---------------------------------------------------------------- transactions
 
-    async def prepare(self, message: Message, producer_group: str) -> HalfHandle:
+    async def prepare(self, message: Message, producer_group: str, *,
+                      principal: Principal = ANONYMOUS) -> HalfHandle:
         """Store a half message (invisible until committed); see core/transactions.py.
-        ``put`` of a message with ``TRAN_MSG=true`` and ``PGROUP`` does the same."""
+        ``put`` of a message with ``TRAN_MSG=true`` and ``PGROUP`` does the same.
+        Checks WRITE on the topic."""
+        self._authorize(principal, TOPIC, message.topic, WRITE)
         return await self.transactions.prepare(message, producer_group)
 
     async def end_transaction(self, half: HalfHandle | int | str,
                               action: TransactionAction | str, *,
                               producer_group: str | None = None,
                               transaction_id: str | None = None,
-                              from_check: bool = False) -> PutResult | None:
+                              from_check: bool = False,
+                              principal: Principal = ANONYMOUS) -> PutResult | None:
         """END_TRANSACTION: ``half`` is the handle, the half's CommitLog offset
         (RocketMQ's commitLogOffset) or its message/transaction id. COMMIT returns
         where the message landed, exactly once; ROLLBACK and UNKNOWN return None.
-        Raises TransactionNotFound, TransactionAlreadyEnded, InvalidArgument."""
+        Checks WRITE on the half's topic. Raises TransactionNotFound,
+        TransactionAlreadyEnded, InvalidArgument, PermissionDenied."""
         return await self.transactions.end_transaction(
             half, action, producer_group=producer_group, transaction_id=transaction_id,
-            from_check=from_check)
+            from_check=from_check, authorize=self._topic_check(principal, WRITE))
 
     def set_transaction_checker(self, checker: TransactionChecker | None) -> None:
         """Install the check-back hook: ``async (producer_group, HalfMessage) -> bool``,
-        True when the question reached a live producer of the group."""
+        True when the question reached a live producer of the group. Door wiring:
+        not checked."""
         self.transactions.checker = checker
 
-    def pending_transactions(self, limit: int = 100, group: str | None = None
-                             ) -> list[PendingTransaction]:
-        """Open halves, oldest first (only the producer group ``group``'s when given)."""
+    def pending_transactions(self, limit: int = 100, group: str | None = None, *,
+                             principal: Principal = ANONYMOUS) -> list[PendingTransaction]:
+        """Open halves, oldest first (only the producer group ``group``'s when given).
+        Checks DESCRIBE on the producer group's transactions (on the cluster for all)."""
+        if group is None:
+            self._authorize(principal, CLUSTER, "", DESCRIBE)
+        else:
+            self._authorize(principal, TRANSACTIONAL_ID, group, DESCRIBE)
         return self.transactions.list_pending(limit, group)
 
-    def transaction_stats(self) -> TransactionStats:
+    def transaction_stats(self, *, principal: Principal = ANONYMOUS) -> TransactionStats:
+        """Open halves, outcomes and check-backs since start. Checks DESCRIBE on the
+        cluster."""
+        self._authorize(principal, CLUSTER, "", DESCRIBE)
         return self.transactions.stats()
 
-    def discarded_transactions(self, offset: int = 0, limit: int = 100) -> list[ConsumedMessage]:
+    def discarded_transactions(self, offset: int = 0, limit: int = 100, *,
+                               principal: Principal = ANONYMOUS) -> list[ConsumedMessage]:
         """Halves discarded after the last check-back, oldest first (in
-        RMQ_SYS_TRANS_CHECK_MAX_TIME_TOPIC)."""
+        RMQ_SYS_TRANS_CHECK_MAX_TIME_TOPIC). Checks DESCRIBE on the cluster."""
+        self._authorize(principal, CLUSTER, "", DESCRIBE)
         result = self.store.get(CHECK_MAX_TOPIC, 0, offset, limit, 8 << 20)
         return list(result.messages(offset))[:limit]
 
     # ---------------------------------------------------------------- retry and dead letters
 
     async def send_back(self, group: str, message: ConsumedMessage | str | int,
-                        delay_level: int = 0, *, max_reconsume_times: int | None = None
-                        ) -> SendBackResult:
+                        delay_level: int = 0, *, max_reconsume_times: int | None = None,
+                        principal: Principal = ANONYMOUS) -> SendBackResult:
         """CONSUMER_SEND_MSG_BACK: to %RETRY%<group> after a growing delay, or past the
-        maximum reconsume count to %DLQ%<group>; see core/retry.py."""
+        maximum reconsume count to %DLQ%<group>; see core/retry.py. Checks READ on
+        the group."""
+        self._authorize(principal, GROUP, group, READ)
         return await self.retry.send_back(group, message, delay_level,
                                           max_reconsume_times=max_reconsume_times)
 
-    def dead_letters(self, group: str, offset: int = 0, limit: int = 100) -> list[DeadLetter]:
+    def dead_letters(self, group: str, offset: int = 0, limit: int = 100, *,
+                     principal: Principal = ANONYMOUS) -> list[DeadLetter]:
+        """Dead letters of ``group`` from DLQ offset ``offset`` on. Checks READ on the
+        group."""
+        self._authorize(principal, GROUP, group, READ)
         return self.retry.dead_letters(group, offset, limit)
 
-    def dead_letter(self, group: str, ref: str | int) -> DeadLetter:
+    def dead_letter(self, group: str, ref: str | int, *,
+                    principal: Principal = ANONYMOUS) -> DeadLetter:
+        """One dead letter by its message id or DLQ offset. Checks READ on the group.
+        Raises MessageNotFound."""
+        self._authorize(principal, GROUP, group, READ)
         return self.retry.dead_letter(group, ref)
 
     async def resend_dead_letters(self, group: str, refs: Iterable[str | int] | None = None, *,
-                                  force: bool = False) -> list[ResendResult]:
+                                  force: bool = False,
+                                  principal: Principal = ANONYMOUS) -> list[ResendResult]:
         """Put dead letters back into their original topic (all not yet resent when
-        ``refs`` is None); a letter resent before needs ``force``."""
-        return await self.retry.resend(group, refs, force=force)
+        ``refs`` is None); a letter resent before needs ``force``. Checks READ on the
+        group and WRITE on every original topic before resending any."""
+        self._authorize(principal, GROUP, group, READ)
+        return await self.retry.resend(group, refs, force=force,
+                                       authorize=self._topic_check(principal, WRITE))
 
     # ================================================================ retention
 
     def run_retention(self) -> list[int]:
         """One retention pass (the background task calls it every
         retention_check_interval_s)."""
-        if self._threaded_reads:
+        if self._paths.threaded_reads:
             return []  # a worker thread is reading the ConsumeQueues: next pass
+        # Never delete state records no snapshot holds; ask for one when they sit in a
+        # segment retention may want (not the active one), so the next pass can.
+        keep = self.state.retention_floor()
+        segments = self.store.commitlog.segments
+        if keep is not None and segments and keep < segments[-1].base:
+            self.state.request_snapshot()
         deleted = self.store.retain(now_ms(), int(self.config.retention_hours * 3600_000),
-                                    self.config.max_disk_ratio)
+                                    self.config.max_disk_ratio, protect_from=keep)
         if deleted:
             floor = self.store.commitlog.min_offset
-            for name, at in list(self.meta.tombstones.items()):
-                if at <= floor:
-                    del self.meta.tombstones[name]
+            gone: list[Change] = [(NS_TOMBSTONE, name, None)
+                                  for name, at in self.meta.tombstones.items() if at <= floor]
+            if gone:
+                self.state.append(gone)  # no record of those topics is left to rule out
         return deleted
 
 

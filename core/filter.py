@@ -18,12 +18,12 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Protocol
 
 from .errors import InvalidFilter
+from .message import ConsumedMessage, Filter
 
-if TYPE_CHECKING:
-    from .message import ConsumedMessage
+__all__ = ["TAG_HASH_MIXED", "TAG_HASH_NONE", "Filter", "SqlFilter", "TagFilter", "parse_filter",
+           "tag_hash"]
 
 TAG_HASH_NONE = 0  # a record without tags (Java "".hashCode() == 0)
 TAG_HASH_MIXED = 1 << 40  # a batch whose members carry different tags: read it to know
@@ -39,12 +39,6 @@ def tag_hash(tag: str | None) -> int:
     for i in range(0, len(data), 2):
         h = (31 * h + (data[i] << 8 | data[i + 1])) & 0xFFFFFFFF
     return h - (1 << 32) if h & 0x80000000 else h
-
-
-class Filter(Protocol):
-    def may_match_tag_hash(self, h: int) -> bool: ...
-
-    def matches(self, message: ConsumedMessage) -> bool: ...
 
 
 class TagFilter:

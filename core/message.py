@@ -16,12 +16,9 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple, Protocol
 
 from ..protocols import record as rec
-
-if TYPE_CHECKING:
-    from .filter import Filter
 
 # Property names (RocketMQ MessageConst), used the same way by every door.
 PROPERTY_KEYS = "KEYS"
@@ -185,6 +182,17 @@ class ConsumedMessage(NamedTuple):
     @property
     def msg_id(self) -> str:
         return self.properties.get(PROPERTY_UNIQ_KEY) or self.offset_msg_id
+
+
+class Filter(Protocol):
+    """What a get's filter answers (core/filter.py has the tag and SQL92 ones): whether
+    a ConsumeQueue entry's tag hash may match (False skips the record unread), and
+    whether a decoded message matches (the final word). Declared here, with the
+    values it is asked about, so that a StoredRecord can carry one."""
+
+    def may_match_tag_hash(self, h: int) -> bool: ...
+
+    def matches(self, message: ConsumedMessage) -> bool: ...
 
 
 BatchDecoder = Callable[["StoredRecord", rec.Record], Iterator[ConsumedMessage]]

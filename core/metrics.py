@@ -7,8 +7,8 @@ Every door feeds the same registry (``broker.metrics``); the HTTP door's
   ``histogram``), for what only the caller sees: requests and their latency
   per protocol, open connections;
 - collectors, called at scrape time, for what the broker already counts:
-  messages and bytes in per topic, out per group, lag, store and pop state.
-  Nothing is counted twice.
+  messages and bytes in per topic, out per group, lag, store and pop state
+  (``broker_collector``). Nothing is counted twice.
 
 Names follow the Prometheus conventions (``ferrymq_`` prefix, base units,
 ``_total`` on counters) and use the OpenTelemetry messaging vocabulary for
@@ -26,10 +26,12 @@ import math
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .broker import Broker
+from .metadata import Metadata
+from .pop import PopService
+from .stats import Counters
+from .store.filecache import FILE_KINDS, FileCache
+from .store.store import MessageStore
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -276,11 +278,14 @@ def _escape_help(v: str) -> str:
     return v.replace("\\", "\\\\").replace("\n", "\\n")
 
 
-def broker_collector(broker: Broker) -> Callable[[], Iterable[Family]]:
-    """The families the broker counts itself, read at scrape time."""
+def broker_collector(counters: Counters, meta: Metadata, store: MessageStore, data_dir: str,
+                     started_at: Callable[[], int], pop: PopService
+                     ) -> Callable[[], Iterable[Family]]:
+    """The families the broker counts itself, read at scrape time (the Broker installs
+    it with its own parts: this module knows no Broker)."""
 
     def collect() -> Iterable[Family]:
-        c = broker.counters
+        c = counters
         m_in = Family("ferrymq_messages_in_total", "counter",
                       "Messages stored, per topic, through every door.")
         b_in = Family("ferrymq_bytes_in_total", "counter",
@@ -297,26 +302,26 @@ def broker_collector(broker: Broker) -> Callable[[], Iterable[Family]]:
             b_out.add(gc.bytes_out, group=group, topic=topic)
         lag = Family("ferrymq_group_lag_messages", "gauge",
                      "Messages between a group's committed offset and the queue's end.")
-        for group, topics in sorted(broker.meta.offsets.items()):
-            for topic, queues in sorted(topics.items()):
-                if topic not in broker.meta.topics:
+        for group, topic_offsets in sorted(meta.offsets.items()):
+            for topic, queues in sorted(topic_offsets.items()):
+                if topic not in meta.topics:
                     continue
                 for qid, committed in sorted(queues.items()):
-                    _, hi = broker.store.queue_bounds(topic, qid)
+                    _, hi = store.queue_bounds(topic, qid)
                     lag.add(max(0, hi - committed), group=group, topic=topic, queue=qid)
         stored = Family("ferrymq_topic_messages", "gauge",
                         "Messages currently retained, per topic.")
-        for t in broker.topics():
-            stored.add(sum(hi - lo for lo, hi in (broker.store.queue_bounds(t.name, q)
+        for t in sorted(meta.topics.values(), key=lambda t: t.name):
+            stored.add(sum(hi - lo for lo, hi in (store.queue_bounds(t.name, q)
                                                   for q in range(t.queues))), topic=t.name)
-        cl = broker.store.commitlog
+        cl = store.commitlog
         disk = Family("ferrymq_store_commitlog_bytes", "gauge",
                       "Bytes of CommitLog retained on disk (write position minus minimum).")
         disk.add(max(0, cl.write_pos - cl.min_offset))
         fs = Family("ferrymq_store_disk_used_ratio", "gauge",
                     "Used fraction of the file system holding the store.")
         try:
-            st = os.statvfs(broker.config.data_dir)
+            st = os.statvfs(data_dir)
             total = st.f_blocks * st.f_frsize
             fs.add((total - st.f_bavail * st.f_frsize) / total if total else 0.0)
         except OSError:
@@ -325,29 +330,53 @@ def broker_collector(broker: Broker) -> Callable[[], Iterable[Family]]:
                           "fsync failures (the store refuses writes after one).")
         failures.add(c.flush_failures)
         topics = Family("ferrymq_topics", "gauge", "Topics.")
-        topics.add(len(broker.meta.topics))
+        topics.add(len(meta.topics))
         groups = Family("ferrymq_groups", "gauge", "Consumer groups.")
-        groups.add(len(broker.meta.groups))
+        groups.add(len(meta.groups))
         start = Family("ferrymq_start_time_seconds", "gauge",
                        "When the broker started, in seconds since the epoch.")
-        start.add(broker.started_at / 1000)
+        start.add(started_at() / 1000)
         out = [m_in, b_in, m_out, b_out, lag, stored, disk, fs, failures, topics, groups, start]
-        pop = getattr(broker, "pop_service", None)
-        if pop is not None:
-            inflight = Family("ferrymq_pop_inflight_messages", "gauge",
-                              "Messages popped and neither acked nor revived yet.")
-            inflight.add(pop.in_flight())
-            out.append(inflight)
-            for key, help in (("acks", "Pop receipts acked."),
-                              ("revived", "Pop leases that ran out and were redelivered."),
-                              ("dead_lettered", "Messages moved to %DLQ% after too many "
-                                                "deliveries."),
-                              ("stale_acks", "Acks refused with a stale receipt handle."),
-                              ("invalid_receipts", "Acks refused with a forged or malformed "
-                                                   "receipt handle.")):
-                f = Family(f"ferrymq_pop_{key}_total", "counter", help)
-                f.add(pop.stats[key])
-                out.append(f)
+        out.extend(store_file_families(store.files))
+        inflight = Family("ferrymq_pop_inflight_messages", "gauge",
+                          "Messages popped and neither acked nor revived yet.")
+        inflight.add(pop.in_flight())
+        out.append(inflight)
+        for key, help in (("acks", "Pop receipts acked."),
+                          ("revived", "Pop leases that ran out and were redelivered."),
+                          ("dead_lettered", "Messages moved to %DLQ% after too many "
+                                            "deliveries."),
+                          ("stale_acks", "Acks refused with a stale receipt handle."),
+                          ("invalid_receipts", "Acks refused with a forged or malformed "
+                                               "receipt handle.")):
+            f = Family(f"ferrymq_pop_{key}_total", "counter", help)
+            f.add(pop.stats[key])
+            out.append(f)
         return out
 
     return collect
+
+
+def store_file_families(files: FileCache) -> list[Family]:
+    """The store's file cache (core/store/filecache.py, docs/storage.md): files open per
+    kind against the budget, descriptors they hold, opens and evictions per kind."""
+    by_kind = files.open_by_kind()
+    open_files = Family("ferrymq_store_open_files", "gauge",
+                        "Store files held open (mapped), per kind: commitlog, consumequeue, "
+                        "index.")
+    opens = Family("ferrymq_store_file_opens_total", "counter",
+                   "Store files opened (mapped) by the file cache, per kind.")
+    evictions = Family("ferrymq_store_file_evictions_total", "counter",
+                       "Store files closed to stay within max_open_files, per kind.")
+    for kind in FILE_KINDS:
+        open_files.add(by_kind.get(kind, 0), kind=kind)
+        opens.add(files.opens[kind], kind=kind)
+        evictions.add(files.evictions[kind], kind=kind)
+    budget = Family("ferrymq_store_open_files_budget", "gauge",
+                    "max_open_files: the file cache's budget in slots (an open file takes one "
+                    "per descriptor it holds, at least one).")
+    budget.add(files.budget)
+    fds = Family("ferrymq_store_file_descriptors", "gauge",
+                 "Descriptors the store's open files hold.")
+    fds.add(files.descriptors())
+    return [open_files, opens, evictions, budget, fds]

@@ -17,11 +17,15 @@ one, and only the current lease of a message can be acked. Reviving, changing
 the invisible time, and acking all replace or drop the lease, so an old
 handle is refused (``ReceiptStale``) and can never ack a newer delivery.
 
-Durability: every state change is an operation appended to a journal (page
-cache at once, fsynced at each snapshot) and applied by the same ``_apply``
-code at start-up; a snapshot (msgpack, atomic rename) compacts the journal.
-So a SIGKILLed broker loses no pop, ack or lease; a power loss loses at most
-the last snapshot interval, which redelivers (never drops) messages.
+Durability: pop state is consumer state, kept in the broker's state log
+(core/statelog.py): every pop, ack, change of invisible time and dead letter
+is a record of the CommitLog — namespace ``pop``, (group, topic, queue) -> pop
+offset, and ``lease``, (group, topic, queue, offset) -> (lease number,
+deliveries, pop time, deadline) — applied by ``apply_pop``/``apply_lease``
+at put time and at recovery, compacted with the broker's state snapshots. So a
+SIGKILLed broker loses no pop, ack or lease, and a pop under sync flush returns
+its receipts once they are on disk; an ack lost to a power cut (within the
+flush interval) redelivers, never drops, a message.
 
 Memory is bounded: at most ``max_inflight_per_queue`` leases per queue (a full
 window pops nothing new from that queue until acks or the DLQ drain it), and
@@ -41,9 +45,9 @@ import secrets
 import struct
 import zlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgpack
 import trio
@@ -65,11 +69,10 @@ from .message import (
     Message,
     now_ms,
 )
-from .metadata import DLQ_PREFIX
-from .store.files import atomic_write, fsync_dir, read_file
-
-if TYPE_CHECKING:
-    from .broker import Broker
+from .metadata import DLQ_PREFIX, NS_OFFSET
+from .paths import Paths
+from .statelog import Change, StateLog
+from .store.files import atomic_write, read_file
 
 log = logging.getLogger("ferrymq.pop")
 
@@ -79,16 +82,18 @@ DEFAULT_INVISIBLE_MS = 30_000  # RocketMQ SimpleConsumer's default invisible dur
 MAX_POP_MESSAGES = 1024
 DEFAULT_MAX_INFLIGHT_PER_QUEUE = 10_000
 POP_MAX_BYTES = 4 << 20  # per pop call, as a pull's default
-REVIVE_IDLE_S = 1.0  # how soon journal bytes are fsynced (as the broker's offsets are saved)
 IDLE_MAX_S = 60.0  # the scanner's longest sleep with nothing to do
-SNAPSHOT_JOURNAL_BYTES = 8 << 20  # compact the journal once it grows past this
+# Lease numbers restart above wall-clock milliseconds x 1024 (see ``open``).
+_LEASE_CLOCK_SHIFT = 10
 
 RECEIPT_VERSION = 1
 _MAC_BYTES = 16  # HMAC-SHA256 truncated to 128 bits: forging needs 2**128 tries
 _RECEIPT_FIXED = struct.Struct(">iqqiq")  # queue id, offset, pop time ms, invisible ms, lease
-_FRAME = struct.Struct(">IIQ")  # journal frame: payload length, CRC-32 of payload, sequence
+_FRAME = struct.Struct(">IIQ")  # round 1's journal frame: payload length, CRC-32, sequence
+NS_POP, NS_LEASE = "pop", "lease"  # the state-log namespaces of pop state
 
 Key = tuple[str, str, int]  # (group, topic, queue id)
+ReceiptCheck = Callable[[str, str], None]  # (group, topic) a receipt names: raises to refuse
 
 LEASED, READY, DEAD = 0, 1, 2  # a lease's states: out with a consumer, revived, bound for the DLQ
 
@@ -214,35 +219,31 @@ class ReceiptCodec:
 
 
 class PopService:
-    """Pop state and its journal; the Broker's pop methods delegate here. Runs on
-    the broker's event-loop thread except ``open`` and ``close`` (worker thread or
-    start-up/shutdown, when nothing else touches it)."""
+    """Pop state; the Broker's pop methods delegate here. Runs on the broker's
+    event-loop thread; its state changes go through the broker's state log."""
 
-    def __init__(self, broker: Broker, directory: str, *,
-                 max_inflight_per_queue: int = DEFAULT_MAX_INFLIGHT_PER_QUEUE,
-                 snapshot_journal_bytes: int = SNAPSHOT_JOURNAL_BYTES) -> None:
-        self.broker = broker
-        self.directory = directory
+    def __init__(self, paths: Paths, state: StateLog, directory: str, *,
+                 max_inflight_per_queue: int = DEFAULT_MAX_INFLIGHT_PER_QUEUE) -> None:
+        self.paths = paths
+        self.state = state
+        self.directory = directory  # the receipt secret; round 1's journal and snapshot
         self.max_inflight_per_queue = max_inflight_per_queue
-        self.snapshot_journal_bytes = snapshot_journal_bytes
         self.queues: dict[Key, QueueState] = {}
         self.codec = ReceiptCodec(b"")
         self._heap: list[tuple[int, int, Key, int]] = []  # (until, lease, key, offset)
         self._live = 0  # leases in state LEASED: the heap's useful entries
         self._next_lease = 1
-        self._seq = 0  # last journal sequence number written or replayed
-        self._journal_fd = -1
-        self._journal_bytes = 0
-        self._synced_bytes = 0
+        self._opened = False  # recovery applies state without building the heap
         self._dead: deque[tuple[Key, int]] = deque()  # leases bound for the DLQ
         self._rotor: dict[tuple[str, str], itertools.count[int]] = {}
         self._waiters: dict[tuple[str, str], set[trio.Event]] = {}
         self._scanner_wakeup: trio.Event | None = None
         self._scanner_target = 0
-        self._scanner_idle = False  # asleep for IDLE_MAX_S: wake it when the journal grows
         self._anchor: tuple[int, float] | None = None
         self.stats = {"pops": 0, "popped": 0, "acks": 0, "revived": 0, "dead_lettered": 0,
                       "stale_acks": 0, "invalid_receipts": 0}
+        state.register(NS_POP, _PopTable(self))
+        state.register(NS_LEASE, _LeaseTable(self))
 
     # ================================================================ clock
 
@@ -258,7 +259,8 @@ class PopService:
     # ================================================================ persistence
 
     def open(self) -> None:
-        """Load the secret, the snapshot and the journal (start-up, worker thread)."""
+        """Start-up, after the state log's recovery applied the pop state: load the
+        receipt secret, order every queue's leases, build the expiry heap."""
         os.makedirs(self.directory, exist_ok=True)
         secret_path = os.path.join(self.directory, "secret")
         secret = read_file(secret_path)
@@ -266,181 +268,160 @@ class PopService:
             secret = secrets.token_bytes(32)
             atomic_write(secret_path, secret)
         self.codec = ReceiptCodec(secret)
-        raw = read_file(os.path.join(self.directory, "snapshot"))
-        if raw:
-            doc = msgpack.unpackb(raw, strict_map_key=False)
-            self._seq = doc["seq"]
-            self._next_lease = doc["next_lease"]
-            for g, t, q, pop_offset, leases in doc["queues"]:
-                qs = self.queues[(g, t, q)] = QueueState(pop_offset)
-                for offset, lease, deliveries, pop_time, until in leases:
-                    qs.leases[offset] = Lease(lease, deliveries, pop_time, until)
-        replayed = 0
-        for path in self._journal_files():
-            replayed += self._replay(path)
         self._live = 0
+        self._heap = []
         for key, qs in self.queues.items():
             qs.leases = dict(sorted(qs.leases.items()))
             for offset, lease in qs.leases.items():
-                heapq.heappush(self._heap, (lease.until, lease.lease, key, offset))
+                self._heap.append((lease.until, lease.lease, key, offset))
                 self._live += 1
-        self._open_journal()
-        if replayed:
-            log.info("pop state recovered", extra={"journal_ops": replayed,
-                                                   "queues": len(self.queues)})
+        heapq.heapify(self._heap)
+        # A power cut can take back the last flush interval of pop records after their
+        # receipts went out; lease numbers restarting from the log's maximum could then
+        # issue a number an outstanding receipt already carries, and that stale
+        # receipt would ack the new delivery. Restart above the wall clock instead:
+        # a running broker issues fewer than 1,024 leases per millisecond.
+        self._next_lease = max(self._next_lease, now_ms() << _LEASE_CLOCK_SHIFT)
+        self._opened = True
 
-    def _journal_files(self) -> list[str]:
-        names = sorted(n for n in os.listdir(self.directory) if n.startswith("journal-"))
-        return [os.path.join(self.directory, n) for n in names]
+    def _record(self, changes: list[Change]) -> None:
+        """Append pop state changes to the state log, which applies them here."""
+        self.state.append(changes)
 
-    def _replay(self, path: str) -> int:
-        with open(path, "rb") as f:
-            data = f.read()
-        pos = n = 0
-        while pos + _FRAME.size <= len(data):
-            length, crc, seq = _FRAME.unpack_from(data, pos)
-            payload = data[pos + _FRAME.size:pos + _FRAME.size + length]
-            if len(payload) != length or zlib.crc32(payload) != crc:
-                log.warning("pop journal %s ends in a torn write at byte %d", path, pos)
+    def _progress(self, key: Key, qs: QueueState, pop_offset: int,
+                  removed: Iterable[int] = (), added: Iterable[int] = ()) -> list[Change]:
+        """The committed-offset change that goes with a pop state change, if any: a
+        group's committed offset is its pop progress (the first offset still leased,
+        else the pop offset), so a pull consumer of the group resumes there."""
+        gone = set(removed)
+        progress = min(pop_offset, *added) if added else pop_offset  # a list, when given
+        for offset in qs.leases:
+            if offset not in gone:
+                progress = min(progress, offset)
                 break
-            pos += _FRAME.size + length
-            if seq <= self._seq:
-                continue  # already in the snapshot
-            self._seq = seq
-            self._apply(msgpack.unpackb(payload), replay=True)
-            n += 1
-        return n
+        group, topic, qid = key
+        paths = self.paths
+        if paths.committed(group, topic, qid) != progress \
+                and paths.topic_config(topic) is not None:
+            return [(NS_OFFSET, key, progress)]
+        return []
 
-    def _open_journal(self) -> None:
-        path = os.path.join(self.directory, f"journal-{self._seq + 1:020d}")
-        self._journal_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        self._journal_bytes = self._synced_bytes = os.fstat(self._journal_fd).st_size
-        fsync_dir(self.directory)
-
-    def _log(self, op: list[Any]) -> None:
-        """Make ``op`` durable against a process crash (page cache), then apply it."""
-        payload = msgpack.packb(op)
-        self._seq += 1
-        frame = _FRAME.pack(len(payload), zlib.crc32(payload), self._seq) + payload
-        os.write(self._journal_fd, frame)
-        self._journal_bytes += len(frame)
-        if self._scanner_idle and self._scanner_wakeup is not None:
-            self._scanner_wakeup.set()  # new journal bytes: fsync within REVIVE_IDLE_S
-        self._apply(op, replay=False)
-
-    def _snapshot_bytes(self) -> bytes:
-        queues = []
-        for (g, t, q), qs in self.queues.items():
-            queues.append([g, t, q, qs.pop_offset,
-                           [[o, x.lease, x.deliveries, x.pop_time, x.until]
-                            for o, x in qs.leases.items()]])
-        return msgpack.packb({"version": 1, "seq": self._seq, "next_lease": self._next_lease,
-                              "queues": queues})
-
-    def rotate(self) -> tuple[bytes, int, int] | None:
-        """Loop thread: start a new journal and take a snapshot consistent with it.
-        Returns what ``write_snapshot`` needs, or None when the journal is empty."""
-        if self._journal_bytes == 0:
-            return None
-        old_fd = self._journal_fd
-        data = self._snapshot_bytes()
-        self._open_journal()
-        return data, self._seq, old_fd
-
-    def write_snapshot(self, job: tuple[bytes, int, int]) -> None:
-        """Worker thread: write the snapshot, then drop the journals it covers."""
-        data, seq, old_fd = job
-        try:
-            os.fsync(old_fd)
-        finally:
-            os.close(old_fd)
-        atomic_write(os.path.join(self.directory, "snapshot"), data)
-        for path in self._journal_files():
-            first = int(os.path.basename(path)[len("journal-"):])
-            if first <= seq:
-                os.unlink(path)
-
-    async def maybe_snapshot(self, force: bool = False) -> None:
-        if force or self._journal_bytes >= self.snapshot_journal_bytes:
-            job = self.rotate()
-            if job is not None:
-                await trio.to_thread.run_sync(self.write_snapshot, job)
-        elif self._journal_fd >= 0 and self._journal_bytes > self._synced_bytes:
-            size = self._journal_bytes
-            await trio.to_thread.run_sync(os.fsync, self._journal_fd)
-            self._synced_bytes = max(self._synced_bytes, size)
-
-    def close(self) -> None:
-        """Shutdown: a final snapshot so the next start replays nothing."""
-        if self._journal_fd < 0:
-            return
-        job = self.rotate()
-        if job is not None:
-            self.write_snapshot(job)
-        os.fsync(self._journal_fd)
-        os.close(self._journal_fd)
-        self._journal_fd = -1
+    def forget_changes(self, *, topic: str | None = None, group: str | None = None
+                       ) -> list[Change]:
+        """The changes that drop the pop state of a deleted topic or group."""
+        return [(NS_POP, k, None) for k in self.queues
+                if (topic is None or k[1] == topic) and (group is None or k[0] == group)]
 
     # ================================================================ the state machine
 
-    def _apply(self, op: list[Any], *, replay: bool) -> None:
-        """Every state change, live or replayed from the journal, goes through here.
+    def apply_pop(self, key: Key, pop_offset: int | None) -> None:
+        """``pop`` namespace: (group, topic, queue) -> pop offset; deleting the key
+        forgets the queue's state, leases included."""
+        if pop_offset is None:
+            qs = self.queues.pop(key, None)
+            if qs is not None:
+                self._live -= sum(1 for x in qs.leases.values() if x.state == LEASED)
+            return
+        qs = self.queues.get(key)
+        if qs is None:
+            self.queues[key] = QueueState(pop_offset)
+        else:
+            qs.pop_offset = pop_offset
 
-        ``["P", g, t, q, pop_offset, pop_time, until, [[offset, lease, deliveries]...]]``
-        leases messages (new ones and redeliveries) and moves the pop offset;
-        ``["A", g, t, q, [offset...]]`` acks; ``["C", g, t, q, offset, lease,
-        pop_time, until]`` changes a lease's invisible time; ``["D", g, t, q,
-        [offset...]]`` drops leases moved to the DLQ (or whose message is gone);
-        ``["X", g, t]`` forgets a group's state on a topic (the topic was deleted)."""
+    def apply_lease(self, lkey: tuple[str, str, int, int],
+                     value: tuple[int, int, int, int] | None) -> None:
+        """``lease`` namespace: (group, topic, queue, offset) -> (lease number,
+        deliveries, pop time, deadline). Setting it leases the message (a new pop,
+        a redelivery, a new invisible time); deleting it is an ack, or a message
+        gone to the DLQ. Live, a new lease enters the expiry heap; at recovery
+        ``open`` builds the heap once."""
+        group, topic, qid, offset = lkey
+        key = (group, topic, qid)
+        qs = self.queues.get(key)
+        if value is None:
+            old = qs.leases.pop(offset, None) if qs is not None else None
+            if old is not None and old.state == LEASED:
+                self._live -= 1
+            return
+        if qs is None:
+            qs = self.queues[key] = QueueState(0)
+        lease_no, deliveries, pop_time, until = value
+        old = qs.leases.get(offset)
+        if old is None:
+            qs.leases[offset] = Lease(lease_no, deliveries, pop_time, until)
+            self._live += 1
+        else:
+            if old.state != LEASED:
+                self._live += 1
+            old.lease, old.deliveries, old.pop_time, old.until, old.state = \
+                lease_no, deliveries, pop_time, until, LEASED
+        if lease_no >= self._next_lease:
+            self._next_lease = lease_no + 1
+        if self._opened:
+            self._push(until, lease_no, key, offset)
+
+    # ================================================================ round 1's files
+
+    def legacy_paths(self) -> list[str]:
+        """Round 1's pop snapshot and journals, if this data directory has them."""
+        if not os.path.isdir(self.directory):
+            return []
+        names = sorted(n for n in os.listdir(self.directory)
+                       if n == "snapshot" or (n.startswith("journal-") and "." not in n))
+        return [os.path.join(self.directory, n) for n in names]
+
+    def load_legacy(self) -> None:
+        """Read round 1's snapshot and journals into the tables (the broker imports
+        them into the state log): the journal's operations translated into the
+        state log's changes and applied, as round 1's replay did."""
+        raw = read_file(os.path.join(self.directory, "snapshot"))
+        seq = 0
+        if raw:
+            doc = msgpack.unpackb(raw, strict_map_key=False)
+            seq = doc["seq"]
+            self._next_lease = max(self._next_lease, doc["next_lease"])
+            for g, t, q, pop_offset, leases in doc["queues"]:
+                self.apply_pop((g, t, q), pop_offset)
+                for offset, lease, deliveries, pop_time, until in leases:
+                    self.apply_lease((g, t, q, offset), (lease, deliveries, pop_time, until))
+        for path in self.legacy_paths():
+            if not os.path.basename(path).startswith("journal-"):
+                continue
+            with open(path, "rb") as f:
+                data = f.read()
+            pos = 0
+            while pos + _FRAME.size <= len(data):
+                length, crc, frame_seq = _FRAME.unpack_from(data, pos)
+                payload = data[pos + _FRAME.size:pos + _FRAME.size + length]
+                if len(payload) != length or zlib.crc32(payload) != crc:
+                    break  # a torn write ends the journal
+                pos += _FRAME.size + length
+                if frame_seq > seq:
+                    seq = frame_seq
+                    self._apply_legacy_op(msgpack.unpackb(payload))
+
+    def _apply_legacy_op(self, op: list[Any]) -> None:
         kind = op[0]
         if kind == "X":
             for key in [k for k in self.queues if k[0] == op[1] and k[1] == op[2]]:
-                qs = self.queues.pop(key)
-                self._live -= sum(1 for x in qs.leases.values() if x.state == LEASED)
+                self.apply_pop(key, None)
             return
-        key: Key = (op[1], op[2], op[3])
-        qs = self.queues.get(key)
-        if qs is None:
-            qs = self.queues[key] = QueueState(op[4] if kind == "P" else 0)
+        key = (op[1], op[2], op[3])
         if kind == "P":
-            _, _, _, _, pop_offset, pop_time, until, items = op
-            qs.pop_offset = max(qs.pop_offset, pop_offset)
+            _, g, t, q, pop_offset, pop_time, until, items = op
+            qs = self.queues.get(key)
+            self.apply_pop(key, max(pop_offset, qs.pop_offset if qs else 0))
             for offset, lease_no, deliveries in items:
-                old = qs.leases.get(offset)
-                if old is not None and old.state == LEASED:
-                    self._live -= 1
-                qs.leases[offset] = Lease(lease_no, deliveries, pop_time, until)
-                self._live += 1
-                self._next_lease = max(self._next_lease, lease_no + 1)
-                if not replay:
-                    self._push(until, lease_no, key, offset)
-            # (After a replay ``open`` sorts every queue's leases by offset once.)
+                self.apply_lease((g, t, q, offset), (lease_no, deliveries, pop_time, until))
         elif kind in ("A", "D"):
             for offset in op[4]:
-                old = qs.leases.pop(offset, None)
-                if old is not None and old.state == LEASED:
-                    self._live -= 1
+                self.apply_lease((*key, offset), None)
         elif kind == "C":
-            _, _, _, _, offset, lease_no, pop_time, until = op
-            old = qs.leases.get(offset)
+            _, g, t, q, offset, lease_no, pop_time, until = op
+            qs = self.queues.get(key)
+            old = qs.leases.get(offset) if qs else None
             if old is not None:
-                if old.state != LEASED:
-                    self._live += 1
-                old.lease, old.pop_time, old.until, old.state = lease_no, pop_time, until, LEASED
-                self._next_lease = max(self._next_lease, lease_no + 1)
-                if not replay:
-                    self._push(until, lease_no, key, offset)
-        else:
-            raise ValueError(f"unknown pop journal operation {kind!r}")
-        if not replay:
-            self._commit_progress(key, qs)
-
-    def _commit_progress(self, key: Key, qs: QueueState) -> None:
-        group, topic, qid = key
-        progress = qs.progress
-        meta = self.broker.meta
-        if meta.committed(group, topic, qid) != progress and topic in meta.topics:
-            meta.commit(group, topic, qid, progress)
+                self.apply_lease((g, t, q, offset), (lease_no, old.deliveries, pop_time, until))
 
     def _push(self, until: int, lease_no: int, key: Key, offset: int) -> None:
         heapq.heappush(self._heap, (until, lease_no, key, offset))
@@ -474,7 +455,7 @@ class PopService:
             _, _, key, offset = entry
             self._live -= 1
             n += 1
-            g = self.broker.meta.groups.get(key[0])
+            g = self.paths.group_config(key[0])
             max_reconsume = g.max_reconsume_times if g is not None else 16
             if lease.deliveries > max_reconsume:
                 lease.state = DEAD
@@ -495,31 +476,21 @@ class PopService:
     # ================================================================ background
 
     async def run(self) -> None:
-        """The revive scanner: sleeps until the earliest lease falls due (or a second),
-        revives, and drains the DLQ backlog; snapshots the journal when it grows."""
-        last_snapshot = trio.current_time()
+        """The revive scanner: sleeps until the earliest lease falls due (at most
+        IDLE_MAX_S), revives, and drains the DLQ backlog."""
+        idle_ms = int(IDLE_MAX_S * 1000)
         while True:
             now = self.now()
             self.revive_due(now)
             if self._dead:
                 await self._drain_dead()
-            # Sleep until the earliest lease falls due (a new earlier one wakes us);
-            # at most a second while the journal holds bytes not yet fsynced.
-            idle = REVIVE_IDLE_S if self._journal_bytes > self._synced_bytes else IDLE_MAX_S
-            target = min(self._heap[0][0] if self._heap else now + int(idle * 1000),
-                         now + int(idle * 1000))
+            # Sleep until the earliest lease falls due (a new earlier one wakes us).
+            target = min(self._heap[0][0] if self._heap else now + idle_ms, now + idle_ms)
             self._scanner_target = target
-            self._scanner_idle = idle == IDLE_MAX_S
             self._scanner_wakeup = trio.Event()
             with trio.move_on_after(max(0, target - now) / 1000):
                 await self._scanner_wakeup.wait()
             self._scanner_wakeup = None
-            if trio.current_time() - last_snapshot >= REVIVE_IDLE_S:
-                last_snapshot = trio.current_time()
-                try:
-                    await self.maybe_snapshot()
-                except OSError as exc:
-                    log.error("pop snapshot failed", exc_info=exc)
 
     async def _drain_dead(self) -> None:
         while self._dead:
@@ -541,18 +512,19 @@ class PopService:
                 self.stats["dead_lettered"] += 1
             else:
                 log.warning("dead letter %s:%d@%d is gone from the store", topic, qid, offset)
-            if key in self.queues and offset in self.queues[key].leases:
-                self._log(["D", group, topic, qid, [offset]])
+            qs = self.queues.get(key)
+            if qs is not None and offset in qs.leases:
+                self._record([(NS_LEASE, (group, topic, qid, offset), None),
+                              *self._progress(key, qs, qs.pop_offset, removed=(offset,))])
 
     async def _put_dead_letter(self, group: str, m: ConsumedMessage, deliveries: int) -> None:
         dlq = DLQ_PREFIX + group
-        if dlq not in self.broker.meta.topics:
-            await self.broker.create_topic(dlq, 1, exist_ok=True)
+        await self.paths.ensure_topic(dlq, 1)
         props = dict(m.properties)
         props.setdefault(PROPERTY_DLQ_ORIGIN_TOPIC, m.topic)
         props.setdefault(PROPERTY_DLQ_ORIGIN_MESSAGE_ID, m.msg_id)
         props[PROPERTY_MAX_RECONSUME_TIMES] = str(deliveries - 1)
-        await self.broker.put(Message(dlq, m.body, props, 0, m.flag, m.born_timestamp,
+        await self.paths.put(Message(dlq, m.body, props, 0, m.flag, m.born_timestamp,
                                       m.born_host, deliveries))
 
     # ================================================================ reading
@@ -560,7 +532,7 @@ class PopService:
     def _read(self, topic: str, qid: int, offset: int) -> ConsumedMessage | None:
         """The message at one offset (a member of a batch record included), or None."""
         try:
-            r = self.broker.get(None, topic, qid, offset, 1, 1)
+            r = self.paths.get(None, topic, qid, offset, 1, 1)
         except FerryError:
             return None
         for m in r.messages(offset):
@@ -568,7 +540,7 @@ class PopService:
         return None
 
     def _queue_ids(self, topic: str, queue_id: int) -> list[int]:
-        t = self.broker._readable_topic(topic)
+        t = self.paths.readable_topic(topic)
         if queue_id >= 0:
             if queue_id >= t.queues:
                 raise QueueNotFound(f"topic {topic} has {t.queues} queues; no queue {queue_id}")
@@ -581,8 +553,8 @@ class PopService:
         qs = self.queues.get(key)
         if qs is not None:
             return qs, False
-        lo, hi = self.broker.queue_bounds(topic, qid)
-        committed = self.broker.committed_offset(group, topic, qid)
+        lo, hi = self.paths.queue_bounds(topic, qid)
+        committed = self.paths.committed(group, topic, qid)
         start = committed if committed is not None else (hi if init == "latest" else lo)
         qs = self.queues[key] = QueueState(start)
         return qs, True
@@ -616,8 +588,12 @@ class PopService:
                                         max_messages - len(out) - len(items), filter,
                                         items, msgs)
             if not items and pop_offset == qs.pop_offset and not created:
-                continue  # nothing changed (a new state is journaled: "latest" is a time)
-            self._log(["P", group, topic, qid, pop_offset, now, until, items])
+                continue  # nothing changed (a new state is recorded: "latest" is a time)
+            key = (group, topic, qid)
+            self._record([(NS_POP, key, pop_offset),
+                          *[(NS_LEASE, (group, topic, qid, offset), (lease_no, deliveries, now, until))
+                            for offset, lease_no, deliveries in items],
+                          *self._progress(key, qs, pop_offset, added=[i[0] for i in items])])
             for (offset, lease_no, deliveries), m in zip(items, msgs, strict=True):
                 if m.reconsume_times != deliveries - 1:
                     m = m._replace(reconsume_times=deliveries - 1)
@@ -654,10 +630,10 @@ class PopService:
         """Lease up to ``room`` new messages from the pop offset; returns the new pop offset."""
         room = min(room, self.max_inflight_per_queue - len(qs.leases))
         # Retention may have removed what was never popped: start at the queue's minimum.
-        pop_offset = max(qs.pop_offset, self.broker.store.queue_bounds(topic, qid)[0])
+        pop_offset = max(qs.pop_offset, self.paths.stored_bounds(topic, qid)[0])
         if room <= 0:
             return pop_offset
-        r = self.broker.get(group, topic, qid, pop_offset, room, POP_MAX_BYTES, filter)
+        r = self.paths.get(group, topic, qid, pop_offset, room, POP_MAX_BYTES, filter)
         new_offset = r.next_offset
         for taken, m in enumerate(r.messages(pop_offset)):
             if taken == room:
@@ -684,35 +660,39 @@ class PopService:
             raise InvalidArgument("wait must not be negative")
         if init not in ("earliest", "latest"):
             raise InvalidArgument("init must be 'earliest' or 'latest'")
-        self.broker._group_for_commit(group)
+        self.paths.consumer_group(group)
         deadline = trio.current_time() + wait_ms / 1000
         while True:
             got = self.pop_now(group, topic, max_messages, invisible_ms, filter, queue_id, init)
-            if got or trio.current_time() >= deadline:
+            if got:
+                # Under sync flush the leases are on disk before a receipt goes out.
+                await self.paths.wait_durable()
+                return got
+            if trio.current_time() >= deadline:
                 return got
             ev = trio.Event()
-            broker_waiters = self.broker._waiters.setdefault(topic, set())
-            broker_waiters.add(ev)
+            self.paths.watch((topic,), ev)  # a put to the topic
             mine = self._waiters.setdefault((group, topic), set())
-            mine.add(ev)
+            mine.add(ev)  # a revive of one of the group's leases
             try:
                 with trio.move_on_at(deadline):
                     await ev.wait()
             finally:
-                broker_waiters.discard(ev)
-                if not broker_waiters and self.broker._waiters.get(topic) is broker_waiters:
-                    del self.broker._waiters[topic]
+                self.paths.unwatch((topic,), ev)
                 mine.discard(ev)
                 if not mine and self._waiters.get((group, topic)) is mine:
                     del self._waiters[(group, topic)]
 
-    def _check(self, handle: str) -> tuple[Receipt, QueueState, Lease]:
+    def _check(self, handle: str, authorize: ReceiptCheck | None
+               ) -> tuple[Receipt, QueueState, Lease]:
         try:
             r = self.codec.decode(handle)
         except InvalidReceipt:
             self.stats["invalid_receipts"] += 1
             raise
-        if r.topic not in self.broker.meta.topics:
+        if authorize is not None:
+            authorize(r.group, r.topic)
+        if self.paths.topic_config(r.topic) is None:
             raise TopicNotFound(f"topic {r.topic} does not exist")
         qs = self.queues.get((r.group, r.topic, r.queue_id))
         lease = qs.leases.get(r.offset) if qs else None
@@ -724,17 +704,23 @@ class PopService:
                 "invisible time ran out and it was (or will be) delivered again")
         return r, qs, lease  # type: ignore[return-value]
 
-    def ack(self, handle: str) -> None:
-        r, _, _ = self._check(handle)
-        self._log(["A", r.group, r.topic, r.queue_id, [r.offset]])
+    def ack(self, handle: str, authorize: ReceiptCheck | None = None) -> None:
+        """Ack a lease. ``authorize(group, topic)`` is called once the handle is
+        decoded (the Broker's access check); so for ``ack_batch`` and
+        ``change_invisible_time``."""
+        r, qs, _ = self._check(handle, authorize)
+        key = (r.group, r.topic, r.queue_id)
+        self._record([(NS_LEASE, (*key, r.offset), None),
+                      *self._progress(key, qs, qs.pop_offset, removed=(r.offset,))])
         self.stats["acks"] += 1
 
-    def ack_batch(self, handles: Sequence[str]) -> list[FerryError | None]:
+    def ack_batch(self, handles: Sequence[str], authorize: ReceiptCheck | None = None
+                  ) -> list[FerryError | None]:
         results: list[FerryError | None] = []
         by_queue: dict[Key, list[int]] = {}
         for h in handles:
             try:
-                r, _, _ = self._check(h)
+                r, _, _ = self._check(h, authorize)
             except FerryError as exc:
                 results.append(exc)
                 continue
@@ -744,19 +730,23 @@ class PopService:
                 continue
             offsets.append(r.offset)
             results.append(None)
-        for (g, t, q), offsets in by_queue.items():
-            self._log(["A", g, t, q, offsets])
+        for key, offsets in by_queue.items():
+            qs = self.queues[key]
+            self._record([*[(NS_LEASE, (*key, o), None) for o in offsets],
+                          *self._progress(key, qs, qs.pop_offset, removed=offsets)])
             self.stats["acks"] += len(offsets)
         return results
 
-    def change_invisible_time(self, handle: str, invisible_ms: int) -> ReceiptRenewal:
+    def change_invisible_time(self, handle: str, invisible_ms: int,
+                              authorize: ReceiptCheck | None = None) -> ReceiptRenewal:
         if not MIN_INVISIBLE_MS <= invisible_ms <= MAX_INVISIBLE_MS:
             raise InvalidArgument(
                 f"invisible time must be {MIN_INVISIBLE_MS}..{MAX_INVISIBLE_MS} ms")
-        r, _, _ = self._check(handle)
+        r, _, lease = self._check(handle, authorize)
         now = self.now()
         lease_no = self._new_lease()
-        self._log(["C", r.group, r.topic, r.queue_id, r.offset, lease_no, now, now + invisible_ms])
+        self._record([(NS_LEASE, (r.group, r.topic, r.queue_id, r.offset),
+                       (lease_no, lease.deliveries, now, now + invisible_ms))])
         new = self.codec.encode(Receipt(r.group, r.topic, r.queue_id, r.offset, now,
                                         invisible_ms, lease_no))
         return ReceiptRenewal(new, now + invisible_ms)
@@ -779,13 +769,13 @@ class PopService:
                         out.append(m._replace(reconsume_times=lease.deliveries))  # type: ignore[union-attr]
                 start = qs.pop_offset
             else:
-                committed = self.broker.committed_offset(group, topic, qid)
-                start = committed if committed is not None else self.broker.queue_bounds(
+                committed = self.paths.committed(group, topic, qid)
+                start = committed if committed is not None else self.paths.queue_bounds(
                     topic, qid)[0]
             room = max_messages - len(out)
             if room <= 0:
                 break
-            r = self.broker.get(None, topic, qid, start, room, POP_MAX_BYTES, filter)
+            r = self.paths.get(None, topic, qid, start, room, POP_MAX_BYTES, filter)
             for m in r.messages(start):
                 if len(out) >= max_messages:
                     break
@@ -799,16 +789,56 @@ class PopService:
                 for (g, t, q), qs in sorted(self.queues.items())
                 if g == group and (topic is None or t == topic)]
 
-    def forget_topic(self, topic: str) -> None:
-        """Drop every group's pop state on a deleted topic."""
-        for g in sorted({k[0] for k in self.queues if k[1] == topic}):
-            self._log(["X", g, topic])
-
-    def forget_group(self, group: str) -> None:
-        """Drop a deleted group's pop state on every topic."""
-        for t in sorted({k[1] for k in self.queues if k[0] == group}):
-            self._log(["X", group, t])
-
     def in_flight(self) -> int:
         return self._live
 
+
+
+class _PopTable:
+    """The ``pop`` namespace of the state log: (group, topic, queue) -> pop offset."""
+
+    def __init__(self, svc: PopService) -> None:
+        self.svc = svc
+
+    def apply(self, key: Any, value: Any) -> None:
+        self.svc.apply_pop(key, value)
+
+    def get(self, key: Any) -> Any:
+        qs = self.svc.queues.get(key)
+        return None if qs is None else qs.pop_offset
+
+    def items(self) -> Iterable[tuple[Any, Any]]:
+        return [(k, qs.pop_offset) for k, qs in self.svc.queues.items()]
+
+    def view(self) -> Callable[[], Iterable[tuple[Any, Any]]]:
+        return self.items().__iter__  # a list built now: the copy
+
+    def __len__(self) -> int:
+        return len(self.svc.queues)
+
+
+class _LeaseTable:
+    """The ``lease`` namespace: (group, topic, queue, offset) -> (lease number,
+    deliveries, pop time, deadline)."""
+
+    def __init__(self, svc: PopService) -> None:
+        self.svc = svc
+
+    def apply(self, key: Any, value: Any) -> None:
+        self.svc.apply_lease(key, value)
+
+    def get(self, key: Any) -> Any:
+        g, t, q, offset = key
+        qs = self.svc.queues.get((g, t, q))
+        x = qs.leases.get(offset) if qs is not None else None
+        return None if x is None else (x.lease, x.deliveries, x.pop_time, x.until)
+
+    def items(self) -> Iterable[tuple[Any, Any]]:
+        return [((g, t, q, o), (x.lease, x.deliveries, x.pop_time, x.until))
+                for (g, t, q), qs in self.svc.queues.items() for o, x in qs.leases.items()]
+
+    def view(self) -> Callable[[], Iterable[tuple[Any, Any]]]:
+        return self.items().__iter__
+
+    def __len__(self) -> int:
+        return sum(len(qs.leases) for qs in self.svc.queues.values())

@@ -21,9 +21,8 @@ the resend: a crash between the two can let one letter be resent twice
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from ..protocols import record as rec
 from .errors import InvalidArgument, MessageNotFound
@@ -44,10 +43,9 @@ from .message import (
     parse_offset_message_id,
 )
 from .metadata import DLQ_PREFIX, PERM_READ_WRITE, RETRY_PREFIX, validate_group_name
+from .paths import Paths
+from .store.store import MessageStore
 from .timers import MAX_DELAY_LEVEL, PROPERTY_TIMER_FROM, PROPERTY_TIMER_OUT_MS, REQUEST_PROPERTIES
-
-if TYPE_CHECKING:
-    from .broker import Broker
 
 log = logging.getLogger("ferrymq.retry")
 
@@ -97,11 +95,12 @@ class ResendResult:
 
 
 class RetryService:
-    """Send-back and the dead-letter queue of every group; the Broker owns one."""
+    """Send-back and the dead-letter queue of every group; the Broker owns one. Copies
+    go through the write path (``paths``): a retry's delay makes it a timer there."""
 
-    def __init__(self, broker: Broker) -> None:
-        self.broker = broker
-        self.store = broker.store
+    def __init__(self, store: MessageStore, paths: Paths) -> None:
+        self.paths = paths
+        self.store = store
         self.retried: dict[str, int] = {}
         self.dead_lettered: dict[str, int] = {}
         self.resent: dict[str, int] = {}
@@ -116,10 +115,10 @@ class RetryService:
         else:
             # A client id is shared by the message, its retries, its dead letter and
             # the timer records of delayed copies: take the newest consumable copy.
+            topic_config = self.paths.topic_config
             copies = [c for c in self.store.lookup_key(message, limit=8)
-                      if self.broker.meta.topics.get(c.topic) is None
-                      or self.broker.meta.topics[c.topic].readable]
-            m = copies[0] if copies else self.broker.message_by_id(message)
+                      if (t := topic_config(c.topic)) is None or t.readable]
+            m = copies[0] if copies else self.paths.message_by_id(message)
         if m is None:
             raise MessageNotFound(f"no message {message!r} (gone with retention?)")
         return m
@@ -132,8 +131,8 @@ class RetryService:
         a negative level sends it straight to the DLQ (RocketMQ's convention).
         Raises MessageNotFound, InvalidGroupName, GroupNotFound, InvalidArgument."""
         validate_group_name(group)
-        broker = self.broker
-        g = broker._group_for_commit(group)
+        paths = self.paths
+        g = paths.consumer_group(group)
         m = self._resolve(message)
         props = m.properties
         limit = max_reconsume_times
@@ -153,8 +152,8 @@ class RetryService:
             copy[PROPERTY_DLQ_ORIGIN_TOPIC] = origin_topic
             copy[PROPERTY_DLQ_ORIGIN_MESSAGE_ID] = origin_id
             copy[PROPERTY_RETRY_TOPIC] = origin_topic
-            await broker.create_topic(topic, DLQ_QUEUES, perm=PERM_READ_WRITE, exist_ok=True)
-            r = await broker.put(Message(topic, m.body, copy, 0, m.flag, m.born_timestamp,
+            await paths.ensure_topic(topic, DLQ_QUEUES, PERM_READ_WRITE)
+            r = await paths.put(Message(topic, m.body, copy, 0, m.flag, m.born_timestamp,
                                          m.born_host[:8], reconsume, sys_flag))
             self.dead_lettered[group] = self.dead_lettered.get(group, 0) + 1
             log.info("message %s of group %s to the DLQ after %d attempts", origin_id, group,
@@ -166,9 +165,8 @@ class RetryService:
         copy[PROPERTY_RETRY_TOPIC] = origin_topic
         copy[PROPERTY_ORIGIN_MESSAGE_ID] = origin_id
         copy[PROPERTY_DELAY_LEVEL] = str(level)
-        await broker.create_topic(topic, max(1, g.retry_queues), perm=PERM_READ_WRITE,
-                                  exist_ok=True)
-        r = await broker.put(Message(topic, m.body, copy, -1, m.flag, m.born_timestamp,
+        await paths.ensure_topic(topic, max(1, g.retry_queues), PERM_READ_WRITE)
+        r = await paths.put(Message(topic, m.body, copy, -1, m.flag, m.born_timestamp,
                                      m.born_host[:8], reconsume, sys_flag))
         self.retried[group] = self.retried.get(group, 0) + 1
         return SendBackResult(topic, False, level, reconsume, r)
@@ -194,11 +192,12 @@ class RetryService:
         if limit < 1 or offset < 0:
             raise InvalidArgument("offset must be >= 0 and limit >= 1")
         topic = DLQ_PREFIX + group
-        if topic not in self.broker.meta.topics:
+        t = self.paths.topic_config(topic)
+        if t is None:
             return []
         resent = self._resent_offsets()
         out: list[DeadLetter] = []
-        for qid in range(self.broker.meta.topics[topic].queues):
+        for qid in range(t.queues):
             lo, hi = self.store.queue_bounds(topic, qid)
             pos = max(offset, lo)
             while pos < hi and len(out) < limit:
@@ -217,7 +216,7 @@ class RetryService:
         Raises MessageNotFound."""
         validate_group_name(group)
         topic = DLQ_PREFIX + group
-        t = self.broker.meta.topics.get(topic)
+        t = self.paths.topic_config(topic)
         if t is not None:
             if isinstance(ref, int):
                 got = self.store.get(topic, 0, ref, 1, 8 << 20)
@@ -235,12 +234,15 @@ class RetryService:
         raise MessageNotFound(f"no dead letter {ref!r} in {topic}")
 
     async def resend(self, group: str, refs: Iterable[str | int] | None = None, *,
-                     force: bool = False) -> list[ResendResult]:
+                     force: bool = False, authorize: Callable[[str], None] | None = None
+                     ) -> list[ResendResult]:
         """Put dead letters back into their original topic as fresh messages
         (reconsume count 0, same client id). ``refs`` None means every letter not
         resent yet. A letter resent before is refused (InvalidArgument) unless
-        ``force``. Raises MessageNotFound for an unknown ref."""
-        broker = self.broker
+        ``force``. ``authorize`` is called with every original topic before any
+        letter is resent (the Broker's access check). Raises MessageNotFound for an
+        unknown ref."""
+        paths = self.paths
         if refs is None:
             letters = [d for d in self._all(group) if not d.resent]
         else:
@@ -248,6 +250,9 @@ class RetryService:
             again = [d.msg_id for d in letters if d.resent]
             if again and not force:
                 raise InvalidArgument(f"already resent: {', '.join(again)} (force to resend)")
+        if authorize is not None:
+            for topic in sorted({d.origin_topic for d in letters if d.origin_topic}):
+                authorize(topic)
         out = []
         for d in letters:
             if not d.origin_topic:
@@ -255,14 +260,14 @@ class RetryService:
             m = d.message
             props = {k: v for k, v in m.properties.items() if k not in _NOT_RESENT}
             props.setdefault(PROPERTY_UNIQ_KEY, d.msg_id)
-            r = await broker.put(Message(d.origin_topic, m.body, props, -1, m.flag,
+            r = await paths.put(Message(d.origin_topic, m.body, props, -1, m.flag,
                                          m.born_timestamp, m.born_host[:8], 0,
                                          m.sys_flag & ~(rec.FORMAT_MASK | rec.TRANSACTION_MASK)))
-            await broker._system_topic(RESENT_TOPIC)
+            await paths.system_topic(RESENT_TOPIC)
             marker = self.store.append(RESENT_TOPIC, 0, b"", b"DLQ_RESENT\x01%d\x02"
                                        % _letter_key(m), 0, 0, 0, b"\x00" * 8, 0, 0, 1,
                                        _letter_key(m))
-            await broker._after_put(marker)
+            await paths.after_put(marker)
             self.resent[group] = self.resent.get(group, 0) + 1
             out.append(ResendResult(d, r))
         return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
 @dataclass(slots=True)
@@ -77,3 +78,31 @@ class GroupTopicStats:
     @property
     def lag(self) -> int:
         return sum(q.lag or 0 for q in self.queues)
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerStats:
+    """The broker as a whole (RocketMQ's GET_BROKER_RUNTIME_INFO)."""
+
+    started_at: int  # epoch ms
+    messages_in: int  # messages put since start, every topic
+    commitlog_max_offset: int  # the CommitLog offset the next record gets
+    topics: int
+    groups: int
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """Whether the broker takes writes; ``reason`` says why not."""
+
+    ready: bool
+    reason: str
+
+
+class StoredQueue(NamedTuple):
+    """A queue as stored: its (min, max) offset, flushed or not."""
+
+    topic: str
+    queue_id: int
+    min_offset: int
+    max_offset: int

@@ -47,11 +47,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
 from ..protocols import record as rec
+from .config import DELAY_LEVELS_MS, MAX_DELAY_LEVEL, BrokerConfig, parse_delay_levels
 from .errors import FerryError, InvalidDelay, InvalidMessage, MessageTooLarge, TimerNotFound
 from .filter import TAG_HASH_MIXED, tag_hash
 from .message import (
@@ -69,12 +70,13 @@ from .message import (
     now_ms,
     parse_offset_message_id,
 )
+from .paths import Paths
 from .store.files import atomic_write, read_json_state
-from .store.store import ANY_MEMBER, client_id_prefix
+from .store.store import ANY_MEMBER, MessageStore, client_id_prefix
 from .timerwheel import Slot, TimerWheel, WheelCorrupt
 
-if TYPE_CHECKING:
-    from .broker import Broker
+__all__ = ["DELAY_LEVELS_MS", "MAX_DELAY_LEVEL", "TimerService", "parse_delay_levels",
+           "parse_delivery"]
 
 log = logging.getLogger("ferrymq.timers")
 
@@ -82,29 +84,6 @@ TIMER_TOPIC = "RMQ_SYS_WHEEL_TIMER"  # RocketMQ 5's timer topic (rmq_sys_wheel_t
 PROPERTY_TIMER_OUT_MS = "TIMER_OUT_MS"  # RocketMQ 5: the delivery time, on timer and delivered copies
 PROPERTY_TIMER_FROM = "TIMER_FROM"  # CommitLog offset of the timer record a copy came from
 PROPERTY_TIMER_CANCEL = "TIMER_CANCEL"  # on a cancel record: the offset of the cancelled timer
-
-# RocketMQ's messageDelayLevel default: "1s 5s 10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h".
-DELAY_LEVELS_MS = tuple(s * 1000 for s in (1, 5, 10, 30, 60, 120, 180, 240, 300, 360, 420,
-                                            480, 540, 600, 1200, 1800, 3600, 7200))
-MAX_DELAY_LEVEL = len(DELAY_LEVELS_MS)
-_LEVEL_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-
-
-def parse_delay_levels(text: str) -> tuple[int, ...]:
-    """RocketMQ's ``messageDelayLevel`` form (``"1s 5s 10s ... 2h"``; units ms, s, m, h,
-    d) as milliseconds. Exactly ``MAX_DELAY_LEVEL`` (18) positive durations: the
-    levels are part of the protocol (DELAY, and retries at level 3 + reconsume
-    count), so only their lengths may change. Raises ValueError."""
-    out = []
-    for item in text.split():
-        num = item.rstrip("abcdefghijklmnopqrstuvwxyz")
-        unit = _LEVEL_UNITS_MS.get(item[len(num):])
-        if unit is None or not num.isdigit() or int(num) <= 0:
-            raise ValueError(f"delay level {item!r}: a positive integer and one of ms, s, m, h, d")
-        out.append(int(num) * unit)
-    if len(out) != MAX_DELAY_LEVEL:
-        raise ValueError(f"delay_levels needs {MAX_DELAY_LEVEL} durations, not {len(out)}")
-    return tuple(out)
 
 REQUEST_PROPERTIES = (PROPERTY_TIMER_DELIVER_MS, PROPERTY_TIMER_DELAY_MS,
                       PROPERTY_TIMER_DELAY_SEC, PROPERTY_DELAY_LEVEL)
@@ -407,12 +386,13 @@ class _Lateness:
 
 
 class TimerService:
-    """The broker's timers; the Broker owns one and calls it (see the module docstring)."""
+    """The broker's timers; the Broker owns one and calls it (see the module docstring).
+    Timed messages enter and leave through the write path (``paths``); the timer
+    records themselves are appended to the store directly."""
 
-    def __init__(self, broker: Broker) -> None:
-        cfg = broker.config
-        self.broker = broker
-        self.store = broker.store
+    def __init__(self, cfg: BrokerConfig, store: MessageStore, paths: Paths) -> None:
+        self.paths = paths
+        self.store = store
         self.directory = os.path.join(cfg.data_dir, "timer")
         self.wheel = TimerWheel(self.directory, cfg.timer_wheel_slots,
                                 cfg.timer_log_segment_entries)
@@ -423,6 +403,7 @@ class TimerService:
         self.prepare_limit = cfg.timer_prepare_limit
         self.checkpoint_interval = cfg.checkpoint_interval_ms / 1000
         self.idle_wake_s = IDLE_WAKE_S
+        self.max_message_size = cfg.max_message_size
         self.max_batch_bytes = min(MAX_BATCH_BYTES, cfg.max_message_size)
         self.processed_s = 0  # every slot before this second is done
         self.prepared_upto_s = 0  # every slot before this second has been read
@@ -461,23 +442,23 @@ class TimerService:
         delivered at once if its time has come, else kept as a timer. For a timer
         the PutResult names the destination topic and queue, ``queue_offset`` is -1
         (assigned at delivery) and the offset message id is the timer record's."""
-        broker = self.broker
+        paths = self.paths
         now = self.clock()
         deliver = parse_delivery(m.properties, now, self.max_delay_ms, self.levels)
         clean = strip_timer_properties(m.properties)
         if deliver is None or deliver <= now:
-            return await broker.put(m._replace(properties=clean))
-        t = await broker._topic_for_put(m.topic)
-        if len(m.body) > broker.config.max_message_size:
+            return await paths.put(m._replace(properties=clean))
+        t = await paths.topic_for_put(m.topic)
+        if len(m.body) > self.max_message_size:
             raise MessageTooLarge(f"message body is {len(m.body)} bytes; the maximum is "
-                                  f"{broker.config.max_message_size}")
-        qid = broker._queue_for(t, m.queue_id)
+                                  f"{self.max_message_size}")
+        qid = paths.queue_for(t, m.queue_id)
         uniq = clean.get(PROPERTY_UNIQ_KEY)
         if not uniq:
             uniq = clean[PROPERTY_UNIQ_KEY] = new_message_id()
-        await broker._system_topic(TIMER_TOPIC)
+        await paths.system_topic(TIMER_TOPIC)
         r = self.append_timer(m, clean, t.name, qid, deliver)
-        await broker._after_put(r)
+        await paths.after_put(r)
         return PutResult(t.name, qid, -1, 1, r.physical_offset, r.store_timestamp, r.store_host,
                          (uniq,))
 
@@ -499,7 +480,7 @@ class TimerService:
         uniq = clean.get(PROPERTY_UNIQ_KEY)
         if uniq:
             keys.append((uniq, 0))
-        r = self.broker.store.append(
+        r = self.store.append(
             TIMER_TOPIC, 0, m.body, raw, m.flag, m.sys_flag & ~rec.FORMAT_MASK, m.born_timestamp,
             m.born_host, m.reconsume_times, prepared_offset, 1, deliver, keys, (uniq,))
         size = self.store.dispatched_pos - r.physical_offset
@@ -637,7 +618,7 @@ class TimerService:
         batch = groups.get(key)
         if batch is None:
             batch = groups[key] = _Batch(born_ts)
-            if key[0] not in self.broker.meta.topics:
+            if self.paths.topic_config(key[0]) is None:
                 self._missing_topics.add(key[0])
         elif len(batch.index) >= MAX_BATCH_MEMBERS << 4 \
                 or len(batch.body) + len(member) > self.max_batch_bytes:
@@ -689,18 +670,17 @@ class TimerService:
     async def _ensure_topics(self) -> None:
         """Auto-create destination topics now, not at the due instant (creating one
         writes topics.json)."""
-        broker = self.broker
         missing, self._missing_topics = self._missing_topics, set()
         for topic in missing:
             try:
-                await broker._topic_for_put(topic)
+                await self.paths.topic_for_put(topic)
             except FerryError as exc:
                 log.error("timers due for topic %s cannot be delivered: %s", topic, exc)
 
     # ================================================================ firing
 
     async def _firer(self) -> None:
-        broker = self.broker
+        paths = self.paths
         while True:
             self._advance_done()
             now = self.clock()
@@ -708,13 +688,12 @@ class TimerService:
             wake = self._wake_firer = trio.Event()
             if heap and heap[0][0] <= now:
                 touched = self._fire_due(now)
-                if broker._committer is not None:
-                    try:
-                        await broker._committer.wait_flushed(self.store.dispatched_pos)
-                    except FerryError as exc:  # a failed fsync: the store refuses writes now
-                        log.error("timer deliveries may not be durable: %s", exc)
+                try:
+                    await paths.wait_durable()
+                except FerryError as exc:  # a failed fsync: the store refuses writes now
+                    log.error("timer deliveries may not be durable: %s", exc)
                 for topic in touched:
-                    broker._notify(topic)
+                    paths.wake(topic)
                 if self._index_backlog:
                     self._wake_indexer.set()
                 if self._prepared_items < self.prepare_limit:
@@ -760,9 +739,8 @@ class TimerService:
         """Append the batches built for (due ms, queue). A batch appended is removed
         from ``batches``, so a store error leaves exactly the rest to retry."""
         topic, qid, reconsume, sys_flag, born_host = key
-        broker = self.broker
         store = self.store
-        t = broker.meta.topics.get(topic)
+        t = self.paths.topic_config(topic)
         if t is None or not t.writable:
             n = sum(b.count for b in batches)
             log.error("%d timer(s) due for topic %s dropped: the topic %s", n, topic,
@@ -773,7 +751,7 @@ class TimerService:
             return
         if qid >= t.queues:
             qid %= t.queues
-        counters = broker.counters.topics.get(topic) or broker.counters.topic(topic)
+        counters = self.paths.counters.topic(topic)
         cancelled = slot.cancelled
         while batches:
             batch = batches[0]
@@ -935,14 +913,19 @@ class TimerService:
 
     # ================================================================ cancel
 
-    async def cancel(self, message_id: str) -> CancelResult:
+    async def cancel(self, message_id: str,
+                     authorize: Callable[[str], None] | None = None) -> CancelResult:
         """Cancel the pending timer of a message (its client id or the offset id put
-        returned). Raises TimerNotFound if no pending timer has that id: never
-        timed, already delivered (or being delivered this millisecond), or cancelled."""
+        returned). ``authorize`` is called with the timer's destination topic before
+        anything changes (the Broker's access check). Raises TimerNotFound if no
+        pending timer has that id: never timed, already delivered (or being
+        delivered this millisecond), or cancelled."""
         target = self._find_timer(message_id)
         if target is None:
             raise TimerNotFound(f"no pending timer for message {message_id}")
-        phys, deliver, stored_s = target
+        phys, deliver, stored_s, topic = target
+        if authorize is not None:
+            authorize(topic)
         slot_s = max(self._slot_for(deliver, stored_s), self.processed_s)
         if deliver // 1000 < self.processed_s or not self._pending(phys, deliver, slot_s):
             raise TimerNotFound(f"the timer of message {message_id} was delivered or cancelled")
@@ -950,11 +933,12 @@ class TimerService:
         r = self.store.append(TIMER_TOPIC, 0, b"", raw, 0, 0, 0, b"\x00" * 8, 0, 0, 1, -(phys + 1))
         self._apply_cancel(phys, deliver, stored_s)
         self.cancelled += 1
-        await self.broker._after_put(r)
+        await self.paths.after_put(r)
         return CancelResult(message_id, phys, deliver)
 
-    def _find_timer(self, message_id: str) -> tuple[int, int, int] | None:
-        """(offset, delivery ms, stored second) of the newest timer record with that id."""
+    def _find_timer(self, message_id: str) -> tuple[int, int, int, str] | None:
+        """(offset, delivery ms, stored second, destination topic) of the newest timer
+        record with that id."""
         found = self.store.lookup_key(message_id, TIMER_TOPIC, limit=4)
         if not found:
             decoded = parse_offset_message_id(message_id)
@@ -965,7 +949,8 @@ class TimerService:
         for m in found:
             out = m.properties.get(PROPERTY_TIMER_OUT_MS)
             if out is not None and out.isdigit():
-                return m.physical_offset, int(out), m.store_timestamp // 1000
+                return (m.physical_offset, int(out), m.store_timestamp // 1000,
+                        m.properties.get(PROPERTY_REAL_TOPIC, ""))
         return None
 
     def _pending(self, phys: int, deliver: int, slot_s: int) -> bool:

@@ -41,15 +41,17 @@ import json
 import logging
 import math
 import os
+import struct
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
 from ..protocols import record as rec
+from .config import BrokerConfig
 from .errors import (
     FerryError,
     InvalidArgument,
@@ -72,17 +74,17 @@ from .message import (
     parse_offset_message_id,
 )
 from .metadata import validate_group_name
+from .paths import Paths
 from .store.files import atomic_write, read_json_state
+from .store.store import MessageStore
 from .timers import (
     TIMER_TOPIC,
+    TimerService,
     iter_records,
     new_message_id,
     parse_delivery,
     strip_timer_properties,
 )
-
-if TYPE_CHECKING:
-    from .broker import Broker
 
 log = logging.getLogger("ferrymq.transactions")
 
@@ -235,18 +237,22 @@ class _Half:
 
 
 class TransactionService:
-    """The broker's transactions; the Broker owns one (see the module docstring)."""
+    """The broker's transactions; the Broker owns one (see the module docstring).
+    Halves and commits take the write path (``paths``); a commit of a timed message
+    becomes a timer (``timers``)."""
 
-    def __init__(self, broker: Broker) -> None:
-        cfg = broker.config
-        self.broker = broker
-        self.store = broker.store
+    def __init__(self, cfg: BrokerConfig, store: MessageStore, paths: Paths,
+                 timers: TimerService) -> None:
+        self.paths = paths
+        self.timers = timers
+        self.store = store
+        self.max_message_size = cfg.max_message_size
         self.directory = os.path.join(cfg.data_dir, "transactions")
         self.clock: Callable[[], int] = now_ms
         self.check_timeout_ms = cfg.transaction_check_timeout_ms
         self.check_interval_ms = cfg.transaction_check_interval_ms
         self.check_max = cfg.transaction_check_max
-        self.roll_ms = broker.timers.roll_s * 1000
+        self.roll_ms = timers.roll_s * 1000
         self.checkpoint_interval = cfg.checkpoint_interval_ms / 1000
         self.checker: TransactionChecker | None = None
         self.pending: dict[int, _Half] = {}  # current CommitLog offset of the half -> state
@@ -268,15 +274,14 @@ class TransactionService:
         what ``put`` raises, InvalidGroupName, and InvalidDelay for a delivery
         property the commit could not honour."""
         validate_group_name(producer_group)
-        broker = self.broker
-        parse_delivery(m.properties, self.clock(), broker.timers.max_delay_ms,
-                       broker.timers.levels)
-        t = await broker._topic_for_put(m.topic)
-        if len(m.body) > broker.config.max_message_size:
+        paths = self.paths
+        parse_delivery(m.properties, self.clock(), self.timers.max_delay_ms, self.timers.levels)
+        t = await paths.topic_for_put(m.topic)
+        if len(m.body) > self.max_message_size:
             raise MessageTooLarge(f"message body is {len(m.body)} bytes; the maximum is "
-                                  f"{broker.config.max_message_size}")
-        qid = broker._queue_for(t, m.queue_id)
-        await broker._system_topic(HALF_TOPIC)
+                                  f"{self.max_message_size}")
+        qid = paths.queue_for(t, m.queue_id)
+        await paths.system_topic(HALF_TOPIC)
         props = dict(m.properties)
         for k in (PROPERTY_CHECK_TIMES, PROPERTY_ORIGIN_OFFSET):
             props.pop(k, None)
@@ -301,7 +306,7 @@ class TransactionService:
                      r.physical_offset, 0, self._op_max())
         self._add(half, r.store_timestamp + first_check)
         self.prepared += 1
-        await broker._after_put(r)
+        await paths.after_put(r)
         return HalfHandle(r.physical_offset, r.queue_offset, uniq, r.offset_message_id(), tid,
                           producer_group, t.name, qid, r.store_timestamp)
 
@@ -340,9 +345,13 @@ class TransactionService:
                               action: TransactionAction | str, *,
                               producer_group: str | None = None,
                               transaction_id: str | None = None,
-                              from_check: bool = False) -> PutResult | None:
+                              from_check: bool = False,
+                              authorize: Callable[[str], None] | None = None
+                              ) -> PutResult | None:
         """Commit, roll back, or report UNKNOWN for a half named by its handle, its
         CommitLog offset (RocketMQ's commitLogOffset), or its transaction/message id.
+        ``authorize`` is called with the half's topic once the half is found, before
+        anything changes (the Broker's access check).
 
         COMMIT appends the message to its real topic exactly once and returns where
         it landed (for a timed message: the timer's PutResult); ROLLBACK returns
@@ -353,25 +362,27 @@ class TransactionService:
         outcome is durable when this returns."""
         act = action if isinstance(action, TransactionAction) else TransactionAction(action)
         h = self._resolve(half, transaction_id)
+        if authorize is not None:
+            authorize(h.topic)
         if producer_group and producer_group != h.group:
             raise InvalidArgument(f"the half at offset {h.phys} belongs to producer group "
                                   f"{h.group}, not {producer_group}")
         if act is TransactionAction.UNKNOWN:
             return None
-        broker = self.broker
-        await broker._system_topic(OP_TOPIC)
-        await broker._system_topic(TIMER_TOPIC)
+        paths = self.paths
+        await paths.system_topic(OP_TOPIC)
+        await paths.system_topic(TIMER_TOPIC)
         h = self._resolve(h.phys, None)  # still open after those awaits?
         if act is TransactionAction.ROLLBACK:
             r = self._end(h, OP_ROLLBACK)
             self.rolled_back += 1
-            await broker._after_put(r)
+            await paths.after_put(r)
             return None
         m = self._read_half(h)
         props = {k: v for k, v in m.properties.items() if k not in _HALF_ONLY}
         props[PROPERTY_PREPARED_QUEUE_OFFSET] = str(h.queue_offset)
         real_qid = int(m.properties.get(PROPERTY_REAL_QUEUE_ID, "0") or 0)
-        t = await broker._topic_for_put(h.topic)  # re-created if it was deleted meanwhile
+        t = await paths.topic_for_put(h.topic)  # re-created if it was deleted meanwhile
         h = self._resolve(h.phys, None)  # it may have ended (or rolled) while we waited
         qid = real_qid if real_qid < t.queues else real_qid % t.queues
         sys_flag = (m.sys_flag & ~(rec.FORMAT_MASK | rec.TRANSACTION_MASK)) \
@@ -379,7 +390,7 @@ class TransactionService:
         real = Message(t.name, m.body, props, qid, m.flag, m.born_timestamp, m.born_host[:8],
                        m.reconsume_times, sys_flag)
         # The real message and the op record are appended in one synchronous step.
-        timers = broker.timers
+        timers = self.timers
         deliver = parse_delivery(props, timers.clock(), timers.max_delay_ms, timers.levels) \
             if timers.wants_timer(props) else None
         if deliver is not None and deliver > timers.clock():
@@ -395,7 +406,7 @@ class TransactionService:
                 m.reconsume_times, prepared_offset=h.phys)
         self._end(h, OP_COMMIT)
         self.committed += 1
-        await broker._after_put(put)  # its flush wait covers the op record behind it
+        await paths.after_put(put)  # its flush wait covers the op record behind it
         return result
 
     def _resolve(self, ref: HalfHandle | int | str, transaction_id: str | None) -> _Half:
@@ -497,8 +508,8 @@ class TransactionService:
                 if h is None or h.next_check_ms != at or h.checking:
                     continue  # ended, or rescheduled
                 if h.checks >= self.check_max:
-                    await self.broker._system_topic(CHECK_MAX_TOPIC)
-                    await self.broker._system_topic(OP_TOPIC)
+                    await self.paths.system_topic(CHECK_MAX_TOPIC)
+                    await self.paths.system_topic(OP_TOPIC)
                     if self.pending.get(phys) is h:
                         try:
                             self._discard(h)
@@ -506,7 +517,7 @@ class TransactionService:
                             log.error("discarding the half %s failed: %s", h.transaction_id, exc)
                             self._schedule(h, now + self.check_interval_ms)
                     continue
-                await self.broker._system_topic(OP_TOPIC)
+                await self.paths.system_topic(OP_TOPIC)
                 if self.pending.get(phys) is not h:
                     continue
                 if now - h.store_ms >= self.roll_ms:
@@ -530,7 +541,7 @@ class TransactionService:
             h.checks += 1
             self.checks_sent += 1
             try:
-                await self.broker._after_put(self._append_op(h.phys, OP_CHECK))
+                await self.paths.after_put(self._append_op(h.phys, OP_CHECK))
             except FerryError as exc:  # counted in memory; the count on disk lags
                 log.error("recording a check of %s failed: %s", h.transaction_id, exc)
 
@@ -641,10 +652,10 @@ class TransactionService:
         # A commit whose op record a crash cut off: its real message names the half.
         repaired = 0
         for _pos, data in _iter_commits(store, scan_from):
-            half_phys = rec._I64.unpack_from(data, _POS_PREPARED)[0]
+            half_phys = _I64.unpack_from(data, _POS_PREPARED)[0]
             if half_phys not in outcomes and self._commits_half(data, half_phys):
                 outcomes[half_phys] = OP_COMMIT
-                self.broker._system_topic_sync(OP_TOPIC)
+                self.paths.system_topic_sync(OP_TOPIC)
                 self._append_op(half_phys, OP_COMMIT)
                 repaired += 1
         for phys, kind in outcomes.items():
@@ -698,7 +709,8 @@ class TransactionService:
         nursery.start_soon(self._checkpointer)
 
     def close_sync(self) -> None:
-        if self.store.failed is None and self.store._open:
+        """At shutdown, while the store is still open (the Broker closes it after)."""
+        if self.store.failed is None:
             self._write_checkpoint(self._snapshot())
 
     def _snapshot(self) -> dict[str, int]:
@@ -758,6 +770,8 @@ _PAST = {"commit": "committed", "rollback": "rolled back", "discard": "discarded
          "moved": "moved", "ended": "ended"}
 _TIMER_REQUEST = frozenset(("TIMER_DELIVER_MS", "TIMER_DELAY_MS", "TIMER_DELAY_SEC", "DELAY"))
 _POS_PREPARED = 76  # record header offset of the prepared-transaction offset (IPv4 hosts)
+_I32 = struct.Struct(">i")
+_I64 = struct.Struct(">q")
 
 
 def _op_tag_hash(props: Mapping[str, str]) -> int:
@@ -781,7 +795,7 @@ def _tag_hashes(store: Any, topic: str, start: int) -> list[int]:
 def _iter_commits(store: Any, start: int) -> Iterator[tuple[int, bytes]]:
     """Records from ``start`` on whose system flags say "committed transaction"."""
     for pos, data in iter_records(store, start):
-        sys_flag = rec._I32.unpack_from(data, rec.POS_SYS_FLAG)[0]
+        sys_flag = _I32.unpack_from(data, rec.POS_SYS_FLAG)[0]
         if sys_flag & rec.TRANSACTION_MASK == rec.TRANSACTION_COMMIT_TYPE \
                 and not sys_flag & (rec.BORNHOST_V6_FLAG | rec.STOREHOST_V6_FLAG):
             yield pos, data

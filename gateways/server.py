@@ -31,6 +31,7 @@ import trio
 from ..core.broker import Broker
 from ..core.supervisor import TaskSupervisor
 from .config import ServerConfig, connection_limits
+from .fdlimit import prepare_fd_limit
 from .supervision import ConnectionSupervisor, Refuse, RequestBudget
 
 log = logging.getLogger("ferrymq.server")
@@ -111,6 +112,8 @@ async def run_server(config: ServerConfig, *,
 
 async def _serve(config: ServerConfig, on_ready: Callable[[dict[str, int]], None] | None,
                  task_status: trio.TaskStatus[dict[str, int]]) -> None:
+    # Before the store opens: its file budget defaults to a share of the soft limit.
+    prepare_fd_limit(config, tuple(d for d in available_doors() if config.port(d) is not None))
     async with Broker.open(config.broker) as broker, trio.open_nursery() as nursery:
         bound: dict[str, int] = {}
         budget = RequestBudget(config.max_inflight_bytes, broker.metrics)

@@ -8,7 +8,7 @@ integers big-endian, as Java's ByteBuffer writes them):
     physical offset 8 | system flags 4 | born timestamp 8 | born host 8 or 20 |
     store timestamp 8 | store host 8 or 20 | reconsume times 4 |
     prepared transaction offset 8 | body length 4 | body |
-    topic length 1 | topic | properties length 2 | properties
+    topic length 1 | topic | properties length 2 (or 4) | properties
 
 Hosts are 4 address bytes + a 4-byte port (16 + 4 with the IPv6 system flags).
 Properties are ``name\\x01value\\x02`` pairs in UTF-8. A blank record
@@ -23,6 +23,13 @@ one's (see docs/storage.md):
   body CRC 4 | flag 4 | body length 4 | body | properties length 2 | properties``.
 - ``FORMAT_KAFKA_BATCH``: the body is one Kafka RecordBatch (magic 2), stored
   verbatim so that a Kafka consumer gets it back byte for byte.
+
+and one modifier, ``FORMAT_LONG_PROPERTIES``: every properties length of the
+record (its own, or each batch member's) is 4 bytes, not RocketMQ's 2, so a
+property area may exceed 32,767 bytes (an MQTT topic name may be 65,535). No
+RocketMQ client reads such a record: ``encode``, which builds records for the
+RocketMQ wire, fits the properties of one into 32,767 bytes (``fit_properties``)
+unless told that its reader understands the long form.
 
 ``RECORD`` (construct) is the readable specification and the reference codec;
 ``encode``/``decode`` are the struct-based fast path the store uses, proven
@@ -51,18 +58,30 @@ TRANSACTION_MASK = 0x3 << 2
 BORNHOST_V6_FLAG = 0x1 << 4
 STOREHOST_V6_FLAG = 0x1 << 5
 
-# FerryMQ record formats: two bits RocketMQ leaves unused (it stops at bit 10).
+# FerryMQ record formats: three bits RocketMQ leaves unused (it stops at bit 10).
+# Bits 20-21 say what the body holds; bit 22 that properties lengths are 32-bit.
 FORMAT_SHIFT = 20
-FORMAT_MASK = 0x3 << FORMAT_SHIFT
+FORMAT_MASK = 0x7 << FORMAT_SHIFT
 FORMAT_SINGLE = 0
 FORMAT_NATIVE_BATCH = 0x1 << FORMAT_SHIFT
 FORMAT_KAFKA_BATCH = 0x2 << FORMAT_SHIFT
+FORMAT_LONG_PROPERTIES = 0x4 << FORMAT_SHIFT
 
 NAME_VALUE_SEPARATOR = "\x01"
 PROPERTY_SEPARATOR = "\x02"
 
 MAX_TOPIC_BYTES = 255  # one length byte
-MAX_PROPERTIES_BYTES = 32767  # a Java short
+MAX_PROPERTIES_BYTES = 32767  # a Java short: what a RocketMQ client reads
+MAX_LONG_PROPERTIES_BYTES = 1 << 20
+"""A long property area's limit: an MQTT 5 PUBLISH's topic (65,535 bytes) and
+properties fit many times over (the MQTT door's default packet limit is 1 MiB)."""
+
+OMITTED_PROPERTIES = "FERRYMQ_OMITTED_PROPERTIES"
+"""Set by ``fit_properties``: the names of the properties left out, comma-separated."""
+
+PULL_LONG_PROPERTIES = "ferrymqLongProperties"
+"""The ext field (value ``true``) by which FerryMQ's own client tells the remoting door
+that it reads FORMAT_LONG_PROPERTIES records: it gets them as stored."""
 
 # Offsets inside a record (fixed part; IPv4 hosts).
 POS_TOTAL_SIZE = 0
@@ -96,19 +115,29 @@ RECORD = c.Struct(
     "prepared_transaction_offset" / c.Int64sb,
     "body" / c.Prefixed(c.Int32sb, c.GreedyBytes),
     "topic" / c.PascalString(c.Int8ub, "utf8"),
-    "properties" / c.Prefixed(c.Int16sb, c.GreedyBytes),
+    "properties" / c.Prefixed(
+        c.IfThenElse(c.this.sys_flag & FORMAT_LONG_PROPERTIES, c.Int32sb, c.Int16sb),
+        c.GreedyBytes),
 )
 """The CommitLog record, declared once. ``total_size`` must equal the encoded length."""
 
-BATCH_MEMBER = c.Struct(
-    "total_size" / c.Int32sb,
-    "magic" / c.Int32sb,
-    "body_crc" / c.Int32sb,
-    "flag" / c.Int32sb,
-    "body" / c.Prefixed(c.Int32sb, c.GreedyBytes),
-    "properties" / c.Prefixed(c.Int16sb, c.GreedyBytes),
-)
+
+def _batch_member(properties_length: c.Construct) -> c.Struct:
+    return c.Struct(
+        "total_size" / c.Int32sb,
+        "magic" / c.Int32sb,
+        "body_crc" / c.Int32sb,
+        "flag" / c.Int32sb,
+        "body" / c.Prefixed(c.Int32sb, c.GreedyBytes),
+        "properties" / c.Prefixed(properties_length, c.GreedyBytes),
+    )
+
+
+BATCH_MEMBER = _batch_member(c.Int16sb)
 """One message inside a native batch body (RocketMQ MessageDecoder.encodeMessage)."""
+
+BATCH_MEMBER_LONG = _batch_member(c.Int32sb)
+"""One message inside the body of a FORMAT_NATIVE_BATCH | FORMAT_LONG_PROPERTIES record."""
 
 # ------------------------------------------------------------------ fast path
 
@@ -137,6 +166,27 @@ def encode_properties(properties: Mapping[str, str]) -> bytes:
     if type(properties) is EncodedProperties:
         return properties.raw  # already in this encoding: written back as it came
     return "".join(f"{k}\x01{v}\x02" for k, v in properties.items()).encode()
+
+
+def fit_properties(raw: bytes, limit: int = MAX_PROPERTIES_BYTES) -> bytes:
+    """Encoded properties made to fit ``limit`` bytes (a RocketMQ client's 16-bit
+    length) by leaving out whole properties, the longest first, and naming them in
+    OMITTED_PROPERTIES; ``raw`` itself if it fits. A value is never cut: a shortened
+    MQTT topic would be another topic."""
+    if len(raw) <= limit:
+        return raw
+    pairs = [p + b"\x02" for p in raw.split(b"\x02") if b"\x01" in p]
+    total = sum(len(p) for p in pairs)
+    omitted: list[bytes] = []
+    for p in sorted(pairs, key=len, reverse=True):
+        marker = OMITTED_PROPERTIES.encode() + b"\x01" + b",".join(
+            [*omitted, p.partition(b"\x01")[0]]) + b"\x02"
+        omitted.append(p.partition(b"\x01")[0])
+        total -= len(p)
+        pairs.remove(p)
+        if total + len(marker) <= limit:
+            return b"".join(pairs) + marker
+    return b""
 
 
 def decode_properties(raw: bytes | memoryview | str) -> dict[str, str]:
@@ -232,8 +282,10 @@ def host_str(raw: bytes) -> str:
 
 
 def record_size(body_len: int, topic_len: int, props_len: int) -> int:
-    """The encoded size of a record with IPv4 hosts."""
-    return HEADER_SIZE + body_len + 1 + topic_len + 2 + props_len
+    """The encoded size of a record with IPv4 hosts (as the store writes it: a property
+    area past MAX_PROPERTIES_BYTES takes the 4-byte length)."""
+    return (HEADER_SIZE + body_len + 1 + topic_len + (2 if props_len <= MAX_PROPERTIES_BYTES else 4)
+            + props_len)
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,20 +334,34 @@ def encode(
     body: bytes,
     topic: bytes,
     properties: bytes,
+    long_properties: bool = False,
 ) -> bytes:
     """One record with IPv4 hosts (8-byte ``born_host``/``store_host``); topic and
-    properties already UTF-8 encoded. Raises RecordError for fields that do not fit."""
-    if len(topic) > MAX_TOPIC_BYTES or len(properties) > MAX_PROPERTIES_BYTES:
-        raise RecordError("topic or properties too long for the record layout")
+    properties already UTF-8 encoded. The properties length is 4 bytes if
+    ``sys_flag`` has FORMAT_LONG_PROPERTIES, or if they exceed MAX_PROPERTIES_BYTES
+    and ``long_properties`` says the reader understands that form (the flag is then
+    set); otherwise 2 bytes, and properties that do not fit are fitted
+    (``fit_properties``): the record a RocketMQ client can read. Raises RecordError
+    for a topic over 255 bytes or long properties over MAX_LONG_PROPERTIES_BYTES."""
+    if len(topic) > MAX_TOPIC_BYTES:
+        raise RecordError("topic too long for the record layout")
+    if len(properties) > MAX_PROPERTIES_BYTES and long_properties:
+        sys_flag |= FORMAT_LONG_PROPERTIES
+    if sys_flag & FORMAT_LONG_PROPERTIES:
+        if len(properties) > MAX_LONG_PROPERTIES_BYTES:
+            raise RecordError("properties too long for the record layout")
+        plen = _I32.pack(len(properties))
+    else:
+        properties = fit_properties(properties)
+        plen = _U16.pack(len(properties))
     body_len = len(body)
-    total = HEADER_SIZE + body_len + 1 + len(topic) + 2 + len(properties)
+    total = HEADER_SIZE + body_len + 1 + len(topic) + len(plen) + len(properties)
     head = HEADER.pack(
         total, MAGIC, body_crc(body), queue_id, flag, queue_offset, physical_offset,
         sys_flag & ~(BORNHOST_V6_FLAG | STOREHOST_V6_FLAG), born_timestamp, born_host,
         store_timestamp, store_host, reconsume_times, prepared_transaction_offset, body_len,
     )
-    return b"".join((head, body, bytes((len(topic),)), topic, _U16.pack(len(properties)),
-                     properties))
+    return b"".join((head, body, bytes((len(topic),)), topic, plen, properties))
 
 
 def decode(buf: bytes | bytearray | memoryview, pos: int = 0, *, check_crc: bool = True) -> Record:
@@ -324,11 +390,16 @@ def decode(buf: bytes | bytearray | memoryview, pos: int = 0, *, check_crc: bool
     topic_len = buf[p]
     p += 1
     topic_end = p + topic_len
-    if topic_end + 2 > end:
+    long = sys_flag & FORMAT_LONG_PROPERTIES
+    if topic_end + (4 if long else 2) > end:
         raise RecordError("topic length out of range")
     topic = bytes(buf[p:topic_end]).decode("utf-8", "replace")
-    props_len = _U16.unpack_from(buf, topic_end)[0]
-    p = topic_end + 2
+    if long:
+        props_len = _I32.unpack_from(buf, topic_end)[0]
+        p = topic_end + 4
+    else:
+        props_len = _U16.unpack_from(buf, topic_end)[0]
+        p = topic_end + 2
     if p + props_len != end:
         raise RecordError("record size does not match its fields")
     if check_crc and body_crc(body) != crc:
@@ -377,47 +448,53 @@ class BatchMember:
         return EncodedProperties(self.properties_raw) if self.properties_raw else {}
 
 
-def encode_member(flag: int, body: bytes, properties: bytes) -> bytes:
-    """One batch member, as RocketMQ's client encodes it (magic and CRC filled in)."""
-    if len(properties) > MAX_PROPERTIES_BYTES:
+def encode_member(flag: int, body: bytes, properties: bytes, long: bool = False) -> bytes:
+    """One batch member, as RocketMQ's client encodes it (magic and CRC filled in);
+    with ``long``, as a member of a FORMAT_LONG_PROPERTIES batch (4-byte properties
+    length)."""
+    limit, plen = (MAX_LONG_PROPERTIES_BYTES, _I32) if long else (MAX_PROPERTIES_BYTES, _U16)
+    if len(properties) > limit:
         raise RecordError("properties too long for the record layout")
-    total = 20 + len(body) + 2 + len(properties)
+    total = 20 + len(body) + plen.size + len(properties)
     return b"".join((_MEMBER_HEAD.pack(total, MAGIC, body_crc(body), flag, len(body)), body,
-                     _U16.pack(len(properties)), properties))
+                     plen.pack(len(properties)), properties))
 
 
-def iter_members(body: bytes | memoryview, skip: int = 0) -> Iterator[BatchMember]:
+def iter_members(body: bytes | memoryview, skip: int = 0, long: bool = False
+                 ) -> Iterator[BatchMember]:
     """The members of a native batch body, in order, from member ``skip`` on (the
-    ones before are stepped over by their sizes, not built). Raises RecordError on
-    a member whose sizes do not add up (RocketMQ clients send magic and CRC as 0:
-    not checked)."""
+    ones before are stepped over by their sizes, not built); ``long`` for the body of
+    a FORMAT_LONG_PROPERTIES record. Raises RecordError on a member whose sizes do
+    not add up (RocketMQ clients send magic and CRC as 0: not checked)."""
+    plen = _I32 if long else _U16
+    least = 20 + plen.size
     end = len(body)
     p = 0
     while skip > 0 and p < end:
-        if end - p < 22:
+        if end - p < least:
             raise RecordError("truncated batch member")
         total = _I32.unpack_from(body, p)[0]
-        if total < 22 or p + total > end:
+        if total < least or p + total > end:
             raise RecordError("batch member size out of range")
         p += total
         skip -= 1
     while p < end:
-        if end - p < 22:
+        if end - p < least:
             raise RecordError("truncated batch member")
         total, _magic, _crc, flag, body_len = _MEMBER_HEAD.unpack_from(body, p)
         q = p + 20 + body_len
-        if total < 22 or p + total > end or body_len < 0 or q + 2 > p + total:
+        if total < least or p + total > end or body_len < 0 or q + plen.size > p + total:
             raise RecordError("batch member size out of range")
-        props_len = _U16.unpack_from(body, q)[0]
-        if q + 2 + props_len != p + total:
+        props_len = plen.unpack_from(body, q)[0]
+        if q + plen.size + props_len != p + total:
             raise RecordError("batch member size does not match its fields")
-        yield BatchMember(flag, bytes(body[p + 20:q]), bytes(body[q + 2:p + total]))
+        yield BatchMember(flag, bytes(body[p + 20:q]), bytes(body[q + plen.size:p + total]))
         p += total
 
 
-def count_members(body: bytes | memoryview) -> int:
+def count_members(body: bytes | memoryview, long: bool = False) -> int:
     """How many members a native batch body holds (validating every size)."""
     n = 0
-    for _ in iter_members(body):
+    for _ in iter_members(body, long=long):
         n += 1
     return n

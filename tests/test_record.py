@@ -150,3 +150,78 @@ def test_encoded_properties_pass_through_without_decoding() -> None:
     assert dict(props) == {"UNIQ_KEY": "ABC", "TAGS": "TagA", "XTAGS": "no"}
     assert props == {"UNIQ_KEY": "ABC", "TAGS": "TagA", "XTAGS": "no"}
     assert not rec.EncodedProperties(b"")
+
+
+# ------------------------------------------------------------ long property areas
+
+long_values = st.integers(0, 70_000).map(lambda n: "v" * n)
+
+
+@given(sys_flag=st.sampled_from([0, rec.FORMAT_LONG_PROPERTIES]), big=long_values,
+       properties=props, body=st.binary(max_size=64))
+def test_long_property_areas_agree_with_the_specification(sys_flag, big, properties,
+                                                          body) -> None:
+    """With FORMAT_LONG_PROPERTIES the properties length is 4 bytes: construct's
+    declaration says so, the fast path writes and reads it so, byte for byte."""
+    properties = {**properties, "MQTT_TOPIC": big}
+    raw_props = rec.encode_properties(properties)
+    if not sys_flag and len(raw_props) > rec.MAX_PROPERTIES_BYTES:
+        sys_flag = rec.FORMAT_LONG_PROPERTIES  # the short form cannot carry them (see fit)
+    fast = rec.encode(**_fields(sys_flag=sys_flag, body=body, properties=raw_props))
+    spec = rec.RECORD.build(dict(
+        total_size=len(fast), body_crc=rec.body_crc(body), queue_id=3, flag=7, queue_offset=42,
+        physical_offset=1000, sys_flag=sys_flag, born_timestamp=1_700_000_000_000,
+        born_host=dict(address=bytes([10, 0, 0, 1]), port=5555),
+        store_timestamp=1_700_000_000_001,
+        store_host=dict(address=bytes([127, 0, 0, 1]), port=10911), reconsume_times=1,
+        prepared_transaction_offset=0, body=body, topic="orders", properties=raw_props))
+    assert fast == spec
+    decoded, parsed = rec.decode(fast), rec.RECORD.parse(fast)
+    assert decoded.properties_raw == parsed.properties == raw_props
+    assert decoded.properties == properties and decoded.body == body
+    assert decoded.total_size == len(fast)
+    if len(raw_props) > rec.MAX_PROPERTIES_BYTES:
+        assert decoded.total_size == rec.record_size(len(body), 6, len(raw_props))
+
+
+@given(st.lists(st.tuples(ints32, st.binary(max_size=64), props, long_values), min_size=1,
+                max_size=4))
+def test_long_batch_members_round_trip_and_match_the_specification(members) -> None:
+    encoded = [rec.encode_member(f, b, rec.encode_properties({**p, "MQTT_TOPIC": big}), long=True)
+               for f, b, p, big in members]
+    for raw, (f, b, _p, _big) in zip(encoded, members, strict=True):
+        parsed = rec.BATCH_MEMBER_LONG.parse(raw)
+        assert (parsed.total_size, parsed.flag, parsed.body) == (len(raw), f, b)
+    out = list(rec.iter_members(b"".join(encoded), long=True))
+    assert [(m.flag, m.body, dict(m.properties)) for m in out] == \
+        [(f, b, {**p, "MQTT_TOPIC": big}) for f, b, p, big in members]
+    assert rec.count_members(b"".join(encoded), long=True) == len(members)
+    assert list(rec.iter_members(b"".join(encoded), skip=len(members) - 1, long=True)) == out[-1:]
+
+
+def test_a_record_for_a_rocketmq_client_fits_its_properties() -> None:
+    """A RocketMQ client reads a 2-byte properties length: what does not fit is left
+    out, whole, and named; the record is a plain RocketMQ 4.x record."""
+    topic = "a/" + "b" * 65_533
+    props = {"MQTT_TOPIC": topic, "MQTT_QOS": "1", "UNIQ_KEY": "ABC", "KEYS": "k1"}
+    raw = rec.encode(**_fields(properties=rec.encode_properties(props)))
+    assert rec.peek_size(raw, 0)[0] == len(raw)
+    sys_flag = struct.unpack_from(">i", raw, rec.POS_SYS_FLAG)[0]
+    assert not sys_flag & rec.FORMAT_LONG_PROPERTIES
+    parsed = rec.RECORD.parse(raw)  # the 4.x layout, 16-bit length
+    assert len(parsed.properties) <= rec.MAX_PROPERTIES_BYTES
+    got = rec.decode(raw).properties
+    assert dict(got) == {"MQTT_QOS": "1", "UNIQ_KEY": "ABC", "KEYS": "k1",
+                         rec.OMITTED_PROPERTIES: "MQTT_TOPIC"}
+    assert rec.decode(raw).body == b"hello"
+    # Told that the reader understands the long form, the same call keeps everything.
+    long = rec.encode(**_fields(properties=rec.encode_properties(props)), long_properties=True)
+    assert rec.decode(long).properties == props
+
+
+def test_fitting_leaves_out_the_longest_properties_first() -> None:
+    raw = rec.encode_properties({"A": "a" * 20_000, "B": "b" * 20_000, "C": "c"})
+    fitted = rec.decode_properties(rec.fit_properties(raw))
+    assert fitted["C"] == "c" and len(rec.fit_properties(raw)) <= rec.MAX_PROPERTIES_BYTES
+    assert sorted(fitted[rec.OMITTED_PROPERTIES].split(",")) in (["A"], ["B"])
+    assert rec.fit_properties(b"X\x01y\x02") == b"X\x01y\x02", "what fits is left alone"

@@ -21,7 +21,7 @@ async def test_send_back_retries_with_growing_delays_then_dead_letters(
             await b.create_group("g", max_reconsume_times=3, retry_queues=2)
             await b.create_topic("orders", 1)
             await b.create_topic("%RETRY%g", 2)
-            await b._system_topic(TIMER_TOPIC)
+            await b._paths.system_topic(TIMER_TOPIC)
             original = await b.put(Message("orders", b"boom", {"KEYS": "k1", "UNIQ_KEY": "m-1"},
                                            queue_id=0))
             m = read_queue(b, "orders", 0)[0]

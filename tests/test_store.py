@@ -395,7 +395,9 @@ def test_consume_queue_entry_layout_is_40_bytes() -> None:
 
 
 def test_layout_limits_are_invalid_messages(store) -> None:
+    # Past RocketMQ's 32,767 bytes properties take the long form (test_long_properties.py),
+    # up to its own limit.
     with pytest.raises(InvalidMessage):
-        store.append("t", 0, b"x", b"p" * 40000)
+        store.append("t", 0, b"x", b"p" * (rec.MAX_LONG_PROPERTIES_BYTES + 1))
     with pytest.raises(InvalidMessage):
         store.append_message("x" * 300, 0, b"x", {})

@@ -364,7 +364,7 @@ async def test_a_thirty_day_timer_fires_on_time_after_rolling_daily(
         async with Broker.open(quiet_config(tmp_path)) as b:
             b.timers.idle_wake_s = 3600
             await b.create_topic("t", 1)
-            await b._system_topic(TIMER_TOPIC)
+            await b._paths.system_topic(TIMER_TOPIC)
             due = b.timers.clock() + 30 * DAY_MS + 1234
             r = await b.put(Message("t", b"month", {"TIMER_DELIVER_MS": str(due)}, queue_id=0))
             await sleep_until_wall(b, due - 50)
@@ -388,7 +388,7 @@ async def test_delay_levels_fire_at_their_offsets(tmp_path, autojump_clock, monk
     with wall_clock_follows(autojump_clock, monkeypatch):
         async with Broker.open(quiet_config(tmp_path)) as b:
             await b.create_topic("lv", 1)
-            await b._system_topic(TIMER_TOPIC)
+            await b._paths.system_topic(TIMER_TOPIC)
             put_at = {}
             for level in range(1, 19):
                 r = await b.put(Message("lv", b"%d" % level, {"DELAY": str(level)}, queue_id=0))

@@ -196,7 +196,7 @@ async def warmed(b: Broker) -> Broker:
     topics.json in a worker thread, and meanwhile the autojumping clock runs ahead."""
     await b.create_topic("pay", 2, exist_ok=True)
     for name in (HALF_TOPIC, OP_TOPIC, CHECK_MAX_TOPIC, TIMER_TOPIC):
-        await b._system_topic(name)
+        await b._paths.system_topic(name)
     return b
 
 

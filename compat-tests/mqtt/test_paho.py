@@ -177,3 +177,31 @@ def test_websocket_transport(broker, version) -> None:
     Paho(broker.port("mqtt"), version).pub("ws/t", b"over tcp", 1)
     Paho(broker.ws_port, version, transport="websockets").pub("ws/t", b"over ws", 2)
     assert sorted(m.payload for m in sub.take(2)) == [b"over tcp", b"over ws"]
+
+
+def _subscribed(p: Paho, topic_filter: str, qos: int) -> Paho:
+    """Subscribe and wait for the SUBACK (not a sleep)."""
+    acked: queue.Queue = queue.Queue()
+    p.c.on_subscribe = lambda *args: acked.put(args)
+    result, _ = p.c.subscribe(topic_filter, qos)
+    assert result == 0
+    acked.get(timeout=5)
+    return p
+
+
+def test_a_shared_member_that_leaves_hands_its_unacknowledged_messages_over(broker) -> None:
+    """MQTT 5.0 4.8.2: a member's session ends with QoS 1 messages it never
+    acknowledged (paho's manual acknowledgement, never given): another member
+    gets them."""
+    port = broker.port("mqtt")
+    lazy = Paho(port, V5)
+    lazy.c.manual_ack_set(True)
+    _subscribed(lazy, "$share/crew/tasks/#", 1)
+    pub = Paho(port, V5)
+    for i in range(10):
+        pub.pub(f"tasks/{i}", str(i).encode(), 1)
+    assert sorted(int(m.payload) for m in lazy.take(10)) == list(range(10))
+    busy = _subscribed(Paho(port, V5), "$share/crew/tasks/#", 1)
+    lazy.stop()  # DISCONNECT, no session expiry: its session ends
+    assert sorted(int(m.payload) for m in busy.take(10)) == list(range(10))
+    busy.none()

@@ -75,6 +75,8 @@ def consume(ns: str, topic: str, group: str, n: int, timeout: float, orderly: bo
                         "keys": msg.keys.decode(), "queue": msg.queue_id,
                         "offset": msg.queue_offset,
                         "seq": (msg.get_property("seq") or b"").decode(),
+                        "omitted": (msg.get_property("FERRYMQ_OMITTED_PROPERTIES")
+                                    or b"").decode(),
                         "reconsume": msg.reconsume_times,
                         "first_seen": first_seen[body], "at": now})
         return CONSUME_SUCCESS

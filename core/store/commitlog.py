@@ -10,9 +10,9 @@ offsets therefore run continuously over segments, blank space included.
 
 Threads: appends, rolls, truncation and deletion happen on the broker's one
 event-loop thread. ``flush`` (fdatasync, which releases the GIL) and ``pread``
-run in worker threads; they work on snapshots (the segment tuple is replaced,
-never mutated) and a deleted segment's mapping is closed only once no reader
-holds it.
+run in worker threads; they work on snapshots (the segment table is replaced,
+never mutated) and pin the segment they use in the file cache (filecache.py),
+so a segment deleted or evicted meanwhile is closed only once they let go.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from collections.abc import Iterator
 
 from ...protocols import record as rec
 from ..errors import DiskFull, StoreError
+from .filecache import CachedFile, FileCache, default_budget, map_file
 
 _NAME_DIGITS = 20
 _ZERO_CHUNK = 1 << 20
@@ -36,105 +37,118 @@ def segment_name(base: int) -> str:
     return f"{base:0{_NAME_DIGITS}d}"
 
 
-class Segment:
-    """One preallocated, memory-mapped CommitLog file."""
+class Segment(CachedFile):
+    """One preallocated CommitLog file: mapped, with its descriptor (appends of large
+    records use pwrite, flushes fdatasync, worker reads pread), while the file cache
+    holds it open."""
 
-    __slots__ = ("base", "fd", "mm", "path", "readers", "size")
+    __slots__ = ("base",)
 
-    def __init__(self, path: str, base: int, size: int, create: bool,
-                 resize: bool = False) -> None:
-        self.path = path
+    KIND = "commitlog"
+    KEEPS_FD = True
+
+    def __init__(self, path: str, base: int, size: int) -> None:
+        super().__init__(path, size)
         self.base = base
-        self.size = size
-        self.readers = 0
-        flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
-        self.fd = os.open(path, flags, 0o644)
-        try:
-            if create:
-                try:
-                    os.posix_fallocate(self.fd, 0, size)
-                except OSError as exc:
-                    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                        raise DiskFull(f"cannot preallocate {size} bytes for {path}") from exc
-                    if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                        raise
-                    os.ftruncate(self.fd, size)  # filesystem without fallocate
-            elif os.fstat(self.fd).st_size != size:
-                if not resize:
-                    raise StoreError(f"segment {path} is {os.fstat(self.fd).st_size} bytes, "
-                                     f"expected the configured segment size {size}")
-                # The newest segment was cut short or had bytes appended: give it
-                # its size back; recovery validates what it holds record by record.
-                os.ftruncate(self.fd, size)
-            self.mm = mmap.mmap(self.fd, size)
-        except BaseException:
-            os.close(self.fd)
-            if create:
-                os.unlink(path)
-            raise
 
     @property
     def end(self) -> int:
         return self.base + self.size
 
-    def close(self) -> None:
-        self.mm.close()
-        os.close(self.fd)
+
+def _create_segment(path: str, size: int) -> tuple[int, mmap.mmap]:
+    """Create, preallocate and map a new segment file: (descriptor, mapping)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFull(f"cannot preallocate {size} bytes for {path}") from exc
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            os.ftruncate(fd, size)  # filesystem without fallocate
+        return fd, map_file(fd, size)
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
 
 
 class CommitLog:
-    """The segments of one store directory. Not thread-safe except as documented."""
+    """The segments of one store directory. Not thread-safe except as documented.
 
-    def __init__(self, directory: str, segment_size: int) -> None:
+    Segments are opened through the store's file cache: the active one (appends go
+    there) stays pinned open; older ones are open while read and closed when the
+    cache needs room."""
+
+    def __init__(self, directory: str, segment_size: int, files: FileCache | None = None) -> None:
         if segment_size < 4096:
             raise ValueError("segment size must be at least 4096 bytes")
         self.directory = directory
         self.segment_size = segment_size
-        self.segments: tuple[Segment, ...] = ()
-        self._bases: list[int] = []
+        self.files = files if files is not None else FileCache(default_budget())
+        # (segments, their bases) replaced together, so a worker thread reading it
+        # once sees a consistent pair.
+        self._table: tuple[tuple[Segment, ...], list[int]] = ((), [])
         self.write_pos = 0  # physical offset of the next byte to append
         self.flushed_pos = 0  # everything below is on disk (fdatasync returned)
         self._flush_lock = threading.Lock()
-        self._graveyard: list[Segment] = []
-        self._read_lock = threading.Lock()
         self._tail: Segment | None = None
         self._read_seg: Segment | None = None
+
+    @property
+    def segments(self) -> tuple[Segment, ...]:
+        return self._table[0]
 
     # ------------------------------------------------------------------ lifecycle
 
     def open(self) -> None:
-        """Map the existing segments. The write position is set by ``recover``."""
+        """Find the existing segments (the newest is mapped, the others when read).
+        The write position is set by ``recover``."""
         os.makedirs(self.directory, exist_ok=True)
         names = sorted(n for n in os.listdir(self.directory)
                        if len(n) == _NAME_DIGITS and n.isdigit())
-        segs = []
+        segs: list[Segment] = []
         for i, n in enumerate(names):
             base = int(n)
             if segs and base != segs[-1].end:
                 raise StoreError(f"CommitLog gap before segment {n}")
-            segs.append(Segment(os.path.join(self.directory, n), base, self.segment_size, False,
-                                resize=i == len(names) - 1))
+            path = os.path.join(self.directory, n)
+            size = os.stat(path).st_size
+            if size != self.segment_size:
+                if i != len(names) - 1:
+                    raise StoreError(f"segment {path} is {size} bytes, expected the configured "
+                                     f"segment size {self.segment_size}")
+                # The newest segment was cut short or had bytes appended: give it
+                # its size back; recovery validates what it holds record by record.
+                os.truncate(path, self.segment_size)
+            segs.append(Segment(path, base, self.segment_size))
         self._set_segments(tuple(segs))
         if segs:
             self.write_pos = self.flushed_pos = segs[0].base
 
     def close(self) -> None:
-        for s in self.segments:
-            s.close()
-        for s in self._graveyard:
-            s.close()
+        segs = self.segments
         self._set_segments(())
-        self._graveyard = []
+        for s in segs:
+            self.files.discard(s)
 
     def _set_segments(self, segs: tuple[Segment, ...]) -> None:
-        self.segments = segs
-        self._bases = [s.base for s in segs]
+        self._table = (segs, [s.base for s in segs])
         self._read_seg = None  # read's last segment, forgotten on any change
-        self._tail = segs[-1] if segs else None  # the segment appends go to
+        tail = segs[-1] if segs else None  # the segment appends go to: pinned open
+        if tail is not self._tail:
+            if tail is not None:
+                self.files.pin(tail)
+            if self._tail is not None:
+                self.files.unpin(self._tail)
+            self._tail = tail
 
     @property
     def min_offset(self) -> int:
-        return self.segments[0].base if self.segments else self.write_pos
+        segs = self.segments
+        return segs[0].base if segs else self.write_pos
 
     # ------------------------------------------------------------------ writing
 
@@ -155,8 +169,10 @@ class CommitLog:
         if local + size + rec.BLANK_SIZE > seg.size:
             if size + rec.BLANK_SIZE > seg.size:
                 raise StoreError(f"a {size}-byte record cannot fit a {seg.size}-byte segment")
-            rec._I32.pack_into(seg.mm, local, seg.size - local)
-            rec._I32.pack_into(seg.mm, local + 4, rec.BLANK_MAGIC)
+            mm = seg.mm
+            assert mm is not None  # the tail is pinned open
+            rec._I32.pack_into(mm, local, seg.size - local)
+            rec._I32.pack_into(mm, local + 4, rec.BLANK_MAGIC)
             self.write_pos = seg.end
             seg = self._roll(seg.end)
             local = 0
@@ -164,13 +180,13 @@ class CommitLog:
 
     @staticmethod
     def write(seg: Segment, local: int, data: bytes) -> None:
-        """Copy a record into a segment. Small records go through the mapping (a
-        memcpy); large ones through pwrite(2): an append touches fresh pages, and
-        faulting them in one by one through the mapping costs about four times
-        what pwrite does (measured: 69 vs 15 us for 33 KB)."""
+        """Copy a record into a segment (the active one: pinned open). Small records
+        go through the mapping (a memcpy); large ones through pwrite(2): an append
+        touches fresh pages, and faulting them in one by one through the mapping
+        costs about four times what pwrite does (measured: 69 vs 15 us for 33 KB)."""
         n = len(data)
         if n < _PWRITE_MIN:
-            seg.mm[local:local + n] = data
+            seg.mm[local:local + n] = data  # type: ignore[index]
         elif os.pwrite(seg.fd, data, local) != n:
             raise StoreError("short write to the CommitLog")
 
@@ -179,79 +195,96 @@ class CommitLog:
         """``write`` of a record given as pieces totalling ``n`` bytes: one pwritev(2)
         from where they lie when large, one join and copy when small."""
         if n < _PWRITE_MIN:
-            seg.mm[local:local + n] = b"".join(parts)
+            seg.mm[local:local + n] = b"".join(parts)  # type: ignore[index]
         elif os.pwritev(seg.fd, parts, local) != n:
             raise StoreError("short write to the CommitLog")
 
     def _roll(self, base: int) -> Segment:
-        seg = Segment(os.path.join(self.directory, segment_name(base)), base,
-                      self.segment_size, True)
+        seg = Segment(os.path.join(self.directory, segment_name(base)), base, self.segment_size)
+        self.files.create(seg, lambda: _create_segment(seg.path, seg.size))
         self._set_segments((*self.segments, seg))
         return seg
 
     # ------------------------------------------------------------------ reading
 
     def _segment_for(self, phys: int) -> Segment | None:
-        i = bisect.bisect_right(self._bases, phys) - 1
-        segs = self.segments
+        segs, bases = self._table
+        i = bisect.bisect_right(bases, phys) - 1
         if i < 0 or i >= len(segs):
             return None
         seg = segs[i]
         return seg if seg.base <= phys < seg.end else None
 
     def read(self, phys: int, size: int) -> bytes | None:
-        """The ``size`` bytes at ``phys`` (on the event-loop thread), or None if
-        that part of the log is gone (retention) or not written yet."""
+        """The ``size`` bytes at ``phys`` (owner thread), or None if that part of the
+        log is gone (retention) or not written yet. Raises StoreError if its segment
+        cannot be opened."""
         seg = self._read_seg  # reads come in runs from one segment
         if seg is None or not seg.base <= phys < seg.end:
             seg = self._read_seg = self._segment_for(phys)
+            if seg is not None:
+                seg.ref = True  # once a run: the clock's hand is slow next to a run
         if seg is None or phys + size > self.write_pos:
             return None
+        mm = seg.mm
+        if mm is None:
+            mm = self.files.open(seg)
         local = phys - seg.base
-        return seg.mm[local:local + size]
+        return mm[local:local + size]
+
+    def peek(self, phys: int, size: int) -> bytes:
+        """The bytes at ``phys`` whatever the write position (recovery looks past it);
+        empty if no segment holds them. Owner thread."""
+        seg = self._segment_for(phys)
+        if seg is None:
+            return b""
+        local = phys - seg.base
+        return self.files.open(seg)[local:local + size]
 
     def pread(self, phys: int, size: int) -> bytes | None:
         """Like ``read`` but with pread(2), safe from a worker thread: a cold page
-        blocks only that thread (an mmap slice would hold the GIL while faulting)."""
-        with self._read_lock:
-            seg = self._segment_for(phys)
-            if seg is None or phys + size > self.write_pos:
-                return None
-            seg.readers += 1
-        try:
-            return os.pread(seg.fd, size, phys - seg.base)
-        finally:
-            with self._read_lock:
-                seg.readers -= 1
+        blocks only that thread (an mmap slice would hold the GIL while faulting).
+        The segment is pinned while read, opened if the cache had closed it."""
+        seg = self._segment_for(phys)
+        if seg is None or phys + size > self.write_pos:
+            return None
+        return self.files.pread(seg, size, phys - seg.base)
 
     def scan(self, start: int) -> Iterator[rec.Record]:
         """Validate records from ``start`` on (magic, sizes, CRC), following blank
         records into the next segment; stops at the first byte that is not a valid
-        record. Used by recovery; ``write_pos`` is not consulted."""
-        seg = self._segment_for(start)
+        record. Used by recovery; ``write_pos`` is not consulted. The segment being
+        scanned stays pinned open while the caller handles its records."""
+        seg: Segment | None = self._segment_for(start)
         pos = start
         while seg is not None:
-            mm = seg.mm
-            local = pos - seg.base
-            if local + 8 > seg.size:
-                return
-            total, magic = rec.peek_size(mm, local)
-            if magic == rec.BLANK_MAGIC:
-                if total != seg.size - local:
-                    return
-                pos = seg.end
-                seg = self._segment_for(pos)
-                continue
-            if magic != rec.MAGIC or total <= 0 or local + total > seg.size:
-                return
+            self.files.pin(seg)
             try:
-                r = rec.decode(mm, local)
-            except rec.RecordError:
-                return
-            if r.physical_offset != pos:
-                return  # stale bytes from an earlier life of this file
-            yield r
-            pos += total
+                mm = seg.mm
+                assert mm is not None
+                while True:
+                    local = pos - seg.base
+                    if local + 8 > seg.size:
+                        return
+                    total, magic = rec.peek_size(mm, local)
+                    if magic == rec.BLANK_MAGIC:
+                        if total != seg.size - local:
+                            return
+                        pos = seg.end
+                        break
+                    if magic != rec.MAGIC or total <= 0 or local + total > seg.size:
+                        return
+                    try:
+                        r = rec.decode(mm, local)
+                    except rec.RecordError:
+                        return
+                    if r.physical_offset != pos:
+                        return  # stale bytes from an earlier life of this file
+                    yield r
+                    pos += total
+            finally:
+                self.files.unpin(seg)
+            seg = self._segment_for(pos)
 
     # ------------------------------------------------------------------ recovery
 
@@ -264,27 +297,31 @@ class CommitLog:
             if seg.base <= pos:
                 keep.append(seg)
             else:
-                seg.close()
-                os.unlink(seg.path)
+                self.files.discard(seg, unlink=True)
         self._set_segments(tuple(keep))
         seg = self._segment_for(pos)
         if seg is not None:
-            local = pos - seg.base
-            zero = bytes(_ZERO_CHUNK)
-            while local < seg.size:
-                n = min(_ZERO_CHUNK, seg.size - local)
-                if seg.mm[local:local + n] != zero[:n]:
-                    seg.mm[local:local + n] = zero[:n]
-                local += n
-            os.fdatasync(seg.fd)
+            self.files.pin(seg)
+            try:
+                mm = seg.mm
+                assert mm is not None
+                local = pos - seg.base
+                zero = bytes(_ZERO_CHUNK)
+                while local < seg.size:
+                    n = min(_ZERO_CHUNK, seg.size - local)
+                    if mm[local:local + n] != zero[:n]:
+                        mm[local:local + n] = zero[:n]
+                    local += n
+                os.fdatasync(seg.fd)
+            finally:
+                self.files.unpin(seg)
         self.write_pos = pos
         self.flushed_pos = min(self.flushed_pos, pos)
 
     def reset(self, pos: int) -> None:
         """Start an empty log at physical offset ``pos`` (all segments gone)."""
         for seg in self.segments:
-            seg.close()
-            os.unlink(seg.path)
+            self.files.discard(seg, unlink=True)
         self._set_segments(())
         self.write_pos = self.flushed_pos = pos
 
@@ -293,8 +330,9 @@ class CommitLog:
     def flush(self, upto: int | None = None) -> int:
         """fdatasync every segment holding bytes below ``upto`` (default: the
         current write position) that is not flushed yet; returns the new flushed
-        position. Blocking: call from a worker thread. OSError propagates: the
-        caller must treat it as "nothing since the last good flush is durable"."""
+        position. Blocking: call from a worker thread. A segment the cache closed
+        meanwhile is synced through a descriptor of its own. OSError propagates:
+        the caller must treat it as "nothing since the last good flush is durable"."""
         with self._flush_lock:
             target = self.write_pos if upto is None else min(upto, self.write_pos)
             if target <= self.flushed_pos:
@@ -302,7 +340,7 @@ class CommitLog:
             for seg in self.segments:
                 if seg.end <= self.flushed_pos or seg.base >= target:
                     continue
-                os.fdatasync(seg.fd)
+                self.files.sync(seg, data_only=True)
             self.flushed_pos = target
             return target
 
@@ -310,30 +348,16 @@ class CommitLog:
 
     def delete_segments(self, keep_from: int) -> list[int]:
         """Delete whole segments that end at or below ``keep_from`` (never the
-        active one). Returns the bases deleted. A mapping a reader still holds is
-        closed later (``reap``)."""
+        active one). Returns the bases deleted. A segment a worker thread is
+        reading is closed when that read ends."""
         segs = self.segments
         gone = [s for s in segs[:-1] if s.end <= keep_from]
         if not gone:
             return []
-        with self._read_lock:
-            self._set_segments(segs[len(gone):])
+        self._set_segments(segs[len(gone):])
         for s in gone:
-            os.unlink(s.path)
-            self._graveyard.append(s)
-        self.reap()
+            self.files.discard(s, unlink=True)
         return [s.base for s in gone]
-
-    def reap(self) -> None:
-        with self._read_lock:
-            idle = [s for s in self._graveyard if s.readers == 0]
-            self._graveyard = [s for s in self._graveyard if s.readers]
-        for s in idle:
-            try:
-                s.close()
-            except BufferError:  # an exported view is still alive: try next time
-                with self._read_lock:
-                    self._graveyard.append(s)
 
     def segment_mtimes(self) -> list[tuple[int, float]]:
         """(base, last modification time) of every segment but the active one."""

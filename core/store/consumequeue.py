@@ -9,8 +9,14 @@ Queue offsets count messages (Kafka semantics): a batch record of N messages
 covers offsets ``base .. base+N-1``, so an offset is found by binary search on
 the base offsets (with a direct hit when every record holds one message).
 Entries live in preallocated files of ``entries_per_file`` entries, named by the
-byte position of their first entry (20 digits), memory-mapped. A ConsumeQueue is
-derived data: recovery truncates it and re-dispatches from the CommitLog.
+byte position of their first entry (20 digits), memory-mapped through the
+store's file cache (filecache.py): a queue nobody writes or reads has no file
+open. A ConsumeQueue is derived data: recovery truncates it and re-dispatches
+from the CommitLog.
+
+Threads: the owner thread (the event loop) appends, reads, truncates and deletes;
+the checkpoint's worker thread calls ``flush``; a read in a worker thread goes
+through ``reader()``, which pins each file it touches.
 """
 
 from __future__ import annotations
@@ -18,8 +24,10 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
+
+from .filecache import CachedFile, FileCache, FileGone, default_budget, map_file
 
 ENTRY = struct.Struct(">qiqiqq")
 ENTRY_SIZE = ENTRY.size  # 40
@@ -37,95 +45,62 @@ class Entry(NamedTuple):
     store_timestamp: int
 
 
-class _File:
-    __slots__ = ("fd", "first", "mm", "path")
+class _File(CachedFile):
+    """One ConsumeQueue file: entries ``[first, limit)``. Written and read through its
+    mapping only, so it keeps no descriptor while open."""
 
-    def __init__(self, path: str, first: int, entries: int, create: bool) -> None:
-        self.path = path
+    __slots__ = ("first", "limit")
+
+    KIND = "consumequeue"
+    RANDOM = True  # sparse, and a get reads one page of entries
+
+    def __init__(self, path: str, first: int, entries: int) -> None:
+        super().__init__(path, entries * ENTRY_SIZE)
         self.first = first  # global index of the first entry in this file
-        self.fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
-        size = entries * ENTRY_SIZE
-        if os.fstat(self.fd).st_size != size:
-            os.ftruncate(self.fd, size)
-        self.mm = mmap.mmap(self.fd, size)
-
-    def close(self) -> None:
-        self.mm.close()
-        os.close(self.fd)
+        self.limit = first + entries
 
 
-class ConsumeQueue:
-    """Entries ``[first_entry, next_entry)`` of one queue. Event-loop thread only,
-    except ``flush`` (worker thread)."""
+def _create_file(path: str, size: int) -> tuple[int, mmap.mmap]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if os.fstat(fd).st_size != size:
+            os.ftruncate(fd, size)  # sparse: pages appear as entries are written
+        return fd, map_file(fd, size)
+    except BaseException:
+        os.close(fd)
+        raise
 
-    def __init__(self, directory: str, topic: str, queue_id: int, entries_per_file: int) -> None:
-        self.directory = directory
-        self.topic = topic
-        self.queue_id = queue_id
-        self.per_file = entries_per_file
-        self.files: list[_File] = []
-        self.first_entry = 0  # global index of the oldest entry kept
-        self.next_entry = 0  # global index the next entry gets
-        self.min_offset = 0  # first queue offset still readable
-        self.max_offset = 0  # the queue offset the next message gets
-        self.dirty = False
-        self._file_bytes = entries_per_file * ENTRY_SIZE
 
-    # ------------------------------------------------------------------ lifecycle
+def _data_end(path: str) -> int:
+    """Where the file's first hole starts (its size if it has none, or if the file
+    system cannot tell)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.lseek(fd, 0, os.SEEK_HOLE)
+    except OSError:
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
 
-    def open(self) -> None:
-        """Map existing files and find the end: the last entry whose size is set."""
-        os.makedirs(self.directory, exist_ok=True)
-        names = sorted(n for n in os.listdir(self.directory)
-                       if len(n) == _NAME_DIGITS and n.isdigit())
-        for n in names:
-            first = int(n) // ENTRY_SIZE
-            if self.files and first != self.files[-1].first + self.per_file:
-                # A gap means a file went missing: everything before it is unusable.
-                for f in self.files:
-                    f.close()
-                    os.unlink(f.path)
-                self.files = []
-            self.files.append(_File(os.path.join(self.directory, n), first, self.per_file, False))
-        if not self.files:
-            return
-        self.first_entry = self.files[0].first
-        # Entries are written in order, so "size != 0" holds for a prefix of the
-        # last file: binary search for its end.
-        last = self.files[-1]
-        lo, hi = 0, self.per_file
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if ENTRY.unpack_from(last.mm, mid * ENTRY_SIZE)[1] != 0:
-                lo = mid + 1
-            else:
-                hi = mid
-        self.next_entry = last.first + lo
-        # Skip leading empty entries of the first file (retention may have left
-        # a file whose older entries were cleared).
-        while self.first_entry < self.next_entry and self.entry(self.first_entry).size == 0:
-            self.first_entry += 1
-        self._refresh_bounds()
 
-    def close(self) -> None:
-        for f in self.files:
-            f.close()
-        self.files = []
+class _Entries:
+    """Reading entries ``[first_entry, next_entry)``: shared by the ConsumeQueue (owner
+    thread) and its pinned readers (worker threads), which differ in ``_mm``."""
 
-    def _refresh_bounds(self) -> None:
-        if self.next_entry > self.first_entry:
-            first = self.entry(self.first_entry)
-            last = self.entry(self.next_entry - 1)
-            self.min_offset = first.base_offset
-            self.max_offset = last.base_offset + last.count
-        else:
-            self.min_offset = self.max_offset
+    files: Sequence[_File]
+    per_file: int
+    first_entry: int
+    next_entry: int
+    min_offset: int
+    max_offset: int
 
-    # ------------------------------------------------------------------ entries
+    def _mm(self, f: _File) -> mmap.mmap:
+        raise NotImplementedError
 
     def _locate(self, index: int) -> tuple[mmap.mmap, int]:
-        f = self.files[(index - self.files[0].first) // self.per_file]
-        return f.mm, (index - f.first) * ENTRY_SIZE
+        files = self.files
+        f = files[(index - files[0].first) // self.per_file]
+        return self._mm(f), (index - f.first) * ENTRY_SIZE
 
     def entry(self, index: int) -> Entry:
         mm, pos = self._locate(index)
@@ -140,38 +115,10 @@ class ConsumeQueue:
         per = self.per_file
         while index < stop:
             f = files[(index - first) // per]
-            n = min(stop, f.first + per, index + _ITER_CHUNK) - index
+            n = min(stop, f.limit, index + _ITER_CHUNK) - index
             pos = (index - f.first) * ENTRY_SIZE
-            yield from ENTRY.iter_unpack(f.mm[pos:pos + n * ENTRY_SIZE])
+            yield from ENTRY.iter_unpack(self._mm(f)[pos:pos + n * ENTRY_SIZE])
             index += n
-
-    def append(self, phys: int, size: int, base: int, count: int, tag_hash: int,
-               store_ts: int) -> None:
-        """Add the entry for a record whose first message has queue offset ``base``."""
-        index = self.next_entry
-        files = self.files
-        if files:
-            f = files[-1]
-            pos = (index - f.first) * ENTRY_SIZE
-            if 0 <= pos < self._file_bytes:
-                _pack_entry(f.mm, pos, phys, size, base, count, tag_hash, store_ts)
-                self.next_entry = index + 1
-                self.max_offset = base + count
-                self.dirty = True
-                return
-        if not files or index >= files[-1].first + self.per_file:
-            first = index - index % self.per_file
-            path = os.path.join(self.directory, f"{first * ENTRY_SIZE:0{_NAME_DIGITS}d}")
-            files.append(_File(path, first, self.per_file, True))
-            if len(files) == 1:
-                self.first_entry = index
-                self.min_offset = base
-        f = files[-1]
-        ENTRY.pack_into(f.mm, (index - f.first) * ENTRY_SIZE, phys, size, base, count, tag_hash,
-                        store_ts)
-        self.next_entry = index + 1
-        self.max_offset = base + count
-        self.dirty = True
 
     def find(self, offset: int) -> int | None:
         """The index of the entry holding queue ``offset``, or None if the offset is
@@ -207,25 +154,192 @@ class ConsumeQueue:
                 hi = mid
         return self.entry(lo).base_offset if lo < self.next_entry else self.max_offset
 
+    def _first_at_or_past(self, phys: int) -> int:
+        """The index of the first entry whose record lies at CommitLog offset >= ``phys``."""
+        lo, hi = self.first_entry, self.next_entry
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.entry(mid).physical_offset < phys:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+
+class ConsumeQueue(_Entries):
+    """Entries ``[first_entry, next_entry)`` of one queue. Owner thread only, except
+    ``flush`` (worker thread) and what ``reader()`` returns."""
+
+    def __init__(self, directory: str, topic: str, queue_id: int, entries_per_file: int,
+                 cache: FileCache | None = None) -> None:
+        self.directory = directory
+        self.topic = topic
+        self.queue_id = queue_id
+        self.per_file = entries_per_file
+        self.cache = cache if cache is not None else FileCache(default_budget())
+        self.files: list[_File] = []
+        self.first_entry = 0  # global index of the oldest entry kept
+        self.next_entry = 0  # global index the next entry gets
+        self.min_offset = 0  # first queue offset still readable
+        self.max_offset = 0  # the queue offset the next message gets
+        self.dirty = False
+        self._file_bytes = entries_per_file * ENTRY_SIZE
+        # Where the last entry's record ends, kept in memory: recovery asks every
+        # queue, and reading it would open every queue's last file.
+        self._last_end = 0
+        self.tail: _File | None = None  # the file the next entry goes into, if it exists
+
+    def _locate(self, index: int) -> tuple[mmap.mmap, int]:
+        # _Entries._locate with _mm inlined: this is every get's first step.
+        files = self.files
+        f = files[(index - files[0].first) // self.per_file]
+        mm = f.mm
+        if mm is None:
+            mm = self.cache.open(f)
+        else:
+            f.ref = True
+        return mm, (index - f.first) * ENTRY_SIZE
+
+    def iter_entries(self, index: int, stop: int) -> Iterator[tuple[int, int, int, int, int, int]]:
+        # _Entries.iter_entries with _mm inlined: every get's loop.
+        files = self.files
+        first = files[0].first if files else 0
+        per = self.per_file
+        while index < stop:
+            f = files[(index - first) // per]
+            n = min(stop, f.limit, index + _ITER_CHUNK) - index
+            pos = (index - f.first) * ENTRY_SIZE
+            mm = f.mm
+            if mm is None:
+                mm = self.cache.open(f)
+            else:
+                f.ref = True
+            yield from ENTRY.iter_unpack(mm[pos:pos + n * ENTRY_SIZE])
+            index += n
+
+    def _mm(self, f: _File) -> mmap.mmap:
+        mm = f.mm
+        if mm is None:
+            return self.cache.open(f)
+        f.ref = True
+        return mm
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def open(self) -> None:
+        """Find the existing files and the end: the last entry whose size is set."""
+        os.makedirs(self.directory, exist_ok=True)
+        names = sorted(n for n in os.listdir(self.directory)
+                       if len(n) == _NAME_DIGITS and n.isdigit())
+        for n in names:
+            first = int(n) // ENTRY_SIZE
+            if self.files and first != self.files[-1].first + self.per_file:
+                # A gap means a file went missing: everything before it is unusable.
+                for f in self.files:
+                    self.cache.discard(f, unlink=True)
+                self.files = []
+            path = os.path.join(self.directory, n)
+            if os.stat(path).st_size != self._file_bytes:
+                os.truncate(path, self._file_bytes)
+            self.files.append(_File(path, first, self.per_file))
+        if not self.files:
+            return
+        self.first_entry = self.files[0].first
+        # Entries are written in order, so "size != 0" holds for a prefix of the
+        # last file: binary search for its end, below the file's first hole (the
+        # file is sparse: probing a hole through the mapping would fault in a
+        # zeroed page, and a broker with thousands of queues would pay for
+        # thousands of them at every start).
+        last = self.files[-1]
+        lo, hi = 0, min(self.per_file, -(-_data_end(last.path) // ENTRY_SIZE))
+        mm = self._mm(last)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if ENTRY.unpack_from(mm, mid * ENTRY_SIZE)[1] != 0:
+                lo = mid + 1
+            else:
+                hi = mid
+        self.next_entry = last.first + lo
+        # Skip leading empty entries of the first file (retention may have left
+        # a file whose older entries were cleared).
+        while self.first_entry < self.next_entry and self.entry(self.first_entry).size == 0:
+            self.first_entry += 1
+        self._refresh_bounds()
+
+    def close(self) -> None:
+        for f in self.files:
+            self.cache.discard(f)
+        self.files = []
+        self.tail = None
+
+    def _refresh_bounds(self) -> None:
+        if self.next_entry > self.first_entry:
+            first = self.entry(self.first_entry)
+            last = self.entry(self.next_entry - 1)
+            self.min_offset = first.base_offset
+            self.max_offset = last.base_offset + last.count
+            self._last_end = last.physical_offset + last.size
+        else:
+            self.min_offset = self.max_offset
+
+    def reader(self) -> PinnedReader:
+        """The entries as they are now, for a worker thread: each file it reads is
+        pinned open until ``release()``."""
+        return PinnedReader(self)
+
+    # ------------------------------------------------------------------ entries
+
+    def ready(self) -> None:
+        """Make sure the file the next entry goes into exists and is mapped (it is
+        then ``tail``), so that ``append`` cannot fail: the store calls this before it
+        writes the record (inlining the check ``tail`` is open and has room), and a
+        record never lands in the CommitLog without its entry. Raises StoreError."""
+        files = self.files
+        self.tail = None
+        if files:
+            f = files[-1]
+            if self.next_entry < f.limit:
+                if f.mm is None:
+                    self.cache.open(f)
+                else:
+                    f.ref = True
+                self.tail = f
+                return
+        index = self.next_entry
+        first = index - index % self.per_file
+        f = _File(os.path.join(self.directory, f"{first * ENTRY_SIZE:0{_NAME_DIGITS}d}"), first,
+                  self.per_file)
+        self.cache.create(f, lambda: _create_file(f.path, f.size))
+        files.append(f)
+        self.tail = f
+
+    def append(self, phys: int, size: int, base: int, count: int, tag_hash: int,
+               store_ts: int) -> None:
+        """Add the entry for a record whose first message has queue offset ``base``, in
+        ``tail``, which ``ready()`` (or the store's inlined check) made sure is open
+        with room since anything last opened a file."""
+        index = self.next_entry
+        f = self.tail
+        _pack_entry(f.mm, (index - f.first) * ENTRY_SIZE, phys, size, base, count,  # type: ignore[union-attr, arg-type]
+                    tag_hash, store_ts)
+        if index == self.first_entry:
+            self.min_offset = base
+        self.next_entry = index + 1
+        self.max_offset = base + count
+        self._last_end = phys + size
+        self.dirty = True
+
     def last_physical_end(self) -> int:
-        if self.next_entry == self.first_entry:
-            return 0
-        e = self.entry(self.next_entry - 1)
-        return e.physical_offset + e.size
+        return self._last_end if self.next_entry > self.first_entry else 0
 
     # ------------------------------------------------------------------ recovery
 
     def truncate_physical(self, phys: int) -> None:
         """Drop every entry for a record at CommitLog offset >= ``phys`` (they will be
         re-dispatched from the CommitLog, or were lost with it)."""
-        lo, hi = self.first_entry, self.next_entry
-        while lo < hi:  # first entry at or past phys
-            mid = (lo + hi) // 2
-            if self.entry(mid).physical_offset < phys:
-                lo = mid + 1
-            else:
-                hi = mid
-        self._truncate_entries(lo)
+        if self.next_entry == self.first_entry or self._last_end <= phys:
+            return  # nothing that far: no file needs opening
+        self._truncate_entries(self._first_at_or_past(phys))
 
     def _truncate_entries(self, index: int) -> None:
         if index >= self.next_entry:
@@ -234,14 +348,14 @@ class ConsumeQueue:
         new_max = self.entry(index).base_offset
         keep = [f for f in self.files if f.first < index]
         for f in self.files[len(keep):]:
-            f.close()
-            os.unlink(f.path)
+            self.cache.discard(f, unlink=True)
         if keep:
             f = keep[-1]
             start = (index - f.first) * ENTRY_SIZE
-            stop = (min(self.next_entry, f.first + self.per_file) - f.first) * ENTRY_SIZE
-            f.mm[start:stop] = bytes(stop - start)
+            stop = (min(self.next_entry, f.limit) - f.first) * ENTRY_SIZE
+            self._mm(f)[start:stop] = bytes(stop - start)
         self.files = keep
+        self.tail = None
         self.next_entry = index
         if index == self.first_entry:
             self.min_offset = self.max_offset = new_max
@@ -258,20 +372,12 @@ class ConsumeQueue:
     def delete_before_physical(self, min_phys: int) -> int:
         """Forget entries whose records lie below CommitLog offset ``min_phys``;
         delete files that hold only such entries. Returns the new min offset."""
-        lo, hi = self.first_entry, self.next_entry
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if self.entry(mid).physical_offset < min_phys:
-                lo = mid + 1
-            else:
-                hi = mid
+        lo = self._first_at_or_past(min_phys)
         if lo == self.first_entry:
             return self.min_offset
         # Keep the last file even when empty: it anchors the entry numbering.
         while len(self.files) > 1 and self.files[1].first <= lo:
-            f = self.files.pop(0)
-            f.close()
-            os.unlink(f.path)
+            self.cache.discard(self.files.pop(0), unlink=True)  # never the tail
         self.first_entry = lo
         if lo < self.next_entry:
             self.min_offset = self.entry(lo).base_offset
@@ -282,18 +388,53 @@ class ConsumeQueue:
     # ------------------------------------------------------------------ flushing
 
     def flush(self) -> None:
-        """fsync the mapped files (worker thread; the checkpoint calls it)."""
+        """Make the newest files durable (worker thread; the checkpoint calls it)."""
         self.dirty = False
         for f in list(self.files[-2:]):
             try:
-                os.fsync(f.fd)
+                self.cache.sync(f)
             except OSError:
                 self.dirty = True
                 raise
 
     def remove_files(self) -> None:
         """Delete this queue's files (the topic was deleted)."""
-        self.close()
+        for f in self.files:
+            self.cache.discard(f, unlink=True)
+        self.files = []
+        self.tail = None
         for n in os.listdir(self.directory):
             os.unlink(os.path.join(self.directory, n))
         os.rmdir(self.directory)
+
+
+class PinnedReader(_Entries):
+    """A ConsumeQueue's entries as they were when it was made, read from a worker
+    thread: every file read is pinned (opened if closed) so the owner cannot close
+    it mid-read, until ``release()``. Raises FileGone if retention deleted a file
+    the read needs (read again: the queue's bounds moved)."""
+
+    def __init__(self, q: ConsumeQueue) -> None:
+        # The end first: entries below it are in files listed after it.
+        self.next_entry = q.next_entry
+        self.max_offset = q.max_offset
+        self.files = tuple(q.files)
+        self.first_entry = q.first_entry
+        self.min_offset = q.min_offset
+        self.per_file = q.per_file
+        self._cache = q.cache
+        self._pinned: list[_File] = []
+
+    def _mm(self, f: _File) -> mmap.mmap:
+        if f not in self._pinned:
+            if not self._cache.pin(f):
+                raise FileGone(f.path)
+            self._pinned.append(f)
+        mm = f.mm
+        assert mm is not None
+        return mm
+
+    def release(self) -> None:
+        for f in self._pinned:
+            self._cache.unpin(f)
+        self._pinned = []

@@ -12,7 +12,8 @@ index costs disk, not memory::
 A lookup walks the slot's chain and returns candidate (offset, member) pairs;
 the caller reads the records and keeps those whose key really matches (hashes
 collide). Files are preallocated sparse and memory-mapped; when one is full a
-new one starts. ``end phys`` tells recovery where to resume indexing.
+new one starts. ``end phys`` tells recovery where to resume indexing. Files
+are opened through the store's file cache (filecache.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import mmap
 import os
 import struct
 import zlib
+
+from .filecache import CachedFile, FileCache, default_budget, map_file
 
 HEADER = struct.Struct(">qqqqii")
 ENTRY = struct.Struct(">Iqii")
@@ -39,47 +42,33 @@ def key_hash(key: str) -> int:
     return zlib.crc32(key.encode())
 
 
-class IndexFile:
-    __slots__ = ("begin_phys", "end_phys", "entries", "fd", "max_entries", "mm", "path", "slots")
+class IndexFile(CachedFile):
+    """One index file. Written and read through its mapping only, so it keeps no
+    descriptor while open; its header fields live in memory too."""
 
-    def __init__(self, path: str, slots: int, max_entries: int, begin_phys: int | None) -> None:
-        self.path = path
-        if begin_phys is not None:
-            # Build the file under a temporary name and rename it into place, so a
-            # crash never leaves a file without its header under a real name.
-            tmp = path + ".tmp"
-            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                os.ftruncate(fd, HEADER.size + slots * 4 + max_entries * ENTRY.size)
-                os.pwrite(fd, HEADER.pack(0, 0, begin_phys, begin_phys, slots, 0), 0)
-                os.rename(tmp, path)
-            except BaseException:
-                os.close(fd)
-                raise
-            self.fd = fd
-        else:
-            self.fd = os.open(path, os.O_RDWR)
-        try:
-            size = os.fstat(self.fd).st_size
-            if size < HEADER.size:
-                raise BrokenIndexFile(f"{path}: {size} bytes, shorter than a header")
-            self.mm = mmap.mmap(self.fd, 0)
-            _, _, self.begin_phys, self.end_phys, self.slots, self.entries = HEADER.unpack_from(
-                self.mm)
-            self.max_entries = (len(self.mm) - HEADER.size - self.slots * 4) // ENTRY.size
-            if self.slots <= 0 or self.max_entries <= 0 or not 0 <= self.entries <= self.max_entries:
-                self.mm.close()
-                raise BrokenIndexFile(f"{path}: header does not describe this file")
-        except BaseException:
-            os.close(self.fd)
-            raise
+    __slots__ = ("begin_phys", "end_phys", "entries", "max_entries", "slots")
+
+    KIND = "index"
+    RANDOM = True  # sparse, and a hash table
+
+    def __init__(self, path: str, size: int) -> None:
+        super().__init__(path, size)
+        self.begin_phys = self.end_phys = self.slots = self.entries = self.max_entries = 0
+
+    def load_header(self, mm: mmap.mmap) -> None:
+        """Read the header of an existing file. Raises BrokenIndexFile."""
+        if self.size < HEADER.size:
+            raise BrokenIndexFile(f"{self.path}: {self.size} bytes, shorter than a header")
+        _, _, self.begin_phys, self.end_phys, self.slots, self.entries = HEADER.unpack_from(mm)
+        self.max_entries = (self.size - HEADER.size - self.slots * 4) // ENTRY.size
+        if self.slots <= 0 or self.max_entries <= 0 or not 0 <= self.entries <= self.max_entries:
+            raise BrokenIndexFile(f"{self.path}: header does not describe this file")
 
     @property
     def full(self) -> bool:
         return self.entries >= self.max_entries
 
-    def put(self, h: int, phys: int, member: int, ts: int) -> None:
-        mm = self.mm
+    def put(self, mm: mmap.mmap, h: int, phys: int, member: int, ts: int) -> None:
         slot_pos = HEADER.size + (h % self.slots) * 4
         prev = SLOT.unpack_from(mm, slot_pos)[0]
         n = self.entries + 1  # entry numbers start at 1; 0 ends a chain
@@ -89,15 +78,14 @@ class IndexFile:
         self.entries = n
         _COUNT.pack_into(mm, _COUNT_POS, n)
 
-    def advance(self, end_phys: int, ts: int) -> None:
+    def advance(self, mm: mmap.mmap, end_phys: int, ts: int) -> None:
         """Record that every record below ``end_phys`` is indexed."""
         self.end_phys = end_phys
-        begin_ts = _TS.unpack_from(self.mm, 0)[0] or ts
-        HEADER.pack_into(self.mm, 0, begin_ts, ts, self.begin_phys, end_phys, self.slots,
+        begin_ts = _TS.unpack_from(mm, 0)[0] or ts
+        HEADER.pack_into(mm, 0, begin_ts, ts, self.begin_phys, end_phys, self.slots,
                          self.entries)
 
-    def lookup(self, h: int, limit: int) -> list[tuple[int, int]]:
-        mm = self.mm
+    def lookup(self, mm: mmap.mmap, h: int, limit: int) -> list[tuple[int, int]]:
         base = HEADER.size + self.slots * 4
         n = SLOT.unpack_from(mm, HEADER.size + (h % self.slots) * 4)[0]
         out: list[tuple[int, int]] = []
@@ -110,20 +98,38 @@ class IndexFile:
             seen += 1
         return out
 
-    def close(self) -> None:
-        self.mm.close()
-        os.close(self.fd)
+
+def _create_file(path: str, slots: int, max_entries: int, begin_phys: int
+                 ) -> tuple[int, mmap.mmap]:
+    """Build the file under a temporary name and rename it into place, so a crash
+    never leaves a file without its header under a real name."""
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.ftruncate(fd, HEADER.size + slots * 4 + max_entries * ENTRY.size)
+        os.pwrite(fd, HEADER.pack(0, 0, begin_phys, begin_phys, slots, 0), 0)
+        os.rename(tmp, path)
+        return fd, map_file(fd, os.fstat(fd).st_size)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 class KeyIndex:
-    """All index files of a store, newest last. Event-loop thread, except ``flush``."""
+    """All index files of a store, newest last. Owner thread, except ``flush``.
 
-    def __init__(self, directory: str, slots: int, max_entries: int) -> None:
+    Files are opened through the store's file cache; the newest (every put writes
+    it) stays pinned open, older ones are opened when a lookup reaches them."""
+
+    def __init__(self, directory: str, slots: int, max_entries: int,
+                 cache: FileCache | None = None) -> None:
         self.directory = directory
         self.slots = slots
         self.max_entries = max_entries
+        self.cache = cache if cache is not None else FileCache(default_budget())
         self.files: list[IndexFile] = []
         self.dirty = False
+        self.tail: IndexFile | None = None  # the newest file, pinned open
 
     def open(self) -> None:
         os.makedirs(self.directory, exist_ok=True)
@@ -132,39 +138,84 @@ class KeyIndex:
             if n.endswith(".tmp"):  # a crash while creating a file
                 os.unlink(path)
             elif len(n) == _NAME_DIGITS and n.isdigit():
+                f = IndexFile(path, os.stat(path).st_size)
                 try:
-                    self.files.append(IndexFile(path, 0, 0, None))
+                    if f.size < HEADER.size:
+                        raise BrokenIndexFile(f"{path}: {f.size} bytes, shorter than a header")
+                    f.load_header(self.cache.open(f))
                 except BrokenIndexFile:
+                    self.cache.discard(f)
                     # Unusable (e.g. an older build crashed while creating it): drop it
                     # and every newer file; recovery re-indexes from the CommitLog.
                     for later in sorted(os.listdir(self.directory)):
                         if len(later) == _NAME_DIGITS and later.isdigit() and later >= n:
                             os.unlink(os.path.join(self.directory, later))
                     break
+                self.files.append(f)
+        self._retail()
 
     def close(self) -> None:
-        for f in self.files:
-            f.close()
-        self.files = []
+        files, self.files = self.files, []
+        self._retail()
+        for f in files:
+            self.cache.discard(f)
+
+    def _retail(self) -> None:
+        """Pin the newest file (the one puts write) and let the previous one go."""
+        new = self.files[-1] if self.files else None
+        if new is self.tail:
+            return
+        if new is not None:
+            self.cache.pin(new)
+        if self.tail is not None:
+            self.cache.unpin(self.tail)
+        self.tail = new
+
+    def _mm(self, f: IndexFile) -> mmap.mmap:
+        mm = f.mm
+        if mm is None:
+            return self.cache.open(f)
+        f.ref = True
+        return mm
 
     @property
     def end_phys(self) -> int:
         """Every record below this CommitLog offset has been indexed."""
         return self.files[-1].end_phys if self.files else 0
 
+    def ready(self, keys: int, phys: int) -> None:
+        """Make room for ``keys`` more entries of the record at CommitLog offset
+        ``phys`` in the newest file, starting a new file now if they would not fit, so
+        that the ``put`` calls for that record cannot fail: the store calls this
+        before it writes the record. Raises StoreError."""
+        files = self.files
+        if not files or files[-1].entries + keys > files[-1].max_entries:
+            self._add_file(phys)
+
+    def _add_file(self, phys: int) -> None:
+        path = os.path.join(self.directory, f"{phys:0{_NAME_DIGITS}d}")
+        if os.path.exists(path):  # recovery re-created a file at the same offset
+            os.unlink(path)
+        f = IndexFile(path, HEADER.size + self.slots * 4 + self.max_entries * ENTRY.size)
+        self.cache.create(f, lambda: _create_file(path, self.slots, self.max_entries, phys))
+        f.begin_phys = f.end_phys = phys
+        f.slots, f.max_entries = self.slots, self.max_entries
+        self.files.append(f)
+        self._retail()
+
     def put(self, key: str, phys: int, member: int, ts: int) -> None:
-        if not self.files or self.files[-1].full:
-            path = os.path.join(self.directory, f"{phys:0{_NAME_DIGITS}d}")
-            if os.path.exists(path):  # recovery re-created a file at the same offset
-                os.unlink(path)
-            self.files.append(IndexFile(path, self.slots, self.max_entries, phys))
-        self.files[-1].put(key_hash(key), phys, member, ts)
+        f = self.tail
+        if f is None or f.entries >= f.max_entries:
+            self._add_file(phys)
+            f = self.tail
+        f.put(f.mm, key_hash(key), phys, member, ts)  # type: ignore[union-attr, arg-type]
         self.dirty = True
 
     def advance(self, end_phys: int, ts: int) -> None:
         """Every record below ``end_phys`` is indexed (called after a record's keys)."""
-        if self.files:
-            self.files[-1].advance(end_phys, ts)
+        f = self.tail
+        if f is not None:
+            f.advance(f.mm, end_phys, ts)  # type: ignore[arg-type]  # pinned open
 
     def lookup(self, key: str, limit: int = 64) -> list[tuple[int, int]]:
         """Candidate (CommitLog offset, batch member) pairs, newest first, deduplicated."""
@@ -172,7 +223,7 @@ class KeyIndex:
         out: list[tuple[int, int]] = []
         seen: set[tuple[int, int]] = set()
         for f in reversed(self.files):
-            for hit in f.lookup(h, limit):
+            for hit in f.lookup(self._mm(f), h, limit):
                 if hit not in seen:
                     seen.add(hit)
                     out.append(hit)
@@ -183,11 +234,11 @@ class KeyIndex:
     def delete_before(self, min_phys: int) -> None:
         """Delete files whose every entry points below ``min_phys`` (never the newest)."""
         while len(self.files) > 1 and self.files[0].end_phys <= min_phys:
-            f = self.files.pop(0)
-            f.close()
-            os.unlink(f.path)
+            self.cache.discard(self.files.pop(0), unlink=True)
 
     def flush(self) -> None:
+        """Make the newest file durable (worker thread)."""
         self.dirty = False
-        if self.files:
-            os.fsync(self.files[-1].fd)
+        f = self.tail
+        if f is not None:
+            self.cache.sync(f)

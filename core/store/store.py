@@ -19,7 +19,7 @@ import shutil
 import struct
 import time
 import zlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from ...protocols import record as rec
@@ -36,10 +36,12 @@ from ..message import (
     Message,
     PutResult,
     StoredRecord,
+    register_batch_decoder,
 )
 from .checkpoint import Checkpoint, read_checkpoint, write_checkpoint
 from .commitlog import CommitLog
-from .consumequeue import ConsumeQueue
+from .consumequeue import ConsumeQueue, PinnedReader
+from .filecache import FileCache, FileGone, default_budget
 from .files import DirectoryLock
 from .index import KeyIndex
 
@@ -50,6 +52,7 @@ _HEADER_SIZE = rec.HEADER_SIZE
 _MAGIC = rec.MAGIC
 _pack_header = rec.HEADER.pack
 _pack_u16 = struct.Struct(">H").pack
+_pack_i32 = struct.Struct(">i").pack
 _pack_member = struct.Struct(">iiiii").pack
 _crc32 = zlib.crc32
 _time_ns = time.time_ns
@@ -57,6 +60,8 @@ _write = CommitLog.write
 _U16 = struct.Struct(">H")
 _I32 = struct.Struct(">i")
 _SIZE_MAGIC = struct.Struct(">ii")
+_MAX_PROPS = rec.MAX_PROPERTIES_BYTES
+_LONG_PROPS = rec.FORMAT_LONG_PROPERTIES
 # A batch member may not ask for delayed delivery or be a transaction's half: a batch
 # is one record, delivered at once (RocketMQ's client refuses these for batches too).
 _NOT_IN_BATCH = frozenset(("DELAY", "TIMER_DELIVER_MS", "TIMER_DELAY_MS", "TIMER_DELAY_SEC",
@@ -75,6 +80,7 @@ class StoreConfig:
     index_slots: int = 500_000
     index_entries: int = 2_000_000
     store_host: bytes = rec.host_bytes("127.0.0.1", 10911)
+    max_open_files: int = 0  # files held open at once (filecache.py); 0: default_budget()
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,11 +124,13 @@ _UNIQ_RE = re.compile(b"UNIQ_KEY\x01([^\x02]*)")
 _find_property = rec.find_property
 _unpack_member = struct.Struct(">iiiii").unpack_from
 _unpack_u16 = struct.Struct(">H").unpack_from
+_unpack_i32 = struct.Struct(">i").unpack_from
 
 
-def scan_batch(body: bytes | memoryview) -> tuple[int, int, list[tuple[str, int]],
-                                                  tuple[str | None, ...]]:
-    """(message count, tag hash, keys to index, client ids) of a native batch body.
+def scan_batch(body: bytes | memoryview, long: bool = False
+               ) -> tuple[int, int, list[tuple[str, int]], tuple[str | None, ...]]:
+    """(message count, tag hash, keys to index, client ids) of a native batch body
+    (``long``: of a FORMAT_LONG_PROPERTIES record, 4-byte properties lengths).
 
     Runs for every batch produced, so only the size walk is per member; the
     properties that matter are found by one regex pass each over the whole body.
@@ -134,14 +142,16 @@ def scan_batch(body: bytes | memoryview) -> tuple[int, int, list[tuple[str, int]
     Raises InvalidMessage."""
     end = len(body)
     p = n = 0
+    plen, unpack_plen = (4, _unpack_i32) if long else (2, _unpack_u16)
+    least = 20 + plen
     while p < end:
-        if end - p < 22:
+        if end - p < least:
             raise InvalidMessage("malformed batch: truncated member")
         total, _magic, _crc, _flag, body_len = _unpack_member(body, p)
         q = p + 20 + body_len
-        if total < 22 or p + total > end or body_len < 0 or q + 2 > p + total:
+        if total < least or p + total > end or body_len < 0 or q + plen > p + total:
             raise InvalidMessage("malformed batch: member size out of range")
-        if q + 2 + _unpack_u16(body, q)[0] != p + total:
+        if q + plen + unpack_plen(body, q)[0] != p + total:
             raise InvalidMessage("malformed batch: member size does not match its fields")
         n += 1
         p += total
@@ -151,7 +161,7 @@ def scan_batch(body: bytes | memoryview) -> tuple[int, int, list[tuple[str, int]
     if b"DELAY\x01" in raw or b"TIMER_" in raw or b"TRAN_MSG\x01" in raw:
         # Plain substring tests: measured 6 us over a 32-message batch where a
         # regex alternation took 57. Only a hit pays for the precise look.
-        for m in rec.iter_members(raw):  # a precise look, only when the fast one hit
+        for m in rec.iter_members(raw, long=long):  # a precise look, only when the fast one hit
             if m.properties_raw and _NOT_IN_BATCH_RE.search(m.properties_raw):
                 raise _batch_member_refused(m.properties)
     h = TAG_HASH_NONE
@@ -171,12 +181,37 @@ def scan_batch(body: bytes | memoryview) -> tuple[int, int, list[tuple[str, int]
     return n, h, keys, ()
 
 
+def _long_single(sr: StoredRecord, r: rec.Record) -> Iterator[ConsumedMessage]:
+    """The message of a single record with a long property area."""
+    yield ConsumedMessage(r.topic, r.queue_id, r.queue_offset, r.body, r.properties,
+                          r.born_timestamp, r.store_timestamp, r.physical_offset, r.store_host,
+                          r.born_host, r.flag, r.sys_flag & ~rec.FORMAT_MASK, r.reconsume_times)
+
+
+def _long_batch(sr: StoredRecord, r: rec.Record) -> Iterator[ConsumedMessage]:
+    """The messages of a native batch record whose members have long property areas."""
+    for i, m in enumerate(rec.iter_members(r.body, long=True)):
+        yield ConsumedMessage(r.topic, r.queue_id, r.queue_offset + i, m.body, m.properties,
+                              r.born_timestamp, r.store_timestamp, r.physical_offset,
+                              r.store_host, r.born_host, m.flag, r.sys_flag & ~rec.FORMAT_MASK,
+                              r.reconsume_times, i)
+
+
+# StoredRecord.messages() decodes the plain formats itself and asks the registry for
+# the others: the store's long-property formats are the store's to decode.
+register_batch_decoder(rec.FORMAT_SINGLE | rec.FORMAT_LONG_PROPERTIES, _long_single)
+register_batch_decoder(rec.FORMAT_NATIVE_BATCH | rec.FORMAT_LONG_PROPERTIES, _long_batch)
+
+
 class MessageStore:
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
         d = config.directory
-        self.commitlog = CommitLog(os.path.join(d, "commitlog"), config.segment_size)
-        self.index = KeyIndex(os.path.join(d, "index"), config.index_slots, config.index_entries)
+        # Every segment, ConsumeQueue and index file is opened through this cache.
+        self.files = FileCache(config.max_open_files or default_budget())
+        self.commitlog = CommitLog(os.path.join(d, "commitlog"), config.segment_size, self.files)
+        self.index = KeyIndex(os.path.join(d, "index"), config.index_slots, config.index_entries,
+                              self.files)
         self.queues: dict[tuple[str, int], ConsumeQueue] = {}
         self.store_host = config.store_host
         self.dispatched_pos = 0  # every record below is in its ConsumeQueue and the index
@@ -194,14 +229,18 @@ class MessageStore:
 
     # ================================================================ lifecycle
 
-    def open(self, accept: Callable[[str, int, int], bool] = lambda t, q, p: True) -> RecoveryReport:
+    def open(self, accept: Callable[[str, int, int], bool] = lambda t, q, p: True,
+             before_scan: Callable[[int], None] | None = None) -> RecoveryReport:
         """Lock the directory, map the files, and recover (see docs/storage.md):
         truncate every ConsumeQueue to the checkpoint, re-dispatch the CommitLog
         records from there on, validating each (magic, sizes, CRC, its own offset),
         and cut the log at the first byte that is not a valid record.
 
         ``accept(topic, queue_id, physical_offset)`` says whether a record belongs
-        to a live topic (a deleted topic's records stay in the log until retention)."""
+        to a live topic (a deleted topic's records stay in the log until retention);
+        it is asked in log order. ``before_scan(checkpoint)`` runs once the
+        ConsumeQueues are cut back to the checkpoint, before the first ``accept``
+        (the broker's state log replays what its queue holds below it)."""
         t0 = time.monotonic()
         d = self.config.directory
         os.makedirs(d, exist_ok=True)
@@ -228,6 +267,8 @@ class MessageStore:
             validate_from = min(validate_from, start)
         for q in self.queues.values():
             q.truncate_physical(start)
+        if before_scan is not None:
+            before_scan(start)
         index_from = self.index.end_phys
         end = validate_from
         count = 0
@@ -262,11 +303,8 @@ class MessageStore:
         return report
 
     def _bytes_follow(self, end: int) -> bool:
-        seg = self.commitlog._segment_for(end)
-        if seg is None:
-            return False
-        local = end - seg.base
-        return seg.mm[local:local + 8] != bytes(len(seg.mm[local:local + 8]))
+        head = self.commitlog.peek(end, 8)
+        return head != bytes(len(head))
 
     def _load_queues(self) -> None:
         root = os.path.join(self.config.directory, "consumequeue")
@@ -276,7 +314,7 @@ class MessageStore:
             for qid in os.listdir(tdir):
                 if qid.isdigit():
                     q = ConsumeQueue(os.path.join(tdir, qid), topic, int(qid),
-                                     self.config.cq_entries_per_file)
+                                     self.config.cq_entries_per_file, self.files)
                     q.open()
                     self.queues[(topic, int(qid))] = q
 
@@ -290,6 +328,7 @@ class MessageStore:
                              f"CommitLog offset {r.physical_offset}")
         if q.next_entry == q.first_entry:
             q.reset_offsets(r.queue_offset)
+        q.ready()
         q.append(r.physical_offset, r.total_size, r.queue_offset, count, h, r.store_timestamp)
         if r.physical_offset >= index_from and keys:
             for key, member in keys:
@@ -299,14 +338,14 @@ class MessageStore:
 
     def _describe(self, r: rec.Record) -> tuple[int, int, list[tuple[str, int]]]:
         """(message count, tag hash, keys) of a stored record, as append computed them."""
-        fmt = r.sys_flag & rec.FORMAT_MASK
+        fmt = r.sys_flag & rec.FORMAT_MASK & ~rec.FORMAT_LONG_PROPERTIES
         if fmt == rec.FORMAT_SINGLE:
             props = r.properties
             hook = self.tag_hash_hooks.get(r.topic)
             h = hook(props) if hook is not None else tag_hash(props.get(PROPERTY_TAGS))
             return 1, h, _record_keys(props, 0)
         if fmt == rec.FORMAT_NATIVE_BATCH:
-            n, h, keys, _uniq = scan_batch(r.body)
+            n, h, keys, _uniq = scan_batch(r.body, bool(r.sys_flag & rec.FORMAT_LONG_PROPERTIES))
             return n, h, keys
         h = kb.read_header(r.body)
         return h.last_offset_delta + 1, TAG_HASH_NONE, []
@@ -319,6 +358,7 @@ class MessageStore:
                 q.close()
             self.commitlog.close()
             self.index.close()
+            self.files.close_all()
             self._lock.release()
             return
         self._open = False
@@ -331,6 +371,7 @@ class MessageStore:
                 q.close()
             self.commitlog.close()
             self.index.close()
+            self.files.close_all()
             self._lock.release()
 
     # ================================================================ writing
@@ -340,7 +381,7 @@ class MessageStore:
         if q is None:
             q = ConsumeQueue(os.path.join(self.config.directory, "consumequeue", topic,
                                           str(queue_id)), topic, queue_id,
-                             self.config.cq_entries_per_file)
+                             self.config.cq_entries_per_file, self.files)
             q.open()
             self.queues[(topic, queue_id)] = q
         return q
@@ -369,13 +410,24 @@ class MessageStore:
         the record is built as one bytes object copied into the mapped segment
         with one slice assignment (measured cheaper than three). A large body may
         come as a tuple of pieces (a Kafka batch: its rewritten first bytes and a
-        view of the rest), written with the record's other parts by one pwritev."""
+        view of the rest), written with the record's other parts by one pwritev.
+
+        Properties past RocketMQ's 32,767 bytes make the record FORMAT_LONG_PROPERTIES
+        (4-byte properties lengths; a batch body given with that flag has members
+        encoded so). Everything that can fail (rolling the segment, opening or
+        creating the ConsumeQueue and index files) happens before the record is
+        written: a record is never in the CommitLog without its queue entry."""
         if self.failed is not None:
             raise self.failed
         tail = self._topic_tails.get(topic) or self._topic_tail(topic)
         props_len = len(properties)
-        if props_len > rec.MAX_PROPERTIES_BYTES:
-            raise InvalidMessage("properties exceed 32767 bytes")
+        if props_len > _MAX_PROPS or sys_flag & _LONG_PROPS:
+            if props_len > rec.MAX_LONG_PROPERTIES_BYTES:
+                raise InvalidMessage(f"properties exceed {rec.MAX_LONG_PROPERTIES_BYTES} bytes")
+            sys_flag |= _LONG_PROPS
+            plen, plen_size = _pack_i32(props_len), 4
+        else:
+            plen, plen_size = _pack_u16(props_len), 2
         q = self.queues.get((topic, queue_id)) or self._queue(topic, queue_id)
         qoff = q.max_offset
         if type(body) is tuple:  # pieces (a large body): written by one pwritev, never joined
@@ -386,9 +438,18 @@ class MessageStore:
         else:
             body_len = len(body)
             crc = _crc32(body)
-        size = _HEADER_SIZE + body_len + len(tail) + 2 + props_len
+        size = _HEADER_SIZE + body_len + len(tail) + plen_size + props_len
         cl = self.commitlog
         seg, local, phys = cl.reserve(size)
+        if keys:
+            it = self.index.tail  # inlined KeyIndex.ready: room for these keys?
+            if it is None or it.entries + len(keys) > it.max_entries:
+                self.index.ready(len(keys), phys)
+        # Last: nothing after it may close the queue's file before append. Inlined:
+        # the tail file is open and has room (ConsumeQueue.ready).
+        qt = q.tail
+        if qt is None or qt.mm is None or q.next_entry >= qt.limit:
+            q.ready()
         ts = _time_ns() // 1_000_000
         if ts < self._last_ts:  # store timestamps never go backwards (time lookups bisect)
             ts = self._last_ts
@@ -397,10 +458,9 @@ class MessageStore:
                               sys_flag, born_timestamp or ts, born_host, ts, self.store_host,
                               reconsume_times, prepared_offset, body_len)
         if type(body) is tuple:
-            cl.write_parts(seg, local, (header, *body, tail, _pack_u16(props_len), properties),
-                           size)
+            cl.write_parts(seg, local, (header, *body, tail, plen, properties), size)
         else:
-            _write(seg, local, b"".join((header, body, tail, _pack_u16(props_len), properties)))
+            _write(seg, local, b"".join((header, body, tail, plen, properties)))
         cl.write_pos = phys + size
         q.append(phys, size, qoff, count, tag_hash, ts)
         if keys:
@@ -436,17 +496,22 @@ class MessageStore:
         member CRC left 0, as RocketMQ clients send them: the record's own body
         CRC covers every member, and a member CRC is computed only when a
         RocketMQ pull unpacks the batch."""
+        fmt = rec.FORMAT_NATIVE_BATCH
         encoded = _encode_plain_batch(topic, messages)
         if encoded is not None:  # no member has properties: the common case, kept cheap
             body, total = encoded
             n, h, keys, uniq = len(messages), TAG_HASH_NONE, [], ()
         else:
-            body, total, h, keys, uniq = _encode_batch(topic, messages)
+            try:
+                body, total, h, keys, uniq = _encode_batch(topic, messages)
+            except _LongProperties:  # a member's properties exceed RocketMQ's 32,767 bytes
+                body, total, h, keys, uniq = _encode_batch(topic, messages, long=True)
+                fmt |= rec.FORMAT_LONG_PROPERTIES
             n = len(messages)
         if total > max_body_bytes:
             raise MessageTooLarge(f"batch bodies total {total} bytes; the maximum is "
                                   f"{max_body_bytes}")
-        return self.append(topic, queue_id, body, b"", 0, rec.FORMAT_NATIVE_BATCH,
+        return self.append(topic, queue_id, body, b"", 0, fmt,
                            born_timestamp, born_host, 0, 0, n, h, keys, uniq)
 
     def append_encoded_batch(self, topic: str, queue_id: int, body: bytes,
@@ -483,66 +548,85 @@ class MessageStore:
 
     def get(self, topic: str, queue_id: int, offset: int, max_messages: int, max_bytes: int,
             filt: Filter | None = None, visible_limit: int | None = None,
-            pread: bool = False) -> GetResult:
+            pread: bool = False, _again: bool = True) -> GetResult:
         """Up to ``max_messages`` messages (whole records; at least one record even if
         it exceeds ``max_bytes``) from queue ``offset`` on. Records at or past
         ``visible_limit`` (a CommitLog offset: unflushed data under sync flush) are
-        not returned. ``pread`` reads with pread(2): use it from a worker thread."""
-        q = self.queues.get((topic, queue_id))
-        if q is None:
+        not returned. ``pread`` reads with pread(2): use it from a worker thread; the
+        ConsumeQueue is then read through a pinned reader (the owner thread cannot
+        close a file under it) and, if retention deleted a file the read needed,
+        the read starts over once from the queue's new bounds."""
+        cq = self.queues.get((topic, queue_id))
+        if cq is None:
             return GetResult(GetStatus.NO_MESSAGE_IN_QUEUE, (), 0, 0, 0)
-        lo, hi = q.min_offset, q.max_offset
-        if offset < lo:
-            return GetResult(GetStatus.OFFSET_TOO_SMALL, (), lo, lo, hi)
-        if offset == hi:
-            return GetResult(GetStatus.NO_NEW_MESSAGE, (), offset, lo, hi)
-        if offset > hi:
-            return GetResult(GetStatus.OFFSET_OVERFLOW_BADLY, (), hi, lo, hi)
-        i = q.find(offset)
-        if i is None:
-            return GetResult(GetStatus.NO_NEW_MESSAGE, (), offset, lo, hi)
-        limit = self.dispatched_pos if visible_limit is None else visible_limit
-        read = self.commitlog.pread if pread else self.commitlog.read
-        records: list[StoredRecord] = []
-        msgs = nbytes = scanned = 0
-        next_off = offset
-        # Each entry holds at least one message: without a filter, max_messages
-        # entries are enough; with one, up to _MAX_SCAN_ENTRIES more may be skipped.
-        end = min(q.next_entry,
-                  i + max(max_messages, 1) + (_MAX_SCAN_ENTRIES if filt is not None else 0))
-        new = tuple.__new__
-        for phys, size, base, count, th, ts in q.iter_entries(i, end):
-            if phys + size > limit or (records and nbytes + size > max_bytes):
-                break
-            scanned += 1
-            if filt is not None and not filt.may_match_tag_hash(th):
-                next_off = base + count
-                if scanned >= _MAX_SCAN_ENTRIES:
+        q: ConsumeQueue | PinnedReader = cq
+        read = self.commitlog.read
+        reader = None
+        if pread:
+            q = reader = cq.reader()
+            read = self.commitlog.pread
+        try:
+            lo, hi = q.min_offset, q.max_offset
+            if offset < lo:
+                return GetResult(GetStatus.OFFSET_TOO_SMALL, (), lo, lo, hi)
+            if offset == hi:
+                return GetResult(GetStatus.NO_NEW_MESSAGE, (), offset, lo, hi)
+            if offset > hi:
+                return GetResult(GetStatus.OFFSET_OVERFLOW_BADLY, (), hi, lo, hi)
+            i = q.find(offset)
+            if i is None:
+                return GetResult(GetStatus.NO_NEW_MESSAGE, (), offset, lo, hi)
+            limit = self.dispatched_pos if visible_limit is None else visible_limit
+            records: list[StoredRecord] = []
+            msgs = nbytes = scanned = 0
+            next_off = offset
+            # Each entry holds at least one message: without a filter, max_messages
+            # entries are enough; with one, up to _MAX_SCAN_ENTRIES more may be skipped.
+            end = min(q.next_entry,
+                      i + max(max_messages, 1) + (_MAX_SCAN_ENTRIES if filt is not None else 0))
+            new = tuple.__new__
+            for phys, size, base, count, th, ts in q.iter_entries(i, end):
+                if phys + size > limit or (records and nbytes + size > max_bytes):
                     break
-                continue
-            data = read(phys, size)
-            if data is None:
-                break  # removed under us by retention; the next get sees the new minimum
-            sr = new(StoredRecord, (topic, queue_id, base, count, phys,  # NamedTuple, fast
-                                    _I32.unpack_from(data, rec.POS_SYS_FLAG)[0], ts, data, filt))
-            if filt is not None and next(sr.messages(offset), None) is None:
+                scanned += 1
+                if filt is not None and not filt.may_match_tag_hash(th):
+                    next_off = base + count
+                    if scanned >= _MAX_SCAN_ENTRIES:
+                        break
+                    continue
+                data = read(phys, size)
+                if data is None:
+                    break  # removed under us by retention; the next get sees the new minimum
+                sr = new(StoredRecord, (topic, queue_id, base, count, phys,  # NamedTuple, fast
+                                        _I32.unpack_from(data, rec.POS_SYS_FLAG)[0], ts, data, filt))
+                if filt is not None and next(sr.messages(offset), None) is None:
+                    next_off = base + count
+                    if scanned >= _MAX_SCAN_ENTRIES:
+                        break
+                    continue
+                records.append(sr)
+                nbytes += size
+                msgs += base + count - (offset if base < offset else base)
                 next_off = base + count
-                if scanned >= _MAX_SCAN_ENTRIES:
+                if msgs >= max_messages:
                     break
-                continue
-            records.append(sr)
-            nbytes += size
-            msgs += base + count - (offset if base < offset else base)
-            next_off = base + count
-            if msgs >= max_messages:
-                break
-        if records:
-            status = GetStatus.FOUND
-        elif next_off > offset:
-            status = GetStatus.NO_MATCHED_MESSAGE
-        else:
-            status = GetStatus.NO_NEW_MESSAGE
-        return GetResult(status, tuple(records), next_off, lo, hi)
+            if records:
+                status = GetStatus.FOUND
+            elif next_off > offset:
+                status = GetStatus.NO_MATCHED_MESSAGE
+            else:
+                status = GetStatus.NO_NEW_MESSAGE
+            return GetResult(status, tuple(records), next_off, lo, hi)
+        except FileGone:
+            if reader is None or not _again:
+                raise
+            reader.release()
+            reader = None
+            return self.get(topic, queue_id, offset, max_messages, max_bytes, filt,
+                            visible_limit, True, False)
+        finally:
+            if reader is not None:
+                reader.release()
 
     def offset_for_time(self, topic: str, queue_id: int, timestamp_ms: int) -> int:
         q = self.queues.get((topic, queue_id))
@@ -650,12 +734,15 @@ class MessageStore:
     # ================================================================ retention
 
     def retain(self, now_ms: int, retention_ms: int, max_disk_ratio: float,
-               disk_usage: Callable[[], tuple[int, int]] | None = None) -> list[int]:
+               disk_usage: Callable[[], tuple[int, int]] | None = None,
+               protect_from: int | None = None) -> list[int]:
         """Delete CommitLog segments older than ``retention_ms`` and, while the disk
         is fuller than ``max_disk_ratio``, enough of the oldest ones to get under it
         regardless of age; never the active segment. Queue minimum offsets and the
         index follow. ``disk_usage`` returns (used, total) bytes (default: the
-        file system of the data directory). Returns the deleted segments' bases."""
+        file system of the data directory). A segment holding bytes at or past
+        ``protect_from`` is kept whatever its age (the broker's state records no
+        snapshot holds yet). Returns the deleted segments' bases."""
         cl = self.commitlog
         old = cl.segments[:-1]
         keep_from = cl.min_offset
@@ -669,6 +756,8 @@ class MessageStore:
             if excess > 0:
                 n = min(len(old), max(1, -(-int(excess) // cl.segment_size)))
                 keep_from = max(keep_from, old[n - 1].end)
+        if protect_from is not None:
+            keep_from = min(keep_from, protect_from)
         deleted = cl.delete_segments(keep_from)
         if deleted:
             floor = cl.min_offset
@@ -676,8 +765,7 @@ class MessageStore:
                 q.delete_before_physical(floor)
             self.index.delete_before(floor)
             log.info("retention deleted %d CommitLog segment(s)", len(deleted))
-        else:
-            cl.reap()
+        self.files.trim()  # give back what worker threads' reads opened past the budget
         return deleted
 
 
@@ -701,9 +789,16 @@ def _encode_plain_batch(topic: str, messages: Sequence[Message]) -> tuple[bytes,
     return b"".join(parts), total
 
 
-def _encode_batch(topic: str, messages: Sequence[Message]
+class _LongProperties(Exception):
+    """A batch member's properties need the 4-byte length: encode the batch again so."""
+
+
+def _encode_batch(topic: str, messages: Sequence[Message], long: bool = False
                   ) -> tuple[bytes, int, int, list[tuple[str, int]], tuple[str | None, ...]]:
-    """(batch body, body bytes, tag hash, keys to index, client ids) of any messages."""
+    """(batch body, body bytes, tag hash, keys to index, client ids) of any messages;
+    ``long``: members with 4-byte properties lengths (raises _LongProperties without
+    it when a member needs them)."""
+    head, pack_plen, no_props = (24, _pack_i32, b"\x00" * 4) if long else (22, _pack_u16, b"\x00\x00")
     parts: list[bytes] = []
     add = parts.append
     tags: set[str | None] = set()
@@ -720,12 +815,15 @@ def _encode_batch(topic: str, messages: Sequence[Message]
         if not props:
             tags.add(None)
             uniq.append(None)
-            parts += (_pack_member(22 + len(body), _MAGIC, 0, m.flag, len(body)), body,
-                      b"\x00\x00")
+            parts += (_pack_member(head + len(body), _MAGIC, 0, m.flag, len(body)), body,
+                      no_props)
             continue
         pb = rec.encode_properties(props)
-        if len(pb) > rec.MAX_PROPERTIES_BYTES:
-            raise InvalidMessage("properties exceed 32767 bytes")
+        if len(pb) > _MAX_PROPS:
+            if not long:
+                raise _LongProperties
+            if len(pb) > rec.MAX_LONG_PROPERTIES_BYTES:
+                raise InvalidMessage(f"properties exceed {rec.MAX_LONG_PROPERTIES_BYTES} bytes")
         if not _NOT_IN_BATCH.isdisjoint(props):
             raise _batch_member_refused(props)
         tags.add(props.get(PROPERTY_TAGS))
@@ -741,9 +839,9 @@ def _encode_batch(topic: str, messages: Sequence[Message]
             elif prefix not in prefixes:
                 prefixes.add(prefix)
                 keys.append((prefix, ANY_MEMBER))
-        add(_pack_member(22 + len(body) + len(pb), _MAGIC, 0, m.flag, len(body)))
+        add(_pack_member(head + len(body) + len(pb), _MAGIC, 0, m.flag, len(body)))
         add(body)
-        add(_pack_u16(len(pb)))
+        add(pack_plen(len(pb)))
         add(pb)
     return (b"".join(parts), total, _batch_tag_hash(tags), keys,
             tuple(uniq) if any(uniq) else ())

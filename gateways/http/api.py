@@ -14,6 +14,7 @@ from typing import Any
 
 import trio
 
+from ...core.access import Principal
 from ...core.broker import Broker
 from ...core.errors import FerryError, PermissionDenied
 from ...core.filter import Filter, parse_filter
@@ -51,31 +52,40 @@ DELIVER_AT_SCHEMA = {"oneOf": [{"type": "integer", "minimum": 0},
                                {"type": "string", "format": "date-time"}],
                      "description": "Deliver at this time (epoch ms or RFC 3339); "
                                     "stored as TIMER_DELIVER_MS"}
-ENVELOPE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "body": {"description": "A string is stored as UTF-8 text; any other JSON value "
-                                "as its JSON text (content_type application/json)"},
-        "body_base64": {"type": "string", "contentEncoding": "base64"},
-        "key": {"type": "string", "minLength": 1, "pattern": "^[^ \\u0001\\u0002]+$"},
-        "keys": {"type": "array", "items": {"type": "string", "minLength": 1,
-                                            "pattern": "^[^ \\u0001\\u0002]+$"}},
-        "tag": {"type": "string", "minLength": 1, "pattern": "^[^\\u0001\\u0002|]+$"},
-        "properties": {"type": "object", "additionalProperties": {"type": "string"}},
-        "queue": {"type": "integer", "minimum": -1, "maximum": MAX_QUEUES - 1},
-        "deliver_at": DELIVER_AT_SCHEMA,
-        "delay_ms": {"type": "integer", "minimum": 0, "maximum": codec.MAX_DELAY_MS},
-        "content_type": {"type": "string"},
-    },
-    "anyOf": [{"required": ["body"]}, {"required": ["body_base64"]}],
-}
-BATCH_SCHEMA: dict[str, Any] = {
-    "type": "object", "additionalProperties": False, "required": ["messages"],
-    "properties": {"messages": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH_MESSAGES,
-                                "items": ENVELOPE_SCHEMA},
-                   "queue": {"type": "integer", "minimum": -1, "maximum": MAX_QUEUES - 1}},
-}
+
+
+def _envelope_schema(max_delay_ms: int) -> dict[str, Any]:
+    """A message envelope; ``max_delay_ms`` is the broker's timer horizon."""
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "body": {"description": "A string is stored as UTF-8 text; any other JSON value "
+                                    "as its JSON text (content_type application/json)"},
+            "body_base64": {"type": "string", "contentEncoding": "base64"},
+            "key": {"type": "string", "minLength": 1, "pattern": "^[^ \\u0001\\u0002]+$"},
+            "keys": {"type": "array", "items": {"type": "string", "minLength": 1,
+                                                "pattern": "^[^ \\u0001\\u0002]+$"}},
+            "tag": {"type": "string", "minLength": 1, "pattern": "^[^\\u0001\\u0002|]+$"},
+            "properties": {"type": "object", "additionalProperties": {"type": "string"}},
+            "queue": {"type": "integer", "minimum": -1, "maximum": MAX_QUEUES - 1},
+            "deliver_at": DELIVER_AT_SCHEMA,
+            "delay_ms": {"type": "integer", "minimum": 0, "maximum": max_delay_ms},
+            "content_type": {"type": "string"},
+        },
+        "anyOf": [{"required": ["body"]}, {"required": ["body_base64"]}],
+    }
+
+
+def _batch_schema(envelope: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object", "additionalProperties": False, "required": ["messages"],
+        "properties": {"messages": {"type": "array", "minItems": 1,
+                                    "maxItems": MAX_BATCH_MESSAGES, "items": envelope},
+                       "queue": {"type": "integer", "minimum": -1, "maximum": MAX_QUEUES - 1}},
+    }
+
+
 CLOUDEVENT_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["specversion", "id", "source", "type"],
@@ -256,6 +266,8 @@ class Api:
                  security: bool) -> None:
         self.broker = broker
         self.limits = limits
+        # Delivery times are refused past the broker's own horizon, not a door's guess.
+        self.max_delay_ms = broker.config.timer_max_delay_ms
         self.info = info
         self.security = security
         self.long_polls = 0
@@ -275,7 +287,8 @@ class Api:
         ct = req.content_type
         if req.params.get("raw"):
             messages, queue = [codec.header_message(topic, req.body, req.header(b"content-type"),
-                                                    _headers_map(req))[0]], -1
+                                                    _headers_map(req),
+                                                    max_delay_ms=self.max_delay_ms)[0]], -1
         elif req.header(b"ce-specversion") is not None:
             messages, queue = [codec.cloudevent_binary(
                 topic, req.body, req.header(b"content-type"), _headers_map(req))], -1
@@ -296,14 +309,15 @@ class Api:
             messages, queue = [codec.cloudevent_structured(topic, e) for e in doc], -1
         else:
             messages, queue = [codec.header_message(topic, req.body, req.header(b"content-type"),
-                                                    _headers_map(req))[0]], -1
+                                                    _headers_map(req),
+                                                    max_delay_ms=self.max_delay_ms)[0]], -1
         if len(messages) == 1:
             m = messages[0]
-            result = await self.broker.put(m)
+            result = await self.broker.put(m, principal=req.principal)
         else:
             if queue >= 0:
                 messages = [Message(m.topic, m.body, m.properties, queue) for m in messages]
-            result = await self.broker.put(messages)
+            result = await self.broker.put(messages, principal=req.principal)
         return json_response(_put_result(result), 201)
 
     @staticmethod
@@ -326,18 +340,17 @@ class Api:
             if not isinstance(items, list) or not items:
                 raise Problem("invalid_body", "messages must be a non-empty array")
             return self._batch(topic, items, queue)
-        m, queue = codec.envelope_message(topic, doc)
+        m, queue = codec.envelope_message(topic, doc, max_delay_ms=self.max_delay_ms)
         return [m], queue
 
-    @staticmethod
-    def _batch(topic: str, items: Any, queue: int) -> tuple[list[Message], int]:
+    def _batch(self, topic: str, items: Any, queue: int) -> tuple[list[Message], int]:
         if not items:
             raise Problem("invalid_body", "an empty batch")
         if len(items) > MAX_BATCH_MESSAGES:
             raise Problem("invalid_body", f"at most {MAX_BATCH_MESSAGES} messages a batch")
         out = []
         for env in items:
-            m, q = codec.envelope_message(topic, env)
+            m, q = codec.envelope_message(topic, env, max_delay_ms=self.max_delay_ms)
             if q >= 0:
                 if queue >= 0 and q != queue:
                     raise Problem("invalid_body", "a batch is stored in one queue: the "
@@ -379,7 +392,7 @@ class Api:
         if out_type is None:
             raise Problem("not_acceptable", f"this answers {JSON} or {CE_BATCH}")
         flt = _filter(p)
-        self.broker.topic(topic)  # 404 before waiting
+        self.broker.topic(topic, principal=req.principal)  # 404 before waiting
         wait_s = min(p.get("wait", 0.0), self.limits.max_wait_s)
         invisible_ms = int(p.get("invisible", DEFAULT_INVISIBLE_S) * 1000)
 
@@ -387,7 +400,8 @@ class Api:
             return await self.broker.pop(group, topic, p.get("max", 16), invisible_ms, flt,
                                          queue_id=p.get("queue", -1),
                                          wait_ms=int(wait_s * 1000),
-                                         init=p.get("from", "earliest"))
+                                         init=p.get("from", "earliest"),
+                                         principal=req.principal)
 
         if wait_s > 0:
             self._long_poll_slot(group)
@@ -414,19 +428,19 @@ class Api:
     async def peek(self, req: Request) -> Response:
         p = req.params
         msgs = self.broker.peek(p["group"], p["topic"], p.get("max", 16), _filter(p),
-                                queue_id=p.get("queue", -1))
+                                queue_id=p.get("queue", -1), principal=req.principal)
         enc = p.get("encoding", "auto")
         return json_response({"messages": [codec.message_json(m, enc) for m in msgs]})
 
     def _check_receipt_topic(self, receipt: str, topic: str) -> None:
-        r = self.broker.pop_service.codec.decode(receipt)
+        r = self.broker.receipt(receipt)
         if r.topic != topic:
             raise Problem("invalid_parameter", f"the receipt handle is for topic {r.topic}")
 
     async def ack_one(self, req: Request) -> Response:
         receipt = req.params["receipt"]
         self._check_receipt_topic(receipt, req.params["topic"])
-        self.broker.ack(receipt)
+        self.broker.ack(receipt, principal=req.principal)
         return Response(204, b"", JSON)
 
     async def ack_many(self, req: Request) -> Response:
@@ -437,7 +451,7 @@ class Api:
                 or not all(isinstance(r, str) for r in doc["receipts"]):
             raise Problem("invalid_body", 'send {"receipts": ["...", ...]} (1-10000 strings)')
         receipts = doc["receipts"]
-        results = self.broker.ack_batch(receipts)
+        results = self.broker.ack_batch(receipts, principal=req.principal)
         failed = []
         for i, (receipt, err) in enumerate(zip(receipts, results, strict=True)):
             if err is not None:
@@ -460,7 +474,8 @@ class Api:
         if not MIN_INVISIBLE_MS <= secs * 1000 <= MAX_INVISIBLE_MS:
             raise Problem("invalid_body", f"invisible must be {MIN_INVISIBLE_MS / 1000}.."
                                           f"{MAX_INVISIBLE_MS // 1000} seconds")
-        renewal = self.broker.change_invisible_time(receipt, int(secs * 1000))
+        renewal = self.broker.change_invisible_time(receipt, int(secs * 1000),
+                                                    principal=req.principal)
         return json_response({"receipt": renewal.receipt,
                               "invisible_until": renewal.invisible_until})
 
@@ -476,7 +491,7 @@ class Api:
         ce = p.get("format") == "cloudevents" or CE_JSON in accept
         if not ce and _accepts(req, SSE) is None:
             raise Problem("not_acceptable", f"this answers {SSE}")
-        t = self.broker.topic(topic)
+        t = self.broker.topic(topic, principal=req.principal)
         if not t.readable:
             raise PermissionDenied(f"topic {topic} is not readable")
         flt = _filter(p)
@@ -492,7 +507,8 @@ class Api:
         self.streams += 1
         self._streams_gauge.set(self.streams)
         return StreamResponse(200, SSE, self._events(topic, group, queues, positions,
-                                                     single is not None, flt, ce, enc),
+                                                     single is not None, flt, ce, enc,
+                                                     req.principal),
                               [("cache-control", "no-store"), ("x-accel-buffering", "no")])
 
     def _stream_start(self, req: Request, topic: str, group: str | None, queues: list[int],
@@ -516,15 +532,16 @@ class Api:
         for q in queues:
             if q in positions:
                 continue
-            committed = self.broker.committed_offset(group, topic, q) if group else None
-            lo, hi = self.broker.queue_bounds(topic, q)
+            committed = self.broker.committed_offset(group, topic, q, principal=req.principal) \
+                if group else None
+            lo, hi = self.broker.queue_bounds(topic, q, principal=req.principal)
             positions[q] = committed if committed is not None else (lo if start == "earliest"
                                                                     else hi)
         return {q: positions[q] for q in queues}
 
     async def _events(self, topic: str, group: str | None, queues: list[int],
                       pos: dict[int, int], single: bool, flt: Filter | None, ce: bool,
-                      enc: str) -> AsyncIterator[bytes]:
+                      enc: str, who: Principal) -> AsyncIterator[bytes]:
         broker = self.broker
         end = trio.current_time() + self.limits.stream_max_s
         try:
@@ -533,7 +550,8 @@ class Api:
                 sent = False
                 for q in queues:
                     try:
-                        r = broker.get(group, topic, q, pos[q], SSE_BATCH, READ_MAX_BYTES, flt)
+                        r = broker.get(group, topic, q, pos[q], SSE_BATCH, READ_MAX_BYTES, flt,
+                                       principal=who)
                     except FerryError as exc:
                         prob = from_ferry_error(exc)
                         yield (b"event: error\ndata: " + problem_body(prob.code, prob.detail)
@@ -544,24 +562,32 @@ class Api:
                         yield self._event(m, pos, single, ce, enc)
                         sent = True
                         if group:  # the event is written: the group is past it
-                            broker.commit_offset(group, topic, q, pos[q])
+                            broker.commit_offset(group, topic, q, pos[q], principal=who)
                     if r.next_offset > pos[q] or r.status.value == "offset_too_small":
                         pos[q] = max(r.next_offset, r.min_offset)
                         if group:
-                            broker.commit_offset(group, topic, q, pos[q])
+                            broker.commit_offset(group, topic, q, pos[q], principal=who)
                 if not sent:
                     got = await broker.wait_any(
                         [(topic, q, pos[q]) for q in queues],
-                        max(0.0, min(self.limits.sse_heartbeat_s, end - trio.current_time())))
+                        max(0.0, min(self.limits.sse_heartbeat_s, end - trio.current_time())),
+                        principal=who)
                     if not got:
                         yield b": keep-alive\n\n"
-                    if topic not in broker.meta.topics:
+                    if self._gone(topic, who):
                         prob = Problem("topic_not_found", f"topic {topic} was deleted")
                         yield b"event: error\ndata: " + prob.body() + b"\n\n"
                         return
         finally:
             self.streams -= 1
             self._streams_gauge.set(self.streams)
+
+    def _gone(self, topic: str, who: Principal) -> bool:
+        """Whether a streamed topic was deleted (or may no longer be seen)."""
+        try:
+            return self.broker.find_topic(topic, principal=who) is None
+        except FerryError:
+            return True
 
     @staticmethod
     def _event(m: ConsumedMessage, pos: dict[int, int], single: bool, ce: bool,
@@ -577,7 +603,7 @@ class Api:
         p = req.params
         topic, q, offset = p["topic"], p["queue"], p["offset"]
         r = await self.broker.get_large(None, topic, q, offset, p.get("max", 16),
-                                        READ_MAX_BYTES, _filter(p))
+                                        READ_MAX_BYTES, _filter(p), principal=req.principal)
         enc = p.get("encoding", "auto")
         msgs = [codec.message_json(m, enc) for m in r.messages(offset)][:p.get("max", 16)]
         nxt = msgs[-1]["offset"] + 1 if len(msgs) == p.get("max", 16) else r.next_offset
@@ -588,7 +614,8 @@ class Api:
 
     async def list_topics(self, req: Request) -> Response:
         show_system = req.params.get("system", False)
-        return json_response({"topics": [_topic_json(t) for t in self.broker.topics()
+        return json_response({"topics": [_topic_json(t)
+                                         for t in self.broker.topics(principal=req.principal)
                                          if show_system or not t.system]})
 
     async def create_topic(self, req: Request) -> Response:
@@ -613,12 +640,12 @@ class Api:
         if not isinstance(mtype, str):
             raise Problem("invalid_body", "message_type must be a string")
         t = await self.broker.create_topic(name, queues, perm=perm, message_type=mtype,
-                                           attributes=attrs)
+                                           attributes=attrs, principal=req.principal)
         return json_response(_topic_json(t), 201, headers=[("location", f"/v1/topics/{name}")])
 
     async def describe_topic(self, req: Request) -> Response:
-        t = self.broker.topic(req.params["topic"])
-        st = self.broker.topic_stats(t.name)
+        t = self.broker.topic(req.params["topic"], principal=req.principal)
+        st = self.broker.topic_stats(t.name, principal=req.principal)
         doc = _topic_json(t)
         doc.update(messages=st.messages, messages_in=st.messages_in, bytes_in=st.bytes_in,
                    queue_offsets=[{"queue": q, "min_offset": lo, "max_offset": hi}
@@ -626,20 +653,21 @@ class Api:
         return json_response(doc)
 
     async def delete_topic(self, req: Request) -> Response:
-        await self.broker.delete_topic(req.params["topic"])
+        await self.broker.delete_topic(req.params["topic"], principal=req.principal)
         return Response(204, b"", JSON)
 
     async def list_groups(self, req: Request) -> Response:
-        return json_response({"groups": [self._group_json(g.name, False)
-                                         for g in self.broker.groups()]})
+        who = req.principal
+        return json_response({"groups": [self._group_json(g.name, False, who)
+                                         for g in self.broker.groups(principal=who)]})
 
-    def _group_json(self, name: str, detail: bool) -> dict[str, Any]:
-        g = self.broker.group(name)
+    def _group_json(self, name: str, detail: bool, who: Principal) -> dict[str, Any]:
+        g = self.broker.group(name, principal=who)
         doc: dict[str, Any] = {"name": g.name, "max_reconsume_times": g.max_reconsume_times,
                                "consume_enable": g.consume_enable, "broadcast": g.broadcast,
                                "created_at": g.created_at}
         if detail:
-            stats = self.broker.group_stats(name)
+            stats = self.broker.group_stats(name, principal=who)
             doc["lag"] = sum(s.lag for s in stats)
             doc["topics"] = [{"topic": s.topic, "lag": s.lag, "messages_out": s.messages_out,
                               "queues": [{"queue": q.queue_id, "committed": q.committed,
@@ -648,7 +676,7 @@ class Api:
                                          for q in s.queues]} for s in stats]
             doc["pop"] = [{"topic": s.topic, "queue": s.queue_id, "pop_offset": s.pop_offset,
                            "in_flight": s.in_flight, "ready": s.ready}
-                          for s in self.broker.pop_status(name)]
+                          for s in self.broker.pop_status(name, principal=who)]
         return doc
 
     async def create_group(self, req: Request) -> Response:
@@ -665,25 +693,26 @@ class Api:
             if isinstance(mrt, bool) or not isinstance(mrt, int) or not 0 <= mrt <= 1000:
                 raise Problem("invalid_body", "max_reconsume_times must be 0..1000")
             settings["max_reconsume_times"] = mrt
-        await self.broker.create_group(name, **settings)
-        return json_response(self._group_json(name, False), 201)
+        await self.broker.create_group(name, principal=req.principal, **settings)
+        return json_response(self._group_json(name, False, req.principal), 201)
 
     async def describe_group(self, req: Request) -> Response:
-        return json_response(self._group_json(req.params["group"], True))
+        return json_response(self._group_json(req.params["group"], True, req.principal))
 
     async def delete_group(self, req: Request) -> Response:
-        await self.broker.delete_group(req.params["group"])
+        await self.broker.delete_group(req.params["group"], principal=req.principal)
         return Response(204, b"", JSON)
 
     async def message_by_id(self, req: Request) -> Response:
-        m = self.broker.message_by_id(req.params["id"])
+        m = self.broker.message_by_id(req.params["id"], principal=req.principal)
         if m is None:
             raise Problem("message_not_found", f"no message with id {req.params['id']}")
         return json_response(codec.message_json(m, req.params.get("encoding", "auto")))
 
     async def messages_by_key(self, req: Request) -> Response:
         p = req.params
-        msgs = self.broker.messages_by_key(p["topic"], p["key"], p.get("max", 32))
+        msgs = self.broker.messages_by_key(p["topic"], p["key"], p.get("max", 32),
+                                           principal=req.principal)
         enc = p.get("encoding", "auto")
         return json_response({"messages": [codec.message_json(m, enc) for m in msgs]})
 
@@ -693,11 +722,9 @@ class Api:
         return json_response({"status": "ok"})
 
     async def readyz(self, req: Request) -> Response:
-        b = self.broker
-        if b._closing:
-            raise Problem("not_ready", "the broker is shutting down")
-        if b.store.failed is not None:
-            raise Problem("not_ready", f"the store refuses writes: {b.store.failed}")
+        health = self.broker.health()
+        if not health.ready:
+            raise Problem("not_ready", health.reason)
         return json_response({"status": "ready"})
 
     async def metrics(self, req: Request) -> Response:
@@ -713,10 +740,11 @@ class Api:
 
     async def prepare(self, req: Request) -> Response:
         """A half message: stored, invisible until committed (docs/transactions.md)."""
-        m, queue = codec.envelope_message(req.params["topic"], _json_body(req))
+        m, queue = codec.envelope_message(req.params["topic"], _json_body(req),
+                                          max_delay_ms=self.max_delay_ms)
         if queue >= 0:
             m = m._replace(queue_id=queue)
-        h = await self.broker.prepare(m, req.params["group"])
+        h = await self.broker.prepare(m, req.params["group"], principal=req.principal)
         return json_response({"transaction_id": h.transaction_id, "message_id": h.msg_id,
                               "topic": h.topic, "group": h.producer_group,
                               "stored_at": h.store_timestamp}, 201)
@@ -725,19 +753,21 @@ class Api:
         """A producer group's open halves: an HTTP producer has no connection the
         broker could check back on, so it asks for its undecided transactions."""
         halves = self.broker.pending_transactions(int(req.params.get("max") or 100),
-                                                  req.params["group"])
+                                                  req.params["group"], principal=req.principal)
         return json_response({"transactions": [
             {"transaction_id": h.transaction_id, "message_id": h.msg_id, "topic": h.topic,
              "group": h.producer_group, "stored_at": h.stored_ms, "checks": h.checks}
             for h in halves]})
 
     async def commit(self, req: Request) -> Response:
-        r = await self.broker.end_transaction(req.params["transaction"], "commit")
+        r = await self.broker.end_transaction(req.params["transaction"], "commit",
+                                              principal=req.principal)
         assert r is not None
         return json_response(_put_result(r))
 
     async def rollback(self, req: Request) -> Response:
-        await self.broker.end_transaction(req.params["transaction"], "rollback")
+        await self.broker.end_transaction(req.params["transaction"], "rollback",
+                                          principal=req.principal)
         return Response(204, b"", JSON)
 
     # ------------------------------------------------------------ the table
@@ -747,8 +777,9 @@ class Api:
                                        "maximum": MAX_POP_MESSAGES},
                       description="At most this many messages (default 16)")
         receipt_p = Param("receipt", "path", RECEIPT_SCHEMA)
+        envelope = _envelope_schema(self.max_delay_ms)
         produce_body = {
-            JSON: {"oneOf": [ENVELOPE_SCHEMA, BATCH_SCHEMA]},
+            JSON: {"oneOf": [envelope, _batch_schema(envelope)]},
             "application/x-ndjson": {"type": "string",
                                      "description": "One envelope (JSON object) per line"},
             CE_JSON: CLOUDEVENT_SCHEMA,
@@ -783,7 +814,7 @@ class Api:
                   "Produce a half message: invisible until its transaction commits",
                   "transactions",
                   (P_TOPIC, Param("group", "query", GROUP_SCHEMA, True, "Producer group")),
-                  {JSON: ENVELOPE_SCHEMA}, True,
+                  {JSON: envelope}, True,
                   {201: _ok(HALF_SCHEMA, "The half is stored"),
                    403: _problem("The topic is not writable"),
                    413: _problem("Message too large"),

@@ -4,20 +4,29 @@ Generic over the route table (``api.py`` supplies FerryMQ's): this is where a
 ``FerryError`` from the core becomes a problem+json, in one place
 (``problems.from_ferry_error``), and where every request is observed into
 ``ferrymq_request_duration_seconds{protocol="http", request=<operationId>}``.
+
+Authentication turns a request into the principal its Broker calls carry
+(``Request.principal``): the bearer token's name when tokens are configured,
+else anonymous with the client's address. Public routes (health, the OpenAPI
+document) carry none: they make no access-checked call.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import hmac
 import json
 import logging
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
 import trio
 
+from ...core.access import MECHANISM_BEARER, Principal, anonymous
 from ...core.errors import FerryError
 from ...core.metrics import DoorMetrics, MetricsRegistry
 from .problems import PROBLEM_CONTENT_TYPE, Problem, from_ferry_error
@@ -30,9 +39,16 @@ PROTOCOL = "http"  # messaging.system-style label value for this door
 
 
 class Authenticator(Protocol):
-    """The authentication hook: True lets the request through."""
+    """The authentication hook: the name the request proves (its principal's), or None
+    to refuse it."""
 
-    def __call__(self, request: Request) -> bool: ...
+    def __call__(self, request: Request) -> str | None: ...
+
+
+def token_name(token: bytes) -> str:
+    """A configured token's name in principals and logs: never the token itself, a
+    short digest of it (named tokens come with the user model of issue 13)."""
+    return "token:" + hashlib.sha256(token).hexdigest()[:12]
 
 
 class BearerTokens:
@@ -42,17 +58,18 @@ class BearerTokens:
     def __init__(self, tokens: Sequence[str]) -> None:
         if not tokens or not all(isinstance(t, str) and t for t in tokens):
             raise ValueError("[http] auth_tokens must be non-empty strings")
-        self._tokens = [t.encode() for t in tokens]
+        self._tokens = [(t.encode(), token_name(t.encode())) for t in tokens]
 
-    def __call__(self, request: Request) -> bool:
+    def __call__(self, request: Request) -> str | None:
         auth = request.header(b"authorization")
         if not auth or auth[:7].lower() != "bearer ":
-            return False
+            return None
         given = auth[7:].strip().encode("latin-1")
-        ok = False
-        for t in self._tokens:
-            ok |= hmac.compare_digest(given, t)
-        return ok
+        found = None
+        for t, name in self._tokens:  # every token compared: the time tells nothing
+            if hmac.compare_digest(given, t):
+                found = name
+        return found
 
 
 def json_response(doc: Any, status: int = 200, content_type: str = "application/json",
@@ -73,6 +90,7 @@ class HttpApp:
         self.authenticator = authenticator
         self.metrics = DoorMetrics(metrics, PROTOCOL)
         self._plans: dict[Route, list[tuple[Any, str, bytes]]] = {}
+        self._peers: weakref.WeakKeyDictionary[Any, str | None] = weakref.WeakKeyDictionary()
 
     def connection_opened(self) -> None:
         self.metrics.connection_opened()
@@ -115,6 +133,33 @@ class HttpApp:
             out[p.name] = coerce(p, raw)  # type: ignore[arg-type]
         return out
 
+    def _peer(self, req: Request) -> str | None:
+        """The client's "host:port", once per connection."""
+        conn = req.conn
+        try:
+            return self._peers[conn]
+        except (KeyError, TypeError):
+            pass
+        try:
+            host, port = conn.stream.socket.getpeername()[:2]
+            peer: str | None = f"{host}:{port}"
+        except (AttributeError, OSError, ValueError):
+            peer = None
+        with contextlib.suppress(TypeError):  # not weakly referenceable (a test's stand-in)
+            self._peers[conn] = peer
+        return peer
+
+    def _principal(self, req: Request) -> Principal:
+        """Who the request acts for. Raises the ``unauthorized`` problem when tokens are
+        configured and the request has none of them."""
+        if self.authenticator is None:
+            return anonymous(self._peer(req))
+        name = self.authenticator(req)
+        if name is None:
+            raise Problem("unauthorized", "a valid bearer token is required",
+                          (("WWW-Authenticate", 'Bearer realm="ferrymq"'),))
+        return Principal(name, MECHANISM_BEARER, self._peer(req))
+
     async def handle(self, req: Request) -> Response | StreamResponse:
         t0 = time.perf_counter()
         op = "unmatched"
@@ -124,10 +169,8 @@ class HttpApp:
             req.route = route
             if not route.long:
                 req.conn.deadline = trio.current_time() + self.limits.request_timeout_s
-            if (self.authenticator is not None and not route.public
-                    and not self.authenticator(req)):
-                raise Problem("unauthorized", "a valid bearer token is required",
-                              (("WWW-Authenticate", 'Bearer realm="ferrymq"'),))
+            if not route.public:
+                req.principal = self._principal(req)
             req.params = self._parse(route, path_params, req)
             resp = await route.handler(req)
         except Problem as p:

@@ -49,7 +49,6 @@ CE_REQUIRED = ("id", "source", "specversion", "type")
 # CloudEvents 1.0 section 3.1.1: attribute names are lower-case a-z and 0-9.
 CE_ATTRIBUTE = re.compile(r"^[a-z0-9]{1,20}$")
 CE_RESERVED = {"data", "data_base64"}
-MAX_DELAY_MS = 365 * 24 * 3600_000  # issue 6: timers reach 30 days at least; refuse past a year
 MAX_PROPERTY_NAME = 255
 JSON_TYPES = ("application/json", "text/json")
 _HEADER_INT = re.compile(r"-?\d{1,15}")
@@ -82,9 +81,20 @@ def _text(value: Any, what: str) -> str:
     return value
 
 
-def _delivery(props: dict[str, str], deliver_at: Any, delay_ms: Any) -> None:
-    """Store a delivery time as the TIMER_DELIVER_MS / TIMER_DELAY_MS property (the
-    timer engine of issue 6 reads them; until it lands they are carried, not acted on)."""
+def _horizon(ms: int) -> str:
+    """``ms`` in words for a problem's detail: "365 days", "2 hours", "1500 ms"."""
+    for unit, size in (("day", 86_400_000), ("hour", 3_600_000), ("minute", 60_000),
+                       ("second", 1000)):
+        if ms >= size and ms % size == 0:
+            n = ms // size
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return f"{ms} ms"
+
+
+def _delivery(props: dict[str, str], deliver_at: Any, delay_ms: Any, max_delay_ms: int) -> None:
+    """Store a delivery time as the TIMER_DELIVER_MS / TIMER_DELAY_MS property (core/timers.py
+    acts on them). ``max_delay_ms`` is the broker's horizon (``timer_max_delay_ms``):
+    refused here already, with the door's own problem."""
     if deliver_at is not None and delay_ms is not None:
         raise Problem("invalid_body", "give deliver_at or delay_ms, not both")
     if deliver_at is not None:
@@ -100,19 +110,20 @@ def _delivery(props: dict[str, str], deliver_at: Any, delay_ms: Any) -> None:
         if isinstance(deliver_at, bool) or not isinstance(deliver_at, int):
             raise Problem("invalid_body", "deliver_at must be epoch milliseconds or an "
                                           "RFC 3339 date-time")
-        if deliver_at < 0 or deliver_at > now_ms() + MAX_DELAY_MS:
-            raise Problem("invalid_body", "deliver_at must lie between the epoch and one year "
-                                          "from now")
+        if deliver_at < 0 or deliver_at > now_ms() + max_delay_ms:
+            raise Problem("invalid_body", f"deliver_at must lie between the epoch and "
+                                          f"{_horizon(max_delay_ms)} from now")
         props[PROPERTY_TIMER_DELIVER_MS] = str(deliver_at)
     elif delay_ms is not None:
         if isinstance(delay_ms, bool) or not isinstance(delay_ms, int) \
-                or not 0 <= delay_ms <= MAX_DELAY_MS:
-            raise Problem("invalid_body", f"delay_ms must be an integer 0..{MAX_DELAY_MS}")
+                or not 0 <= delay_ms <= max_delay_ms:
+            raise Problem("invalid_body", f"delay_ms must be an integer 0..{max_delay_ms}")
         props[PROPERTY_TIMER_DELAY_MS] = str(delay_ms)
 
 
-def envelope_message(topic: str, env: Any) -> tuple[Message, int]:
-    """One JSON envelope as a Message and its queue id (-1: the broker picks)."""
+def envelope_message(topic: str, env: Any, *, max_delay_ms: int) -> tuple[Message, int]:
+    """One JSON envelope as a Message and its queue id (-1: the broker picks).
+    ``max_delay_ms``: the latest delivery time accepted, from now (the broker's)."""
     if not isinstance(env, dict):
         raise Problem("invalid_body", "a message envelope must be a JSON object")
     unknown = env.keys() - ENVELOPE_FIELDS
@@ -160,7 +171,7 @@ def envelope_message(topic: str, env: Any) -> tuple[Message, int]:
             raise Problem("invalid_body", "a tag is a non-empty string without '||'")
         props[PROPERTY_TAGS] = tag
     if "deliver_at" in env or "delay_ms" in env:
-        _delivery(props, env.get("deliver_at"), env.get("delay_ms"))
+        _delivery(props, env.get("deliver_at"), env.get("delay_ms"), max_delay_ms)
     queue = env.get("queue", -1)
     if isinstance(queue, bool) or not isinstance(queue, int) or queue < -1:
         raise Problem("invalid_body", "queue must be a queue id (integer >= 0)")
@@ -177,7 +188,7 @@ def decode_base64(value: Any) -> bytes:
 
 
 def header_message(topic: str, body: bytes, content_type: str | None,
-                   header: Mapping[str, str]) -> tuple[Message, int]:
+                   header: Mapping[str, str], *, max_delay_ms: int) -> tuple[Message, int]:
     """A raw body with its metadata in headers (names lower-case, ``ferrymq-`` prefix:
     key (comma-separated), tag, queue, deliver-at, delay-ms, and property-<name> per
     property; values percent-decoded), read as the envelope they spell."""
@@ -199,7 +210,7 @@ def header_message(topic: str, body: bytes, content_type: str | None,
     if "ferrymq-deliver-at" in header:
         v = header["ferrymq-deliver-at"].strip()
         env["deliver_at"] = int(v) if _HEADER_INT.fullmatch(v) else v
-    m, queue = envelope_message(topic, env)
+    m, queue = envelope_message(topic, env, max_delay_ms=max_delay_ms)
     return m._replace(body=body), queue
 
 

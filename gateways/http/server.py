@@ -101,6 +101,7 @@ class Request:
     conn: Connection
     params: dict[str, Any] = field(default_factory=dict)
     route: Any = None
+    principal: Any = None  # who the Broker calls act for (app.py sets it: a core Principal)
 
     def header(self, name: bytes) -> str | None:
         """The last value of a header (``name`` lower-case), or None."""

@@ -1,11 +1,19 @@
-"""The one place where FerryMQ's core errors become Kafka error codes."""
+"""The one place where FerryMQ's core errors become Kafka error codes.
+
+``ERROR_CODES`` maps every ``FerryError.code`` of core/errors.py (a test holds it
+to that: tests/test_error_tables.py). Codes no Kafka request can meet (receipts,
+timers, transactions of the RocketMQ model) still have an answer: the nearest
+Kafka code, so that a future call cannot reach a client as UNKNOWN_SERVER_ERROR
+by accident.
+"""
 
 from __future__ import annotations
 
 from ...core.errors import FerryError
 from ...protocols.kafka import errors as ke
 
-_BY_CODE: dict[str, int] = {
+ERROR_CODES: dict[str, int] = {
+    "internal_error": ke.UNKNOWN_SERVER_ERROR,
     "invalid_argument": ke.INVALID_REQUEST,
     "invalid_topic_name": ke.INVALID_TOPIC_EXCEPTION,
     "invalid_group_name": ke.INVALID_GROUP_ID,
@@ -25,9 +33,17 @@ _BY_CODE: dict[str, int] = {
     "invalid_delay": ke.INVALID_RECORD,  # a delivery-time header the broker refuses
     # Retriable for every client: it refreshes metadata and tries again (elsewhere).
     "shutting_down": ke.LEADER_NOT_AVAILABLE,
+    # Not met through Kafka requests today (pop, lookups, timers, RocketMQ transactions).
+    "invalid_receipt": ke.INVALID_REQUEST,
+    "receipt_stale": ke.INVALID_REQUEST,
+    "message_not_found": ke.INVALID_REQUEST,
+    "timer_not_found": ke.INVALID_REQUEST,
+    "transaction_not_found": ke.INVALID_REQUEST,
+    "transaction_already_ended": ke.INVALID_REQUEST,
 }
 
 
 def kafka_error(exc: FerryError) -> int:
-    """The Kafka error code for a core error (UNKNOWN_SERVER_ERROR for anything unmapped)."""
-    return _BY_CODE.get(exc.code, ke.UNKNOWN_SERVER_ERROR)
+    """The Kafka error code for a core error (UNKNOWN_SERVER_ERROR for anything unmapped,
+    which tests/test_error_tables.py keeps from happening)."""
+    return ERROR_CODES.get(exc.code, ke.UNKNOWN_SERVER_ERROR)

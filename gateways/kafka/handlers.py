@@ -11,16 +11,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
+from ...core.access import ANONYMOUS, MECHANISM_SASL_PLAIN, Principal, anonymous
 from ...core.broker import Broker
-from ...core.errors import FerryError, GroupNotFound, InvalidGroupName, TopicNotFound
+from ...core.errors import FerryError
 from ...core.message import GetStatus, Message, StoredRecord
 from ...core.metrics import DoorMetrics
-from ...core.timers import parse_delivery
 from ...protocols import record as rec
 from ...protocols.kafka import batch_header as bh
 from ...protocols.kafka import errors as ke
@@ -117,13 +117,20 @@ class DoorOptions:
 
 @dataclass
 class Session:
-    """Per-connection state the handlers need."""
+    """Per-connection state the handlers need. ``principal`` is who the connection
+    acts for: anonymous (with the client's address) until SASL names a user; every
+    Broker call of the connection carries it."""
 
     client_host: str
     local_host: str
     authenticated: bool = True
     sasl_mechanism: str | None = None
     raw_sasl: bool = False  # SaslHandshake v0: the next frame is a bare token
+    principal: Principal = field(default=ANONYMOUS)
+
+    def __post_init__(self) -> None:
+        if self.principal is ANONYMOUS:
+            self.principal = anonymous(self.client_host)
 
 
 class KafkaDoor:
@@ -170,17 +177,20 @@ class KafkaDoor:
 
     # ================================================================ Metadata
 
-    async def _ensure_topic(self, name: str, create: bool) -> int:
+    async def _ensure_topic(self, name: str, create: bool, s: Session) -> int:
         """NONE if the topic exists (created now when allowed), else an error code."""
-        if name in self.broker.meta.topics:
-            return ke.NONE
+        try:
+            if self.broker.find_topic(name, principal=s.principal) is not None:
+                return ke.NONE
+        except FerryError as exc:
+            return kafka_error(exc)
         if not kafka_visible(name):
             return ke.INVALID_TOPIC_EXCEPTION
         if not (create and self.options.auto_create_topics
                 and self.broker.config.auto_create_topics):
             return ke.UNKNOWN_TOPIC_OR_PARTITION
         try:
-            await self.broker.create_topic(name, exist_ok=True)
+            await self.broker.create_topic(name, exist_ok=True, principal=s.principal)
         except FerryError as exc:
             return kafka_error(exc)
         return ke.NONE
@@ -190,16 +200,17 @@ class KafkaDoor:
         node = self.options.node_id
         v = h.api_version
         if req.topics is None or (v == 0 and not req.topics):
-            names = [t.name for t in self.broker.topics() if kafka_visible(t.name)]
+            names = [t.name for t in self.broker.topics(principal=s.principal)
+                     if kafka_visible(t.name)]
             create = False
         else:
             names = [t.name for t in req.topics]
             create = req.allow_auto_topic_creation if v >= 4 else True
         topics = []
         for name in names:
-            err = await self._ensure_topic(name, create) if name is not None else \
+            err = await self._ensure_topic(name, create, s) if name is not None else \
                 ke.INVALID_TOPIC_EXCEPTION
-            t = self.broker.meta.topics.get(name) if err == ke.NONE else None
+            t = self.broker.find_topic(name, principal=s.principal) if err == ke.NONE else None
             if t is None:
                 topics.append(R.MetadataResponseTopic(
                     error_code=err or ke.UNKNOWN_TOPIC_OR_PARTITION, name=name or ""))
@@ -232,24 +243,26 @@ class KafkaDoor:
                 if code != ke.NONE:
                     parts.append(R.PartitionProduceResponse(index=pd.index, error_code=code))
                 else:
-                    parts.append(await self._produce_partition(R, td.name, pd.index, pd.records))
+                    parts.append(await self._produce_partition(R, td.name, pd.index, pd.records,
+                                                               s))
             responses.append(R.TopicProduceResponse(name=td.name, partition_responses=tuple(parts)))
         if acks == 0:
             return None
         return R(responses=tuple(responses))
 
-    async def _produce_partition(self, R: Any, topic: str, index: int, records: Any) -> Any:
+    async def _produce_partition(self, R: Any, topic: str, index: int, records: Any,
+                                 s: Session) -> Any:
         def fail(code: int, message: str | None = None) -> Any:
             return R.PartitionProduceResponse(index=index, error_code=code, base_offset=-1,
                                               error_message=message)
 
         if records is None or len(records) == 0:
             return fail(ke.CORRUPT_MESSAGE, "no records")
-        err = await self._ensure_topic(topic, True)
+        err = await self._ensure_topic(topic, True, s)
         if err != ke.NONE:
             return fail(err)
-        t = self.broker.meta.topics[topic]
-        if not 0 <= index < t.queues:
+        t = self.broker.find_topic(topic, principal=s.principal)
+        if t is None or not 0 <= index < t.queues:
             return fail(ke.UNKNOWN_TOPIC_OR_PARTITION)
         try:
             magic = kr.magic_of(records)
@@ -267,7 +280,7 @@ class KafkaDoor:
         base_offset = -1
         try:
             for batch in batches:
-                off = await self._append(topic, index, batch)
+                off = await self._append(topic, index, batch, s.principal)
                 if base_offset < 0:
                     base_offset = off
         except _ProduceError as exc:
@@ -275,12 +288,15 @@ class KafkaDoor:
                 return fail(exc.code)
         except FerryError as exc:
             return fail(kafka_error(exc), exc.detail)
-        lo, _hi = self.broker.store.queue_bounds(topic, index)
+        try:
+            lo = self.broker.min_offset(topic, index, principal=s.principal)
+        except FerryError as exc:
+            return fail(kafka_error(exc), exc.detail)
         return R.PartitionProduceResponse(index=index, error_code=ke.NONE,
                                           base_offset=base_offset, log_append_time_ms=-1,
                                           log_start_offset=lo)
 
-    async def _append(self, topic: str, queue_id: int, batch: Any) -> int:
+    async def _append(self, topic: str, queue_id: int, batch: Any, principal: Principal) -> int:
         """Append one v2 batch, applying the idempotent producer's sequence rules. A batch
         whose records ask for a delivery time is split into messages (``_put_split``);
         any other is stored verbatim."""
@@ -300,15 +316,16 @@ class KafkaDoor:
                     Verdict.FENCED: ke.INVALID_PRODUCER_EPOCH,
                     Verdict.UNKNOWN_PRODUCER: ke.UNKNOWN_PRODUCER_ID}[verdict])
             if records is not None:
-                offset = await self._put_split(topic, queue_id, records)
+                offset = await self._put_split(topic, queue_id, records, principal)
             else:
-                offset = (await self.broker.put_kafka_batch(topic, queue_id, batch)).queue_offset
+                offset = (await self.broker.put_kafka_batch(topic, queue_id, batch,
+                                                            principal=principal)).queue_offset
             self.producers.record(pid, hdr.producer_epoch, topic, queue_id, hdr.base_sequence,
                                   hdr.records_count, offset, now_ms())
             return offset
         if records is not None:
-            return await self._put_split(topic, queue_id, records)
-        result = await self.broker.put_kafka_batch(topic, queue_id, batch)
+            return await self._put_split(topic, queue_id, records, principal)
+        result = await self.broker.put_kafka_batch(topic, queue_id, batch, principal=principal)
         return result.queue_offset
 
     def _timed_records(self, batch: Any, hdr: bh.BatchHeader) -> tuple[kr.Record, ...] | None:
@@ -327,20 +344,20 @@ class KafkaDoor:
             raise _ProduceError(ke.CORRUPT_MESSAGE) from exc
         return records if any(wants_delivery(r.headers) for r in records) else None
 
-    async def _put_split(self, topic: str, queue_id: int, records: tuple[kr.Record, ...]) -> int:
+    async def _put_split(self, topic: str, queue_id: int, records: tuple[kr.Record, ...],
+                         principal: Principal) -> int:
         """Store a batch with delivery-time records as messages: each timed record through
         ``Broker.put`` (a timer), the others together as one native batch record. Every
         timed record is checked before anything is stored (all or nothing, as for a
         verbatim batch). Returns the queue offset of the first immediate record, or -1
         when every record is timed (their offsets are assigned at delivery)."""
         broker = self.broker
-        timers = broker.timers
         immediate: list[Message] = []
         timed: list[Message] = []
         for r in records:
             if wants_delivery(r.headers):
                 m = delivery_message(topic, queue_id, r)
-                parse_delivery(m.properties, timers.clock(), timers.max_delay_ms, timers.levels)
+                broker.delivery_time(m.properties)  # InvalidDelay before anything is stored
                 timed.append(m)
             else:
                 immediate.append(Message(topic, r.value if r.value is not None else b"",
@@ -348,9 +365,9 @@ class KafkaDoor:
                                          born_timestamp=r.timestamp))
         offset = -1
         if immediate:
-            offset = (await broker.put(immediate)).queue_offset
+            offset = (await broker.put(immediate, principal=principal)).queue_offset
         for m in timed:
-            await broker.put(m)
+            await broker.put(m, principal=principal)
         self.counters["timed_records"] = self.counters.get("timed_records", 0) + len(timed)
         return offset
 
@@ -365,7 +382,7 @@ class KafkaDoor:
                   for t in req.topics for p in t.partitions]
         deadline = trio.current_time() + max(0, req.max_wait_ms) / 1000
         while True:
-            results, total = self._read_partitions(wanted, max_bytes, magic)
+            results, total = self._read_partitions(wanted, max_bytes, magic, s.principal)
             remaining = deadline - trio.current_time()
             if total >= max(1, req.min_bytes) or remaining <= 0 or not wanted:
                 break
@@ -373,9 +390,9 @@ class KafkaDoor:
                          if r[1] == ke.NONE]
             if not positions:
                 break
-            await self.broker.wait_any(positions, remaining)
+            await self.broker.wait_any(positions, remaining, principal=s.principal)
             if trio.current_time() >= deadline:
-                results, total = self._read_partitions(wanted, max_bytes, magic)
+                results, total = self._read_partitions(wanted, max_bytes, magic, s.principal)
                 break
         by_topic: dict[str, list[Any]] = {}
         for (topic, part, _off, _m), (_t, err, hw, lo, data) in zip(wanted, results, strict=True):
@@ -387,41 +404,42 @@ class KafkaDoor:
             R.FetchableTopicResponse(topic=t, partitions=tuple(ps)) for t, ps in by_topic.items()))
 
     def _read_partitions(self, wanted: list[tuple[str, int, int, int]], max_bytes: int,
-                         magic: int) -> tuple[list[tuple[str, int, int, int, list[Any]]], int]:
+                         magic: int, principal: Principal
+                         ) -> tuple[list[tuple[str, int, int, int, list[Any]]], int]:
         out = []
         total = 0
         for topic, part, offset, part_max in wanted:
             budget = min(part_max, max_bytes - total)
             if budget <= 0 and total > 0:
-                hw_lo = self._bounds(topic, part)
+                hw_lo = self._bounds(topic, part, principal)
                 out.append((topic, ke.NONE if hw_lo else ke.UNKNOWN_TOPIC_OR_PARTITION,
                             *(hw_lo or (-1, -1)), []))
                 continue
-            err, hw, lo, chunks = self._read_one(topic, part, offset, max(1, budget), magic)
+            err, hw, lo, chunks = self._read_one(topic, part, offset, max(1, budget), magic,
+                                                 principal)
             size = sum(len(c) for c in chunks)
             total += size
             out.append((topic, err, hw, lo, chunks))
         return out, total
 
-    def _bounds(self, topic: str, part: int) -> tuple[int, int] | None:
+    def _bounds(self, topic: str, part: int, principal: Principal) -> tuple[int, int] | None:
         try:
-            lo, hi = self.broker.queue_bounds(topic, part)
+            lo, hi = self.broker.queue_bounds(topic, part, principal=principal)
         except FerryError:
             return None
         return hi, lo
 
-    def _read_one(self, topic: str, part: int, offset: int, max_bytes: int, magic: int
-                  ) -> tuple[int, int, int, list[Any]]:
+    def _read_one(self, topic: str, part: int, offset: int, max_bytes: int, magic: int,
+                  principal: Principal) -> tuple[int, int, int, list[Any]]:
         """(error, high watermark, log start, record chunks) for one partition."""
         try:
-            lo, hw = self.broker.queue_bounds(topic, part)
+            lo, hw = self.broker.queue_bounds(topic, part, principal=principal)
             if offset < lo or offset > hw:
                 return ke.OFFSET_OUT_OF_RANGE, hw, lo, []
             if offset == hw:
                 return ke.NONE, hw, lo, []
-            got = self.broker.get(None, topic, part, offset, MAX_FETCH_MESSAGES, max_bytes)
-        except TopicNotFound:
-            return ke.UNKNOWN_TOPIC_OR_PARTITION, -1, -1, []
+            got = self.broker.get(None, topic, part, offset, MAX_FETCH_MESSAGES, max_bytes,
+                                  principal=principal)
         except FerryError as exc:
             return kafka_error(exc), -1, -1, []
         if got.status in (GetStatus.OFFSET_TOO_SMALL, GetStatus.OFFSET_OVERFLOW_BADLY):
@@ -440,7 +458,8 @@ class KafkaDoor:
             parts = []
             for p in t.partitions:
                 try:
-                    lo, hi = self.broker.queue_bounds(t.name, p.partition_index)
+                    lo, hi = self.broker.queue_bounds(t.name, p.partition_index,
+                                                      principal=s.principal)
                 except FerryError as exc:
                     parts.append(R.ListOffsetsPartitionResponse(
                         partition_index=p.partition_index, error_code=kafka_error(exc)))
@@ -451,11 +470,12 @@ class KafkaDoor:
                 elif p.timestamp == EARLIEST_TIMESTAMP:
                     offset = lo
                 else:
-                    offset = self.broker.offset_for_time(t.name, p.partition_index, p.timestamp)
+                    offset = self.broker.offset_for_time(t.name, p.partition_index, p.timestamp,
+                                                         principal=s.principal)
                     if offset >= hi:
                         offset = -1
                     else:
-                        ts = self._timestamp_at(t.name, p.partition_index, offset)
+                        ts = self._timestamp_at(t.name, p.partition_index, offset, s.principal)
                 if v == 0:
                     parts.append(R.ListOffsetsPartitionResponse(
                         partition_index=p.partition_index, error_code=ke.NONE,
@@ -467,8 +487,8 @@ class KafkaDoor:
             topics.append(R.ListOffsetsTopicResponse(name=t.name, partitions=tuple(parts)))
         return R(topics=tuple(topics))
 
-    def _timestamp_at(self, topic: str, part: int, offset: int) -> int:
-        got = self.broker.get(None, topic, part, offset, 1, 1)
+    def _timestamp_at(self, topic: str, part: int, offset: int, principal: Principal) -> int:
+        got = self.broker.get(None, topic, part, offset, 1, 1, principal=principal)
         return got.records[0].store_timestamp if got.records else -1
 
     # ================================================================ offsets
@@ -488,27 +508,37 @@ class KafkaDoor:
                 if code == ke.NONE:
                     try:
                         self.broker.commit_offset(req.group_id, t.name, p.partition_index,
-                                                  p.committed_offset)
+                                                  p.committed_offset, principal=s.principal)
                     except FerryError as exc:
                         code = kafka_error(exc)
                 parts.append(R.OffsetCommitResponsePartition(partition_index=p.partition_index,
                                                              error_code=code))
             topics.append(R.OffsetCommitResponseTopic(name=t.name, partitions=tuple(parts)))
+        await self.broker.wait_durable()  # acknowledged commits survive a crash (sync flush)
         return R(topics=tuple(topics))
 
     async def offset_fetch(self, h: Header, req: Any, s: Session) -> Any:
         R = schema.response_class(OFFSET_FETCH)
         group = req.group_id
-        if req.topics is None:  # v2+: every topic the group committed
-            wanted = [(t, sorted(qs)) for t, qs in
-                      self.broker.meta.offsets.get(group, {}).items()]
-        else:
-            wanted = [(t.name, list(t.partition_indexes)) for t in req.topics]
+        try:
+            if req.topics is None:  # v2+: every topic the group committed
+                wanted = [(t, sorted(qs)) for t, qs in
+                          self.broker.committed_offsets(group, principal=s.principal).items()]
+            else:
+                wanted = [(t.name, list(t.partition_indexes)) for t in req.topics]
+        except FerryError as exc:
+            return R(topics=(), error_code=kafka_error(exc))
         topics = []
         for name, parts in wanted:
             out = []
             for q in parts:
-                off = self.broker.committed_offset(group, name, q)
+                try:
+                    off = self.broker.committed_offset(group, name, q, principal=s.principal)
+                except FerryError as exc:
+                    out.append(R.OffsetFetchResponsePartition(
+                        partition_index=q, committed_offset=-1, committed_leader_epoch=-1,
+                        metadata="", error_code=kafka_error(exc)))
+                    continue
                 out.append(R.OffsetFetchResponsePartition(
                     partition_index=q, committed_offset=-1 if off is None else off,
                     committed_leader_epoch=-1, metadata="", error_code=ke.NONE))
@@ -565,7 +595,7 @@ class KafkaDoor:
         for gid in req.groups:
             g = self.coordinator.describe(gid)
             if g is None:
-                known = gid in self.broker.meta.groups or gid in self.broker.meta.offsets
+                known = gid in self.broker.known_groups(principal=s.principal)
                 out.append(R.DescribedGroup(error_code=ke.NONE, group_id=gid,
                                             group_state=EMPTY if known else DEAD,
                                             protocol_type="consumer" if known else "",
@@ -584,7 +614,7 @@ class KafkaDoor:
     async def list_groups(self, h: Header, req: Any, s: Session) -> Any:
         R = schema.response_class(LIST_GROUPS)
         seen: dict[str, str] = {}
-        for gid in list(self.broker.meta.offsets) + [g.name for g in self.broker.groups()]:
+        for gid in self.broker.known_groups(principal=s.principal):
             seen.setdefault(gid, "consumer")
         for gid, g in self.coordinator.groups.items():
             if g.members or gid in seen:
@@ -602,17 +632,19 @@ class KafkaDoor:
             code = self.coordinator.forget(gid)
             if code == ke.NONE:
                 try:
-                    await self.broker.delete_group(gid)
-                except GroupNotFound:
-                    code = ke.GROUP_ID_NOT_FOUND
-                except InvalidGroupName:
-                    code = ke.INVALID_GROUP_ID
+                    await self.broker.delete_group(gid, principal=s.principal)
+                except FerryError as exc:
+                    code = kafka_error(exc)
             out.append(R.DeletableGroupResult(group_id=gid, error_code=code))
         return R(results=tuple(out))
 
     # ================================================================ admin
 
     async def create_topics(self, h: Header, req: Any, s: Session) -> Any:
+        async with self.broker.admin_batch():  # the topics of one request share one fsync
+            return await self._create_topics(h, req, s)
+
+    async def _create_topics(self, h: Header, req: Any, s: Session) -> Any:
         R = schema.response_class(CREATE_TOPICS)
         out = []
         for t in req.topics:
@@ -620,7 +652,7 @@ class KafkaDoor:
             n = t.num_partitions if t.num_partitions > 0 else self.broker.config.default_queues
             if t.assignments:
                 n = len(t.assignments)
-            if t.name in self.broker.meta.topics:
+            if self._exists(t.name, s):
                 code, message = ke.TOPIC_ALREADY_EXISTS, f"topic {t.name} exists"
             elif not kafka_visible(t.name):
                 code, message = ke.INVALID_TOPIC_EXCEPTION, "invalid topic name"
@@ -630,7 +662,7 @@ class KafkaDoor:
                 code, message = ke.INVALID_PARTITIONS, "partitions must be positive"
             elif not req.validate_only:
                 try:
-                    await self.broker.create_topic(t.name, n)
+                    await self.broker.create_topic(t.name, n, principal=s.principal)
                 except FerryError as exc:
                     code, message = kafka_error(exc), exc.detail
             out.append(R.CreatableTopicResult(name=t.name, error_code=code,
@@ -643,7 +675,7 @@ class KafkaDoor:
         for name in req.topic_names:
             code = ke.NONE
             try:
-                await self.broker.delete_topic(name)
+                await self.broker.delete_topic(name, principal=s.principal)
                 self.producers.forget_topic(name)
             except FerryError as exc:
                 code = kafka_error(exc)
@@ -655,7 +687,12 @@ class KafkaDoor:
         out = []
         for t in req.topics:
             code, message = ke.NONE, None
-            cur = self.broker.meta.topics.get(t.name)
+            try:
+                cur = self.broker.find_topic(t.name, principal=s.principal)
+            except FerryError as exc:
+                out.append(R.CreatePartitionsTopicResult(name=t.name, error_code=kafka_error(exc),
+                                                         error_message=exc.detail))
+                continue
             if cur is None:
                 code = ke.UNKNOWN_TOPIC_OR_PARTITION
             elif t.count <= cur.queues:
@@ -663,7 +700,7 @@ class KafkaDoor:
                     f"topic has {cur.queues} partitions; it can only grow"
             elif not req.validate_only:
                 try:
-                    await self.broker.update_topic(t.name, queues=t.count)
+                    await self.broker.update_topic(t.name, queues=t.count, principal=s.principal)
                 except FerryError as exc:
                     code, message = kafka_error(exc), exc.detail
             out.append(R.CreatePartitionsTopicResult(name=t.name, error_code=code,
@@ -676,7 +713,7 @@ class KafkaDoor:
         out = []
         for r in req.resources:
             if r.resource_type == RESOURCE_TOPIC:
-                if r.resource_name not in self.broker.meta.topics:
+                if not self._exists(r.resource_name, s):
                     out.append(R.DescribeConfigsResult(
                         error_code=ke.UNKNOWN_TOPIC_OR_PARTITION, error_message="no such topic",
                         resource_type=r.resource_type, resource_name=r.resource_name))
@@ -712,6 +749,12 @@ class KafkaDoor:
                                                resource_name=r.resource_name, configs=configs))
         return R(results=tuple(out))
 
+    def _exists(self, topic: str, s: Session) -> bool:
+        try:
+            return self.broker.find_topic(topic, principal=s.principal) is not None
+        except FerryError:
+            return False
+
     # ================================================================ producers
 
     async def init_producer_id(self, h: Header, req: Any, s: Session) -> Any:
@@ -734,26 +777,36 @@ class KafkaDoor:
         s.raw_sasl = h.api_version == 0
         return R(error_code=ke.NONE, mechanisms=("PLAIN",))
 
-    def check_plain(self, token: bytes) -> bool:
-        """A SASL PLAIN token (RFC 4616: authzid NUL authcid NUL password)."""
+    def check_plain(self, token: bytes) -> str | None:
+        """The user a SASL PLAIN token (RFC 4616: authzid NUL authcid NUL password)
+        proves, or None."""
         users = self.options.sasl_plain_users or {}
         parts = token.split(b"\x00")
         if len(parts) != 3:
-            return False
+            return None
         try:
             user, password = parts[1].decode(), parts[2].decode()
         except UnicodeDecodeError:
+            return None
+        return user if users.get(user) == password else None
+
+    def login_plain(self, s: Session, token: bytes) -> bool:
+        """Authenticate the connection with a SASL PLAIN token: from now on its calls
+        carry the user's principal. False (and nothing changes) for a bad token."""
+        user = self.check_plain(token)
+        if user is None:
             return False
-        return users.get(user) == password
+        s.authenticated = True
+        s.principal = Principal(user, MECHANISM_SASL_PLAIN, s.client_host)
+        return True
 
     async def sasl_authenticate(self, h: Header, req: Any, s: Session) -> Any:
         R = schema.response_class(SASL_AUTHENTICATE)
         if s.sasl_mechanism != "PLAIN" or s.authenticated:
             return R(error_code=ke.ILLEGAL_SASL_STATE, error_message="handshake first")
-        if not self.check_plain(bytes(req.auth_bytes)):
+        if not self.login_plain(s, bytes(req.auth_bytes)):
             return R(error_code=ke.SASL_AUTHENTICATION_FAILED,
                      error_message="authentication failed")
-        s.authenticated = True
         return R(error_code=ke.NONE, error_message=None, auth_bytes=b"")
 
 

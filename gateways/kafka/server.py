@@ -32,6 +32,7 @@ from typing import Any
 
 import trio
 
+from ...core.access import SYSTEM
 from ...core.broker import Broker
 from ...core.errors import FerryError
 from ...protocols import record as rec
@@ -107,14 +108,11 @@ def replay_producer_state(broker: Broker, producers: ProducerStates) -> int:
     """Bring the loaded snapshot up to the queues' ends: forget batches past them
     (lost in a crash), re-read the Kafka batches appended after the snapshot."""
     replayed = 0
-    for topic, qid in list(broker.store.queues):
-        if topic not in broker.meta.topics:
-            continue
-        lo, hi = broker.store.queue_bounds(topic, qid)
+    for topic, qid, lo, hi in broker.stored_queues(principal=SYSTEM):
         producers.truncate(topic, qid, hi)
         offset = max(lo, producers.snapshot_ends.get((topic, qid), lo))
         while offset < hi:
-            got = broker.store.get(topic, qid, offset, 1 << 20, REPLAY_BYTES)
+            got = broker.read_stored(topic, qid, offset, 1 << 20, REPLAY_BYTES, principal=SYSTEM)
             if not got.records:
                 break
             for r in got.records:
@@ -132,7 +130,7 @@ def replay_producer_state(broker: Broker, producers: ProducerStates) -> int:
 
 
 async def _save(broker: Broker, producers: ProducerStates) -> None:
-    ends = {key: q.max_offset for key, q in broker.store.queues.items()}
+    ends = {(q.topic, q.queue_id): q.max_offset for q in broker.stored_queues(principal=SYSTEM)}
     data = producers.snapshot(ends)
     try:
         await trio.to_thread.run_sync(producers.save, data)
@@ -229,10 +227,9 @@ async def _serve_connection(door: KafkaDoor, stream: trio.SocketStream, conn: Se
                     return
                 continue
             session.raw_sasl = False
-            if not door.check_plain(token):  # type: ignore[arg-type]
+            if not door.login_plain(session, token):  # type: ignore[arg-type]
                 log.info("SASL PLAIN authentication failed for %s", session.client_host)
                 return
-            session.authenticated = True
             _authenticated(door, conn, watch)
             await _send(stream, watch, b"\x00\x00\x00\x00")
             continue

@@ -1,11 +1,19 @@
-"""One MQTT client connection: read bytes, feed the protocol object, act, write what it builds.
+"""One MQTT client connection: read bytes, feed the protocol objects, act, write what they build.
 
-A ``Client`` runs two tasks: the reader (this module's loop, which also times
-the keep alive) and a writer that drains the out buffer. Deliveries append to
-the out buffer synchronously, so a dispatcher never waits for a socket; a
-full buffer (``max_outbuf``) makes the session queue (QoS 1/2) or drop (QoS 0)
-instead. Anything the client does wrong ends in ``MqttError``: the protocol
-object says what to send before closing.
+A ``Client`` runs two tasks: the reader (this module's loop) and a writer that
+drains the out buffer. Deliveries append to the out buffer synchronously, so a
+dispatcher never waits for a socket; a full buffer (``max_outbuf``) makes the
+session queue (QoS 1/2) or drop (QoS 0) instead.
+
+Two sans-I/O objects decide what is allowed: ``ServerConnection`` (framing,
+packet order, topic aliases, sizes) and the session's ``SessionState`` (the
+QoS 1/2 flows both ways: every PUBLISH with a packet id, PUBACK, PUBREC,
+PUBREL and PUBCOMP passes through its tables). Anything the client does wrong
+ends in ``MqttError``: the connection object says what to send before
+closing. Every publish is stored by the hub's one store path
+(``publish.StorePath``); a core error is answered by ``errors.answer_for``.
+``Client`` implements ``sessions.Connection``, the interface the hub and the
+session use, so they never import this module.
 """
 
 from __future__ import annotations
@@ -20,8 +28,8 @@ from typing import Any
 
 import trio
 
-from ...core.errors import FerryError, InvalidDelay, MessageTooLarge, PermissionDenied
-from ...core.message import Message, now_ms
+from ...core.errors import FerryError
+from ...core.message import now_ms
 from ...protocols.mqtt import codec
 from ...protocols.mqtt.codec import MqttError
 from ...protocols.mqtt.connection import ServerConnection
@@ -45,10 +53,13 @@ from ...protocols.mqtt.packets import (
     Unsubscribe,
     Will,
 )
+from ...protocols.mqtt.session import Action
 from ...protocols.mqtt.topics import parse_filter
-from . import mapping
 from .auth import verify_password
-from .hub import Delivery, Hub, Session, SubOpts
+from .delivery import Delivery, SubOpts
+from .errors import Answer, answer_for
+from .hub import Hub
+from .sessions import Session
 
 _PACKET_NAMES = {t: t.__name__.lower() for t in (Publish, Puback, Pubrec, Pubrel, Pubcomp,
                                                  Subscribe, Unsubscribe, Pingreq, Disconnect,
@@ -61,7 +72,6 @@ KEEP_ALIVE_FACTOR = 1.5  # 3.1.2.10: one and a half times the Keep Alive
 CLOSE_GRACE = 2.0  # seconds to flush the last bytes (a DISCONNECT) before closing
 _STOP = object()
 BATCH_MAX = 256  # publishes stored together at most
-BATCH_BYTES = 1 << 20  # payload bytes per batch record at most (the core allows 4 MiB)
 
 
 class Client:
@@ -240,6 +250,8 @@ class Client:
                 return
             timeout = self.keep_alive * KEEP_ALIVE_FACTOR if self.keep_alive else math.inf
             now = trio.current_time
+            assert self.session is not None
+            flows = self.session.flows
             batch: list[Publish] = []
             while True:
                 self._reading = True
@@ -248,6 +260,8 @@ class Client:
                     if type(ev) is Publish and ev.qos < 2:
                         # QoS 0/1 publishes read together are stored together: one
                         # batch record per queue (docs/mqtt.md, "Batches").
+                        if ev.qos:
+                            flows.receive_publish(ev)  # 4.9: raises past Receive Maximum
                         batch.append(ev)
                         if len(batch) >= BATCH_MAX:
                             await self._timed_publish_batch(batch)
@@ -278,6 +292,17 @@ class Client:
             metrics.error("packet", f"{err.reason:#04x}")
             log.info("mqtt client %r: %s (reason %#x)", self.client_id, err.detail, err.reason)
             self.write(conn.error_bytes(err))
+        except FerryError as exc:
+            # A core error outside a publish (which is answered in its acknowledgement):
+            # CONNACK with the reason before the session began, else DISCONNECT (5.0).
+            stats["core_errors"] += 1
+            metrics.error("connection", exc.code)
+            log.warning("mqtt client %r: %s", self.client_id, exc)
+            reason = answer_for(exc).reason
+            if conn.connect is not None and not conn.accepted:
+                self.write(codec.encode(Connack(False, reason), conn.version))
+            else:
+                self.write(conn.error_bytes(MqttError(str(exc), reason)))
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         except Exception:  # one connection's bug must not end the door: count, log, close
@@ -405,15 +430,19 @@ class Client:
             hub.end_session(old)
             old = None
         present = old is not None
-        s = old if old is not None else Session(hub, cid)
+        s = old if old is not None else hub.new_session(cid)
         hub.sessions[cid] = s
         s.client = self
         s.expiry = expiry
         s.generation += 1
-        s.window = min(o.max_inflight, self.conn.client_receive_maximum)
+        # A new connection: whatever the last one left half done is void (4.4), even
+        # if that one is still closing (a takeover that did not finish in time).
+        s.flows.connection_lost()
+        # 4.9: our Receive Maximum (5.0 only) in, the client's (capped by ours) out.
+        s.flows.attach(o.receive_maximum, min(o.max_inflight, self.conn.client_receive_maximum),
+                       strict=v5)
         self.session = s
         self.will = c.will
-        self.conn.restore_inbound(set(s.inbound_qos2))
         self.send(Connack(present, Reason.SUCCESS, props))
         hub.stats["connects"] += 1
         hub.stats["max_online"] = max(hub.stats["max_online"], len(hub.clients))
@@ -424,7 +453,7 @@ class Client:
             hub.catch_up(s)
             s.pump()
         if s.persistent:
-            hub.session_saver.mark()
+            hub.state.sessions_changed()
         return True
 
     def _authenticate(self, c: Connect) -> int:
@@ -459,28 +488,25 @@ class Client:
         s = self.session
         assert s is not None
         if t is Publish:
-            await self._on_publish(ev)  # type: ignore[arg-type]
-        elif t is Puback or t is Pubcomp:
-            s.ack(ev.packet_id)  # type: ignore[union-attr]
-        elif t is Pubrec:
-            pid = ev.packet_id  # type: ignore[union-attr]
-            out = s.inflight.get(pid)
-            if out is None:
-                self.write(codec.encode(Pubrel(pid, Reason.PACKET_IDENTIFIER_NOT_FOUND),
-                                        self.version))
-            elif ev.reason >= 0x80:  # type: ignore[union-attr]
-                s.ack(pid)  # 4.3.3: a failed PUBREC ends the flow
-            else:
-                out.released = True
+            await self._publish_qos2(ev)  # type: ignore[arg-type]  # QoS 0/1 are batched
+        elif t is Puback or t is Pubcomp or t is Pubrec:
+            # The client acknowledges one of our PUBLISHes (protocols/mqtt/session.py).
+            pid: int = ev.packet_id  # type: ignore[union-attr,assignment]
+            action, _ = s.flows.receive_ack(ev)  # type: ignore[arg-type]
+            if action is Action.FREE:
+                s.pump()
+            elif action is Action.SEND_PUBREL:
                 self.send_pubrel(pid)
                 if s.persistent:
-                    self.hub.session_saver.mark()
+                    self.hub.state.sessions_changed()
+            elif action is Action.SEND_PUBREL_NOT_FOUND:
+                self.write(codec.encode(Pubrel(pid, Reason.PACKET_IDENTIFIER_NOT_FOUND),
+                                        self.version))
         elif t is Pubrel:
-            pid = ev.packet_id  # type: ignore[union-attr]
-            if pid in s.inbound_qos2:
-                s.inbound_qos2.discard(pid)
+            pid = ev.packet_id  # type: ignore[union-attr,assignment]
+            if s.flows.receive_pubrel(ev) is Action.SEND_PUBCOMP:  # type: ignore[arg-type]
                 if s.persistent:
-                    self.hub.session_saver.mark()
+                    self.hub.state.sessions_changed()
                 self.send(Pubcomp(pid))
             else:
                 self.send(Pubcomp(pid, Reason.PACKET_IDENTIFIER_NOT_FOUND))
@@ -514,124 +540,91 @@ class Client:
             return Reason.PAYLOAD_FORMAT_INVALID  # 3.3.2.3.2
         return 0
 
-    def _store_failure(self, exc: FerryError, qos: int) -> int:
-        self.hub.metrics.error("publish", exc.code)
-        if isinstance(exc, MessageTooLarge):
-            return Reason.PACKET_TOO_LARGE
-        if isinstance(exc, PermissionDenied):
-            return Reason.NOT_AUTHORIZED
-        if isinstance(exc, InvalidDelay):
-            # Only MQTT 5 user properties ask for a delivery time: a 5.0 client, which
-            # gets the reason code; the publish is not stored.
-            self.hub.stats["publish_bad_delay"] += 1
-            return Reason.IMPLEMENTATION_SPECIFIC_ERROR
-        log.warning("publish from %r failed: %s", self.client_id, exc)
-        self.hub.stats["publish_failed"] += 1
-        if self.version != MQTT_5 and qos:
-            # 3.1.1 cannot refuse a QoS 1/2 message: close, the client resends.
-            raise MqttError(str(exc), Reason.UNSPECIFIED_ERROR) from exc
-        return Reason.UNSPECIFIED_ERROR
+    def _store_failure(self, exc: FerryError) -> Answer:
+        """Count and log a publish the core refused; how to answer it (errors.py)."""
+        answer = answer_for(exc)
+        hub = self.hub
+        hub.metrics.error("publish", exc.code)
+        if answer.counter is not None:
+            hub.stats[answer.counter] += 1
+            if answer.counter == "publish_failed":
+                log.warning("publish from %r failed: %s", self.client_id, exc)
+        return answer
+
+    def _acknowledge(self, packet: Puback | Pubrec) -> bytes | None:
+        """The bytes of our PUBACK / PUBREC, its flow moved on (protocols/mqtt/session.py)."""
+        s = self.session
+        assert s is not None
+        s.flows.send_ack(packet)
+        return self.conn.send(packet)
 
     async def _publish_batch(self, batch: list[Publish]) -> None:
-        """Store QoS 0/1 publishes with one put per (topic, queue), then acknowledge
-        each QoS 1 one in order, with its own reason code."""
-        hub = self.hub
+        """Store QoS 0/1 publishes read together (the store path puts one record
+        per topic and queue), then acknowledge each QoS 1 one in order, with its
+        own reason code. 3.1.1 cannot refuse a QoS 1 message: where the failure
+        may pass, the connection closes after the acknowledgements before it, and
+        the client sends the rest again."""
         n = len(batch)
         reasons = [0] * n
-        messages: list[Message | None] = [None] * n
-        groups: dict[tuple[str, int], list[int]] = {}
-        payload_bytes = 0
-        cached = hub.cached_message
-        cid = self.client_id
+        accepted = []
         for i, p in enumerate(batch):
             reason = self._refusal(p)
-            if not reason:
-                try:
-                    m = cached(p.topic, p.payload, p.qos, p.retain, cid, p.properties) or \
-                        await hub.message_for(p.topic, p.payload, p.qos, p.retain, cid,
-                                              p.properties)
-                except FerryError as exc:
-                    reason = self._store_failure(exc, p.qos)
-                else:
-                    messages[i] = m
-                    payload_bytes += len(p.payload)
-                    if payload_bytes > BATCH_BYTES:
-                        await self._put_groups(groups, messages, reasons, batch)
-                        groups.clear()
-                        payload_bytes = len(p.payload)
-                    # A timed message is put on its own: a batch record is delivered at once.
-                    key = (m.topic, -1 - i) if p.properties and mapping.is_timed(m) \
-                        else (m.topic, m.queue_id)
-                    groups.setdefault(key, []).append(i)
-            reasons[i] = reason
-        await self._put_groups(groups, messages, reasons, batch)
-        retained_qos = False
+            if reason:
+                reasons[i] = reason
+            else:
+                accepted.append(i)
+        close_at = n
+        if accepted:
+            errors = await self.hub.store.store(
+                batch if len(accepted) == n else [batch[i] for i in accepted], self.client_id)
+            for i, err in zip(accepted, errors, strict=True):
+                if err is not None:
+                    answer = self._store_failure(err)
+                    reasons[i] = answer.reason
+                    if answer.close_311 and batch[i].qos and close_at == n:
+                        close_at = i
         v5 = self.version == MQTT_5
         for i, p in enumerate(batch):
-            if p.retain and not reasons[i]:
-                m = messages[i]
-                assert m is not None
-                hub.retain(Delivery(p.topic, p.payload, p.qos, True, dict(m.properties),
-                                    self.client_id, None))
-                retained_qos |= p.qos > 0
-        if retained_qos:
-            await hub.retained_saver.save_now()
-        for i, p in enumerate(batch):
             if p.qos:
-                self.send(Puback(p.packet_id, reasons[i] if v5 else 0))  # type: ignore[arg-type]
+                if i >= close_at and not v5:
+                    raise MqttError("a publish could not be stored", Reason.UNSPECIFIED_ERROR)
+                data = self._acknowledge(Puback(p.packet_id, reasons[i] if v5 else 0))  # type: ignore[arg-type]
+                if data:
+                    self.write(data)
 
-    async def _put_groups(self, groups: dict[tuple[str, int], list[int]],
-                          messages: list[Message | None], reasons: list[int],
-                          batch: list[Publish]) -> None:
-        put = self.hub.broker.put
-        for idx in groups.values():
-            try:
-                if len(idx) == 1:
-                    await put(messages[idx[0]])  # type: ignore[arg-type]
-                else:
-                    await put([messages[i] for i in idx])  # type: ignore[misc]
-            except FerryError as exc:
-                reason = self._store_failure(exc, max(batch[i].qos for i in idx))
-                for i in idx:
-                    reasons[i] = reason
-            else:
-                self.hub.stats["received"] += len(idx)
-
-    async def _on_publish(self, p: Publish) -> None:
+    async def _publish_qos2(self, p: Publish) -> None:
+        """A QoS 2 PUBLISH: stored once, acknowledged with PUBREC (4.3.3)."""
         hub = self.hub
         s = self.session
         assert s is not None
-        qos = p.qos
-        pid = p.packet_id
-        v5 = self.version == MQTT_5
-        if qos == 2 and pid in s.inbound_qos2:
-            self.send(Pubrec(pid))  # type: ignore[arg-type]  # a resend: stored already (4.3.3)
+        pid: int = p.packet_id  # type: ignore[assignment]
+        if s.flows.receive_publish(p) is Action.SEND_PUBREC:
+            self.send(Pubrec(pid))  # a resend: stored already (4.3.3)
             return
+        v5 = self.version == MQTT_5
         reason = self._refusal(p)
         if not reason:
-            try:
-                await hub.publish(p.topic, p.payload, qos, p.retain, self.client_id,
-                                  p.properties)
-            except FerryError as exc:
-                reason = self._store_failure(exc, qos)
-        if qos == 1:
-            self.send(Puback(pid, reason if v5 else 0))  # type: ignore[arg-type]
-        elif qos == 2:
-            if reason and v5:
-                self.send(Pubrec(pid, reason))  # type: ignore[arg-type]
-                return
-            s.inbound_qos2.add(pid)  # type: ignore[arg-type]
-            if s.persistent:
-                # Exactly once across a restart: the id must be durable before PUBREC.
-                await hub.session_saver.save_now()
-            self.send(Pubrec(pid))  # type: ignore[arg-type]
+            (err,) = await hub.store.store([p], self.client_id)
+            if err is not None:
+                answer = self._store_failure(err)
+                if answer.close_311 and not v5:
+                    raise MqttError(str(err), Reason.UNSPECIFIED_ERROR) from err
+                reason = answer.reason
+        # 3.1.1 has no failed PUBREC: a refused message is acknowledged and dropped.
+        pubrec = Pubrec(pid, reason) if reason and v5 else Pubrec(pid)
+        data = self._acknowledge(pubrec)
+        if not pubrec.reason and s.persistent:
+            # Exactly once across a restart: the id is durable before the PUBREC.
+            await hub.state.sessions_durable()
+        if data:
+            self.write(data)
 
     async def _on_subscribe(self, sub: Subscribe) -> None:
         hub = self.hub
         s = self.session
         assert s is not None
         sub_id = sub.subscription_id
-        reasons = []
+        reasons: list[int] = []
         retained: list[tuple[str, SubOpts]] = []
         for item in sub.subscriptions:
             try:
@@ -660,7 +653,7 @@ class Client:
         if s.persistent:
             # A persistent session's subscriptions are durable before SUBACK: a
             # crash right after it must not lose what the client was told it has.
-            await hub.session_saver.save_now()
+            await hub.state.sessions_durable()
         self.send(Suback(sub.packet_id, tuple(reasons)))
         for topic_filter, so in retained:
             for d in hub.retained_for(topic_filter):
@@ -671,7 +664,7 @@ class Client:
     async def _on_unsubscribe(self, u: Unsubscribe) -> None:
         s = self.session
         assert s is not None
-        reasons = []
+        reasons: list[int] = []
         for raw in u.filters:
             try:
                 spec = parse_filter(raw)
@@ -681,7 +674,7 @@ class Client:
             found = self.hub.unsubscribe(s, spec.share, spec.filter)
             reasons.append(Reason.SUCCESS if found else Reason.NO_SUBSCRIPTION_EXISTED)
         if s.persistent:
-            await self.hub.session_saver.save_now()
+            await self.hub.state.sessions_durable()
         self.send(Unsuback(u.packet_id, tuple(reasons)))
 
     # ------------------------------------------------------------ the end
@@ -694,6 +687,7 @@ class Client:
             return
         s.client = None
         s.disconnected_at = now_ms()
+        s.flows.connection_lost()
         hub.detach(s)
         will = self.will
         if will is not None and self.publish_will:
@@ -705,7 +699,7 @@ class Client:
         if not s.persistent:
             hub.end_session(s)
         else:
-            hub.session_saver.mark()
+            hub.state.sessions_changed()
 
 
 def _is_utf8(data: bytes) -> bool:

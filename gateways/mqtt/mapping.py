@@ -2,7 +2,9 @@
 
 - The first level of the MQTT topic names the broker topic (``broker_topic``),
   its characters outside ``[A-Za-z0-9._-]`` written as ``|XX`` per UTF-8 byte.
-- The whole MQTT topic travels in the ``MQTT_TOPIC`` property; the queue is
+- The whole MQTT topic travels in the ``MQTT_TOPIC`` property, unchanged up to
+  the 65,535 bytes MQTT allows (past RocketMQ's 32,767-byte property area the
+  store keeps the record in its long form: docs/storage.md); the queue is
   chosen by a CRC-32 of it, so the messages of one MQTT topic keep their order.
 - QoS, retain flag and the MQTT 5 message properties travel as ``MQTT_*``
   properties; MQTT 5 user properties are plain message properties (Kafka

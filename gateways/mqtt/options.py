@@ -7,13 +7,14 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 OVERFLOW_POLICIES = ("drop_oldest", "refuse")
+DEFAULT_WS_PORT = 8083
 
 
 @dataclass(frozen=True, slots=True)
 class MqttOptions:
     """See docs/mqtt.md, "Configuration", for each setting's reasoning."""
 
-    ws_port: int = 8083  # MQTT over WebSocket; 0 switches it off
+    ws_port: int = DEFAULT_WS_PORT  # MQTT over WebSocket; 0 switches it off
     ws_path: str = "/mqtt"
     max_packet_size: int = 1 << 20  # announced in CONNACK (5.0), enforced on all versions
     receive_maximum: int = 64  # inbound QoS 1/2 PUBLISHes a client may leave unacknowledged
@@ -72,4 +73,7 @@ class MqttOptions:
 
     @property
     def ws_port_explicit(self) -> bool:
-        return self.ws_port != MqttOptions.ws_port
+        """Whether ws_port was configured (it must bind) rather than left at the
+        default (taken by another broker: TCP only, with a warning). Not
+        ``MqttOptions.ws_port``: with slots, that is the field's descriptor."""
+        return self.ws_port != DEFAULT_WS_PORT

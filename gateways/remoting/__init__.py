@@ -26,6 +26,7 @@ import trio
 
 from ...protocols.remoting import DEFAULT_MAX_FRAME, RemotingProtocolError
 from ...protocols.remoting import headers as H
+from ..config import DOOR_LIMITS
 from ..server import DoorContext
 from .client_table import CLIENT_EXPIRY_S, LOCK_TTL_S, ClientTable
 from .connection import serve_connection
@@ -35,6 +36,7 @@ from .registration import REGISTER_INTERVAL_S, Registrar
 log = logging.getLogger("ferrymq.remoting")
 
 DEFAULT_MAX_SUSPENDED = 1024
+DEFAULT_MAX_CONNECTIONS = DOOR_LIMITS["remoting"].max_connections  # the supervisor's cap
 
 
 def namesrv_addresses(ctx: DoorContext) -> list[str]:
@@ -90,4 +92,4 @@ async def serve(ctx: DoorContext, *, task_status: trio.TaskStatus[int] = trio.TA
 async def _expire_clients(processor: Processor, table: ClientTable) -> None:
     while True:
         await trio.sleep(min(10.0, table.expiry_s / 4))
-        processor._notify_changed(table.expire())
+        processor.notify_changed(table.expire())

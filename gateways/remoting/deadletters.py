@@ -24,19 +24,17 @@ RocketMQ has no request to list or resend dead letters (apache/rocketmq
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ...core.access import Principal
 from ...core.message import ConsumedMessage, offset_message_id
 from ...core.retry import DeadLetter
 from ...protocols.remoting import RemotingCommand, RequestCode, ResponseCode, response_to
 from ...protocols.remoting import bodies as B
 from ...protocols.remoting import headers as H
 from ...protocols.remoting.codes import FerryRequestCode
-from .processor import Handler, encode_message
-
-if TYPE_CHECKING:
-    from .connection import ServerConnection
-    from .processor import Processor
+from .context import Connection, Handler, RequestContext
+from .records import encode_message
 
 _LOOKUP_COPIES = 16  # copies of one client id looked at to find the one a consumer failed
 
@@ -52,10 +50,10 @@ def letter_json(d: DeadLetter) -> dict[str, Any]:
 class DeadLetterRequests:
     """Send-back, and listing, showing and resending dead letters."""
 
-    def __init__(self, processor: Processor) -> None:
-        self.processor = processor
-        self.broker = processor.broker
-        self.counters = processor.counters
+    def __init__(self, ctx: RequestContext) -> None:
+        self.ctx = ctx
+        self.broker = ctx.broker
+        self.counters = ctx.counters
 
     def install(self, handlers: dict[int, Handler]) -> None:
         handlers[RequestCode.CONSUMER_SEND_MSG_BACK] = self.send_msg_back
@@ -65,7 +63,7 @@ class DeadLetterRequests:
 
     # ------------------------------------------------------------ send-back
 
-    def _failed_message(self, h: H.ConsumerSendMsgBackRequestHeader
+    def _failed_message(self, h: H.ConsumerSendMsgBackRequestHeader, who: Principal
                         ) -> ConsumedMessage | str | None:
         """The copy the consumer failed: the one at its CommitLog offset (``offset``) with
         the id ``originMsgId`` (the members of a batch record share its offset: the id
@@ -73,23 +71,25 @@ class DeadLetterRequests:
         takes the newest consumable copy of it)."""
         broker = self.broker
         if h.originMsgId:
-            for m in broker.store.lookup_key(h.originMsgId, limit=_LOOKUP_COPIES):
+            for m in broker.messages_by_id(h.originMsgId, _LOOKUP_COPIES, principal=who):
                 if m.physical_offset == h.offset:
                     return m
-        at = broker.message_by_id(offset_message_id(self.processor.store_host, h.offset))
+        at = broker.message_by_id(offset_message_id(self.ctx.store_host, h.offset),
+                                  principal=who)
         if at is not None:
             return at
         return h.originMsgId or None
 
-    async def send_msg_back(self, conn: ServerConnection, cmd: RemotingCommand
+    async def send_msg_back(self, conn: Connection, cmd: RemotingCommand
                             ) -> RemotingCommand:
         h = H.ConsumerSendMsgBackRequestHeader.from_ext(cmd.ext_fields)
-        m = self._failed_message(h)
+        who = self.ctx.principal(conn)
+        m = self._failed_message(h, who)
         if m is None:
             return response_to(cmd, ResponseCode.SYSTEM_ERROR,
                                remark=f"no message at CommitLog offset {h.offset}")
         r = await self.broker.send_back(h.group, m, h.delayLevel,  # MessageNotFound: no copy
-                                        max_reconsume_times=h.maxReconsumeTimes)
+                                        max_reconsume_times=h.maxReconsumeTimes, principal=who)
         self.counters["dead_lettered" if r.dead else "retried"] += 1
         return response_to(cmd, ResponseCode.SUCCESS, {
             "topic": r.topic, "delayLevel": str(r.delay_level),
@@ -97,32 +97,34 @@ class DeadLetterRequests:
 
     # ------------------------------------------------------------ dead letters
 
-    async def list_letters(self, conn: ServerConnection, cmd: RemotingCommand
+    async def list_letters(self, conn: Connection, cmd: RemotingCommand
                            ) -> RemotingCommand:
         h = H.DeadLettersRequestHeader.from_ext(cmd.ext_fields)
-        letters = self.broker.dead_letters(h.group, h.offset, max(1, min(h.limit, 1000)))
+        letters = self.broker.dead_letters(h.group, h.offset, max(1, min(h.limit, 1000)),
+                                           principal=self.ctx.principal(conn))
         return response_to(cmd, ResponseCode.SUCCESS,
                            body=B.dumps({"letters": [letter_json(d) for d in letters]}))
 
-    async def view_letter(self, conn: ServerConnection, cmd: RemotingCommand
+    async def view_letter(self, conn: Connection, cmd: RemotingCommand
                           ) -> RemotingCommand:
         h = H.DeadLetterRequestHeader.from_ext(cmd.ext_fields)
         ref: str | int | None = h.msgId or h.offset
         if ref is None:
             raise H.HeaderError("give msgId or offset")
-        d = self.broker.dead_letter(h.group, ref)
+        d = self.broker.dead_letter(h.group, ref, principal=self.ctx.principal(conn))
         ext = {k: str(v).lower() if isinstance(v, bool) else str(v)
                for k, v in letter_json(d).items()}
         return response_to(cmd, ResponseCode.SUCCESS, ext, encode_message(d.message))
 
-    async def resend_letters(self, conn: ServerConnection, cmd: RemotingCommand
+    async def resend_letters(self, conn: Connection, cmd: RemotingCommand
                              ) -> RemotingCommand:
         h = H.ResendDeadLettersRequestHeader.from_ext(cmd.ext_fields)
         refs: list[str | int] | None = None
         if h.msgIds:
             refs = [int(r) if r.strip().isdigit() else r.strip()
                     for r in h.msgIds.split(",") if r.strip()]
-        done = await self.broker.resend_dead_letters(h.group, refs, force=h.force)
+        done = await self.broker.resend_dead_letters(h.group, refs, force=h.force,
+                                                     principal=self.ctx.principal(conn))
         self.counters["dead_letters_resent"] += len(done)
         return response_to(cmd, ResponseCode.SUCCESS, body=B.dumps({"resent": [
             {**letter_json(r.letter), "topic": r.put.topic, "queueId": r.put.queue_id,

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import trio
 
+from ...core.access import Principal
 from ...core.errors import FerryError, InvalidArgument, InvalidReceipt
 from ...core.filter import Filter, parse_filter
 from ...core.pop import PoppedMessage
@@ -32,21 +32,19 @@ from ...protocols.remoting import RemotingCommand, RequestCode, ResponseCode, en
 from ...protocols.remoting import headers as H
 from ...protocols.remoting import pop as P
 from ...protocols.remoting.codes import CONSUME_INIT_MODE_MAX
-from .processor import Handler, encode_message, error_code
-
-if TYPE_CHECKING:
-    from .connection import ServerConnection
-    from .processor import Processor
+from .context import Connection, Handler, RequestContext
+from .errors import error_code
+from .records import encode_message
 
 
 class PopRequests:
     """The five pop codes of RocketMQ 5 (RequestCode 200050-200053, 200151)."""
 
-    def __init__(self, processor: Processor) -> None:
-        self.processor = processor
-        self.broker = processor.broker
-        self.counters = processor.counters
-        self.broker_name = processor.broker.config.broker_name
+    def __init__(self, ctx: RequestContext) -> None:
+        self.ctx = ctx
+        self.broker = ctx.broker
+        self.counters = ctx.counters
+        self.broker_name = ctx.broker.config.broker_name
 
     def install(self, handlers: dict[int, Handler]) -> None:
         handlers[RequestCode.POP_MESSAGE] = self.pop_message
@@ -62,7 +60,7 @@ class PopRequests:
             return None
         return parse_filter(h.exp, h.expType or "TAG")
 
-    async def pop_message(self, conn: ServerConnection, cmd: RemotingCommand
+    async def pop_message(self, conn: Connection, cmd: RemotingCommand
                           ) -> RemotingCommand | None:
         h = H.PopMessageRequestHeader.from_ext(cmd.ext_fields)
         if h.order:
@@ -70,23 +68,25 @@ class PopRequests:
         filt = self._filter(h)
         init = "latest" if h.initMode == CONSUME_INIT_MODE_MAX else "earliest"
         broker = self.broker
+        who = self.ctx.principal(conn)
         got = await broker.pop(h.consumerGroup, h.topic, h.maxMsgNums, h.invisibleTime, filt,
-                               queue_id=h.queueId, init=init)
-        wait_s = min(max(h.pollTime, 0) / 1000, self.processor.max_suspend_s)
+                               queue_id=h.queueId, init=init, principal=who)
+        wait_s = min(max(h.pollTime, 0) / 1000, self.ctx.max_suspend_s)
         if got or wait_s <= 0:
-            return self._pop_response(cmd, h, got)
+            return self._pop_response(cmd, h, got, who)
         try:
             conn.suspended.acquire_nowait()
         except trio.WouldBlock:
             self.counters["pop_suspend_refused"] += 1
-            return self._pop_response(cmd, h, [])
+            return self._pop_response(cmd, h, [], who)
 
         async def suspended() -> None:
             try:
                 try:
                     late = self._pop_response(cmd, h, await broker.pop(
                         h.consumerGroup, h.topic, h.maxMsgNums, h.invisibleTime, filt,
-                        queue_id=h.queueId, wait_ms=int(wait_s * 1000), init=init))
+                        queue_id=h.queueId, wait_ms=int(wait_s * 1000), init=init,
+                        principal=who), who)
                 except FerryError as exc:
                     late = response_to(cmd, error_code(exc), remark=exc.detail)
                 await conn.send(encode(late))
@@ -99,21 +99,21 @@ class PopRequests:
         conn.spawn(suspended)
         return None
 
-    def _rest(self, group: str, topic: str, queue_id: int) -> int:
+    def _rest(self, group: str, topic: str, queue_id: int, who: Principal) -> int:
         """RocketMQ's ``restNum``: messages the group has not been handed yet, roughly."""
         rest = 0
         with contextlib.suppress(FerryError):
-            states = {s.queue_id: s for s in self.broker.pop_status(group, topic)}
-            t = self.broker.topic(topic)
+            states = {s.queue_id: s for s in self.broker.pop_status(group, topic, principal=who)}
+            t = self.broker.topic(topic, principal=who)
             for qid in ([queue_id] if queue_id >= 0 else range(t.queues)):
-                lo, hi = self.broker.queue_bounds(topic, qid)
+                lo, hi = self.broker.queue_bounds(topic, qid, principal=who)
                 s = states.get(qid)
                 rest += max(0, hi - (s.pop_offset if s else lo)) + (s.ready if s else 0)
         return rest
 
     def _pop_response(self, cmd: RemotingCommand, h: H.PopMessageRequestHeader,
-                      got: Sequence[PoppedMessage]) -> RemotingCommand:
-        rest = self._rest(h.consumerGroup, h.topic, h.queueId)
+                      got: Sequence[PoppedMessage], who: Principal) -> RemotingCommand:
+        rest = self._rest(h.consumerGroup, h.topic, h.queueId, who)
         if not got:
             return response_to(cmd, ResponseCode.POLLING_TIMEOUT, H.PopMessageResponseHeader(
                 0, h.invisibleTime, P.REVIVE_QID, rest).to_ext(), remark="NO_MESSAGE_IN_QUEUE")
@@ -147,14 +147,14 @@ class PopRequests:
         except P.ExtraInfoError as exc:
             raise InvalidReceipt(str(exc)) from None
 
-    async def ack_message(self, conn: ServerConnection, cmd: RemotingCommand
+    async def ack_message(self, conn: Connection, cmd: RemotingCommand
                           ) -> RemotingCommand:
         h = H.AckMessageRequestHeader.from_ext(cmd.ext_fields)
-        self.broker.ack(self._receipt(h.extraInfo))
+        self.broker.ack(self._receipt(h.extraInfo), principal=self.ctx.principal(conn))
         self.counters["pop_acked"] += 1
         return response_to(cmd, ResponseCode.SUCCESS)
 
-    async def batch_ack_message(self, conn: ServerConnection, cmd: RemotingCommand
+    async def batch_ack_message(self, conn: Connection, cmd: RemotingCommand
                                 ) -> RemotingCommand:
         """Ack every handle the BatchAcks list in ``rh``; the body of the answer has each
         handle's result. A BatchAck naming offsets without handles (RocketMQ's own
@@ -162,7 +162,8 @@ class PopRequests:
         body = P.BatchAckBody.decode(cmd.body)
         handles = [r for a in body.acks for r in a.receipts]
         unproven = sum(len(a.offsets) for a in body.acks if not a.receipts)
-        results = self.broker.ack_batch(handles) if handles else []
+        results = self.broker.ack_batch(handles, principal=self.ctx.principal(conn)) \
+            if handles else []
         rows = [(r, 0 if e is None else error_code(e), None if e is None else e.detail)
                 for r, e in zip(handles, results, strict=True)]
         self.counters["pop_acked"] += sum(1 for e in results if e is None)
@@ -173,10 +174,11 @@ class PopRequests:
                 "message's handle (the last field of its POP_CK) in the BatchAck's 'rh'"))
         return response_to(cmd, ResponseCode.SUCCESS, body=out)
 
-    async def change_invisible_time(self, conn: ServerConnection, cmd: RemotingCommand
+    async def change_invisible_time(self, conn: Connection, cmd: RemotingCommand
                                     ) -> RemotingCommand:
         h = H.ChangeInvisibleTimeRequestHeader.from_ext(cmd.ext_fields)
-        renewal = self.broker.change_invisible_time(self._receipt(h.extraInfo), h.invisibleTime)
+        renewal = self.broker.change_invisible_time(self._receipt(h.extraInfo), h.invisibleTime,
+                                                    principal=self.ctx.principal(conn))
         pop_time = renewal.invisible_until - h.invisibleTime
         ck = P.ExtraInfo(h.offset, pop_time, h.invisibleTime, P.REVIVE_QID, P.NORMAL_TOPIC,
                          self.broker_name, h.queueId, h.offset, renewal.receipt)
@@ -185,12 +187,14 @@ class PopRequests:
 
     # ------------------------------------------------------------ PEEK_MESSAGE
 
-    async def peek_message(self, conn: ServerConnection, cmd: RemotingCommand
+    async def peek_message(self, conn: Connection, cmd: RemotingCommand
                            ) -> RemotingCommand:
         h = H.PeekMessageRequestHeader.from_ext(cmd.ext_fields)
-        found = self.broker.peek(h.consumerGroup, h.topic, h.maxMsgNums, queue_id=h.queueId)
-        ext = H.PopMessageResponseHeader(0, 0, P.REVIVE_QID,
-                                         self._rest(h.consumerGroup, h.topic, h.queueId)).to_ext()
+        who = self.ctx.principal(conn)
+        found = self.broker.peek(h.consumerGroup, h.topic, h.maxMsgNums, queue_id=h.queueId,
+                                 principal=who)
+        ext = H.PopMessageResponseHeader(
+            0, 0, P.REVIVE_QID, self._rest(h.consumerGroup, h.topic, h.queueId, who)).to_ext()
         if not found:
             return response_to(cmd, ResponseCode.PULL_NOT_FOUND, ext, remark="NO_MESSAGE_IN_QUEUE")
         return response_to(cmd, ResponseCode.SUCCESS, ext,

@@ -11,7 +11,13 @@ RocketMQ. See docs/remoting.md for the mapping and its reasons.
 Issue 6's requests live in modules of their own, which install their handlers
 here: transactions.py (END_TRANSACTION, the check-back), pop.py (the five pop
 codes), deadletters.py (CONSUMER_SEND_MSG_BACK and FerryMQ's dead-letter
-requests).
+requests). They and this module share a ``RequestContext`` (context.py) and
+import nothing of each other; the error table is errors.py, the record
+building records.py.
+
+Every Broker call carries the principal of the request's connection
+(``RequestContext.principal``: anonymous, with the peer address, until
+RocketMQ's ACL signature is checked).
 """
 
 from __future__ import annotations
@@ -20,22 +26,17 @@ import contextlib
 import logging
 import struct
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
+from ...core.access import SYSTEM, Principal
 from ...core.broker import Broker
 from ...core.errors import FerryError
 from ...core.filter import Filter, parse_filter
-from ...core.message import (
-    ConsumedMessage,
-    GetStatus,
-    Message,
-    offset_message_id,
-)
+from ...core.message import GetStatus, Message, offset_message_id
 from ...core.metadata import DLQ_PREFIX, PERM_READ_WRITE, RETRY_PREFIX
 from ...core.metrics import DoorMetrics
 from ...protocols import record as rec
@@ -57,9 +58,16 @@ from ...protocols.remoting.codes import (
 )
 from ...protocols.remoting.frame import encode_send_ok
 from .client_table import ClientTable
+from .context import Connection, Handler, RequestContext
+from .deadletters import DeadLetterRequests
+from .errors import ERROR_CODES, error_code
+from .pop import PopRequests
+from .records import batch_offset_ids, encode_message, host_bytes_of, unpack_native_batch
+from .transactions import TransactionRequests
 
-if TYPE_CHECKING:
-    from .connection import ServerConnection
+# Re-exported: the names tests and tools import from here.
+__all__ = ["ERROR_CODES", "MAX_SUSPEND_S", "Handler", "Processor", "batch_offset_ids",
+           "encode_message", "error_code", "host_bytes_of", "unpack_native_batch"]
 
 log = logging.getLogger("ferrymq.remoting")
 _OFFSET_ID = struct.Struct(">8sq")  # offsetMsgId: store host and CommitLog offset
@@ -69,122 +77,8 @@ DEFAULT_MAX_PULL_BYTES = 4 << 20
 MAX_PULL_MESSAGES = 1024
 MAX_RECONSUME_TIMES = 16  # RocketMQ SubscriptionGroupConfig.retryMaxTimes default
 
-# FerryError.code -> RocketMQ ResponseCode (docs/remoting.md, "Errors")
-ERROR_CODES: dict[str, int] = {
-    "invalid_argument": ResponseCode.INVALID_PARAMETER,
-    "invalid_topic_name": ResponseCode.INVALID_PARAMETER,
-    "invalid_group_name": ResponseCode.INVALID_PARAMETER,
-    "invalid_message": ResponseCode.MESSAGE_ILLEGAL,
-    "corrupt_message": ResponseCode.MESSAGE_ILLEGAL,
-    "message_too_large": ResponseCode.MESSAGE_ILLEGAL,
-    "invalid_filter": ResponseCode.SUBSCRIPTION_PARSE_FAILED,
-    "topic_not_found": ResponseCode.TOPIC_NOT_EXIST,
-    "topic_exists": ResponseCode.TOPIC_EXIST_ALREADY,
-    "queue_not_found": ResponseCode.INVALID_PARAMETER,
-    "group_not_found": ResponseCode.SUBSCRIPTION_GROUP_NOT_EXIST,
-    "permission_denied": ResponseCode.NO_PERMISSION,
-    "offset_out_of_range": ResponseCode.INVALID_PARAMETER,
-    "store_error": ResponseCode.SERVICE_NOT_AVAILABLE,
-    "flush_failed": ResponseCode.SERVICE_NOT_AVAILABLE,
-    "disk_full": ResponseCode.SERVICE_NOT_AVAILABLE,
-    "shutting_down": ResponseCode.SERVICE_NOT_AVAILABLE,
-    # Issue 6: timers, transactions, pop, dead letters.
-    "invalid_delay": ResponseCode.MESSAGE_ILLEGAL,  # RocketMQ: "timer message illegal"
-    "invalid_receipt": ResponseCode.INVALID_PARAMETER,
-    "receipt_stale": ResponseCode.NO_MESSAGE,
-    "message_not_found": ResponseCode.QUERY_NOT_FOUND,
-    "timer_not_found": ResponseCode.QUERY_NOT_FOUND,
-    "transaction_not_found": ResponseCode.SYSTEM_ERROR,  # RocketMQ's answer, with a remark
-    "transaction_already_ended": ResponseCode.ILLEGAL_OPERATION,
-}
-
-
-def error_code(exc: FerryError) -> int:
-    return ERROR_CODES.get(exc.code, ResponseCode.SYSTEM_ERROR)
-
-
-def host_bytes_of(peer: str) -> bytes:
-    host, _, port = peer.rpartition(":")
-    try:
-        return rec.host_bytes(host, int(port))
-    except ValueError:
-        return b"\x00" * 8
-
-
-def batch_offset_ids(store_host: bytes, phys: int, count: int) -> str:
-    """The offset ids of a batch record's members, comma-separated (what
-    ``PutResult.offset_message_id(i)`` gives for each i, built as text at once)."""
-    addr = store_host[:4].hex().upper()
-    port = int.from_bytes(store_host[4:8], "big", signed=True) & 0xFFFF
-    tail = f"{phys & 0xFFFFFFFFFFFFFFFF:016X}"
-    return ",".join(f"{addr}{((i << 16) | port) & 0xFFFFFFFF:08X}{tail}" for i in range(count))
-
-
-def encode_message(m: ConsumedMessage) -> bytes:
-    """One message as a RocketMQ record (a batch member unpacked for a RocketMQ
-    consumer): its own queue offset, FerryMQ's format bits cleared, and the member
-    index in the store host's port field so its offset id is the core's id."""
-    store_host = m.store_host
-    if m.batch_index:
-        port = int.from_bytes(store_host[4:8], "big", signed=True) & 0xFFFF
-        store_host = store_host[:4] + ((m.batch_index << 16) | port).to_bytes(4, "big",
-                                                                             signed=True)
-    return rec.encode(
-        queue_id=m.queue_id, flag=m.flag, queue_offset=m.queue_offset,
-        physical_offset=m.physical_offset, sys_flag=m.sys_flag & ~rec.FORMAT_MASK,
-        born_timestamp=m.born_timestamp, born_host=m.born_host[:8] if len(m.born_host) >= 8
-        else b"\x00" * 8, store_timestamp=m.store_timestamp, store_host=store_host[:8],
-        reconsume_times=m.reconsume_times, prepared_transaction_offset=0, body=m.body,
-        topic=m.topic.encode(), properties=rec.encode_properties(m.properties))
-
-
 async def _nothing() -> None:
     pass
-
-
-_MEMBER_HEAD = struct.Struct(">iiiii")  # total size, magic, CRC, flag, body length
-_U16 = struct.Struct(">H")
-_I32 = struct.Struct(">i")
-
-
-def unpack_native_batch(data: bytes, start: int, limit: int, out: list[bytes]) -> tuple[int, int]:
-    """Append to ``out`` the members of a stored native batch record at queue offsets
-    >= ``start`` (at most ``limit``), each as a RocketMQ record of its own: the fast path
-    of ``encode_message`` for unfiltered pulls, working on the bytes without decoding
-    properties. Returns (members appended, queue offset of the last one)."""
-    (_total, _magic, _crc, qid, _flag, qoff, phys, sys_flag, born_ts, born_host, store_ts,
-     store_host, reconsume, _prepared, body_len) = rec.HEADER.unpack_from(data, 0)
-    body_end = rec.HEADER_SIZE + body_len
-    tail = data[body_end:body_end + 1 + data[body_end]]  # topic length byte and topic
-    sys_flag &= ~rec.FORMAT_MASK
-    port = _I32.unpack_from(store_host, 4)[0] & 0xFFFF
-    pack, crc = rec.HEADER.pack, rec.body_crc
-    p = rec.HEADER_SIZE
-    i = n = 0
-    last = qoff - 1
-    while p < body_end and n < limit:
-        mtotal, _m, _c, mflag, mlen = _MEMBER_HEAD.unpack_from(data, p)
-        if qoff + i >= start:
-            b0 = p + 20
-            body = data[b0:b0 + mlen]
-            props_end = p + mtotal
-            props = data[b0 + mlen:props_end]  # length (2 bytes) and properties
-            host = store_host if i == 0 else store_host[:4] + _I32.pack((i << 16) | port)
-            out.append(pack(rec.HEADER_SIZE + mlen + len(tail) + len(props), rec.MAGIC, crc(body),
-                            qid, mflag, qoff + i, phys, sys_flag, born_ts, born_host, store_ts,
-                            host, reconsume, 0, mlen))
-            out.append(body)
-            out.append(tail)
-            out.append(props)
-            n += 1
-            last = qoff + i
-        p += mtotal
-        i += 1
-    return n, last
-
-
-Handler = Callable[["ServerConnection", RemotingCommand],
-                   Awaitable[RemotingCommand | bytes | None]]
 
 
 _REQUEST_NAMES = {int(code): code.name.lower() for code in (*RequestCode, *FerryRequestCode)}
@@ -198,9 +92,11 @@ class Processor:
         self.clients = client_table
         self.register_now: Callable[[], Awaitable[None]] = _nothing
         self.max_suspend_s = max_suspend_s
-        self.counters: Counter[str] = Counter()
         self.metrics = DoorMetrics(broker.metrics, "rocketmq")
         self.store_host = rec.host_bytes(broker.config.store_host, broker.config.store_port)
+        self.ctx = RequestContext(broker, client_table, store_host=self.store_host,
+                                  max_suspend_s=max_suspend_s)
+        self.counters = self.ctx.counters
         self.started = time.time()
         C = RequestCode
         self.handlers: dict[int, Handler] = {
@@ -238,16 +134,13 @@ class Processor:
             C.QUERY_TOPIC_CONSUME_BY_WHO: self.consumed_by,
         }
         # Issue 6's requests, one module each: transactions, pop, retry and dead letters.
-        from .deadletters import DeadLetterRequests
-        from .pop import PopRequests
-        from .transactions import TransactionRequests
-        self.transactions = TransactionRequests(self)
-        for part in (self.transactions, PopRequests(self), DeadLetterRequests(self)):
+        self.transactions = TransactionRequests(self.ctx)
+        for part in (self.transactions, PopRequests(self.ctx), DeadLetterRequests(self.ctx)):
             part.install(self.handlers)
 
     # ================================================================ dispatch
 
-    async def handle(self, conn: ServerConnection, cmd: RemotingCommand
+    async def handle(self, conn: Connection, cmd: RemotingCommand
                      ) -> RemotingCommand | bytes | None:
         """The response (a command, or an already encoded frame on hot paths), or None
         (a oneway request, or a suspended one that answers later)."""
@@ -275,12 +168,13 @@ class Processor:
         self.metrics.observe(name, perf_counter() - t0)
         return resp
 
-    def connection_closed(self, conn: ServerConnection) -> None:
-        self._notify_changed(self.clients.connection_closed(conn))
+    def connection_closed(self, conn: Connection) -> None:
+        self.ctx.forget(conn)
+        self.notify_changed(self.clients.connection_closed(conn))
 
     # ================================================================ producing
 
-    async def send_message(self, conn: ServerConnection, cmd: RemotingCommand
+    async def send_message(self, conn: Connection, cmd: RemotingCommand
                            ) -> RemotingCommand | bytes:
         fast = (H.send_v2_fields(cmd.ext_fields) if cmd.code != RequestCode.SEND_MESSAGE
                 else None)
@@ -297,13 +191,15 @@ class Processor:
         else:
             _group, topic, qid, sys_flag, born_ts, flag, props_text, reconsume, batch = fast
         broker = self.broker
-        t = broker.meta.topics.get(topic)
+        who = self.ctx.principal(conn)
+        t = broker.find_topic(topic, principal=who)
         if t is not None and qid >= t.queues:
             qid %= t.queues  # RocketMQ: queueIdInt % writeQueueNums
         born_host = conn.peer_bytes
         # The C++ client sends batches as SEND_MESSAGE with batch=true.
         if cmd.code == RequestCode.SEND_BATCH_MESSAGE or batch:
-            result = await broker.put_encoded_batch(topic, qid, cmd.body, born_host)
+            result = await broker.put_encoded_batch(topic, qid, cmd.body, born_host,
+                                                    principal=who)
             ext = {"msgId": batch_offset_ids(result.store_host, result.physical_offset,
                                              result.count),
                    "queueId": str(result.queue_id), "queueOffset": str(result.queue_offset),
@@ -318,13 +214,13 @@ class Processor:
                 max_reconsume = H.SendMessageRequestHeader.from_ext_v2(
                     cmd.ext_fields).maxReconsumeTimes
             limit = max_reconsume if max_reconsume is not None else \
-                self._max_reconsume(topic[len(RETRY_PREFIX):])
+                self._max_reconsume(topic[len(RETRY_PREFIX):], who)
             if reconsume > limit:
                 topic = DLQ_PREFIX + topic[len(RETRY_PREFIX):]
-                await broker.create_topic(topic, 1, exist_ok=True)
+                await broker.create_topic(topic, 1, exist_ok=True, principal=who)
                 qid = 0
         msg = Message(topic, cmd.body, props, qid, flag, born_ts, born_host, reconsume, sys_flag)
-        result = await broker.put(msg)  # an auto-created topic reaches the NameServer
+        result = await broker.put(msg, principal=who)  # an auto-created topic reaches the NameServer
         return encode_send_ok(                  # through Broker.watch_topics
             cmd, _OFFSET_ID.pack(result.store_host, result.physical_offset).hex().upper(),
             result.queue_id, result.queue_offset)
@@ -339,30 +235,32 @@ class Processor:
             return None
         return parse_filter(sub.subString, sub.expressionType)
 
-    async def pull_message(self, conn: ServerConnection, cmd: RemotingCommand
+    async def pull_message(self, conn: Connection, cmd: RemotingCommand
                            ) -> RemotingCommand | None:
         h = H.PullMessageRequestHeader.from_ext(cmd.ext_fields)
         filt = self._filter_for(h)
         broker = self.broker
+        who = self.ctx.principal(conn)
         if h.sysFlag & PULL_FLAG_COMMIT_OFFSET and h.commitOffset > 0:
             # RocketMQ ignores a piggy-backed commit it cannot apply; so do we.
             with contextlib.suppress(FerryError):
-                broker.commit_offset(h.consumerGroup, h.topic, h.queueId, h.commitOffset)
-        resp = self._pull_once(cmd, h, filt)
+                broker.commit_offset(h.consumerGroup, h.topic, h.queueId, h.commitOffset,
+                                     principal=who)
+        resp = self._pull_once(cmd, h, filt, who)
         timeout = min(h.suspendTimeoutMillis / 1000, self.max_suspend_s)
         if resp is not None or not h.sysFlag & PULL_FLAG_SUSPEND or timeout <= 0:
-            return resp if resp is not None else self._not_found(cmd, h)
+            return resp if resp is not None else self._not_found(cmd, h, who)
         try:
             conn.suspended.acquire_nowait()
         except trio.WouldBlock:
             self.counters["suspend_refused"] += 1
-            return self._not_found(cmd, h)
+            return self._not_found(cmd, h, who)
 
         async def suspended() -> None:
             try:
-                await broker.wait(h.topic, h.queueId, h.queueOffset, timeout)
+                await broker.wait(h.topic, h.queueId, h.queueOffset, timeout, principal=who)
                 try:
-                    late = self._pull_once(cmd, h, filt) or self._not_found(cmd, h)
+                    late = self._pull_once(cmd, h, filt, who) or self._not_found(cmd, h, who)
                 except FerryError as exc:
                     late = response_to(cmd, error_code(exc), remark=exc.detail)
                 await conn.send(encode(late))
@@ -375,17 +273,18 @@ class Processor:
         conn.spawn(suspended)
         return None
 
-    def _not_found(self, cmd: RemotingCommand, h: H.PullMessageRequestHeader) -> RemotingCommand:
-        lo, hi = self.broker.queue_bounds(h.topic, h.queueId)
+    def _not_found(self, cmd: RemotingCommand, h: H.PullMessageRequestHeader,
+                   who: Principal) -> RemotingCommand:
+        lo, hi = self.broker.queue_bounds(h.topic, h.queueId, principal=who)
         return response_to(cmd, ResponseCode.PULL_NOT_FOUND, H.PullMessageResponseHeader(
             0, h.queueOffset, lo, hi).to_ext())
 
     def _pull_once(self, cmd: RemotingCommand, h: H.PullMessageRequestHeader,
-                   filt: Filter | None) -> RemotingCommand | None:
+                   filt: Filter | None, who: Principal) -> RemotingCommand | None:
         """The response if there is something to say now; None to wait (no new message)."""
         max_msgs = max(1, min(h.maxMsgNums, MAX_PULL_MESSAGES))
         r = self.broker.get(h.consumerGroup, h.topic, h.queueId, h.queueOffset, max_msgs,
-                            h.maxMsgBytes or DEFAULT_MAX_PULL_BYTES, filt)
+                            h.maxMsgBytes or DEFAULT_MAX_PULL_BYTES, filt, principal=who)
         st = r.status
         if st is GetStatus.FOUND:
             parts: list[bytes] = []
@@ -401,8 +300,9 @@ class Processor:
                     if n >= max_msgs:
                         next_offset = last + 1
                 else:
+                    long_ok = cmd.ext(rec.PULL_LONG_PROPERTIES) == "true"
                     for m in sr.messages(h.queueOffset):
-                        parts.append(encode_message(m))
+                        parts.append(encode_message(m, long_ok))
                         n += 1
                         if n >= max_msgs:
                             next_offset = m.queue_offset + 1
@@ -421,13 +321,14 @@ class Processor:
             return response_to(cmd, ResponseCode.PULL_OFFSET_MOVED, ext)
         return None  # NO_NEW_MESSAGE, OFFSET_OVERFLOW_ONE, empty queue at 0: wait
 
-    async def query_consumer_offset(self, conn: ServerConnection, cmd: RemotingCommand
+    async def query_consumer_offset(self, conn: Connection, cmd: RemotingCommand
                                     ) -> RemotingCommand:
         h = H.QueryConsumerOffsetRequestHeader.from_ext(cmd.ext_fields)
-        off = self.broker.committed_offset(h.consumerGroup, h.topic, h.queueId)
+        who = self.ctx.principal(conn)
+        off = self.broker.committed_offset(h.consumerGroup, h.topic, h.queueId, principal=who)
         if off is None:
-            t = self.broker.meta.topics.get(h.topic)
-            lo, hi = self.broker.queue_bounds(h.topic, h.queueId) if t else (0, 0)
+            t = self.broker.find_topic(h.topic, principal=who)
+            lo, hi = self.broker.queue_bounds(h.topic, h.queueId, principal=who) if t else (0, 0)
             # RocketMQ: a group without an offset on a queue that still holds its first
             # message starts at 0 (ConsumerManageProcessor), unless told not to.
             if h.setZeroIfNotFound is not False and lo == 0 and hi > 0:
@@ -437,60 +338,68 @@ class Processor:
                                    remark="Not found, maybe this group consumer boot first")
         return response_to(cmd, ResponseCode.SUCCESS, {"offset": str(off)})
 
-    async def update_consumer_offset(self, conn: ServerConnection, cmd: RemotingCommand
+    async def update_consumer_offset(self, conn: Connection, cmd: RemotingCommand
                                      ) -> RemotingCommand:
         h = H.UpdateConsumerOffsetRequestHeader.from_ext(cmd.ext_fields)
-        self.broker.commit_offset(h.consumerGroup, h.topic, h.queueId, h.commitOffset)
+        self.broker.commit_offset(h.consumerGroup, h.topic, h.queueId, h.commitOffset,
+                                  principal=self.ctx.principal(conn))
+        await self.broker.wait_durable()  # acknowledged commits survive a crash (sync flush)
         return response_to(cmd, ResponseCode.SUCCESS)
 
-    async def search_offset(self, conn: ServerConnection, cmd: RemotingCommand) -> RemotingCommand:
+    async def search_offset(self, conn: Connection, cmd: RemotingCommand) -> RemotingCommand:
         h = H.SearchOffsetRequestHeader.from_ext(cmd.ext_fields)
-        self.broker.queue_bounds(h.topic, h.queueId)  # validates topic and queue
-        off = self.broker.offset_for_time(h.topic, h.queueId, h.timestamp)
+        who = self.ctx.principal(conn)
+        self.broker.queue_bounds(h.topic, h.queueId, principal=who)  # validates topic and queue
+        off = self.broker.offset_for_time(h.topic, h.queueId, h.timestamp, principal=who)
         return response_to(cmd, ResponseCode.SUCCESS, {"offset": str(off)})
 
-    async def get_max_offset(self, conn: ServerConnection, cmd: RemotingCommand) -> RemotingCommand:
+    async def get_max_offset(self, conn: Connection, cmd: RemotingCommand) -> RemotingCommand:
         h = H.QueueHeader.from_ext(cmd.ext_fields)
         return response_to(cmd, ResponseCode.SUCCESS,
-                           {"offset": str(self.broker.queue_bounds(h.topic, h.queueId)[1])})
+                           {"offset": str(self.broker.queue_bounds(
+                               h.topic, h.queueId, principal=self.ctx.principal(conn))[1])})
 
-    async def get_min_offset(self, conn: ServerConnection, cmd: RemotingCommand) -> RemotingCommand:
+    async def get_min_offset(self, conn: Connection, cmd: RemotingCommand) -> RemotingCommand:
         h = H.QueueHeader.from_ext(cmd.ext_fields)
         return response_to(cmd, ResponseCode.SUCCESS,
-                           {"offset": str(self.broker.queue_bounds(h.topic, h.queueId)[0])})
+                           {"offset": str(self.broker.queue_bounds(
+                               h.topic, h.queueId, principal=self.ctx.principal(conn))[0])})
 
-    async def get_earliest_store_time(self, conn: ServerConnection, cmd: RemotingCommand
+    async def get_earliest_store_time(self, conn: Connection, cmd: RemotingCommand
                                       ) -> RemotingCommand:
         h = H.QueueHeader.from_ext(cmd.ext_fields)
-        lo, _hi = self.broker.queue_bounds(h.topic, h.queueId)
-        r = self.broker.get(None, h.topic, h.queueId, lo, 1, 1)
+        who = self.ctx.principal(conn)
+        lo, _hi = self.broker.queue_bounds(h.topic, h.queueId, principal=who)
+        r = self.broker.get(None, h.topic, h.queueId, lo, 1, 1, principal=who)
         ts = r.records[0].store_timestamp if r.records else 0
         return response_to(cmd, ResponseCode.SUCCESS, {"timestamp": str(ts)})
 
     # ================================================================ clients
 
-    def _notify_changed(self, groups: set[str]) -> None:
+    def notify_changed(self, groups: set[str]) -> None:
+        """Tell the online members of each group that its membership changed."""
         for g in groups:
             for c in self.clients.members(g):
                 c.conn.send_request_soon(RequestCode.NOTIFY_CONSUMER_IDS_CHANGED,
                                          {"consumerGroup": g})
 
-    async def heart_beat(self, conn: ServerConnection, cmd: RemotingCommand) -> RemotingCommand:
+    async def heart_beat(self, conn: Connection, cmd: RemotingCommand) -> RemotingCommand:
         hb = B.HeartbeatData.decode(cmd.body)
         if not hb.clientID:
             raise B.BodyError("heartbeat without clientID")
         created = False
+        who = self.ctx.principal(conn)
         for c in hb.consumers:
             if not c.groupName:
                 continue
-            await self.broker.create_group(c.groupName, exist_ok=True,
+            await self.broker.create_group(c.groupName, exist_ok=True, principal=who,
                                            broadcast=c.messageModel == "BROADCASTING")
             if c.messageModel != "BROADCASTING":
                 # RocketMQ creates the group's retry topic on its first heartbeat, so
                 # that consumers find a route for it.
                 retry = RETRY_PREFIX + c.groupName
-                if retry not in self.broker.meta.topics:
-                    await self.broker.create_topic(retry, 1, exist_ok=True)
+                if self.broker.find_topic(retry, principal=who) is None:
+                    await self.broker.create_topic(retry, 1, exist_ok=True, principal=who)
                     created = True
         if created:
             # ... and registers it with the NameServers before answering
@@ -503,17 +412,17 @@ class Processor:
                 await self.register_now()
         changed = self.clients.heartbeat(hb.clientID, conn, hb.producerGroups, hb.consumers,
                                          cmd.language, cmd.version)
-        self._notify_changed(changed)
+        self.notify_changed(changed)
         return response_to(cmd, ResponseCode.SUCCESS)
 
-    async def unregister_client(self, conn: ServerConnection, cmd: RemotingCommand
+    async def unregister_client(self, conn: Connection, cmd: RemotingCommand
                                 ) -> RemotingCommand:
         h = H.UnregisterClientRequestHeader.from_ext(cmd.ext_fields)
-        self._notify_changed(self.clients.unregister(h.clientID, h.producerGroup,
+        self.notify_changed(self.clients.unregister(h.clientID, h.producerGroup,
                                                      h.consumerGroup))
         return response_to(cmd, ResponseCode.SUCCESS)
 
-    async def get_consumer_list(self, conn: ServerConnection, cmd: RemotingCommand
+    async def get_consumer_list(self, conn: Connection, cmd: RemotingCommand
                                 ) -> RemotingCommand:
         h = H.ConsumerGroupHeader.from_ext(cmd.ext_fields)
         ids = [c.client_id for c in self.clients.members(h.consumerGroup)]
@@ -522,36 +431,39 @@ class Processor:
                                remark=f"no consumer of group {h.consumerGroup} is online")
         return response_to(cmd, ResponseCode.SUCCESS, body=B.encode_consumer_ids(ids))
 
-    async def lock_batch(self, conn: ServerConnection, cmd: RemotingCommand) -> RemotingCommand:
+    async def lock_batch(self, conn: Connection, cmd: RemotingCommand) -> RemotingCommand:
         body = B.LockBatchRequestBody.decode(cmd.body)
         ok = self.clients.lock(body.consumerGroup, body.clientId, body.mqSet)
         return response_to(cmd, ResponseCode.SUCCESS, body=B.encode_lock_ok(ok))
 
-    async def unlock_batch(self, conn: ServerConnection, cmd: RemotingCommand) -> RemotingCommand:
+    async def unlock_batch(self, conn: Connection, cmd: RemotingCommand) -> RemotingCommand:
         body = B.LockBatchRequestBody.decode(cmd.body)
         self.clients.unlock(body.consumerGroup, body.clientId, body.mqSet)
         return response_to(cmd, ResponseCode.SUCCESS)
 
-    def _max_reconsume(self, group: str) -> int:
-        g = self.broker.meta.groups.get(group)
+    def _max_reconsume(self, group: str, who: Principal) -> int:
+        g = self.broker.find_group(group, principal=who)
         return g.max_reconsume_times if g else MAX_RECONSUME_TIMES
 
     # ================================================================ lookups
 
-    async def view_message(self, conn: ServerConnection, cmd: RemotingCommand) -> RemotingCommand:
+    async def view_message(self, conn: Connection, cmd: RemotingCommand) -> RemotingCommand:
         h = H.ViewMessageByIdRequestHeader.from_ext(cmd.ext_fields)
-        m = self.broker.message_by_id(h.msgId) if h.msgId else None
+        who = self.ctx.principal(conn)
+        m = self.broker.message_by_id(h.msgId, principal=who) if h.msgId else None
         if m is None:
-            m = self.broker.message_by_id(offset_message_id(self.store_host, h.offset))
+            m = self.broker.message_by_id(offset_message_id(self.store_host, h.offset),
+                                          principal=who)
         if m is None:
             return response_to(cmd, ResponseCode.SYSTEM_ERROR,
                                remark=f"no message with id {h.msgId or h.offset}")
         return response_to(cmd, ResponseCode.SUCCESS, body=encode_message(m))
 
-    async def query_message(self, conn: ServerConnection, cmd: RemotingCommand
+    async def query_message(self, conn: Connection, cmd: RemotingCommand
                             ) -> RemotingCommand:
         h = H.QueryMessageRequestHeader.from_ext(cmd.ext_fields)
-        found = self.broker.messages_by_key(h.topic, h.key, max(1, min(h.maxNum, 64)))
+        found = self.broker.messages_by_key(h.topic, h.key, max(1, min(h.maxNum, 64)),
+                                            principal=self.ctx.principal(conn))
         if h.endTimestamp:
             found = [m for m in found if h.beginTimestamp <= m.store_timestamp <= h.endTimestamp]
         if not found:
@@ -563,62 +475,69 @@ class Processor:
 
     # ================================================================ admin
 
-    async def create_topic(self, conn: ServerConnection, cmd: RemotingCommand) -> RemotingCommand:
+    async def create_topic(self, conn: Connection, cmd: RemotingCommand) -> RemotingCommand:
         h = H.CreateTopicRequestHeader.from_ext(cmd.ext_fields)
         queues = max(h.readQueueNums, h.writeQueueNums)
-        t = self.broker.meta.topics.get(h.topic)
+        who = self.ctx.principal(conn)
+        t = self.broker.find_topic(h.topic, principal=who)
         if t is None:
             await self.broker.create_topic(h.topic, queues, perm=h.perm & PERM_READ_WRITE,
-                                           message_type="FIFO" if h.order else "NORMAL")
+                                           message_type="FIFO" if h.order else "NORMAL",
+                                           principal=who)
         else:
             await self.broker.update_topic(h.topic, queues=max(queues, t.queues),
-                                           perm=h.perm & PERM_READ_WRITE)
+                                           perm=h.perm & PERM_READ_WRITE, principal=who)
         await self.register_now()
         return response_to(cmd, ResponseCode.SUCCESS)
 
-    async def delete_topic(self, conn: ServerConnection, cmd: RemotingCommand) -> RemotingCommand:
+    async def delete_topic(self, conn: Connection, cmd: RemotingCommand) -> RemotingCommand:
         h = H.TopicHeader.from_ext(cmd.ext_fields)
-        await self.broker.delete_topic(h.topic)
+        await self.broker.delete_topic(h.topic, principal=self.ctx.principal(conn))
         await self.register_now()
         return response_to(cmd, ResponseCode.SUCCESS)
 
-    def topic_configs(self) -> list[B.TopicConfigData]:
+    def topic_configs(self, principal: Principal = SYSTEM) -> list[B.TopicConfigData]:
+        """The topics as RocketMQ's route data knows them: what the door registers with
+        the NameServer (as the broker itself) and answers route queries with."""
         out = [B.TopicConfigData(t.name, t.queues, t.queues, t.perm, t.message_type == "FIFO")
-               for t in self.broker.topics()]
-        if self.broker.config.auto_create_topics and DEFAULT_TOPIC not in self.broker.meta.topics:
+               for t in self.broker.topics(principal=principal)]
+        if self.broker.config.auto_create_topics \
+                and self.broker.find_topic(DEFAULT_TOPIC, principal=principal) is None:
             # RocketMQ's autoCreateTopicEnable: the default topic's route tells clients
             # which brokers create unknown topics on first send.
             q = self.broker.config.default_queues
             out.append(B.TopicConfigData(DEFAULT_TOPIC, q, q, 7))
         return out
 
-    async def all_topic_config(self, conn: ServerConnection, cmd: RemotingCommand
+    async def all_topic_config(self, conn: Connection, cmd: RemotingCommand
                                ) -> RemotingCommand:
-        return response_to(cmd, ResponseCode.SUCCESS,
-                           body=B.RegisterBrokerBody(tuple(self.topic_configs())).encode())
+        return response_to(cmd, ResponseCode.SUCCESS, body=B.RegisterBrokerBody(
+            tuple(self.topic_configs(self.ctx.principal(conn)))).encode())
 
     def _mq(self, topic: str, qid: int) -> B.MessageQueue:
         return B.MessageQueue(topic, self.broker.config.broker_name, qid)
 
-    async def topic_stats(self, conn: ServerConnection, cmd: RemotingCommand) -> RemotingCommand:
+    async def topic_stats(self, conn: Connection, cmd: RemotingCommand) -> RemotingCommand:
         h = H.TopicHeader.from_ext(cmd.ext_fields)
-        st = self.broker.topic_stats(h.topic)
+        who = self.ctx.principal(conn)
+        st = self.broker.topic_stats(h.topic, principal=who)
         rows = []
         for qid, lo, hi in st.queues:
             last = 0
             if hi > lo:
-                r = self.broker.get(None, h.topic, qid, hi - 1, 1, 1)
+                r = self.broker.get(None, h.topic, qid, hi - 1, 1, 1, principal=who)
                 last = r.records[-1].store_timestamp if r.records else 0
             rows.append((self._mq(h.topic, qid),
                          {"lastUpdateTimestamp": last, "maxOffset": hi, "minOffset": lo}))
         return response_to(cmd, ResponseCode.SUCCESS, body=B.encode_queue_table(rows))
 
-    async def consume_stats(self, conn: ServerConnection, cmd: RemotingCommand
+    async def consume_stats(self, conn: Connection, cmd: RemotingCommand
                             ) -> RemotingCommand:
         h = H.GetConsumeStatsRequestHeader.from_ext(cmd.ext_fields)
-        self.broker.group(h.consumerGroup)
+        who = self.ctx.principal(conn)
+        self.broker.group(h.consumerGroup, principal=who)
         rows = []
-        for gs in self.broker.group_stats(h.consumerGroup, h.topic or None):
+        for gs in self.broker.group_stats(h.consumerGroup, h.topic or None, principal=who):
             for q in gs.queues:
                 rows.append((self._mq(gs.topic, q.queue_id),
                              {"brokerOffset": q.max_offset,
@@ -627,17 +546,17 @@ class Processor:
         return response_to(cmd, ResponseCode.SUCCESS,
                            body=B.encode_queue_table(rows, consumeTps=0.0))
 
-    async def all_groups(self, conn: ServerConnection, cmd: RemotingCommand) -> RemotingCommand:
+    async def all_groups(self, conn: Connection, cmd: RemotingCommand) -> RemotingCommand:
         table = {g.name: {"groupName": g.name, "consumeEnable": g.consume_enable,
                           "consumeBroadcastEnable": g.broadcast,
                           "retryMaxTimes": g.max_reconsume_times,
                           "retryQueueNums": g.retry_queues,
                           "online": bool(self.clients.members(g.name))}
-                 for g in self.broker.groups()}
+                 for g in self.broker.groups(principal=self.ctx.principal(conn))}
         return response_to(cmd, ResponseCode.SUCCESS, body=B.dumps({
             "dataVersion": {"counter": 0, "timestamp": 0}, "subscriptionGroupTable": table}))
 
-    async def create_group(self, conn: ServerConnection, cmd: RemotingCommand) -> RemotingCommand:
+    async def create_group(self, conn: Connection, cmd: RemotingCommand) -> RemotingCommand:
         d = B.loads(cmd.body) if cmd.body else {}
         if not isinstance(d, dict) or not d.get("groupName"):
             raise B.BodyError("subscription group config without groupName")
@@ -647,18 +566,19 @@ class Processor:
             settings["max_reconsume_times"] = int(d["retryMaxTimes"])
         if "consumeBroadcastEnable" in d:
             settings["broadcast"] = bool(d["consumeBroadcastEnable"])
-        if name in self.broker.meta.groups:
-            await self.broker.update_group(name, **settings)
+        who = self.ctx.principal(conn)
+        if self.broker.find_group(name, principal=who) is not None:
+            await self.broker.update_group(name, principal=who, **settings)
         else:
-            await self.broker.create_group(name, **settings)
+            await self.broker.create_group(name, principal=who, **settings)
         return response_to(cmd, ResponseCode.SUCCESS)
 
-    async def delete_group(self, conn: ServerConnection, cmd: RemotingCommand) -> RemotingCommand:
+    async def delete_group(self, conn: Connection, cmd: RemotingCommand) -> RemotingCommand:
         h = H.DeleteSubscriptionGroupRequestHeader.from_ext(cmd.ext_fields)
-        await self.broker.delete_group(h.groupName)
+        await self.broker.delete_group(h.groupName, principal=self.ctx.principal(conn))
         return response_to(cmd, ResponseCode.SUCCESS)
 
-    async def consumer_connections(self, conn: ServerConnection, cmd: RemotingCommand
+    async def consumer_connections(self, conn: Connection, cmd: RemotingCommand
                                    ) -> RemotingCommand:
         h = H.ConsumerGroupHeader.from_ext(cmd.ext_fields)
         members = self.clients.members(h.consumerGroup)
@@ -674,17 +594,18 @@ class Processor:
             "messageModel": cd.messageModel,
             "subscriptionTable": {s.topic: s.to_json() for s in cd.subscriptionDataSet}}))
 
-    async def reset_offset(self, conn: ServerConnection, cmd: RemotingCommand) -> RemotingCommand:
+    async def reset_offset(self, conn: Connection, cmd: RemotingCommand) -> RemotingCommand:
         """Move the group's offsets on every queue of the topic to the first message
         stored at or after the timestamp (-1: the end), and tell online members."""
         h = H.ResetOffsetRequestHeader.from_ext(cmd.ext_fields)
-        t = self.broker.topic(h.topic)
+        who = self.ctx.principal(conn)
+        t = self.broker.topic(h.topic, principal=who)
         rows = []
         for qid in range(t.queues):
-            lo, hi = self.broker.queue_bounds(h.topic, qid)
+            lo, hi = self.broker.queue_bounds(h.topic, qid, principal=who)
             off = hi if h.timestamp < 0 else max(lo, self.broker.offset_for_time(
-                h.topic, qid, h.timestamp))
-            self.broker.commit_offset(h.group, h.topic, qid, off)
+                h.topic, qid, h.timestamp, principal=who))
+            self.broker.commit_offset(h.group, h.topic, qid, off, principal=who)
             rows.append((self._mq(h.topic, qid), off))
         body = B.encode_queue_table(rows)
         for c in self.clients.members(h.group):
@@ -694,13 +615,12 @@ class Processor:
         await self.broker.flush_offsets()
         return response_to(cmd, ResponseCode.SUCCESS, body=body)
 
-    async def runtime_info(self, conn: ServerConnection, cmd: RemotingCommand) -> RemotingCommand:
-        b = self.broker
-        msgs_in = sum(c.messages_in for c in b.counters.topics.values())
-        table = {"brokerVersionDesc": "FerryMQ", "bootTimestamp": str(b.started_at),
-                 "msgPutTotalTodayNow": str(msgs_in),
-                 "commitLogMaxOffset": str(b.store.dispatched_pos),
-                 "topics": str(len(b.meta.topics)), "groups": str(len(b.meta.groups)),
+    async def runtime_info(self, conn: Connection, cmd: RemotingCommand) -> RemotingCommand:
+        st = self.broker.broker_stats(principal=self.ctx.principal(conn))
+        table = {"brokerVersionDesc": "FerryMQ", "bootTimestamp": str(st.started_at),
+                 "msgPutTotalTodayNow": str(st.messages_in),
+                 "commitLogMaxOffset": str(st.commitlog_max_offset),
+                 "topics": str(st.topics), "groups": str(st.groups),
                  "clients": str(len(self.clients.clients))}
         return response_to(cmd, ResponseCode.SUCCESS, body=B.dumps({"table": table}))
 
@@ -711,9 +631,9 @@ class Processor:
         c = self.broker.config
         return B.BrokerData(c.cluster_name, c.broker_name, {0: self.broker_addr})
 
-    async def route_info(self, conn: ServerConnection, cmd: RemotingCommand) -> RemotingCommand:
+    async def route_info(self, conn: Connection, cmd: RemotingCommand) -> RemotingCommand:
         h = H.TopicHeader.from_ext(cmd.ext_fields)
-        for tc in self.topic_configs():
+        for tc in self.topic_configs(self.ctx.principal(conn)):
             if tc.topicName == h.topic:
                 route = B.TopicRouteData(
                     (B.QueueData(self.broker.config.broker_name, tc.readQueueNums,
@@ -722,16 +642,16 @@ class Processor:
         return response_to(cmd, ResponseCode.TOPIC_NOT_EXIST,
                            remark=f"No topic route info in name server for the topic: {h.topic}")
 
-    async def cluster_info(self, conn: ServerConnection, cmd: RemotingCommand) -> RemotingCommand:
+    async def cluster_info(self, conn: Connection, cmd: RemotingCommand) -> RemotingCommand:
         bd = self.own_broker_data()
         return response_to(cmd, ResponseCode.SUCCESS, body=B.ClusterInfo(
             {bd.brokerName: bd}, {bd.cluster: (bd.brokerName,)}).encode())
 
-    async def topic_list(self, conn: ServerConnection, cmd: RemotingCommand) -> RemotingCommand:
+    async def topic_list(self, conn: Connection, cmd: RemotingCommand) -> RemotingCommand:
         return response_to(cmd, ResponseCode.SUCCESS, body=B.encode_topic_list(
-            (t.name for t in self.broker.topics()), self.broker_addr))
+            (t.name for t in self.broker.topics(principal=self.ctx.principal(conn))), self.broker_addr))
 
-    async def consumed_by(self, conn: ServerConnection, cmd: RemotingCommand) -> RemotingCommand:
+    async def consumed_by(self, conn: Connection, cmd: RemotingCommand) -> RemotingCommand:
         h = H.TopicHeader.from_ext(cmd.ext_fields)
-        groups = sorted(g for g, ts in self.broker.meta.offsets.items() if h.topic in ts)
+        groups = self.broker.consuming_groups(h.topic, principal=self.ctx.principal(conn))
         return response_to(cmd, ResponseCode.SUCCESS, body=B.dumps({"groupList": groups}))

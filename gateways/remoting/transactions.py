@@ -27,7 +27,6 @@ commitLogOffset), so nothing here handles it. This module answers what follows
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from ...core.errors import InvalidArgument, TransactionAlreadyEnded
 from ...core.transactions import HalfMessage, TransactionAction
@@ -40,11 +39,8 @@ from ...protocols.remoting.codes import (
     TRANSACTION_ROLLBACK_TYPE,
     FerryRequestCode,
 )
-from .processor import Handler, encode_message
-
-if TYPE_CHECKING:
-    from .connection import ServerConnection
-    from .processor import Processor
+from .context import Connection, Handler, RequestContext
+from .records import encode_message
 
 log = logging.getLogger("ferrymq.remoting")
 
@@ -55,11 +51,11 @@ _ACTIONS = {TRANSACTION_COMMIT_TYPE, TRANSACTION_ROLLBACK_TYPE, TRANSACTION_NOT_
 class TransactionRequests:
     """END_TRANSACTION, the check-back, and the transaction admin request."""
 
-    def __init__(self, processor: Processor) -> None:
-        self.processor = processor
-        self.broker = processor.broker
-        self.clients = processor.clients
-        self.counters = processor.counters
+    def __init__(self, ctx: RequestContext) -> None:
+        self.ctx = ctx
+        self.broker = ctx.broker
+        self.clients = ctx.clients
+        self.counters = ctx.counters
 
     def install(self, handlers: dict[int, Handler]) -> None:
         handlers[RequestCode.END_TRANSACTION] = self.end_transaction
@@ -67,7 +63,7 @@ class TransactionRequests:
 
     # ------------------------------------------------------------ END_TRANSACTION
 
-    async def end_transaction(self, conn: ServerConnection, cmd: RemotingCommand
+    async def end_transaction(self, conn: Connection, cmd: RemotingCommand
                               ) -> RemotingCommand:
         h = H.EndTransactionRequestHeader.from_ext(cmd.ext_fields)
         if h.commitOrRollback not in _ACTIONS:
@@ -77,7 +73,8 @@ class TransactionRequests:
         try:
             result = await self.broker.end_transaction(
                 h.commitLogOffset, action, producer_group=h.producerGroup,
-                transaction_id=h.transactionId or h.msgId, from_check=h.fromTransactionCheck)
+                transaction_id=h.transactionId or h.msgId, from_check=h.fromTransactionCheck,
+                principal=self.ctx.principal(conn))
         except TransactionAlreadyEnded as exc:
             # A repeated END, or a check answer that crossed the producer's own END: the
             # outcome stands and nothing is appended; the sender learns which it was.
@@ -115,22 +112,23 @@ class TransactionRequests:
 
     # ------------------------------------------------------------ admin
 
-    async def stats(self, conn: ServerConnection, cmd: RemotingCommand) -> RemotingCommand:
+    async def stats(self, conn: Connection, cmd: RemotingCommand) -> RemotingCommand:
         """Counters, open halves (oldest first) and discarded halves, as JSON."""
         limit = max(1, min(int(cmd.ext("limit") or 100), 1000))
-        st = self.broker.transaction_stats()
+        who = self.ctx.principal(conn)
+        st = self.broker.transaction_stats(principal=who)
         pending = [{"commitLogOffset": p.physical_offset, "tranStateTableOffset": p.queue_offset,
                     "msgId": p.msg_id, "transactionId": p.transaction_id,
                     "producerGroup": p.producer_group, "topic": p.topic,
                     "storeTimestamp": p.stored_ms, "checks": p.checks,
                     "nextCheckTimestamp": p.next_check_ms}
-                   for p in self.broker.pending_transactions(limit)]
+                   for p in self.broker.pending_transactions(limit, principal=who)]
         discarded = [{"msgId": m.msg_id, "offsetMsgId": m.offset_msg_id,
                       "producerGroup": m.properties.get("PGROUP", ""),
                       "topic": m.properties.get("REAL_TOPIC", ""),
                       "checks": m.properties.get("TRANSACTION_CHECK_TIMES", ""),
                       "storeTimestamp": m.store_timestamp}
-                     for m in self.broker.discarded_transactions(0, limit)]
+                     for m in self.broker.discarded_transactions(0, limit, principal=who)]
         return response_to(cmd, ResponseCode.SUCCESS, body=B.dumps({
             "pending": st.pending, "prepared": st.prepared, "committed": st.committed,
             "rolledBack": st.rolled_back, "discarded": st.discarded,

@@ -9,8 +9,6 @@ object enforces what a single packet cannot show:
   3.1.2.11.4: DISCONNECT 0x95), so a client announcing 256 MiB costs nothing;
 - order: CONNECT first and only once (3.1 [MQTT-3.1.0-1, -2]); nothing after
   DISCONNECT; no server-only packets from a client;
-- inbound flow control: more unacknowledged QoS 1/2 PUBLISHes than the
-  server's Receive Maximum is DISCONNECT 0x93 (4.9 [MQTT-3.3.4-7, -8]);
 - topic aliases both ways (3.3.2.3.4): inbound ones are resolved so that every
   Publish event carries its full topic; outbound ones are assigned while the
   client's Topic Alias Maximum allows;
@@ -18,6 +16,9 @@ object enforces what a single packet cannot show:
   dropped (``send`` returns None, [MQTT-3.1.2-25]), other packets lose their
   Reason String and User Properties first ([MQTT-3.1.2-29]);
 - DISCONNECT may not raise a Session Expiry Interval of 0 (3.14.2.2.2).
+
+The QoS 1/2 flows (packet ids, PUBACK/PUBREC/PUBREL/PUBCOMP, the Receive
+Maximum both ways) outlive a connection and are ``session.SessionState``'s.
 
 State: ``AWAIT_CONNECT`` -> (CONNACK success sent) ``CONNECTED`` -> ``CLOSED``.
 Violations raise ``MqttError``; ``error_bytes(err)`` is what to send before
@@ -33,17 +34,7 @@ from dataclasses import dataclass, replace
 from . import codec
 from .codec import MqttError, ProtocolViolation
 from .constants import MQTT_5, PacketType, Prop, Reason
-from .packets import (
-    Auth,
-    Connack,
-    Connect,
-    Disconnect,
-    Packet,
-    Puback,
-    Pubcomp,
-    Publish,
-    Pubrec,
-)
+from .packets import Auth, Connack, Connect, Disconnect, Packet, Publish
 from .topics import valid_topic_name
 
 DEFAULT_MAX_PACKET_SIZE = 1 << 20
@@ -62,14 +53,14 @@ class ServerLimits:
     """What the server announces in CONNACK (5.0) and enforces on every version."""
 
     max_packet_size: int = DEFAULT_MAX_PACKET_SIZE
-    receive_maximum: int = 64  # 3.2.2.3.3; the 5.0 default would be 65,535
+    receive_maximum: int = 64  # 3.2.2.3.3 (enforced by SessionState); 5.0's default is 65,535
     topic_alias_maximum: int = 16  # 3.2.2.3.8
 
 
 class ServerConnection:
     """See the module docstring. Not thread-safe; one per network connection."""
 
-    __slots__ = ("_aliases_in", "_aliases_out", "_buf", "_inbound_pending", "_partial", "_pos",
+    __slots__ = ("_aliases_in", "_aliases_out", "_buf", "_partial", "_pos",
                  "_session_expiry", "accepted", "client_max_packet_size",
                  "client_receive_maximum", "client_topic_alias_maximum", "connect", "limits",
                  "state", "version")
@@ -85,7 +76,6 @@ class ServerConnection:
         self._buf = b""  # received bytes; complete packets are decoded from here
         self._pos = 0
         self._partial = bytearray()  # an incomplete packet's bytes
-        self._inbound_pending: set[int] = set()  # QoS>0 PUBLISH ids not yet acknowledged
         self._aliases_in: dict[int, str] = {}
         self._aliases_out: dict[str, int] = {}
         self._session_expiry = 0
@@ -191,14 +181,6 @@ class ServerConnection:
         return c
 
     def _on_publish(self, p: Publish) -> Publish:
-        if p.qos and p.packet_id not in self._inbound_pending:
-            # Receive Maximum is a 5.0 agreement; a 3.1.1 client never heard of
-            # it, and its packet ids (65,535 at most) bound the set instead.
-            if (len(self._inbound_pending) >= self.limits.receive_maximum
-                    and self.version == MQTT_5):
-                raise MqttError("more unacknowledged QoS 1/2 PUBLISHes than Receive Maximum",
-                                Reason.RECEIVE_MAXIMUM_EXCEEDED)
-            self._inbound_pending.add(p.packet_id)  # type: ignore[arg-type]
         topic = p.topic
         alias = p.properties.get(Prop.TOPIC_ALIAS) if p.properties else None
         if alias is not None:
@@ -219,15 +201,6 @@ class ServerConnection:
             raise MqttError(f"wildcard in topic name {topic!r}", Reason.TOPIC_NAME_INVALID)
         return p
 
-    def restore_inbound(self, packet_ids: set[int]) -> None:
-        """A resumed session's QoS 2 messages still awaiting PUBREL count against
-        the Receive Maximum (4.9)."""
-        self._inbound_pending |= packet_ids
-
-    @property
-    def inbound_pending(self) -> int:
-        return len(self._inbound_pending)
-
     # ---------------------------------------------------------- sending
 
     def send(self, packet: Packet) -> bytes | None:
@@ -238,11 +211,7 @@ class ServerConnection:
                                      packet.dup, packet.packet_id,
                                      codec.encode_properties(packet.properties)
                                      if self.version == MQTT_5 else None)
-        if isinstance(packet, (Puback, Pubcomp)):
-            self._inbound_pending.discard(packet.packet_id)
-        elif isinstance(packet, Pubrec) and packet.reason >= 0x80:
-            self._inbound_pending.discard(packet.packet_id)  # 4.3.3: the flow ends
-        elif isinstance(packet, Connack):
+        if isinstance(packet, Connack):
             self.accepted = packet.reason < 0x80
             self.state = State.CONNECTED if self.accepted else State.CLOSED
         elif isinstance(packet, Disconnect):

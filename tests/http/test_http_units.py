@@ -42,6 +42,8 @@ async def _h(req):  # pragma: no cover - never called
     return None
 
 
+DAY_MS = 86_400_000
+
 ROUTES = [
     Route("GET", "/v1/topics", _h, "list", "", "t"),
     Route("POST", "/v1/topics", _h, "create", "", "t"),
@@ -107,7 +109,8 @@ def test_coerce_refuses(schema, raw) -> None:
 
 def test_envelope_to_message() -> None:
     m, q = codec.envelope_message("t", {"body": {"a": 1}, "keys": ["k1", "k2"], "tag": "T",
-                                        "properties": {"x": "y"}, "queue": 2})
+                                        "properties": {"x": "y"}, "queue": 2},
+                                  max_delay_ms=DAY_MS)
     assert (m.body, q, m.queue_id) == (b'{"a":1}', 2, 2)
     assert m.properties == {"x": "y", "content-type": "application/json", "KEYS": "k1 k2",
                             "TAGS": "T"}
@@ -121,7 +124,7 @@ def test_envelope_to_message() -> None:
 ])
 def test_bad_envelopes(env) -> None:
     with pytest.raises(Problem):
-        codec.envelope_message("t", env)
+        codec.envelope_message("t", env, max_delay_ms=DAY_MS)
 
 
 def test_ndjson_is_split_per_line_and_errors_name_the_line() -> None:

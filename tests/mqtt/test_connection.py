@@ -12,10 +12,7 @@ from ferrymq.protocols.mqtt.packets import (
     Connect,
     Disconnect,
     Pingreq,
-    Puback,
-    Pubcomp,
     Publish,
-    Pubrec,
     Suback,
 )
 
@@ -83,31 +80,6 @@ def test_a_packet_trickling_in_byte_by_byte_costs_linear_time() -> None:
         c.receive_data(data[i:i + 7])
         assert c.next_event() is None or i + 7 >= len(data)
     assert len(c._partial) <= len(data)
-
-
-def test_receive_maximum_exceeded_is_disconnect_0x93() -> None:
-    c = connected(limits=ServerLimits(receive_maximum=3))
-    feed(c, *(Publish("t", b"", 2, packet_id=i) for i in (1, 2, 3)))
-    assert c.inbound_pending == 3
-    feed(c, Publish("t", b"", 2, dup=True, packet_id=2))  # a resend is no new message
-    with pytest.raises(MqttError) as err:
-        feed(c, Publish("t", b"", 1, packet_id=4))
-    assert err.value.reason == Reason.RECEIVE_MAXIMUM_EXCEEDED
-    assert c.error_bytes(err.value) == b"\xe0\x02\x93\x00"
-
-
-def test_acknowledging_frees_receive_maximum() -> None:
-    c = connected(limits=ServerLimits(receive_maximum=1))
-    feed(c, Publish("t", b"", 1, packet_id=1))
-    c.send(Puback(1))
-    feed(c, Publish("t", b"", 2, packet_id=2))
-    c.send(Pubrec(2))
-    with pytest.raises(MqttError):
-        feed(c, Publish("t", b"", 2, packet_id=3))  # QoS 2 counts until PUBCOMP
-    c2 = connected(limits=ServerLimits(receive_maximum=1))
-    feed(c2, Publish("t", b"", 2, packet_id=2))
-    c2.send(Pubcomp(2))
-    feed(c2, Publish("t", b"", 2, packet_id=3))
 
 
 def test_inbound_topic_aliases_are_resolved() -> None:

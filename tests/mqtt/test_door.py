@@ -581,3 +581,121 @@ def test_a_websocket_text_frame_closes_the_connection(broker) -> None:
     bad.sendall(b"GET /other HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                 b"Sec-WebSocket-Key: " + key.encode() + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
     assert bad.recv(100).startswith(b"HTTP/1.1 404")
+
+
+# --------------------------------------------------------------- shared subscription hand-over
+
+def test_a_leaving_shared_members_unacknowledged_messages_go_to_another_member(broker) -> None:
+    a = client(broker, 5, client_id="a")
+    a.subscribe("$share/g/work/#", qos=1)
+    pub = client(broker, 4, client_id="p")
+    for i in range(4):
+        pub.publish(f"work/{i}", b"%d" % i, 1, pid=i + 1)
+    unacked = a.messages(4, ack=False)  # the only member: it gets all four, acks none
+    b = client(broker, 5, client_id="b")
+    b.subscribe("$share/g/work/#", qos=1)
+    a.close()  # gone without a persistent session: its session ends (4.8.2)
+    got = b.messages(4)
+    assert sorted(int(m.payload) for m in got) == sorted(int(m.payload) for m in unacked)
+    assert not any(m.dup for m in got)  # a first delivery to b, not a retransmission
+    b.nothing()
+
+
+def test_handed_over_messages_wait_for_the_next_member_online(mqtt_broker) -> None:
+    b = mqtt_broker()
+    w = client(b, 4, client_id="w", clean=False)
+    w.subscribe("$share/g/jobs", qos=1)
+    w.close()  # a member, offline
+    a = client(b, 4, client_id="a")
+    a.subscribe("$share/g/jobs", qos=1)
+    pub = client(b, 4, client_id="p")
+    for i in range(3):
+        pub.publish("jobs", b"%d" % i, 1, pid=i + 1)
+    assert len(a.messages(3, ack=False)) == 3
+    a.close()  # no other member online: the three wait in the group
+    w = RawClient(b.port("mqtt"), 4)
+    assert w.connect("w", clean=False).session_present
+    assert sorted(m.payload for m in w.messages(3)) == [b"0", b"1", b"2"]
+    w.nothing()
+
+
+def test_unsubscribing_hands_queued_shared_messages_over_and_completes_in_flight_ones(
+        mqtt_broker) -> None:
+    b = mqtt_broker(max_inflight=1)
+    a = client(b, 5, client_id="a")
+    a.subscribe("$share/g/q", qos=1)
+    pub = client(b, 4, client_id="p")
+    for i in range(3):
+        pub.publish("q", b"%d" % i, 1, pid=i + 1)
+    (first,) = a.messages(1, ack=False)  # 1 and 2 wait in a's queue (window 1)
+    other = client(b, 5, client_id="b")
+    other.subscribe("$share/g/q", qos=1)
+    assert a.unsubscribe("$share/g/q").reasons == (0,)
+    assert sorted(m.payload for m in other.messages(2)) == [b"1", b"2"]
+    a.send(Puback(first.packet_id))  # [MQTT-3.10.4-3]: the one in flight completes with a
+    a.nothing()
+    other.nothing()
+
+
+def test_a_shared_qos2_message_the_member_may_have_is_not_sent_to_another(broker) -> None:
+    a = client(broker, 5, client_id="a")
+    a.subscribe("$share/g/x", qos=2)
+    client(broker, 4, client_id="p").publish("x", b"once", 2)
+    (m,) = a.messages(1, ack=False)
+    assert m.qos == 2
+    b = client(broker, 5, client_id="b")
+    b.subscribe("$share/g/x", qos=2)
+    a.close()  # 4.8.2 [MQTT-4.8.2-5]: SHOULD NOT go to another member (exactly once)
+    b.nothing(0.5)
+
+
+# --------------------------------------------------------------- QoS flows by the table
+
+def test_an_acknowledgement_of_the_wrong_kind_is_a_protocol_error(broker) -> None:
+    sub = client(broker, 5, client_id="s")
+    sub.subscribe("t", qos=2)
+    client(broker, 4, client_id="p").publish("t", b"x", 2)
+    (m,) = sub.messages(1, ack=False)
+    sub.send(Puback(m.packet_id))  # a QoS 2 message awaits PUBREC, not PUBACK
+    assert sub.recv_until_closed() == [Disconnect(Reason.PROTOCOL_ERROR)]
+
+
+def test_unknown_acknowledgements_are_answered_or_ignored(broker) -> None:
+    c = client(broker, 5, client_id="c")
+    c.send(Puback(77))  # tolerated
+    c.send(Pubrec(78))
+    assert c.recv() == Pubrel(78, Reason.PACKET_IDENTIFIER_NOT_FOUND)
+    c.send(Pubrel(79))
+    assert c.recv() == Pubcomp(79, Reason.PACKET_IDENTIFIER_NOT_FOUND)
+    assert isinstance(c.publish("t", b"still here", 1), Puback)
+
+
+def test_an_expired_shared_members_unacknowledged_messages_go_to_another_member(broker) -> None:
+    props = {Prop.SESSION_EXPIRY_INTERVAL: 1}
+    a = client(broker, 5, client_id="a", clean=False, properties=props)
+    a.subscribe("$share/g/e", qos=1)
+    client(broker, 4, client_id="p").publish("e", b"late", 1)
+    assert [m.payload for m in a.messages(1, ack=False)] == [b"late"]
+    b = client(broker, 5, client_id="b")
+    b.subscribe("$share/g/e", qos=1)
+    a.close()  # its session lives on for a second: the message waits for it (4.8.2 MAY)
+    (m,) = b.messages(1, timeout=6)  # then the session ends, and b gets it
+    assert (m.payload, m.dup) == (b"late", False)
+
+
+def test_a_taken_default_websocket_port_leaves_mqtt_over_tcp_serving(start_broker, tmp_path) -> None:
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        holder.bind(("127.0.0.1", 8083))  # the default ws_port (or someone else has it)
+        holder.listen(1)
+    except OSError:
+        pass
+    try:
+        conf = tmp_path / "default-ws.toml"
+        conf.write_text("[mqtt]\nsys_interval = 0.2\n")  # ws_port left at its default
+        b = start_broker("mqtt", extra_args=("--config", str(conf)), name="defaultws")
+        assert isinstance(client(b, 4, client_id="tcp").publish("t", b"x", 1), Puback)
+        assert "WebSocket off" in b.log()
+    finally:
+        holder.close()

@@ -35,7 +35,7 @@ class FakeBroker:
     def __init__(self, record: StoredRecord) -> None:
         self.record = record
 
-    def get(self, group, topic, queue_id, offset, max_messages, max_bytes, filter):  # type: ignore[no-untyped-def]
+    def get(self, group, topic, queue_id, offset, max_messages, max_bytes, filter, *, principal):  # type: ignore[no-untyped-def]
         return GetResult(GetStatus.FOUND, (self.record,), 13, 0, 13)
 
 
