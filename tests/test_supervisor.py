@@ -159,7 +159,7 @@ async def test_a_broker_job_that_raises_is_restarted_and_the_broker_serves(tmp_p
     from retention, checkpoints or offset persistence ended the broker."""
     calls = 0
 
-    def broken_retain(*args: object) -> list[int]:
+    def broken_retain(*args: object, **kwargs: object) -> list[int]:
         nonlocal calls
         calls += 1
         raise KeyError("a bug in retention")
