@@ -65,6 +65,7 @@ from .errors import (
     OffsetOutOfRange,
     PermissionDenied,
     QueueNotFound,
+    StoreError,
     TopicExists,
     TopicNotFound,
 )
@@ -108,6 +109,7 @@ from .retry import RESENT_TOPIC, DeadLetter, ResendResult, RetryService, SendBac
 from .statelog import STATE_TOPIC, Change, StateLog
 from .stats import BrokerStats, Counters, GroupTopicStats, Health, QueueLag, StoredQueue, TopicStats
 from .store.store import MessageStore, RecoveryReport, StoreConfig
+from .supervisor import TaskSupervisor
 from .timers import TIMER_TOPIC, CancelResult, TimerService, TimerStats, parse_delivery
 from .transactions import (
     CHECK_MAX_TOPIC,
@@ -311,29 +313,37 @@ class Broker:
             await c.wait_flushed(pos)
 
     def _start_tasks(self, nursery: trio.Nursery) -> None:
+        # Every background task runs supervised (core/supervisor.py): a failure is
+        # logged, counted and the task restarted with backoff; only the flusher is
+        # critical (writers wait on it), and its failure stops the broker cleanly.
         store = self.store
+        tasks = self.tasks = TaskSupervisor(nursery, self.metrics, prefix="broker",
+                                            on_fatal=self._store_task_failed)
         if self.sync_flush:
             self._paths.committer = committer = GroupCommitter(
                 store.flush, lambda: store.dispatched_pos, self._flush_failed, self._flushed)
             committer.flushed_pos = store.commitlog.flushed_pos
-            nursery.start_soon(committer.run)
+            tasks.start_soon(committer.run, name="flusher", critical=True)
         else:
-            nursery.start_soon(partial(
+            tasks.start_soon(partial(
                 interval_flusher, store.flush,
                 lambda: store.commitlog.flushed_pos < store.commitlog.write_pos,
-                self.config.flush_interval_ms / 1000, self._flush_failed, self._flushed))
+                self.config.flush_interval_ms / 1000, self._flush_failed, self._flushed),
+                name="flusher", critical=True)
+            # Admin changes wait for a flush even under async flush (the state log):
+            # writers wait on this one too, so it is as critical as the flusher.
             self._admin_committer = GroupCommitter(store.flush, lambda: store.dispatched_pos,
                                                    self._flush_failed, self._flushed)
             self._admin_committer.flushed_pos = store.commitlog.flushed_pos
-            nursery.start_soon(self._admin_committer.run)
-        nursery.start_soon(self._every, self.config.checkpoint_interval_ms / 1000,
-                           self._checkpoint)
-        nursery.start_soon(self.state.run)
-        nursery.start_soon(self._every, self.config.retention_check_interval_s,
-                           self.run_retention)
-        nursery.start_soon(self.pop_service.run)
-        self.timers.start(nursery)
-        self.transactions.start(nursery)
+            tasks.start_soon(self._admin_committer.run, name="admin_flusher", critical=True)
+        tasks.every(self.config.checkpoint_interval_ms / 1000, self._checkpoint,
+                    name="checkpoint")
+        tasks.start_soon(self.state.run, name="state")
+        tasks.every(self.config.retention_check_interval_s, self.run_retention,
+                    name="retention")
+        tasks.start_soon(self.pop_service.run, name="pop")
+        self.timers.start(tasks)  # type: ignore[arg-type]  # a supervisor starts tasks as a nursery does
+        self.transactions.start(tasks)  # type: ignore[arg-type]
         # What start-up built (modules, configuration, recovery) lives as long as the
         # process: out of the collector's sight, full collections stay short. Timer
         # lateness depends on it (``ferrymq bench timers``: the longest pause of a
@@ -341,17 +351,11 @@ class Broker:
         gc.collect()
         gc.freeze()
 
-    async def _every(self, seconds: float, job: Callable[[], object]) -> None:
-        while True:
-            await trio.sleep(seconds)
-            try:
-                result = job()
-                if hasattr(result, "__await__"):
-                    await result  # type: ignore[misc]
-            except FerryError as exc:
-                log.error("background job %s failed: %s", getattr(job, "__name__", job), exc)
-            except OSError as exc:
-                log.error("background job %s failed", getattr(job, "__name__", job), exc_info=exc)
+    def _store_task_failed(self, task: str, exc: BaseException) -> None:
+        """A critical task died: nothing written from now on can be promised durable.
+        Refuse writes, and leave the abort marker so the next start recovers the log."""
+        if self.store.failed is None:
+            self.store.failed = StoreError(f"{task} failed: {type(exc).__name__}: {exc}")
 
     async def _checkpoint(self) -> None:
         if self.store.failed is None and self.store.dispatched_pos:
