@@ -56,6 +56,7 @@ from .access import (
     Principal,
     ResourceType,
 )
+from .addresses import ADDRESS_PROPERTY
 from .config import BrokerConfig
 from .errors import (
     FerryError,
@@ -106,6 +107,8 @@ from .pop import (
     ReceiptRenewal,
 )
 from .retry import RESENT_TOPIC, DeadLetter, ResendResult, RetryService, SendBackResult
+from .security import SecurityCalls
+from .security import install as install_security
 from .statelog import STATE_TOPIC, Change, StateLog
 from .stats import BrokerStats, Counters, GroupTopicStats, Health, QueueLag, StoredQueue, TopicStats
 from .store.store import MessageStore, RecoveryReport, StoreConfig
@@ -133,8 +136,10 @@ _SYSTEM_TOPICS = {TIMER_TOPIC: 0, HALF_TOPIC: 0, OP_TOPIC: 0, RESENT_TOPIC: 0,
                   CHECK_MAX_TOPIC: PERM_READ, STATE_TOPIC: 0}
 
 
-class Broker:
-    """Use ``async with Broker.open(config) as broker``; see the module docstring."""
+class Broker(SecurityCalls):
+    """Use ``async with Broker.open(config) as broker``; see the module docstring.
+    The security calls (authentication questions, users, tokens, keys, ACLs) are
+    inherited from core/security.py."""
 
     def __init__(self, config: BrokerConfig) -> None:
         self.config = config
@@ -162,7 +167,10 @@ class Broker:
         self.sync_flush = config.flush == "sync"
         self._admin_committer: GroupCommitter | None = None  # async flush: admin changes
         self._topic_watchers: list[Callable[[], None]] = []
-        self._access = AccessControl()
+        auth = dict(config.extra.get("auth") or {})  # type: ignore[call-overload]
+        self._access = AccessControl(bool(auth.get("enabled", False)),
+                                     auth.get("super_users", ()))
+        self.credentials = install_security(self.state, self._access)
         self.started_at = 0
         # The one write path and read path; the services get it, never the Broker.
         self._paths = Paths(config, self.store, self.meta, self.state, self.counters,
@@ -191,8 +199,18 @@ class Broker:
         """The facade's one access decision (core/access.py): every public call that
         produces, consumes, commits, administers, pops, transacts, or touches
         timers or dead letters passes here once per resource it touches, before
-        it does anything. Raises PermissionDenied (today: never)."""
+        it does anything. Raises PermissionDenied."""
         self._access.check(principal, kind, name, operation)
+
+    def _authorize_write(self, principal: Principal, message: Message) -> None:
+        """WRITE on a message's topic, judged at its address (core/addresses.py)
+        when it has one finer than the topic: an MQTT topic name."""
+        props = message.properties
+        address = props.get(ADDRESS_PROPERTY) if props else None
+        if address is None:
+            self._access.check(principal, TOPIC, message.topic, WRITE)
+        else:
+            self._access.check(principal, TOPIC, message.topic, WRITE, address)
 
     def _permits(self, principal: Principal, kind: ResourceType, name: str,
                  operation: Operation) -> bool:
@@ -396,11 +414,15 @@ class Broker:
         TopicNotFound, MessageTooLarge, InvalidMessage, InvalidDelay, QueueNotFound,
         StoreError, ShuttingDown."""
         if isinstance(messages, Message):
-            self._authorize(principal, TOPIC, messages.topic, WRITE)
+            self._authorize_write(principal, messages)
         else:
             messages = list(messages)
             if messages:
-                self._authorize(principal, TOPIC, messages[0].topic, WRITE)
+                addressed = [m for m in messages if ADDRESS_PROPERTY in m.properties]
+                if len(addressed) < len(messages):
+                    self._authorize(principal, TOPIC, messages[0].topic, WRITE)
+                for m in addressed:
+                    self._authorize_write(principal, m)
         return await self._paths.put(messages)
 
     async def put_encoded_batch(self, topic: str, queue_id: int, body: bytes,

@@ -21,7 +21,7 @@ class Recorder(AccessControl):
     calls: list[Check] = field(default_factory=list)
 
     def check(self, principal: Principal, kind: ResourceType, name: str,
-              operation: Operation) -> None:
+              operation: Operation, address: str | None = None, partial: bool = False) -> None:
         self.calls.append((principal, kind, name, operation))
         if self.deny(principal, kind, name, operation):
             raise PermissionDenied(f"{principal.name} may not {operation.value} "

@@ -41,6 +41,10 @@ UNCHECKED = {
     "health": "readiness probes ask it anonymously",
     "receipt": "decodes a handle the caller holds; reveals nothing of the broker",
     "delivery_time": "validates properties against the configuration",
+    "authenticate": "authentication: establishes who is asking (a password check)",
+    "scram_verifier": "authentication: the SCRAM exchange of a door needs the verifier",
+    "token_user": "authentication: who an API token belongs to",
+    "access_secret": "authentication: the RocketMQ signature needs the SecretKey",
 }
 
 
