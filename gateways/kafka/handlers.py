@@ -8,6 +8,7 @@ See docs/kafka.md for the reasoning behind each mapping.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -16,7 +17,13 @@ from typing import Any
 
 import trio
 
-from ...core.access import ANONYMOUS, MECHANISM_SASL_PLAIN, Principal, anonymous
+from ...core.access import (
+    ANONYMOUS,
+    MECHANISM_SASL_PLAIN,
+    MECHANISM_SCRAM,
+    Principal,
+    anonymous,
+)
 from ...core.broker import Broker
 from ...core.errors import FerryError
 from ...core.message import GetStatus, Message, StoredRecord
@@ -27,6 +34,9 @@ from ...protocols.kafka import errors as ke
 from ...protocols.kafka import records as kr
 from ...protocols.kafka import schema
 from ...protocols.kafka.connection import Header
+from ...protocols.scram import MECHANISMS as _SCRAM
+from ...protocols.scram import ScramError, ScramServer
+from ...protocols.scram import ServerState as ScramState
 from .errors import kafka_error
 from .groups import DEAD, EMPTY, Coordinator
 from .mapping import (
@@ -57,6 +67,7 @@ SUPPORTED: dict[int, tuple[int, int]] = {
 }
 """Api key -> (min, max) version offered. The Kafka 0.11 table and a little more."""
 
+SCRAM_MECHANISMS = tuple(_SCRAM)
 EARLIEST_TIMESTAMP, LATEST_TIMESTAMP = -2, -1  # ListOffsets special timestamps
 MAX_FETCH_MESSAGES = 1_000_000  # a fetch is bounded by bytes; this only caps the count
 KAFKA_TOPIC_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
@@ -90,6 +101,10 @@ class DoorOptions:
     group_max_session_timeout_ms: int = 1_800_000
     group_initial_rebalance_delay_ms: int = 0
     sasl_plain_users: Mapping[str, str] | None = None  # SASL PLAIN users; None = off
+    # Close connections that send anything but ApiVersions/SASL before authenticating
+    # (Kafka's SASL_PLAINTEXT listener). Always so with sasl_plain_users; with
+    # [auth] enabled and this off, a connection without SASL is User:ANONYMOUS.
+    sasl_required: bool = False
     cluster_id: str = "ferrymq"
     # Which produced batches are searched for delivery-time headers (docs/kafka.md,
     # "Delivery time"): "all", "uncompressed" (compressed ones are stored verbatim
@@ -125,7 +140,10 @@ class Session:
     local_host: str
     authenticated: bool = True
     sasl_mechanism: str | None = None
-    raw_sasl: bool = False  # SaslHandshake v0: the next frame is a bare token
+    raw_sasl: bool = False  # SaslHandshake v0: the next frames are bare tokens
+    sasl_done: bool = False  # SASL completed: no second handshake
+    scram: ScramServer | None = None  # a SCRAM exchange under way
+    failed: bool = False  # authentication failed: close after the answer
     principal: Principal = field(default=ANONYMOUS)
 
     def __post_init__(self) -> None:
@@ -767,28 +785,49 @@ class KafkaDoor:
 
     # ================================================================ SASL
 
+    def sasl_mechanisms(self) -> tuple[str, ...]:
+        """What SaslHandshake offers: PLAIN with ``sasl_plain_users`` or the broker's
+        users (``[auth] enabled``); SCRAM-SHA-256/512 with the broker's users."""
+        mechs: tuple[str, ...] = ()
+        if self.options.sasl_plain_users is not None or self.broker.auth_enabled:
+            mechs = ("PLAIN",)
+        if self.broker.auth_enabled:
+            mechs += SCRAM_MECHANISMS
+        return mechs
+
     async def sasl_handshake(self, h: Header, req: Any, s: Session) -> Any:
         R = schema.response_class(SASL_HANDSHAKE)
-        if self.options.sasl_plain_users is None:
-            return R(error_code=ke.ILLEGAL_SASL_STATE, mechanisms=())
-        if req.mechanism != "PLAIN":
-            return R(error_code=ke.UNSUPPORTED_SASL_MECHANISM, mechanisms=("PLAIN",))
-        s.sasl_mechanism = "PLAIN"
+        mechs = self.sasl_mechanisms()
+        if not mechs or s.sasl_done or s.sasl_mechanism is not None:
+            return R(error_code=ke.ILLEGAL_SASL_STATE, mechanisms=mechs)
+        if req.mechanism not in mechs:
+            return R(error_code=ke.UNSUPPORTED_SASL_MECHANISM, mechanisms=mechs)
+        s.sasl_mechanism = req.mechanism
+        if req.mechanism in SCRAM_MECHANISMS:
+            s.scram = ScramServer(req.mechanism)
         s.raw_sasl = h.api_version == 0
-        return R(error_code=ke.NONE, mechanisms=("PLAIN",))
+        return R(error_code=ke.NONE, mechanisms=mechs)
 
     def check_plain(self, token: bytes) -> str | None:
         """The user a SASL PLAIN token (RFC 4616: authzid NUL authcid NUL password)
-        proves, or None."""
-        users = self.options.sasl_plain_users or {}
+        proves, or None: ``sasl_plain_users`` first, then the broker's users (their
+        SCRAM verifiers check the password)."""
         parts = token.split(b"\x00")
         if len(parts) != 3:
             return None
         try:
-            user, password = parts[1].decode(), parts[2].decode()
+            user = parts[1].decode()
+            parts[2].decode()  # a password is UTF-8 (RFC 4616)
         except UnicodeDecodeError:
             return None
-        return user if users.get(user) == password else None
+        if parts[0] and parts[0] != parts[1]:
+            return None  # acting for another identity (an authzid) is not supported
+        users = self.options.sasl_plain_users
+        if users is not None and user in users:
+            return user if hmac.compare_digest(users[user].encode(), parts[2]) else None
+        if self.broker.authenticate(user, parts[2]):
+            return user
+        return None
 
     def login_plain(self, s: Session, token: bytes) -> bool:
         """Authenticate the connection with a SASL PLAIN token: from now on its calls
@@ -796,18 +835,41 @@ class KafkaDoor:
         user = self.check_plain(token)
         if user is None:
             return False
-        s.authenticated = True
+        s.authenticated = s.sasl_done = True
         s.principal = Principal(user, MECHANISM_SASL_PLAIN, s.client_host)
         return True
 
+    def sasl_step(self, s: Session, token: bytes) -> tuple[bool | None, bytes]:
+        """One SASL token of the connection's mechanism: (True, reply) when the
+        exchange is complete, (None, reply) when it goes on, (False, b"") when it
+        failed (the connection is then closed, as Kafka does)."""
+        if s.sasl_mechanism == "PLAIN":
+            return (True, b"") if self.login_plain(s, token) else (False, b"")
+        scram = s.scram
+        if scram is None:
+            return False, b""
+        try:
+            if scram.state is ScramState.WAIT_CLIENT_FIRST:
+                user = scram.first(token)
+                return None, scram.challenge(self.broker.scram_verifier(user, scram.mechanism))
+            reply = scram.final(token)
+        except ScramError:
+            return False, b""
+        s.authenticated = s.sasl_done = True
+        s.scram = None
+        s.principal = Principal(scram.user, MECHANISM_SCRAM, s.client_host)
+        return True, reply
+
     async def sasl_authenticate(self, h: Header, req: Any, s: Session) -> Any:
         R = schema.response_class(SASL_AUTHENTICATE)
-        if s.sasl_mechanism != "PLAIN" or s.authenticated:
+        if s.sasl_mechanism is None or s.sasl_done or s.raw_sasl:
             return R(error_code=ke.ILLEGAL_SASL_STATE, error_message="handshake first")
-        if not self.login_plain(s, bytes(req.auth_bytes)):
+        done, reply = self.sasl_step(s, bytes(req.auth_bytes))
+        if done is False:
+            s.failed = True
             return R(error_code=ke.SASL_AUTHENTICATION_FAILED,
                      error_message="authentication failed")
-        return R(error_code=ke.NONE, error_message=None, auth_bytes=b"")
+        return R(error_code=ke.NONE, error_message=None, auth_bytes=reply)
 
 
 class _ProduceError(Exception):
