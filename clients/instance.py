@@ -48,7 +48,8 @@ class NoRouteError(ClientError):
 
 class ClientInstance:
     def __init__(self, namesrv: str | list[str], *, route_refresh_s: float = ROUTE_REFRESH_S,
-                 heartbeat_s: float = HEARTBEAT_S, timeout: float = DEFAULT_TIMEOUT) -> None:
+                 heartbeat_s: float = HEARTBEAT_S, timeout: float = DEFAULT_TIMEOUT,
+                 credentials: tuple[str, str] | None = None) -> None:
         self.namesrvs = parse_address_list(namesrv)
         if not self.namesrvs:
             raise ValueError("at least one NameServer (or broker) address is needed")
@@ -64,7 +65,8 @@ class ClientInstance:
         # Requests a broker sends us, by code, answered on the connection they came on
         # (CHECK_TRANSACTION_STATE: the answer goes back to that broker).
         self.request_handlers: dict[int, CodeHandler] = {}
-        self.remoting = RemotingClient(on_request=self._server_request)
+        # (AccessKey, SecretKey): every request is signed (docs/security.md).
+        self.remoting = RemotingClient(on_request=self._server_request, credentials=credentials)
         self.tg: anyio.abc.TaskGroup | None = None
         self._ns_index = 0
         self._heartbeat_now = anyio.Event()

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from ..protocols.mqtt.topics import filter_covers, filter_matches, valid_topic_filter
 from .addresses import broker_topic
 from .errors import InvalidArgument, PermissionDenied
+from .metadata import DLQ_PREFIX, RETRY_PREFIX
 
 
 class ResourceType(enum.Enum):
@@ -228,6 +229,7 @@ class Rule:
             raise InvalidArgument(f"not an ACL rule: {exc}") from None
 
 
+_GROUP_TOPICS = (RETRY_PREFIX, DLQ_PREFIX)
 _IMPLIES_DESCRIBE = frozenset({READ, WRITE, DELETE, ALTER})
 _WILD = ("+", "#")
 
@@ -354,6 +356,13 @@ class AccessControl:
                operation: Operation, address: str | None = None, partial: bool = False) -> bool:
         if not self.enforced(principal):
             return True
+        if kind is TOPIC and name.startswith(_GROUP_TOPICS):
+            # A group's retry and dead-letter topics are the group's (RocketMQ's ACL
+            # checks them as the group): consuming and sending back are READ on it.
+            prefix = RETRY_PREFIX if name.startswith(RETRY_PREFIX) else DLQ_PREFIX
+            kind, name = GROUP, name[len(prefix):]
+            if operation in (WRITE, CREATE, DESCRIBE):
+                operation = READ
         key = (principal.name, principal.mechanism == MECHANISM_ANONYMOUS, principal.peer,
                principal.client_id, principal.door, kind, name, operation, address, partial)
         hit = self._cache.get(key)

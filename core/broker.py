@@ -812,8 +812,10 @@ class Broker(SecurityCalls):
                            principal: Principal = ANONYMOUS, **settings: object) -> GroupConfig:
         """Create a consumer group with ``settings`` (GroupConfig fields). Checks CREATE
         on it. Raises PermissionDenied, InvalidGroupName, InvalidArgument (exists,
-        unless ``exist_ok``)."""
-        self._authorize(principal, GROUP, name, CREATE)
+        unless ``exist_ok``). With ``exist_ok`` (a consumer's implicit group, as a
+        RocketMQ heartbeat or a Kafka JoinGroup makes it) READ on the group is
+        enough, as in Kafka: who may consume in a group may bring it into being."""
+        self._authorize(principal, GROUP, name, READ if exist_ok else CREATE)
         validate_group_name(name)
         g = self.meta.groups.get(name)
         if g is not None:

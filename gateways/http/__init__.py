@@ -3,7 +3,8 @@
 ``serve`` binds the listener and serves the route table of ``api.py`` through
 the HTTP/1.1 connection loop of ``server.py``. Options (the ``[http]`` table): the
 limits of ``server.Limits`` by name, ``auth_tokens`` (a list of bearer
-tokens; authentication is off when absent), and the connection limits the
+tokens; with ``[auth] enabled`` the broker's API tokens and users' Basic
+credentials too: docs/security.md), and the connection limits the
 door's supervisor enforces (``max_connections``, ``max_connections_per_address``,
 ``pre_auth_max_bytes``: docs/operations.md, "Connection limits").
 """
@@ -17,7 +18,7 @@ import trio
 from ..config import LIMIT_KEYS
 from ..server import DoorContext
 from .api import Api
-from .app import BearerTokens, HttpApp
+from .app import BearerTokens, BrokerAuth, HttpApp
 from .server import WATCHDOG_TICK_S, Limits, refuse, serve_connections, supervisor_limits
 
 API_INFO = {
@@ -35,7 +36,9 @@ def build_app(ctx: DoorContext) -> HttpApp:
     tokens = options.get("auth_tokens")
     if isinstance(tokens, str):
         tokens = [tokens]
-    auth = BearerTokens(tokens) if tokens else None
+    auth: BearerTokens | BrokerAuth | None = BearerTokens(tokens) if tokens else None
+    if ctx.broker.auth_enabled:
+        auth = BrokerAuth(ctx.broker, auth)
     api = Api(ctx.broker, limits, API_INFO, security=auth is not None)
     return HttpApp(api.routes, limits, ctx.broker.metrics, auth)
 
