@@ -132,6 +132,17 @@ class SecurityCalls:
         """(user, SecretKey) of a RocketMQ AccessKey, or None."""
         return self.credentials.access_secret(access_key)
 
+    @property
+    def acl_generation(self) -> int:
+        """Changes whenever a decision may change (rules, super users): a door that
+        remembers decisions forgets them when this moves."""
+        return self._access.generation
+
+    def checks(self, *, principal: Principal = ANONYMOUS) -> bool:
+        """Whether ``principal``'s calls are checked at all (``[auth] enabled``, or its
+        door's legacy rule file): a door filtering deliveries skips the work if not."""
+        return self._access.enforced(principal)
+
     def permits(self, kind: ResourceType, name: str, operation: Operation, *,
                 address: str | None = None, partial: bool = False,
                 principal: Principal = ANONYMOUS) -> bool:
