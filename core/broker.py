@@ -366,7 +366,7 @@ class Broker:
         for callback in self._topic_watchers:
             callback()
 
-    async def _state_durable(self, pos: int, admin: bool) -> None:
+    async def _state_durable(self, pos: int, admin: bool, replicate: bool = True) -> None:
         """The state log's wait: under sync flush the group commit covering ``pos``;
         under async flush an fsync of its own for admin changes, nothing for others
         (durable within the flush interval)."""
@@ -374,6 +374,10 @@ class Broker:
             self._admin_committer if admin else None)
         if c is not None and self.store.commitlog.flushed_pos < pos:
             await c.wait_flushed(pos)
+        # In a sync group, an acknowledged change survives a failover as a write does.
+        if replicate and self._replicas is not None \
+                and self._paths.default_durability is Durability.REPLICATED:
+            await self._replicas.wait(pos)
 
     def _start_tasks(self, nursery: trio.Nursery) -> None:
         store = self.store
@@ -773,7 +777,7 @@ class Broker:
     async def _create_topic(self, name: str, queues: int | None = None, *,
                             perm: int = PERM_READ_WRITE, message_type: str = "NORMAL",
                             attributes: Mapping[str, str] | None = None,
-                            exist_ok: bool = False) -> TopicConfig:
+                            exist_ok: bool = False, for_put: bool = False) -> TopicConfig:
         """``create_topic`` unchecked: the write path auto-creates topics through it.
         Raises PermissionDenied also for the state log's topic."""
         validate_topic_name(name)
@@ -792,7 +796,9 @@ class Broker:
         if name in self.meta.tombstones:
             changes.insert(0, (NS_TOMBSTONE, name, None))
         # Applied when appended, so concurrent producers see it at once; then durable.
-        await self.state.put_many(changes)
+        # A topic a put creates for itself is replicated with the put (it precedes it
+        # in the log): the put's own wait covers it, at the put's durability.
+        await self.state.put_many(changes, replicate=not for_put)
         return self._topic_after_wait(name)
 
     async def update_topic(self, name: str, *, queues: int | None = None,

@@ -39,7 +39,6 @@ worker thread.
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Protocol
@@ -132,7 +131,7 @@ class CreateTopic(Protocol):
     """``Broker._create_topic``: create a topic without asking who wants it."""
 
     def __call__(self, name: str, queues: int | None = None, *, perm: int = ...,
-                 exist_ok: bool = ...) -> Awaitable[TopicConfig]: ...
+                 exist_ok: bool = ..., for_put: bool = ...) -> Awaitable[TopicConfig]: ...
 
 
 async def _no_special_put(m: Message) -> PutResult:
@@ -166,7 +165,9 @@ class Paths:
         self.read_refusal: FerryError | None = None  # NotLeader on a slave that serves no reads
         self.default_durability = Durability.LEADER
         self.lease_deadline = math.inf  # trio.current_time() past which nothing is acknowledged
-        self._pending_wakes: deque[tuple[int, str]] = deque()  # (record end, topic) not visible yet
+        # Topics with records not visible yet -> the end of the first of them: their long
+        # polls wake when the confirm offset passes it (bounded by the topic count).
+        self._pending_wakes: dict[str, int] = {}
 
     # ================================================================ topics and groups
 
@@ -194,7 +195,7 @@ class Paths:
             validate_topic_name(name)
             if not self.config.auto_create_topics:
                 raise TopicNotFound(f"topic {name} does not exist")
-            t = await self._create_topic(name, exist_ok=True)
+            t = await self._create_topic(name, exist_ok=True, for_put=True)
         return t
 
     async def ensure_topic(self, name: str, queues: int, perm: int = PERM_READ_WRITE
@@ -203,7 +204,7 @@ class Paths:
         and ``perm`` if missing, whatever auto-create says."""
         t = self._meta.topics.get(name)
         if t is None:
-            t = await self._create_topic(name, queues, perm=perm, exist_ok=True)
+            t = await self._create_topic(name, queues, perm=perm, exist_ok=True, for_put=True)
         return t
 
     def queue_for(self, t: TopicConfig, queue_id: int) -> int:
@@ -438,11 +439,11 @@ class Paths:
         r.appended()
         if (durability or self.default_durability) is Durability.REPLICATED:
             await r.wait(end)
-        if self._waiters:
-            if r.confirm_offset() >= end:
+        if r.confirm_offset() >= end:
+            if self._waiters:
                 self.wake(topic)
-            else:
-                self._pending_wakes.append((end, topic))
+        elif topic not in self._pending_wakes:
+            self._pending_wakes[topic] = end
         if trio.current_time() > self.lease_deadline:
             raise NotLeader("this master's lease deadline passed before the write was "
                             "acknowledged: it may be lost")
@@ -451,11 +452,9 @@ class Paths:
         """The confirm offset reached ``confirm``: wake the long polls of the topics whose
         records became visible (the replication's ``on_advance``)."""
         pending = self._pending_wakes
-        woken: set[str] = set()
-        while pending and pending[0][0] <= confirm:
-            topic = pending.popleft()[1]
-            if topic not in woken:
-                woken.add(topic)
+        if pending:
+            for topic in [t for t, end in pending.items() if end <= confirm]:
+                del pending[topic]
                 self.wake(topic)
 
     def replicated_topic(self, end: int, topic: str) -> None:
@@ -463,9 +462,10 @@ class Paths:
         polls wake once it is visible."""
         r = self.replication
         if r is not None and r.confirm_offset() >= end:
-            self.wake(topic)
-        elif self._waiters:
-            self._pending_wakes.append((end, topic))
+            if self._waiters:
+                self.wake(topic)
+        elif topic not in self._pending_wakes:
+            self._pending_wakes[topic] = end
 
     async def wait_durable(self) -> None:
         """Under sync flush, wait until everything appended so far is on disk (a

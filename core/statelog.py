@@ -144,12 +144,14 @@ _BATCH: ContextVar[list[Any] | None] = ContextVar("ferrymq_state_batch", default
 class StateLog:
     """The tables, their records in the CommitLog, their snapshots under ``directory``.
 
-    ``durable(pos, admin)`` is the broker's wait for the CommitLog to be durable up
-    to ``pos`` under its flush policy (``admin``: force an fsync even under async
-    flush)."""
+    ``durable(pos, admin, replicate)`` is the broker's wait for the CommitLog to be
+    durable up to ``pos`` under its flush policy (``admin``: force an fsync even under
+    async flush) and, in a sync broker group, held by the in-sync set (unless
+    ``replicate`` is False: a change a write makes for itself, which the write's
+    own wait covers)."""
 
     def __init__(self, store: MessageStore, directory: str, *,
-                 durable: Callable[[int, bool], Awaitable[None]] | None = None,
+                 durable: Callable[[int, bool, bool], Awaitable[None]] | None = None,
                  max_record_bytes: int = MAX_RECORD_BYTES,
                  snapshot_interval_s: float = 60.0, snapshot_records: int = 100_000) -> None:
         self.store = store
@@ -249,15 +251,16 @@ class StateLog:
             self.appended()
         return self.end
 
-    async def wait(self, pos: int, admin: bool) -> None:
+    async def wait(self, pos: int, admin: bool, replicate: bool = True) -> None:
         """Return once the CommitLog is durable up to ``pos`` as the flush policy
         promises (see ``durable``); inside ``batch()`` only remember it."""
         pending = _BATCH.get()
         if pending is not None:
             pending[0] = max(pending[0], pos)
             pending[1] = pending[1] or admin
+            pending[2] = pending[2] or replicate
         elif self.durable is not None:
-            await self.durable(pos, admin)
+            await self.durable(pos, admin, replicate)
         # Always a checkpoint, as trio's own awaitables are: a loop of commits under
         # async flush (nothing to wait for) must not starve every other task.
         await trio.lowlevel.checkpoint()
@@ -266,12 +269,12 @@ class StateLog:
         """Set ``key`` to ``value`` (None deletes it); durable when this returns."""
         await self.put_many(((namespace, key, value),))
 
-    async def put_many(self, changes: Sequence[Change]) -> None:
+    async def put_many(self, changes: Sequence[Change], replicate: bool = True) -> None:
         """``put`` of several changes, in one record where they fit: one flush."""
         if not changes:
             return
         pos = self.append(changes)
-        await self.wait(pos, any(ns in self.admin for ns, _, _ in changes))
+        await self.wait(pos, any(ns in self.admin for ns, _, _ in changes), replicate)
 
     @contextlib.asynccontextmanager
     async def batch(self) -> AsyncIterator[None]:
@@ -282,14 +285,14 @@ class StateLog:
         if _BATCH.get() is not None:
             yield
             return
-        pending: list[Any] = [0, False]
+        pending: list[Any] = [0, False, False]
         token = _BATCH.set(pending)
         try:
             yield
         finally:
             _BATCH.reset(token)
         if pending[0] and self.durable is not None:
-            await self.durable(pending[0], pending[1])
+            await self.durable(pending[0], pending[1], pending[2])
 
     # ================================================================ the state machine
 
