@@ -140,21 +140,27 @@ class ReplicaSet:
 
     async def wait(self, pos: int) -> None:
         """Return once the confirm offset reaches ``pos``. Raises ReplicationTimeout after
-        ``timeout_s``, NotLeader when the master is fenced meanwhile."""
-        if self.confirm_offset() >= pos:
-            return
-        self.stats["waits"] += 1
-        ev = trio.Event()
-        heapq.heappush(self._waiters, (pos, next(self._seq), ev))
-        with trio.move_on_after(self.timeout_s):
-            await ev.wait()
-        if self.fenced is not None:
-            raise self.fenced
+        ``timeout_s``, NotLeader when the master is fenced meanwhile, NotEnoughReplicas
+        when the in-sync set shrank below ``min_insync`` while it waited."""
         if self.confirm_offset() < pos:
-            self.stats["timeouts"] += 1
-            raise ReplicationTimeout(
-                f"the in-sync set {sorted(self.counted())} did not confirm the write within "
-                f"{self.timeout_s:g} s")
+            self.stats["waits"] += 1
+            ev = trio.Event()
+            heapq.heappush(self._waiters, (pos, next(self._seq), ev))
+            with trio.move_on_after(self.timeout_s):
+                await ev.wait()
+            if self.fenced is not None:
+                raise self.fenced
+            if self.confirm_offset() < pos:
+                self.stats["timeouts"] += 1
+                raise ReplicationTimeout(
+                    f"the in-sync set {sorted(self.counted())} did not confirm the write "
+                    f"within {self.timeout_s:g} s")
+        if len(self.isr) < self.min_insync:
+            # The set shrank while the write waited: it is held by fewer copies than
+            # promised (Kafka's NOT_ENOUGH_REPLICAS_AFTER_APPEND).
+            raise NotEnoughReplicas(f"the in-sync set shrank to {sorted(self.isr)} after the "
+                                    "write was stored; min_insync_replicas is "
+                                    f"{self.min_insync}")
 
     def check_min_insync(self) -> None:
         """Before a REPLICATED write: refuse it when the in-sync set is too small."""

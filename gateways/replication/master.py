@@ -47,6 +47,7 @@ class StreamStats:
     protocol_errors: int = 0
     frames: int = 0
     bytes: int = 0
+    errors: int = 0
 
 
 class ReplicationDoor:
@@ -90,10 +91,13 @@ class ReplicationDoor:
                 self.broker.replica_connected(node)
                 self.broker.replica_acked(node, first.end)
                 log.info("slave %s streaming from %d", node, first.end)
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._send, fs, first.end, nursery.cancel_scope)
-                    await self._receive_acks(fs, node)
-                    nursery.cancel_scope.cancel()
+                try:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._send, fs, first.end, nursery.cancel_scope)
+                        await self._receive_acks(fs, node)
+                        nursery.cancel_scope.cancel()
+                except BaseExceptionGroup as group:
+                    raise _first(group) from None
         except ReplicationProtocolError as exc:
             self.stats.protocol_errors += 1
             log.warning("replication protocol error from %s: %s", node or "a slave", exc)
@@ -103,6 +107,9 @@ class ReplicationDoor:
             log.info("slave %s disconnected: %s", node or "(handshake)", exc)
         except FerryError as exc:  # not master any more, a store error: the slave retries
             log.warning("replication to %s stopped: %s", node or "a slave", exc)
+        except Exception:  # a bug: that connection ends, the door and the other slaves go on
+            self.stats.errors += 1
+            log.exception("replication connection from %s failed", node or "a slave")
         finally:
             if node is not None:
                 self.broker.replica_disconnected(node)
@@ -148,3 +155,13 @@ class ReplicationDoor:
             frame = await fs.receive()
             assert isinstance(frame, Ack)  # the table allows nothing else while streaming
             self.broker.replica_acked(node, frame.end)
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The exception that ended a connection's two tasks (not the other's cancellation)."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first(exc)
+        if not isinstance(exc, trio.Cancelled):
+            return exc
+    return group.exceptions[0]
