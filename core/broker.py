@@ -1216,10 +1216,10 @@ class Broker:
                 with trio.move_on_after(0.05):
                     await r.changed().wait()
 
-    def replica_connected(self, node: str) -> None:
-        """A slave completed the handshake (the master)."""
+    def replica_connected(self, node: str, end: int) -> None:
+        """A slave completed the handshake holding its log up to ``end`` (the master)."""
         if self._replicas is not None:
-            self._replicas.connected_slave(node)
+            self._replicas.connected_slave(node, end)
 
     def replica_acked(self, node: str, end: int) -> None:
         """A slave holds its log up to ``end`` (the master)."""

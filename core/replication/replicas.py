@@ -117,8 +117,13 @@ class ReplicaSet:
 
     # ---------------------------------------------------------------- acks
 
-    def connected_slave(self, node: str) -> None:
+    def connected_slave(self, node: str, end: int) -> None:
+        """A slave completed the handshake holding its log up to ``end`` (which may be
+        less than it acked before: a machine crash can take back what the page cache
+        held)."""
         self.connected.add(node)
+        self.acked[node] = end
+        self._end_at_ack.pop(node, None)
 
     def disconnected_slave(self, node: str) -> None:
         self.connected.discard(node)
@@ -158,9 +163,9 @@ class ReplicaSet:
         if len(self.isr) < self.min_insync:
             # The set shrank while the write waited: it is held by fewer copies than
             # promised (Kafka's NOT_ENOUGH_REPLICAS_AFTER_APPEND).
-            raise NotEnoughReplicas(f"the in-sync set shrank to {sorted(self.isr)} after the "
-                                    "write was stored; min_insync_replicas is "
-                                    f"{self.min_insync}")
+            raise NotEnoughReplicas(f"the in-sync set {sorted(self.isr)} is smaller than "
+                                    f"min_insync_replicas ({self.min_insync}): the write is "
+                                    "stored but not acknowledged")
 
     def check_min_insync(self) -> None:
         """Before a REPLICATED write: refuse it when the in-sync set is too small."""

@@ -66,38 +66,41 @@ class ReplicationDoor:
 
     async def handle(self, stream: trio.abc.Stream) -> None:
         self.stats.connections += 1
+        async with stream:
+            await self._converse(stream)
+
+    async def _converse(self, stream: trio.abc.Stream) -> None:
         fs = FrameStream(stream, ReplicationConnection(Side.MASTER, self.max_frame))
         node = None
         try:
-            async with stream:
-                with trio.fail_after(HANDSHAKE_TIMEOUT_S):
-                    hello = await fs.receive()
-                    assert isinstance(hello, Hello)  # the table allows nothing else first
-                    refusal = self._check(hello)
-                    if refusal is not None:
-                        self.stats.refused += 1
-                        log.warning("refused slave %s: %s", hello.node, refusal.text)
-                        await fs.send(refusal)
-                        return
-                    pos = self.broker.replication_position()
-                    await fs.send(Welcome(pos.node, pos.epoch, pos.start, pos.end, pos.epochs))
-                    first = await fs.receive()
-                    assert isinstance(first, Ack)
-                if not pos.start <= first.end <= self.broker.replication_position().end:
-                    raise ReplicationProtocolError(
-                        f"the slave starts at {first.end}, outside this log "
-                        f"[{pos.start}, {pos.end}]: it must truncate first")
-                node = hello.node
-                self.broker.replica_connected(node)
-                self.broker.replica_acked(node, first.end)
-                log.info("slave %s streaming from %d", node, first.end)
-                try:
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(self._send, fs, first.end, nursery.cancel_scope)
-                        await self._receive_acks(fs, node)
-                        nursery.cancel_scope.cancel()
-                except BaseExceptionGroup as group:
-                    raise _first(group) from None
+            with trio.fail_after(HANDSHAKE_TIMEOUT_S):
+                hello = await fs.receive()
+                assert isinstance(hello, Hello)  # the table allows nothing else first
+                refusal = self._check(hello)
+                if refusal is not None:
+                    self.stats.refused += 1
+                    log.warning("refused slave %s: %s", hello.node, refusal.text)
+                    await fs.send(refusal)
+                    return
+                pos = self.broker.replication_position()
+                await fs.send(Welcome(pos.node, pos.epoch, pos.start, pos.end, pos.epochs))
+                first = await fs.receive()
+                assert isinstance(first, Ack)
+            if not pos.start <= first.end <= self.broker.replication_position().end:
+                raise ReplicationProtocolError(
+                    f"the slave starts at {first.end}, outside this log "
+                    f"[{pos.start}, {pos.end}]: it must truncate first")
+            node = hello.node
+            self.broker.replica_connected(node, first.end)
+            self.broker.replica_acked(node, first.end)
+            log.info("slave %s streaming from %d", node, first.end)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._send, fs, first.end, nursery.cancel_scope)
+                    await self._receive_acks(fs, node)
+                    nursery.cancel_scope.cancel()
+            except BaseExceptionGroup as group:
+                raise _first(group) from None
         except ReplicationProtocolError as exc:
             self.stats.protocol_errors += 1
             log.warning("replication protocol error from %s: %s", node or "a slave", exc)

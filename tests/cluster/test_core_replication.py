@@ -185,10 +185,11 @@ async def test_too_few_in_sync_replicas_refuse_a_replicated_write_before_storing
         tmp_path: Path) -> None:
     async with Broker.open(config(tmp_path / "m", min_insync_replicas=2),
                            master(isr=("m",))) as m:
-        await m.create_topic("A", 1)
         with pytest.raises(NotEnoughReplicas):
             await m.put(Message("A", b"x", queue_id=0))
-        assert m.queue_bounds("A", 0) == (0, 0)
+        assert m.find_topic("A") is None  # refused before anything was stored
+        with pytest.raises(NotEnoughReplicas):  # an admin change is stored, not acknowledged
+            await m.create_topic("B", 1)
         # acks=1 (LEADER) is still taken with one replica.
         await m.put(Message("A", b"y", queue_id=0), durability=Durability.LEADER)
 
@@ -211,7 +212,7 @@ async def test_the_in_sync_set_shrinks_after_the_lag_time_and_grows_when_caught_
         m.isr_changed({"m"})  # what the controller does once etcd holds it
         assert m.in_sync_replicas() == {"m"}
         await m.put(Message("A", b"y", queue_id=0))  # confirmed by the master alone now
-        m.replica_connected("s")
+        m.replica_connected("s", s.replication_position().end)
         pump(m, s)
         remove, add = m.isr_proposals()
         assert add == {"s"} and not remove
@@ -334,7 +335,7 @@ async def test_a_divergent_tail_is_truncated_and_the_state_rolled_back(tmp_path:
             # As stored (consumers see it once the master confirms it again).
             assert a.topic_stats("T").queues == ((0, 0, 10), (1, 0, 10))
             assert a.messages_by_key("T", "x") == []
-            b.replica_connected("a")
+            b.replica_connected("a", a.replication_position().end)
             pump(b, a, node="a")
             assert a.truncation_point(b.replication_position().epochs,
                                       b.replication_position().end) == b.replication_position().end
