@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))  # tests/history.py
-from harness import Etcd, Group  # noqa: E402
+from harness import Etcd, Group
 
 
 @pytest.fixture(scope="module")

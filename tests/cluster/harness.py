@@ -33,7 +33,7 @@ from ferrymq.protocols.remoting import headers as H
 from ferrymq.protocols.remoting.messages import decode_messages, encode_properties
 
 sys.path.insert(0, str(Path(__file__).parents[2]))  # the repository's conftest.py
-from conftest import BrokerProcess, free_port  # noqa: E402
+from conftest import BrokerProcess, free_port
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 

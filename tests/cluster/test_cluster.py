@@ -234,8 +234,8 @@ async def test_failover_under_load_loses_no_acknowledged_message(make_group) -> 
 
 async def read_queue_from(rc: RemotingClient, address: str, q: int, offset: int
                           ) -> list[tuple[int, bytes]]:
-    from harness import pull_request
     from ferrymq.protocols.remoting.messages import decode_messages
+    from harness import pull_request
 
     r = await rc.invoke(address, pull_request("H", q, offset), 5)
     if r.code != ResponseCode.SUCCESS:

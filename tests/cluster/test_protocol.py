@@ -69,7 +69,7 @@ def test_frames_split_anywhere_are_reassembled() -> None:
 
 
 def test_a_frame_out_of_turn_is_the_peers_fault() -> None:
-    slave, master = pair()
+    _, master = pair()
     master.receive_data(encode(Ack(5)))  # an ACK before HELLO
     with pytest.raises(ReplicationProtocolError) as err:
         master.next_event()
