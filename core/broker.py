@@ -1203,18 +1203,26 @@ class Broker:
         data = self.store.commitlog.chunk(start, end, max_bytes)
         return ReplicationChunk(epoch, epoch_start, start, self._replicas.confirm_offset(), data)
 
-    async def replication_wait(self, pos: int, confirm_sent: int, timeout: float) -> None:
-        """The master's stream to a slave at ``pos`` that was last sent ``confirm_sent``:
-        return when there is more to send (the log grew past ``pos``, the confirm
-        offset moved) or after ``timeout`` seconds (a heartbeat is due)."""
+    async def replication_wait(self, pos: int, timeout: float, confirm_delay: float,
+                               confirm_sent: int) -> bool:
+        """The master's stream to a slave at ``pos``, which was last sent
+        ``confirm_sent``: return True when the log grew past ``pos``, or the confirm
+        offset moved and ``confirm_delay`` passed without a record to carry it; False
+        after ``timeout`` with neither (a heartbeat is due)."""
         r = self._replicas
         if r is None:
             raise NotLeader("only a master streams its log")
-        with trio.move_on_after(timeout):
-            while self.store.dispatched_pos <= pos and r.confirm_offset() <= confirm_sent:
-                # Appends wake this; the short bound covers appends that bypass the paths.
-                with trio.move_on_after(0.05):
-                    await r.changed().wait()
+        now = trio.current_time()
+        deadline = now + timeout
+        while self.store.dispatched_pos <= pos:
+            if r.confirm_offset() > confirm_sent:
+                deadline = min(deadline, now + confirm_delay)
+            if trio.current_time() >= deadline:
+                return r.confirm_offset() > confirm_sent
+            # Appends wake this; the short bound covers appends that bypass the paths.
+            with trio.move_on_at(min(deadline, trio.current_time() + 0.05)):
+                await r.changed().wait()
+        return True
 
     def replica_connected(self, node: str, end: int) -> None:
         """A slave completed the handshake holding its log up to ``end`` (the master)."""

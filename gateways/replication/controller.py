@@ -23,6 +23,7 @@ isr; changed only by transactions comparing its mod revision), ``leader``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -124,19 +125,26 @@ class Controller:
     async def run(self, start_doors: StartDoors, announce: Announce) -> None:
         """Run lives of the core until cancelled."""
         truncate_to: int | None = None
-        while True:
-            await self._new_lease()
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._keepalive)
-                while not self.lease_lost.is_set():
-                    membership = await self._decide()
-                    if membership is None:
-                        break  # the lease went while deciding
-                    end = await self._life(membership, truncate_to, start_doors, announce)
-                    truncate_to = end.truncate_to
-                    log.warning("life %d (%s, epoch %d) ended: %s", self.life,
-                                membership.role.value, membership.epoch, end.reason)
-                nursery.cancel_scope.cancel()
+        try:
+            while True:
+                await self._new_lease()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._keepalive)
+                    while not self.lease_lost.is_set():
+                        membership = await self._decide()
+                        if membership is None:
+                            break  # the lease went while deciding
+                        end = await self._life(membership, truncate_to, start_doors, announce)
+                        truncate_to = end.truncate_to
+                        log.warning("life %d (%s, epoch %d) ended: %s", self.life,
+                                    membership.role.value, membership.epoch, end.reason)
+                    nursery.cancel_scope.cancel()
+        finally:
+            # A clean stop (the core is closed by now): give the lease back, so that the
+            # leader key goes at once and a slave is elected without waiting for the TTL.
+            with trio.CancelScope(shield=True), trio.move_on_after(1), \
+                    contextlib.suppress(EtcdError):
+                await self.etcd.revoke(self.lease)
 
     async def _new_lease(self) -> None:
         """A fresh lease (retrying while etcd is away) and this node's member key."""

@@ -37,6 +37,7 @@ log = logging.getLogger("ferrymq.cluster.master")
 
 CHUNK_BYTES = 1 << 20  # one TRANSFER carries at most this (unless one record is larger)
 HEARTBEAT_S = 0.5  # an idle stream sends the confirm offset this often
+CONFIRM_DELAY_S = 0.02  # a moved confirm offset waits this long for a record to ride on
 HANDSHAKE_TIMEOUT_S = 10.0
 
 
@@ -133,6 +134,10 @@ class ReplicationDoor:
         return None
 
     async def _send(self, fs: FrameStream, pos: int, scope: trio.CancelScope) -> None:
+        """New records as they come; the confirm offset rides on them. When no record
+        comes, a moved confirm offset goes out after ``CONFIRM_DELAY_S`` (a slave's
+        consumers wait for it, a busy stream would only bounce it back and forth), and
+        an idle stream heartbeats every ``HEARTBEAT_S``."""
         broker = self.broker
         sent_confirm = -1
         try:
@@ -147,9 +152,12 @@ class ReplicationDoor:
                     sent_confirm = chunk.confirm
                     if chunk.data:
                         continue
-                await broker.replication_wait(pos, sent_confirm, HEARTBEAT_S)
-                if broker.replication_position().end <= pos:
-                    sent_confirm = -1  # idle: the next round sends a heartbeat
+                moved = await broker.replication_wait(pos, HEARTBEAT_S, CONFIRM_DELAY_S,
+                                                      sent_confirm)
+                if not moved:
+                    sent_confirm = -1  # a heartbeat is due
+                # Let the puts that woke with this one append too: one frame for all.
+                await trio.lowlevel.checkpoint()
         finally:
             scope.cancel()
 

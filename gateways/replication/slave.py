@@ -104,15 +104,22 @@ async def _follow_once(broker: Broker, host: str, port: int, max_frame: int,
         while True:
             with trio.fail_after(IDLE_TIMEOUT_S):
                 frame = await fs.receive()
-            if isinstance(frame, Refuse):
-                if frame.code is RefuseReason.NOT_MASTER:
-                    raise MasterMoved(frame.text)
-                raise ReplicationProtocolError(f"refused: {frame.code.name} {frame.text}")
-            assert isinstance(frame, Transfer)
-            try:
-                end = broker.replicate(frame.epoch, frame.epoch_start, frame.start,
-                                       frame.confirm, bytes(frame.data))
-            except FerryError as exc:
-                raise ReplicationProtocolError(f"cannot apply a transfer at {frame.start}: "
-                                               f"{exc}") from None
+            end = _apply(broker, frame)
+            # Frames that came together are acked together: one ack, one wake-up there.
+            while (more := fs.conn.next_event()) is not None:
+                end = _apply(broker, more)
             await fs.send(Ack(end))
+
+
+def _apply(broker: Broker, frame: object) -> int:
+    if isinstance(frame, Refuse):
+        if frame.code is RefuseReason.NOT_MASTER:
+            raise MasterMoved(frame.text)
+        raise ReplicationProtocolError(f"refused: {frame.code.name} {frame.text}")
+    assert isinstance(frame, Transfer)
+    try:
+        return broker.replicate(frame.epoch, frame.epoch_start, frame.start, frame.confirm,
+                                bytes(frame.data))
+    except FerryError as exc:
+        raise ReplicationProtocolError(f"cannot apply a transfer at {frame.start}: "
+                                       f"{exc}") from None
