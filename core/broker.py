@@ -208,6 +208,12 @@ class Broker:
         it does anything. Raises PermissionDenied (today: never)."""
         self._access.check(principal, kind, name, operation)
 
+    def _master_only(self) -> None:
+        """The services that write (pop, timers, transactions, retry) run on a master:
+        a slave answers their calls NotLeader (docs/cluster.md)."""
+        if self.role is Role.SLAVE:
+            raise self._paths.write_refusal or NotLeader("this broker is a slave")
+
     def _permits(self, principal: Principal, kind: ResourceType, name: str,
                  operation: Operation) -> bool:
         """``_authorize`` as a question: listings show only what may be seen."""
@@ -596,6 +602,7 @@ class Broker:
         InvalidArgument, InvalidGroupName, GroupNotFound (auto-create off)."""
         self._authorize(principal, GROUP, group, READ)
         self._authorize(principal, TOPIC, topic, READ)
+        self._master_only()
         return await self.pop_service.pop(group, topic, max_messages, invisible_time_ms,
                                           filter, queue_id, wait_ms, init)
 
@@ -610,17 +617,20 @@ class Broker:
         receipt names. Raises InvalidReceipt (not issued by this broker), ReceiptStale
         (acked already, or its invisible time ran out, or superseded by
         change_invisible_time), TopicNotFound, PermissionDenied."""
+        self._master_only()
         self.pop_service.ack(receipt, self._receipt_check(principal))
 
     def ack_batch(self, receipts: Sequence[str], *,
                   principal: Principal = ANONYMOUS) -> list[FerryError | None]:
         """Ack several handles; per handle None (acked) or the error ``ack`` would raise."""
+        self._master_only()
         return self.pop_service.ack_batch(receipts, self._receipt_check(principal))
 
     def change_invisible_time(self, receipt: str, invisible_time_ms: int, *,
                               principal: Principal = ANONYMOUS) -> ReceiptRenewal:
         """Extend (or shorten) a lease to ``invisible_time_ms`` from now. The old handle
         becomes stale; ack with the returned one. Raises as ``ack``, and InvalidArgument."""
+        self._master_only()
         return self.pop_service.change_invisible_time(receipt, invisible_time_ms,
                                                       self._receipt_check(principal))
 
@@ -643,6 +653,7 @@ class Broker:
     def receipt(self, handle: str) -> Receipt:
         """What a receipt handle this broker issued names (group, topic, queue,
         offset...), without asking whether it is current. Raises InvalidReceipt."""
+        self._master_only()
         return self.pop_service.codec.decode(handle)
 
     # ================================================================ offsets
@@ -1067,6 +1078,7 @@ class Broker:
         or the offset id of the timer record). Durable under sync flush when this
         returns. Checks WRITE on the timer's destination topic. Raises TimerNotFound
         (unknown, delivered, or cancelled already), PermissionDenied."""
+        self._master_only()
         return await self.timers.cancel(message_id, self._topic_check(principal, WRITE))
 
     def timer_stats(self, *, principal: Principal = ANONYMOUS) -> TimerStats:
@@ -1082,6 +1094,7 @@ class Broker:
         ``put`` of a message with ``TRAN_MSG=true`` and ``PGROUP`` does the same.
         Checks WRITE on the topic."""
         self._authorize(principal, TOPIC, message.topic, WRITE)
+        self._master_only()
         return await self.transactions.prepare(message, producer_group)
 
     async def end_transaction(self, half: HalfHandle | int | str,
@@ -1095,6 +1108,7 @@ class Broker:
         where the message landed, exactly once; ROLLBACK and UNKNOWN return None.
         Checks WRITE on the half's topic. Raises TransactionNotFound,
         TransactionAlreadyEnded, InvalidArgument, PermissionDenied."""
+        self._master_only()
         return await self.transactions.end_transaction(
             half, action, producer_group=producer_group, transaction_id=transaction_id,
             from_check=from_check, authorize=self._topic_check(principal, WRITE))
@@ -1138,6 +1152,7 @@ class Broker:
         maximum reconsume count to %DLQ%<group>; see core/retry.py. Checks READ on
         the group."""
         self._authorize(principal, GROUP, group, READ)
+        self._master_only()
         return await self.retry.send_back(group, message, delay_level,
                                           max_reconsume_times=max_reconsume_times)
 
@@ -1162,6 +1177,7 @@ class Broker:
         ``refs`` is None); a letter resent before needs ``force``. Checks READ on the
         group and WRITE on every original topic before resending any."""
         self._authorize(principal, GROUP, group, READ)
+        self._master_only()
         return await self.retry.resend(group, refs, force=force,
                                        authorize=self._topic_check(principal, WRITE))
 
@@ -1335,7 +1351,7 @@ class Broker:
             floor = self.store.commitlog.min_offset
             gone: list[Change] = [(NS_TOMBSTONE, name, None)
                                   for name, at in self.meta.tombstones.items() if at <= floor]
-            if gone:
+            if gone and self.role is not Role.SLAVE:  # a slave gets its master's
                 self.state.append(gone)  # no record of those topics is left to rule out
         return deleted
 

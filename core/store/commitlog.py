@@ -208,16 +208,16 @@ class CommitLog:
         if seg is None or start >= end:
             return b""
         stop = min(end, seg.end)
-        mm, pos = seg.mm, start
-        limit = start + max_bytes
-        while pos < stop:
-            total, _magic = rec.peek_size(mm, pos - seg.base)
-            if total <= 0 or pos + total > seg.end:
-                raise StoreError(f"no record at CommitLog offset {pos}")
-            if pos + total > stop or (pos + total > limit and pos > start):
-                break
-            pos += total
-        return bytes(mm[start - seg.base:pos - seg.base])
+        pos, limit = start, start + max_bytes
+        with memoryview(seg.mm) as mm:  # released here: a view would keep the mapping open
+            while pos < stop:
+                total, _magic = rec.peek_size(mm, pos - seg.base)
+                if total <= 0 or pos + total > seg.end:
+                    raise StoreError(f"no record at CommitLog offset {pos}")
+                if pos + total > stop or (pos + total > limit and pos > start):
+                    break
+                pos += total
+            return bytes(mm[start - seg.base:pos - seg.base])
 
     def _roll(self, base: int) -> Segment:
         seg = Segment(os.path.join(self.directory, segment_name(base)), base,

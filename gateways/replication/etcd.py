@@ -144,7 +144,7 @@ class EtcdClient:
                 while True:
                     event = conn.next_event()
                     if event is h11.NEED_DATA:
-                        conn.receive_data(await stream.receive_some(65536))
+                        conn.receive_data(bytes(await stream.receive_some(65536)))
                     elif isinstance(event, h11.Data):
                         chunks.append(bytes(event.data))
                         size += len(event.data)
@@ -228,7 +228,7 @@ class EtcdClient:
                         data = await stream.receive_some(65536)
                     except (OSError, trio.BrokenResourceError) as exc:
                         raise EtcdUnavailable(f"etcd watch: {exc}") from None
-                    conn.receive_data(data)
+                    conn.receive_data(bytes(data))
                     continue
                 if isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
                     raise EtcdUnavailable("etcd closed the watch")

@@ -298,3 +298,34 @@ async def test_the_replication_port_answers_garbage_with_a_refusal(make_group) -
     async with RemotingClient() as rc:  # the real slave is still served
         assert (await rc.invoke(a.remoting, send_request("G", b"still", 0))).code == 0
     await wait_same_log(a, b)
+
+
+async def test_kafka_acks_1_waits_for_the_master_and_acks_all_for_the_in_sync_set(
+        make_group) -> None:
+    """The Kafka door passes the producer's acks down: with the in-sync set below
+    min_insync_replicas, acks=1 is still taken by the master, acks=all is refused
+    NOT_ENOUGH_REPLICAS (confluent-kafka, retries off to see the broker's answer)."""
+    from confluent_kafka import KafkaError, Producer
+
+    g = make_group(min_insync_replicas=2, replica_lag_max_ms=1000)
+    a = await g.node("a", doors=("remoting", "kafka")).start()
+    await a.wait_role("master")
+    b = await g.node("b", doors=("remoting", "kafka")).start()
+    await b.wait_role("slave")
+    await g.wait_isr({"a", "b"})
+
+    def produce(acks: str) -> KafkaError | None:
+        p = Producer({"bootstrap.servers": a.process.address("kafka"), "acks": acks,
+                      "retries": 0, "message.timeout.ms": 5000,
+                      "enable.idempotence": False})
+        errors: list[KafkaError | None] = []
+        p.produce("K", b"v", partition=0, on_delivery=lambda err, _msg: errors.append(err))
+        p.flush(15)
+        return errors[0] if errors else KafkaError(KafkaError._MSG_TIMED_OUT)
+
+    assert await trio.to_thread.run_sync(produce, "all") is None  # creates K, both copies
+    b.kill()
+    await g.wait_isr({"a"})
+    assert await trio.to_thread.run_sync(produce, "1") is None
+    err = await trio.to_thread.run_sync(produce, "all")
+    assert err is not None and err.code() == KafkaError.NOT_ENOUGH_REPLICAS, err

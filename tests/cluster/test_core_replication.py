@@ -366,3 +366,17 @@ async def test_a_sync_groups_admin_changes_and_commits_wait_for_the_in_sync_set(
         m.commit_offset("g", "A", 0, 1)
         with pytest.raises(ReplicationTimeout):
             await m.wait_durable()
+
+
+async def test_a_slave_answers_the_writing_services_not_leader(tmp_path: Path) -> None:
+    async with Broker.open(config(tmp_path / "s"), slave()) as s:
+        with pytest.raises(NotLeader):
+            await s.pop("g", "A")
+        with pytest.raises(NotLeader):
+            s.ack("whatever")
+        with pytest.raises(NotLeader):
+            await s.cancel_timer("id")
+        with pytest.raises(NotLeader):
+            await s.prepare(Message("A", b"x"), "pg")
+        with pytest.raises(NotLeader):
+            await s.send_back("g", 0)
