@@ -43,7 +43,8 @@ from .slave import CannotFollow, MasterMoved, NeedsTruncation, follow
 log = logging.getLogger("ferrymq.cluster")
 
 ISR_CHECK_S = 0.1  # how often the master looks at its in-sync set
-DECIDE_RETRY_S = 0.2  # how often a node without a master looks again (a watch wakes it sooner)
+DECIDE_RETRY_S = 0.2  # a pause after a failed look at etcd
+WATCH_S = 2.0  # a watch of the group's keys is renewed this often (each wakes at a change)
 
 StartDoors = Callable[[Broker, trio.Nursery], Awaitable[dict[str, int]]]
 Announce = Callable[[dict[str, Any]], None]
@@ -197,9 +198,10 @@ class Controller:
     # ================================================================ deciding
 
     async def _read_group(self) -> tuple[GroupState | None, KeyValue | None,
-                                         dict[str, dict[str, Any]]]:
+                                         dict[str, dict[str, Any]], int]:
+        """(state, leader key, members, etcd's revision of this read)."""
         base = self.keys.state.rsplit("/", 1)[0] + "/"
-        kvs, _ = await self.etcd.range(base, prefix=True)
+        kvs, revision = await self.etcd.range(base, prefix=True)
         state = leader = None
         members: dict[str, dict[str, Any]] = {}
         for kv in kvs:
@@ -212,13 +214,13 @@ class Controller:
                     members[kv.key[len(self.keys.members):]] = kv.json()
                 except ValueError:
                     continue
-        return state, leader, members
+        return state, leader, members, revision
 
     async def _decide(self) -> Membership | None:
         """Follow the master etcd names, or win an election; wait while neither can be."""
         while not self.lease_lost.is_set():
             try:
-                state, leader, members = await self._read_group()
+                state, leader, members, revision = await self._read_group()
                 if leader is not None:
                     doc = leader.json()
                     master = str(doc["node"])
@@ -237,15 +239,20 @@ class Controller:
                         return won
             except (EtcdError, ValueError, KeyError) as exc:
                 log.warning("cannot read the group from etcd: %s", exc)
-            await self._wait_for_change()
+                revision = 0
+            await self._wait_for_change(revision)
         return None
 
-    async def _wait_for_change(self) -> None:
-        """Until a key of the group changes (a watch), or a short while."""
+    async def _wait_for_change(self, revision: int, timeout: float = WATCH_S) -> None:
+        """Until a key of the group changes after the last read (a watch from the next
+        revision: no change in between is missed), or ``timeout`` (a safety net)."""
+        if not revision:  # etcd could not be read: look again soon
+            await trio.sleep(DECIDE_RETRY_S)
+            return
         base = self.keys.state.rsplit("/", 1)[0] + "/"
-        with trio.move_on_after(DECIDE_RETRY_S):
+        with trio.move_on_after(timeout):
             try:
-                async for _ in self.etcd.watch(base, prefix=True):
+                async for _ in self.etcd.watch(base, prefix=True, start_revision=revision + 1):
                     return
             except EtcdError:
                 await trio.sleep(DECIDE_RETRY_S)
@@ -347,11 +354,13 @@ class Controller:
                       end: Callable[[LifeEnd], None]) -> None:
         while True:
             try:
-                _, _, members = await self._read_group()
+                _, _, members, _ = await self._read_group()
                 addr = str(members.get(m.master, {}).get("replication", ""))
                 host, _, port = addr.rpartition(":")
                 if not host or not port.isdigit() or int(port) == 0:
-                    raise MasterMoved(f"master {m.master} has no replication address yet")
+                    # The master publishes its replication port once its door listens.
+                    await trio.sleep(DECIDE_RETRY_S)
+                    continue
                 await follow(broker, host, int(port), max_frame=self.cluster.max_frame_bytes)
             except NeedsTruncation as exc:
                 end(LifeEnd("the log diverged from the master's", exc.end))
@@ -371,8 +380,9 @@ class Controller:
     async def _watch_term(self, m: Membership, end: Callable[[LifeEnd], None]) -> None:
         """The life ends when the group's master or epoch is no longer this life's."""
         while True:
+            revision = 0
             try:
-                state, leader, _ = await self._read_group()
+                state, leader, _, revision = await self._read_group()
                 if m.role is Role.MASTER:
                     if state is None or state.master != self.node or state.epoch != m.epoch \
                             or leader is None or leader.lease != self.lease:
@@ -386,7 +396,7 @@ class Controller:
                     return
             except (EtcdError, ValueError) as exc:
                 log.warning("etcd: %s", exc)
-            await self._wait_for_change()
+            await self._wait_for_change(revision)
 
     async def _manage_isr(self, broker: Broker, end: Callable[[LifeEnd], None]) -> None:
         """The master: change the in-sync set in etcd as the acks call for, by a
@@ -419,7 +429,7 @@ class Controller:
                 continue
             broker.cancel_isr_add(add)
             try:
-                state, _, _ = await self._read_group()
+                state, _, _, _ = await self._read_group()
             except EtcdError:
                 continue
             if state is None or state.master != self.node or state.epoch != self.epoch:
