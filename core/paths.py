@@ -247,6 +247,10 @@ class Paths:
         if g is None:
             if not self.config.auto_create_groups:
                 raise GroupNotFound(f"consumer group {name} does not exist")
+            if self.write_refusal is not None:
+                # A slave serving reads (or a fenced master) creates nothing: the group
+                # is created where it commits, on the master.
+                return GroupConfig(name, created_at=now_ms())
             self._state.append(((NS_GROUP, name, GroupConfig(name, created_at=now_ms()).to_json()),))
             g = self._meta.groups[name]
         return g
