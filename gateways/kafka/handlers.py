@@ -21,6 +21,7 @@ from ...core.broker import Broker
 from ...core.errors import FerryError
 from ...core.message import GetStatus, Message, StoredRecord
 from ...core.metrics import DoorMetrics
+from ...core.replication import Durability
 from ...protocols import record as rec
 from ...protocols.kafka import batch_header as bh
 from ...protocols.kafka import errors as ke
@@ -244,14 +245,14 @@ class KafkaDoor:
                     parts.append(R.PartitionProduceResponse(index=pd.index, error_code=code))
                 else:
                     parts.append(await self._produce_partition(R, td.name, pd.index, pd.records,
-                                                               s))
+                                                               s, acks))
             responses.append(R.TopicProduceResponse(name=td.name, partition_responses=tuple(parts)))
         if acks == 0:
             return None
         return R(responses=tuple(responses))
 
     async def _produce_partition(self, R: Any, topic: str, index: int, records: Any,
-                                 s: Session) -> Any:
+                                 s: Session, acks: int = 1) -> Any:
         def fail(code: int, message: str | None = None) -> Any:
             return R.PartitionProduceResponse(index=index, error_code=code, base_offset=-1,
                                               error_message=message)
@@ -280,7 +281,7 @@ class KafkaDoor:
         base_offset = -1
         try:
             for batch in batches:
-                off = await self._append(topic, index, batch, s.principal)
+                off = await self._append(topic, index, batch, s.principal, _durability(acks))
                 if base_offset < 0:
                     base_offset = off
         except _ProduceError as exc:
@@ -296,7 +297,8 @@ class KafkaDoor:
                                           base_offset=base_offset, log_append_time_ms=-1,
                                           log_start_offset=lo)
 
-    async def _append(self, topic: str, queue_id: int, batch: Any, principal: Principal) -> int:
+    async def _append(self, topic: str, queue_id: int, batch: Any, principal: Principal,
+                      durability: Durability = Durability.LEADER) -> int:
         """Append one v2 batch, applying the idempotent producer's sequence rules. A batch
         whose records ask for a delivery time is split into messages (``_put_split``);
         any other is stored verbatim."""
@@ -316,16 +318,18 @@ class KafkaDoor:
                     Verdict.FENCED: ke.INVALID_PRODUCER_EPOCH,
                     Verdict.UNKNOWN_PRODUCER: ke.UNKNOWN_PRODUCER_ID}[verdict])
             if records is not None:
-                offset = await self._put_split(topic, queue_id, records, principal)
+                offset = await self._put_split(topic, queue_id, records, principal, durability)
             else:
                 offset = (await self.broker.put_kafka_batch(topic, queue_id, batch,
+                                                            durability=durability,
                                                             principal=principal)).queue_offset
             self.producers.record(pid, hdr.producer_epoch, topic, queue_id, hdr.base_sequence,
                                   hdr.records_count, offset, now_ms())
             return offset
         if records is not None:
-            return await self._put_split(topic, queue_id, records, principal)
-        result = await self.broker.put_kafka_batch(topic, queue_id, batch, principal=principal)
+            return await self._put_split(topic, queue_id, records, principal, durability)
+        result = await self.broker.put_kafka_batch(topic, queue_id, batch, durability=durability,
+                                                   principal=principal)
         return result.queue_offset
 
     def _timed_records(self, batch: Any, hdr: bh.BatchHeader) -> tuple[kr.Record, ...] | None:
@@ -345,7 +349,8 @@ class KafkaDoor:
         return records if any(wants_delivery(r.headers) for r in records) else None
 
     async def _put_split(self, topic: str, queue_id: int, records: tuple[kr.Record, ...],
-                         principal: Principal) -> int:
+                         principal: Principal, durability: Durability = Durability.LEADER
+                         ) -> int:
         """Store a batch with delivery-time records as messages: each timed record through
         ``Broker.put`` (a timer), the others together as one native batch record. Every
         timed record is checked before anything is stored (all or nothing, as for a
@@ -365,9 +370,10 @@ class KafkaDoor:
                                          born_timestamp=r.timestamp))
         offset = -1
         if immediate:
-            offset = (await broker.put(immediate, principal=principal)).queue_offset
+            offset = (await broker.put(immediate, durability=durability,
+                                       principal=principal)).queue_offset
         for m in timed:
-            await broker.put(m, principal=principal)
+            await broker.put(m, durability=durability, principal=principal)
         self.counters["timed_records"] = self.counters.get("timed_records", 0) + len(timed)
         return offset
 
@@ -869,3 +875,9 @@ def _native_key(props: Mapping[str, str]) -> tuple[bytes | None, list[Any]]:
     from .mapping import properties_to_kafka
 
     return properties_to_kafka(props)
+
+
+def _durability(acks: int) -> Durability:
+    """Kafka's acks as the core's durability: acks=all waits for the in-sync set
+    (docs/cluster.md), 0 and 1 for the leader only."""
+    return Durability.REPLICATED if acks == -1 else Durability.LEADER
