@@ -1,6 +1,6 @@
 """The Kafka door's cluster and admin APIs that a one-broker cluster answers honestly.
 
-DeleteRecords, OffsetDelete, OffsetForLeaderEpoch, DescribeLogDirs,
+DeleteRecords, OffsetDelete, OffsetForLeaderEpoch, DescribeLogDirs, AlterReplicaLogDirs,
 DescribeCluster, DescribeTopicPartitions, ElectLeaders, the reassignment APIs and
 DescribeProducers (docs/kafka.md, "One broker, answered honestly"). A FerryMQ
 broker is its own cluster of one: it leads every partition at leader epoch 0 and
@@ -30,7 +30,7 @@ from .groups import Coordinator
 from .mapping import kafka_visible
 from .producers import ProducerStates
 
-DELETE_RECORDS, OFFSET_FOR_LEADER_EPOCH, DESCRIBE_LOG_DIRS = 21, 23, 35
+DELETE_RECORDS, OFFSET_FOR_LEADER_EPOCH, ALTER_REPLICA_LOG_DIRS, DESCRIBE_LOG_DIRS = 21, 23, 34, 35
 ELECT_LEADERS, ALTER_PARTITION_REASSIGNMENTS, LIST_PARTITION_REASSIGNMENTS = 43, 45, 46
 OFFSET_DELETE, DESCRIBE_CLUSTER, DESCRIBE_PRODUCERS, DESCRIBE_TOPIC_PARTITIONS = 47, 60, 61, 75
 NS_LOG_START = "kafka.log_start"
@@ -215,6 +215,26 @@ class ClusterApis:
         return R(error_code=ke.NONE, results=(R.DescribeLogDirsResult(
             error_code=ke.NONE, log_dir=path, topics=topics, total_bytes=total,
             usable_bytes=usable),))
+
+    async def alter_replica_log_dirs(self, h: Header, req: Any, s: Any) -> Any:
+        """Move replicas between log directories: there is one, so a move into it is done
+        already and any other directory is LOG_DIR_NOT_FOUND."""
+        R = schema.response_class(ALTER_REPLICA_LOG_DIRS)
+        here = self.broker.config.data_dir
+        results: dict[str, list[Any]] = {}
+        for d in req.dirs:
+            for t in d.topics:
+                found = self._find(t.name, s)
+                for p in t.partitions:
+                    if found is None or not 0 <= p < found.queues:
+                        code = ke.UNKNOWN_TOPIC_OR_PARTITION
+                    else:
+                        code = ke.NONE if d.path == here else ke.LOG_DIR_NOT_FOUND
+                    results.setdefault(t.name, []).append(R.AlterReplicaLogDirPartitionResult(
+                        partition_index=p, error_code=code))
+        return R(results=tuple(R.AlterReplicaLogDirTopicResult(topic_name=name,
+                                                               partitions=tuple(parts))
+                               for name, parts in results.items()))
 
     async def describe_cluster(self, h: Header, req: Any, s: Any) -> Any:
         R = schema.response_class(DESCRIBE_CLUSTER)

@@ -156,6 +156,14 @@ async def test_one_broker_answers_the_cluster_apis_honestly(tmp_path) -> None:
         dirs = await run(c.call, DESCRIBE_LOG_DIRS, 4, L(topics=None))
         [d] = dirs.results
         assert d.total_bytes > 0 and "adm" in {t.name for t in d.topics}
+        M = Req(34)
+        moved = await run(c.call, 34, 2, M(dirs=(
+            M.AlterReplicaLogDir(path=d.log_dir, topics=(
+                M.AlterReplicaLogDirTopic(name="adm", partitions=(0,)),)),
+            M.AlterReplicaLogDir(path="/elsewhere", topics=(
+                M.AlterReplicaLogDirTopic(name="adm", partitions=(0,)),)))))
+        assert [p.error_code for r in moved.results for p in r.partitions] == \
+            [ke.NONE, ke.LOG_DIR_NOT_FOUND]
         # DescribeCluster and DescribeTopicPartitions.
         K = Req(DESCRIBE_CLUSTER)
         cl = await run(c.call, DESCRIBE_CLUSTER, 1, K(endpoint_type=1))

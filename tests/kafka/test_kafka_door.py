@@ -211,7 +211,7 @@ def test_sasl_plain(tmp_path, start_broker) -> None:
         anon.close()
 
 
-@pytest.mark.parametrize("api", [21, 23, 24, 25, 26, 28, 35, 43, 45, 46, 47, 60, 61, 65, 66, 75])
+@pytest.mark.parametrize("api", [21, 23, 24, 25, 26, 28, 34, 35, 43, 45, 46, 47, 60, 61, 65, 66, 75])
 def test_garbage_in_a_new_api_closes_only_that_connection(door, api: int) -> None:
     """Every API added for transactions and the cluster answers a body that does not decode
     as Kafka does: that connection is closed, every other one is served."""
