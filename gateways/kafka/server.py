@@ -81,7 +81,10 @@ async def serve(ctx: DoorContext, *, task_status: trio.TaskStatus[int] = trio.TA
         abort_check_interval_ms=options.transaction_abort_check_interval_ms,
         id_expiration_ms=options.transactional_id_expiration_ms))
     txns.load()
-    for pid in txns.by_pid:  # ids the state log gave out are never handed out again
+    # Producer ids come from the state log's blocks; none below what the producer snapshot
+    # (and its replay) knows was handed out, and the snapshot never reuses the log's.
+    txns.reserve_below(producers.next_id)
+    for pid in txns.by_pid:
         producers.next_id = max(producers.next_id, pid + 1)
     listeners = await trio.open_tcp_listeners(ctx.port, host=ctx.host)
     port = listeners[0].socket.getsockname()[1]

@@ -249,6 +249,11 @@ class TransactionCoordinator:
 
     # ---------------------------------------------------------------- producer ids
 
+    def reserve_below(self, pid: int) -> None:
+        """Never hand out an id below ``pid`` (ids a round-1 data directory's producer
+        snapshot gave out before they were reserved in the state log)."""
+        self._next_id = max(self._next_id, pid)
+
     async def new_producer_id(self) -> int:
         """A producer id never handed out before, on this broker's whole history: ids are
         reserved in blocks by a state record, so a crash never hands one out twice."""
