@@ -2,10 +2,10 @@
 """Run the kafka-python project's own integration suite (its ``test/integration``) against
 a FerryMQ broker started here. The suite is not part of this repository: bring a checkout.
 
-    git clone <kafka-python repository> /tmp/kafka-python      # any recent main
-    python3 -m venv /tmp/kp-venv
-    /tmp/kp-venv/bin/pip install pytest pytest-mock pytest-timeout lz4 zstandard crc32c
-    python scripts/kafka_python_suite.py /tmp/kafka-python --python /tmp/kp-venv/bin/python
+    git clone <kafka-python repository> kafka-python     # any recent main
+    python3 -m venv kp-venv
+    kp-venv/bin/pip install pytest pytest-mock pytest-timeout lz4 zstandard crc32c python-snappy
+    python scripts/kafka_python_suite.py kafka-python --python kp-venv/bin/python
 
 The checkout's own ``kafka`` package is what is tested (``PYTHONPATH`` points at the
 checkout), the way its CI runs the suite; the FerryMQ broker runs from this repository
