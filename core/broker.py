@@ -117,7 +117,7 @@ from .replication import STANDALONE, Durability, Membership, Role, SlaveView
 from .replication.epochs import EpochFile, truncation_point
 from .replication.replicas import ReplicaSet, SlaveStatus
 from .retry import RESENT_TOPIC, DeadLetter, ResendResult, RetryService, SendBackResult
-from .statelog import STATE_TOPIC, Change, StateLog
+from .statelog import STATE_TOPIC, Change, Key, StateLog
 from .stats import BrokerStats, Counters, GroupTopicStats, Health, QueueLag, StoredQueue, TopicStats
 from .store.store import MessageStore, RecoveryReport, StoreConfig
 from .supervisor import TaskSupervisor
@@ -126,6 +126,7 @@ from .transactions import (
     CHECK_MAX_TOPIC,
     HALF_TOPIC,
     OP_TOPIC,
+    GroupEnd,
     HalfHandle,
     PendingTransaction,
     TransactionAction,
@@ -710,6 +711,22 @@ class Broker:
             raise OffsetOutOfRange(f"offset {offset} is negative")
         self._paths.commit(group, topic, queue_id, offset)
 
+    async def delete_committed_offsets(self, group: str,
+                                       queues: Iterable[tuple[str, int]], *,
+                                       principal: Principal = ANONYMOUS) -> int:
+        """Forget the group's committed offsets of the (topic, queue id) pairs (Kafka's
+        OffsetDelete); returns how many there were. Durable when this returns. Checks
+        DELETE on the group and READ on each topic. Raises InvalidGroupName."""
+        self._authorize(principal, GROUP, group, DELETE)
+        validate_group_name(group)
+        pairs = list(queues)
+        for topic in {t for t, _q in pairs}:
+            self._authorize(principal, TOPIC, topic, READ)
+        changes: list[Change] = [(NS_OFFSET, (group, t, q), None) for t, q in pairs
+                                 if self.meta.committed(group, t, q) is not None]
+        await self.state.put_many(changes)
+        return len(changes)
+
     async def wait_durable(self) -> None:
         """Return once every state change made so far (offset commits, pop acks,
         auto-created groups) is as durable as the flush policy promises: under sync
@@ -1121,6 +1138,35 @@ class Broker:
             half, action, producer_group=producer_group, transaction_id=transaction_id,
             from_check=from_check, authorize=self._topic_check(principal, WRITE))
 
+    async def prepare_kafka_batch(self, topic: str, queue_id: int,
+                                  batch: bytes | bytearray | memoryview, producer_group: str, *,
+                                  coordinator: str, properties: Mapping[str, str] | None = None,
+                                  principal: Principal = ANONYMOUS) -> HalfHandle:
+        """Store a Kafka RecordBatch as a half of ``producer_group`` that the door named
+        ``coordinator`` decides (docs/transactions.md, "Kafka transactions"): invisible
+        to every door until ``end_transaction_group`` commits it. Checks WRITE on the
+        topic and on the producer group's transactional id. Raises as ``prepare``, and
+        CorruptMessage."""
+        self._authorize(principal, TOPIC, topic, WRITE)
+        self._authorize(principal, TRANSACTIONAL_ID, producer_group, WRITE)
+        return await self.transactions.prepare_kafka_batch(topic, queue_id, batch,
+                                                           producer_group, coordinator,
+                                                           properties)
+
+    async def end_transaction_group(self, producer_group: str, commit: bool, *,
+                                    coordinator: str,
+                                    accept: Callable[[Mapping[str, str]], bool] | None = None,
+                                    trailers: Sequence[tuple[str, int, bytes]] = (),
+                                    principal: Principal = ANONYMOUS) -> GroupEnd:
+        """Commit (or roll back) every open half of ``producer_group`` that ``coordinator``
+        decides, then append ``trailers`` (topic, queue, Kafka batch) in the same step:
+        see core/transactions.py ``end_group``. Checks WRITE on the transactional id and
+        on every topic written."""
+        self._authorize(principal, TRANSACTIONAL_ID, producer_group, WRITE)
+        return await self.transactions.end_group(
+            producer_group, commit, coordinator=coordinator, accept=accept, trailers=trailers,
+            authorize=self._topic_check(principal, WRITE))
+
     def set_transaction_checker(self, checker: TransactionChecker | None) -> None:
         """Install the check-back hook: ``async (producer_group, HalfMessage) -> bool``,
         True when the question reached a live producer of the group. Door wiring:
@@ -1340,6 +1386,31 @@ class Broker:
     def in_sync_replicas(self) -> frozenset[str]:
         return self._replicas.isr if self._replicas is not None else self.membership.isr
 
+    # ================================================================ a door's own durable state
+    # Session state a door keeps beside the messages (the Kafka door's group membership,
+    # transactions, producer ids, commit metadata) lives in the state log, in namespaces
+    # named after the door ("kafka.group"): durable with the CommitLog, replayed at
+    # start-up (and, with replication, on slaves), never a file of its own.
+
+    async def put_door_state(self, changes: Sequence[Change], *,
+                             principal: Principal = ANONYMOUS) -> None:
+        """Set keys of a door's namespaces (a value None deletes the key), in one state
+        record where they fit; as durable as the flush policy promises when this
+        returns. A door namespace is "<door>.<name>". Checks ALTER on the cluster (a
+        door's bookkeeping passes SYSTEM). Raises InvalidArgument."""
+        self._authorize(principal, CLUSTER, "", ALTER)
+        for ns, _key, _value in changes:
+            _check_door_namespace(ns)
+        await self.state.put_many(changes)
+
+    def door_state(self, namespace: str, *, principal: Principal = ANONYMOUS
+                   ) -> list[tuple[Key, object]]:
+        """Every (key, value) of a door namespace as the state log holds it (arrays come
+        back as tuples). Checks DESCRIBE on the cluster. Raises InvalidArgument."""
+        self._authorize(principal, CLUSTER, "", DESCRIBE)
+        _check_door_namespace(namespace)
+        return self.state.items(namespace)
+
     # ================================================================ retention
 
     def run_retention(self) -> list[int]:
@@ -1384,6 +1455,12 @@ class ReplicationChunk:
     start: int
     confirm: int
     data: bytes
+
+
+def _check_door_namespace(namespace: str) -> None:
+    door, dot, name = namespace.partition(".") if isinstance(namespace, str) else ("", "", "")
+    if not (door and dot and name and door.isalnum()):
+        raise InvalidArgument(f"a door's state namespace is <door>.<name>, not {namespace!r}")
 
 
 def _check_topic_args(queues: int, perm: int, message_type: str) -> None:
