@@ -19,7 +19,7 @@ import trio
 from ...core.access import ANONYMOUS, MECHANISM_SASL_PLAIN, Principal, anonymous
 from ...core.broker import Broker
 from ...core.errors import FerryError
-from ...core.message import GetStatus, Message, StoredRecord
+from ...core.message import PROPERTY_DOOR, GetStatus, Message, StoredRecord
 from ...core.metrics import DoorMetrics
 from ...protocols import record as rec
 from ...protocols.kafka import batch_header as bh
@@ -31,6 +31,7 @@ from .errors import kafka_error
 from .groups import DEAD, EMPTY, Coordinator
 from .mapping import (
     DELIVERY_MARK,
+    DOOR,
     delivery_message,
     kafka_to_properties,
     pack_messages,
@@ -361,7 +362,8 @@ class KafkaDoor:
                 timed.append(m)
             else:
                 immediate.append(Message(topic, r.value if r.value is not None else b"",
-                                         kafka_to_properties(r.key, r.headers), queue_id,
+                                         {**kafka_to_properties(r.key, r.headers),
+                                          PROPERTY_DOOR: DOOR}, queue_id,
                                          born_timestamp=r.timestamp))
         offset = -1
         if immediate:
