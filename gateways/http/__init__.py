@@ -2,8 +2,9 @@
 
 ``serve`` binds the listener and serves the route table of ``api.py`` through
 the HTTP/1.1 connection loop of ``server.py``. Options (the ``[http]`` table): the
-limits of ``server.Limits`` by name, and ``auth_tokens`` (a list of bearer
-tokens; authentication is off when absent).
+limits of ``server.Limits`` by name, ``auth_tokens`` (a list of bearer
+tokens; authentication is off when absent) and the CORS policy (``cors.OPTIONS``:
+which web pages of other origins may call the door).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import trio
 
 from ..server import DoorContext
+from . import cors
 from .api import Api
 from .app import BearerTokens, HttpApp
 from .server import Limits, serve_connections
@@ -26,15 +28,18 @@ API_INFO = {
 }
 
 
+OTHER_OPTIONS = ("auth_tokens", *cors.OPTIONS)
+
+
 def build_app(ctx: DoorContext) -> HttpApp:
     options: dict[str, Any] = dict(ctx.options)
-    limits = Limits.from_options(options, others=("auth_tokens",))
+    limits = Limits.from_options(options, others=OTHER_OPTIONS)
     tokens = options.get("auth_tokens")
     if isinstance(tokens, str):
         tokens = [tokens]
     auth = BearerTokens(tokens) if tokens else None
     api = Api(ctx.broker, limits, API_INFO, security=auth is not None)
-    return HttpApp(api.routes, limits, ctx.broker.metrics, auth)
+    return HttpApp(api.routes, limits, ctx.broker.metrics, auth, cors.CorsPolicy.from_options(options))
 
 
 async def serve(ctx: DoorContext, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
