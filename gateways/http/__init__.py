@@ -3,8 +3,10 @@
 ``serve`` binds the listener and serves the route table of ``api.py`` through
 the HTTP/1.1 connection loop of ``server.py``. Options (the ``[http]`` table): the
 limits of ``server.Limits`` by name, ``auth_tokens`` (a list of bearer
-tokens; authentication is off when absent) and the CORS policy (``cors.OPTIONS``:
-which web pages of other origins may call the door).
+tokens; authentication is off when absent), the CORS policy (``cors.OPTIONS``:
+which web pages of other origins may call the door) and the web console
+(``console``, on by default, and ``history.OPTIONS``: how often and how long
+its charts' samples are kept).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import Any
 import trio
 
 from ..server import DoorContext
-from . import cors
+from . import cors, history, webconsole
+from .admin import AdminApi
 from .api import Api
 from .app import BearerTokens, HttpApp
 from .server import Limits, serve_connections
@@ -28,25 +31,38 @@ API_INFO = {
 }
 
 
-OTHER_OPTIONS = ("auth_tokens", *cors.OPTIONS)
+OTHER_OPTIONS = ("auth_tokens", webconsole.OPTION, *cors.OPTIONS, *history.OPTIONS)
 
 
-def build_app(ctx: DoorContext) -> HttpApp:
+def build_app(ctx: DoorContext) -> tuple[HttpApp, history.History | None]:
+    """The application serving the door's routes, and the console's history sampler
+    (None with ``console = false``). Raises ValueError for a bad option."""
     options: dict[str, Any] = dict(ctx.options)
     limits = Limits.from_options(options, others=OTHER_OPTIONS)
     tokens = options.get("auth_tokens")
     if isinstance(tokens, str):
         tokens = [tokens]
     auth = BearerTokens(tokens) if tokens else None
+    console = options.get(webconsole.OPTION, True)
+    if not isinstance(console, bool):
+        raise ValueError("[http] console must be true or false")
     api = Api(ctx.broker, limits, API_INFO, security=auth is not None)
-    return HttpApp(api.routes, limits, ctx.broker.metrics, auth, cors.CorsPolicy.from_options(options))
+    api.routes += AdminApi(ctx.broker).routes()
+    sampler = None
+    if console:
+        sampler = history.History(ctx.broker, options)
+        api.routes += sampler.routes() + webconsole.WebConsole().routes()
+    app = HttpApp(api.routes, limits, ctx.broker.metrics, auth, cors.CorsPolicy.from_options(options))
+    return app, sampler
 
 
 async def serve(ctx: DoorContext, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
                 ) -> None:
-    app = build_app(ctx)
+    app, sampler = build_app(ctx)
     listeners = await trio.open_tcp_listeners(ctx.port, host=ctx.host or None)
     port = listeners[0].socket.getsockname()[1]
     async with trio.open_nursery() as nursery:
         await nursery.start(serve_connections, listeners, app)
+        if sampler is not None:
+            nursery.start_soon(sampler.run)
         task_status.started(port)
