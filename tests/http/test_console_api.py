@@ -124,6 +124,30 @@ async def test_life_follows_a_retry_a_dead_letter_and_its_resend(console) -> Non
     assert forced.status_code == 200 and len(forced.json()["resent"]) == 1
 
 
+async def test_a_pop_dead_letter_keeps_the_id_of_its_message(tmp_path) -> None:
+    """A message without a client id (an HTTP one) leased until it is dead-lettered: the
+    letter, its resend and the message's life all go by the message's own id."""
+    async with Broker.open(broker_config(tmp_path / "data")) as broker, \
+            trio.open_nursery() as nursery:
+        port = await open_door(nursery, broker)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            await broker.create_topic("jobs", 1)
+            await broker.create_group("fragile", max_reconsume_times=0)
+            mid = await produce(client, "jobs", "job 1")
+            assert await broker.pop("fragile", "jobs", 1, 100)  # never acked
+
+            async def dead():
+                return (await client.get("/v1/groups/fragile/dead-letters")).json()["dead_letters"]
+
+            [letter] = await eventually(dead)
+            assert letter["id"] == mid
+            r = await client.post("/v1/groups/fragile/dead-letters/resend", json={"letters": [mid]})
+            assert r.json()["resent"][0]["id"] == mid
+            doc = (await client.get(f"/v1/messages/{mid}/life")).json()
+            assert [s["kind"] for s in doc["steps"]] == ["produced", "dead_letter", "resent"]
+        nursery.cancel_scope.cancel()
+
+
 async def test_life_of_an_unknown_message_is_a_404_problem(console) -> None:
     _, client = console
     r = await client.get("/v1/messages/7F00000100002A9F0000000000999999/life")
