@@ -923,7 +923,8 @@ class Broker:
         return BrokerInfo(cfg.broker_name, cfg.cluster_name, ROLE_MASTER,
                           f"{cfg.store_host}:{cfg.store_port}", self.started_at, cfg.flush,
                           sum(c.messages_in for c in self.counters.topics.values()),
-                          len(self.meta.topics), len(self.meta.groups), cl.min_offset,
+                          sum(1 for t in self.meta.topics.values() if not t.system),
+                          len(self.meta.groups), cl.min_offset,
                           self.store.dispatched_pos, cl.flushed_pos)
 
     def door_connections(self, *, principal: Principal = ANONYMOUS) -> dict[str, tuple[int, int]]:

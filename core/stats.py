@@ -125,7 +125,7 @@ class BrokerInfo:
     started_at: int  # epoch ms
     flush: str  # "sync" | "async"
     messages_in: int
-    topics: int
+    topics: int  # not counting system topics (%RETRY%, %DLQ%, RMQ_SYS_*)
     groups: int
     commitlog_min: int  # CommitLog offsets: the first retained byte,
     commitlog_max: int  # the next record's,

@@ -10,6 +10,7 @@ const main = document.getElementById("main");
 const status = document.getElementById("status");
 let timer = null;      // the current view's refresh
 let generation = 0;    // bumps on every navigation: late answers of a left view are dropped
+const WIDE = { width: 1200, height: 260 };  // a chart alone on its row: same text size as two side by side
 
 // ------------------------------------------------------------------ helpers
 
@@ -141,8 +142,11 @@ async function topics(view) {
       { label: "rate", cell: (t) => sparkline(rates[t.name] || []) },
       { label: "type", cell: (t) => t.message_type },
     ], doc.topics, { empty: "no topics yet" }));
-    const busiest = Object.entries(rates).slice(0, 10).map(([name, values]) => ({ name, values }));
-    chart.replaceChildren(lineChart(busiest, hist.times, { title: "Messages in per second, per topic" }));
+    const listed = new Set(doc.topics.map((t) => t.name));  // system topics stay out of the chart
+    const total = (xs) => xs.reduce((n, v) => n + (v || 0), 0);
+    const busiest = Object.entries(rates).filter(([name]) => listed.has(name))
+      .sort((a, b) => total(b[1]) - total(a[1])).slice(0, 10).map(([name, values]) => ({ name, values }));
+    chart.replaceChildren(lineChart(busiest, hist.times, { title: "Messages in per second, per topic", ...WIDE }));
   });
 }
 
@@ -174,7 +178,7 @@ async function topic(view, name) {
       { label: "lag now", num: true, cell: (g) => formatNumber(groups[g].reduce((n, l) => n + (l.lag[l.lag.length - 1] || 0), 0)) },
     ], Object.keys(groups), { empty: "no group has committed on this topic" }));
     chart.replaceChildren(lineChart([{ name: "messages in / s", values: hist.topics[name] || [] }], hist.times,
-                                    { title: `Messages in per second: ${name}` }));
+                                    { title: `Messages in per second: ${name}`, ...WIDE }));
   });
 }
 
@@ -205,7 +209,7 @@ async function group(view, name) {
       api("/v1/groups", { params: { stats: true } })]);
     if (!alive()) return;
     const series = hist.lags.map((l) => ({ name: `${l.topic}:${l.queue}`, values: l.lag }));
-    chart.replaceChildren(lineChart(series, hist.times, { title: "Lag per queue (messages)" }));
+    chart.replaceChildren(lineChart(series, hist.times, { title: "Lag per queue (messages)", ...WIDE }));
     let detail = null;
     try { detail = await api(`/v1/groups/${seg(name)}`); } catch (err) {
       if (!(err instanceof ApiError && err.status === 404)) throw err;  // a Kafka group: offsets only
@@ -436,7 +440,7 @@ async function timers(view) {
       card("cancelled", formatNumber(doc.stats.cancelled)),
       card("lateness p99", doc.stats.lateness_p99_ms === null ? "–" : `${formatNumber(doc.stats.lateness_p99_ms)} ms`)),
       doc.approximate ? h("p", { class: "note" }, "Approximate: too many timers to read one by one.") : null);
-    chart.replaceChildren(barChart(bars, { title: "Pending timers per hour (UTC)" }));
+    chart.replaceChildren(barChart(bars, { title: "Pending timers per hour (UTC)", ...WIDE }));
   });
 }
 
@@ -459,7 +463,7 @@ async function cluster(view) {
       { label: "accepted since start", num: true, cell: (d) => d.accepted },
     ], doc.doors, { empty: "no connection yet" }));
     chart.replaceChildren(barChart(doc.doors.map((d) => ({ label: d.door, value: d.connections })),
-                                   { title: "Open connections per door" }));
+                                   { title: "Open connections per door", ...WIDE }));
   });
 }
 

@@ -16,7 +16,7 @@ function el(name, attrs = {}, text = null) {
 function niceMax(v) {
   if (!(v > 0)) return 1;
   const p = Math.pow(10, Math.floor(Math.log10(v)));
-  for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= v) return m * p;
+  for (const m of [1, 2, 4, 8, 10]) if (m * p >= v) return m * p;  // a quarter of each is round
   return 10 * p;
 }
 
@@ -54,8 +54,8 @@ export function lineChart(series, times, { title = "", unit = "", width = 640, h
     svg.appendChild(el("text", { x: left - 6, y: yy + 4, class: "axis", "text-anchor": "end" }, formatNumber(v)));
   }
   if (times.length > 1) {
-    for (const t of [t0, (t0 + t1) / 2, t1]) {
-      svg.appendChild(el("text", { x: x(t), y: top + h + 16, class: "axis", "text-anchor": "middle" }, clock(t)));
+    for (const [t, anchor] of [[t0, "start"], [(t0 + t1) / 2, "middle"], [t1, "end"]]) {
+      svg.appendChild(el("text", { x: x(t), y: top + h + 16, class: "axis", "text-anchor": anchor }, clock(t)));
     }
   }
   series.forEach((s, i) => {
