@@ -1065,8 +1065,10 @@ class Broker:
                 door = props.get(PROPERTY_DOOR)
             consumers = () if m.topic in _LIFE_KINDS else self._consumers(m, principal)
             steps.append(LifeStep(kind, m, group, due, resent, consumers))
-        if door is None and steps and self._kafka_record(steps[0].message.physical_offset):
-            door = KAFKA_DOOR  # a Kafka batch stored verbatim: only the Kafka door writes those
+        if steps and self._kafka_record(steps[0].message.physical_offset):
+            # A Kafka batch stored verbatim: only the Kafka door writes those, and its
+            # records' headers (a FERRY_DOOR among them) are the client's, not the door's.
+            door = KAFKA_DOOR
         return MessageLife(msg_id, door, tuple(steps))
 
     def _kafka_record(self, phys: int) -> bool:
