@@ -92,6 +92,8 @@ def test_every_page_loads_without_console_errors(browser, broker, data) -> None:
         page = open_view(browser, broker, route, ready)
         errors = page.locator(".error").all_inner_texts()
         assert errors == [], f"#{route}: {errors}"
+        words = page.inner_text("main").split()
+        assert "null" not in words and "undefined" not in words, f"#{route}: {words}"
         page.close()
     assert browser.problems == []
 

@@ -29,6 +29,11 @@ function h(tag, attrs = {}, ...children) {
   return node;
 }
 
+// Replace a node's children; null, undefined and false stand for "nothing here".
+function fill(node, ...kids) {
+  node.replaceChildren(...kids.flat().filter((k) => k !== null && k !== undefined && k !== false));
+}
+
 const when = (ms) => (ms ? new Date(ms).toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z") : "–");
 const link = (href, text) => h("a", { href }, text);
 const badge = (text, kind = text) => h("span", { class: `badge ${kind}` }, text);
@@ -55,7 +60,7 @@ function showError(err, where = status) {
     box.appendChild(h("span", {}, " — ", h("a", { href: "#", onclick: (e) => { e.preventDefault(); openCredentials(); } },
                                           "give credentials")));
   }
-  where.replaceChildren(box);
+  fill(where, box);
 }
 
 function body(m) {
@@ -75,7 +80,7 @@ function every(load) {
     if (mine !== generation) return;
     try {
       await load(() => mine === generation);
-      status.replaceChildren();
+      fill(status, );
     } catch (err) {
       if (mine === generation) showError(err);
     }
@@ -99,7 +104,7 @@ async function overview(view) {
     const b = cluster.brokers[0];
     const last = (xs) => (xs && xs.length ? xs[xs.length - 1] : null);
     const conns = cluster.doors.reduce((n, d) => n + d.connections, 0);
-    cards.replaceChildren(
+    fill(cards, 
       card("broker", `${b.name} (${b.role})`, "broker"),
       card("up since", when(b.started_at).slice(0, 16)),
       card("messages in", formatNumber(b.messages_in), "messages-in"),
@@ -109,7 +114,7 @@ async function overview(view) {
       card("connections", conns, "connections"),
       card("open transactions", tx.transactions.length),
       card("pending timers", formatNumber(timers.pending)));
-    charts.replaceChildren(
+    fill(charts, 
       h("div", { class: "panel", id: "chart-throughput" },
         lineChart([{ name: "messages in / s", values: hist.messages_in },
                    { name: "messages out / s", values: hist.messages_out }], hist.times,
@@ -132,7 +137,7 @@ async function topics(view) {
     if (!alive()) return;
     const rates = hist.topics;
     const last = (n) => { const xs = rates[n] || []; return xs.length ? xs[xs.length - 1] : null; };
-    holder.replaceChildren(table([
+    fill(holder, table([
       { label: "topic", cell: (t) => link(`#/topics/${seg(t.name)}`, t.name) },
       { label: "queues", num: true, cell: (t) => t.queues },
       { label: "messages stored", num: true, cell: (t) => formatNumber(t.messages) },
@@ -146,7 +151,7 @@ async function topics(view) {
     const total = (xs) => xs.reduce((n, v) => n + (v || 0), 0);
     const busiest = Object.entries(rates).filter(([name]) => listed.has(name))
       .sort((a, b) => total(b[1]) - total(a[1])).slice(0, 10).map(([name, values]) => ({ name, values }));
-    chart.replaceChildren(lineChart(busiest, hist.times, { title: "Messages in per second, per topic", ...WIDE }));
+    fill(chart, lineChart(busiest, hist.times, { title: "Messages in per second, per topic", ...WIDE }));
   });
 }
 
@@ -158,7 +163,7 @@ async function topic(view, name) {
     const [t, hist] = await Promise.all([api(`/v1/topics/${seg(name)}`),
                                          api("/v1/stats/history", { params: { topic: name } })]);
     if (!alive()) return;
-    info.replaceChildren(
+    fill(info, 
       h("div", { class: "cards" }, card("queues", t.queues), card("messages stored", formatNumber(t.messages)),
         card("messages in", formatNumber(t.messages_in)), card("bytes in", formatNumber(t.bytes_in)),
         card("permissions", t.perm), card("type", t.message_type)),
@@ -177,7 +182,7 @@ async function topic(view, name) {
       { label: "group", cell: (g) => link(`#/groups/${seg(g)}`, g) },
       { label: "lag now", num: true, cell: (g) => formatNumber(groups[g].reduce((n, l) => n + (l.lag[l.lag.length - 1] || 0), 0)) },
     ], Object.keys(groups), { empty: "no group has committed on this topic" }));
-    chart.replaceChildren(lineChart([{ name: "messages in / s", values: hist.topics[name] || [] }], hist.times,
+    fill(chart, lineChart([{ name: "messages in / s", values: hist.topics[name] || [] }], hist.times,
                                     { title: `Messages in per second: ${name}`, ...WIDE }));
   });
 }
@@ -188,7 +193,7 @@ async function groups(view) {
   every(async (alive) => {
     const doc = await api("/v1/groups", { params: { stats: true } });
     if (!alive()) return;
-    holder.replaceChildren(table([
+    fill(holder, table([
       { label: "group", cell: (g) => link(`#/groups/${seg(g.name)}`, g.name) },
       { label: "lag", num: true, cell: (g) => formatNumber(g.lag) },
       { label: "topics", cell: (g) => g.topics.map((t) => t.topic).join(", ") },
@@ -209,7 +214,7 @@ async function group(view, name) {
       api("/v1/groups", { params: { stats: true } })]);
     if (!alive()) return;
     const series = hist.lags.map((l) => ({ name: `${l.topic}:${l.queue}`, values: l.lag }));
-    chart.replaceChildren(lineChart(series, hist.times, { title: "Lag per queue (messages)", ...WIDE }));
+    fill(chart, lineChart(series, hist.times, { title: "Lag per queue (messages)", ...WIDE }));
     let detail = null;
     try { detail = await api(`/v1/groups/${seg(name)}`); } catch (err) {
       if (!(err instanceof ApiError && err.status === 404)) throw err;  // a Kafka group: offsets only
@@ -217,7 +222,7 @@ async function group(view, name) {
     if (!alive()) return;
     const rows = hist.lags.map((l) => ({ topic: l.topic, queue: l.queue, lag: l.lag[l.lag.length - 1] }));
     const g = lags.groups.find((x) => x.name === name);
-    info.replaceChildren(
+    fill(info, 
       h("div", { class: "cards" }, card("lag", formatNumber(g ? g.lag : null), "group-lag"),
         card("max reconsume", detail ? detail.max_reconsume_times : "–"),
         card("dead letters", link(`#/dlq/${seg(name)}`, "show"))),
@@ -258,7 +263,7 @@ async function messages(view, query) {
   const field = (name, label, attrs = {}) => h("label", {}, label,
     h("input", { name, value: query.get(name) || attrs.value || "", ...attrs }));
   const draw = () => {
-    tabs.replaceChildren(...Object.entries(modes).map(([m, label]) =>
+    fill(tabs, ...Object.entries(modes).map(([m, label]) =>
       h("button", { type: "button", class: m === mode ? "active" : null, "data-mode": m,
                     onclick: () => { mode = m; draw(); } }, label)));
     const fields = {
@@ -269,7 +274,7 @@ async function messages(view, query) {
       offset: [field("topic", "topic"), field("queue", "queue", { value: "0", size: 4 }),
                field("offset", "offset", { value: "0", size: 8 })],
     }[mode];
-    form.replaceChildren(...fields, field("max", "at most", { value: "20", size: 4 }),
+    fill(form, ...fields, field("max", "at most", { value: "20", size: 4 }),
                          h("button", { type: "submit", class: "primary" }, "Search"));
   };
   form.addEventListener("submit", async (e) => {
@@ -277,7 +282,7 @@ async function messages(view, query) {
     const f = new FormData(form);
     const v = (k) => (f.get(k) || "").toString().trim();
     const max = Number(v("max")) || 20;
-    results.replaceChildren(h("p", { class: "note" }, "searching…"));
+    fill(results, h("p", { class: "note" }, "searching…"));
     try {
       let found = [];
       if (mode === "id") {
@@ -298,9 +303,9 @@ async function messages(view, query) {
         found.sort((a, b) => a.store_timestamp - b.store_timestamp);
         found = found.slice(0, max);
       }
-      results.replaceChildren(messageRows(found));
+      fill(results, messageRows(found));
     } catch (err) {
-      if (err instanceof ApiError && err.status === 404 && mode === "id") results.replaceChildren(messageRows([]));
+      if (err instanceof ApiError && err.status === 404 && mode === "id") fill(results, messageRows([]));
       else showError(err, results);
     }
   });
@@ -359,7 +364,7 @@ async function life(view, id) {
           h("dt", {}, "reconsume times"), h("dd", {}, m.reconsume_times)),
         consumers);
     });
-    holder.replaceChildren(
+    fill(holder, 
       h("div", { class: "cards" }, card("door", doc.door || "not recorded", "door"),
         card("topic", first.topic), card("copies", doc.steps.length)),
       h("h2", {}, "Body"), h("pre", { id: "body" }, body(first)),
@@ -374,7 +379,7 @@ async function dlq(view, group) {
     const holder = h("div");
     view.append(h("h1", {}, "Dead letters"), h("p", { class: "note" }, "Pick a group:"), holder);
     const doc = await api("/v1/groups", { params: { stats: true } });
-    holder.replaceChildren(table([{ label: "group", cell: (g) => link(`#/dlq/${seg(g.name)}`, g.name) }], doc.groups));
+    fill(holder, table([{ label: "group", cell: (g) => link(`#/dlq/${seg(g.name)}`, g.name) }], doc.groups));
     return;
   }
   const holder = h("div", { id: "dead-letters" });
@@ -395,16 +400,16 @@ async function dlq(view, group) {
     ], doc.dead_letters, { empty: "no dead letters" });
     const resend = h("button", { type: "button", class: "primary", id: "resend", onclick: async () => {
       const letters = boxes.filter((b) => b.checked).map((b) => Number(b.value));
-      if (!letters.length) { result.replaceChildren(h("p", { class: "note" }, "select letters first")); return; }
+      if (!letters.length) { fill(result, h("p", { class: "note" }, "select letters first")); return; }
       try {
         const r = await api(`/v1/groups/${seg(group)}/dead-letters/resend`,
                             { method: "POST", body: { letters, force: true } });
-        result.replaceChildren(h("p", { class: "ok", id: "resent" },
+        fill(result, h("p", { class: "ok", id: "resent" },
           `${r.resent.length} letter(s) resent: ` + r.resent.map((x) => `${x.topic}:${x.queue}@${x.queue_offset}`).join(", ")));
         await draw();
       } catch (err) { showError(err, result); }
     } }, "Resend selected");
-    holder.replaceChildren(rows, h("p", {}, resend));
+    fill(holder, rows, h("p", {}, resend));
   };
   try { await draw(); } catch (err) { showError(err, holder); }
 }
@@ -415,7 +420,7 @@ async function transactions(view) {
   every(async (alive) => {
     const doc = await api("/v1/transactions", { params: { max: 1000 } });
     if (!alive()) return;
-    holder.replaceChildren(table([
+    fill(holder, table([
       { label: "transaction", cell: (t) => h("code", {}, t.transaction_id) },
       { label: "message", cell: (t) => link(`#/message/${seg(t.message_id)}`, t.message_id) },
       { label: "topic", cell: (t) => t.topic },
@@ -434,13 +439,13 @@ async function timers(view) {
     const doc = await api("/v1/timers", { params: { hours: 48 } });
     if (!alive()) return;
     const bars = doc.hours.map((n, i) => ({ label: new Date(doc.start + i * 3600_000).toISOString().slice(11, 13) + "h", value: n }));
-    info.replaceChildren(h("div", { class: "cards" },
+    fill(info, h("div", { class: "cards" },
       card("pending", formatNumber(doc.pending), "timers-pending"), card("due later than 48 h", formatNumber(doc.later)),
       card("delivered since start", formatNumber(doc.stats.delivered)),
       card("cancelled", formatNumber(doc.stats.cancelled)),
       card("lateness p99", doc.stats.lateness_p99_ms === null ? "–" : `${formatNumber(doc.stats.lateness_p99_ms)} ms`)),
       doc.approximate ? h("p", { class: "note" }, "Approximate: too many timers to read one by one.") : null);
-    chart.replaceChildren(barChart(bars, { title: "Pending timers per hour (UTC)", ...WIDE }));
+    fill(chart, barChart(bars, { title: "Pending timers per hour (UTC)", ...WIDE }));
   });
 }
 
@@ -451,7 +456,7 @@ async function cluster(view) {
   every(async (alive) => {
     const doc = await api("/v1/cluster");
     if (!alive()) return;
-    holder.replaceChildren(table([
+    fill(holder, table([
       { label: "cluster", cell: (b) => b.cluster }, { label: "broker", cell: (b) => b.name },
       { label: "role", cell: (b) => badge(b.role) }, { label: "address", cell: (b) => b.address },
       { label: "flush", cell: (b) => b.flush }, { label: "up since", cell: (b) => when(b.started_at) },
@@ -462,7 +467,7 @@ async function cluster(view) {
       { label: "connections", num: true, cell: (d) => d.connections },
       { label: "accepted since start", num: true, cell: (d) => d.accepted },
     ], doc.doors, { empty: "no connection yet" }));
-    chart.replaceChildren(barChart(doc.doors.map((d) => ({ label: d.door, value: d.connections })),
+    fill(chart, barChart(doc.doors.map((d) => ({ label: d.door, value: d.connections })),
                                    { title: "Open connections per door", ...WIDE }));
   });
 }
@@ -479,7 +484,7 @@ const ROUTES = [
 async function route() {
   generation += 1;
   if (timer) { clearInterval(timer); timer = null; }
-  status.replaceChildren();
+  fill(status, );
   const raw = location.hash.replace(/^#\/?/, "");
   const [path, qs] = raw.split("?");
   const query = new URLSearchParams(qs || "");
@@ -488,7 +493,7 @@ async function route() {
     a.classList.toggle("active", target === path || (target && path.startsWith(target)));
   }
   const view = h("section", { "data-view": path.split("/")[0] || "overview" });
-  main.replaceChildren(view);
+  fill(main, view);
   for (const [re, fn] of ROUTES) {
     const m = path.match(re);
     if (m) {
