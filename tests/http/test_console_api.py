@@ -412,3 +412,14 @@ def test_every_console_file_is_shipped_as_package_data() -> None:
     shipped = {p.name for pattern in data for p in root.joinpath("gateways/http").glob(pattern)}
     assert on_disk == shipped
     assert set(webconsole.load_assets()) == on_disk
+
+
+async def test_a_failing_sample_costs_a_sample_not_the_door(autojump_clock) -> None:
+    class Broken:
+        def traffic(self, principal):
+            raise RuntimeError("a bug")
+
+    h = history.History(Broken(), {"console_sample_s": 1})  # type: ignore[arg-type]
+    with trio.move_on_after(3.5):
+        await h.run()
+    assert h.failures == 4 and not h.samples

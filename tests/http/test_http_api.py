@@ -340,14 +340,16 @@ async def test_health_readiness_and_metrics(door) -> None:
 
 
 async def test_openapi_document_matches_the_routes(door) -> None:
-    from ferrymq.gateways.http.api import Api
+    from ferrymq.gateways import http as http_door
+    from ferrymq.gateways.config import ServerConfig
+    from ferrymq.gateways.server import DoorContext
 
     doc = (await door.client.get("/openapi.json")).json()
     assert doc["openapi"] == "3.1.0"
-    api = Api(door.broker, __import__("ferrymq.gateways.http.server",
-                                      fromlist=["Limits"]).Limits(), {}, False)
+    app, _ = http_door.build_app(DoorContext(door.broker, "", 0, {}, ServerConfig()))
     documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
-    assert documented == {(r.method, r.path) for r in api.routes}
+    assert documented == {(r.method, r.path) for r in app.router.routes}
+    assert ("GET", "/console") in documented and ("GET", "/v1/messages/{id}/life") in documented
     ops = [op for ops in doc["paths"].values() for op in ops.values()]
     assert len({op["operationId"] for op in ops}) == len(ops)
     assert all("default" not in op["responses"] for op in ops)
