@@ -14,9 +14,11 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+import trio
+
 from ...core.broker import Broker
 from ...core.message import ConsumedMessage
-from ...core.stats import LifeStep
+from ...core.stats import LifeStep, TimerSchedule
 from . import codec
 from .api import GROUP_SCHEMA, JSON, MESSAGE_SCHEMA, P_ENCODING, P_TOPIC, json_body, ok_resp, problem_resp
 from .app import json_response
@@ -157,11 +159,17 @@ def _step_json(s: LifeStep, encoding: str) -> dict[str, Any]:
     return doc
 
 
+TIMERS_CACHE_S = 5.0  # a timer schedule is reused this long: the console refreshes every 5 s
+
+
 class AdminApi:
     """The console's admin routes, bound to one broker."""
 
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
+        # hours -> (trio time it expires, the schedule): reading the wheel costs tens of
+        # milliseconds of the event loop with many timers pending (docs/console.md).
+        self._schedules: dict[int, tuple[float, TimerSchedule]] = {}
 
     async def cluster(self, req: Request) -> Response:
         b = self.broker.broker_info(principal=req.principal)
@@ -177,8 +185,15 @@ class AdminApi:
                       for d, (n, a) in doors.items()]})
 
     async def timers(self, req: Request) -> Response:
-        sched = self.broker.timer_schedule(req.params.get("hours", 24), principal=req.principal)
-        st = self.broker.timer_stats(principal=req.principal)
+        hours = req.params.get("hours", 24)
+        st = self.broker.timer_stats(principal=req.principal)  # checks the principal
+        now = trio.current_time()
+        cached = self._schedules.get(hours)
+        if cached is not None and cached[0] > now:
+            sched = cached[1]
+        else:
+            sched = self.broker.timer_schedule(hours, principal=req.principal)
+            self._schedules[hours] = (now + TIMERS_CACHE_S, sched)
         return json_response({
             "start": sched.start_ms, "hours": list(sched.counts), "later": sched.later,
             "pending": sched.pending, "approximate": sched.approximate,
