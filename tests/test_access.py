@@ -45,6 +45,13 @@ UNCHECKED = {
     "scram_verifier": "authentication: the SCRAM exchange of a door needs the verifier",
     "token_user": "authentication: who an API token belongs to",
     "access_secret": "authentication: the RocketMQ signature needs the SecretKey",
+    # Cluster wiring: called by the replication door and the controller only, peers
+    # inside the broker group (docs/cluster.md), never on a client's behalf.
+    **{name: "cluster wiring (docs/architecture.md)" for name in (
+        "replication_position", "replication_chunk", "replication_wait", "replica_connected",
+        "replica_acked", "replica_disconnected", "replica_status", "replicate",
+        "truncation_point", "truncate_log", "set_lease_deadline", "fence", "isr_proposals",
+        "propose_isr_add", "cancel_isr_add", "isr_changed", "in_sync_replicas")},
 }
 
 
