@@ -20,10 +20,16 @@ import trio
 
 from ...core.access import (
     ANONYMOUS,
+    GROUP,
     MECHANISM_SASL_PLAIN,
     MECHANISM_SCRAM,
+    READ,
     SYSTEM,
+    TRANSACTIONAL_ID,
+    WRITE,
+    Operation,
     Principal,
+    ResourceType,
     anonymous,
 )
 from ...core.broker import Broker
@@ -812,9 +818,22 @@ class KafkaDoor(ClusterApis):
                           error_message=message)
             for key in req.coordinator_keys))
 
+    def _refused(self, s: Session, kind: ResourceType, name: str | None,
+                 operation: Operation) -> int:
+        """The core's decision on a resource the door itself keeps (a group's membership,
+        a transactional id): NONE or the refusal's Kafka code."""
+        if name is None or self.broker.permits(kind, name, operation, principal=s.principal):
+            return ke.NONE
+        return (ke.GROUP_AUTHORIZATION_FAILED if kind is GROUP
+                else ke.TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
+
     async def join_group(self, h: Header, req: Any, s: Session) -> Any:
         R = schema.response_class(JOIN_GROUP)
         v = h.api_version
+        denied = self._refused(s, GROUP, req.group_id, READ)
+        if denied:
+            return R(error_code=denied, generation_id=-1, protocol_name="", leader="",
+                     member_id=req.member_id, members=())
         res = await self.coordinator.join(
             req.group_id, req.member_id, req.group_instance_id if v >= 5 else None,
             h.client_id or "", s.client_host, req.session_timeout_ms,
@@ -832,6 +851,9 @@ class KafkaDoor(ClusterApis):
     async def sync_group(self, h: Header, req: Any, s: Session) -> Any:
         R = schema.response_class(SYNC_GROUP)
         v = h.api_version
+        denied = self._refused(s, GROUP, req.group_id, READ)
+        if denied:
+            return R(error_code=denied, assignment=b"")
         instance = req.group_instance_id if v >= 3 else None
         g = self.coordinator.describe(req.group_id)
         if v >= 5 and g is not None and g.protocol_type is not None and (
@@ -850,12 +872,18 @@ class KafkaDoor(ClusterApis):
 
     async def heartbeat(self, h: Header, req: Any, s: Session) -> Any:
         R = schema.response_class(HEARTBEAT)
+        denied = self._refused(s, GROUP, req.group_id, READ)
+        if denied:
+            return R(error_code=denied)
         instance = req.group_instance_id if h.api_version >= 3 else None
         return R(error_code=self.coordinator.heartbeat(req.group_id, req.generation_id,
                                                        req.member_id, instance))
 
     async def leave_group(self, h: Header, req: Any, s: Session) -> Any:
         R = schema.response_class(LEAVE_GROUP)
+        denied = self._refused(s, GROUP, req.group_id, READ)
+        if denied:
+            return R(error_code=denied, members=())
         if h.api_version < 3:
             code = self.coordinator.leave(req.group_id, req.member_id)
             await self.coordinator.save_dirty()
@@ -1083,6 +1111,9 @@ class KafkaDoor(ClusterApis):
         producers), through the transaction coordinator (transactions.py)."""
         R = schema.response_class(INIT_PRODUCER_ID)
         v = h.api_version
+        denied = self._refused(s, TRANSACTIONAL_ID, req.transactional_id, WRITE)
+        if denied:
+            return R(error_code=denied, producer_id=-1, producer_epoch=-1)
         if req.transactional_id is None:
             pid = await self.txns.new_producer_id()
             self.producers.register(pid, 0, now_ms())
@@ -1119,7 +1150,10 @@ class KafkaDoor(ClusterApis):
         async def one(tid: str, pid: int, epoch: int, topics: Any, verify: bool
                       ) -> tuple[Any, ...]:
             wanted = [(t.name, p) for t in topics for p in t.partitions]
+            denied = self._refused(s, TRANSACTIONAL_ID, tid, WRITE)
             try:
+                if denied:
+                    raise TxnError(denied)
                 if verify:
                     codes = await self.txns.verify_partitions(tid, pid, epoch, wanted)
                 else:
@@ -1151,6 +1185,10 @@ class KafkaDoor(ClusterApis):
 
     async def add_offsets_to_txn(self, h: Header, req: Any, s: Session) -> Any:
         R = schema.response_class(ADD_OFFSETS_TO_TXN)
+        denied = (self._refused(s, TRANSACTIONAL_ID, req.transactional_id, WRITE)
+                  or self._refused(s, GROUP, req.group_id, READ))
+        if denied:
+            return R(error_code=denied)
         try:
             await self.txns.add_offsets(req.transactional_id, req.producer_id,
                                         req.producer_epoch, req.group_id)
@@ -1162,6 +1200,9 @@ class KafkaDoor(ClusterApis):
 
     async def end_txn(self, h: Header, req: Any, s: Session) -> Any:
         R = schema.response_class(END_TXN)
+        denied = self._refused(s, TRANSACTIONAL_ID, req.transactional_id, WRITE)
+        if denied:
+            return R(error_code=denied)
         try:
             await self.txns.end_txn(req.transactional_id, req.producer_id, req.producer_epoch,
                                     bool(req.committed))
