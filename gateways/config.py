@@ -114,7 +114,7 @@ def connection_limits(door: str, table: Mapping[str, Any],
     return replace(base, **changes)
 
 
-AUTH_KEYS = frozenset({"enabled", "super_users"})
+AUTH_KEYS = frozenset({"enabled", "super_users", "cluster_secret"})
 
 
 # [cluster] settings the core reads (they live in BrokerConfig).

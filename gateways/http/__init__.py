@@ -24,6 +24,7 @@ from . import cors, history, webconsole
 from .admin import AdminApi
 from .api import Api
 from .app import BearerTokens, BrokerAuth, HttpApp
+from .security import SecurityApi
 from .server import WATCHDOG_TICK_S, Limits, refuse, serve_connections, supervisor_limits
 
 API_INFO = {
@@ -54,6 +55,7 @@ def build_app(ctx: DoorContext) -> tuple[HttpApp, history.History | None]:
         raise ValueError("[http] console must be true or false")
     api = Api(ctx.broker, limits, API_INFO, security=auth is not None)
     api.routes += AdminApi(ctx.broker).routes()
+    api.routes += SecurityApi(ctx.broker).routes()
     sampler = None
     if console:
         sampler = history.History(ctx.broker, options)

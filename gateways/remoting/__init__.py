@@ -66,7 +66,8 @@ async def serve(ctx: DoorContext, *, task_status: trio.TaskStatus[int] = trio.TA
                           max_suspend_s=float(opts.get("max_suspend_s", MAX_SUSPEND_S)))
     registrar = Registrar(namesrvs, H.RegisterBrokerRequestHeader(
         cfg.broker_name, addr, cfg.cluster_name, haServerAddr="", brokerId=0),
-        processor.topic_configs, float(opts.get("register_interval_s", REGISTER_INTERVAL_S)))
+        processor.topic_configs, float(opts.get("register_interval_s", REGISTER_INTERVAL_S)),
+        cluster_secret=(cfg.extra.get("auth") or {}).get("cluster_secret"))  # type: ignore[call-overload]
     ctx.broker.watch_topics(registrar.topics_changed)  # topics made through any door
     processor.register_now = registrar.register_now
     serve_one = functools.partial(

@@ -23,6 +23,7 @@ from ...protocols.remoting import headers as H
 
 log = logging.getLogger("ferrymq.remoting")
 
+CLUSTER_ACCESS_KEY = "ferrymq-cluster"  # as gateways/namesrv checks it
 REGISTER_INTERVAL_S = 30.0  # RocketMQ BrokerConfig.registerNameServerPeriod
 REGISTER_TIMEOUT_S = 6.0  # RocketMQ BrokerConfig.registerBrokerTimeoutMills
 MIN_GAP_S = 0.05
@@ -31,8 +32,11 @@ MIN_GAP_S = 0.05
 class Registrar:
     def __init__(self, namesrvs: Sequence[str], header: H.RegisterBrokerRequestHeader,
                  topics: Callable[[], list[B.TopicConfigData]],
-                 interval_s: float = REGISTER_INTERVAL_S) -> None:
+                 interval_s: float = REGISTER_INTERVAL_S,
+                 cluster_secret: str | None = None) -> None:
         self.namesrvs = list(namesrvs)
+        # Registrations are signed with the cluster's secret (gateways/namesrv).
+        self.credentials = (CLUSTER_ACCESS_KEY, cluster_secret) if cluster_secret else None
         self.header = header
         self.topics = topics
         self.interval_s = interval_s
@@ -56,7 +60,7 @@ class Registrar:
         is routable once it says it is ready), then every interval and on change; on
         the way out, unregister."""
         try:
-            async with RemotingClient() as rc:
+            async with RemotingClient(credentials=self.credentials) as rc:
                 self._rc = rc
                 while True:
                     self._changed = trio.Event()
@@ -71,7 +75,7 @@ class Registrar:
             self._rc = None
             # The client above died with the cancelled scope: a fresh one, shielded.
             with trio.CancelScope(shield=True), trio.move_on_after(2):
-                async with RemotingClient() as rc:
+                async with RemotingClient(credentials=self.credentials) as rc:
                     await self._unregister_all(rc)
 
     async def _register_all(self, rc: RemotingClient) -> None:
