@@ -65,7 +65,13 @@ class ClientInstance:
         # Requests a broker sends us, by code, answered on the connection they came on
         # (CHECK_TRANSACTION_STATE: the answer goes back to that broker).
         self.request_handlers: dict[int, CodeHandler] = {}
-        # (AccessKey, SecretKey): every request is signed (docs/security.md).
+        # (AccessKey, SecretKey): every request is signed (docs/security.md); by default
+        # FERRYMQ_ACCESS_KEY / FERRYMQ_SECRET_KEY of the environment.
+        if credentials is None and os.environ.get("FERRYMQ_ACCESS_KEY"):
+            # As the CLI and any tool run under an operator's environment expect.
+            credentials = (os.environ["FERRYMQ_ACCESS_KEY"],
+                           os.environ.get("FERRYMQ_SECRET_KEY", ""))
+        self.credentials = credentials
         self.remoting = RemotingClient(on_request=self._server_request, credentials=credentials)
         self.tg: anyio.abc.TaskGroup | None = None
         self._ns_index = 0

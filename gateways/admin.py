@@ -610,7 +610,11 @@ def cluster_list(namesrv: str, output: str | None) -> None:
               help="Seconds without a registration before a broker leaves the routes.")
 @click.option("--log-level", default="WARNING", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-def namesrv(host: str, port: int, broker_expiry: float, log_level: str) -> None:
+@click.option("--cluster-secret", envvar="FERRYMQ_CLUSTER_SECRET", default=None,
+              help="Only brokers signing with this secret change the routes "
+                   "([auth] cluster_secret; docs/security.md).")
+def namesrv(host: str, port: int, broker_expiry: float, log_level: str,
+            cluster_secret: str | None) -> None:
     """Run a NameServer alone (brokers join with `ferrymq serve --namesrv HOST:PORT`)."""
     import trio
 
@@ -620,7 +624,8 @@ def namesrv(host: str, port: int, broker_expiry: float, log_level: str) -> None:
 
     async def run() -> None:
         async with trio.open_nursery() as n:
-            bound = await n.start(serve_namesrv, host, port, {"broker_expiry_s": broker_expiry})
+            bound = await n.start(serve_namesrv, host, port, {
+                "broker_expiry_s": broker_expiry, "cluster_secret": cluster_secret})
             click.echo(f"ferrymq: NameServer on {host}:{bound}; Ctrl-C stops", err=True)
 
     with contextlib.suppress(KeyboardInterrupt):
