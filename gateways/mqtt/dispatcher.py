@@ -94,7 +94,7 @@ class Dispatcher:
         moved = False
         for q in range(len(positions)):
             pos = positions[q]
-            if not available(topic, q, pos):
+            if not available(topic, q, pos, principal=SYSTEM):
                 if pos == 0:
                     lo, _ = broker.queue_bounds(topic, q, principal=SYSTEM)
                     if lo > pos:
