@@ -215,7 +215,11 @@ class ScramServer:
             raise self._fail(str(exc)) from None
         if len(attrs) < 3 or attrs[0][0] != "c" or attrs[1][0] != "r" or attrs[-1][0] != "p":
             raise self._fail("invalid-encoding")
-        if attrs[1][1] != self._cnonce + self._snonce:
+        nonce = self._cnonce + self._snonce
+        # librdkafka before 2.6.1 (kcat, many distributions) sends the client nonce
+        # again in front of the server's nonce (librdkafka PR 4895); Kafka 3.x accepted
+        # it. Exactly that form is accepted too: it still carries the server's nonce.
+        if attrs[1][1] != nonce and attrs[1][1] != self._cnonce + nonce:
             raise self._fail("other-error")
         try:
             cbind = _unb64(attrs[0][1])
@@ -247,8 +251,9 @@ class ScramClient:
     ``verify(server_final)``."""
 
     def __init__(self, mechanism: str, user: str, password: str, *,
-                 nonce: str | None = None) -> None:
+                 nonce: str | None = None, double_nonce: bool = False) -> None:
         _hash(mechanism)
+        self.double_nonce = double_nonce  # behave as librdkafka before 2.6.1 (tests)
         self.mechanism = mechanism
         self.password = password.encode()
         name = user.replace("=", "=3D").replace(",", "=2C")
@@ -267,7 +272,8 @@ class ScramClient:
         sp = salted_password(self.mechanism, self.password, salt, iterations)
         client_key = _hmac(self.mechanism, sp, b"Client Key")
         stored = hashlib.new(_hash(self.mechanism), client_key).digest()
-        without_proof = f"c=biws,r={attrs['r']}"
+        r = self.nonce + attrs["r"] if self.double_nonce else attrs["r"]
+        without_proof = f"c=biws,r={r}"
         auth_message = f"{self._bare},{server_first.decode()},{without_proof}".encode()
         signature = _hmac(self.mechanism, stored, auth_message)
         proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))

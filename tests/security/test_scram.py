@@ -105,3 +105,19 @@ def test_garbage_client_final_fails_the_exchange(final: bytes) -> None:
         s.final(final.replace(b"{n}", nonce.encode()))
     with pytest.raises(ScramError):  # and nothing after a failure
         s.final(c.final(first))
+
+
+def test_librdkafkas_doubled_client_nonce_is_accepted_and_nothing_else() -> None:
+    """librdkafka before 2.6.1 (Debian's kcat) sends r=<client nonce><server's r>."""
+    v = make_verifier("SCRAM-SHA-256", b"pw")
+    c = ScramClient("SCRAM-SHA-256", "u", "pw", double_nonce=True)
+    s = ScramServer("SCRAM-SHA-256")
+    s.first(c.first())
+    assert c.verify(s.final(c.final(s.challenge(v))))
+    s = ScramServer("SCRAM-SHA-256")
+    c = ScramClient("SCRAM-SHA-256", "u", "pw", nonce="cnonce")
+    s.first(c.first())
+    first = s.challenge(v)
+    final = c.final(first).replace(b"r=cnonce", b"r=xxcnonce", 1)
+    with pytest.raises(ScramError):  # any other nonce is still refused
+        s.final(final)
