@@ -343,3 +343,76 @@ def test_the_finding_anonymous_produce_through_the_nameserver_is_refused(world) 
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout.splitlines()[0])["topic"] == "orders"
     assert remoting_cell(b, "anonymous", "consume", keys) == "denied"
+
+
+# ---------------------------------------------------------------- garbage at the new entry points
+
+@pytest.mark.parametrize("token", [b"", b"\xff\xfe", b"n,,n=alice", b"p=x,,n=a,r=b", b"x" * 5000])
+def test_garbage_scram_tokens_fail_authentication_and_close(world, token: bytes) -> None:
+    b = world["broker"]
+    k = Kafka(b.address("kafka"))
+    try:
+        H_ = schema.request_class(17)
+        assert k.call(17, 1, H_(mechanism="SCRAM-SHA-512")).error_code == 0
+        A = schema.request_class(36)
+        r = k.call(36, 1, A(auth_bytes=token))
+        assert r.error_code == ke.SASL_AUTHENTICATION_FAILED
+        assert k.call(18, 0, schema.request_class(18)()) is None, "closed after the failure"
+    finally:
+        k.close()
+    assert kafka_cell(b, "granted", "produce") == "ok"  # the door still serves others
+
+
+def test_garbage_raw_sasl_v0_token_closes_the_connection(world) -> None:
+    b = world["broker"]
+    k = Kafka(b.address("kafka"))
+    try:
+        assert k.call(17, 0, schema.request_class(17)(mechanism="SCRAM-SHA-256")).error_code == 0
+        k.sock.sendall(struct.pack(">i", 5) + b"\x00\x01garbage"[:5])
+        assert k._exact(4) is None
+    finally:
+        k.close()
+
+
+@pytest.mark.parametrize("auth", ["Basic !!!", "Basic " + base64.b64encode(b"nocolon").decode(),
+                                  "Bearer", "Bearer nope", "Digest x=y", "Basic"])
+def test_garbage_http_credentials_are_401_problems(world, auth: str) -> None:
+    b = world["broker"]
+    r = httpx.get(f"http://{b.address('http')}/v1/topics", headers={"Authorization": auth},
+                  timeout=20)
+    assert r.status_code == 401 and r.headers["content-type"].startswith(
+        "application/problem+json")
+
+
+@pytest.mark.parametrize("method,path,body", [
+    ("PUT", "/v1/users/x", b"[1]"), ("PUT", "/v1/users/x", b'{"password": 5}'),
+    ("PUT", "/v1/users/x", b'{"nope": true}'), ("POST", "/v1/acls", b'{"rules": []}'),
+    ("POST", "/v1/acls", b'{"rules": [{"principal": "alice"}]}'),
+    ("POST", "/v1/acls", b'{"rules": [{"principal": "User:a", "resource_type": "topic", '
+                         b'"pattern_type": "mqtt", "resource": "a/#/b", "operation": "read"}]}'),
+    ("POST", "/v1/acls/delete", b"not json"), ("POST", "/v1/users/x/tokens", b'{"label": 1}'),
+])
+def test_garbage_admin_bodies_are_400_problems(world, method: str, path: str,
+                                               body: bytes) -> None:
+    b = world["broker"]
+    r = httpx.request(method, f"http://{b.address('http')}{path}", content=body, timeout=20,
+                      headers={"Content-Type": "application/json", "Authorization": "Basic "
+                               + base64.b64encode(b"admin:admin-pw").decode()})
+    assert r.status_code == 400, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+
+
+@pytest.mark.parametrize("fields", [
+    {"AccessKey": "nobody", "Signature": "x"}, {"Signature": "x"}, {"AccessKey": ""},
+    {"AccessKey": "k", "Signature": ""},
+])
+def test_garbage_remoting_signatures_are_the_signature_error(world, fields: dict) -> None:
+    b = world["broker"]
+
+    async def go() -> Any:
+        async with RemotingClient() as rc:
+            return await rc.invoke(b.address("remoting"), request(
+                RequestCode.GET_BROKER_RUNTIME_INFO, 0, fields), 20)
+
+    resp = trio.run(go)
+    assert resp.code == ResponseCode.SYSTEM_ERROR and "signature" in (resp.remark or "")
