@@ -20,6 +20,7 @@ import getpass
 import json
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -326,7 +327,7 @@ def acl_delete(principal: str, topic: str | None, group: str | None, txn: str | 
 
 
 def _q(text: str) -> str:
-    return urllib.request.quote(text, safe="")
+    return urllib.parse.quote(text, safe="")
 
 
 def register(main: click.Group) -> None:

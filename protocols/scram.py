@@ -57,10 +57,11 @@ class Verifier:
     @classmethod
     def from_wire(cls, value: tuple[object, ...] | list[object]) -> Verifier:
         mech, salt, iterations, stored, server = value
-        if mech not in MECHANISMS or not isinstance(iterations, int):
+        if mech not in MECHANISMS or not isinstance(iterations, int) or not all(
+                isinstance(b, bytes) for b in (salt, stored, server)):
             raise ValueError(f"not a SCRAM verifier: {mech!r}")
-        return cls(str(mech), bytes(salt), iterations, bytes(stored),  # type: ignore[arg-type]
-                   bytes(server))  # type: ignore[arg-type]
+        assert isinstance(salt, bytes) and isinstance(stored, bytes) and isinstance(server, bytes)
+        return cls(str(mech), salt, iterations, stored, server)
 
 
 def _hash(mechanism: str) -> str:

@@ -85,8 +85,8 @@ def _broker(auth: bool) -> Iterator[tuple[dict[str, int], dict[str, str]]]:
             yield ports, creds
         except BaseException:
             log.flush()
-            with open(os.path.join(d, "broker.log"), "rb") as f:
-                sys.stderr.write(f.read()[-3000:].decode("utf-8", "replace"))
+            with open(os.path.join(d, "broker.log"), "rb") as logged:
+                sys.stderr.write(logged.read()[-3000:].decode("utf-8", "replace"))
             raise
         finally:
             log.close()

@@ -47,9 +47,9 @@ def build_app(ctx: DoorContext) -> tuple[HttpApp, history.History | None]:
     tokens = options.get("auth_tokens")
     if isinstance(tokens, str):
         tokens = [tokens]
-    auth: BearerTokens | BrokerAuth | None = BearerTokens(tokens) if tokens else None
-    if ctx.broker.auth_enabled:
-        auth = BrokerAuth(ctx.broker, auth)
+    fixed = BearerTokens(tokens) if tokens else None
+    auth: BearerTokens | BrokerAuth | None = (BrokerAuth(ctx.broker, fixed)
+                                              if ctx.broker.auth_enabled else fixed)
     console = options.get(webconsole.OPTION, True)
     if not isinstance(console, bool):
         raise ValueError("[http] console must be true or false")

@@ -265,13 +265,13 @@ class HttpApp:
             resp = problem_response(p, req.path)
             self.metrics.error(op, p.code)
         except FerryError as exc:
-            p = from_ferry_error(exc)
+            refusal = from_ferry_error(exc)
             if (exc.code == "permission_denied" and isinstance(self.authenticator, BrokerAuth)
                     and getattr(req.principal, "anonymous", False)):
                 # Nobody logged in and the ACLs grant nobody this: ask for credentials.
-                p = Problem("unauthorized", "credentials are required", CHALLENGES)
-            resp = problem_response(p, req.path)
-            self.metrics.error(op, p.code)
+                refusal = Problem("unauthorized", "credentials are required", CHALLENGES)
+            resp = problem_response(refusal, req.path)
+            self.metrics.error(op, refusal.code)
         except ClientGone:
             raise
         except Exception:

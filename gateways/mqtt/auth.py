@@ -139,7 +139,8 @@ def core_rules(acl: Acl) -> list[CoreRule]:
     anonymous principal's; ``readwrite`` is a READ and a WRITE grant, ``deny`` a
     deny of everything."""
     out: list[CoreRule] = []
-    sections = [(("User:*", "User:" + ANONYMOUS_NAME), acl.everyone)]
+    sections: list[tuple[tuple[str, ...], list[Rule]]] = [
+        (("User:*", "User:" + ANONYMOUS_NAME), acl.everyone)]
     sections += [((f"User:{user}",), rules) for user, rules in acl.users.items()]
     for principals, rules in sections:
         for principal in principals:
