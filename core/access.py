@@ -86,8 +86,9 @@ MECHANISM_SIGNATURE = "rocketmq-signature"  # RocketMQ AccessKey + HMAC signatur
 class Principal:
     """Who a call is made for: a name, how that name was proven (``mechanism``), and the
     peer address it came from ("host:port", or "host" where a door knows no port;
-    None for the broker's own calls). Names are unique per mechanism only: the
-    security work maps them onto one user model."""
+    None for the broker's own calls). The name is a user of the one model
+    (core/credentials.py) whichever mechanism proved it: rules name users, not
+    mechanisms."""
 
     name: str
     mechanism: str
