@@ -168,6 +168,7 @@ class ClientAccess:
         self.read_denies = broker is not None and broker.checks(principal=principal)
         self._generation = broker.acl_generation if broker is not None else 0
         self._reads: dict[str, bool] = {}
+        self._writes: dict[str, bool] = {}
 
     def _fresh(self) -> dict[str, bool]:
         assert self.broker is not None
@@ -175,6 +176,7 @@ class ClientAccess:
         if g != self._generation:
             self._generation = g
             self._reads = {}
+            self._writes = {}
         return self._reads
 
     def may_read(self, topic: str) -> bool:
@@ -194,8 +196,17 @@ class ClientAccess:
     def may_publish(self, topic: str) -> bool:
         if self.broker is None:
             return True
-        return self.broker.permits(TOPIC, broker_topic(topic), CORE_WRITE, address=topic,
-                                   principal=self.principal)
+        if not self.read_denies:
+            return True  # this client's calls are not checked (auth off, no ACL file)
+        self._fresh()
+        hit = self._writes.get(topic)
+        if hit is None:
+            hit = self.broker.permits(TOPIC, broker_topic(topic), CORE_WRITE, address=topic,
+                                      principal=self.principal)
+            if len(self._writes) >= READ_CACHE_MAX:
+                self._writes.clear()
+            self._writes[topic] = hit
+        return hit
 
     def may_subscribe(self, topic_filter: str) -> bool:
         if self.broker is None:
