@@ -111,6 +111,7 @@ from .stats import BrokerStats, Counters, GroupTopicStats, Health, QueueLag, Sto
 from .store.store import MessageStore, RecoveryReport, StoreConfig
 from .supervisor import TaskSupervisor
 from .timers import TIMER_TOPIC, CancelResult, TimerService, TimerStats, parse_delivery
+from .tracing import TRACE_TOPIC, Tracer
 from .transactions import (
     CHECK_MAX_TOPIC,
     HALF_TOPIC,
@@ -130,7 +131,11 @@ log = logging.getLogger("ferrymq.broker")
 # The services' system topics and their permissions: 0 hides them from producers
 # and consumers; the discarded halves can be read (by admin tools).
 _SYSTEM_TOPICS = {TIMER_TOPIC: 0, HALF_TOPIC: 0, OP_TOPIC: 0, RESENT_TOPIC: 0,
-                  CHECK_MAX_TOPIC: PERM_READ, STATE_TOPIC: 0}
+                  CHECK_MAX_TOPIC: PERM_READ, STATE_TOPIC: 0,
+                  # RocketMQ clients with enableMsgTrace write their trace data here, and
+                  # trace tools read it: created by its first write, whatever auto-create
+                  # says (Paths.topic_for_put; core/tracing.py).
+                  TRACE_TOPIC: PERM_READ_WRITE}
 
 
 class Broker:
@@ -420,6 +425,17 @@ class Broker:
         Checks WRITE on the topic; raises as ``put``."""
         self._authorize(principal, TOPIC, topic, WRITE)
         return await self._paths.put_kafka_batch(topic, queue_id, batch)
+
+    @property
+    def tracer(self) -> Tracer | None:
+        """Where the broker reports its spans (core/tracing.py), None when tracing is
+        off: a door's delivery point reports a ``Delivery`` to it when it is set."""
+        return self._paths.tracer
+
+    def set_tracer(self, tracer: Tracer | None) -> None:
+        """Install (or, with None, remove) the span hook: the write path reports each
+        put to it (receive and store spans), the doors their deliveries."""
+        self._paths.tracer = tracer
 
     def delivery_time(self, properties: Mapping[str, str]) -> int | None:
         """The delivery time (epoch ms) that ``properties`` ask for, by this broker's

@@ -33,6 +33,7 @@ from ..core.supervisor import TaskSupervisor
 from .config import ServerConfig, connection_limits
 from .fdlimit import prepare_fd_limit
 from .supervision import ConnectionSupervisor, Refuse, RequestBudget
+from .tracing import OtelTracer, tracer_from_config
 
 log = logging.getLogger("ferrymq.server")
 
@@ -91,16 +92,18 @@ def available_doors() -> list[str]:
 
 async def run_server(config: ServerConfig, *,
                      on_ready: Callable[[dict[str, int]], None] | None = None,
-                     task_status: trio.TaskStatus[dict[str, int]] = trio.TASK_STATUS_IGNORED
-                     ) -> None:
+                     task_status: trio.TaskStatus[dict[str, int]] = trio.TASK_STATUS_IGNORED,
+                     span_exporter: Any = None) -> None:
     """Run the broker and its doors until cancelled, SIGINT or SIGTERM; either way
-    the broker shuts down cleanly (flush, checkpoint, abort marker removed)."""
+    the broker shuts down cleanly (flush, checkpoint, abort marker removed).
+    ``span_exporter``: an OpenTelemetry SpanExporter the broker's spans go to instead
+    of the ``[tracing]`` table's (tests; gateways/tracing.py)."""
     try:
         async with trio.open_nursery() as outer:
             # Listen for signals before recovery starts, so a stop request during a
             # long recovery still ends in a clean shutdown.
             outer.start_soon(_stop_on_signal, outer.cancel_scope)
-            await _serve(config, on_ready, task_status)
+            await _serve(config, on_ready, task_status, span_exporter)
             outer.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # The signal task never fails: a group here wraps the one reason the broker
@@ -111,10 +114,24 @@ async def run_server(config: ServerConfig, *,
 
 
 async def _serve(config: ServerConfig, on_ready: Callable[[dict[str, int]], None] | None,
-                 task_status: trio.TaskStatus[dict[str, int]]) -> None:
+                 task_status: trio.TaskStatus[dict[str, int]], span_exporter: Any = None
+                 ) -> None:
+    tracer = tracer_from_config(config.options("tracing"), exporter=span_exporter)
+    try:
+        await _serve_traced(config, on_ready, task_status, tracer)
+    finally:
+        if tracer is not None:
+            tracer.shutdown()  # the spans still batched go out
+
+
+async def _serve_traced(config: ServerConfig,
+                        on_ready: Callable[[dict[str, int]], None] | None,
+                        task_status: trio.TaskStatus[dict[str, int]],
+                        tracer: OtelTracer | None) -> None:
     # Before the store opens: its file budget defaults to a share of the soft limit.
     prepare_fd_limit(config, tuple(d for d in available_doors() if config.port(d) is not None))
     async with Broker.open(config.broker) as broker, trio.open_nursery() as nursery:
+        broker.set_tracer(tracer)
         bound: dict[str, int] = {}
         budget = RequestBudget(config.max_inflight_bytes, broker.metrics)
         for name in DOORS:

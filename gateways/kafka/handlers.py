@@ -21,6 +21,7 @@ from ...core.broker import Broker
 from ...core.errors import FerryError
 from ...core.message import GetStatus, Message, StoredRecord
 from ...core.metrics import DoorMetrics
+from ...core.tracing import Delivery
 from ...protocols import record as rec
 from ...protocols.kafka import batch_header as bh
 from ...protocols.kafka import errors as ke
@@ -438,12 +439,17 @@ class KafkaDoor:
                 return ke.OFFSET_OUT_OF_RANGE, hw, lo, []
             if offset == hw:
                 return ke.NONE, hw, lo, []
+            started = time.time_ns()
             got = self.broker.get(None, topic, part, offset, MAX_FETCH_MESSAGES, max_bytes,
                                   principal=principal)
         except FerryError as exc:
             return kafka_error(exc), -1, -1, []
         if got.status in (GetStatus.OFFSET_TOO_SMALL, GetStatus.OFFSET_OVERFLOW_BADLY):
             return ke.OFFSET_OUT_OF_RANGE, hw, lo, []
+        tracer = self.broker.tracer
+        if tracer is not None and got.records:  # the deliver span (core/tracing.py)
+            tracer.delivered(Delivery("kafka", None, topic, part, got.messages(offset),
+                                      started))
         if magic == kr.MAGIC_V2:
             return ke.NONE, hw, lo, batches_v2(got.records)
         return ke.NONE, hw, lo, [message_set(got.records, magic, offset)]

@@ -28,6 +28,7 @@ from ...core.access import Principal
 from ...core.errors import FerryError, InvalidArgument, InvalidReceipt
 from ...core.filter import Filter, parse_filter
 from ...core.pop import PoppedMessage
+from ...core.tracing import Delivery
 from ...protocols.remoting import RemotingCommand, RequestCode, ResponseCode, encode, response_to
 from ...protocols.remoting import headers as H
 from ...protocols.remoting import pop as P
@@ -117,6 +118,11 @@ class PopRequests:
         if not got:
             return response_to(cmd, ResponseCode.POLLING_TIMEOUT, H.PopMessageResponseHeader(
                 0, h.invisibleTime, P.REVIVE_QID, rest).to_ext(), remark="NO_MESSAGE_IN_QUEUE")
+        tracer = self.broker.tracer
+        if tracer is not None:  # the deliver span (core/tracing.py)
+            tracer.delivered(Delivery("rocketmq", h.consumerGroup, h.topic,
+                                      h.queueId if h.queueId >= 0 else None,
+                                      [p.message for p in got], got[0].pop_time * 1_000_000))
         by_queue: dict[int, list[int]] = {}
         for p in got:
             by_queue.setdefault(p.message.queue_id, []).append(p.message.queue_offset)

@@ -39,6 +39,7 @@ from ...core.filter import Filter, parse_filter
 from ...core.message import GetStatus, Message, offset_message_id
 from ...core.metadata import DLQ_PREFIX, PERM_READ_WRITE, RETRY_PREFIX
 from ...core.metrics import DoorMetrics
+from ...core.tracing import Delivery
 from ...protocols import record as rec
 from ...protocols.remoting import (
     RemotingCommand,
@@ -283,10 +284,15 @@ class Processor:
                    filt: Filter | None, who: Principal) -> RemotingCommand | None:
         """The response if there is something to say now; None to wait (no new message)."""
         max_msgs = max(1, min(h.maxMsgNums, MAX_PULL_MESSAGES))
+        started = time.time_ns()
         r = self.broker.get(h.consumerGroup, h.topic, h.queueId, h.queueOffset, max_msgs,
                             h.maxMsgBytes or DEFAULT_MAX_PULL_BYTES, filt, principal=who)
         st = r.status
         if st is GetStatus.FOUND:
+            tracer = self.broker.tracer
+            if tracer is not None:  # the deliver span (core/tracing.py)
+                tracer.delivered(Delivery("rocketmq", h.consumerGroup, h.topic, h.queueId,
+                                          r.messages(h.queueOffset), started))
             parts: list[bytes] = []
             n = 0
             next_offset = r.next_offset
