@@ -184,6 +184,27 @@ def _system_of(messages: Sequence[Message | ConsumedMessage]) -> str:
     return SYSTEMS.get(door or "", "ferrymq")
 
 
+def _linked_or(ratio: Any) -> Any:
+    """The sampler of spans without a parent: a deliver span of a consumer that sent no
+    context of its own is kept when a message it links to was sampled (the producer's
+    decision carries over to the consumer side), else by the configured ratio."""
+    from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+
+    class LinkedOr(Sampler):
+        def should_sample(self, parent_context: Any, trace_id: int, name: str,
+                          kind: Any = None, attributes: Any = None, links: Any = None,
+                          trace_state: Any = None) -> SamplingResult:
+            if links and any(link.context.trace_flags.sampled for link in links):
+                return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)
+            return ratio.should_sample(parent_context, trace_id, name, kind, attributes,
+                                       links, trace_state)
+
+        def get_description(self) -> str:
+            return f"LinkedOr{{{ratio.get_description()}}}"
+
+    return LinkedOr()
+
+
 def tracer_from_config(options: Mapping[str, Any], *, exporter: Any = None
                        ) -> OtelTracer | None:
     """The tracer a ``[tracing]`` table asks for, or None when tracing is off. Raises
@@ -216,7 +237,7 @@ def tracer_from_config(options: Mapping[str, Any], *, exporter: Any = None
                           "pip install 'ferrymq[otel]'") from None
     provider = TracerProvider(
         resource=Resource.create({"service.name": str(options.get("service_name", "ferrymq"))}),
-        sampler=ParentBased(TraceIdRatioBased(ratio)))
+        sampler=ParentBased(_linked_or(TraceIdRatioBased(ratio))))
     if exporter is not None:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
     elif kind == "memory":
