@@ -11,7 +11,6 @@ from ferrymq.core.message import now_ms
 from ferrymq.core.timers import TIMER_TOPIC
 
 
-
 def stored(door, topic: str, queue: int = 0, offset: int = 0):
     return list(door.broker.get(None, topic, queue, offset, 100).messages(offset))
 
