@@ -2,7 +2,7 @@
 
 ``ferrymq topic create|list|describe|delete``, ``group list|describe``,
 ``produce``, ``consume``, ``offset reset``, ``message show``, ``dlq
-list|show|resend``, ``timer cancel|stats``, ``cluster list`` and ``namesrv`` (a
+list|show|resend``, ``timer cancel|stats|list``, ``cluster list`` and ``namesrv`` (a
 standalone NameServer). Every command talks to a NameServer (``-n``,
 ``FERRYMQ_NAMESRV``, default 127.0.0.1:9876; a broker address works too) through
 the FerryMQ client.
@@ -616,7 +616,8 @@ def dlq_resend(group: str, refs: tuple[str, ...], every: bool, force: bool, brok
 
 @click.group(context_settings=CONTEXT)
 def timer() -> None:
-    """Timed messages: cancel one before its time, see the timers' counters."""
+    """Timed messages: cancel one before its time, see the timers' counters and when
+    the pending ones are due."""
 
 
 @timer.command("cancel", context_settings=CONTEXT)
@@ -660,6 +661,31 @@ def timer_stats(broker: str | None, namesrv: str, output: str | None) -> None:
              "late_max_ms": d.get("latenessMaxMs")} for d in _run(go)]
     _emit(rows, ["broker", "pending", "scheduled", "delivered", "cancelled", "dropped",
                  "late_p50_ms", "late_p99_ms", "late_max_ms"], output, title="timers")
+
+
+@timer.command("list", context_settings=CONTEXT)
+@click.option("--hours", type=click.IntRange(1, 168), default=24, show_default=True,
+              help="Hours from the current one.")
+@click.option("-b", "--broker", help="Only this broker (by name).")
+@namesrv_option
+@output_option
+def timer_list(hours: int, broker: str | None, namesrv: str, output: str | None) -> None:
+    """Pending timers per hour of delivery time, per broker (then those due later)."""
+    async def go() -> list[dict[str, Any]]:
+        async with Admin(namesrv) as a:
+            return await a.timer_stats(broker=broker, hours=hours)
+
+    rows = []
+    for d in _run(go):
+        start = _int(d.get("scheduleStartMs")) or 0
+        for i, n in enumerate(d.get("perHour", [])):
+            if n:
+                rows.append({"broker": d["broker"], "hour": _iso(start + i * 3_600_000),
+                             "hour_ms": start + i * 3_600_000, "pending": n})
+        if d.get("later"):
+            rows.append({"broker": d["broker"], "hour": "later", "hour_ms": None,
+                         "pending": d["later"]})
+    _emit(rows, ["broker", "hour", "pending"], output, title="pending timers per hour")
 
 
 # ====================================================================== cluster

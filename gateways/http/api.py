@@ -186,16 +186,6 @@ TIMER_CANCEL_OUT: dict[str, Any] = {
                    "deliver_at": {"type": "integer", "description": "Epoch ms it was due"},
                    "timer_offset": {"type": "integer"}},
 }
-_N = {"type": ["number", "null"]}
-TIMER_STATS_OUT: dict[str, Any] = {
-    "type": "object",
-    "required": ["pending", "scheduled", "delivered", "cancelled"],
-    "properties": {**{k: {"type": "integer"} for k in (
-        "pending", "prepared", "scheduled", "delivered", "cancelled", "rolled", "dropped",
-        "processed_until", "log_bytes")},
-        "lateness_p50_ms": _N, "lateness_p99_ms": _N,
-        "lateness_max_ms": {"type": ["integer", "null"]}},
-}
 P_TOPIC = Param("topic", "path", TOPIC_SCHEMA)
 P_GROUP_Q = Param("group", "query", GROUP_SCHEMA, True, "Consumer group")
 P_TRANSACTION = Param("transaction", "path",
@@ -687,15 +677,6 @@ class Api:
         return json_response({"id": r.message_id, "deliver_at": r.deliver_ms,
                               "timer_offset": r.timer_offset})
 
-    async def timer_stats(self, req: Request) -> Response:
-        st = self.broker.timer_stats(principal=req.principal)
-        return json_response({
-            "pending": st.pending, "prepared": st.prepared, "scheduled": st.scheduled,
-            "delivered": st.delivered, "cancelled": st.cancelled, "rolled": st.rolled,
-            "dropped": st.dropped, "processed_until": st.processed_until_ms,
-            "lateness_p50_ms": st.lateness_p50_ms, "lateness_p99_ms": st.lateness_p99_ms,
-            "lateness_max_ms": st.lateness_max_ms, "log_bytes": st.log_bytes})
-
     # ------------------------------------------------------------ read by offset
 
     async def read(self, req: Request) -> Response:
@@ -1101,9 +1082,6 @@ class Api:
                   {200: _ok(TIMER_CANCEL_OUT),
                    404: _problem("No pending timer has that id (delivered, cancelled, or "
                                  "never timed)")}),
-            Route("GET", "/v1/timers", self.timer_stats, "timer_stats",
-                  "Timers pending, scheduled, delivered, cancelled; delivery lateness",
-                  "timers", (), None, True, {200: _ok(TIMER_STATS_OUT)}),
             Route("GET", "/healthz", self.healthz, "healthz", "Liveness", "operations", (),
                   None, True, {200: _ok(STATUS_SCHEMA)}, public=True),
             Route("GET", "/readyz", self.readyz, "readyz", "Readiness: the store takes writes",

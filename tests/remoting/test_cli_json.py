@@ -91,6 +91,7 @@ def test_every_json_output_has_numbers_as_numbers(native) -> None:
         ("dlq", "resend"): ("json-g", letter),
         ("cluster", "list"): (),
         ("timer", "stats"): (),
+        ("timer", "list"): ("--hours", "2"),
         ("timer", "cancel"): (timed_id, "--yes"),
     }
     listed = {c for c in json_commands(main) if c[0] != "bench"}  # bench: its own reports
