@@ -108,7 +108,7 @@ from .metadata import (
     validate_group_name,
     validate_topic_name,
 )
-from .metrics import MetricsRegistry, broker_collector
+from .metrics import MetricsRegistry, broker_collector, services_collector
 from .paths import Paths
 from .pop import (
     DEAD,
@@ -253,7 +253,9 @@ class Broker:
                 "pop_max_inflight_per_queue", DEFAULT_MAX_INFLIGHT_PER_QUEUE)))
         self.metrics.add_collector(broker_collector(
             self.counters, self.meta, self.store, config.data_dir, lambda: self.started_at,
-            self.pop_service))
+            self.pop_service, lambda: self.metrics.max_lag_series))
+        self.metrics.add_collector(services_collector(self.timers.stats,
+                                                      self.transactions.stats))
 
     # ================================================================ who is asking
 

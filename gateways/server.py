@@ -30,7 +30,7 @@ import trio
 
 from ..core.broker import Broker
 from ..core.supervisor import TaskSupervisor
-from .config import ServerConfig, connection_limits
+from .config import ConfigError, ServerConfig, connection_limits
 from .fdlimit import prepare_fd_limit
 from .supervision import ConnectionSupervisor, Refuse, RequestBudget
 from .tracing import OtelTracer, tracer_from_config
@@ -145,6 +145,7 @@ async def _serve_traced(config: ServerConfig,
 async def _start_doors(config: ServerConfig, broker: Broker, nursery: trio.Nursery,
                        tracer: OtelTracer | None = None) -> dict[str, int]:
     broker.set_tracer(tracer)
+    apply_metrics_options(broker, config.options("metrics"))
     bound: dict[str, int] = {}
     budget = RequestBudget(config.max_inflight_bytes, broker.metrics)
     for name in DOORS:
@@ -159,6 +160,26 @@ async def _start_doors(config: ServerConfig, broker: Broker, nursery: trio.Nurse
         bound[name] = await nursery.start(module.serve, ctx)
         log.info("door %s listening on %s:%d", name, config.host, bound[name])
     return bound
+
+
+def apply_metrics_options(broker: Broker, options: Mapping[str, Any]) -> None:
+    """The ``[metrics]`` table: ``max_topic_labels`` (topics per door in the message
+    counters), ``max_lag_series`` (group lag series), ``otel_names`` (the
+    OpenTelemetry-style copies); docs/operations.md. Raises ConfigError."""
+    reg = broker.metrics
+    unknown = set(options) - {"max_topic_labels", "max_lag_series", "otel_names"}
+    if unknown:
+        raise ConfigError(f"[metrics]: unknown setting(s): {', '.join(sorted(unknown))}")
+    for key in ("max_topic_labels", "max_lag_series"):
+        if key in options:
+            value = options[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"[metrics] {key}: a whole number >= 1, not {value!r}")
+            setattr(reg, key, value)
+    if "otel_names" in options:
+        if not isinstance(options["otel_names"], bool):
+            raise ConfigError("[metrics] otel_names: true or false")
+        reg.otel_names = options["otel_names"]
 
 
 def _write_ready(config: ServerConfig, info: dict[str, Any]) -> None:

@@ -22,6 +22,7 @@ from ...core.filter import Filter, parse_filter
 from ...core.message import ConsumedMessage, Message, PutResult
 from ...core.metadata import MAX_QUEUES, MESSAGE_TYPES, PERM_READ_WRITE, TopicConfig
 from ...core.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ...core.metrics import DoorMetrics
 from ...core.pop import MAX_INVISIBLE_MS, MAX_POP_MESSAGES, MIN_INVISIBLE_MS
 from ...core.tracing import TRACEPARENT, TRACESTATE, Delivery, TraceContext, parse_traceparent
 from . import codec
@@ -296,6 +297,7 @@ class Api:
         self.info = info
         self.security = security
         self.long_polls = 0
+        self.door_metrics = DoorMetrics(broker.metrics, "http")  # messages in and out
         self.long_polls_by_group: dict[str, int] = {}
         self.streams = 0
         self._polls_gauge = broker.metrics.gauge(
@@ -348,8 +350,11 @@ class Api:
                 messages = [Message(m.topic, m.body, m.properties, queue) for m in messages]
             timed = [self.broker.delivery_time(m.properties) is not None for m in messages]
             if any(timed):
-                return json_response(await self._put_split(messages, timed, req.principal), 201)
+                done = await self._put_split(messages, timed, req.principal)
+                self.door_metrics.messages_in(topic, len(messages))
+                return json_response(done, 201)
             result = await self.broker.put(messages, principal=req.principal)
+        self.door_metrics.messages_in(topic, len(messages))
         return json_response(_put_result(result), 201)
 
     async def _put_split(self, messages: list[Message], timed: list[bool], who: Principal
@@ -472,6 +477,8 @@ class Api:
                 self._release_slot(group)
         else:
             popped = await pop()
+        if popped:
+            self.door_metrics.messages_out(topic, len(popped))
         tracer = self.broker.tracer
         if tracer is not None and popped:  # the deliver span (core/tracing.py)
             tracer.delivered(Delivery("http", group, topic, p.get("queue"),
@@ -629,6 +636,7 @@ class Api:
                     tracer = broker.tracer
                     for m in r.messages(pos[q]):
                         pos[q] = m.queue_offset + 1
+                        self.door_metrics.messages_out(topic)
                         if tracer is not None:  # the deliver span, one per event
                             tracer.delivered(Delivery("http", group, topic, q, (m,),
                                                       time.time_ns(), parent))
@@ -687,6 +695,7 @@ class Api:
                                         READ_MAX_BYTES, _filter(p), principal=req.principal)
         enc = p.get("encoding", "auto")
         found = list(r.messages(offset))[:p.get("max", 16)]
+        self.door_metrics.messages_out(topic, len(found))
         tracer = self.broker.tracer
         if tracer is not None and found:  # the deliver span (core/tracing.py)
             tracer.delivered(Delivery("http", None, topic, q, found, started,

@@ -386,6 +386,7 @@ class KafkaDoor(ClusterApis):
             for batch in batches:
                 off = await self._append(topic, index, batch, s.principal, _durability(acks),
                                          tid)
+                self.metrics.messages_in(topic, bh.read_header(batch).records_count)
                 if base_offset < 0:
                     base_offset = off
         except _ProduceError as exc:
@@ -626,6 +627,7 @@ class KafkaDoor(ClusterApis):
             return kafka_error(exc), -1, -1, []
         if got.status in (GetStatus.OFFSET_TOO_SMALL, GetStatus.OFFSET_OVERFLOW_BADLY):
             return ke.OFFSET_OUT_OF_RANGE, hw, lo, []
+        self.metrics.messages_out(topic, got.message_count)
         tracer = self.broker.tracer
         if tracer is not None and got.records:  # the deliver span (core/tracing.py)
             tracer.delivered(Delivery("kafka", None, topic, part, got.messages(offset),

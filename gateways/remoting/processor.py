@@ -201,6 +201,7 @@ class Processor:
         if cmd.code == RequestCode.SEND_BATCH_MESSAGE or batch:
             result = await broker.put_encoded_batch(topic, qid, cmd.body, born_host,
                                                     principal=who)
+            self.metrics.messages_in(topic, result.count)
             ext = {"msgId": batch_offset_ids(result.store_host, result.physical_offset,
                                              result.count),
                    "queueId": str(result.queue_id), "queueOffset": str(result.queue_offset),
@@ -222,6 +223,7 @@ class Processor:
                 qid = 0
         msg = Message(topic, cmd.body, props, qid, flag, born_ts, born_host, reconsume, sys_flag)
         result = await broker.put(msg, principal=who)  # an auto-created topic reaches the NameServer
+        self.metrics.messages_in(topic)
         return encode_send_ok(                  # through Broker.watch_topics
             cmd, _OFFSET_ID.pack(result.store_host, result.physical_offset).hex().upper(),
             result.queue_id, result.queue_offset)
@@ -289,6 +291,7 @@ class Processor:
                             h.maxMsgBytes or DEFAULT_MAX_PULL_BYTES, filt, principal=who)
         st = r.status
         if st is GetStatus.FOUND:
+            self.metrics.messages_out(h.topic, r.message_count)
             tracer = self.broker.tracer
             if tracer is not None:  # the deliver span (core/tracing.py)
                 tracer.delivered(Delivery("rocketmq", h.consumerGroup, h.topic, h.queueId,
