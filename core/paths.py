@@ -91,7 +91,7 @@ from .replication import Durability
 from .statelog import STATE_TOPIC, StateLog
 from .stats import Counters
 from .store.store import MessageStore
-from .tracing import PutTrace, Tracer
+from .tracing import TRACEPARENT, PutTrace, Tracer
 
 # The properties that send a single put elsewhere (core/timers.py, core/transactions.py);
 # a message without properties never looks at them.
@@ -321,7 +321,9 @@ class Paths:
         if self.write_refusal is not None:
             raise self.write_refusal
         tracer = self.tracer
-        if tracer is not None and not untraced:
+        if tracer is not None and not untraced and (
+                tracer.traces_all or type(messages) is not Message
+                or (messages.properties and TRACEPARENT in messages.properties)):  # type: ignore[union-attr]
             return await self._traced_put(tracer, messages, durability)
         if self.replication is not None:
             self._before_put(durability)

@@ -117,7 +117,14 @@ class Delivery(NamedTuple):
 
 
 class Tracer(Protocol):
-    """What the broker reports its spans to (gateways/tracing.py implements it)."""
+    """What the broker reports its spans to (gateways/tracing.py implements it).
+
+    ``traces_all``: whether messages without a ``traceparent`` are traced too (a
+    sampling ratio above 0). When False, the write path skips the hook for a single
+    message that carries none: the cost of tracing on, for untraced traffic, is a
+    property lookup."""
+
+    traces_all: bool
 
     def stored(self, put: PutTrace) -> None:
         """A put completed: the receive span (``received_ns`` to ``done_ns``) and its

@@ -32,7 +32,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from ..core.message import ConsumedMessage, Message
-from ..core.tracing import Delivery, PutTrace, TraceContext, message_context
+from ..core.tracing import TRACEPARENT, Delivery, PutTrace, TraceContext, message_context
+from ..protocols import record as rec
+from ..protocols.kafka import batch_header as bh
+from ..protocols.kafka import records as kr
 from .config import ConfigError
 
 log = logging.getLogger("ferrymq.tracing")
@@ -44,6 +47,7 @@ DOOR_PROPERTY = "FERRY_DOOR"
 MAX_LINKS = 64  # links of one batch span: OTel's default span limit is 128
 EXPORTERS = ("otlp", "console", "memory")
 _CARRIERS = frozenset(("traceparent", "tracestate"))
+_TRACEPARENT_BYTES = TRACEPARENT.encode()
 
 
 def _parent(ctx: TraceContext | None) -> Any:
@@ -66,21 +70,29 @@ def _link(ctx: TraceContext) -> Any:
 
 
 def _payload_contexts(put: PutTrace) -> Iterator[TraceContext | None]:
-    """The producer contexts of a put's messages, an encoded batch decoded on demand."""
+    """The producer contexts of a put's messages. An encoded batch is decoded only when
+    it may hold one: its bytes name ``traceparent`` (or, for a compressed Kafka batch,
+    cannot be searched)."""
     if put.messages:
         for m in put.messages:
-            yield message_context(m.properties)
+            props = m.properties
+            if props and TRACEPARENT in props:
+                yield message_context(props)
         return
-    if put.payload is None:
+    raw = put.payload
+    if raw is None:
         return
-    from ..protocols import record as rec
+    if isinstance(raw, memoryview):
+        raw = bytes(raw)
     if put.kind == "kafka":
-        from ..protocols.kafka import records as kr
-        for r in kr.iter_records(put.payload):
+        if not bh.read_header(raw).attributes & kr.COMPRESSION_MASK \
+                and _TRACEPARENT_BYTES not in raw:
+            return
+        for r in kr.iter_records(raw):
             yield message_context({k: v.decode("utf-8", "replace") for k, v in r.headers
                                    if v is not None and k in _CARRIERS})
-    else:
-        for member in rec.iter_members(put.payload):
+    elif _TRACEPARENT_BYTES in raw:
+        for member in rec.iter_members(raw):
             yield message_context(member.properties)
 
 
@@ -91,16 +103,17 @@ class OtelTracer:
         self.provider = provider
         self._tracer = provider.get_tracer("ferrymq")
         self._roots = sample_ratio > 0  # messages without a context start their own trace
+        self.traces_all = self._roots  # core.tracing.Tracer: the write path asks
 
     # ---------------------------------------------------------------- receive, store
 
     def stored(self, put: PutTrace) -> None:
+        contexts = [c for c in _payload_contexts(put) if c is not None]
+        if not contexts and not self._roots:
+            return  # the common case: an untraced put costs this much
         from opentelemetry import trace
         from opentelemetry.trace import SpanKind
 
-        contexts = [c for c in _payload_contexts(put) if c is not None]
-        if not contexts and not self._roots:
-            return
         r = put.result
         system = _KIND_SYSTEM.get(put.kind) or _system_of(put.messages)
         attrs: dict[str, Any] = {
@@ -142,14 +155,14 @@ class OtelTracer:
     # ---------------------------------------------------------------- deliver
 
     def delivered(self, d: Delivery) -> None:
-        from opentelemetry.trace import SpanKind
-
         messages = list(d.messages)
         if not messages:
             return
         contexts = [c for c in (message_context(m.properties) for m in messages) if c]
         if not contexts and d.parent is None and not self._roots:
             return
+        from opentelemetry.trace import SpanKind
+
         first = messages[0]
         attrs: dict[str, Any] = {
             "messaging.system": d.system,
@@ -230,7 +243,7 @@ def tracer_from_config(options: Mapping[str, Any], *, exporter: Any = None
     try:
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
         from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
     except ImportError:
         raise ConfigError("[tracing] needs the OpenTelemetry SDK: "
@@ -239,10 +252,10 @@ def tracer_from_config(options: Mapping[str, Any], *, exporter: Any = None
         resource=Resource.create({"service.name": str(options.get("service_name", "ferrymq"))}),
         sampler=ParentBased(_linked_or(TraceIdRatioBased(ratio))))
     if exporter is not None:
-        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        provider.add_span_processor(BatchSpanProcessor(exporter))
     elif kind == "memory":
         from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-        provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+        provider.add_span_processor(BatchSpanProcessor(InMemorySpanExporter()))
     elif kind == "console":
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
         provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
