@@ -110,7 +110,8 @@ def _emit(rows: Sequence[dict[str, Any]], columns: Sequence[str], output: str | 
     for c in columns:
         table.add_column(c.upper().replace("_", "-"))
     for r in rows:
-        table.add_row(*("" if r.get(c) is None else str(r.get(c)) for c in columns))
+        table.add_row(*("" if r.get(c) is None else ",".join(map(str, r[c]))
+                        if isinstance(r.get(c), list) else str(r.get(c)) for c in columns))
     Console(width=max(100, 20 * len(columns))).print(table)
 
 
@@ -195,14 +196,16 @@ def topic() -> None:
 @click.option("-b", "--broker", "brokers", multiple=True,
               help="Broker name to create it on (repeat; default: every broker).")
 @namesrv_option
+@output_option
 def topic_create(name: str, queues: int, order: bool, brokers: tuple[str, ...],
-                 namesrv: str) -> None:
+                 namesrv: str, output: str | None) -> None:
     """Create a topic (or grow its queues) on the cluster's brokers."""
     async def go() -> list[str]:
         async with Admin(namesrv) as a:
             return await a.create_topic(name, queues, order=order, brokers=list(brokers) or None)
     names = _run(go)
-    click.echo(json.dumps({"topic": name, "queues": queues, "brokers": names}))
+    _emit([{"topic": name, "queues": queues, "brokers": names}], ["topic", "queues", "brokers"],
+          output)
 
 
 @topic.command("list", context_settings=CONTEXT)
@@ -238,7 +241,8 @@ def topic_describe(name: str, namesrv: str, output: str | None) -> None:
 @click.argument("name")
 @click.option("--yes", is_flag=True, help="Really delete it.")
 @namesrv_option
-def topic_delete(name: str, yes: bool, namesrv: str) -> None:
+@output_option
+def topic_delete(name: str, yes: bool, namesrv: str, output: str | None) -> None:
     """Delete a topic on every broker and the NameServers (asks for --yes)."""
     if not yes:
         raise click.UsageError(f"deleting topic {name} drops its messages: add --yes")
@@ -247,7 +251,7 @@ def topic_delete(name: str, yes: bool, namesrv: str) -> None:
         async with Admin(namesrv) as a:
             await a.delete_topic(name)
     _run(go)
-    click.echo(json.dumps({"deleted": name}))
+    _emit([{"deleted": name}], ["deleted"], output)
 
 
 # ====================================================================== group

@@ -82,6 +82,7 @@ def test_every_json_output_has_numbers_as_numbers(native) -> None:
                          "-m", "2", "--idle-timeout", "5"])
     letter = sent[0]["msgId"]
     cases: dict[tuple[str, ...], tuple[str, ...]] = {
+        ("topic", "create"): ("JsonNew", "-q", "2"),
         ("topic", "list"): (),
         ("topic", "describe"): ("JsonT",),
         ("group", "list"): (),
@@ -93,6 +94,7 @@ def test_every_json_output_has_numbers_as_numbers(native) -> None:
         ("timer", "stats"): (),
         ("timer", "list"): ("--hours", "2"),
         ("timer", "cancel"): (timed_id, "--yes"),
+        ("topic", "delete"): ("JsonNew", "--yes"),
     }
     # bench: its own reports; top: its own test (tests/http/test_top.py)
     listed = {c for c in json_commands(main) if c[0] not in ("bench", "top")}
