@@ -118,3 +118,49 @@ async def test_untraced_messages_cost_no_spans(tmp_path: Path) -> None:
     tracer.shutdown()
     names = [s.name for s in exporter.get_finished_spans()]
     assert names == ["store plain", "receive plain"], names
+
+
+def produce_traced(bootstrap: str) -> None:
+    from kafka import KafkaProducer
+    p = KafkaProducer(bootstrap_servers=bootstrap)
+    p.send("events", b"from kafka", partition=0,
+           headers=[("traceparent", TRACEPARENT.encode())])
+    p.flush()
+    p.close()
+
+
+async def test_kafka_produce_to_http_pop_links_the_consumers_own_span(tmp_path: Path) -> None:
+    """The other way round: a Kafka producer's header (a Kafka batch stored verbatim, its
+    records searched for the context), and an HTTP consumer that sends its own context:
+    the deliver span is the consumer's child, linked to the producer."""
+    exporter = InMemorySpanExporter()
+    tracer = tracer_from_config({}, exporter=exporter)
+    consumer_span = "b7ad6b7169203331"
+    config = BrokerConfig(data_dir=str(tmp_path / "data"), segment_size=16 << 20,
+                          cq_entries_per_file=1000, index_slots=1000, index_entries=4000)
+    async with Broker.open(config) as broker, trio.open_nursery() as nursery:
+        broker.set_tracer(tracer)
+        await broker.create_topic("events", 1)
+        http_port = await nursery.start(http_door.serve, DoorContext(
+            broker, "127.0.0.1", 0, {}, ServerConfig()))
+        kafka_port = await nursery.start(kafka_door.serve, DoorContext(
+            broker, "127.0.0.1", 0, {}, ServerConfig()))
+        await trio.to_thread.run_sync(produce_traced, f"127.0.0.1:{kafka_port}")
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}") as client:
+            r = await client.get("/v1/topics/events/messages", params={"group": "web"},
+                                 headers={"traceparent": f"00-{'1' * 32}-{consumer_span}-01"})
+        nursery.cancel_scope.cancel()
+    tracer.shutdown()
+    [m] = r.json()["messages"]
+    assert m["body"] == "from kafka" and m["properties"]["traceparent"] == TRACEPARENT
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    receive, deliver = spans["receive events"], spans["deliver events"]
+    assert receive.attributes["messaging.system"] == "kafka"
+    assert receive.parent.span_id == int(PRODUCER_SPAN, 16)
+    assert spans["store events"].parent.span_id == receive.context.span_id
+    assert deliver.attributes["messaging.system"] == "http"
+    assert deliver.attributes["messaging.consumer.group.name"] == "web"
+    assert deliver.parent.span_id == int(consumer_span, 16)
+    assert deliver.context.trace_id == int("1" * 32, 16), "the consumer's trace"
+    [link] = deliver.links
+    assert link.context.trace_id == int(TRACE_ID, 16)
