@@ -334,8 +334,9 @@ async def cancel_timer(instance: ClientInstance, msg_id: str,
             continue
         check(resp, addr)
         ext = resp.ext_fields
-        return {"msgId": ext.get("msgId", msg_id), "timerOffset": int(ext.get("timerOffset", -1)),
-                "deliverMs": int(ext.get("deliverMs", -1)), "broker": name}
+        return {"msgId": str(ext.get("msgId", msg_id)),
+                "timerOffset": int(str(ext.get("timerOffset", -1))),
+                "deliverMs": int(str(ext.get("deliverMs", -1))), "broker": name}
     if not_found is None:
         raise NoRouteError("no live broker to ask")
     raise not_found

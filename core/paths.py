@@ -323,7 +323,7 @@ class Paths:
         tracer = self.tracer
         if tracer is not None and not untraced and (
                 tracer.traces_all or type(messages) is not Message
-                or (messages.properties and TRACEPARENT in messages.properties)):  # type: ignore[union-attr]
+                or (messages.properties and TRACEPARENT in messages.properties)):
             return await self._traced_put(tracer, messages, durability)
         if self.replication is not None:
             self._before_put(durability)

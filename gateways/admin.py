@@ -158,14 +158,19 @@ def progress(description: str, total: int | None = None) -> Iterator[Callable[[i
     """A progress bar on stderr, only on a terminal: yields ``advance(n)``. Piped or
     redirected, nothing is drawn (data on stdout stays clean)."""
     if not sys.stderr.isatty():
-        yield lambda n=1: None
+        def nothing(n: int = 1) -> None:
+            pass
+        yield nothing
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    console=_err_console(), transient=True)
     with bar:
         task = bar.add_task(description, total=total)
-        yield lambda n=1: bar.advance(task, n)
+
+        def advance(n: int = 1) -> None:
+            bar.advance(task, n)
+        yield advance
 
 
 def _message_row(m: MessageExt) -> dict[str, Any]:

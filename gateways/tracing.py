@@ -82,7 +82,7 @@ def _payload_contexts(put: PutTrace) -> Iterator[TraceContext | None]:
     raw = put.payload
     if raw is None:
         return
-    if isinstance(raw, memoryview):
+    if not isinstance(raw, bytes):
         raw = bytes(raw)
     if put.kind == "kafka":
         if not bh.read_header(raw).attributes & kr.COMPRESSION_MASK \
