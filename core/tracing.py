@@ -128,7 +128,8 @@ class Tracer(Protocol):
 
     def stored(self, put: PutTrace) -> None:
         """A put completed: the receive span (``received_ns`` to ``done_ns``) and its
-        child, the store span (``appended_ns`` to ``done_ns``)."""
+        child, the store span (``appended_ns`` to ``done_ns``). Must not raise: the
+        message is stored and its producer is about to be told so."""
 
     def delivered(self, delivery: Delivery) -> None:
         """A door delivered messages: the deliver span, linked to each message's

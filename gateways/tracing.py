@@ -44,6 +44,7 @@ log = logging.getLogger("ferrymq.tracing")
 SYSTEMS = {"kafka": "kafka", "remoting": "rocketmq", "mqtt": "mqtt", "http": "http"}
 _KIND_SYSTEM = {"kafka": "kafka", "encoded": "rocketmq"}
 DOOR_PROPERTY = "FERRY_DOOR"
+MAX_LOGGED_FAILURES = 10
 MAX_LINKS = 64  # links of one batch span: OTel's default span limit is 128
 EXPORTERS = ("otlp", "console", "memory")
 _CARRIERS = frozenset(("traceparent", "tracestate"))
@@ -104,10 +105,30 @@ class OtelTracer:
         self._tracer = provider.get_tracer("ferrymq")
         self._roots = sample_ratio > 0  # messages without a context start their own trace
         self.traces_all = self._roots  # core.tracing.Tracer: the write path asks
+        self.failures = 0
 
     # ---------------------------------------------------------------- receive, store
 
     def stored(self, put: PutTrace) -> None:
+        """Never raises: a put that is stored stays acknowledged whatever tracing does."""
+        try:
+            self._stored(put)
+        except Exception:
+            self._failed("store")
+
+    def delivered(self, d: Delivery) -> None:
+        """Never raises, as ``stored``."""
+        try:
+            self._delivered(d)
+        except Exception:
+            self._failed("deliver")
+
+    def _failed(self, hop: str) -> None:
+        self.failures += 1
+        if self.failures <= MAX_LOGGED_FAILURES:  # a bug logs its first few, not a flood
+            log.exception("tracing a %s failed (the message is unaffected)", hop)
+
+    def _stored(self, put: PutTrace) -> None:
         contexts = [c for c in _payload_contexts(put) if c is not None]
         if not contexts and not self._roots:
             return  # the common case: an untraced put costs this much
@@ -154,7 +175,7 @@ class OtelTracer:
 
     # ---------------------------------------------------------------- deliver
 
-    def delivered(self, d: Delivery) -> None:
+    def _delivered(self, d: Delivery) -> None:
         messages = list(d.messages)
         if not messages:
             return

@@ -55,3 +55,26 @@ def test_the_broker_runs_without_opentelemetry() -> None:
                          timeout=60)
     assert out.returncode == 0, out.stderr
     assert "pip install 'ferrymq[otel]'" in out.stdout
+
+
+async def test_a_failing_exporter_never_fails_a_put(tmp_path) -> None:
+    from ferrymq.core.broker import Broker, BrokerConfig
+    from ferrymq.core.message import Message
+    from ferrymq.core.tracing import PutTrace
+
+    tracer = tracer_from_config({"exporter": "memory"})
+    assert tracer is not None
+
+    def broken(put: PutTrace) -> None:
+        raise RuntimeError("a bug in tracing")
+
+    tracer._stored = broken  # type: ignore[method-assign]
+    cfg = BrokerConfig(data_dir=str(tmp_path / "d"), segment_size=16 << 20,
+                       cq_entries_per_file=1000, index_slots=1000, index_entries=4000)
+    async with Broker.open(cfg) as broker:
+        broker.set_tracer(tracer)
+        tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        r = await broker.put(Message("t", b"x", {"traceparent": tp}))
+        assert r.queue_offset == 0 and tracer.failures == 1, "stored, and the bug counted"
+        assert [m.body for m in broker.get(None, "t", 0, 0).messages()] == [b"x"]
+    tracer.shutdown()
