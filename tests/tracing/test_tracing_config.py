@@ -76,5 +76,5 @@ async def test_a_failing_exporter_never_fails_a_put(tmp_path) -> None:
         tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
         r = await broker.put(Message("t", b"x", {"traceparent": tp}))
         assert r.queue_offset == 0 and tracer.failures == 1, "stored, and the bug counted"
-        assert [m.body for m in broker.get(None, "t", 0, 0).messages()] == [b"x"]
+        assert [m.body for m in broker.get(None, "t", r.queue_id, 0).messages()] == [b"x"]
     tracer.shutdown()
