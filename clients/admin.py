@@ -309,15 +309,16 @@ class Admin:
         (QUERY_NOT_FOUND: no broker holds such a pending timer)."""
         return await cancel_timer(self.instance, msg_id, await self._broker_addrs(broker))
 
-    async def timer_stats(self, *, broker: str | None = None, hours: int = 24
+    async def timer_stats(self, *, broker: str | None = None, hours: int | None = None
                           ) -> list[dict[str, Any]]:
-        """Per broker: timers pending, scheduled, delivered, cancelled; lateness; the
-        pending timers per hour of delivery time (``perHour`` from ``scheduleStartMs``,
-        ``hours`` of them, then ``later``)."""
+        """Per broker: timers pending, scheduled, delivered, cancelled; lateness; with
+        ``hours``, the pending timers per hour of delivery time (``perHour`` from
+        ``scheduleStartMs``, ``hours`` of them, then ``later``)."""
+        ext = {"hours": str(hours)} if hours else {}
         out = []
         for name, addr in await self._broker_addrs(broker):
             resp = check(await self.instance.remoting.invoke(addr, request(
-                FerryRequestCode.GET_TIMER_STATS, 0, {"hours": str(hours)})), addr)
+                FerryRequestCode.GET_TIMER_STATS, 0, ext)), addr)
             out.append(dict(B.loads(resp.body), broker=name))
         return out
 

@@ -25,8 +25,8 @@ commitLogOffset), so nothing here handles it. This module answers what follows
 - CANCEL_TIMER (FerryMQ's 900020): header ``msgId`` (the id a timed send returned:
   its client id or the timer record's offset id): SUCCESS with ``timerOffset`` and
   ``deliverMs``, or QUERY_NOT_FOUND (unknown, delivered or cancelled already).
-- GET_TIMER_STATS (FerryMQ's 900021): the timers' counters and lateness, and the
-  pending timers per hour of delivery time (header ``hours``, 24), as JSON.
+- GET_TIMER_STATS (FerryMQ's 900021): the timers' counters and lateness, and, with
+  a header ``hours`` (1-168), the pending timers per hour of delivery time, as JSON.
 """
 
 from __future__ import annotations
@@ -160,11 +160,14 @@ class TransactionRequests:
         """The timers' counters and delivery lateness, as JSON."""
         who = self.ctx.principal(conn)
         st = self.broker.timer_stats(principal=who)
-        hours = max(1, min(int(cmd.ext("hours") or 24), 168))
-        sched = self.broker.timer_schedule(hours, principal=who)
+        schedule: dict[str, object] = {}
+        if cmd.ext("hours"):  # the wheel is walked only when asked (tens of ms when full)
+            hours = max(1, min(int(cmd.ext("hours") or 24), 168))
+            sched = self.broker.timer_schedule(hours, principal=who)
+            schedule = {"scheduleStartMs": sched.start_ms, "perHour": list(sched.counts),
+                        "later": sched.later, "approximate": sched.approximate}
         return response_to(cmd, ResponseCode.SUCCESS, body=B.dumps({
-            "scheduleStartMs": sched.start_ms, "perHour": list(sched.counts),
-            "later": sched.later, "approximate": sched.approximate,
+            **schedule,
             "pending": st.pending, "prepared": st.prepared, "scheduled": st.scheduled,
             "delivered": st.delivered, "cancelled": st.cancelled, "rolled": st.rolled,
             "dropped": st.dropped, "processedUntilMs": st.processed_until_ms,
