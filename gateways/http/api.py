@@ -200,6 +200,12 @@ P_ENCODING = Param("encoding", "query", {"type": "string", "enum": ["auto", "bas
                    description="auto: bodies as JSON or text when they are; base64: always "
                                "body_base64")
 P_QUEUE_Q = Param("queue", "query", QUEUE_SCHEMA, description="Only this queue")
+P_TRACEPARENT = Param("traceparent", "header", {"type": "string", "maxLength": 512},
+                      description="W3C Trace Context: on a produce, stored with each message "
+                                  "that carries none; on a consume, the consumer's context of "
+                                  "the broker's deliver span (an invalid one is ignored)")
+P_TRACESTATE = Param("tracestate", "header", {"type": "string", "maxLength": 512},
+                     description="W3C Trace Context vendor state, kept with traceparent")
 
 
 def _ok(schema: Mapping[str, Any], description: str = "OK", ct: str = JSON) -> Resp:
@@ -914,7 +920,8 @@ class Api:
                    Param("FerryMQ-Delay-Ms", "header", {"type": "string"},
                          description="Raw body: deliver after this many ms"),
                    Param("FerryMQ-Deliver-At", "header", {"type": "string"},
-                         description="Raw body: deliver at (epoch ms or RFC 3339)")),
+                         description="Raw body: deliver at (epoch ms or RFC 3339)"),
+                   P_TRACEPARENT, P_TRACESTATE),
                   produce_body, True,
                   {201: _ok(PRODUCE_RESULT, "Stored: ids, queue and offsets"),
                    403: _problem("The topic is not writable"),
@@ -959,7 +966,7 @@ class Api:
                    409: _problem("The transaction already ended")}),
             Route("GET", "/v1/topics/{topic}/messages", self.consume, "consume",
                   "Pop messages with receipt handles (long polling)", "messages",
-                  (P_TOPIC, P_GROUP_Q, max_p,
+                  (P_TOPIC, P_GROUP_Q, max_p, P_TRACEPARENT,
                    Param("wait", "query", {"type": "number", "minimum": 0, "maximum": 30},
                          description="Long-poll up to this many seconds (capped at 30)"),
                    Param("invisible", "query", {"type": "number", "minimum": 0.1,
@@ -1003,7 +1010,7 @@ class Api:
                   {200: _ok(MESSAGES_SCHEMA)}),
             Route("GET", "/v1/topics/{topic}/stream", self.stream, "stream",
                   "Server-sent events, one per message; Last-Event-ID resumes", "messages",
-                  (P_TOPIC,
+                  (P_TOPIC, P_TRACEPARENT,
                    Param("group", "query", GROUP_SCHEMA,
                          description="Commit the stream's position for this group"),
                    P_QUEUE_Q, P_TAG, P_SQL, P_ENCODING,
@@ -1023,7 +1030,7 @@ class Api:
                    Param("offset", "query", {"type": "integer", "minimum": 0}, True),
                    Param("max", "query", {"type": "integer", "minimum": 1,
                                           "maximum": MAX_READ_MESSAGES}),
-                   P_TAG, P_SQL, P_ENCODING), None, True,
+                   P_TAG, P_SQL, P_ENCODING, P_TRACEPARENT), None, True,
                   {200: _ok(READ_RESULT), 403: _problem("The topic is not readable")}),
             Route("GET", "/v1/topics/{topic}/keys/{key}", self.messages_by_key,
                   "messages_by_key", "Messages of a topic by key", "admin",
