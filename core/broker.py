@@ -39,6 +39,7 @@ from functools import partial
 import trio
 
 from ..protocols import record as rec
+from . import topicconfig
 from .access import (
     ALTER,
     ANONYMOUS,
@@ -250,6 +251,9 @@ class Broker:
                 self.store.drop_topic(topic)  # a deleted topic's leftovers
         self._system_topics_sync()
         self.state.finish_recovery()
+        # A topic's own retention moved its queues' start in memory only: move it again
+        # before anyone reads (docs/storage.md, "Retention per topic").
+        self._retain_topics(now_ms(), int(self.config.retention_hours * 3600_000))
         if legacy:
             if not had_snapshot:
                 # The import is a snapshot at the log's end: written whole or not at all,
@@ -664,9 +668,11 @@ class Broker:
                            attributes: Mapping[str, str] | None = None,
                            exist_ok: bool = False,
                            principal: Principal = ANONYMOUS) -> TopicConfig:
-        """Create a topic (``queues`` defaults to the broker's default_queues). Checks
-        CREATE on it. Raises PermissionDenied, InvalidTopicName, InvalidArgument,
-        TopicExists (unless ``exist_ok``)."""
+        """Create a topic (``queues`` defaults to the broker's default_queues).
+        ``attributes`` holds its topic configs under Kafka's names (validated by
+        core/topicconfig.py) and free-form labels (keys without a dot). Checks CREATE
+        on it. Raises PermissionDenied, InvalidTopicName, InvalidArgument,
+        InvalidConfig, TopicExists (unless ``exist_ok``)."""
         self._authorize(principal, TOPIC, name, CREATE)
         return await self._create_topic(name, queues, perm=perm, message_type=message_type,
                                         attributes=attributes, exist_ok=exist_ok)
@@ -682,13 +688,14 @@ class Broker:
             raise PermissionDenied(f"{name} is a system topic the broker manages")
         queues = self.config.default_queues if queues is None else queues
         _check_topic_args(queues, perm, message_type)
+        attrs = topicconfig.validate(attributes or {}, self.config)
         existing = self.meta.topics.get(name)
         if existing is not None:
             if exist_ok:
                 return existing
             raise TopicExists(f"topic {name} exists")
         t = TopicConfig(name, queues, perm, message_type, now_ms(), self.store.dispatched_pos,
-                        dict(attributes or {}))
+                        attrs)
         changes: list[Change] = [(NS_TOPIC, name, t.to_json())]
         if name in self.meta.tombstones:
             changes.insert(0, (NS_TOMBSTONE, name, None))
@@ -710,12 +717,56 @@ class Broker:
             raise InvalidArgument(f"topic {name} has {t.queues} queues; queues cannot shrink")
         _check_topic_args(new_queues, t.perm if perm is None else perm,
                           t.message_type if message_type is None else message_type)
+        if attributes is not None:
+            attributes = topicconfig.validate(attributes, self.config)
         t = replace(
             t, queues=new_queues, perm=t.perm if perm is None else perm,
             message_type=t.message_type if message_type is None else message_type,
             attributes=t.attributes if attributes is None else dict(attributes))
         await self.state.put(NS_TOPIC, name, t.to_json())
         return self._topic_after_wait(name)
+
+    async def alter_topic_configs(self, name: str,
+                                  ops: Sequence[tuple[str, int, str | None]] | None = None, *,
+                                  replace_with: Mapping[str, str | None] | None = None,
+                                  validate_only: bool = False,
+                                  principal: Principal = ANONYMOUS) -> TopicConfig:
+        """Change a topic's configs: ``ops`` are (name, operation, value) with the
+        operations of core/topicconfig.py (SET, DELETE back to the default, APPEND and
+        SUBTRACT for lists: Kafka's IncrementalAlterConfigs); ``replace_with`` replaces
+        every config (Kafka's AlterConfigs: those not given go back to their defaults).
+        With ``validate_only`` nothing changes and the topic as it would be is
+        returned. Checks ALTER on the topic. Raises PermissionDenied,
+        TopicNotFound, InvalidConfig."""
+        self._authorize(principal, TOPIC, name, ALTER)
+        self._refuse_system_topic(name)
+        t = self._topic(name)
+        if replace_with is not None:
+            attrs = topicconfig.replace_all(t.attributes, replace_with, self.config)
+        else:
+            attrs = topicconfig.apply(t.attributes, ops or (), self.config)
+        new = replace(t, attributes=attrs)
+        if validate_only or attrs == dict(t.attributes):
+            return new
+        await self.state.put(NS_TOPIC, name, new.to_json())
+        return self._topic_after_wait(name)
+
+    def describe_topic_configs(self, name: str, *, principal: Principal = ANONYMOUS
+                               ) -> list[topicconfig.Entry]:
+        """Every topic config of the topic: value, source, read-only, synonyms,
+        documentation (core/topicconfig.py). Checks DESCRIBE on it. Raises
+        PermissionDenied, InvalidTopicName, TopicNotFound."""
+        self._authorize(principal, TOPIC, name, DESCRIBE)
+        return topicconfig.describe(self._topic(name).attributes, self.config)
+
+    def describe_broker_configs(self, *, principal: Principal = ANONYMOUS,
+                                extra: Mapping[str, str] | None = None
+                                ) -> list[topicconfig.Entry]:
+        """The broker's settings under Kafka's names (read-only: they come from its
+        configuration); ``extra`` overrides values a door knows better (its own
+        auto-create switch). Checks DESCRIBE on the cluster."""
+        self._authorize(principal, CLUSTER, "", DESCRIBE)
+        return topicconfig.describe_broker(self.config, extra)
 
     def _topic_after_wait(self, name: str) -> TopicConfig:
         """The topic a change just made durable, unless another task deleted it while
@@ -1060,6 +1111,28 @@ class Broker:
 
     # ================================================================ retention
 
+    def _retain_topics(self, now: int, broker_ms: int) -> int | None:
+        """Each topic's own retention (docs/storage.md, "Retention per topic"): topics
+        with retention.ms or retention.bytes of their own have their queues' start
+        moved; returns the CommitLog offset from which segments must outlive the
+        broker's retention (the oldest record of a topic that keeps longer: -1, a
+        longer retention.ms, or a compacted topic), None if no topic does."""
+        hold: int | None = None
+        for t in self.meta.topics.values():
+            if not t.attributes:
+                continue
+            e = self._paths.settings(t)
+            if e.delete:
+                cutoff = now - e.retention_ms if 0 <= e.retention_ms < broker_ms else None
+                max_bytes = e.retention_bytes if e.retention_bytes >= 0 else None
+                if cutoff is not None or max_bytes is not None:
+                    self.store.retain_topic(t.name, cutoff, max_bytes)
+            if e.compact or e.retention_ms < 0 or e.retention_ms > broker_ms:
+                phys = self.store.oldest_physical(t.name)
+                if phys is not None:
+                    hold = phys if hold is None else min(hold, phys)
+        return hold
+
     def run_retention(self) -> list[int]:
         """One retention pass (the background task calls it every
         retention_check_interval_s)."""
@@ -1071,8 +1144,11 @@ class Broker:
         segments = self.store.commitlog.segments
         if keep is not None and segments and keep < segments[-1].base:
             self.state.request_snapshot()
-        deleted = self.store.retain(now_ms(), int(self.config.retention_hours * 3600_000),
-                                    self.config.max_disk_ratio, protect_from=keep)
+        now = now_ms()
+        broker_ms = int(self.config.retention_hours * 3600_000)
+        hold = self._retain_topics(now, broker_ms)
+        deleted = self.store.retain(now, broker_ms, self.config.max_disk_ratio,
+                                    protect_from=keep, hold_from=hold)
         if deleted:
             floor = self.store.commitlog.min_offset
             gone: list[Change] = [(NS_TOMBSTONE, name, None)

@@ -37,6 +37,8 @@ from typing import Protocol
 import trio
 
 from ..protocols import record as rec
+from ..protocols.kafka import batch_header as bh
+from . import topicconfig
 from .config import BrokerConfig
 from .errors import (
     GroupNotFound,
@@ -137,6 +139,7 @@ class Paths:
         self._waiters: dict[str, set[trio.Event]] = {}
         self._round_robin: dict[str, list[int]] = {}
         self._system_topics: dict[str, int] = {}  # name -> perm
+        self._settings: dict[str, tuple[TopicConfig, topicconfig.Effective]] = {}
 
     # ================================================================ topics and groups
 
@@ -189,9 +192,21 @@ class Paths:
             raise QueueNotFound(f"topic {t.name} has {t.queues} queues; no queue {queue_id}")
         return queue_id
 
+    def settings(self, t: TopicConfig) -> topicconfig.Effective:
+        """The topic's honoured configs, parsed once per version of its config."""
+        cached = self._settings.get(t.name)
+        if cached is None or cached[0] is not t:
+            cached = self._settings[t.name] = (t, topicconfig.effective(t.attributes, self.config))
+        return cached[1]
+
+    def size_limit(self, t: TopicConfig) -> int:
+        """The largest record the topic takes: its max.message.bytes (at most the broker's)."""
+        return min(self._max_message_size, self.settings(t).max_message_bytes)
+
     def forget_topic(self, name: str) -> None:
         """A topic was deleted: drop its round-robin position, wake its long polls."""
         self._round_robin.pop(name, None)
+        self._settings.pop(name, None)
         self.wake(name)
 
     def readable_topic(self, name: str) -> TopicConfig:
@@ -277,10 +292,10 @@ class Paths:
             if t is None or not t.perm & PERM_WRITE:
                 t = await self.topic_for_put(topic)
             body = m.body
-            if len(body) > self._max_message_size:
+            limit = self._max_message_size if not t.attributes else self.size_limit(t)
+            if len(body) > limit:
                 raise MessageTooLarge(
-                    f"message body is {len(body)} bytes; the maximum is "
-                    f"{self._max_message_size}")
+                    f"message body is {len(body)} bytes; the maximum is {limit}")
             qid = m.queue_id
             if qid < 0 or qid >= t.queues:
                 qid = self.queue_for(t, qid)
@@ -311,9 +326,10 @@ class Paths:
         if t is None or not t.perm & PERM_WRITE:
             t = await self.topic_for_put(first.topic)
         qid = self.queue_for(t, first.queue_id)
+        limit = self._max_message_size if not t.attributes else self.size_limit(t)
         try:
             result = self._store.append_batch(first.topic, qid, batch, first.born_timestamp,
-                                              first.born_host, self._max_message_size)
+                                              first.born_host, limit)
         except UnicodeEncodeError as exc:
             raise InvalidMessage(f"properties are not encodable: {exc}") from exc
         return await self.after_put(result)
@@ -325,9 +341,9 @@ class Paths:
         if self.closing:
             raise ShuttingDown()
         t = await self.topic_for_put(topic)
-        if len(body) > self._max_message_size:
-            raise MessageTooLarge(f"batch is {len(body)} bytes; the maximum is "
-                                  f"{self._max_message_size}")
+        limit = self._max_message_size if not t.attributes else self.size_limit(t)
+        if len(body) > limit:
+            raise MessageTooLarge(f"batch is {len(body)} bytes; the maximum is {limit}")
         qid = self.queue_for(t, queue_id)
         result = self._store.append_encoded_batch(topic, qid, body, born_host=born_host)
         return await self.after_put(result)
@@ -339,9 +355,14 @@ class Paths:
         if self.closing:
             raise ShuttingDown()
         t = await self.topic_for_put(topic)
-        if len(batch) > self._max_message_size:
-            raise MessageTooLarge(f"batch is {len(batch)} bytes; the maximum is "
-                                  f"{self._max_message_size}")
+        limit = self._max_message_size
+        if t.attributes:
+            limit = self.size_limit(t)
+            if self.settings(t).log_append_time:
+                # Kafka's LogAppendTime: the broker's time in the batch, CRC recomputed.
+                batch = bh.with_log_append_time(batch, now_ms())
+        if len(batch) > limit:
+            raise MessageTooLarge(f"batch is {len(batch)} bytes; the maximum is {limit}")
         qid = self.queue_for(t, queue_id)
         result = self._store.append_kafka_batch(topic, qid, batch)
         return await self.after_put(result)

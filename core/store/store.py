@@ -44,6 +44,7 @@ from .consumequeue import ConsumeQueue, PinnedReader
 from .filecache import FileCache, FileGone, default_budget
 from .files import DirectoryLock
 from .index import KeyIndex
+from .topicretention import TopicRetention
 
 log = logging.getLogger("ferrymq.store")
 
@@ -217,6 +218,7 @@ class MessageStore:
         self.dispatched_pos = 0  # every record below is in its ConsumeQueue and the index
         self.failed: FerryError | None = None
         self._lock = DirectoryLock(d)
+        self.topic_retention = TopicRetention()
         self._topic_tails: dict[str, bytes] = {}
         self._last_ts = 0
         self._open = False
@@ -701,6 +703,7 @@ class MessageStore:
         if os.path.isdir(tdir):
             shutil.rmtree(tdir, ignore_errors=True)
         self._topic_tails.pop(topic, None)
+        self.topic_retention.forget(topic)
 
     def topic_queue_ids(self, topic: str) -> list[int]:
         return sorted(q for t, q in self.queues if t == topic)
@@ -733,16 +736,34 @@ class MessageStore:
 
     # ================================================================ retention
 
+    def retain_topic(self, topic: str, cutoff_ms: int | None, max_bytes: int | None) -> None:
+        """A topic's own retention (core/store/topicretention.py): its queues forget
+        the entries stored before ``cutoff_ms`` and beyond the newest ``max_bytes``."""
+        for qid in self.topic_queue_ids(topic):
+            self.topic_retention.trim(self.queues[(topic, qid)], cutoff_ms, max_bytes)
+
+    def oldest_physical(self, topic: str) -> int | None:
+        """The CommitLog offset of the topic's oldest live record (None: no records)."""
+        out = None
+        for qid in self.topic_queue_ids(topic):
+            q = self.queues[(topic, qid)]
+            if q.next_entry > q.first_entry:
+                phys = q.entry(q.first_entry).physical_offset
+                out = phys if out is None else min(out, phys)
+        return out
+
     def retain(self, now_ms: int, retention_ms: int, max_disk_ratio: float,
                disk_usage: Callable[[], tuple[int, int]] | None = None,
-               protect_from: int | None = None) -> list[int]:
+               protect_from: int | None = None, hold_from: int | None = None) -> list[int]:
         """Delete CommitLog segments older than ``retention_ms`` and, while the disk
         is fuller than ``max_disk_ratio``, enough of the oldest ones to get under it
         regardless of age; never the active segment. Queue minimum offsets and the
         index follow. ``disk_usage`` returns (used, total) bytes (default: the
         file system of the data directory). A segment holding bytes at or past
         ``protect_from`` is kept whatever its age (the broker's state records no
-        snapshot holds yet). Returns the deleted segments' bases."""
+        snapshot holds yet). A segment holding bytes at or past ``hold_from`` is kept
+        whatever its age but not against disk pressure (topics whose own retention is
+        longer than the broker's). Returns the deleted segments' bases."""
         cl = self.commitlog
         old = cl.segments[:-1]
         keep_from = cl.min_offset
@@ -750,6 +771,8 @@ class MessageStore:
             if mtime * 1000 >= now_ms - retention_ms:
                 break
             keep_from = base + cl.segment_size
+        if hold_from is not None:
+            keep_from = max(cl.min_offset, min(keep_from, hold_from))
         if max_disk_ratio < 1.0 and old:
             used, total = (disk_usage or (lambda: _disk_usage(self.config.directory)))()
             excess = used - max_disk_ratio * total
