@@ -617,10 +617,29 @@ class Broker:
     def offset_for_time(self, topic: str, queue_id: int, timestamp_ms: int, *,
                         principal: Principal = ANONYMOUS) -> int:
         """The first offset whose message was stored at or after ``timestamp_ms``
-        (the max offset if none): rewinding a consumer by time. Checks DESCRIBE on
-        the topic. Raises TopicNotFound, PermissionDenied (not readable)."""
+        (the max offset if none): store time, what resuming "from when I left" needs
+        (an MQTT session). Rewinding a consumer to a time is ``offset_for_timestamp``
+        (the records' own timestamps, Kafka's semantics). Checks DESCRIBE on the
+        topic. Raises TopicNotFound, PermissionDenied (not readable)."""
         self._authorize(principal, TOPIC, topic, DESCRIBE)
         return self._paths.offset_for_time(topic, queue_id, timestamp_ms)
+
+    def offset_for_timestamp(self, topic: str, queue_id: int, timestamp_ms: int, *,
+                             principal: Principal = ANONYMOUS) -> tuple[int, int]:
+        """Kafka's lookup by time: (the first offset whose timestamp is >=
+        ``timestamp_ms``, that timestamp), or (max offset, -1). The timestamp is the
+        topic's message.timestamp.type (CreateTime: the records' own, through the
+        time index; LogAppendTime: store time). Checks DESCRIBE on the topic.
+        Raises TopicNotFound, PermissionDenied (not readable)."""
+        self._authorize(principal, TOPIC, topic, DESCRIBE)
+        return self._paths.timestamp_lookup(topic, queue_id, timestamp_ms)
+
+    def max_timestamp(self, topic: str, queue_id: int, *,
+                      principal: Principal = ANONYMOUS) -> tuple[int, int]:
+        """(offset, timestamp) of the queue's record with the largest timestamp,
+        (-1, -1) when it is empty. Checks DESCRIBE on the topic."""
+        self._authorize(principal, TOPIC, topic, DESCRIBE)
+        return self._paths.max_timestamp(topic, queue_id)
 
     @asynccontextmanager
     async def admin_batch(self) -> AsyncIterator[None]:

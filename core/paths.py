@@ -465,10 +465,40 @@ class Paths:
         return lo, hi
 
     def offset_for_time(self, topic: str, queue_id: int, timestamp_ms: int) -> int:
-        """The first offset stored at or after ``timestamp_ms`` (the max offset if none).
-        Raises TopicNotFound, PermissionDenied."""
+        """The first offset stored at or after ``timestamp_ms`` (the max offset if none):
+        store time. Raises TopicNotFound, PermissionDenied."""
         self.readable_topic(topic)
         return self._store.offset_for_time(topic, queue_id, timestamp_ms)
+
+    def timestamp_lookup(self, topic: str, queue_id: int, timestamp_ms: int) -> tuple[int, int]:
+        """Kafka's ListOffsets by time, for every door: (the first offset whose
+        timestamp is >= ``timestamp_ms``, its timestamp), (max offset, -1) if none.
+        The timestamp is the topic's message.timestamp.type: CreateTime (the
+        records' own, through the time index) or LogAppendTime (store time, through
+        the ConsumeQueue). Raises TopicNotFound, PermissionDenied."""
+        t = self.readable_topic(topic)
+        store = self._store
+        if t.attributes and self.settings(t).log_append_time:
+            offset = store.offset_for_time(topic, queue_id, timestamp_ms)
+            hi = store.queue_bounds(topic, queue_id)[1]
+            if offset >= hi:
+                return hi, -1
+            got = store.get(topic, queue_id, offset, 1, 1)
+            return offset, got.records[0].store_timestamp if got.records else -1
+        return store.offset_for_create_time(topic, queue_id, timestamp_ms)
+
+    def max_timestamp(self, topic: str, queue_id: int) -> tuple[int, int]:
+        """(offset, timestamp) of the record with the largest timestamp of the topic's
+        type, (-1, -1) if the queue is empty: ListOffsets' MAX_TIMESTAMP."""
+        t = self.readable_topic(topic)
+        store = self._store
+        lo, hi = store.queue_bounds(topic, queue_id)
+        if hi <= lo:
+            return -1, -1
+        if t.attributes and self.settings(t).log_append_time:
+            got = store.get(topic, queue_id, hi - 1, 1, 1)
+            return hi - 1, got.records[0].store_timestamp if got.records else -1
+        return store.max_timestamp(topic, queue_id)
 
     def available(self, topic: str, queue_id: int, offset: int) -> bool:
         """Whether a get at ``offset`` would find a visible message now."""

@@ -141,13 +141,13 @@ async def test_a_topics_retention_moves_its_queue_start_but_not_other_topics(bro
 
 async def test_retention_bytes_keeps_the_newest_records_that_fit(broker) -> None:
     await broker.create_topic("b", 1)
-    for i in range(10):
+    for _i in range(10):
         await broker.put(Message("b", b"x" * 100))
     size = len(broker.get(None, "b", 0, 0, 1).records[0].data)
     await broker.alter_topic_configs("b", [("retention.bytes", tc.OP_SET, str(size * 4))])
     broker.run_retention()
     assert broker.queue_bounds("b", 0) == (6, 10)
-    for i in range(2):
+    for _i in range(2):
         await broker.put(Message("b", b"x" * 100))
     broker.run_retention()
     assert broker.queue_bounds("b", 0) == (8, 12)

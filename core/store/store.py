@@ -44,6 +44,7 @@ from .consumequeue import ConsumeQueue, PinnedReader
 from .filecache import FileCache, FileGone, default_budget
 from .files import DirectoryLock
 from .index import KeyIndex
+from .timeindex import TimeIndex, TimeIndexes
 from .topicretention import TopicRetention
 
 log = logging.getLogger("ferrymq.store")
@@ -63,6 +64,8 @@ _I32 = struct.Struct(">i")
 _SIZE_MAGIC = struct.Struct(">ii")
 _MAX_PROPS = rec.MAX_PROPERTIES_BYTES
 _LONG_PROPS = rec.FORMAT_LONG_PROPERTIES
+_FORMAT_MASK = rec.FORMAT_MASK & ~rec.FORMAT_LONG_PROPERTIES
+_KAFKA = rec.FORMAT_KAFKA_BATCH
 # A batch member may not ask for delayed delivery or be a transaction's half: a batch
 # is one record, delivered at once (RocketMQ's client refuses these for batches too).
 _NOT_IN_BATCH = frozenset(("DELAY", "TIMER_DELIVER_MS", "TIMER_DELAY_MS", "TIMER_DELAY_SEC",
@@ -219,6 +222,8 @@ class MessageStore:
         self.failed: FerryError | None = None
         self._lock = DirectoryLock(d)
         self.topic_retention = TopicRetention()
+        self.times = TimeIndexes(os.path.join(d, "timeindex"))
+        self._time_indexes = self.times.indexes  # the hot path's lookup
         self._topic_tails: dict[str, bytes] = {}
         self._last_ts = 0
         self._open = False
@@ -269,6 +274,7 @@ class MessageStore:
             validate_from = min(validate_from, start)
         for q in self.queues.values():
             q.truncate_physical(start)
+            self.times.set_bound(q.topic, q.queue_id, q.max_offset)
         if before_scan is not None:
             before_scan(start)
         index_from = self.index.end_phys
@@ -294,6 +300,7 @@ class MessageStore:
         for q in self.queues.values():
             if q.last_physical_end() > end:
                 q.truncate_physical(end)
+                self.times.cut(q.topic, q.queue_id, q.max_offset)
         self.dispatched_pos = end
         self._previous_checkpoint = validate_from if cp is None else min(cp.previous_offset, end)
         self._open = True
@@ -332,6 +339,8 @@ class MessageStore:
             q.reset_offsets(r.queue_offset)
         q.ready()
         q.append(r.physical_offset, r.total_size, r.queue_offset, count, h, r.store_timestamp)
+        self.time_index(r.topic, r.queue_id).note(self._record_time(r), r.queue_offset, count,
+                                                  r.total_size)
         if r.physical_offset >= index_from and keys:
             for key, member in keys:
                 self.index.put(key, r.physical_offset, member, r.store_timestamp)
@@ -465,6 +474,9 @@ class MessageStore:
             _write(seg, local, b"".join((header, body, tail, plen, properties)))
         cl.write_pos = phys + size
         q.append(phys, size, qoff, count, tag_hash, ts)
+        if sys_flag & _FORMAT_MASK != _KAFKA:  # a Kafka batch: noted with its max timestamp
+            ti = self._time_indexes.get((topic, queue_id)) or self.time_index(topic, queue_id)
+            ti.note(born_timestamp or ts, qoff, count, size)
         if keys:
             index = self.index
             for key, member in keys:
@@ -539,8 +551,12 @@ class MessageStore:
             raise InvalidMessage("a producer batch must have lastOffsetDelta == count - 1")
         q = self.queues.get((topic, queue_id)) or self._queue(topic, queue_id)
         body = kb.with_base_offset_parts(batch, q.max_offset)
-        return self.append(topic, queue_id, body, b"", sys_flag=rec.FORMAT_KAFKA_BATCH,
-                           count=h.records_count, born_timestamp=h.base_timestamp or 0, **kw)  # type: ignore[arg-type]
+        result = self.append(topic, queue_id, body, b"", sys_flag=rec.FORMAT_KAFKA_BATCH,
+                             count=h.records_count, born_timestamp=h.base_timestamp or 0, **kw)  # type: ignore[arg-type]
+        ti = self._time_indexes.get((topic, queue_id)) or self.time_index(topic, queue_id)
+        ti.note(h.max_timestamp, result.queue_offset, result.count,
+                self.dispatched_pos - result.physical_offset)
+        return result
 
     # ================================================================ reading
 
@@ -631,8 +647,90 @@ class MessageStore:
                 reader.release()
 
     def offset_for_time(self, topic: str, queue_id: int, timestamp_ms: int) -> int:
+        """The first offset stored at or after ``timestamp_ms`` (store time, the
+        ConsumeQueue's): LogAppendTime semantics. The max offset if none."""
         q = self.queues.get((topic, queue_id))
         return q.offset_for_time(timestamp_ms) if q else 0
+
+    # ---------------------------------------------------------------- the time index
+
+    def time_index(self, topic: str, queue_id: int) -> TimeIndex:
+        """The queue's time index (core/store/timeindex.py), loaded on first use and
+        brought up to the queue's end: records below the end that the file does not
+        cover (appended after its last entry, before the last checkpoint) are read
+        and noted, so that its maximum is every record's."""
+        ti = self._time_indexes.get((topic, queue_id))
+        if ti is not None:
+            return ti
+        q = self.queues.get((topic, queue_id)) or self._queue(topic, queue_id)
+        ti = self.times.get(topic, queue_id, q.min_offset, q.max_offset)
+        if ti.complete:
+            start = max(ti.next_offset, q.min_offset)
+            index = q.find(start)
+            if index is not None:
+                for phys, size, base, count, _h, _ts in q.iter_entries(index, q.next_entry):
+                    ts = self._time_at(phys)
+                    if ts is not None:
+                        ti.note(ts, base, count, size)
+        return ti
+
+    def _record_time(self, r: rec.Record) -> int:
+        """A record's timestamp for the time index: a Kafka batch's maxTimestamp, else
+        the born timestamp."""
+        if r.sys_flag & _FORMAT_MASK == _KAFKA:
+            return kb.max_timestamp(r.body)
+        return r.born_timestamp or r.store_timestamp
+
+    def _time_at(self, phys: int) -> int | None:
+        data = self.read_record(phys)
+        if data is None:
+            return None
+        try:
+            return self._record_time(rec.decode(data, 0, check_crc=False))
+        except (rec.RecordError, struct.error):
+            return None
+
+    def offset_for_create_time(self, topic: str, queue_id: int, timestamp_ms: int
+                               ) -> tuple[int, int]:
+        """Kafka's lookup by timestamp: (the first offset whose record's timestamp is
+        >= ``timestamp_ms``, that timestamp); (max offset, -1) if there is none. A
+        record's timestamp is its CreateTime (a Kafka record's own, a native
+        message's born time). Found through the time index, then by reading the
+        records from where it points (at most about one index interval), then inside
+        the record found (a batch holds many)."""
+        q = self.queues.get((topic, queue_id))
+        if q is None or q.next_entry == q.first_entry:
+            return (q.max_offset if q else 0), -1
+        ti = self.time_index(topic, queue_id)
+        start = ti.scan_from(timestamp_ms) if ti.complete else None
+        start = q.min_offset if start is None else max(start, q.min_offset)
+        index = q.find(start)
+        if index is None:
+            return q.max_offset, -1
+        for phys, _size, base, _count, _h, _ts in q.iter_entries(index, q.next_entry):
+            if (self._time_at(phys) or -1) < timestamp_ms:
+                continue
+            for m in self.messages_at(phys):
+                if m.queue_offset >= start and m.born_timestamp >= timestamp_ms:
+                    return m.queue_offset, m.born_timestamp
+            return base, timestamp_ms  # unreadable members: the record's first offset
+        return q.max_offset, -1
+
+    def max_timestamp(self, topic: str, queue_id: int) -> tuple[int, int]:
+        """(offset, timestamp) of the record with the largest timestamp (its first
+        message), (-1, -1) for an empty queue: ListOffsets' MAX_TIMESTAMP."""
+        q = self.queues.get((topic, queue_id))
+        if q is None or q.next_entry == q.first_entry:
+            return -1, -1
+        ti = self.time_index(topic, queue_id)
+        if ti.complete and ti.max_offset >= q.min_offset:
+            return ti.max_offset, ti.max_ts
+        best = (-1, -1)
+        for phys, _size, base, _count, _h, _ts in q.iter_entries(q.first_entry, q.next_entry):
+            ts = self._time_at(phys)
+            if ts is not None and ts > best[1]:
+                best = (base, ts)
+        return best
 
     def read_record(self, phys: int) -> bytes | None:
         """The whole record starting at CommitLog offset ``phys``, or None."""
@@ -704,6 +802,7 @@ class MessageStore:
             shutil.rmtree(tdir, ignore_errors=True)
         self._topic_tails.pop(topic, None)
         self.topic_retention.forget(topic)
+        self.times.drop_topic(topic)
 
     def topic_queue_ids(self, topic: str) -> list[int]:
         return sorted(q for t, q in self.queues if t == topic)
@@ -727,6 +826,7 @@ class MessageStore:
                     if q.files:  # a queue dropped meanwhile closes its files: fine
                         raise
         self.index.flush()
+        self.times.flush()
         last = self._last_checkpoint
         if pos != last:
             self._previous_checkpoint, self._last_checkpoint = last, pos
