@@ -824,21 +824,24 @@ class Broker:
     async def create_topic(self, name: str, queues: int | None = None, *,
                            perm: int = PERM_READ_WRITE, message_type: str = "NORMAL",
                            attributes: Mapping[str, str] | None = None,
-                           exist_ok: bool = False,
+                           exist_ok: bool = False, validate_only: bool = False,
                            principal: Principal = ANONYMOUS) -> TopicConfig:
         """Create a topic (``queues`` defaults to the broker's default_queues).
         ``attributes`` holds its topic configs under Kafka's names (validated by
         core/topicconfig.py) and free-form labels (keys without a dot). Checks CREATE
         on it. Raises PermissionDenied, InvalidTopicName, InvalidArgument,
-        InvalidConfig, TopicExists (unless ``exist_ok``)."""
+        InvalidConfig, TopicExists (unless ``exist_ok``). With ``validate_only``
+        nothing is created: the topic as it would be is returned."""
         self._authorize(principal, TOPIC, name, CREATE)
         return await self._create_topic(name, queues, perm=perm, message_type=message_type,
-                                        attributes=attributes, exist_ok=exist_ok)
+                                        attributes=attributes, exist_ok=exist_ok,
+                                        validate_only=validate_only)
 
     async def _create_topic(self, name: str, queues: int | None = None, *,
                             perm: int = PERM_READ_WRITE, message_type: str = "NORMAL",
                             attributes: Mapping[str, str] | None = None,
-                            exist_ok: bool = False, for_put: bool = False) -> TopicConfig:
+                            exist_ok: bool = False, for_put: bool = False,
+                            validate_only: bool = False) -> TopicConfig:
         """``create_topic`` unchecked: the write path auto-creates topics through it.
         Raises PermissionDenied also for the state log's topic."""
         validate_topic_name(name)
@@ -854,6 +857,8 @@ class Broker:
             raise TopicExists(f"topic {name} exists")
         t = TopicConfig(name, queues, perm, message_type, now_ms(), self.store.dispatched_pos,
                         attrs)
+        if validate_only:
+            return t
         changes: list[Change] = [(NS_TOPIC, name, t.to_json())]
         if name in self.meta.tombstones:
             changes.insert(0, (NS_TOMBSTONE, name, None))
