@@ -180,6 +180,7 @@ class Broker:
         self.recovery: RecoveryReport | None = None
         self.sync_flush = config.flush == "sync"
         self._admin_committer: GroupCommitter | None = None  # async flush: admin changes
+        self._compaction_lock = trio.Lock()
         self._topic_watchers: list[Callable[[], None]] = []
         self._access = AccessControl()
         self.started_at = 0
@@ -436,6 +437,10 @@ class Broker:
         tasks.start_soon(self.state.run, name="state")
         tasks.every(self.config.retention_check_interval_s, self.run_retention,
                     name="retention")
+        # Compacted topics (docs/storage.md, "Compaction"): a pass in a worker thread.
+        tasks.every(float(self.config.extra.get(  # type: ignore[arg-type]
+            "compaction_check_interval_s", DEFAULT_COMPACTION_INTERVAL_S)),
+            self.compact, name="compaction")
         tasks.start_soon(self.pop_service.run, name="pop")
         self.timers.start(tasks)  # type: ignore[arg-type]  # a supervisor starts tasks as a nursery does
         self.transactions.start(tasks)  # type: ignore[arg-type]
@@ -1510,6 +1515,55 @@ class Broker:
                     hold = phys if hold is None else min(hold, phys)
         return hold
 
+    async def compact(self, topic: str | None = None, *,
+                      principal: Principal = ANONYMOUS) -> list[CompactionStats]:
+        """One compaction pass over every queue of ``topic`` (default: every topic whose
+        cleanup.policy has compact) whose records are old enough
+        (min.compaction.lag.ms), each in a worker thread (docs/storage.md,
+        "Compaction"). The background task calls it every
+        ``compaction_check_interval_s``; an admin may call it at once. Checks ALTER
+        on each topic named. Returns one line per queue compacted."""
+        if topic is not None:
+            self._authorize(principal, TOPIC, topic, ALTER)
+            names = [self._topic(topic).name]
+        else:
+            names = [t.name for t in self.meta.topics.values()
+                     if t.attributes and self._paths.settings(t).compact]
+        async with self._compaction_lock:  # one pass at a time: each builds on the last
+            return await self._compact(names)
+
+    async def _compact(self, names: list[str]) -> list[CompactionStats]:
+        out = []
+        for name in names:
+            t = self.meta.topics.get(name)
+            if t is None or not t.attributes:
+                continue
+            settings = topicconfig.effective(t.attributes, self.config)
+            if not settings.compact:
+                continue
+            lag = int(t.attributes.get("min.compaction.lag.ms", "0"))
+            delete_ms = int(t.attributes.get("delete.retention.ms", "86400000"))
+            for qid in self.store.topic_queue_ids(name):
+                now = now_ms()
+                plan = self.store.compaction_range(name, qid, now, lag)
+                if plan is None:
+                    continue
+                old, start, end = plan
+                t0 = trio.current_time()
+                self._paths.threaded_reads += 1  # retention waits while the pass reads
+                try:
+                    result = await trio.to_thread.run_sync(
+                        self.store.compact_queue, name, qid, old, start, end, now, delete_ms)
+                finally:
+                    self._paths.threaded_reads -= 1
+                if result.log is not None:
+                    self.store.switch_compacted(name, qid, result.log)
+                    out.append(CompactionStats(name, qid, result.log.start, result.log.end,
+                                               result.records_in, result.records_out,
+                                               result.bytes_in, result.bytes_out, result.keys,
+                                               trio.current_time() - t0))
+        return out
+
     def run_retention(self) -> list[int]:
         """One retention pass (the background task calls it every
         retention_check_interval_s)."""
@@ -1561,6 +1615,25 @@ def _check_door_namespace(namespace: str) -> None:
     door, dot, name = namespace.partition(".") if isinstance(namespace, str) else ("", "", "")
     if not (door and dot and name and door.isalnum()):
         raise InvalidArgument(f"a door's state namespace is <door>.<name>, not {namespace!r}")
+
+
+DEFAULT_COMPACTION_INTERVAL_S = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class CompactionStats:
+    """One queue's compaction pass: the compacted range and what it kept."""
+
+    topic: str
+    queue_id: int
+    start: int
+    end: int
+    records_in: int
+    records_out: int
+    bytes_in: int
+    bytes_out: int
+    keys: int
+    seconds: float
 
 
 def _check_topic_args(queues: int, perm: int, message_type: str) -> None:

@@ -166,6 +166,10 @@ class _Entries:
                 hi = mid
         return lo
 
+    def first_at_or_past(self, phys: int) -> int:
+        """The index of the first entry whose record lies at CommitLog offset >= ``phys``."""
+        return self._first_at_or_past(phys)
+
     def _first_at_or_past(self, phys: int) -> int:
         """The index of the first entry whose record lies at CommitLog offset >= ``phys``."""
         lo, hi = self.first_entry, self.next_entry

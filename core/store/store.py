@@ -12,6 +12,7 @@ See docs/storage.md for the formats and the recovery argument.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -40,6 +41,7 @@ from ..message import (
 )
 from .checkpoint import Checkpoint, read_checkpoint, write_checkpoint
 from .commitlog import CommitLog
+from .compaction import DEFAULT_MAX_KEYS, CompactedLog, PassResult, compact
 from .consumequeue import ConsumeQueue, PinnedReader
 from .filecache import FileCache, FileGone, default_budget
 from .files import DirectoryLock
@@ -226,6 +228,8 @@ class MessageStore:
         self._lock = DirectoryLock(d)
         self.topic_retention = TopicRetention()
         self.times = TimeIndexes(os.path.join(d, "timeindex"))
+        self.compacted: dict[tuple[str, int], CompactedLog] = {}
+        self._retired_compacted: CompactedLog | None = None
         self._time_indexes = self.times.indexes  # the hot path's lookup
         self._topic_tails: dict[str, bytes] = {}
         self._last_ts = 0
@@ -305,6 +309,7 @@ class MessageStore:
                 q.truncate_physical(end)
                 self.times.cut(q.topic, q.queue_id, q.max_offset)
         self.dispatched_pos = end
+        self._load_compacted()
         self._previous_checkpoint = validate_from if cp is None else min(cp.previous_offset, end)
         self._open = True
         self.checkpoint()
@@ -628,7 +633,85 @@ class MessageStore:
 
     def queue_bounds(self, topic: str, queue_id: int) -> tuple[int, int]:
         q = self.queues.get((topic, queue_id))
-        return (q.min_offset, q.max_offset) if q else (0, 0)
+        if q is None:
+            return 0, 0
+        if self.compacted:
+            comp = self.compacted.get((topic, queue_id))
+            if comp is not None:
+                return comp.start, q.max_offset
+        return q.min_offset, q.max_offset
+
+    # ---------------------------------------------------------------- compaction
+
+    def _compacted_dir(self, topic: str, queue_id: int) -> str:
+        return os.path.join(self.config.directory, "compacted", topic, str(queue_id))
+
+    def _load_compacted(self) -> None:
+        root = os.path.join(self.config.directory, "compacted")
+        if not os.path.isdir(root):
+            return
+        for topic in os.listdir(root):
+            for qid in os.listdir(os.path.join(root, topic)):
+                q = self.queues.get((topic, int(qid))) if qid.isdigit() else None
+                if q is None:
+                    continue
+                comp = CompactedLog(self._compacted_dir(topic, q.queue_id), topic, q.queue_id)
+                if comp.load():
+                    self.compacted[(topic, q.queue_id)] = comp
+                    self._drop_compacted_entries(q, comp.end)
+
+    @staticmethod
+    def _drop_compacted_entries(q: ConsumeQueue, end: int) -> None:
+        """The queue's entries below ``end`` are in the compacted log now."""
+        index = q.find(end)
+        q.delete_before_index(q.next_entry if index is None and end >= q.max_offset
+                              else index if index is not None else q.first_entry)
+
+    def compaction_range(self, topic: str, queue_id: int, now_ms: int, min_lag_ms: int
+                         ) -> tuple[CompactedLog | None, int, int] | None:
+        """(old compacted log, start, end) of the next pass over the queue: from where
+        the last one ended to the first record younger than ``min_lag_ms`` or not yet
+        flushed; None when there is nothing to compact."""
+        q = self.queues.get((topic, queue_id))
+        if q is None or q.next_entry == q.first_entry:
+            return None
+        old = self.compacted.get((topic, queue_id))
+        start = max(q.min_offset, old.end if old is not None else 0)
+        stop = min(q.first_stored_at_or_after(now_ms - min_lag_ms + 1),
+                   q.first_at_or_past(self.commitlog.flushed_pos))
+        end = q.entry(stop).base_offset if stop < q.next_entry else q.max_offset
+        return (old, start, end) if end > start else None
+
+    def read_records(self, topic: str, queue_id: int, offset: int, n: int) -> list[rec.Record]:
+        """Decoded records of the queue from ``offset`` (a worker thread: pread)."""
+        got = self.get(topic, queue_id, offset, n, 1 << 24, pread=True)
+        return [rec.decode(r.data, 0, check_crc=False) for r in got.records]
+
+    def compact_queue(self, topic: str, queue_id: int, old: CompactedLog | None, start: int,
+                      end: int, now_ms: int, delete_retention_ms: int,
+                      max_keys: int = DEFAULT_MAX_KEYS) -> PassResult:
+        """A compaction pass (compaction.py), in a worker thread; ``switch_compacted``
+        puts its result in use on the owner thread."""
+        return compact(old, self._compacted_dir(topic, queue_id), topic, queue_id, start, end,
+                       lambda offset, n: self.read_records(topic, queue_id, offset, n),
+                       now_ms, delete_retention_ms, max_keys)
+
+    def switch_compacted(self, topic: str, queue_id: int, new: CompactedLog) -> None:
+        q = self.queues.get((topic, queue_id))
+        if q is None:  # the topic went meanwhile
+            new.close()
+            return
+        old = self.compacted.get((topic, queue_id))
+        self.compacted[(topic, queue_id)] = new
+        self._drop_compacted_entries(q, new.end)
+        if old is not None:
+            # A worker thread's read may still hold the old file: it is closed at the
+            # next switch (its name is unlinked now; the open descriptor keeps the data).
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(old.path)
+            if self._retired_compacted is not None:
+                self._retired_compacted.close()
+            self._retired_compacted = old
 
     def get(self, topic: str, queue_id: int, offset: int, max_messages: int, max_bytes: int,
             filt: Filter | None = None, visible_limit: int | None = None,
@@ -643,6 +726,16 @@ class MessageStore:
         cq = self.queues.get((topic, queue_id))
         if cq is None:
             return GetResult(GetStatus.NO_MESSAGE_IN_QUEUE, (), 0, 0, 0)
+        if self.compacted:
+            comp = self.compacted.get((topic, queue_id))
+            if comp is not None and offset < comp.end:  # the compacted range (compaction.py)
+                if offset < comp.start:
+                    return GetResult(GetStatus.OFFSET_TOO_SMALL, (), comp.start, comp.start,
+                                     cq.max_offset)
+                got = comp.get(offset, max_messages, max_bytes, cq.max_offset)
+                if got.records:
+                    return got
+                offset = comp.end
         q: ConsumeQueue | PinnedReader = cq
         read = self.commitlog.read
         reader = None
@@ -869,6 +962,9 @@ class MessageStore:
         self._topic_tails.pop(topic, None)
         self.topic_retention.forget(topic)
         self.times.drop_topic(topic)
+        for key in [k for k in self.compacted if k[0] == topic]:
+            self.compacted.pop(key).close()
+        shutil.rmtree(os.path.join(self.config.directory, "compacted", topic), ignore_errors=True)
 
     def topic_queue_ids(self, topic: str) -> list[int]:
         return sorted(q for t, q in self.queues if t == topic)
