@@ -438,9 +438,7 @@ class Broker:
         tasks.every(self.config.retention_check_interval_s, self.run_retention,
                     name="retention")
         # Compacted topics (docs/storage.md, "Compaction"): a pass in a worker thread.
-        tasks.every(float(self.config.extra.get(  # type: ignore[arg-type]
-            "compaction_check_interval_s", DEFAULT_COMPACTION_INTERVAL_S)),
-            self.compact, name="compaction")
+        tasks.every(self.config.compaction_check_interval_s, self.compact, name="compaction")
         tasks.start_soon(self.pop_service.run, name="pop")
         self.timers.start(tasks)  # type: ignore[arg-type]  # a supervisor starts tasks as a nursery does
         self.transactions.start(tasks)  # type: ignore[arg-type]
@@ -1615,9 +1613,6 @@ def _check_door_namespace(namespace: str) -> None:
     door, dot, name = namespace.partition(".") if isinstance(namespace, str) else ("", "", "")
     if not (door and dot and name and door.isalnum()):
         raise InvalidArgument(f"a door's state namespace is <door>.<name>, not {namespace!r}")
-
-
-DEFAULT_COMPACTION_INTERVAL_S = 15.0
 
 
 @dataclass(frozen=True, slots=True)
