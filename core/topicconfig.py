@@ -110,7 +110,7 @@ _WHY_SHARED = "no effect: the CommitLog is shared by every topic and flushed by 
 SPECS: dict[str, Spec] = {s.name: s for s in (
     Spec("cleanup.policy", "list", HONOURED,
          "delete: records older than retention.ms or beyond retention.bytes go; compact: the "
-         "topic's records are kept (not compacted yet: docs/storage.md)",
+         "latest record per key is kept (docs/storage.md, Compaction)",
          _const("delete"), choices=("delete", "compact"), broker_name="log.cleanup.policy"),
     Spec("retention.ms", "long", HONOURED,
          "how long a record is kept (-1: for ever; longer than the broker's retention keeps "
@@ -126,17 +126,17 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
          "CreateTime: the producer's timestamps; LogAppendTime: the broker's, written into "
          "each batch on append", _const("CreateTime"), choices=("CreateTime", "LogAppendTime"),
          broker_name="log.message.timestamp.type"),
-    Spec("delete.retention.ms", "long", ACCEPTED,
-         "how long a tombstone survives compaction (kept; compaction is not implemented yet)",
+    Spec("delete.retention.ms", "long", HONOURED,
+         "how long compaction keeps a tombstone (a record with a null value)",
          _const("86400000"), low=0, broker_name="log.cleaner.delete.retention.ms"),
-    Spec("min.compaction.lag.ms", "long", ACCEPTED,
-         "the youngest record compaction may remove (kept; compaction is not implemented yet)",
+    Spec("min.compaction.lag.ms", "long", HONOURED,
+         "records younger than this are never compacted",
          _const("0"), low=0, broker_name="log.cleaner.min.compaction.lag.ms"),
     Spec("max.compaction.lag.ms", "long", ACCEPTED,
-         "the oldest a record may get uncompacted (kept; compaction is not implemented yet)",
+         "no effect: every pass (compaction_check_interval_s) takes every eligible record",
          _const(str(LONG_MAX)), low=1, broker_name="log.cleaner.max.compaction.lag.ms"),
     Spec("min.cleanable.dirty.ratio", "string", ACCEPTED,
-         "compaction's trigger (kept; compaction is not implemented yet)", _const("0.5"),
+         "no effect: every pass takes every eligible record", _const("0.5"),
          broker_name="log.cleaner.min.cleanable.ratio"),
     Spec("compression.type", "string", HONOURED,
          "producer: batches are stored as the producer compressed them (the only value: "
