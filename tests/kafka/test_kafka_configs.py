@@ -6,11 +6,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import trio
 from ferrymq.core.access import SYSTEM
-from ferrymq.core.broker import Broker
+from ferrymq.core.broker import Broker, BrokerConfig
+from ferrymq.gateways.config import ServerConfig
+from ferrymq.gateways.kafka import serve
+from ferrymq.gateways.server import DoorContext
 from ferrymq.protocols.kafka import errors as ke
 from ferrymq.protocols.kafka import records as kr
-from kafka_wire import Client, Req, create, produce, run, with_door
+from kafka_wire import Body, Client, Req, create, produce, run
 
 LIST_OFFSETS, CREATE_TOPICS, DESCRIBE_CONFIGS, ALTER_CONFIGS, INCREMENTAL_ALTER = 2, 19, 32, 33, 44
 TOPIC, BROKER = 2, 4
@@ -64,6 +68,18 @@ def list_offset(c: Client, topic: str, timestamp: int, version: int = 8) -> Any:
     return resp.topics[0].partitions[0]
 
 
+async def with_door(tmp_path: Any, body: Body) -> None:
+    """kafka_wire's door on a broker with 2 MiB segments (a 1 GiB segment is allocated
+    on disk whole: five tests would take 5 GB of a shared machine's disk)."""
+    config = BrokerConfig(data_dir=str(tmp_path / "data"), segment_size=2 << 20,
+                          max_message_size=1 << 20)
+    async with Broker.open(config) as broker, trio.open_nursery() as nursery:
+        port = await nursery.start(serve, DoorContext(broker, "127.0.0.1", 0, {},
+                                                      ServerConfig()))
+        await body(broker, f"127.0.0.1:{port}")
+        nursery.cancel_scope.cancel()
+
+
 def values(result: Any) -> dict[str, Any]:
     return {e.name: e for e in result.configs}
 
@@ -111,6 +127,7 @@ async def test_created_configs_are_kept_and_described_with_their_source(tmp_path
         assert missing.error_code == ke.UNKNOWN_TOPIC_OR_PARTITION
         b = values(await run(describe, c, BROKER, "0"))
         assert b["num.partitions"].value == "1" and b["log.retention.ms"].read_only
+        assert b["message.max.bytes"].value == str(1 << 20)
         c.close()
     await with_door(tmp_path, body)
 
