@@ -1793,7 +1793,12 @@ class Broker:
                         self.store.compact_queue, name, qid, old, start, end, now, delete_ms)
                 finally:
                     self._paths.threaded_reads -= 1
-                if result.log is not None:
+                if result.log is None:
+                    continue
+                now_t = self.meta.topics.get(name)
+                if now_t is None or now_t.created_phys != t.created_phys:
+                    self.store.discard_compacted(name, qid, result.log)  # deleted meanwhile
+                else:
                     self.store.switch_compacted(name, qid, result.log)
                     out.append(CompactionStats(name, qid, result.log.start, result.log.end,
                                                result.records_in, result.records_out,

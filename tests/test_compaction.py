@@ -112,3 +112,26 @@ async def test_only_compacted_topics_are_compacted(tmp_path) -> None:
             await b.compact("nope")
         assert len(offsets_and_keys(b, "d")) == 7
         assert not os.path.exists(tmp_path / "data" / "store" / "compacted" / "d")
+
+
+async def test_a_topic_deleted_during_a_pass_leaves_no_compacted_log(tmp_path) -> None:
+    import trio
+
+    async with Broker.open(config(tmp_path)) as b:
+        await b.create_topic("c", 1, attributes={"cleanup.policy": "compact"})
+        await produce_history(b, "c")
+        original = b.store.compact_queue
+
+        def pass_then_delete(*args, **kw):  # type: ignore[no-untyped-def]
+            result = original(*args, **kw)
+            trio.from_thread.run(b.delete_topic, "c")  # on the loop, while the pass returns
+            return result
+
+        b.store.compact_queue = pass_then_delete  # type: ignore[method-assign]
+        assert await b.compact() == []
+        b.store.compact_queue = original  # type: ignore[method-assign]
+        assert not (tmp_path / "data" / "store" / "compacted" / "c" / "0").exists()
+        await b.create_topic("c", 1, attributes={"cleanup.policy": "compact"})
+        assert b.queue_bounds("c", 0) == (0, 0)
+    async with Broker.open(config(tmp_path)) as b:
+        assert b.queue_bounds("c", 0) == (0, 0)

@@ -130,8 +130,10 @@ class CompactedLog:
         while i < len(ix.bases) and (not out or (n < max_messages and size < max_bytes)):
             data = os.pread(self._fd, ix.sizes[i], ix.positions[i])  # type: ignore[arg-type]
             r = rec.decode(data, 0, check_crc=False)
-            out.append(StoredRecord(self.topic, self.queue_id, r.queue_offset, ix.spans[i], -1,
-                                    r.sys_flag, r.store_timestamp, data))
+            # The physical offset is where the record was first written (its message ids
+            # keep naming it; the CommitLog may have let it go since).
+            out.append(StoredRecord(self.topic, self.queue_id, r.queue_offset, ix.spans[i],
+                                    r.physical_offset, r.sys_flag, r.store_timestamp, data))
             n += ix.spans[i]
             size += len(data)
             i += 1

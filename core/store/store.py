@@ -696,10 +696,19 @@ class MessageStore:
                        lambda offset, n: self.read_records(topic, queue_id, offset, n),
                        now_ms, delete_retention_ms, max_keys)
 
+    def discard_compacted(self, topic: str, queue_id: int, new: CompactedLog) -> None:
+        """A pass whose topic was deleted (or deleted and created again) meanwhile: its
+        files must not outlive it, or a later incarnation would load them."""
+        new.close()
+        old = self.compacted.pop((topic, queue_id), None)
+        if old is not None:
+            old.close()
+        shutil.rmtree(self._compacted_dir(topic, queue_id), ignore_errors=True)
+
     def switch_compacted(self, topic: str, queue_id: int, new: CompactedLog) -> None:
         q = self.queues.get((topic, queue_id))
         if q is None:  # the topic went meanwhile
-            new.close()
+            self.discard_compacted(topic, queue_id, new)
             return
         old = self.compacted.get((topic, queue_id))
         self.compacted[(topic, queue_id)] = new
