@@ -359,6 +359,11 @@ def describe_broker(broker: BrokerConfig, extra: Mapping[str, str] | None = None
             value = extra[name]
         source = SOURCE_DEFAULT if value == kafka_default else SOURCE_STATIC_BROKER
         out.append(Entry(name, value, source, True, False, typ, doc, ((name, value, source),)))
+    # What a door knows of itself (its listener, its node id): derived, not configured.
+    for name, value in (extra or {}).items():
+        if name not in values:
+            out.append(Entry(name, value, SOURCE_DEFAULT, True, False, "string",
+                             "derived from the door's settings", ((name, value, SOURCE_DEFAULT),)))
     return out
 
 

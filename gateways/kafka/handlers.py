@@ -1017,7 +1017,9 @@ class KafkaDoor(ClusterApis):
         """DescribeConfigs: the core's topic configs and broker settings (configs.py)."""
         extra = {"num.partitions": str(self.options.num_partitions),
                  "auto.create.topics.enable": str(self.options.auto_create_topics
-                                                  and self.broker.config.auto_create_topics).lower()}
+                                                  and self.broker.config.auto_create_topics).lower(),
+                 "advertised.listeners": f"PLAINTEXT://{self.host_for(s)}:{self.port}",
+                 "node.id": str(self.options.node_id), "broker.id": str(self.options.node_id)}
         return configs.describe(schema.response_class(DESCRIBE_CONFIGS), h.api_version, req,
                                 self.broker, s.principal, extra, self.options.node_id)
 

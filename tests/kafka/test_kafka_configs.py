@@ -128,6 +128,7 @@ async def test_created_configs_are_kept_and_described_with_their_source(tmp_path
         b = values(await run(describe, c, BROKER, "0"))
         assert b["num.partitions"].value == "1" and b["log.retention.ms"].read_only
         assert b["message.max.bytes"].value == str(1 << 20)
+        assert b["advertised.listeners"].value == f"PLAINTEXT://{bootstrap}"
         c.close()
     await with_door(tmp_path, body)
 
