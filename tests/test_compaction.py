@@ -135,3 +135,36 @@ async def test_a_topic_deleted_during_a_pass_leaves_no_compacted_log(tmp_path) -
         assert b.queue_bounds("c", 0) == (0, 0)
     async with Broker.open(config(tmp_path)) as b:
         assert b.queue_bounds("c", 0) == (0, 0)
+
+
+async def test_a_crash_at_either_side_of_the_switch_leaves_one_whole_generation(
+        tmp_path, monkeypatch) -> None:
+    """Before the state file is replaced the previous generation is in force; after it
+    (the ConsumeQueue's entries not yet dropped) the new one is, and the restart drops
+    the entries it covers."""
+    from ferrymq.core.store import compaction
+
+    async with Broker.open(config(tmp_path)) as b:
+        await b.create_topic("c", 1, attributes={"cleanup.policy": "compact"})
+        await produce_history(b, "c")
+        await b.compact("c")  # generation 1: [0, 7)
+        await b.put_kafka_batch("c", 0, batch(("a", "a4"), ("b", "b4")))  # 7-8
+        b.store.flush()
+
+        def crash(*args, **kw):  # type: ignore[no-untyped-def]
+            raise OSError("killed before the switch")
+        monkeypatch.setattr(compaction, "atomic_write", crash)
+        with pytest.raises(OSError):
+            await b.compact("c")
+        monkeypatch.undo()
+    async with Broker.open(config(tmp_path)) as b:
+        assert offsets_and_keys(b, "c") == [(4, "b"), (5, "a"), (6, "c"), (7, "a"), (8, "b")]
+        # Now a pass that switched the state file but "died" before the loop dropped the
+        # ConsumeQueue entries.
+        monkeypatch.setattr(b.store, "switch_compacted", lambda *a: None)
+        await b.compact("c")
+        monkeypatch.undo()
+    async with Broker.open(config(tmp_path)) as b:
+        assert offsets_and_keys(b, "c") == [(6, "c"), (7, "a"), (8, "b")]
+        assert b.queue_bounds("c", 0) == (0, 9)
+        assert len(os.listdir(tmp_path / "data" / "store" / "compacted" / "c" / "0")) == 2
