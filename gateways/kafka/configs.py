@@ -14,7 +14,7 @@ from typing import Any
 
 from ...core import topicconfig as tc
 from ...core.access import Principal
-from ...core.broker import Broker
+from ...core.broker import Broker, BrokerConfig
 from ...core.errors import FerryError
 from ...protocols.kafka import errors as ke
 from .errors import kafka_error
@@ -27,15 +27,13 @@ def create_topic_configs(configs: Any) -> dict[str, str | None]:
     return {c.name: c.value for c in configs or ()}
 
 
-def created_configs(R: Any, broker: Broker, name: str, principal: Principal) -> tuple[Any, ...]:
-    """CreateTopics v5+: the new topic's configs, as DescribeConfigs would list them."""
-    try:
-        entries = broker.describe_topic_configs(name, principal=principal)
-    except FerryError:
-        return ()
+def created_configs(R: Any, config: BrokerConfig, attributes: Mapping[str, str]
+                    ) -> tuple[Any, ...]:
+    """CreateTopics v5+: the new topic's configs (or, with validate_only, the configs it
+    would have), as DescribeConfigs would list them."""
     return tuple(R.CreatableTopicConfigs(name=e.name, value=e.value, read_only=e.read_only,
                                          config_source=e.source, is_sensitive=e.sensitive)
-                 for e in entries)
+                 for e in tc.describe(attributes, config))
 
 
 def describe(R: Any, version: int, req: Any, broker: Broker, principal: Principal,

@@ -921,6 +921,7 @@ class KafkaDoor(ClusterApis):
         out = []
         for t in req.topics:
             code, message = ke.NONE, None
+            would_be: TopicConfig | None = None
             # -1 (v4+) asks for the broker's default: the door's num_partitions, as for
             # the topics it auto-creates (Kafka's num.partitions).
             n = t.num_partitions if t.num_partitions > 0 else self.options.num_partitions
@@ -936,7 +937,7 @@ class KafkaDoor(ClusterApis):
                 code, message = ke.INVALID_PARTITIONS, "partitions must be positive"
             else:
                 try:
-                    await self.broker.create_topic(
+                    would_be = await self.broker.create_topic(
                         t.name, n, attributes=configs.create_topic_configs(t.configs),
                         validate_only=req.validate_only, principal=s.principal)
                 except FerryError as exc:
@@ -947,8 +948,9 @@ class KafkaDoor(ClusterApis):
                 topic_id=self.topic_id(created) if created is not None else bytes(16),
                 num_partitions=n if code == ke.NONE else -1,
                 replication_factor=1 if code == ke.NONE else -1,
-                configs=configs.created_configs(R, self.broker, t.name, s.principal)
-                if created is not None and h.api_version >= 5 else ()))
+                # v5+: the topic's configs, also those a validate_only request would get.
+                configs=configs.created_configs(R, self.broker.config, would_be.attributes)
+                if would_be is not None and code == ke.NONE and h.api_version >= 5 else ()))
         return R(topics=tuple(out))
 
     async def delete_topics(self, h: Header, req: Any, s: Session) -> Any:

@@ -98,6 +98,7 @@ async def test_create_topics_refuses_unknown_and_invalid_configs(tmp_path) -> No
         assert r.error_code == ke.INVALID_CONFIG  # validate_only validates the configs too
         r = await run(create_with, c, "dry", {"cleanup.policy": "compact"}, True)
         assert r.error_code == ke.NONE and broker.find_topic("dry", principal=SYSTEM) is None
+        assert {e.name: e.value for e in r.configs}["cleanup.policy"] == "compact"
         c.close()
     await with_door(tmp_path, body)
 
