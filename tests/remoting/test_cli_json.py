@@ -20,9 +20,10 @@ from ferrymq.protocols.remoting import RequestCode, ResponseCode, request
 
 from .conftest import FAST_CLIENT
 
-# Text fields that may be all digits by chance (ids, bodies, names).
+# Text fields that may be all digits by chance (ids, bodies, names), and a topic config's
+# value, a string by definition (Kafka's DescribeConfigs and kafka-configs show them so).
 TEXT = {"msgId", "offsetMsgId", "originMsgId", "body", "keys", "tags", "address", "version",
-        "group", "topic", "broker", "cluster", "originTopic", "name"}
+        "group", "topic", "broker", "cluster", "originTopic", "name", "value"}
 _DIGITS = re.compile(r"-?\d+(\.\d+)?")
 
 
@@ -84,6 +85,7 @@ def test_every_json_output_has_numbers_as_numbers(native) -> None:
     cases: dict[tuple[str, ...], tuple[str, ...]] = {
         ("topic", "create"): ("JsonNew", "-q", "2"),
         ("topic", "list"): (),
+        ("topic", "config", "get"): ("JsonT", "--all"),
         ("topic", "describe"): ("JsonT",),
         ("group", "list"): (),
         ("group", "describe"): ("json-c",),
