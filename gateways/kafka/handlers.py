@@ -24,6 +24,7 @@ from ...core.message import PROPERTY_DOOR, GetStatus, Message, StoredRecord
 from ...core.metadata import TopicConfig
 from ...core.metrics import DoorMetrics
 from ...core.replication import Durability
+from ...core.tracing import Delivery
 from ...protocols import record as rec
 from ...protocols.kafka import batch_header as bh
 from ...protocols.kafka import errors as ke
@@ -387,6 +388,7 @@ class KafkaDoor(ClusterApis):
             for batch in batches:
                 off = await self._append(topic, index, batch, s.principal, _durability(acks),
                                          tid)
+                self.metrics.messages_in(topic, bh.read_header(batch).records_count)
                 if base_offset < 0:
                     base_offset = off
         except _ProduceError as exc:
@@ -620,12 +622,18 @@ class KafkaDoor(ClusterApis):
                 return ke.OFFSET_OUT_OF_RANGE, hw, lo, []
             if offset == hw:
                 return ke.NONE, hw, lo, []
+            started = time.time_ns()
             got = self.broker.get(None, topic, part, offset, MAX_FETCH_MESSAGES, max_bytes,
                                   principal=principal)
         except FerryError as exc:
             return kafka_error(exc), -1, -1, []
         if got.status in (GetStatus.OFFSET_TOO_SMALL, GetStatus.OFFSET_OVERFLOW_BADLY):
             return ke.OFFSET_OUT_OF_RANGE, hw, lo, []
+        self.metrics.messages_out(topic, got.message_count)
+        tracer = self.broker.tracer
+        if tracer is not None and got.records:  # the deliver span (core/tracing.py)
+            tracer.delivered(Delivery("kafka", None, topic, part, got.messages(offset),
+                                      started))
         if magic == kr.MAGIC_V2:
             return ke.NONE, hw, lo, batches_v2(got.records)
         return ke.NONE, hw, lo, [message_set(got.records, magic, offset)]
