@@ -127,6 +127,7 @@ class Session:
     sasl_mechanism: str | None = None
     raw_sasl: bool = False  # SaslHandshake v0: the next frame is a bare token
     principal: Principal = field(default=ANONYMOUS)
+    advertised_port: int | None = None  # a TLS listener's port: its clients stay on TLS
 
     def __post_init__(self) -> None:
         if self.principal is ANONYMOUS:
@@ -163,6 +164,9 @@ class KafkaDoor:
 
     def host_for(self, session: Session) -> str:
         return self.options.advertised_host or session.local_host
+
+    def port_for(self, session: Session) -> int:
+        return session.advertised_port or self.port
 
     # ================================================================ ApiVersions
 
@@ -222,7 +226,7 @@ class KafkaDoor:
             topics.append(R.MetadataResponseTopic(error_code=ke.NONE, name=name,
                                                   is_internal=False, partitions=parts))
         return R(brokers=(R.MetadataResponseBroker(node_id=node, host=self.host_for(s),
-                                                   port=self.port, rack=None),),
+                                                   port=self.port_for(s), rack=None),),
                  cluster_id=self.options.cluster_id, controller_id=node, topics=tuple(topics))
 
     # ================================================================ Produce
@@ -550,7 +554,7 @@ class KafkaDoor:
     async def find_coordinator(self, h: Header, req: Any, s: Session) -> Any:
         R = schema.response_class(FIND_COORDINATOR)
         return R(error_code=ke.NONE, error_message=None, node_id=self.options.node_id,
-                 host=self.host_for(s), port=self.port)
+                 host=self.host_for(s), port=self.port_for(s))
 
     async def join_group(self, h: Header, req: Any, s: Session) -> Any:
         R = schema.response_class(JOIN_GROUP)
