@@ -192,6 +192,24 @@ class TlsFiles:
                 f'ca_file = "{self.ca}"\nclient_auth = "{client_auth}"\n'
                 f"handshake_timeout_s = {handshake_timeout_s}\n")
 
+    def broker_config(self, path: Path, *, client_auth: str = "optional",
+                      http_client_auth: str = "required", handshake_timeout_s: float = 10.0,
+                      extra: str = "") -> dict[str, int]:
+        """Write a broker config file with TLS on every door: the NameServer and
+        remoting ports permissive, TLS-only ports for Kafka, MQTT (and WSS) and HTTP
+        (which wants a client certificate); returns those ports by name."""
+        ports = {name: free_port() for name in ("kafka-tls", "mqtt-tls", "mqtt-ws", "mqtt-wss",
+                                                "http-tls")}
+        path.write_text(
+            self.server_toml(client_auth, handshake_timeout_s)
+            + '[namesrv.tls]\nmode = "permissive"\n[remoting.tls]\nmode = "permissive"\n'
+            + f"[kafka.tls]\nport = {ports['kafka-tls']}\n"
+            + f"[mqtt]\nws_port = {ports['mqtt-ws']}\nsys_interval = 0.0\n"
+            + f"[mqtt.tls]\nport = {ports['mqtt-tls']}\nws_port = {ports['mqtt-wss']}\n"
+            + f'[http.tls]\nport = {ports["http-tls"]}\nclient_auth = "{http_client_auth}"\n'
+            + extra)
+        return ports
+
     def client_context(self, with_cert: bool = False, rogue: bool = False) -> Any:
         import ssl
         ctx = ssl.create_default_context(cafile=str(self.ca))
