@@ -100,8 +100,10 @@ def _escape(value: str) -> str:
 
 class _TlsSocket:
     """What door code asks of ``stream.socket``, for a TLS stream: the peer's and
-    our addresses, and ``recv_into`` (a large frame read straight into its buffer)
-    with the decrypted bytes."""
+    our addresses, ``recv_into`` (a large frame read straight into its buffer)
+    with the decrypted bytes, and ``shutdown``/``close`` (a door ending a
+    connection from outside its reader: the TLS reader then sees the end of the
+    stream, or a closed resource). No ``fileno``: nothing may write around TLS."""
 
     __slots__ = ("_raw", "_tls")
 
@@ -114,6 +116,12 @@ class _TlsSocket:
 
     def getsockname(self) -> Any:
         return self._raw.getsockname()
+
+    def shutdown(self, how: int) -> None:
+        self._raw.shutdown(how)
+
+    def close(self) -> None:
+        self._raw.close()
 
     async def recv_into(self, buffer: Any, nbytes: int = 0) -> int:
         view = memoryview(buffer).cast("B")

@@ -56,6 +56,10 @@ class TlsBroker:
             PROBES[door](self.ports[door])
         for name in (*TLS_ONLY, *PERMISSIVE):
             TLS_PROBES[name](self)
+        for protocol in ("kafka", "mqtt", "http", "rocketmq", "namesrv"):
+            bugs = metric(self.ports["http"], "ferrymq_connection_errors_total",
+                          protocol=protocol, kind="internal")
+            assert bugs == 0, f"{protocol}: {bugs} connections failed on a bug:\n{self.broker.log()}"
 
 
 def _recv_exact(s: socket.socket, n: int) -> bytes:
