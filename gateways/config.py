@@ -87,7 +87,7 @@ DOOR_LIMITS: dict[str, ConnectionLimits] = {
     "namesrv": ConnectionLimits(10_000, 1_000, 10.0, 120.0, 30.0, 30.0, 0),
     "remoting": ConnectionLimits(10_000, 1_000, 10.0, 120.0, 30.0, 30.0, 0),
     "kafka": ConnectionLimits(10_000, 1_000, 10.0, 600.0, 30.0, 30.0, 512 << 10),
-    "mqtt": ConnectionLimits(100_000, 0, 0.0, 0.0, 0.0, 0.0, 0),
+    "mqtt": ConnectionLimits(100_000, 0, 0.0, 0.0, 0.0, 0.0, 64 << 10),
     "http": ConnectionLimits(4_096, 0, 0.0, 0.0, 0.0, 0.0, 64 << 10),
 }
 _ALL_LIMITS = frozenset(f.name for f in fields(ConnectionLimits))
@@ -96,7 +96,7 @@ LIMIT_KEYS: dict[str, frozenset[str]] = {
     "namesrv": _ALL_LIMITS - {"pre_auth_max_bytes"},  # no authentication there
     "remoting": _ALL_LIMITS - {"pre_auth_max_bytes"},
     "kafka": _ALL_LIMITS,
-    "mqtt": frozenset({"max_connections", "max_connections_per_address"}),
+    "mqtt": frozenset({"max_connections", "max_connections_per_address", "pre_auth_max_bytes"}),
     "http": frozenset({"max_connections", "max_connections_per_address", "pre_auth_max_bytes"}),
 }
 

@@ -369,8 +369,9 @@ class ConnectionSupervisor:
                 nursery.start_soon(self._watchdog)
             self._watchdogs += 1
             try:
-                await nursery.start(trio.serve_listeners, partial(self.run, handler, tls=mode),
-                                    listeners)
+                if listeners:  # none: only the TLS listener (MQTT's WSS without plain WS)
+                    await nursery.start(trio.serve_listeners,
+                                        partial(self.run, handler, tls=mode), listeners)
                 if extra is not None:
                     tls_listeners = await trio.open_tcp_listeners(extra, host=self.host)
                     name = f"{self.door}-{'wss' if tls_listener == 'ws_port' else 'tls'}"

@@ -41,7 +41,7 @@ async def serve(ctx: Any, *, task_status: trio.TaskStatus[int] = trio.TASK_STATU
 
     def handle_tcp(stream: Any, watch: Any) -> Any:
         # Not a coroutine of its own: an idle client costs one frame (Client.run).
-        return Client(hub, stream, "tcp").run()
+        return Client(hub, stream, "tcp", watch).run()
 
     async def handle_ws(stream: Any, watch: Any) -> None:
         ws = WebSocketStream(stream, opts.ws_path)
@@ -54,7 +54,7 @@ async def serve(ctx: Any, *, task_status: trio.TaskStatus[int] = trio.TASK_STATU
                                      OSError):
                 await stream.aclose()
             return
-        await Client(hub, ws, "ws").run()
+        await Client(hub, ws, "ws", watch).run()
 
     connections = ctx.supervisor("mqtt")
     try:
