@@ -365,3 +365,38 @@ def test_cli_over_tls(tls_broker, tls_files):
     out = subprocess.run([*cli, "topic", "list", "--tls-ca", str(tls_files.rogue_cert)],
                          env=env, capture_output=True, timeout=60)
     assert out.returncode != 0
+
+
+def test_an_enforcing_nameserver_with_the_broker_registering_over_tls(start_broker, tls_files,
+                                                                       tmp_path):
+    """RocketMQ's enforcing mode on the NameServer and the broker: the broker registers
+    over TLS (``namesrv_tls_ca_file``), TLS clients route through it, plaintext gets
+    nothing."""
+    from ferrymq.clients import Admin, Message, Producer
+    conf = tmp_path / "enforcing.toml"
+    conf.write_text(tls_files.server_toml("none")
+                    + '[namesrv.tls]\nmode = "enforcing"\n[remoting.tls]\nmode = "enforcing"\n'
+                    + f'[remoting]\nnamesrv_tls_ca_file = "{tls_files.ca}"\n')
+    b = start_broker("namesrv", "remoting", extra_args=("--config", str(conf)))
+    ns = b.address("namesrv")
+    ctx = tls_files.client_context()
+
+    async def go() -> str:
+        async with Admin(ns, tls=ctx) as admin:
+            await admin.create_topic("enforced", queues=1)
+        async with Producer(ns, "enforcing-producer", tls=ctx) as p:
+            return (await p.send(Message("enforced", b"x"))).queue.topic
+
+    assert trio.run(go) == "enforced"
+    with socket.create_connection(("127.0.0.1", b.port("namesrv")), timeout=10) as plain:
+        plain.sendall(encode(request(RequestCode.GET_ROUTEINFO_BY_TOPIC, 1, {"topic": "x"})))
+        assert plain.recv(65536) == b""  # closed: TLS only
+
+
+def test_sighup_reloads_certificates_and_the_broker_keeps_serving(tls_broker, tls_files):
+    import signal
+    b, ports = tls_broker
+    b.proc.send_signal(signal.SIGHUP)
+    with _tls_socket(ports["kafka-tls"], tls_files.client_context()) as s:
+        assert _kafka_call(s, API_VERSIONS, 0).error_code == 0
+    assert b.alive
