@@ -135,7 +135,7 @@ _TLS_OPTIONS = (
 
 def namesrv_option(f: Callable[..., Any]) -> Callable[..., Any]:
     for names, kw in reversed(_TLS_OPTIONS):
-        f = click.option(*names, expose_value=False, callback=_remember, **kw)(f)  # type: ignore[call-overload]
+        f = click.option(*names, expose_value=False, callback=_remember, **kw)(f)  # type: ignore[arg-type]
     return click.option("-n", "--namesrv", envvar="FERRYMQ_NAMESRV", default=DEFAULT_NAMESRV,
                         show_default=True, metavar="HOST:PORT[;HOST:PORT]",
                         help="NameServer(s), or one broker's address.")(f)

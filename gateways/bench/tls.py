@@ -120,7 +120,7 @@ def _recv_exact(s: socket.socket, n: int) -> bytes:
 
 
 def _kafka(port: int, ctx: ssl.SSLContext | None, seconds: float, size: int) -> int:
-    R = schema.request_class(PRODUCE)
+    R: Any = schema.request_class(PRODUCE)
     batch = kr.encode_batch(0, [(int(time.time() * 1000), None, b"k" * size, ())] * 100)
     body = R(transactional_id=None, acks=1, timeout_ms=30_000, topic_data=(
         R.TopicProduceData(name="bench-tls-kafka", partition_data=(
