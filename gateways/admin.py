@@ -17,6 +17,7 @@ dry run until ``--execute``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import re
 import sys
@@ -649,17 +650,31 @@ def cluster_list(namesrv: str, output: str | None) -> None:
               help="Seconds without a registration before a broker leaves the routes.")
 @click.option("--log-level", default="WARNING", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-def namesrv(host: str, port: int, broker_expiry: float, log_level: str) -> None:
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="A server config file: its [tls] and [namesrv.tls] tables give the "
+                   "NameServer TLS (docs/security.md).")
+def namesrv(host: str, port: int, broker_expiry: float, log_level: str,
+            config_file: str | None) -> None:
     """Run a NameServer alone (brokers join with `ferrymq serve --namesrv HOST:PORT`)."""
     import trio
 
+    from .config import ConfigError, load_config
     from .logs import setup_logging
     from .namesrv import serve_namesrv
+    from .tls import TlsServer
     setup_logging(log_level)
+    tls = None
+    if config_file:
+        try:
+            found = load_config(config_file).tls.get("namesrv")
+            tls = TlsServer("namesrv", found) if found is not None else None
+        except (ConfigError, OSError, ValueError) as exc:
+            raise click.UsageError(str(exc)) from None
 
     async def run() -> None:
         async with trio.open_nursery() as n:
-            bound = await n.start(serve_namesrv, host, port, {"broker_expiry_s": broker_expiry})
+            bound = await n.start(functools.partial(
+                serve_namesrv, host, port, {"broker_expiry_s": broker_expiry}, tls=tls))
             click.echo(f"ferrymq: NameServer on {host}:{bound}; Ctrl-C stops", err=True)
 
     with contextlib.suppress(KeyboardInterrupt):

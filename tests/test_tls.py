@@ -400,3 +400,29 @@ def test_sighup_reloads_certificates_and_the_broker_keeps_serving(tls_broker, tl
     with _tls_socket(ports["kafka-tls"], tls_files.client_context()) as s:
         assert _kafka_call(s, API_VERSIONS, 0).error_code == 0
     assert b.alive
+
+
+def test_a_standalone_nameserver_takes_its_tls_from_a_config_file(tls_files, tmp_path):
+    from brokerproc import free_port
+    conf = tmp_path / "ns.toml"
+    conf.write_text(tls_files.server_toml("none") + '[namesrv.tls]\nmode = "enforcing"\n')
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "ferrymq.gateways", "namesrv", "--host",
+                             "127.0.0.1", "--port", str(port), "--config", str(conf)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        import time
+        deadline = time.monotonic() + 30
+        while True:  # wait until it listens
+            try:
+                s = _tls_socket(port, tls_files.client_context())
+                break
+            except (ConnectionRefusedError, ssl.SSLError):
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+                time.sleep(0.05)
+        with s:
+            reply = _remoting_call(s, RequestCode.GET_ROUTEINFO_BY_TOPIC, {"topic": "none"})
+        assert reply.is_response
+    finally:
+        proc.terminate()
+        proc.wait(30)
