@@ -312,6 +312,14 @@ def test_https_wants_a_client_certificate_of_its_ca(tls_broker, tls_files):
         while chunk := s.recv(65536):
             reply += chunk
     assert reply.startswith(b"HTTP/1.1 200")
+    # A response far larger than a socket buffer goes through the TLS stream whole.
+    with _tls_socket(ports["http-tls"], tls_files.client_context(with_cert=True)) as s:
+        s.sendall(b"GET /openapi.json HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and json.loads(body)["openapi"]
     with pytest.raises((ssl.SSLError, OSError, AssertionError)), \
             _tls_socket(ports["http-tls"], tls_files.client_context()) as s:
         s.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
