@@ -6,13 +6,12 @@ Certificates are made at test time (trustme)."""
 from __future__ import annotations
 
 import queue
+import shutil
 import subprocess
 import uuid
 
 import paho.mqtt.client as mqtt
 import pytest
-
-from conftest import tool
 
 V311, V5 = mqtt.MQTTv311, mqtt.MQTTv5
 
@@ -24,6 +23,12 @@ def tls_broker(start_module_broker, tls_files, tmp_path_factory):
     b = start_module_broker("mqtt", extra_args=("--config", str(conf)), name="mqtt-tls")
     ports["mqtt"] = b.port("mqtt")
     return ports
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    assert path, f"{name} is not installed (Debian mosquitto-clients; scripts/test installs it)"
+    return path
 
 
 class Client:
