@@ -396,7 +396,8 @@ class ConnectionSupervisor:
             log.info("%s door refused %s: %s", self.door, peer, refused,
                      extra={"door": self.door, "peer": peer, "reason": refused})
             try:
-                if self._refuse is not None:
+                # The door's refusal is plaintext (HTTP's 503): not for a TLS-only listener.
+                if self._refuse is not None and tls != "enforcing":
                     with trio.move_on_after(1):
                         await self._refuse(stream, refused)
             except Exception as exc:

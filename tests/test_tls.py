@@ -434,3 +434,32 @@ def test_a_standalone_nameserver_takes_its_tls_from_a_config_file(tls_files, tmp
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+async def test_a_connection_refused_on_a_tls_listener_gets_no_plaintext_answer(tls_files):
+    refusals: list[str] = []
+
+    async def refuse(stream: Any, reason: str) -> None:
+        refusals.append(reason)
+        await stream.send_all(b"HTTP/1.1 503 Service Unavailable\r\n\r\n")
+
+    sup = ConnectionSupervisor("echo", ConnectionLimits(max_connections=1), None, refuse=refuse,
+                               tls=TlsServer("echo", _tls_config(tls_files, mode="enforcing")),
+                               host="127.0.0.1")
+
+    async def handler(stream: Any, watch: Any) -> None:
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        await nursery.start(sup.serve, listeners, handler)
+        port = listeners[0].socket.getsockname()[1]
+        first = await trio.open_ssl_over_tcp_stream("127.0.0.1", port,
+                                                    ssl_context=tls_files.client_context())
+        await first.do_handshake()
+        second = await trio.open_tcp_stream("127.0.0.1", port)
+        assert await second.receive_some(100) == b""  # closed, no plaintext 503
+        await second.aclose()
+        await first.aclose()
+        nursery.cancel_scope.cancel()
+    assert sup.counts == {"max_connections": 1} and refusals == []
