@@ -106,18 +106,27 @@ class TlsFiles:
                       extra: str = "") -> dict[str, int]:
         """Write a broker config file with TLS on every door: the NameServer and
         remoting ports permissive, TLS-only ports for Kafka, MQTT (and WSS) and HTTP
-        (which wants a client certificate); returns those ports by name."""
-        ports = {name: free_port() for name in ("kafka-tls", "mqtt-tls", "mqtt-ws", "mqtt-wss",
-                                                "http-tls")}
+        (which wants a client certificate). The TLS-only ports are bound by the broker
+        (port 0, no race with other processes picking free ports): ``ports_of(broker)``
+        reads them from its ready file. Returns the one port chosen here (``mqtt-ws``)."""
+        ports = {"mqtt-ws": free_port()}
         path.write_text(
             self.server_toml(client_auth, handshake_timeout_s)
             + '[namesrv.tls]\nmode = "permissive"\n[remoting.tls]\nmode = "permissive"\n'
-            + f"[kafka.tls]\nport = {ports['kafka-tls']}\n"
+            + "[kafka.tls]\nport = 0\n"
             + f"[mqtt]\nws_port = {ports['mqtt-ws']}\nsys_interval = 0.0\n"
-            + f"[mqtt.tls]\nport = {ports['mqtt-tls']}\nws_port = {ports['mqtt-wss']}\n"
-            + f'[http.tls]\nport = {ports["http-tls"]}\nclient_auth = "{http_client_auth}"\n'
+            + "[mqtt.tls]\nport = 0\nws_port = 0\n"
+            + f'[http.tls]\nport = 0\nclient_auth = "{http_client_auth}"\n'
             + extra)
         return ports
+
+    @staticmethod
+    def ports_of(broker: BrokerProcess) -> dict[str, int]:
+        """Every port a started broker reports in its ready file (``kafka-tls``,
+        ``mqtt-tls``, ``mqtt-wss``, ``http-tls``... and the doors')."""
+        import json
+        ready = broker.data_dir.parent / f"{broker.data_dir.name}.ready.json"
+        return dict(json.loads(ready.read_text())["ports"])
 
     def client_context(self, with_cert: bool = False, rogue: bool = False) -> Any:
         import ssl

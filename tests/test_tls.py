@@ -224,7 +224,7 @@ def tls_broker(start_module_broker, tls_files, tmp_path_factory):
     ports = tls_files.broker_config(conf)
     b = start_module_broker("namesrv", "remoting", "kafka", "mqtt", "http",
                             extra_args=("--config", str(conf)), name="tls")
-    ports.update(b.ports)
+    ports.update(tls_files.ports_of(b))
     return b, ports
 
 

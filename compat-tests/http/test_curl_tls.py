@@ -17,10 +17,10 @@ CURL = shutil.which("curl")
 @pytest.fixture(scope="module")
 def https(start_module_broker, tls_files, tmp_path_factory) -> str:
     conf = tmp_path_factory.mktemp("https") / "https.toml"
-    ports = tls_files.broker_config(conf)
-    start_module_broker("http", extra_args=("--config", str(conf), "--segment-size",
-                                            str(32 << 20)), name="https")
-    return f"https://localhost:{ports['http-tls']}"
+    tls_files.broker_config(conf)
+    b = start_module_broker("http", extra_args=("--config", str(conf), "--segment-size",
+                                                str(32 << 20)), name="https")
+    return f"https://localhost:{tls_files.ports_of(b)['http-tls']}"
 
 
 def curl(*args: str, cert: bool = True, ca: str | None = None, files=None) -> tuple[int, str]:

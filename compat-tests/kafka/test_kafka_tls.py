@@ -16,9 +16,9 @@ import pytest
 def _broker(start_module_broker: Any, tls_files: Any, tmp_path_factory: Any, name: str,
             kafka_table: str = "") -> tuple[Any, str]:
     conf = tmp_path_factory.mktemp(name) / "kafka-tls.toml"
-    ports = tls_files.broker_config(conf, extra=kafka_table)
+    tls_files.broker_config(conf, extra=kafka_table)
     b = start_module_broker("kafka", extra_args=("--config", str(conf)), name=name)
-    return b, f"127.0.0.1:{ports['kafka-tls']}"
+    return b, f"127.0.0.1:{tls_files.ports_of(b)['kafka-tls']}"
 
 
 @pytest.fixture(scope="module")

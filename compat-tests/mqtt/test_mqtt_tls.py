@@ -21,7 +21,7 @@ def tls_broker(start_module_broker, tls_files, tmp_path_factory):
     conf = tmp_path_factory.mktemp("mqtt-tls") / "mqtt-tls.toml"
     ports = tls_files.broker_config(conf)
     b = start_module_broker("mqtt", extra_args=("--config", str(conf)), name="mqtt-tls")
-    ports["mqtt"] = b.port("mqtt")
+    ports.update(tls_files.ports_of(b))
     return ports
 
 

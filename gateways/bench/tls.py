@@ -73,16 +73,15 @@ class _Certs:
 
 @contextlib.contextmanager
 def _broker(d: str, certs: _Certs) -> Iterator[dict[str, int]]:
-    ports = {door: _free_port() for door in ("namesrv", "remoting", "kafka", "mqtt", "http",
-                                             "kafka-tls", "mqtt-tls", "http-tls")}
+    ports = {door: _free_port() for door in ("namesrv", "remoting", "kafka", "mqtt", "http")}
     conf = os.path.join(d, "bench-tls.toml")
     with open(conf, "w") as f:
         f.write(f'[tls]\ncert_file = "{certs.server}"\n'
                 '[namesrv.tls]\nmode = "permissive"\n[remoting.tls]\nmode = "permissive"\n'
-                f"[kafka.tls]\nport = {ports['kafka-tls']}\n"
-                f"[mqtt]\nws_port = 0\nsys_interval = 0.0\n"
-                f"[mqtt.tls]\nport = {ports['mqtt-tls']}\n"
-                f"[http.tls]\nport = {ports['http-tls']}\n")
+                "[kafka.tls]\nport = 0\n"  # TLS-only listeners: any free port (ready file)
+                "[mqtt]\nws_port = 0\nsys_interval = 0.0\n"
+                "[mqtt.tls]\nport = 0\n"
+                "[http.tls]\nport = 0\n")
     ready = os.path.join(d, "ready.json")
     args = [sys.executable, "-m", "ferrymq.gateways", "serve", "--data-dir",
             os.path.join(d, "data"), "--host", "127.0.0.1", "--ready-file", ready,
@@ -96,7 +95,8 @@ def _broker(d: str, certs: _Certs) -> Iterator[dict[str, int]]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise click.ClickException("the benchmark broker did not start")
             time.sleep(0.05)
-        yield ports
+        with open(ready) as f:
+            yield dict(json.load(f)["ports"])
     finally:
         proc.terminate()
         try:

@@ -122,7 +122,7 @@ def tls_broker(start_module_broker, tls_files, tmp_path_factory):
     ports = tls_files.broker_config(conf, handshake_timeout_s=HANDSHAKE_S)
     b = start_module_broker("namesrv", "remoting", "kafka", "mqtt", "http",
                             extra_args=("--config", str(conf)), name="tls-hostile")
-    ports.update(b.ports)
+    ports.update(tls_files.ports_of(b))
     broker = TlsBroker(b, ports, tls_files)
     broker.check()
     return broker
