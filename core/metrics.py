@@ -56,7 +56,7 @@ CONNECTION_ERRORS = ("ferrymq_connection_errors_total",
 CONNECTIONS_CLOSED = ("ferrymq_connections_closed_total",
                       "Connections the broker closed because a limit ran out, per protocol "
                       "and reason (handshake_timeout, idle_timeout, frame_timeout, "
-                      "send_timeout).", ("protocol", "reason"))
+                      "send_timeout, tls_handshake_failed).", ("protocol", "reason"))
 CONNECTIONS_REFUSED = ("ferrymq_connections_refused_total",
                        "Connections refused at accept, per protocol and reason "
                        "(max_connections, max_connections_per_address).",

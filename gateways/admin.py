@@ -5,7 +5,9 @@
 list|show|resend``, ``timer cancel|stats|list``, ``cluster list`` and ``namesrv`` (a
 standalone NameServer). Every command talks to a NameServer (``-n``,
 ``FERRYMQ_NAMESRV``, default 127.0.0.1:9876; a broker address works too) through
-the FerryMQ client.
+the FerryMQ client; over TLS with ``--tls`` or ``--tls-ca FILE`` (and
+``--tls-cert``/``--tls-key`` to present a client certificate), as
+docs/security.md says.
 
 Conventions (docs/cli.md): data goes to stdout, as a table on a terminal or
 JSON lines otherwise (``-o table|json``, or ``--json``), numbers as JSON numbers;
@@ -115,10 +117,47 @@ def _emit(rows: Sequence[dict[str, Any]], columns: Sequence[str], output: str | 
     Console(width=max(100, 20 * len(columns))).print(table)
 
 
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    ctx.meta[f"ferrymq.{param.name}"] = value
+    return value
+
+
+_TLS_OPTIONS = (
+    (("--tls",), dict(is_flag=True, envvar="FERRYMQ_TLS",
+                      help="Connect over TLS (the system's CAs unless --tls-ca).")),
+    (("--tls-ca",), dict(metavar="FILE", envvar="FERRYMQ_TLS_CA", type=click.Path(dir_okay=False),
+                         help="Connect over TLS, trusting the CA(s) in this PEM file.")),
+    (("--tls-cert",), dict(metavar="FILE", envvar="FERRYMQ_TLS_CERT",
+                           type=click.Path(dir_okay=False),
+                           help="Client certificate (PEM) to present over TLS.")),
+    (("--tls-key",), dict(metavar="FILE", envvar="FERRYMQ_TLS_KEY", type=click.Path(dir_okay=False),
+                          help="Its private key (when not in --tls-cert).")),
+    (("--tls-insecure",), dict(is_flag=True,
+                               help="Over TLS, do not verify the server (tests only).")),
+)
+
+
 def namesrv_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    for names, kw in reversed(_TLS_OPTIONS):
+        f = click.option(*names, expose_value=False, callback=_remember, **kw)(f)  # type: ignore[arg-type]
     return click.option("-n", "--namesrv", envvar="FERRYMQ_NAMESRV", default=DEFAULT_NAMESRV,
                         show_default=True, metavar="HOST:PORT[;HOST:PORT]",
                         help="NameServer(s), or one broker's address.")(f)
+
+
+def connect_options() -> dict[str, Any]:
+    """The client options the command line asked for (``tls=`` an SSL context)."""
+    meta = click.get_current_context().meta
+    ca, cert = meta.get("ferrymq.tls_ca"), meta.get("ferrymq.tls_cert")
+    insecure = bool(meta.get("ferrymq.tls_insecure"))
+    if not (meta.get("ferrymq.tls") or ca or cert or insecure):
+        return {}
+    from .tls import client_context
+    try:
+        return {"tls": client_context(ca, cert, meta.get("ferrymq.tls_key"),
+                                      verify=not insecure)}
+    except (OSError, ValueError) as exc:
+        raise click.UsageError(f"TLS: {exc}") from None
 
 
 def output_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -211,7 +250,7 @@ def topic_create(name: str, queues: int, order: bool, brokers: tuple[str, ...],
     settings = _pairs(configs)
 
     async def go() -> list[str]:
-        async with Admin(namesrv) as a:
+        async with Admin(namesrv, **connect_options()) as a:
             return await a.create_topic(name, queues, order=order, brokers=list(brokers) or None,
                                         configs=settings)
     names = _run(go)
@@ -244,7 +283,7 @@ def topic_config() -> None:
 def topic_config_get(name: str, show_all: bool, namesrv: str, output: str | None) -> None:
     """Every config of a topic with its value and where it comes from."""
     async def go() -> dict[str, Any]:
-        async with Admin(namesrv) as a:
+        async with Admin(namesrv, **connect_options()) as a:
             return await a.topic_config(name)
     doc = _run(go)
     rows = [{"name": c["name"], "value": c["value"], "source": c["source"],
@@ -267,7 +306,7 @@ def topic_config_set(name: str, configs: tuple[str, ...], deleted: tuple[str, ..
         raise click.UsageError("nothing to change: give NAME=VALUE or --delete NAME")
 
     async def go() -> None:
-        async with Admin(namesrv) as a:
+        async with Admin(namesrv, **connect_options()) as a:
             await a.alter_topic_configs(name, settings, list(deleted))
     _run(go)
     click.echo(json.dumps({"topic": name, "set": settings, "deleted": list(deleted)}))
@@ -280,7 +319,7 @@ def topic_config_set(name: str, configs: tuple[str, ...], deleted: tuple[str, ..
 def topic_list(namesrv: str, output: str | None, show_all: bool) -> None:
     """List the topics the NameServer knows."""
     async def go() -> list[str]:
-        async with Admin(namesrv) as a:
+        async with Admin(namesrv, **connect_options()) as a:
             return await a.topics()
     names = [t for t in _run(go) if show_all or not t.startswith(("%", "TBW102", "RMQ_SYS_"))]
     _emit([{"topic": t} for t in names], ["topic"], output)
@@ -293,7 +332,7 @@ def topic_list(namesrv: str, output: str | None, show_all: bool) -> None:
 def topic_describe(name: str, namesrv: str, output: str | None) -> None:
     """Queues of a topic on each broker: offsets and last write."""
     async def go() -> list[Any]:
-        async with Admin(namesrv) as a:
+        async with Admin(namesrv, **connect_options()) as a:
             return await a.topic_stats(name)
     rows = [{"broker": s.queue.brokerName, "queue": s.queue.queueId, "min_offset": s.min_offset,
              "max_offset": s.max_offset, "messages": s.max_offset - s.min_offset,
@@ -313,7 +352,7 @@ def topic_delete(name: str, yes: bool, namesrv: str, output: str | None) -> None
         raise click.UsageError(f"deleting topic {name} drops its messages: add --yes")
 
     async def go() -> None:
-        async with Admin(namesrv) as a:
+        async with Admin(namesrv, **connect_options()) as a:
             await a.delete_topic(name)
     _run(go)
     _emit([{"deleted": name}], ["deleted"], output)
@@ -333,7 +372,7 @@ def group() -> None:
 def group_list(namesrv: str, output: str | None) -> None:
     """Consumer groups known to the brokers."""
     async def go() -> list[dict[str, Any]]:
-        async with Admin(namesrv) as a:
+        async with Admin(namesrv, **connect_options()) as a:
             return await a.groups()
     rows = [{"group": g["groupName"], "online": g.get("online", False),
              "broadcast": g.get("consumeBroadcastEnable", False),
@@ -350,7 +389,7 @@ def group_list(namesrv: str, output: str | None) -> None:
 def group_describe(name: str, topic_name: str | None, namesrv: str, output: str | None) -> None:
     """Per queue: the group's committed offset, the queue's end and the lag."""
     async def go() -> tuple[list[Any], list[dict[str, Any]]]:
-        async with Admin(namesrv) as a:
+        async with Admin(namesrv, **connect_options()) as a:
             return await a.group_lag(name, topic_name), await a.group_members(name)
     lags, members = _run(go)
     rows = [{"group": name, "topic": r.queue.topic, "broker": r.queue.brokerName,
@@ -406,7 +445,7 @@ def produce(topic_name: str, bodies: tuple[str, ...], tags: str | None, keys: st
             progress.start()
             task = progress.add_task("produce", total=None)
         try:
-            async with Producer(namesrv, group) as p:
+            async with Producer(namesrv, group, **connect_options()) as p:
                 pending: list[Message] = []
 
                 async def flush() -> None:
@@ -491,7 +530,7 @@ def consume(topic_name: str, group: str | None, start: str, expression: str, sql
 
         # shutdown_grace_s=0: the handler parked past --max-messages is to be
         # cancelled at once, not waited for.
-        c = PushConsumer(namesrv, group, handler, consume_from=consume_from,
+        c = PushConsumer(namesrv, group, handler, **connect_options(), consume_from=consume_from,
                          message_model="BROADCASTING" if broadcast else "CLUSTERING",
                          client_name=group, shutdown_grace_s=0)
         if sql:
@@ -537,7 +576,7 @@ def offset_reset(group: str, topic_name: str, to_time: str, execute: bool, names
     ts = parse_time(to_time)
 
     async def go() -> list[dict[str, Any]]:
-        async with Admin(namesrv) as a:
+        async with Admin(namesrv, **connect_options()) as a:
             preview = await a.reset_offsets_preview(group, topic_name,
                                                     ts if ts >= 0 else 2**62)
             done = dict(await a.reset_offsets(group, topic_name, ts)) if execute else {}
@@ -573,7 +612,7 @@ def message_show(msg_id: str | None, topic_name: str | None, key: str | None,
         raise click.UsageError("give a message id, or --topic and --key")
 
     async def go() -> list[MessageExt]:
-        async with Admin(namesrv) as a:
+        async with Admin(namesrv, **connect_options()) as a:
             if msg_id:
                 m = await a.message_by_id(msg_id)
                 return [m] if m else []
@@ -624,7 +663,7 @@ def dlq_list(group: str, offset: int, limit: int, broker: str | None, namesrv: s
     """The dead letters of GROUP (%DLQ%GROUP), oldest first: id, original topic, attempts,
     and whether each was resent already."""
     async def go() -> list[dict[str, Any]]:
-        async with Admin(namesrv) as a:
+        async with Admin(namesrv, **connect_options()) as a:
             return [_letter_row(d) for d in await a.dead_letters(group, offset, limit,
                                                                   broker=broker)]
 
@@ -641,7 +680,7 @@ def dlq_show(group: str, ref: str, broker: str | None, namesrv: str) -> None:
     """One dead letter of GROUP, by message id or DLQ offset: its bookkeeping and the
     message itself, as JSON."""
     async def go() -> tuple[dict[str, str], MessageExt] | None:
-        async with Admin(namesrv) as a:
+        async with Admin(namesrv, **connect_options()) as a:
             return await a.dead_letter(group, _ref(ref), broker=broker)
 
     found = _run(go)
@@ -667,7 +706,7 @@ def dlq_resend(group: str, refs: tuple[str, ...], every: bool, force: bool, brok
         raise click.UsageError("name the letters (ids or DLQ offsets), or give --all")
 
     async def go() -> list[dict[str, Any]]:
-        async with Admin(namesrv) as a:
+        async with Admin(namesrv, **connect_options()) as a:
             done = await a.resend_dead_letters(group, [_ref(r) for r in refs] or None,
                                                force=force, broker=broker)
         return [{"broker": d.get("broker"), "offset": _int(d.get("queueOffset")),
@@ -771,7 +810,7 @@ def cluster() -> None:
 def cluster_list(namesrv: str, output: str | None) -> None:
     """Every live broker: cluster, name, address, topics, messages stored so far."""
     async def go() -> list[dict[str, Any]]:
-        async with Admin(namesrv) as a:
+        async with Admin(namesrv, **connect_options()) as a:
             info = await a.cluster()
             rows = []
             for cname, names in sorted(info.clusterAddrTable.items()):
@@ -804,17 +843,31 @@ def cluster_list(namesrv: str, output: str | None) -> None:
               help="Seconds without a registration before a broker leaves the routes.")
 @click.option("--log-level", default="WARNING", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-def namesrv(host: str, port: int, broker_expiry: float, log_level: str) -> None:
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="A server config file: its [tls] and [namesrv.tls] tables give the "
+                   "NameServer TLS (docs/security.md).")
+def namesrv(host: str, port: int, broker_expiry: float, log_level: str,
+            config_file: str | None) -> None:
     """Run a NameServer alone (brokers join with `ferrymq serve --namesrv HOST:PORT`)."""
     import trio
 
+    from .config import ConfigError, load_config
     from .logs import setup_logging
     from .namesrv import serve_namesrv
+    from .tls import TlsServer
     setup_logging(log_level)
+    tls = None
+    if config_file:
+        try:
+            found = load_config(config_file).tls.get("namesrv")
+            tls = TlsServer("namesrv", found) if found is not None else None
+        except (ConfigError, OSError, ValueError) as exc:
+            raise click.UsageError(str(exc)) from None
 
     async def run() -> None:
         async with trio.open_nursery() as n:
-            bound = await n.start(serve_namesrv, host, port, {"broker_expiry_s": broker_expiry})
+            bound = await n.start(functools.partial(
+                serve_namesrv, host, port, {"broker_expiry_s": broker_expiry}, tls=tls))
             click.echo(f"ferrymq: NameServer on {host}:{bound}; Ctrl-C stops", err=True)
 
     with contextlib.suppress(KeyboardInterrupt):

@@ -11,7 +11,10 @@ Every door serves its connections through ``ctx.supervisor(door)`` (a
 connection, the door's connection limits enforced) and runs its own loops
 through ``ctx.tasks(nursery, door)`` (core/supervisor.py: restarted with
 backoff). The request-bytes budget (``max_inflight_bytes``) is one for the
-whole server, shared by the doors' supervisors.
+whole server, shared by the doors' supervisors. A door's TLS (``[tls]`` and
+``[<door>.tls]``) comes with its supervisor too: the handshake happens there
+(gateways/tls.py), a TLS-only listener's port is reported as ``<door>-tls``
+(``mqtt-wss`` for WebSocket over TLS), and SIGHUP re-reads every certificate.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from ..core.supervisor import TaskSupervisor
 from .config import ConfigError, ServerConfig, connection_limits
 from .fdlimit import prepare_fd_limit
 from .supervision import ConnectionSupervisor, Refuse, RequestBudget
+from .tls import TlsServer, reload_all
 from .tracing import OtelTracer, tracer_from_config
 
 log = logging.getLogger("ferrymq.server")
@@ -65,7 +69,13 @@ class DoorContext:
         limits = connection_limits(door, self.options, self.config.connection_limits(door))
         return ConnectionSupervisor(door, limits, metrics,
                                     budget=self.budget, protocol_errors=protocol_errors,
-                                    refuse=refuse, tick_s=tick_s)
+                                    refuse=refuse, tick_s=tick_s, tls=self.tls_server(door),
+                                    host=self.host, bound=self.bound)
+
+    def tls_server(self, door: str) -> TlsServer | None:
+        """The door's TLS (its context made from the certificate files), if it offers TLS."""
+        found = self.config.tls.get(door)
+        return TlsServer(door, found) if found is not None else None
 
     def tasks(self, nursery: trio.Nursery, door: str) -> TaskSupervisor:
         """A supervisor for the door's own background loops, in ``nursery``."""
@@ -103,6 +113,8 @@ async def run_server(config: ServerConfig, *,
             # Listen for signals before recovery starts, so a stop request during a
             # long recovery still ends in a clean shutdown.
             outer.start_soon(_stop_on_signal, outer.cancel_scope)
+            if config.tls:
+                outer.start_soon(_reload_on_sighup)
             await _serve(config, on_ready, task_status, span_exporter)
             outer.cancel_scope.cancel()
     except BaseExceptionGroup as group:
@@ -219,6 +231,13 @@ async def _serve_cluster(config: ServerConfig,
             task_status.started(bound)
 
     await run_cluster(config, start_doors, announce)
+
+
+async def _reload_on_sighup() -> None:
+    with trio.open_signal_receiver(signal.SIGHUP) as signals:
+        async for _ in signals:
+            log.warning("received SIGHUP: reloading TLS certificates (%d reloaded)",
+                        reload_all())
 
 
 async def _stop_on_signal(scope: trio.CancelScope) -> None:

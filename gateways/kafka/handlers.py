@@ -166,6 +166,7 @@ class Session:
     sasl_mechanism: str | None = None
     raw_sasl: bool = False  # SaslHandshake v0: the next frame is a bare token
     principal: Principal = field(default=ANONYMOUS)
+    advertised_port: int | None = None  # a TLS listener's port: its clients stay on TLS
 
     def __post_init__(self) -> None:
         if self.principal is ANONYMOUS:
@@ -263,6 +264,9 @@ class KafkaDoor(ClusterApis):
     def host_for(self, session: Session) -> str:
         return self.options.advertised_host or session.local_host
 
+    def port_for(self, session: Session) -> int:
+        return session.advertised_port or self.port
+
     # ================================================================ ApiVersions
 
     def api_versions_body(self, error: int = ke.NONE) -> Any:
@@ -332,7 +336,7 @@ class KafkaDoor(ClusterApis):
                                                   topic_id=self.topic_id(t),
                                                   is_internal=False, partitions=parts))
         return R(brokers=(R.MetadataResponseBroker(node_id=node, host=self.host_for(s),
-                                                   port=self.port, rack=None),),
+                                                   port=self.port_for(s), rack=None),),
                  cluster_id=self.options.cluster_id, controller_id=node, topics=tuple(topics))
 
     # ================================================================ Produce
@@ -795,10 +799,10 @@ class KafkaDoor(ClusterApis):
             if not known:
                 return R(error_code=code, error_message=message, node_id=-1, host="", port=-1)
             return R(error_code=ke.NONE, error_message=None, node_id=node, host=host,
-                     port=self.port)
+                     port=self.port_for(s))
         return R(coordinators=tuple(
             R.Coordinator(key=key, node_id=node if known else -1, host=host if known else "",
-                          port=self.port if known else -1, error_code=code,
+                          port=self.port_for(s) if known else -1, error_code=code,
                           error_message=message)
             for key in req.coordinator_keys))
 

@@ -161,7 +161,7 @@ class Hub:
         while True:
             await trio.sleep(DEADLINE_TICK)
             now = trio.current_time()
-            for c in [c for c in self.clients if c.deadline <= now]:
+            for c in [c for c in self.clients if c.deadline <= now or c.send_deadline <= now]:
                 c.expire()
 
     async def _housekeeping(self) -> None:
