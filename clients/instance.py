@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import ssl
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -49,7 +50,8 @@ class NoRouteError(ClientError):
 class ClientInstance:
     def __init__(self, namesrv: str | list[str], *, route_refresh_s: float = ROUTE_REFRESH_S,
                  heartbeat_s: float = HEARTBEAT_S, timeout: float = DEFAULT_TIMEOUT,
-                 credentials: tuple[str, str] | None = None) -> None:
+                 credentials: tuple[str, str] | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.namesrvs = parse_address_list(namesrv)
         if not self.namesrvs:
             raise ValueError("at least one NameServer (or broker) address is needed")
@@ -72,7 +74,9 @@ class ClientInstance:
             credentials = (os.environ["FERRYMQ_ACCESS_KEY"],
                            os.environ.get("FERRYMQ_SECRET_KEY", ""))
         self.credentials = credentials
-        self.remoting = RemotingClient(on_request=self._server_request, credentials=credentials)
+        # tls: every connection (NameServers and brokers) over TLS with this context.
+        self.remoting = RemotingClient(on_request=self._server_request, credentials=credentials,
+                                       ssl_context=tls)
         self.tg: anyio.abc.TaskGroup | None = None
         self._ns_index = 0
         self._heartbeat_now = anyio.Event()

@@ -32,6 +32,7 @@ class FakeBroker:
     config = BrokerConfig()
     metrics = MetricsRegistry()
     auth_enabled = False  # the remoting door asks before checking signatures
+    tracer = None  # Broker.tracer: tracing off
 
     def __init__(self, record: StoredRecord) -> None:
         self.record = record
