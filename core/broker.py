@@ -64,6 +64,7 @@ from .access import (
     Principal,
     ResourceType,
 )
+from .addresses import ADDRESS_PROPERTY
 from .config import BrokerConfig
 from .errors import (
     FerryError,
@@ -126,6 +127,8 @@ from .replication import STANDALONE, Durability, Membership, Role, SlaveView
 from .replication.epochs import EpochFile, truncation_point
 from .replication.replicas import ReplicaSet, SlaveStatus
 from .retry import RESENT_TOPIC, DeadLetter, ResendResult, RetryService, SendBackResult
+from .security import SecurityCalls
+from .security import install as install_security
 from .statelog import STATE_TOPIC, Change, Key, StateLog
 from .stats import (
     BrokerInfo,
@@ -199,8 +202,10 @@ def _life_topic(m: ConsumedMessage) -> str:
     return (m.properties.get(PROPERTY_REAL_TOPIC) or m.topic) if m.topic in _LIFE_KINDS else m.topic
 
 
-class Broker:
-    """Use ``async with Broker.open(config) as broker``; see the module docstring."""
+class Broker(SecurityCalls):
+    """Use ``async with Broker.open(config) as broker``; see the module docstring.
+    The security calls (authentication questions, users, tokens, keys, ACLs) are
+    inherited from core/security.py."""
 
     def __init__(self, config: BrokerConfig, membership: Membership = STANDALONE) -> None:
         self.config = config
@@ -235,7 +240,10 @@ class Broker:
         self._admin_committer: GroupCommitter | None = None  # async flush: admin changes
         self._compaction_lock = trio.Lock()
         self._topic_watchers: list[Callable[[], None]] = []
-        self._access = AccessControl()
+        auth = dict(config.extra.get("auth") or {})  # type: ignore[call-overload]
+        self._access = AccessControl(bool(auth.get("enabled", False)),
+                                     auth.get("super_users", ()))
+        self.credentials = install_security(self.state, self._access)
         self.started_at = 0
         # The one write path and read path; the services get it, never the Broker.
         self._paths = Paths(config, self.store, self.meta, self.state, self.counters,
@@ -266,8 +274,18 @@ class Broker:
         """The facade's one access decision (core/access.py): every public call that
         produces, consumes, commits, administers, pops, transacts, or touches
         timers or dead letters passes here once per resource it touches, before
-        it does anything. Raises PermissionDenied (today: never)."""
+        it does anything. Raises PermissionDenied."""
         self._access.check(principal, kind, name, operation)
+
+    def _authorize_write(self, principal: Principal, message: Message) -> None:
+        """WRITE on a message's topic, judged at its address (core/addresses.py)
+        when it has one finer than the topic: an MQTT topic name."""
+        props = message.properties
+        address = props.get(ADDRESS_PROPERTY) if props else None
+        if address is None:
+            self._access.check(principal, TOPIC, message.topic, WRITE)
+        else:
+            self._access.check(principal, TOPIC, message.topic, WRITE, address)
 
     def _master_only(self) -> None:
         """The services that write (pop, timers, transactions, retry) run on a master:
@@ -571,11 +589,15 @@ class Broker:
         ReplicationTimeout (``durability``: when it is acknowledged; None, the
         group's replication mode decides — docs/cluster.md)."""
         if isinstance(messages, Message):
-            self._authorize(principal, TOPIC, messages.topic, WRITE)
+            self._authorize_write(principal, messages)
         else:
             messages = list(messages)
             if messages:
-                self._authorize(principal, TOPIC, messages[0].topic, WRITE)
+                addressed = [m for m in messages if ADDRESS_PROPERTY in m.properties]
+                if len(addressed) < len(messages):
+                    self._authorize(principal, TOPIC, messages[0].topic, WRITE)
+                for m in addressed:
+                    self._authorize_write(principal, m)
         return await self._paths.put(messages, durability)
 
     async def put_encoded_batch(self, topic: str, queue_id: int, body: bytes,
@@ -1075,8 +1097,10 @@ class Broker:
                            principal: Principal = ANONYMOUS, **settings: object) -> GroupConfig:
         """Create a consumer group with ``settings`` (GroupConfig fields). Checks CREATE
         on it. Raises PermissionDenied, InvalidGroupName, InvalidArgument (exists,
-        unless ``exist_ok``)."""
-        self._authorize(principal, GROUP, name, CREATE)
+        unless ``exist_ok``). With ``exist_ok`` (a consumer's implicit group, as a
+        RocketMQ heartbeat or a Kafka JoinGroup makes it) READ on the group is
+        enough, as in Kafka: who may consume in a group may bring it into being."""
+        self._authorize(principal, GROUP, name, READ if exist_ok else CREATE)
         validate_group_name(name)
         g = self.meta.groups.get(name)
         if g is not None:

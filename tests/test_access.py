@@ -42,6 +42,10 @@ UNCHECKED = {
     "health": "readiness probes ask it anonymously",
     "receipt": "decodes a handle the caller holds; reveals nothing of the broker",
     "delivery_time": "validates properties against the configuration",
+    "authenticate": "authentication: establishes who is asking (a password check)",
+    "scram_verifier": "authentication: the SCRAM exchange of a door needs the verifier",
+    "token_user": "authentication: who an API token belongs to",
+    "access_secret": "authentication: the RocketMQ signature needs the SecretKey",
     # Cluster wiring: called by the replication door and the controller only, peers
     # inside the broker group (docs/cluster.md), never on a client's behalf.
     **{name: "cluster wiring (docs/architecture.md)" for name in (

@@ -50,5 +50,13 @@ ERROR_CODES: dict[str, int] = {
 
 def kafka_error(exc: FerryError) -> int:
     """The Kafka error code for a core error (UNKNOWN_SERVER_ERROR for anything unmapped,
-    which tests/test_error_tables.py keeps from happening)."""
+    which tests/test_error_tables.py keeps from happening). An access refusal names
+    the kind of resource refused: GROUP_, CLUSTER_, TRANSACTIONAL_ID_AUTHORIZATION_FAILED."""
+    if exc.code == "permission_denied":
+        return _DENIED.get(getattr(exc, "resource", "topic"), ke.TOPIC_AUTHORIZATION_FAILED)
     return ERROR_CODES.get(exc.code, ke.UNKNOWN_SERVER_ERROR)
+
+
+_DENIED = {"topic": ke.TOPIC_AUTHORIZATION_FAILED, "group": ke.GROUP_AUTHORIZATION_FAILED,
+           "cluster": ke.CLUSTER_AUTHORIZATION_FAILED,
+           "transactional_id": ke.TRANSACTIONAL_ID_AUTHORIZATION_FAILED}

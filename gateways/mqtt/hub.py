@@ -34,6 +34,7 @@ from collections.abc import Iterator
 
 import trio
 
+from ...core.access import SYSTEM, Principal
 from ...core.broker import Broker
 from ...core.errors import FerryError
 from ...core.message import now_ms
@@ -43,7 +44,7 @@ from ...protocols.mqtt.constants import Prop
 from ...protocols.mqtt.packets import Publish, Will
 from ...protocols.mqtt.topics import TopicTrie, filter_matches
 from . import mapping
-from .auth import ClientAccess, load_acl, load_passwords
+from .auth import ClientAccess, core_rules, load_acl, load_passwords
 from .delivery import Delivery, Outgoing, RecordReader, SubOpts
 from .dispatcher import DISPATCH_BATCH, DISPATCH_BYTES, Dispatcher, first_broker_topic
 from .options import MqttOptions
@@ -88,12 +89,17 @@ class Hub:
         self.store.door_metrics = self.metrics
         self.limits = ServerLimits(options.max_packet_size, options.receive_maximum,
                                    options.topic_alias_maximum)
-        self.open_access = ClientAccess(None)
         self.passwords = load_passwords(options.password_file) if options.password_file else None
         self.acl = load_acl(options.acl_file) if options.acl_file else None
+        if self.passwords is not None or self.acl is not None:
+            # Into the one model: the core judges every door by them (docs/security.md).
+            broker.load_file_rules("mqtt:acl_file", core_rules(self.acl) if self.acl else [],
+                                   sorted((self.passwords or {}).items()),
+                                   enforce_door="mqtt" if self.acl else None, principal=SYSTEM)
+        self.open_access = ClientAccess(broker, SYSTEM)
 
-    def access_for(self, username: str | None, client_id: str) -> ClientAccess:
-        return ClientAccess(self.acl.rules_for(username, client_id) if self.acl else None)
+    def access_for(self, principal: Principal) -> ClientAccess:
+        return ClientAccess(self.broker, principal)
 
     def new_session(self, client_id: str) -> Session:
         return Session(client_id, self.options, self.stats)
@@ -119,7 +125,7 @@ class Hub:
         props = {k: v for k, v in will.properties.items() if k != Prop.WILL_DELAY_INTERVAL}
         (err,) = await self.store.store(
             [Publish(will.topic, will.payload, will.qos, will.retain, False, None, props)],
-            s.client_id)
+            s.client_id, access.principal)
         if err is None:
             self.stats["wills"] += 1
         else:
@@ -193,7 +199,7 @@ class Hub:
         if topic in self.literal_watch:
             return True
         if self.wild_watch > 0:
-            t = self.broker.find_topic(topic)
+            t = self.broker.find_topic(topic, principal=SYSTEM)
             return t is not None and not t.system
         return False
 
@@ -203,7 +209,7 @@ class Hub:
             if t not in self.dispatchers:
                 self._start_dispatcher(t, False)
         if self.wild_watch > 0:
-            for config in self.broker.topics():
+            for config in self.broker.topics(principal=SYSTEM):
                 if not config.system and config.readable and config.name not in self.dispatchers:
                     self._start_dispatcher(config.name, config.created_at >= self.wild_since)
         for name, d in list(self.dispatchers.items()):
@@ -362,7 +368,7 @@ class Hub:
             elif not f.startswith("$"):
                 wild = True
         if wild:
-            topics.update(t.name for t in self.broker.topics() if not t.system)
+            topics.update(t.name for t in self.broker.topics(principal=SYSTEM) if not t.system)
         return topics
 
     def commit_session(self, s: Session) -> None:
@@ -380,7 +386,7 @@ class Hub:
                     pos[src[1]] = min(pos[src[1]], src[2])
             for q, off in enumerate(pos):
                 try:
-                    broker.commit_offset(s.group, t, q, off)
+                    broker.commit_offset(s.group, t, q, off, principal=SYSTEM)
                 except FerryError as exc:
                     log.warning("cannot commit %s %s/%d: %s", s.group, t, q, exc)
 
@@ -395,7 +401,8 @@ class Hub:
                 if d is not None:
                     for q, off in enumerate(d.positions):
                         with contextlib.suppress(FerryError):  # the topic went away
-                            self.broker.commit_offset(g.group, t, q, held.get((t, q), off))
+                            self.broker.commit_offset(g.group, t, q, held.get((t, q), off),
+                                                     principal=SYSTEM)
 
     def _filter_topics(self, topic_filter: str) -> list[str]:
         t = first_broker_topic(topic_filter)
@@ -403,7 +410,7 @@ class Hub:
             return [t]
         if topic_filter.startswith("$"):
             return []
-        return [x.name for x in self.broker.topics() if not x.system]
+        return [x.name for x in self.broker.topics(principal=SYSTEM) if not x.system]
 
     def _backlog(self, t: str, starts: dict[int, int]) -> Iterator[tuple[str, Delivery]]:
         """(MQTT topic, delivery) of topic ``t``'s messages from ``starts`` (queue ->
@@ -419,7 +426,7 @@ class Hub:
         backlog: list[tuple[int, int, int, str, bytes, dict[str, str]]] = []
         for q, start in starts.items():
             end = d.position(q)
-            lo, _ = broker.queue_bounds(t, q)
+            lo, _ = broker.queue_bounds(t, q, principal=SYSTEM)
             start = max(start, lo)
             if start >= end:
                 continue
@@ -431,7 +438,8 @@ class Hub:
                     start = end - limit
             pos = start
             while pos < end:
-                res = broker.get(None, t, q, pos, DISPATCH_BATCH, DISPATCH_BYTES)
+                res = broker.get(None, t, q, pos, DISPATCH_BATCH, DISPATCH_BYTES,
+                                 principal=SYSTEM)
                 if not res.records:
                     break
                 for r in res.records:
@@ -462,11 +470,11 @@ class Hub:
                 continue
             starts = {}
             for q in range(len(d.positions)):
-                start = broker.committed_offset(s.group, t, q)
+                start = broker.committed_offset(s.group, t, q, principal=SYSTEM)
                 if start is None:
                     # A topic or queue born while the session was away: what was
                     # stored since it left is what it missed.
-                    start = broker.offset_for_time(t, q, s.disconnected_at)
+                    start = broker.offset_for_time(t, q, s.disconnected_at, principal=SYSTEM)
                 starts[q] = start
             for topic, dl in self._backlog(t, starts):
                 sos = [so for _, so in trie.match(topic)]
@@ -492,7 +500,7 @@ class Hub:
             for q in range(len(d.positions)):
                 start = held.get((t, q))
                 if start is None and from_committed:
-                    start = self.broker.committed_offset(g.group, t, q)
+                    start = self.broker.committed_offset(g.group, t, q, principal=SYSTEM)
                 if start is not None:
                     starts[q] = start
             for topic, dl in self._backlog(t, starts):
