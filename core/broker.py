@@ -242,7 +242,8 @@ class Broker:
             self.meta.load_legacy()
             self.pop_service.load_legacy()
         self._system_topics_sync()
-        self.recovery = self.store.open(self._accept_record, before_scan=self.state.replay_queue)
+        self.recovery = self.store.open(self._accept_record, before_scan=self.state.replay_queue,
+                                        live=self._live_record)
         for (topic, _qid) in list(self.store.queues):
             if topic not in self.meta.topics and topic != STATE_TOPIC:
                 self.store.drop_topic(topic)  # a deleted topic's leftovers
@@ -288,6 +289,17 @@ class Broker:
             topic, max(queue_id + 1, self.config.default_queues), created_at=now_ms(),
             created_phys=phys).to_json())])
         return True
+
+    def _live_record(self, topic: str, phys: int) -> bool:
+        """``_accept_record`` without its side effects, for a repair that walks the log
+        out of order (core/store/repair.py): whether the record at ``phys`` belongs to
+        its topic's live incarnation."""
+        if topic == STATE_TOPIC:
+            return True
+        t = self.meta.topics.get(topic)
+        if t is not None:
+            return phys >= t.created_phys
+        return phys >= self.meta.tombstones.get(topic, -1)
 
     def _topic_changed(self, name: str, old: TopicConfig | None, new: TopicConfig | None
                        ) -> None:
@@ -354,6 +366,7 @@ class Broker:
                 log.error("background job %s failed", getattr(job, "__name__", job), exc_info=exc)
 
     async def _checkpoint(self) -> None:
+        self.store.repair_pending()  # what worker threads' reads found damaged
         if self.store.failed is None and self.store.dispatched_pos:
             await trio.to_thread.run_sync(self.store.checkpoint)
 

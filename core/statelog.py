@@ -361,13 +361,15 @@ class StateLog:
         i = q.find(max(qoff, q.min_offset))
         if i is None:
             return
-        for phys, _size, _base, _count, _th, _ts in q.iter_entries(i, q.next_entry):
+        for phys, size, _base, _count, _th, _ts in q.iter_entries(i, q.next_entry):
             if phys < pos:
                 continue
-            if not self.recover_at(phys):
-                log.error("the state queue points at CommitLog offset %d, which holds no "
-                          "state record: replay stops there", phys)
-                return
+            if size < 0 or not self.recover_at(phys):
+                # A damaged range of the log took this record (docs/storage.md, "Damage"):
+                # that change is lost, the later ones still apply.
+                self.stats["apply_errors"] += 1
+                log.error("the state record at CommitLog offset %d is lost (a damaged range of "
+                          "the log); the changes after it still apply", phys)
 
     def recover_at(self, phys: int) -> bool:
         """A state record met by recovery at CommitLog offset ``phys``: apply it unless

@@ -1084,6 +1084,8 @@ class TimerService:
         while i is not None and i < q.next_entry:
             phys, size, _base, _count, th, ts = q.entry(i)
             i += 1
+            if size < 0:
+                continue  # lost with a damaged range of the CommitLog (docs/storage.md)
             if th < 0:
                 target = -th - 1
                 found = self._timer_at(target)
