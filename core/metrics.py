@@ -31,6 +31,7 @@ from .metadata import Metadata
 from .pop import PopService
 from .stats import Counters
 from .store.filecache import FILE_KINDS, FileCache
+from .store.repair import DamageStats
 from .store.store import MessageStore
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -312,6 +313,7 @@ def broker_collector(counters: Counters, meta: Metadata, store: MessageStore, da
         start.add(started_at() / 1000)
         out = [m_in, b_in, m_out, b_out, lag, stored, disk, fs, failures, topics, groups, start]
         out.extend(store_file_families(store.files))
+        out.extend(store_damage_families(store.repairs.stats))
         inflight = Family("ferrymq_pop_inflight_messages", "gauge",
                           "Messages popped and neither acked nor revived yet.")
         inflight.add(pop.in_flight())
@@ -329,6 +331,25 @@ def broker_collector(counters: Counters, meta: Metadata, store: MessageStore, da
         return out
 
     return collect
+
+
+def store_damage_families(stats: DamageStats) -> list[Family]:
+    """Damage the store found and went past (core/store/repair.py, docs/storage.md
+    "Damage"): every one of these is also an ERROR line. Alert on any increase."""
+    out = []
+    for name, value, help in (
+            ("ranges", stats.ranges, "Damaged CommitLog ranges skipped (records after them kept)."),
+            ("bytes", stats.bytes, "Bytes in the damaged CommitLog ranges."),
+            ("messages", stats.messages, "Messages lost with damaged records (their "
+                                         "ConsumeQueue entries are marked lost)."),
+            ("entries", stats.entries, "ConsumeQueue entries found wrong and written again "
+                                       "from the CommitLog."),
+            ("index_entries", stats.index_entries, "Key index entries pointing at no valid "
+                                                   "record.")):
+        f = Family(f"ferrymq_store_damaged_{name}_total", "counter", help)
+        f.add(value)
+        out.append(f)
+    return out
 
 
 def store_file_families(files: FileCache) -> list[Family]:

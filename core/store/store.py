@@ -44,7 +44,7 @@ from .consumequeue import LOST_SIZE, ConsumeQueue, PinnedReader
 from .filecache import FileCache, FileGone, default_budget
 from .files import DirectoryLock
 from .index import KeyIndex
-from .repair import Hole, Repairs
+from .repair import DamageStats, Hole, Repairs
 
 log = logging.getLogger("ferrymq.store")
 
@@ -268,9 +268,10 @@ class MessageStore:
         # Damage a worker thread's read met, for the owner thread to repair.
         self._pending_repairs: list[tuple[str, int, int, str]] = []
         self._emptied: set[tuple[str, int]] = set()  # queue directories found without files
+        self._bad_index: set[int] = set()  # index entries reported damaged
 
     @property
-    def damage(self) -> object:
+    def damage(self) -> DamageStats:
         """What was found damaged since open (a ``repair.DamageStats``)."""
         return self.repairs.stats
 
@@ -910,8 +911,11 @@ class MessageStore:
         if data is None:
             return []
         try:
-            r = rec.decode(data, 0, check_crc=False)
+            # The CRC too where this process has not validated the record itself.
+            r = rec.decode(data, 0, check_crc=phys < self.verified_from)
         except rec.RecordError:
+            return []
+        if r.physical_offset != phys:
             return []
         return list(StoredRecord(r.topic, r.queue_id, r.queue_offset, 1, phys, r.sys_flag,
                                  r.store_timestamp, data).messages())
@@ -941,6 +945,8 @@ class MessageStore:
         for phys, member in candidates:
             found = (self.messages_at(phys) if member == ANY_MEMBER
                      else [m for m in [self.message_at(phys, member)] if m is not None])
+            if not found and phys >= self.commitlog.min_offset:
+                self._bad_index_entry(key, phys)
             for m in found:
                 if (m.physical_offset, m.batch_index) in seen:
                     continue
@@ -952,6 +958,18 @@ class MessageStore:
             if len(out) >= limit:
                 break
         return out[:limit]
+
+    def _bad_index_entry(self, key: str, phys: int) -> None:
+        """An index entry points at no valid record (its record was in a damaged range,
+        or the entry itself is damaged): counted and logged once. ``ferrymq store
+        check`` reports such entries, ``--repair`` builds the index again."""
+        if phys in self._bad_index or len(self._bad_index) >= 10_000:
+            return
+        self._bad_index.add(phys)
+        self.repairs.stats.index_entries += 1
+        log.error("the key index points at CommitLog offset %d (key %r), where no valid record "
+                  "starts: damaged; `ferrymq store check --repair` builds the index again",
+                  phys, key)
 
     # ================================================================ admin
 

@@ -88,11 +88,20 @@ def fill(data_dir: Path, n: int = FILL, batch_every: int = 10, **over: object) -
     return trio.run(main)
 
 
-def read_all(data_dir: Path, **over: object) -> tuple[dict[tuple[int, int], bytes], object]:
-    """Every message of the topic as {(queue, offset): body}, through a broker that
-    recovers the directory; and the broker's damage statistics."""
+@dataclass
+class ReadBack:
+    """What ``read_all`` found: the messages, the store's damage counts, the metrics."""
 
-    async def main() -> tuple[dict[tuple[int, int], bytes], object]:
+    messages: dict[tuple[int, int], bytes]
+    damage: object
+    metrics: str
+
+
+def read_all(data_dir: Path, **over: object) -> ReadBack:
+    """Every message of the topic as {(queue, offset): body}, through a broker that
+    recovers the directory; with its damage statistics and metrics after the reads."""
+
+    async def main() -> ReadBack:
         out: dict[tuple[int, int], bytes] = {}
         async with Broker.open(config(data_dir, **over)) as b:
             for q in range(QUEUES):
@@ -106,7 +115,7 @@ def read_all(data_dir: Path, **over: object) -> tuple[dict[tuple[int, int], byte
                     if g.next_offset <= off:
                         break
                     off = g.next_offset
-            return out, getattr(b.store, "damage", None)
+            return ReadBack(out, getattr(b.store, "damage", None), b.metrics.render())
 
     return trio.run(main)
 

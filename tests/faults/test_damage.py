@@ -32,7 +32,9 @@ def data(written: tuple[Path, sf.Written], tmp_path: Path) -> Path:
 
 def check_only_lost(data: Path, written: sf.Written, lost: set[tuple[int, int]]
                     ) -> tuple[dict[tuple[int, int], bytes], object]:
-    got, damage = sf.read_all(data)
+    back = sf.read_all(data)
+    got, damage = back.messages, back.damage
+    check_only_lost.metrics = back.metrics  # type: ignore[attr-defined]
     assert not set(got) - set(written.at), "messages that were never written"
     changed = [k for k, b in got.items() if b != sf.body(written.at[k])]
     assert not changed, f"messages served changed: {changed[:5]}"
@@ -64,6 +66,9 @@ def test_damage_in_the_middle_of_the_commitlog_loses_only_its_records(
     assert f"{len(lost)} message(s)" in hole[0].getMessage()
     assert damage.ranges == 1 and damage.messages == len(lost)  # type: ignore[attr-defined]
     assert len(sf.segments(data)) == 4, "later segments are kept"
+    metrics = check_only_lost.metrics  # type: ignore[attr-defined]
+    assert "ferrymq_store_damaged_ranges_total 1\n" in metrics
+    assert f"ferrymq_store_damaged_messages_total {len(lost)}\n" in metrics
 
 
 def test_a_record_damaged_below_the_checkpoint_is_lost_at_read_not_served(
