@@ -31,6 +31,8 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import shutil
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -58,6 +60,7 @@ from .access import (
 )
 from .config import BrokerConfig
 from .errors import (
+    DiskPressure,
     FerryError,
     FlushFailed,
     GroupNotFound,
@@ -178,9 +181,15 @@ class Broker:
             self._paths, self.state, os.path.join(config.data_dir, "pop"),
             max_inflight_per_queue=int(config.extra.get(  # type: ignore[call-overload]
                 "pop_max_inflight_per_queue", DEFAULT_MAX_INFLIGHT_PER_QUEUE)))
+        # Disk pressure (docs/operations.md, "Disk"): set while producers' writes are refused.
+        self._disk_refusal: DiskPressure | None = None
+        self._disk_warned = 0.0
+        self._refused_puts = 0
+        # (used, total) bytes of the file system holding the store; tests replace it.
+        self.disk_usage: Callable[[], tuple[int, int]] = partial(_disk_usage, config.data_dir)
         self.metrics.add_collector(broker_collector(
             self.counters, self.meta, self.store, config.data_dir, lambda: self.started_at,
-            self.pop_service))
+            self.pop_service, lambda: (self._disk_refusal is not None, self._refused_puts)))
 
     # ================================================================ who is asking
 
@@ -343,6 +352,8 @@ class Broker:
         nursery.start_soon(self.state.run)
         nursery.start_soon(self._every, self.config.retention_check_interval_s,
                            self.run_retention)
+        if self.config.max_disk_ratio < 1.0:
+            nursery.start_soon(self._every, self.config.disk_check_interval_s, self.check_disk)
         nursery.start_soon(self.pop_service.run)
         self.timers.start(nursery)
         self.transactions.start(nursery)
@@ -403,13 +414,15 @@ class Broker:
         timer (docs/timers.md); one marked ``TRAN_MSG=true`` a half
         (docs/transactions.md). Checks WRITE on the topic. Raises PermissionDenied,
         TopicNotFound, MessageTooLarge, InvalidMessage, InvalidDelay, QueueNotFound,
-        StoreError, ShuttingDown."""
+        StoreError (DiskPressure while the disk is above its high watermark), ShuttingDown."""
         if isinstance(messages, Message):
             self._authorize(principal, TOPIC, messages.topic, WRITE)
         else:
             messages = list(messages)
             if messages:
                 self._authorize(principal, TOPIC, messages[0].topic, WRITE)
+        if self._disk_refusal is not None:
+            self._refuse_for_disk()
         return await self._paths.put(messages)
 
     async def put_encoded_batch(self, topic: str, queue_id: int, body: bytes,
@@ -419,6 +432,8 @@ class Broker:
         SEND_BATCH_MESSAGE body) as one record, without re-encoding it. Checks WRITE
         on the topic; raises as ``put``."""
         self._authorize(principal, TOPIC, topic, WRITE)
+        if self._disk_refusal is not None:
+            self._refuse_for_disk()
         return await self._paths.put_encoded_batch(topic, queue_id, body, born_host)
 
     async def put_kafka_batch(self, topic: str, queue_id: int,
@@ -428,6 +443,8 @@ class Broker:
         codec) as one record; its base offset becomes the queue offset assigned.
         Checks WRITE on the topic; raises as ``put``."""
         self._authorize(principal, TOPIC, topic, WRITE)
+        if self._disk_refusal is not None:
+            self._refuse_for_disk()
         return await self._paths.put_kafka_batch(topic, queue_id, batch)
 
     def delivery_time(self, properties: Mapping[str, str]) -> int | None:
@@ -879,6 +896,8 @@ class Broker:
             return Health(False, "the broker is shutting down")
         if self.store.failed is not None:
             return Health(False, f"the store refuses writes: {self.store.failed}")
+        if self._disk_refusal is not None:
+            return Health(False, str(self._disk_refusal))
         return Health(True, "")
 
     # ---------------------------------------------------------------- a door's own state
@@ -984,6 +1003,8 @@ class Broker:
         ``put`` of a message with ``TRAN_MSG=true`` and ``PGROUP`` does the same.
         Checks WRITE on the topic."""
         self._authorize(principal, TOPIC, message.topic, WRITE)
+        if self._disk_refusal is not None:
+            self._refuse_for_disk()
         return await self.transactions.prepare(message, producer_group)
 
     async def end_transaction(self, half: HalfHandle | int | str,
@@ -1071,7 +1092,11 @@ class Broker:
 
     def run_retention(self) -> list[int]:
         """One retention pass (the background task calls it every
-        retention_check_interval_s)."""
+        retention_check_interval_s): segments older than the retention time go, each
+        logged at INFO; under ``disk_full_policy = "delete_oldest"`` also the oldest
+        ones while the disk is above ``max_disk_ratio``, each logged at WARNING with
+        the unconsumed messages it held per group. Under the default "refuse" space
+        never deletes data: producers' writes are refused instead (``check_disk``)."""
         if self._paths.threaded_reads:
             return []  # a worker thread is reading the ConsumeQueues: next pass
         # Never delete state records no snapshot holds; ask for one when they sit in a
@@ -1080,8 +1105,11 @@ class Broker:
         segments = self.store.commitlog.segments
         if keep is not None and segments and keep < segments[-1].base:
             self.state.request_snapshot()
+        space = self.config.max_disk_ratio if self.config.disk_full_policy == "delete_oldest" \
+            else 1.0
         deleted = self.store.retain(now_ms(), int(self.config.retention_hours * 3600_000),
-                                    self.config.max_disk_ratio, protect_from=keep)
+                                    space, self.disk_usage, protect_from=keep,
+                                    on_space_delete=self._space_delete)
         if deleted:
             floor = self.store.commitlog.min_offset
             gone: list[Change] = [(NS_TOMBSTONE, name, None)
@@ -1089,6 +1117,91 @@ class Broker:
             if gone:
                 self.state.append(gone)  # no record of those topics is left to rule out
         return deleted
+
+    def _space_delete(self, start: int, end: int) -> None:
+        """A segment retention deletes for space (``delete_oldest``): say what it held
+        that consumer groups had not consumed yet."""
+        unconsumed: dict[str, int] = {}
+        total = 0
+        spans: dict[tuple[str, int], tuple[int, int]] = {}
+        for topic, qid in list(self.store.queues):
+            if topic == STATE_TOPIC or topic not in self.meta.topics:
+                continue
+            lo, hi = self.store.queue_span(topic, qid, start, end)
+            if hi > lo:
+                spans[(topic, qid)] = (lo, hi)
+                total += hi - lo
+        for group, topics in self.meta.offsets.items():
+            n = 0
+            for topic, queues in topics.items():
+                for (t, qid), (lo, hi) in spans.items():
+                    if t == topic:
+                        n += max(0, hi - max(lo, queues.get(qid, 0)))
+            if n:
+                unconsumed[group] = n
+        by_group = ", ".join(f"{g}={n}" for g, n in sorted(unconsumed.items())) or "none"
+        log.warning("disk above max_disk_ratio (disk_full_policy delete_oldest): deleted the "
+                    "CommitLog segment at %d..%d before its retention time: %d message(s); "
+                    "unconsumed per group: %s", start, end, total, by_group,
+                    extra={"unconsumed": unconsumed})
+
+    # ================================================================ disk pressure
+
+    def _refuse_for_disk(self) -> None:
+        self._refused_puts += 1
+        assert self._disk_refusal is not None
+        raise self._disk_refusal
+
+    def check_disk(self) -> None:
+        """One look at the file system holding the store (every
+        ``disk_check_interval_s``): above ``max_disk_ratio`` producers' writes are
+        refused (DiskPressure: each door's own error) until it is below the low
+        watermark (``disk_resume_ratio``), with a WARNING when it starts, every
+        minute while it lasts, and when it ends. Consumers keep reading, committing
+        and acking: internal writes (the state log) are not refused, the space
+        above the watermark is their reserve. Under ``delete_oldest`` the oldest
+        segments are deleted first, and writes refused only if that was not enough."""
+        cfg = self.config
+        used, total = self.disk_usage()
+        ratio = used / total if total else 0.0
+        now = time.monotonic()
+        if self._disk_refusal is not None:
+            if ratio < cfg.resume_ratio:
+                self._disk_refusal = None
+                log.warning("disk %.1f%% full, below disk_resume_ratio %.1f%%: producers' "
+                            "writes resume (%d refused meanwhile)", ratio * 100,
+                            cfg.resume_ratio * 100, self._refused_puts)
+            elif now - self._disk_warned >= _DISK_WARN_EVERY_S:
+                self._disk_warned = now
+                log.warning("disk still %.1f%% full (max_disk_ratio %.1f%%): producers' writes "
+                            "are still refused (%d so far); free space or raise max_disk_ratio",
+                            ratio * 100, cfg.max_disk_ratio * 100, self._refused_puts)
+            return
+        if ratio < cfg.max_disk_ratio:
+            return
+        if cfg.disk_full_policy == "delete_oldest":
+            self.run_retention()
+            used, total = self.disk_usage()
+            ratio = used / total if total else 0.0
+            if ratio < cfg.max_disk_ratio:
+                return
+        self._disk_refusal = DiskPressure(
+            f"the disk holding the store is {ratio:.1%} full, above max_disk_ratio "
+            f"{cfg.max_disk_ratio:.1%}: writes are refused until it is below "
+            f"{cfg.resume_ratio:.1%}")
+        self._disk_warned = now
+        log.warning("disk %.1f%% full, above max_disk_ratio %.1f%%: producers' writes are "
+                    "refused until it is below %.1f%% (disk_full_policy %s); nothing is "
+                    "deleted before its retention time", ratio * 100, cfg.max_disk_ratio * 100,
+                    cfg.resume_ratio * 100, cfg.disk_full_policy)
+
+
+_DISK_WARN_EVERY_S = 60.0  # while writes are refused for disk pressure, a WARNING this often
+
+
+def _disk_usage(path: str) -> tuple[int, int]:
+    usage = shutil.disk_usage(path)
+    return usage.used, usage.total
 
 
 def _check_topic_args(queues: int, perm: int, message_type: str) -> None:

@@ -254,7 +254,8 @@ def _escape_help(v: str) -> str:
 
 
 def broker_collector(counters: Counters, meta: Metadata, store: MessageStore, data_dir: str,
-                     started_at: Callable[[], int], pop: PopService
+                     started_at: Callable[[], int], pop: PopService,
+                     disk_pressure: Callable[[], tuple[bool, int]] = lambda: (False, 0)
                      ) -> Callable[[], Iterable[Family]]:
     """The families the broker counts itself, read at scrape time (the Broker installs
     it with its own parts: this module knows no Broker)."""
@@ -314,6 +315,15 @@ def broker_collector(counters: Counters, meta: Metadata, store: MessageStore, da
         out = [m_in, b_in, m_out, b_out, lag, stored, disk, fs, failures, topics, groups, start]
         out.extend(store_file_families(store.files))
         out.extend(store_damage_families(store.repairs.stats))
+        refusing, refused = disk_pressure()
+        f = Family("ferrymq_store_writes_refused", "gauge",
+                   "1 while producers' writes are refused: the disk is above max_disk_ratio.")
+        f.add(1 if refusing else 0)
+        out.append(f)
+        f = Family("ferrymq_store_refused_puts_total", "counter",
+                   "Producers' writes refused for disk pressure.")
+        f.add(refused)
+        out.append(f)
         inflight = Family("ferrymq_pop_inflight_messages", "gauge",
                           "Messages popped and neither acked nor revived yet.")
         inflight.add(pop.in_flight())

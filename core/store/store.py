@@ -1015,21 +1015,27 @@ class MessageStore:
 
     def retain(self, now_ms: int, retention_ms: int, max_disk_ratio: float,
                disk_usage: Callable[[], tuple[int, int]] | None = None,
-               protect_from: int | None = None) -> list[int]:
+               protect_from: int | None = None,
+               on_space_delete: Callable[[int, int], None] | None = None) -> list[int]:
         """Delete CommitLog segments older than ``retention_ms`` and, while the disk
-        is fuller than ``max_disk_ratio``, enough of the oldest ones to get under it
-        regardless of age; never the active segment. Queue minimum offsets and the
-        index follow. ``disk_usage`` returns (used, total) bytes (default: the
-        file system of the data directory). A segment holding bytes at or past
-        ``protect_from`` is kept whatever its age (the broker's state records no
-        snapshot holds yet). Returns the deleted segments' bases."""
+        is fuller than ``max_disk_ratio`` (1.0 or more: never), enough of the oldest
+        ones to get under it regardless of age; never the active segment. Queue
+        minimum offsets and the index follow. ``disk_usage`` returns (used, total)
+        bytes (default: the file system of the data directory). A segment holding
+        bytes at or past ``protect_from`` is kept whatever its age (the broker's state
+        records no snapshot holds yet). Each deleted segment is logged: at INFO when
+        its age let it go; one deleted for space is given to ``on_space_delete(start,
+        end)`` before it goes (the broker logs what it held), or logged at WARNING.
+        Returns the deleted segments' bases."""
         cl = self.commitlog
         old = cl.segments[:-1]
-        keep_from = cl.min_offset
+        keep_from = by_age = cl.min_offset
+        mtimes = {}
         for base, mtime in cl.segment_mtimes():
             if mtime * 1000 >= now_ms - retention_ms:
                 break
-            keep_from = base + cl.segment_size
+            mtimes[base] = mtime
+            keep_from = by_age = base + cl.segment_size
         if max_disk_ratio < 1.0 and old:
             used, total = (disk_usage or (lambda: _disk_usage(self.config.directory)))()
             excess = used - max_disk_ratio * total
@@ -1038,15 +1044,40 @@ class MessageStore:
                 keep_from = max(keep_from, old[n - 1].end)
         if protect_from is not None:
             keep_from = min(keep_from, protect_from)
+        for seg in old:
+            if seg.end > keep_from:
+                break
+            if seg.end <= by_age:
+                log.info("retention deleted CommitLog segment %s (bytes %d..%d): last written "
+                         "%s, older than the retention time", os.path.basename(seg.path),
+                         seg.base, seg.end, time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                          time.gmtime(mtimes[seg.base])))
+            elif on_space_delete is not None:
+                on_space_delete(seg.base, seg.end)
+            else:
+                log.warning("disk above max_disk_ratio: deleted CommitLog segment %s (bytes "
+                            "%d..%d) before its retention time", os.path.basename(seg.path),
+                            seg.base, seg.end)
         deleted = cl.delete_segments(keep_from)
         if deleted:
             floor = cl.min_offset
             for q in self.queues.values():
                 q.delete_before_physical(floor)
             self.index.delete_before(floor)
-            log.info("retention deleted %d CommitLog segment(s)", len(deleted))
         self.files.trim()  # give back what worker threads' reads opened past the budget
         return deleted
+
+    def queue_span(self, topic: str, queue_id: int, start: int, end: int) -> tuple[int, int]:
+        """The queue offsets ``[lo, hi)`` of the queue's records that lie in CommitLog
+        bytes ``[start, end)`` (``lo == hi``: none)."""
+        q = self.queues.get((topic, queue_id))
+        if q is None or q.next_entry == q.first_entry:
+            return 0, 0
+        i0, i1 = q.first_at_or_past(start), q.first_at_or_past(end)
+        if i0 >= i1:
+            return 0, 0
+        last = q.entry(i1 - 1)
+        return q.entry(i0).base_offset, last.base_offset + last.count
 
 
 def _encode_plain_batch(topic: str, messages: Sequence[Message]) -> tuple[bytes, int] | None:
