@@ -511,6 +511,12 @@ class StateLog:
                 if n.startswith(_SNAP_PREFIX) and n[len(_SNAP_PREFIX):].isdigit()]
 
     @staticmethod
+    def read_snapshot(path: str) -> tuple[int, int, dict[str, list[tuple[Any, Any]]]]:
+        """(CommitLog offset S, state queue offset, tables) of a snapshot file. Raises
+        ValueError for a damaged one (``ferrymq store check`` uses it too)."""
+        return StateLog._read_snapshot(path)
+
+    @staticmethod
     def _read_snapshot(path: str) -> tuple[int, int, dict[str, list[tuple[Any, Any]]]]:
         raw = read_file(path) or b""
         if len(raw) < _SNAP_HEAD.size:

@@ -61,6 +61,12 @@ class Head(NamedTuple):
     topic: bytes
 
 
+def plausible(reconsume_times: int, prepared_offset: int, pos: int) -> bool:
+    """Fields the body CRC does not cover, checked for what they can be: a count, and the
+    offset of an earlier record (a transaction's half) or 0."""
+    return reconsume_times >= 0 and (prepared_offset == 0 or 0 <= prepared_offset < pos)
+
+
 def _check_at(mm: mmap.mmap, local: int, pos: int, full: bool) -> rec.Record | Head | None:
     """The record at ``local`` of a segment mapping if it is a valid one whose stored
     physical offset is ``pos``: decoded with its CRC checked (``full``), or its fixed
@@ -77,7 +83,8 @@ def _check_at(mm: mmap.mmap, local: int, pos: int, full: bool) -> rec.Record | H
             r = rec.decode(mm, local)  # type: ignore[arg-type]  # a mapping is a buffer
         except rec.RecordError:
             return None
-        if r.physical_offset != pos:
+        if r.physical_offset != pos or not plausible(r.reconsume_times,
+                                                      r.prepared_transaction_offset, pos):
             return None
         if full:
             return r
@@ -159,6 +166,7 @@ class CommitLog:
         self._flush_lock = threading.Lock()
         self._tail: Segment | None = None
         self._read_seg: Segment | None = None
+        self.skipped: str | None = None  # a segment ``open(readonly=True)`` left out
 
     @property
     def segments(self) -> tuple[Segment, ...]:
@@ -166,10 +174,13 @@ class CommitLog:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def open(self) -> None:
+    def open(self, readonly: bool = False) -> None:
         """Find the existing segments (the newest is mapped, the others when read).
-        The write position is set by ``recover``."""
-        os.makedirs(self.directory, exist_ok=True)
+        The write position is set by ``recover``. ``readonly`` (``ferrymq store
+        check``): nothing is changed on disk; a newest segment of the wrong size is
+        left out (``skipped`` names it) instead of being given its size back."""
+        if not readonly:
+            os.makedirs(self.directory, exist_ok=True)
         names = sorted(n for n in os.listdir(self.directory)
                        if len(n) == _NAME_DIGITS and n.isdigit())
         segs: list[Segment] = []
@@ -183,6 +194,9 @@ class CommitLog:
                 if i != len(names) - 1:
                     raise StoreError(f"segment {path} is {size} bytes, expected the configured "
                                      f"segment size {self.segment_size}")
+                if readonly:
+                    self.skipped = path
+                    break
                 # The newest segment was cut short or had bytes appended: give it
                 # its size back; recovery validates what it holds record by record.
                 os.truncate(path, self.segment_size)

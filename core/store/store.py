@@ -39,7 +39,7 @@ from ..message import (
     register_batch_decoder,
 )
 from .checkpoint import Checkpoint, read_checkpoint, write_checkpoint
-from .commitlog import CommitLog, Damage
+from .commitlog import CommitLog, Damage, plausible
 from .consumequeue import LOST_SIZE, ConsumeQueue, PinnedReader
 from .filecache import FileCache, FileGone, default_budget
 from .files import DirectoryLock
@@ -75,7 +75,7 @@ _MAX_SCAN_ENTRIES = 16_000
 # size, magic, body CRC, queue id, queue offset, physical offset, system flags, store
 # timestamp (IPv4 born host: a record with an IPv6 one is checked without it).
 _GET_CHECK = struct.Struct(">iiii4xqqi16xq")
-_BODY_LEN = struct.Struct(">i")
+_TAIL = struct.Struct(">iqi")  # reconsume times, prepared offset, body length (at 72)
 _V6_FLAGS = rec.BORNHOST_V6_FLAG | rec.STOREHOST_V6_FLAG
 _LOST = LOST_SIZE
 
@@ -91,18 +91,29 @@ class _Damaged(Exception):
         self.why = why
 
 
-def _crc_ok(data: bytes, crc: int, sys_flag: int) -> bool:
-    """Whether a whole record's body CRC matches ``crc`` (its stored field)."""
+def _record_ok(data: bytes, crc: int, sys_flag: int, phys: int) -> bool:
+    """Whether a whole record read at ``phys`` holds together: its body CRC matches
+    ``crc`` (its stored field), its lengths add up to its size, and the fields the CRC
+    does not cover are plausible (``CommitLog``'s ``plausible``)."""
     if sys_flag & _V6_FLAGS:
         try:
-            rec.decode(data, 0)
+            r = rec.decode(data, 0)
         except rec.RecordError:
             return False
-        return True
-    n = _BODY_LEN.unpack_from(data, _HEADER_SIZE - 4)[0]
-    if n < 0 or _HEADER_SIZE + n > len(data):
+        return plausible(r.reconsume_times, r.prepared_transaction_offset, phys)
+    reconsume, prepared, n = _TAIL.unpack_from(data, 72)
+    end = _HEADER_SIZE + n
+    if n < 0 or end + 3 > len(data) or not plausible(reconsume, prepared, phys):
         return False
-    return _crc32(memoryview(data)[_HEADER_SIZE:_HEADER_SIZE + n]) & 0x7FFFFFFF == crc
+    props_at = end + 1 + data[end]
+    if sys_flag & rec.FORMAT_LONG_PROPERTIES:
+        if props_at + 4 > len(data) or props_at + 4 + _I32.unpack_from(data, props_at)[0] \
+                != len(data):
+            return False
+    elif props_at + 2 > len(data) or props_at + 2 + _U16.unpack_from(data, props_at)[0] \
+            != len(data):
+        return False
+    return _crc32(memoryview(data)[_HEADER_SIZE:end]) & 0x7FFFFFFF == crc
 
 
 @dataclass(frozen=True, slots=True)
@@ -833,7 +844,7 @@ class MessageStore:
                 if total != size or magic != _MAGIC or qid != queue_id or qoff != base \
                         or rphys != phys or (rts != ts and not sys_flag & _V6_FLAGS):
                     raise _Damaged(j, "entry", "it does not match the record where it points")
-                if phys < verified and not _crc_ok(data, crc, sys_flag):
+                if phys < verified and not _record_ok(data, crc, sys_flag, phys):
                     if reader is not None:
                         self._pending_repairs.append((topic, queue_id, j, "crc"))
                         break

@@ -49,9 +49,11 @@ class Written:
     records: list[tuple[int, int, int, int, int]]  # (phys, size, queue, offset, count)
 
 
-def fill(data_dir: Path, n: int = FILL, batch_every: int = 10, **over: object) -> Written:
+def fill(data_dir: Path, n: int = FILL, batch_every: int = 10, keys: bool = False,
+         **over: object) -> Written:
     """Write ``n`` messages (every ``batch_every``-th put a batch of 3) round-robin over
-    the topic's queues and shut the broker down cleanly."""
+    the topic's queues and shut the broker down cleanly; ``keys``: each message has the
+    key ``k<number>`` (so the key index holds them)."""
 
     async def main() -> Written:
         at: dict[tuple[int, int], int] = {}
@@ -62,10 +64,12 @@ def fill(data_dir: Path, n: int = FILL, batch_every: int = 10, **over: object) -
             while i < n:
                 q = put % QUEUES
                 if batch_every and put % batch_every == batch_every - 1 and i + 3 <= n:
-                    msgs = [Message(TOPIC, body(i + k), queue_id=q) for k in range(3)]
+                    msgs = [Message(TOPIC, body(i + k), {"KEYS": f"k{i + k}"} if keys else {},
+                                    queue_id=q) for k in range(3)]
                     r = await b.put(msgs)
                 else:
-                    msgs = [Message(TOPIC, body(i), queue_id=q)]
+                    msgs = [Message(TOPIC, body(i), {"KEYS": f"k{i}"} if keys else {},
+                                    queue_id=q)]
                     r = await b.put(msgs[0])
                 for k in range(len(msgs)):
                     at[(r.queue_id, r.queue_offset + k)] = i + k
