@@ -37,6 +37,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from functools import partial
+from typing import Any
 
 import trio
 
@@ -108,7 +109,7 @@ from .pop import (
     ReceiptRenewal,
 )
 from .retry import RESENT_TOPIC, DeadLetter, ResendResult, RetryService, SendBackResult
-from .statelog import STATE_TOPIC, Change, StateLog
+from .statelog import DOOR_PREFIX, STATE_TOPIC, Change, StateLog
 from .stats import BrokerStats, Counters, GroupTopicStats, Health, QueueLag, StoredQueue, TopicStats
 from .store.store import MessageStore, RecoveryReport, StoreConfig
 from .timers import TIMER_TOPIC, CancelResult, TimerService, TimerStats, parse_delivery
@@ -902,6 +903,32 @@ class Broker:
 
     # ---------------------------------------------------------------- a door's own state
 
+    def door_state(self, namespace: str, *, principal: Principal = ANONYMOUS
+                   ) -> list[tuple[Any, Any]]:
+        """A door's own durable state: the (key, value) pairs of ``namespace``
+        (``door.<door>.<name>``), a table of the state log (docs/storage.md, "The state
+        log"): values as a restart reads them back (arrays are tuples). For a door that
+        keeps protocol state across restarts (MQTT sessions and retained messages).
+        Checks DESCRIBE on the cluster. Raises InvalidArgument (not a door namespace)."""
+        self._authorize(principal, CLUSTER, "", DESCRIBE)
+        _check_door_namespace(namespace)
+        return self.state.items(namespace)
+
+    def put_door_state(self, changes: Sequence[tuple[str, Any, Any]], *,
+                       principal: Principal = ANONYMOUS) -> None:
+        """Set (or, with value None, delete) keys of door namespaces, as state records of
+        the CommitLog: when this returns the changes survive a crash of the process;
+        ``await wait_durable()`` before acknowledging anything that depends on them
+        (under sync flush it waits for the group commit covering them). The changes of
+        one call are applied together while they fit a record. Checks ALTER on the
+        cluster. Raises InvalidArgument (not a door namespace, a key or value the
+        log cannot hold, a change larger than a record), StoreError."""
+        self._authorize(principal, CLUSTER, "", ALTER)
+        for ns, _key, _value in changes:
+            _check_door_namespace(ns)
+        if changes:
+            self.state.append(changes)
+
     def stored_queues(self, *, principal: Principal = ANONYMOUS) -> list[StoredQueue]:
         """Every queue of a live topic that holds or held a message, with its (min, max)
         offset as stored: flushed or not, the topic readable or not. For a door that
@@ -1197,6 +1224,13 @@ class Broker:
 
 
 _DISK_WARN_EVERY_S = 60.0  # while writes are refused for disk pressure, a WARNING this often
+
+
+def _check_door_namespace(namespace: str) -> None:
+    if not isinstance(namespace, str) or not namespace.startswith(DOOR_PREFIX) \
+            or len(namespace) <= len(DOOR_PREFIX):
+        raise InvalidArgument(f"a door's state namespace is {DOOR_PREFIX}<door>.<name>, "
+                              f"not {namespace!r}")
 
 
 def _disk_usage(path: str) -> tuple[int, int]:

@@ -59,7 +59,13 @@ STATE_TOPIC = "RMQ_SYS_FERRY_STATE"
 RECORD_VERSION = 1
 SNAPSHOT_VERSION = 1
 SNAPSHOTS_KEPT = 2  # the newest, and one to fall back on if the newest is damaged
-MAX_CHANGE_BYTES = 64 << 10  # one change, encoded; a segment always has room for it
+MAX_CHANGE_BYTES = 64 << 10  # one change of the core's tables, encoded
+# A door's own namespaces ("door.<door>.<name>": an MQTT session's in-flight message,
+# a retained message) may hold a message: one change of theirs may take a whole record
+# (max_record_bytes, less room for the record's own fields); a segment always has
+# room for one (segment_size >= max_message_size + 64 KiB >= max_record_bytes + 64 KiB).
+DOOR_PREFIX = "door."
+_RECORD_ROOM = 1024
 MAX_RECORD_BYTES = 1 << 20  # changes of one call share a record up to this (atomic together)
 
 # Snapshot file: magic 4 | version 4 | CommitLog offset S 8 | state queue offset 8 |
@@ -220,9 +226,11 @@ class StateLog:
             except (TypeError, ValueError, OverflowError) as exc:
                 raise InvalidArgument(f"state value of {ns}:{key!r} is not storable: {exc}"
                                       ) from None
-            if len(e) > MAX_CHANGE_BYTES:
+            limit = MAX_CHANGE_BYTES if not ns.startswith(DOOR_PREFIX) else max(
+                MAX_CHANGE_BYTES, self.max_record_bytes - _RECORD_ROOM)
+            if len(e) > limit:
                 raise InvalidArgument(f"state change {ns}:{key!r} is {len(e)} bytes; "
-                                      f"at most {MAX_CHANGE_BYTES}")
+                                      f"at most {limit}")
             encoded.append(e)
         start = 0
         while start < len(encoded):
