@@ -24,6 +24,12 @@ facade, so it is never checked against a client's principal.
 Calls that do not wait (``get``, ``commit_offset``, admin reads) are plain
 methods; ``put`` is async because under sync flush it waits for the fsync.
 Under async flush ``put`` completes without yielding to the scheduler.
+
+In a broker group (docs/cluster.md) the core is opened for one role — master or
+slave — given by a ``Membership``; a role change closes it and opens it again.
+A slave takes the master's bytes through ``replicate`` and dispatches them by
+recovery's own function (``_accept_record``); the "cluster wiring" methods at
+the end serve the replication door and the controller.
 """
 
 from __future__ import annotations
@@ -35,9 +41,8 @@ import shutil
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any
 
 import trio
 
@@ -66,9 +71,11 @@ from .errors import (
     FlushFailed,
     GroupNotFound,
     InvalidArgument,
+    NotLeader,
     OffsetOutOfRange,
     PermissionDenied,
     QueueNotFound,
+    StoreError,
     TopicExists,
     TopicNotFound,
 )
@@ -108,15 +115,20 @@ from .pop import (
     Receipt,
     ReceiptRenewal,
 )
+from .replication import STANDALONE, Durability, Membership, Role, SlaveView
+from .replication.epochs import EpochFile, truncation_point
+from .replication.replicas import ReplicaSet, SlaveStatus
 from .retry import RESENT_TOPIC, DeadLetter, ResendResult, RetryService, SendBackResult
-from .statelog import DOOR_PREFIX, STATE_TOPIC, Change, StateLog
+from .statelog import STATE_TOPIC, Change, Key, StateLog
 from .stats import BrokerStats, Counters, GroupTopicStats, Health, QueueLag, StoredQueue, TopicStats
 from .store.store import MessageStore, RecoveryReport, StoreConfig
+from .supervisor import TaskSupervisor
 from .timers import TIMER_TOPIC, CancelResult, TimerService, TimerStats, parse_delivery
 from .transactions import (
     CHECK_MAX_TOPIC,
     HALF_TOPIC,
     OP_TOPIC,
+    GroupEnd,
     HalfHandle,
     PendingTransaction,
     TransactionAction,
@@ -138,8 +150,14 @@ _SYSTEM_TOPICS = {TIMER_TOPIC: 0, HALF_TOPIC: 0, OP_TOPIC: 0, RESENT_TOPIC: 0,
 class Broker:
     """Use ``async with Broker.open(config) as broker``; see the module docstring."""
 
-    def __init__(self, config: BrokerConfig) -> None:
+    def __init__(self, config: BrokerConfig, membership: Membership = STANDALONE) -> None:
         self.config = config
+        self.membership = membership
+        self.role = membership.role
+        self.epochs = EpochFile(os.path.join(config.data_dir, "cluster"))
+        self._replicas: ReplicaSet | None = None  # a master's view of its slaves
+        self._slave: SlaveView | None = None  # a slave's view of its master's confirm offset
+        self._truncate_to: int | None = None  # a slave cut back at close (``truncate_log``)
         self.store = MessageStore(StoreConfig(
             directory=os.path.join(config.data_dir, "store"),
             segment_size=config.segment_size,
@@ -202,6 +220,12 @@ class Broker:
         it does anything. Raises PermissionDenied (today: never)."""
         self._access.check(principal, kind, name, operation)
 
+    def _master_only(self) -> None:
+        """The services that write (pop, timers, transactions, retry) run on a master:
+        a slave answers their calls NotLeader (docs/cluster.md)."""
+        if self.role is Role.SLAVE:
+            raise self._paths.write_refusal or NotLeader("this broker is a slave")
+
     def _permits(self, principal: Principal, kind: ResourceType, name: str,
                  operation: Operation) -> bool:
         """``_authorize`` as a question: listings show only what may be seen."""
@@ -215,14 +239,17 @@ class Broker:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, config: BrokerConfig) -> AsyncIterator[Broker]:
+    async def open(cls, config: BrokerConfig,
+                   membership: Membership = STANDALONE) -> AsyncIterator[Broker]:
         """Recover the store, start the background tasks, and on exit shut down
-        cleanly: flush, checkpoint, persist offsets, remove the abort marker."""
-        broker = cls(config)
+        cleanly: flush, checkpoint, persist offsets, remove the abort marker. In a
+        broker group ``membership`` gives this life's role (docs/cluster.md)."""
+        broker = cls(config, membership)
         try:
             # Recovery runs in a worker thread; a cancellation (a signal) during it
             # takes effect when it ends, and the finally clause still closes cleanly.
             await trio.to_thread.run_sync(broker._open_sync)
+            broker._start_role()
             async with trio.open_nursery() as nursery:
                 broker._start_tasks(nursery)
                 try:
@@ -258,7 +285,16 @@ class Broker:
             if topic not in self.meta.topics and topic != STATE_TOPIC:
                 self.store.drop_topic(topic)  # a deleted topic's leftovers
         self._system_topics_sync()
-        self.state.finish_recovery()
+        slave = self.role is Role.SLAVE
+        self.state.finish_recovery(append=not slave)
+        if self.role is not Role.STANDALONE:
+            self._open_epochs()
+        if slave:
+            # A slave writes nothing of its own: no services; they are rebuilt from the
+            # log it copied when it is promoted (the core is opened again as master).
+            self.started_at = now_ms()
+            log.info("store open as a slave", extra={"recovery": self.recovery})
+            return
         if legacy:
             if not had_snapshot:
                 # The import is a snapshot at the log's end: written whole or not at all,
@@ -273,6 +309,43 @@ class Broker:
         self.pop_service.open()
         self.started_at = now_ms()
         log.info("store open", extra={"recovery": self.recovery})
+
+    def _open_epochs(self) -> None:
+        """A group member's epoch file; a master records that its term begins at its
+        log's end (the first time, also epoch 0 for what the log held before)."""
+        self.epochs.load()
+        if self.role is Role.MASTER:
+            if not self.epochs.entries:
+                self.epochs.append(0, self.store.commitlog.min_offset)
+            if self.membership.epoch > self.epochs.epoch:
+                self.epochs.append(self.membership.epoch, self.store.dispatched_pos)
+
+    def _start_role(self) -> None:
+        """On the event loop, once the store is open: the master's replica set or the
+        slave's view, wired into the paths and the state log."""
+        cfg, m, paths = self.config, self.membership, self._paths
+        if m.role is Role.MASTER:
+            r = self._replicas = ReplicaSet(
+                m.node, m.isr, end=lambda: self.store.dispatched_pos,
+                confirm_floor=m.confirm_floor, min_insync=cfg.min_insync_replicas,
+                lag_max_s=cfg.replica_lag_max_ms / 1000,
+                timeout_s=cfg.replication_timeout_ms / 1000)
+            r.on_advance = paths.visibility_advanced
+            paths.replication = r
+            paths.default_durability = (Durability.REPLICATED if cfg.replication_mode == "sync"
+                                        else Durability.LEADER)
+            self.state.confirmed = r.confirm_offset
+            self.state.appended = r.appended
+        elif m.role is Role.SLAVE:
+            s = self._slave = SlaveView(lambda: self.store.dispatched_pos, m.master)
+            s.on_advance = paths.visibility_advanced
+            paths.replication = s
+            paths.write_refusal = self.store.read_only = s.refusal
+            if not cfg.slave_read_enable:
+                paths.read_refusal = NotLeader(
+                    f"this broker is a slave of {m.master or 'no master yet'} and serves no "
+                    "reads (slave_read_enable)")
+            self.state.confirmed = s.confirm_offset
 
     def _accept_record(self, topic: str, queue_id: int, phys: int) -> bool:
         """Recovery, for each record past the checkpoint in log order: does it belong
@@ -323,7 +396,7 @@ class Broker:
         for callback in self._topic_watchers:
             callback()
 
-    async def _state_durable(self, pos: int, admin: bool) -> None:
+    async def _state_durable(self, pos: int, admin: bool, replicate: bool = True) -> None:
         """The state log's wait: under sync flush the group commit covering ``pos``;
         under async flush an fsync of its own for admin changes, nothing for others
         (durable within the flush interval)."""
@@ -331,33 +404,59 @@ class Broker:
             self._admin_committer if admin else None)
         if c is not None and self.store.commitlog.flushed_pos < pos:
             await c.wait_flushed(pos)
+        # In a sync group, an acknowledged change survives a failover as a write does.
+        if replicate and self._replicas is not None \
+                and self._paths.default_durability is Durability.REPLICATED:
+            await self._replicas.wait(pos)
 
     def _start_tasks(self, nursery: trio.Nursery) -> None:
+        # Every background task runs supervised (core/supervisor.py): a failure is
+        # logged, counted and the task restarted with backoff; only the flusher is
+        # critical (writers wait on it), and its failure stops the broker cleanly.
         store = self.store
+        tasks = self.tasks = TaskSupervisor(nursery, self.metrics, prefix="broker",
+                                            on_fatal=self._store_task_failed)
+        if self.role is Role.SLAVE:
+            # A slave acknowledges what it wrote to the page cache (as Kafka's followers
+            # do) and flushes on the interval, whatever the master's policy.
+            tasks.start_soon(partial(
+                interval_flusher, store.flush,
+                lambda: store.commitlog.flushed_pos < store.commitlog.write_pos,
+                self.config.flush_interval_ms / 1000, self._flush_failed, self._flushed),
+                name="flusher", critical=True)
+            tasks.every(self.config.checkpoint_interval_ms / 1000, self._checkpoint,
+                        name="checkpoint")
+            tasks.start_soon(self.state.run, name="state")
+            tasks.every(self.config.retention_check_interval_s, self.run_retention,
+                        name="retention")
+            return
         if self.sync_flush:
             self._paths.committer = committer = GroupCommitter(
                 store.flush, lambda: store.dispatched_pos, self._flush_failed, self._flushed)
             committer.flushed_pos = store.commitlog.flushed_pos
-            nursery.start_soon(committer.run)
+            tasks.start_soon(committer.run, name="flusher", critical=True)
         else:
-            nursery.start_soon(partial(
+            tasks.start_soon(partial(
                 interval_flusher, store.flush,
                 lambda: store.commitlog.flushed_pos < store.commitlog.write_pos,
-                self.config.flush_interval_ms / 1000, self._flush_failed, self._flushed))
+                self.config.flush_interval_ms / 1000, self._flush_failed, self._flushed),
+                name="flusher", critical=True)
+            # Admin changes wait for a flush even under async flush (the state log):
+            # writers wait on this one too, so it is as critical as the flusher.
             self._admin_committer = GroupCommitter(store.flush, lambda: store.dispatched_pos,
                                                    self._flush_failed, self._flushed)
             self._admin_committer.flushed_pos = store.commitlog.flushed_pos
-            nursery.start_soon(self._admin_committer.run)
-        nursery.start_soon(self._every, self.config.checkpoint_interval_ms / 1000,
-                           self._checkpoint)
-        nursery.start_soon(self.state.run)
-        nursery.start_soon(self._every, self.config.retention_check_interval_s,
-                           self.run_retention)
+            tasks.start_soon(self._admin_committer.run, name="admin_flusher", critical=True)
+        tasks.every(self.config.checkpoint_interval_ms / 1000, self._checkpoint,
+                    name="checkpoint")
+        tasks.start_soon(self.state.run, name="state")
+        tasks.every(self.config.retention_check_interval_s, self.run_retention,
+                    name="retention")
         if self.config.max_disk_ratio < 1.0:
-            nursery.start_soon(self._every, self.config.disk_check_interval_s, self.check_disk)
-        nursery.start_soon(self.pop_service.run)
-        self.timers.start(nursery)
-        self.transactions.start(nursery)
+            tasks.every(self.config.disk_check_interval_s, self.check_disk, name="disk")
+        tasks.start_soon(self.pop_service.run, name="pop")
+        self.timers.start(tasks)  # type: ignore[arg-type]  # a supervisor starts tasks as a nursery does
+        self.transactions.start(tasks)  # type: ignore[arg-type]
         # What start-up built (modules, configuration, recovery) lives as long as the
         # process: out of the collector's sight, full collections stay short. Timer
         # lateness depends on it (``ferrymq bench timers``: the longest pause of a
@@ -365,17 +464,11 @@ class Broker:
         gc.collect()
         gc.freeze()
 
-    async def _every(self, seconds: float, job: Callable[[], object]) -> None:
-        while True:
-            await trio.sleep(seconds)
-            try:
-                result = job()
-                if hasattr(result, "__await__"):
-                    await result  # type: ignore[misc]
-            except FerryError as exc:
-                log.error("background job %s failed: %s", getattr(job, "__name__", job), exc)
-            except OSError as exc:
-                log.error("background job %s failed", getattr(job, "__name__", job), exc_info=exc)
+    def _store_task_failed(self, task: str, exc: BaseException) -> None:
+        """A critical task died: nothing written from now on can be promised durable.
+        Refuse writes, and leave the abort marker so the next start recovers the log."""
+        if self.store.failed is None:
+            self.store.failed = StoreError(f"{task} failed: {type(exc).__name__}: {exc}")
 
     async def _checkpoint(self) -> None:
         self.store.repair_pending()  # what worker threads' reads found damaged
@@ -395,19 +488,39 @@ class Broker:
         if not self.store._open:
             self.store.close()  # releases the directory lock if recovery failed midway
             return
+        truncate = self._truncate_to
         try:
-            self.timers.close_sync()
-            self.transactions.close_sync()
-            if self.store.failed is None and self.state.since_snapshot:
+            if self.role is not Role.SLAVE:
+                self.timers.close_sync()
+                self.transactions.close_sync()
+            if truncate is not None:
+                self.store.truncate(truncate)  # the tables are ahead of the log now
+            elif self.store.failed is None and self.state.since_snapshot:
                 self.state.snapshot_sync()  # the next start replays nothing
         finally:
             self.timers.wheel.close()
             self.store.close()
+        if truncate is not None:
+            self._finish_truncation(truncate)
+
+    def _finish_truncation(self, end: int) -> None:
+        """After the store was cut back to ``end`` and closed (docs/cluster.md,
+        "Truncation"): the next open rebuilds the state tables from the newest
+        snapshot at or below ``end``; the services' derived data, which names
+        CommitLog offsets, is rebuilt from the log when this node is next master."""
+        self.state.set_aside_snapshots(end)
+        shutil.rmtree(self.timers.directory, ignore_errors=True)
+        txn_cp = os.path.join(self.transactions.directory, "checkpoint.json")
+        if os.path.exists(txn_cp):
+            os.unlink(txn_cp)
+        self.epochs.truncate(end)
+        log.warning("truncated the CommitLog to %d: the state is rebuilt at the next open", end)
 
     # ================================================================ producing
     # Authorize, then the write path (core/paths.py).
 
     async def put(self, messages: Message | Sequence[Message], *,
+                  durability: Durability | None = None,
                   principal: Principal = ANONYMOUS) -> PutResult:
         """Append one message, or a batch (one topic, one queue: the first message's
         ``queue_id``) stored as one record. Returns where it landed; under sync flush,
@@ -415,7 +528,10 @@ class Broker:
         timer (docs/timers.md); one marked ``TRAN_MSG=true`` a half
         (docs/transactions.md). Checks WRITE on the topic. Raises PermissionDenied,
         TopicNotFound, MessageTooLarge, InvalidMessage, InvalidDelay, QueueNotFound,
-        StoreError (DiskPressure while the disk is above its high watermark), ShuttingDown."""
+        StoreError (DiskPressure while the disk is above its high watermark), ShuttingDown;
+        in a broker group NotLeader, NotEnoughReplicas and ReplicationTimeout
+        (``durability``: when it is acknowledged; None, the group's replication mode
+        decides — docs/cluster.md)."""
         if isinstance(messages, Message):
             self._authorize(principal, TOPIC, messages.topic, WRITE)
         else:
@@ -424,10 +540,11 @@ class Broker:
                 self._authorize(principal, TOPIC, messages[0].topic, WRITE)
         if self._disk_refusal is not None:
             self._refuse_for_disk()
-        return await self._paths.put(messages)
+        return await self._paths.put(messages, durability)
 
     async def put_encoded_batch(self, topic: str, queue_id: int, body: bytes,
                                 born_host: bytes = b"\x00" * 8, *,
+                                durability: Durability | None = None,
                                 principal: Principal = ANONYMOUS) -> PutResult:
         """Append a native batch already in RocketMQ's batch encoding (a
         SEND_BATCH_MESSAGE body) as one record, without re-encoding it. Checks WRITE
@@ -435,18 +552,20 @@ class Broker:
         self._authorize(principal, TOPIC, topic, WRITE)
         if self._disk_refusal is not None:
             self._refuse_for_disk()
-        return await self._paths.put_encoded_batch(topic, queue_id, body, born_host)
+        return await self._paths.put_encoded_batch(topic, queue_id, body, born_host, durability)
 
     async def put_kafka_batch(self, topic: str, queue_id: int,
                               batch: bytes | bytearray | memoryview, *,
+                              durability: Durability | None = None,
                               principal: Principal = ANONYMOUS) -> PutResult:
         """Append one Kafka RecordBatch (magic 2, CRC already checked by the Kafka
         codec) as one record; its base offset becomes the queue offset assigned.
-        Checks WRITE on the topic; raises as ``put``."""
+        Checks WRITE on the topic; raises as ``put`` (``durability``: the producer's
+        acks, LEADER for 0/1, REPLICATED for all)."""
         self._authorize(principal, TOPIC, topic, WRITE)
         if self._disk_refusal is not None:
             self._refuse_for_disk()
-        return await self._paths.put_kafka_batch(topic, queue_id, batch)
+        return await self._paths.put_kafka_batch(topic, queue_id, batch, durability)
 
     def delivery_time(self, properties: Mapping[str, str]) -> int | None:
         """The delivery time (epoch ms) that ``properties`` ask for, by this broker's
@@ -520,6 +639,7 @@ class Broker:
         InvalidArgument, InvalidGroupName, GroupNotFound (auto-create off)."""
         self._authorize(principal, GROUP, group, READ)
         self._authorize(principal, TOPIC, topic, READ)
+        self._master_only()
         return await self.pop_service.pop(group, topic, max_messages, invisible_time_ms,
                                           filter, queue_id, wait_ms, init)
 
@@ -534,17 +654,20 @@ class Broker:
         receipt names. Raises InvalidReceipt (not issued by this broker), ReceiptStale
         (acked already, or its invisible time ran out, or superseded by
         change_invisible_time), TopicNotFound, PermissionDenied."""
+        self._master_only()
         self.pop_service.ack(receipt, self._receipt_check(principal))
 
     def ack_batch(self, receipts: Sequence[str], *,
                   principal: Principal = ANONYMOUS) -> list[FerryError | None]:
         """Ack several handles; per handle None (acked) or the error ``ack`` would raise."""
+        self._master_only()
         return self.pop_service.ack_batch(receipts, self._receipt_check(principal))
 
     def change_invisible_time(self, receipt: str, invisible_time_ms: int, *,
                               principal: Principal = ANONYMOUS) -> ReceiptRenewal:
         """Extend (or shorten) a lease to ``invisible_time_ms`` from now. The old handle
         becomes stale; ack with the returned one. Raises as ``ack``, and InvalidArgument."""
+        self._master_only()
         return self.pop_service.change_invisible_time(receipt, invisible_time_ms,
                                                       self._receipt_check(principal))
 
@@ -567,6 +690,7 @@ class Broker:
     def receipt(self, handle: str) -> Receipt:
         """What a receipt handle this broker issued names (group, topic, queue,
         offset...), without asking whether it is current. Raises InvalidReceipt."""
+        self._master_only()
         return self.pop_service.codec.decode(handle)
 
     # ================================================================ offsets
@@ -604,6 +728,8 @@ class Broker:
         OffsetOutOfRange (negative), GroupNotFound, StoreError."""
         self._authorize(principal, GROUP, group, READ)
         self._authorize(principal, TOPIC, topic, READ)
+        if self._paths.write_refusal is not None:  # a commit is a write: checked first
+            raise self._paths.write_refusal
         self._paths.consumer_group(group)
         t = self.meta.topics.get(topic)
         if t is None:
@@ -614,6 +740,22 @@ class Broker:
         if offset < 0:
             raise OffsetOutOfRange(f"offset {offset} is negative")
         self._paths.commit(group, topic, queue_id, offset)
+
+    async def delete_committed_offsets(self, group: str,
+                                       queues: Iterable[tuple[str, int]], *,
+                                       principal: Principal = ANONYMOUS) -> int:
+        """Forget the group's committed offsets of the (topic, queue id) pairs (Kafka's
+        OffsetDelete); returns how many there were. Durable when this returns. Checks
+        DELETE on the group and READ on each topic. Raises InvalidGroupName."""
+        self._authorize(principal, GROUP, group, DELETE)
+        validate_group_name(group)
+        pairs = list(queues)
+        for topic in {t for t, _q in pairs}:
+            self._authorize(principal, TOPIC, topic, READ)
+        changes: list[Change] = [(NS_OFFSET, (group, t, q), None) for t, q in pairs
+                                 if self.meta.committed(group, t, q) is not None]
+        await self.state.put_many(changes)
+        return len(changes)
 
     async def wait_durable(self) -> None:
         """Return once every state change made so far (offset commits, pop acks,
@@ -701,7 +843,7 @@ class Broker:
     async def _create_topic(self, name: str, queues: int | None = None, *,
                             perm: int = PERM_READ_WRITE, message_type: str = "NORMAL",
                             attributes: Mapping[str, str] | None = None,
-                            exist_ok: bool = False) -> TopicConfig:
+                            exist_ok: bool = False, for_put: bool = False) -> TopicConfig:
         """``create_topic`` unchecked: the write path auto-creates topics through it.
         Raises PermissionDenied also for the state log's topic."""
         validate_topic_name(name)
@@ -720,7 +862,9 @@ class Broker:
         if name in self.meta.tombstones:
             changes.insert(0, (NS_TOMBSTONE, name, None))
         # Applied when appended, so concurrent producers see it at once; then durable.
-        await self.state.put_many(changes)
+        # A topic a put creates for itself is replicated with the put (it precedes it
+        # in the log): the put's own wait covers it, at the put's durability.
+        await self.state.put_many(changes, replicate=not for_put)
         return self._topic_after_wait(name)
 
     async def update_topic(self, name: str, *, queues: int | None = None,
@@ -899,35 +1043,11 @@ class Broker:
             return Health(False, f"the store refuses writes: {self.store.failed}")
         if self._disk_refusal is not None:
             return Health(False, str(self._disk_refusal))
+        if self._paths.write_refusal is not None:
+            return Health(False, str(self._paths.write_refusal))
         return Health(True, "")
 
     # ---------------------------------------------------------------- a door's own state
-
-    def door_state(self, namespace: str, *, principal: Principal = ANONYMOUS
-                   ) -> list[tuple[Any, Any]]:
-        """A door's own durable state: the (key, value) pairs of ``namespace``
-        (``door.<door>.<name>``), a table of the state log (docs/storage.md, "The state
-        log"): values as a restart reads them back (arrays are tuples). For a door that
-        keeps protocol state across restarts (MQTT sessions and retained messages).
-        Checks DESCRIBE on the cluster. Raises InvalidArgument (not a door namespace)."""
-        self._authorize(principal, CLUSTER, "", DESCRIBE)
-        _check_door_namespace(namespace)
-        return self.state.items(namespace)
-
-    def put_door_state(self, changes: Sequence[tuple[str, Any, Any]], *,
-                       principal: Principal = ANONYMOUS) -> None:
-        """Set (or, with value None, delete) keys of door namespaces, as state records of
-        the CommitLog: when this returns the changes survive a crash of the process;
-        ``await wait_durable()`` before acknowledging anything that depends on them
-        (under sync flush it waits for the group commit covering them). The changes of
-        one call are applied together while they fit a record. Checks ALTER on the
-        cluster. Raises InvalidArgument (not a door namespace, a key or value the
-        log cannot hold, a change larger than a record), StoreError."""
-        self._authorize(principal, CLUSTER, "", ALTER)
-        for ns, _key, _value in changes:
-            _check_door_namespace(ns)
-        if changes:
-            self.state.append(changes)
 
     def stored_queues(self, *, principal: Principal = ANONYMOUS) -> list[StoredQueue]:
         """Every queue of a live topic that holds or held a message, with its (min, max)
@@ -1015,6 +1135,7 @@ class Broker:
         or the offset id of the timer record). Durable under sync flush when this
         returns. Checks WRITE on the timer's destination topic. Raises TimerNotFound
         (unknown, delivered, or cancelled already), PermissionDenied."""
+        self._master_only()
         return await self.timers.cancel(message_id, self._topic_check(principal, WRITE))
 
     def timer_stats(self, *, principal: Principal = ANONYMOUS) -> TimerStats:
@@ -1030,6 +1151,7 @@ class Broker:
         ``put`` of a message with ``TRAN_MSG=true`` and ``PGROUP`` does the same.
         Checks WRITE on the topic."""
         self._authorize(principal, TOPIC, message.topic, WRITE)
+        self._master_only()
         if self._disk_refusal is not None:
             self._refuse_for_disk()
         return await self.transactions.prepare(message, producer_group)
@@ -1045,9 +1167,39 @@ class Broker:
         where the message landed, exactly once; ROLLBACK and UNKNOWN return None.
         Checks WRITE on the half's topic. Raises TransactionNotFound,
         TransactionAlreadyEnded, InvalidArgument, PermissionDenied."""
+        self._master_only()
         return await self.transactions.end_transaction(
             half, action, producer_group=producer_group, transaction_id=transaction_id,
             from_check=from_check, authorize=self._topic_check(principal, WRITE))
+
+    async def prepare_kafka_batch(self, topic: str, queue_id: int,
+                                  batch: bytes | bytearray | memoryview, producer_group: str, *,
+                                  coordinator: str, properties: Mapping[str, str] | None = None,
+                                  principal: Principal = ANONYMOUS) -> HalfHandle:
+        """Store a Kafka RecordBatch as a half of ``producer_group`` that the door named
+        ``coordinator`` decides (docs/transactions.md, "Kafka transactions"): invisible
+        to every door until ``end_transaction_group`` commits it. Checks WRITE on the
+        topic and on the producer group's transactional id. Raises as ``prepare``, and
+        CorruptMessage."""
+        self._authorize(principal, TOPIC, topic, WRITE)
+        self._authorize(principal, TRANSACTIONAL_ID, producer_group, WRITE)
+        return await self.transactions.prepare_kafka_batch(topic, queue_id, batch,
+                                                           producer_group, coordinator,
+                                                           properties)
+
+    async def end_transaction_group(self, producer_group: str, commit: bool, *,
+                                    coordinator: str,
+                                    accept: Callable[[Mapping[str, str]], bool] | None = None,
+                                    trailers: Sequence[tuple[str, int, bytes]] = (),
+                                    principal: Principal = ANONYMOUS) -> GroupEnd:
+        """Commit (or roll back) every open half of ``producer_group`` that ``coordinator``
+        decides, then append ``trailers`` (topic, queue, Kafka batch) in the same step:
+        see core/transactions.py ``end_group``. Checks WRITE on the transactional id and
+        on every topic written."""
+        self._authorize(principal, TRANSACTIONAL_ID, producer_group, WRITE)
+        return await self.transactions.end_group(
+            producer_group, commit, coordinator=coordinator, accept=accept, trailers=trailers,
+            authorize=self._topic_check(principal, WRITE))
 
     def set_transaction_checker(self, checker: TransactionChecker | None) -> None:
         """Install the check-back hook: ``async (producer_group, HalfMessage) -> bool``,
@@ -1088,6 +1240,7 @@ class Broker:
         maximum reconsume count to %DLQ%<group>; see core/retry.py. Checks READ on
         the group."""
         self._authorize(principal, GROUP, group, READ)
+        self._master_only()
         return await self.retry.send_back(group, message, delay_level,
                                           max_reconsume_times=max_reconsume_times)
 
@@ -1112,8 +1265,203 @@ class Broker:
         ``refs`` is None); a letter resent before needs ``force``. Checks READ on the
         group and WRITE on every original topic before resending any."""
         self._authorize(principal, GROUP, group, READ)
+        self._master_only()
         return await self.retry.resend(group, refs, force=force,
                                        authorize=self._topic_check(principal, WRITE))
+
+    # ================================================================ cluster wiring
+    # The replication door and the controller (gateways/replication; docs/cluster.md)
+    # call these. Not checked: they carry no client's request, like the door wiring
+    # above (``set_transaction_checker``).
+
+    def replication_position(self) -> ReplicationPosition:
+        """Where this broker's log stands, for the stream's handshake and for the
+        controller: role, node, epoch list, log start and end, confirm offset."""
+        r = self._paths.replication
+        return ReplicationPosition(
+            self.role, self.config.broker_name, self.membership.node, self.membership.epoch,
+            self.epochs.snapshot(), self.store.commitlog.min_offset, self.store.dispatched_pos,
+            self.config.segment_size, r.confirm_offset() if r is not None else
+            self.store.dispatched_pos)
+
+    def replication_chunk(self, start: int, max_bytes: int) -> ReplicationChunk:
+        """The master's side of a TRANSFER: whole records from ``start`` (a record
+        boundary a slave acked), at most ``max_bytes`` unless one record is larger,
+        never past its segment's end or into the next epoch. Empty when the slave has
+        everything. Raises NotLeader on a slave, StoreError."""
+        if self.role is not Role.MASTER or self._replicas is None:
+            raise NotLeader("only a master streams its log")
+        entries = self.epochs.entries
+        end = self.store.dispatched_pos
+        epoch, epoch_start = entries[-1]
+        for i in range(len(entries) - 1, -1, -1):
+            if entries[i][1] <= start:
+                epoch, epoch_start = entries[i]
+                # The next epoch beginning after ``start`` bounds the chunk.
+                for later_epoch, later_start in entries[i + 1:]:
+                    if later_start > start:
+                        end = min(end, later_start)
+                        break
+                    epoch, epoch_start = later_epoch, later_start
+                break
+        data = self.store.commitlog.chunk(start, end, max_bytes)
+        return ReplicationChunk(epoch, epoch_start, start, self._replicas.confirm_offset(), data)
+
+    async def replication_wait(self, pos: int, timeout: float, confirm_delay: float,
+                               confirm_sent: int) -> bool:
+        """The master's stream to a slave at ``pos``, which was last sent
+        ``confirm_sent``: return True when the log grew past ``pos``, or the confirm
+        offset moved and ``confirm_delay`` passed without a record to carry it; False
+        after ``timeout`` with neither (a heartbeat is due)."""
+        r = self._replicas
+        if r is None:
+            raise NotLeader("only a master streams its log")
+        now = trio.current_time()
+        deadline = now + timeout
+        while self.store.dispatched_pos <= pos:
+            if r.confirm_offset() > confirm_sent:
+                deadline = min(deadline, now + confirm_delay)
+            if trio.current_time() >= deadline:
+                return r.confirm_offset() > confirm_sent
+            # Appends wake this; the short bound covers appends that bypass the paths.
+            with trio.move_on_at(min(deadline, trio.current_time() + 0.05)):
+                await r.changed().wait()
+        return True
+
+    def replica_connected(self, node: str, end: int) -> None:
+        """A slave completed the handshake holding its log up to ``end`` (the master)."""
+        if self._replicas is not None:
+            self._replicas.connected_slave(node, end)
+
+    def replica_acked(self, node: str, end: int) -> None:
+        """A slave holds its log up to ``end`` (the master)."""
+        if self._replicas is not None:
+            self._replicas.ack(node, end)
+
+    def replica_disconnected(self, node: str) -> None:
+        if self._replicas is not None:
+            self._replicas.disconnected_slave(node)
+
+    def replica_status(self) -> list[SlaveStatus]:
+        """Every slave the master knows this term: acked end, lag, in-sync or not."""
+        return self._replicas.status() if self._replicas is not None else []
+
+    def replicate(self, epoch: int, epoch_start: int, start: int, confirm: int,
+                  data: bytes) -> int:
+        """A slave's side of a TRANSFER: record the epoch if it is new, append the bytes
+        verbatim at ``start`` and dispatch them as recovery does (``_accept_record``),
+        note the master's confirm offset. Returns the new end, to ack. Raises
+        NotLeader (not a slave), CorruptMessage (nothing written), StoreError."""
+        s = self._slave
+        if s is None:
+            raise NotLeader("only a slave takes replicated bytes")
+        if epoch > self.epochs.epoch:
+            self.epochs.append(epoch, epoch_start)
+        if data:
+            records = self.store.append_replicated(start, data, self._accept_record)
+            paths = self._paths
+            for r in records:
+                paths.replicated_topic(r.physical_offset + r.total_size, r.topic)
+        s.confirmed(confirm)
+        return self.store.dispatched_pos
+
+    def truncation_point(self, master_epochs: Sequence[tuple[int, int]],
+                         master_end: int) -> int | None:
+        """Where this slave's log stops equalling the master's (docs/cluster.md,
+        "Epochs"): its end when nothing must go; None when the logs share no epoch."""
+        return truncation_point(self.epochs.entries, self.store.dispatched_pos, master_epochs,
+                                master_end)
+
+    def truncate_log(self, end: int) -> None:
+        """A slave whose log diverged: cut it back to ``end`` when the core closes, which
+        must follow at once (the next open rebuilds the state; docs/cluster.md,
+        "Truncation"). Raises NotLeader on a master."""
+        if self.role is not Role.SLAVE:
+            raise NotLeader("only a slave truncates its log")
+        self._truncate_to = end
+
+    def set_lease_deadline(self, deadline: float) -> None:
+        """The controller: no write is acknowledged after ``deadline`` (trio's clock), the
+        send time of the last keep-alive etcd acknowledged plus the TTL minus the
+        margin (docs/cluster.md, "Fencing")."""
+        self._paths.lease_deadline = deadline
+        if self._replicas is not None and self._replicas.fenced is not None \
+                and trio.current_time() < deadline:
+            self._replicas.fenced = None
+            self._paths.write_refusal = None
+
+    def fence(self, reason: str) -> None:
+        """The controller: this master's term may be over — refuse writes, fail the ones
+        waiting for the in-sync set."""
+        err = NotLeader(reason)
+        self._paths.write_refusal = err
+        if self._replicas is not None:
+            self._replicas.fence(err)
+
+    def isr_proposals(self) -> tuple[frozenset[str], frozenset[str]]:
+        """The master: (in-sync members to remove, slaves to add), as the acks stand."""
+        return self._replicas.proposals() if self._replicas is not None else (
+            frozenset(), frozenset())
+
+    def propose_isr_add(self, nodes: Iterable[str]) -> None:
+        """The master is about to add ``nodes`` in etcd: count them from now on."""
+        if self._replicas is not None:
+            self._replicas.propose_add(nodes)
+
+    def cancel_isr_add(self, nodes: Iterable[str]) -> None:
+        if self._replicas is not None:
+            self._replicas.cancel_add(nodes)
+
+    def isr_changed(self, isr: Iterable[str]) -> None:
+        """etcd holds this in-sync set now."""
+        if self._replicas is not None:
+            self._replicas.isr_changed(isr)
+
+    def in_sync_replicas(self) -> frozenset[str]:
+        return self._replicas.isr if self._replicas is not None else self.membership.isr
+
+    # ================================================================ a door's own durable state
+    # Session state a door keeps beside the messages (the Kafka door's group membership,
+    # transactions, producer ids, commit metadata) lives in the state log, in namespaces
+    # named after the door ("kafka.group"): durable with the CommitLog, replayed at
+    # start-up (and, with replication, on slaves), never a file of its own.
+
+    async def put_door_state(self, changes: Sequence[Change], *,
+                             principal: Principal = ANONYMOUS) -> None:
+        """Set keys of a door's namespaces (a value None deletes the key), in one state
+        record where they fit; as durable as the flush policy promises when this
+        returns. A door namespace is "<door>.<name>". Checks ALTER on the cluster (a
+        door's bookkeeping passes SYSTEM). Raises InvalidArgument."""
+        self._authorize(principal, CLUSTER, "", ALTER)
+        for ns, _key, _value in changes:
+            _check_door_namespace(ns)
+        await self.state.put_many(changes)
+
+    def append_door_state(self, changes: Sequence[Change], *,
+                          principal: Principal = ANONYMOUS) -> None:
+        """``put_door_state`` without the wait, for a door that must order its state
+        before another change of its own without yielding (the MQTT door appends a
+        session's in-flight messages before it commits positions past them): when this
+        returns the changes are in the CommitLog (they survive a crash of the process);
+        ``await wait_durable()`` before acknowledging anything that depends on them.
+        A change of a door namespace may be as large as a state record (it may hold a
+        message). Checks ALTER on the cluster. Raises InvalidArgument, StoreError,
+        NotLeader (a slave's doors keep no state of their own)."""
+        self._authorize(principal, CLUSTER, "", ALTER)
+        for ns, _key, _value in changes:
+            _check_door_namespace(ns)
+        if self._paths.write_refusal is not None:
+            raise self._paths.write_refusal
+        if changes:
+            self.state.append(changes)
+
+    def door_state(self, namespace: str, *, principal: Principal = ANONYMOUS
+                   ) -> list[tuple[Key, object]]:
+        """Every (key, value) of a door namespace as the state log holds it (arrays come
+        back as tuples). Checks DESCRIBE on the cluster. Raises InvalidArgument."""
+        self._authorize(principal, CLUSTER, "", DESCRIBE)
+        _check_door_namespace(namespace)
+        return self.state.items(namespace)
 
     # ================================================================ retention
 
@@ -1141,7 +1489,7 @@ class Broker:
             floor = self.store.commitlog.min_offset
             gone: list[Change] = [(NS_TOMBSTONE, name, None)
                                   for name, at in self.meta.tombstones.items() if at <= floor]
-            if gone:
+            if gone and self.role is not Role.SLAVE:  # a slave gets its master's
                 self.state.append(gone)  # no record of those topics is left to rule out
         return deleted
 
@@ -1226,16 +1574,37 @@ class Broker:
 _DISK_WARN_EVERY_S = 60.0  # while writes are refused for disk pressure, a WARNING this often
 
 
-def _check_door_namespace(namespace: str) -> None:
-    if not isinstance(namespace, str) or not namespace.startswith(DOOR_PREFIX) \
-            or len(namespace) <= len(DOOR_PREFIX):
-        raise InvalidArgument(f"a door's state namespace is {DOOR_PREFIX}<door>.<name>, "
-                              f"not {namespace!r}")
-
-
 def _disk_usage(path: str) -> tuple[int, int]:
     usage = shutil.disk_usage(path)
     return usage.used, usage.total
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicationPosition:
+    role: Role
+    group: str
+    node: str
+    epoch: int
+    epochs: tuple[tuple[int, int], ...]
+    start: int  # the first byte the CommitLog still holds
+    end: int  # just past the last record
+    segment_size: int
+    confirm: int  # what the in-sync set holds (a slave: what its master last said)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicationChunk:
+    epoch: int
+    epoch_start: int
+    start: int
+    confirm: int
+    data: bytes
+
+
+def _check_door_namespace(namespace: str) -> None:
+    door, dot, name = namespace.partition(".") if isinstance(namespace, str) else ("", "", "")
+    if not (door and dot and name and door.isalnum()):
+        raise InvalidArgument(f"a door's state namespace is <door>.<name>, not {namespace!r}")
 
 
 def _check_topic_args(queues: int, perm: int, message_type: str) -> None:

@@ -42,6 +42,32 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
                    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
+# Supervision (core/supervisor.py, gateways/supervision.py): what a contained failure or
+# an enforced limit leaves behind. (name, help, label names), registered by whoever
+# counts first; the same triple everywhere keeps the registry's type check happy.
+TASK_FAILURES = ("ferrymq_task_failures_total",
+                 "Background task failures (each one logged, then the task restarted with "
+                 "backoff), per task.", ("task",))
+CONNECTION_ERRORS = ("ferrymq_connection_errors_total",
+                     "Connections ended by an exception their handler did not answer, per "
+                     "protocol and kind (internal: a bug; protocol: bad input the door did not "
+                     "answer; broken: the peer went away mid-request).", ("protocol", "kind"))
+CONNECTIONS_CLOSED = ("ferrymq_connections_closed_total",
+                      "Connections the broker closed because a limit ran out, per protocol "
+                      "and reason (handshake_timeout, idle_timeout, frame_timeout, "
+                      "send_timeout).", ("protocol", "reason"))
+CONNECTIONS_REFUSED = ("ferrymq_connections_refused_total",
+                       "Connections refused at accept, per protocol and reason "
+                       "(max_connections, max_connections_per_address).",
+                       ("protocol", "reason"))
+INFLIGHT_BYTES = ("ferrymq_inflight_request_bytes",
+                  "Request bytes being received or handled under the broker-wide budget "
+                  "(max_inflight_bytes).", ())
+INFLIGHT_WAITS = ("ferrymq_inflight_request_waits_total",
+                  "Times a connection stopped reading because the request-bytes budget was "
+                  "spent, per protocol.", ("protocol",))
+
+
 @dataclass(frozen=True, slots=True)
 class Sample:
     suffix: str  # "" or "_bucket", "_sum", "_count"

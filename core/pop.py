@@ -93,7 +93,7 @@ _FRAME = struct.Struct(">IIQ")  # round 1's journal frame: payload length, CRC-3
 NS_POP, NS_LEASE = "pop", "lease"  # the state-log namespaces of pop state
 # The receipt secret: a table of the state log too, so that it survives with the leases
 # it signs (and, later, replicates with them). Round 1 kept it in <pop dir>/secret.
-NS_SECRET, SECRET_KEY = "pop.secret", "receipt"
+NS_SECRET, SECRET_KEY = "pop_secret", "receipt"  # no dot: no door may write it
 
 Key = tuple[str, str, int]  # (group, topic, queue id)
 ReceiptCheck = Callable[[str, str], None]  # (group, topic) a receipt names: raises to refuse

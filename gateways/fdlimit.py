@@ -99,7 +99,9 @@ def prepare_fd_limit(config: ServerConfig, doors: tuple[str, ...]) -> FdPlan:
     """Raise the soft descriptor limit if the broker needs more and the hard limit
     allows, log the outcome (one WARNING if anything was raised or is short), and
     return the numbers. ``doors`` are the enabled doors."""
-    connections = {d: door_connection_limit(d, config.options(d)) for d in doors}
+    # The caps the connection supervisor enforces (config.ConnectionLimits; 0 = none).
+    connections = {d: config.connection_limits(d).max_connections
+                   or door_connection_limit(d, config.options(d)) for d in doors}
     soft_before, hard = _limits()
     soft = soft_before
 

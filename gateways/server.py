@@ -5,6 +5,13 @@ A door is a sub-package of ``gateways`` with a module-level
 reports the bound port with ``task_status.started(port)``, and serves until
 cancelled. ``DOORS`` lists them in start order; a door whose package does not
 exist (not built yet) is simply absent.
+
+Every door serves its connections through ``ctx.supervisor(door)`` (a
+``ConnectionSupervisor``, gateways/supervision.py: failures contained to their
+connection, the door's connection limits enforced) and runs its own loops
+through ``ctx.tasks(nursery, door)`` (core/supervisor.py: restarted with
+backoff). The request-bytes budget (``max_inflight_bytes``) is one for the
+whole server, shared by the doors' supervisors.
 """
 
 from __future__ import annotations
@@ -16,14 +23,16 @@ import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import trio
 
 from ..core.broker import Broker
-from .config import ServerConfig
+from ..core.supervisor import TaskSupervisor
+from .config import ServerConfig, connection_limits
 from .fdlimit import prepare_fd_limit
+from .supervision import ConnectionSupervisor, Refuse, RequestBudget
 
 log = logging.getLogger("ferrymq.server")
 
@@ -42,6 +51,25 @@ class DoorContext:
     options: Mapping[str, Any]
     config: ServerConfig
     bound: dict[str, int] = field(default_factory=dict)  # door -> port, as started so far
+    budget: RequestBudget | None = None  # the server's request-bytes budget (one for all doors)
+
+    def supervisor(self, door: str, *, protocol_errors: tuple[type[BaseException], ...] = (),
+                   refuse: Refuse | None = None, tick_s: float | None = None
+                   ) -> ConnectionSupervisor:
+        """The supervisor of ``door``'s connections, with that door's configured limits."""
+        metrics = self.broker.metrics if self.broker is not None else None
+        if self.budget is None:
+            self.budget = RequestBudget(self.config.max_inflight_bytes, metrics)
+        # Limits given in ``options`` (a door started in-process) override the config's.
+        limits = connection_limits(door, self.options, self.config.connection_limits(door))
+        return ConnectionSupervisor(door, limits, metrics,
+                                    budget=self.budget, protocol_errors=protocol_errors,
+                                    refuse=refuse, tick_s=tick_s)
+
+    def tasks(self, nursery: trio.Nursery, door: str) -> TaskSupervisor:
+        """A supervisor for the door's own background loops, in ``nursery``."""
+        metrics = self.broker.metrics if self.broker is not None else None
+        return TaskSupervisor(nursery, metrics, prefix=door)
 
 
 class DoorServe(Protocol):
@@ -67,39 +95,91 @@ async def run_server(config: ServerConfig, *,
                      ) -> None:
     """Run the broker and its doors until cancelled, SIGINT or SIGTERM; either way
     the broker shuts down cleanly (flush, checkpoint, abort marker removed)."""
-    async with trio.open_nursery() as outer:
-        # Listen for signals before recovery starts, so a stop request during a
-        # long recovery still ends in a clean shutdown.
-        outer.start_soon(_stop_on_signal, outer.cancel_scope)
-        await _serve(config, on_ready, task_status)
-        outer.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as outer:
+            # Listen for signals before recovery starts, so a stop request during a
+            # long recovery still ends in a clean shutdown.
+            outer.start_soon(_stop_on_signal, outer.cancel_scope)
+            await _serve(config, on_ready, task_status)
+            outer.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The signal task never fails: a group here wraps the one reason the broker
+        # stopped (a door that could not start, a StoreFailure): give it unwrapped.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
 
 
 async def _serve(config: ServerConfig, on_ready: Callable[[dict[str, int]], None] | None,
                  task_status: trio.TaskStatus[dict[str, int]]) -> None:
     # Before the store opens: its file budget defaults to a share of the soft limit.
     prepare_fd_limit(config, tuple(d for d in available_doors() if config.port(d) is not None))
+    if config.cluster is not None:
+        await _serve_cluster(config, on_ready, task_status)
+        return
     async with Broker.open(config.broker) as broker, trio.open_nursery() as nursery:
-        bound: dict[str, int] = {}
-        for name in DOORS:
-            port = config.port(name)
-            if port is None:
-                continue
-            module = door_module(name)
-            if module is None:
-                continue
-            ctx = DoorContext(broker, config.host, port, config.options(name), config, bound)
-            bound[name] = await nursery.start(module.serve, ctx)
-            log.info("door %s listening on %s:%d", name, config.host, bound[name])
-        if config.ready_file:
-            tmp = config.ready_file + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump({"pid": os.getpid(), "ports": bound}, f)
-            os.replace(tmp, config.ready_file)
+        bound = await _start_doors(config, broker, nursery)
+        _write_ready(config, {"pid": os.getpid(), "ports": bound})
         if on_ready:
             on_ready(bound)
         task_status.started(bound)
         await trio.sleep_forever()
+
+
+async def _start_doors(config: ServerConfig, broker: Broker, nursery: trio.Nursery
+                       ) -> dict[str, int]:
+    bound: dict[str, int] = {}
+    budget = RequestBudget(config.max_inflight_bytes, broker.metrics)
+    for name in DOORS:
+        port = config.port(name)
+        if port is None:
+            continue
+        module = door_module(name)
+        if module is None:
+            continue
+        ctx = DoorContext(broker, config.host, port, config.options(name), config, bound,
+                          budget)
+        bound[name] = await nursery.start(module.serve, ctx)
+        log.info("door %s listening on %s:%d", name, config.host, bound[name])
+    return bound
+
+
+def _write_ready(config: ServerConfig, info: dict[str, Any]) -> None:
+    if config.ready_file:
+        tmp = config.ready_file + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(info, f)
+        os.replace(tmp, config.ready_file)
+
+
+async def _serve_cluster(config: ServerConfig,
+                         on_ready: Callable[[dict[str, int]], None] | None,
+                         task_status: trio.TaskStatus[dict[str, int]]) -> None:
+    """A member of a broker group: the controller runs lives of the core (one per role,
+    docs/cluster.md), each with the doors on top; the ready file is rewritten at
+    every life with the role, so that an operator (and the tests) can see it."""
+    from .replication.controller import run_cluster
+
+    started = False
+    bound: dict[str, int] = {}
+
+    async def start_doors(broker: Broker, nursery: trio.Nursery) -> dict[str, int]:
+        nonlocal bound
+        # The same ports at every life: a door's port 0 is bound once and kept.
+        bound = await _start_doors(replace(config, ports={**config.ports, **bound}), broker,
+                                   nursery)
+        return bound
+
+    def announce(info: dict[str, Any]) -> None:
+        nonlocal started
+        _write_ready(config, {"pid": os.getpid(), "ports": bound, **info})
+        if not started:
+            started = True
+            if on_ready:
+                on_ready(bound)
+            task_status.started(bound)
+
+    await run_cluster(config, start_doors, announce)
 
 
 async def _stop_on_signal(scope: trio.CancelScope) -> None:

@@ -41,7 +41,8 @@ def warnings(caplog) -> list[str]:
 def test_a_limit_below_the_need_is_raised_to_the_hard_limit(limits, caplog) -> None:
     limits["hard"] = 65_536
     config = load_config(env={"FERRYMQ_MAX_OPEN_FILES": "2000"})
-    p = fdlimit.prepare_fd_limit(config, ("mqtt",))
+    # (Not MQTT: its default cap, 100,000 connections, needs more than 65,536.)
+    p = fdlimit.prepare_fd_limit(config, ("namesrv",))
     assert limits["set"] == [(65_536, 65_536)]
     assert (p.soft_before, p.soft, p.raised, p.short) == (1024, 65_536, True, False)
     (line,) = warnings(caplog)

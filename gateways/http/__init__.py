@@ -2,8 +2,10 @@
 
 ``serve`` binds the listener and serves the route table of ``api.py`` through
 the HTTP/1.1 connection loop of ``server.py``. Options (the ``[http]`` table): the
-limits of ``server.Limits`` by name, and ``auth_tokens`` (a list of bearer
-tokens; authentication is off when absent).
+limits of ``server.Limits`` by name, ``auth_tokens`` (a list of bearer
+tokens; authentication is off when absent), and the connection limits the
+door's supervisor enforces (``max_connections``, ``max_connections_per_address``,
+``pre_auth_max_bytes``: docs/operations.md, "Connection limits").
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from typing import Any
 
 import trio
 
+from ..config import LIMIT_KEYS
 from ..server import DoorContext
 from .api import Api
 from .app import BearerTokens, HttpApp
-from .server import Limits, serve_connections
+from .server import WATCHDOG_TICK_S, Limits, refuse, serve_connections, supervisor_limits
 
 API_INFO = {
     "title": "FerryMQ HTTP API",
@@ -28,7 +31,7 @@ API_INFO = {
 
 def build_app(ctx: DoorContext) -> HttpApp:
     options: dict[str, Any] = dict(ctx.options)
-    limits = Limits.from_options(options, others=("auth_tokens",))
+    limits = Limits.from_options(options, others=("auth_tokens", *LIMIT_KEYS["http"]))
     tokens = options.get("auth_tokens")
     if isinstance(tokens, str):
         tokens = [tokens]
@@ -42,6 +45,8 @@ async def serve(ctx: DoorContext, *, task_status: trio.TaskStatus[int] = trio.TA
     app = build_app(ctx)
     listeners = await trio.open_tcp_listeners(ctx.port, host=ctx.host or None)
     port = listeners[0].socket.getsockname()[1]
+    connections = ctx.supervisor("http", refuse=refuse, tick_s=WATCHDOG_TICK_S)
+    connections.limits = supervisor_limits(connections.limits, app.limits)
     async with trio.open_nursery() as nursery:
-        await nursery.start(serve_connections, listeners, app)
+        await nursery.start(serve_connections, listeners, app, connections)
         task_status.started(port)

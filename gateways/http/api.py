@@ -240,7 +240,7 @@ def _json_body(req: Request) -> Any:
     if req.content_type not in (JSON, ""):
         raise Problem("unsupported_media_type", "send application/json")
     try:
-        return json.loads(req.body)
+        return codec.loads(req.body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise Problem("malformed_json", str(exc)) from None
 
@@ -323,7 +323,7 @@ class Api:
     @staticmethod
     def _load(body: bytes) -> Any:
         try:
-            return json.loads(body)
+            return codec.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise Problem("malformed_json", str(exc)) from None
 

@@ -11,6 +11,11 @@ CloudEvents *Kafka* protocol binding names its headers (``ce_id``,
 ``ce_source``, ..., and ``content-type`` for ``datacontenttype``), because a
 FerryMQ property IS a Kafka header (DESIGN.md, "Cross-protocol mapping"): an
 event produced over HTTP is a binary-mode CloudEvent to a Kafka consumer too.
+
+Every JSON text this door reads goes through ``loads`` (protocols/boundedjson.py,
+``JSON_LIMITS``): a request body past the limits is malformed JSON (400), and a
+stored body labelled JSON that is past them, whichever door produced it, is
+shown as text (or base64) instead of failing every read of its queue.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from ...core.message import (
     Message,
     now_ms,
 )
+from ...protocols import boundedjson
 from .problems import Problem
 
 CONTENT_TYPE_PROPERTY = "content-type"  # as the CloudEvents Kafka binding names it
@@ -47,8 +53,17 @@ MAX_PROPERTY_NAME = 255
 JSON_TYPES = ("application/json", "text/json")
 _HEADER_INT = re.compile(r"-?\d{1,15}")
 
+# The body limit (max_body_bytes) bounds a request's size; these bound what a text of
+# that size may cost once parsed (docs/http.md, "Limits").
+JSON_LIMITS = boundedjson.JsonLimits(max_bytes=64 << 20, max_depth=64, max_containers=200_000)
+
 ENVELOPE_FIELDS = {"body", "body_base64", "key", "keys", "tag", "properties", "queue",
                    "deliver_at", "delay_ms", "content_type"}
+
+
+def loads(data: bytes | str) -> Any:
+    """A JSON text within ``JSON_LIMITS``. Raises ValueError (malformed, or past them)."""
+    return boundedjson.loads(data, JSON_LIMITS)
 
 
 def is_json_type(ct: str | None) -> bool:
@@ -308,7 +323,7 @@ def to_cloudevent(m: ConsumedMessage, extra: Mapping[str, Any] | None = None
     body = m.body
     if is_json_type(ct):
         try:
-            ev["data"] = json.loads(body)
+            ev["data"] = loads(body)
             return ev
         except ValueError:
             pass
@@ -348,7 +363,7 @@ def message_json(m: ConsumedMessage, encoding: str = "auto") -> dict[str, Any]:
     if encoding != "base64":
         if is_json_type(ct):
             try:
-                out["body"] = json.loads(body)
+                out["body"] = loads(body)
                 return out
             except ValueError:
                 pass
@@ -367,7 +382,7 @@ def split_ndjson(body: bytes) -> Sequence[Any]:
     try:
         # One C call for the whole body; a line that is not exactly one value
         # (bad JSON, or "1,2") falls back to line by line, to name the line.
-        values = json.loads(b"[" + b",".join(lines) + b"]")
+        values = loads(b"[" + b",".join(lines) + b"]")
         if len(values) == len(lines):
             return values  # type: ignore[no-any-return]
     except (ValueError, UnicodeDecodeError):
@@ -376,7 +391,7 @@ def split_ndjson(body: bytes) -> Sequence[Any]:
     for n, line in enumerate(body.split(b"\n"), 1):
         if line.strip():
             try:
-                out.append(json.loads(line))
+                out.append(loads(line))
             except (ValueError, UnicodeDecodeError) as exc:
                 raise Problem("malformed_json", f"line {n}: {exc}") from None
     return out

@@ -12,16 +12,22 @@ protocol object; this module only moves bytes and enforces time and size:
   (a client that stops reading cannot pin a response in memory);
 - bodies above ``max_body_bytes`` are refused with 413 before they are read
   (Content-Length) or as soon as they pass the limit (chunked);
+- with bearer tokens on, a request whose token does not pass gets 401 before
+  more than ``pre_auth_max_bytes`` of its body is read;
 - heads above ``max_header_bytes`` get 431, counted while they arrive;
-- past ``max_connections`` a new connection gets 503 and is closed.
+- past ``max_connections`` (or ``max_connections_per_address``) a new
+  connection gets 503 and is closed.
 
-Timeouts cost a float per phase: each connection has a ``deadline`` that
-moves with the phase of the request, and one watchdog task per listener
-cancels the connections whose deadline has passed (to WATCHDOG_TICK_S).
-Neither a cancel scope per request nor trio's deadline bookkeeping per phase
-(the measured cost of hypercorn's trio worker, see docs/http.md). A response
-is first written with a plain non-blocking write; only what the socket does
-not take at once goes through trio's send_all.
+Connections run under the door's ``ConnectionSupervisor`` (gateways/
+supervision.py), which contains whatever a connection raises, enforces the
+caps and owns the watchdog. Timeouts cost a float per phase: each
+connection's ``Watch`` has a ``deadline`` that moves with the phase of the
+request, and the door's watchdog cancels the connections whose deadline has
+passed (to WATCHDOG_TICK_S). Neither a cancel scope per request nor trio's
+deadline bookkeeping per phase (the measured cost of hypercorn's trio worker,
+see docs/http.md). A response is first written with a plain non-blocking
+write; only what the socket does not take at once goes through trio's
+send_all, under the send timeout.
 """
 
 from __future__ import annotations
@@ -31,12 +37,12 @@ import math
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Protocol
 
 import trio
 from ferrymq.protocols.http import h1
 
+from ..supervision import FRAME_TIMEOUT, IDLE_TIMEOUT, ConnectionSupervisor, Watch
 from .problems import PROBLEM_CONTENT_TYPE, Problem, problem_body
 
 log = logging.getLogger("ferrymq.http")
@@ -57,7 +63,6 @@ class Limits:
     keepalive_timeout_s: float = 75.0  # longer than common clients' pools keep idle sockets
     send_timeout_s: float = 30.0
     request_timeout_s: float = 30.0  # a handler that does not wait (produce, admin)
-    max_connections: int = 4096
     max_wait_s: float = 30.0  # long-poll cap (Confluent REST, RocketMQ HTTP: about 30 s)
     max_long_polls: int = 1000
     max_long_polls_per_group: int = 100
@@ -130,6 +135,10 @@ class StreamResponse:
 
 
 class App(Protocol):
+    """What the connection loop needs of the application. An ``authenticator``
+    attribute, when the application has one (called with a Request, True lets it
+    through), also guards the body before it is read (``pre_auth_max_bytes``)."""
+
     limits: Limits
 
     async def handle(self, request: Request) -> Response | StreamResponse: ...
@@ -145,18 +154,22 @@ class ClientGone(Exception):
 
 _CLOSED = object()  # the client closed its side
 _NO_BODY_STATUSES = frozenset((204, 304))
+REQUEST_TIMEOUT = "request_timeout"
+# What the watchdog closes a connection for, by the phase it was in.
+_PHASE_REASONS = {"idle": IDLE_TIMEOUT, "head": FRAME_TIMEOUT, "body": FRAME_TIMEOUT,
+                  "handle": REQUEST_TIMEOUT}
 
 
 class Connection:
     """One client connection; ``run`` serves its requests until either side closes."""
 
-    def __init__(self, stream: trio.SocketStream, app: App) -> None:
+    def __init__(self, stream: trio.SocketStream, app: App, watch: Watch) -> None:
         self.stream = stream
         self.app = app
         self.limits = app.limits
+        self.watch = watch
         self.p = h1.ServerConnection(self.limits.max_header_bytes)
-        self.scope = trio.CancelScope()
-        self.deadline = math.inf  # the watchdog cancels ``scope`` once this has passed
+        watch.deadline = math.inf
         self._fd = stream.socket.fileno()
         self.peer_closed = False
         self._watching = False
@@ -165,6 +178,17 @@ class Connection:
         self._responded = False  # a response to the current request has begun
         self._close = False  # this connection ends after the current response
         self._pending_error: h1.ProtocolError | None = None  # met while watching a long poll
+
+    @property
+    def deadline(self) -> float:
+        """When the watchdog closes this connection (trio time; inf: never)."""
+        return self.watch.deadline
+
+    @deadline.setter
+    def deadline(self, when: float) -> None:
+        watch = self.watch
+        watch.deadline = when
+        watch.reason = _PHASE_REASONS[self._phase]
 
     # ------------------------------------------------------------ reading
 
@@ -220,13 +244,24 @@ class Connection:
         if length is not None and int(length) > self.limits.max_body_bytes:
             raise Problem("body_too_large", f"the body is {int(length)} bytes; the limit is "
                                             f"{self.limits.max_body_bytes}")
+        limit = self.limits.max_body_bytes
+        pre_auth = self.watch.limits.pre_auth_max_bytes
+        authenticate = getattr(self.app, "authenticator", None)
+        unauthenticated = False
+        if (pre_auth and authenticate is not None
+                and (length is None or int(length) > pre_auth)
+                and not authenticate(Request(self._method, path, query, headers, b"", self))):
+            # No valid token: this request ends in 401 whatever its body; read at
+            # most pre_auth_max_bytes of it (a chunked one), none if it says more.
+            if length is not None:
+                raise _unauthorized()
+            unauthenticated, limit = True, pre_auth
         self.deadline = trio.current_time() + self.limits.body_timeout_s
         ev = p.next_event()
         if ev is h1.NEED_DATA and head.expect_continue:
             await self._send(h1.CONTINUE)
         chunks: list[bytes] = []
         size = 0
-        limit = self.limits.max_body_bytes
         while True:
             if ev is h1.NEED_DATA:
                 ev = await self._next_event()
@@ -236,6 +271,8 @@ class Connection:
                 raise h1.ProtocolError("the body ended early")
             size += len(ev)  # type: ignore[arg-type]
             if size > limit:
+                if unauthenticated:
+                    raise _unauthorized()
                 raise Problem("body_too_large", f"the body passed the limit of {limit}")
             chunks.append(ev)  # type: ignore[arg-type]
             ev = p.next_event()
@@ -257,9 +294,7 @@ class Connection:
             raise trio.BrokenResourceError(str(exc)) from None
         if n < len(data):
             # The client is not reading fast enough: wait, but not forever.
-            saved, self.deadline = self.deadline, trio.current_time() + self.limits.send_timeout_s
-            await self.stream.send_all(memoryview(data)[n:])
-            self.deadline = saved
+            await self.watch.send_all(self.stream, memoryview(data)[n:])
 
     def _ends_here(self) -> bool:
         """Whether the connection closes after the current response."""
@@ -380,20 +415,18 @@ class Connection:
         app = self.app
         app.connection_opened()
         try:
-            with self.scope:
-                await self._serve()
-            if self.scope.cancelled_caught and self._phase in ("head", "body"):
+            await self._serve()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ClientGone):
+            pass
+        finally:
+            if self.watch.expired is not None and self._phase in ("head", "body"):
                 # A client too slow to send its request: tell it, then close.
-                self.deadline = math.inf
                 try:
                     data = self._problem_bytes(Problem("request_timeout"))
                     if data:
                         os.write(self._fd, data)
                 except OSError:
                     pass
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ClientGone):
-            pass
-        finally:
             app.connection_closed()
             with trio.move_on_after(1) as cs:
                 cs.shield = True
@@ -434,44 +467,36 @@ class Connection:
 _PROTOCOL_PROBLEMS = {431: "headers_too_large", 505: "http_version_not_supported"}
 
 
-async def serve_connections(listeners: list[trio.SocketListener], app: App, *,
+def _unauthorized() -> Problem:
+    return Problem("unauthorized", "a valid bearer token is required",
+                   (("WWW-Authenticate", 'Bearer realm="ferrymq"'),))
+
+
+async def refuse(stream: trio.SocketStream, reason: str) -> None:
+    """The supervisor's way of turning a connection away at this door: 503."""
+    body = problem_body("too_many_connections")
+    await stream.send_all(
+        b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: " + PROBLEM_CONTENT_TYPE.encode()
+        + b"\r\nconnection: close\r\ncontent-length: " + str(len(body)).encode()
+        + b"\r\n\r\n" + body)
+
+
+def supervisor_limits(base: Any, limits: Limits) -> Any:
+    """The supervisor's ConnectionLimits with HTTP's own timeouts in them: the idle
+    (keep-alive) and send timeouts are the Watch's; the head and body phases set
+    their deadlines themselves."""
+    from dataclasses import replace
+    return replace(base, idle_timeout_s=limits.keepalive_timeout_s,
+                   send_timeout_s=limits.send_timeout_s)
+
+
+async def serve_connections(listeners: list[trio.SocketListener], app: App,
+                            supervisor: ConnectionSupervisor, *,
                             task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                             ) -> None:
-    """Accept connections forever, one task each, refusing past max_connections."""
-    live: set[Connection] = set()
+    """Accept connections until cancelled, each one a supervised ``Connection``."""
 
-    async def watchdog() -> None:
-        while True:
-            await trio.sleep(WATCHDOG_TICK_S)
-            now = trio.current_time()
-            for conn in live:
-                if conn.deadline <= now:
-                    conn.scope.cancel()
+    async def handler(stream: trio.SocketStream, watch: Watch) -> None:
+        await Connection(stream, app, watch).run()
 
-    async def handler(stream: trio.SocketStream) -> None:
-        if len(live) >= app.limits.max_connections:
-            try:
-                with trio.move_on_after(1):
-                    await stream.send_all(
-                        b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: "
-                        + PROBLEM_CONTENT_TYPE.encode() + b"\r\nconnection: close\r\n"
-                        b"content-length: " + str(len(body := problem_body(
-                            "too_many_connections"))).encode() + b"\r\n\r\n" + body)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-            await stream.aclose()
-            return
-        conn = Connection(stream, app)
-        live.add(conn)
-        try:
-            await conn.run()
-        except Exception:
-            # A bug in one connection must not take the listener down with it.
-            log.exception("http connection failed")
-        finally:
-            live.discard(conn)
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(watchdog)
-        await nursery.start(partial(trio.serve_listeners, handler, listeners))
-        task_status.started()
+    await supervisor.serve(listeners, handler, task_status=task_status)

@@ -43,6 +43,15 @@ from ...core.timers import REQUEST_PROPERTIES
 from ...protocols import record as rec
 from ...protocols.kafka import records as kr
 
+KAFKA_TOPIC_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+KAFKA_MAX_TOPIC = 249  # Kafka's topic name length limit
+
+
+def kafka_visible(name: str) -> bool:
+    """Topics whose names Kafka clients accept (FerryMQ's %RETRY% and the like are not)."""
+    return 0 < len(name) <= KAFKA_MAX_TOPIC and set(name) <= KAFKA_TOPIC_CHARS
+
+
 PROPERTY_KAFKA_KEY_BASE64 = "KAFKA_KEY_BASE64"
 HEADER_BASE64_PREFIX = "KAFKA_HEADER_BASE64."
 _FORBIDDEN_IN_KEY = (KEY_SEPARATOR, rec.NAME_VALUE_SEPARATOR, rec.PROPERTY_SEPARATOR)

@@ -6,6 +6,20 @@ the next request, as a Kafka broker does (responses go back in request order
 and a long-polling fetch holds only its own connection). A framing error, an
 unknown API, a body that does not decode or an unsupported version (but for
 ApiVersions, answered with error 35 in v0) closes that connection alone.
+
+Connections run under the door's ``ConnectionSupervisor`` (gateways/
+supervision.py): whatever escapes this loop ends its connection only, and the
+loop keeps the connection's ``Watch`` told what it is doing, so the door's
+limits hold: with SASL on, the authentication within ``handshake_timeout_s``;
+``connections.max.idle.ms``'s 10 minutes idle (from the accept when SASL is
+off: Kafka has no first-request deadline, and clients open connections early), a frame
+begun complete within ``frame_timeout_s``, a response taken within
+``send_timeout_s``. Before SASL completes a frame may be at most
+``pre_auth_max_bytes`` (Kafka's sasl.server.max.receive.size, 512 KiB), and a
+frame larger than one read waits for the broker-wide request-bytes budget
+before the rest of it is read (queued.max.request.bytes). One request at a time
+per connection, as Kafka mutes a channel with a request in flight: a
+connection's own share of the budget is the frame it is receiving.
 """
 
 from __future__ import annotations
@@ -36,7 +50,8 @@ from ...protocols.kafka.connection import (
 )
 from ...protocols.kafka.schema import API_NAMES
 from ..server import DoorContext
-from .groups import Coordinator
+from ..supervision import Watch
+from .groups import NS_GROUP, Coordinator
 from .handlers import (
     API_VERSIONS,
     SASL_AUTHENTICATE,
@@ -48,6 +63,7 @@ from .handlers import (
     now_ms,
 )
 from .producers import ProducerStates
+from .transactions import TransactionCoordinator, TxnOptions
 
 log = logging.getLogger("ferrymq.kafka")
 
@@ -66,18 +82,46 @@ async def serve(ctx: DoorContext, *, task_status: trio.TaskStatus[int] = trio.TA
     producers = ProducerStates(os.path.join(broker.config.data_dir, "kafka"))
     await trio.to_thread.run_sync(producers.load)
     replay_producer_state(broker, producers)
+
+    async def save(changes: Any) -> None:
+        await broker.put_door_state(changes, principal=SYSTEM)
+
     coordinator = Coordinator(min_session_ms=options.group_min_session_timeout_ms,
                               max_session_ms=options.group_max_session_timeout_ms,
-                              initial_rebalance_delay_ms=options.group_initial_rebalance_delay_ms)
+                              initial_rebalance_delay_ms=options.group_initial_rebalance_delay_ms,
+                              save=save)
+    restored = coordinator.restore(broker.door_state(NS_GROUP, principal=SYSTEM))
+    txns = TransactionCoordinator(broker, TxnOptions(
+        max_timeout_ms=options.transaction_max_timeout_ms,
+        abort_check_interval_ms=options.transaction_abort_check_interval_ms,
+        id_expiration_ms=options.transactional_id_expiration_ms))
+    txns.load()
+    # Producer ids come from the state log's blocks; none below what the producer snapshot
+    # (and its replay) knows was handed out, and the snapshot never reuses the log's.
+    txns.reserve_below(producers.next_id)
+    for pid in txns.by_pid:
+        producers.next_id = max(producers.next_id, pid + 1)
     listeners = await trio.open_tcp_listeners(ctx.port, host=ctx.host)
     port = listeners[0].socket.getsockname()[1]
-    door = KafkaDoor(broker, options, port, coordinator, producers)
+    door = KafkaDoor(broker, options, port, coordinator, producers, txns)
+    door.load_state()
+    if restored:
+        log.info("Kafka group membership restored", extra={"members": restored,
+                                                           "groups": len(coordinator.groups)})
+    connections = ctx.supervisor("kafka", protocol_errors=(FrameError,))
+
+    async def handler(stream: trio.SocketStream, watch: Watch) -> None:
+        await handle_connection(door, stream, watch)
+
     try:
         async with trio.open_nursery() as nursery:
-            await nursery.start(coordinator.run)
-            nursery.start_soon(_persist_loop, broker, producers)
+            tasks = ctx.tasks(nursery, "kafka")
+            await tasks.start(coordinator.run, name="coordinator")
+            await txns.recover()
+            await tasks.start(txns.run, name="transactions")
+            tasks.start_soon(_persist_loop, broker, producers, name="producer_state")
+            await nursery.start(connections.serve, listeners, handler)
             task_status.started(port)
-            await trio.serve_listeners(lambda stream: handle_connection(door, stream), listeners)
     finally:
         with trio.CancelScope(shield=True):
             await _save(broker, producers)
@@ -125,7 +169,8 @@ async def _persist_loop(broker: Broker, producers: ProducerStates) -> None:
             await _save(broker, producers)
 
 
-async def handle_connection(door: KafkaDoor, stream: trio.SocketStream) -> None:
+async def handle_connection(door: KafkaDoor, stream: trio.SocketStream, watch: Watch | None = None
+                            ) -> None:
     """Serve one client until it disconnects or breaks the protocol."""
     try:
         peer = stream.socket.getpeername()
@@ -134,27 +179,38 @@ async def handle_connection(door: KafkaDoor, stream: trio.SocketStream) -> None:
     except OSError:
         await stream.aclose()
         return
-    session = Session(client_host=str(peer[0]), local_host=str(local[0]),
-                      authenticated=door.options.sasl_plain_users is None)
+    sasl = door.options.sasl_plain_users is not None
+    session = Session(client_host=str(peer[0]), local_host=str(local[0]), authenticated=not sasl)
     conn = ServerConnection(SUPPORTED, max_frame_size=door.options.max_frame_size)
+    if watch is not None:
+        if not sasl:
+            # Nothing to complete: the connection is idle from its accept, as in Kafka
+            # (clients may open a connection before they need it).
+            watch.handshake_done()
+        elif watch.limits.pre_auth_max_bytes:
+            conn.max_frame_size = min(conn.max_frame_size, watch.limits.pre_auth_max_bytes)
     metrics = door.metrics
     metrics.connection_opened()
     try:
         async with stream:
-            await _serve_connection(door, stream, conn, session)
+            await _serve_connection(door, stream, conn, session, watch)
     except FrameError as exc:
         metrics.error("frame", "invalid_frame")
         log.info("closing Kafka connection from %s: %s", peer, exc)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass  # the client went away, possibly mid-request: nothing to answer
-    except Exception:  # a bug of ours: lose this connection, never the broker
-        door.counters["connection_errors"] += 1
-        log.exception("Kafka connection from %s failed", peer)
     finally:
+        conn.close()
         metrics.connection_closed()
 
 
-async def _receive(stream: trio.SocketStream, conn: ServerConnection) -> bool:
+async def _receive(stream: trio.SocketStream, conn: ServerConnection, watch: Watch | None
+                   ) -> bool:
+    if watch is not None:
+        pending = conn.frame_in_progress()
+        watch.waiting(pending > 0)
+        if pending > RECV_MIN:
+            await watch.reserve(pending)  # the rest is read once the budget holds it
     into = conn.frame_buffer()
     if into is not None:  # a large frame under way: straight into its buffer
         n = await stream.socket.recv_into(into)
@@ -170,30 +226,48 @@ async def _receive(stream: trio.SocketStream, conn: ServerConnection) -> bool:
     return True
 
 
+async def _send(stream: trio.SocketStream, watch: Watch | None, data: bytes) -> None:
+    if watch is None:
+        await stream.send_all(data)
+    else:
+        await watch.send_all(stream, data)
+
+
+def _authenticated(door: KafkaDoor, conn: ServerConnection, watch: Watch | None) -> None:
+    """SASL completed: the frame limit is the door's own, the handshake is over."""
+    conn.max_frame_size = door.options.max_frame_size
+    if watch is not None:
+        watch.handshake_done()
+
+
 async def _serve_connection(door: KafkaDoor, stream: trio.SocketStream, conn: ServerConnection,
-                            session: Session) -> None:
+                            session: Session, watch: Watch | None = None) -> None:
     while True:
         if session.raw_sasl:
             token = conn.next_raw_frame()
             if token is NEED_DATA:
-                if not await _receive(stream, conn):
+                if not await _receive(stream, conn, watch):
                     return
                 continue
             session.raw_sasl = False
             if not door.login_plain(session, token):  # type: ignore[arg-type]
                 log.info("SASL PLAIN authentication failed for %s", session.client_host)
                 return
-            await stream.send_all(b"\x00\x00\x00\x00")
+            _authenticated(door, conn, watch)
+            await _send(stream, watch, b"\x00\x00\x00\x00")
             continue
         ev = conn.next_event()
         if ev is NEED_DATA:
-            if not await _receive(stream, conn):
+            if not await _receive(stream, conn, watch):
                 return
             continue
+        if watch is not None:
+            watch.busy()
         if isinstance(ev, UnsupportedVersion):
             if ev.header.api_key == API_VERSIONS:
                 body = door.api_versions_body(ke.UNSUPPORTED_VERSION)
-                await stream.send_all(b"".join(response_bytes(ev.header, body, version=0)))
+                await _send(stream, watch,
+                            b"".join(response_bytes(ev.header, body, version=0)))
                 continue
             log.info("closing: %s v%d is not supported", ev.header.api_key, ev.header.api_version)
             return
@@ -220,10 +294,14 @@ async def _serve_connection(door: KafkaDoor, stream: trio.SocketStream, conn: Se
             log.warning("request api %d failed: %s", h.api_key, exc)
             return
         door.metrics.observe(name, perf_counter() - t0)
+        if watch is not None:
+            if session.authenticated and watch.handshaking:
+                _authenticated(door, conn, watch)
+            watch.release()
         if body is None:
             continue
         parts: list[Any] = response_bytes(h, body)
-        await stream.send_all(b"".join(parts) if len(parts) > 1 else parts[0])
+        await _send(stream, watch, b"".join(parts) if len(parts) > 1 else parts[0])
 
 
 __all__ = ["handle_connection", "now_ms", "replay_producer_state", "serve"]

@@ -2,7 +2,11 @@
 
 ``serve`` binds the listeners, runs the ``Hub`` (sessions, dispatchers,
 retained messages) and serves every connection with a ``Client``; see
-docs/mqtt.md for the design and the mapping onto the broker.
+docs/mqtt.md for the design and the mapping onto the broker. The TCP and
+WebSocket listeners share one ``ConnectionSupervisor`` (gateways/supervision.py):
+the door's connection caps count both, and whatever a connection raises ends
+that connection only. MQTT keeps its own time rules (``connect_timeout``, then
+1.5 x the keep alive), enforced by the hub.
 """
 
 from __future__ import annotations
@@ -11,7 +15,6 @@ import contextlib
 import errno
 import logging
 import os
-from functools import partial
 from typing import Any
 
 import trio
@@ -36,11 +39,11 @@ async def serve(ctx: Any, *, task_status: trio.TaskStatus[int] = trio.TASK_STATU
     hub = Hub(ctx.broker, opts, state_dir)
     hub.load()  # the broker's state tables: read on the event-loop thread
 
-    def handle_tcp(stream: Any) -> Any:
+    def handle_tcp(stream: Any, watch: Any) -> Any:
         # Not a coroutine of its own: an idle client costs one frame (Client.run).
         return Client(hub, stream, "tcp").run()
 
-    async def handle_ws(stream: Any) -> None:
+    async def handle_ws(stream: Any, watch: Any) -> None:
         ws = WebSocketStream(stream, opts.ws_path)
         ok = False
         with trio.move_on_after(opts.connect_timeout), contextlib.suppress(
@@ -53,12 +56,13 @@ async def serve(ctx: Any, *, task_status: trio.TaskStatus[int] = trio.TASK_STATU
             return
         await Client(hub, ws, "ws").run()
 
+    connections = ctx.supervisor("mqtt")
     try:
         async with trio.open_nursery() as nursery:
-            await nursery.start(hub.run)
+            await ctx.tasks(nursery, "mqtt").start(hub.run, name="hub")
             listeners = await trio.open_tcp_listeners(ctx.port, host=ctx.host)
             port = listeners[0].socket.getsockname()[1]
-            nursery.start_soon(partial(trio.serve_listeners, handle_tcp, listeners))
+            await nursery.start(connections.serve, listeners, handle_tcp)
             if opts.ws_port:
                 try:
                     ws_listeners = await trio.open_tcp_listeners(opts.ws_port, host=ctx.host)
@@ -70,8 +74,7 @@ async def serve(ctx: Any, *, task_status: trio.TaskStatus[int] = trio.TASK_STATU
                     log.warning("MQTT over WebSocket off: port %d is in use", opts.ws_port)
                 else:
                     ctx.bound["mqtt-ws"] = ws_listeners[0].socket.getsockname()[1]
-                    nursery.start_soon(partial(trio.serve_listeners, handle_ws,
-                                               ws_listeners))
+                    await nursery.start(connections.serve, ws_listeners, handle_ws)
             task_status.started(port)
     finally:
         try:

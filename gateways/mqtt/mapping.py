@@ -36,6 +36,7 @@ from ...core.message import (
     now_ms,
 )
 from ...core.metadata import SYSTEM_PREFIXES
+from ...protocols import boundedjson
 from ...protocols.mqtt.constants import Prop
 
 MQTT_TOPIC = "MQTT_TOPIC"
@@ -167,12 +168,16 @@ def mqtt_topic_of(m: ConsumedMessage) -> str:
     return m.properties.get(MQTT_TOPIC) or m.topic
 
 
+_USER_JSON = boundedjson.JsonLimits(max_bytes=1 << 20, max_depth=2, max_containers=100_000)
+
+
 def user_properties(props: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     """MQTT 5 user properties of a stored message, in stored order."""
     raw = props.get(MQTT_USER_PROPERTIES)
     if raw is not None:
         try:
-            return tuple((str(k), str(v)) for k, v in json.loads(raw))
+            # Any door can set this property: a flat list of pairs, or nothing.
+            return tuple((str(k), str(v)) for k, v in boundedjson.loads(raw, _USER_JSON))
         except (ValueError, TypeError):
             return ()
     return tuple((k, v) for k, v in props.items()

@@ -11,15 +11,15 @@ PUBREL, a SUBACK, a QoS 1/2 retained message), ``save_all`` at shutdown.
 
 The state is three tables of the broker's state log (docs/storage.md, "The state
 log"; docs/mqtt.md, "Sessions"), written through the facade
-(``Broker.put_door_state``): records of the CommitLog, so they share its group
+(``Broker.append_door_state``): records of the CommitLog, so they share its group
 commit, its recovery and (next) its replication with the messages and the
 sessions' committed positions, and they are in the same order as those:
 
-- ``door.mqtt.session``: client id -> the session without its in-flight
+- ``mqtt.session``: client id -> the session without its in-flight
   messages (expiry, disconnect time, subscriptions, QoS 2 ids, next packet id);
-- ``door.mqtt.inflight``: (client id, packet id) -> one in-flight outbound message
+- ``mqtt.inflight``: (client id, packet id) -> one in-flight outbound message
   (its body included: a change holds at most a record, ``max_record_bytes``);
-- ``door.mqtt.retained``: MQTT topic -> (payload, QoS, properties, publisher).
+- ``mqtt.retained``: MQTT topic -> (payload, QoS, properties, publisher).
 
 A save writes what changed since the last one (each session's and message's
 encoding is compared with what was written), so its cost is the changes, not
@@ -45,15 +45,16 @@ from typing import Any
 import msgpack
 import trio
 
+from ...core.access import SYSTEM
 from ...core.broker import Broker
 from ...core.errors import FerryError
 from ...core.store.files import read_file
 
 log = logging.getLogger("ferrymq.mqtt.state")
 
-NS_SESSION = "door.mqtt.session"
-NS_INFLIGHT = "door.mqtt.inflight"
-NS_RETAINED = "door.mqtt.retained"
+NS_SESSION = "mqtt.session"
+NS_INFLIGHT = "mqtt.inflight"
+NS_RETAINED = "mqtt.retained"
 _LEGACY = ("retained.msgpack", "sessions.msgpack")
 
 
@@ -107,11 +108,11 @@ class MqttState:
         self._import_legacy()
         b = self.broker
         sessions: dict[str, dict[str, Any]] = {}
-        for cid, meta in b.door_state(NS_SESSION):
+        for cid, meta in b.door_state(NS_SESSION, principal=SYSTEM):
             sessions[str(cid)] = dict(meta)
             self._written_session[str(cid)] = _pack(meta)
         inflight: dict[str, list[tuple[int, Any]]] = {}
-        for key, row in b.door_state(NS_INFLIGHT):
+        for key, row in b.door_state(NS_INFLIGHT, principal=SYSTEM):
             cid, pid = key
             self._written_inflight.setdefault(cid, {})[pid] = _pack(row)
             if cid in sessions:
@@ -123,7 +124,7 @@ class MqttState:
             rows.sort(key=lambda r: (r[0] - nxt) % 65536)
             sessions[cid]["inflight"] = [[pid, *row] for pid, row in rows]
         retained = []
-        for topic, row in b.door_state(NS_RETAINED):
+        for topic, row in b.door_state(NS_RETAINED, principal=SYSTEM):
             self._written_retained[str(topic)] = _pack(row)
             retained.append([topic, *row])
         return Loaded(retained, sessions)
@@ -134,7 +135,8 @@ class MqttState:
         if not present:
             return
         b = self.broker
-        if not b.door_state(NS_SESSION) and not b.door_state(NS_RETAINED):
+        if not b.door_state(NS_SESSION, principal=SYSTEM) \
+                and not b.door_state(NS_RETAINED, principal=SYSTEM):
             raw_r = read_file(paths[0])
             raw_s = read_file(paths[1])
             rows = msgpack.unpackb(raw_r, raw=False, strict_map_key=False) if raw_r else []
@@ -145,7 +147,7 @@ class MqttState:
             for cid, st in (sess or {}).items():
                 changes.extend(_session_changes(cid, st))
             for i in range(0, len(changes), 256):
-                b.put_door_state(changes[i:i + 256])
+                b.append_door_state(changes[i:i + 256], principal=SYSTEM)
             log.warning("imported the MQTT state files into the state log",
                         extra={"retained": len(rows or []), "sessions": len(sess or {})})
         for p in present:
@@ -231,7 +233,7 @@ class MqttState:
             return
         try:
             for i in range(0, len(changes), 256):
-                self.broker.put_door_state(changes[i:i + 256])
+                self.broker.append_door_state(changes[i:i + 256], principal=SYSTEM)
         except FerryError:
             self.failures += 1
             self._sessions_dirty = self._retained_dirty = True  # try again next period

@@ -10,7 +10,10 @@ period, as RocketMQ's is.
 ``ferrymq serve`` embeds one (this module's ``serve``); ``ferrymq namesrv``
 runs ``serve_namesrv`` alone. Options (``[namesrv]``): ``broker_expiry_s``
 (120), ``scan_interval_s`` (10, RocketMQ's scanNotActiveBroker period),
-``max_frame``.
+``max_frame``, and the connection limits every door has (docs/operations.md,
+"Connection limits": RocketMQ's 120 s idle close among them), enforced by a
+``ConnectionSupervisor``. A JSON header or body past the decoder's limits is a
+protocol error: answered when its opaque is known, then the connection closes.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from typing import Any
 
 import trio
 
+from ...core.metrics import MetricsRegistry
+from ...core.supervisor import TaskSupervisor
 from ...protocols.remoting import (
     DEFAULT_MAX_FRAME,
     FrameDecoder,
@@ -34,7 +39,9 @@ from ...protocols.remoting import (
 )
 from ...protocols.remoting import bodies as B
 from ...protocols.remoting import headers as H
+from ..config import DOOR_LIMITS, ConnectionLimits
 from ..server import DoorContext
+from ..supervision import ConnectionSupervisor, RequestBudget, Watch
 from .routes import BROKER_EXPIRY_S, RouteTable
 
 log = logging.getLogger("ferrymq.namesrv")
@@ -93,40 +100,69 @@ class NameServer:
                            remark=f"request type {cmd.code} not supported")
 
 
-async def _connection(stream: trio.SocketStream, ns: NameServer, max_frame: int) -> None:
+async def _connection(stream: trio.SocketStream, watch: Watch | None = None, *, ns: NameServer,
+                      max_frame: int) -> None:
     decoder = FrameDecoder(max_frame)
-    try:
-        peer = "{}:{}".format(*stream.socket.getpeername()[:2])
-    except OSError:
-        peer = "?"
+    peer = watch.peer if watch is not None else "?"
     try:
         while True:
+            if watch is not None:
+                pending = decoder.frame_in_progress()
+                watch.waiting(pending > 0)
+                if pending > RECEIVE_SIZE:
+                    await watch.reserve(pending)
             data = await stream.receive_some(RECEIVE_SIZE)
             if not data:
                 return
             out = []
+            handling: RemotingCommand | None = None  # the command being handled, if any
             try:
                 decoder.receive_data(data)
                 while (cmd := decoder.next_command()) is not None:
+                    if watch is not None:
+                        watch.handshake_done()
+                        watch.busy()
                     if not cmd.is_response:
+                        handling = cmd
                         resp = ns.handle(cmd, peer)
+                        handling = None
                         if not cmd.is_oneway:
                             out.append(encode(resp))
             except RemotingProtocolError as exc:
                 log.info("closing %s: %s", peer, exc)
-                return
-            finally:
+                opaque = exc.opaque if exc.opaque is not None else (
+                    handling.opaque if handling is not None and not handling.is_oneway
+                    else None)
+                if opaque is not None:
+                    out.append(encode(response_to(RemotingCommand(0, opaque),
+                                                  ResponseCode.SYSTEM_ERROR,
+                                                  remark=f"protocol error: {exc}")))
                 if out:
+                    with trio.move_on_after(1):
+                        await stream.send_all(b"".join(out))
+                return
+            if watch is not None and watch.held and decoder.frame_in_progress() != watch.held:
+                watch.release()  # the frame it held the budget for is answered
+            if out:
+                if watch is not None:
+                    await watch.send_all(stream, b"".join(out))
+                else:
                     await stream.send_all(b"".join(out))
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     finally:
+        decoder.close()
         with trio.CancelScope(shield=True):
             await stream.aclose()
 
 
 async def serve_namesrv(host: str, port: int, options: Mapping[str, Any] | None = None, *,
+                        limits: ConnectionLimits | None = None,
+                        budget: RequestBudget | None = None,
+                        metrics: MetricsRegistry | None = None,
                         task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve a NameServer until cancelled. Alone (``ferrymq namesrv``) it has the
+    default limits, a budget of its own and metrics no one scrapes."""
     opts = options or {}
     table = RouteTable(float(opts.get("broker_expiry_s", BROKER_EXPIRY_S)))
     ns = NameServer(table)
@@ -135,16 +171,27 @@ async def serve_namesrv(host: str, port: int, options: Mapping[str, Any] | None 
     bound = listeners[0].socket.getsockname()[1]
     handler = functools.partial(_connection, ns=ns,
                                 max_frame=int(opts.get("max_frame", DEFAULT_MAX_FRAME)))
+    metrics = metrics if metrics is not None else MetricsRegistry()
+    connections = ConnectionSupervisor(
+        "namesrv", limits or DOOR_LIMITS["namesrv"], metrics,
+        budget=budget or RequestBudget(DEFAULT_MAX_FRAME * 4, metrics),
+        protocol_errors=(RemotingProtocolError,))
+
+    def expire() -> None:
+        for addr in table.expire():
+            log.warning("broker %s silent for %.0f s: removed from the routes", addr,
+                        table.broker_expiry_s)
+
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(functools.partial(trio.serve_listeners, handler, listeners))
+        await nursery.start(connections.serve, listeners, handler)
+        TaskSupervisor(nursery, metrics, prefix="namesrv").every(scan, expire, name="expiry")
         task_status.started(bound)
-        while True:
-            await trio.sleep(scan)
-            for addr in table.expire():
-                log.warning("broker %s silent for %.0f s: removed from the routes", addr,
-                            table.broker_expiry_s)
 
 
 async def serve(ctx: DoorContext, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
                 ) -> None:
-    await serve_namesrv(ctx.host, ctx.port, ctx.options, task_status=task_status)
+    ctx.supervisor("namesrv")  # the server's budget, made if this context has none yet
+    await serve_namesrv(ctx.host, ctx.port, ctx.options,
+                        limits=ctx.config.connection_limits("namesrv"), budget=ctx.budget,
+                        metrics=ctx.broker.metrics if ctx.broker is not None else None,
+                        task_status=task_status)

@@ -9,10 +9,12 @@ its NameServers (registration.py): the ones named by ``--namesrv`` /
 ``namesrv_addr``, else the NameServer embedded in this server.
 
 Options (``[remoting]`` table): ``max_frame`` (bytes, default 16 MiB),
-``max_suspended`` (long polls per connection, default 1024), ``max_connections``
-(10000; more are closed at once),
+``max_suspended`` (long polls per connection, default 1024),
 ``advertised_address`` (HOST:PORT clients should use), ``register_interval_s``
-(30), ``client_expiry_s`` (120), ``lock_ttl_s`` (60), ``max_suspend_s`` (30).
+(30), ``client_expiry_s`` (120), ``lock_ttl_s`` (60), ``max_suspend_s`` (30), and
+the connection limits every door has (``max_connections``, 10000, and the
+others of docs/operations.md, "Connection limits"), which the door's
+``ConnectionSupervisor`` enforces.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ import logging
 
 import trio
 
-from ...protocols.remoting import DEFAULT_MAX_FRAME
+from ...protocols.remoting import DEFAULT_MAX_FRAME, RemotingProtocolError
 from ...protocols.remoting import headers as H
+from ..config import DOOR_LIMITS
 from ..server import DoorContext
 from .client_table import CLIENT_EXPIRY_S, LOCK_TTL_S, ClientTable
 from .connection import serve_connection
@@ -33,7 +36,7 @@ from .registration import REGISTER_INTERVAL_S, Registrar
 log = logging.getLogger("ferrymq.remoting")
 
 DEFAULT_MAX_SUSPENDED = 1024
-DEFAULT_MAX_CONNECTIONS = 10_000
+DEFAULT_MAX_CONNECTIONS = DOOR_LIMITS["remoting"].max_connections  # the supervisor's cap
 
 
 def namesrv_addresses(ctx: DoorContext) -> list[str]:
@@ -70,27 +73,16 @@ async def serve(ctx: DoorContext, *, task_status: trio.TaskStatus[int] = trio.TA
         serve_connection, processor=processor,
         max_frame=int(opts.get("max_frame", DEFAULT_MAX_FRAME)),
         max_suspended=int(opts.get("max_suspended", DEFAULT_MAX_SUSPENDED)))
-    slots = trio.Semaphore(int(opts.get("max_connections", DEFAULT_MAX_CONNECTIONS)))
-
-    async def handler(stream: trio.SocketStream) -> None:
-        try:
-            slots.acquire_nowait()
-        except trio.WouldBlock:
-            processor.counters["connections_refused"] += 1
-            await stream.aclose()  # over the limit: no room for another client
-            return
-        try:
-            await serve_one(stream)
-        finally:
-            slots.release()
+    connections = ctx.supervisor("remoting", protocol_errors=(RemotingProtocolError,))
     # The broker checks back open transactions through this door's producers while it runs.
     ctx.broker.set_transaction_checker(processor.transactions.check)
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(functools.partial(trio.serve_listeners, handler, listeners))
+            tasks = ctx.tasks(nursery, "remoting")
+            await nursery.start(connections.serve, listeners, serve_one)
             if namesrvs:
-                await nursery.start(registrar.run)
-            nursery.start_soon(_expire_clients, processor, table)
+                await tasks.start(registrar.run, name="registration")
+            tasks.start_soon(_expire_clients, processor, table, name="client_expiry")
             log.info("remoting door on %s (NameServers: %s)", addr, ", ".join(namesrvs) or "none")
             task_status.started(port)
     finally:

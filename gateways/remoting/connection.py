@@ -10,8 +10,16 @@ it is ready; responses are matched by opaque, so order does not matter.
 Bounds: at most ``max_suspended`` suspended requests per connection (more are
 answered at once); while a peer does not read, ``send_all`` blocks and so does
 this loop, which then stops reading: the kernel's socket buffers are all the
-memory a silent peer can hold. A framing error closes the connection (the
-protocol cannot resynchronise); everything else gets an error response.
+memory a silent peer can hold, for ``send_timeout_s`` at most. A framing error,
+or a header or JSON body past the decoder's limits, is answered (when the
+request's opaque is known) and closes the connection (the protocol cannot
+resynchronise); everything else gets an error response.
+
+The connection runs under the door's ``ConnectionSupervisor``
+(gateways/supervision.py), which owns what goes wrong beyond that: this loop
+tells its ``Watch`` when it waits for a request, has one under way (the rest
+of a large frame is read only once the request-bytes budget holds its size),
+handles one, or sends.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from ...protocols.remoting import (
 )
 
 if TYPE_CHECKING:
+    from ..supervision import Watch
     from .processor import Processor
 
 log = logging.getLogger("ferrymq.remoting")
@@ -55,8 +64,10 @@ def _host_bytes(peer: str) -> bytes:
 class ServerConnection:
     """What the processor sees of a connection: its peer and a way to send it requests."""
 
-    def __init__(self, stream: trio.SocketStream, max_frame: int, max_suspended: int) -> None:
+    def __init__(self, stream: trio.SocketStream, max_frame: int, max_suspended: int,
+                 watch: Watch | None = None) -> None:
         self.stream = stream
+        self.watch = watch
         try:
             host, port = stream.socket.getpeername()[:2]
             self.peer = f"{host}:{port}"
@@ -73,7 +84,10 @@ class ServerConnection:
 
     async def send(self, data: bytes) -> None:
         async with self.send_lock:
-            await self.stream.send_all(data)
+            if self.watch is None:
+                await self.stream.send_all(data)
+            else:
+                await self.watch.send_all(self.stream, data)
 
     def spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
         assert self.nursery is not None
@@ -118,9 +132,9 @@ class ServerConnection:
         self.nursery.start_soon(go)
 
 
-async def serve_connection(stream: trio.SocketStream, processor: Processor, *,
-                           max_frame: int, max_suspended: int) -> None:
-    conn = ServerConnection(stream, max_frame, max_suspended)
+async def serve_connection(stream: trio.SocketStream, watch: Watch | None = None, *,
+                           processor: Processor, max_frame: int, max_suspended: int) -> None:
+    conn = ServerConnection(stream, max_frame, max_suspended, watch)
     processor.metrics.connection_opened()
     try:
         async with trio.open_nursery() as nursery:
@@ -129,10 +143,11 @@ async def serve_connection(stream: trio.SocketStream, processor: Processor, *,
                 await _read_loop(conn, processor)
             finally:
                 nursery.cancel_scope.cancel()
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
+    except* (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass  # the peer went away, possibly while a long poll was answering it
     finally:
         conn.closed = True
+        conn.decoder.close()
         processor.metrics.connection_closed()
         processor.connection_closed(conn)
         with trio.CancelScope(shield=True):
@@ -143,30 +158,51 @@ async def _read_loop(conn: ServerConnection, processor: Processor) -> None:
     stream = conn.stream
     decoder = conn.decoder
     handle = processor.handle
+    watch = conn.watch
     while True:
+        if watch is not None:
+            pending = decoder.frame_in_progress()
+            watch.waiting(pending > 0)
+            if pending > RECEIVE_SIZE:
+                await watch.reserve(pending)  # the rest is read once the budget holds it
         data = await stream.receive_some(RECEIVE_SIZE)
         if not data:
             return
         out: list[bytes] = []
+        handling: RemotingCommand | None = None  # the command being handled, if any
         try:
             decoder.receive_data(data)
-            while (cmd := decoder.next_command()) is not None:
+            cmd = decoder.next_command()
+            if cmd is not None and watch is not None:
+                watch.handshake_done()
+                watch.busy()  # until the next wait for bytes
+            while cmd is not None:
                 if cmd.is_response:
+                    cmd = decoder.next_command()
                     continue  # an answer to a oneway notification: nothing waits for it
+                handling = cmd
                 resp = await handle(conn, cmd)
+                handling = None
                 if resp is not None and not cmd.is_oneway:
                     out.append(resp if type(resp) is bytes else encode(resp))
+                cmd = decoder.next_command()
         except RemotingProtocolError as exc:
             processor.counters["protocol_errors"] += 1
             processor.metrics.error("frame", "protocol_error")
             log.info("closing %s: %s", conn.peer, exc)
-            if exc.opaque is not None:
-                bad = RemotingCommand(0, exc.opaque)
+            # A header that did not decode names its opaque when it can; a body past
+            # the limits belongs to the command being handled.
+            opaque = exc.opaque if exc.opaque is not None else (
+                handling.opaque if handling is not None and not handling.is_oneway else None)
+            if opaque is not None:
+                bad = RemotingCommand(0, opaque)
                 out.append(encode(response_to(bad, ResponseCode.SYSTEM_ERROR,
                                               remark=f"protocol error: {exc}")))
             if out:
                 with trio.move_on_after(1):
                     await conn.send(b"".join(out))
             return
+        if watch is not None and watch.held and decoder.frame_in_progress() != watch.held:
+            watch.release()  # the frame it held the budget for is answered
         if out:
             await conn.send(out[0] if len(out) == 1 else b"".join(out))

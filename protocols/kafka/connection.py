@@ -19,6 +19,7 @@ announcing 2 GiB costs nothing. Responses are built with ``response_bytes``:
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import struct
 from collections.abc import Mapping
@@ -153,6 +154,31 @@ class ServerConnection:
         (size,) = _I32.unpack_from(self._buf, 0)
         return max(0, 4 + size - len(self._buf))
 
+    def close(self) -> None:
+        """Give back what is buffered now (a large frame's buffer is megabytes), not when
+        the collector finds the connection."""
+        frame, self._frame, self._frame_have = self._frame, None, 0
+        if frame is not None:
+            with contextlib.suppress(BufferError):  # a request parsed from it is still held
+                frame.close()
+        self._buf = bytearray()
+        self._data = None
+
+    def frame_in_progress(self) -> int:
+        """The size (with its length word) of the frame begun but not complete; 0 when
+        none has begun. A reader uses it to hold a budget before reading the rest."""
+        if self._frame is not None:
+            return 4 + len(self._frame) if self._frame_have < len(self._frame) else 0
+        if self._data is not None:
+            self._spill()
+        n = len(self._buf)
+        if n == 0:
+            return 0
+        if n < 4:
+            return 4
+        (size,) = _I32.unpack_from(self._buf, 0)
+        return 4 + size if n < 4 + size else 0
+
     def next_raw_frame(self) -> bytes | _NeedData:
         """The next size-prefixed frame as bare bytes (SASL tokens after a v0
         SaslHandshake travel outside Kafka's request framing)."""
@@ -229,7 +255,9 @@ class ServerConnection:
         try:
             if schema.is_flexible(api_key, version):
                 pos = schema._skip_tagged(view, pos)  # request header v2's tagged fields
-            body = schema.decode(api_key, version, view[pos:])
+            # Bytes after a whole request are ignored, as Kafka's own parser ignores
+            # them: librdkafka 2.x sends three after a Metadata v12 request.
+            body = schema.decode(api_key, version, view[pos:], trailing=True)
         except DecodeError as exc:
             return BadRequest(header, str(exc))
         return Request(header, body)

@@ -15,15 +15,20 @@ Layouts (Kafka's "Record Format" documentation; KIP-98 for v2, KIP-32 for v1):
 
 Compression codecs (attribute bits 0-2): 1 gzip, 2 snappy (raw, or the xerial
 framing Java clients write), 3 lz4 (frame format), 4 zstd. cramjam (Rust) does
-the work; crc32c (C) the checksums. Everything here is pure: bytes in, bytes
+the work; crc32c (C) the checksums. Decompression never makes more than
+``MAX_DECOMPRESSED`` bytes, whatever a frame claims: zstd packs a gigabyte of
+zeros into 33 KB, and inflating first and measuring after let one produce
+request take the broker's memory (see ``decompress``). Everything here is pure: bytes in, bytes
 or values out. ``RecordsError`` says the bytes are not valid records;
 ``CorruptRecords`` (a subclass) that a checksum failed.
 """
 
 from __future__ import annotations
 
+import mmap
 import re
 import struct
+import threading
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -76,6 +81,14 @@ def compress(codec: int, data: bytes) -> bytes:
     raise RecordsError(f"unknown compression codec {codec}")
 
 
+def _snappy_raw(data: bytes | memoryview) -> bytes:
+    """A raw snappy block, refused before inflating when it says it is too large (its
+    preamble states the uncompressed length)."""
+    if cramjam.snappy.decompress_raw_len(data) > MAX_DECOMPRESSED:
+        raise RecordsError("decompressed batch too large")
+    return bytes(cramjam.snappy.decompress_raw(data))
+
+
 def _xerial_decompress(data: bytes) -> bytes:
     """snappy-java's stream: 8-byte magic, two int32 versions, then (int32 size, raw
     snappy block) chunks."""
@@ -89,13 +102,41 @@ def _xerial_decompress(data: bytes) -> bytes:
         pos += 4
         if n < 0 or pos + n > len(data):
             raise RecordsError("xerial snappy chunk size out of range")
-        chunk = bytes(cramjam.snappy.decompress_raw(data[pos:pos + n]))
+        chunk = _snappy_raw(data[pos:pos + n])
         total += len(chunk)
         if total > MAX_DECOMPRESSED:
             raise RecordsError("decompressed batch too large")
         out.append(chunk)
         pos += n
     return b"".join(out)
+
+
+_scratch = threading.local()
+_RELEASE_ABOVE = 1 << 20  # pages a larger output touched go back to the system after it
+
+
+def _bounded(decompress_into: object, data: bytes) -> bytes:
+    """Stream-decompress into a buffer of MAX_DECOMPRESSED + 1 bytes: a larger output
+    fails as it passes the end, not after it was made. The buffer is anonymous memory,
+    one per thread, reused: pages cost memory only once written, and a large output's
+    pages are handed back right after (madvise)."""
+    buf = getattr(_scratch, "buf", None)
+    if buf is None:
+        buf = _scratch.buf = mmap.mmap(-1, MAX_DECOMPRESSED + 1)
+    try:
+        n = decompress_into(data, buf)  # type: ignore[operator]
+    except cramjam.DecompressionError as exc:
+        if "whole buffer" in str(exc):  # cramjam: the output did not fit
+            buf.madvise(mmap.MADV_DONTNEED)
+            raise RecordsError("decompressed batch too large") from None
+        raise
+    if n > MAX_DECOMPRESSED:
+        buf.madvise(mmap.MADV_DONTNEED)
+        raise RecordsError("decompressed batch too large")
+    out = buf[:n]
+    if n > _RELEASE_ABOVE:
+        buf.madvise(mmap.MADV_DONTNEED, 0, n - n % mmap.PAGESIZE)
+    return out
 
 
 def decompress(codec: int, data: bytes | memoryview) -> bytes:
@@ -111,11 +152,11 @@ def decompress(codec: int, data: bytes | memoryview) -> bytes:
         if codec == SNAPPY:
             if data.startswith(XERIAL_MAGIC):
                 return _xerial_decompress(data)
-            out = bytes(cramjam.snappy.decompress_raw(data))
+            out = _snappy_raw(data)
         elif codec == LZ4:
-            out = bytes(cramjam.lz4.decompress(data))
+            out = _bounded(cramjam.lz4.decompress_into, data)
         elif codec == ZSTD:
-            out = bytes(cramjam.zstd.decompress(data))
+            out = _bounded(cramjam.zstd.decompress_into, data)
         else:
             raise RecordsError(f"unknown compression codec {codec}")
     except (cramjam.DecompressionError, zlib.error) as exc:
@@ -451,3 +492,38 @@ def iter_records(batch: bytes | memoryview) -> Iterator[Record]:
     """Every user record in a run of v2 batches (CRC not re-checked)."""
     for start, end in split_batches(batch):
         yield from decode_batch(batch[start:end], verify=False).records
+
+
+# ------------------------------------------------------------------ control batches
+
+CONTROL_ABORT, CONTROL_COMMIT = 0, 1  # a control record's type (KIP-98's EndTransactionMarker)
+
+
+def encode_control_batch(producer_id: int, producer_epoch: int, commit: bool, timestamp: int,
+                         coordinator_epoch: int = 0) -> bytes:
+    """A transaction marker: a batch with the transactional and control attributes and
+    one record whose key is (version 0: int16, type: int16) and value (version 0,
+    coordinator epoch: int32), as Kafka's coordinator writes it at a transaction's end."""
+    key = struct.pack(">hh", 0, CONTROL_COMMIT if commit else CONTROL_ABORT)
+    value = struct.pack(">hi", 0, coordinator_epoch)
+    return encode_batch(0, [(timestamp, key, value, [])], producer_id=producer_id,
+                        producer_epoch=producer_epoch,
+                        attributes=TRANSACTIONAL_FLAG | CONTROL_FLAG)
+
+
+def control_type(batch: bytes | memoryview) -> int | None:
+    """CONTROL_COMMIT or CONTROL_ABORT for a transaction marker, None for a batch of
+    user records. Raises RecordsError for a control batch that does not decode."""
+    try:
+        h = bh.read_header(batch)
+    except bh.BatchHeaderError as exc:
+        raise RecordsError(str(exc)) from exc
+    if not h.attributes & CONTROL_FLAG:
+        return None
+    raw: bytes | memoryview = batch[bh.HEADER_SIZE:h.size]
+    if h.attributes & COMPRESSION_MASK:
+        raw = decompress(h.attributes & COMPRESSION_MASK, raw)
+    records = _decode_records(raw, h)
+    if len(records) != 1 or records[0].key is None or len(records[0].key) < 4:
+        raise RecordsError("a control batch holds one record with a 4-byte key")
+    return int(struct.unpack_from(">h", records[0].key, 2)[0])

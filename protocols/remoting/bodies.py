@@ -16,25 +16,46 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import boundedjson
 from .codes import MASTER_ID, PERM_READ, PERM_WRITE
+from .frame import DEFAULT_MAX_FRAME, RemotingProtocolError
 
 
 class BodyError(ValueError):
     """A body is not the JSON document the command carries."""
 
 
+class BodyLimitError(RemotingProtocolError):
+    """A JSON body past the size, nesting or container limits (``BODY_JSON_LIMITS``).
+
+    Not a ``BodyError``: a malformed body is answered and the connection kept, but a
+    body built to exhaust the decoder is a protocol error: answered, then closed."""
+
+
+# Route data and registrations nest five deep (topicConfigSerializeWrapper >
+# topicConfigTable > topic > attributes); 32 leaves room for any client's extras.
+# 200,000 containers: a registration of 50,000 topics, a heartbeat of tens of
+# thousands of subscriptions (docs/remoting.md, "Limits").
+BODY_JSON_LIMITS = boundedjson.JsonLimits(max_bytes=DEFAULT_MAX_FRAME, max_depth=32,
+                                          max_containers=200_000)
+
 _BARE_INT_KEY = re.compile(rb'([{,]\s*)(-?\d+)(\s*:)')
 
 
-def loads(raw: bytes | str) -> Any:
-    """Parse a body as JSON, accepting fastjson's unquoted integer map keys."""
+def loads(raw: bytes | str, limits: boundedjson.JsonLimits = BODY_JSON_LIMITS) -> Any:
+    """Parse a body as JSON, accepting fastjson's unquoted integer map keys. Raises
+    BodyError (not JSON) or BodyLimitError (past ``limits``)."""
     data = raw.encode() if isinstance(raw, str) else bytes(raw)
     try:
-        return json.loads(data)
+        return boundedjson.loads(data, limits)
+    except boundedjson.JsonLimitError as exc:
+        raise BodyLimitError(f"body refused: {exc}") from None
     except ValueError:
         pass
     try:
-        return json.loads(_BARE_INT_KEY.sub(rb'\1"\2"\3', data))
+        return boundedjson.loads(_BARE_INT_KEY.sub(rb'\1"\2"\3', data), limits)
+    except boundedjson.JsonLimitError as exc:
+        raise BodyLimitError(f"body refused: {exc}") from None
     except ValueError as exc:
         raise BodyError(f"body is not JSON: {exc}") from None
 

@@ -21,15 +21,26 @@ maximum frame size itself: a peer cannot make it buffer more than that.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import mmap
+import re
 import struct
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import NamedTuple
 
+from .. import boundedjson
 from .codes import FLAG_ONEWAY, FLAG_RESPONSE, LanguageCode, SerializeType
 
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024  # NettySystemConfig: 16 MiB frame maximum
+# A JSON header is one flat object with one object inside (extFields): depth 2. The
+# size allows SEND_MESSAGE's properties with a 65,535-byte MQTT topic name many times
+# over; brackets inside strings (JSON kept in properties) count as containers, so that
+# limit is generous. Past these a header is a protocol error (docs/remoting.md).
+HEADER_JSON_LIMITS = boundedjson.JsonLimits(max_bytes=1 << 20, max_depth=8,
+                                            max_containers=100_000)
+_OPAQUE_IN_TEXT = re.compile(rb'"opaque"\s*:\s*"?(-?\d{1,10})')
 MIN_FRAME = 4  # the header-length word alone
 _I32 = struct.Struct(">i")
 _U32 = struct.Struct(">I")
@@ -197,13 +208,26 @@ def _language(v: object) -> int:
     return LanguageCode.OTHER
 
 
+def _opaque_of(raw: bytes) -> int | None:
+    """The opaque of a header that will not decode, when its text shows one: the error
+    response can then name the request it answers."""
+    m = _OPAQUE_IN_TEXT.search(raw[:4096])
+    if m is None:
+        return None
+    value = int(m.group(1))
+    return value if -(1 << 31) <= value < (1 << 31) else None
+
+
 def decode_json_header(raw: bytes | memoryview, body: bytes) -> RemotingCommand:
+    raw = bytes(raw)
     try:
-        doc = json.loads(bytes(raw))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise RemotingProtocolError(f"header is not JSON: {exc}") from None
+        doc = boundedjson.loads(raw, HEADER_JSON_LIMITS)
+    except boundedjson.JsonLimitError as exc:
+        raise RemotingProtocolError(f"header refused: {exc}", _opaque_of(raw)) from None
+    except ValueError as exc:  # UnicodeDecodeError is one
+        raise RemotingProtocolError(f"header is not JSON: {exc}", _opaque_of(raw)) from None
     if not isinstance(doc, dict):
-        raise RemotingProtocolError("JSON header is not an object")
+        raise RemotingProtocolError("JSON header is not an object", _opaque_of(raw))
     opaque = None
     try:
         opaque, code, flag, version = (doc.get("opaque"), doc.get("code"), doc.get("flag"),
@@ -287,24 +311,54 @@ def decode_frame(frame: bytes | memoryview) -> RemotingCommand:
     raise RemotingProtocolError(f"unknown serialize type {stype}")
 
 
+LARGE_FRAME = 64 << 10  # a frame from this size on, incomplete, gets a buffer of its own
+
+
 class FrameDecoder:
     """Feed bytes with ``receive_data``; take commands with ``next_command`` (None
     when more bytes are needed). Raises RemotingProtocolError for a frame larger
     than ``max_frame`` (as soon as its length word arrives), a negative length,
     or an undecodable header; after that the stream is unusable: close it.
 
-    Memory held is at most one frame plus one read."""
+    Memory held is at most one frame plus one read. A large frame that is not
+    complete gets a buffer of exactly its size (anonymous memory: pages cost only
+    once written), which the rest of it fills in place: no growing bytearray
+    over-allocating and copying as it arrives, and all of it handed back at once."""
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self.max_frame = max_frame
         self._buf = bytearray()
         self._pos = 0
+        self._frame: mmap.mmap | None = None  # the large frame under way, without its length
+        self._frame_have = 0
 
     @property
     def buffered(self) -> int:
-        return len(self._buf) - self._pos
+        return len(self._buf) - self._pos + self._frame_have
+
+    def frame_in_progress(self) -> int:
+        """The length of the frame begun but not complete (0: none, or only part of
+        its length word): the bytes a reader will hold once it has all of them."""
+        if self._frame is not None:
+            return 4 + len(self._frame) if self._frame_have < len(self._frame) else 0
+        avail = len(self._buf) - self._pos
+        if avail == 0:
+            return 0
+        if avail < 4:
+            return 4
+        (length,) = _I32.unpack_from(self._buf, self._pos)
+        return 4 + length if avail < 4 + length else 0
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        frame = self._frame
+        if frame is not None:
+            have = self._frame_have
+            n = min(len(data), len(frame) - have)
+            frame[have:have + n] = memoryview(data)[:n]
+            self._frame_have = have + n
+            if n == len(data):
+                return
+            data = memoryview(data)[n:]  # the next frame begins
         if self._pos and self._pos == len(self._buf):
             self._buf.clear()
             self._pos = 0
@@ -319,6 +373,16 @@ class FrameDecoder:
                 f"frame length {length} outside {MIN_FRAME}..{self.max_frame}")
 
     def next_command(self) -> RemotingCommand | None:
+        frame = self._frame
+        if frame is not None:
+            if self._frame_have < len(frame):
+                return None
+            self._frame, self._frame_have = None, 0
+            try:
+                return decode_frame(memoryview(frame))  # the body comes out as bytes
+            finally:
+                with contextlib.suppress(BufferError):  # a traceback still holds a view
+                    frame.close()
         buf = self._buf
         pos = self._pos
         avail = len(buf) - pos
@@ -328,13 +392,30 @@ class FrameDecoder:
         (length,) = _I32.unpack_from(buf, pos)
         self._check(length)
         if avail < 4 + length:
-            self._compact()
+            if length >= LARGE_FRAME:
+                big = self._frame = mmap.mmap(-1, length)
+                self._frame_have = have = avail - 4
+                big[:have] = memoryview(buf)[pos + 4:]
+                buf.clear()
+                self._pos = 0
+            else:
+                self._compact()
             return None
-        frame = bytes(memoryview(buf)[pos + 4:pos + 4 + length])  # one copy, not two
+        frame_bytes = bytes(memoryview(buf)[pos + 4:pos + 4 + length])  # one copy, not two
         self._pos = pos + 4 + length
-        return decode_frame(frame)
+        return decode_frame(frame_bytes)
 
     def _compact(self) -> None:
         if self._pos:
             del self._buf[:self._pos]
             self._pos = 0
+
+    def close(self) -> None:
+        """Give back what is buffered now, not when the collector finds the connection
+        (a closed connection's large frame is megabytes)."""
+        frame, self._frame, self._frame_have = self._frame, None, 0
+        if frame is not None:
+            with contextlib.suppress(BufferError):
+                frame.close()
+        self._buf = bytearray()
+        self._pos = 0

@@ -190,11 +190,20 @@ def decode_messages(body: bytes | memoryview) -> list[MessageExt]:
     return out
 
 
+# A compressed body inflates to at most this: RocketMQ's maxMessageSize is 4 MiB, and a
+# zlib stream can claim a thousand times its size.
+MAX_INFLATED = 64 << 20
+
+
 def _inflate(payload: bytes) -> bytes:
     try:
-        return zlib.decompress(payload)
+        d = zlib.decompressobj()
+        out = d.decompress(payload, MAX_INFLATED + 1)
     except zlib.error as exc:
         raise rec.RecordError(f"compressed body does not inflate: {exc}") from None
+    if len(out) > MAX_INFLATED:
+        raise rec.RecordError(f"compressed body inflates past {MAX_INFLATED} bytes")
+    return out
 
 
 def encode_properties(properties: Mapping[str, str]) -> str:
