@@ -473,6 +473,7 @@ class Broker:
     async def _checkpoint(self) -> None:
         self.store.repair_pending()  # what worker threads' reads found damaged
         if self.store.failed is None and self.store.dispatched_pos:
+            self.store.mark_indexed()  # owner thread: the index is the owner's
             await trio.to_thread.run_sync(self.store.checkpoint)
 
     def _flush_failed(self, err: FlushFailed) -> None:

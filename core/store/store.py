@@ -323,6 +323,13 @@ class MessageStore:
         self._load_queues()
         cp = read_checkpoint(d)
         cl = self.commitlog
+        if not self.index.files and self.index.rebuild_from is None and cl.segments \
+                and cp is not None and cp.physical_offset > cl.min_offset:
+            # A checkpoint marks the index too (``mark_indexed``): no file under a log
+            # that has records means the files were lost.
+            log.error("the key index has no file while the CommitLog holds records up to "
+                      "%d: it is built again from the CommitLog", cp.physical_offset)
+            self.index.rebuild_from = cl.min_offset
         if cp is None:
             start = validate_from = cl.min_offset
         else:
@@ -409,6 +416,7 @@ class MessageStore:
         self._last_checkpoint = end
         self._previous_checkpoint = min(start, end)
         self._open = True
+        self.mark_indexed()
         self.checkpoint()
         report = RecoveryReport(clean, cp.physical_offset if cp else None, start, end, count,
                                 discarded, time.monotonic() - t0, walk_from, tuple(holes))
@@ -547,6 +555,7 @@ class MessageStore:
         self._open = False
         try:
             if self.failed is None:
+                self.mark_indexed()
                 self.checkpoint()
                 os.unlink(os.path.join(self.config.directory, "abort"))
         finally:
@@ -1067,6 +1076,21 @@ class MessageStore:
     def flush(self, upto: int | None = None) -> int:
         """fsync the CommitLog up to ``upto`` (worker thread). See CommitLog.flush."""
         return self.commitlog.flush(upto)
+
+    def mark_indexed(self) -> None:
+        """Owner thread, before a checkpoint: the key index's end mark follows the log
+        even when the last records had no keys, and the index has a file as soon as the
+        log has a record. So an index found without a file under a log that has records
+        was lost, and recovery builds it again from the log (``open``); and a store whose
+        records carry no keys never walks back to its last keyed record."""
+        pos = self.dispatched_pos
+        if pos <= self.commitlog.min_offset:
+            return
+        index = self.index
+        if not index.files:
+            index.ready(0, pos)
+        if index.end_phys < pos:
+            index.advance(pos, self._last_ts)
 
     def checkpoint(self) -> int:
         """Make the ConsumeQueues and the index durable up to the CommitLog offset
