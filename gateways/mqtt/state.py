@@ -137,21 +137,20 @@ class MqttState:
         b = self.broker
         if not b.door_state(NS_SESSION, principal=SYSTEM) \
                 and not b.door_state(NS_RETAINED, principal=SYSTEM):
-            raw_r = read_file(paths[0])
-            raw_s = read_file(paths[1])
-            rows = msgpack.unpackb(raw_r, raw=False, strict_map_key=False) if raw_r else []
-            sess = msgpack.unpackb(raw_s, raw=False, strict_map_key=False) if raw_s else {}
+            rows = _read_legacy(paths[0]) or []
+            sess = _read_legacy(paths[1]) or {}
             changes: list[tuple[str, Any, Any]] = []
-            for topic, payload, qos, props, publisher in rows or []:
+            for topic, payload, qos, props, publisher in rows:
                 changes.append((NS_RETAINED, topic, [payload, qos, props, publisher]))
-            for cid, st in (sess or {}).items():
+            for cid, st in sess.items():
                 changes.extend(_session_changes(cid, st))
             for i in range(0, len(changes), 256):
                 b.append_door_state(changes[i:i + 256], principal=SYSTEM)
             log.warning("imported the MQTT state files into the state log",
-                        extra={"retained": len(rows or []), "sessions": len(sess or {})})
+                        extra={"retained": len(rows), "sessions": len(sess)})
         for p in present:
-            os.replace(p, p + ".imported")
+            if os.path.exists(p):
+                os.replace(p, p + ".imported")
 
     # ------------------------------------------------------------ saving
 
@@ -272,6 +271,28 @@ class MqttState:
                     self.save_sessions()
             except FerryError:
                 pass  # logged and counted; tried again next period
+
+
+def _read_legacy(path: str) -> Any:
+    """A round-1 state file's content; None when it is absent. A file that does not
+    decode is set aside as ``*.damaged`` with an ERROR (what it held is lost: the
+    sessions start over, the retained messages are gone), never a door that does
+    not start."""
+    raw = read_file(path)
+    if not raw:
+        return None
+    try:
+        doc = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+        ok = isinstance(doc, list if path.endswith("retained.msgpack") else dict)
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
+            msgpack.StackError):
+        ok = False
+    if ok:
+        return doc
+    log.error("cannot read the MQTT state file %s: set aside as %s.damaged; what it "
+              "held is lost", path, os.path.basename(path))
+    os.replace(path, path + ".damaged")
+    return None
 
 
 def _split(st: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[int, Any]]]:
