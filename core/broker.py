@@ -71,6 +71,7 @@ from .errors import (
     FlushFailed,
     GroupNotFound,
     InvalidArgument,
+    MessageNotFound,
     NotLeader,
     OffsetOutOfRange,
     PermissionDenied,
@@ -82,14 +83,18 @@ from .errors import (
 from .filter import Filter
 from .flusher import GroupCommitter, interval_flusher
 from .message import (
+    PROPERTY_DOOR,
+    PROPERTY_REAL_TOPIC,
     PROPERTY_TRANSACTION_PREPARED,
     ConsumedMessage,
     GetResult,
     Message,
     PutResult,
     now_ms,
+    parse_offset_message_id,
 )
 from .metadata import (
+    DLQ_PREFIX,
     MAX_QUEUES,
     MESSAGE_TYPES,
     NS_GROUP,
@@ -98,6 +103,7 @@ from .metadata import (
     NS_TOPIC,
     PERM_READ,
     PERM_READ_WRITE,
+    RETRY_PREFIX,
     GroupConfig,
     Metadata,
     TopicConfig,
@@ -107,8 +113,10 @@ from .metadata import (
 from .metrics import MetricsRegistry, broker_collector
 from .paths import Paths
 from .pop import (
+    DEAD,
     DEFAULT_INVISIBLE_MS,
     DEFAULT_MAX_INFLIGHT_PER_QUEUE,
+    LEASED,
     PoppedMessage,
     PopService,
     QueuePopStatus,
@@ -120,10 +128,34 @@ from .replication.epochs import EpochFile, truncation_point
 from .replication.replicas import ReplicaSet, SlaveStatus
 from .retry import RESENT_TOPIC, DeadLetter, ResendResult, RetryService, SendBackResult
 from .statelog import STATE_TOPIC, Change, Key, StateLog
-from .stats import BrokerStats, Counters, GroupTopicStats, Health, QueueLag, StoredQueue, TopicStats
+from .stats import (
+    BrokerInfo,
+    BrokerStats,
+    Consumption,
+    Counters,
+    GroupLag,
+    GroupTopicStats,
+    Health,
+    LifeStep,
+    MessageLife,
+    QueueLag,
+    StoredQueue,
+    TimerSchedule,
+    TopicStats,
+    Traffic,
+)
 from .store.store import MessageStore, RecoveryReport, StoreConfig
 from .supervisor import TaskSupervisor
-from .timers import TIMER_TOPIC, CancelResult, TimerService, TimerStats, parse_delivery
+from .timers import (
+    PROPERTY_TIMER_FROM,
+    PROPERTY_TIMER_OUT_MS,
+    TIMER_TOPIC,
+    CancelResult,
+    TimerService,
+    TimerStats,
+    parse_delivery,
+)
+from .timerwheel import WheelCorrupt
 from .transactions import (
     CHECK_MAX_TOPIC,
     HALF_TOPIC,
@@ -145,6 +177,22 @@ log = logging.getLogger("ferrymq.broker")
 # and consumers; the discarded halves can be read (by admin tools).
 _SYSTEM_TOPICS = {TIMER_TOPIC: 0, HALF_TOPIC: 0, OP_TOPIC: 0, RESENT_TOPIC: 0,
                   CHECK_MAX_TOPIC: PERM_READ, STATE_TOPIC: 0}
+HOUR_MS = 3600_000
+# Wheel entries one timer_schedule reads one by one (~4 µs each); past it, slots are counted
+# by their second. Measured with 50,000 timers on as many seconds: 60-100 ms with this
+# budget, 170-270 ms reading them all (docs/console.md).
+TIMER_WALK_BUDGET = 10_000
+KAFKA_DOOR = "kafka"  # FERRY_DOOR of the Kafka door (gateways/kafka/mapping.py DOOR)
+LIFE_COPIES = 64  # stored copies of one id a message_life looks at
+# The system topics that hold a copy of a message waiting for something (its REAL_TOPIC
+# names its topic), and those whose records are bookkeeping, never a copy.
+_LIFE_KINDS = {TIMER_TOPIC: "timer", HALF_TOPIC: "half", CHECK_MAX_TOPIC: "discarded_half"}
+_NOT_IN_A_LIFE = frozenset((STATE_TOPIC, OP_TOPIC, RESENT_TOPIC))
+
+
+def _life_topic(m: ConsumedMessage) -> str:
+    """The topic a stored copy is about: its own, or for a timer or a half the real one."""
+    return (m.properties.get(PROPERTY_REAL_TOPIC) or m.topic) if m.topic in _LIFE_KINDS else m.topic
 
 
 class Broker:
@@ -1047,6 +1095,197 @@ class Broker:
         if self._paths.write_refusal is not None:
             return Health(False, str(self._paths.write_refusal))
         return Health(True, "")
+
+    # ---------------------------------------------------------------- what a console reads
+
+    def broker_info(self, *, principal: Principal = ANONYMOUS) -> BrokerInfo:
+        """This broker as a console lists brokers: name, cluster, role, address, store.
+        Checks DESCRIBE on the cluster."""
+        self._authorize(principal, CLUSTER, "", DESCRIBE)
+        cfg, cl = self.config, self.store.commitlog
+        # RocketMQ's brokerRole: a broker alone is its group's master.
+        role = "slave" if self.role is Role.SLAVE else "master"
+        return BrokerInfo(cfg.broker_name, cfg.cluster_name, role,
+                          f"{cfg.store_host}:{cfg.store_port}", self.started_at, cfg.flush,
+                          sum(c.messages_in for c in self.counters.topics.values()),
+                          sum(1 for t in self.meta.topics.values() if not t.system),
+                          len(self.meta.groups), cl.min_offset,
+                          self.store.dispatched_pos, cl.flushed_pos)
+
+    def door_connections(self, *, principal: Principal = ANONYMOUS) -> dict[str, tuple[int, int]]:
+        """Per door (its protocol label: http, kafka, mqtt, rocketmq...): connections open
+        now and accepted since start, as the doors count them into the metrics
+        (``ferrymq_connections``). Checks DESCRIBE on the cluster."""
+        self._authorize(principal, CLUSTER, "", DESCRIBE)
+        # The doors' instruments (core/metrics.py DoorMetrics), looked up by name and labels.
+        open_now = self.metrics.gauge("ferrymq_connections", "Open client connections, per "
+                                      "protocol.", ("protocol",))
+        accepted = self.metrics.counter("ferrymq_connections_accepted_total",
+                                        "Connections accepted, per protocol.", ("protocol",))
+        counts: dict[str, list[int]] = {}
+        for at, inst in enumerate((open_now, accepted)):
+            for sample in inst.family().samples:
+                counts.setdefault(dict(sample.labels)["protocol"], [0, 0])[at] = int(sample.value)
+        return {door: (n[0], n[1]) for door, n in sorted(counts.items())}
+
+    def traffic(self, *, principal: Principal = ANONYMOUS) -> Traffic:
+        """The message and byte counters since start, per topic and per (group, topic), in
+        one read (no queue is looked at: cheap enough to sample every few seconds).
+        Checks DESCRIBE on the cluster."""
+        self._authorize(principal, CLUSTER, "", DESCRIBE)
+        c = self.counters
+        return Traffic({t: (tc.messages_in, tc.bytes_in) for t, tc in c.topics.items()},
+                       {k: (gc.messages_out, gc.bytes_out) for k, gc in c.groups.items()})
+
+    def group_lags(self, group: str | None = None, *,
+                   principal: Principal = ANONYMOUS) -> list[GroupLag]:
+        """Every (group, topic, queue) with a committed offset, and its lag: of one group
+        (DESCRIBE on it; created or known only by its offsets, as a Kafka group is) or
+        of all (DESCRIBE on the cluster). Sorted; topics deleted since are left out."""
+        if group is None:
+            self._authorize(principal, CLUSTER, "", DESCRIBE)
+            items = sorted(self.meta.offsets.items())
+        else:
+            self._authorize(principal, GROUP, group, DESCRIBE)
+            validate_group_name(group)
+            items = [(group, self.meta.offsets.get(group, {}))]
+        out: list[GroupLag] = []
+        topics = self.meta.topics
+        for g, per_topic in items:
+            for topic, queues in sorted(per_topic.items()):
+                if topic in topics:
+                    out.extend(GroupLag(g, topic, q, committed, self.store.queue_bounds(topic, q)[1])
+                               for q, committed in sorted(queues.items()))
+        return out
+
+    def timer_schedule(self, hours: int = 24, *,
+                       principal: Principal = ANONYMOUS) -> TimerSchedule:
+        """Pending timers per hour of delivery time, from the current hour on, for
+        ``hours`` (1-168) hours. Reads the wheel's slots in the window (a timer due
+        beyond the roll window waits at its roll point, so each entry's own delivery
+        time decides its hour); past TIMER_WALK_BUDGET entries a slot is counted by
+        its second instead, and the answer says it is approximate. Checks DESCRIBE on
+        the cluster. Raises InvalidArgument."""
+        self._authorize(principal, CLUSTER, "", DESCRIBE)
+        if not 1 <= hours <= 168:
+            raise InvalidArgument("hours must be 1..168")
+        timers = self.timers
+        wheel = timers.wheel
+        start_ms = timers.clock() // HOUR_MS * HOUR_MS
+        first_s, end_s = start_ms // 1000, start_ms // 1000 + hours * 3600
+        counts = [0] * hours
+        walked = cancelled = 0
+        approximate = False
+        for slot_s in wheel.nonempty_slots(min(timers.processed_s or first_s, first_s), end_s):
+            n = wheel.count(slot_s)
+            entries = None
+            if walked + n <= TIMER_WALK_BUDGET:
+                try:
+                    entries = wheel.walk(slot_s)
+                except WheelCorrupt:
+                    entries = None  # counted by its second below; recovery repairs the wheel
+            if entries is None:
+                approximate = True
+                counts[min(hours - 1, max(0, slot_s - first_s) // 3600)] += n
+                continue
+            walked += n
+            for _, deliver_ms, _, _, gone in entries:
+                if gone:
+                    cancelled += 1
+                    continue
+                h = max(0, deliver_ms - start_ms) // HOUR_MS
+                if h < hours:
+                    counts[h] += 1
+        later = max(0, wheel.pending - cancelled - sum(counts))
+        return TimerSchedule(start_ms, tuple(counts), later, wheel.pending, approximate)
+
+    def message_life(self, msg_id: str, *, principal: Principal = ANONYMOUS) -> MessageLife:
+        """Every stored copy of message ``msg_id`` (a client id, or an offset id), oldest
+        first: where it was produced, its timer, retries, dead letters and resends,
+        and for each copy in a topic where every group that consumes that queue
+        stands with it (committed offsets, pop leases). Checks READ on the topic of
+        the first copy found, and lists only copies of topics the principal may READ,
+        and groups it may DESCRIBE. Raises MessageNotFound, PermissionDenied."""
+        seen: set[tuple[int, int]] = set()
+        copies: list[ConsumedMessage] = []
+        found = []
+        decoded = parse_offset_message_id(msg_id)  # an offset id names its own record
+        if decoded is not None:
+            at = self.store.message_at(*decoded)
+            found = [at] if at is not None else []
+        for m in [*found, *self.store.lookup_key(msg_id, limit=LIFE_COPIES)]:
+            if m.topic not in _NOT_IN_A_LIFE and (m.physical_offset, m.batch_index) not in seen \
+                    and (m.msg_id == msg_id or m.offset_msg_id == msg_id.upper()):
+                seen.add((m.physical_offset, m.batch_index))
+                copies.append(m)
+        if not copies:
+            raise MessageNotFound(f"no message with id {msg_id}")
+        copies.sort(key=lambda m: (m.physical_offset, m.batch_index))
+        self._authorize(principal, TOPIC, _life_topic(copies[0]), READ)
+        steps: list[LifeStep] = []
+        dead = False
+        door = None
+        for m in copies:
+            if not self._permits(principal, TOPIC, _life_topic(m), READ):
+                continue
+            props = dict(m.properties.items())  # decoded whole: a door's FERRY_DOOR is the last
+            kind = _LIFE_KINDS.get(m.topic)
+            group = None
+            due = resent = None
+            if kind == "timer":
+                out = props.get(PROPERTY_TIMER_OUT_MS, "")
+                due = int(out) if out.isdigit() else None
+            elif m.topic.startswith(RETRY_PREFIX):
+                kind, group = "retry", m.topic[len(RETRY_PREFIX):]
+            elif m.topic.startswith(DLQ_PREFIX):
+                kind, group, dead = "dead_letter", m.topic[len(DLQ_PREFIX):], True
+                try:
+                    resent = self.retry.dead_letter(group, m.queue_offset).resent
+                except FerryError:
+                    resent = None
+            elif kind is None:
+                kind = ("delivered" if PROPERTY_TIMER_FROM in props else "resent" if dead
+                        else "produced" if not steps else "copy")
+            if door is None:
+                door = props.get(PROPERTY_DOOR)
+            consumers = () if m.topic in _LIFE_KINDS else self._consumers(m, principal)
+            steps.append(LifeStep(kind, m, group, due, resent, consumers))
+        if steps and self._kafka_record(steps[0].message.physical_offset):
+            # A Kafka batch stored verbatim: only the Kafka door writes those, and its
+            # records' headers (a FERRY_DOOR among them) are the client's, not the door's.
+            door = KAFKA_DOOR
+        return MessageLife(msg_id, door, tuple(steps))
+
+    def _kafka_record(self, phys: int) -> bool:
+        data = self.store.read_record(phys)
+        try:
+            return data is not None and \
+                rec.decode(data, 0, check_crc=False).sys_flag & rec.FORMAT_MASK == rec.FORMAT_KAFKA_BATCH
+        except rec.RecordError:
+            return False
+
+    def _consumers(self, m: ConsumedMessage, principal: Principal) -> tuple[Consumption, ...]:
+        """Where each group that consumes the message's queue stands with it."""
+        topic, qid, offset = m.topic, m.queue_id, m.queue_offset
+        out: dict[str, Consumption] = {}
+        for group, per_topic in self.meta.offsets.items():
+            committed = per_topic.get(topic, {}).get(qid)
+            if committed is not None:
+                out[group] = Consumption(group, committed, committed > offset)
+        for (group, t, q), qs in self.pop_service.queues.items():
+            if t != topic or q != qid:
+                continue
+            base = out.get(group) or Consumption(group, None, False)
+            lease = qs.leases.get(offset)
+            if lease is not None:
+                state = "leased" if lease.state == LEASED else "dead" if lease.state == DEAD \
+                    else "revived"
+                out[group] = replace(base, pop=state, deliveries=lease.deliveries,
+                                     invisible_until=lease.until if lease.state == LEASED else None)
+            elif offset < qs.pop_offset:
+                out[group] = replace(base, pop="acked", consumed=True)
+        return tuple(c for g, c in sorted(out.items())
+                     if self._permits(principal, GROUP, g, DESCRIBE))
 
     # ---------------------------------------------------------------- a door's own state
 

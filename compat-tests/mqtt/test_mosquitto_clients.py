@@ -6,8 +6,7 @@ import subprocess
 import time
 
 import pytest
-
-from conftest import tool
+from mqtt_tools import tool
 
 
 def sub_process(port: int, *args: str) -> subprocess.Popen:

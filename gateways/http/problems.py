@@ -55,6 +55,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "invalid_base64": (400, "Invalid base64"),
     "invalid_cloudevent": (400, "Invalid CloudEvent"),
     "unauthorized": (401, "Unauthorized"),
+    "cors_refused": (403, "Cross-origin request refused"),
     "not_found": (404, "Not found"),
     "message_not_found": (404, "Message not found"),
     "method_not_allowed": (405, "Method not allowed"),

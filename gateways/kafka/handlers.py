@@ -20,7 +20,7 @@ import trio
 from ...core.access import ANONYMOUS, MECHANISM_SASL_PLAIN, SYSTEM, Principal, anonymous
 from ...core.broker import Broker
 from ...core.errors import FerryError
-from ...core.message import GetStatus, Message, StoredRecord
+from ...core.message import PROPERTY_DOOR, GetStatus, Message, StoredRecord
 from ...core.metadata import TopicConfig
 from ...core.metrics import DoorMetrics
 from ...core.replication import Durability
@@ -35,6 +35,7 @@ from .errors import kafka_error
 from .groups import DEAD, EMPTY, Coordinator
 from .mapping import (
     DELIVERY_MARK,
+    DOOR,
     delivery_message,
     kafka_to_properties,
     kafka_visible,
@@ -513,7 +514,8 @@ class KafkaDoor(ClusterApis):
                 timed.append(m)
             else:
                 immediate.append(Message(topic, r.value if r.value is not None else b"",
-                                         kafka_to_properties(r.key, r.headers), queue_id,
+                                         {**kafka_to_properties(r.key, r.headers),
+                                          PROPERTY_DOOR: DOOR}, queue_id,
                                          born_timestamp=r.timestamp))
         offset = -1
         if immediate:

@@ -32,8 +32,8 @@ from ferrymq.protocols.remoting import RemotingCommand, RequestCode, ResponseCod
 from ferrymq.protocols.remoting import headers as H
 from ferrymq.protocols.remoting.messages import decode_messages, encode_properties
 
-sys.path.insert(0, str(Path(__file__).parents[2]))  # the repository's conftest.py
-from conftest import BrokerProcess, free_port
+sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/: brokerproc.py
+from brokerproc import BrokerProcess, free_port
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 
