@@ -77,3 +77,17 @@ async def test_the_receipt_secret_is_state_and_round_one_s_file_is_imported(tmp_
     assert sorted(p.name for p in (legacy_only / "pop").iterdir()) == ["secret.imported"]
     async with broker_at(legacy_only) as b:
         assert b.state.get("pop_secret", "receipt") == b"k" * 32
+
+
+async def test_no_door_can_write_or_read_the_receipt_secret(tmp_path, clock) -> None:
+    """Doors keep their state in "<door>.<name>" namespaces; the secret's has no dot."""
+    from ferrymq.core.access import SYSTEM
+    from ferrymq.core.errors import InvalidArgument
+    async with broker_at(tmp_path) as b:
+        with pytest.raises(InvalidArgument):
+            b.append_door_state([("pop_secret", "receipt", b"k" * 32)], principal=SYSTEM)
+        with pytest.raises(InvalidArgument):
+            await b.put_door_state([("pop_secret", "receipt", b"k" * 32)], principal=SYSTEM)
+        with pytest.raises(InvalidArgument):
+            b.door_state("pop_secret", principal=SYSTEM)
+        assert len(b.state.get("pop_secret", "receipt")) == 32
