@@ -187,3 +187,21 @@ def test_logging_is_quiet_when_nothing_is_damaged(
     with caplog.at_level(logging.WARNING, logger="ferrymq"):
         open_and(data, lambda b: None)
     assert not caplog.records, [r.getMessage() for r in caplog.records]
+
+
+def test_a_damaged_kafka_producer_snapshot_is_set_aside_and_rebuilt(
+        start_broker: Callable[..., Any], tmp_path: Path) -> None:
+    """The idempotent-producer snapshot is derived from the queues' batch headers: a
+    damaged one stopped the Kafka door from starting; now it costs a longer replay."""
+    from kafka import KafkaProducer
+    data = tmp_path / "k"
+    (data / "kafka").mkdir(parents=True)
+    (data / "kafka" / "producers.msgpack").write_bytes(b"\xc1 not msgpack")
+    b = start_broker("kafka", name="k", data_dir=data)
+    assert sorted(os.listdir(data / "kafka")) == ["producers.msgpack.damaged"]
+    assert "level=error" in b.log() and "producer snapshot" in b.log()
+    p = KafkaProducer(bootstrap_servers=b.address("kafka"), enable_idempotence=True)
+    try:
+        assert p.send("kt", b"x", partition=0).get(timeout=20).offset == 0
+    finally:
+        p.close()
