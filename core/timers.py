@@ -1025,8 +1025,12 @@ class TimerService:
             problem = None
             if not existed:
                 problem = "the wheel file is missing"
-            elif not clean_shutdown:
-                problem = self.wheel.validate()
+            else:
+                # Lost log segments are seen at every start (a clean one included): the
+                # wheel's lists would lead nowhere and their timers never fire.
+                problem = self.wheel.log_missing()
+                if problem is None and not clean_shutdown:
+                    problem = self.wheel.validate()
             if problem:
                 log.error("timer wheel damaged (%s): rebuilding it from the timer queue", problem)
                 mode = "rebuild"
