@@ -152,6 +152,8 @@ class Client:
                     return False
                 self.write(data)
                 self.hub.stats["sent"] += 1
+                if d.src is not None:  # a stored message (not $SYS, not retained)
+                    self.hub.metrics.messages_out(d.src[0])
                 return True
         props = None
         if self.version == MQTT_5:
@@ -166,6 +168,8 @@ class Client:
             d.cache[key] = data
         self.write(data)
         self.hub.stats["sent"] += 1
+        if d.src is not None:
+            self.hub.metrics.messages_out(d.src[0])
         return True
 
     async def _flush(self) -> None:

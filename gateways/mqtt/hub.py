@@ -85,6 +85,7 @@ class Hub:
                                self._sessions_state, self._session_state)
         self.store = StorePath(broker, self.retained, self.state, self.stats,
                                self.topic_created)
+        self.store.door_metrics = self.metrics
         self.limits = ServerLimits(options.max_packet_size, options.receive_maximum,
                                    options.topic_alias_maximum)
         self.open_access = ClientAccess(None)
