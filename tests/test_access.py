@@ -39,6 +39,7 @@ UNCHECKED = {
     "admin_batch": "groups the acknowledgements of changes each checked by its own call",
     "wait_durable": "waits for what the caller appended already; reveals and changes nothing",
     "run_retention": "a background job",
+    "check_disk": "a background job (the disk watermarks)",
     "health": "readiness probes ask it anonymously",
     "receipt": "decodes a handle the caller holds; reveals nothing of the broker",
     "delivery_time": "validates properties against the configuration",

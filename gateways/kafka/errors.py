@@ -31,6 +31,7 @@ ERROR_CODES: dict[str, int] = {
     "store_error": ke.KAFKA_STORAGE_ERROR,
     "flush_failed": ke.KAFKA_STORAGE_ERROR,
     "disk_full": ke.KAFKA_STORAGE_ERROR,
+    "disk_pressure": ke.KAFKA_STORAGE_ERROR,  # retriable: clients back off and retry
     "invalid_delay": ke.INVALID_RECORD,  # a delivery-time header the broker refuses
     # Retriable for every client: it refreshes metadata and tries again (elsewhere).
     "shutting_down": ke.LEADER_NOT_AVAILABLE,

@@ -597,9 +597,12 @@ class Client:
             if action is Action.FREE:
                 s.pump()
             elif action is Action.SEND_PUBREL:
-                self.send_pubrel(pid)
                 if s.persistent:
-                    self.hub.state.sessions_changed()
+                    # Our PUBREL says we will never send that PUBLISH again: the flow's new
+                    # state and the positions past the message are durable first, or a
+                    # crash would send the message again as a new one (a duplicate at QoS 2).
+                    await self.hub.session_delivered(s)
+                self.send_pubrel(pid)
             elif action is Action.SEND_PUBREL_NOT_FOUND:
                 self.write(codec.encode(Pubrel(pid, Reason.PACKET_IDENTIFIER_NOT_FOUND),
                                         self.version))
@@ -607,7 +610,10 @@ class Client:
             pid = ev.packet_id  # type: ignore[union-attr,assignment]
             if s.flows.receive_pubrel(ev) is Action.SEND_PUBCOMP:  # type: ignore[arg-type]
                 if s.persistent:
-                    self.hub.state.sessions_changed()
+                    # The packet id is free once PUBCOMP is sent: that is durable first,
+                    # or after a crash the client's next PUBLISH with that id would be
+                    # taken for a resend of the old one and dropped (a lost message).
+                    await self.hub.state.sessions_durable(s.client_id)
                 self.send(Pubcomp(pid))
             else:
                 self.send(Pubcomp(pid, Reason.PACKET_IDENTIFIER_NOT_FOUND))
@@ -716,8 +722,9 @@ class Client:
         pubrec = Pubrec(pid, reason) if reason and v5 else Pubrec(pid)
         data = self._acknowledge(pubrec)
         if not pubrec.reason and s.persistent:
-            # Exactly once across a restart: the id is durable before the PUBREC.
-            await hub.state.sessions_durable()
+            # Exactly once across a restart: the id is durable before the PUBREC (and
+            # after the message: one log, so the message is durable with it).
+            await hub.state.sessions_durable(s.client_id)
         if data:
             self.write(data)
 
@@ -755,7 +762,7 @@ class Client:
         if s.persistent:
             # A persistent session's subscriptions are durable before SUBACK: a
             # crash right after it must not lose what the client was told it has.
-            await hub.state.sessions_durable()
+            await hub.state.sessions_durable(s.client_id)
         self.send(Suback(sub.packet_id, tuple(reasons)))
         for topic_filter, so in retained:
             for d in hub.retained_for(topic_filter):
@@ -778,7 +785,7 @@ class Client:
             found = self.hub.unsubscribe(s, spec.share, spec.filter)
             reasons.append(Reason.SUCCESS if found else Reason.NO_SUBSCRIPTION_EXISTED)
         if s.persistent:
-            await self.hub.state.sessions_durable()
+            await self.hub.state.sessions_durable(s.client_id)
         self.send(Unsuback(u.packet_id, tuple(reasons)))
 
     # ------------------------------------------------------------ the end

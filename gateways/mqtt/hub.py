@@ -21,7 +21,7 @@ connections; one file per job holds the rest:
     publish.py    the one store path of every publish (QoS 0/1/2, retained, wills)
     retained.py   retained messages
     sys_topics.py $SYS
-    state.py      durable state (retained messages, sessions)
+    state.py      durable state (retained messages, sessions): tables of the state log
     errors.py     core errors -> MQTT reason codes
 """
 
@@ -82,8 +82,8 @@ class Hub:
         self.stats: collections.Counter[str] = collections.Counter()
         self.metrics = DoorMetrics(broker.metrics, "mqtt")
         self.reader = RecordReader()
-        self.state = MqttState(state_dir, options.save_interval, self.retained.snapshot,
-                               self._sessions_state)
+        self.state = MqttState(broker, state_dir, options.save_interval, self.retained.snapshot,
+                               self._sessions_state, self._session_state)
         self.store = StorePath(broker, self.retained, self.state, self.stats,
                                self.topic_created)
         self.store.door_metrics = self.metrics
@@ -144,11 +144,16 @@ class Hub:
                  len(self.sessions))
 
     def save_sync(self) -> None:
-        self.commit_positions()
+        """At shutdown (the broker still open): the state, then the positions."""
         self.state.save_all()
+        self.commit_positions()
 
     def _sessions_state(self) -> dict[str, object]:
         return {cid: s.to_state() for cid, s in self.sessions.items() if s.persistent}
+
+    def _session_state(self, cid: str) -> object:
+        s = self.sessions.get(cid)
+        return s.to_state() if s is not None and s.persistent else None
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -371,9 +376,37 @@ class Hub:
             topics.update(t.name for t in self.broker.topics(principal=SYSTEM) if not t.system)
         return topics
 
-    def commit_session(self, s: Session) -> None:
+    def _saved_first(self, s: Session) -> bool:
+        """Before positions are committed past in-flight messages, the session holding
+        them is appended: one log, so that order holds after a crash (a committed
+        position never outlives the in-flight message it skipped). False when it could
+        not be (logged and counted by the state): the positions wait for the next round."""
+        try:
+            self.state.save_session(s.client_id)
+        except FerryError:
+            return False
+        return True
+
+    def commit_session(self, s: Session) -> bool:
         """Record in the core how far this session has been served: per queue, the
-        dispatcher's position, or the first message still waiting in its queue."""
+        dispatcher's position, or the first message still waiting in its queue
+        (the in-flight ones are in the session's saved state, appended first).
+        False when the session could not be saved (nothing committed)."""
+        if not self._saved_first(s):
+            return False
+        self._commit_offsets(s)
+        return True
+
+    async def session_delivered(self, s: Session) -> None:
+        """Durably: the session as it is now, and its positions past what it holds in
+        flight. Before a PUBREL: once we say we never send that PUBLISH again, neither
+        its in-flight row nor a committed position behind it may bring it back as a new
+        message after a crash (a duplicate at QoS 2). Raises FerryError."""
+        self.state.save_session(s.client_id)
+        self._commit_offsets(s)
+        await self.broker.wait_durable()
+
+    def _commit_offsets(self, s: Session) -> None:
         broker = self.broker
         for t in self._session_topics(s):
             d = self.dispatchers.get(t)
@@ -391,9 +424,15 @@ class Hub:
                     log.warning("cannot commit %s %s/%d: %s", s.group, t, q, exc)
 
     def commit_positions(self) -> None:
-        for s in self.sessions.values():
+        """Every online persistent session's positions (an offline one's were committed
+        when it went away), then the shared groups' (which count messages in flight at
+        their members: those sessions are saved first)."""
+        saved = True
+        for s in list(self.sessions.values()):
             if s.persistent and s.client is not None:
-                self.commit_session(s)
+                saved &= self.commit_session(s)
+        if not saved:
+            return
         for g in self.shared.values():
             held = g.held_positions()
             for t in self._filter_topics(g.filter):
