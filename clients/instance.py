@@ -10,6 +10,7 @@ with the producer and consumer groups registered on it.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -42,6 +43,9 @@ ServerRequestHandler = Callable[[RemotingCommand], Awaitable[None]]
 CodeHandler = Callable[[RemotingConnection, RemotingCommand], Awaitable[RemotingCommand | None]]
 
 
+FAILOVER_POLL_S = 0.1  # how often a send waiting for a new master asks the NameServer
+
+
 class NoRouteError(ClientError):
     """No NameServer knows the topic, or none answered."""
 
@@ -58,6 +62,9 @@ class ClientInstance:
         self.timeout = timeout
         self.routes: dict[str, B.TopicRouteData] = {}
         self.broker_addrs: dict[str, str] = {}  # broker name -> master address
+        # Broker names whose route listed slaves: broker groups, whose master may move
+        # (docs/cluster.md, "Clients follow the master").
+        self.broker_groups: set[str] = set()
         self.producer_groups: set[str] = set()
         self.consumer_data: Callable[[], list[B.ConsumerData]] = lambda: []
         self.on_server_request: ServerRequestHandler | None = None
@@ -126,6 +133,8 @@ class ClientInstance:
         route = B.TopicRouteData.decode(resp.body)
         new_broker = False
         for b in route.brokerDatas:
+            if any(bid != 0 for bid in b.brokerAddrs):
+                self.broker_groups.add(b.brokerName)
             if b.master_addr:
                 if self.broker_addrs.get(b.brokerName) != b.master_addr:
                     new_broker = True
@@ -134,6 +143,21 @@ class ClientInstance:
         if new_broker:
             self._heartbeat_now.set()
         return route
+
+    async def wait_new_master(self, topic: str, broker_name: str, old_addr: str,
+                              timeout: float) -> bool:
+        """After the master of a broker group refused (not the master any more) or could
+        not be reached: ask the NameServer for the topic's route until it names another
+        master for ``broker_name`` (True) or ``timeout`` passes (False)."""
+        with anyio.move_on_after(timeout):
+            while True:
+                with contextlib.suppress(ClientError):
+                    await self.fetch_route(topic)
+                addr = self.broker_addrs.get(broker_name)
+                if addr is not None and addr != old_addr:
+                    return True
+                await anyio.sleep(FAILOVER_POLL_S)
+        return False
 
     async def route(self, topic: str, *, refresh: bool = False) -> B.TopicRouteData | None:
         if not refresh and topic in self.routes:

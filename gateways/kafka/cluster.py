@@ -10,18 +10,28 @@ replication (issue 14), where the same requests reach real choices.
 
 ``ClusterApis`` is a mixin of ``handlers.KafkaDoor``: the methods are handlers
 (header, request, session) -> response like the others.
+
+A member of a broker group (docs/cluster.md, "Clients follow the master") is one
+Kafka broker per group: the group's node id (``group_node_id``) at its current
+master's address, read from the controller's ``ClusterView``. Metadata names it
+leader of every partition and FindCoordinator names it coordinator, whichever
+member answers; a slave that knows no master yet answers LEADER_NOT_AVAILABLE /
+COORDINATOR_NOT_AVAILABLE, and refuses produce and (unless slaves serve reads)
+fetch with NOT_LEADER_OR_FOLLOWER, so that clients refresh their metadata.
 """
 
 from __future__ import annotations
 
 import shutil
 import struct
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ...core.access import SYSTEM
 from ...core.broker import Broker
 from ...core.errors import FerryError
 from ...core.metadata import TopicConfig
+from ...core.replication import Role
 from ...protocols.kafka import errors as ke
 from ...protocols.kafka import schema
 from ...protocols.kafka.connection import Header
@@ -29,6 +39,9 @@ from .errors import kafka_error
 from .groups import Coordinator
 from .mapping import kafka_visible
 from .producers import ProducerStates
+
+if TYPE_CHECKING:
+    from ..replication.view import ClusterView
 
 DELETE_RECORDS, OFFSET_FOR_LEADER_EPOCH, ALTER_REPLICA_LOG_DIRS, DESCRIBE_LOG_DIRS = 21, 23, 34, 35
 ELECT_LEADERS, ALTER_PARTITION_REASSIGNMENTS, LIST_PARTITION_REASSIGNMENTS = 43, 45, 46
@@ -56,10 +69,24 @@ def subscribed_topics(metadata: bytes) -> set[str] | None:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Who leads this door's partitions: ``leader`` (a node id, -1 while unknown) at
+    ``leader_host:leader_port``; ``group``, the node id of this broker's group;
+    ``brokers``, every (node id, host, port) Metadata lists."""
+
+    leader: int
+    leader_host: str
+    leader_port: int
+    group: int
+    brokers: tuple[tuple[int, str, int], ...]
+
+
 class ClusterApis:
     """Handlers of the admin APIs above (mixed into ``KafkaDoor``, which provides what
     is declared here)."""
 
+    view: ClusterView | None = None  # a broker group's member: every group's master
     broker: Broker
     options: Any  # handlers.DoorOptions
     port: int
@@ -78,6 +105,35 @@ class ClusterApis:
 
     def _find(self, name: str, s: Any) -> TopicConfig | None:
         raise NotImplementedError
+
+    # ---------------------------------------------------------------- routes
+
+    def route(self, s: Any) -> Route:
+        """This door's answer to "who leads": itself for a single broker or a master;
+        the group's master, as etcd names it, for a slave."""
+        here = (self.host_for(s), self.port)
+        if self.view is None:
+            node = self.options.node_id
+            return Route(node, *here, node, ((node, *here),))
+        own = self.view.own()
+        group = own.node_id
+        leader, host, port = -1, "", -1
+        if self.broker.role is Role.MASTER:
+            leader, (host, port) = group, here
+        else:
+            m = own.master_member()
+            if m is not None and m.ports.get("kafka"):
+                leader, host, port = group, m.host, m.ports["kafka"]
+        brokers = {group: (host, port)} if leader >= 0 else {}
+        for g, m in self.view.masters():
+            if g.name != own.name and m.ports.get("kafka"):
+                brokers[g.node_id] = (m.host, m.ports["kafka"])
+        return Route(leader, host, port, group,
+                     tuple((b, h, p) for b, (h, p) in sorted(brokers.items())))
+
+    def slave_refusal(self) -> str | None:
+        """Why this broker cannot coordinate (a slave of a group), or None."""
+        return "a slave" if self.view is not None and self.broker.role is Role.SLAVE else None
 
     # ---------------------------------------------------------------- DeleteRecords
 

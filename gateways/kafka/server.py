@@ -104,6 +104,7 @@ async def serve(ctx: DoorContext, *, task_status: trio.TaskStatus[int] = trio.TA
     listeners = await trio.open_tcp_listeners(ctx.port, host=ctx.host)
     port = listeners[0].socket.getsockname()[1]
     door = KafkaDoor(broker, options, port, coordinator, producers, txns)
+    door.view = ctx.cluster  # a broker group's member routes clients to masters
     door.load_state()
     if restored:
         log.info("Kafka group membership restored", extra={"members": restored,

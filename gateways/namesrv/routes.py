@@ -6,6 +6,15 @@ unregisters. A topic's route lists every live broker holding it and how
 many queues each has, so one topic's queues can be spread over several
 brokers and clients send to and pull from all of them. Pure bookkeeping: no
 I/O, the clock is passed in.
+
+Broker groups (docs/cluster.md, "Clients follow the master"): a group's master
+registers as brokerId 0 and its slaves under ids of their own, all with one
+broker name. A registration as brokerId 0 is the group's new master: any other
+address still listed as that name's brokerId 0 (a master that died without
+unregistering, whose entry would otherwise live until the expiry) leaves the
+table at once, so routes name one master per broker name, the newest. Were
+the displaced one still alive, it re-registers in its new role within its
+next life (a role change restarts the doors, which register at start).
 """
 
 from __future__ import annotations
@@ -38,6 +47,10 @@ class RouteTable:
                  topics: tuple[B.TopicConfigData, ...], data_version: int = 0,
                  now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
+        if broker_id == 0:  # a group's new master displaces the old one (see above)
+            for a in [a for a, b in self.brokers.items() if a != addr and b.broker_id == 0
+                      and b.broker_name == broker_name and b.cluster == cluster]:
+                del self.brokers[a]
         # An address re-registering under another name replaces its old entry.
         self.brokers[addr] = BrokerLive(cluster, broker_name, broker_id, addr, now,
                                         {t.topicName: t for t in topics}, data_version)

@@ -24,9 +24,11 @@ import logging
 
 import trio
 
+from ...core.replication import Role
 from ...protocols.remoting import DEFAULT_MAX_FRAME, RemotingProtocolError
 from ...protocols.remoting import headers as H
 from ..config import DOOR_LIMITS
+from ..replication.view import slave_broker_id
 from ..server import DoorContext
 from .client_table import CLIENT_EXPIRY_S, LOCK_TTL_S, ClientTable
 from .connection import serve_connection
@@ -51,6 +53,16 @@ def namesrv_addresses(ctx: DoorContext) -> list[str]:
     return []
 
 
+def broker_id(ctx: DoorContext) -> int:
+    """The brokerId this door registers under: 0 for a single broker and a group's master,
+    the slave's own id for a slave (docs/cluster.md, "Clients follow the master"). A role
+    change restarts the doors, so the next life registers its new role at once."""
+    cluster = ctx.config.cluster
+    if cluster is None or ctx.broker.role is not Role.SLAVE:
+        return 0
+    return slave_broker_id(cluster.node_id)
+
+
 async def serve(ctx: DoorContext, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
                 ) -> None:
     opts = ctx.options
@@ -65,7 +77,7 @@ async def serve(ctx: DoorContext, *, task_status: trio.TaskStatus[int] = trio.TA
     processor = Processor(ctx.broker, broker_addr=addr, client_table=table,
                           max_suspend_s=float(opts.get("max_suspend_s", MAX_SUSPEND_S)))
     registrar = Registrar(namesrvs, H.RegisterBrokerRequestHeader(
-        cfg.broker_name, addr, cfg.cluster_name, haServerAddr="", brokerId=0),
+        cfg.broker_name, addr, cfg.cluster_name, haServerAddr="", brokerId=broker_id(ctx)),
         processor.topic_configs, float(opts.get("register_interval_s", REGISTER_INTERVAL_S)))
     ctx.broker.watch_topics(registrar.topics_changed)  # topics made through any door
     processor.register_now = registrar.register_now

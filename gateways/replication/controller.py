@@ -39,6 +39,7 @@ from ..config import ClusterConfig, ServerConfig
 from .etcd import EtcdClient, EtcdError, KeyValue, b64
 from .master import ReplicationDoor
 from .slave import CannotFollow, MasterMoved, NeedsTruncation, follow
+from .view import ClusterView
 
 log = logging.getLogger("ferrymq.cluster")
 
@@ -46,7 +47,7 @@ ISR_CHECK_S = 0.1  # how often the master looks at its in-sync set
 DECIDE_RETRY_S = 0.2  # a pause after a failed look at etcd
 WATCH_S = 2.0  # a watch of the group's keys is renewed this often (each wakes at a change)
 
-StartDoors = Callable[[Broker, trio.Nursery], Awaitable[dict[str, int]]]
+StartDoors = Callable[[Broker, trio.Nursery, ClusterView], Awaitable[dict[str, int]]]
 Announce = Callable[[dict[str, Any]], None]
 
 
@@ -107,6 +108,7 @@ class Controller:
         self.etcd = etcd or EtcdClient(self.cluster.etcd, self.cluster.etcd_timeout_ms / 1000)
         prefix = self.cluster.etcd_prefix or f"/ferrymq/{config.broker.cluster_name}"
         self.keys = Keys(prefix, config.broker.broker_name)
+        self.view = ClusterView(prefix, config.broker.broker_name)
         self.ttl = self.cluster.lease_ttl_s
         self.margin = self.cluster.fence_margin_ms / 1000
         self.lease = 0
@@ -131,6 +133,7 @@ class Controller:
                 await self._new_lease()
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._keepalive)
+                    nursery.start_soon(self._watch_view)
                     while not self.lease_lost.is_set():
                         membership = await self._decide()
                         if membership is None:
@@ -194,6 +197,28 @@ class Controller:
             if self.broker is not None:
                 self.broker.set_lease_deadline(self.deadline)
             await trio.sleep_until(t_sent + interval)
+
+    async def _watch_view(self) -> None:
+        """Keep ``self.view`` (every group's master and members, for the doors' routes)
+        as etcd has it: read the groups, then wait for a change after that read."""
+        base = self.view.prefix
+        while True:
+            try:
+                kvs, revision = await self.etcd.range(base, prefix=True)
+                self.view.load((kv.key, kv.value) for kv in kvs)
+            except EtcdError as exc:
+                log.warning("etcd: cannot read the cluster's groups: %s", exc)
+                revision = 0
+            if not revision:
+                await trio.sleep(DECIDE_RETRY_S)
+                continue
+            with trio.move_on_after(WATCH_S):
+                try:
+                    async for _ in self.etcd.watch(base, prefix=True,
+                                                   start_revision=revision + 1):
+                        break
+                except EtcdError:
+                    await trio.sleep(DECIDE_RETRY_S)
 
     # ================================================================ deciding
 
@@ -309,7 +334,7 @@ class Controller:
                         self.replication_port = await nursery.start(door.serve, host, port)
                         nursery.start_soon(self._fence, broker)
                         nursery.start_soon(self._manage_isr, broker, end)
-                    self.bound = await start_doors(broker, nursery)
+                    self.bound = await start_doors(broker, nursery, self.view)
                     await self._publish_member()
                     announce({"role": m.role.value, "epoch": m.epoch, "node": self.node,
                               "life": self.life, "master": m.master or self.node,
