@@ -275,7 +275,7 @@ async def test_failover_under_load_with_confluent_kafka_and_the_native_client(
                         with trio.fail_after(60):
                             while not any(a[3] > killed_at for a in native[n_native:]):
                                 await trio.sleep(0.02)
-                        rtos.append(min(t for a, t in zip(native[n_native:], acked_at[n_native:])
+                        rtos.append(min(t for a, t in zip(native[n_native:], acked_at[n_native:], strict=True)
                                         if a[3] > killed_at) - killed_at)
                         await old.start()
                         await old.wait_role("slave")
