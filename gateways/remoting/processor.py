@@ -23,6 +23,7 @@ RocketMQ's ACL signature is checked).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import struct
 import time
@@ -39,6 +40,7 @@ from ...core.filter import Filter, parse_filter
 from ...core.message import PROPERTY_DOOR, GetStatus, Message, offset_message_id
 from ...core.metadata import DLQ_PREFIX, PERM_READ_WRITE, RETRY_PREFIX
 from ...core.metrics import DoorMetrics
+from ...core.replication import Role
 from ...protocols import record as rec
 from ...protocols.remoting import (
     RemotingCommand,
@@ -622,6 +624,14 @@ class Processor:
                  "commitLogMaxOffset": str(st.commitlog_max_offset),
                  "topics": str(st.topics), "groups": str(st.groups),
                  "clients": str(len(self.clients.clients))}
+        if self.broker.role is not Role.STANDALONE:  # a broker group's member (cluster list)
+            pos = self.broker.replication_position()
+            table.update({"replicationRole": pos.role.value, "replicationEpoch": str(pos.epoch),
+                          "commitLogConfirmOffset": str(pos.confirm),
+                          "replicas": json.dumps([
+                              {"node": r.node, "acked": r.acked, "connected": r.connected,
+                               "in_sync": r.in_sync, "lag_bytes": r.lag_bytes}
+                              for r in self.broker.replica_status()])})
         return response_to(cmd, ResponseCode.SUCCESS, body=B.dumps({"table": table}))
 
     # A broker answers the NameServer's route queries for itself, so that a client
