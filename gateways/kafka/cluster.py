@@ -118,7 +118,7 @@ class ClusterApis:
         own = self.view.own()
         group = own.node_id
         leader, host, port = -1, "", -1
-        if self.broker.role is Role.MASTER:
+        if self.broker.replication_position().role is Role.MASTER:
             leader, (host, port) = group, here
         else:
             m = own.master_member()
@@ -133,7 +133,9 @@ class ClusterApis:
 
     def slave_refusal(self) -> str | None:
         """Why this broker cannot coordinate (a slave of a group), or None."""
-        return "a slave" if self.view is not None and self.broker.role is Role.SLAVE else None
+        if self.view is not None and self.broker.replication_position().role is Role.SLAVE:
+            return "a slave"
+        return None
 
     # ---------------------------------------------------------------- DeleteRecords
 

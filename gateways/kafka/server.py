@@ -111,7 +111,7 @@ async def serve(ctx: DoorContext, *, task_status: trio.TaskStatus[int] = trio.TA
     # would be unknown to it once promoted (UNKNOWN_PRODUCER_ID, fatal to an idempotent
     # producer). It saves nothing; promoted, it replays the batches from its last
     # snapshot as a master, as every start does.
-    slave = broker.role is Role.SLAVE
+    slave = broker.replication_position().role is Role.SLAVE
     door.load_state()
     if restored:
         log.info("Kafka group membership restored", extra={"members": restored,

@@ -58,7 +58,7 @@ def broker_id(ctx: DoorContext) -> int:
     the slave's own id for a slave (docs/cluster.md, "Clients follow the master"). A role
     change restarts the doors, so the next life registers its new role at once."""
     cluster = ctx.config.cluster
-    if cluster is None or ctx.broker.role is not Role.SLAVE:
+    if cluster is None or ctx.broker.replication_position().role is not Role.SLAVE:
         return 0
     return slave_broker_id(cluster.node_id)
 

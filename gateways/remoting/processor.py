@@ -624,8 +624,8 @@ class Processor:
                  "commitLogMaxOffset": str(st.commitlog_max_offset),
                  "topics": str(st.topics), "groups": str(st.groups),
                  "clients": str(len(self.clients.clients))}
-        if self.broker.role is not Role.STANDALONE:  # a broker group's member (cluster list)
-            pos = self.broker.replication_position()
+        pos = self.broker.replication_position()
+        if pos.role is not Role.STANDALONE:  # a broker group's member (``cluster list``)
             table.update({"replicationRole": pos.role.value, "replicationEpoch": str(pos.epoch),
                           "commitLogConfirmOffset": str(pos.confirm),
                           "replicas": json.dumps([
