@@ -65,6 +65,10 @@ class ClientInstance:
         # Broker names whose route listed slaves: broker groups, whose master may move
         # (docs/cluster.md, "Clients follow the master").
         self.broker_groups: set[str] = set()
+        # Pulls of a queue go to the brokerId its broker last suggested (RocketMQ's
+        # suggestWhichBrokerId: a slave, for a consumer far behind, when the group lets
+        # slaves serve reads); absent: the master.
+        self.pull_from: dict[tuple[str, str, int], int] = {}
         self.producer_groups: set[str] = set()
         self.consumer_data: Callable[[], list[B.ConsumerData]] = lambda: []
         self.on_server_request: ServerRequestHandler | None = None
@@ -210,6 +214,15 @@ class ClientInstance:
                 new = True
         if new:
             self._heartbeat_now.set()
+
+    def member_addr(self, broker_name: str, broker_id: int) -> str | None:
+        """The address of member ``broker_id`` of a broker group, as the last route named
+        it (None: no route knows it)."""
+        for route in self.routes.values():
+            for b in route.brokerDatas:
+                if b.brokerName == broker_name and broker_id in b.brokerAddrs:
+                    return b.brokerAddrs[broker_id]
+        return None
 
     async def broker_invoke(self, broker_name: str, cmd: RemotingCommand,
                             timeout: float | None = None) -> RemotingCommand:

@@ -10,7 +10,9 @@ its NameServers (registration.py): the ones named by ``--namesrv`` /
 
 Options (``[remoting]`` table): ``max_frame`` (bytes, default 16 MiB),
 ``max_suspended`` (long polls per connection, default 1024),
-``advertised_address`` (HOST:PORT clients should use), ``register_interval_s``
+``advertised_address`` (HOST:PORT clients should use), ``slave_read_lag_messages``
+(10000: with a group's ``slave_read_enable``, a consumer this far behind is sent to
+a slave), ``register_interval_s``
 (30), ``client_expiry_s`` (120), ``lock_ttl_s`` (60), ``max_suspend_s`` (30), and
 the connection limits every door has (``max_connections``, 10000, and the
 others of docs/operations.md, "Connection limits"), which the door's
@@ -24,6 +26,7 @@ import logging
 
 import trio
 
+from ...core.broker import Broker
 from ...core.replication import Role
 from ...protocols.remoting import DEFAULT_MAX_FRAME, RemotingProtocolError
 from ...protocols.remoting import headers as H
@@ -38,6 +41,7 @@ from .registration import REGISTER_INTERVAL_S, Registrar
 log = logging.getLogger("ferrymq.remoting")
 
 DEFAULT_MAX_SUSPENDED = 1024
+SLAVE_READ_LAG_MESSAGES = 10_000  # a consumer this far behind reads from a slave
 DEFAULT_MAX_CONNECTIONS = DOOR_LIMITS["remoting"].max_connections  # the supervisor's cap
 
 
@@ -63,6 +67,23 @@ def broker_id(ctx: DoorContext) -> int:
     return slave_broker_id(cluster.node_id)
 
 
+def suggest_broker(broker: Broker, node: str, lag: int, next_offset: int, max_offset: int) -> int:
+    """RocketMQ's suggestWhichBrokerId with ``slaveReadEnable`` (docs/cluster.md, "Reading
+    from slaves"): a consumer more than ``lag`` messages behind is sent to a slave — the
+    master names an in-sync one, a slave keeps it — and one caught up goes back to the
+    master (0), which serves fresh messages from its page cache. RocketMQ measures the
+    distance in bytes against memory; one queue's count is what a pull knows here."""
+    behind = max_offset - next_offset > lag
+    role = broker.replication_position().role
+    if role is Role.SLAVE:
+        return slave_broker_id(node) if behind else 0
+    if role is Role.MASTER and behind:
+        slaves = sorted(broker.in_sync_replicas() - {node})
+        if slaves:
+            return slave_broker_id(slaves[0])
+    return 0
+
+
 async def serve(ctx: DoorContext, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
                 ) -> None:
     opts = ctx.options
@@ -81,6 +102,10 @@ async def serve(ctx: DoorContext, *, task_status: trio.TaskStatus[int] = trio.TA
         processor.topic_configs, float(opts.get("register_interval_s", REGISTER_INTERVAL_S)))
     ctx.broker.watch_topics(registrar.topics_changed)  # topics made through any door
     processor.register_now = registrar.register_now
+    if ctx.config.cluster is not None and cfg.slave_read_enable:
+        processor.suggest_broker = functools.partial(
+            suggest_broker, ctx.broker, ctx.config.cluster.node_id,
+            int(opts.get("slave_read_lag_messages", SLAVE_READ_LAG_MESSAGES)))
     serve_one = functools.partial(
         serve_connection, processor=processor,
         max_frame=int(opts.get("max_frame", DEFAULT_MAX_FRAME)),

@@ -93,6 +93,10 @@ class Processor:
         self.broker_addr = broker_addr
         self.clients = client_table
         self.register_now: Callable[[], Awaitable[None]] = _nothing
+        # Which brokerId the consumer should pull from next (RocketMQ's
+        # suggestWhichBrokerId), from (next offset, queue's max offset): 0, the master,
+        # unless the door sets a broker group's rule (slave_read_enable).
+        self.suggest_broker: Callable[[int, int], int] = lambda next_offset, max_offset: 0
         self.max_suspend_s = max_suspend_s
         self.metrics = DoorMetrics(broker.metrics, "rocketmq")
         self.store_host = rec.host_bytes(broker.config.store_host, broker.config.store_port)
@@ -279,7 +283,7 @@ class Processor:
                    who: Principal) -> RemotingCommand:
         lo, hi = self.broker.queue_bounds(h.topic, h.queueId, principal=who)
         return response_to(cmd, ResponseCode.PULL_NOT_FOUND, H.PullMessageResponseHeader(
-            0, h.queueOffset, lo, hi).to_ext())
+            self.suggest_broker(h.queueOffset, hi), h.queueOffset, lo, hi).to_ext())
 
     def _pull_once(self, cmd: RemotingCommand, h: H.PullMessageRequestHeader,
                    filt: Filter | None, who: Principal) -> RemotingCommand | None:
@@ -313,8 +317,10 @@ class Processor:
                     break
             self.counters["pulled"] += n
             return response_to(cmd, ResponseCode.SUCCESS, H.PullMessageResponseHeader(
-                0, next_offset, r.min_offset, r.max_offset).to_ext(), b"".join(parts))
-        ext = H.PullMessageResponseHeader(0, r.next_offset, r.min_offset, r.max_offset).to_ext()
+                self.suggest_broker(next_offset, r.max_offset), next_offset, r.min_offset,
+                r.max_offset).to_ext(), b"".join(parts))
+        ext = H.PullMessageResponseHeader(self.suggest_broker(r.next_offset, r.max_offset),
+                                          r.next_offset, r.min_offset, r.max_offset).to_ext()
         if st is GetStatus.NO_MATCHED_MESSAGE:
             return response_to(cmd, ResponseCode.PULL_RETRY_IMMEDIATELY, ext)
         if st in (GetStatus.OFFSET_TOO_SMALL, GetStatus.OFFSET_OVERFLOW_BADLY):

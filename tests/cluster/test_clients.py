@@ -130,6 +130,54 @@ async def test_routes_and_kafka_metadata_name_the_current_master(make_group, tmp
         ns.kill()
 
 
+async def test_a_consumer_far_behind_is_sent_to_a_slave_and_back_when_caught_up(
+        make_group, tmp_path) -> None:
+    """slave_read_enable: the master's pull answer suggests an in-sync slave's brokerId to
+    a consumer more than slave_read_lag_messages behind (RocketMQ's suggestWhichBrokerId);
+    the client's next pulls go there; caught up, the slave sends it back to the master."""
+    from ferrymq.clients.consumer import pull
+    from ferrymq.clients.instance import ClientInstance
+
+    ns = await nameserver(tmp_path)
+    try:
+        g: Group = make_group(slave_read_enable=True)
+        opts = {"namesrv": ns.address("namesrv"), "remoting": {"slave_read_lag_messages": 5}}
+        a = await g.node("a", **opts).start()
+        await a.wait_role("master")
+        b = await g.node("b", **opts).start()
+        await b.wait_role("slave")
+        await g.wait_isr({"a", "b"})
+        async with Producer(ns.address("namesrv")) as p:
+            for i in range(30):  # one queue (a sharding key): 30 messages behind at 0
+                sent = await p.send(Message("S", f"s{i}".encode()), sharding_key="k")
+        qid = sent.queue.queueId
+        async with ClientInstance(ns.address("namesrv")) as inst:
+            with trio.fail_after(20):
+                while slave_broker_id("b") not in {bid for bd in (await inst.fetch_route("S"))
+                                                   .brokerDatas for bid in bd.brokerAddrs}:
+                    await trio.sleep(0.1)
+            mq = next(q for q in B.queues_of("S", inst.routes["S"], write=False)
+                      if q.queueId == qid)
+            code, nxt, msgs = await pull(inst, "cg", mq, 0, max_msgs=2)
+            assert code == ResponseCode.SUCCESS and len(msgs) == 2
+            key = ("g1", "S", qid)
+            assert inst.pull_from.get(key) == slave_broker_id("b")  # far behind: the slave
+            a.pause()  # the master is stopped: what follows is served by the slave
+            try:
+                offset = nxt
+                while True:
+                    code, offset, got = await pull(inst, "cg", mq, offset, max_msgs=2)
+                    assert code in (ResponseCode.SUCCESS, ResponseCode.PULL_NOT_FOUND)
+                    msgs += got
+                    if key not in inst.pull_from:  # caught up: back to the master
+                        break
+                assert len(msgs) >= 2 + 2 and offset > nxt
+            finally:
+                a.resume()
+    finally:
+        ns.kill()
+
+
 class KafkaLoad:
     """confluent-kafka in threads: an idempotent producer (acks=all) of unique bodies
     ``k:seq`` and a consumer, both recording into lists the test reads afterwards."""
