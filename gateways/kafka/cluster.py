@@ -296,15 +296,16 @@ class ClusterApis:
 
     async def describe_cluster(self, h: Header, req: Any, s: Any) -> Any:
         R = schema.response_class(DESCRIBE_CLUSTER)
-        node = self.options.node_id
         if h.api_version >= 1 and req.endpoint_type != ENDPOINT_BROKERS:
             return R(error_code=ke.UNSUPPORTED_ENDPOINT_TYPE, endpoint_type=req.endpoint_type,
                      error_message="this broker is its own controller; ask for brokers",
                      cluster_id=self.options.cluster_id, controller_id=-1)
+        route = self.route(s)  # a broker group: every group's master (one broker each)
         return R(error_code=ke.NONE, error_message=None, endpoint_type=ENDPOINT_BROKERS,
-                 cluster_id=self.options.cluster_id, controller_id=node,
-                 brokers=(R.DescribeClusterBroker(broker_id=node, host=self.host_for(s),
-                                                  port=self.port, rack=None),))
+                 cluster_id=self.options.cluster_id, controller_id=route.group,
+                 brokers=tuple(R.DescribeClusterBroker(broker_id=b, host=host, port=port,
+                                                       rack=None)
+                               for b, host, port in route.brokers))
 
     async def describe_topic_partitions(self, h: Header, req: Any,
                                         s: Any) -> Any:

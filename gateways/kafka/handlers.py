@@ -802,6 +802,9 @@ class KafkaDoor(ClusterApis):
     async def join_group(self, h: Header, req: Any, s: Session) -> Any:
         R = schema.response_class(JOIN_GROUP)
         v = h.api_version
+        if self.slave_refusal() is not None:  # the group's master coordinates (FindCoordinator)
+            return R(error_code=ke.NOT_COORDINATOR, generation_id=-1, protocol_name="",
+                     leader="", member_id=req.member_id or "", members=())
         res = await self.coordinator.join(
             req.group_id, req.member_id, req.group_instance_id if v >= 5 else None,
             h.client_id or "", s.client_host, req.session_timeout_ms,
@@ -819,6 +822,8 @@ class KafkaDoor(ClusterApis):
     async def sync_group(self, h: Header, req: Any, s: Session) -> Any:
         R = schema.response_class(SYNC_GROUP)
         v = h.api_version
+        if self.slave_refusal() is not None:
+            return R(error_code=ke.NOT_COORDINATOR, assignment=b"")
         instance = req.group_instance_id if v >= 3 else None
         g = self.coordinator.describe(req.group_id)
         if v >= 5 and g is not None and g.protocol_type is not None and (
@@ -837,12 +842,16 @@ class KafkaDoor(ClusterApis):
 
     async def heartbeat(self, h: Header, req: Any, s: Session) -> Any:
         R = schema.response_class(HEARTBEAT)
+        if self.slave_refusal() is not None:
+            return R(error_code=ke.NOT_COORDINATOR)
         instance = req.group_instance_id if h.api_version >= 3 else None
         return R(error_code=self.coordinator.heartbeat(req.group_id, req.generation_id,
                                                        req.member_id, instance))
 
     async def leave_group(self, h: Header, req: Any, s: Session) -> Any:
         R = schema.response_class(LEAVE_GROUP)
+        if self.slave_refusal() is not None:
+            return R(error_code=ke.NOT_COORDINATOR)
         if h.api_version < 3:
             code = self.coordinator.leave(req.group_id, req.member_id)
             await self.coordinator.save_dirty()

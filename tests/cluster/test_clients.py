@@ -7,6 +7,7 @@ waits are on conditions."""
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from pathlib import Path
@@ -176,6 +177,46 @@ async def test_a_consumer_far_behind_is_sent_to_a_slave_and_back_when_caught_up(
                 a.resume()
     finally:
         ns.kill()
+
+
+def kafka_on_slave(address: str) -> dict[str, int]:
+    """What a slave's Kafka door answers to the requests only a master may serve."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "kafka"))
+    from kafka_wire import Client, Req, produce
+
+    c = Client(address)
+    try:
+        from ferrymq.protocols.kafka import records as kr
+
+        out = {"produce": produce(c, "R", kr.encode_batch(0, [(1, None, b"x", [])])).error_code}
+        R = Req(11)  # JoinGroup
+        out["join"] = c.call(11, 5, R(group_id="g", session_timeout_ms=10000,
+                                      rebalance_timeout_ms=10000, member_id="",
+                                      group_instance_id=None, protocol_type="consumer",
+                                      protocols=())).error_code
+        R = Req(12)  # Heartbeat
+        out["heartbeat"] = c.call(12, 3, R(group_id="g", generation_id=1, member_id="m",
+                                           group_instance_id=None)).error_code
+        R = Req(22)  # InitProducerId
+        out["init_producer_id"] = c.call(22, 3, R(transactional_id=None,
+                                                  transaction_timeout_ms=60000,
+                                                  producer_id=-1, producer_epoch=-1)).error_code
+        return out
+    finally:
+        c.close()
+
+
+async def test_a_slave_sends_kafka_clients_to_the_master(make_group) -> None:
+    """NOT_LEADER_OR_FOLLOWER for a produce, NOT_COORDINATOR for group and producer-id
+    requests: the codes after which Kafka clients refresh metadata / the coordinator."""
+    g: Group = make_group()
+    a = await g.node("a", DOORS).start()
+    await a.wait_role("master")
+    b = await g.node("b", DOORS).start()
+    await b.wait_role("slave")
+    await trio.to_thread.run_sync(kafka_leader, a.process.address("kafka"), "R")  # creates R
+    got = await trio.to_thread.run_sync(kafka_on_slave, b.process.address("kafka"))
+    assert got == {"produce": 6, "join": 16, "heartbeat": 16, "init_producer_id": 16}, got
 
 
 class KafkaLoad:
