@@ -128,6 +128,7 @@ class Controller:
         self.replication_port = 0
         self._state_rev = 0
         self._handover_seen: tuple[int, float] | None = None  # (state revision, first seen)
+        self._stepping_down = False  # this life's master hands over (``cluster elect``)
 
     # ================================================================ the process
 
@@ -200,7 +201,7 @@ class Controller:
                 self.lease_lost.set()
                 return
             self.deadline = max(self.deadline, t_sent + ttl - self.margin)
-            if self.broker is not None:
+            if self.broker is not None and not self._stepping_down:  # (a step-down stays fenced)
                 self.broker.set_lease_deadline(self.deadline)
             await trio.sleep_until(t_sent + interval)
 
@@ -293,6 +294,7 @@ class Controller:
         give the member a moment to hold the whole log (it is in sync: it holds every
         acknowledged write already; in async mode this keeps the rest too), then delete
         the leader key — by a transaction that only succeeds while it is ours."""
+        self._stepping_down = True  # no keep-alive lifts this fence (``_life`` resets it)
         broker.fence(f"handing the mastership over to {state.handover}")
         end = broker.replication_position().end
         with trio.move_on_after(HANDOVER_CATCH_UP_S):
@@ -358,6 +360,7 @@ class Controller:
                 ended.append(reason)
             done.set()
 
+        self._stepping_down = False
         async with Broker.open(self.config.broker, m) as broker:
             self.broker = broker
             self.role, self.epoch = m.role, m.epoch
@@ -407,7 +410,8 @@ class Controller:
                 log.error("fenced: no keep-alive acknowledged in time")
                 while trio.current_time() >= self.deadline:
                     await trio.sleep(0.05)
-                broker.set_lease_deadline(self.deadline)  # a late keep-alive lifts it
+                if not self._stepping_down:
+                    broker.set_lease_deadline(self.deadline)  # a late keep-alive lifts it
                 continue
             await trio.sleep_until(self.deadline)
 
