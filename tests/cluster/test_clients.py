@@ -7,6 +7,8 @@ waits are on conditions."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 import threading
 import time
@@ -217,6 +219,59 @@ async def test_a_slave_sends_kafka_clients_to_the_master(make_group) -> None:
     await trio.to_thread.run_sync(kafka_leader, a.process.address("kafka"), "R")  # creates R
     got = await trio.to_thread.run_sync(kafka_on_slave, b.process.address("kafka"))
     assert got == {"produce": 6, "join": 16, "heartbeat": 16, "init_producer_id": 16}, got
+
+
+async def test_two_groups_each_route_to_their_own_master(make_group, tmp_path) -> None:
+    """Two broker groups under one cluster name: the NameServer lists both groups' masters
+    (a topic's queues on both), Kafka Metadata from either lists both masters under their
+    groups' broker ids, and ``cluster list`` shows both groups."""
+    ns = await nameserver(tmp_path)
+    try:
+        g1: Group = make_group("g1")
+        g2: Group = make_group("g2")
+        g2.cluster_name = g1.cluster_name
+        a = await g1.node("a", DOORS, namesrv=ns.address("namesrv")).start()
+        await a.wait_role("master")
+        b = await g1.node("b", DOORS, namesrv=ns.address("namesrv")).start()
+        x = await g2.node("x", DOORS, namesrv=ns.address("namesrv")).start()
+        await b.wait_role("slave")
+        await x.wait_role("master")
+        from ferrymq.clients import Admin
+
+        async with Admin(ns.address("namesrv")) as adm:  # on every group's master
+            assert sorted(await adm.create_topic("T2", 2)) == ["g1", "g2"]
+        async with Producer(ns.address("namesrv")) as p:
+            names = {(await p.send(Message("T2", b"m"))).queue.brokerName for _ in range(8)}
+        assert names == {"g1", "g2"}  # the topic's queues on both groups' masters
+        async with RemotingClient() as rc:
+            r = await rc.invoke(ns.address("namesrv"), request(
+                RequestCode.GET_ROUTEINFO_BY_TOPIC, 0, {"topic": "T2"}))
+            route = B.TopicRouteData.decode(r.body)
+        assert {bd.brokerName: bd.brokerAddrs for bd in route.brokerDatas} == {
+            "g1": {0: a.remoting, slave_broker_id("b"): b.remoting}, "g2": {0: x.remoting}}
+
+        def brokers(bootstrap: str) -> dict[int, int]:
+            from confluent_kafka.admin import AdminClient
+
+            md = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10)
+            return {i: bm.port for i, bm in md.brokers.items()}
+
+        want = {group_node_id("g1"): a.process.port("kafka"),
+                group_node_id("g2"): x.process.port("kafka")}
+        with trio.fail_after(20):  # each member's view of the other group comes from etcd
+            for node in (b, x):
+                while await trio.to_thread.run_sync(brokers, node.process.address("kafka")) \
+                        != want:
+                    await trio.sleep(0.2)
+        out = await trio.to_thread.run_sync(lambda: subprocess.run(
+            [sys.executable, "-m", "ferrymq.gateways", "cluster", "list", "--etcd",
+             g1.etcd.url, "-c", g1.cluster_name, "--json"], capture_output=True, text=True,
+            timeout=60))
+        rows = [json.loads(line) for line in out.stdout.splitlines()]
+        assert [(r["group"], r["node"], r["role"]) for r in rows] == [
+            ("g1", "a", "master"), ("g1", "b", "slave"), ("g2", "x", "master")], out.stderr
+    finally:
+        ns.kill()
 
 
 class KafkaLoad:
