@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import trio
+from ferrymq.clients.consumer import PushConsumer
 from ferrymq.clients.message import Message
 from ferrymq.clients.producer import Producer
 from ferrymq.clients.remoting import ClientError, RemotingClient
@@ -383,11 +384,19 @@ async def test_failover_under_load_with_confluent_kafka_and_the_native_client(
                             offsets[q] = msg.queue_offset + 1
                 await trio.sleep(0.02)
 
+        pushed: list[tuple[int, int, bytes]] = []  # what the native PushConsumer was served
+
+        def on_messages(msgs: list) -> None:
+            pushed.extend((m.queue_id, m.queue_offset, m.body) for m in msgs)
+
         def acked_count() -> int:
             return len(native) + len(kafka.acks)
 
         rtos: list[float] = []
-        async with RemotingClient() as rc:
+        push = PushConsumer(ns.address("namesrv"), "hist", on_messages, consume_from="FIRST",
+                            suspend_ms=1000)
+        push.subscribe("NH")
+        async with RemotingClient() as rc, push:
             async with trio.open_nursery() as n:
                 n.start_soon(trio.to_thread.run_sync, kafka.produce)
                 n.start_soon(trio.to_thread.run_sync, kafka.consume)
@@ -421,6 +430,11 @@ async def test_failover_under_load_with_confluent_kafka_and_the_native_client(
                                 await trio.sleep(0.02)
                         rtos.append(min(t for a, t in zip(native[n_native:], acked_at[n_native:], strict=True)
                                         if a[3] > killed_at) - killed_at)
+                        n_pushed = len(pushed)
+                        with trio.move_on_after(60):  # the push consumer resumes too
+                            while len(pushed) <= n_pushed:
+                                await trio.sleep(0.02)
+                        assert len(pushed) > n_pushed, "the push consumer did not resume"
                         await old.start()
                         await old.wait_role("slave")
                         await g.wait_isr({"a", "b"})
@@ -433,7 +447,7 @@ async def test_failover_under_load_with_confluent_kafka_and_the_native_client(
         history = History(at_least_once=frozenset({"NH"}))
         for q, offset, body, _ in native:
             history.acked("NH", q, offset, body)
-        for q, offset, body in observed:
+        for q, offset, body in observed + pushed:
             history.observed("NH", q, offset, body)
         for part, offset, body in kafka.acks:
             history.acked("KH", part, offset, body)
@@ -443,7 +457,7 @@ async def test_failover_under_load_with_confluent_kafka_and_the_native_client(
         print(report, "RTO s", [round(r, 2) for r in rtos], "native errors", len(native_errors),
               "kafka errors", kafka.errors[:3])
         assert kafka.errors == []  # acks=all + idempotence: every message delivered
-        assert report.acknowledged >= kills * 100 and kafka.observed and observed
+        assert report.acknowledged >= kills * 100 and kafka.observed and observed and pushed
         assert len(rtos) == kills
     finally:
         ns.kill()
