@@ -99,7 +99,8 @@ async def serve(ctx: DoorContext, *, task_status: trio.TaskStatus[int] = trio.TA
                           max_suspend_s=float(opts.get("max_suspend_s", MAX_SUSPEND_S)))
     registrar = Registrar(namesrvs, H.RegisterBrokerRequestHeader(
         cfg.broker_name, addr, cfg.cluster_name, haServerAddr="", brokerId=broker_id(ctx)),
-        processor.topic_configs, float(opts.get("register_interval_s", REGISTER_INTERVAL_S)))
+        processor.topic_configs, float(opts.get("register_interval_s", REGISTER_INTERVAL_S)),
+        epoch=ctx.broker.replication_position().epoch)
     ctx.broker.watch_topics(registrar.topics_changed)  # topics made through any door
     processor.register_now = registrar.register_now
     if ctx.config.cluster is not None and cfg.slave_read_enable:

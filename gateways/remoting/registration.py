@@ -20,6 +20,7 @@ from ...clients.remoting import ClientError, RemotingClient, check
 from ...protocols.remoting import RequestCode, request
 from ...protocols.remoting import bodies as B
 from ...protocols.remoting import headers as H
+from ..replication.view import EPOCH_FIELD
 
 log = logging.getLogger("ferrymq.remoting")
 
@@ -31,8 +32,9 @@ MIN_GAP_S = 0.05
 class Registrar:
     def __init__(self, namesrvs: Sequence[str], header: H.RegisterBrokerRequestHeader,
                  topics: Callable[[], list[B.TopicConfigData]],
-                 interval_s: float = REGISTER_INTERVAL_S) -> None:
+                 interval_s: float = REGISTER_INTERVAL_S, epoch: int = 0) -> None:
         self.namesrvs = list(namesrvs)
+        self.epoch = epoch  # a broker group's member: its life's epoch (docs/cluster.md)
         self.header = header
         self.topics = topics
         self.interval_s = interval_s
@@ -77,11 +79,14 @@ class Registrar:
     async def _register_all(self, rc: RemotingClient) -> None:
         self._version += 1
         body = B.RegisterBrokerBody(tuple(self.topics()), self._version).encode()
+        ext = self.header.to_ext()
+        if self.epoch:
+            ext[EPOCH_FIELD] = str(self.epoch)
         for addr in self.namesrvs:
             try:
                 with anyio.fail_after(REGISTER_TIMEOUT_S):
                     resp = await rc.invoke(addr, request(RequestCode.REGISTER_BROKER, 0,
-                                                         self.header.to_ext(), body),
+                                                         ext, body),
                                            REGISTER_TIMEOUT_S)
                 check(resp, addr)
                 self.registrations += 1

@@ -12,7 +12,8 @@ brokerId (0 is the master); Kafka knows brokers by an int32 node id. A group's
 Kafka node id is ``group_node_id(broker_name)`` (whichever member is master: the
 id follows the mastership, so a Kafka client refreshing its metadata finds the
 same broker id at the new master's address, as after a Kafka leader change). A
-slave registers with the NameServer under ``slave_broker_id(node_id)``.
+slave registers with the NameServer under ``slave_broker_id(node_id)``, and every
+member with its epoch in ``EPOCH_FIELD``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MAX_SLAVE_ID = 1 << 20
+# The extField of REGISTER_BROKER carrying a group member's epoch (RocketMQ's NameServers
+# ignore fields they do not know): the NameServer keeps a later epoch's master listed.
+EPOCH_FIELD = "ferryEpoch"
 
 
 def group_node_id(broker_name: str) -> int:

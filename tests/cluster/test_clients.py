@@ -23,6 +23,7 @@ from ferrymq.gateways.namesrv.routes import RouteTable
 from ferrymq.gateways.replication.view import ClusterView, group_node_id, slave_broker_id
 from ferrymq.protocols.remoting import RequestCode, ResponseCode, request
 from ferrymq.protocols.remoting import bodies as B
+from ferrymq.protocols.remoting import headers as H
 from ferrymq.protocols.remoting.messages import decode_messages
 from harness import BrokerProcess, Group, pull_request, read_queue
 from history import History
@@ -49,6 +50,13 @@ def test_a_new_master_displaces_the_old_one_in_the_nameserver_routes() -> None:
     # a restarts as a slave of b.
     table.register("c", "g1", 3, "a:1", (topic_data("T"),), now=2)
     assert table.route("T").brokerDatas[0].brokerAddrs == {0: "b:1", 3: "a:1"}  # type: ignore
+    # A master of an older epoch (cut off, re-registering before its demotion) does not
+    # take the route back from the later epoch's master; a single broker (epoch 0) would.
+    table.register("c", "g1", 0, "b:1", (topic_data("T"),), now=3, epoch=5)
+    assert not table.register("c", "g1", 0, "a:1", (topic_data("T"),), now=3, epoch=4)
+    assert table.route("T").brokerDatas[0].brokerAddrs == {0: "b:1", 3: "a:1"}  # type: ignore
+    assert table.register("c", "g1", 0, "a:1", (topic_data("T"),), now=3, epoch=6)
+    assert table.route("T").brokerDatas[0].brokerAddrs == {0: "a:1"}  # type: ignore
     # Another group's master is not displaced.
     table.register("c", "g2", 0, "x:1", (topic_data("T"),), now=2)
     assert len(table.route("T").queueDatas) == 2  # type: ignore[union-attr]
@@ -110,6 +118,14 @@ async def test_routes_and_kafka_metadata_name_the_current_master(make_group, tmp
         async with RemotingClient() as rc:
             async with Producer(ns.address("namesrv")) as p:
                 await p.send(Message("R", b"x"))
+            await wait_route(rc, ns.address("namesrv"), "R",
+                             {0: a.remoting, slave_broker_id("b"): b.remoting})
+            # A registration whose epoch is garbage gets the protocol's own error.
+            bad = H.RegisterBrokerRequestHeader("g1", "127.0.0.1:1", g.cluster_name, "", 0
+                                                ).to_ext() | {"ferryEpoch": "x"}
+            r = await rc.invoke(ns.address("namesrv"), request(
+                RequestCode.REGISTER_BROKER, 0, bad, B.RegisterBrokerBody((), 1).encode()))
+            assert r.code == ResponseCode.INVALID_PARAMETER and "ferryEpoch" in (r.remark or "")
             await wait_route(rc, ns.address("namesrv"), "R",
                              {0: a.remoting, slave_broker_id("b"): b.remoting})
             gid = group_node_id("g1")
