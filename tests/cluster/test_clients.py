@@ -365,6 +365,9 @@ async def test_failover_under_load_with_confluent_kafka_and_the_native_client(
         await b.wait_role("slave")
         await g.wait_isr({"a", "b"})
         nodes = [a, b]
+        # The Kafka topic exists before the load (auto-created by the master: a slave
+        # cannot create it, docs/cluster.md "Not done here").
+        await trio.to_thread.run_sync(kafka_leader, a.process.address("kafka"), "KH")
         kafka = KafkaLoad(f"{a.process.address('kafka')},{b.process.address('kafka')}", "KH")
         native: list[tuple[int, int, bytes, float]] = []  # queue, offset, body, sent at
         acked_at: list[float] = []  # beside ``native``
