@@ -35,7 +35,6 @@ from ...core.replication import Role
 from ...protocols.kafka import errors as ke
 from ...protocols.kafka import schema
 from ...protocols.kafka.connection import Header
-from ..replication.view import member_node_id
 from .errors import kafka_error
 from .groups import Coordinator
 from .mapping import kafka_visible
@@ -129,14 +128,6 @@ class ClusterApis:
         for g, m in self.view.masters():
             if g.name != own.name and m.ports.get("kafka"):
                 brokers[g.node_id] = (m.host, m.ports["kafka"])
-        # Every other live member too, under ids of their own, leading nothing: a client
-        # whose master dies must still know a broker to ask for metadata (librdkafka
-        # forgets its bootstrap servers once it learned the brokers).
-        for g in self.view.groups.values():
-            for m in g.members.values():
-                if m.node != g.master and m.ports.get("kafka"):
-                    brokers.setdefault(member_node_id(g.name, m.node),
-                                       (m.host, m.ports["kafka"]))
         return Route(leader, host, port, group,
                      tuple((b, h, p) for b, (h, p) in sorted(brokers.items())))
 

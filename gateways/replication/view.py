@@ -36,13 +36,6 @@ def group_node_id(broker_name: str) -> int:
     return zlib.crc32(broker_name.encode()) & 0x7FFFFFFF or 1
 
 
-def member_node_id(broker_name: str, node_id: str) -> int:
-    """The Kafka node id of a group member that is not its master: Metadata lists every
-    live member (leading nothing unless master), as Kafka lists every live broker, so a
-    client that loses the master still knows brokers to ask for fresh metadata."""
-    return zlib.crc32(f"{broker_name}/{node_id}".encode()) & 0x7FFFFFFF or 2
-
-
 def slave_broker_id(node_id: str) -> int:
     """The RocketMQ brokerId a slave registers under: its node id when that is a
     positive number (RocketMQ's own convention: 1, 2, ...), else a stable number
