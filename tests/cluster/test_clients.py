@@ -309,7 +309,11 @@ class KafkaLoad:
         p = KProducer({"bootstrap.servers": self.bootstrap, "acks": "all",
                        "enable.idempotence": True, "message.timeout.ms": 60000,
                        "retry.backoff.ms": 100, "linger.ms": 5,
-                       "topic.metadata.refresh.interval.ms": 1000, "log_level": 0})
+                       "topic.metadata.refresh.interval.ms": 1000, "log_level": 0,
+                       # Metadata names masters only: after a master dies, go back to the
+                       # bootstrap servers soon (librdkafka forgets them once it knows the
+                       # brokers; docs/cluster.md, "Clients follow the master").
+                       "metadata.recovery.rebootstrap.trigger.ms": 1000})
 
         def done(err, msg) -> None:
             if err is not None:
@@ -330,7 +334,11 @@ class KafkaLoad:
 
         c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "hist",
                       "auto.offset.reset": "earliest", "enable.auto.commit": True,
-                      "topic.metadata.refresh.interval.ms": 1000, "log_level": 0})
+                      "topic.metadata.refresh.interval.ms": 1000, "log_level": 0,
+                       # Metadata names masters only: after a master dies, go back to the
+                       # bootstrap servers soon (librdkafka forgets them once it knows the
+                       # brokers; docs/cluster.md, "Clients follow the master").
+                       "metadata.recovery.rebootstrap.trigger.ms": 1000})
         c.subscribe([self.topic])
         try:
             while not self.stop.is_set():
