@@ -41,11 +41,14 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from functools import partial
+from time import time_ns
 from typing import Protocol
 
 import trio
 
 from ..protocols import record as rec
+from ..protocols.kafka import batch_header as bh
+from . import topicconfig
 from .config import BrokerConfig
 from .errors import (
     FerryError,
@@ -90,6 +93,7 @@ from .replication import Durability
 from .statelog import STATE_TOPIC, StateLog
 from .stats import Counters
 from .store.store import MessageStore
+from .tracing import TRACEPARENT, PutTrace, Tracer
 
 # The properties that send a single put elsewhere (core/timers.py, core/transactions.py);
 # a message without properties never looks at them.
@@ -151,6 +155,9 @@ class Paths:
         self.threaded_reads = 0  # reads running in worker threads (retention waits for 0)
         # Where a timed message or a half goes (the Broker installs the services').
         self.special_put: Callable[[Message], Awaitable[PutResult]] = _no_special_put
+        # Where receive and store spans go (core/tracing.py); None: tracing is off, and
+        # a put pays one test of it.
+        self.tracer: Tracer | None = None
         self._store = store
         self._meta = meta
         self._state = state
@@ -159,6 +166,7 @@ class Paths:
         self._waiters: dict[str, set[trio.Event]] = {}
         self._round_robin: dict[str, list[int]] = {}
         self._system_topics: dict[str, int] = {}  # name -> perm
+        self._settings: dict[str, tuple[TopicConfig, topicconfig.Effective]] = {}
         # Broker groups (None/inf when standalone: nothing below costs a thing then).
         self.replication: Replication | None = None
         self.write_refusal: FerryError | None = None  # NotLeader on a slave or a fenced master
@@ -192,6 +200,9 @@ class Paths:
         PermissionDenied, InvalidTopicName, TopicNotFound (auto-create off)."""
         t = self.writable_topic(name)
         if t is None:
+            if self._system_topics.get(name, 0) & PERM_WRITE:
+                await self.system_topic(name)  # one clients write (RMQ_SYS_TRACE_TOPIC)
+                return self._meta.topics[name]
             validate_topic_name(name)
             if not self.config.auto_create_topics:
                 raise TopicNotFound(f"topic {name} does not exist")
@@ -220,9 +231,21 @@ class Paths:
             raise QueueNotFound(f"topic {t.name} has {t.queues} queues; no queue {queue_id}")
         return queue_id
 
+    def settings(self, t: TopicConfig) -> topicconfig.Effective:
+        """The topic's honoured configs, parsed once per version of its config."""
+        cached = self._settings.get(t.name)
+        if cached is None or cached[0] is not t:
+            cached = self._settings[t.name] = (t, topicconfig.effective(t.attributes, self.config))
+        return cached[1]
+
+    def size_limit(self, t: TopicConfig) -> int:
+        """The largest record the topic takes: its max.message.bytes (at most the broker's)."""
+        return min(self._max_message_size, self.settings(t).max_message_bytes)
+
     def forget_topic(self, name: str) -> None:
         """A topic was deleted: drop its round-robin position, wake its long polls."""
         self._round_robin.pop(name, None)
+        self._settings.pop(name, None)
         self.wake(name)
 
     def readable_topic(self, name: str) -> TopicConfig:
@@ -299,7 +322,7 @@ class Paths:
     # ================================================================ the write path
 
     async def put(self, messages: Message | Sequence[Message],
-                  durability: Durability | None = None) -> PutResult:
+                  durability: Durability | None = None, untraced: bool = False) -> PutResult:
         """Append one message, or a batch (one topic, one queue: the first message's
         ``queue_id``) stored as one record. Returns where it landed; under sync flush,
         only once it is on disk; with ``Durability.REPLICATED`` (the group's default
@@ -312,6 +335,11 @@ class Paths:
             raise ShuttingDown()
         if self.write_refusal is not None:
             raise self.write_refusal
+        tracer = self.tracer
+        if tracer is not None and not untraced and (
+                tracer.traces_all or type(messages) is not Message
+                or (messages.properties and TRACEPARENT in messages.properties)):
+            return await self._traced_put(tracer, messages, durability)
         if self.replication is not None:
             self._before_put(durability)
         if isinstance(messages, Message):
@@ -324,10 +352,10 @@ class Paths:
             if t is None or not t.perm & PERM_WRITE:
                 t = await self.topic_for_put(topic)
             body = m.body
-            if len(body) > self._max_message_size:
+            limit = self._max_message_size if not t.attributes else self.size_limit(t)
+            if len(body) > limit:
                 raise MessageTooLarge(
-                    f"message body is {len(body)} bytes; the maximum is "
-                    f"{self._max_message_size}")
+                    f"message body is {len(body)} bytes; the maximum is {limit}")
             qid = m.queue_id
             if qid < 0 or qid >= t.queues:
                 qid = self.queue_for(t, qid)
@@ -354,18 +382,38 @@ class Paths:
         if not batch:
             raise InvalidMessage("empty batch")
         if len(batch) == 1:
-            return await self.put(batch[0], durability)
+            return await self.put(batch[0], durability, untraced)
         first = batch[0]
         t = self._meta.topics.get(first.topic)
         if t is None or not t.perm & PERM_WRITE:
             t = await self.topic_for_put(first.topic)
         qid = self.queue_for(t, first.queue_id)
+        limit = self._max_message_size if not t.attributes else self.size_limit(t)
         try:
             result = self._store.append_batch(first.topic, qid, batch, first.born_timestamp,
-                                              first.born_host, self._max_message_size)
+                                              first.born_host, limit)
         except UnicodeEncodeError as exc:
             raise InvalidMessage(f"properties are not encodable: {exc}") from exc
         return await self.after_put(result, durability)
+
+    async def _traced_put(self, tracer: Tracer, messages: Message | Sequence[Message],
+                          durability: Durability | None) -> PutResult:
+        """``put`` with tracing on: the same steps, timed for the receive and store
+        spans (core/tracing.py). The receive span covers the whole put; the store
+        span starts where the write path's own steps do."""
+        received = time_ns()
+        batch = [messages] if isinstance(messages, Message) else list(messages)
+        if not batch:
+            return await self.put(batch, durability, True)  # raises InvalidMessage
+        kind = "batch" if len(batch) > 1 else "message"
+        if kind == "message":
+            props = batch[0].properties
+            if props and _may_be_special(props) and is_special(props):
+                kind = "special"
+        appended = time_ns()
+        result = await self.put(batch[0] if kind != "batch" else batch, durability, True)
+        tracer.stored(PutTrace(kind, batch, None, result, received, appended, time_ns()))
+        return result
 
     async def put_encoded_batch(self, topic: str, queue_id: int, body: bytes,
                                 born_host: bytes = b"\x00" * 8,
@@ -379,12 +427,19 @@ class Paths:
         if self.replication is not None:
             self._before_put(durability)
         t = await self.topic_for_put(topic)
-        if len(body) > self._max_message_size:
-            raise MessageTooLarge(f"batch is {len(body)} bytes; the maximum is "
-                                  f"{self._max_message_size}")
+        limit = self._max_message_size if not t.attributes else self.size_limit(t)
+        if len(body) > limit:
+            raise MessageTooLarge(f"batch is {len(body)} bytes; the maximum is {limit}")
         qid = self.queue_for(t, queue_id)
-        result = self._store.append_encoded_batch(topic, qid, body, born_host=born_host)
-        return await self.after_put(result, durability)
+        tracer = self.tracer
+        if tracer is None:
+            result = self._store.append_encoded_batch(topic, qid, body, born_host=born_host)
+            return await self.after_put(result, durability)
+        received = time_ns()
+        result = await self.after_put(
+            self._store.append_encoded_batch(topic, qid, body, born_host=born_host), durability)
+        tracer.stored(PutTrace("encoded", (), body, result, received, received, time_ns()))
+        return result
 
     async def put_kafka_batch(self, topic: str, queue_id: int,
                               batch: bytes | bytearray | memoryview,
@@ -398,12 +453,24 @@ class Paths:
         if self.replication is not None:
             self._before_put(durability)
         t = await self.topic_for_put(topic)
-        if len(batch) > self._max_message_size:
-            raise MessageTooLarge(f"batch is {len(batch)} bytes; the maximum is "
-                                  f"{self._max_message_size}")
+        limit = self._max_message_size
+        if t.attributes:
+            limit = self.size_limit(t)
+            if self.settings(t).log_append_time:
+                # Kafka's LogAppendTime: the broker's time in the batch, CRC recomputed.
+                batch = bh.with_log_append_time(batch, now_ms())
+        if len(batch) > limit:
+            raise MessageTooLarge(f"batch is {len(batch)} bytes; the maximum is {limit}")
         qid = self.queue_for(t, queue_id)
-        result = self._store.append_kafka_batch(topic, qid, batch)
-        return await self.after_put(result, durability)
+        tracer = self.tracer
+        if tracer is None:
+            result = self._store.append_kafka_batch(topic, qid, batch)
+            return await self.after_put(result, durability)
+        received = time_ns()
+        result = await self.after_put(self._store.append_kafka_batch(topic, qid, batch),
+                                      durability)
+        tracer.stored(PutTrace("kafka", (), batch, result, received, received, time_ns()))
+        return result
 
     async def after_put(self, result: PutResult,
                         durability: Durability | None = None) -> PutResult:
@@ -573,10 +640,40 @@ class Paths:
         return lo, hi
 
     def offset_for_time(self, topic: str, queue_id: int, timestamp_ms: int) -> int:
-        """The first offset stored at or after ``timestamp_ms`` (the max offset if none).
-        Raises TopicNotFound, PermissionDenied."""
+        """The first offset stored at or after ``timestamp_ms`` (the max offset if none):
+        store time. Raises TopicNotFound, PermissionDenied."""
         self.readable_topic(topic)
         return self._store.offset_for_time(topic, queue_id, timestamp_ms)
+
+    def timestamp_lookup(self, topic: str, queue_id: int, timestamp_ms: int) -> tuple[int, int]:
+        """Kafka's ListOffsets by time, for every door: (the first offset whose
+        timestamp is >= ``timestamp_ms``, its timestamp), (max offset, -1) if none.
+        The timestamp is the topic's message.timestamp.type: CreateTime (the
+        records' own, through the time index) or LogAppendTime (store time, through
+        the ConsumeQueue). Raises TopicNotFound, PermissionDenied."""
+        t = self.readable_topic(topic)
+        store = self._store
+        if t.attributes and self.settings(t).log_append_time:
+            offset = store.offset_for_time(topic, queue_id, timestamp_ms)
+            hi = store.queue_bounds(topic, queue_id)[1]
+            if offset >= hi:
+                return hi, -1
+            got = store.get(topic, queue_id, offset, 1, 1)
+            return offset, got.records[0].store_timestamp if got.records else -1
+        return store.offset_for_create_time(topic, queue_id, timestamp_ms)
+
+    def max_timestamp(self, topic: str, queue_id: int) -> tuple[int, int]:
+        """(offset, timestamp) of the record with the largest timestamp of the topic's
+        type, (-1, -1) if the queue is empty: ListOffsets' MAX_TIMESTAMP."""
+        t = self.readable_topic(topic)
+        store = self._store
+        lo, hi = store.queue_bounds(topic, queue_id)
+        if hi <= lo:
+            return -1, -1
+        if t.attributes and self.settings(t).log_append_time:
+            got = store.get(topic, queue_id, hi - 1, 1, 1)
+            return hi - 1, got.records[0].store_timestamp if got.records else -1
+        return store.max_timestamp(topic, queue_id)
 
     def available(self, topic: str, queue_id: int, offset: int) -> bool:
         """Whether a get at ``offset`` would find a visible message now."""

@@ -100,6 +100,9 @@ class ClusterApis:
     def host_for(self, s: Any) -> str:
         raise NotImplementedError
 
+    def port_for(self, s: Any) -> int:
+        raise NotImplementedError
+
     def topic_id(self, t: TopicConfig) -> bytes:
         raise NotImplementedError
 
@@ -111,7 +114,7 @@ class ClusterApis:
     def route(self, s: Any) -> Route:
         """This door's answer to "who leads": itself for a single broker or a master;
         the group's master, as etcd names it, for a slave."""
-        here = (self.host_for(s), self.port)
+        here = (self.host_for(s), self.port_for(s))
         if self.view is None:
             node = self.options.node_id
             return Route(node, *here, node, ((node, *here),))

@@ -23,6 +23,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import ssl
+from collections.abc import Mapping
+from typing import Any
 
 import trio
 
@@ -33,6 +36,7 @@ from ...protocols.remoting import headers as H
 from ..config import DOOR_LIMITS
 from ..replication.view import slave_broker_id
 from ..server import DoorContext
+from ..tls import client_context
 from .client_table import CLIENT_EXPIRY_S, LOCK_TTL_S, ClientTable
 from .connection import serve_connection
 from .processor import MAX_SUSPEND_S, Processor
@@ -84,6 +88,18 @@ def suggest_broker(broker: Broker, node: str, lag: int, next_offset: int, max_of
     return 0
 
 
+def namesrv_tls(opts: Mapping[str, Any]) -> ssl.SSLContext | None:
+    """The broker's TLS to its NameServers (RocketMQ's ``tls.client.*``):
+    ``namesrv_tls = true`` (the system's CAs) or ``namesrv_tls_ca_file``, and
+    ``namesrv_tls_cert_file``/``namesrv_tls_key_file`` for a NameServer that wants a
+    client certificate; None: plaintext (docs/security.md, "TLS")."""
+    ca = opts.get("namesrv_tls_ca_file")
+    if not (opts.get("namesrv_tls") or ca):
+        return None
+    return client_context(str(ca) if ca else None, opts.get("namesrv_tls_cert_file"),
+                          opts.get("namesrv_tls_key_file"))
+
+
 async def serve(ctx: DoorContext, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
                 ) -> None:
     opts = ctx.options
@@ -100,7 +116,7 @@ async def serve(ctx: DoorContext, *, task_status: trio.TaskStatus[int] = trio.TA
     registrar = Registrar(namesrvs, H.RegisterBrokerRequestHeader(
         cfg.broker_name, addr, cfg.cluster_name, haServerAddr="", brokerId=broker_id(ctx)),
         processor.topic_configs, float(opts.get("register_interval_s", REGISTER_INTERVAL_S)),
-        epoch=ctx.broker.replication_position().epoch)
+        ssl_context=namesrv_tls(opts), epoch=ctx.broker.replication_position().epoch)
     ctx.broker.watch_topics(registrar.topics_changed)  # topics made through any door
     processor.register_now = registrar.register_now
     if ctx.config.cluster is not None and cfg.slave_read_enable:

@@ -41,6 +41,7 @@ from ...core.message import PROPERTY_DOOR, GetStatus, Message, offset_message_id
 from ...core.metadata import DLQ_PREFIX, PERM_READ_WRITE, RETRY_PREFIX
 from ...core.metrics import DoorMetrics
 from ...core.replication import Role
+from ...core.tracing import Delivery
 from ...protocols import record as rec
 from ...protocols.remoting import (
     RemotingCommand,
@@ -59,6 +60,7 @@ from ...protocols.remoting.codes import (
     FerryRequestCode,
 )
 from ...protocols.remoting.frame import encode_send_ok
+from . import topicattributes
 from .client_table import ClientTable
 from .context import Connection, Handler, RequestContext
 from .deadletters import DeadLetterRequests
@@ -124,6 +126,7 @@ class Processor:
             C.VIEW_MESSAGE_BY_ID: self.view_message,
             C.QUERY_MESSAGE: self.query_message,
             C.UPDATE_AND_CREATE_TOPIC: self.create_topic,
+            C.GET_TOPIC_CONFIG: self.topic_config,
             C.DELETE_TOPIC_IN_BROKER: self.delete_topic,
             C.GET_ALL_TOPIC_CONFIG: self.all_topic_config,
             C.GET_TOPIC_STATS_INFO: self.topic_stats,
@@ -206,6 +209,7 @@ class Processor:
         if cmd.code == RequestCode.SEND_BATCH_MESSAGE or batch:
             result = await broker.put_encoded_batch(topic, qid, cmd.body, born_host,
                                                     principal=who)
+            self.metrics.messages_in(topic, result.count)
             ext = {"msgId": batch_offset_ids(result.store_host, result.physical_offset,
                                              result.count),
                    "queueId": str(result.queue_id), "queueOffset": str(result.queue_offset),
@@ -227,6 +231,7 @@ class Processor:
                 qid = 0
         msg = Message(topic, cmd.body, props, qid, flag, born_ts, born_host, reconsume, sys_flag)
         result = await broker.put(msg, principal=who)  # an auto-created topic reaches the NameServer
+        self.metrics.messages_in(topic)
         return encode_send_ok(                  # through Broker.watch_topics
             cmd, _OFFSET_ID.pack(result.store_host, result.physical_offset).hex().upper(),
             result.queue_id, result.queue_offset)
@@ -289,10 +294,16 @@ class Processor:
                    filt: Filter | None, who: Principal) -> RemotingCommand | None:
         """The response if there is something to say now; None to wait (no new message)."""
         max_msgs = max(1, min(h.maxMsgNums, MAX_PULL_MESSAGES))
+        started = time.time_ns()
         r = self.broker.get(h.consumerGroup, h.topic, h.queueId, h.queueOffset, max_msgs,
                             h.maxMsgBytes or DEFAULT_MAX_PULL_BYTES, filt, principal=who)
         st = r.status
         if st is GetStatus.FOUND:
+            self.metrics.messages_out(h.topic, r.message_count)
+            tracer = self.broker.tracer
+            if tracer is not None:  # the deliver span (core/tracing.py)
+                tracer.delivered(Delivery("rocketmq", h.consumerGroup, h.topic, h.queueId,
+                                          r.messages(h.queueOffset), started))
             parts: list[bytes] = []
             n = 0
             next_offset = r.next_offset
@@ -487,16 +498,33 @@ class Processor:
         h = H.CreateTopicRequestHeader.from_ext(cmd.ext_fields)
         queues = max(h.readQueueNums, h.writeQueueNums)
         who = self.ctx.principal(conn)
+        message_type, ops = topicattributes.parse(h.attributes)  # RocketMQ 5's attributes
         t = self.broker.find_topic(h.topic, principal=who)
         if t is None:
-            await self.broker.create_topic(h.topic, queues, perm=h.perm & PERM_READ_WRITE,
-                                           message_type="FIFO" if h.order else "NORMAL",
-                                           principal=who)
+            await self.broker.create_topic(
+                h.topic, queues, perm=h.perm & PERM_READ_WRITE,
+                message_type=message_type or ("FIFO" if h.order else "NORMAL"),
+                attributes=topicattributes.created_attributes(ops), principal=who)
         else:
+            if ops:
+                await self.broker.alter_topic_configs(h.topic, ops, validate_only=True,
+                                                      principal=who)
             await self.broker.update_topic(h.topic, queues=max(queues, t.queues),
-                                           perm=h.perm & PERM_READ_WRITE, principal=who)
+                                           perm=h.perm & PERM_READ_WRITE,
+                                           message_type=message_type, principal=who)
+            if ops:
+                await self.broker.alter_topic_configs(h.topic, ops, principal=who)
         await self.register_now()
         return response_to(cmd, ResponseCode.SUCCESS)
+
+    async def topic_config(self, conn: Connection, cmd: RemotingCommand) -> RemotingCommand:
+        """GET_TOPIC_CONFIG (RocketMQ 5): the topic's config and attributes."""
+        h = H.TopicHeader.from_ext(cmd.ext_fields)
+        who = self.ctx.principal(conn)
+        t = self.broker.topic(h.topic, principal=who)
+        entries = self.broker.describe_topic_configs(h.topic, principal=who)
+        return response_to(cmd, ResponseCode.SUCCESS,
+                           body=topicattributes.topic_config_body(t, entries))
 
     async def delete_topic(self, conn: Connection, cmd: RemotingCommand) -> RemotingCommand:
         h = H.TopicHeader.from_ext(cmd.ext_fields)
