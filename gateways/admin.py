@@ -834,12 +834,10 @@ def _run_trio(fn: Callable[[], Awaitable[T]]) -> T:
 @namesrv_option
 @output_option
 @etcd_options
-@click.option("--json", "as_json", is_flag=True, help="JSON lines (same as -o json).")
 def cluster_list(namesrv: str, output: str | None, etcd: str | None, cluster_name: str,
-                 prefix: str | None, as_json: bool) -> None:
+                 prefix: str | None) -> None:
     """Every live broker: cluster, name, address, topics, messages stored so far. With
     --etcd: every broker group's members, roles, epoch, in-sync set and replication lag."""
-    output = "json" if as_json else output
     if etcd:
         from .replication.operator import group_rows, prefix_of
         rows = _run_trio(lambda: group_rows(_etcd(etcd), prefix_of(cluster_name, prefix)))
