@@ -154,8 +154,27 @@ async def pull(inst: ClientInstance, group: str, mq: B.MessageQueue, offset: int
         sub.expressionType if sub else None)
     ext = h.to_ext()
     ext[rec.PULL_LONG_PROPERTIES] = "true"  # we read long property areas (docs/storage.md)
-    resp = await inst.broker_invoke(mq.brokerName, request(RequestCode.PULL_MESSAGE, 0, ext),
-                                    timeout=suspend_ms / 1000 + inst.timeout)
+    key = (mq.brokerName, mq.topic, mq.queueId)
+    member = inst.pull_from.get(key, 0)
+    addr = inst.member_addr(mq.brokerName, member) if member else None
+    try:
+        if addr is None:
+            addr = await inst.resolve_broker(mq.brokerName)
+        resp = await inst.remoting.invoke(addr, request(RequestCode.PULL_MESSAGE, 0, ext),
+                                          suspend_ms / 1000 + inst.timeout)
+    except ClientError:
+        # The broker is gone: in a broker group its master may have moved; the next pull
+        # asks the NameServer again (docs/cluster.md, "Clients follow the master").
+        inst.pull_from.pop(key, None)
+        if mq.brokerName in inst.broker_groups:
+            with contextlib.suppress(ClientError):
+                await inst.fetch_route(mq.topic)
+        raise
+    suggested = int(resp.ext("suggestWhichBrokerId") or 0)
+    if suggested:
+        inst.pull_from[key] = suggested
+    else:
+        inst.pull_from.pop(key, None)
     nxt = int(resp.ext("nextBeginOffset") or offset)
     if resp.code == ResponseCode.SUCCESS:
         try:
@@ -166,6 +185,9 @@ async def pull(inst: ClientInstance, group: str, mq: B.MessageQueue, offset: int
     if resp.code in (ResponseCode.PULL_NOT_FOUND, ResponseCode.PULL_RETRY_IMMEDIATELY,
                      ResponseCode.PULL_OFFSET_MOVED):
         return resp.code, nxt, []
+    if resp.code == ResponseCode.SERVICE_NOT_AVAILABLE and mq.brokerName in inst.broker_groups:
+        with contextlib.suppress(ClientError):  # not the master (any more): look again
+            await inst.fetch_route(mq.topic)
     raise BrokerError(resp.code, resp.remark, mq.brokerName)
 
 

@@ -10,6 +10,7 @@ with the producer and consumer groups registered on it.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -43,6 +44,9 @@ ServerRequestHandler = Callable[[RemotingCommand], Awaitable[None]]
 CodeHandler = Callable[[RemotingConnection, RemotingCommand], Awaitable[RemotingCommand | None]]
 
 
+FAILOVER_POLL_S = 0.1  # how often a send waiting for a new master asks the NameServer
+
+
 class NoRouteError(ClientError):
     """No NameServer knows the topic, or none answered."""
 
@@ -61,6 +65,13 @@ class ClientInstance:
         self.timeout = timeout
         self.routes: dict[str, B.TopicRouteData] = {}
         self.broker_addrs: dict[str, str] = {}  # broker name -> master address
+        # Broker names whose route listed slaves: broker groups, whose master may move
+        # (docs/cluster.md, "Clients follow the master").
+        self.broker_groups: set[str] = set()
+        # Pulls of a queue go to the brokerId its broker last suggested (RocketMQ's
+        # suggestWhichBrokerId: a slave, for a consumer far behind, when the group lets
+        # slaves serve reads); absent: the master.
+        self.pull_from: dict[tuple[str, str, int], int] = {}
         self.producer_groups: set[str] = set()
         self.consumer_data: Callable[[], list[B.ConsumerData]] = lambda: []
         self.on_server_request: ServerRequestHandler | None = None
@@ -138,6 +149,8 @@ class ClientInstance:
         route = B.TopicRouteData.decode(resp.body)
         new_broker = False
         for b in route.brokerDatas:
+            if any(bid != 0 for bid in b.brokerAddrs):
+                self.broker_groups.add(b.brokerName)
             if b.master_addr:
                 if self.broker_addrs.get(b.brokerName) != b.master_addr:
                     new_broker = True
@@ -146,6 +159,21 @@ class ClientInstance:
         if new_broker:
             self._heartbeat_now.set()
         return route
+
+    async def wait_new_master(self, topic: str, broker_name: str, old_addr: str,
+                              timeout: float) -> bool:
+        """After the master of a broker group refused (not the master any more) or could
+        not be reached: ask the NameServer for the topic's route until it names another
+        master for ``broker_name`` (True) or ``timeout`` passes (False)."""
+        with anyio.move_on_after(timeout):
+            while True:
+                with contextlib.suppress(ClientError):
+                    await self.fetch_route(topic)
+                addr = self.broker_addrs.get(broker_name)
+                if addr is not None and addr != old_addr:
+                    return True
+                await anyio.sleep(FAILOVER_POLL_S)
+        return False
 
     async def route(self, topic: str, *, refresh: bool = False) -> B.TopicRouteData | None:
         if not refresh and topic in self.routes:
@@ -198,6 +226,15 @@ class ClientInstance:
                 new = True
         if new:
             self._heartbeat_now.set()
+
+    def member_addr(self, broker_name: str, broker_id: int) -> str | None:
+        """The address of member ``broker_id`` of a broker group, as the last route named
+        it (None: no route knows it)."""
+        for route in self.routes.values():
+            for b in route.brokerDatas:
+                if b.brokerName == broker_name and broker_id in b.brokerAddrs:
+                    return b.brokerAddrs[broker_id]
+        return None
 
     async def broker_invoke(self, broker_name: str, cmd: RemotingCommand,
                             timeout: float | None = None) -> RemotingCommand:

@@ -7,6 +7,18 @@ attempts, RocketMQ's retryTimesWhenSendFailed = 2, with a short growing
 backoff), and later sends pass it over for ``FAULT_ISOLATION_S`` while other
 brokers work, so a producer moves on when a broker dies. An ordered send (a
 ``sharding_key``) always maps the key onto the same queue and is not moved.
+
+Broker groups (docs/cluster.md, "Clients follow the master"): when the broker a
+send went to belongs to a group (its route lists slaves) and refused as not the
+master (SERVICE_NOT_AVAILABLE) or could not be reached, the producer asks the
+NameServer until the route names a new master for that broker name (up to
+``failover_wait_s``) and sends there again, as an extra attempt that does not
+count against ``retries``. What a retry may duplicate: a refusal and a refused
+connection stored nothing; a send whose connection broke or timed out after the
+request left may have been stored and acknowledged by a master that died before
+answering, so its retry can store the message twice (same message id, the
+UNIQ_KEY property: consumers that must not see duplicates skip by it, as with
+RocketMQ's own retries).
 """
 
 from __future__ import annotations
@@ -45,6 +57,9 @@ MAX_IN_FLIGHT = 1024  # async sends outstanding per producer
 # latency fault tolerance isolates a failed broker for 30 s; shorter here so a restarted
 # broker is used again soon).
 FAULT_ISOLATION_S = 10.0
+# How long a send to a broker group waits for the NameServer to name a new master after
+# the old one refused or died (the failover budget: a lease TTL plus a restart).
+FAILOVER_WAIT_S = 15.0
 # Response codes after which another broker may succeed (RocketMQ's retryResponseCodes).
 RETRIABLE = {ResponseCode.SYSTEM_ERROR, ResponseCode.SYSTEM_BUSY, ResponseCode.TOPIC_NOT_EXIST,
              ResponseCode.SERVICE_NOT_AVAILABLE, ResponseCode.NO_PERMISSION,
@@ -64,10 +79,12 @@ class Producer:
 
     def __init__(self, namesrv: str | list[str], group: str = "DEFAULT_PRODUCER", *,
                  timeout: float = DEFAULT_TIMEOUT, retries: int = DEFAULT_RETRIES,
-                 max_in_flight: int = MAX_IN_FLIGHT, **instance_options: Any) -> None:
+                 max_in_flight: int = MAX_IN_FLIGHT, failover_wait_s: float = FAILOVER_WAIT_S,
+                 **instance_options: Any) -> None:
         self.group = group
         self.timeout = timeout
         self.retries = retries
+        self.failover_wait_s = failover_wait_s
         self.instance = ClientInstance(namesrv, timeout=timeout, **instance_options)
         self.instance.producer_groups.add(group)
         self._rr = itertools.count()
@@ -158,8 +175,12 @@ class Producer:
         avoid: set[str] = set()
         last: Exception | None = None
         attempts = 1 if (sharding_key is not None or queue is not None) else 1 + self.retries
-        for attempt in range(attempts):
+        failover_until: float | None = None  # set at the first failover wait
+        attempt = 0
+        while attempt < attempts:
+            attempt += 1
             mq: B.MessageQueue | None = None
+            addr = ""
             try:
                 if queue is not None:
                     mq, from_default = queue, False
@@ -185,18 +206,28 @@ class Producer:
                 if resp.code not in RETRIABLE:
                     raise err
                 last = err
-                avoid.add(mq.brokerName)
-                self._mark_faulty(mq.brokerName)
+                failover, mark = resp.code == ResponseCode.SERVICE_NOT_AVAILABLE, True
             except (RemotingConnectError, NoRouteError, ClientError) as exc:
                 if isinstance(exc, BrokerError) and exc.code not in RETRIABLE:
                     raise
                 last = exc
-                if queue is None and mq is not None:
-                    avoid.add(mq.brokerName)
-                    self._mark_faulty(mq.brokerName)
+                failover, mark = not isinstance(exc, NoRouteError), queue is None
                 inst.routes.pop(topic, None)
-            if attempt + 1 < attempts:
-                await anyio.sleep(RETRY_BACKOFF_S * (attempt + 1))
+            # A broker group's master refused or is gone: wait for the NameServer to name
+            # the new one and send there, on top of the retries (see the module docstring).
+            if failover and mq is not None and addr and mq.brokerName in inst.broker_groups:
+                now = time.monotonic()
+                if failover_until is None:
+                    failover_until = now + self.failover_wait_s
+                if now < failover_until and await inst.wait_new_master(
+                        topic, mq.brokerName, addr, failover_until - now):
+                    attempt -= 1
+                    continue
+            if mq is not None and mark:
+                avoid.add(mq.brokerName)
+                self._mark_faulty(mq.brokerName)
+            if attempt < attempts:
+                await anyio.sleep(RETRY_BACKOFF_S * attempt)
         assert last is not None
         raise last
 

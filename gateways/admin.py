@@ -2,12 +2,12 @@
 
 ``ferrymq topic create|list|describe|delete``, ``group list|describe``,
 ``produce``, ``consume``, ``offset reset``, ``message show``, ``dlq
-list|show|resend``, ``timer cancel|stats|list``, ``cluster list`` and ``namesrv`` (a
+list|show|resend``, ``timer cancel|stats|list``, ``cluster list|elect`` and ``namesrv`` (a
 standalone NameServer). Every command talks to a NameServer (``-n``,
 ``FERRYMQ_NAMESRV``, default 127.0.0.1:9876; a broker address works too) through
 the FerryMQ client; over TLS with ``--tls`` or ``--tls-ca FILE`` (and
 ``--tls-cert``/``--tls-key`` to present a client certificate), as
-docs/security.md says.
+docs/security.md says. ``cluster list --etcd`` and ``cluster elect`` read etcd.
 
 Conventions (docs/cli.md): data goes to stdout, as a table on a terminal or
 JSON lines otherwise (``-o table|json``, or ``--json``), numbers as JSON numbers;
@@ -804,11 +804,47 @@ def cluster() -> None:
     """The brokers behind the NameServers."""
 
 
+def etcd_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--prefix", metavar="KEY", help="The cluster's etcd prefix (default "
+                     "/ferrymq/CLUSTER_NAME, as the brokers' [cluster] etcd_prefix).")(f)
+    f = click.option("-c", "--cluster-name", default="DefaultCluster", show_default=True,
+                     help="The brokers' cluster_name (names the etcd prefix).")(f)
+    return click.option("--etcd", envvar="FERRYMQ_ETCD", metavar="URL[,URL]",
+                        help="etcd endpoints of the broker groups (docs/cluster.md).")(f)
+
+
+def _etcd(etcd: str) -> Any:
+    from .replication.etcd import EtcdClient
+    return EtcdClient([u.strip() for u in etcd.split(",") if u.strip()], 3.0)
+
+
+def _run_trio(fn: Callable[[], Awaitable[T]]) -> T:
+    """etcd's client runs on trio (the broker's loop): these commands do too."""
+    import trio
+
+    from .replication.etcd import EtcdError
+    from .replication.operator import ElectError
+    try:
+        return trio.run(fn)
+    except (EtcdError, ElectError, ClientError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @cluster.command("list", context_settings=CONTEXT)
 @namesrv_option
 @output_option
-def cluster_list(namesrv: str, output: str | None) -> None:
-    """Every live broker: cluster, name, address, topics, messages stored so far."""
+@etcd_options
+def cluster_list(namesrv: str, output: str | None, etcd: str | None, cluster_name: str,
+                 prefix: str | None) -> None:
+    """Every live broker: cluster, name, address, topics, messages stored so far. With
+    --etcd: every broker group's members, roles, epoch, in-sync set and replication lag."""
+    if etcd:
+        from .replication.operator import group_rows, prefix_of
+        rows = _run_trio(lambda: group_rows(_etcd(etcd), prefix_of(cluster_name, prefix)))
+        _emit(rows, ["group", "node", "role", "epoch", "in_sync", "address", "acked",
+                     "lag_bytes"], output)
+        return
+
     async def go() -> list[dict[str, Any]]:
         async with Admin(namesrv, **connect_options()) as a:
             info = await a.cluster()
@@ -831,6 +867,23 @@ def cluster_list(namesrv: str, output: str | None) -> None:
             return rows
     _emit(_run(go), ["cluster", "broker", "address", "topics", "messages_in", "version",
                      "up_since"], output)
+
+
+@cluster.command("elect", context_settings=CONTEXT)
+@click.argument("group")
+@click.option("--node", help="The member to make master (default: an in-sync live one).")
+@etcd_options
+@output_option
+def cluster_elect(group: str, node: str | None, etcd: str | None, cluster_name: str,
+                  prefix: str | None, output: str | None) -> None:
+    """Switch GROUP's master on purpose: the master steps down and hands over to an
+    in-sync member; a member not in sync is refused."""
+    if not etcd:
+        raise click.UsageError("--etcd (or FERRYMQ_ETCD) names the groups' etcd")
+    from .replication.operator import elect, prefix_of
+    done = _run_trio(lambda: elect(_etcd(etcd), prefix_of(cluster_name, prefix), group, node))
+    _emit([{"group": done.group, "old_master": done.old_master, "master": done.node,
+            "epoch": done.epoch}], ["group", "old_master", "master", "epoch"], output)
 
 
 # ====================================================================== namesrv

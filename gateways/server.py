@@ -57,6 +57,9 @@ class DoorContext:
     config: ServerConfig
     bound: dict[str, int] = field(default_factory=dict)  # door -> port, as started so far
     budget: RequestBudget | None = None  # the server's request-bytes budget (one for all doors)
+    # A broker group's member: the controller's view of every group's master
+    # (gateways/replication/view.py ClusterView); None for a single broker.
+    cluster: Any = None
 
     def supervisor(self, door: str, *, protocol_errors: tuple[type[BaseException], ...] = (),
                    refuse: Refuse | None = None, tick_s: float | None = None
@@ -155,7 +158,8 @@ async def _serve_traced(config: ServerConfig,
 
 
 async def _start_doors(config: ServerConfig, broker: Broker, nursery: trio.Nursery,
-                       tracer: OtelTracer | None = None) -> dict[str, int]:
+                       tracer: OtelTracer | None = None, cluster: Any = None
+                       ) -> dict[str, int]:
     broker.set_tracer(tracer)
     apply_metrics_options(broker, config.options("metrics"))
     bound: dict[str, int] = {}
@@ -168,7 +172,7 @@ async def _start_doors(config: ServerConfig, broker: Broker, nursery: trio.Nurse
         if module is None:
             continue
         ctx = DoorContext(broker, config.host, port, config.options(name), config, bound,
-                          budget)
+                          budget, cluster)
         bound[name] = await nursery.start(module.serve, ctx)
         log.info("door %s listening on %s:%d", name, config.host, bound[name])
     return bound
@@ -214,11 +218,11 @@ async def _serve_cluster(config: ServerConfig,
     started = False
     bound: dict[str, int] = {}
 
-    async def start_doors(broker: Broker, nursery: trio.Nursery) -> dict[str, int]:
+    async def start_doors(broker: Broker, nursery: trio.Nursery, view: Any) -> dict[str, int]:
         nonlocal bound
         # The same ports at every life: a door's port 0 is bound once and kept.
         bound = await _start_doors(replace(config, ports={**config.ports, **bound}), broker,
-                                   nursery, tracer)
+                                   nursery, tracer, view)
         return bound
 
     def announce(info: dict[str, Any]) -> None:

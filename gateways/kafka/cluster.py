@@ -10,18 +10,28 @@ replication (issue 14), where the same requests reach real choices.
 
 ``ClusterApis`` is a mixin of ``handlers.KafkaDoor``: the methods are handlers
 (header, request, session) -> response like the others.
+
+A member of a broker group (docs/cluster.md, "Clients follow the master") is one
+Kafka broker per group: the group's node id (``group_node_id``) at its current
+master's address, read from the controller's ``ClusterView``. Metadata names it
+leader of every partition and FindCoordinator names it coordinator, whichever
+member answers; a slave that knows no master yet answers LEADER_NOT_AVAILABLE /
+COORDINATOR_NOT_AVAILABLE, and refuses produce and (unless slaves serve reads)
+fetch with NOT_LEADER_OR_FOLLOWER, so that clients refresh their metadata.
 """
 
 from __future__ import annotations
 
 import shutil
 import struct
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ...core.access import SYSTEM
 from ...core.broker import Broker
 from ...core.errors import FerryError
 from ...core.metadata import TopicConfig
+from ...core.replication import Role
 from ...protocols.kafka import errors as ke
 from ...protocols.kafka import schema
 from ...protocols.kafka.connection import Header
@@ -29,6 +39,9 @@ from .errors import kafka_error
 from .groups import Coordinator
 from .mapping import kafka_visible
 from .producers import ProducerStates
+
+if TYPE_CHECKING:
+    from ..replication.view import ClusterView
 
 DELETE_RECORDS, OFFSET_FOR_LEADER_EPOCH, ALTER_REPLICA_LOG_DIRS, DESCRIBE_LOG_DIRS = 21, 23, 34, 35
 ELECT_LEADERS, ALTER_PARTITION_REASSIGNMENTS, LIST_PARTITION_REASSIGNMENTS = 43, 45, 46
@@ -56,10 +69,24 @@ def subscribed_topics(metadata: bytes) -> set[str] | None:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Who leads this door's partitions: ``leader`` (a node id, -1 while unknown) at
+    ``leader_host:leader_port``; ``group``, the node id of this broker's group;
+    ``brokers``, every (node id, host, port) Metadata lists."""
+
+    leader: int
+    leader_host: str
+    leader_port: int
+    group: int
+    brokers: tuple[tuple[int, str, int], ...]
+
+
 class ClusterApis:
     """Handlers of the admin APIs above (mixed into ``KafkaDoor``, which provides what
     is declared here)."""
 
+    view: ClusterView | None = None  # a broker group's member: every group's master
     broker: Broker
     options: Any  # handlers.DoorOptions
     port: int
@@ -81,6 +108,37 @@ class ClusterApis:
 
     def _find(self, name: str, s: Any) -> TopicConfig | None:
         raise NotImplementedError
+
+    # ---------------------------------------------------------------- routes
+
+    def route(self, s: Any) -> Route:
+        """This door's answer to "who leads": itself for a single broker or a master;
+        the group's master, as etcd names it, for a slave."""
+        here = (self.host_for(s), self.port_for(s))
+        if self.view is None:
+            node = self.options.node_id
+            return Route(node, *here, node, ((node, *here),))
+        own = self.view.own()
+        group = own.node_id
+        leader, host, port = -1, "", -1
+        if self.broker.replication_position().role is Role.MASTER:
+            leader, (host, port) = group, here
+        else:
+            m = own.master_member()
+            if m is not None and m.ports.get("kafka"):
+                leader, host, port = group, m.host, m.ports["kafka"]
+        brokers = {group: (host, port)} if leader >= 0 else {}
+        for g, m in self.view.masters():
+            if g.name != own.name and m.ports.get("kafka"):
+                brokers[g.node_id] = (m.host, m.ports["kafka"])
+        return Route(leader, host, port, group,
+                     tuple((b, h, p) for b, (h, p) in sorted(brokers.items())))
+
+    def slave_refusal(self) -> str | None:
+        """Why this broker cannot coordinate (a slave of a group), or None."""
+        if self.view is not None and self.broker.replication_position().role is Role.SLAVE:
+            return "a slave"
+        return None
 
     # ---------------------------------------------------------------- DeleteRecords
 
@@ -241,15 +299,16 @@ class ClusterApis:
 
     async def describe_cluster(self, h: Header, req: Any, s: Any) -> Any:
         R = schema.response_class(DESCRIBE_CLUSTER)
-        node = self.options.node_id
         if h.api_version >= 1 and req.endpoint_type != ENDPOINT_BROKERS:
             return R(error_code=ke.UNSUPPORTED_ENDPOINT_TYPE, endpoint_type=req.endpoint_type,
                      error_message="this broker is its own controller; ask for brokers",
                      cluster_id=self.options.cluster_id, controller_id=-1)
+        route = self.route(s)  # a broker group: every group's master (one broker each)
         return R(error_code=ke.NONE, error_message=None, endpoint_type=ENDPOINT_BROKERS,
-                 cluster_id=self.options.cluster_id, controller_id=node,
-                 brokers=(R.DescribeClusterBroker(broker_id=node, host=self.host_for(s),
-                                                  port=self.port_for(s), rack=None),))
+                 cluster_id=self.options.cluster_id, controller_id=route.group,
+                 brokers=tuple(R.DescribeClusterBroker(broker_id=b, host=host, port=port,
+                                                       rack=None)
+                               for b, host, port in route.brokers))
 
     async def describe_topic_partitions(self, h: Header, req: Any,
                                         s: Any) -> Any:

@@ -326,7 +326,8 @@ class KafkaDoor(ClusterApis):
 
     async def metadata(self, h: Header, req: Any, s: Session) -> Any:
         R = schema.response_class(METADATA)
-        node = self.options.node_id
+        route = self.route(s)
+        node = route.leader
         v = h.api_version
         zero = bytes(16)
         wanted: list[tuple[str | None, bytes]]
@@ -354,15 +355,17 @@ class KafkaDoor(ClusterApis):
                     error_code=err or ke.UNKNOWN_TOPIC_OR_PARTITION, name=name or ""))
                 continue
             parts = tuple(R.MetadataResponsePartition(
-                error_code=ke.NONE, partition_index=q, leader_id=node, leader_epoch=0,
-                replica_nodes=(node,), isr_nodes=(node,), offline_replicas=())
+                error_code=ke.NONE if node >= 0 else ke.LEADER_NOT_AVAILABLE,
+                partition_index=q, leader_id=node, leader_epoch=0,
+                replica_nodes=(route.group,), isr_nodes=(route.group,), offline_replicas=())
                 for q in range(t.queues))
             topics.append(R.MetadataResponseTopic(error_code=ke.NONE, name=name,
                                                   topic_id=self.topic_id(t),
                                                   is_internal=False, partitions=parts))
-        return R(brokers=(R.MetadataResponseBroker(node_id=node, host=self.host_for(s),
-                                                   port=self.port_for(s), rack=None),),
-                 cluster_id=self.options.cluster_id, controller_id=node, topics=tuple(topics))
+        return R(brokers=tuple(R.MetadataResponseBroker(node_id=b, host=host, port=port, rack=None)
+                               for b, host, port in route.brokers),
+                 cluster_id=self.options.cluster_id, controller_id=route.group,
+                 topics=tuple(topics))
 
     # ================================================================ Produce
 
@@ -816,18 +819,21 @@ class KafkaDoor(ClusterApis):
         """This broker coordinates every group and every transactional id (key types 0
         and 1); v4+ asks for several keys at once."""
         R = schema.response_class(FIND_COORDINATOR)
-        node, host = self.options.node_id, self.host_for(s)
+        route = self.route(s)
+        node, host, port = route.leader, route.leader_host, route.leader_port
         known = req.key_type in (COORDINATOR_GROUP, COORDINATOR_TRANSACTION)
         code = ke.NONE if known else ke.INVALID_REQUEST
         message = None if known else f"unknown coordinator key type {req.key_type}"
+        if known and node < 0:  # a slave that knows no master yet
+            code, message, known = ke.COORDINATOR_NOT_AVAILABLE, "no master known yet", False
         if h.api_version < 4:
             if not known:
                 return R(error_code=code, error_message=message, node_id=-1, host="", port=-1)
             return R(error_code=ke.NONE, error_message=None, node_id=node, host=host,
-                     port=self.port_for(s))
+                     port=port)
         return R(coordinators=tuple(
             R.Coordinator(key=key, node_id=node if known else -1, host=host if known else "",
-                          port=self.port_for(s) if known else -1, error_code=code,
+                          port=port if known else -1, error_code=code,
                           error_message=message)
             for key in req.coordinator_keys))
 
@@ -847,6 +853,9 @@ class KafkaDoor(ClusterApis):
         if denied:
             return R(error_code=denied, generation_id=-1, protocol_name="", leader="",
                      member_id=req.member_id, members=())
+        if self.slave_refusal() is not None:  # the group's master coordinates (FindCoordinator)
+            return R(error_code=ke.NOT_COORDINATOR, generation_id=-1, protocol_name="",
+                     leader="", member_id=req.member_id or "", members=())
         res = await self.coordinator.join(
             req.group_id, req.member_id, req.group_instance_id if v >= 5 else None,
             h.client_id or "", s.client_host, req.session_timeout_ms,
@@ -867,6 +876,8 @@ class KafkaDoor(ClusterApis):
         denied = self._refused(s, GROUP, req.group_id, READ)
         if denied:
             return R(error_code=denied, assignment=b"")
+        if self.slave_refusal() is not None:
+            return R(error_code=ke.NOT_COORDINATOR, assignment=b"")
         instance = req.group_instance_id if v >= 3 else None
         g = self.coordinator.describe(req.group_id)
         if v >= 5 and g is not None and g.protocol_type is not None and (
@@ -888,6 +899,8 @@ class KafkaDoor(ClusterApis):
         denied = self._refused(s, GROUP, req.group_id, READ)
         if denied:
             return R(error_code=denied)
+        if self.slave_refusal() is not None:
+            return R(error_code=ke.NOT_COORDINATOR)
         instance = req.group_instance_id if h.api_version >= 3 else None
         return R(error_code=self.coordinator.heartbeat(req.group_id, req.generation_id,
                                                        req.member_id, instance))
@@ -897,6 +910,8 @@ class KafkaDoor(ClusterApis):
         denied = self._refused(s, GROUP, req.group_id, READ)
         if denied:
             return R(error_code=denied, members=())
+        if self.slave_refusal() is not None:
+            return R(error_code=ke.NOT_COORDINATOR)
         if h.api_version < 3:
             code = self.coordinator.leave(req.group_id, req.member_id)
             await self.coordinator.save_dirty()
@@ -1109,6 +1124,8 @@ class KafkaDoor(ClusterApis):
         denied = self._refused(s, TRANSACTIONAL_ID, req.transactional_id, WRITE)
         if denied:
             return R(error_code=denied, producer_id=-1, producer_epoch=-1)
+        if self.slave_refusal() is not None:  # producer ids are the master's to hand out
+            return R(error_code=ke.NOT_COORDINATOR, producer_id=-1, producer_epoch=-1)
         if req.transactional_id is None:
             pid = await self.txns.new_producer_id()
             self.producers.register(pid, 0, now_ms())

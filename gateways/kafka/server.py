@@ -36,6 +36,7 @@ import trio
 from ...core.access import SYSTEM
 from ...core.broker import Broker
 from ...core.errors import FerryError
+from ...core.replication import Role
 from ...protocols import record as rec
 from ...protocols.kafka import batch_header as bh
 from ...protocols.kafka import errors as ke
@@ -105,6 +106,13 @@ async def serve(ctx: DoorContext, *, task_status: trio.TaskStatus[int] = trio.TA
     listeners = await trio.open_tcp_listeners(ctx.port, host=ctx.host)
     port = listeners[0].socket.getsockname()[1]
     door = KafkaDoor(broker, options, port, coordinator, producers, txns)
+    door.view = ctx.cluster  # a broker group's member routes clients to masters
+    # A slave records no produce: its producer table is empty while its queues grow by
+    # replication. Saving it would mark those batches as replayed, and the producers
+    # would be unknown to it once promoted (UNKNOWN_PRODUCER_ID, fatal to an idempotent
+    # producer). It saves nothing; promoted, it replays the batches from its last
+    # snapshot as a master, as every start does.
+    slave = broker.replication_position().role is Role.SLAVE
     door.load_state()
     if restored:
         log.info("Kafka group membership restored", extra={"members": restored,
@@ -124,13 +132,15 @@ async def serve(ctx: DoorContext, *, task_status: trio.TaskStatus[int] = trio.TA
             await tasks.start(coordinator.run, name="coordinator")
             await txns.recover()
             await tasks.start(txns.run, name="transactions")
-            tasks.start_soon(_persist_loop, broker, producers, name="producer_state")
+            if not slave:
+                tasks.start_soon(_persist_loop, broker, producers, name="producer_state")
             await nursery.start(partial(connections.serve, listeners, handler,
                                         tls_handler=tls_handler))
             task_status.started(port)
     finally:
-        with trio.CancelScope(shield=True):
-            await _save(broker, producers)
+        if not slave:
+            with trio.CancelScope(shield=True):
+                await _save(broker, producers)
 
 
 def replay_producer_state(broker: Broker, producers: ProducerStates) -> int:

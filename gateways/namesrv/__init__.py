@@ -41,6 +41,7 @@ from ...protocols.remoting import (
 from ...protocols.remoting import bodies as B
 from ...protocols.remoting import headers as H
 from ..config import DOOR_LIMITS, ConnectionLimits
+from ..replication.view import EPOCH_FIELD
 from ..server import DoorContext
 from ..supervision import ConnectionSupervisor, RequestBudget, Watch
 from ..tls import TlsServer
@@ -85,8 +86,16 @@ class NameServer:
                     return response_to(cmd, ResponseCode.SYSTEM_ERROR,
                                        remark="compressed registration bodies are not supported")
                 body = B.RegisterBrokerBody.decode(cmd.body)
-                self.table.register(h.clusterName, h.brokerName, h.brokerId, h.brokerAddr,
-                                    body.topics, body.data_version)
+                epoch = cmd.ext(EPOCH_FIELD) or "0"
+                if not epoch.isdigit():
+                    return response_to(cmd, ResponseCode.INVALID_PARAMETER,
+                                       remark=f"{EPOCH_FIELD}: not an epoch: {epoch[:40]!r}")
+                if not self.table.register(h.clusterName, h.brokerName, h.brokerId,
+                                           h.brokerAddr, body.topics, body.data_version,
+                                           epoch=int(epoch)):
+                    log.warning("ignored %s's claim to be master of %s in epoch %s: "
+                                "a later epoch's master is listed", h.brokerAddr,
+                                h.brokerName, epoch)
                 return response_to(cmd, ResponseCode.SUCCESS,
                                    H.RegisterBrokerResponseHeader("", "").to_ext(),
                                    B.dumps({"table": {}}))

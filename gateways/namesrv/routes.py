@@ -6,6 +6,19 @@ unregisters. A topic's route lists every live broker holding it and how
 many queues each has, so one topic's queues can be spread over several
 brokers and clients send to and pull from all of them. Pure bookkeeping: no
 I/O, the clock is passed in.
+
+Broker groups (docs/cluster.md, "Clients follow the master"): a group's master
+registers as brokerId 0 and its slaves under ids of their own, all with one
+broker name. A registration as brokerId 0 is the group's new master: any other
+address still listed as that name's brokerId 0 (a master that died without
+unregistering, whose entry would otherwise live until the expiry) leaves the
+table at once, so routes name one master per broker name, the newest. Were
+the displaced one still alive, it re-registers in its new role within its
+next life (a role change restarts the doors, which register at start). A
+member of a group sends its epoch (the ``ferryEpoch`` field, which RocketMQ's
+NameServers ignore); a master claim of an older epoch than the listed
+master's — a master cut off from etcd whose 30 s re-registration comes before
+its demotion — is not recorded, so it cannot take the route back.
 """
 
 from __future__ import annotations
@@ -27,6 +40,7 @@ class BrokerLive:
     last_update: float
     topics: dict[str, B.TopicConfigData] = field(default_factory=dict)
     data_version: int = 0
+    epoch: int = 0  # a broker group's master epoch (0: a single broker)
 
 
 class RouteTable:
@@ -36,11 +50,22 @@ class RouteTable:
 
     def register(self, cluster: str, broker_name: str, broker_id: int, addr: str,
                  topics: tuple[B.TopicConfigData, ...], data_version: int = 0,
-                 now: float | None = None) -> None:
+                 now: float | None = None, epoch: int = 0) -> bool:
+        """Record a registration; False when it is a master claim of an older epoch than
+        the master listed for that broker name (a master whose term is over, not yet
+        restarted as a slave): it is not recorded (see above)."""
         now = time.monotonic() if now is None else now
+        if broker_id == 0:  # a group's new master displaces the old one (see above)
+            others = [(a, b) for a, b in self.brokers.items() if a != addr and b.broker_id == 0
+                      and b.broker_name == broker_name and b.cluster == cluster]
+            if any(b.epoch > epoch for _, b in others):
+                return False
+            for a, _ in others:
+                del self.brokers[a]
         # An address re-registering under another name replaces its old entry.
         self.brokers[addr] = BrokerLive(cluster, broker_name, broker_id, addr, now,
-                                        {t.topicName: t for t in topics}, data_version)
+                                        {t.topicName: t for t in topics}, data_version, epoch)
+        return True
 
     def unregister(self, addr: str) -> bool:
         return self.brokers.pop(addr, None) is not None

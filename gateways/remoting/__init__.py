@@ -10,7 +10,9 @@ its NameServers (registration.py): the ones named by ``--namesrv`` /
 
 Options (``[remoting]`` table): ``max_frame`` (bytes, default 16 MiB),
 ``max_suspended`` (long polls per connection, default 1024),
-``advertised_address`` (HOST:PORT clients should use), ``register_interval_s``
+``advertised_address`` (HOST:PORT clients should use), ``slave_read_lag_messages``
+(10000: with a group's ``slave_read_enable``, a consumer this far behind is sent to
+a slave), ``register_interval_s``
 (30), ``client_expiry_s`` (120), ``lock_ttl_s`` (60), ``max_suspend_s`` (30), and
 the connection limits every door has (``max_connections``, 10000, and the
 others of docs/operations.md, "Connection limits"), which the door's
@@ -27,9 +29,12 @@ from typing import Any
 
 import trio
 
+from ...core.broker import Broker
+from ...core.replication import Role
 from ...protocols.remoting import DEFAULT_MAX_FRAME, RemotingProtocolError
 from ...protocols.remoting import headers as H
 from ..config import DOOR_LIMITS
+from ..replication.view import slave_broker_id
 from ..server import DoorContext
 from ..tls import client_context
 from .client_table import CLIENT_EXPIRY_S, LOCK_TTL_S, ClientTable
@@ -40,6 +45,7 @@ from .registration import REGISTER_INTERVAL_S, Registrar
 log = logging.getLogger("ferrymq.remoting")
 
 DEFAULT_MAX_SUSPENDED = 1024
+SLAVE_READ_LAG_MESSAGES = 10_000  # a consumer this far behind reads from a slave
 DEFAULT_MAX_CONNECTIONS = DOOR_LIMITS["remoting"].max_connections  # the supervisor's cap
 
 
@@ -53,6 +59,33 @@ def namesrv_addresses(ctx: DoorContext) -> list[str]:
         host = ctx.host if ctx.host not in ("0.0.0.0", "", "::") else "127.0.0.1"
         return [f"{host}:{port}"]
     return []
+
+
+def broker_id(ctx: DoorContext) -> int:
+    """The brokerId this door registers under: 0 for a single broker and a group's master,
+    the slave's own id for a slave (docs/cluster.md, "Clients follow the master"). A role
+    change restarts the doors, so the next life registers its new role at once."""
+    cluster = ctx.config.cluster
+    if cluster is None or ctx.broker.replication_position().role is not Role.SLAVE:
+        return 0
+    return slave_broker_id(cluster.node_id)
+
+
+def suggest_broker(broker: Broker, node: str, lag: int, next_offset: int, max_offset: int) -> int:
+    """RocketMQ's suggestWhichBrokerId with ``slaveReadEnable`` (docs/cluster.md, "Reading
+    from slaves"): a consumer more than ``lag`` messages behind is sent to a slave — the
+    master names an in-sync one, a slave keeps it — and one caught up goes back to the
+    master (0), which serves fresh messages from its page cache. RocketMQ measures the
+    distance in bytes against memory; one queue's count is what a pull knows here."""
+    behind = max_offset - next_offset > lag
+    role = broker.replication_position().role
+    if role is Role.SLAVE:
+        return slave_broker_id(node) if behind else 0
+    if role is Role.MASTER and behind:
+        slaves = sorted(broker.in_sync_replicas() - {node})
+        if slaves:
+            return slave_broker_id(slaves[0])
+    return 0
 
 
 def namesrv_tls(opts: Mapping[str, Any]) -> ssl.SSLContext | None:
@@ -81,12 +114,16 @@ async def serve(ctx: DoorContext, *, task_status: trio.TaskStatus[int] = trio.TA
     processor = Processor(ctx.broker, broker_addr=addr, client_table=table,
                           max_suspend_s=float(opts.get("max_suspend_s", MAX_SUSPEND_S)))
     registrar = Registrar(namesrvs, H.RegisterBrokerRequestHeader(
-        cfg.broker_name, addr, cfg.cluster_name, haServerAddr="", brokerId=0),
+        cfg.broker_name, addr, cfg.cluster_name, haServerAddr="", brokerId=broker_id(ctx)),
         processor.topic_configs, float(opts.get("register_interval_s", REGISTER_INTERVAL_S)),
         cluster_secret=(cfg.extra.get("auth") or {}).get("cluster_secret"),  # type: ignore[call-overload]
-        ssl_context=namesrv_tls(opts))
+        ssl_context=namesrv_tls(opts), epoch=ctx.broker.replication_position().epoch)
     ctx.broker.watch_topics(registrar.topics_changed)  # topics made through any door
     processor.register_now = registrar.register_now
+    if ctx.config.cluster is not None and cfg.slave_read_enable:
+        processor.suggest_broker = functools.partial(
+            suggest_broker, ctx.broker, ctx.config.cluster.node_id,
+            int(opts.get("slave_read_lag_messages", SLAVE_READ_LAG_MESSAGES)))
     serve_one = functools.partial(
         serve_connection, processor=processor,
         max_frame=int(opts.get("max_frame", DEFAULT_MAX_FRAME)),

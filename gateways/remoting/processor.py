@@ -23,6 +23,7 @@ RocketMQ's ACL signature is checked).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import struct
 import time
@@ -39,6 +40,7 @@ from ...core.filter import Filter, parse_filter
 from ...core.message import PROPERTY_DOOR, GetStatus, Message, offset_message_id
 from ...core.metadata import DLQ_PREFIX, PERM_READ_WRITE, RETRY_PREFIX
 from ...core.metrics import DoorMetrics
+from ...core.replication import Role
 from ...core.tracing import Delivery
 from ...protocols import record as rec
 from ...protocols.remoting import (
@@ -94,6 +96,10 @@ class Processor:
         self.broker_addr = broker_addr
         self.clients = client_table
         self.register_now: Callable[[], Awaitable[None]] = _nothing
+        # Which brokerId the consumer should pull from next (RocketMQ's
+        # suggestWhichBrokerId), from (next offset, queue's max offset): 0, the master,
+        # unless the door sets a broker group's rule (slave_read_enable).
+        self.suggest_broker: Callable[[int, int], int] = lambda next_offset, max_offset: 0
         self.max_suspend_s = max_suspend_s
         self.metrics = DoorMetrics(broker.metrics, "rocketmq")
         self.store_host = rec.host_bytes(broker.config.store_host, broker.config.store_port)
@@ -309,7 +315,7 @@ class Processor:
                    who: Principal) -> RemotingCommand:
         lo, hi = self.broker.queue_bounds(h.topic, h.queueId, principal=who)
         return response_to(cmd, ResponseCode.PULL_NOT_FOUND, H.PullMessageResponseHeader(
-            0, h.queueOffset, lo, hi).to_ext())
+            self.suggest_broker(h.queueOffset, hi), h.queueOffset, lo, hi).to_ext())
 
     def _pull_once(self, cmd: RemotingCommand, h: H.PullMessageRequestHeader,
                    filt: Filter | None, who: Principal) -> RemotingCommand | None:
@@ -349,8 +355,10 @@ class Processor:
                     break
             self.counters["pulled"] += n
             return response_to(cmd, ResponseCode.SUCCESS, H.PullMessageResponseHeader(
-                0, next_offset, r.min_offset, r.max_offset).to_ext(), b"".join(parts))
-        ext = H.PullMessageResponseHeader(0, r.next_offset, r.min_offset, r.max_offset).to_ext()
+                self.suggest_broker(next_offset, r.max_offset), next_offset, r.min_offset,
+                r.max_offset).to_ext(), b"".join(parts))
+        ext = H.PullMessageResponseHeader(self.suggest_broker(r.next_offset, r.max_offset),
+                                          r.next_offset, r.min_offset, r.max_offset).to_ext()
         if st is GetStatus.NO_MATCHED_MESSAGE:
             return response_to(cmd, ResponseCode.PULL_RETRY_IMMEDIATELY, ext)
         if st in (GetStatus.OFFSET_TOO_SMALL, GetStatus.OFFSET_OVERFLOW_BADLY):
@@ -677,6 +685,14 @@ class Processor:
                  "commitLogMaxOffset": str(st.commitlog_max_offset),
                  "topics": str(st.topics), "groups": str(st.groups),
                  "clients": str(len(self.clients.clients))}
+        pos = self.broker.replication_position()
+        if pos.role is not Role.STANDALONE:  # a broker group's member (``cluster list``)
+            table.update({"replicationRole": pos.role.value, "replicationEpoch": str(pos.epoch),
+                          "commitLogConfirmOffset": str(pos.confirm),
+                          "replicas": json.dumps([
+                              {"node": r.node, "acked": r.acked, "connected": r.connected,
+                               "in_sync": r.in_sync, "lag_bytes": r.lag_bytes}
+                              for r in self.broker.replica_status()])})
         return response_to(cmd, ResponseCode.SUCCESS, body=B.dumps({"table": table}))
 
     # A broker answers the NameServer's route queries for itself, so that a client

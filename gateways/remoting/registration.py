@@ -21,6 +21,7 @@ from ...clients.remoting import ClientError, RemotingClient, check
 from ...protocols.remoting import RequestCode, request
 from ...protocols.remoting import bodies as B
 from ...protocols.remoting import headers as H
+from ..replication.view import EPOCH_FIELD
 
 log = logging.getLogger("ferrymq.remoting")
 
@@ -35,11 +36,12 @@ class Registrar:
                  topics: Callable[[], list[B.TopicConfigData]],
                  interval_s: float = REGISTER_INTERVAL_S,
                  cluster_secret: str | None = None,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, epoch: int = 0) -> None:
         self.namesrvs = list(namesrvs)
         # Registrations are signed with the cluster's secret (gateways/namesrv).
         self.credentials = (CLUSTER_ACCESS_KEY, cluster_secret) if cluster_secret else None
         self.ssl_context = ssl_context  # TLS to the NameServers (an enforcing one)
+        self.epoch = epoch  # a broker group's member: its life's epoch (docs/cluster.md)
         self.header = header
         self.topics = topics
         self.interval_s = interval_s
@@ -86,11 +88,14 @@ class Registrar:
     async def _register_all(self, rc: RemotingClient) -> None:
         self._version += 1
         body = B.RegisterBrokerBody(tuple(self.topics()), self._version).encode()
+        ext = self.header.to_ext()
+        if self.epoch:
+            ext[EPOCH_FIELD] = str(self.epoch)
         for addr in self.namesrvs:
             try:
                 with anyio.fail_after(REGISTER_TIMEOUT_S):
                     resp = await rc.invoke(addr, request(RequestCode.REGISTER_BROKER, 0,
-                                                         self.header.to_ext(), body),
+                                                         ext, body),
                                            REGISTER_TIMEOUT_S)
                 check(resp, addr)
                 self.registrations += 1

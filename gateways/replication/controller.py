@@ -39,14 +39,16 @@ from ..config import ClusterConfig, ServerConfig
 from .etcd import EtcdClient, EtcdError, KeyValue, b64
 from .master import ReplicationDoor
 from .slave import CannotFollow, MasterMoved, NeedsTruncation, follow
+from .view import ClusterView
 
 log = logging.getLogger("ferrymq.cluster")
 
 ISR_CHECK_S = 0.1  # how often the master looks at its in-sync set
 DECIDE_RETRY_S = 0.2  # a pause after a failed look at etcd
+HANDOVER_CATCH_UP_S = 5.0  # a master handing over waits this long for its successor
 WATCH_S = 2.0  # a watch of the group's keys is renewed this often (each wakes at a change)
 
-StartDoors = Callable[[Broker, trio.Nursery], Awaitable[dict[str, int]]]
+StartDoors = Callable[[Broker, trio.Nursery, ClusterView], Awaitable[dict[str, int]]]
 Announce = Callable[[dict[str, Any]], None]
 
 
@@ -58,16 +60,20 @@ class GroupState:
     master: str
     isr: frozenset[str]
     mod_revision: int = 0
+    handover: str = ""  # ``ferrymq cluster elect``: the member the master hands over to
 
     def to_json(self) -> str:
-        return json.dumps({"epoch": self.epoch, "master": self.master,
-                           "isr": sorted(self.isr)})
+        doc: dict[str, Any] = {"epoch": self.epoch, "master": self.master,
+                               "isr": sorted(self.isr)}
+        if self.handover:
+            doc["handover"] = self.handover
+        return json.dumps(doc)
 
     @classmethod
     def from_kv(cls, kv: KeyValue) -> GroupState:
         doc = kv.json()
         return cls(int(doc["epoch"]), str(doc["master"]), frozenset(doc.get("isr", ())),
-                   kv.mod_revision)
+                   kv.mod_revision, str(doc.get("handover") or ""))
 
 
 @dataclass
@@ -107,6 +113,7 @@ class Controller:
         self.etcd = etcd or EtcdClient(self.cluster.etcd, self.cluster.etcd_timeout_ms / 1000)
         prefix = self.cluster.etcd_prefix or f"/ferrymq/{config.broker.cluster_name}"
         self.keys = Keys(prefix, config.broker.broker_name)
+        self.view = ClusterView(prefix, config.broker.broker_name)
         self.ttl = self.cluster.lease_ttl_s
         self.margin = self.cluster.fence_margin_ms / 1000
         self.lease = 0
@@ -120,6 +127,8 @@ class Controller:
         self.bound: dict[str, int] = {}
         self.replication_port = 0
         self._state_rev = 0
+        self._handover_seen: tuple[int, float] | None = None  # (state revision, first seen)
+        self._stepping_down = False  # this life's master hands over (``cluster elect``)
 
     # ================================================================ the process
 
@@ -131,6 +140,7 @@ class Controller:
                 await self._new_lease()
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._keepalive)
+                    nursery.start_soon(self._watch_view)
                     while not self.lease_lost.is_set():
                         membership = await self._decide()
                         if membership is None:
@@ -191,9 +201,31 @@ class Controller:
                 self.lease_lost.set()
                 return
             self.deadline = max(self.deadline, t_sent + ttl - self.margin)
-            if self.broker is not None:
+            if self.broker is not None and not self._stepping_down:  # (a step-down stays fenced)
                 self.broker.set_lease_deadline(self.deadline)
             await trio.sleep_until(t_sent + interval)
+
+    async def _watch_view(self) -> None:
+        """Keep ``self.view`` (every group's master and members, for the doors' routes)
+        as etcd has it: read the groups, then wait for a change after that read."""
+        base = self.view.prefix
+        while True:
+            try:
+                kvs, revision = await self.etcd.range(base, prefix=True)
+                self.view.load((kv.key, kv.value) for kv in kvs)
+            except EtcdError as exc:
+                log.warning("etcd: cannot read the cluster's groups: %s", exc)
+                revision = 0
+            if not revision:
+                await trio.sleep(DECIDE_RETRY_S)
+                continue
+            with trio.move_on_after(WATCH_S):
+                try:
+                    async for _ in self.etcd.watch(base, prefix=True,
+                                                   start_revision=revision + 1):
+                        break
+                except EtcdError:
+                    await trio.sleep(DECIDE_RETRY_S)
 
     # ================================================================ deciding
 
@@ -233,6 +265,8 @@ class Controller:
                     elif master in members and state is not None:
                         return Membership(Role.SLAVE, self.node, state.epoch, state.isr,
                                           master=master)
+                elif self._defer_to_handover(state):
+                    pass  # ``cluster elect`` named another member: let it win first
                 elif state is None or self.node in state.isr or self.cluster.unclean_election:
                     won = await self._campaign(state)
                     if won is not None:
@@ -242,6 +276,35 @@ class Controller:
                 revision = 0
             await self._wait_for_change(revision)
         return None
+
+    def _defer_to_handover(self, state: GroupState | None) -> bool:
+        """True while a handover (``ferrymq cluster elect``) names another member and it
+        has not had two lease TTLs to win: only it campaigns. Past that, the named member
+        is taken to be gone and the group elects as after any master's loss."""
+        if state is None or not state.handover or state.handover == self.node:
+            self._handover_seen = None
+            return False
+        now = trio.current_time()
+        if self._handover_seen is None or self._handover_seen[0] != state.mod_revision:
+            self._handover_seen = (state.mod_revision, now)
+        return now - self._handover_seen[1] < 2 * self.ttl
+
+    async def _step_down(self, broker: Broker, state: GroupState, leader: KeyValue) -> None:
+        """Hand the mastership to ``state.handover`` cleanly: stop acknowledging (fence),
+        give the member a moment to hold the whole log (it is in sync: it holds every
+        acknowledged write already; in async mode this keeps the rest too), then delete
+        the leader key — by a transaction that only succeeds while it is ours."""
+        self._stepping_down = True  # no keep-alive lifts this fence (``_life`` resets it)
+        broker.fence(f"handing the mastership over to {state.handover}")
+        end = broker.replication_position().end
+        with trio.move_on_after(HANDOVER_CATCH_UP_S):
+            while not any(r.node == state.handover and r.acked >= end
+                          for r in broker.replica_status()):
+                await trio.sleep(0.02)
+        await self.etcd.txn(
+            [{"key": b64(self.keys.leader), "target": "MOD",
+              "mod_revision": str(leader.mod_revision)}],
+            [{"request_delete_range": {"key": b64(self.keys.leader)}}])
 
     async def _wait_for_change(self, revision: int, timeout: float = WATCH_S) -> None:
         """Until a key of the group changes after the last read (a watch from the next
@@ -297,6 +360,7 @@ class Controller:
                 ended.append(reason)
             done.set()
 
+        self._stepping_down = False
         async with Broker.open(self.config.broker, m) as broker:
             self.broker = broker
             self.role, self.epoch = m.role, m.epoch
@@ -309,7 +373,7 @@ class Controller:
                         self.replication_port = await nursery.start(door.serve, host, port)
                         nursery.start_soon(self._fence, broker)
                         nursery.start_soon(self._manage_isr, broker, end)
-                    self.bound = await start_doors(broker, nursery)
+                    self.bound = await start_doors(broker, nursery, self.view)
                     await self._publish_member()
                     announce({"role": m.role.value, "epoch": m.epoch, "node": self.node,
                               "life": self.life, "master": m.master or self.node,
@@ -346,7 +410,8 @@ class Controller:
                 log.error("fenced: no keep-alive acknowledged in time")
                 while trio.current_time() >= self.deadline:
                     await trio.sleep(0.05)
-                broker.set_lease_deadline(self.deadline)  # a late keep-alive lifts it
+                if not self._stepping_down:
+                    broker.set_lease_deadline(self.deadline)  # a late keep-alive lifts it
                 continue
             await trio.sleep_until(self.deadline)
 
@@ -384,6 +449,13 @@ class Controller:
             try:
                 state, leader, _, revision = await self._read_group()
                 if m.role is Role.MASTER:
+                    if state is not None and state.handover and state.master == self.node \
+                            and state.handover != self.node and state.epoch == m.epoch \
+                            and self.broker is not None and leader is not None \
+                            and leader.lease == self.lease:
+                        await self._step_down(self.broker, state, leader)
+                        end(LifeEnd(f"handed the mastership over to {state.handover}"))
+                        return
                     if state is None or state.master != self.node or state.epoch != m.epoch \
                             or leader is None or leader.lease != self.lease:
                         if self.broker is not None:

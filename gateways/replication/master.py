@@ -7,6 +7,14 @@ across a segment's end or an epoch (``Broker.replication_chunk``), heartbeats
 with the confirm offset when idle — and another takes the slave's ACKs into the
 replica set (``Broker.replica_acked``). A slave that breaks the protocol gets a
 REFUSE and is disconnected; nothing it sends can stop the others.
+
+The door runs under the connection supervisor like every other door
+(gateways/supervision.py): a connection cap, time limits (the handshake — HELLO
+to the first ACK —, an idle stream, a frame begun and not finished, a TRANSFER
+the slave does not take), errors contained to their connection and counted in
+the connection metrics under the protocol ``replication``. The limits are
+``REPLICATION_LIMITS`` (docs/cluster.md, "The stream"): a slave acks every frame
+and the master heartbeats every 0.5 s, so a stream silent for 30 s is dead.
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ from ...protocols.replication import (
     Transfer,
     Welcome,
 )
+from ..config import ConnectionLimits
+from ..supervision import ConnectionSupervisor, Watch
 from .stream import FrameStream
 
 log = logging.getLogger("ferrymq.cluster.master")
@@ -39,6 +49,10 @@ CHUNK_BYTES = 1 << 20  # one TRANSFER carries at most this (unless one record is
 HEARTBEAT_S = 0.5  # an idle stream sends the confirm offset this often
 CONFIRM_DELAY_S = 0.02  # a moved confirm offset waits this long for a record to ride on
 HANDSHAKE_TIMEOUT_S = 10.0
+# A group has a few slaves; each reconnects at most once at a time.
+REPLICATION_LIMITS = ConnectionLimits(
+    max_connections=64, max_connections_per_address=16, handshake_timeout_s=HANDSHAKE_TIMEOUT_S,
+    idle_timeout_s=30.0, frame_timeout_s=30.0, send_timeout_s=30.0)
 
 
 @dataclass
@@ -54,24 +68,28 @@ class StreamStats:
 class ReplicationDoor:
     """Serves the group's slaves on the replication port while the core is master."""
 
-    def __init__(self, broker: Broker, max_frame: int) -> None:
+    def __init__(self, broker: Broker, max_frame: int,
+                 limits: ConnectionLimits = REPLICATION_LIMITS) -> None:
         self.broker = broker
         self.max_frame = max_frame
         self.stats = StreamStats()
+        self.supervisor = ConnectionSupervisor(
+            "replication", limits, broker.metrics, protocol_errors=(ReplicationProtocolError,))
 
     async def serve(self, host: str, port: int, *,
                     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(port, host=host)
-        task_status.started(listeners[0].socket.getsockname()[1])
-        await trio.serve_listeners(self.handle, listeners)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.supervisor.serve, listeners, self.handle)
+            task_status.started(listeners[0].socket.getsockname()[1])
 
-    async def handle(self, stream: trio.abc.Stream) -> None:
+    async def handle(self, stream: trio.abc.Stream, watch: Watch | None = None) -> None:
         self.stats.connections += 1
         async with stream:
-            await self._converse(stream)
+            await self._converse(stream, watch)
 
-    async def _converse(self, stream: trio.abc.Stream) -> None:
-        fs = FrameStream(stream, ReplicationConnection(Side.MASTER, self.max_frame))
+    async def _converse(self, stream: trio.abc.Stream, watch: Watch | None) -> None:
+        fs = FrameStream(stream, ReplicationConnection(Side.MASTER, self.max_frame), watch)
         node = None
         try:
             with trio.fail_after(HANDSHAKE_TIMEOUT_S):
@@ -87,6 +105,8 @@ class ReplicationDoor:
                 await fs.send(Welcome(pos.node, pos.epoch, pos.start, pos.end, pos.epochs))
                 first = await fs.receive()
                 assert isinstance(first, Ack)
+            if watch is not None:
+                watch.handshake_done()
             if not pos.start <= first.end <= self.broker.replication_position().end:
                 raise ReplicationProtocolError(
                     f"the slave starts at {first.end}, outside this log "

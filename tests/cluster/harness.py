@@ -176,7 +176,9 @@ class Group:
     def __post_init__(self) -> None:
         self.cluster_name = self.cluster_name or f"c{os.getpid()}-{time.monotonic_ns()}"
 
-    def node(self, name: str, doors: Sequence[str] = ("remoting",), **settings: Any) -> Node:
+    def node(self, name: str, doors: Sequence[str] = ("remoting",), *,
+             namesrv: str | None = None, remoting: dict[str, Any] | None = None,
+             **settings: Any) -> Node:
         cluster = {"etcd": self.etcd.url, "node_id": name,
                    "replication_listen": "127.0.0.1:0", "lease_ttl_s": 2,
                    "fence_margin_ms": 600, "replica_lag_max_ms": 2000,
@@ -184,7 +186,13 @@ class Group:
         lines = [f'broker_name = "{self.name}"', f'cluster_name = "{self.cluster_name}"',
                  "cq_entries_per_file = 20000",
                  "index_slots = 4096", "index_entries = 20000", "max_message_size = 65536",
-                 "checkpoint_interval_ms = 200", "[cluster]"]
+                 "checkpoint_interval_ms = 200"]
+        if namesrv:
+            lines.append(f'namesrv_addr = "{namesrv}"')
+        if remoting:
+            lines.append("[remoting]")
+            lines += [f"{k} = {json.dumps(v)}" for k, v in remoting.items()]
+        lines.append("[cluster]")
         for k, v in cluster.items():
             lines.append(f"{k} = {json.dumps(v)}")
         path = self.tmp / f"{name}.toml"
