@@ -124,7 +124,7 @@ class PutResult(NamedTuple):
     topic: str
     queue_id: int
     queue_offset: int
-    count: int
+    count: int  # type: ignore[assignment]  # shadows tuple.count: the field keeps its name
     physical_offset: int
     store_timestamp: int
     store_host: bytes
@@ -221,7 +221,7 @@ class StoredRecord(NamedTuple):
     topic: str
     queue_id: int
     queue_offset: int
-    count: int
+    count: int  # type: ignore[assignment]  # shadows tuple.count: the field keeps its name
     physical_offset: int
     sys_flag: int
     store_timestamp: int

@@ -42,8 +42,12 @@ import struct
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import construct as c
+
+if TYPE_CHECKING:
+    from mmap import mmap  # the store decodes records in place, out of its mapped files
 
 MAGIC = -626843481  # 0xDAA320A7, RocketMQ MessageDecoder.MESSAGE_MAGIC_CODE
 BLANK_MAGIC = -875286124  # 0xCBD43194, RocketMQ MessageDecoder.BLANK_MAGIC_CODE
@@ -364,7 +368,7 @@ def encode(
     return b"".join((head, body, bytes((len(topic),)), topic, plen, properties))
 
 
-def decode(buf: bytes | bytearray | memoryview, pos: int = 0, *, check_crc: bool = True) -> Record:
+def decode(buf: bytes | bytearray | memoryview | mmap, pos: int = 0, *, check_crc: bool = True) -> Record:
     """Decode the record starting at ``pos``. Raises RecordError for a blank record,
     a bad magic, a size that does not add up, or (with ``check_crc``) a body CRC mismatch."""
     avail = len(buf) - pos
@@ -409,7 +413,7 @@ def decode(buf: bytes | bytearray | memoryview, pos: int = 0, *, check_crc: bool
                   bytes(buf[p:end]))
 
 
-def _decode_general(buf: bytes | bytearray | memoryview, pos: int, total: int,
+def _decode_general(buf: bytes | bytearray | memoryview | mmap, pos: int, total: int,
                     check_crc: bool) -> Record:
     """Records with IPv6 hosts are rare (FerryMQ writes IPv4); construct decodes them."""
     try:
@@ -427,9 +431,9 @@ def _decode_general(buf: bytes | bytearray | memoryview, pos: int, total: int,
     )
 
 
-def peek_size(buf: bytes | bytearray | memoryview, pos: int) -> tuple[int, int]:
+def peek_size(buf: bytes | bytearray | memoryview | mmap, pos: int) -> tuple[int, int]:
     """(total size, magic) of the record at ``pos`` without decoding it."""
-    return struct.unpack_from(">ii", buf, pos)  # type: ignore[return-value]
+    return struct.unpack_from(">ii", buf, pos)
 
 
 # -------------------------------------------------------------- native batches

@@ -293,11 +293,11 @@ class CommitLog:
         bytes can never be mistaken for records after a later crash) and delete
         every later segment."""
         keep = []
-        for seg in self.segments:
-            if seg.base <= pos:
-                keep.append(seg)
+        for old in self.segments:
+            if old.base <= pos:
+                keep.append(old)
             else:
-                self.files.discard(seg, unlink=True)
+                self.files.discard(old, unlink=True)
         self._set_segments(tuple(keep))
         seg = self._segment_for(pos)
         if seg is not None:
