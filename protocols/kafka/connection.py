@@ -233,9 +233,9 @@ class ServerConnection:
                 frame[:have] = memoryview(buf)[4:]
                 buf.clear()
             return NEED_DATA
-        frame = bytes(memoryview(buf)[4:4 + size])
+        whole = bytes(memoryview(buf)[4:4 + size])
         del buf[:4 + size]
-        return self._parse(frame)
+        return self._parse(whole)
 
     def _parse(self, frame: bytes | memoryview) -> Event:
         api_key, version, correlation = struct.unpack_from(">hhi", frame, 0)

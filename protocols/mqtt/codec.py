@@ -360,9 +360,10 @@ def decode(first: int, body: bytes, version: int) -> Packet:
                 props, pos = decode_properties(body, pos, PacketType(ptype))
         if pos != len(body):
             raise MalformedPacket("trailing bytes after an acknowledgement")
-        cls = {PacketType.PUBACK: Puback, PacketType.PUBREC: Pubrec,
-               PacketType.PUBREL: Pubrel, PacketType.PUBCOMP: Pubcomp}[PacketType(ptype)]
-        return cls(pid, reason, props)  # type: ignore[no-any-return]
+        acks: dict[PacketType, type[Puback | Pubrec | Pubrel | Pubcomp]] = {
+            PacketType.PUBACK: Puback, PacketType.PUBREC: Pubrec,
+            PacketType.PUBREL: Pubrel, PacketType.PUBCOMP: Pubcomp}
+        return acks[PacketType(ptype)](pid, reason, props)
     if ptype == PacketType.SUBSCRIBE:
         return decode_subscribe(body, version)
     if ptype == PacketType.UNSUBSCRIBE:
@@ -607,7 +608,7 @@ def encode(packet: Packet, version: int) -> bytes:
                               encode_properties(packet.properties) if v5 else None)
     if isinstance(packet, (Puback, Pubrec, Pubrel, Pubcomp)):
         first = {Puback: 0x40, Pubrec: 0x50, Pubrel: 0x62, Pubcomp: 0x70}[type(packet)]
-        body = _U16.pack(packet.packet_id)
+        body: bytes | bytearray = _U16.pack(packet.packet_id)
         if v5 and (packet.reason or packet.properties):
             body += bytes((packet.reason,))
             if packet.properties:

@@ -222,7 +222,8 @@ class ServerConnection:
             if props:
                 slim = {k: v for k, v in props.items()
                         if k not in (Prop.REASON_STRING, Prop.USER_PROPERTY)}
-                data = codec.encode(replace(packet, properties=slim), self.version)  # type: ignore[type-var]
+                # only packets with properties get here (props is not None)
+                data = codec.encode(replace(packet, properties=slim), self.version)  # type: ignore[arg-type]
         return data
 
     def send_publish(self, topic: str, payload: bytes, qos: int, retain: bool, dup: bool,
