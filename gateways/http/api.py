@@ -521,8 +521,8 @@ class Api:
                     positions[queues[0]] = int(last) + 1
                 else:
                     for part in last.split(","):
-                        q, _, o = part.partition(":")
-                        positions[int(q)] = int(o)
+                        qid, _, o = part.partition(":")
+                        positions[int(qid)] = int(o)
             except ValueError:
                 raise Problem("invalid_parameter", "Last-Event-ID is not an id this stream "
                                                    "sent") from None
@@ -778,7 +778,7 @@ class Api:
                       description="At most this many messages (default 16)")
         receipt_p = Param("receipt", "path", RECEIPT_SCHEMA)
         envelope = _envelope_schema(self.max_delay_ms)
-        produce_body = {
+        produce_body: dict[str, dict[str, Any]] = {
             JSON: {"oneOf": [envelope, _batch_schema(envelope)]},
             "application/x-ndjson": {"type": "string",
                                      "description": "One envelope (JSON object) per line"},

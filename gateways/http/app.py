@@ -124,7 +124,7 @@ class HttpApp:
             else:
                 raw = headers.get(key)
                 if raw is not None:
-                    raw = raw.decode("latin-1")  # type: ignore[union-attr]
+                    raw = raw.decode("latin-1")
             if raw is None:
                 if p.required:
                     raise Problem("invalid_parameter", f"{where} parameter {p.name} is "
@@ -177,9 +177,9 @@ class HttpApp:
             resp = problem_response(p, req.path)
             self.metrics.error(op, p.code)
         except FerryError as exc:
-            p = from_ferry_error(exc)
-            resp = problem_response(p, req.path)
-            self.metrics.error(op, p.code)
+            problem = from_ferry_error(exc)
+            resp = problem_response(problem, req.path)
+            self.metrics.error(op, problem.code)
         except ClientGone:
             raise
         except Exception:

@@ -406,7 +406,7 @@ class KafkaDoor:
     def _read_partitions(self, wanted: list[tuple[str, int, int, int]], max_bytes: int,
                          magic: int, principal: Principal
                          ) -> tuple[list[tuple[str, int, int, int, list[Any]]], int]:
-        out = []
+        out: list[tuple[str, int, int, int, list[Any]]] = []
         total = 0
         for topic, part, offset, part_max in wanted:
             budget = min(part_max, max_bytes - total)

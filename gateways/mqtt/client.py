@@ -61,7 +61,7 @@ from .errors import Answer, answer_for
 from .hub import Hub
 from .sessions import Session
 
-_PACKET_NAMES = {t: t.__name__.lower() for t in (Publish, Puback, Pubrec, Pubrel, Pubcomp,
+_PACKET_NAMES: dict[type, str] = {t: t.__name__.lower() for t in (Publish, Puback, Pubrec, Pubrel, Pubcomp,
                                                  Subscribe, Unsubscribe, Pingreq, Disconnect,
                                                  Auth)}
 

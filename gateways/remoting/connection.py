@@ -184,7 +184,7 @@ async def _read_loop(conn: ServerConnection, processor: Processor) -> None:
                 resp = await handle(conn, cmd)
                 handling = None
                 if resp is not None and not cmd.is_oneway:
-                    out.append(resp if type(resp) is bytes else encode(resp))
+                    out.append(resp if isinstance(resp, bytes) else encode(resp))
                 cmd = decoder.next_command()
         except RemotingProtocolError as exc:
             processor.counters["protocol_errors"] += 1

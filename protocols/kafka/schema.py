@@ -381,11 +381,13 @@ def valid_versions(api_key: int) -> tuple[int, int]:
     return APIS[api_key][1][0]
 
 
-def request_class(api_key: int) -> type:
+# The message classes are made at import from data (schema_data), nested structs as
+# class attributes: no type checker can know their fields, so they are typed Any.
+def request_class(api_key: int) -> Any:
     return _CLASSES[api_key, _REQUEST]
 
 
-def response_class(api_key: int) -> type:
+def response_class(api_key: int) -> Any:
     return _CLASSES[api_key, _RESPONSE]
 
 

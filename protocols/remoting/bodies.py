@@ -404,7 +404,7 @@ def decode_consumer_ids(raw: bytes) -> list[str]:
 # ------------------------------------------------------------------ admin tables
 
 
-def encode_queue_table(rows: Iterable[tuple[MessageQueue, Mapping[str, Any]]],
+def encode_queue_table(rows: Iterable[tuple[MessageQueue, Any]],
                        name: str = "offsetTable", **extra: Any) -> bytes:
     """A RocketMQ table keyed by MessageQueue (TopicStatsTable, ConsumeStats,
     ResetOffsetBody) in standard JSON: a list of ``[queue, value]`` pairs."""
