@@ -46,6 +46,8 @@ from typing import TYPE_CHECKING
 
 import construct as c
 
+from .errors import LocalProtocolError, RemoteProtocolError
+
 if TYPE_CHECKING:
     from mmap import mmap  # the store decodes records in place, out of its mapped files
 
@@ -154,8 +156,12 @@ _U16 = struct.Struct(">H")
 _MEMBER_HEAD = struct.Struct(">iiiii")  # total, magic, crc, flag, body length
 
 
-class RecordError(ValueError):
+class RecordError(RemoteProtocolError, ValueError):
     """Bytes that are not a valid record: a torn write, corruption, or a peer's garbage."""
+
+
+class RecordEncodeError(LocalProtocolError, ValueError):
+    """Values that do not fit the record layout (the caller should have refused them)."""
 
 
 def body_crc(body: bytes | memoryview) -> int:
@@ -345,15 +351,15 @@ def encode(
     ``sys_flag`` has FORMAT_LONG_PROPERTIES, or if they exceed MAX_PROPERTIES_BYTES
     and ``long_properties`` says the reader understands that form (the flag is then
     set); otherwise 2 bytes, and properties that do not fit are fitted
-    (``fit_properties``): the record a RocketMQ client can read. Raises RecordError
+    (``fit_properties``): the record a RocketMQ client can read. Raises RecordEncodeError
     for a topic over 255 bytes or long properties over MAX_LONG_PROPERTIES_BYTES."""
     if len(topic) > MAX_TOPIC_BYTES:
-        raise RecordError("topic too long for the record layout")
+        raise RecordEncodeError("topic too long for the record layout")
     if len(properties) > MAX_PROPERTIES_BYTES and long_properties:
         sys_flag |= FORMAT_LONG_PROPERTIES
     if sys_flag & FORMAT_LONG_PROPERTIES:
         if len(properties) > MAX_LONG_PROPERTIES_BYTES:
-            raise RecordError("properties too long for the record layout")
+            raise RecordEncodeError("properties too long for the record layout")
         plen = _I32.pack(len(properties))
     else:
         properties = fit_properties(properties)
@@ -458,7 +464,7 @@ def encode_member(flag: int, body: bytes, properties: bytes, long: bool = False)
     length)."""
     limit, plen = (MAX_LONG_PROPERTIES_BYTES, _I32) if long else (MAX_PROPERTIES_BYTES, _U16)
     if len(properties) > limit:
-        raise RecordError("properties too long for the record layout")
+        raise RecordEncodeError("properties too long for the record layout")
     total = 20 + len(body) + plen.size + len(properties)
     return b"".join((_MEMBER_HEAD.pack(total, MAGIC, body_crc(body), flag, len(body)), body,
                      plen.pack(len(properties)), properties))

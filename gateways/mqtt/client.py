@@ -55,6 +55,7 @@ from ...protocols.mqtt.packets import (
 )
 from ...protocols.mqtt.session import Action
 from ...protocols.mqtt.topics import parse_filter
+from ...protocols.sentinels import NEED_DATA, NeedData
 from .auth import verify_password
 from .delivery import Delivery, SubOpts
 from .errors import Answer, answer_for
@@ -232,7 +233,7 @@ class Client:
             connect = None
             while connect is None:
                 ev = conn.next_event()
-                if ev is not None:
+                if ev is not NEED_DATA:
                     assert isinstance(ev, Connect)
                     connect = ev
                     break
@@ -256,7 +257,7 @@ class Client:
             while True:
                 self._reading = True
                 ev = conn.next_event()
-                while ev is not None:
+                while not isinstance(ev, NeedData):
                     if type(ev) is Publish and ev.qos < 2:
                         # QoS 0/1 publishes read together are stored together: one
                         # batch record per queue (docs/mqtt.md, "Batches").

@@ -39,6 +39,7 @@ from ...protocols.remoting import (
 )
 from ...protocols.remoting import bodies as B
 from ...protocols.remoting import headers as H
+from ...protocols.sentinels import NeedData
 from ..config import DOOR_LIMITS, ConnectionLimits
 from ..server import DoorContext
 from ..supervision import ConnectionSupervisor, RequestBudget, Watch
@@ -118,7 +119,7 @@ async def _connection(stream: trio.SocketStream, watch: Watch | None = None, *, 
             handling: RemotingCommand | None = None  # the command being handled, if any
             try:
                 decoder.receive_data(data)
-                while (cmd := decoder.next_command()) is not None:
+                while not isinstance(cmd := decoder.next_command(), NeedData):
                     if watch is not None:
                         watch.handshake_done()
                         watch.busy()

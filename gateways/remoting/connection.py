@@ -40,6 +40,7 @@ from ...protocols.remoting import (
     request,
     response_to,
 )
+from ...protocols.sentinels import NEED_DATA, NeedData
 
 if TYPE_CHECKING:
     from ..supervision import Watch
@@ -173,10 +174,10 @@ async def _read_loop(conn: ServerConnection, processor: Processor) -> None:
         try:
             decoder.receive_data(data)
             cmd = decoder.next_command()
-            if cmd is not None and watch is not None:
+            if cmd is not NEED_DATA and watch is not None:
                 watch.handshake_done()
                 watch.busy()  # until the next wait for bytes
-            while cmd is not None:
+            while not isinstance(cmd, NeedData):
                 if cmd.is_response:
                     cmd = decoder.next_command()
                     continue  # an answer to a oneway notification: nothing waits for it

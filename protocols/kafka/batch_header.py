@@ -15,6 +15,8 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
+from ..errors import RemoteProtocolError
+
 HEADER = struct.Struct(">qiibIhiqqqhii")
 HEADER_SIZE = HEADER.size  # 61
 MAGIC_V2 = 2
@@ -26,7 +28,7 @@ POS_ATTRIBUTES = 21  # the CRC covers from here to the end
 LENGTH_OVERHEAD = 12  # baseOffset + batchLength precede the counted bytes
 
 
-class BatchHeaderError(ValueError):
+class BatchHeaderError(RemoteProtocolError, ValueError):
     """The bytes are not a well-formed RecordBatch header."""
 
 

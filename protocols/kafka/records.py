@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import cramjam
 from crc32c import crc32c
 
+from ..errors import LocalProtocolError, RemoteProtocolError
 from . import batch_header as bh
 
 NO_COMPRESSION, GZIP, SNAPPY, LZ4, ZSTD = 0, 1, 2, 3, 4
@@ -56,7 +57,7 @@ _I32 = struct.Struct(">i")
 _I64 = struct.Struct(">q")
 
 
-class RecordsError(ValueError):
+class RecordsError(RemoteProtocolError, ValueError):
     """The bytes are not valid Kafka records."""
 
 
@@ -330,7 +331,7 @@ def encode_batch(base_offset: int, records: Sequence[tuple[int, bytes | None, by
     """A RecordBatch of ``(timestamp, key, value, headers)`` records at consecutive
     offsets from ``base_offset`` (or at ``offset_deltas``)."""
     if not records:
-        raise RecordsError("a RecordBatch needs at least one record")
+        raise LocalProtocolError("a RecordBatch needs at least one record")
     base_ts = min(r[0] for r in records)
     max_ts = max(r[0] for r in records)
     deltas = offset_deltas if offset_deltas is not None else range(len(records))

@@ -24,13 +24,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import field, make_dataclass
 from typing import Any
 
+from ..errors import RemoteProtocolError
 from .schema_data import APIS, OPEN
 
 __all__ = ["API_NAMES", "DecodeError", "Message", "api_key_of", "decode", "encode",
            "request_class", "response_class", "valid_versions"]
 
 
-class DecodeError(ValueError):
+class DecodeError(RemoteProtocolError, ValueError):
     """The bytes do not decode as the announced message and version."""
 
 

@@ -18,6 +18,7 @@ import re
 import struct
 from typing import Any
 
+from ..errors import RemoteProtocolError
 from .constants import (
     ALLOWED_PROPERTIES,
     MAX_REMAINING_LENGTH,
@@ -67,25 +68,17 @@ _U32 = struct.Struct(">I")
 _FORBIDDEN_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\ufdd0-\ufdef\ufffe\uffff]")
 
 
-class MqttError(Exception):
+class MqttError(RemoteProtocolError):
     """The peer (the remote side) broke the protocol; ``reason`` is the 5.0 reason
     code to answer with before closing."""
 
     reason: int = Reason.UNSPECIFIED_ERROR
-    side = "remote"
 
     def __init__(self, detail: str, reason: int | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
         if reason is not None:
             self.reason = reason
-
-
-class LocalProtocolError(Exception):
-    """We (the local side) tried to do what the protocol forbids: a bug of the caller,
-    never the peer's fault (h11's LocalProtocolError)."""
-
-    side = "local"
 
 
 class MalformedPacket(MqttError):

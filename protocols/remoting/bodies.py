@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import boundedjson
+from ..errors import RemoteProtocolError
 from .codes import MASTER_ID, PERM_READ, PERM_WRITE
 from .frame import DEFAULT_MAX_FRAME, RemotingProtocolError
 
 
-class BodyError(ValueError):
+class BodyError(RemoteProtocolError, ValueError):
     """A body is not the JSON document the command carries."""
 
 
