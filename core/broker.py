@@ -24,6 +24,12 @@ facade, so it is never checked against a client's principal.
 Calls that do not wait (``get``, ``commit_offset``, admin reads) are plain
 methods; ``put`` is async because under sync flush it waits for the fsync.
 Under async flush ``put`` completes without yielding to the scheduler.
+
+In a broker group (docs/cluster.md) the core is opened for one role — master or
+slave — given by a ``Membership``; a role change closes it and opens it again.
+A slave takes the master's bytes through ``replicate`` and dispatches them by
+recovery's own function (``_accept_record``); the "cluster wiring" methods at
+the end serve the replication door and the controller.
 """
 
 from __future__ import annotations
@@ -31,9 +37,10 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import shutil
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 
 import trio
@@ -62,6 +69,8 @@ from .errors import (
     FlushFailed,
     GroupNotFound,
     InvalidArgument,
+    MessageNotFound,
+    NotLeader,
     OffsetOutOfRange,
     PermissionDenied,
     QueueNotFound,
@@ -72,14 +81,18 @@ from .errors import (
 from .filter import Filter
 from .flusher import GroupCommitter, interval_flusher
 from .message import (
+    PROPERTY_DOOR,
+    PROPERTY_REAL_TOPIC,
     PROPERTY_TRANSACTION_PREPARED,
     ConsumedMessage,
     GetResult,
     Message,
     PutResult,
     now_ms,
+    parse_offset_message_id,
 )
 from .metadata import (
+    DLQ_PREFIX,
     MAX_QUEUES,
     MESSAGE_TYPES,
     NS_GROUP,
@@ -88,6 +101,7 @@ from .metadata import (
     NS_TOPIC,
     PERM_READ,
     PERM_READ_WRITE,
+    RETRY_PREFIX,
     GroupConfig,
     Metadata,
     TopicConfig,
@@ -97,24 +111,54 @@ from .metadata import (
 from .metrics import MetricsRegistry, broker_collector
 from .paths import Paths
 from .pop import (
+    DEAD,
     DEFAULT_INVISIBLE_MS,
     DEFAULT_MAX_INFLIGHT_PER_QUEUE,
+    LEASED,
     PoppedMessage,
     PopService,
     QueuePopStatus,
     Receipt,
     ReceiptRenewal,
 )
+from .replication import STANDALONE, Durability, Membership, Role, SlaveView
+from .replication.epochs import EpochFile, truncation_point
+from .replication.replicas import ReplicaSet, SlaveStatus
 from .retry import RESENT_TOPIC, DeadLetter, ResendResult, RetryService, SendBackResult
-from .statelog import STATE_TOPIC, Change, StateLog
-from .stats import BrokerStats, Counters, GroupTopicStats, Health, QueueLag, StoredQueue, TopicStats
+from .statelog import STATE_TOPIC, Change, Key, StateLog
+from .stats import (
+    BrokerInfo,
+    BrokerStats,
+    Consumption,
+    Counters,
+    GroupLag,
+    GroupTopicStats,
+    Health,
+    LifeStep,
+    MessageLife,
+    QueueLag,
+    StoredQueue,
+    TimerSchedule,
+    TopicStats,
+    Traffic,
+)
 from .store.store import MessageStore, RecoveryReport, StoreConfig
 from .supervisor import TaskSupervisor
-from .timers import TIMER_TOPIC, CancelResult, TimerService, TimerStats, parse_delivery
+from .timers import (
+    PROPERTY_TIMER_FROM,
+    PROPERTY_TIMER_OUT_MS,
+    TIMER_TOPIC,
+    CancelResult,
+    TimerService,
+    TimerStats,
+    parse_delivery,
+)
+from .timerwheel import WheelCorrupt
 from .transactions import (
     CHECK_MAX_TOPIC,
     HALF_TOPIC,
     OP_TOPIC,
+    GroupEnd,
     HalfHandle,
     PendingTransaction,
     TransactionAction,
@@ -131,13 +175,35 @@ log = logging.getLogger("ferrymq.broker")
 # and consumers; the discarded halves can be read (by admin tools).
 _SYSTEM_TOPICS = {TIMER_TOPIC: 0, HALF_TOPIC: 0, OP_TOPIC: 0, RESENT_TOPIC: 0,
                   CHECK_MAX_TOPIC: PERM_READ, STATE_TOPIC: 0}
+HOUR_MS = 3600_000
+# Wheel entries one timer_schedule reads one by one (~4 µs each); past it, slots are counted
+# by their second. Measured with 50,000 timers on as many seconds: 60-100 ms with this
+# budget, 170-270 ms reading them all (docs/console.md).
+TIMER_WALK_BUDGET = 10_000
+KAFKA_DOOR = "kafka"  # FERRY_DOOR of the Kafka door (gateways/kafka/mapping.py DOOR)
+LIFE_COPIES = 64  # stored copies of one id a message_life looks at
+# The system topics that hold a copy of a message waiting for something (its REAL_TOPIC
+# names its topic), and those whose records are bookkeeping, never a copy.
+_LIFE_KINDS = {TIMER_TOPIC: "timer", HALF_TOPIC: "half", CHECK_MAX_TOPIC: "discarded_half"}
+_NOT_IN_A_LIFE = frozenset((STATE_TOPIC, OP_TOPIC, RESENT_TOPIC))
+
+
+def _life_topic(m: ConsumedMessage) -> str:
+    """The topic a stored copy is about: its own, or for a timer or a half the real one."""
+    return (m.properties.get(PROPERTY_REAL_TOPIC) or m.topic) if m.topic in _LIFE_KINDS else m.topic
 
 
 class Broker:
     """Use ``async with Broker.open(config) as broker``; see the module docstring."""
 
-    def __init__(self, config: BrokerConfig) -> None:
+    def __init__(self, config: BrokerConfig, membership: Membership = STANDALONE) -> None:
         self.config = config
+        self.membership = membership
+        self.role = membership.role
+        self.epochs = EpochFile(os.path.join(config.data_dir, "cluster"))
+        self._replicas: ReplicaSet | None = None  # a master's view of its slaves
+        self._slave: SlaveView | None = None  # a slave's view of its master's confirm offset
+        self._truncate_to: int | None = None  # a slave cut back at close (``truncate_log``)
         self.store = MessageStore(StoreConfig(
             directory=os.path.join(config.data_dir, "store"),
             segment_size=config.segment_size,
@@ -194,6 +260,12 @@ class Broker:
         it does anything. Raises PermissionDenied (today: never)."""
         self._access.check(principal, kind, name, operation)
 
+    def _master_only(self) -> None:
+        """The services that write (pop, timers, transactions, retry) run on a master:
+        a slave answers their calls NotLeader (docs/cluster.md)."""
+        if self.role is Role.SLAVE:
+            raise self._paths.write_refusal or NotLeader("this broker is a slave")
+
     def _permits(self, principal: Principal, kind: ResourceType, name: str,
                  operation: Operation) -> bool:
         """``_authorize`` as a question: listings show only what may be seen."""
@@ -207,14 +279,17 @@ class Broker:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, config: BrokerConfig) -> AsyncIterator[Broker]:
+    async def open(cls, config: BrokerConfig,
+                   membership: Membership = STANDALONE) -> AsyncIterator[Broker]:
         """Recover the store, start the background tasks, and on exit shut down
-        cleanly: flush, checkpoint, persist offsets, remove the abort marker."""
-        broker = cls(config)
+        cleanly: flush, checkpoint, persist offsets, remove the abort marker. In a
+        broker group ``membership`` gives this life's role (docs/cluster.md)."""
+        broker = cls(config, membership)
         try:
             # Recovery runs in a worker thread; a cancellation (a signal) during it
             # takes effect when it ends, and the finally clause still closes cleanly.
             await trio.to_thread.run_sync(broker._open_sync)
+            broker._start_role()
             async with trio.open_nursery() as nursery:
                 broker._start_tasks(nursery)
                 try:
@@ -249,7 +324,16 @@ class Broker:
             if topic not in self.meta.topics and topic != STATE_TOPIC:
                 self.store.drop_topic(topic)  # a deleted topic's leftovers
         self._system_topics_sync()
-        self.state.finish_recovery()
+        slave = self.role is Role.SLAVE
+        self.state.finish_recovery(append=not slave)
+        if self.role is not Role.STANDALONE:
+            self._open_epochs()
+        if slave:
+            # A slave writes nothing of its own: no services; they are rebuilt from the
+            # log it copied when it is promoted (the core is opened again as master).
+            self.started_at = now_ms()
+            log.info("store open as a slave", extra={"recovery": self.recovery})
+            return
         if legacy:
             if not had_snapshot:
                 # The import is a snapshot at the log's end: written whole or not at all,
@@ -264,6 +348,43 @@ class Broker:
         self.pop_service.open()
         self.started_at = now_ms()
         log.info("store open", extra={"recovery": self.recovery})
+
+    def _open_epochs(self) -> None:
+        """A group member's epoch file; a master records that its term begins at its
+        log's end (the first time, also epoch 0 for what the log held before)."""
+        self.epochs.load()
+        if self.role is Role.MASTER:
+            if not self.epochs.entries:
+                self.epochs.append(0, self.store.commitlog.min_offset)
+            if self.membership.epoch > self.epochs.epoch:
+                self.epochs.append(self.membership.epoch, self.store.dispatched_pos)
+
+    def _start_role(self) -> None:
+        """On the event loop, once the store is open: the master's replica set or the
+        slave's view, wired into the paths and the state log."""
+        cfg, m, paths = self.config, self.membership, self._paths
+        if m.role is Role.MASTER:
+            r = self._replicas = ReplicaSet(
+                m.node, m.isr, end=lambda: self.store.dispatched_pos,
+                confirm_floor=m.confirm_floor, min_insync=cfg.min_insync_replicas,
+                lag_max_s=cfg.replica_lag_max_ms / 1000,
+                timeout_s=cfg.replication_timeout_ms / 1000)
+            r.on_advance = paths.visibility_advanced
+            paths.replication = r
+            paths.default_durability = (Durability.REPLICATED if cfg.replication_mode == "sync"
+                                        else Durability.LEADER)
+            self.state.confirmed = r.confirm_offset
+            self.state.appended = r.appended
+        elif m.role is Role.SLAVE:
+            s = self._slave = SlaveView(lambda: self.store.dispatched_pos, m.master)
+            s.on_advance = paths.visibility_advanced
+            paths.replication = s
+            paths.write_refusal = self.store.read_only = s.refusal
+            if not cfg.slave_read_enable:
+                paths.read_refusal = NotLeader(
+                    f"this broker is a slave of {m.master or 'no master yet'} and serves no "
+                    "reads (slave_read_enable)")
+            self.state.confirmed = s.confirm_offset
 
     def _accept_record(self, topic: str, queue_id: int, phys: int) -> bool:
         """Recovery, for each record past the checkpoint in log order: does it belong
@@ -303,7 +424,7 @@ class Broker:
         for callback in self._topic_watchers:
             callback()
 
-    async def _state_durable(self, pos: int, admin: bool) -> None:
+    async def _state_durable(self, pos: int, admin: bool, replicate: bool = True) -> None:
         """The state log's wait: under sync flush the group commit covering ``pos``;
         under async flush an fsync of its own for admin changes, nothing for others
         (durable within the flush interval)."""
@@ -311,6 +432,10 @@ class Broker:
             self._admin_committer if admin else None)
         if c is not None and self.store.commitlog.flushed_pos < pos:
             await c.wait_flushed(pos)
+        # In a sync group, an acknowledged change survives a failover as a write does.
+        if replicate and self._replicas is not None \
+                and self._paths.default_durability is Durability.REPLICATED:
+            await self._replicas.wait(pos)
 
     def _start_tasks(self, nursery: trio.Nursery) -> None:
         # Every background task runs supervised (core/supervisor.py): a failure is
@@ -319,6 +444,20 @@ class Broker:
         store = self.store
         tasks = self.tasks = TaskSupervisor(nursery, self.metrics, prefix="broker",
                                             on_fatal=self._store_task_failed)
+        if self.role is Role.SLAVE:
+            # A slave acknowledges what it wrote to the page cache (as Kafka's followers
+            # do) and flushes on the interval, whatever the master's policy.
+            tasks.start_soon(partial(
+                interval_flusher, store.flush,
+                lambda: store.commitlog.flushed_pos < store.commitlog.write_pos,
+                self.config.flush_interval_ms / 1000, self._flush_failed, self._flushed),
+                name="flusher", critical=True)
+            tasks.every(self.config.checkpoint_interval_ms / 1000, self._checkpoint,
+                        name="checkpoint")
+            tasks.start_soon(self.state.run, name="state")
+            tasks.every(self.config.retention_check_interval_s, self.run_retention,
+                        name="retention")
+            return
         if self.sync_flush:
             self._paths.committer = committer = GroupCommitter(
                 store.flush, lambda: store.dispatched_pos, self._flush_failed, self._flushed)
@@ -374,19 +513,39 @@ class Broker:
         if not self.store._open:
             self.store.close()  # releases the directory lock if recovery failed midway
             return
+        truncate = self._truncate_to
         try:
-            self.timers.close_sync()
-            self.transactions.close_sync()
-            if self.store.failed is None and self.state.since_snapshot:
+            if self.role is not Role.SLAVE:
+                self.timers.close_sync()
+                self.transactions.close_sync()
+            if truncate is not None:
+                self.store.truncate(truncate)  # the tables are ahead of the log now
+            elif self.store.failed is None and self.state.since_snapshot:
                 self.state.snapshot_sync()  # the next start replays nothing
         finally:
             self.timers.wheel.close()
             self.store.close()
+        if truncate is not None:
+            self._finish_truncation(truncate)
+
+    def _finish_truncation(self, end: int) -> None:
+        """After the store was cut back to ``end`` and closed (docs/cluster.md,
+        "Truncation"): the next open rebuilds the state tables from the newest
+        snapshot at or below ``end``; the services' derived data, which names
+        CommitLog offsets, is rebuilt from the log when this node is next master."""
+        self.state.set_aside_snapshots(end)
+        shutil.rmtree(self.timers.directory, ignore_errors=True)
+        txn_cp = os.path.join(self.transactions.directory, "checkpoint.json")
+        if os.path.exists(txn_cp):
+            os.unlink(txn_cp)
+        self.epochs.truncate(end)
+        log.warning("truncated the CommitLog to %d: the state is rebuilt at the next open", end)
 
     # ================================================================ producing
     # Authorize, then the write path (core/paths.py).
 
     async def put(self, messages: Message | Sequence[Message], *,
+                  durability: Durability | None = None,
                   principal: Principal = ANONYMOUS) -> PutResult:
         """Append one message, or a batch (one topic, one queue: the first message's
         ``queue_id``) stored as one record. Returns where it landed; under sync flush,
@@ -394,32 +553,37 @@ class Broker:
         timer (docs/timers.md); one marked ``TRAN_MSG=true`` a half
         (docs/transactions.md). Checks WRITE on the topic. Raises PermissionDenied,
         TopicNotFound, MessageTooLarge, InvalidMessage, InvalidDelay, QueueNotFound,
-        StoreError, ShuttingDown."""
+        StoreError, ShuttingDown; in a broker group NotLeader, NotEnoughReplicas and
+        ReplicationTimeout (``durability``: when it is acknowledged; None, the
+        group's replication mode decides — docs/cluster.md)."""
         if isinstance(messages, Message):
             self._authorize(principal, TOPIC, messages.topic, WRITE)
         else:
             messages = list(messages)
             if messages:
                 self._authorize(principal, TOPIC, messages[0].topic, WRITE)
-        return await self._paths.put(messages)
+        return await self._paths.put(messages, durability)
 
     async def put_encoded_batch(self, topic: str, queue_id: int, body: bytes,
                                 born_host: bytes = b"\x00" * 8, *,
+                                durability: Durability | None = None,
                                 principal: Principal = ANONYMOUS) -> PutResult:
         """Append a native batch already in RocketMQ's batch encoding (a
         SEND_BATCH_MESSAGE body) as one record, without re-encoding it. Checks WRITE
         on the topic; raises as ``put``."""
         self._authorize(principal, TOPIC, topic, WRITE)
-        return await self._paths.put_encoded_batch(topic, queue_id, body, born_host)
+        return await self._paths.put_encoded_batch(topic, queue_id, body, born_host, durability)
 
     async def put_kafka_batch(self, topic: str, queue_id: int,
                               batch: bytes | bytearray | memoryview, *,
+                              durability: Durability | None = None,
                               principal: Principal = ANONYMOUS) -> PutResult:
         """Append one Kafka RecordBatch (magic 2, CRC already checked by the Kafka
         codec) as one record; its base offset becomes the queue offset assigned.
-        Checks WRITE on the topic; raises as ``put``."""
+        Checks WRITE on the topic; raises as ``put`` (``durability``: the producer's
+        acks, LEADER for 0/1, REPLICATED for all)."""
         self._authorize(principal, TOPIC, topic, WRITE)
-        return await self._paths.put_kafka_batch(topic, queue_id, batch)
+        return await self._paths.put_kafka_batch(topic, queue_id, batch, durability)
 
     def delivery_time(self, properties: Mapping[str, str]) -> int | None:
         """The delivery time (epoch ms) that ``properties`` ask for, by this broker's
@@ -493,6 +657,7 @@ class Broker:
         InvalidArgument, InvalidGroupName, GroupNotFound (auto-create off)."""
         self._authorize(principal, GROUP, group, READ)
         self._authorize(principal, TOPIC, topic, READ)
+        self._master_only()
         return await self.pop_service.pop(group, topic, max_messages, invisible_time_ms,
                                           filter, queue_id, wait_ms, init)
 
@@ -507,17 +672,20 @@ class Broker:
         receipt names. Raises InvalidReceipt (not issued by this broker), ReceiptStale
         (acked already, or its invisible time ran out, or superseded by
         change_invisible_time), TopicNotFound, PermissionDenied."""
+        self._master_only()
         self.pop_service.ack(receipt, self._receipt_check(principal))
 
     def ack_batch(self, receipts: Sequence[str], *,
                   principal: Principal = ANONYMOUS) -> list[FerryError | None]:
         """Ack several handles; per handle None (acked) or the error ``ack`` would raise."""
+        self._master_only()
         return self.pop_service.ack_batch(receipts, self._receipt_check(principal))
 
     def change_invisible_time(self, receipt: str, invisible_time_ms: int, *,
                               principal: Principal = ANONYMOUS) -> ReceiptRenewal:
         """Extend (or shorten) a lease to ``invisible_time_ms`` from now. The old handle
         becomes stale; ack with the returned one. Raises as ``ack``, and InvalidArgument."""
+        self._master_only()
         return self.pop_service.change_invisible_time(receipt, invisible_time_ms,
                                                       self._receipt_check(principal))
 
@@ -540,6 +708,7 @@ class Broker:
     def receipt(self, handle: str) -> Receipt:
         """What a receipt handle this broker issued names (group, topic, queue,
         offset...), without asking whether it is current. Raises InvalidReceipt."""
+        self._master_only()
         return self.pop_service.codec.decode(handle)
 
     # ================================================================ offsets
@@ -577,6 +746,8 @@ class Broker:
         OffsetOutOfRange (negative), GroupNotFound, StoreError."""
         self._authorize(principal, GROUP, group, READ)
         self._authorize(principal, TOPIC, topic, READ)
+        if self._paths.write_refusal is not None:  # a commit is a write: checked first
+            raise self._paths.write_refusal
         self._paths.consumer_group(group)
         t = self.meta.topics.get(topic)
         if t is None:
@@ -587,6 +758,22 @@ class Broker:
         if offset < 0:
             raise OffsetOutOfRange(f"offset {offset} is negative")
         self._paths.commit(group, topic, queue_id, offset)
+
+    async def delete_committed_offsets(self, group: str,
+                                       queues: Iterable[tuple[str, int]], *,
+                                       principal: Principal = ANONYMOUS) -> int:
+        """Forget the group's committed offsets of the (topic, queue id) pairs (Kafka's
+        OffsetDelete); returns how many there were. Durable when this returns. Checks
+        DELETE on the group and READ on each topic. Raises InvalidGroupName."""
+        self._authorize(principal, GROUP, group, DELETE)
+        validate_group_name(group)
+        pairs = list(queues)
+        for topic in {t for t, _q in pairs}:
+            self._authorize(principal, TOPIC, topic, READ)
+        changes: list[Change] = [(NS_OFFSET, (group, t, q), None) for t, q in pairs
+                                 if self.meta.committed(group, t, q) is not None]
+        await self.state.put_many(changes)
+        return len(changes)
 
     async def wait_durable(self) -> None:
         """Return once every state change made so far (offset commits, pop acks,
@@ -674,7 +861,7 @@ class Broker:
     async def _create_topic(self, name: str, queues: int | None = None, *,
                             perm: int = PERM_READ_WRITE, message_type: str = "NORMAL",
                             attributes: Mapping[str, str] | None = None,
-                            exist_ok: bool = False) -> TopicConfig:
+                            exist_ok: bool = False, for_put: bool = False) -> TopicConfig:
         """``create_topic`` unchecked: the write path auto-creates topics through it.
         Raises PermissionDenied also for the state log's topic."""
         validate_topic_name(name)
@@ -693,7 +880,9 @@ class Broker:
         if name in self.meta.tombstones:
             changes.insert(0, (NS_TOMBSTONE, name, None))
         # Applied when appended, so concurrent producers see it at once; then durable.
-        await self.state.put_many(changes)
+        # A topic a put creates for itself is replicated with the put (it precedes it
+        # in the log): the put's own wait covers it, at the put's durability.
+        await self.state.put_many(changes, replicate=not for_put)
         return self._topic_after_wait(name)
 
     async def update_topic(self, name: str, *, queues: int | None = None,
@@ -870,7 +1059,200 @@ class Broker:
             return Health(False, "the broker is shutting down")
         if self.store.failed is not None:
             return Health(False, f"the store refuses writes: {self.store.failed}")
+        if self._paths.write_refusal is not None:
+            return Health(False, str(self._paths.write_refusal))
         return Health(True, "")
+
+    # ---------------------------------------------------------------- what a console reads
+
+    def broker_info(self, *, principal: Principal = ANONYMOUS) -> BrokerInfo:
+        """This broker as a console lists brokers: name, cluster, role, address, store.
+        Checks DESCRIBE on the cluster."""
+        self._authorize(principal, CLUSTER, "", DESCRIBE)
+        cfg, cl = self.config, self.store.commitlog
+        # RocketMQ's brokerRole: a broker alone is its group's master.
+        role = "slave" if self.role is Role.SLAVE else "master"
+        return BrokerInfo(cfg.broker_name, cfg.cluster_name, role,
+                          f"{cfg.store_host}:{cfg.store_port}", self.started_at, cfg.flush,
+                          sum(c.messages_in for c in self.counters.topics.values()),
+                          sum(1 for t in self.meta.topics.values() if not t.system),
+                          len(self.meta.groups), cl.min_offset,
+                          self.store.dispatched_pos, cl.flushed_pos)
+
+    def door_connections(self, *, principal: Principal = ANONYMOUS) -> dict[str, tuple[int, int]]:
+        """Per door (its protocol label: http, kafka, mqtt, rocketmq...): connections open
+        now and accepted since start, as the doors count them into the metrics
+        (``ferrymq_connections``). Checks DESCRIBE on the cluster."""
+        self._authorize(principal, CLUSTER, "", DESCRIBE)
+        # The doors' instruments (core/metrics.py DoorMetrics), looked up by name and labels.
+        open_now = self.metrics.gauge("ferrymq_connections", "Open client connections, per "
+                                      "protocol.", ("protocol",))
+        accepted = self.metrics.counter("ferrymq_connections_accepted_total",
+                                        "Connections accepted, per protocol.", ("protocol",))
+        counts: dict[str, list[int]] = {}
+        for at, inst in enumerate((open_now, accepted)):
+            for sample in inst.family().samples:
+                counts.setdefault(dict(sample.labels)["protocol"], [0, 0])[at] = int(sample.value)
+        return {door: (n[0], n[1]) for door, n in sorted(counts.items())}
+
+    def traffic(self, *, principal: Principal = ANONYMOUS) -> Traffic:
+        """The message and byte counters since start, per topic and per (group, topic), in
+        one read (no queue is looked at: cheap enough to sample every few seconds).
+        Checks DESCRIBE on the cluster."""
+        self._authorize(principal, CLUSTER, "", DESCRIBE)
+        c = self.counters
+        return Traffic({t: (tc.messages_in, tc.bytes_in) for t, tc in c.topics.items()},
+                       {k: (gc.messages_out, gc.bytes_out) for k, gc in c.groups.items()})
+
+    def group_lags(self, group: str | None = None, *,
+                   principal: Principal = ANONYMOUS) -> list[GroupLag]:
+        """Every (group, topic, queue) with a committed offset, and its lag: of one group
+        (DESCRIBE on it; created or known only by its offsets, as a Kafka group is) or
+        of all (DESCRIBE on the cluster). Sorted; topics deleted since are left out."""
+        if group is None:
+            self._authorize(principal, CLUSTER, "", DESCRIBE)
+            items = sorted(self.meta.offsets.items())
+        else:
+            self._authorize(principal, GROUP, group, DESCRIBE)
+            validate_group_name(group)
+            items = [(group, self.meta.offsets.get(group, {}))]
+        out: list[GroupLag] = []
+        topics = self.meta.topics
+        for g, per_topic in items:
+            for topic, queues in sorted(per_topic.items()):
+                if topic in topics:
+                    out.extend(GroupLag(g, topic, q, committed, self.store.queue_bounds(topic, q)[1])
+                               for q, committed in sorted(queues.items()))
+        return out
+
+    def timer_schedule(self, hours: int = 24, *,
+                       principal: Principal = ANONYMOUS) -> TimerSchedule:
+        """Pending timers per hour of delivery time, from the current hour on, for
+        ``hours`` (1-168) hours. Reads the wheel's slots in the window (a timer due
+        beyond the roll window waits at its roll point, so each entry's own delivery
+        time decides its hour); past TIMER_WALK_BUDGET entries a slot is counted by
+        its second instead, and the answer says it is approximate. Checks DESCRIBE on
+        the cluster. Raises InvalidArgument."""
+        self._authorize(principal, CLUSTER, "", DESCRIBE)
+        if not 1 <= hours <= 168:
+            raise InvalidArgument("hours must be 1..168")
+        timers = self.timers
+        wheel = timers.wheel
+        start_ms = timers.clock() // HOUR_MS * HOUR_MS
+        first_s, end_s = start_ms // 1000, start_ms // 1000 + hours * 3600
+        counts = [0] * hours
+        walked = cancelled = 0
+        approximate = False
+        for slot_s in wheel.nonempty_slots(min(timers.processed_s or first_s, first_s), end_s):
+            n = wheel.count(slot_s)
+            entries = None
+            if walked + n <= TIMER_WALK_BUDGET:
+                try:
+                    entries = wheel.walk(slot_s)
+                except WheelCorrupt:
+                    entries = None  # counted by its second below; recovery repairs the wheel
+            if entries is None:
+                approximate = True
+                counts[min(hours - 1, max(0, slot_s - first_s) // 3600)] += n
+                continue
+            walked += n
+            for _, deliver_ms, _, _, gone in entries:
+                if gone:
+                    cancelled += 1
+                    continue
+                h = max(0, deliver_ms - start_ms) // HOUR_MS
+                if h < hours:
+                    counts[h] += 1
+        later = max(0, wheel.pending - cancelled - sum(counts))
+        return TimerSchedule(start_ms, tuple(counts), later, wheel.pending, approximate)
+
+    def message_life(self, msg_id: str, *, principal: Principal = ANONYMOUS) -> MessageLife:
+        """Every stored copy of message ``msg_id`` (a client id, or an offset id), oldest
+        first: where it was produced, its timer, retries, dead letters and resends,
+        and for each copy in a topic where every group that consumes that queue
+        stands with it (committed offsets, pop leases). Checks READ on the topic of
+        the first copy found, and lists only copies of topics the principal may READ,
+        and groups it may DESCRIBE. Raises MessageNotFound, PermissionDenied."""
+        seen: set[tuple[int, int]] = set()
+        copies: list[ConsumedMessage] = []
+        found = []
+        decoded = parse_offset_message_id(msg_id)  # an offset id names its own record
+        if decoded is not None:
+            at = self.store.message_at(*decoded)
+            found = [at] if at is not None else []
+        for m in [*found, *self.store.lookup_key(msg_id, limit=LIFE_COPIES)]:
+            if m.topic not in _NOT_IN_A_LIFE and (m.physical_offset, m.batch_index) not in seen \
+                    and (m.msg_id == msg_id or m.offset_msg_id == msg_id.upper()):
+                seen.add((m.physical_offset, m.batch_index))
+                copies.append(m)
+        if not copies:
+            raise MessageNotFound(f"no message with id {msg_id}")
+        copies.sort(key=lambda m: (m.physical_offset, m.batch_index))
+        self._authorize(principal, TOPIC, _life_topic(copies[0]), READ)
+        steps: list[LifeStep] = []
+        dead = False
+        door = None
+        for m in copies:
+            if not self._permits(principal, TOPIC, _life_topic(m), READ):
+                continue
+            props = dict(m.properties.items())  # decoded whole: a door's FERRY_DOOR is the last
+            kind = _LIFE_KINDS.get(m.topic)
+            group = None
+            due = resent = None
+            if kind == "timer":
+                out = props.get(PROPERTY_TIMER_OUT_MS, "")
+                due = int(out) if out.isdigit() else None
+            elif m.topic.startswith(RETRY_PREFIX):
+                kind, group = "retry", m.topic[len(RETRY_PREFIX):]
+            elif m.topic.startswith(DLQ_PREFIX):
+                kind, group, dead = "dead_letter", m.topic[len(DLQ_PREFIX):], True
+                try:
+                    resent = self.retry.dead_letter(group, m.queue_offset).resent
+                except FerryError:
+                    resent = None
+            elif kind is None:
+                kind = ("delivered" if PROPERTY_TIMER_FROM in props else "resent" if dead
+                        else "produced" if not steps else "copy")
+            if door is None:
+                door = props.get(PROPERTY_DOOR)
+            consumers = () if m.topic in _LIFE_KINDS else self._consumers(m, principal)
+            steps.append(LifeStep(kind, m, group, due, resent, consumers))
+        if steps and self._kafka_record(steps[0].message.physical_offset):
+            # A Kafka batch stored verbatim: only the Kafka door writes those, and its
+            # records' headers (a FERRY_DOOR among them) are the client's, not the door's.
+            door = KAFKA_DOOR
+        return MessageLife(msg_id, door, tuple(steps))
+
+    def _kafka_record(self, phys: int) -> bool:
+        data = self.store.read_record(phys)
+        try:
+            return data is not None and \
+                rec.decode(data, 0, check_crc=False).sys_flag & rec.FORMAT_MASK == rec.FORMAT_KAFKA_BATCH
+        except rec.RecordError:
+            return False
+
+    def _consumers(self, m: ConsumedMessage, principal: Principal) -> tuple[Consumption, ...]:
+        """Where each group that consumes the message's queue stands with it."""
+        topic, qid, offset = m.topic, m.queue_id, m.queue_offset
+        out: dict[str, Consumption] = {}
+        for group, per_topic in self.meta.offsets.items():
+            committed = per_topic.get(topic, {}).get(qid)
+            if committed is not None:
+                out[group] = Consumption(group, committed, committed > offset)
+        for (group, t, q), qs in self.pop_service.queues.items():
+            if t != topic or q != qid:
+                continue
+            base = out.get(group) or Consumption(group, None, False)
+            lease = qs.leases.get(offset)
+            if lease is not None:
+                state = "leased" if lease.state == LEASED else "dead" if lease.state == DEAD \
+                    else "revived"
+                out[group] = replace(base, pop=state, deliveries=lease.deliveries,
+                                     invisible_until=lease.until if lease.state == LEASED else None)
+            elif offset < qs.pop_offset:
+                out[group] = replace(base, pop="acked", consumed=True)
+        return tuple(c for g, c in sorted(out.items())
+                     if self._permits(principal, GROUP, g, DESCRIBE))
 
     # ---------------------------------------------------------------- a door's own state
 
@@ -960,6 +1342,7 @@ class Broker:
         or the offset id of the timer record). Durable under sync flush when this
         returns. Checks WRITE on the timer's destination topic. Raises TimerNotFound
         (unknown, delivered, or cancelled already), PermissionDenied."""
+        self._master_only()
         return await self.timers.cancel(message_id, self._topic_check(principal, WRITE))
 
     def timer_stats(self, *, principal: Principal = ANONYMOUS) -> TimerStats:
@@ -975,6 +1358,7 @@ class Broker:
         ``put`` of a message with ``TRAN_MSG=true`` and ``PGROUP`` does the same.
         Checks WRITE on the topic."""
         self._authorize(principal, TOPIC, message.topic, WRITE)
+        self._master_only()
         return await self.transactions.prepare(message, producer_group)
 
     async def end_transaction(self, half: HalfHandle | int | str,
@@ -988,9 +1372,39 @@ class Broker:
         where the message landed, exactly once; ROLLBACK and UNKNOWN return None.
         Checks WRITE on the half's topic. Raises TransactionNotFound,
         TransactionAlreadyEnded, InvalidArgument, PermissionDenied."""
+        self._master_only()
         return await self.transactions.end_transaction(
             half, action, producer_group=producer_group, transaction_id=transaction_id,
             from_check=from_check, authorize=self._topic_check(principal, WRITE))
+
+    async def prepare_kafka_batch(self, topic: str, queue_id: int,
+                                  batch: bytes | bytearray | memoryview, producer_group: str, *,
+                                  coordinator: str, properties: Mapping[str, str] | None = None,
+                                  principal: Principal = ANONYMOUS) -> HalfHandle:
+        """Store a Kafka RecordBatch as a half of ``producer_group`` that the door named
+        ``coordinator`` decides (docs/transactions.md, "Kafka transactions"): invisible
+        to every door until ``end_transaction_group`` commits it. Checks WRITE on the
+        topic and on the producer group's transactional id. Raises as ``prepare``, and
+        CorruptMessage."""
+        self._authorize(principal, TOPIC, topic, WRITE)
+        self._authorize(principal, TRANSACTIONAL_ID, producer_group, WRITE)
+        return await self.transactions.prepare_kafka_batch(topic, queue_id, batch,
+                                                           producer_group, coordinator,
+                                                           properties)
+
+    async def end_transaction_group(self, producer_group: str, commit: bool, *,
+                                    coordinator: str,
+                                    accept: Callable[[Mapping[str, str]], bool] | None = None,
+                                    trailers: Sequence[tuple[str, int, bytes]] = (),
+                                    principal: Principal = ANONYMOUS) -> GroupEnd:
+        """Commit (or roll back) every open half of ``producer_group`` that ``coordinator``
+        decides, then append ``trailers`` (topic, queue, Kafka batch) in the same step:
+        see core/transactions.py ``end_group``. Checks WRITE on the transactional id and
+        on every topic written."""
+        self._authorize(principal, TRANSACTIONAL_ID, producer_group, WRITE)
+        return await self.transactions.end_group(
+            producer_group, commit, coordinator=coordinator, accept=accept, trailers=trailers,
+            authorize=self._topic_check(principal, WRITE))
 
     def set_transaction_checker(self, checker: TransactionChecker | None) -> None:
         """Install the check-back hook: ``async (producer_group, HalfMessage) -> bool``,
@@ -1031,6 +1445,7 @@ class Broker:
         maximum reconsume count to %DLQ%<group>; see core/retry.py. Checks READ on
         the group."""
         self._authorize(principal, GROUP, group, READ)
+        self._master_only()
         return await self.retry.send_back(group, message, delay_level,
                                           max_reconsume_times=max_reconsume_times)
 
@@ -1055,8 +1470,185 @@ class Broker:
         ``refs`` is None); a letter resent before needs ``force``. Checks READ on the
         group and WRITE on every original topic before resending any."""
         self._authorize(principal, GROUP, group, READ)
+        self._master_only()
         return await self.retry.resend(group, refs, force=force,
                                        authorize=self._topic_check(principal, WRITE))
+
+    # ================================================================ cluster wiring
+    # The replication door and the controller (gateways/replication; docs/cluster.md)
+    # call these. Not checked: they carry no client's request, like the door wiring
+    # above (``set_transaction_checker``).
+
+    def replication_position(self) -> ReplicationPosition:
+        """Where this broker's log stands, for the stream's handshake and for the
+        controller: role, node, epoch list, log start and end, confirm offset."""
+        r = self._paths.replication
+        return ReplicationPosition(
+            self.role, self.config.broker_name, self.membership.node, self.membership.epoch,
+            self.epochs.snapshot(), self.store.commitlog.min_offset, self.store.dispatched_pos,
+            self.config.segment_size, r.confirm_offset() if r is not None else
+            self.store.dispatched_pos)
+
+    def replication_chunk(self, start: int, max_bytes: int) -> ReplicationChunk:
+        """The master's side of a TRANSFER: whole records from ``start`` (a record
+        boundary a slave acked), at most ``max_bytes`` unless one record is larger,
+        never past its segment's end or into the next epoch. Empty when the slave has
+        everything. Raises NotLeader on a slave, StoreError."""
+        if self.role is not Role.MASTER or self._replicas is None:
+            raise NotLeader("only a master streams its log")
+        entries = self.epochs.entries
+        end = self.store.dispatched_pos
+        epoch, epoch_start = entries[-1]
+        for i in range(len(entries) - 1, -1, -1):
+            if entries[i][1] <= start:
+                epoch, epoch_start = entries[i]
+                # The next epoch beginning after ``start`` bounds the chunk.
+                for later_epoch, later_start in entries[i + 1:]:
+                    if later_start > start:
+                        end = min(end, later_start)
+                        break
+                    epoch, epoch_start = later_epoch, later_start
+                break
+        data = self.store.commitlog.chunk(start, end, max_bytes)
+        return ReplicationChunk(epoch, epoch_start, start, self._replicas.confirm_offset(), data)
+
+    async def replication_wait(self, pos: int, timeout: float, confirm_delay: float,
+                               confirm_sent: int) -> bool:
+        """The master's stream to a slave at ``pos``, which was last sent
+        ``confirm_sent``: return True when the log grew past ``pos``, or the confirm
+        offset moved and ``confirm_delay`` passed without a record to carry it; False
+        after ``timeout`` with neither (a heartbeat is due)."""
+        r = self._replicas
+        if r is None:
+            raise NotLeader("only a master streams its log")
+        now = trio.current_time()
+        deadline = now + timeout
+        while self.store.dispatched_pos <= pos:
+            if r.confirm_offset() > confirm_sent:
+                deadline = min(deadline, now + confirm_delay)
+            if trio.current_time() >= deadline:
+                return r.confirm_offset() > confirm_sent
+            # Appends wake this; the short bound covers appends that bypass the paths.
+            with trio.move_on_at(min(deadline, trio.current_time() + 0.05)):
+                await r.changed().wait()
+        return True
+
+    def replica_connected(self, node: str, end: int) -> None:
+        """A slave completed the handshake holding its log up to ``end`` (the master)."""
+        if self._replicas is not None:
+            self._replicas.connected_slave(node, end)
+
+    def replica_acked(self, node: str, end: int) -> None:
+        """A slave holds its log up to ``end`` (the master)."""
+        if self._replicas is not None:
+            self._replicas.ack(node, end)
+
+    def replica_disconnected(self, node: str) -> None:
+        if self._replicas is not None:
+            self._replicas.disconnected_slave(node)
+
+    def replica_status(self) -> list[SlaveStatus]:
+        """Every slave the master knows this term: acked end, lag, in-sync or not."""
+        return self._replicas.status() if self._replicas is not None else []
+
+    def replicate(self, epoch: int, epoch_start: int, start: int, confirm: int,
+                  data: bytes) -> int:
+        """A slave's side of a TRANSFER: record the epoch if it is new, append the bytes
+        verbatim at ``start`` and dispatch them as recovery does (``_accept_record``),
+        note the master's confirm offset. Returns the new end, to ack. Raises
+        NotLeader (not a slave), CorruptMessage (nothing written), StoreError."""
+        s = self._slave
+        if s is None:
+            raise NotLeader("only a slave takes replicated bytes")
+        if epoch > self.epochs.epoch:
+            self.epochs.append(epoch, epoch_start)
+        if data:
+            records = self.store.append_replicated(start, data, self._accept_record)
+            paths = self._paths
+            for r in records:
+                paths.replicated_topic(r.physical_offset + r.total_size, r.topic)
+        s.confirmed(confirm)
+        return self.store.dispatched_pos
+
+    def truncation_point(self, master_epochs: Sequence[tuple[int, int]],
+                         master_end: int) -> int | None:
+        """Where this slave's log stops equalling the master's (docs/cluster.md,
+        "Epochs"): its end when nothing must go; None when the logs share no epoch."""
+        return truncation_point(self.epochs.entries, self.store.dispatched_pos, master_epochs,
+                                master_end)
+
+    def truncate_log(self, end: int) -> None:
+        """A slave whose log diverged: cut it back to ``end`` when the core closes, which
+        must follow at once (the next open rebuilds the state; docs/cluster.md,
+        "Truncation"). Raises NotLeader on a master."""
+        if self.role is not Role.SLAVE:
+            raise NotLeader("only a slave truncates its log")
+        self._truncate_to = end
+
+    def set_lease_deadline(self, deadline: float) -> None:
+        """The controller: no write is acknowledged after ``deadline`` (trio's clock), the
+        send time of the last keep-alive etcd acknowledged plus the TTL minus the
+        margin (docs/cluster.md, "Fencing")."""
+        self._paths.lease_deadline = deadline
+        if self._replicas is not None and self._replicas.fenced is not None \
+                and trio.current_time() < deadline:
+            self._replicas.fenced = None
+            self._paths.write_refusal = None
+
+    def fence(self, reason: str) -> None:
+        """The controller: this master's term may be over — refuse writes, fail the ones
+        waiting for the in-sync set."""
+        err = NotLeader(reason)
+        self._paths.write_refusal = err
+        if self._replicas is not None:
+            self._replicas.fence(err)
+
+    def isr_proposals(self) -> tuple[frozenset[str], frozenset[str]]:
+        """The master: (in-sync members to remove, slaves to add), as the acks stand."""
+        return self._replicas.proposals() if self._replicas is not None else (
+            frozenset(), frozenset())
+
+    def propose_isr_add(self, nodes: Iterable[str]) -> None:
+        """The master is about to add ``nodes`` in etcd: count them from now on."""
+        if self._replicas is not None:
+            self._replicas.propose_add(nodes)
+
+    def cancel_isr_add(self, nodes: Iterable[str]) -> None:
+        if self._replicas is not None:
+            self._replicas.cancel_add(nodes)
+
+    def isr_changed(self, isr: Iterable[str]) -> None:
+        """etcd holds this in-sync set now."""
+        if self._replicas is not None:
+            self._replicas.isr_changed(isr)
+
+    def in_sync_replicas(self) -> frozenset[str]:
+        return self._replicas.isr if self._replicas is not None else self.membership.isr
+
+    # ================================================================ a door's own durable state
+    # Session state a door keeps beside the messages (the Kafka door's group membership,
+    # transactions, producer ids, commit metadata) lives in the state log, in namespaces
+    # named after the door ("kafka.group"): durable with the CommitLog, replayed at
+    # start-up (and, with replication, on slaves), never a file of its own.
+
+    async def put_door_state(self, changes: Sequence[Change], *,
+                             principal: Principal = ANONYMOUS) -> None:
+        """Set keys of a door's namespaces (a value None deletes the key), in one state
+        record where they fit; as durable as the flush policy promises when this
+        returns. A door namespace is "<door>.<name>". Checks ALTER on the cluster (a
+        door's bookkeeping passes SYSTEM). Raises InvalidArgument."""
+        self._authorize(principal, CLUSTER, "", ALTER)
+        for ns, _key, _value in changes:
+            _check_door_namespace(ns)
+        await self.state.put_many(changes)
+
+    def door_state(self, namespace: str, *, principal: Principal = ANONYMOUS
+                   ) -> list[tuple[Key, object]]:
+        """Every (key, value) of a door namespace as the state log holds it (arrays come
+        back as tuples). Checks DESCRIBE on the cluster. Raises InvalidArgument."""
+        self._authorize(principal, CLUSTER, "", DESCRIBE)
+        _check_door_namespace(namespace)
+        return self.state.items(namespace)
 
     # ================================================================ retention
 
@@ -1077,9 +1669,37 @@ class Broker:
             floor = self.store.commitlog.min_offset
             gone: list[Change] = [(NS_TOMBSTONE, name, None)
                                   for name, at in self.meta.tombstones.items() if at <= floor]
-            if gone:
+            if gone and self.role is not Role.SLAVE:  # a slave gets its master's
                 self.state.append(gone)  # no record of those topics is left to rule out
         return deleted
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicationPosition:
+    role: Role
+    group: str
+    node: str
+    epoch: int
+    epochs: tuple[tuple[int, int], ...]
+    start: int  # the first byte the CommitLog still holds
+    end: int  # just past the last record
+    segment_size: int
+    confirm: int  # what the in-sync set holds (a slave: what its master last said)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicationChunk:
+    epoch: int
+    epoch_start: int
+    start: int
+    confirm: int
+    data: bytes
+
+
+def _check_door_namespace(namespace: str) -> None:
+    door, dot, name = namespace.partition(".") if isinstance(namespace, str) else ("", "", "")
+    if not (door and dot and name and door.isalnum()):
+        raise InvalidArgument(f"a door's state namespace is <door>.<name>, not {namespace!r}")
 
 
 def _check_topic_args(queues: int, perm: int, message_type: str) -> None:

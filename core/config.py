@@ -82,6 +82,12 @@ class BrokerConfig:
     transaction_check_timeout_ms: int = 6_000  # RocketMQ transactionTimeOut
     transaction_check_interval_ms: int = 60_000  # RocketMQ transactionCheckInterval
     transaction_check_max: int = 15  # RocketMQ transactionCheckMax
+    # Broker groups (docs/cluster.md); only read when the server runs a [cluster].
+    replication_mode: str = "sync"  # "sync": writes wait for the in-sync set; "async": not
+    min_insync_replicas: int = 1  # REPLICATED writes are refused below this many in-sync members
+    replica_lag_max_ms: int = 5_000  # an in-sync member not caught up this long leaves the set
+    replication_timeout_ms: int = 5_000  # a REPLICATED write waits at most this long
+    slave_read_enable: bool = False  # a slave serves reads (RocketMQ's slaveReadEnable)
     extra: Mapping[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -100,6 +106,12 @@ class BrokerConfig:
         parse_delay_levels(self.delay_levels)  # raises ValueError
         if self.state_snapshot_records < 1 or self.state_snapshot_interval_s <= 0:
             raise ValueError("state_snapshot_records and state_snapshot_interval_s must be positive")
+        if self.replication_mode not in ("sync", "async"):
+            raise ValueError("replication_mode must be 'sync' or 'async'")
+        if self.min_insync_replicas < 1 or self.replica_lag_max_ms < 1 \
+                or self.replication_timeout_ms < 1:
+            raise ValueError("min_insync_replicas, replica_lag_max_ms and replication_timeout_ms "
+                             "must be positive")
         if self.timer_max_delay_ms < 0 or self.transaction_check_max < 0 \
                 or self.transaction_check_timeout_ms < 0 or self.transaction_check_interval_ms < 1:
             raise ValueError("timer and transaction settings must not be negative")

@@ -178,3 +178,30 @@ class TransactionAlreadyEnded(FerryError):
     def __init__(self, detail: str = "", outcome: str = "ended") -> None:
         super().__init__(detail)
         self.outcome = outcome
+
+
+# Issue 14: broker groups (docs/cluster.md).
+
+
+class NotLeader(FerryError):
+    """This broker is not its group's master (a slave, or a master whose term may have
+    ended): writes go to the master; reads too unless slaves serve them."""
+
+    code = "not_leader"
+    retriable = True
+
+
+class NotEnoughReplicas(FerryError):
+    """The in-sync set is smaller than min_insync_replicas: a write that must be
+    replicated is refused before it is stored."""
+
+    code = "not_enough_replicas"
+    retriable = True
+
+
+class ReplicationTimeout(FerryError):
+    """The write is stored on the master but the in-sync set did not confirm it in
+    time; it may still become visible. Retrying may store it twice."""
+
+    code = "replication_timeout"
+    retriable = True

@@ -39,6 +39,9 @@ PROPERTY_ORIGIN_MESSAGE_ID = "ORIGIN_MESSAGE_ID"
 PROPERTY_MAX_RECONSUME_TIMES = "MAX_RECONSUME_TIMES"
 PROPERTY_DLQ_ORIGIN_TOPIC = "DLQ_ORIGIN_TOPIC"
 PROPERTY_DLQ_ORIGIN_MESSAGE_ID = "DLQ_ORIGIN_MESSAGE_ID"
+# FerryMQ's own: the door a message came in by (http, kafka, mqtt, remoting), set by that
+# door over whatever a client sent, so the console can tell a message's origin.
+PROPERTY_DOOR = "FERRY_DOOR"
 KEY_SEPARATOR = " "
 
 _OFFSET_ID = struct.Struct(">8sq")

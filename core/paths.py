@@ -12,7 +12,15 @@ installed by the Broker), which append their own records and come back through
 
 Read path (``get``, ``get_large``, ``available``, ``wait_any``, ``queue_bounds``):
 the topic must exist and be readable, the queue must exist; reads apply the
-get's filter and, under sync flush, see only what is durable (``visible_limit``).
+get's filter and see only what is durable under sync flush and confirmed by the
+in-sync set in a broker group (``visible_limit``).
+
+Broker groups (docs/cluster.md): a slave, or a master past its lease deadline,
+refuses writes with NotLeader (``write_refusal``, checked first); a slave
+refuses reads too unless it serves them (``read_refusal``). A write's
+``durability`` (``Durability.REPLICATED`` by default under sync replication)
+decides whether ``after_put`` also waits for the in-sync set; no write is
+acknowledged once the lease deadline has passed (``lease_deadline``).
 
 Who uses it: the ``Broker`` facade, after it has authorized the caller's
 principal (core/access.py), and the services the Broker owns (timers,
@@ -30,6 +38,7 @@ worker thread.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Protocol
@@ -39,10 +48,12 @@ import trio
 from ..protocols import record as rec
 from .config import BrokerConfig
 from .errors import (
+    FerryError,
     GroupNotFound,
     InvalidArgument,
     InvalidMessage,
     MessageTooLarge,
+    NotLeader,
     PermissionDenied,
     QueueNotFound,
     ShuttingDown,
@@ -75,6 +86,7 @@ from .metadata import (
     validate_group_name,
     validate_topic_name,
 )
+from .replication import Durability
 from .statelog import STATE_TOPIC, StateLog
 from .stats import Counters
 from .store.store import MessageStore
@@ -105,11 +117,21 @@ def is_special(props: Mapping[str, str]) -> bool:
         or any(k in props for k in _TIMER_REQUESTS)
 
 
+class Replication(Protocol):
+    """What the paths ask of replication: the master's ``ReplicaSet`` or a slave's
+    ``SlaveView`` (core/replication)."""
+
+    def confirm_offset(self) -> int: ...
+    def appended(self) -> None: ...
+    def check_min_insync(self) -> None: ...
+    async def wait(self, pos: int) -> None: ...
+
+
 class CreateTopic(Protocol):
     """``Broker._create_topic``: create a topic without asking who wants it."""
 
     def __call__(self, name: str, queues: int | None = None, *, perm: int = ...,
-                 exist_ok: bool = ...) -> Awaitable[TopicConfig]: ...
+                 exist_ok: bool = ..., for_put: bool = ...) -> Awaitable[TopicConfig]: ...
 
 
 async def _no_special_put(m: Message) -> PutResult:
@@ -137,6 +159,15 @@ class Paths:
         self._waiters: dict[str, set[trio.Event]] = {}
         self._round_robin: dict[str, list[int]] = {}
         self._system_topics: dict[str, int] = {}  # name -> perm
+        # Broker groups (None/inf when standalone: nothing below costs a thing then).
+        self.replication: Replication | None = None
+        self.write_refusal: FerryError | None = None  # NotLeader on a slave or a fenced master
+        self.read_refusal: FerryError | None = None  # NotLeader on a slave that serves no reads
+        self.default_durability = Durability.LEADER
+        self.lease_deadline = math.inf  # trio.current_time() past which nothing is acknowledged
+        # Topics with records not visible yet -> the end of the first of them: their long
+        # polls wake when the confirm offset passes it (bounded by the topic count).
+        self._pending_wakes: dict[str, int] = {}
 
     # ================================================================ topics and groups
 
@@ -164,7 +195,7 @@ class Paths:
             validate_topic_name(name)
             if not self.config.auto_create_topics:
                 raise TopicNotFound(f"topic {name} does not exist")
-            t = await self._create_topic(name, exist_ok=True)
+            t = await self._create_topic(name, exist_ok=True, for_put=True)
         return t
 
     async def ensure_topic(self, name: str, queues: int, perm: int = PERM_READ_WRITE
@@ -173,7 +204,7 @@ class Paths:
         and ``perm`` if missing, whatever auto-create says."""
         t = self._meta.topics.get(name)
         if t is None:
-            t = await self._create_topic(name, queues, perm=perm, exist_ok=True)
+            t = await self._create_topic(name, queues, perm=perm, exist_ok=True, for_put=True)
         return t
 
     def queue_for(self, t: TopicConfig, queue_id: int) -> int:
@@ -195,7 +226,10 @@ class Paths:
         self.wake(name)
 
     def readable_topic(self, name: str) -> TopicConfig:
-        """Raises InvalidTopicName, TopicNotFound, PermissionDenied (not readable)."""
+        """Raises InvalidTopicName, TopicNotFound, PermissionDenied (not readable),
+        NotLeader (a slave that serves no reads)."""
+        if self.read_refusal is not None:
+            raise self.read_refusal
         t = self._meta.topics.get(name)
         if t is None:
             validate_topic_name(name)
@@ -213,6 +247,10 @@ class Paths:
         if g is None:
             if not self.config.auto_create_groups:
                 raise GroupNotFound(f"consumer group {name} does not exist")
+            if self.write_refusal is not None:
+                # A slave serving reads (or a fenced master) creates nothing: the group
+                # is created where it commits, on the master.
+                return GroupConfig(name, created_at=now_ms())
             self._state.append(((NS_GROUP, name, GroupConfig(name, created_at=now_ms()).to_json()),))
             g = self._meta.groups[name]
         return g
@@ -224,6 +262,8 @@ class Paths:
     def commit(self, group: str, topic: str, queue_id: int, offset: int) -> None:
         """Record a consumer's progress (a state record; committing the offset already
         committed appends nothing). No checks: callers validated the queue."""
+        if self.write_refusal is not None:
+            raise self.write_refusal
         if self._meta.committed(group, topic, queue_id) != offset:
             self._state.append(((NS_OFFSET, (group, topic, queue_id), offset),))
 
@@ -258,15 +298,22 @@ class Paths:
 
     # ================================================================ the write path
 
-    async def put(self, messages: Message | Sequence[Message]) -> PutResult:
+    async def put(self, messages: Message | Sequence[Message],
+                  durability: Durability | None = None) -> PutResult:
         """Append one message, or a batch (one topic, one queue: the first message's
         ``queue_id``) stored as one record. Returns where it landed; under sync flush,
-        only once it is on disk. A single message asking for a delivery time, or
-        marked as a half, goes to ``special_put``. Raises TopicNotFound,
-        PermissionDenied, MessageTooLarge, InvalidMessage, QueueNotFound, StoreError,
-        ShuttingDown."""
+        only once it is on disk; with ``Durability.REPLICATED`` (the group's default
+        under sync replication), only once the in-sync set holds it. A single message
+        asking for a delivery time, or marked as a half, goes to ``special_put``.
+        Raises TopicNotFound, PermissionDenied, MessageTooLarge, InvalidMessage,
+        QueueNotFound, StoreError, ShuttingDown, NotLeader, NotEnoughReplicas,
+        ReplicationTimeout."""
         if self.closing:
             raise ShuttingDown()
+        if self.write_refusal is not None:
+            raise self.write_refusal
+        if self.replication is not None:
+            self._before_put(durability)
         if isinstance(messages, Message):
             m = messages
             props = m.properties
@@ -298,14 +345,16 @@ class Paths:
             c.puts += 1
             if self.committer is not None:
                 await self.committer.wait_flushed(store.dispatched_pos)
-            if self._waiters:
+            if self.replication is not None:
+                await self._replicated(store.dispatched_pos, topic, durability)
+            elif self._waiters:
                 self.wake(topic)
             return result
         batch = list(messages)
         if not batch:
             raise InvalidMessage("empty batch")
         if len(batch) == 1:
-            return await self.put(batch[0])
+            return await self.put(batch[0], durability)
         first = batch[0]
         t = self._meta.topics.get(first.topic)
         if t is None or not t.perm & PERM_WRITE:
@@ -316,62 +365,140 @@ class Paths:
                                               first.born_host, self._max_message_size)
         except UnicodeEncodeError as exc:
             raise InvalidMessage(f"properties are not encodable: {exc}") from exc
-        return await self.after_put(result)
+        return await self.after_put(result, durability)
 
     async def put_encoded_batch(self, topic: str, queue_id: int, body: bytes,
-                                born_host: bytes = b"\x00" * 8) -> PutResult:
+                                born_host: bytes = b"\x00" * 8,
+                                durability: Durability | None = None) -> PutResult:
         """Append a native batch already in RocketMQ's batch encoding (a
         SEND_BATCH_MESSAGE body) as one record, without re-encoding it."""
         if self.closing:
             raise ShuttingDown()
+        if self.write_refusal is not None:
+            raise self.write_refusal
+        if self.replication is not None:
+            self._before_put(durability)
         t = await self.topic_for_put(topic)
         if len(body) > self._max_message_size:
             raise MessageTooLarge(f"batch is {len(body)} bytes; the maximum is "
                                   f"{self._max_message_size}")
         qid = self.queue_for(t, queue_id)
         result = self._store.append_encoded_batch(topic, qid, body, born_host=born_host)
-        return await self.after_put(result)
+        return await self.after_put(result, durability)
 
     async def put_kafka_batch(self, topic: str, queue_id: int,
-                              batch: bytes | bytearray | memoryview) -> PutResult:
+                              batch: bytes | bytearray | memoryview,
+                              durability: Durability | None = None) -> PutResult:
         """Append one Kafka RecordBatch (magic 2, CRC already checked by the Kafka
         codec) as one record; its base offset becomes the queue offset assigned."""
         if self.closing:
             raise ShuttingDown()
+        if self.write_refusal is not None:
+            raise self.write_refusal
+        if self.replication is not None:
+            self._before_put(durability)
         t = await self.topic_for_put(topic)
         if len(batch) > self._max_message_size:
             raise MessageTooLarge(f"batch is {len(batch)} bytes; the maximum is "
                                   f"{self._max_message_size}")
         qid = self.queue_for(t, queue_id)
         result = self._store.append_kafka_batch(topic, qid, batch)
-        return await self.after_put(result)
+        return await self.after_put(result, durability)
 
-    async def after_put(self, result: PutResult) -> PutResult:
-        """Count the put (bytes = the record as stored), wait for the flush under
-        sync flush, then wake the long polls of the topic. A service that appended
-        a record of its own calls this as the last step of its put."""
+    async def after_put(self, result: PutResult,
+                        durability: Durability | None = None) -> PutResult:
+        """Count the put (bytes = the record as stored), then the after-put steps: wait
+        for the flush under sync flush, for the in-sync set under
+        ``Durability.REPLICATED``, then wake the long polls of the topic (once the
+        record is visible). A service that appended a record of its own calls this
+        as the last step of its put."""
         c = self.counters.topics.get(result.topic) or self.counters.topic(result.topic)
         c.messages_in += result.count
-        c.bytes_in += self._store.dispatched_pos - result.physical_offset
+        end = self._store.dispatched_pos
+        c.bytes_in += end - result.physical_offset
         c.puts += 1
         if self.committer is not None:
-            await self.committer.wait_flushed(self._store.dispatched_pos)
-        if self._waiters:
+            await self.committer.wait_flushed(end)
+        if self.replication is not None:
+            await self._replicated(end, result.topic, durability)
+        elif self._waiters:
             self.wake(result.topic)
         return result
 
+    # ---------------------------------------------------------------- broker groups
+
+    def _before_put(self, durability: Durability | None) -> None:
+        """Before appending, in a broker group: the lease must not have run out, and a
+        REPLICATED write needs enough in-sync replicas."""
+        assert self.replication is not None
+        if trio.current_time() > self.lease_deadline:
+            raise NotLeader("this master's lease deadline passed: it may no longer be master")
+        if (durability or self.default_durability) is Durability.REPLICATED:
+            self.replication.check_min_insync()
+
+    async def _replicated(self, end: int, topic: str, durability: Durability | None) -> None:
+        """The replication after-put step: a REPLICATED write waits for the confirm
+        offset; no write is acknowledged past the lease deadline (docs/cluster.md,
+        "Fencing"); the topic's long polls wake once the record is visible."""
+        r = self.replication
+        assert r is not None
+        r.appended()
+        if (durability or self.default_durability) is Durability.REPLICATED:
+            await r.wait(end)
+        if r.confirm_offset() >= end:
+            if self._waiters:
+                self.wake(topic)
+        elif topic not in self._pending_wakes:
+            self._pending_wakes[topic] = end
+        if trio.current_time() > self.lease_deadline:
+            raise NotLeader("this master's lease deadline passed before the write was "
+                            "acknowledged: it may be lost")
+
+    def visibility_advanced(self, confirm: int) -> None:
+        """The confirm offset reached ``confirm``: wake the long polls of the topics whose
+        records became visible (the replication's ``on_advance``)."""
+        pending = self._pending_wakes
+        if pending:
+            for topic in [t for t, end in pending.items() if end <= confirm]:
+                del pending[topic]
+                self.wake(topic)
+
+    def replicated_topic(self, end: int, topic: str) -> None:
+        """A slave dispatched a replicated record of ``topic`` ending at ``end``: its long
+        polls wake once it is visible."""
+        r = self.replication
+        if r is not None and r.confirm_offset() >= end:
+            if self._waiters:
+                self.wake(topic)
+        elif topic not in self._pending_wakes:
+            self._pending_wakes[topic] = end
+
     async def wait_durable(self) -> None:
         """Under sync flush, wait until everything appended so far is on disk (a
-        no-op under async flush). Raises FlushFailed."""
+        no-op under async flush); in a broker group with REPLICATED durability by
+        default, until the in-sync set holds it. Raises FlushFailed, NotLeader,
+        ReplicationTimeout."""
+        end = self._store.dispatched_pos
         if self.committer is not None:
-            await self.committer.wait_flushed(self._store.dispatched_pos)
+            await self.committer.wait_flushed(end)
+        if self.replication is not None:
+            if self.default_durability is Durability.REPLICATED:
+                await self.replication.wait(end)
+            if trio.current_time() > self.lease_deadline:
+                raise NotLeader("this master's lease deadline passed")
 
     # ================================================================ the read path
 
     def visible_limit(self) -> int | None:
-        """The CommitLog offset below which records are visible (under sync flush:
-        durable); None when everything appended is."""
-        return self.committer.flushed_pos if self.committer is not None else None
+        """The CommitLog offset below which records are visible — under sync flush
+        durable, in a broker group confirmed by the in-sync set (the smaller of the
+        two); None when everything appended is."""
+        limit = self.committer.flushed_pos if self.committer is not None else None
+        if self.replication is not None:
+            c = self.replication.confirm_offset()
+            if limit is None or c < limit:
+                limit = c
+        return limit
 
     def _readable_queue(self, topic: str, queue_id: int) -> TopicConfig:
         t = self.readable_topic(topic)
@@ -430,9 +557,11 @@ class Paths:
         message's offset. Raises TopicNotFound, PermissionDenied, QueueNotFound."""
         self._readable_queue(topic, queue_id)
         lo, hi = self._store.queue_bounds(topic, queue_id)
-        if self.committer is not None and hi > lo and not self.available(topic, queue_id, hi - 1):
-            # Under sync flush, messages not yet on disk are not visible: find the
-            # visible end by bisection over the (few) unflushed tail entries.
+        if hi > lo and self.visible_limit() is not None \
+                and not self.available(topic, queue_id, hi - 1):
+            # Under sync flush (in a group: before the in-sync set confirms them)
+            # messages are not visible yet: find the visible end by bisection over
+            # the (few) unconfirmed tail entries.
             a, b = lo, hi - 1
             while a < b:
                 mid = (a + b) // 2
@@ -454,13 +583,14 @@ class Paths:
         q = self._store.queues.get((topic, queue_id))
         if q is None or offset >= q.max_offset:
             return False
-        if self.committer is None:
+        limit = self.visible_limit()
+        if limit is None:
             return True
         i = q.find(max(offset, q.min_offset))
         if i is None:
             return False
         e = q.entry(i)
-        return e.physical_offset + e.size <= self.committer.flushed_pos
+        return e.physical_offset + e.size <= limit
 
     def message_by_id(self, msg_id: str) -> ConsumedMessage | None:
         """A message by its id: a client id (UNIQ_KEY) through the index, or an offset
@@ -481,6 +611,8 @@ class Paths:
         """Return True as soon as a message at or past one of the (topic, queue id,
         offset) positions is visible, False after ``timeout`` seconds without one."""
         positions = tuple(positions)
+        if self.read_refusal is not None:
+            raise self.read_refusal
 
         def ready() -> bool:
             return any(self.available(t, q, o) for t, q, o in positions)

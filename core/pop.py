@@ -65,6 +65,7 @@ from .message import (
     PROPERTY_DLQ_ORIGIN_MESSAGE_ID,
     PROPERTY_DLQ_ORIGIN_TOPIC,
     PROPERTY_MAX_RECONSUME_TIMES,
+    PROPERTY_UNIQ_KEY,
     ConsumedMessage,
     Message,
     now_ms,
@@ -523,6 +524,10 @@ class PopService:
         props = dict(m.properties)
         props.setdefault(PROPERTY_DLQ_ORIGIN_TOPIC, m.topic)
         props.setdefault(PROPERTY_DLQ_ORIGIN_MESSAGE_ID, m.msg_id)
+        # The letter keeps the message's id, as a retry's copy does (core/retry.py): a
+        # message without a client id would otherwise be known by the letter's offset id
+        # only, and its lookups, its life and its resend would lose the original's.
+        props.setdefault(PROPERTY_UNIQ_KEY, m.msg_id)
         props[PROPERTY_MAX_RECONSUME_TIMES] = str(deliveries - 1)
         await self.paths.put(Message(dlq, m.body, props, 0, m.flag, m.born_timestamp,
                                       m.born_host, deliveries))

@@ -144,12 +144,14 @@ _BATCH: ContextVar[list[Any] | None] = ContextVar("ferrymq_state_batch", default
 class StateLog:
     """The tables, their records in the CommitLog, their snapshots under ``directory``.
 
-    ``durable(pos, admin)`` is the broker's wait for the CommitLog to be durable up
-    to ``pos`` under its flush policy (``admin``: force an fsync even under async
-    flush)."""
+    ``durable(pos, admin, replicate)`` is the broker's wait for the CommitLog to be
+    durable up to ``pos`` under its flush policy (``admin``: force an fsync even under
+    async flush) and, in a sync broker group, held by the in-sync set (unless
+    ``replicate`` is False: a change a write makes for itself, which the write's
+    own wait covers)."""
 
     def __init__(self, store: MessageStore, directory: str, *,
-                 durable: Callable[[int, bool], Awaitable[None]] | None = None,
+                 durable: Callable[[int, bool, bool], Awaitable[None]] | None = None,
                  max_record_bytes: int = MAX_RECORD_BYTES,
                  snapshot_interval_s: float = 60.0, snapshot_records: int = 100_000) -> None:
         self.store = store
@@ -168,6 +170,11 @@ class StateLog:
         self._staged: dict[tuple[str, Key], None] = {}
         self._wakeup = trio.Event()
         self._snapshot_lock = trio.Lock()
+        # In a broker group: the offset the in-sync set confirmed. A snapshot is only
+        # written for a confirmed position, so that a truncation after a failover
+        # always finds one at or below its point (docs/cluster.md, "Truncation").
+        self.confirmed: Callable[[], int] | None = None
+        self.appended: Callable[[], None] | None = None  # a master's stream wakes on appends
         self.stats = {"records": 0, "changes": 0, "recovered": 0, "snapshots": 0,
                       "snapshot_seconds": 0.0, "snapshot_bytes": 0, "apply_errors": 0}
 
@@ -240,17 +247,20 @@ class StateLog:
             start = stop
         if self.since_snapshot >= max(self.snapshot_records, self._size_at_snapshot):
             self._wakeup.set()
+        if self.appended is not None:
+            self.appended()
         return self.end
 
-    async def wait(self, pos: int, admin: bool) -> None:
+    async def wait(self, pos: int, admin: bool, replicate: bool = True) -> None:
         """Return once the CommitLog is durable up to ``pos`` as the flush policy
         promises (see ``durable``); inside ``batch()`` only remember it."""
         pending = _BATCH.get()
         if pending is not None:
             pending[0] = max(pending[0], pos)
             pending[1] = pending[1] or admin
+            pending[2] = pending[2] or replicate
         elif self.durable is not None:
-            await self.durable(pos, admin)
+            await self.durable(pos, admin, replicate)
         # Always a checkpoint, as trio's own awaitables are: a loop of commits under
         # async flush (nothing to wait for) must not starve every other task.
         await trio.lowlevel.checkpoint()
@@ -259,12 +269,12 @@ class StateLog:
         """Set ``key`` to ``value`` (None deletes it); durable when this returns."""
         await self.put_many(((namespace, key, value),))
 
-    async def put_many(self, changes: Sequence[Change]) -> None:
+    async def put_many(self, changes: Sequence[Change], replicate: bool = True) -> None:
         """``put`` of several changes, in one record where they fit: one flush."""
         if not changes:
             return
         pos = self.append(changes)
-        await self.wait(pos, any(ns in self.admin for ns, _, _ in changes))
+        await self.wait(pos, any(ns in self.admin for ns, _, _ in changes), replicate)
 
     @contextlib.asynccontextmanager
     async def batch(self) -> AsyncIterator[None]:
@@ -275,14 +285,14 @@ class StateLog:
         if _BATCH.get() is not None:
             yield
             return
-        pending: list[Any] = [0, False]
+        pending: list[Any] = [0, False, False]
         token = _BATCH.set(pending)
         try:
             yield
         finally:
             _BATCH.reset(token)
         if pending[0] and self.durable is not None:
-            await self.durable(pending[0], pending[1])
+            await self.durable(pending[0], pending[1], pending[2])
 
     # ================================================================ the state machine
 
@@ -399,14 +409,18 @@ class StateLog:
         for ns, key, _ in changes:
             self._staged[(ns, key)] = None
 
-    def finish_recovery(self) -> None:
+    def finish_recovery(self, append: bool = True) -> None:
         """After the store opened: append what recovery staged, and if the log ends
         before the newest snapshot (the log lost its tail, a snapshot did not), take
         a snapshot at the log's end so that new records are never mistaken for ones
-        the old snapshot holds."""
+        the old snapshot holds. A slave (``append=False``) appends nothing: what it
+        staged stays applied in memory, and its master's log brings the real records."""
         if self._staged:
             staged, self._staged = self._staged, {}
-            self.append([(ns, key, self._wire(ns, key)) for ns, key in staged])
+            if append:
+                self.append([(ns, key, self._wire(ns, key)) for ns, key in staged])
+        if not append:
+            return
         log_end = self.store.dispatched_pos
         if self.covered[0] > log_end:
             log.error("the CommitLog ends at %d, before the state snapshot at %d: the log "
@@ -464,12 +478,29 @@ class StateLog:
         in a worker thread (one at a time: a second caller waits, then takes its own)."""
         async with self._snapshot_lock:
             pos, qoff, n, views = self._view()
+            if self.confirmed is not None and not await self._wait_confirmed(pos):
+                log.info("state snapshot at %d skipped: the in-sync set has not confirmed it",
+                         pos)
+                return
             nbytes, secs = await trio.to_thread.run_sync(self._write_snapshot, pos, qoff, views)
             self._snapshot_done(pos, qoff, n, nbytes, secs)
 
+    async def _wait_confirmed(self, pos: int, timeout: float = 10.0) -> bool:
+        assert self.confirmed is not None
+        with trio.move_on_after(timeout):
+            while self.confirmed() < pos:
+                await trio.sleep(0.05)
+            return True
+        return False
+
     def snapshot_sync(self) -> None:
-        """``snapshot`` on the calling thread (start-up and shutdown)."""
+        """``snapshot`` on the calling thread (start-up and shutdown); in a broker group
+        only when the in-sync set confirmed everything it would cover."""
         pos, qoff, n, views = self._view()
+        if self.confirmed is not None and self.confirmed() < pos:
+            log.info("state snapshot at %d skipped: the in-sync set confirmed only %d", pos,
+                     self.confirmed())
+            return
         nbytes, secs = self._write_snapshot(pos, qoff, views)
         self._snapshot_done(pos, qoff, n, nbytes, secs)
 
@@ -503,6 +534,20 @@ class StateLog:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(self.directory, name))
         return len(payload), time.perf_counter() - t0
+
+    def set_aside_snapshots(self, end: int) -> list[str]:
+        """The log was cut back to ``end`` (docs/cluster.md, "Truncation"): snapshots
+        covering more are renamed ``*.truncated`` so the next start loads the newest
+        one at or below it. Returns the names set aside."""
+        os.makedirs(self.directory, exist_ok=True)
+        gone = [n for n in self._snapshot_names() if int(n[len(_SNAP_PREFIX):]) > end]
+        for name in gone:
+            os.replace(os.path.join(self.directory, name),
+                       os.path.join(self.directory, name + ".truncated"))
+        if gone:
+            log.warning("state snapshots %s cover more than the truncated log (%d): set aside",
+                        gone, end)
+        return gone
 
     def _snapshot_names(self) -> list[str]:
         return [n for n in os.listdir(self.directory)

@@ -27,6 +27,15 @@ guarantee and how it is kept):
    whose outcome is known is never checked again (#1517).
 4. A half open longer than the roll window is appended again (and the old
    copy marked moved), so CommitLog retention never removes an open half.
+5. A *coordinated* half (``TRAN_COORDINATOR``: a door that decides its outcome
+   itself, the Kafka door's transaction coordinator) is never checked back nor
+   discarded, and only its coordinator may end it: all the open halves of its
+   producer group at once (``end_group``), in the order they were stored, in
+   one synchronous step together with the door's own trailing records (Kafka's
+   transaction markers), so every door sees the whole transaction or nothing.
+   Its body may be a Kafka RecordBatch (``TRAN_BODY_FORMAT=kafka``), committed as
+   a Kafka batch record of its partition (docs/transactions.md, "Kafka
+   transactions").
 
 State: the open halves live in memory (a few hundred bytes each; they end
 within seconds normally); the ended ones are only on disk. The checkpoint
@@ -44,19 +53,23 @@ import os
 import struct
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 
 from ..protocols import record as rec
+from ..protocols.kafka import batch_header as kb
 from .config import BrokerConfig
 from .errors import (
+    CorruptMessage,
     FerryError,
     InvalidArgument,
     InvalidMessage,
     MessageTooLarge,
+    PermissionDenied,
+    TopicNotFound,
     TransactionAlreadyEnded,
     TransactionNotFound,
 )
@@ -101,6 +114,11 @@ PROPERTY_PREPARED_QUEUE_OFFSET = "TRAN_PREPARED_QUEUE_OFFSET"
 PROPERTY_ORIGIN_OFFSET = "TRAN_ORIGIN_OFFSET"
 PROPERTY_OP = "TRAN_OP"
 PROPERTY_OP_HALF = "TRAN_HALF"
+# FerryMQ's: the door whose coordinator decides a half (never checked back), and the
+# format of a half's body when it is not a message body ("kafka": a RecordBatch).
+PROPERTY_COORDINATOR = "TRAN_COORDINATOR"
+PROPERTY_BODY_FORMAT = "TRAN_BODY_FORMAT"
+BODY_FORMAT_KAFKA = "kafka"
 
 # Op kinds (the low 3 bits of an op record's tag hash).
 OP_COMMIT, OP_ROLLBACK, OP_DISCARD, OP_CHECK, OP_MOVED = 1, 2, 3, 4, 5
@@ -110,7 +128,8 @@ _OP_KINDS = {v: k for k, v in _OP_NAMES.items()}
 
 # Kept out of a committed message (RocketMQ clears TRAN_MSG on commit too).
 _HALF_ONLY = frozenset((PROPERTY_REAL_TOPIC, PROPERTY_REAL_QUEUE_ID, PROPERTY_TRANSACTION_PREPARED,
-                        PROPERTY_CHECK_TIMES, PROPERTY_ORIGIN_OFFSET))
+                        PROPERTY_CHECK_TIMES, PROPERTY_ORIGIN_OFFSET, PROPERTY_COORDINATOR,
+                        PROPERTY_BODY_FORMAT))
 
 CHECK_CALL_TIMEOUT_S = 10.0  # a checker call that takes longer counts as failed
 CHECK_CONCURRENCY = 16
@@ -214,13 +233,25 @@ class TransactionStats:
     oldest_pending_ms: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class GroupEnd:
+    """What ``end_group`` did: the records appended to real queues (the committed
+    halves, then the trailers, in that order), and how many halves were committed and
+    rolled back (those ``accept`` refused, or whose topic is gone, are rolled back)."""
+
+    results: tuple[PutResult, ...]
+    committed: int
+    rolled_back: int
+
+
 class _Half:
-    __slots__ = ("checking", "checks", "group", "msg_id", "next_check_ms", "op_floor", "origin",
-                 "phys", "queue_offset", "size", "store_ms", "topic", "transaction_id")
+    __slots__ = ("checking", "checks", "coordinator", "group", "msg_id", "next_check_ms",
+                 "op_floor", "origin", "phys", "queue_offset", "size", "store_ms", "topic",
+                 "transaction_id")
 
     def __init__(self, phys: int, size: int, queue_offset: int, store_ms: int, group: str,
                  topic: str, msg_id: str, transaction_id: str, origin: int, checks: int,
-                 op_floor: int) -> None:
+                 op_floor: int, coordinator: str | None = None) -> None:
         self.phys = phys
         self.size = size
         self.queue_offset = queue_offset
@@ -232,6 +263,7 @@ class _Half:
         self.origin = origin
         self.checks = checks
         self.op_floor = op_floor
+        self.coordinator = coordinator
         self.next_check_ms = 0
         self.checking = False
 
@@ -268,11 +300,14 @@ class TransactionService:
 
     # ================================================================ prepare
 
-    async def prepare(self, m: Message, producer_group: str) -> HalfHandle:
+    async def prepare(self, m: Message, producer_group: str, *,
+                      coordinator: str | None = None) -> HalfHandle:
         """Store ``m`` as a half message of ``producer_group``: durable (under sync
-        flush) when this returns, invisible to consumers until committed. Raises
-        what ``put`` raises, InvalidGroupName, and InvalidDelay for a delivery
-        property the commit could not honour."""
+        flush) when this returns, invisible to consumers until committed. With
+        ``coordinator`` (a door's name) the half is coordinated: never checked back,
+        ended only by that door's ``end_group``. Raises what ``put`` raises,
+        InvalidGroupName, and InvalidDelay for a delivery property the commit could
+        not honour."""
         validate_group_name(producer_group)
         paths = self.paths
         parse_delivery(m.properties, self.clock(), self.timers.max_delay_ms, self.timers.levels)
@@ -291,8 +326,13 @@ class TransactionService:
         props[PROPERTY_REAL_QUEUE_ID] = str(qid)
         props[PROPERTY_TRANSACTION_PREPARED] = "true"
         props[PROPERTY_PRODUCER_GROUP] = producer_group
+        props.pop(PROPERTY_COORDINATOR, None)
+        if coordinator:
+            props[PROPERTY_COORDINATOR] = coordinator
         immunity = props.get(PROPERTY_CHECK_IMMUNITY, "")
         first_check = int(immunity) * 1000 if immunity.isdigit() else self.check_timeout_ms
+        if coordinator:
+            first_check = self.roll_ms  # never asked: only rolled, should it stay that long
         sys_flag = (m.sys_flag & ~(rec.FORMAT_MASK | rec.TRANSACTION_MASK)) \
             | rec.TRANSACTION_PREPARED_TYPE
         try:
@@ -303,12 +343,34 @@ class TransactionService:
         tid = props.get(PROPERTY_TRANSACTION_ID) or uniq
         half = _Half(r.physical_offset, self.store.dispatched_pos - r.physical_offset,
                      r.queue_offset, r.store_timestamp, producer_group, t.name, uniq, tid,
-                     r.physical_offset, 0, self._op_max())
+                     r.physical_offset, 0, self._op_max(), coordinator or None)
         self._add(half, r.store_timestamp + first_check)
         self.prepared += 1
         await paths.after_put(r)
         return HalfHandle(r.physical_offset, r.queue_offset, uniq, r.offset_message_id(), tid,
                           producer_group, t.name, qid, r.store_timestamp)
+
+    async def prepare_kafka_batch(self, topic: str, queue_id: int,
+                                  batch: bytes | bytearray | memoryview, producer_group: str,
+                                  coordinator: str,
+                                  properties: Mapping[str, str] | None = None) -> HalfHandle:
+        """Store a Kafka RecordBatch (magic 2, CRC checked by the Kafka codec) as a
+        coordinated half of ``producer_group`` for (topic, queue_id): at commit it
+        becomes a Kafka batch record of that queue, verbatim but for its base offset.
+        ``properties`` travel on the half (the door's bookkeeping: producer id and
+        epoch). Raises CorruptMessage, InvalidMessage and what ``prepare`` raises."""
+        try:
+            h = kb.read_header(batch)
+        except kb.BatchHeaderError as exc:
+            raise CorruptMessage(str(exc)) from exc
+        if h.size != len(batch):
+            raise CorruptMessage("RecordBatch length does not match the bytes given")
+        if h.records_count != h.last_offset_delta + 1:
+            raise InvalidMessage("a producer batch must have lastOffsetDelta == count - 1")
+        props = {k: v for k, v in (properties or {}).items() if k not in _HALF_ONLY}
+        props[PROPERTY_BODY_FORMAT] = BODY_FORMAT_KAFKA
+        m = Message(topic, bytes(batch), props, queue_id, born_timestamp=max(0, h.base_timestamp))
+        return await self.prepare(m, producer_group, coordinator=coordinator)
 
     async def prepare_put(self, m: Message) -> PutResult:
         """``put`` of a message marked ``TRAN_MSG=true`` (RocketMQ's SEND_MESSAGE of a
@@ -346,7 +408,8 @@ class TransactionService:
                               producer_group: str | None = None,
                               transaction_id: str | None = None,
                               from_check: bool = False,
-                              authorize: Callable[[str], None] | None = None
+                              authorize: Callable[[str], None] | None = None,
+                              coordinator: str | None = None
                               ) -> PutResult | None:
         """Commit, roll back, or report UNKNOWN for a half named by its handle, its
         CommitLog offset (RocketMQ's commitLogOffset), or its transaction/message id.
@@ -367,6 +430,10 @@ class TransactionService:
         if producer_group and producer_group != h.group:
             raise InvalidArgument(f"the half at offset {h.phys} belongs to producer group "
                                   f"{h.group}, not {producer_group}")
+        if h.coordinator != coordinator:
+            raise InvalidArgument(f"the half at offset {h.phys} is decided by the "
+                                  f"{h.coordinator} door's transaction coordinator" if h.coordinator
+                                  else f"the half at offset {h.phys} is not a {coordinator} half")
         if act is TransactionAction.UNKNOWN:
             return None
         paths = self.paths
@@ -378,12 +445,18 @@ class TransactionService:
             self.rolled_back += 1
             await paths.after_put(r)
             return None
+        t = await paths.topic_for_put(h.topic)  # re-created if it was deleted meanwhile
+        h = self._resolve(h.phys, None)  # it may have ended (or rolled) while we waited
         m = self._read_half(h)
+        if m.properties.get(PROPERTY_BODY_FORMAT) == BODY_FORMAT_KAFKA:
+            result = put = self._commit_kafka_batch(h, m, t.queues)
+            self._end(h, OP_COMMIT)
+            self.committed += 1
+            await paths.after_put(put)
+            return result
         props = {k: v for k, v in m.properties.items() if k not in _HALF_ONLY}
         props[PROPERTY_PREPARED_QUEUE_OFFSET] = str(h.queue_offset)
         real_qid = int(m.properties.get(PROPERTY_REAL_QUEUE_ID, "0") or 0)
-        t = await paths.topic_for_put(h.topic)  # re-created if it was deleted meanwhile
-        h = self._resolve(h.phys, None)  # it may have ended (or rolled) while we waited
         qid = real_qid if real_qid < t.queues else real_qid % t.queues
         sys_flag = (m.sys_flag & ~(rec.FORMAT_MASK | rec.TRANSACTION_MASK)) \
             | rec.TRANSACTION_COMMIT_TYPE
@@ -408,6 +481,111 @@ class TransactionService:
         self.committed += 1
         await paths.after_put(put)  # its flush wait covers the op record behind it
         return result
+
+    def _commit_kafka_batch(self, h: _Half, m: ConsumedMessage, queues: int) -> PutResult:
+        """Append a Kafka half's batch to its real queue (synchronous, no checks): a Kafka
+        batch record whose base offset is the queue's next offset, flagged committed
+        with the half's offset as RocketMQ flags a committed message, and carrying the
+        half's client id so that a crash between it and its op record is repaired."""
+        real_qid = int(m.properties.get(PROPERTY_REAL_QUEUE_ID, "0") or 0)
+        qid = real_qid if real_qid < queues else real_qid % queues
+        batch = m.body
+        head = kb.read_header(batch)
+        base = self.store.queue_bounds(h.topic, qid)[1]
+        raw = b"%s\x01%s\x02" % (PROPERTY_UNIQ_KEY.encode(), h.msg_id.encode())
+        return self.store.append(h.topic, qid, kb.with_base_offset_parts(batch, base), raw, 0,
+                                 rec.FORMAT_KAFKA_BATCH | rec.TRANSACTION_COMMIT_TYPE,
+                                 max(0, head.base_timestamp), b"\x00" * 8, 0, h.phys,
+                                 head.records_count)
+
+    async def end_group(self, producer_group: str, commit: bool, *, coordinator: str,
+                        accept: Callable[[Mapping[str, str]], bool] | None = None,
+                        trailers: Sequence[tuple[str, int, bytes]] = (),
+                        authorize: Callable[[str], None] | None = None) -> GroupEnd:
+        """End every open half of ``producer_group`` (coordinated by ``coordinator``):
+        commit them, in the order they were stored, or roll them back; then append
+        ``trailers`` (topic, queue, Kafka batch: the door's transaction markers) to
+        their queues. The appends happen in one synchronous step, so no reader of any
+        door sees a part of the transaction without the rest, and a crash keeps a
+        prefix of them (each half's commit and op record are repaired as for
+        ``end_transaction``; a coordinator that ends the group again after a crash
+        commits what is left and appends the trailers again). At commit, a half whose
+        properties ``accept`` refuses (a fenced producer epoch) is rolled back instead,
+        as is a half whose topic no longer exists and cannot be created. ``authorize``
+        is called with every topic written before anything is. Under sync flush the
+        outcome is durable when this returns."""
+        paths = self.paths
+        await paths.system_topic(OP_TOPIC)
+        halves = sorted((h for h in self.pending.values()
+                         if h.group == producer_group and h.coordinator == coordinator),
+                        key=lambda h: h.phys)
+        topics: dict[str, int] = {}  # topic -> queue count; absent: gone (roll back)
+        wanted = {h.topic for h in halves} if commit else set()
+        wanted |= {t for t, _q, _b in trailers}
+        if authorize is not None:
+            for name in sorted(wanted):
+                authorize(name)
+        for name in sorted(wanted):
+            try:
+                topics[name] = (await paths.topic_for_put(name)).queues
+            except (TopicNotFound, PermissionDenied) as exc:
+                log.warning("transaction of %s: topic %s is gone (%s); its records are "
+                            "rolled back", producer_group, name, exc)
+        # From here on nothing awaits until every record is appended.
+        results: list[PutResult] = []
+        committed = rolled_back = 0
+        ops: list[PutResult] = []
+        for h in halves:
+            if self.pending.get(h.phys) is not h:
+                continue  # ended meanwhile (the awaits above)
+            keep = commit and h.topic in topics
+            m = None
+            if keep:
+                m = self._read_half(h)
+                keep = accept is None or accept(m.properties)
+            if keep and m is not None:
+                if m.properties.get(PROPERTY_BODY_FORMAT) == BODY_FORMAT_KAFKA:
+                    results.append(self._commit_kafka_batch(h, m, topics[h.topic]))
+                else:
+                    results.append(self._commit_message(h, m, topics[h.topic]))
+                ops.append(self._end(h, OP_COMMIT))
+                self.committed += 1
+                committed += 1
+            else:
+                ops.append(self._end(h, OP_ROLLBACK))
+                self.rolled_back += 1
+                rolled_back += 1
+        for topic, qid, batch in trailers:
+            if topic not in topics:
+                continue
+            q = qid if qid < topics[topic] else qid % topics[topic]
+            results.append(self.store.append_kafka_batch(topic, q, batch))
+        for r in results or ops[-1:]:
+            await paths.after_put(r)
+        return GroupEnd(tuple(results), committed, rolled_back)
+
+    def _commit_message(self, h: _Half, m: ConsumedMessage, queues: int) -> PutResult:
+        """A message half's commit for ``end_group`` (synchronous): appended as is, a
+        delivery time it asked for honoured as at a single END."""
+        props = {k: v for k, v in m.properties.items() if k not in _HALF_ONLY}
+        props[PROPERTY_PREPARED_QUEUE_OFFSET] = str(h.queue_offset)
+        real_qid = int(m.properties.get(PROPERTY_REAL_QUEUE_ID, "0") or 0)
+        qid = real_qid if real_qid < queues else real_qid % queues
+        sys_flag = (m.sys_flag & ~(rec.FORMAT_MASK | rec.TRANSACTION_MASK)) \
+            | rec.TRANSACTION_COMMIT_TYPE
+        timers = self.timers
+        deliver = parse_delivery(props, timers.clock(), timers.max_delay_ms, timers.levels) \
+            if timers.wants_timer(props) else None
+        if deliver is not None and deliver > timers.clock():
+            real = Message(h.topic, m.body, props, qid, m.flag, m.born_timestamp,
+                           m.born_host[:8], m.reconsume_times, sys_flag)
+            return timers.append_timer(real, strip_timer_properties(props), h.topic, qid, deliver,
+                                       prepared_offset=h.phys)
+        if deliver is not None:
+            props = {k: v for k, v in props.items() if k not in _TIMER_REQUEST}
+        return self.store.append_message(h.topic, qid, m.body, props, m.flag, sys_flag,
+                                         m.born_timestamp, m.born_host[:8], m.reconsume_times,
+                                         prepared_offset=h.phys)
 
     def _resolve(self, ref: HalfHandle | int | str, transaction_id: str | None) -> _Half:
         phys: int | None
@@ -507,6 +685,17 @@ class TransactionService:
                 h = self.pending.get(phys)
                 if h is None or h.next_check_ms != at or h.checking:
                     continue  # ended, or rescheduled
+                if h.coordinator is not None:
+                    # Its door decides it: never asked, never discarded; only kept from
+                    # retention by rolling it once per roll window.
+                    await self.paths.system_topic(OP_TOPIC)
+                    if self.pending.get(phys) is h:
+                        try:
+                            h = self._roll(h)
+                        except FerryError as exc:
+                            log.error("could not roll the half %s: %s", h.transaction_id, exc)
+                        self._schedule(h, now + self.roll_ms)
+                    continue
                 if h.checks >= self.check_max:
                     await self.paths.system_topic(CHECK_MAX_TOPIC)
                     await self.paths.system_topic(OP_TOPIC)
@@ -604,7 +793,7 @@ class TransactionService:
                                       m.born_host[:8], m.reconsume_times)
         new = _Half(r.physical_offset, self.store.dispatched_pos - r.physical_offset,
                     r.queue_offset, h.store_ms, h.group, h.topic, h.msg_id, h.transaction_id,
-                    h.origin, h.checks, self._op_max())
+                    h.origin, h.checks, self._op_max(), h.coordinator)
         self._append_op(h.phys, OP_MOVED)
         self.pending.pop(h.phys, None)
         self._remember(h.phys, "moved")
@@ -680,12 +869,15 @@ class TransactionService:
                              props.get(PROPERTY_REAL_TOPIC, ""), uniq,
                              props.get(PROPERTY_TRANSACTION_ID) or uniq,
                              int(origin) if origin.isdigit() else phys,
-                             (int(ck) if ck.isdigit() else 0) + checks.get(phys, 0), op_from)
+                             (int(ck) if ck.isdigit() else 0) + checks.get(phys, 0), op_from,
+                             props.get(PROPERTY_COORDINATOR) or None)
                 if half.origin != phys:
                     self._alias[half.origin] = phys
                 immunity = props.get(PROPERTY_CHECK_IMMUNITY, "")
                 first = int(immunity) * 1000 if immunity.isdigit() else self.check_timeout_ms
                 due = ts + first if half.checks == 0 else now + self.check_interval_ms
+                if half.coordinator is not None:
+                    due = ts + self.roll_ms
                 self._add(half, max(due, now))
         self._write_checkpoint(self._snapshot())
         log.info("transactions open", extra={"pending": len(self.pending),

@@ -5,7 +5,9 @@ The TOML file mirrors the flags (``data_dir``, ``host``, ``flush``,
 per door (0 switches a door off), and one table per door for its own options
 (``[kafka]``, ``[mqtt]``, ``[http]``, ``[remoting]``, ``[namesrv]``). Every
 top-level key can also come from ``FERRYMQ_<KEY>`` (``FERRYMQ_DATA_DIR``,
-``FERRYMQ_KAFKA_PORT``...). See docs/operations.md.
+``FERRYMQ_KAFKA_PORT``...). A ``[cluster]`` table makes the broker a member of a
+broker group coordinated by etcd (``ClusterConfig``; docs/cluster.md). See
+docs/operations.md.
 
 A door's table also holds its connection limits (``ConnectionLimits``: caps on
 connections, timeouts, the pre-authentication request size), which the
@@ -112,6 +114,67 @@ def connection_limits(door: str, table: Mapping[str, Any],
     return replace(base, **changes)
 
 
+# [cluster] settings the core reads (they live in BrokerConfig).
+_CLUSTER_BROKER_KEYS = {"replication_mode", "min_insync_replicas", "replica_lag_max_ms",
+                        "replication_timeout_ms", "slave_read_enable", "broker_name"}
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """``[cluster]``: this broker is a member of a broker group (docs/cluster.md)."""
+
+    etcd: tuple[str, ...]
+    node_id: str
+    replication_listen: str = "127.0.0.1:10912"
+    lease_ttl_s: int = 6
+    fence_margin_ms: int = 1500
+    unclean_election: bool = False
+    etcd_prefix: str = ""  # default /ferrymq/<cluster_name>
+    etcd_timeout_ms: int = 1000
+    max_frame_bytes: int = 32 << 20
+
+    def __post_init__(self) -> None:
+        if not self.etcd:
+            raise ConfigError("cluster.etcd: at least one etcd endpoint (http://host:port)")
+        if not self.node_id or "/" in self.node_id:
+            raise ConfigError("cluster.node_id: a non-empty name without '/'")
+        if self.lease_ttl_s < 2:
+            raise ConfigError("cluster.lease_ttl_s: at least 2 (etcd's smallest lease)")
+        if not 0 < self.fence_margin_ms < self.lease_ttl_s * 500:
+            raise ConfigError("cluster.fence_margin_ms: positive and under half the lease TTL")
+        host, _, port = self.replication_listen.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError("cluster.replication_listen: host:port")
+        if self.max_frame_bytes < 1 << 20:
+            raise ConfigError("cluster.max_frame_bytes: at least 1 MiB")
+
+    @property
+    def replication_address(self) -> tuple[str, int]:
+        host, _, port = self.replication_listen.rpartition(":")
+        return host, int(port)
+
+
+def _cluster_config(table: Mapping[str, Any]) -> tuple[ClusterConfig, dict[str, Any]]:
+    """The [cluster] table: (its own settings, the core's settings it carries)."""
+    own: dict[str, Any] = {}
+    core: dict[str, Any] = {}
+    known = {f.name: f.default for f in fields(ClusterConfig)}
+    for key, value in table.items():
+        if key in _CLUSTER_BROKER_KEYS:
+            core[key] = value
+        elif key == "etcd":
+            items = value if isinstance(value, list) else str(value).split(",")
+            own["etcd"] = tuple(str(v).strip() for v in items if str(v).strip())
+        elif key in known:
+            default = known[key]
+            own[key] = _coerce(f"cluster.{key}", value, default if default is not None else "")
+        else:
+            raise ConfigError(f"cluster.{key}: unknown setting")
+    if "etcd" not in own or "node_id" not in own:
+        raise ConfigError("[cluster] needs etcd and node_id")
+    return ClusterConfig(**own), core
+
+
 class ConfigError(ValueError):
     """The configuration is invalid; the message says which setting and why."""
 
@@ -128,6 +191,7 @@ class ServerConfig:
     namesrv_addr: str | None = None  # NameServers the broker registers with (HOST:PORT;...)
     limits: Mapping[str, ConnectionLimits] = field(default_factory=dict)  # door -> its limits
     max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES
+    cluster: ClusterConfig | None = None  # None: a standalone broker
 
     def port(self, door: str) -> int | None:
         """The configured port of a door; None when it is switched off (port 0)."""
@@ -170,6 +234,7 @@ def load_config(path: str | None = None, env: Mapping[str, str] | None = None,
     flat: dict[str, Any] = {}
     ports = dict(DEFAULT_PORTS)
     doors: dict[str, dict[str, Any]] = {}
+    cluster: ClusterConfig | None = None
     if path:
         try:
             with open(path, "rb") as f:
@@ -182,6 +247,9 @@ def load_config(path: str | None = None, env: Mapping[str, str] | None = None,
             if key == "ports" and isinstance(value, dict):
                 for door, port in value.items():
                     ports[door] = _coerce(f"ports.{door}", port, 0)
+            elif key == "cluster" and isinstance(value, dict):
+                cluster, core_keys = _cluster_config(value)
+                flat.update(core_keys)
             elif isinstance(value, dict):
                 doors[key] = dict(value)
             else:
@@ -229,7 +297,7 @@ def load_config(path: str | None = None, env: Mapping[str, str] | None = None,
         log_format=str(flat.get("log_format", "text")),
         ready_file=flat.get("ready_file"),
         namesrv_addr=str(flat["namesrv_addr"]) if flat.get("namesrv_addr") else None,
-        limits=limits, max_inflight_bytes=inflight)
+        limits=limits, max_inflight_bytes=inflight, cluster=cluster)
     if cfg.log_format not in ("text", "json"):
         raise ConfigError("log_format must be 'text' or 'json'")
     return cfg

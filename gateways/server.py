@@ -23,7 +23,7 @@ import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import trio
@@ -114,29 +114,72 @@ async def _serve(config: ServerConfig, on_ready: Callable[[dict[str, int]], None
                  task_status: trio.TaskStatus[dict[str, int]]) -> None:
     # Before the store opens: its file budget defaults to a share of the soft limit.
     prepare_fd_limit(config, tuple(d for d in available_doors() if config.port(d) is not None))
+    if config.cluster is not None:
+        await _serve_cluster(config, on_ready, task_status)
+        return
     async with Broker.open(config.broker) as broker, trio.open_nursery() as nursery:
-        bound: dict[str, int] = {}
-        budget = RequestBudget(config.max_inflight_bytes, broker.metrics)
-        for name in DOORS:
-            port = config.port(name)
-            if port is None:
-                continue
-            module = door_module(name)
-            if module is None:
-                continue
-            ctx = DoorContext(broker, config.host, port, config.options(name), config, bound,
-                              budget)
-            bound[name] = await nursery.start(module.serve, ctx)
-            log.info("door %s listening on %s:%d", name, config.host, bound[name])
-        if config.ready_file:
-            tmp = config.ready_file + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump({"pid": os.getpid(), "ports": bound}, f)
-            os.replace(tmp, config.ready_file)
+        bound = await _start_doors(config, broker, nursery)
+        _write_ready(config, {"pid": os.getpid(), "ports": bound})
         if on_ready:
             on_ready(bound)
         task_status.started(bound)
         await trio.sleep_forever()
+
+
+async def _start_doors(config: ServerConfig, broker: Broker, nursery: trio.Nursery
+                       ) -> dict[str, int]:
+    bound: dict[str, int] = {}
+    budget = RequestBudget(config.max_inflight_bytes, broker.metrics)
+    for name in DOORS:
+        port = config.port(name)
+        if port is None:
+            continue
+        module = door_module(name)
+        if module is None:
+            continue
+        ctx = DoorContext(broker, config.host, port, config.options(name), config, bound,
+                          budget)
+        bound[name] = await nursery.start(module.serve, ctx)
+        log.info("door %s listening on %s:%d", name, config.host, bound[name])
+    return bound
+
+
+def _write_ready(config: ServerConfig, info: dict[str, Any]) -> None:
+    if config.ready_file:
+        tmp = config.ready_file + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(info, f)
+        os.replace(tmp, config.ready_file)
+
+
+async def _serve_cluster(config: ServerConfig,
+                         on_ready: Callable[[dict[str, int]], None] | None,
+                         task_status: trio.TaskStatus[dict[str, int]]) -> None:
+    """A member of a broker group: the controller runs lives of the core (one per role,
+    docs/cluster.md), each with the doors on top; the ready file is rewritten at
+    every life with the role, so that an operator (and the tests) can see it."""
+    from .replication.controller import run_cluster
+
+    started = False
+    bound: dict[str, int] = {}
+
+    async def start_doors(broker: Broker, nursery: trio.Nursery) -> dict[str, int]:
+        nonlocal bound
+        # The same ports at every life: a door's port 0 is bound once and kept.
+        bound = await _start_doors(replace(config, ports={**config.ports, **bound}), broker,
+                                   nursery)
+        return bound
+
+    def announce(info: dict[str, Any]) -> None:
+        nonlocal started
+        _write_ready(config, {"pid": os.getpid(), "ports": bound, **info})
+        if not started:
+            started = True
+            if on_ready:
+                on_ready(bound)
+            task_status.started(bound)
+
+    await run_cluster(config, start_doors, announce)
 
 
 async def _stop_on_signal(scope: trio.CancelScope) -> None:

@@ -27,8 +27,14 @@ APIS = {
     9: "OffsetFetch", 10: "FindCoordinator", 11: "JoinGroup", 12: "Heartbeat",
     13: "LeaveGroup", 14: "SyncGroup", 15: "DescribeGroups", 16: "ListGroups",
     17: "SaslHandshake", 18: "ApiVersions", 19: "CreateTopics", 20: "DeleteTopics",
-    22: "InitProducerId", 32: "DescribeConfigs", 36: "SaslAuthenticate",
-    37: "CreatePartitions", 42: "DeleteGroups",
+    21: "DeleteRecords", 22: "InitProducerId", 23: "OffsetForLeaderEpoch",
+    24: "AddPartitionsToTxn", 25: "AddOffsetsToTxn", 26: "EndTxn", 28: "TxnOffsetCommit",
+    32: "DescribeConfigs", 34: "AlterReplicaLogDirs", 35: "DescribeLogDirs",
+    36: "SaslAuthenticate",
+    37: "CreatePartitions", 42: "DeleteGroups", 43: "ElectLeaders",
+    45: "AlterPartitionReassignments", 46: "ListPartitionReassignments", 47: "OffsetDelete",
+    60: "DescribeCluster", 61: "DescribeProducers", 65: "DescribeTransactions",
+    66: "ListTransactions", 75: "DescribeTopicPartitions",
 }
 OPEN = 0x7FFF  # "N+" in a spec: every later version
 PRIMITIVES = {"bool", "int8", "int16", "uint16", "int32", "int64", "float64", "string",

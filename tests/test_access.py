@@ -41,6 +41,13 @@ UNCHECKED = {
     "health": "readiness probes ask it anonymously",
     "receipt": "decodes a handle the caller holds; reveals nothing of the broker",
     "delivery_time": "validates properties against the configuration",
+    # Cluster wiring: called by the replication door and the controller only, peers
+    # inside the broker group (docs/cluster.md), never on a client's behalf.
+    **{name: "cluster wiring (docs/architecture.md)" for name in (
+        "replication_position", "replication_chunk", "replication_wait", "replica_connected",
+        "replica_acked", "replica_disconnected", "replica_status", "replicate",
+        "truncation_point", "truncate_log", "set_lease_deadline", "fence", "isr_proposals",
+        "propose_isr_add", "cancel_isr_add", "isr_changed", "in_sync_replicas")},
 }
 
 

@@ -3,7 +3,6 @@ port), and the command-line clients, which must be installed (scripts/test does)
 
 from __future__ import annotations
 
-import shutil
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -41,9 +40,3 @@ def mqtt_broker(start_broker: Callable[..., Any], tmp_path: Path) -> Callable[..
 @pytest.fixture
 def broker(mqtt_broker: Callable[..., Any]) -> Any:
     return mqtt_broker()
-
-
-def tool(name: str) -> str:
-    path = shutil.which(name)
-    assert path, f"{name} is not installed (Debian mosquitto-clients; scripts/test installs it)"
-    return path

@@ -7,8 +7,7 @@ import re
 import subprocess
 
 import pytest
-
-from conftest import tool
+from mqtt_tools import tool
 
 # -d makes mosquitto_sub print its protocol trace on stdout: what a test waits on
 # (SUBACK, CONNACK) instead of sleeping, and what output() leaves out.

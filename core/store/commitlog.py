@@ -199,6 +199,42 @@ class CommitLog:
         elif os.pwritev(seg.fd, parts, local) != n:
             raise StoreError("short write to the CommitLog")
 
+    def append_raw(self, offset: int, data: bytes | memoryview) -> None:
+        """Replication (a slave): write bytes copied from the master's CommitLog at the
+        same physical offset, which must be this log's end. The bytes are whole records
+        (validated by the caller) that never cross a segment's end; a new segment
+        starts when ``offset`` is the end of the last one. Raises StoreError."""
+        if offset != self.write_pos:
+            raise StoreError(f"replicated bytes at {offset}, the log ends at {self.write_pos}")
+        seg = self._tail
+        if seg is None or offset >= seg.end:
+            seg = self._roll(offset)
+        if offset + len(data) > seg.end:
+            raise StoreError(f"replicated bytes at {offset}..{offset + len(data)} cross the end "
+                             f"of the segment at {seg.base}: segment sizes differ")
+        self.write(seg, offset - seg.base, bytes(data))
+        self.write_pos = offset + len(data)
+
+    def chunk(self, start: int, end: int, max_bytes: int) -> bytes:
+        """Replication (the master): whole records from ``start`` (a record's first byte)
+        up to ``end`` (a record boundary at most the log's end), at most ``max_bytes``
+        unless the first record alone is larger, never past the end of ``start``'s
+        segment (a blank record closing it is included). b"" when there is nothing."""
+        seg = self._segment_for(start)
+        if seg is None or start >= end:
+            return b""
+        stop = min(end, seg.end)
+        pos, limit = start, start + max_bytes
+        with memoryview(seg.mm) as mm:  # released here: a view would keep the mapping open
+            while pos < stop:
+                total, _magic = rec.peek_size(mm, pos - seg.base)
+                if total <= 0 or pos + total > seg.end:
+                    raise StoreError(f"no record at CommitLog offset {pos}")
+                if pos + total > stop or (pos + total > limit and pos > start):
+                    break
+                pos += total
+            return bytes(mm[start - seg.base:pos - seg.base])
+
     def _roll(self, base: int) -> Segment:
         seg = Segment(os.path.join(self.directory, segment_name(base)), base, self.segment_size)
         self.files.create(seg, lambda: _create_segment(seg.path, seg.size))

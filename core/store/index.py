@@ -98,6 +98,37 @@ class IndexFile(CachedFile):
             seen += 1
         return out
 
+    def truncate(self, mm: mmap.mmap, phys: int) -> None:
+        """Forget the entries for records at CommitLog offset >= ``phys``. Entries are
+        appended in log order, so the ones kept are a prefix; a slot whose newest
+        entry is dropped is walked back along its chain to the newest one kept."""
+        base = HEADER.size + self.slots * 4
+        lo, hi = 0, self.entries  # entries are numbered from 1; find how many point below phys
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if ENTRY.unpack_from(mm, base + mid * ENTRY.size)[1] < phys:
+                lo = mid + 1
+            else:
+                hi = mid
+        keep = lo
+        if keep == self.entries:
+            return
+        for i in range(self.slots):
+            pos = HEADER.size + i * 4
+            n = SLOT.unpack_from(mm, pos)[0]
+            if n <= keep:
+                continue
+            while n > keep:
+                n = ENTRY.unpack_from(mm, base + (n - 1) * ENTRY.size)[3]
+            SLOT.pack_into(mm, pos, n)
+        mm[base + keep * ENTRY.size:base + self.entries * ENTRY.size] = bytes(
+            (self.entries - keep) * ENTRY.size)
+        self.entries = keep
+        self.end_phys = min(self.end_phys, phys)
+        begin_ts, end_ts = _TS.unpack_from(mm, 0)[0], _TS.unpack_from(mm, 8)[0]
+        HEADER.pack_into(mm, 0, begin_ts, end_ts, self.begin_phys, self.end_phys, self.slots,
+                         keep)
+
 
 def _create_file(path: str, slots: int, max_entries: int, begin_phys: int
                  ) -> tuple[int, mmap.mmap]:
@@ -230,6 +261,18 @@ class KeyIndex:
             if len(out) >= limit:
                 break
         return out[:limit]
+
+    def truncate(self, phys: int) -> None:
+        """Replication: the CommitLog now ends at ``phys``; forget every entry at or past
+        it (files that begin there go whole)."""
+        while self.files and self.files[-1].begin_phys >= phys:
+            f = self.files.pop()
+            self._retail()  # unpins it, pins the one before
+            self.cache.discard(f, unlink=True)
+        if self.files:
+            f = self.files[-1]
+            f.truncate(self._mm(f), phys)
+        self.dirty = True
 
     def delete_before(self, min_phys: int) -> None:
         """Delete files whose every entry points below ``min_phys`` (never the newest)."""

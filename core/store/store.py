@@ -216,6 +216,9 @@ class MessageStore:
         self.store_host = config.store_host
         self.dispatched_pos = 0  # every record below is in its ConsumeQueue and the index
         self.failed: FerryError | None = None
+        # Set while this store only takes replicated bytes (a slave, a fenced master):
+        # every ``append`` raises it; ``append_replicated`` is the way in.
+        self.read_only: FerryError | None = None
         self._lock = DirectoryLock(d)
         self._topic_tails: dict[str, bytes] = {}
         self._last_ts = 0
@@ -420,6 +423,8 @@ class MessageStore:
         written: a record is never in the CommitLog without its queue entry."""
         if self.failed is not None:
             raise self.failed
+        if self.read_only is not None:
+            raise self.read_only
         tail = self._topic_tails.get(topic) or self._topic_tail(topic)
         props_len = len(properties)
         if props_len > _MAX_PROPS or sys_flag & _LONG_PROPS:
@@ -542,6 +547,67 @@ class MessageStore:
         body = kb.with_base_offset_parts(batch, q.max_offset)
         return self.append(topic, queue_id, body, b"", sys_flag=rec.FORMAT_KAFKA_BATCH,
                            count=h.records_count, born_timestamp=h.base_timestamp or 0, **kw)  # type: ignore[arg-type]
+
+    # ================================================================ replication
+
+    def append_replicated(self, offset: int, data: bytes | memoryview,
+                          accept: Callable[[str, int, int], bool]) -> list[rec.Record]:
+        """A slave's write (docs/cluster.md, "The stream"): whole records copied from the
+        master's CommitLog, appended verbatim at the same physical offset (this log's
+        end), then dispatched record by record exactly as recovery re-dispatches:
+        ``accept(topic, queue_id, physical_offset)`` (the broker's, which applies
+        state records) and the ConsumeQueue and index entries. Every record is
+        validated (magic, sizes, CRC, its own offset) before a byte is written; the
+        bytes may end with the blank record that closes a segment. Returns the
+        records appended. Raises CorruptMessage (nothing written) or StoreError."""
+        if self.failed is not None:
+            raise self.failed
+        cl = self.commitlog
+        if offset != cl.write_pos:
+            raise StoreError(f"replicated bytes start at {offset}; this log ends at {cl.write_pos}")
+        tail = cl.segments[-1] if cl.segments else None
+        seg_end = tail.end if tail is not None and offset < tail.end else offset + cl.segment_size
+        records: list[rec.Record] = []
+        pos, n = 0, len(data)
+        while pos < n:
+            if n - pos < rec.BLANK_SIZE:
+                raise CorruptMessage(f"replicated bytes end inside a record at {offset + pos}")
+            total, magic = rec.peek_size(data, pos)
+            if magic == rec.BLANK_MAGIC:
+                if pos + total != n or offset + n != seg_end:
+                    raise CorruptMessage(f"a blank record at {offset + pos} does not close "
+                                         "its segment")
+                break
+            try:
+                r = rec.decode(data, pos)
+            except rec.RecordError as exc:
+                raise CorruptMessage(f"replicated record at {offset + pos}: {exc}") from None
+            if r.physical_offset != offset + pos:
+                raise CorruptMessage(f"the record at {offset + pos} says it is at "
+                                     f"{r.physical_offset}")
+            records.append(r)
+            pos += total
+        cl.append_raw(offset, data)
+        for r in records:
+            if accept(r.topic, r.queue_id, r.physical_offset):
+                self._redispatch(r, 0)
+        self.dispatched_pos = cl.write_pos
+        return records
+
+    def truncate(self, phys: int) -> None:
+        """Replication: make ``phys`` (a record boundary) the end of the log — the
+        CommitLog, every ConsumeQueue and the key index forget what lies at or past
+        it — and checkpoint there (docs/cluster.md, "Truncation")."""
+        if phys >= self.commitlog.write_pos:
+            return
+        self.commitlog.truncate(phys)
+        for q in self.queues.values():
+            q.truncate_physical(phys)
+        self.index.truncate(phys)
+        self.dispatched_pos = phys
+        self._last_checkpoint = min(self._last_checkpoint, phys)
+        self._previous_checkpoint = min(self._previous_checkpoint, phys)
+        self.checkpoint()
 
     # ================================================================ reading
 

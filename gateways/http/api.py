@@ -146,6 +146,7 @@ GROUP_OUT: dict[str, Any] = {
     "properties": {"name": {"type": "string"}, "max_reconsume_times": {"type": "integer"},
                    "consume_enable": {"type": "boolean"}, "broadcast": {"type": "boolean"},
                    "created_at": {"type": "integer"}, "lag": {"type": "integer"},
+                   "created": {"type": "boolean"},
                    "topics": {"type": "array", "items": {"type": "object"}},
                    "pop": {"type": "array", "items": {"type": "object"}}},
 }
@@ -257,6 +258,10 @@ def _put_result(r: PutResult) -> dict[str, Any]:
 def _topic_json(t: TopicConfig) -> dict[str, Any]:
     return {"name": t.name, "queues": t.queues, "perm": t.perm, "message_type": t.message_type,
             "created_at": t.created_at, "system": t.system, "attributes": dict(t.attributes)}
+
+
+# What the door's other route modules (admin.py, history.py, webconsole.py) share.
+ok_resp, problem_resp, json_body = _ok, _problem, _json_body
 
 
 class Api:
@@ -614,9 +619,17 @@ class Api:
 
     async def list_topics(self, req: Request) -> Response:
         show_system = req.params.get("system", False)
-        return json_response({"topics": [_topic_json(t)
-                                         for t in self.broker.topics(principal=req.principal)
-                                         if show_system or not t.system]})
+        who = req.principal
+        out = []
+        for t in self.broker.topics(principal=who):
+            if show_system or not t.system:
+                doc = _topic_json(t)
+                if req.params.get("stats"):
+                    st = self.broker.topic_stats(t.name, principal=who)
+                    doc.update(messages=st.messages, messages_in=st.messages_in,
+                               bytes_in=st.bytes_in)
+                out.append(doc)
+        return json_response({"topics": out})
 
     async def create_topic(self, req: Request) -> Response:
         doc = _json_body(req)
@@ -658,8 +671,19 @@ class Api:
 
     async def list_groups(self, req: Request) -> Response:
         who = req.principal
-        return json_response({"groups": [self._group_json(g.name, False, who)
-                                         for g in self.broker.groups(principal=who)]})
+        if not req.params.get("stats"):
+            return json_response({"groups": [self._group_json(g.name, False, who)
+                                             for g in self.broker.groups(principal=who)]})
+        # With their lag, and those known only by committed offsets (a Kafka group).
+        out = []
+        for name in self.broker.known_groups(principal=who):
+            g = self.broker.find_group(name, principal=who)
+            doc = self._group_json(name, False, who) if g is not None else {"name": name}
+            lags = self.broker.group_lags(name, principal=who)
+            doc.update(created=g is not None, lag=sum(x.lag for x in lags),
+                       topics=[{"topic": t} for t in sorted({x.topic for x in lags})])
+            out.append(doc)
+        return json_response({"groups": out})
 
     def _group_json(self, name: str, detail: bool, who: Principal) -> dict[str, Any]:
         g = self.broker.group(name, principal=who)
@@ -753,7 +777,8 @@ class Api:
         """A producer group's open halves: an HTTP producer has no connection the
         broker could check back on, so it asks for its undecided transactions."""
         halves = self.broker.pending_transactions(int(req.params.get("max") or 100),
-                                                  req.params["group"], principal=req.principal)
+                                                  req.params.get("group"),
+                                                  principal=req.principal)
         return json_response({"transactions": [
             {"transaction_id": h.transaction_id, "message_id": h.msg_id, "topic": h.topic,
              "group": h.producer_group, "stored_at": h.stored_ms, "checks": h.checks}
@@ -820,8 +845,10 @@ class Api:
                    413: _problem("Message too large"),
                    415: _problem("Unsupported media type")}),
             Route("GET", "/v1/transactions", self.pending, "pending_transactions",
-                  "A producer group's undecided transactions, oldest first", "transactions",
-                  (Param("group", "query", GROUP_SCHEMA, True, "Producer group"),
+                  "Undecided transactions (of one producer group, or all), oldest first",
+                  "transactions",
+                  (Param("group", "query", GROUP_SCHEMA, False,
+                         "Only this producer group's (default: every group's)"),
                    Param("max", "query", {"type": "integer", "minimum": 1, "maximum": 1000},
                          description="At most this many (default 100)")),
                   None, True,
@@ -919,7 +946,10 @@ class Api:
                    P_ENCODING), None, True, {200: _ok(MESSAGE_SCHEMA)}),
             Route("GET", "/v1/topics", self.list_topics, "list_topics", "List topics", "admin",
                   (Param("system", "query", {"type": "boolean"},
-                         description="Include %RETRY%, %DLQ% and other system topics"),),
+                         description="Include %RETRY%, %DLQ% and other system topics"),
+                   Param("stats", "query", {"type": "boolean"},
+                         description="Add messages stored, and messages and bytes in since "
+                                     "start")),
                   None, True,
                   {200: _ok({"type": "object", "required": ["topics"],
                              "properties": {"topics": {"type": "array", "items": TOPIC_OUT}}})}),
@@ -942,7 +972,10 @@ class Api:
             Route("DELETE", "/v1/topics/{topic}", self.delete_topic, "delete_topic",
                   "Delete a topic", "admin", (P_TOPIC,), None, True, {204: Resp("Deleted")}),
             Route("GET", "/v1/groups", self.list_groups, "list_groups", "List consumer groups",
-                  "admin", (), None, True,
+                  "admin", (Param("stats", "query", {"type": "boolean"},
+                                  description="Add each group's lag, and the groups known "
+                                              "only by committed offsets (Kafka's)"),),
+                  None, True,
                   {200: _ok({"type": "object", "required": ["groups"],
                              "properties": {"groups": {"type": "array", "items": GROUP_OUT}}})}),
             Route("POST", "/v1/groups", self.create_group, "create_group",

@@ -5,6 +5,11 @@ Generic over the route table (``api.py`` supplies FerryMQ's): this is where a
 (``problems.from_ferry_error``), and where every request is observed into
 ``ferrymq_request_duration_seconds{protocol="http", request=<operationId>}``.
 
+A request with an ``Origin`` header is a browser's: ``cors.py`` decides whether it
+may act (the door's own origin and ``[http] cors_origins``) before anything else,
+answers ``OPTIONS`` (preflights included: they carry no credentials), and adds
+the CORS headers to what an allowed origin gets.
+
 Authentication turns a request into the principal its Broker calls carry
 (``Request.principal``): the bearer token's name when tokens are configured,
 else anonymous with the client's address. Public routes (health, the OpenAPI
@@ -29,6 +34,7 @@ import trio
 from ...core.access import MECHANISM_BEARER, Principal, anonymous
 from ...core.errors import FerryError
 from ...core.metrics import DoorMetrics, MetricsRegistry
+from .cors import CorsPolicy, allowed_methods
 from .problems import PROBLEM_CONTENT_TYPE, Problem, from_ferry_error
 from .routing import Route, Router, coerce
 from .server import ClientGone, Limits, Request, Response, StreamResponse
@@ -84,10 +90,12 @@ def problem_response(p: Problem, instance: str | None = None) -> Response:
 
 class HttpApp:
     def __init__(self, routes: Sequence[Route], limits: Limits, metrics: MetricsRegistry,
-                 authenticator: Authenticator | None = None) -> None:
+                 authenticator: Authenticator | None = None,
+                 cors: CorsPolicy | None = None) -> None:
         self.router = Router(routes)
         self.limits = limits
         self.authenticator = authenticator
+        self.cors = cors or CorsPolicy()
         self.metrics = DoorMetrics(metrics, PROTOCOL)
         self._plans: dict[Route, list[tuple[Any, str, bytes]]] = {}
         self._peers: weakref.WeakKeyDictionary[Any, str | None] = weakref.WeakKeyDictionary()
@@ -160,10 +168,34 @@ class HttpApp:
                           (("WWW-Authenticate", 'Bearer realm="ferrymq"'),))
         return Principal(name, MECHANISM_BEARER, self._peer(req))
 
+    def _options(self, req: Request, origin: str | None) -> Response:
+        """OPTIONS: a CORS preflight (``Access-Control-Request-Method``) is answered by the
+        policy; any other says which methods the path has (RFC 9110 9.3.7)."""
+        methods = self.router.methods(req.path)
+        if not methods:
+            raise Problem("not_found", f"no route for {req.path}")
+        allow = allowed_methods(methods)
+        wanted = req.header(b"access-control-request-method")
+        if origin is not None and wanted is not None:
+            return Response(204, b"", "application/json", self.cors.preflight(
+                origin, req.header(b"host"), wanted.strip(),
+                req.header(b"access-control-request-headers") or "", allow))
+        return Response(204, b"", "application/json", [("Allow", ", ".join(allow))])
+
     async def handle(self, req: Request) -> Response | StreamResponse:
         t0 = time.perf_counter()
         op = "unmatched"
+        origin = req.header(b"origin")
+        cross = False  # an allowed cross-origin request: its response carries the CORS headers
         try:
+            if origin is not None:
+                cross = self.cors.check(origin, req.header(b"host")) \
+                    and not self.cors.same_origin(origin, req.header(b"host"))
+            if req.method == "OPTIONS":
+                op, cross = "options", False  # a preflight's answer has its own headers
+                resp: Response | StreamResponse = self._options(req, origin)
+                self.metrics.observe(op, time.perf_counter() - t0)
+                return resp
             route, path_params = self.router.match(req.method, req.path)
             op = route.operation_id
             req.route = route
@@ -186,5 +218,7 @@ class HttpApp:
             log.exception("http handler %s failed", op)
             resp = problem_response(Problem("internal_error"), req.path)
             self.metrics.error(op, "internal_error")
+        if cross and origin is not None:
+            resp.headers = [*resp.headers, *self.cors.headers(origin)]
         self.metrics.observe(op, time.perf_counter() - t0)
         return resp

@@ -31,6 +31,7 @@ from urllib.parse import unquote
 
 from ...core.message import (
     KEY_SEPARATOR,
+    PROPERTY_DOOR,
     PROPERTY_KEYS,
     PROPERTY_TAGS,
     PROPERTY_TIMER_DELAY_MS,
@@ -42,6 +43,7 @@ from ...core.message import (
 from ...protocols import boundedjson
 from .problems import Problem
 
+DOOR = "http"  # this door's name in the FERRY_DOOR property of what it stores
 CONTENT_TYPE_PROPERTY = "content-type"  # as the CloudEvents Kafka binding names it
 CE_PREFIX = "ce_"
 CE_SPECVERSION = "1.0"
@@ -175,6 +177,7 @@ def envelope_message(topic: str, env: Any, *, max_delay_ms: int) -> tuple[Messag
     queue = env.get("queue", -1)
     if isinstance(queue, bool) or not isinstance(queue, int) or queue < -1:
         raise Problem("invalid_body", "queue must be a queue id (integer >= 0)")
+    props[PROPERTY_DOOR] = DOOR  # last: a client's own FERRY_DOOR never stands
     return Message(topic, body, props, queue), queue
 
 
@@ -249,6 +252,7 @@ def cloudevent_binary(topic: str, body: bytes, content_type: str | None,
     _ce_check(props)
     if content_type:
         props[CONTENT_TYPE_PROPERTY] = content_type
+    props[PROPERTY_DOOR] = DOOR
     return Message(topic, body, props)
 
 
@@ -284,6 +288,7 @@ def cloudevent_structured(topic: str, event: Any) -> Message:
                 props[CONTENT_TYPE_PROPERTY] = "application/json"
     else:
         body = b""
+    props[PROPERTY_DOOR] = DOOR
     return Message(topic, body, props)
 
 

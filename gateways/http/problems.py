@@ -42,6 +42,9 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "timer_not_found": (404, "No such pending timer"),
     "transaction_not_found": (404, "Transaction not found"),
     "transaction_already_ended": (409, "Transaction already ended"),
+    "not_leader": (503, "Not the group's master"),
+    "not_enough_replicas": (503, "Not enough in-sync replicas"),
+    "replication_timeout": (504, "Replication timed out"),
     "internal_error": (500, "Internal error"),
     # The HTTP door's own kinds.
     "bad_request": (400, "Malformed HTTP request"),
@@ -51,6 +54,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "invalid_base64": (400, "Invalid base64"),
     "invalid_cloudevent": (400, "Invalid CloudEvent"),
     "unauthorized": (401, "Unauthorized"),
+    "cors_refused": (403, "Cross-origin request refused"),
     "not_found": (404, "Not found"),
     "message_not_found": (404, "Message not found"),
     "method_not_allowed": (405, "Method not allowed"),

@@ -126,6 +126,14 @@ class Router:
                           (("Allow", ", ".join(sorted(set(allowed)))),))
         raise Problem("not_found", f"no route for {raw_path}")
 
+    def methods(self, raw_path: str) -> list[str]:
+        """The methods of the routes whose path matches ``raw_path`` (none: no route),
+        for OPTIONS and CORS preflights."""
+        parts = raw_path.strip("/").split("/")
+        return sorted({r.method for r in self._by_len.get(len(parts), ())
+                       if all((seg is None and part) or seg == part
+                              for seg, part in zip(r.segments, parts, strict=True))})
+
     # ------------------------------------------------------------ OpenAPI
 
     def openapi(self, info: Mapping[str, Any], *, security: bool) -> dict[str, Any]:
@@ -170,8 +178,9 @@ class Router:
             common[415] = "Unsupported media type"
         if any(p.where == "path" for p in r.params):
             common[404] = "Not found"
+        common[403] = "The request's Origin is not allowed (CORS: cors_refused)"
         if any(p.name == "topic" for p in r.params):
-            common[403] = "The topic's permissions forbid this"
+            common[403] = "The topic's permissions forbid this, or the Origin is not allowed"
         out = {s: Resp(d, problem) for s, d in common.items()}
         out[405] = Resp("Method not allowed", problem, {"Allow": {"type": "string"}})
         out.update(r.responses)

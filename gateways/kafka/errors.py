@@ -40,6 +40,10 @@ ERROR_CODES: dict[str, int] = {
     "timer_not_found": ke.INVALID_REQUEST,
     "transaction_not_found": ke.INVALID_REQUEST,
     "transaction_already_ended": ke.INVALID_REQUEST,
+    # Issue 14: broker groups; what a Kafka broker answers in the same cases.
+    "not_leader": ke.NOT_LEADER_OR_FOLLOWER,
+    "not_enough_replicas": ke.NOT_ENOUGH_REPLICAS,
+    "replication_timeout": ke.REQUEST_TIMED_OUT,
 }
 
 

@@ -22,6 +22,26 @@ diagram as data, as Kafka's GroupState keeps its valid previous states): every
 change of state goes through ``Group.move_to``, which refuses a move the table
 does not list (a bug of this module, never of a client).
 
+Membership survives a restart (and, with replication, a failover): as Kafka
+stores a group in ``__consumer_offsets`` when its leader's SyncGroup completes a
+round and when it empties, the coordinator writes the group (generation,
+protocol type and name, leader) and each member (ids, static instance id,
+timeouts, protocols, assignment) as keys of the state-log namespace
+``kafka.group`` at those moments (``save``, a Broker call the door passes in),
+and rebuilds them at start (``restore``): a restored member is alive for one
+more session timeout, so a client that heart-beats with its member id and
+generation after the restart is still known (no UNKNOWN_MEMBER_ID, no
+rebalance). A SyncGroup response of the leader is sent once the group is
+stored.
+
+Static members (KIP-345, ``group.instance.id``): a member that rejoins with its
+instance id and no member id gets a new member id that takes the old one's place
+and assignment; while the group is Stable and its protocols are unchanged that
+costs no rebalance (a leader's rejoin still starts one, so that it learns the
+members). A request carrying an instance id with a member id the instance no
+longer has is FENCED_INSTANCE_ID. A static member leaves only by its session
+timeout or an explicit LeaveGroup naming its instance id.
+
 Everything here runs on the event loop; waiting is done on trio Events, and
 the rebalance and expiry timers are tasks in the coordinator's nursery.
 """
@@ -30,9 +50,11 @@ from __future__ import annotations
 
 import enum
 import itertools
+import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -65,6 +87,13 @@ class IllegalTransition(AssertionError):
     """A move ``TRANSITIONS`` does not allow: a bug in this module."""
 
 EXPIRY_CHECK_S = 0.25  # how often session expiry is checked
+NS_GROUP = "kafka.group"  # state-log namespace: (group,) -> group, (group, member) -> member
+STORED_VERSION = 1
+
+log = logging.getLogger("ferrymq.kafka.groups")
+
+Change = tuple[str, Any, Any]
+Save = Callable[[Sequence[Change]], Awaitable[None]]
 
 
 class GroupError(Exception):
@@ -119,6 +148,8 @@ class Group:
     pending: set[str] = field(default_factory=set)  # ids handed out with MEMBER_ID_REQUIRED
     round: trio.Event | None = None  # set when the current join round should complete now
     sync_waiters: dict[str, trio.Event] = field(default_factory=dict)
+    stored: set[str] = field(default_factory=set)  # member ids the state log holds
+    dirty: bool = False  # the stored form is behind (an emptied group)
 
     def all_joined(self) -> bool:
         return all(m.joining for m in self.members.values())
@@ -134,8 +165,10 @@ class Coordinator:
     """Every group of this broker. ``run`` must be started in a nursery (timers)."""
 
     def __init__(self, *, min_session_ms: int = 6000, max_session_ms: int = 1_800_000,
-                 initial_rebalance_delay_ms: int = 0, clock: object = None) -> None:
+                 initial_rebalance_delay_ms: int = 0, clock: object = None,
+                 save: Save | None = None) -> None:
         self.groups: dict[str, Group] = {}
+        self.save = save
         self.min_session_ms = min_session_ms
         self.max_session_ms = max_session_ms
         self.initial_delay_s = initial_rebalance_delay_ms / 1000
@@ -177,15 +210,18 @@ class Coordinator:
             return JoinResult(ke.INCONSISTENT_GROUP_PROTOCOL, -1, None, "", member_id)
         if not member_id:
             if group_instance_id is not None:
-                old = next((m for m in g.members.values()
-                            if m.group_instance_id == group_instance_id), None)
-                if old is not None:  # static member restarted: replace its old id
-                    self._remove(g, old.member_id)
+                old = self._static(g, group_instance_id)
+                if old is not None:  # static member restarted: it takes its old place
+                    return await self._static_rejoin(g, old, client_id, client_host,
+                                                     session_timeout_ms, rebalance_timeout_ms,
+                                                     protocols)
             member_id = self._new_member_id(client_id)
             if require_known_id and group_instance_id is None:
                 g.pending.add(member_id)
                 return JoinResult(ke.MEMBER_ID_REQUIRED, -1, None, "", member_id)
         elif member_id not in g.members and member_id not in g.pending:
+            if group_instance_id is not None and self._static(g, group_instance_id):
+                return JoinResult(ke.FENCED_INSTANCE_ID, -1, None, "", member_id)
             return JoinResult(ke.UNKNOWN_MEMBER_ID, -1, None, "", member_id)
         g.pending.discard(member_id)
         m = g.members.get(member_id)
@@ -215,6 +251,59 @@ class Coordinator:
         await done.wait()
         assert m.join_result is not None
         return m.join_result
+
+    @staticmethod
+    def _static(g: Group, group_instance_id: str) -> Member | None:
+        return next((m for m in g.members.values() if m.group_instance_id == group_instance_id),
+                    None)
+
+    async def _static_rejoin(self, g: Group, old: Member, client_id: str, client_host: str,
+                             session_timeout_ms: int, rebalance_timeout_ms: int,
+                             protocols: Sequence[tuple[str, bytes]]) -> JoinResult:
+        """A static member back with a new member id (KIP-345): the old id's requests are
+        fenced from now on; its assignment stays. Stable with the same protocols and
+        not the leader: the current generation at once, no rebalance."""
+        new_id = self._new_member_id(client_id)
+        if old.join_done is not None:  # the old incarnation's waiting join fails
+            old.join_result = JoinResult(ke.FENCED_INSTANCE_ID, -1, None, "", old.member_id)
+            old.join_done.set()
+            old.join_done = None
+        waiter = g.sync_waiters.pop(old.member_id, None)
+        if waiter is not None:
+            waiter.set()
+        del g.members[old.member_id]
+        unchanged = list(protocols) == list(old.protocols)
+        old.member_id = new_id
+        old.client_id, old.client_host = client_id, client_host
+        old.session_timeout_ms, old.rebalance_timeout_ms = session_timeout_ms, rebalance_timeout_ms
+        old.protocols = list(protocols)
+        old.last_heartbeat = trio.current_time()
+        g.members[new_id] = old
+        was_leader = g.leader is None or g.leader not in g.members
+        if was_leader:
+            g.leader = new_id if g.state in (STABLE, COMPLETING) else g.leader
+        if g.state == STABLE and unchanged and g.leader != new_id:
+            g.dirty = True
+            await self.save_dirty()
+            return JoinResult(ke.NONE, g.generation, g.protocol, g.leader or "", new_id)
+        # Otherwise it joins the round (a new one if none is going on).
+        old.joining = True
+        old.join_done = done = trio.Event()
+        old.join_result = None
+        if g.state != PREPARING:
+            self._prepare_rebalance(g, initial=g.state == EMPTY)
+        elif g.all_joined() and g.round is not None:
+            g.round.set()
+        await done.wait()
+        assert old.join_result is not None
+        return old.join_result
+
+    def _fenced(self, g: Group, member_id: str, group_instance_id: str | None) -> bool:
+        """A request of a static member's replaced incarnation."""
+        if group_instance_id is None:
+            return False
+        m = self._static(g, group_instance_id)
+        return m is not None and m.member_id != member_id
 
     def _common_protocols(self, g: Group, protocols: Sequence[tuple[str, bytes]]) -> set[str]:
         names = {p for p, _ in protocols}
@@ -251,6 +340,8 @@ class Coordinator:
             g.move_to(EMPTY)
             g.generation += 1
             g.protocol = g.leader = None
+            g.dirty = True
+            self._save_soon()
             return
         g.generation += 1
         g.protocol = self._choose_protocol(g)
@@ -287,10 +378,13 @@ class Coordinator:
     # ---------------------------------------------------------------- sync
 
     async def sync(self, group_id: str, generation: int, member_id: str,
-                   assignments: Sequence[tuple[str, bytes]]) -> tuple[int, bytes]:
+                   assignments: Sequence[tuple[str, bytes]],
+                   group_instance_id: str | None = None) -> tuple[int, bytes]:
         """SyncGroup: (error, this member's assignment). The leader's call carries the
-        assignment; the others wait for it."""
+        assignment (answered once the group is stored); the others wait for it."""
         g = self.groups.get(group_id)
+        if g is not None and self._fenced(g, member_id, group_instance_id):
+            return ke.FENCED_INSTANCE_ID, b""
         if g is None or member_id not in g.members:
             return ke.UNKNOWN_MEMBER_ID, b""
         if generation != g.generation:
@@ -310,6 +404,8 @@ class Coordinator:
             waiters, g.sync_waiters = g.sync_waiters, {}
             for ev in waiters.values():
                 ev.set()
+            g.dirty = True
+            await self.save_dirty()
             return ke.NONE, m.assignment
         ev = g.sync_waiters.setdefault(member_id, trio.Event())
         await ev.wait()
@@ -324,8 +420,11 @@ class Coordinator:
 
     # ---------------------------------------------------------------- heartbeat, leave
 
-    def heartbeat(self, group_id: str, generation: int, member_id: str) -> int:
+    def heartbeat(self, group_id: str, generation: int, member_id: str,
+                  group_instance_id: str | None = None) -> int:
         g = self.groups.get(group_id)
+        if g is not None and self._fenced(g, member_id, group_instance_id):
+            return ke.FENCED_INSTANCE_ID
         if g is None or member_id not in g.members:
             return ke.UNKNOWN_MEMBER_ID
         g.members[member_id].last_heartbeat = trio.current_time()
@@ -345,6 +444,8 @@ class Coordinator:
             if found is None:
                 return ke.UNKNOWN_MEMBER_ID
             member_id = found
+        elif self._fenced(g, member_id, group_instance_id):
+            return ke.FENCED_INSTANCE_ID
         if member_id not in g.members:
             return ke.UNKNOWN_MEMBER_ID
         self._remove(g, member_id)
@@ -366,6 +467,8 @@ class Coordinator:
                 g.move_to(EMPTY)
             g.protocol = g.leader = None
             g.generation += 1
+            g.dirty = True
+            self._save_soon()
             self._fail_sync_waiters(g, ke.REBALANCE_IN_PROGRESS)
             if g.round is not None:
                 g.round.set()
@@ -385,10 +488,13 @@ class Coordinator:
 
     # ---------------------------------------------------------------- offsets, admin
 
-    def check_commit(self, group_id: str, generation: int, member_id: str) -> int:
+    def check_commit(self, group_id: str, generation: int, member_id: str,
+                     group_instance_id: str | None = None) -> int:
         """Whether a commit from (generation, member) is accepted (Kafka's rules: a
         "simple" commit with generation -1 only while the group has no members)."""
         g = self.groups.get(group_id)
+        if g is not None and self._fenced(g, member_id, group_instance_id):
+            return ke.FENCED_INSTANCE_ID
         if generation < 0 and not member_id:
             return ke.NONE if g is None or not g.members else ke.UNKNOWN_MEMBER_ID
         if g is None or member_id not in g.members:
@@ -403,9 +509,88 @@ class Coordinator:
     def describe(self, group_id: str) -> Group | None:
         return self.groups.get(group_id)
 
-    def forget(self, group_id: str) -> int:
+    async def forget(self, group_id: str) -> int:
         g = self.groups.get(group_id)
         if g is not None and g.members:
             return ke.NON_EMPTY_GROUP
         self.groups.pop(group_id, None)
+        if g is not None and self.save is not None:
+            await self.save([(NS_GROUP, (group_id, mid), None) for mid in sorted(g.stored)]
+                            + [(NS_GROUP, (group_id,), None)])
         return ke.NONE
+
+    # ---------------------------------------------------------------- persistence
+
+    def _save_soon(self) -> None:
+        """A change made where nothing can wait (a member expired or left): stored by a
+        task of the coordinator's nursery."""
+        if self.save is not None and self._nursery is not None:
+            self._nursery.start_soon(self.save_dirty)
+
+    async def save_dirty(self) -> None:
+        """Store every group whose stored form is behind. A failure is logged: the group
+        lives on in memory, and a restart brings back its previous stored form."""
+        if self.save is None:
+            return
+        changes: list[Change] = []
+        for g in self.groups.values():
+            if g.dirty:
+                changes += self._changes(g)
+                g.dirty = False
+        if not changes:
+            return
+        try:
+            await self.save(changes)
+        except Exception as exc:  # the broker's error (a failed store): count and go on
+            log.error("could not store Kafka group membership: %s", exc)
+
+    def _changes(self, g: Group) -> list[Change]:
+        gid = g.group_id
+        live = set(g.members) if g.state == STABLE else set()
+        out: list[Change] = [(NS_GROUP, (gid, mid), None) for mid in sorted(g.stored - live)]
+        for mid in sorted(live):
+            m = g.members[mid]
+            out.append((NS_GROUP, (gid, mid), [
+                m.group_instance_id, m.client_id, m.client_host, m.session_timeout_ms,
+                m.rebalance_timeout_ms, m.protocol_type, [[n, meta] for n, meta in m.protocols],
+                m.assignment]))
+        g.stored = live
+        state = STABLE if live else EMPTY
+        out.append((NS_GROUP, (gid,), [STORED_VERSION, state.value, g.generation,
+                                       g.protocol_type, g.protocol,
+                                       g.leader if live else None]))
+        return out
+
+    def restore(self, items: Iterable[tuple[Any, Any]]) -> int:
+        """Rebuild the groups the state log holds (start-up, before any request). Every
+        member gets one session timeout from now to show up. Returns the member count."""
+        headers: dict[str, Any] = {}
+        members: dict[str, dict[str, Any]] = {}
+        for key, value in items:
+            if not isinstance(key, tuple) or not key:
+                continue
+            if len(key) == 1:
+                headers[key[0]] = value
+            elif len(key) == 2:
+                members.setdefault(key[0], {})[key[1]] = value
+        now = trio.current_time()
+        n = 0
+        for gid, head in headers.items():
+            try:
+                _version, state, generation, ptype, protocol, leader = head
+                g = Group(gid, generation=generation, protocol_type=ptype)
+                for mid, v in sorted(members.get(gid, {}).items()):
+                    inst, cid, host, session, rebalance, mptype, protos, assignment = v
+                    g.members[mid] = Member(mid, inst, cid, host, session, rebalance, mptype,
+                                            [(str(p), bytes(meta)) for p, meta in protos],
+                                            bytes(assignment), now)
+                    g.stored.add(mid)
+            except (TypeError, ValueError) as exc:
+                log.error("stored Kafka group %r is unreadable (%s): forgotten", gid, exc)
+                continue
+            if g.members and state == STABLE.value:
+                g.state, g.protocol = STABLE, protocol
+                g.leader = leader if leader in g.members else next(iter(g.members))
+            self.groups[gid] = g
+            n += len(g.members)
+        return n

@@ -29,6 +29,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from ...core.errors import InvalidDelay
 from ...core.message import (
     KEY_SEPARATOR,
+    PROPERTY_DOOR,
     PROPERTY_KEYS,
     PROPERTY_PRODUCER_GROUP,
     PROPERTY_TIMER_DELAY_MS,
@@ -43,6 +44,18 @@ from ...core.timers import REQUEST_PROPERTIES
 from ...protocols import record as rec
 from ...protocols.kafka import records as kr
 
+KAFKA_TOPIC_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+KAFKA_MAX_TOPIC = 249  # Kafka's topic name length limit
+
+
+def kafka_visible(name: str) -> bool:
+    """Topics whose names Kafka clients accept (FerryMQ's %RETRY% and the like are not)."""
+    return 0 < len(name) <= KAFKA_MAX_TOPIC and set(name) <= KAFKA_TOPIC_CHARS
+
+
+# The door's name in FERRY_DOOR, on the records it stores as messages (a batch stored
+# verbatim is known by its record format: core Broker.message_life).
+DOOR = "kafka"
 PROPERTY_KAFKA_KEY_BASE64 = "KAFKA_KEY_BASE64"
 HEADER_BASE64_PREFIX = "KAFKA_HEADER_BASE64."
 _FORBIDDEN_IN_KEY = (KEY_SEPARATOR, rec.NAME_VALUE_SEPARATOR, rec.PROPERTY_SEPARATOR)
@@ -157,6 +170,7 @@ def delivery_message(topic: str, queue_id: int, record: kr.Record) -> Message:
         raise InvalidDelay(f"a record with {name} must not carry the header(s) "
                            f"{', '.join(sorted(clash))}")
     props[DELIVERY_HEADERS[name]] = value
+    props[PROPERTY_DOOR] = DOOR
     return Message(topic, record.value if record.value is not None else b"", props, queue_id,
                    born_timestamp=record.timestamp)
 

@@ -82,6 +82,21 @@ class ProducerStates:
         self.dirty = True
         return pid, 0
 
+    def register(self, pid: int, epoch: int, now_ms: int) -> None:
+        """A producer id handed out elsewhere (the transaction coordinator, which reserves
+        ids in the state log) at ``epoch``: batches of older epochs are fenced from now
+        on, and the new epoch's sequences start again at 0."""
+        p = self.producers.get(pid)
+        if p is None:
+            self.producers[pid] = ProducerEntry(epoch, now_ms)
+            self._evict()
+        elif p.epoch != epoch:
+            p.epoch = epoch
+            p.partitions.clear()
+            p.last_used_ms = now_ms
+        self.next_id = max(self.next_id, pid + 1)
+        self.dirty = True
+
     def _evict(self) -> None:
         if len(self.producers) > MAX_PRODUCERS:
             oldest = sorted(self.producers.items(), key=lambda kv: kv[1].last_used_ms)

@@ -51,7 +51,7 @@ from ...protocols.kafka.connection import (
 from ...protocols.kafka.schema import API_NAMES
 from ..server import DoorContext
 from ..supervision import Watch
-from .groups import Coordinator
+from .groups import NS_GROUP, Coordinator
 from .handlers import (
     API_VERSIONS,
     SASL_AUTHENTICATE,
@@ -63,6 +63,7 @@ from .handlers import (
     now_ms,
 )
 from .producers import ProducerStates
+from .transactions import TransactionCoordinator, TxnOptions
 
 log = logging.getLogger("ferrymq.kafka")
 
@@ -81,12 +82,32 @@ async def serve(ctx: DoorContext, *, task_status: trio.TaskStatus[int] = trio.TA
     producers = ProducerStates(os.path.join(broker.config.data_dir, "kafka"))
     await trio.to_thread.run_sync(producers.load)
     replay_producer_state(broker, producers)
+
+    async def save(changes: Any) -> None:
+        await broker.put_door_state(changes, principal=SYSTEM)
+
     coordinator = Coordinator(min_session_ms=options.group_min_session_timeout_ms,
                               max_session_ms=options.group_max_session_timeout_ms,
-                              initial_rebalance_delay_ms=options.group_initial_rebalance_delay_ms)
+                              initial_rebalance_delay_ms=options.group_initial_rebalance_delay_ms,
+                              save=save)
+    restored = coordinator.restore(broker.door_state(NS_GROUP, principal=SYSTEM))
+    txns = TransactionCoordinator(broker, TxnOptions(
+        max_timeout_ms=options.transaction_max_timeout_ms,
+        abort_check_interval_ms=options.transaction_abort_check_interval_ms,
+        id_expiration_ms=options.transactional_id_expiration_ms))
+    txns.load()
+    # Producer ids come from the state log's blocks; none below what the producer snapshot
+    # (and its replay) knows was handed out, and the snapshot never reuses the log's.
+    txns.reserve_below(producers.next_id)
+    for pid in txns.by_pid:
+        producers.next_id = max(producers.next_id, pid + 1)
     listeners = await trio.open_tcp_listeners(ctx.port, host=ctx.host)
     port = listeners[0].socket.getsockname()[1]
-    door = KafkaDoor(broker, options, port, coordinator, producers)
+    door = KafkaDoor(broker, options, port, coordinator, producers, txns)
+    door.load_state()
+    if restored:
+        log.info("Kafka group membership restored", extra={"members": restored,
+                                                           "groups": len(coordinator.groups)})
     connections = ctx.supervisor("kafka", protocol_errors=(FrameError,))
 
     async def handler(stream: trio.SocketStream, watch: Watch) -> None:
@@ -96,6 +117,8 @@ async def serve(ctx: DoorContext, *, task_status: trio.TaskStatus[int] = trio.TA
         async with trio.open_nursery() as nursery:
             tasks = ctx.tasks(nursery, "kafka")
             await tasks.start(coordinator.run, name="coordinator")
+            await txns.recover()
+            await tasks.start(txns.run, name="transactions")
             tasks.start_soon(_persist_loop, broker, producers, name="producer_state")
             await nursery.start(connections.serve, listeners, handler)
             task_status.started(port)

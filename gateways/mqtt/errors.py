@@ -67,6 +67,11 @@ ANSWERS: dict[str, Answer] = {
     "timer_not_found": _FAILED,
     "transaction_not_found": _FAILED,
     "transaction_already_ended": _FAILED,
+    # Broker groups: 0x9C "use another server" may not stand in a PUBACK; the client
+    # sends again (3.1.1: after a reconnect, which finds the master).
+    "not_leader": _FAILED,
+    "not_enough_replicas": _FAILED,
+    "replication_timeout": _FAILED,
 }
 
 

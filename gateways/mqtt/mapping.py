@@ -29,6 +29,7 @@ from typing import Any
 
 from ...core.errors import InvalidDelay
 from ...core.message import (
+    PROPERTY_DOOR,
     PROPERTY_TIMER_DELAY_MS,
     PROPERTY_TIMER_DELIVER_MS,
     ConsumedMessage,
@@ -64,6 +65,7 @@ RESERVED = frozenset({
     "MAX_OFFSET", "CONSUME_START_TIME", "ORIGIN_MESSAGE_ID", "MAX_RECONSUME_TIMES",
     "__SHARDINGKEY", "DLQ_ORIGIN_TOPIC", "DLQ_ORIGIN_MESSAGE_ID", "CLUSTER", "TRACE_ON",
     "MSG_REGION", "TRAN_PREPARED_QUEUE_OFFSET", "CHECK_IMMUNITY_TIME_IN_SECONDS",
+    PROPERTY_DOOR,
 })
 
 DELIVER_AT_PROPERTY = "ferrymq-deliver-at-ms"
@@ -153,6 +155,7 @@ def to_message(topic: str, queue_id: int, payload: bytes, qos: int, retain: bool
                 p[MQTT_USER_PROPERTIES] = json.dumps([list(kv) for kv in users])
         if timer is not None:
             p[timer[0]] = timer[1]  # validated by Broker.put (InvalidDelay)
+    p[PROPERTY_DOOR] = "mqtt"  # the door it came in by (the console's "which door"), last
     return Message(broker_topic(topic), payload, p, queue_id=queue_id)
 
 
@@ -188,8 +191,8 @@ def message_properties(props: Mapping[str, str], now: int) -> tuple[dict[int, An
     """(MQTT 5 PUBLISH properties, expired?) of a stored message at time ``now``
     (3.3.2.3.3: the expiry interval sent is what remains of it)."""
     out: dict[int, Any] = {}
-    if len(props) <= 3 and MQTT_TOPIC in props:
-        return out, False  # the common case: topic, QoS, publisher only
+    if len(props) <= 4 and MQTT_TOPIC in props and (len(props) <= 3 or PROPERTY_DOOR in props):
+        return out, False  # the common case: topic, QoS, publisher (and door) only
     v = props.get(MQTT_PAYLOAD_FORMAT)
     if v is not None and v in ("0", "1"):
         out[Prop.PAYLOAD_FORMAT_INDICATOR] = int(v)

@@ -37,6 +37,11 @@ ERROR_CODES: dict[str, int] = {
     "timer_not_found": ResponseCode.QUERY_NOT_FOUND,
     "transaction_not_found": ResponseCode.SYSTEM_ERROR,  # RocketMQ's answer, with a remark
     "transaction_already_ended": ResponseCode.ILLEGAL_OPERATION,
+    # Issue 14: broker groups. A slave refuses writes as RocketMQ's does (SERVICE_NOT_AVAILABLE,
+    # "the broker is a slave"); the two SYNC_MASTER answers keep RocketMQ's codes.
+    "not_leader": ResponseCode.SERVICE_NOT_AVAILABLE,
+    "not_enough_replicas": ResponseCode.SLAVE_NOT_AVAILABLE,
+    "replication_timeout": ResponseCode.FLUSH_SLAVE_TIMEOUT,
 }
 
 

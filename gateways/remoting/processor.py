@@ -36,7 +36,7 @@ from ...core.access import SYSTEM, Principal
 from ...core.broker import Broker
 from ...core.errors import FerryError
 from ...core.filter import Filter, parse_filter
-from ...core.message import GetStatus, Message, offset_message_id
+from ...core.message import PROPERTY_DOOR, GetStatus, Message, offset_message_id
 from ...core.metadata import DLQ_PREFIX, PERM_READ_WRITE, RETRY_PREFIX
 from ...core.metrics import DoorMetrics
 from ...protocols import record as rec
@@ -206,7 +206,7 @@ class Processor:
                    "MSG_REGION": "DefaultRegion", "TRACE_ON": "true"}
             return response_to(cmd, ResponseCode.SUCCESS, ext)
         # Stored as they came: the store reads TAGS, KEYS and UNIQ_KEY from the text.
-        props = rec.EncodedProperties(props_text.encode()) if props_text else {}
+        props = rec.EncodedProperties(_with_door(props_text.encode() if props_text else b""))
         if topic.startswith(RETRY_PREFIX):
             # A client re-sending a retry message itself (RocketMQ's send-back fallback):
             # past the maximum it goes to the dead-letter topic.
@@ -655,3 +655,14 @@ class Processor:
         h = H.TopicHeader.from_ext(cmd.ext_fields)
         groups = self.broker.consuming_groups(h.topic, principal=self.ctx.principal(conn))
         return response_to(cmd, ResponseCode.SUCCESS, body=B.dumps({"groupList": groups}))
+
+
+_DOOR_PROPERTY = f"{PROPERTY_DOOR}\x01remoting\x02".encode()
+
+
+def _with_door(raw: bytes) -> bytes:
+    """A message's encoded properties with the door it came in by appended: decoded, the
+    last value of a name wins, so a client's own FERRY_DOOR never stands."""
+    if raw and not raw.endswith(b"\x02"):
+        raw += b"\x02"
+    return raw + _DOOR_PROPERTY

@@ -251,7 +251,9 @@ class ServerConnection:
         try:
             if schema.is_flexible(api_key, version):
                 pos = schema._skip_tagged(view, pos)  # request header v2's tagged fields
-            body = schema.decode(api_key, version, view[pos:])
+            # Bytes after a whole request are ignored, as Kafka's own parser ignores
+            # them: librdkafka 2.x sends three after a Metadata v12 request.
+            body = schema.decode(api_key, version, view[pos:], trailing=True)
         except DecodeError as exc:
             return BadRequest(header, str(exc))
         return Request(header, body)

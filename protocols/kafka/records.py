@@ -493,3 +493,38 @@ def iter_records(batch: bytes | memoryview) -> Iterator[Record]:
     """Every user record in a run of v2 batches (CRC not re-checked)."""
     for start, end in split_batches(batch):
         yield from decode_batch(batch[start:end], verify=False).records
+
+
+# ------------------------------------------------------------------ control batches
+
+CONTROL_ABORT, CONTROL_COMMIT = 0, 1  # a control record's type (KIP-98's EndTransactionMarker)
+
+
+def encode_control_batch(producer_id: int, producer_epoch: int, commit: bool, timestamp: int,
+                         coordinator_epoch: int = 0) -> bytes:
+    """A transaction marker: a batch with the transactional and control attributes and
+    one record whose key is (version 0: int16, type: int16) and value (version 0,
+    coordinator epoch: int32), as Kafka's coordinator writes it at a transaction's end."""
+    key = struct.pack(">hh", 0, CONTROL_COMMIT if commit else CONTROL_ABORT)
+    value = struct.pack(">hi", 0, coordinator_epoch)
+    return encode_batch(0, [(timestamp, key, value, [])], producer_id=producer_id,
+                        producer_epoch=producer_epoch,
+                        attributes=TRANSACTIONAL_FLAG | CONTROL_FLAG)
+
+
+def control_type(batch: bytes | memoryview) -> int | None:
+    """CONTROL_COMMIT or CONTROL_ABORT for a transaction marker, None for a batch of
+    user records. Raises RecordsError for a control batch that does not decode."""
+    try:
+        h = bh.read_header(batch)
+    except bh.BatchHeaderError as exc:
+        raise RecordsError(str(exc)) from exc
+    if not h.attributes & CONTROL_FLAG:
+        return None
+    raw: bytes | memoryview = batch[bh.HEADER_SIZE:h.size]
+    if h.attributes & COMPRESSION_MASK:
+        raw = decompress(h.attributes & COMPRESSION_MASK, raw)
+    records = _decode_records(raw, h)
+    if len(records) != 1 or records[0].key is None or len(records[0].key) < 4:
+        raise RecordsError("a control batch holds one record with a 4-byte key")
+    return int(struct.unpack_from(">h", records[0].key, 2)[0])

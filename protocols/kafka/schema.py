@@ -410,15 +410,16 @@ def _codec(api_key: int, version: int, direction: int) -> tuple[Reader, Writer]:
 
 
 def decode(api_key: int, version: int, data: bytes | memoryview, *, response: bool = False,
-           pos: int = 0) -> Message:
-    """Decode a whole request (or response) body; trailing bytes are an error."""
+           pos: int = 0, trailing: bool = False) -> Message:
+    """Decode a whole request (or response) body; trailing bytes are an error unless
+    ``trailing`` (then they are ignored)."""
     buf = data if isinstance(data, memoryview) else memoryview(data)
     read = _codec(api_key, version, _RESPONSE if response else _REQUEST)[0]
     try:
         obj, end = read(buf, pos)
     except struct.error as exc:
         raise DecodeError(str(exc)) from exc
-    if end != len(buf):
+    if end != len(buf) and not trailing:
         raise DecodeError(f"{len(buf) - end} bytes after the message")
     return obj
 

@@ -26,7 +26,9 @@ def test_every_core_error_code_has_its_own_problem() -> None:
         assert p.code == cls.code
         assert (p.status >= 500) == (cls.code in ("internal_error", "store_error",
                                                   "flush_failed", "shutting_down",
-                                                  "disk_full")), cls.code
+                                                  "disk_full", "not_leader",
+                                                  "not_enough_replicas",
+                                                  "replication_timeout")), cls.code
 
 
 def test_problem_body_is_rfc9457() -> None:
@@ -113,7 +115,18 @@ def test_envelope_to_message() -> None:
                                   max_delay_ms=DAY_MS)
     assert (m.body, q, m.queue_id) == (b'{"a":1}', 2, 2)
     assert m.properties == {"x": "y", "content-type": "application/json", "KEYS": "k1 k2",
-                            "TAGS": "T"}
+                            "TAGS": "T", "FERRY_DOOR": "http"}
+
+
+def test_the_door_is_recorded_over_a_clients_own_claim() -> None:
+    m, _ = codec.envelope_message("t", {"body": "x", "properties": {"FERRY_DOOR": "kafka"}},
+                                  max_delay_ms=DAY_MS)
+    assert m.properties["FERRY_DOOR"] == "http"
+    for ce in (codec.cloudevent_binary("t", b"x", None, {"ce-specversion": "1.0", "ce-id": "1",
+                                                         "ce-source": "s", "ce-type": "t"}),
+               codec.cloudevent_structured("t", {"specversion": "1.0", "id": "1", "source": "s",
+                                                 "type": "t", "ferrydoor": "x"})):
+        assert ce.properties["FERRY_DOOR"] == "http"
 
 
 @pytest.mark.parametrize("env", [

@@ -3,95 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 import struct
 
 import pytest
 from ferrymq.protocols.kafka import records as kr
-from ferrymq.protocols.kafka import schema
 from ferrymq.protocols.kafka.connection import parse_response, request_bytes
+from kafka_wire import Client, Req, create, fetch, produce
 
 PRODUCE, FETCH, LIST_OFFSETS, METADATA, API_VERSIONS, INIT_PRODUCER_ID = 0, 1, 2, 3, 18, 22
 SASL_HANDSHAKE, SASL_AUTHENTICATE = 17, 36
-
-
-class Client:
-    """A blocking raw Kafka client: one request, one response."""
-
-    def __init__(self, address: str) -> None:
-        host, port = address.split(":")
-        self.sock = socket.create_connection((host, int(port)), timeout=10)
-        self.corr = 0
-
-    def send_raw(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def read_frame(self) -> bytes | None:
-        head = self._exact(4)
-        if head is None:
-            return None
-        (size,) = struct.unpack(">i", head)
-        return self._exact(size)
-
-    def _exact(self, n: int) -> bytes | None:
-        buf = b""
-        while len(buf) < n:
-            chunk = self.sock.recv(n - len(buf))
-            if not chunk:
-                return None
-            buf += chunk
-        return buf
-
-    def call(self, api: int, version: int, body, *, expect_reply: bool = True):
-        self.corr += 1
-        self.send_raw(request_bytes(api, version, self.corr, body))
-        if not expect_reply:
-            return None
-        frame = self.read_frame()
-        assert frame is not None, "the broker closed the connection"
-        corr, resp = parse_response(api, version, frame)
-        assert corr == self.corr
-        return resp
-
-    def closed_by_peer(self) -> bool:
-        try:
-            return self.sock.recv(1) == b""
-        except ConnectionResetError:
-            return True
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def Req(api: int):
-    return schema.request_class(api)
-
-
-def produce(c: Client, topic: str, records: bytes, version: int = 8, partition: int = 0,
-            acks: int = -1):
-    R = Req(PRODUCE)
-    resp = c.call(PRODUCE, version, R(acks=acks, timeout_ms=5000, topic_data=(
-        R.TopicProduceData(name=topic, partition_data=(
-            R.PartitionProduceData(index=partition, records=records),)),)),
-        expect_reply=acks != 0)
-    return None if resp is None else resp.responses[0].partition_responses[0]
-
-
-def fetch(c: Client, topic: str, offset: int, version: int = 11, max_wait: int = 0,
-          min_bytes: int = 1):
-    R = Req(FETCH)
-    part = R.FetchPartition(partition=0, fetch_offset=offset, partition_max_bytes=1 << 20)
-    resp = c.call(FETCH, version, R(replica_id=-1, max_wait_ms=max_wait, min_bytes=min_bytes,
-                                    max_bytes=1 << 20,
-                                    topics=(R.FetchTopic(topic=topic, partitions=(part,)),)))
-    return resp.responses[0].partitions[0]
-
-
-def create(c: Client, topic: str, partitions: int = 1) -> None:
-    R = Req(19)
-    resp = c.call(19, 4, R(topics=(R.CreatableTopic(name=topic, num_partitions=partitions,
-                                                     replication_factor=1),), timeout_ms=5000))
-    assert resp.topics[0].error_code == 0
 
 
 @pytest.fixture
@@ -106,11 +26,26 @@ def client(door):
     c.close()
 
 
-def test_api_versions_lists_exactly_the_supported_table(client) -> None:
-    resp = client.call(API_VERSIONS, 0, Req(API_VERSIONS)())
+def test_api_versions_lists_kafka_3_8s_ranges_so_clients_infer_3_8(client) -> None:
+    """Finding: the ranges made clients infer Kafka 2.4. Now every API offered has the
+    range Apache Kafka 3.8's brokers advertise (kafka-python's recorded table of a real
+    3.8 broker), and kafka-python infers 3.8."""
+    from kafka.protocol.broker_version_data import (
+        BROKER_API_VERSIONS,
+        infer_broker_version_from_api_versions,
+    )
+
+    resp = client.call(API_VERSIONS, 3, Req(API_VERSIONS)(client_software_name="t",
+                                                          client_software_version="1"))
     got = {k.api_key: (k.min_version, k.max_version) for k in resp.api_keys}
-    assert got[PRODUCE] == (0, 8) and got[FETCH] == (0, 11) and got[METADATA] == (0, 8)
-    assert 24 not in got, "no transactions are advertised"
+    assert infer_broker_version_from_api_versions(got) == (3, 8)
+    real = BROKER_API_VERSIONS[(3, 8)]
+    kraft_only = {75}  # DescribeTopicPartitions: 3.8's KRaft brokers only (not in that table)
+    assert {k: v for k, v in got.items() if k not in kraft_only} == \
+        {k: real[k] for k in got if k not in kraft_only}
+    assert got[75] == (0, 0)
+    for txn_api in (22, 24, 25, 26, 28):  # InitProducerId, the transaction APIs
+        assert txn_api in got
 
 
 def test_unsupported_api_versions_version_is_answered_in_v0_with_error_35(client) -> None:
@@ -274,3 +209,17 @@ def test_sasl_plain(tmp_path, start_broker) -> None:
         anon.send_raw(request_bytes(METADATA, 1, 1, Req(METADATA)(topics=None)))
         assert anon.closed_by_peer(), "no requests before authentication"
         anon.close()
+
+
+@pytest.mark.parametrize("api", [21, 23, 24, 25, 26, 28, 34, 35, 43, 45, 46, 47, 60, 61, 65, 66, 75])
+def test_garbage_in_a_new_api_closes_only_that_connection(door, api: int) -> None:
+    """Every API added for transactions and the cluster answers a body that does not decode
+    as Kafka does: that connection is closed, every other one is served."""
+    c = Client(door.address("kafka"))
+    payload = struct.pack(">hhih", api, 0, 9, -1) + b"\xff\xff\xff\x7f\x01"
+    c.send_raw(struct.pack(">i", len(payload)) + payload)
+    assert c.closed_by_peer()
+    c.close()
+    other = Client(door.address("kafka"))
+    assert other.call(API_VERSIONS, 0, Req(API_VERSIONS)()).error_code == 0
+    other.close()

@@ -31,3 +31,24 @@ def test_snapshot_survives_a_restart_and_truncation_forgets_lost_batches(tmp_pat
     q.truncate("t", 0, 12)  # the batch at 12 was lost with an unflushed tail
     assert q.check(pid, epoch, "t", 0, 2, 2) == (Verdict.APPEND, -1)
     assert q.new_producer(0)[0] > pid
+
+
+async def test_producer_ids_are_never_handed_out_twice_across_restarts(tmp_path) -> None:
+    """Ids are reserved in blocks by state records: a restart (or a crash) skips to the
+    next block; ids a round-1 producer snapshot handed out are never reused."""
+    import trio
+    from ferrymq.core.broker import Broker, BrokerConfig
+    from ferrymq.gateways.kafka.transactions import TransactionCoordinator
+
+    cfg = BrokerConfig(data_dir=str(tmp_path / "data"))
+    seen: set[int] = set()
+    for _ in range(2):
+        async with Broker.open(cfg) as broker:
+            co = TransactionCoordinator(broker)
+            co.load()
+            co.reserve_below(5000)
+            for _ in range(3):
+                pid = await co.new_producer_id()
+                assert pid >= 5000 and pid not in seen
+                seen.add(pid)
+            await trio.lowlevel.checkpoint()

@@ -60,7 +60,7 @@ async def test_an_mqtt_publish_is_a_broker_message(door) -> None:
     assert dict(m.properties) == {
         "MQTT_TOPIC": "sensors/kitchen/temp", "MQTT_QOS": "1", "MQTT_PUBLISHER": "dev-7",
         "MQTT_CONTENT_TYPE": "text/plain", "MQTT_CORRELATION_DATA": "AQI=",
-        "unit": "C", "KEYS": "k-1"}
+        "unit": "C", "KEYS": "k-1", "FERRY_DOOR": "mqtt"}
     assert [x.body for x in broker.messages_by_key("sensors", "k-1")] == [b"21.5"]
 
 

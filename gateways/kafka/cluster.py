@@ -1,0 +1,369 @@
+"""The Kafka door's cluster and admin APIs that a one-broker cluster answers honestly.
+
+DeleteRecords, OffsetDelete, OffsetForLeaderEpoch, DescribeLogDirs, AlterReplicaLogDirs,
+DescribeCluster, DescribeTopicPartitions, ElectLeaders, the reassignment APIs and
+DescribeProducers (docs/kafka.md, "One broker, answered honestly"). A FerryMQ
+broker is its own cluster of one: it leads every partition at leader epoch 0 and
+is every partition's only replica, so an election is never needed and a
+reassignment can only name this broker. These answers gain meaning with
+replication (issue 14), where the same requests reach real choices.
+
+``ClusterApis`` is a mixin of ``handlers.KafkaDoor``: the methods are handlers
+(header, request, session) -> response like the others.
+"""
+
+from __future__ import annotations
+
+import shutil
+import struct
+from typing import Any
+
+from ...core.access import SYSTEM
+from ...core.broker import Broker
+from ...core.errors import FerryError
+from ...core.metadata import TopicConfig
+from ...protocols.kafka import errors as ke
+from ...protocols.kafka import schema
+from ...protocols.kafka.connection import Header
+from .errors import kafka_error
+from .groups import Coordinator
+from .mapping import kafka_visible
+from .producers import ProducerStates
+
+DELETE_RECORDS, OFFSET_FOR_LEADER_EPOCH, ALTER_REPLICA_LOG_DIRS, DESCRIBE_LOG_DIRS = 21, 23, 34, 35
+ELECT_LEADERS, ALTER_PARTITION_REASSIGNMENTS, LIST_PARTITION_REASSIGNMENTS = 43, 45, 46
+OFFSET_DELETE, DESCRIBE_CLUSTER, DESCRIBE_PRODUCERS, DESCRIBE_TOPIC_PARTITIONS = 47, 60, 61, 75
+NS_LOG_START = "kafka.log_start"
+HIGH_WATERMARK = -1  # DeleteRecords: "up to the high watermark"
+LEADER_EPOCH = 0  # this broker leads every partition, at epoch 0 (Metadata says so too)
+ENDPOINT_BROKERS = 1  # DescribeCluster v1 endpoint types: brokers 1, controllers 2
+DEFAULT_PARTITION_LIMIT = 2000  # DescribeTopicPartitions' response_partition_limit default
+
+
+def subscribed_topics(metadata: bytes) -> set[str] | None:
+    """The topics of a consumer protocol subscription (ConsumerProtocolSubscription:
+    version int16, topics array of int16-length strings, ...), or None when it does
+    not parse (then the member counts as subscribed to everything)."""
+    try:
+        (n,) = struct.unpack_from(">i", metadata, 2)
+        pos, out = 6, set()
+        for _ in range(n):
+            (length,) = struct.unpack_from(">h", metadata, pos)
+            out.add(metadata[pos + 2:pos + 2 + length].decode())
+            pos += 2 + length
+        return out
+    except (struct.error, UnicodeDecodeError):
+        return None
+
+
+class ClusterApis:
+    """Handlers of the admin APIs above (mixed into ``KafkaDoor``, which provides what
+    is declared here)."""
+
+    broker: Broker
+    options: Any  # handlers.DoorOptions
+    port: int
+    coordinator: Coordinator
+    producers: ProducerStates
+    log_starts: dict[tuple[str, int], int]
+
+    def log_start(self, topic: str, part: int, lo: int) -> int:
+        raise NotImplementedError
+
+    def host_for(self, s: Any) -> str:
+        raise NotImplementedError
+
+    def topic_id(self, t: TopicConfig) -> bytes:
+        raise NotImplementedError
+
+    def _find(self, name: str, s: Any) -> TopicConfig | None:
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- DeleteRecords
+
+    async def delete_records(self, h: Header, req: Any, s: Any) -> Any:
+        """Move each partition's log start offset to ``offset`` (-1: the high watermark).
+        Kafka clients then see the records before it as deleted: Fetch answers
+        OFFSET_OUT_OF_RANGE below it, ListOffsets' earliest is it. The bytes stay in
+        the CommitLog until retention removes their segment (every partition shares
+        the log), so other doors still read them meanwhile (docs/kafka.md)."""
+        R = schema.response_class(DELETE_RECORDS)
+        changes = []
+        topics = []
+        for t in req.topics:
+            parts = []
+            for p in t.partitions:
+                code, low = ke.NONE, -1
+                try:
+                    lo, hw = self.broker.queue_bounds(t.name, p.partition_index,
+                                                      principal=s.principal)
+                except FerryError as exc:
+                    code = kafka_error(exc)
+                else:
+                    target = hw if p.offset == HIGH_WATERMARK else p.offset
+                    low = self.log_start(t.name, p.partition_index, lo)
+                    if target < 0 or target > hw:
+                        code = ke.OFFSET_OUT_OF_RANGE
+                    elif target > low:
+                        low = target
+                        self.log_starts[(t.name, p.partition_index)] = target
+                        changes.append((NS_LOG_START, (t.name, p.partition_index), target))
+                parts.append(R.DeleteRecordsPartitionResult(
+                    partition_index=p.partition_index, low_watermark=low, error_code=code))
+            topics.append(R.DeleteRecordsTopicResult(name=t.name, partitions=tuple(parts)))
+        if changes:
+            await self.broker.put_door_state(changes, principal=SYSTEM)
+        return R(topics=tuple(topics))
+
+    # ---------------------------------------------------------------- OffsetDelete
+
+    async def offset_delete(self, h: Header, req: Any, s: Any) -> Any:
+        """Forget a group's committed offsets, as Kafka's GroupCoordinator does: refused
+        per partition (GROUP_SUBSCRIBED_TO_TOPIC) while a member of the group is
+        subscribed to its topic."""
+        R = schema.response_class(OFFSET_DELETE)
+        group = req.group_id
+        known = group in self.broker.known_groups(principal=s.principal) \
+            or self.coordinator.describe(group) is not None
+        if not group:
+            return R(error_code=ke.INVALID_GROUP_ID)
+        if not known:
+            return R(error_code=ke.GROUP_ID_NOT_FOUND)
+        g = self.coordinator.describe(group)
+        subscribed: set[str] | None = set()
+        if g is not None and g.members:
+            if g.protocol_type != "consumer":
+                return R(error_code=ke.NON_EMPTY_GROUP)
+            for m in g.members.values():
+                topics = subscribed_topics(m.metadata(g.protocol or m.protocols[0][0]))
+                if topics is None:
+                    subscribed = None
+                    break
+                subscribed |= topics
+        deletable = []
+        out: dict[str, list[Any]] = {}
+        for t in req.topics:
+            for p in t.partitions:
+                if subscribed is None or t.name in subscribed:
+                    code = ke.GROUP_SUBSCRIBED_TO_TOPIC
+                else:
+                    code = ke.NONE
+                    deletable.append((t.name, p.partition_index))
+                out.setdefault(t.name, []).append(code)
+        try:
+            await self.broker.delete_committed_offsets(group, deletable, principal=s.principal)
+        except FerryError as exc:
+            return R(error_code=kafka_error(exc))
+        return R(error_code=ke.NONE, topics=tuple(
+            R.OffsetDeleteResponseTopic(name=t.name, partitions=tuple(
+                R.OffsetDeleteResponsePartition(partition_index=p.partition_index, error_code=c)
+                for p, c in zip(t.partitions, out[t.name], strict=True)))
+            for t in req.topics))
+
+    # ---------------------------------------------------------------- leader epochs
+
+    async def offset_for_leader_epoch(self, h: Header, req: Any, s: Any) -> Any:
+        """The end offset of a leader epoch: there has only been epoch 0, so any epoch
+        at or past it ends at the high watermark (KIP-101, KIP-320)."""
+        R = schema.response_class(OFFSET_FOR_LEADER_EPOCH)
+        topics = []
+        for t in req.topics:
+            parts = []
+            for p in t.partitions:
+                code, epoch, end = ke.NONE, -1, -1
+                try:
+                    _lo, hw = self.broker.queue_bounds(t.topic, p.partition,
+                                                       principal=s.principal)
+                except FerryError as exc:
+                    code = kafka_error(exc)
+                else:
+                    if h.api_version >= 2 and p.current_leader_epoch > LEADER_EPOCH:
+                        code = ke.UNKNOWN_LEADER_EPOCH
+                    elif p.leader_epoch >= LEADER_EPOCH:
+                        epoch, end = LEADER_EPOCH, hw
+                parts.append(R.EpochEndOffset(error_code=code, partition=p.partition,
+                                              leader_epoch=epoch, end_offset=end))
+            topics.append(R.OffsetForLeaderTopicResult(topic=t.topic, partitions=tuple(parts)))
+        return R(topics=tuple(topics))
+
+    # ---------------------------------------------------------------- log dirs, cluster
+
+    async def describe_log_dirs(self, h: Header, req: Any, s: Any) -> Any:
+        """One log directory, the broker's data directory, with its disk's total and usable
+        bytes. Partitions share one CommitLog, so no partition has a size of its own:
+        each reports 0 (docs/kafka.md)."""
+        R = schema.response_class(DESCRIBE_LOG_DIRS)
+        path = self.broker.config.data_dir
+        try:
+            usage = shutil.disk_usage(path)
+            total, usable = usage.total, usage.free
+        except OSError:
+            total = usable = -1
+        if req.topics is None:
+            wanted = [(t.name, range(t.queues)) for t in self.broker.topics(principal=s.principal)
+                      if kafka_visible(t.name)]
+        else:
+            wanted = []
+            for t in req.topics:
+                found = self._find(t.topic, s)
+                if found is not None:
+                    wanted.append((t.topic, [p for p in t.partitions if 0 <= p < found.queues]))
+        topics = tuple(R.DescribeLogDirsTopic(name=name, partitions=tuple(
+            R.DescribeLogDirsPartition(partition_index=p, partition_size=0, offset_lag=0,
+                                       is_future_key=False) for p in parts))
+            for name, parts in wanted)
+        return R(error_code=ke.NONE, results=(R.DescribeLogDirsResult(
+            error_code=ke.NONE, log_dir=path, topics=topics, total_bytes=total,
+            usable_bytes=usable),))
+
+    async def alter_replica_log_dirs(self, h: Header, req: Any, s: Any) -> Any:
+        """Move replicas between log directories: there is one, so a move into it is done
+        already and any other directory is LOG_DIR_NOT_FOUND."""
+        R = schema.response_class(ALTER_REPLICA_LOG_DIRS)
+        here = self.broker.config.data_dir
+        results: dict[str, list[Any]] = {}
+        for d in req.dirs:
+            for t in d.topics:
+                found = self._find(t.name, s)
+                for p in t.partitions:
+                    if found is None or not 0 <= p < found.queues:
+                        code = ke.UNKNOWN_TOPIC_OR_PARTITION
+                    else:
+                        code = ke.NONE if d.path == here else ke.LOG_DIR_NOT_FOUND
+                    results.setdefault(t.name, []).append(R.AlterReplicaLogDirPartitionResult(
+                        partition_index=p, error_code=code))
+        return R(results=tuple(R.AlterReplicaLogDirTopicResult(topic_name=name,
+                                                               partitions=tuple(parts))
+                               for name, parts in results.items()))
+
+    async def describe_cluster(self, h: Header, req: Any, s: Any) -> Any:
+        R = schema.response_class(DESCRIBE_CLUSTER)
+        node = self.options.node_id
+        if h.api_version >= 1 and req.endpoint_type != ENDPOINT_BROKERS:
+            return R(error_code=ke.UNSUPPORTED_ENDPOINT_TYPE, endpoint_type=req.endpoint_type,
+                     error_message="this broker is its own controller; ask for brokers",
+                     cluster_id=self.options.cluster_id, controller_id=-1)
+        return R(error_code=ke.NONE, error_message=None, endpoint_type=ENDPOINT_BROKERS,
+                 cluster_id=self.options.cluster_id, controller_id=node,
+                 brokers=(R.DescribeClusterBroker(broker_id=node, host=self.host_for(s),
+                                                  port=self.port, rack=None),))
+
+    async def describe_topic_partitions(self, h: Header, req: Any,
+                                        s: Any) -> Any:
+        """Topics and their partitions (KIP-966), paged by ``response_partition_limit``
+        and the cursor. No partition has eligible leader replicas besides this broker."""
+        R = schema.response_class(DESCRIBE_TOPIC_PARTITIONS)
+        node = self.options.node_id
+        limit = req.response_partition_limit if req.response_partition_limit > 0 \
+            else DEFAULT_PARTITION_LIMIT
+        if req.topics:
+            names = sorted({t.name for t in req.topics})
+        else:
+            names = [t.name for t in self.broker.topics(principal=s.principal)
+                     if kafka_visible(t.name)]
+        cursor = req.cursor
+        if cursor is not None:
+            names = [n for n in names if n >= cursor.topic_name]
+        topics = []
+        left = limit
+        next_cursor = None
+        for name in names:
+            t = self._find(name, s)
+            if t is None:
+                topics.append(R.DescribeTopicPartitionsResponseTopic(
+                    error_code=ke.UNKNOWN_TOPIC_OR_PARTITION, name=name, topic_id=bytes(16)))
+                continue
+            first = cursor.partition_index if cursor is not None and cursor.topic_name == name \
+                else 0
+            if left <= 0:
+                next_cursor = R.Cursor(topic_name=name, partition_index=first)
+                break
+            last = min(t.queues, first + left)
+            parts = tuple(R.DescribeTopicPartitionsResponsePartition(
+                error_code=ke.NONE, partition_index=q, leader_id=node, leader_epoch=LEADER_EPOCH,
+                replica_nodes=(node,), isr_nodes=(node,), eligible_leader_replicas=(),
+                last_known_elr=(), offline_replicas=()) for q in range(first, last))
+            left -= last - first
+            topics.append(R.DescribeTopicPartitionsResponseTopic(
+                error_code=ke.NONE, name=name, topic_id=self.topic_id(t), is_internal=False,
+                partitions=parts))
+            if last < t.queues:
+                next_cursor = R.Cursor(topic_name=name, partition_index=last)
+                break
+        return R(topics=tuple(topics), next_cursor=next_cursor)
+
+    # ---------------------------------------------------------------- elections, reassignments
+
+    async def elect_leaders(self, h: Header, req: Any, s: Any) -> Any:
+        """This broker leads every partition already: ELECTION_NOT_NEEDED for each named
+        one (none at all when every partition is asked for)."""
+        R = schema.response_class(ELECT_LEADERS)
+        results = []
+        for t in req.topic_partitions or ():
+            found = self._find(t.topic, s)
+            results.append(R.ReplicaElectionResult(topic=t.topic, partition_result=tuple(
+                R.PartitionResult(
+                    partition_id=p,
+                    error_code=ke.ELECTION_NOT_NEEDED if found is not None
+                    and 0 <= p < found.queues else ke.UNKNOWN_TOPIC_OR_PARTITION,
+                    error_message=None) for p in t.partitions)))
+        return R(error_code=ke.NONE, replica_election_results=tuple(results))
+
+    async def alter_partition_reassignments(self, h: Header, req: Any,
+                                            s: Any) -> Any:
+        """A reassignment to this broker alone is already done; any other broker does not
+        exist (INVALID_REPLICA_ASSIGNMENT); a cancellation finds nothing in progress."""
+        R = schema.response_class(ALTER_PARTITION_REASSIGNMENTS)
+        node = self.options.node_id
+        out = []
+        for t in req.topics:
+            found = self._find(t.name, s)
+            parts = []
+            for p in t.partitions:
+                message = None
+                if found is None or not 0 <= p.partition_index < found.queues:
+                    code = ke.UNKNOWN_TOPIC_OR_PARTITION
+                elif p.replicas is None:
+                    code, message = ke.NO_REASSIGNMENT_IN_PROGRESS, "no reassignment is going on"
+                elif list(p.replicas) == [node]:
+                    code = ke.NONE
+                else:
+                    code = ke.INVALID_REPLICA_ASSIGNMENT
+                    message = f"this cluster has one broker, node {node}"
+                parts.append(R.ReassignablePartitionResponse(
+                    partition_index=p.partition_index, error_code=code, error_message=message))
+            out.append(R.ReassignableTopicResponse(name=t.name, partitions=tuple(parts)))
+        return R(error_code=ke.NONE, error_message=None, responses=tuple(out))
+
+    async def list_partition_reassignments(self, h: Header, req: Any,
+                                           s: Any) -> Any:
+        R = schema.response_class(LIST_PARTITION_REASSIGNMENTS)
+        return R(error_code=ke.NONE, error_message=None, topics=())
+
+    # ---------------------------------------------------------------- producers
+
+    async def describe_producers(self, h: Header, req: Any, s: Any) -> Any:
+        """The idempotent and transactional producers the door remembers per partition:
+        their epoch, last sequence and when they were last seen."""
+        R = schema.response_class(DESCRIBE_PRODUCERS)
+        topics = []
+        for t in req.topics:
+            found = self._find(t.name, s)
+            parts = []
+            for p in t.partition_indexes:
+                if found is None or not 0 <= p < found.queues:
+                    parts.append(R.PartitionResponse(partition_index=p,
+                                                     error_code=ke.UNKNOWN_TOPIC_OR_PARTITION))
+                    continue
+                active = tuple(R.ProducerState(
+                    producer_id=pid, producer_epoch=entry.epoch, last_sequence=batches[-1].last_seq,
+                    last_timestamp=entry.last_used_ms, coordinator_epoch=-1,
+                    current_txn_start_offset=-1)
+                    for pid, entry in sorted(self.producers.producers.items())
+                    for batches in (entry.partitions.get((t.name, p)),) if batches)
+                parts.append(R.PartitionResponse(partition_index=p, error_code=ke.NONE,
+                                                 active_producers=active))
+            topics.append(R.TopicResponse(name=t.name, partitions=tuple(parts)))
+        return R(topics=tuple(topics))
+
+

@@ -1,0 +1,47 @@
+"""A replication connection on a trio stream: frames in and out through the sans-I/O codec."""
+
+from __future__ import annotations
+
+import trio
+
+from ...protocols.replication import Frame, ReplicationConnection, ReplicationProtocolError
+
+RECEIVE_BYTES = 1 << 20
+
+
+class FrameStream:
+    """``ReplicationConnection`` (protocols/replication) over a trio stream. ``receive``
+    raises ReplicationProtocolError for a violation and EOFError when the peer
+    closed cleanly; ``send`` serializes concurrent senders."""
+
+    def __init__(self, stream: trio.abc.Stream, conn: ReplicationConnection) -> None:
+        self.stream = stream
+        self.conn = conn
+        self._send_lock = trio.Lock()
+
+    async def receive(self) -> Frame:
+        while True:
+            frame = self.conn.next_event()
+            if frame is not None:
+                return frame
+            data = await self.stream.receive_some(RECEIVE_BYTES)
+            if not data:
+                self.conn.receive_data(b"")  # raises inside a frame
+                raise EOFError("the peer closed the replication connection")
+            self.conn.receive_data(data)
+
+    async def send(self, frame: Frame) -> None:
+        async with self._send_lock:
+            await self.stream.send_all(self.conn.send(frame))
+
+    async def refuse(self, err: ReplicationProtocolError) -> None:
+        """A master's answer to a peer's violation, best effort, before closing."""
+        data = self.conn.refusal(err)
+        if data is None:
+            return
+        try:
+            with trio.move_on_after(1):
+                async with self._send_lock:
+                    await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
