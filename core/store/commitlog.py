@@ -225,7 +225,8 @@ class CommitLog:
             return b""
         stop = min(end, seg.end)
         pos, limit = start, start + max_bytes
-        with memoryview(seg.mm) as mm:  # released here: a view would keep the mapping open
+        # open: the file cache may have closed it (owner thread, as read() and peek())
+        with memoryview(self.files.open(seg)) as mm:  # released here: a view would keep it
             while pos < stop:
                 total, _magic = rec.peek_size(mm, pos - seg.base)
                 if total <= 0 or pos + total > seg.end:
