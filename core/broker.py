@@ -1090,8 +1090,8 @@ class Broker:
         accepted = self.metrics.counter("ferrymq_connections_accepted_total",
                                         "Connections accepted, per protocol.", ("protocol",))
         counts: dict[str, list[int]] = {}
-        for at, inst in enumerate((open_now, accepted)):
-            for sample in inst.family().samples:
+        for at, family in enumerate((open_now.family(), accepted.family())):
+            for sample in family.samples:
                 counts.setdefault(dict(sample.labels)["protocol"], [0, 0])[at] = int(sample.value)
         return {door: (n[0], n[1]) for door, n in sorted(counts.items())}
 

@@ -678,7 +678,8 @@ class Api:
         out = []
         for name in self.broker.known_groups(principal=who):
             g = self.broker.find_group(name, principal=who)
-            doc = self._group_json(name, False, who) if g is not None else {"name": name}
+            doc: dict[str, Any] = self._group_json(name, False, who) if g is not None \
+                else {"name": name}
             lags = self.broker.group_lags(name, principal=who)
             doc.update(created=g is not None, lag=sum(x.lag for x in lags),
                        topics=[{"topic": t} for t in sorted({x.topic for x in lags})])

@@ -316,7 +316,8 @@ class KafkaDoor(ClusterApis):
                 name = found.name
             err = await self._ensure_topic(name, create, s) if name is not None else \
                 ke.INVALID_TOPIC_EXCEPTION
-            t = self.broker.find_topic(name, principal=s.principal) if err == ke.NONE else None
+            t = self.broker.find_topic(name, principal=s.principal) \
+                if err == ke.NONE and name is not None else None
             if t is None:
                 topics.append(R.MetadataResponseTopic(
                     error_code=err or ke.UNKNOWN_TOPIC_OR_PARTITION, name=name or ""))
