@@ -288,7 +288,7 @@ def test_expired_messages_are_not_delivered(broker) -> None:
     pub = client(broker, 5, client_id="p")
     pub.publish("e", b"short", 1, properties={Prop.MESSAGE_EXPIRY_INTERVAL: 1})
     pub.publish("e", b"long", 1, properties={Prop.MESSAGE_EXPIRY_INTERVAL: 100})
-    time.sleep(1.2)
+    time.sleep(1.2)  # the subject: the first message's 1 s expiry passes
     s = RawClient(broker.port("mqtt"), 5)
     s.connect("later", clean=False, properties={Prop.SESSION_EXPIRY_INTERVAL: 60})
     assert [m.payload for m in s.messages(1)] == [b"long"]
