@@ -8,6 +8,7 @@ brokers concerned, as RocketMQ's mqadmin does; a broker address given as the
 from __future__ import annotations
 
 import contextlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,15 +80,18 @@ class Admin:
         return B.decode_topic_list(check(resp, "NameServer").body)
 
     async def create_topic(self, topic: str, queues: int = 4, *, perm: int = 6,
-                           order: bool = False, brokers: list[str] | None = None) -> list[str]:
+                           order: bool = False, brokers: list[str] | None = None,
+                           configs: dict[str, str] | None = None) -> list[str]:
         """Create (or grow) the topic with ``queues`` queues on each of ``brokers`` (names;
-        default every broker). Returns the broker names."""
+        default every broker), with topic ``configs`` (Kafka's names, RocketMQ 5's
+        attributes on the wire). Returns the broker names."""
         all_brokers = await self.brokers()
         names = brokers or sorted(all_brokers)
         if not names:
             raise NoRouteError("no broker is registered with the NameServer")
+        attributes = ",".join(f"+{k}={v}" for k, v in (configs or {}).items()) or None
         ext = H.CreateTopicRequestHeader(topic, readQueueNums=queues, writeQueueNums=queues,
-                                         perm=perm, order=order).to_ext()
+                                         perm=perm, order=order, attributes=attributes).to_ext()
         for name in names:
             addr = all_brokers.get(name)
             if addr is None:
@@ -95,6 +99,37 @@ class Admin:
             check(await self.instance.remoting.invoke(
                 addr, request(RequestCode.UPDATE_AND_CREATE_TOPIC, 0, ext)), addr)
         return names
+
+    async def topic_config(self, topic: str) -> dict[str, Any]:
+        """GET_TOPIC_CONFIG from the topic's first master: RocketMQ 5's TopicConfig with its
+        attributes, and (FerryMQ) ``ferrymqConfigs``, every config with value and source."""
+        route = await self.route(topic)
+        for bd in route.brokerDatas:
+            if bd.master_addr:
+                resp = check(await self.instance.remoting.invoke(bd.master_addr, request(
+                    RequestCode.GET_TOPIC_CONFIG, 0, {"topic": topic})), bd.master_addr)
+                doc: dict[str, Any] = json.loads(resp.body)
+                return doc
+        raise NoRouteError(f"no master holds topic {topic}")
+
+    async def alter_topic_configs(self, topic: str, set_configs: dict[str, str] | None = None,
+                                  delete: list[str] | None = None) -> None:
+        """Set and remove topic configs on every master holding the topic (its queues and
+        permissions stay as they are)."""
+        items = [f"+{k}={v}" for k, v in (set_configs or {}).items()] + \
+            [f"-{k}" for k in delete or ()]
+        route = await self.route(topic)
+        for bd in route.brokerDatas:
+            if not bd.master_addr:
+                continue
+            addr = bd.master_addr
+            current = json.loads(check(await self.instance.remoting.invoke(addr, request(
+                RequestCode.GET_TOPIC_CONFIG, 0, {"topic": topic})), addr).body)
+            ext = H.CreateTopicRequestHeader(topic, readQueueNums=0, writeQueueNums=0,
+                                             perm=int(current["perm"]),
+                                             attributes=",".join(items)).to_ext()
+            check(await self.instance.remoting.invoke(
+                addr, request(RequestCode.UPDATE_AND_CREATE_TOPIC, 0, ext)), addr)
 
     async def route(self, topic: str) -> B.TopicRouteData:
         route = await self.instance.fetch_route(topic)

@@ -46,6 +46,7 @@ from functools import partial
 import trio
 
 from ..protocols import record as rec
+from . import topicconfig
 from .access import (
     ALTER,
     ANONYMOUS,
@@ -227,6 +228,7 @@ class Broker:
         self.recovery: RecoveryReport | None = None
         self.sync_flush = config.flush == "sync"
         self._admin_committer: GroupCommitter | None = None  # async flush: admin changes
+        self._compaction_lock = trio.Lock()
         self._topic_watchers: list[Callable[[], None]] = []
         self._access = AccessControl()
         self.started_at = 0
@@ -326,6 +328,9 @@ class Broker:
         self._system_topics_sync()
         slave = self.role is Role.SLAVE
         self.state.finish_recovery(append=not slave)
+        # A topic's own retention moved its queues' start in memory only: move it again
+        # before anyone reads (docs/storage.md, "Retention per topic").
+        self._retain_topics(now_ms(), int(self.config.retention_hours * 3600_000))
         if self.role is not Role.STANDALONE:
             self._open_epochs()
         if slave:
@@ -480,6 +485,8 @@ class Broker:
         tasks.start_soon(self.state.run, name="state")
         tasks.every(self.config.retention_check_interval_s, self.run_retention,
                     name="retention")
+        # Compacted topics (docs/storage.md, "Compaction"): a pass in a worker thread.
+        tasks.every(self.config.compaction_check_interval_s, self.compact, name="compaction")
         tasks.start_soon(self.pop_service.run, name="pop")
         self.timers.start(tasks)  # type: ignore[arg-type]  # a supervisor starts tasks as a nursery does
         self.transactions.start(tasks)  # type: ignore[arg-type]
@@ -800,10 +807,29 @@ class Broker:
     def offset_for_time(self, topic: str, queue_id: int, timestamp_ms: int, *,
                         principal: Principal = ANONYMOUS) -> int:
         """The first offset whose message was stored at or after ``timestamp_ms``
-        (the max offset if none): rewinding a consumer by time. Checks DESCRIBE on
-        the topic. Raises TopicNotFound, PermissionDenied (not readable)."""
+        (the max offset if none): store time, what resuming "from when I left" needs
+        (an MQTT session). Rewinding a consumer to a time is ``offset_for_timestamp``
+        (the records' own timestamps, Kafka's semantics). Checks DESCRIBE on the
+        topic. Raises TopicNotFound, PermissionDenied (not readable)."""
         self._authorize(principal, TOPIC, topic, DESCRIBE)
         return self._paths.offset_for_time(topic, queue_id, timestamp_ms)
+
+    def offset_for_timestamp(self, topic: str, queue_id: int, timestamp_ms: int, *,
+                             principal: Principal = ANONYMOUS) -> tuple[int, int]:
+        """Kafka's lookup by time: (the first offset whose timestamp is >=
+        ``timestamp_ms``, that timestamp), or (max offset, -1). The timestamp is the
+        topic's message.timestamp.type (CreateTime: the records' own, through the
+        time index; LogAppendTime: store time). Checks DESCRIBE on the topic.
+        Raises TopicNotFound, PermissionDenied (not readable)."""
+        self._authorize(principal, TOPIC, topic, DESCRIBE)
+        return self._paths.timestamp_lookup(topic, queue_id, timestamp_ms)
+
+    def max_timestamp(self, topic: str, queue_id: int, *,
+                      principal: Principal = ANONYMOUS) -> tuple[int, int]:
+        """(offset, timestamp) of the queue's record with the largest timestamp,
+        (-1, -1) when it is empty. Checks DESCRIBE on the topic."""
+        self._authorize(principal, TOPIC, topic, DESCRIBE)
+        return self._paths.max_timestamp(topic, queue_id)
 
     @asynccontextmanager
     async def admin_batch(self) -> AsyncIterator[None]:
@@ -849,19 +875,24 @@ class Broker:
     async def create_topic(self, name: str, queues: int | None = None, *,
                            perm: int = PERM_READ_WRITE, message_type: str = "NORMAL",
                            attributes: Mapping[str, str] | None = None,
-                           exist_ok: bool = False,
+                           exist_ok: bool = False, validate_only: bool = False,
                            principal: Principal = ANONYMOUS) -> TopicConfig:
-        """Create a topic (``queues`` defaults to the broker's default_queues). Checks
-        CREATE on it. Raises PermissionDenied, InvalidTopicName, InvalidArgument,
-        TopicExists (unless ``exist_ok``)."""
+        """Create a topic (``queues`` defaults to the broker's default_queues).
+        ``attributes`` holds its topic configs under Kafka's names (validated by
+        core/topicconfig.py) and free-form labels (keys without a dot). Checks CREATE
+        on it. Raises PermissionDenied, InvalidTopicName, InvalidArgument,
+        InvalidConfig, TopicExists (unless ``exist_ok``). With ``validate_only``
+        nothing is created: the topic as it would be is returned."""
         self._authorize(principal, TOPIC, name, CREATE)
         return await self._create_topic(name, queues, perm=perm, message_type=message_type,
-                                        attributes=attributes, exist_ok=exist_ok)
+                                        attributes=attributes, exist_ok=exist_ok,
+                                        validate_only=validate_only)
 
     async def _create_topic(self, name: str, queues: int | None = None, *,
                             perm: int = PERM_READ_WRITE, message_type: str = "NORMAL",
                             attributes: Mapping[str, str] | None = None,
-                            exist_ok: bool = False, for_put: bool = False) -> TopicConfig:
+                            exist_ok: bool = False, for_put: bool = False,
+                            validate_only: bool = False) -> TopicConfig:
         """``create_topic`` unchecked: the write path auto-creates topics through it.
         Raises PermissionDenied also for the state log's topic."""
         validate_topic_name(name)
@@ -869,13 +900,16 @@ class Broker:
             raise PermissionDenied(f"{name} is a system topic the broker manages")
         queues = self.config.default_queues if queues is None else queues
         _check_topic_args(queues, perm, message_type)
+        attrs = topicconfig.validate(attributes or {}, self.config)
         existing = self.meta.topics.get(name)
         if existing is not None:
             if exist_ok:
                 return existing
             raise TopicExists(f"topic {name} exists")
         t = TopicConfig(name, queues, perm, message_type, now_ms(), self.store.dispatched_pos,
-                        dict(attributes or {}))
+                        attrs)
+        if validate_only:
+            return t
         changes: list[Change] = [(NS_TOPIC, name, t.to_json())]
         if name in self.meta.tombstones:
             changes.insert(0, (NS_TOMBSTONE, name, None))
@@ -899,12 +933,56 @@ class Broker:
             raise InvalidArgument(f"topic {name} has {t.queues} queues; queues cannot shrink")
         _check_topic_args(new_queues, t.perm if perm is None else perm,
                           t.message_type if message_type is None else message_type)
+        if attributes is not None:
+            attributes = topicconfig.validate(attributes, self.config)
         t = replace(
             t, queues=new_queues, perm=t.perm if perm is None else perm,
             message_type=t.message_type if message_type is None else message_type,
             attributes=t.attributes if attributes is None else dict(attributes))
         await self.state.put(NS_TOPIC, name, t.to_json())
         return self._topic_after_wait(name)
+
+    async def alter_topic_configs(self, name: str,
+                                  ops: Sequence[tuple[str, int, str | None]] | None = None, *,
+                                  replace_with: Mapping[str, str | None] | None = None,
+                                  validate_only: bool = False,
+                                  principal: Principal = ANONYMOUS) -> TopicConfig:
+        """Change a topic's configs: ``ops`` are (name, operation, value) with the
+        operations of core/topicconfig.py (SET, DELETE back to the default, APPEND and
+        SUBTRACT for lists: Kafka's IncrementalAlterConfigs); ``replace_with`` replaces
+        every config (Kafka's AlterConfigs: those not given go back to their defaults).
+        With ``validate_only`` nothing changes and the topic as it would be is
+        returned. Checks ALTER on the topic. Raises PermissionDenied,
+        TopicNotFound, InvalidConfig."""
+        self._authorize(principal, TOPIC, name, ALTER)
+        self._refuse_system_topic(name)
+        t = self._topic(name)
+        if replace_with is not None:
+            attrs = topicconfig.replace_all(t.attributes, replace_with, self.config)
+        else:
+            attrs = topicconfig.apply(t.attributes, ops or (), self.config)
+        new = replace(t, attributes=attrs)
+        if validate_only or attrs == dict(t.attributes):
+            return new
+        await self.state.put(NS_TOPIC, name, new.to_json())
+        return self._topic_after_wait(name)
+
+    def describe_topic_configs(self, name: str, *, principal: Principal = ANONYMOUS
+                               ) -> list[topicconfig.Entry]:
+        """Every topic config of the topic: value, source, read-only, synonyms,
+        documentation (core/topicconfig.py). Checks DESCRIBE on it. Raises
+        PermissionDenied, InvalidTopicName, TopicNotFound."""
+        self._authorize(principal, TOPIC, name, DESCRIBE)
+        return topicconfig.describe(self._topic(name).attributes, self.config)
+
+    def describe_broker_configs(self, *, principal: Principal = ANONYMOUS,
+                                extra: Mapping[str, str] | None = None
+                                ) -> list[topicconfig.Entry]:
+        """The broker's settings under Kafka's names (read-only: they come from its
+        configuration); ``extra`` overrides values a door knows better (its own
+        auto-create switch). Checks DESCRIBE on the cluster."""
+        self._authorize(principal, CLUSTER, "", DESCRIBE)
+        return topicconfig.describe_broker(self.config, extra)
 
     def _topic_after_wait(self, name: str) -> TopicConfig:
         """The topic a change just made durable, unless another task deleted it while
@@ -1652,6 +1730,82 @@ class Broker:
 
     # ================================================================ retention
 
+    def _retain_topics(self, now: int, broker_ms: int) -> int | None:
+        """Each topic's own retention (docs/storage.md, "Retention per topic"): topics
+        with retention.ms or retention.bytes of their own have their queues' start
+        moved; returns the CommitLog offset from which segments must outlive the
+        broker's retention (the oldest record of a topic that keeps longer: -1, a
+        longer retention.ms, or a compacted topic), None if no topic does."""
+        hold: int | None = None
+        for t in self.meta.topics.values():
+            if not t.attributes:
+                continue
+            e = self._paths.settings(t)
+            if e.delete:
+                cutoff = now - e.retention_ms if 0 <= e.retention_ms < broker_ms else None
+                max_bytes = e.retention_bytes if e.retention_bytes >= 0 else None
+                if cutoff is not None or max_bytes is not None:
+                    self.store.retain_topic(t.name, cutoff, max_bytes)
+            if e.compact or e.retention_ms < 0 or e.retention_ms > broker_ms:
+                phys = self.store.oldest_physical(t.name)
+                if phys is not None:
+                    hold = phys if hold is None else min(hold, phys)
+        return hold
+
+    async def compact(self, topic: str | None = None, *,
+                      principal: Principal = ANONYMOUS) -> list[CompactionStats]:
+        """One compaction pass over every queue of ``topic`` (default: every topic whose
+        cleanup.policy has compact) whose records are old enough
+        (min.compaction.lag.ms), each in a worker thread (docs/storage.md,
+        "Compaction"). The background task calls it every
+        ``compaction_check_interval_s``; an admin may call it at once. Checks ALTER
+        on each topic named. Returns one line per queue compacted."""
+        if topic is not None:
+            self._authorize(principal, TOPIC, topic, ALTER)
+            names = [self._topic(topic).name]
+        else:
+            names = [t.name for t in self.meta.topics.values()
+                     if t.attributes and self._paths.settings(t).compact]
+        async with self._compaction_lock:  # one pass at a time: each builds on the last
+            return await self._compact(names)
+
+    async def _compact(self, names: list[str]) -> list[CompactionStats]:
+        out = []
+        for name in names:
+            t = self.meta.topics.get(name)
+            if t is None or not t.attributes:
+                continue
+            settings = topicconfig.effective(t.attributes, self.config)
+            if not settings.compact:
+                continue
+            lag = int(t.attributes.get("min.compaction.lag.ms", "0"))
+            delete_ms = int(t.attributes.get("delete.retention.ms", "86400000"))
+            for qid in self.store.topic_queue_ids(name):
+                now = now_ms()
+                plan = self.store.compaction_range(name, qid, now, lag)
+                if plan is None:
+                    continue
+                old, start, end = plan
+                t0 = trio.current_time()
+                self._paths.threaded_reads += 1  # retention waits while the pass reads
+                try:
+                    result = await trio.to_thread.run_sync(
+                        self.store.compact_queue, name, qid, old, start, end, now, delete_ms)
+                finally:
+                    self._paths.threaded_reads -= 1
+                if result.log is None:
+                    continue
+                now_t = self.meta.topics.get(name)
+                if now_t is None or now_t.created_phys != t.created_phys:
+                    self.store.discard_compacted(name, qid, result.log)  # deleted meanwhile
+                else:
+                    self.store.switch_compacted(name, qid, result.log)
+                    out.append(CompactionStats(name, qid, result.log.start, result.log.end,
+                                               result.records_in, result.records_out,
+                                               result.bytes_in, result.bytes_out, result.keys,
+                                               trio.current_time() - t0))
+        return out
+
     def run_retention(self) -> list[int]:
         """One retention pass (the background task calls it every
         retention_check_interval_s)."""
@@ -1663,8 +1817,11 @@ class Broker:
         segments = self.store.commitlog.segments
         if keep is not None and segments and keep < segments[-1].base:
             self.state.request_snapshot()
-        deleted = self.store.retain(now_ms(), int(self.config.retention_hours * 3600_000),
-                                    self.config.max_disk_ratio, protect_from=keep)
+        now = now_ms()
+        broker_ms = int(self.config.retention_hours * 3600_000)
+        hold = self._retain_topics(now, broker_ms)
+        deleted = self.store.retain(now, broker_ms, self.config.max_disk_ratio,
+                                    protect_from=keep, hold_from=hold)
         if deleted:
             floor = self.store.commitlog.min_offset
             gone: list[Change] = [(NS_TOMBSTONE, name, None)
@@ -1700,6 +1857,22 @@ def _check_door_namespace(namespace: str) -> None:
     door, dot, name = namespace.partition(".") if isinstance(namespace, str) else ("", "", "")
     if not (door and dot and name and door.isalnum()):
         raise InvalidArgument(f"a door's state namespace is <door>.<name>, not {namespace!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class CompactionStats:
+    """One queue's compaction pass: the compacted range and what it kept."""
+
+    topic: str
+    queue_id: int
+    start: int
+    end: int
+    records_in: int
+    records_out: int
+    bytes_in: int
+    bytes_out: int
+    keys: int
+    seconds: float
 
 
 def _check_topic_args(queues: int, perm: int, message_type: str) -> None:

@@ -54,6 +54,8 @@ class BrokerConfig:
     retention_hours: float = 72.0
     max_disk_ratio: float = 0.75  # RocketMQ's diskMaxUsedSpaceRatio
     retention_check_interval_s: float = 10.0
+    # Compacted topics: a compaction pass every this many seconds (docs/storage.md).
+    compaction_check_interval_s: float = 15.0
     checkpoint_interval_ms: int = 1000
     # Unused since round 2 (offsets are state-log records, durable when committed);
     # accepted so that round-1 configuration files still load.

@@ -28,6 +28,12 @@ class InvalidArgument(FerryError):
     code = "invalid_argument"
 
 
+class InvalidConfig(InvalidArgument):
+    """A topic config is unknown, read-only here, or its value is invalid (core/topicconfig.py)."""
+
+    code = "invalid_config"
+
+
 class InvalidTopicName(InvalidArgument):
     """The topic name breaks the naming rules."""
 

@@ -46,6 +46,8 @@ from typing import Protocol
 import trio
 
 from ..protocols import record as rec
+from ..protocols.kafka import batch_header as bh
+from . import topicconfig
 from .config import BrokerConfig
 from .errors import (
     FerryError,
@@ -159,6 +161,7 @@ class Paths:
         self._waiters: dict[str, set[trio.Event]] = {}
         self._round_robin: dict[str, list[int]] = {}
         self._system_topics: dict[str, int] = {}  # name -> perm
+        self._settings: dict[str, tuple[TopicConfig, topicconfig.Effective]] = {}
         # Broker groups (None/inf when standalone: nothing below costs a thing then).
         self.replication: Replication | None = None
         self.write_refusal: FerryError | None = None  # NotLeader on a slave or a fenced master
@@ -220,9 +223,21 @@ class Paths:
             raise QueueNotFound(f"topic {t.name} has {t.queues} queues; no queue {queue_id}")
         return queue_id
 
+    def settings(self, t: TopicConfig) -> topicconfig.Effective:
+        """The topic's honoured configs, parsed once per version of its config."""
+        cached = self._settings.get(t.name)
+        if cached is None or cached[0] is not t:
+            cached = self._settings[t.name] = (t, topicconfig.effective(t.attributes, self.config))
+        return cached[1]
+
+    def size_limit(self, t: TopicConfig) -> int:
+        """The largest record the topic takes: its max.message.bytes (at most the broker's)."""
+        return min(self._max_message_size, self.settings(t).max_message_bytes)
+
     def forget_topic(self, name: str) -> None:
         """A topic was deleted: drop its round-robin position, wake its long polls."""
         self._round_robin.pop(name, None)
+        self._settings.pop(name, None)
         self.wake(name)
 
     def readable_topic(self, name: str) -> TopicConfig:
@@ -324,10 +339,10 @@ class Paths:
             if t is None or not t.perm & PERM_WRITE:
                 t = await self.topic_for_put(topic)
             body = m.body
-            if len(body) > self._max_message_size:
+            limit = self._max_message_size if not t.attributes else self.size_limit(t)
+            if len(body) > limit:
                 raise MessageTooLarge(
-                    f"message body is {len(body)} bytes; the maximum is "
-                    f"{self._max_message_size}")
+                    f"message body is {len(body)} bytes; the maximum is {limit}")
             qid = m.queue_id
             if qid < 0 or qid >= t.queues:
                 qid = self.queue_for(t, qid)
@@ -360,9 +375,10 @@ class Paths:
         if t is None or not t.perm & PERM_WRITE:
             t = await self.topic_for_put(first.topic)
         qid = self.queue_for(t, first.queue_id)
+        limit = self._max_message_size if not t.attributes else self.size_limit(t)
         try:
             result = self._store.append_batch(first.topic, qid, batch, first.born_timestamp,
-                                              first.born_host, self._max_message_size)
+                                              first.born_host, limit)
         except UnicodeEncodeError as exc:
             raise InvalidMessage(f"properties are not encodable: {exc}") from exc
         return await self.after_put(result, durability)
@@ -379,9 +395,9 @@ class Paths:
         if self.replication is not None:
             self._before_put(durability)
         t = await self.topic_for_put(topic)
-        if len(body) > self._max_message_size:
-            raise MessageTooLarge(f"batch is {len(body)} bytes; the maximum is "
-                                  f"{self._max_message_size}")
+        limit = self._max_message_size if not t.attributes else self.size_limit(t)
+        if len(body) > limit:
+            raise MessageTooLarge(f"batch is {len(body)} bytes; the maximum is {limit}")
         qid = self.queue_for(t, queue_id)
         result = self._store.append_encoded_batch(topic, qid, body, born_host=born_host)
         return await self.after_put(result, durability)
@@ -398,9 +414,14 @@ class Paths:
         if self.replication is not None:
             self._before_put(durability)
         t = await self.topic_for_put(topic)
-        if len(batch) > self._max_message_size:
-            raise MessageTooLarge(f"batch is {len(batch)} bytes; the maximum is "
-                                  f"{self._max_message_size}")
+        limit = self._max_message_size
+        if t.attributes:
+            limit = self.size_limit(t)
+            if self.settings(t).log_append_time:
+                # Kafka's LogAppendTime: the broker's time in the batch, CRC recomputed.
+                batch = bh.with_log_append_time(batch, now_ms())
+        if len(batch) > limit:
+            raise MessageTooLarge(f"batch is {len(batch)} bytes; the maximum is {limit}")
         qid = self.queue_for(t, queue_id)
         result = self._store.append_kafka_batch(topic, qid, batch)
         return await self.after_put(result, durability)
@@ -573,10 +594,40 @@ class Paths:
         return lo, hi
 
     def offset_for_time(self, topic: str, queue_id: int, timestamp_ms: int) -> int:
-        """The first offset stored at or after ``timestamp_ms`` (the max offset if none).
-        Raises TopicNotFound, PermissionDenied."""
+        """The first offset stored at or after ``timestamp_ms`` (the max offset if none):
+        store time. Raises TopicNotFound, PermissionDenied."""
         self.readable_topic(topic)
         return self._store.offset_for_time(topic, queue_id, timestamp_ms)
+
+    def timestamp_lookup(self, topic: str, queue_id: int, timestamp_ms: int) -> tuple[int, int]:
+        """Kafka's ListOffsets by time, for every door: (the first offset whose
+        timestamp is >= ``timestamp_ms``, its timestamp), (max offset, -1) if none.
+        The timestamp is the topic's message.timestamp.type: CreateTime (the
+        records' own, through the time index) or LogAppendTime (store time, through
+        the ConsumeQueue). Raises TopicNotFound, PermissionDenied."""
+        t = self.readable_topic(topic)
+        store = self._store
+        if t.attributes and self.settings(t).log_append_time:
+            offset = store.offset_for_time(topic, queue_id, timestamp_ms)
+            hi = store.queue_bounds(topic, queue_id)[1]
+            if offset >= hi:
+                return hi, -1
+            got = store.get(topic, queue_id, offset, 1, 1)
+            return offset, got.records[0].store_timestamp if got.records else -1
+        return store.offset_for_create_time(topic, queue_id, timestamp_ms)
+
+    def max_timestamp(self, topic: str, queue_id: int) -> tuple[int, int]:
+        """(offset, timestamp) of the record with the largest timestamp of the topic's
+        type, (-1, -1) if the queue is empty: ListOffsets' MAX_TIMESTAMP."""
+        t = self.readable_topic(topic)
+        store = self._store
+        lo, hi = store.queue_bounds(topic, queue_id)
+        if hi <= lo:
+            return -1, -1
+        if t.attributes and self.settings(t).log_append_time:
+            got = store.get(topic, queue_id, hi - 1, 1, 1)
+            return hi - 1, got.records[0].store_timestamp if got.records else -1
+        return store.max_timestamp(topic, queue_id)
 
     def available(self, topic: str, queue_id: int, offset: int) -> bool:
         """Whether a get at ``offset`` would find a visible message now."""

@@ -149,15 +149,76 @@ def topic() -> None:
 @click.option("--order", is_flag=True, help="An ordered (FIFO) topic.")
 @click.option("-b", "--broker", "brokers", multiple=True,
               help="Broker name to create it on (repeat; default: every broker).")
+@click.option("-c", "--config", "configs", multiple=True, metavar="NAME=VALUE",
+              help="A topic config, Kafka's names (repeat): cleanup.policy=compact, "
+                   "retention.ms=86400000...")
 @namesrv_option
 def topic_create(name: str, queues: int, order: bool, brokers: tuple[str, ...],
-                 namesrv: str) -> None:
+                 configs: tuple[str, ...], namesrv: str) -> None:
     """Create a topic (or grow its queues) on the cluster's brokers."""
+    settings = _pairs(configs)
+
     async def go() -> list[str]:
         async with Admin(namesrv) as a:
-            return await a.create_topic(name, queues, order=order, brokers=list(brokers) or None)
+            return await a.create_topic(name, queues, order=order, brokers=list(brokers) or None,
+                                        configs=settings)
     names = _run(go)
-    click.echo(json.dumps({"topic": name, "queues": queues, "brokers": names}))
+    out: dict[str, Any] = {"topic": name, "queues": queues, "brokers": names}
+    if settings:
+        out["configs"] = settings
+    click.echo(json.dumps(out))
+
+
+def _pairs(items: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{item!r}: expected NAME=VALUE")
+        out[name] = value
+    return out
+
+
+@topic.group("config", context_settings=CONTEXT)
+def topic_config() -> None:
+    """Show and change a topic's configs (retention, cleanup policy, ...)."""
+
+
+@topic_config.command("get", context_settings=CONTEXT)
+@click.argument("name")
+@click.option("--all", "show_all", is_flag=True, help="Also the configs at their defaults.")
+@namesrv_option
+@output_option
+def topic_config_get(name: str, show_all: bool, namesrv: str, output: str | None) -> None:
+    """Every config of a topic with its value and where it comes from."""
+    async def go() -> dict[str, Any]:
+        async with Admin(namesrv) as a:
+            return await a.topic_config(name)
+    doc = _run(go)
+    rows = [{"name": c["name"], "value": c["value"], "source": c["source"],
+             "read_only": c["readOnly"]}
+            for c in doc.get("ferrymqConfigs", []) if show_all or c["source"] == "topic"]
+    _emit(rows, ["name", "value", "source", "read_only"], output, title=f"topic {name}")
+
+
+@topic_config.command("set", context_settings=CONTEXT)
+@click.argument("name")
+@click.argument("configs", nargs=-1, metavar="[NAME=VALUE]...")
+@click.option("-d", "--delete", "deleted", multiple=True, metavar="NAME",
+              help="Back to the default (repeat).")
+@namesrv_option
+def topic_config_set(name: str, configs: tuple[str, ...], deleted: tuple[str, ...],
+                     namesrv: str) -> None:
+    """Set configs of a topic, or remove them (back to the broker's defaults)."""
+    settings = _pairs(configs)
+    if not settings and not deleted:
+        raise click.UsageError("nothing to change: give NAME=VALUE or --delete NAME")
+
+    async def go() -> None:
+        async with Admin(namesrv) as a:
+            await a.alter_topic_configs(name, settings, list(deleted))
+    _run(go)
+    click.echo(json.dumps({"topic": name, "set": settings, "deleted": list(deleted)}))
 
 
 @topic.command("list", context_settings=CONTEXT)

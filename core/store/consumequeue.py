@@ -154,6 +154,22 @@ class _Entries:
                 hi = mid
         return self.entry(lo).base_offset if lo < self.next_entry else self.max_offset
 
+    def first_stored_at_or_after(self, timestamp_ms: int) -> int:
+        """The index of the first entry stored at or after ``timestamp_ms`` (store
+        timestamps never decrease): ``next_entry`` if every entry is older."""
+        lo, hi = self.first_entry, self.next_entry
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.entry(mid).store_timestamp < timestamp_ms:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    def first_at_or_past(self, phys: int) -> int:
+        """The index of the first entry whose record lies at CommitLog offset >= ``phys``."""
+        return self._first_at_or_past(phys)
+
     def _first_at_or_past(self, phys: int) -> int:
         """The index of the first entry whose record lies at CommitLog offset >= ``phys``."""
         lo, hi = self.first_entry, self.next_entry
@@ -372,8 +388,14 @@ class ConsumeQueue(_Entries):
     def delete_before_physical(self, min_phys: int) -> int:
         """Forget entries whose records lie below CommitLog offset ``min_phys``;
         delete files that hold only such entries. Returns the new min offset."""
-        lo = self._first_at_or_past(min_phys)
-        if lo == self.first_entry:
+        return self.delete_before_index(self._first_at_or_past(min_phys))
+
+    def delete_before_index(self, lo: int) -> int:
+        """Forget entries below global index ``lo`` (a topic's own retention moves its
+        queues' start while the CommitLog segments stay for other topics); delete
+        files that hold only such entries. Returns the new min offset."""
+        lo = min(lo, self.next_entry)
+        if lo <= self.first_entry:
             return self.min_offset
         # Keep the last file even when empty: it anchors the entry numbering.
         while len(self.files) > 1 and self.files[1].first <= lo:

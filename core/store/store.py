@@ -12,6 +12,7 @@ See docs/storage.md for the formats and the recovery argument.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -40,10 +41,13 @@ from ..message import (
 )
 from .checkpoint import Checkpoint, read_checkpoint, write_checkpoint
 from .commitlog import CommitLog
+from .compaction import DEFAULT_MAX_KEYS, CompactedLog, PassResult, compact
 from .consumequeue import ConsumeQueue, PinnedReader
 from .filecache import FileCache, FileGone, default_budget
 from .files import DirectoryLock
 from .index import KeyIndex
+from .timeindex import TimeIndex, TimeIndexes
+from .topicretention import TopicRetention
 
 log = logging.getLogger("ferrymq.store")
 
@@ -62,6 +66,8 @@ _I32 = struct.Struct(">i")
 _SIZE_MAGIC = struct.Struct(">ii")
 _MAX_PROPS = rec.MAX_PROPERTIES_BYTES
 _LONG_PROPS = rec.FORMAT_LONG_PROPERTIES
+_FORMAT_MASK = rec.FORMAT_MASK & ~rec.FORMAT_LONG_PROPERTIES
+_KAFKA = rec.FORMAT_KAFKA_BATCH
 # A batch member may not ask for delayed delivery or be a transaction's half: a batch
 # is one record, delivered at once (RocketMQ's client refuses these for batches too).
 _NOT_IN_BATCH = frozenset(("DELAY", "TIMER_DELIVER_MS", "TIMER_DELAY_MS", "TIMER_DELAY_SEC",
@@ -220,6 +226,11 @@ class MessageStore:
         # every ``append`` raises it; ``append_replicated`` is the way in.
         self.read_only: FerryError | None = None
         self._lock = DirectoryLock(d)
+        self.topic_retention = TopicRetention()
+        self.times = TimeIndexes(os.path.join(d, "timeindex"))
+        self.compacted: dict[tuple[str, int], CompactedLog] = {}
+        self._retired_compacted: CompactedLog | None = None
+        self._time_indexes = self.times.indexes  # the hot path's lookup
         self._topic_tails: dict[str, bytes] = {}
         self._last_ts = 0
         self._open = False
@@ -270,6 +281,7 @@ class MessageStore:
             validate_from = min(validate_from, start)
         for q in self.queues.values():
             q.truncate_physical(start)
+            self.times.set_bound(q.topic, q.queue_id, q.max_offset)
         if before_scan is not None:
             before_scan(start)
         index_from = self.index.end_phys
@@ -295,7 +307,9 @@ class MessageStore:
         for q in self.queues.values():
             if q.last_physical_end() > end:
                 q.truncate_physical(end)
+                self.times.cut(q.topic, q.queue_id, q.max_offset)
         self.dispatched_pos = end
+        self._load_compacted()
         self._previous_checkpoint = validate_from if cp is None else min(cp.previous_offset, end)
         self._open = True
         self.checkpoint()
@@ -333,6 +347,8 @@ class MessageStore:
             q.reset_offsets(r.queue_offset)
         q.ready()
         q.append(r.physical_offset, r.total_size, r.queue_offset, count, h, r.store_timestamp)
+        self.time_index(r.topic, r.queue_id).note(self._record_time(r), r.queue_offset, count,
+                                                  r.total_size)
         if r.physical_offset >= index_from and keys:
             for key, member in keys:
                 self.index.put(key, r.physical_offset, member, r.store_timestamp)
@@ -469,6 +485,9 @@ class MessageStore:
             _write(seg, local, b"".join((header, body, tail, plen, properties)))
         cl.write_pos = phys + size
         q.append(phys, size, qoff, count, tag_hash, ts)
+        if sys_flag & _FORMAT_MASK != _KAFKA:  # a Kafka batch: noted with its max timestamp
+            ti = self._time_indexes.get((topic, queue_id)) or self.time_index(topic, queue_id)
+            ti.note(born_timestamp or ts, qoff, count, size)
         if keys:
             index = self.index
             for key, member in keys:
@@ -545,8 +564,12 @@ class MessageStore:
             raise InvalidMessage("a producer batch must have lastOffsetDelta == count - 1")
         q = self.queues.get((topic, queue_id)) or self._queue(topic, queue_id)
         body = kb.with_base_offset_parts(batch, q.max_offset)
-        return self.append(topic, queue_id, body, b"", sys_flag=rec.FORMAT_KAFKA_BATCH,
-                           count=h.records_count, born_timestamp=h.base_timestamp or 0, **kw)  # type: ignore[arg-type]
+        result = self.append(topic, queue_id, body, b"", sys_flag=rec.FORMAT_KAFKA_BATCH,
+                             count=h.records_count, born_timestamp=h.base_timestamp or 0, **kw)  # type: ignore[arg-type]
+        ti = self._time_indexes.get((topic, queue_id)) or self.time_index(topic, queue_id)
+        ti.note(h.max_timestamp, result.queue_offset, result.count,
+                self.dispatched_pos - result.physical_offset)
+        return result
 
     # ================================================================ replication
 
@@ -613,7 +636,94 @@ class MessageStore:
 
     def queue_bounds(self, topic: str, queue_id: int) -> tuple[int, int]:
         q = self.queues.get((topic, queue_id))
-        return (q.min_offset, q.max_offset) if q else (0, 0)
+        if q is None:
+            return 0, 0
+        if self.compacted:
+            comp = self.compacted.get((topic, queue_id))
+            if comp is not None:
+                return comp.start, q.max_offset
+        return q.min_offset, q.max_offset
+
+    # ---------------------------------------------------------------- compaction
+
+    def _compacted_dir(self, topic: str, queue_id: int) -> str:
+        return os.path.join(self.config.directory, "compacted", topic, str(queue_id))
+
+    def _load_compacted(self) -> None:
+        root = os.path.join(self.config.directory, "compacted")
+        if not os.path.isdir(root):
+            return
+        for topic in os.listdir(root):
+            for qid in os.listdir(os.path.join(root, topic)):
+                q = self.queues.get((topic, int(qid))) if qid.isdigit() else None
+                if q is None:
+                    continue
+                comp = CompactedLog(self._compacted_dir(topic, q.queue_id), topic, q.queue_id)
+                if comp.load():
+                    self.compacted[(topic, q.queue_id)] = comp
+                    self._drop_compacted_entries(q, comp.end)
+
+    @staticmethod
+    def _drop_compacted_entries(q: ConsumeQueue, end: int) -> None:
+        """The queue's entries below ``end`` are in the compacted log now."""
+        index = q.find(end)
+        q.delete_before_index(q.next_entry if index is None and end >= q.max_offset
+                              else index if index is not None else q.first_entry)
+
+    def compaction_range(self, topic: str, queue_id: int, now_ms: int, min_lag_ms: int
+                         ) -> tuple[CompactedLog | None, int, int] | None:
+        """(old compacted log, start, end) of the next pass over the queue: from where
+        the last one ended to the first record younger than ``min_lag_ms`` or not yet
+        flushed; None when there is nothing to compact."""
+        q = self.queues.get((topic, queue_id))
+        if q is None or q.next_entry == q.first_entry:
+            return None
+        old = self.compacted.get((topic, queue_id))
+        start = max(q.min_offset, old.end if old is not None else 0)
+        stop = min(q.first_stored_at_or_after(now_ms - min_lag_ms + 1),
+                   q.first_at_or_past(self.commitlog.flushed_pos))
+        end = q.entry(stop).base_offset if stop < q.next_entry else q.max_offset
+        return (old, start, end) if end > start else None
+
+    def read_records(self, topic: str, queue_id: int, offset: int, n: int) -> list[rec.Record]:
+        """Decoded records of the queue from ``offset`` (a worker thread: pread)."""
+        got = self.get(topic, queue_id, offset, n, 1 << 24, pread=True)
+        return [rec.decode(r.data, 0, check_crc=False) for r in got.records]
+
+    def compact_queue(self, topic: str, queue_id: int, old: CompactedLog | None, start: int,
+                      end: int, now_ms: int, delete_retention_ms: int,
+                      max_keys: int = DEFAULT_MAX_KEYS) -> PassResult:
+        """A compaction pass (compaction.py), in a worker thread; ``switch_compacted``
+        puts its result in use on the owner thread."""
+        return compact(old, self._compacted_dir(topic, queue_id), topic, queue_id, start, end,
+                       lambda offset, n: self.read_records(topic, queue_id, offset, n),
+                       now_ms, delete_retention_ms, max_keys)
+
+    def discard_compacted(self, topic: str, queue_id: int, new: CompactedLog) -> None:
+        """A pass whose topic was deleted (or deleted and created again) meanwhile: its
+        files must not outlive it, or a later incarnation would load them."""
+        new.close()
+        old = self.compacted.pop((topic, queue_id), None)
+        if old is not None:
+            old.close()
+        shutil.rmtree(self._compacted_dir(topic, queue_id), ignore_errors=True)
+
+    def switch_compacted(self, topic: str, queue_id: int, new: CompactedLog) -> None:
+        q = self.queues.get((topic, queue_id))
+        if q is None:  # the topic went meanwhile
+            self.discard_compacted(topic, queue_id, new)
+            return
+        old = self.compacted.get((topic, queue_id))
+        self.compacted[(topic, queue_id)] = new
+        self._drop_compacted_entries(q, new.end)
+        if old is not None:
+            # A worker thread's read may still hold the old file: it is closed at the
+            # next switch (its name is unlinked now; the open descriptor keeps the data).
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(old.path)
+            if self._retired_compacted is not None:
+                self._retired_compacted.close()
+            self._retired_compacted = old
 
     def get(self, topic: str, queue_id: int, offset: int, max_messages: int, max_bytes: int,
             filt: Filter | None = None, visible_limit: int | None = None,
@@ -628,6 +738,16 @@ class MessageStore:
         cq = self.queues.get((topic, queue_id))
         if cq is None:
             return GetResult(GetStatus.NO_MESSAGE_IN_QUEUE, (), 0, 0, 0)
+        if self.compacted:
+            comp = self.compacted.get((topic, queue_id))
+            if comp is not None and offset < comp.end:  # the compacted range (compaction.py)
+                if offset < comp.start:
+                    return GetResult(GetStatus.OFFSET_TOO_SMALL, (), comp.start, comp.start,
+                                     cq.max_offset)
+                got = comp.get(offset, max_messages, max_bytes, cq.max_offset)
+                if got.records:
+                    return got
+                offset = comp.end
         q: ConsumeQueue | PinnedReader = cq
         read = self.commitlog.read
         reader = None
@@ -698,8 +818,90 @@ class MessageStore:
                 reader.release()
 
     def offset_for_time(self, topic: str, queue_id: int, timestamp_ms: int) -> int:
+        """The first offset stored at or after ``timestamp_ms`` (store time, the
+        ConsumeQueue's): LogAppendTime semantics. The max offset if none."""
         q = self.queues.get((topic, queue_id))
         return q.offset_for_time(timestamp_ms) if q else 0
+
+    # ---------------------------------------------------------------- the time index
+
+    def time_index(self, topic: str, queue_id: int) -> TimeIndex:
+        """The queue's time index (core/store/timeindex.py), loaded on first use and
+        brought up to the queue's end: records below the end that the file does not
+        cover (appended after its last entry, before the last checkpoint) are read
+        and noted, so that its maximum is every record's."""
+        ti = self._time_indexes.get((topic, queue_id))
+        if ti is not None:
+            return ti
+        q = self.queues.get((topic, queue_id)) or self._queue(topic, queue_id)
+        ti = self.times.get(topic, queue_id, q.min_offset, q.max_offset)
+        if ti.complete:
+            start = max(ti.next_offset, q.min_offset)
+            index = q.find(start)
+            if index is not None:
+                for phys, size, base, count, _h, _ts in q.iter_entries(index, q.next_entry):
+                    ts = self._time_at(phys)
+                    if ts is not None:
+                        ti.note(ts, base, count, size)
+        return ti
+
+    def _record_time(self, r: rec.Record) -> int:
+        """A record's timestamp for the time index: a Kafka batch's maxTimestamp, else
+        the born timestamp."""
+        if r.sys_flag & _FORMAT_MASK == _KAFKA:
+            return kb.max_timestamp(r.body)
+        return r.born_timestamp or r.store_timestamp
+
+    def _time_at(self, phys: int) -> int | None:
+        data = self.read_record(phys)
+        if data is None:
+            return None
+        try:
+            return self._record_time(rec.decode(data, 0, check_crc=False))
+        except (rec.RecordError, struct.error):
+            return None
+
+    def offset_for_create_time(self, topic: str, queue_id: int, timestamp_ms: int
+                               ) -> tuple[int, int]:
+        """Kafka's lookup by timestamp: (the first offset whose record's timestamp is
+        >= ``timestamp_ms``, that timestamp); (max offset, -1) if there is none. A
+        record's timestamp is its CreateTime (a Kafka record's own, a native
+        message's born time). Found through the time index, then by reading the
+        records from where it points (at most about one index interval), then inside
+        the record found (a batch holds many)."""
+        q = self.queues.get((topic, queue_id))
+        if q is None or q.next_entry == q.first_entry:
+            return (q.max_offset if q else 0), -1
+        ti = self.time_index(topic, queue_id)
+        start = ti.scan_from(timestamp_ms) if ti.complete else None
+        start = q.min_offset if start is None else max(start, q.min_offset)
+        index = q.find(start)
+        if index is None:
+            return q.max_offset, -1
+        for phys, _size, base, _count, _h, _ts in q.iter_entries(index, q.next_entry):
+            if (self._time_at(phys) or -1) < timestamp_ms:
+                continue
+            for m in self.messages_at(phys):
+                if m.queue_offset >= start and m.born_timestamp >= timestamp_ms:
+                    return m.queue_offset, m.born_timestamp
+            return base, timestamp_ms  # unreadable members: the record's first offset
+        return q.max_offset, -1
+
+    def max_timestamp(self, topic: str, queue_id: int) -> tuple[int, int]:
+        """(offset, timestamp) of the record with the largest timestamp (its first
+        message), (-1, -1) for an empty queue: ListOffsets' MAX_TIMESTAMP."""
+        q = self.queues.get((topic, queue_id))
+        if q is None or q.next_entry == q.first_entry:
+            return -1, -1
+        ti = self.time_index(topic, queue_id)
+        if ti.complete and ti.max_offset >= q.min_offset:
+            return ti.max_offset, ti.max_ts
+        best = (-1, -1)
+        for phys, _size, base, _count, _h, _ts in q.iter_entries(q.first_entry, q.next_entry):
+            ts = self._time_at(phys)
+            if ts is not None and ts > best[1]:
+                best = (base, ts)
+        return best
 
     def read_record(self, phys: int) -> bytes | None:
         """The whole record starting at CommitLog offset ``phys``, or None."""
@@ -770,6 +972,11 @@ class MessageStore:
         if os.path.isdir(tdir):
             shutil.rmtree(tdir, ignore_errors=True)
         self._topic_tails.pop(topic, None)
+        self.topic_retention.forget(topic)
+        self.times.drop_topic(topic)
+        for key in [k for k in self.compacted if k[0] == topic]:
+            self.compacted.pop(key).close()
+        shutil.rmtree(os.path.join(self.config.directory, "compacted", topic), ignore_errors=True)
 
     def topic_queue_ids(self, topic: str) -> list[int]:
         return sorted(q for t, q in self.queues if t == topic)
@@ -793,6 +1000,7 @@ class MessageStore:
                     if q.files:  # a queue dropped meanwhile closes its files: fine
                         raise
         self.index.flush()
+        self.times.flush()
         last = self._last_checkpoint
         if pos != last:
             self._previous_checkpoint, self._last_checkpoint = last, pos
@@ -802,16 +1010,34 @@ class MessageStore:
 
     # ================================================================ retention
 
+    def retain_topic(self, topic: str, cutoff_ms: int | None, max_bytes: int | None) -> None:
+        """A topic's own retention (core/store/topicretention.py): its queues forget
+        the entries stored before ``cutoff_ms`` and beyond the newest ``max_bytes``."""
+        for qid in self.topic_queue_ids(topic):
+            self.topic_retention.trim(self.queues[(topic, qid)], cutoff_ms, max_bytes)
+
+    def oldest_physical(self, topic: str) -> int | None:
+        """The CommitLog offset of the topic's oldest live record (None: no records)."""
+        out = None
+        for qid in self.topic_queue_ids(topic):
+            q = self.queues[(topic, qid)]
+            if q.next_entry > q.first_entry:
+                phys = q.entry(q.first_entry).physical_offset
+                out = phys if out is None else min(out, phys)
+        return out
+
     def retain(self, now_ms: int, retention_ms: int, max_disk_ratio: float,
                disk_usage: Callable[[], tuple[int, int]] | None = None,
-               protect_from: int | None = None) -> list[int]:
+               protect_from: int | None = None, hold_from: int | None = None) -> list[int]:
         """Delete CommitLog segments older than ``retention_ms`` and, while the disk
         is fuller than ``max_disk_ratio``, enough of the oldest ones to get under it
         regardless of age; never the active segment. Queue minimum offsets and the
         index follow. ``disk_usage`` returns (used, total) bytes (default: the
         file system of the data directory). A segment holding bytes at or past
         ``protect_from`` is kept whatever its age (the broker's state records no
-        snapshot holds yet). Returns the deleted segments' bases."""
+        snapshot holds yet). A segment holding bytes at or past ``hold_from`` is kept
+        whatever its age but not against disk pressure (topics whose own retention is
+        longer than the broker's). Returns the deleted segments' bases."""
         cl = self.commitlog
         old = cl.segments[:-1]
         keep_from = cl.min_offset
@@ -819,6 +1045,8 @@ class MessageStore:
             if mtime * 1000 >= now_ms - retention_ms:
                 break
             keep_from = base + cl.segment_size
+        if hold_from is not None:
+            keep_from = max(cl.min_offset, min(keep_from, hold_from))
         if max_disk_ratio < 1.0 and old:
             used, total = (disk_usage or (lambda: _disk_usage(self.config.directory)))()
             excess = used - max_disk_ratio * total

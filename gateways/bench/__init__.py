@@ -12,7 +12,8 @@ import importlib.util
 
 import click
 
-MODULES = ("store", "kafka", "mqtt", "http", "native", "timers", "admin", "conns", "replication")
+MODULES = ("store", "kafka", "mqtt", "http", "native", "timers", "admin", "conns", "replication",
+           "compaction")
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 

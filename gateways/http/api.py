@@ -14,6 +14,7 @@ from typing import Any
 
 import trio
 
+from ...core import topicconfig
 from ...core.access import Principal
 from ...core.broker import Broker
 from ...core.errors import FerryError, PermissionDenied
@@ -253,6 +254,21 @@ def _headers_map(req: Request) -> dict[str, str]:
 def _put_result(r: PutResult) -> dict[str, Any]:
     return {"topic": r.topic, "queue": r.queue_id, "base_offset": r.queue_offset,
             "count": r.count, "ids": r.message_ids, "store_timestamp": r.store_timestamp}
+
+
+STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+_SOURCES = {topicconfig.SOURCE_DYNAMIC_TOPIC: "topic", topicconfig.SOURCE_STATIC_BROKER: "broker",
+            topicconfig.SOURCE_DEFAULT: "default"}
+CONFIG_OUT = {"type": "object", "required": ["name", "value", "source", "read_only"],
+              "properties": {"name": {"type": "string"}, "value": {"type": "string"},
+                             "source": {"type": "string", "enum": sorted(_SOURCES.values())},
+                             "read_only": {"type": "boolean"}, "type": {"type": "string"},
+                             "documentation": {"type": "string"}}}
+
+
+def _config_json(e: topicconfig.Entry) -> dict[str, Any]:
+    return {"name": e.name, "value": e.value, "source": _SOURCES.get(e.source, "default"),
+            "read_only": e.read_only, "type": e.type, "documentation": e.doc}
 
 
 def _topic_json(t: TopicConfig) -> dict[str, Any]:
@@ -665,6 +681,42 @@ class Api:
                                   for q, lo, hi in st.queues])
         return json_response(doc)
 
+    async def topic_configs(self, req: Request) -> Response:
+        """The topic's configs (core/topicconfig.py), as Kafka's DescribeConfigs lists them."""
+        entries = self.broker.describe_topic_configs(req.params["topic"], principal=req.principal)
+        return json_response({"configs": [_config_json(e) for e in entries]})
+
+    async def alter_topic_configs(self, req: Request) -> Response:
+        """Change configs: ``set`` and ``append``/``subtract`` (list configs) map names to
+        values, ``delete`` lists names going back to their defaults; ``validate_only``
+        checks without changing. Answers the configs as they are (or would be)."""
+        doc = _json_body(req)
+        keys = {"set", "delete", "append", "subtract", "validate_only"}
+        if not isinstance(doc, dict) or doc.keys() - keys:
+            raise Problem("invalid_body", 'send {"set"?: {name: value}, "delete"?: [name], '
+                                          '"append"?: {...}, "subtract"?: {...}, '
+                                          '"validate_only"?: bool}')
+        ops: list[tuple[str, int, str | None]] = []
+        for key, op in (("set", topicconfig.OP_SET), ("append", topicconfig.OP_APPEND),
+                        ("subtract", topicconfig.OP_SUBTRACT)):
+            given = doc.get(key, {})
+            if not isinstance(given, dict) or not all(isinstance(v, str) for v in given.values()):
+                raise Problem("invalid_body", f"{key} must be an object of strings")
+            ops += [(name, op, value) for name, value in given.items()]
+        deleted = doc.get("delete", [])
+        if not isinstance(deleted, list) or not all(isinstance(n, str) for n in deleted):
+            raise Problem("invalid_body", "delete must be a list of names")
+        ops += [(name, topicconfig.OP_DELETE, None) for name in deleted]
+        validate_only = doc.get("validate_only", False)
+        if not isinstance(validate_only, bool):
+            raise Problem("invalid_body", "validate_only must be a boolean")
+        t = await self.broker.alter_topic_configs(req.params["topic"], ops,
+                                                  validate_only=validate_only,
+                                                  principal=req.principal)
+        return json_response({"validate_only": validate_only,
+                              "configs": [_config_json(e) for e in
+                                          topicconfig.describe(t.attributes, self.broker.config)]})
+
     async def delete_topic(self, req: Request) -> Response:
         await self.broker.delete_topic(req.params["topic"], principal=req.principal)
         return Response(204, b"", JSON)
@@ -970,6 +1022,22 @@ class Api:
             Route("GET", "/v1/topics/{topic}", self.describe_topic, "describe_topic",
                   "A topic with its queues' offsets and counters", "admin", (P_TOPIC,), None,
                   True, {200: _ok(TOPIC_OUT)}),
+            Route("GET", "/v1/topics/{topic}/configs", self.topic_configs, "topic_configs",
+                  "Every topic config with its value and source (Kafka's names)", "admin",
+                  (P_TOPIC,), None, True,
+                  {200: _ok({"type": "object", "required": ["configs"],
+                             "properties": {"configs": {"type": "array", "items": CONFIG_OUT}}})}),
+            Route("PATCH", "/v1/topics/{topic}/configs", self.alter_topic_configs,
+                  "alter_topic_configs", "Set, delete, append to or subtract from topic configs",
+                  "admin", (P_TOPIC,),
+                  {JSON: {"type": "object", "additionalProperties": False, "properties": {
+                      "set": STRING_MAP, "append": STRING_MAP, "subtract": STRING_MAP,
+                      "delete": {"type": "array", "items": {"type": "string"}},
+                      "validate_only": {"type": "boolean"}}}},
+                  True, {200: _ok({"type": "object", "required": ["configs"], "properties": {
+                      "validate_only": {"type": "boolean"},
+                      "configs": {"type": "array", "items": CONFIG_OUT}}}),
+                         400: _problem("An unknown config, an invalid value, a read-only config")}),
             Route("DELETE", "/v1/topics/{topic}", self.delete_topic, "delete_topic",
                   "Delete a topic", "admin", (P_TOPIC,), None, True, {204: Resp("Deleted")}),
             Route("GET", "/v1/groups", self.list_groups, "list_groups", "List consumer groups",

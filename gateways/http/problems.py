@@ -21,6 +21,7 @@ TYPE_PREFIX = "urn:ferrymq:problem:"
 PROBLEMS: dict[str, tuple[int, str]] = {
     "invalid_argument": (400, "Invalid argument"),
     "invalid_topic_name": (400, "Invalid topic name"),
+    "invalid_config": (400, "Invalid topic config"),
     "invalid_group_name": (400, "Invalid group name"),
     "invalid_message": (400, "Invalid message"),
     "corrupt_message": (400, "Corrupt message"),

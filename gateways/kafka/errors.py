@@ -16,6 +16,7 @@ ERROR_CODES: dict[str, int] = {
     "internal_error": ke.UNKNOWN_SERVER_ERROR,
     "invalid_argument": ke.INVALID_REQUEST,
     "invalid_topic_name": ke.INVALID_TOPIC_EXCEPTION,
+    "invalid_config": ke.INVALID_CONFIG,
     "invalid_group_name": ke.INVALID_GROUP_ID,
     "invalid_message": ke.CORRUPT_MESSAGE,
     "corrupt_message": ke.CORRUPT_MESSAGE,

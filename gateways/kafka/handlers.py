@@ -30,6 +30,7 @@ from ...protocols.kafka import errors as ke
 from ...protocols.kafka import records as kr
 from ...protocols.kafka import schema
 from ...protocols.kafka.connection import Header
+from . import configs
 from .cluster import NS_LOG_START, ClusterApis
 from .errors import kafka_error
 from .groups import DEAD, EMPTY, Coordinator
@@ -54,9 +55,9 @@ HEARTBEAT, LEAVE_GROUP, SYNC_GROUP, DESCRIBE_GROUPS, LIST_GROUPS = 12, 13, 14, 1
 SASL_HANDSHAKE, API_VERSIONS, CREATE_TOPICS, DELETE_TOPICS = 17, 18, 19, 20
 DELETE_RECORDS, INIT_PRODUCER_ID, OFFSET_FOR_LEADER_EPOCH = 21, 22, 23
 ADD_PARTITIONS_TO_TXN, ADD_OFFSETS_TO_TXN, END_TXN, TXN_OFFSET_COMMIT = 24, 25, 26, 28
-DESCRIBE_CONFIGS, ALTER_REPLICA_LOG_DIRS, DESCRIBE_LOG_DIRS = 32, 34, 35
+DESCRIBE_CONFIGS, ALTER_CONFIGS, ALTER_REPLICA_LOG_DIRS, DESCRIBE_LOG_DIRS = 32, 33, 34, 35
 SASL_AUTHENTICATE, CREATE_PARTITIONS = 36, 37
-DELETE_GROUPS, ELECT_LEADERS = 42, 43
+DELETE_GROUPS, ELECT_LEADERS, INCREMENTAL_ALTER_CONFIGS = 42, 43, 44
 ALTER_PARTITION_REASSIGNMENTS, LIST_PARTITION_REASSIGNMENTS, OFFSET_DELETE = 45, 46, 47
 DESCRIBE_CLUSTER, DESCRIBE_PRODUCERS, DESCRIBE_TRANSACTIONS, LIST_TRANSACTIONS = 60, 61, 65, 66
 DESCRIBE_TOPIC_PARTITIONS = 75
@@ -69,10 +70,11 @@ SUPPORTED: dict[int, tuple[int, int]] = {
     LIST_GROUPS: (0, 5), SASL_HANDSHAKE: (0, 1), API_VERSIONS: (0, 3), CREATE_TOPICS: (0, 7),
     DELETE_TOPICS: (0, 6), DELETE_RECORDS: (0, 2), INIT_PRODUCER_ID: (0, 5),
     OFFSET_FOR_LEADER_EPOCH: (0, 4), ADD_PARTITIONS_TO_TXN: (0, 5), ADD_OFFSETS_TO_TXN: (0, 4),
-    END_TXN: (0, 4), TXN_OFFSET_COMMIT: (0, 4), DESCRIBE_CONFIGS: (0, 4),
+    END_TXN: (0, 4), TXN_OFFSET_COMMIT: (0, 4), DESCRIBE_CONFIGS: (0, 4), ALTER_CONFIGS: (0, 2),
     ALTER_REPLICA_LOG_DIRS: (0, 2), DESCRIBE_LOG_DIRS: (0, 4), SASL_AUTHENTICATE: (0, 2),
     CREATE_PARTITIONS: (0, 3),
-    DELETE_GROUPS: (0, 2), ELECT_LEADERS: (0, 2), ALTER_PARTITION_REASSIGNMENTS: (0, 0),
+    DELETE_GROUPS: (0, 2), ELECT_LEADERS: (0, 2), INCREMENTAL_ALTER_CONFIGS: (0, 1),
+    ALTER_PARTITION_REASSIGNMENTS: (0, 0),
     LIST_PARTITION_REASSIGNMENTS: (0, 0), OFFSET_DELETE: (0, 0), DESCRIBE_CLUSTER: (0, 1),
     DESCRIBE_PRODUCERS: (0, 0), DESCRIBE_TRANSACTIONS: (0, 0), LIST_TRANSACTIONS: (0, 1),
     DESCRIBE_TOPIC_PARTITIONS: (0, 0),
@@ -91,8 +93,6 @@ READ_COMMITTED = 1  # Fetch and ListOffsets isolation level
 _TOPIC_ID_NAMESPACE = uuid.UUID("6f1e4a0c-6b52-4a8e-9a57-6c2a3f4e9b10")
 
 MAX_FETCH_MESSAGES = 1_000_000  # a fetch is bounded by bytes; this only caps the count
-RESOURCE_TOPIC, RESOURCE_BROKER = 2, 4  # DescribeConfigs resource types
-CONFIG_SOURCE_DEFAULT, CONFIG_SOURCE_STATIC_BROKER = 5, 4  # DescribeConfigs config sources
 
 
 def now_ms() -> int:
@@ -199,6 +199,8 @@ class KafkaDoor(ClusterApis):
             SASL_HANDSHAKE: self.sasl_handshake, API_VERSIONS: self.api_versions,
             CREATE_TOPICS: self.create_topics, DELETE_TOPICS: self.delete_topics,
             INIT_PRODUCER_ID: self.init_producer_id, DESCRIBE_CONFIGS: self.describe_configs,
+            ALTER_CONFIGS: self.alter_configs,
+            INCREMENTAL_ALTER_CONFIGS: self.incremental_alter_configs,
             SASL_AUTHENTICATE: self.sasl_authenticate,
             CREATE_PARTITIONS: self.create_partitions, DELETE_GROUPS: self.delete_groups,
             ADD_PARTITIONS_TO_TXN: self.add_partitions_to_txn,
@@ -652,22 +654,25 @@ class KafkaDoor(ClusterApis):
                 elif p.timestamp in (EARLIEST_TIMESTAMP, EARLIEST_LOCAL_TIMESTAMP):
                     offset = lo  # no tiered storage: the local log starts where the log does
                 elif p.timestamp == MAX_TIMESTAMP:
-                    # The record with the largest timestamp: by store time (see below),
-                    # which never goes backwards, the last one.
-                    offset = hi - 1 if hi > lo else -1
-                    if offset >= 0:
-                        ts = self._timestamp_at(t.name, p.partition_index, offset, s.principal)
+                    # The record with the largest timestamp of the topic's type (the time
+                    # index keeps the maximum and where it was reached).
+                    offset, ts = self.broker.max_timestamp(t.name, p.partition_index,
+                                                           principal=s.principal)
+                    if offset < lo:
+                        offset = ts = -1
                 elif p.timestamp < 0:
                     parts.append(R.ListOffsetsPartitionResponse(
                         partition_index=p.partition_index, error_code=ke.INVALID_REQUEST))
                     continue
                 else:
-                    offset = self.broker.offset_for_time(t.name, p.partition_index, p.timestamp,
-                                                         principal=s.principal)
+                    # Kafka's rule: the first offset whose timestamp (CreateTime or
+                    # LogAppendTime, as the topic says) is >= the one asked for.
+                    offset, ts = self.broker.offset_for_timestamp(
+                        t.name, p.partition_index, p.timestamp, principal=s.principal)
                     if offset >= hi:
-                        offset = -1
-                    else:
-                        ts = self._timestamp_at(t.name, p.partition_index, offset, s.principal)
+                        offset = ts = -1
+                    elif offset < lo:  # below a DeleteRecords start: the first record kept
+                        offset, ts = lo, -1
                 if v == 0:
                     parts.append(R.ListOffsetsPartitionResponse(
                         partition_index=p.partition_index, error_code=ke.NONE,
@@ -678,10 +683,6 @@ class KafkaDoor(ClusterApis):
                         offset=offset, leader_epoch=0))
             topics.append(R.ListOffsetsTopicResponse(name=t.name, partitions=tuple(parts)))
         return R(topics=tuple(topics))
-
-    def _timestamp_at(self, topic: str, part: int, offset: int, principal: Principal) -> int:
-        got = self.broker.get(None, topic, part, offset, 1, 1, principal=principal)
-        return got.records[0].store_timestamp if got.records else -1
 
     # ================================================================ offsets
 
@@ -921,6 +922,7 @@ class KafkaDoor(ClusterApis):
         out = []
         for t in req.topics:
             code, message = ke.NONE, None
+            would_be: TopicConfig | None = None
             # -1 (v4+) asks for the broker's default: the door's num_partitions, as for
             # the topics it auto-creates (Kafka's num.partitions).
             n = t.num_partitions if t.num_partitions > 0 else self.options.num_partitions
@@ -934,9 +936,11 @@ class KafkaDoor(ClusterApis):
                 code, message = ke.INVALID_REPLICATION_FACTOR, "this cluster has one broker"
             elif t.num_partitions == 0 or t.num_partitions < -1:
                 code, message = ke.INVALID_PARTITIONS, "partitions must be positive"
-            elif not req.validate_only:
+            else:
                 try:
-                    await self.broker.create_topic(t.name, n, principal=s.principal)
+                    would_be = await self.broker.create_topic(
+                        t.name, n, attributes=configs.create_topic_configs(t.configs),
+                        validate_only=req.validate_only, principal=s.principal)
                 except FerryError as exc:
                     code, message = kafka_error(exc), exc.detail
             created = self._find(t.name, s) if code == ke.NONE else None
@@ -944,7 +948,10 @@ class KafkaDoor(ClusterApis):
                 name=t.name, error_code=code, error_message=message,
                 topic_id=self.topic_id(created) if created is not None else bytes(16),
                 num_partitions=n if code == ke.NONE else -1,
-                replication_factor=1 if code == ke.NONE else -1, configs=()))
+                replication_factor=1 if code == ke.NONE else -1,
+                # v5+: the topic's configs, also those a validate_only request would get.
+                configs=configs.created_configs(R, self.broker.config, would_be.attributes)
+                if would_be is not None and code == ke.NONE and h.api_version >= 5 else ()))
         return R(topics=tuple(out))
 
     async def delete_topics(self, h: Header, req: Any, s: Session) -> Any:
@@ -1010,46 +1017,22 @@ class KafkaDoor(ClusterApis):
         return R(results=tuple(out))
 
     async def describe_configs(self, h: Header, req: Any, s: Session) -> Any:
-        R = schema.response_class(DESCRIBE_CONFIGS)
-        cfg = self.broker.config
-        out = []
-        for r in req.resources:
-            if r.resource_type == RESOURCE_TOPIC:
-                if not self._exists(r.resource_name, s):
-                    out.append(R.DescribeConfigsResult(
-                        error_code=ke.UNKNOWN_TOPIC_OR_PARTITION, error_message="no such topic",
-                        resource_type=r.resource_type, resource_name=r.resource_name))
-                    continue
-                values = {
-                    "cleanup.policy": "delete",
-                    "retention.ms": str(int(cfg.retention_hours * 3_600_000)),
-                    "max.message.bytes": str(cfg.max_message_size),
-                    "message.timestamp.type": "CreateTime",
-                    "segment.bytes": str(cfg.segment_size),
-                }
-            elif r.resource_type == RESOURCE_BROKER:
-                values = {
-                    "log.retention.hours": str(int(cfg.retention_hours)),
-                    "message.max.bytes": str(cfg.max_message_size),
-                    "num.partitions": str(cfg.default_queues),
-                    "auto.create.topics.enable": str(self.options.auto_create_topics
-                                                     and cfg.auto_create_topics).lower(),
-                    "log.segment.bytes": str(cfg.segment_size),
-                }
-            else:
-                out.append(R.DescribeConfigsResult(
-                    error_code=ke.INVALID_REQUEST, error_message="unsupported resource type",
-                    resource_type=r.resource_type, resource_name=r.resource_name))
-                continue
-            keys = r.configuration_keys
-            configs = tuple(R.DescribeConfigsResourceResult(
-                name=k, value=v, read_only=True, is_default=True,
-                config_source=CONFIG_SOURCE_DEFAULT, is_sensitive=False)
-                for k, v in values.items() if keys is None or not keys or k in keys)
-            out.append(R.DescribeConfigsResult(error_code=ke.NONE, error_message=None,
-                                               resource_type=r.resource_type,
-                                               resource_name=r.resource_name, configs=configs))
-        return R(results=tuple(out))
+        """DescribeConfigs: the core's topic configs and broker settings (configs.py)."""
+        extra = {"num.partitions": str(self.options.num_partitions),
+                 "auto.create.topics.enable": str(self.options.auto_create_topics
+                                                  and self.broker.config.auto_create_topics).lower(),
+                 "advertised.listeners": f"PLAINTEXT://{self.host_for(s)}:{self.port}",
+                 "node.id": str(self.options.node_id), "broker.id": str(self.options.node_id)}
+        return configs.describe(schema.response_class(DESCRIBE_CONFIGS), h.api_version, req,
+                                self.broker, s.principal, extra, self.options.node_id)
+
+    async def alter_configs(self, h: Header, req: Any, s: Session) -> Any:
+        return await configs.alter(schema.response_class(ALTER_CONFIGS), req, self.broker,
+                                   s.principal, incremental=False)
+
+    async def incremental_alter_configs(self, h: Header, req: Any, s: Session) -> Any:
+        return await configs.alter(schema.response_class(INCREMENTAL_ALTER_CONFIGS), req,
+                                   self.broker, s.principal, incremental=True)
 
     def _exists(self, topic: str, s: Session) -> bool:
         try:

@@ -38,6 +38,7 @@ _INVALID = Answer(Reason.IMPLEMENTATION_SPECIFIC_ERROR, True)
 ANSWERS: dict[str, Answer] = {
     "internal_error": _FAILED,
     "invalid_argument": _INVALID,
+    "invalid_config": _INVALID,
     "invalid_topic_name": Answer(Reason.TOPIC_NAME_INVALID, False),
     "invalid_group_name": _INVALID,
     "invalid_message": _INVALID,

@@ -14,6 +14,7 @@ ERROR_CODES: dict[str, int] = {
     "internal_error": ResponseCode.SYSTEM_ERROR,
     "invalid_argument": ResponseCode.INVALID_PARAMETER,
     "invalid_topic_name": ResponseCode.INVALID_PARAMETER,
+    "invalid_config": ResponseCode.INVALID_PARAMETER,
     "invalid_group_name": ResponseCode.INVALID_PARAMETER,
     "invalid_message": ResponseCode.MESSAGE_ILLEGAL,
     "corrupt_message": ResponseCode.MESSAGE_ILLEGAL,

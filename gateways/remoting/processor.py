@@ -57,6 +57,7 @@ from ...protocols.remoting.codes import (
     FerryRequestCode,
 )
 from ...protocols.remoting.frame import encode_send_ok
+from . import topicattributes
 from .client_table import ClientTable
 from .context import Connection, Handler, RequestContext
 from .deadletters import DeadLetterRequests
@@ -118,6 +119,7 @@ class Processor:
             C.VIEW_MESSAGE_BY_ID: self.view_message,
             C.QUERY_MESSAGE: self.query_message,
             C.UPDATE_AND_CREATE_TOPIC: self.create_topic,
+            C.GET_TOPIC_CONFIG: self.topic_config,
             C.DELETE_TOPIC_IN_BROKER: self.delete_topic,
             C.GET_ALL_TOPIC_CONFIG: self.all_topic_config,
             C.GET_TOPIC_STATS_INFO: self.topic_stats,
@@ -479,16 +481,33 @@ class Processor:
         h = H.CreateTopicRequestHeader.from_ext(cmd.ext_fields)
         queues = max(h.readQueueNums, h.writeQueueNums)
         who = self.ctx.principal(conn)
+        message_type, ops = topicattributes.parse(h.attributes)  # RocketMQ 5's attributes
         t = self.broker.find_topic(h.topic, principal=who)
         if t is None:
-            await self.broker.create_topic(h.topic, queues, perm=h.perm & PERM_READ_WRITE,
-                                           message_type="FIFO" if h.order else "NORMAL",
-                                           principal=who)
+            await self.broker.create_topic(
+                h.topic, queues, perm=h.perm & PERM_READ_WRITE,
+                message_type=message_type or ("FIFO" if h.order else "NORMAL"),
+                attributes=topicattributes.created_attributes(ops), principal=who)
         else:
+            if ops:
+                await self.broker.alter_topic_configs(h.topic, ops, validate_only=True,
+                                                      principal=who)
             await self.broker.update_topic(h.topic, queues=max(queues, t.queues),
-                                           perm=h.perm & PERM_READ_WRITE, principal=who)
+                                           perm=h.perm & PERM_READ_WRITE,
+                                           message_type=message_type, principal=who)
+            if ops:
+                await self.broker.alter_topic_configs(h.topic, ops, principal=who)
         await self.register_now()
         return response_to(cmd, ResponseCode.SUCCESS)
+
+    async def topic_config(self, conn: Connection, cmd: RemotingCommand) -> RemotingCommand:
+        """GET_TOPIC_CONFIG (RocketMQ 5): the topic's config and attributes."""
+        h = H.TopicHeader.from_ext(cmd.ext_fields)
+        who = self.ctx.principal(conn)
+        t = self.broker.topic(h.topic, principal=who)
+        entries = self.broker.describe_topic_configs(h.topic, principal=who)
+        return response_to(cmd, ResponseCode.SUCCESS,
+                           body=topicattributes.topic_config_body(t, entries))
 
     async def delete_topic(self, conn: Connection, cmd: RemotingCommand) -> RemotingCommand:
         h = H.TopicHeader.from_ext(cmd.ext_fields)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
+from crc32c import crc32c
+
 from ..errors import RemoteProtocolError
 
 HEADER = struct.Struct(">qiibIhiqqqhii")
@@ -26,6 +28,9 @@ POS_MAGIC = 16
 POS_CRC = 17
 POS_ATTRIBUTES = 21  # the CRC covers from here to the end
 LENGTH_OVERHEAD = 12  # baseOffset + batchLength precede the counted bytes
+POS_MAX_TIMESTAMP = 35
+TIMESTAMP_TYPE_LOG_APPEND = 0x08  # attributes bit 3
+_MAX_TS = struct.Struct(">q")
 
 
 class BatchHeaderError(RemoteProtocolError, ValueError):
@@ -78,3 +83,21 @@ def with_base_offset_parts(batch: bytes | bytearray | memoryview, base_offset: i
     the records, for a writer that takes pieces (the store's vectored append)."""
     return (struct.pack(">qii", base_offset, len(batch) - LENGTH_OVERHEAD, 0),
             memoryview(batch)[16:])
+
+
+def with_log_append_time(batch: bytes | bytearray | memoryview, timestamp_ms: int) -> bytearray:
+    """The batch as a broker with ``message.timestamp.type=LogAppendTime`` stores it:
+    the timestamp-type attribute bit set and maxTimestamp the append time (records
+    keep their deltas; a consumer takes maxTimestamp for each), the CRC recomputed
+    over the changed bytes. Raises BatchHeaderError for a malformed header."""
+    h = read_header(batch)
+    out = bytearray(memoryview(batch)[:h.size])
+    struct.pack_into(">h", out, POS_ATTRIBUTES, h.attributes | TIMESTAMP_TYPE_LOG_APPEND)
+    struct.pack_into(">q", out, POS_MAX_TIMESTAMP, timestamp_ms)
+    struct.pack_into(">I", out, POS_CRC, crc32c(memoryview(out)[POS_ATTRIBUTES:]))
+    return out
+
+
+def max_timestamp(batch: bytes | bytearray | memoryview, pos: int = 0) -> int:
+    """The batch's maxTimestamp (no checks: the store calls it on a checked batch)."""
+    return int(_MAX_TS.unpack_from(batch, pos + POS_MAX_TIMESTAMP)[0])

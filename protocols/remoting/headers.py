@@ -445,6 +445,7 @@ class CreateTopicRequestHeader(Header):
     topicFilterType: str = "SINGLE_TAG"
     topicSysFlag: int | None = None
     order: bool = False
+    attributes: str | None = None  # RocketMQ 5: "+name=value,-name"
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from abuse_tools import (
     ws_open,
 )
 from ferrymq.protocols.kafka import records as kr
+from ferrymq.protocols.kafka import schema
 from ferrymq.protocols.remoting import RequestCode, SerializeType, encode, request
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -57,6 +58,10 @@ REMOTING_SEEDS = [
     encode(request(RequestCode.SEND_MESSAGE_V2, 3, {
         "a": "pg", "b": "fuzz", "c": "TBW102", "d": "4", "e": "0", "f": "0", "g": "0",
         "h": "0", "i": "KEYS\x01k\x02TAGS\x01t\x02", "j": "0", "k": "false"}, b"body")),
+    encode(request(RequestCode.UPDATE_AND_CREATE_TOPIC, 5, {
+        "topic": "fuzz-cfg", "readQueueNums": "1", "writeQueueNums": "1", "perm": "6",
+        "attributes": "+cleanup.policy=compact,+retention.ms=1000,-segment.ms"})),
+    encode(request(RequestCode.GET_TOPIC_CONFIG, 6, {"topic": "fuzz"})),
     encode(request(RequestCode.PULL_MESSAGE, 4, {
         "consumerGroup": "cg", "topic": "fuzz", "queueId": "0", "queueOffset": "0",
         "maxMsgNums": "32", "sysFlag": "0", "commitOffset": "0",
@@ -98,6 +103,21 @@ KAFKA_SEEDS = [
     kafka_request(3, 1, kafka_body(3, topics=None)),
     _produce("fuzz"),
     _fetch(),
+    # The config APIs (docs/kafka.md, "Topic configs").
+    kafka_request(32, 4, kafka_body(32, resources=(schema.request_class(32).DescribeConfigsResource(
+        resource_type=2, resource_name="fuzz", configuration_keys=None),), include_synonyms=True)),
+    kafka_request(44, 1, kafka_body(44, resources=(
+        schema.request_class(44).AlterConfigsResource(
+            resource_type=2, resource_name="fuzz", configs=(
+                schema.request_class(44).AlterableConfig(
+                    name="retention.ms", config_operation=0, value="1000"),)),),
+        validate_only=True)),
+    kafka_request(33, 2, kafka_body(33, resources=(
+        schema.request_class(33).AlterConfigsResource(
+            resource_type=2, resource_name="fuzz", configs=(
+                schema.request_class(33).AlterableConfig(name="cleanup.policy",
+                                                         value="compact"),)),),
+        validate_only=True)),
 ]
 MQTT_SEEDS = [
     mqtt_connect(b"fuzz-a"),
@@ -117,6 +137,9 @@ HTTP_SEEDS = [
     + b"\r\n\r\n5\r\n{}\n{}\r\n0\r\n\r\n",
     b"GET /v1/topics/fuzz/messages?group=g&wait_ms=0 HTTP/1.1\r\nhost: x\r\nauthorization:"
     b" Bearer " + TOKEN.encode() + b"\r\n\r\n",
+    b"PATCH /v1/topics/fuzz/configs HTTP/1.1\r\nhost: x\r\nauthorization: Bearer "
+    + TOKEN.encode() + b"\r\ncontent-type: application/json\r\ncontent-length: 49\r\n\r\n"
+    + b'{"set":{"retention.ms":"5"},"validate_only":true}',
 ]
 
 

@@ -410,3 +410,34 @@ async def test_a_rolled_back_half_is_never_delivered(door) -> None:
     assert missing.status_code == 404 and missing.json()["code"] == "transaction_not_found"
     no_group = await door.client.post("/v1/topics/pay/transactions", json={"body": "x"})
     assert no_group.status_code == 400
+
+
+async def test_topic_configs_are_validated_described_and_altered(door) -> None:
+    c = door.client
+    r = await c.post("/v1/topics", json={"name": "cfg", "attributes": {"retention.ms": "abc"}})
+    assert r.status_code == 400 and r.json()["code"] == "invalid_config"
+    r = await c.post("/v1/topics", json={"name": "cfg", "attributes": {"no.such.config": "1"}})
+    assert r.status_code == 400 and r.json()["code"] == "invalid_config"
+    r = await c.post("/v1/topics", json={"name": "cfg", "queues": 1,
+                                         "attributes": {"cleanup.policy": "compact"}})
+    assert r.status_code == 201
+    configs = {e["name"]: e for e in (await c.get("/v1/topics/cfg/configs")).json()["configs"]}
+    assert (configs["cleanup.policy"]["value"], configs["cleanup.policy"]["source"]) == (
+        "compact", "topic")
+    assert configs["segment.bytes"]["read_only"]
+    r = await c.patch("/v1/topics/cfg/configs", json={
+        "set": {"retention.ms": "60000"}, "append": {"cleanup.policy": "delete"}})
+    assert r.status_code == 200
+    configs = {e["name"]: e["value"] for e in r.json()["configs"]}
+    assert (configs["retention.ms"], configs["cleanup.policy"]) == ("60000", "compact,delete")
+    r = await c.patch("/v1/topics/cfg/configs", json={"delete": ["retention.ms"],
+                                                      "validate_only": True})
+    assert r.status_code == 200
+    assert (await c.get("/v1/topics/cfg")).json()["attributes"]["retention.ms"] == "60000"
+    for bad in ({"set": {"segment.bytes": "1"}}, {"set": {"retention.ms": "-9"}}):
+        r = await c.patch("/v1/topics/cfg/configs", json=bad)
+        assert r.status_code == 400 and r.json()["code"] == "invalid_config", bad
+    for garbage in ({"set": ["x"]}, {"frobnicate": 1}, [], {"validate_only": "yes"}):
+        r = await c.patch("/v1/topics/cfg/configs", json=garbage)
+        assert r.status_code == 400 and r.json()["code"] == "invalid_body", garbage
+    assert (await c.get("/v1/topics/nope/configs")).status_code == 404

@@ -281,3 +281,33 @@ async def test_delays_absurd_or_fallback_through_the_retry_topic(native) -> None
         p = await rc.invoke(addr, pull_req("%RETRY%fb", 0, 0, suspend_ms=8000), 10)
         (m,) = decode_messages(p.body)
         assert m.body == b"again" and time.monotonic() - t0 >= 0.9  # level 3: 1 s here
+
+
+async def test_topic_attributes_in_rocketmq_5s_form_and_garbage(native) -> None:
+    """UPDATE_AND_CREATE_TOPIC's attributes (+name=value, -name; RocketMQ's own names
+    message.type and cleanup.policy=COMPACTION too); anything else is INVALID_PARAMETER."""
+    import json
+    addr = native.address("remoting")
+
+    def create(attributes: str, topic: str = "TA"):  # type: ignore[no-untyped-def]
+        return request(RequestCode.UPDATE_AND_CREATE_TOPIC, 0, H.CreateTopicRequestHeader(
+            topic, readQueueNums=1, writeQueueNums=1, attributes=attributes).to_ext())
+
+    async with RemotingClient() as rc:
+        ok = await rc.invoke(addr, create("+message.type=FIFO,+cleanup.policy=COMPACTION,"
+                                          "+retention.ms=5000"))
+        assert ok.code == ResponseCode.SUCCESS, ok.remark
+        got = await rc.invoke(addr, request(RequestCode.GET_TOPIC_CONFIG, 0, {"topic": "TA"}))
+        doc = json.loads(got.body)
+        assert doc["order"] is True
+        assert doc["attributes"] == {"cleanup.policy": "compact", "retention.ms": "5000"}
+        ok = await rc.invoke(addr, create("-retention.ms,+cleanup.policy=compact,delete"))
+        assert ok.code == ResponseCode.SUCCESS, ok.remark
+        doc = json.loads((await rc.invoke(addr, request(RequestCode.GET_TOPIC_CONFIG, 0,
+                                                        {"topic": "TA"}))).body)
+        assert doc["attributes"] == {"cleanup.policy": "compact,delete"}
+        for garbage in ("retention.ms", "+retention.ms=abc", "+no.such=1", "=,=", "-"):
+            bad = await rc.invoke(addr, create(garbage, "TB"))
+            assert bad.code == ResponseCode.INVALID_PARAMETER, garbage
+        missing = await rc.invoke(addr, request(RequestCode.GET_TOPIC_CONFIG, 0, {"topic": "no"}))
+        assert missing.code != ResponseCode.SUCCESS

@@ -163,3 +163,25 @@ def test_dlq_list_show_and_resend_once_unless_forced(cli, native) -> None:  # ty
 def test_dlq_resend_of_an_unknown_letter_is_an_error(cli) -> None:  # type: ignore[no-untyped-def]
     result = cli("dlq", "resend", "nobody", "NO-SUCH-ID", ok=False)
     assert result.exit_code == 1 and "NO-SUCH-ID" in result.output
+
+
+def test_topic_configs_through_the_cli_and_the_remoting_attributes(cli, native) -> None:  # type: ignore[no-untyped-def]
+    created = lines(cli("topic", "create", "CfgTopic", "-q", "1", "-c", "cleanup.policy=compact",
+                        "-c", "retention.ms=60000").output)
+    assert created[0]["configs"] == {"cleanup.policy": "compact", "retention.ms": "60000"}
+    got = {r["name"]: r for r in lines(cli("topic", "config", "get", "CfgTopic").output)}
+    assert {n: r["value"] for n, r in got.items()} == {"cleanup.policy": "compact",
+                                                      "retention.ms": "60000"}
+    cli("topic", "config", "set", "CfgTopic", "cleanup.policy=compact,delete",
+        "--delete", "retention.ms")
+    got = {r["name"]: r for r in lines(cli("topic", "config", "get", "CfgTopic", "--all").output)}
+    assert got["cleanup.policy"]["value"] == "compact,delete"
+    assert got["retention.ms"]["source"] != "topic" and got["segment.bytes"]["read_only"]
+    desc = lines(cli("topic", "describe", "CfgTopic").output)
+    assert len(desc) == 1, "changing configs keeps the queue count"
+    for bad in (["retention.ms=abc"], ["no.such.config=1"], ["segment.bytes=1"]):
+        refused = cli("topic", "config", "set", "CfgTopic", *bad, ok=False)
+        assert refused.exit_code != 0 and "invalid" in refused.output.lower(), refused.output
+    refused = cli("topic", "create", "CfgBad", "-c", "retention.ms=-5", ok=False)
+    assert refused.exit_code != 0
+    assert {"topic": "CfgBad"} not in lines(cli("topic", "list").output)
