@@ -334,3 +334,45 @@ class Admin:
                 FerryRequestCode.GET_TRANSACTION_STATS, 0, {"limit": str(limit)})), addr)
             out.append(dict(B.loads(resp.body), broker=name))
         return out
+
+    # ------------------------------------------------------------ timers (FerryMQ's requests)
+
+    async def cancel_timer(self, msg_id: str, *, broker: str | None = None) -> dict[str, Any]:
+        """Cancel the pending timer of a timed message by the id its send returned, on
+        the broker that holds it (every broker is asked, or only ``broker``): its
+        ``msgId``, ``timerOffset``, ``deliverMs`` and ``broker``. Raises BrokerError
+        (QUERY_NOT_FOUND: no broker holds such a pending timer)."""
+        return await cancel_timer(self.instance, msg_id, await self._broker_addrs(broker))
+
+    async def timer_stats(self, *, broker: str | None = None, hours: int | None = None
+                          ) -> list[dict[str, Any]]:
+        """Per broker: timers pending, scheduled, delivered, cancelled; lateness; with
+        ``hours``, the pending timers per hour of delivery time (``perHour`` from
+        ``scheduleStartMs``, ``hours`` of them, then ``later``)."""
+        ext = {"hours": str(hours)} if hours else {}
+        out = []
+        for name, addr in await self._broker_addrs(broker):
+            resp = check(await self.instance.remoting.invoke(addr, request(
+                FerryRequestCode.GET_TIMER_STATS, 0, ext)), addr)
+            out.append(dict(B.loads(resp.body), broker=name))
+        return out
+
+
+async def cancel_timer(instance: ClientInstance, msg_id: str,
+                       brokers: list[tuple[str, str]]) -> dict[str, Any]:
+    """CANCEL_TIMER on each of ``brokers`` (name, address) until one holds the timer."""
+    not_found: BrokerError | None = None
+    for name, addr in brokers:
+        resp = await instance.remoting.invoke(addr, request(
+            FerryRequestCode.CANCEL_TIMER, 0, {"msgId": msg_id}))
+        if resp.code == ResponseCode.QUERY_NOT_FOUND:
+            not_found = BrokerError(resp.code, resp.remark, addr)
+            continue
+        check(resp, addr)
+        ext = resp.ext_fields
+        return {"msgId": str(ext.get("msgId", msg_id)),
+                "timerOffset": int(str(ext.get("timerOffset", -1))),
+                "deliverMs": int(str(ext.get("deliverMs", -1))), "broker": name}
+    if not_found is None:
+        raise NoRouteError("no live broker to ask")
+    raise not_found

@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import ssl
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -48,7 +49,8 @@ class NoRouteError(ClientError):
 
 class ClientInstance:
     def __init__(self, namesrv: str | list[str], *, route_refresh_s: float = ROUTE_REFRESH_S,
-                 heartbeat_s: float = HEARTBEAT_S, timeout: float = DEFAULT_TIMEOUT) -> None:
+                 heartbeat_s: float = HEARTBEAT_S, timeout: float = DEFAULT_TIMEOUT,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.namesrvs = parse_address_list(namesrv)
         if not self.namesrvs:
             raise ValueError("at least one NameServer (or broker) address is needed")
@@ -64,7 +66,8 @@ class ClientInstance:
         # Requests a broker sends us, by code, answered on the connection they came on
         # (CHECK_TRANSACTION_STATE: the answer goes back to that broker).
         self.request_handlers: dict[int, CodeHandler] = {}
-        self.remoting = RemotingClient(on_request=self._server_request)
+        # tls: every connection (NameServers and brokers) over TLS with this context.
+        self.remoting = RemotingClient(on_request=self._server_request, ssl_context=tls)
         self.tg: anyio.abc.TaskGroup | None = None
         self._ns_index = 0
         self._heartbeat_now = anyio.Event()

@@ -28,6 +28,7 @@ from ..protocols.remoting import RemotingCommand, RequestCode, ResponseCode, req
 from ..protocols.remoting import bodies as B
 from ..protocols.remoting.codes import DEFAULT_TOPIC
 from ..protocols.remoting.messages import encode_properties
+from .admin import cancel_timer
 from .instance import ClientInstance, NoRouteError
 from .message import SHARDING_KEY, Message, SendResult, new_uniq_key, new_uniq_keys
 from .remoting import DEFAULT_TIMEOUT, BrokerError, ClientError, RemotingConnectError
@@ -219,6 +220,23 @@ class Producer:
         resp, mq = await self._send_cmd(topic, build, sharding_key, queue)
         assert resp is not None
         return SendResult(uniq, resp.ext("msgId") or "", mq, int(resp.ext("queueOffset") or 0))
+
+    async def cancel_timer(self, message_id: str, *, topic: str | None = None
+                           ) -> dict[str, Any]:
+        """Cancel a timed message before its delivery time, by the ``msg_id`` its send
+        returned (FerryMQ's CANCEL_TIMER; RocketMQ 4.x has no such request). The
+        brokers serving ``topic`` are asked, or every live broker. Returns the
+        cancelled timer's ``msgId``, ``timerOffset``, ``deliverMs`` and ``broker``.
+        Raises BrokerError (QUERY_NOT_FOUND: unknown, delivered, or cancelled)."""
+        inst = self.instance
+        route = await inst.route(topic) if topic is not None else None
+        if route is None:
+            await inst.learn_brokers()
+            names = sorted(inst.broker_addrs)
+        else:
+            names = sorted({b.brokerName for b in route.brokerDatas})
+        return await cancel_timer(inst, message_id,
+                                  [(n, await inst.resolve_broker(n)) for n in names])
 
     async def send_oneway(self, message: Message, *, sharding_key: str | None = None) -> None:
         """Send without waiting for (or getting) an acknowledgement."""

@@ -6,6 +6,9 @@ answers long polls late), ``invoke_oneway`` sends without waiting, and
 requests the server sends us (NOTIFY_CONSUMER_IDS_CHANGED...) go to
 ``on_request``. ``RemotingClient`` keeps one connection per address, opened on
 first use and dropped when it breaks. Runs under asyncio and trio alike.
+With ``ssl_context`` every connection is TLS (RocketMQ's ``tls.enable``): the
+broker's and NameServer's ports take TLS when their ``mode`` is permissive or
+enforcing (docs/security.md, "TLS").
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -271,8 +275,10 @@ class RemotingClient:
     Use ``async with RemotingClient() as rc``; every connection closes on exit."""
 
     def __init__(self, *, on_request: RequestHandler | None = None,
-                 connect_timeout: float = 3.0, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+                 connect_timeout: float = 3.0, max_frame: int = DEFAULT_MAX_FRAME,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.on_request = on_request
+        self.ssl_context = ssl_context
         self.connect_timeout = connect_timeout
         self.max_frame = max_frame
         self._conns: dict[str, RemotingConnection] = {}
@@ -308,8 +314,13 @@ class RemotingClient:
             host, port = split_address(address)
             try:
                 with anyio.fail_after(self.connect_timeout):
-                    stream = await anyio.connect_tcp(host, port)
-            except (OSError, TimeoutError) as exc:
+                    if self.ssl_context is None:
+                        stream: anyio.abc.ByteStream = await anyio.connect_tcp(host, port)
+                    else:
+                        # Like RocketMQ's clients: no close_notify is waited for.
+                        stream = await anyio.connect_tcp(host, port, ssl_context=self.ssl_context,
+                                                         tls_standard_compatible=False)
+            except (OSError, TimeoutError, ssl.SSLError) as exc:
                 raise RemotingConnectError(f"cannot connect to {address}: {exc}") from None
             c = RemotingConnection(stream, address, on_request=self.on_request,
                                    max_frame=self.max_frame)

@@ -109,7 +109,7 @@ from .metadata import (
     validate_group_name,
     validate_topic_name,
 )
-from .metrics import MetricsRegistry, broker_collector
+from .metrics import MetricsRegistry, broker_collector, services_collector
 from .paths import Paths
 from .pop import (
     DEAD,
@@ -155,6 +155,7 @@ from .timers import (
     parse_delivery,
 )
 from .timerwheel import WheelCorrupt
+from .tracing import TRACE_TOPIC, Tracer
 from .transactions import (
     CHECK_MAX_TOPIC,
     HALF_TOPIC,
@@ -175,7 +176,11 @@ log = logging.getLogger("ferrymq.broker")
 # The services' system topics and their permissions: 0 hides them from producers
 # and consumers; the discarded halves can be read (by admin tools).
 _SYSTEM_TOPICS = {TIMER_TOPIC: 0, HALF_TOPIC: 0, OP_TOPIC: 0, RESENT_TOPIC: 0,
-                  CHECK_MAX_TOPIC: PERM_READ, STATE_TOPIC: 0}
+                  CHECK_MAX_TOPIC: PERM_READ, STATE_TOPIC: 0,
+                  # RocketMQ clients with enableMsgTrace write their trace data here, and
+                  # trace tools read it: created by its first write, whatever auto-create
+                  # says (Paths.topic_for_put; core/tracing.py).
+                  TRACE_TOPIC: PERM_READ_WRITE}
 HOUR_MS = 3600_000
 # Wheel entries one timer_schedule reads one by one (~4 µs each); past it, slots are counted
 # by their second. Measured with 50,000 timers on as many seconds: 60-100 ms with this
@@ -250,7 +255,9 @@ class Broker:
                 "pop_max_inflight_per_queue", DEFAULT_MAX_INFLIGHT_PER_QUEUE)))
         self.metrics.add_collector(broker_collector(
             self.counters, self.meta, self.store, config.data_dir, lambda: self.started_at,
-            self.pop_service))
+            self.pop_service, lambda: self.metrics.max_lag_series))
+        self.metrics.add_collector(services_collector(self.timers.stats,
+                                                      self.transactions.stats))
 
     # ================================================================ who is asking
 
@@ -591,6 +598,17 @@ class Broker:
         acks, LEADER for 0/1, REPLICATED for all)."""
         self._authorize(principal, TOPIC, topic, WRITE)
         return await self._paths.put_kafka_batch(topic, queue_id, batch, durability)
+
+    @property
+    def tracer(self) -> Tracer | None:
+        """Where the broker reports its spans (core/tracing.py), None when tracing is
+        off: a door's delivery point reports a ``Delivery`` to it when it is set."""
+        return self._paths.tracer
+
+    def set_tracer(self, tracer: Tracer | None) -> None:
+        """Install (or, with None, remove) the span hook: the write path reports each
+        put to it (receive and store spans), the doors their deliveries."""
+        self._paths.tracer = tracer
 
     def delivery_time(self, properties: Mapping[str, str]) -> int | None:
         """The delivery time (epoch ms) that ``properties`` ask for, by this broker's

@@ -33,6 +33,8 @@ from .pop import PopService
 from .stats import Counters
 from .store.filecache import FILE_KINDS, FileCache
 from .store.store import MessageStore
+from .timers import TimerStats
+from .transactions import TransactionStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -55,7 +57,7 @@ CONNECTION_ERRORS = ("ferrymq_connection_errors_total",
 CONNECTIONS_CLOSED = ("ferrymq_connections_closed_total",
                       "Connections the broker closed because a limit ran out, per protocol "
                       "and reason (handshake_timeout, idle_timeout, frame_timeout, "
-                      "send_timeout).", ("protocol", "reason"))
+                      "send_timeout, tls_handshake_failed).", ("protocol", "reason"))
 CONNECTIONS_REFUSED = ("ferrymq_connections_refused_total",
                        "Connections refused at accept, per protocol and reason "
                        "(max_connections, max_connections_per_address).",
@@ -164,10 +166,55 @@ class Instrument(Generic[_Child]):
         return fam
 
 
+# OpenTelemetry-style names beside the Prometheus ones (docs/observability.md): the same
+# samples again under the name and attribute names an OpenTelemetry pipeline (its
+# Prometheus exporter: dots become underscores) would give them, so dashboards built on
+# OpenTelemetry's messaging conventions find them. Prometheus name -> (OTel-style name,
+# label renames).
+OTEL_NAMES: dict[str, tuple[str, dict[str, str]]] = {
+    "ferrymq_door_messages_in_total": (
+        "messaging_client_sent_messages_total",
+        {"protocol": "messaging_system", "topic": "messaging_destination_name"}),
+    "ferrymq_door_messages_out_total": (
+        "messaging_client_consumed_messages_total",
+        {"protocol": "messaging_system", "topic": "messaging_destination_name"}),
+    "ferrymq_request_duration_seconds": (
+        "messaging_client_operation_duration_seconds",
+        {"protocol": "messaging_system", "request": "messaging_operation_name"}),
+    "ferrymq_group_lag_messages": (
+        "messaging_consumer_lag_messages",
+        {"group": "messaging_consumer_group_name", "topic": "messaging_destination_name",
+         "queue": "messaging_destination_partition_id"}),
+    "ferrymq_connections": ("messaging_server_connections", {"protocol": "messaging_system"}),
+}
+OTHER = "_other"  # the label value past a cap (max_topic_labels, max_lag_series)
+DEFAULT_MAX_TOPIC_LABELS = 1000
+DEFAULT_MAX_LAG_SERIES = 10_000
+
+
+def _otel_family(fam: Family) -> Family | None:
+    alias = OTEL_NAMES.get(fam.name)
+    if alias is None:
+        return None
+    name, renames = alias
+    return Family(name, fam.kind, fam.help + " (OpenTelemetry-style name.)",
+                  [Sample(s.suffix, tuple((renames.get(k, k), v) for k, v in s.labels),
+                          s.value) for s in fam.samples])
+
+
 class MetricsRegistry:
+    """The broker's instruments and collectors. Cardinality stays bounded:
+    ``max_topic_labels`` distinct topics per door in the per-door message counters,
+    ``max_lag_series`` lag series (group, topic, queue); past either the rest are summed
+    under the label value ``_other`` (set from ``[metrics]``, docs/operations.md).
+    ``otel_names``: render the OpenTelemetry-style copies (``OTEL_NAMES``)."""
+
     def __init__(self) -> None:
         self._instruments: dict[str, Instrument[Any]] = {}
         self._collectors: list[Callable[[], Iterable[Family]]] = []
+        self.max_topic_labels = DEFAULT_MAX_TOPIC_LABELS
+        self.max_lag_series = DEFAULT_MAX_LAG_SERIES
+        self.otel_names = True
 
     def _get(self, name: str, kind: str, help: str, labelnames: Sequence[str],
              new_child: Callable[[], _Child]) -> Instrument[_Child]:
@@ -199,6 +246,8 @@ class MetricsRegistry:
         out = [inst.family() for inst in self._instruments.values()]
         for collect in self._collectors:
             out.extend(collect())
+        if self.otel_names:
+            out.extend(f for f in map(_otel_family, list(out)) if f is not None)
         return out
 
     def render(self) -> str:
@@ -243,6 +292,35 @@ class DoorMetrics:
             "ferrymq_connections_accepted_total", "Connections accepted, per protocol.",
             ("protocol",)).labels(protocol)
         self._observers: dict[str, _Histogram] = {}
+        self._registry = registry
+        self._in = registry.counter(
+            "ferrymq_door_messages_in_total",
+            "Messages stored through a door, per protocol and topic (at most max_topic_labels "
+            "topics per door; the rest under topic=\"_other\").", ("protocol", "topic"))
+        self._out = registry.counter(
+            "ferrymq_door_messages_out_total",
+            "Messages a door delivered to consumers, per protocol and topic (capped like "
+            "ferrymq_door_messages_in_total).", ("protocol", "topic"))
+        self._in_by_topic: dict[str, _Counter] = {}
+        self._out_by_topic: dict[str, _Counter] = {}
+
+    def _topic_child(self, cache: dict[str, _Counter], inst: Instrument[_Counter], topic: str
+                     ) -> _Counter:
+        child = cache.get(topic)
+        if child is None:  # a new topic: its own series, or _other past the cap
+            key = topic if len(cache) < self._registry.max_topic_labels else OTHER
+            child = cache.get(key)
+            if child is None:
+                child = cache[key] = inst.labels(self.protocol, key)
+        return child
+
+    def messages_in(self, topic: str, n: int = 1) -> None:
+        """``n`` messages of ``topic`` stored through this door."""
+        self._topic_child(self._in_by_topic, self._in, topic).inc(n)
+
+    def messages_out(self, topic: str, n: int = 1) -> None:
+        """``n`` messages of ``topic`` delivered by this door."""
+        self._topic_child(self._out_by_topic, self._out, topic).inc(n)
 
     def connection_opened(self) -> None:
         self._connections.inc()
@@ -282,7 +360,8 @@ def _escape_help(v: str) -> str:
 
 
 def broker_collector(counters: Counters, meta: Metadata, store: MessageStore, data_dir: str,
-                     started_at: Callable[[], int], pop: PopService
+                     started_at: Callable[[], int], pop: PopService,
+                     max_lag_series: Callable[[], int] = lambda: DEFAULT_MAX_LAG_SERIES
                      ) -> Callable[[], Iterable[Family]]:
     """The families the broker counts itself, read at scrape time (the Broker installs
     it with its own parts: this module knows no Broker)."""
@@ -304,14 +383,21 @@ def broker_collector(counters: Counters, meta: Metadata, store: MessageStore, da
             m_out.add(gc.messages_out, group=group, topic=topic)
             b_out.add(gc.bytes_out, group=group, topic=topic)
         lag = Family("ferrymq_group_lag_messages", "gauge",
-                     "Messages between a group's committed offset and the queue's end.")
+                     "Messages between a group's committed offset and the queue's end (at "
+                     "most max_lag_series series; past it, per group and topic with "
+                     "queue=\"_other\").")
+        cap = max_lag_series()
         for group, topic_offsets in sorted(meta.offsets.items()):
             for topic, queues in sorted(topic_offsets.items()):
                 if topic not in meta.topics:
                     continue
-                for qid, committed in sorted(queues.items()):
-                    _, hi = store.queue_bounds(topic, qid)
-                    lag.add(max(0, hi - committed), group=group, topic=topic, queue=qid)
+                lags = [(qid, max(0, store.queue_bounds(topic, qid)[1] - committed))
+                        for qid, committed in sorted(queues.items())]
+                if len(lag.samples) + len(lags) <= cap:
+                    for qid, n in lags:
+                        lag.add(n, group=group, topic=topic, queue=qid)
+                else:
+                    lag.add(sum(n for _, n in lags), group=group, topic=topic, queue=OTHER)
         stored = Family("ferrymq_topic_messages", "gauge",
                         "Messages currently retained, per topic.")
         for t in sorted(meta.topics.values(), key=lambda t: t.name):
@@ -383,3 +469,43 @@ def store_file_families(files: FileCache) -> list[Family]:
                  "Descriptors the store's open files hold.")
     fds.add(files.descriptors())
     return [open_files, opens, evictions, budget, fds]
+
+
+def services_collector(timers: Callable[[], TimerStats],
+                       transactions: Callable[[], TransactionStats]
+                       ) -> Callable[[], Iterable[Family]]:
+    """Timers and transactions, read at scrape time from their services' stats."""
+
+    def collect() -> Iterable[Family]:
+        t = timers()
+        x = transactions()
+        out = []
+        for name, kind, help, value in (
+            ("ferrymq_timers_pending", "gauge", "Timed messages waiting for their time.",
+             t.pending),
+            ("ferrymq_timers_scheduled_total", "counter", "Timed messages accepted.",
+             t.scheduled),
+            ("ferrymq_timers_delivered_total", "counter", "Timed messages delivered.",
+             t.delivered),
+            ("ferrymq_timers_cancelled_total", "counter", "Timers cancelled before their time.",
+             t.cancelled),
+            ("ferrymq_timers_dropped_total", "counter",
+             "Timers due but undeliverable (topic gone, record lost).", t.dropped),
+            ("ferrymq_timer_lateness_p99_seconds", "gauge",
+             "99th percentile of how late timed messages were delivered (recent).",
+             (t.lateness_p99_ms or 0.0) / 1000),
+            ("ferrymq_transactions_half", "gauge",
+             "Half messages waiting for their commit or rollback.", x.pending),
+            ("ferrymq_transactions_committed_total", "counter", "Transactions committed.",
+             x.committed),
+            ("ferrymq_transactions_rolled_back_total", "counter", "Transactions rolled back.",
+             x.rolled_back),
+            ("ferrymq_transactions_discarded_total", "counter",
+             "Halves discarded after too many unanswered checks.", x.discarded),
+        ):
+            f = Family(name, kind, help)
+            f.add(value)
+            out.append(f)
+        return out
+
+    return collect

@@ -41,6 +41,7 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from functools import partial
+from time import time_ns
 from typing import Protocol
 
 import trio
@@ -92,6 +93,7 @@ from .replication import Durability
 from .statelog import STATE_TOPIC, StateLog
 from .stats import Counters
 from .store.store import MessageStore
+from .tracing import TRACEPARENT, PutTrace, Tracer
 
 # The properties that send a single put elsewhere (core/timers.py, core/transactions.py);
 # a message without properties never looks at them.
@@ -153,6 +155,9 @@ class Paths:
         self.threaded_reads = 0  # reads running in worker threads (retention waits for 0)
         # Where a timed message or a half goes (the Broker installs the services').
         self.special_put: Callable[[Message], Awaitable[PutResult]] = _no_special_put
+        # Where receive and store spans go (core/tracing.py); None: tracing is off, and
+        # a put pays one test of it.
+        self.tracer: Tracer | None = None
         self._store = store
         self._meta = meta
         self._state = state
@@ -195,6 +200,9 @@ class Paths:
         PermissionDenied, InvalidTopicName, TopicNotFound (auto-create off)."""
         t = self.writable_topic(name)
         if t is None:
+            if self._system_topics.get(name, 0) & PERM_WRITE:
+                await self.system_topic(name)  # one clients write (RMQ_SYS_TRACE_TOPIC)
+                return self._meta.topics[name]
             validate_topic_name(name)
             if not self.config.auto_create_topics:
                 raise TopicNotFound(f"topic {name} does not exist")
@@ -314,7 +322,7 @@ class Paths:
     # ================================================================ the write path
 
     async def put(self, messages: Message | Sequence[Message],
-                  durability: Durability | None = None) -> PutResult:
+                  durability: Durability | None = None, untraced: bool = False) -> PutResult:
         """Append one message, or a batch (one topic, one queue: the first message's
         ``queue_id``) stored as one record. Returns where it landed; under sync flush,
         only once it is on disk; with ``Durability.REPLICATED`` (the group's default
@@ -327,6 +335,11 @@ class Paths:
             raise ShuttingDown()
         if self.write_refusal is not None:
             raise self.write_refusal
+        tracer = self.tracer
+        if tracer is not None and not untraced and (
+                tracer.traces_all or type(messages) is not Message
+                or (messages.properties and TRACEPARENT in messages.properties)):
+            return await self._traced_put(tracer, messages, durability)
         if self.replication is not None:
             self._before_put(durability)
         if isinstance(messages, Message):
@@ -369,7 +382,7 @@ class Paths:
         if not batch:
             raise InvalidMessage("empty batch")
         if len(batch) == 1:
-            return await self.put(batch[0], durability)
+            return await self.put(batch[0], durability, untraced)
         first = batch[0]
         t = self._meta.topics.get(first.topic)
         if t is None or not t.perm & PERM_WRITE:
@@ -382,6 +395,25 @@ class Paths:
         except UnicodeEncodeError as exc:
             raise InvalidMessage(f"properties are not encodable: {exc}") from exc
         return await self.after_put(result, durability)
+
+    async def _traced_put(self, tracer: Tracer, messages: Message | Sequence[Message],
+                          durability: Durability | None) -> PutResult:
+        """``put`` with tracing on: the same steps, timed for the receive and store
+        spans (core/tracing.py). The receive span covers the whole put; the store
+        span starts where the write path's own steps do."""
+        received = time_ns()
+        batch = [messages] if isinstance(messages, Message) else list(messages)
+        if not batch:
+            return await self.put(batch, durability, True)  # raises InvalidMessage
+        kind = "batch" if len(batch) > 1 else "message"
+        if kind == "message":
+            props = batch[0].properties
+            if props and _may_be_special(props) and is_special(props):
+                kind = "special"
+        appended = time_ns()
+        result = await self.put(batch[0] if kind != "batch" else batch, durability, True)
+        tracer.stored(PutTrace(kind, batch, None, result, received, appended, time_ns()))
+        return result
 
     async def put_encoded_batch(self, topic: str, queue_id: int, body: bytes,
                                 born_host: bytes = b"\x00" * 8,
@@ -399,8 +431,15 @@ class Paths:
         if len(body) > limit:
             raise MessageTooLarge(f"batch is {len(body)} bytes; the maximum is {limit}")
         qid = self.queue_for(t, queue_id)
-        result = self._store.append_encoded_batch(topic, qid, body, born_host=born_host)
-        return await self.after_put(result, durability)
+        tracer = self.tracer
+        if tracer is None:
+            result = self._store.append_encoded_batch(topic, qid, body, born_host=born_host)
+            return await self.after_put(result, durability)
+        received = time_ns()
+        result = await self.after_put(
+            self._store.append_encoded_batch(topic, qid, body, born_host=born_host), durability)
+        tracer.stored(PutTrace("encoded", (), body, result, received, received, time_ns()))
+        return result
 
     async def put_kafka_batch(self, topic: str, queue_id: int,
                               batch: bytes | bytearray | memoryview,
@@ -423,8 +462,15 @@ class Paths:
         if len(batch) > limit:
             raise MessageTooLarge(f"batch is {len(batch)} bytes; the maximum is {limit}")
         qid = self.queue_for(t, queue_id)
-        result = self._store.append_kafka_batch(topic, qid, batch)
-        return await self.after_put(result, durability)
+        tracer = self.tracer
+        if tracer is None:
+            result = self._store.append_kafka_batch(topic, qid, batch)
+            return await self.after_put(result, durability)
+        received = time_ns()
+        result = await self.after_put(self._store.append_kafka_batch(topic, qid, batch),
+                                      durability)
+        tracer.stored(PutTrace("kafka", (), batch, result, received, received, time_ns()))
+        return result
 
     async def after_put(self, result: PutResult,
                         durability: Durability | None = None) -> PutResult:

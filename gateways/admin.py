@@ -2,24 +2,29 @@
 
 ``ferrymq topic create|list|describe|delete``, ``group list|describe``,
 ``produce``, ``consume``, ``offset reset``, ``message show``, ``dlq
-list|show|resend``, ``cluster list`` and ``namesrv`` (a standalone NameServer). Every command talks to a
-NameServer (``-n``, ``FERRYMQ_NAMESRV``, default 127.0.0.1:9876; a broker
-address works too) through the FerryMQ client.
+list|show|resend``, ``timer cancel|stats|list``, ``cluster list`` and ``namesrv`` (a
+standalone NameServer). Every command talks to a NameServer (``-n``,
+``FERRYMQ_NAMESRV``, default 127.0.0.1:9876; a broker address works too) through
+the FerryMQ client; over TLS with ``--tls`` or ``--tls-ca FILE`` (and
+``--tls-cert``/``--tls-key`` to present a client certificate), as
+docs/security.md says.
 
 Conventions (docs/cli.md): data goes to stdout, as a table on a terminal or
-JSON lines otherwise (``-o table|json``); progress and hints go to stderr and
-only on a terminal; ``topic delete`` wants ``--yes`` and ``offset reset`` is a
-dry run until ``--execute``.
+JSON lines otherwise (``-o table|json``, or ``--json``), numbers as JSON numbers;
+progress and hints go to stderr and only on a terminal; ``topic delete`` and
+``timer cancel`` want ``--yes`` and ``offset reset`` is a dry run until
+``--execute``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import re
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -107,19 +112,104 @@ def _emit(rows: Sequence[dict[str, Any]], columns: Sequence[str], output: str | 
     for c in columns:
         table.add_column(c.upper().replace("_", "-"))
     for r in rows:
-        table.add_row(*("" if r.get(c) is None else str(r.get(c)) for c in columns))
+        table.add_row(*("" if r.get(c) is None else ",".join(map(str, r[c]))
+                        if isinstance(r.get(c), list) else str(r.get(c)) for c in columns))
     Console(width=max(100, 20 * len(columns))).print(table)
 
 
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    ctx.meta[f"ferrymq.{param.name}"] = value
+    return value
+
+
+_TLS_OPTIONS = (
+    (("--tls",), dict(is_flag=True, envvar="FERRYMQ_TLS",
+                      help="Connect over TLS (the system's CAs unless --tls-ca).")),
+    (("--tls-ca",), dict(metavar="FILE", envvar="FERRYMQ_TLS_CA", type=click.Path(dir_okay=False),
+                         help="Connect over TLS, trusting the CA(s) in this PEM file.")),
+    (("--tls-cert",), dict(metavar="FILE", envvar="FERRYMQ_TLS_CERT",
+                           type=click.Path(dir_okay=False),
+                           help="Client certificate (PEM) to present over TLS.")),
+    (("--tls-key",), dict(metavar="FILE", envvar="FERRYMQ_TLS_KEY", type=click.Path(dir_okay=False),
+                          help="Its private key (when not in --tls-cert).")),
+    (("--tls-insecure",), dict(is_flag=True,
+                               help="Over TLS, do not verify the server (tests only).")),
+)
+
+
 def namesrv_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    for names, kw in reversed(_TLS_OPTIONS):
+        f = click.option(*names, expose_value=False, callback=_remember, **kw)(f)  # type: ignore[arg-type]
     return click.option("-n", "--namesrv", envvar="FERRYMQ_NAMESRV", default=DEFAULT_NAMESRV,
                         show_default=True, metavar="HOST:PORT[;HOST:PORT]",
                         help="NameServer(s), or one broker's address.")(f)
 
 
+def connect_options() -> dict[str, Any]:
+    """The client options the command line asked for (``tls=`` an SSL context)."""
+    meta = click.get_current_context().meta
+    ca, cert = meta.get("ferrymq.tls_ca"), meta.get("ferrymq.tls_cert")
+    insecure = bool(meta.get("ferrymq.tls_insecure"))
+    if not (meta.get("ferrymq.tls") or ca or cert or insecure):
+        return {}
+    from .tls import client_context
+    try:
+        return {"tls": client_context(ca, cert, meta.get("ferrymq.tls_key"),
+                                      verify=not insecure)}
+    except (OSError, ValueError) as exc:
+        raise click.UsageError(f"TLS: {exc}") from None
+
+
 def output_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``-o table|json`` and its shorthand ``--json`` (kafka-topics and mqadmin users
+    type either): the command receives ``output``."""
+    @functools.wraps(f)
+    def wrapper(*args: Any, as_json: bool = False, **kwargs: Any) -> Any:
+        if as_json:
+            kwargs["output"] = "json"
+        return f(*args, **kwargs)
+
+    wrapper = click.option("--json", "as_json", is_flag=True,
+                           help="JSON lines (the same as -o json).")(wrapper)
     return click.option("-o", "--output", type=click.Choice(["table", "json"]),
-                        help="table (default on a terminal) or JSON lines.")(f)
+                        help="table (default on a terminal) or JSON lines.")(wrapper)
+
+
+def _int(value: Any) -> int | None:
+    """A count or offset as a JSON number: RocketMQ's extFields and runtime tables carry
+    every value as a string; None stays None (unknown), text that is no number too."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        return None
+
+
+def _bool(value: Any) -> bool:
+    return value is True or (isinstance(value, str) and value.lower() == "true")
+
+
+@contextlib.contextmanager
+def progress(description: str, total: int | None = None) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr, only on a terminal: yields ``advance(n)``. Piped or
+    redirected, nothing is drawn (data on stdout stays clean)."""
+    if not sys.stderr.isatty():
+        def nothing(n: int = 1) -> None:
+            pass
+        yield nothing
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   console=_err_console(), transient=True)
+    with bar:
+        task = bar.add_task(description, total=total)
+
+        def advance(n: int = 1) -> None:
+            bar.advance(task, n)
+        yield advance
 
 
 def _message_row(m: MessageExt) -> dict[str, Any]:
@@ -153,20 +243,21 @@ def topic() -> None:
               help="A topic config, Kafka's names (repeat): cleanup.policy=compact, "
                    "retention.ms=86400000...")
 @namesrv_option
+@output_option
 def topic_create(name: str, queues: int, order: bool, brokers: tuple[str, ...],
-                 configs: tuple[str, ...], namesrv: str) -> None:
+                 configs: tuple[str, ...], namesrv: str, output: str | None) -> None:
     """Create a topic (or grow its queues) on the cluster's brokers."""
     settings = _pairs(configs)
 
     async def go() -> list[str]:
-        async with Admin(namesrv) as a:
+        async with Admin(namesrv, **connect_options()) as a:
             return await a.create_topic(name, queues, order=order, brokers=list(brokers) or None,
                                         configs=settings)
     names = _run(go)
     out: dict[str, Any] = {"topic": name, "queues": queues, "brokers": names}
     if settings:
         out["configs"] = settings
-    click.echo(json.dumps(out))
+    _emit([out], ["topic", "queues", "brokers", "configs"], output)
 
 
 def _pairs(items: Sequence[str]) -> dict[str, str]:
@@ -192,7 +283,7 @@ def topic_config() -> None:
 def topic_config_get(name: str, show_all: bool, namesrv: str, output: str | None) -> None:
     """Every config of a topic with its value and where it comes from."""
     async def go() -> dict[str, Any]:
-        async with Admin(namesrv) as a:
+        async with Admin(namesrv, **connect_options()) as a:
             return await a.topic_config(name)
     doc = _run(go)
     rows = [{"name": c["name"], "value": c["value"], "source": c["source"],
@@ -215,7 +306,7 @@ def topic_config_set(name: str, configs: tuple[str, ...], deleted: tuple[str, ..
         raise click.UsageError("nothing to change: give NAME=VALUE or --delete NAME")
 
     async def go() -> None:
-        async with Admin(namesrv) as a:
+        async with Admin(namesrv, **connect_options()) as a:
             await a.alter_topic_configs(name, settings, list(deleted))
     _run(go)
     click.echo(json.dumps({"topic": name, "set": settings, "deleted": list(deleted)}))
@@ -228,7 +319,7 @@ def topic_config_set(name: str, configs: tuple[str, ...], deleted: tuple[str, ..
 def topic_list(namesrv: str, output: str | None, show_all: bool) -> None:
     """List the topics the NameServer knows."""
     async def go() -> list[str]:
-        async with Admin(namesrv) as a:
+        async with Admin(namesrv, **connect_options()) as a:
             return await a.topics()
     names = [t for t in _run(go) if show_all or not t.startswith(("%", "TBW102", "RMQ_SYS_"))]
     _emit([{"topic": t} for t in names], ["topic"], output)
@@ -241,7 +332,7 @@ def topic_list(namesrv: str, output: str | None, show_all: bool) -> None:
 def topic_describe(name: str, namesrv: str, output: str | None) -> None:
     """Queues of a topic on each broker: offsets and last write."""
     async def go() -> list[Any]:
-        async with Admin(namesrv) as a:
+        async with Admin(namesrv, **connect_options()) as a:
             return await a.topic_stats(name)
     rows = [{"broker": s.queue.brokerName, "queue": s.queue.queueId, "min_offset": s.min_offset,
              "max_offset": s.max_offset, "messages": s.max_offset - s.min_offset,
@@ -254,16 +345,17 @@ def topic_describe(name: str, namesrv: str, output: str | None) -> None:
 @click.argument("name")
 @click.option("--yes", is_flag=True, help="Really delete it.")
 @namesrv_option
-def topic_delete(name: str, yes: bool, namesrv: str) -> None:
+@output_option
+def topic_delete(name: str, yes: bool, namesrv: str, output: str | None) -> None:
     """Delete a topic on every broker and the NameServers (asks for --yes)."""
     if not yes:
         raise click.UsageError(f"deleting topic {name} drops its messages: add --yes")
 
     async def go() -> None:
-        async with Admin(namesrv) as a:
+        async with Admin(namesrv, **connect_options()) as a:
             await a.delete_topic(name)
     _run(go)
-    click.echo(json.dumps({"deleted": name}))
+    _emit([{"deleted": name}], ["deleted"], output)
 
 
 # ====================================================================== group
@@ -280,7 +372,7 @@ def group() -> None:
 def group_list(namesrv: str, output: str | None) -> None:
     """Consumer groups known to the brokers."""
     async def go() -> list[dict[str, Any]]:
-        async with Admin(namesrv) as a:
+        async with Admin(namesrv, **connect_options()) as a:
             return await a.groups()
     rows = [{"group": g["groupName"], "online": g.get("online", False),
              "broadcast": g.get("consumeBroadcastEnable", False),
@@ -297,7 +389,7 @@ def group_list(namesrv: str, output: str | None) -> None:
 def group_describe(name: str, topic_name: str | None, namesrv: str, output: str | None) -> None:
     """Per queue: the group's committed offset, the queue's end and the lag."""
     async def go() -> tuple[list[Any], list[dict[str, Any]]]:
-        async with Admin(namesrv) as a:
+        async with Admin(namesrv, **connect_options()) as a:
             return await a.group_lag(name, topic_name), await a.group_members(name)
     lags, members = _run(go)
     rows = [{"group": name, "topic": r.queue.topic, "broker": r.queue.brokerName,
@@ -353,7 +445,7 @@ def produce(topic_name: str, bodies: tuple[str, ...], tags: str | None, keys: st
             progress.start()
             task = progress.add_task("produce", total=None)
         try:
-            async with Producer(namesrv, group) as p:
+            async with Producer(namesrv, group, **connect_options()) as p:
                 pending: list[Message] = []
 
                 async def flush() -> None:
@@ -438,7 +530,7 @@ def consume(topic_name: str, group: str | None, start: str, expression: str, sql
 
         # shutdown_grace_s=0: the handler parked past --max-messages is to be
         # cancelled at once, not waited for.
-        c = PushConsumer(namesrv, group, handler, consume_from=consume_from,
+        c = PushConsumer(namesrv, group, handler, **connect_options(), consume_from=consume_from,
                          message_model="BROADCASTING" if broadcast else "CLUSTERING",
                          client_name=group, shutdown_grace_s=0)
         if sql:
@@ -484,7 +576,7 @@ def offset_reset(group: str, topic_name: str, to_time: str, execute: bool, names
     ts = parse_time(to_time)
 
     async def go() -> list[dict[str, Any]]:
-        async with Admin(namesrv) as a:
+        async with Admin(namesrv, **connect_options()) as a:
             preview = await a.reset_offsets_preview(group, topic_name,
                                                     ts if ts >= 0 else 2**62)
             done = dict(await a.reset_offsets(group, topic_name, ts)) if execute else {}
@@ -520,7 +612,7 @@ def message_show(msg_id: str | None, topic_name: str | None, key: str | None,
         raise click.UsageError("give a message id, or --topic and --key")
 
     async def go() -> list[MessageExt]:
-        async with Admin(namesrv) as a:
+        async with Admin(namesrv, **connect_options()) as a:
             if msg_id:
                 m = await a.message_by_id(msg_id)
                 return [m] if m else []
@@ -543,10 +635,13 @@ def dlq() -> None:
 
 
 def _letter_row(d: dict[str, Any]) -> dict[str, Any]:
-    return {"broker": d.get("broker"), "offset": d.get("queueOffset"), "msgId": d.get("msgId"),
-            "originTopic": d.get("originTopic"), "originMsgId": d.get("originMsgId"),
-            "reconsumeTimes": d.get("reconsumeTimes"),
-            "storedAt": _iso(int(d.get("storeTimestamp") or 0)), "resent": d.get("resent")}
+    """A dead letter's fields with JSON types: from a listing (a JSON body) and from
+    VIEW_DEAD_LETTER (extFields, all strings) alike."""
+    return {"broker": d.get("broker"), "offset": _int(d.get("queueOffset")),
+            "msgId": d.get("msgId"), "originTopic": d.get("originTopic"),
+            "originMsgId": d.get("originMsgId"), "reconsumeTimes": _int(d.get("reconsumeTimes")),
+            "storedAt": _iso(_int(d.get("storeTimestamp")) or 0),
+            "resent": _bool(d.get("resent"))}
 
 
 def _ref(text: str) -> str | int:
@@ -568,7 +663,7 @@ def dlq_list(group: str, offset: int, limit: int, broker: str | None, namesrv: s
     """The dead letters of GROUP (%DLQ%GROUP), oldest first: id, original topic, attempts,
     and whether each was resent already."""
     async def go() -> list[dict[str, Any]]:
-        async with Admin(namesrv) as a:
+        async with Admin(namesrv, **connect_options()) as a:
             return [_letter_row(d) for d in await a.dead_letters(group, offset, limit,
                                                                   broker=broker)]
 
@@ -585,15 +680,14 @@ def dlq_show(group: str, ref: str, broker: str | None, namesrv: str) -> None:
     """One dead letter of GROUP, by message id or DLQ offset: its bookkeeping and the
     message itself, as JSON."""
     async def go() -> tuple[dict[str, str], MessageExt] | None:
-        async with Admin(namesrv) as a:
+        async with Admin(namesrv, **connect_options()) as a:
             return await a.dead_letter(group, _ref(ref), broker=broker)
 
     found = _run(go)
     if found is None:
         raise click.ClickException(f"no dead letter {ref} in %DLQ%{group}")
     letter, m = found
-    click.echo(json.dumps({**_letter_row(letter), "resent": letter.get("resent") == "true",
-                           "message": _message_row(m)}))
+    click.echo(json.dumps({**_letter_row(letter), "message": _message_row(m)}))
 
 
 @dlq.command("resend", context_settings=CONTEXT)
@@ -612,16 +706,94 @@ def dlq_resend(group: str, refs: tuple[str, ...], every: bool, force: bool, brok
         raise click.UsageError("name the letters (ids or DLQ offsets), or give --all")
 
     async def go() -> list[dict[str, Any]]:
-        async with Admin(namesrv) as a:
+        async with Admin(namesrv, **connect_options()) as a:
             done = await a.resend_dead_letters(group, [_ref(r) for r in refs] or None,
                                                force=force, broker=broker)
-        return [{"broker": d.get("broker"), "offset": d.get("queueOffset"),
-                 "msgId": d.get("msgId"), "topic": d.get("topic"), "queue": d.get("queueId"),
-                 "queueOffset": d.get("newQueueOffset")} for d in done]
+        return [{"broker": d.get("broker"), "offset": _int(d.get("queueOffset")),
+                 "msgId": d.get("msgId"), "topic": d.get("topic"), "queue": _int(d.get("queueId")),
+                 "queueOffset": _int(d.get("newQueueOffset"))} for d in done]
 
-    rows = _run(go)
+    with progress(f"resending dead letters of {group}"):
+        rows = _run(go)
     _emit(rows, ["broker", "offset", "msgId", "topic", "queue", "queueOffset"], output)
     _hint(f"{len(rows)} dead letter(s) resent")
+
+
+# ====================================================================== timer
+
+
+@click.group(context_settings=CONTEXT)
+def timer() -> None:
+    """Timed messages: cancel one before its time, see the timers' counters and when
+    the pending ones are due."""
+
+
+@timer.command("cancel", context_settings=CONTEXT)
+@click.argument("msg_id")
+@click.option("--yes", is_flag=True, help="Really cancel it (the message is never delivered).")
+@click.option("-b", "--broker", help="Only this broker (by name; default: every broker).")
+@namesrv_option
+@output_option
+def timer_cancel(msg_id: str, yes: bool, broker: str | None, namesrv: str,
+                 output: str | None) -> None:
+    """Cancel the timed message MSG_ID (the id its send returned) before its delivery
+    time: it is never delivered. Asks for --yes."""
+    if not yes:
+        raise click.UsageError(f"cancelling timer {msg_id} drops its message: add --yes")
+
+    async def go() -> dict[str, Any]:
+        async with Admin(namesrv) as a:
+            return await a.cancel_timer(msg_id, broker=broker)
+
+    d = _run(go)
+    _emit([{"broker": d["broker"], "msgId": d["msgId"], "timerOffset": d["timerOffset"],
+            "deliverAt": _iso(d["deliverMs"]), "deliverMs": d["deliverMs"]}],
+          ["broker", "msgId", "timerOffset", "deliverAt"], output)
+
+
+@timer.command("stats", context_settings=CONTEXT)
+@click.option("-b", "--broker", help="Only this broker (by name).")
+@namesrv_option
+@output_option
+def timer_stats(broker: str | None, namesrv: str, output: str | None) -> None:
+    """Per broker: timers pending, scheduled, delivered, cancelled, and how late the
+    deliveries were (p50, p99, max, in ms)."""
+    async def go() -> list[dict[str, Any]]:
+        async with Admin(namesrv) as a:
+            return await a.timer_stats(broker=broker)
+
+    rows = [{"broker": d["broker"], "pending": d.get("pending"),
+             "scheduled": d.get("scheduled"), "delivered": d.get("delivered"),
+             "cancelled": d.get("cancelled"), "dropped": d.get("dropped"),
+             "late_p50_ms": d.get("latenessP50Ms"), "late_p99_ms": d.get("latenessP99Ms"),
+             "late_max_ms": d.get("latenessMaxMs")} for d in _run(go)]
+    _emit(rows, ["broker", "pending", "scheduled", "delivered", "cancelled", "dropped",
+                 "late_p50_ms", "late_p99_ms", "late_max_ms"], output, title="timers")
+
+
+@timer.command("list", context_settings=CONTEXT)
+@click.option("--hours", type=click.IntRange(1, 168), default=24, show_default=True,
+              help="Hours from the current one.")
+@click.option("-b", "--broker", help="Only this broker (by name).")
+@namesrv_option
+@output_option
+def timer_list(hours: int, broker: str | None, namesrv: str, output: str | None) -> None:
+    """Pending timers per hour of delivery time, per broker (then those due later)."""
+    async def go() -> list[dict[str, Any]]:
+        async with Admin(namesrv) as a:
+            return await a.timer_stats(broker=broker, hours=hours)
+
+    rows = []
+    for d in _run(go):
+        start = _int(d.get("scheduleStartMs")) or 0
+        for i, n in enumerate(d.get("perHour", [])):
+            if n:
+                rows.append({"broker": d["broker"], "hour": _iso(start + i * 3_600_000),
+                             "hour_ms": start + i * 3_600_000, "pending": n})
+        if d.get("later"):
+            rows.append({"broker": d["broker"], "hour": "later", "hour_ms": None,
+                         "pending": d["later"]})
+    _emit(rows, ["broker", "hour", "pending"], output, title="pending timers per hour")
 
 
 # ====================================================================== cluster
@@ -638,7 +810,7 @@ def cluster() -> None:
 def cluster_list(namesrv: str, output: str | None) -> None:
     """Every live broker: cluster, name, address, topics, messages stored so far."""
     async def go() -> list[dict[str, Any]]:
-        async with Admin(namesrv) as a:
+        async with Admin(namesrv, **connect_options()) as a:
             info = await a.cluster()
             rows = []
             for cname, names in sorted(info.clusterAddrTable.items()):
@@ -652,10 +824,10 @@ def cluster_list(namesrv: str, output: str | None) -> None:
                         except ClientError:
                             rt = {}
                     rows.append({"cluster": cname, "broker": bname, "address": addr,
-                                 "topics": rt.get("topics"), "messages_in":
-                                 rt.get("msgPutTotalTodayNow"), "version":
+                                 "topics": _int(rt.get("topics")), "messages_in":
+                                 _int(rt.get("msgPutTotalTodayNow")), "version":
                                  rt.get("brokerVersionDesc"),
-                                 "up_since": _iso(int(rt.get("bootTimestamp", "0") or 0))})
+                                 "up_since": _iso(_int(rt.get("bootTimestamp")) or 0)})
             return rows
     _emit(_run(go), ["cluster", "broker", "address", "topics", "messages_in", "version",
                      "up_since"], output)
@@ -671,17 +843,31 @@ def cluster_list(namesrv: str, output: str | None) -> None:
               help="Seconds without a registration before a broker leaves the routes.")
 @click.option("--log-level", default="WARNING", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-def namesrv(host: str, port: int, broker_expiry: float, log_level: str) -> None:
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="A server config file: its [tls] and [namesrv.tls] tables give the "
+                   "NameServer TLS (docs/security.md).")
+def namesrv(host: str, port: int, broker_expiry: float, log_level: str,
+            config_file: str | None) -> None:
     """Run a NameServer alone (brokers join with `ferrymq serve --namesrv HOST:PORT`)."""
     import trio
 
+    from .config import ConfigError, load_config
     from .logs import setup_logging
     from .namesrv import serve_namesrv
+    from .tls import TlsServer
     setup_logging(log_level)
+    tls = None
+    if config_file:
+        try:
+            found = load_config(config_file).tls.get("namesrv")
+            tls = TlsServer("namesrv", found) if found is not None else None
+        except (ConfigError, OSError, ValueError) as exc:
+            raise click.UsageError(str(exc)) from None
 
     async def run() -> None:
         async with trio.open_nursery() as n:
-            bound = await n.start(serve_namesrv, host, port, {"broker_expiry_s": broker_expiry})
+            bound = await n.start(functools.partial(
+                serve_namesrv, host, port, {"broker_expiry_s": broker_expiry}, tls=tls))
             click.echo(f"ferrymq: NameServer on {host}:{bound}; Ctrl-C stops", err=True)
 
     with contextlib.suppress(KeyboardInterrupt):
@@ -689,5 +875,5 @@ def namesrv(host: str, port: int, broker_expiry: float, log_level: str) -> None:
 
 
 def register(main: click.Group) -> None:
-    for cmd in (topic, group, produce, consume, offset, message, dlq, cluster, namesrv):
+    for cmd in (topic, group, produce, consume, offset, message, dlq, timer, cluster, namesrv):
         main.add_command(cmd)

@@ -16,6 +16,14 @@ every door; ``load_config`` takes them out of the table, checks them, and
 leaves the door the rest. ``max_inflight_bytes`` (top level) is the broker-wide
 budget of request bytes being received. Defaults and reasons: ``DOOR_LIMITS``
 and docs/operations.md, "Connection limits".
+
+TLS (docs/security.md, "TLS"): a top-level ``[tls]`` table holds the defaults
+every door shares (certificate, key, CA, client-certificate verification) and
+a door's ``[<door>.tls]`` table overrides them and says how that door offers
+TLS: ``mode`` on its own port (disabled, permissive, enforcing) and/or a
+separate TLS-only ``port``. ``load_config`` resolves one ``TlsConfig`` per door
+(``ServerConfig.tls``), checks it, and takes the tables out of the doors' own
+options; gateways/tls.py turns it into an ``ssl.SSLContext``.
 """
 
 from __future__ import annotations
@@ -81,7 +89,7 @@ DOOR_LIMITS: dict[str, ConnectionLimits] = {
     "namesrv": ConnectionLimits(10_000, 1_000, 10.0, 120.0, 30.0, 30.0, 0),
     "remoting": ConnectionLimits(10_000, 1_000, 10.0, 120.0, 30.0, 30.0, 0),
     "kafka": ConnectionLimits(10_000, 1_000, 10.0, 600.0, 30.0, 30.0, 512 << 10),
-    "mqtt": ConnectionLimits(100_000, 0, 0.0, 0.0, 0.0, 0.0, 0),
+    "mqtt": ConnectionLimits(100_000, 0, 0.0, 0.0, 0.0, 0.0, 64 << 10),
     "http": ConnectionLimits(4_096, 0, 0.0, 0.0, 0.0, 0.0, 64 << 10),
 }
 _ALL_LIMITS = frozenset(f.name for f in fields(ConnectionLimits))
@@ -90,7 +98,7 @@ LIMIT_KEYS: dict[str, frozenset[str]] = {
     "namesrv": _ALL_LIMITS - {"pre_auth_max_bytes"},  # no authentication there
     "remoting": _ALL_LIMITS - {"pre_auth_max_bytes"},
     "kafka": _ALL_LIMITS,
-    "mqtt": frozenset({"max_connections", "max_connections_per_address"}),
+    "mqtt": frozenset({"max_connections", "max_connections_per_address", "pre_auth_max_bytes"}),
     "http": frozenset({"max_connections", "max_connections_per_address", "pre_auth_max_bytes"}),
 }
 
@@ -179,6 +187,101 @@ class ConfigError(ValueError):
     """The configuration is invalid; the message says which setting and why."""
 
 
+TLS_MODES = ("disabled", "permissive", "enforcing")
+CLIENT_AUTH = ("none", "optional", "required")
+TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """How one door offers TLS (docs/security.md, "TLS").
+
+    - ``mode``: TLS on the door's own port, as RocketMQ's ``tls.server.mode``:
+      ``disabled`` (plaintext only), ``permissive`` (TLS and plaintext on the same
+      port, told apart by the first byte), ``enforcing`` (TLS only);
+    - ``port``: a second, TLS-only listener (Kafka's SSL listener, MQTT's 8883,
+      HTTPS); None: none, 0: any free port (reported in the ready file);
+    - ``ws_port``: MQTT only, WebSocket over TLS (WSS) on its own port;
+    - ``cert_file``/``key_file``: the server's certificate chain (PEM) and its key
+      (in ``cert_file`` when no ``key_file``), ``key_password`` if the key is encrypted;
+    - ``ca_file``: the CAs a client certificate must chain to;
+    - ``client_auth``: ``none`` (not asked), ``optional`` (checked when given),
+      ``required`` (no certificate, no connection);
+    - ``handshake_timeout_s``: the TLS handshake (and, in permissive mode, the first
+      byte) must be done this long after the accept, when the door has no shorter
+      handshake timeout of its own;
+    - ``min_version``: the oldest TLS version accepted.
+    """
+
+    mode: str = "disabled"
+    port: int | None = None
+    ws_port: int | None = None
+    cert_file: str = ""
+    key_file: str = ""
+    key_password: str = ""
+    ca_file: str = ""
+    client_auth: str = "none"
+    handshake_timeout_s: float = 10.0
+    min_version: str = "TLSv1.2"
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "disabled" or self.port is not None or self.ws_port is not None
+
+
+_TLS_SHARED = frozenset(("mode", "cert_file", "key_file", "key_password", "ca_file",
+                         "client_auth", "handshake_timeout_s", "min_version"))
+_TLS_KEYS = frozenset(f.name for f in fields(TlsConfig))
+
+
+def tls_config(door: str, table: Mapping[str, Any] | None,
+               shared: Mapping[str, Any] | None = None) -> TlsConfig | None:
+    """The door's TLS settings: ``shared`` (the ``[tls]`` table) overridden by
+    ``table`` (the door's ``[<door>.tls]``); None when the door offers no TLS.
+    Raises ConfigError naming the setting that is wrong."""
+    where = f"[{door}.tls]"
+    kw: dict[str, Any] = {}
+    for name, source, allowed in (("[tls]", shared, _TLS_SHARED), (where, table, _TLS_KEYS)):
+        if source is None:
+            continue
+        if not isinstance(source, Mapping):
+            raise ConfigError(f"{name}: a table, not {source!r}")
+        unknown = set(source) - allowed
+        if unknown:
+            raise ConfigError(f"{name}: unknown setting(s) {', '.join(sorted(unknown))}")
+        kw.update(source)
+    base = TlsConfig()
+    for key, value in list(kw.items()):
+        if key in ("port", "ws_port"):
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+                raise ConfigError(f"{where} {key}: a TCP port (0: any free one), not {value!r}")
+        else:
+            kw[key] = _coerce(f"{where} {key}", value, getattr(base, key))
+    cfg = replace(base, **kw)
+    if cfg.mode not in TLS_MODES:
+        raise ConfigError(f"{where} mode: one of {', '.join(TLS_MODES)}, not {cfg.mode!r}")
+    if cfg.client_auth not in CLIENT_AUTH:
+        raise ConfigError(f"{where} client_auth: one of {', '.join(CLIENT_AUTH)}, "
+                          f"not {cfg.client_auth!r}")
+    if cfg.min_version not in TLS_VERSIONS:
+        raise ConfigError(f"{where} min_version: one of {', '.join(TLS_VERSIONS)}")
+    if cfg.ws_port is not None and door != "mqtt":
+        raise ConfigError(f"{where} ws_port: only the MQTT door speaks WebSocket")
+    if cfg.handshake_timeout_s <= 0:
+        raise ConfigError(f"{where} handshake_timeout_s: must be positive")
+    if not cfg.enabled:
+        return None
+    if not cfg.cert_file:
+        raise ConfigError(f"{where}: TLS needs cert_file (and key_file unless the key is in it)")
+    if cfg.client_auth != "none" and not cfg.ca_file:
+        raise ConfigError(f"{where} client_auth = {cfg.client_auth!r} needs ca_file")
+    for key in ("cert_file", "key_file", "ca_file"):
+        path = getattr(cfg, key)
+        if path and not os.path.isfile(path):
+            raise ConfigError(f"{where} {key}: no such file {path!r}")
+    return cfg
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     broker: BrokerConfig = field(default_factory=BrokerConfig)
@@ -191,6 +294,7 @@ class ServerConfig:
     namesrv_addr: str | None = None  # NameServers the broker registers with (HOST:PORT;...)
     limits: Mapping[str, ConnectionLimits] = field(default_factory=dict)  # door -> its limits
     max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES
+    tls: Mapping[str, TlsConfig] = field(default_factory=dict)  # door -> its TLS, if any
     cluster: ClusterConfig | None = None  # None: a standalone broker
 
     def port(self, door: str) -> int | None:
@@ -284,6 +388,12 @@ def load_config(path: str | None = None, env: Mapping[str, str] | None = None,
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     limits = {door: connection_limits(door, doors.get(door, {})) for door in DEFAULT_PORTS}
+    shared_tls = doors.pop("tls", None)
+    tls: dict[str, TlsConfig] = {}
+    for door in DEFAULT_PORTS:
+        found = tls_config(door, doors.get(door, {}).pop("tls", None), shared_tls)
+        if found is not None:
+            tls[door] = found
     for door, table in doors.items():
         for key in LIMIT_KEYS.get(door, frozenset()):
             table.pop(key, None)
@@ -297,7 +407,7 @@ def load_config(path: str | None = None, env: Mapping[str, str] | None = None,
         log_format=str(flat.get("log_format", "text")),
         ready_file=flat.get("ready_file"),
         namesrv_addr=str(flat["namesrv_addr"]) if flat.get("namesrv_addr") else None,
-        limits=limits, max_inflight_bytes=inflight, cluster=cluster)
+        limits=limits, max_inflight_bytes=inflight, cluster=cluster, tls=tls)
     if cfg.log_format not in ("text", "json"):
         raise ConfigError("log_format must be 'text' or 'json'")
     return cfg

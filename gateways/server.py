@@ -11,7 +11,10 @@ Every door serves its connections through ``ctx.supervisor(door)`` (a
 connection, the door's connection limits enforced) and runs its own loops
 through ``ctx.tasks(nursery, door)`` (core/supervisor.py: restarted with
 backoff). The request-bytes budget (``max_inflight_bytes``) is one for the
-whole server, shared by the doors' supervisors.
+whole server, shared by the doors' supervisors. A door's TLS (``[tls]`` and
+``[<door>.tls]``) comes with its supervisor too: the handshake happens there
+(gateways/tls.py), a TLS-only listener's port is reported as ``<door>-tls``
+(``mqtt-wss`` for WebSocket over TLS), and SIGHUP re-reads every certificate.
 """
 
 from __future__ import annotations
@@ -30,9 +33,11 @@ import trio
 
 from ..core.broker import Broker
 from ..core.supervisor import TaskSupervisor
-from .config import ServerConfig, connection_limits
+from .config import ConfigError, ServerConfig, connection_limits
 from .fdlimit import prepare_fd_limit
 from .supervision import ConnectionSupervisor, Refuse, RequestBudget
+from .tls import TlsServer, reload_all
+from .tracing import OtelTracer, tracer_from_config
 
 log = logging.getLogger("ferrymq.server")
 
@@ -64,7 +69,13 @@ class DoorContext:
         limits = connection_limits(door, self.options, self.config.connection_limits(door))
         return ConnectionSupervisor(door, limits, metrics,
                                     budget=self.budget, protocol_errors=protocol_errors,
-                                    refuse=refuse, tick_s=tick_s)
+                                    refuse=refuse, tick_s=tick_s, tls=self.tls_server(door),
+                                    host=self.host, bound=self.bound)
+
+    def tls_server(self, door: str) -> TlsServer | None:
+        """The door's TLS (its context made from the certificate files), if it offers TLS."""
+        found = self.config.tls.get(door)
+        return TlsServer(door, found) if found is not None else None
 
     def tasks(self, nursery: trio.Nursery, door: str) -> TaskSupervisor:
         """A supervisor for the door's own background loops, in ``nursery``."""
@@ -91,16 +102,20 @@ def available_doors() -> list[str]:
 
 async def run_server(config: ServerConfig, *,
                      on_ready: Callable[[dict[str, int]], None] | None = None,
-                     task_status: trio.TaskStatus[dict[str, int]] = trio.TASK_STATUS_IGNORED
-                     ) -> None:
+                     task_status: trio.TaskStatus[dict[str, int]] = trio.TASK_STATUS_IGNORED,
+                     span_exporter: Any = None) -> None:
     """Run the broker and its doors until cancelled, SIGINT or SIGTERM; either way
-    the broker shuts down cleanly (flush, checkpoint, abort marker removed)."""
+    the broker shuts down cleanly (flush, checkpoint, abort marker removed).
+    ``span_exporter``: an OpenTelemetry SpanExporter the broker's spans go to instead
+    of the ``[tracing]`` table's (tests; gateways/tracing.py)."""
     try:
         async with trio.open_nursery() as outer:
             # Listen for signals before recovery starts, so a stop request during a
             # long recovery still ends in a clean shutdown.
             outer.start_soon(_stop_on_signal, outer.cancel_scope)
-            await _serve(config, on_ready, task_status)
+            if config.tls:
+                outer.start_soon(_reload_on_sighup)
+            await _serve(config, on_ready, task_status, span_exporter)
             outer.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # The signal task never fails: a group here wraps the one reason the broker
@@ -111,14 +126,27 @@ async def run_server(config: ServerConfig, *,
 
 
 async def _serve(config: ServerConfig, on_ready: Callable[[dict[str, int]], None] | None,
-                 task_status: trio.TaskStatus[dict[str, int]]) -> None:
+                 task_status: trio.TaskStatus[dict[str, int]], span_exporter: Any = None
+                 ) -> None:
+    tracer = tracer_from_config(config.options("tracing"), exporter=span_exporter)
+    try:
+        await _serve_traced(config, on_ready, task_status, tracer)
+    finally:
+        if tracer is not None:
+            tracer.shutdown()  # the spans still batched go out
+
+
+async def _serve_traced(config: ServerConfig,
+                        on_ready: Callable[[dict[str, int]], None] | None,
+                        task_status: trio.TaskStatus[dict[str, int]],
+                        tracer: OtelTracer | None) -> None:
     # Before the store opens: its file budget defaults to a share of the soft limit.
     prepare_fd_limit(config, tuple(d for d in available_doors() if config.port(d) is not None))
     if config.cluster is not None:
-        await _serve_cluster(config, on_ready, task_status)
+        await _serve_cluster(config, on_ready, task_status, tracer)
         return
     async with Broker.open(config.broker) as broker, trio.open_nursery() as nursery:
-        bound = await _start_doors(config, broker, nursery)
+        bound = await _start_doors(config, broker, nursery, tracer)
         _write_ready(config, {"pid": os.getpid(), "ports": bound})
         if on_ready:
             on_ready(bound)
@@ -126,8 +154,10 @@ async def _serve(config: ServerConfig, on_ready: Callable[[dict[str, int]], None
         await trio.sleep_forever()
 
 
-async def _start_doors(config: ServerConfig, broker: Broker, nursery: trio.Nursery
-                       ) -> dict[str, int]:
+async def _start_doors(config: ServerConfig, broker: Broker, nursery: trio.Nursery,
+                       tracer: OtelTracer | None = None) -> dict[str, int]:
+    broker.set_tracer(tracer)
+    apply_metrics_options(broker, config.options("metrics"))
     bound: dict[str, int] = {}
     budget = RequestBudget(config.max_inflight_bytes, broker.metrics)
     for name in DOORS:
@@ -144,6 +174,26 @@ async def _start_doors(config: ServerConfig, broker: Broker, nursery: trio.Nurse
     return bound
 
 
+def apply_metrics_options(broker: Broker, options: Mapping[str, Any]) -> None:
+    """The ``[metrics]`` table: ``max_topic_labels`` (topics per door in the message
+    counters), ``max_lag_series`` (group lag series), ``otel_names`` (the
+    OpenTelemetry-style copies); docs/operations.md. Raises ConfigError."""
+    reg = broker.metrics
+    unknown = set(options) - {"max_topic_labels", "max_lag_series", "otel_names"}
+    if unknown:
+        raise ConfigError(f"[metrics]: unknown setting(s): {', '.join(sorted(unknown))}")
+    for key in ("max_topic_labels", "max_lag_series"):
+        if key in options:
+            value = options[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"[metrics] {key}: a whole number >= 1, not {value!r}")
+            setattr(reg, key, value)
+    if "otel_names" in options:
+        if not isinstance(options["otel_names"], bool):
+            raise ConfigError("[metrics] otel_names: true or false")
+        reg.otel_names = options["otel_names"]
+
+
 def _write_ready(config: ServerConfig, info: dict[str, Any]) -> None:
     if config.ready_file:
         tmp = config.ready_file + ".tmp"
@@ -154,7 +204,8 @@ def _write_ready(config: ServerConfig, info: dict[str, Any]) -> None:
 
 async def _serve_cluster(config: ServerConfig,
                          on_ready: Callable[[dict[str, int]], None] | None,
-                         task_status: trio.TaskStatus[dict[str, int]]) -> None:
+                         task_status: trio.TaskStatus[dict[str, int]],
+                         tracer: OtelTracer | None = None) -> None:
     """A member of a broker group: the controller runs lives of the core (one per role,
     docs/cluster.md), each with the doors on top; the ready file is rewritten at
     every life with the role, so that an operator (and the tests) can see it."""
@@ -167,7 +218,7 @@ async def _serve_cluster(config: ServerConfig,
         nonlocal bound
         # The same ports at every life: a door's port 0 is bound once and kept.
         bound = await _start_doors(replace(config, ports={**config.ports, **bound}), broker,
-                                   nursery)
+                                   nursery, tracer)
         return bound
 
     def announce(info: dict[str, Any]) -> None:
@@ -180,6 +231,13 @@ async def _serve_cluster(config: ServerConfig,
             task_status.started(bound)
 
     await run_cluster(config, start_doors, announce)
+
+
+async def _reload_on_sighup() -> None:
+    with trio.open_signal_receiver(signal.SIGHUP) as signals:
+        async for _ in signals:
+            log.warning("received SIGHUP: reloading TLS certificates (%d reloaded)",
+                        reload_all())
 
 
 async def _stop_on_signal(scope: trio.CancelScope) -> None:

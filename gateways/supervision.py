@@ -23,7 +23,17 @@ For each accepted connection the supervisor:
    connection is counted in ``ferrymq_connections_closed_total{protocol,reason}``
    (handshake_timeout, idle_timeout, frame_timeout, send_timeout);
 4. holds the connection's share of the broker-wide ``RequestBudget`` and gives
-   it back when the connection ends, however it ends.
+   it back when the connection ends, however it ends;
+5. when the door offers TLS (gateways/tls.py), runs the TLS handshake before the
+   handler gets the connection: on the door's own listeners as its ``mode`` says
+   (permissive: TLS or plaintext by the first byte; enforcing: TLS only), and on
+   a TLS-only listener of its own that ``serve`` opens next to them (Kafka's SSL
+   listener, MQTT's 8883 and WSS, HTTPS). The handshake must be done within the
+   door's handshake timeout (else the TLS one): a client that opens TCP and never
+   finishes it is closed like any slowloris (``handshake_timeout``); one that
+   sends garbage, cuts the handshake or shows a certificate the CA does not vouch
+   for is closed (``tls_handshake_failed``). The handler reads and writes the
+   resulting stream as it would a plaintext one.
 
 What the handler itself must still do is its protocol's job: answer bad input
 with that protocol's error (docs/operations.md, "Connection limits").
@@ -51,6 +61,7 @@ from ..core.metrics import (
     MetricsRegistry,
 )
 from .config import ConnectionLimits
+from .tls import HandshakeFailed, TlsServer
 
 log = logging.getLogger("ferrymq.connections")
 
@@ -63,6 +74,7 @@ HANDSHAKE_TIMEOUT = "handshake_timeout"
 IDLE_TIMEOUT = "idle_timeout"
 FRAME_TIMEOUT = "frame_timeout"
 SEND_TIMEOUT = "send_timeout"
+TLS_HANDSHAKE_FAILED = "tls_handshake_failed"
 
 MIN_TICK_S = 0.02
 MAX_TICK_S = 1.0  # deadlines are enforced to within a quarter of the smallest timeout, <= 1 s
@@ -171,7 +183,7 @@ class Watch:
 
     # Small on purpose: an idle connection costs this, its socket and its door's state.
     __slots__ = ("_budget", "_handshake_until", "_limits", "_protocol", "addr", "deadline",
-                 "expired", "held", "reason", "scope", "send_deadline")
+                 "expired", "held", "reason", "scope", "send_deadline", "tls")
 
     def __init__(self, limits: ConnectionLimits, addr: tuple[Any, ...] | None,
                  budget: RequestBudget | None, protocol: str, timed: bool = True) -> None:
@@ -184,6 +196,9 @@ class Watch:
         self.expired: str | None = None
         self.held = 0
         self.send_deadline = math.inf
+        # What TLS established (a gateways.tls.TlsSession: version, cipher, the client
+        # certificate's subject), None on a plaintext connection.
+        self.tls: Any = None
         now = trio.current_time()
         self._handshake_until = now + _off(limits.handshake_timeout_s)
         if self._handshake_until < math.inf:
@@ -297,13 +312,21 @@ class ConnectionSupervisor:
     ``protocol_errors``: the door's own protocol error classes (an escaped one
     is counted as ``protocol``, not as a bug). ``refuse(stream, reason)``: how the
     door turns a connection away (default: close it). ``tick_s``: how often
-    deadlines are checked (default: a quarter of the smallest timeout)."""
+    deadlines are checked (default: a quarter of the smallest timeout).
+    ``tls``: the door's TLS (None: plaintext only); ``host`` is where its TLS-only
+    listeners bind and ``bound`` the server's door -> port table, where their
+    ports are reported (``<door>-tls``, ``<door>-wss``)."""
 
     def __init__(self, door: str, limits: ConnectionLimits, metrics: MetricsRegistry | None,
                  *, budget: RequestBudget | None = None,
                  protocol_errors: tuple[type[BaseException], ...] = (),
-                 refuse: Refuse | None = None, tick_s: float | None = None) -> None:
+                 refuse: Refuse | None = None, tick_s: float | None = None,
+                 tls: TlsServer | None = None, host: str | None = None,
+                 bound: dict[str, int] | None = None) -> None:
         self.door = door
+        self.tls = tls
+        self.host = host or None
+        self.bound = bound if bound is not None else {}
         self.protocol = PROTOCOLS.get(door, door)
         self.limits = limits
         self.budget = budget
@@ -328,23 +351,42 @@ class ConnectionSupervisor:
     # ------------------------------------------------------------ serving
 
     async def serve(self, listeners: list[trio.SocketListener], handler: Handler, *,
+                    tls_listener: str = "port", tls_handler: Handler | None = None,
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Accept on ``listeners`` until cancelled, each connection supervised. May be
         called for several listener sets of one door (MQTT's TCP and WebSocket): the
-        caps and the watchdog are the door's."""
+        caps and the watchdog are the door's.
+
+        With TLS, the door's ``mode`` applies to ``listeners``, and the TLS-only
+        listener named by ``tls_listener`` (the ``port`` or ``ws_port`` of the door's
+        TLS settings; "" for none) is opened next to them, its connections served by
+        ``tls_handler`` (default ``handler``)."""
+        tls = self.tls
+        mode = tls.config.mode if tls is not None else "disabled"
+        extra = getattr(tls.config, tls_listener) if tls is not None and tls_listener else None
         async with trio.open_nursery() as nursery:
             if not self._watchdogs and self.timed:
                 nursery.start_soon(self._watchdog)
             self._watchdogs += 1
             try:
-                await nursery.start(trio.serve_listeners, partial(self.run, handler), listeners)
+                if listeners:  # none: only the TLS listener (MQTT's WSS without plain WS)
+                    await nursery.start(trio.serve_listeners,
+                                        partial(self.run, handler, tls=mode), listeners)
+                if extra is not None:
+                    tls_listeners = await trio.open_tcp_listeners(extra, host=self.host)
+                    name = f"{self.door}-{'wss' if tls_listener == 'ws_port' else 'tls'}"
+                    self.bound[name] = tls_listeners[0].socket.getsockname()[1]
+                    await nursery.start(trio.serve_listeners,
+                                        partial(self.run, tls_handler or handler,
+                                                tls="enforcing"), tls_listeners)
                 task_status.started()
                 await trio.sleep_forever()
             finally:
                 self._watchdogs -= 1
 
-    async def run(self, handler: Handler, stream: Any) -> None:
-        """Supervise one accepted ``stream`` (``serve`` calls this; tests may too)."""
+    async def run(self, handler: Handler, stream: Any, *, tls: str = "disabled") -> None:
+        """Supervise one accepted ``stream`` (``serve`` calls this; tests may too);
+        ``tls``: the listener's TLS mode."""
         addr = _addr(stream)
         host = str(addr[0]) if addr else "?"
         refused = self._admission(host)
@@ -354,7 +396,8 @@ class ConnectionSupervisor:
             log.info("%s door refused %s: %s", self.door, peer, refused,
                      extra={"door": self.door, "peer": peer, "reason": refused})
             try:
-                if self._refuse is not None:
+                # The door's refusal is plaintext (HTTP's 503): not for a TLS-only listener.
+                if self._refuse is not None and tls != "enforcing":
                     with trio.move_on_after(1):
                         await self._refuse(stream, refused)
             except Exception as exc:
@@ -367,6 +410,8 @@ class ConnectionSupervisor:
         watch = Watch(self.limits, addr, self.budget, self.protocol, self.timed)
         self.live.add(watch)
         try:
+            if tls != "disabled":
+                handler = partial(self._tls_then, handler, tls == "enforcing")
             if watch.scope is not None:
                 with watch.scope:
                     await handler(stream, watch)
@@ -388,6 +433,32 @@ class ConnectionSupervisor:
                          extra={"door": self.door, "peer": watch.peer,
                                 "reason": watch.expired})
             await _close(stream)
+
+    async def _tls_then(self, handler: Handler, enforcing: bool, stream: Any,
+                        watch: Watch) -> None:
+        """The TLS handshake (or, permissive, the first byte), then the handler."""
+        tls = self.tls
+        assert tls is not None
+        limit = tls.config.handshake_timeout_s
+        if self.limits.handshake_timeout_s > 0:
+            limit = min(limit, self.limits.handshake_timeout_s)
+        accepted = None
+        with trio.move_on_after(limit) as timer:
+            try:
+                accepted = await tls.accept(stream, enforcing)
+            except HandshakeFailed as exc:
+                self._count(self._closed, TLS_HANDSHAKE_FAILED)
+                log.info("%s door: TLS handshake with %s failed: %s", self.door, watch.peer,
+                         exc, extra={"door": self.door, "peer": watch.peer,
+                                     "reason": TLS_HANDSHAKE_FAILED})
+                return
+        if timer.cancelled_caught:
+            watch.expired = HANDSHAKE_TIMEOUT
+            return
+        if accepted is None:
+            return
+        watch.tls = getattr(accepted, "tls", None)
+        await handler(accepted, watch)
 
     def _admission(self, host: str) -> str | None:
         limits = self.limits

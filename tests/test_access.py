@@ -34,6 +34,7 @@ UNCHECKED = {
     "open": "the broker's lifecycle",
     "watch_topics": "door wiring: a callback, no data",
     "set_transaction_checker": "door wiring: the check-back hook",
+    "set_tracer": "server wiring: the span hook (core/tracing.py)",
     "flush_offsets": "makes durable what was committed (a background job too)",
     "admin_batch": "groups the acknowledgements of changes each checked by its own call",
     "wait_durable": "waits for what the caller appended already; reveals and changes nothing",

@@ -20,6 +20,7 @@ import struct
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import click
 import trio
@@ -72,11 +73,34 @@ class Result:
         return self.cpu_seconds / max(1, self.messages) * 1e6
 
 
-async def _run_store(directory: str, sc: Scenario, seconds: float) -> Result:
+# A producer's W3C trace context, on every message with --tracing all.
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def _tracer(mode: str) -> Any:
+    """--tracing: off (no hook), idle (the OpenTelemetry hook installed, the messages
+    untraced: what a broker with [tracing] pays for untraced traffic), all (every
+    message traced; the spans built and dropped by an exporter that discards them)."""
+    if mode == "off":
+        return None
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+    from ..tracing import tracer_from_config
+
+    class Discard(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    return tracer_from_config({}, exporter=Discard())
+
+
+async def _run_store(directory: str, sc: Scenario, seconds: float, tracing: str = "off"
+                     ) -> Result:
     cfg = BrokerConfig(data_dir=directory, flush=sc.flush)
     async with Broker.open(cfg) as broker:
+        broker.set_tracer(_tracer(tracing))
         await broker.create_topic("bench", 4)
-        one = Message("bench", BODY)
+        one = Message("bench", BODY, {"traceparent": TRACEPARENT} if tracing == "all" else {})
         batch = [one] * sc.batch
         payload: Message | list[Message] = one if sc.batch == 1 else batch
         first = await broker.put(payload)
@@ -142,7 +166,11 @@ def _run_ceiling(directory: str, record: bytes, batch: int, seconds: float,
 @click.option("--dir", "base_dir", type=click.Path(file_okay=False),
               help="Where to put the scratch stores (default: the system temp directory).")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
-def store_command(seconds: float, base_dir: str | None, as_json: bool) -> None:
+@click.option("--tracing", type=click.Choice(["off", "idle", "all"]), default="off",
+              show_default=True,
+              help="off: no span hook; idle: the OpenTelemetry hook, messages untraced; all: "
+                   "every message traced (needs ferrymq[otel]).")
+def store_command(seconds: float, base_dir: str | None, as_json: bool, tracing: str) -> None:
     """The store in-process: messages/s and MB/s beside a bare append-and-index loop."""
     console = progress_console()
     root = tempfile.mkdtemp(prefix="ferrymq-bench-", dir=base_dir)
@@ -150,7 +178,7 @@ def store_command(seconds: float, base_dir: str | None, as_json: bool) -> None:
     try:
         for i, sc in enumerate(SCENARIOS):
             with console.status(f"[{i + 1}/{len(SCENARIOS)}] {sc.name}: FerryMQ"):
-                res = trio.run(_run_store, os.path.join(root, f"s{i}"), sc, seconds)
+                res = trio.run(_run_store, os.path.join(root, f"s{i}"), sc, seconds, tracing)
             with console.status(f"[{i + 1}/{len(SCENARIOS)}] {sc.name}: ceiling"):
                 ceil = _run_ceiling(os.path.join(root, f"c{i}"), res.record_bytes, sc.batch,
                                     seconds, sc.writers if sc.flush == "sync" else 0)
@@ -162,7 +190,7 @@ def store_command(seconds: float, base_dir: str | None, as_json: bool) -> None:
             console.print(f"{sc.name}: {res.rate:,.0f} msgs/s (ceiling {ceil.rate:,.0f})")
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    print_table("ferrymq bench store (100-byte messages, in-process)",
+    print_table(f"ferrymq bench store (100-byte messages, in-process, tracing {tracing})",
                 ("payload", "flush", "writers", "msgs/s", "MB/s", "CPU µs/msg",
                  "ceiling msgs/s", "ceiling CPU µs/msg", "ratio"), rows, as_json=as_json)
     if not as_json:

@@ -9,6 +9,7 @@ each endpoint with curl; the schemas below are what ``/openapi.json`` shows.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -22,7 +23,9 @@ from ...core.filter import Filter, parse_filter
 from ...core.message import ConsumedMessage, Message, PutResult
 from ...core.metadata import MAX_QUEUES, MESSAGE_TYPES, PERM_READ_WRITE, TopicConfig
 from ...core.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ...core.metrics import DoorMetrics
 from ...core.pop import MAX_INVISIBLE_MS, MAX_POP_MESSAGES, MIN_INVISIBLE_MS
+from ...core.tracing import TRACEPARENT, TRACESTATE, Delivery, TraceContext, parse_traceparent
 from . import codec
 from .app import json_response
 from .problems import PROBLEM_CONTENT_TYPE, Problem, from_ferry_error, problem_body
@@ -179,6 +182,12 @@ SSE_EVENT_SCHEMA = {
 STATUS_SCHEMA = {"type": "object", "required": ["status"],
                  "properties": {"status": {"type": "string"}}}
 
+TIMER_CANCEL_OUT: dict[str, Any] = {
+    "type": "object", "required": ["id", "deliver_at", "timer_offset"],
+    "properties": {"id": {"type": "string"},
+                   "deliver_at": {"type": "integer", "description": "Epoch ms it was due"},
+                   "timer_offset": {"type": "integer"}},
+}
 P_TOPIC = Param("topic", "path", TOPIC_SCHEMA)
 P_GROUP_Q = Param("group", "query", GROUP_SCHEMA, True, "Consumer group")
 P_TRANSACTION = Param("transaction", "path",
@@ -192,6 +201,12 @@ P_ENCODING = Param("encoding", "query", {"type": "string", "enum": ["auto", "bas
                    description="auto: bodies as JSON or text when they are; base64: always "
                                "body_base64")
 P_QUEUE_Q = Param("queue", "query", QUEUE_SCHEMA, description="Only this queue")
+P_TRACEPARENT = Param("traceparent", "header", {"type": "string", "maxLength": 512},
+                      description="W3C Trace Context: on a produce, stored with each message "
+                                  "that carries none; on a consume, the consumer's context of "
+                                  "the broker's deliver span (an invalid one is ignored)")
+P_TRACESTATE = Param("tracestate", "header", {"type": "string", "maxLength": 512},
+                     description="W3C Trace Context vendor state, kept with traceparent")
 
 
 def _ok(schema: Mapping[str, Any], description: str = "OK", ct: str = JSON) -> Resp:
@@ -251,6 +266,18 @@ def _headers_map(req: Request) -> dict[str, str]:
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in req.headers.items()}
 
 
+def _trace_context(req: Request) -> dict[str, str]:
+    """A request's W3C trace context as message properties: ``traceparent`` (and its
+    ``tracestate``) when valid; an invalid one is ignored, as W3C Trace Context says."""
+    ctx = parse_traceparent(req.header(b"traceparent"), req.header(b"tracestate"))
+    if ctx is None:
+        return {}
+    out = {TRACEPARENT: ctx.traceparent()}
+    if ctx.state:
+        out[TRACESTATE] = ctx.state
+    return out
+
+
 def _put_result(r: PutResult) -> dict[str, Any]:
     return {"topic": r.topic, "queue": r.queue_id, "base_offset": r.queue_offset,
             "count": r.count, "ids": r.message_ids, "store_timestamp": r.store_timestamp}
@@ -292,6 +319,7 @@ class Api:
         self.info = info
         self.security = security
         self.long_polls = 0
+        self.door_metrics = DoorMetrics(broker.metrics, "http")  # messages in and out
         self.long_polls_by_group: dict[str, int] = {}
         self.streams = 0
         self._polls_gauge = broker.metrics.gauge(
@@ -332,14 +360,52 @@ class Api:
             messages, queue = [codec.header_message(topic, req.body, req.header(b"content-type"),
                                                     _headers_map(req),
                                                     max_delay_ms=self.max_delay_ms)[0]], -1
+        trace = _trace_context(req)
+        if trace:  # the producer's context, on each message that carries none of its own
+            messages = [m if TRACEPARENT in m.properties
+                        else m._replace(properties={**m.properties, **trace}) for m in messages]
         if len(messages) == 1:
             m = messages[0]
             result = await self.broker.put(m, principal=req.principal)
         else:
             if queue >= 0:
                 messages = [Message(m.topic, m.body, m.properties, queue) for m in messages]
+            timed = [self.broker.delivery_time(m.properties) is not None for m in messages]
+            if any(timed):
+                done = await self._put_split(messages, timed, req.principal)
+                self.door_metrics.messages_in(topic, len(messages))
+                return json_response(done, 201)
             result = await self.broker.put(messages, principal=req.principal)
+        self.door_metrics.messages_in(topic, len(messages))
         return json_response(_put_result(result), 201)
+
+    async def _put_split(self, messages: list[Message], timed: list[bool], who: Principal
+                         ) -> dict[str, Any]:
+        """A batch with timed messages: a batch is one record, delivered at once, so
+        each timed message is stored as its own timer (after every delivery time was
+        checked, by ``delivery_time`` above) and the others as one batch. The answer
+        lists every id in the request's order; ``timers`` the timed ones (cancel them
+        with DELETE /v1/timers/{id}); ``queue`` and ``base_offset`` are the batch's."""
+        now = [m for m, t in zip(messages, timed, strict=True) if not t]
+        ids: list[str] = []
+        timers: list[str] = []
+        out: dict[str, Any] = {"topic": messages[0].topic, "count": len(messages)}
+        batch_ids: list[str] = []
+        if now:
+            r = await self.broker.put(now if len(now) > 1 else now[0], principal=who)
+            batch_ids = r.message_ids
+            out.update(queue=r.queue_id, base_offset=r.queue_offset,
+                       store_timestamp=r.store_timestamp)
+        it = iter(batch_ids)
+        for m, t in zip(messages, timed, strict=True):
+            if t:
+                tid = (await self.broker.put(m, principal=who)).message_id(0)
+                timers.append(tid)
+                ids.append(tid)
+            else:
+                ids.append(next(it))
+        out.update(ids=ids, timers=timers)
+        return out
 
     @staticmethod
     def _load(body: bytes) -> Any:
@@ -407,6 +473,7 @@ class Api:
             del self.long_polls_by_group[group]
 
     async def consume(self, req: Request) -> Response:
+        started = time.time_ns()
         p = req.params
         topic, group = p["topic"], p["group"]
         out_type = _accepts(req, JSON, CE_BATCH, CE_JSON)
@@ -432,6 +499,13 @@ class Api:
                 self._release_slot(group)
         else:
             popped = await pop()
+        if popped:
+            self.door_metrics.messages_out(topic, len(popped))
+        tracer = self.broker.tracer
+        if tracer is not None and popped:  # the deliver span (core/tracing.py)
+            tracer.delivered(Delivery("http", group, topic, p.get("queue"),
+                                      [x.message for x in popped], started,
+                                      parse_traceparent(req.header(b"traceparent"))))
         if out_type != JSON:
             events = [codec.to_cloudevent(x.message, {"ferrymqreceipt": x.receipt,
                                                       "ferrymqinvisibleuntil": x.invisible_until})
@@ -529,7 +603,9 @@ class Api:
         self._streams_gauge.set(self.streams)
         return StreamResponse(200, SSE, self._events(topic, group, queues, positions,
                                                      single is not None, flt, ce, enc,
-                                                     req.principal),
+                                                     req.principal,
+                                                     parse_traceparent(
+                                                         req.header(b"traceparent"))),
                               [("cache-control", "no-store"), ("x-accel-buffering", "no")])
 
     def _stream_start(self, req: Request, topic: str, group: str | None, queues: list[int],
@@ -562,7 +638,8 @@ class Api:
 
     async def _events(self, topic: str, group: str | None, queues: list[int],
                       pos: dict[int, int], single: bool, flt: Filter | None, ce: bool,
-                      enc: str, who: Principal) -> AsyncIterator[bytes]:
+                      enc: str, who: Principal, parent: TraceContext | None = None
+                      ) -> AsyncIterator[bytes]:
         broker = self.broker
         end = trio.current_time() + self.limits.stream_max_s
         try:
@@ -578,8 +655,13 @@ class Api:
                         yield (b"event: error\ndata: " + problem_body(prob.code, prob.detail)
                                + b"\n\n")
                         return
+                    tracer = broker.tracer
                     for m in r.messages(pos[q]):
                         pos[q] = m.queue_offset + 1
+                        self.door_metrics.messages_out(topic)
+                        if tracer is not None:  # the deliver span, one per event
+                            tracer.delivered(Delivery("http", group, topic, q, (m,),
+                                                      time.time_ns(), parent))
                         yield self._event(m, pos, single, ce, enc)
                         sent = True
                         if group:  # the event is written: the group is past it
@@ -618,15 +700,29 @@ class Api:
         return (f"id: {eid}\nevent: message\ndata: ".encode()
                 + json.dumps(doc, separators=(",", ":")).encode() + b"\n\n")
 
+    # ------------------------------------------------------------ timers
+
+    async def cancel_timer(self, req: Request) -> Response:
+        r = await self.broker.cancel_timer(req.params["message_id"], principal=req.principal)
+        return json_response({"id": r.message_id, "deliver_at": r.deliver_ms,
+                              "timer_offset": r.timer_offset})
+
     # ------------------------------------------------------------ read by offset
 
     async def read(self, req: Request) -> Response:
         p = req.params
         topic, q, offset = p["topic"], p["queue"], p["offset"]
+        started = time.time_ns()
         r = await self.broker.get_large(None, topic, q, offset, p.get("max", 16),
                                         READ_MAX_BYTES, _filter(p), principal=req.principal)
         enc = p.get("encoding", "auto")
-        msgs = [codec.message_json(m, enc) for m in r.messages(offset)][:p.get("max", 16)]
+        found = list(r.messages(offset))[:p.get("max", 16)]
+        self.door_metrics.messages_out(topic, len(found))
+        tracer = self.broker.tracer
+        if tracer is not None and found:  # the deliver span (core/tracing.py)
+            tracer.delivered(Delivery("http", None, topic, q, found, started,
+                                      parse_traceparent(req.header(b"traceparent"))))
+        msgs = [codec.message_json(m, enc) for m in found]
         nxt = msgs[-1]["offset"] + 1 if len(msgs) == p.get("max", 16) else r.next_offset
         return json_response({"status": r.status.value, "messages": msgs, "next_offset": nxt,
                               "min_offset": r.min_offset, "max_offset": r.max_offset})
@@ -877,7 +973,8 @@ class Api:
                    Param("FerryMQ-Delay-Ms", "header", {"type": "string"},
                          description="Raw body: deliver after this many ms"),
                    Param("FerryMQ-Deliver-At", "header", {"type": "string"},
-                         description="Raw body: deliver at (epoch ms or RFC 3339)")),
+                         description="Raw body: deliver at (epoch ms or RFC 3339)"),
+                   P_TRACEPARENT, P_TRACESTATE),
                   produce_body, True,
                   {201: _ok(PRODUCE_RESULT, "Stored: ids, queue and offsets"),
                    403: _problem("The topic is not writable"),
@@ -922,7 +1019,7 @@ class Api:
                    409: _problem("The transaction already ended")}),
             Route("GET", "/v1/topics/{topic}/messages", self.consume, "consume",
                   "Pop messages with receipt handles (long polling)", "messages",
-                  (P_TOPIC, P_GROUP_Q, max_p,
+                  (P_TOPIC, P_GROUP_Q, max_p, P_TRACEPARENT,
                    Param("wait", "query", {"type": "number", "minimum": 0, "maximum": 30},
                          description="Long-poll up to this many seconds (capped at 30)"),
                    Param("invisible", "query", {"type": "number", "minimum": 0.1,
@@ -966,7 +1063,7 @@ class Api:
                   {200: _ok(MESSAGES_SCHEMA)}),
             Route("GET", "/v1/topics/{topic}/stream", self.stream, "stream",
                   "Server-sent events, one per message; Last-Event-ID resumes", "messages",
-                  (P_TOPIC,
+                  (P_TOPIC, P_TRACEPARENT,
                    Param("group", "query", GROUP_SCHEMA,
                          description="Commit the stream's position for this group"),
                    P_QUEUE_Q, P_TAG, P_SQL, P_ENCODING,
@@ -986,7 +1083,7 @@ class Api:
                    Param("offset", "query", {"type": "integer", "minimum": 0}, True),
                    Param("max", "query", {"type": "integer", "minimum": 1,
                                           "maximum": MAX_READ_MESSAGES}),
-                   P_TAG, P_SQL, P_ENCODING), None, True,
+                   P_TAG, P_SQL, P_ENCODING, P_TRACEPARENT), None, True,
                   {200: _ok(READ_RESULT), 403: _problem("The topic is not readable")}),
             Route("GET", "/v1/topics/{topic}/keys/{key}", self.messages_by_key,
                   "messages_by_key", "Messages of a topic by key", "admin",
@@ -1061,6 +1158,15 @@ class Api:
             Route("DELETE", "/v1/groups/{group}", self.delete_group, "delete_group",
                   "Delete a consumer group and its offsets", "admin",
                   (Param("group", "path", GROUP_SCHEMA),), None, True, {204: Resp("Deleted")}),
+            Route("DELETE", "/v1/timers/{message_id}", self.cancel_timer, "cancel_timer",
+                  "Cancel a timed message before its delivery time", "timers",
+                  (Param("message_id", "path", {"type": "string", "minLength": 1,
+                                                "maxLength": 128},
+                         description="The id the produce answered for the timed message"),),
+                  None, True,
+                  {200: _ok(TIMER_CANCEL_OUT),
+                   404: _problem("No pending timer has that id (delivered, cancelled, or "
+                                 "never timed)")}),
             Route("GET", "/healthz", self.healthz, "healthz", "Liveness", "operations", (),
                   None, True, {200: _ok(STATUS_SCHEMA)}, public=True),
             Route("GET", "/readyz", self.readyz, "readyz", "Readiness: the store takes writes",

@@ -170,7 +170,9 @@ class Connection:
         self.watch = watch
         self.p = h1.ServerConnection(self.limits.max_header_bytes)
         watch.deadline = math.inf
-        self._fd = stream.socket.fileno()
+        # Plaintext: small responses go straight to the socket; over TLS (no file
+        # descriptor to write to) every response goes through the stream.
+        self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
         self.peer_closed = False
         self._watching = False
         self._head: h1.RequestHead | None = None
@@ -285,6 +287,9 @@ class Connection:
 
     async def _send(self, data: bytes | None) -> None:
         if not data:
+            return
+        if self._fd < 0:
+            await self.watch.send_all(self.stream, data)
             return
         try:
             n = os.write(self._fd, data)
@@ -423,7 +428,7 @@ class Connection:
                 # A client too slow to send its request: tell it, then close.
                 try:
                     data = self._problem_bytes(Problem("request_timeout"))
-                    if data:
+                    if data and self._fd >= 0:
                         os.write(self._fd, data)
                 except OSError:
                     pass

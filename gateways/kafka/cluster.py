@@ -73,6 +73,9 @@ class ClusterApis:
     def host_for(self, s: Any) -> str:
         raise NotImplementedError
 
+    def port_for(self, s: Any) -> int:
+        raise NotImplementedError
+
     def topic_id(self, t: TopicConfig) -> bytes:
         raise NotImplementedError
 
@@ -247,7 +250,7 @@ class ClusterApis:
         return R(error_code=ke.NONE, error_message=None, endpoint_type=ENDPOINT_BROKERS,
                  cluster_id=self.options.cluster_id, controller_id=node,
                  brokers=(R.DescribeClusterBroker(broker_id=node, host=self.host_for(s),
-                                                  port=self.port, rack=None),))
+                                                  port=self.port_for(s), rack=None),))
 
     async def describe_topic_partitions(self, h: Header, req: Any,
                                         s: Any) -> Any:

@@ -24,6 +24,7 @@ from ...core.message import PROPERTY_DOOR, GetStatus, Message, StoredRecord
 from ...core.metadata import TopicConfig
 from ...core.metrics import DoorMetrics
 from ...core.replication import Durability
+from ...core.tracing import Delivery
 from ...protocols import record as rec
 from ...protocols.kafka import batch_header as bh
 from ...protocols.kafka import errors as ke
@@ -165,6 +166,7 @@ class Session:
     sasl_mechanism: str | None = None
     raw_sasl: bool = False  # SaslHandshake v0: the next frame is a bare token
     principal: Principal = field(default=ANONYMOUS)
+    advertised_port: int | None = None  # a TLS listener's port: its clients stay on TLS
 
     def __post_init__(self) -> None:
         if self.principal is ANONYMOUS:
@@ -262,6 +264,9 @@ class KafkaDoor(ClusterApis):
     def host_for(self, session: Session) -> str:
         return self.options.advertised_host or session.local_host
 
+    def port_for(self, session: Session) -> int:
+        return session.advertised_port or self.port
+
     # ================================================================ ApiVersions
 
     def api_versions_body(self, error: int = ke.NONE) -> Any:
@@ -332,7 +337,7 @@ class KafkaDoor(ClusterApis):
                                                   topic_id=self.topic_id(t),
                                                   is_internal=False, partitions=parts))
         return R(brokers=(R.MetadataResponseBroker(node_id=node, host=self.host_for(s),
-                                                   port=self.port, rack=None),),
+                                                   port=self.port_for(s), rack=None),),
                  cluster_id=self.options.cluster_id, controller_id=node, topics=tuple(topics))
 
     # ================================================================ Produce
@@ -388,6 +393,7 @@ class KafkaDoor(ClusterApis):
             for batch in batches:
                 off = await self._append(topic, index, batch, s.principal, _durability(acks),
                                          tid)
+                self.metrics.messages_in(topic, bh.read_header(batch).records_count)
                 if base_offset < 0:
                     base_offset = off
         except _ProduceError as exc:
@@ -621,12 +627,18 @@ class KafkaDoor(ClusterApis):
                 return ke.OFFSET_OUT_OF_RANGE, hw, lo, []
             if offset == hw:
                 return ke.NONE, hw, lo, []
+            started = time.time_ns()
             got = self.broker.get(None, topic, part, offset, MAX_FETCH_MESSAGES, max_bytes,
                                   principal=principal)
         except FerryError as exc:
             return kafka_error(exc), -1, -1, []
         if got.status in (GetStatus.OFFSET_TOO_SMALL, GetStatus.OFFSET_OVERFLOW_BADLY):
             return ke.OFFSET_OUT_OF_RANGE, hw, lo, []
+        self.metrics.messages_out(topic, got.message_count)
+        tracer = self.broker.tracer
+        if tracer is not None and got.records:  # the deliver span (core/tracing.py)
+            tracer.delivered(Delivery("kafka", None, topic, part, got.messages(offset),
+                                      started))
         if magic == kr.MAGIC_V2:
             return ke.NONE, hw, lo, batches_v2(got.records)
         return ke.NONE, hw, lo, [message_set(got.records, magic, offset)]
@@ -788,10 +800,10 @@ class KafkaDoor(ClusterApis):
             if not known:
                 return R(error_code=code, error_message=message, node_id=-1, host="", port=-1)
             return R(error_code=ke.NONE, error_message=None, node_id=node, host=host,
-                     port=self.port)
+                     port=self.port_for(s))
         return R(coordinators=tuple(
             R.Coordinator(key=key, node_id=node if known else -1, host=host if known else "",
-                          port=self.port if known else -1, error_code=code,
+                          port=self.port_for(s) if known else -1, error_code=code,
                           error_message=message)
             for key in req.coordinator_keys))
 

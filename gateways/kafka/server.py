@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from functools import partial
 from time import perf_counter
 from typing import Any
 
@@ -113,6 +114,10 @@ async def serve(ctx: DoorContext, *, task_status: trio.TaskStatus[int] = trio.TA
     async def handler(stream: trio.SocketStream, watch: Watch) -> None:
         await handle_connection(door, stream, watch)
 
+    async def tls_handler(stream: trio.SocketStream, watch: Watch) -> None:
+        # Kafka's SSL listener: Metadata and FindCoordinator send its clients back to it.
+        await handle_connection(door, stream, watch, port=ctx.bound.get("kafka-tls"))
+
     try:
         async with trio.open_nursery() as nursery:
             tasks = ctx.tasks(nursery, "kafka")
@@ -120,7 +125,8 @@ async def serve(ctx: DoorContext, *, task_status: trio.TaskStatus[int] = trio.TA
             await txns.recover()
             await tasks.start(txns.run, name="transactions")
             tasks.start_soon(_persist_loop, broker, producers, name="producer_state")
-            await nursery.start(connections.serve, listeners, handler)
+            await nursery.start(partial(connections.serve, listeners, handler,
+                                        tls_handler=tls_handler))
             task_status.started(port)
     finally:
         with trio.CancelScope(shield=True):
@@ -169,9 +175,10 @@ async def _persist_loop(broker: Broker, producers: ProducerStates) -> None:
             await _save(broker, producers)
 
 
-async def handle_connection(door: KafkaDoor, stream: trio.SocketStream, watch: Watch | None = None
-                            ) -> None:
-    """Serve one client until it disconnects or breaks the protocol."""
+async def handle_connection(door: KafkaDoor, stream: trio.SocketStream, watch: Watch | None = None,
+                            port: int | None = None) -> None:
+    """Serve one client until it disconnects or breaks the protocol; ``port``: the one
+    to advertise to it (its listener's), if not the door's."""
     try:
         peer = stream.socket.getpeername()
         local = stream.socket.getsockname()
@@ -180,7 +187,8 @@ async def handle_connection(door: KafkaDoor, stream: trio.SocketStream, watch: W
         await stream.aclose()
         return
     sasl = door.options.sasl_plain_users is not None
-    session = Session(client_host=str(peer[0]), local_host=str(local[0]), authenticated=not sasl)
+    session = Session(client_host=str(peer[0]), local_host=str(local[0]), authenticated=not sasl,
+                      advertised_port=port)
     conn = ServerConnection(SUPPORTED, max_frame_size=door.options.max_frame_size)
     if watch is not None:
         if not sasl:

@@ -15,6 +15,7 @@ import contextlib
 import errno
 import logging
 import os
+from functools import partial
 from typing import Any
 
 import trio
@@ -40,7 +41,7 @@ async def serve(ctx: Any, *, task_status: trio.TaskStatus[int] = trio.TASK_STATU
 
     def handle_tcp(stream: Any, watch: Any) -> Any:
         # Not a coroutine of its own: an idle client costs one frame (Client.run).
-        return Client(hub, stream, "tcp").run()
+        return Client(hub, stream, "tcp", watch).run()
 
     async def handle_ws(stream: Any, watch: Any) -> None:
         ws = WebSocketStream(stream, opts.ws_path)
@@ -53,7 +54,7 @@ async def serve(ctx: Any, *, task_status: trio.TaskStatus[int] = trio.TASK_STATU
                                      OSError):
                 await stream.aclose()
             return
-        await Client(hub, ws, "ws").run()
+        await Client(hub, ws, "ws", watch).run()
 
     connections = ctx.supervisor("mqtt")
     try:
@@ -62,18 +63,22 @@ async def serve(ctx: Any, *, task_status: trio.TaskStatus[int] = trio.TASK_STATU
             listeners = await trio.open_tcp_listeners(ctx.port, host=ctx.host)
             port = listeners[0].socket.getsockname()[1]
             await nursery.start(connections.serve, listeners, handle_tcp)
-            if opts.ws_port:
-                try:
-                    ws_listeners = await trio.open_tcp_listeners(opts.ws_port, host=ctx.host)
-                except OSError as exc:
-                    if exc.errno != errno.EADDRINUSE or opts.ws_port_explicit:
-                        raise
-                    # The default WebSocket port is taken (another broker on this
-                    # host): the TCP door still serves; configure ws_port to insist.
-                    log.warning("MQTT over WebSocket off: port %d is in use", opts.ws_port)
-                else:
-                    ctx.bound["mqtt-ws"] = ws_listeners[0].socket.getsockname()[1]
-                    await nursery.start(connections.serve, ws_listeners, handle_ws)
+            if opts.ws_port or (connections.tls and connections.tls.config.ws_port is not None):
+                ws_plain: list[trio.SocketListener] = []
+                if opts.ws_port:
+                    try:
+                        ws_plain = await trio.open_tcp_listeners(opts.ws_port, host=ctx.host)
+                    except OSError as exc:
+                        if exc.errno != errno.EADDRINUSE or opts.ws_port_explicit:
+                            raise
+                        # The default WebSocket port is taken (another broker on this
+                        # host): the TCP door still serves; configure ws_port to insist.
+                        log.warning("MQTT over WebSocket off: port %d is in use", opts.ws_port)
+                    else:
+                        ctx.bound["mqtt-ws"] = ws_plain[0].socket.getsockname()[1]
+                # WSS (the TLS settings' ws_port) is served next to the plain WebSocket.
+                await nursery.start(partial(connections.serve, ws_plain, handle_ws,
+                                            tls_listener="ws_port"))
             task_status.started(port)
     finally:
         with trio.CancelScope(shield=True):

@@ -23,6 +23,7 @@ import logging
 import math
 import socket
 import uuid
+from dataclasses import replace
 from time import perf_counter
 from typing import Any
 
@@ -62,6 +63,10 @@ from .errors import Answer, answer_for
 from .hub import Hub
 from .sessions import Session
 
+# The supervisor's names of why a limit closed a connection (gateways/supervision.py).
+HANDSHAKE_TIMEOUT, IDLE_TIMEOUT = "handshake_timeout", "idle_timeout"
+FRAME_TIMEOUT, SEND_TIMEOUT = "frame_timeout", "send_timeout"
+
 _PACKET_NAMES: dict[type, str] = {t: t.__name__.lower() for t in (Publish, Puback, Pubrec, Pubrel, Pubcomp,
                                                  Subscribe, Unsubscribe, Pingreq, Disconnect,
                                                  Auth)}
@@ -81,16 +86,26 @@ class Client:
     An idle connection is one task (this reader, one coroutine frame): the
     writer is a task started in the hub's nursery only while there are bytes
     to send, and the CONNECT timeout and keep alive are a ``deadline`` that one
-    hub task checks for every client (docs/mqtt.md, "Performance")."""
+    hub task checks for every client (docs/mqtt.md, "Performance").
+
+    The deadline is, in turn: the CONNECT timeout; then 1.5 x the keep alive from
+    the last complete packet (bytes of a packet that never ends do not count), or
+    ``packet_timeout`` from the start of a packet being received, whichever comes
+    first. ``send_deadline`` bounds a send to a client that does not read
+    (``send_timeout``). ``watch`` is the connection supervisor's: it gets the
+    reason a limit closed the connection (counted per reason) and the pre-auth
+    packet limit (``pre_auth_max_bytes``, for CONNECT)."""
 
     __slots__ = ("_closed", "_idle", "_reading", "_writing", "access", "client_id", "conn",
-                 "deadline", "hub", "keep_alive", "max_outbuf", "outbuf", "publish_will",
-                 "session", "stream", "transport", "version", "will")
+                 "deadline", "expiry_reason", "hub", "keep_alive", "max_outbuf", "outbuf",
+                 "publish_will", "send_deadline", "session", "stream", "transport", "version",
+                 "watch", "will")
 
-    def __init__(self, hub: Hub, stream: Any, transport: str = "tcp") -> None:
+    def __init__(self, hub: Hub, stream: Any, transport: str = "tcp", watch: Any = None) -> None:
         self.hub = hub
         self.stream = stream
         self.transport = transport
+        self.watch = watch
         self.conn = ServerConnection(hub.limits)
         self.outbuf = bytearray()
         self.max_outbuf = hub.options.max_outbuf
@@ -102,6 +117,8 @@ class Client:
         self.publish_will = True
         self.access = hub.open_access
         self.deadline = math.inf  # trio time; the hub's sweeper calls ``expire`` past it
+        self.expiry_reason = HANDSHAKE_TIMEOUT  # what running past ``deadline`` means
+        self.send_deadline = math.inf  # a send under way must be done by then
         self._writing = False
         self._reading = False  # the reader is handling packets: it sends their answers itself
         self._closed = False
@@ -153,6 +170,8 @@ class Client:
                     return False
                 self.write(data)
                 self.hub.stats["sent"] += 1
+                if d.src is not None:  # a stored message (not $SYS, not retained)
+                    self.hub.metrics.messages_out(d.src[0])
                 return True
         props = None
         if self.version == MQTT_5:
@@ -167,7 +186,18 @@ class Client:
             d.cache[key] = data
         self.write(data)
         self.hub.stats["sent"] += 1
+        if d.src is not None:
+            self.hub.metrics.messages_out(d.src[0])
         return True
+
+    async def _send_all(self, data: bytes | bytearray) -> None:
+        timeout = self.hub.options.send_timeout
+        if timeout > 0:
+            self.send_deadline = trio.current_time() + timeout
+        try:
+            await self.stream.send_all(data)
+        finally:
+            self.send_deadline = math.inf
 
     async def _flush(self) -> None:
         """The reader sends what its packets produced (no writer task per reply)."""
@@ -175,7 +205,7 @@ class Client:
         try:
             while self.outbuf and not self._closed:
                 data, self.outbuf = self.outbuf, bytearray()
-                await self.stream.send_all(data)
+                await self._send_all(data)
                 self.hub.stats["bytes_sent"] += len(data)
                 s = self.session
                 if s is not None and s.client is self:
@@ -192,7 +222,7 @@ class Client:
             await trio.sleep(0)
             while self.outbuf and not self._closed:
                 data, self.outbuf = self.outbuf, bytearray()
-                await self.stream.send_all(data)
+                await self._send_all(data)
                 stats["bytes_sent"] += len(data)
                 s = self.session
                 if s is not None and s.client is self:
@@ -229,6 +259,10 @@ class Client:
         conn = self.conn
         stats = hub.stats
         receive = self.stream.receive_some
+        pre_auth = self.watch.limits.pre_auth_max_bytes if self.watch is not None else 0
+        if 0 < pre_auth < conn.limits.max_packet_size:
+            # Until CONNECT is accepted, a packet (CONNECT) may be this large at most.
+            conn.limits = replace(conn.limits, max_packet_size=pre_auth)
         try:
             connect = None
             while connect is None:
@@ -249,14 +283,19 @@ class Client:
                 await self._flush()
             if not accepted:
                 return
+            conn.limits = hub.limits
             timeout = self.keep_alive * KEEP_ALIVE_FACTOR if self.keep_alive else math.inf
+            packet_timeout = hub.options.packet_timeout or math.inf
             now = trio.current_time
+            last_packet = now()
+            started = math.inf  # when the packet being received began arriving
             assert self.session is not None
             flows = self.session.flows
             batch: list[Publish] = []
             while True:
                 self._reading = True
                 ev = conn.next_event()
+                got = ev is not NEED_DATA
                 while not isinstance(ev, NeedData):
                     if type(ev) is Publish and ev.qos < 2:
                         # QoS 0/1 publishes read together are stored together: one
@@ -282,7 +321,20 @@ class Client:
                 self._reading = False
                 if self.outbuf and not self._writing:
                     await self._flush()
-                self.deadline = now() + timeout  # the hub's sweeper enforces it (``expire``)
+                # The hub's sweeper enforces the deadline (``expire``). Only a complete
+                # packet restarts the keep alive (3.1.2.10); a packet begun must end
+                # within packet_timeout (a slowloris after CONNECT).
+                t = now()
+                if got:
+                    last_packet = t
+                if not conn.pending:
+                    started = math.inf
+                elif got or started == math.inf:
+                    started = t
+                if started + packet_timeout < last_packet + timeout:
+                    self.deadline, self.expiry_reason = started + packet_timeout, FRAME_TIMEOUT
+                else:
+                    self.deadline, self.expiry_reason = last_packet + timeout, IDLE_TIMEOUT
                 data = await receive(RECV_SIZE)
                 if not data:
                     return
@@ -356,14 +408,41 @@ class Client:
                 sock.shutdown(socket.SHUT_RD)
 
     def expire(self) -> None:
-        """The hub's sweeper found the deadline passed: no CONNECT in time, or no
-        packet within 1.5 x Keep Alive (3.1.2.10: close, will included)."""
+        """The hub's sweeper found a deadline passed: no CONNECT in time, no packet
+        within 1.5 x Keep Alive (3.1.2.10: close, will included), a packet begun and
+        not ended within packet_timeout, or a send the client did not take within
+        send_timeout (closed at once: it reads nothing, a DISCONNECT would not reach it)."""
+        stats = self.hub.stats
+        if self.send_deadline <= trio.current_time():
+            self.send_deadline = math.inf
+            stats["send_timeouts"] += 1
+            self._expired(SEND_TIMEOUT)
+            self._abort()
+            return
         self.deadline = math.inf
-        if self.session is not None:
-            self.hub.stats["keep_alive_expired"] += 1
+        reason = self.expiry_reason
+        self._expired(reason)
+        if reason == FRAME_TIMEOUT:
+            stats["packet_timeouts"] += 1
+        elif self.session is not None:
+            stats["keep_alive_expired"] += 1
             if self.version == MQTT_5:
                 self.send(Disconnect(Reason.KEEP_ALIVE_TIMEOUT))
         self._stop_reading()
+
+    def _expired(self, reason: str) -> None:
+        """Tell the supervisor why it was closed (counted per reason)."""
+        if self.watch is not None and self.watch.expired is None:
+            self.watch.expired = reason
+
+    def _abort(self) -> None:
+        """Close the socket under whatever is waiting on it (a send that cannot end)."""
+        stream = self.stream
+        sock = getattr(stream, "socket", None) or getattr(getattr(stream, "stream", None),
+                                                          "socket", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
 
     def kick(self, reason: int) -> None:
         """Close this connection from outside (session taken over, 3.1.4-3)."""

@@ -12,15 +12,19 @@ from __future__ import annotations
 import collections
 import logging
 import math
+import time
 from collections.abc import Callable
 
 import trio
 
 from ...core.broker import Broker
 from ...core.errors import FerryError, TopicNotFound
-from ...core.message import GetStatus, StoredRecord
+from ...core.message import ConsumedMessage, GetStatus, StoredRecord
+from ...core.tracing import Delivery
 from . import mapping
 from .delivery import RecordReader
+
+_NO_HOST = bytes(8)  # a deliver span's message id is its UNIQ_KEY or offset id
 
 log = logging.getLogger("ferrymq.mqtt")
 
@@ -115,6 +119,7 @@ class Dispatcher:
             fetched.sort(key=_first)
         route = self.route
         read = self.reader.messages
+        tracer = broker.tracer
         for phys, q, r in fetched:
             if phys > cut:
                 break
@@ -122,6 +127,10 @@ class Dispatcher:
             try:
                 for off, body, props in read(r, pos):
                     route(topic, q, off, body, props)
+                    if tracer is not None:  # the deliver span (core/tracing.py)
+                        tracer.delivered(Delivery("mqtt", None, topic, q, (ConsumedMessage(
+                            topic, q, off, body, props, 0, r.store_timestamp, phys,
+                            _NO_HOST),), time.time_ns()))
             except Exception:  # a bug must not stop the topic: skip, count, log
                 self.stats["internal_errors"] += 1
                 log.exception("routing %s/%d from %d failed", topic, q, pos)

@@ -85,6 +85,7 @@ class Hub:
                                self._sessions_state)
         self.store = StorePath(broker, self.retained, self.state, self.stats,
                                self.topic_created)
+        self.store.door_metrics = self.metrics
         self.limits = ServerLimits(options.max_packet_size, options.receive_maximum,
                                    options.topic_alias_maximum)
         self.open_access = ClientAccess(None)
@@ -160,7 +161,7 @@ class Hub:
         while True:
             await trio.sleep(DEADLINE_TICK)
             now = trio.current_time()
-            for c in [c for c in self.clients if c.deadline <= now]:
+            for c in [c for c in self.clients if c.deadline <= now or c.send_deadline <= now]:
                 c.expire()
 
     async def _housekeeping(self) -> None:

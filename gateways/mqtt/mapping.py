@@ -37,6 +37,7 @@ from ...core.message import (
     now_ms,
 )
 from ...core.metadata import SYSTEM_PREFIXES
+from ...core.tracing import TRACEPARENT, TRACESTATE
 from ...protocols import boundedjson
 from ...protocols.mqtt.constants import Prop
 
@@ -68,6 +69,9 @@ RESERVED = frozenset({
     PROPERTY_DOOR,
 })
 
+# MQTT 5 user properties that are also kept as themselves when the others are stored as
+# one JSON list: the W3C trace context (core/tracing.py) every door reads by name.
+_TRACE_CARRIERS = frozenset((TRACEPARENT, TRACESTATE))
 DELIVER_AT_PROPERTY = "ferrymq-deliver-at-ms"
 DELAY_PROPERTY = "ferrymq-delay-ms"
 DELIVERY_PROPERTIES = {DELIVER_AT_PROPERTY: PROPERTY_TIMER_DELIVER_MS,
@@ -153,6 +157,9 @@ def to_message(topic: str, queue_id: int, payload: bytes, qos: int, retain: bool
                 p.update(users)
             else:
                 p[MQTT_USER_PROPERTIES] = json.dumps([list(kv) for kv in users])
+                for k, v in users:  # the trace context, where every door finds it
+                    if k in _TRACE_CARRIERS and k not in p and _storable(v):
+                        p[k] = v
         if timer is not None:
             p[timer[0]] = timer[1]  # validated by Broker.put (InvalidDelay)
     p[PROPERTY_DOOR] = "mqtt"  # the door it came in by (the console's "which door"), last

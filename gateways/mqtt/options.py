@@ -27,6 +27,8 @@ class MqttOptions:
     max_keep_alive: int = 0  # 0: no cap; else keep alives above are lowered (5.0) to it
     max_session_expiry: int = 0xFFFFFFFF
     connect_timeout: float = 10.0  # seconds to send CONNECT after the TCP connect
+    packet_timeout: float = 60.0  # seconds a packet begun may take to arrive whole; 0: off
+    send_timeout: float = 30.0  # seconds a send may wait on a client that does not read; 0: off
     allow_anonymous: bool = True
     password_file: str = ""
     acl_file: str = ""

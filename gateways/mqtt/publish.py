@@ -26,6 +26,7 @@ from ...core.broker import Broker
 from ...core.errors import FerryError, TopicNotFound
 from ...core.message import Message
 from ...core.metadata import TopicConfig
+from ...core.metrics import DoorMetrics
 from ...protocols.mqtt.packets import Publish
 from . import mapping
 from .delivery import Delivery
@@ -47,6 +48,7 @@ class StorePath:
         self.state = state
         self.stats = stats
         self.topic_created = topic_created
+        self.door_metrics: DoorMetrics | None = None  # the hub's, once it has them
         # MQTT topic -> (its topic's config, broker topic, queue): a publish skips
         # the name mapping and the hash while the topic's config is unchanged.
         self._routes: dict[str, tuple[TopicConfig, str, int]] = {}
@@ -157,3 +159,6 @@ class StorePath:
                     errors[i] = exc
             else:
                 self.stats["received"] += len(idx)
+                if self.door_metrics is not None:
+                    self.door_metrics.messages_in(messages[idx[0]].topic,  # type: ignore[union-attr]
+                                                  len(idx))

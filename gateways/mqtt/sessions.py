@@ -32,6 +32,7 @@ class Connection(Protocol):
 
     access: ClientAccess
     deadline: float
+    send_deadline: float
 
     @property
     def writable(self) -> bool:

@@ -43,6 +43,7 @@ from ...protocols.sentinels import NeedData
 from ..config import DOOR_LIMITS, ConnectionLimits
 from ..server import DoorContext
 from ..supervision import ConnectionSupervisor, RequestBudget, Watch
+from ..tls import TlsServer
 from .routes import BROKER_EXPIRY_S, RouteTable
 
 log = logging.getLogger("ferrymq.namesrv")
@@ -161,6 +162,8 @@ async def serve_namesrv(host: str, port: int, options: Mapping[str, Any] | None 
                         limits: ConnectionLimits | None = None,
                         budget: RequestBudget | None = None,
                         metrics: MetricsRegistry | None = None,
+                        tls: TlsServer | None = None,
+                        bound_ports: dict[str, int] | None = None,
                         task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve a NameServer until cancelled. Alone (``ferrymq namesrv``) it has the
     default limits, a budget of its own and metrics no one scrapes."""
@@ -176,7 +179,7 @@ async def serve_namesrv(host: str, port: int, options: Mapping[str, Any] | None 
     connections = ConnectionSupervisor(
         "namesrv", limits or DOOR_LIMITS["namesrv"], metrics,
         budget=budget or RequestBudget(DEFAULT_MAX_FRAME * 4, metrics),
-        protocol_errors=(RemotingProtocolError,))
+        protocol_errors=(RemotingProtocolError,), tls=tls, host=host, bound=bound_ports)
 
     def expire() -> None:
         for addr in table.expire():
@@ -195,4 +198,5 @@ async def serve(ctx: DoorContext, *, task_status: trio.TaskStatus[int] = trio.TA
     await serve_namesrv(ctx.host, ctx.port, ctx.options,
                         limits=ctx.config.connection_limits("namesrv"), budget=ctx.budget,
                         metrics=ctx.broker.metrics if ctx.broker is not None else None,
+                        tls=ctx.tls_server("namesrv"), bound_ports=ctx.bound,
                         task_status=task_status)

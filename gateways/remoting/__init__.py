@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import ssl
+from collections.abc import Mapping
+from typing import Any
 
 import trio
 
@@ -28,6 +31,7 @@ from ...protocols.remoting import DEFAULT_MAX_FRAME, RemotingProtocolError
 from ...protocols.remoting import headers as H
 from ..config import DOOR_LIMITS
 from ..server import DoorContext
+from ..tls import client_context
 from .client_table import CLIENT_EXPIRY_S, LOCK_TTL_S, ClientTable
 from .connection import serve_connection
 from .processor import MAX_SUSPEND_S, Processor
@@ -51,6 +55,18 @@ def namesrv_addresses(ctx: DoorContext) -> list[str]:
     return []
 
 
+def namesrv_tls(opts: Mapping[str, Any]) -> ssl.SSLContext | None:
+    """The broker's TLS to its NameServers (RocketMQ's ``tls.client.*``):
+    ``namesrv_tls = true`` (the system's CAs) or ``namesrv_tls_ca_file``, and
+    ``namesrv_tls_cert_file``/``namesrv_tls_key_file`` for a NameServer that wants a
+    client certificate; None: plaintext (docs/security.md, "TLS")."""
+    ca = opts.get("namesrv_tls_ca_file")
+    if not (opts.get("namesrv_tls") or ca):
+        return None
+    return client_context(str(ca) if ca else None, opts.get("namesrv_tls_cert_file"),
+                          opts.get("namesrv_tls_key_file"))
+
+
 async def serve(ctx: DoorContext, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
                 ) -> None:
     opts = ctx.options
@@ -66,7 +82,8 @@ async def serve(ctx: DoorContext, *, task_status: trio.TaskStatus[int] = trio.TA
                           max_suspend_s=float(opts.get("max_suspend_s", MAX_SUSPEND_S)))
     registrar = Registrar(namesrvs, H.RegisterBrokerRequestHeader(
         cfg.broker_name, addr, cfg.cluster_name, haServerAddr="", brokerId=0),
-        processor.topic_configs, float(opts.get("register_interval_s", REGISTER_INTERVAL_S)))
+        processor.topic_configs, float(opts.get("register_interval_s", REGISTER_INTERVAL_S)),
+        ssl_context=namesrv_tls(opts))
     ctx.broker.watch_topics(registrar.topics_changed)  # topics made through any door
     processor.register_now = registrar.register_now
     serve_one = functools.partial(

@@ -27,7 +27,9 @@ import trio
 from ...core.access import Principal
 from ...core.errors import FerryError, InvalidArgument, InvalidReceipt
 from ...core.filter import Filter, parse_filter
+from ...core.metrics import DoorMetrics
 from ...core.pop import PoppedMessage
+from ...core.tracing import Delivery
 from ...protocols.remoting import RemotingCommand, RequestCode, ResponseCode, encode, response_to
 from ...protocols.remoting import headers as H
 from ...protocols.remoting import pop as P
@@ -43,6 +45,7 @@ class PopRequests:
     def __init__(self, ctx: RequestContext) -> None:
         self.ctx = ctx
         self.broker = ctx.broker
+        self.metrics = DoorMetrics(ctx.broker.metrics, "rocketmq")
         self.counters = ctx.counters
         self.broker_name = ctx.broker.config.broker_name
 
@@ -117,6 +120,12 @@ class PopRequests:
         if not got:
             return response_to(cmd, ResponseCode.POLLING_TIMEOUT, H.PopMessageResponseHeader(
                 0, h.invisibleTime, P.REVIVE_QID, rest).to_ext(), remark="NO_MESSAGE_IN_QUEUE")
+        self.metrics.messages_out(h.topic, len(got))
+        tracer = self.broker.tracer
+        if tracer is not None:  # the deliver span (core/tracing.py)
+            tracer.delivered(Delivery("rocketmq", h.consumerGroup, h.topic,
+                                      h.queueId if h.queueId >= 0 else None,
+                                      [p.message for p in got], got[0].pop_time * 1_000_000))
         by_queue: dict[int, list[int]] = {}
         for p in got:
             by_queue.setdefault(p.message.queue_id, []).append(p.message.queue_offset)

@@ -39,6 +39,7 @@ from ...core.filter import Filter, parse_filter
 from ...core.message import PROPERTY_DOOR, GetStatus, Message, offset_message_id
 from ...core.metadata import DLQ_PREFIX, PERM_READ_WRITE, RETRY_PREFIX
 from ...core.metrics import DoorMetrics
+from ...core.tracing import Delivery
 from ...protocols import record as rec
 from ...protocols.remoting import (
     RemotingCommand,
@@ -202,6 +203,7 @@ class Processor:
         if cmd.code == RequestCode.SEND_BATCH_MESSAGE or batch:
             result = await broker.put_encoded_batch(topic, qid, cmd.body, born_host,
                                                     principal=who)
+            self.metrics.messages_in(topic, result.count)
             ext = {"msgId": batch_offset_ids(result.store_host, result.physical_offset,
                                              result.count),
                    "queueId": str(result.queue_id), "queueOffset": str(result.queue_offset),
@@ -223,6 +225,7 @@ class Processor:
                 qid = 0
         msg = Message(topic, cmd.body, props, qid, flag, born_ts, born_host, reconsume, sys_flag)
         result = await broker.put(msg, principal=who)  # an auto-created topic reaches the NameServer
+        self.metrics.messages_in(topic)
         return encode_send_ok(                  # through Broker.watch_topics
             cmd, _OFFSET_ID.pack(result.store_host, result.physical_offset).hex().upper(),
             result.queue_id, result.queue_offset)
@@ -285,10 +288,16 @@ class Processor:
                    filt: Filter | None, who: Principal) -> RemotingCommand | None:
         """The response if there is something to say now; None to wait (no new message)."""
         max_msgs = max(1, min(h.maxMsgNums, MAX_PULL_MESSAGES))
+        started = time.time_ns()
         r = self.broker.get(h.consumerGroup, h.topic, h.queueId, h.queueOffset, max_msgs,
                             h.maxMsgBytes or DEFAULT_MAX_PULL_BYTES, filt, principal=who)
         st = r.status
         if st is GetStatus.FOUND:
+            self.metrics.messages_out(h.topic, r.message_count)
+            tracer = self.broker.tracer
+            if tracer is not None:  # the deliver span (core/tracing.py)
+                tracer.delivered(Delivery("rocketmq", h.consumerGroup, h.topic, h.queueId,
+                                          r.messages(h.queueOffset), started))
             parts: list[bytes] = []
             n = 0
             next_offset = r.next_offset

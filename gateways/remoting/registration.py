@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import ssl
 from collections.abc import Callable, Sequence
 
 import anyio
@@ -31,8 +32,10 @@ MIN_GAP_S = 0.05
 class Registrar:
     def __init__(self, namesrvs: Sequence[str], header: H.RegisterBrokerRequestHeader,
                  topics: Callable[[], list[B.TopicConfigData]],
-                 interval_s: float = REGISTER_INTERVAL_S) -> None:
+                 interval_s: float = REGISTER_INTERVAL_S,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.namesrvs = list(namesrvs)
+        self.ssl_context = ssl_context  # TLS to the NameServers (an enforcing one)
         self.header = header
         self.topics = topics
         self.interval_s = interval_s
@@ -56,7 +59,7 @@ class Registrar:
         is routable once it says it is ready), then every interval and on change; on
         the way out, unregister."""
         try:
-            async with RemotingClient() as rc:
+            async with RemotingClient(ssl_context=self.ssl_context) as rc:
                 self._rc = rc
                 while True:
                     self._changed = trio.Event()
@@ -71,7 +74,7 @@ class Registrar:
             self._rc = None
             # The client above died with the cancelled scope: a fresh one, shielded.
             with trio.CancelScope(shield=True), trio.move_on_after(2):
-                async with RemotingClient() as rc:
+                async with RemotingClient(ssl_context=self.ssl_context) as rc:
                     await self._unregister_all(rc)
 
     async def _register_all(self, rc: RemotingClient) -> None:

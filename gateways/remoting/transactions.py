@@ -22,6 +22,11 @@ commitLogOffset), so nothing here handles it. This module answers what follows
   False, and the core does not count the check.
 - GET_TRANSACTION_STATS (FerryMQ's 900010): the core's counters, open halves
   and discarded ones, for the CLI.
+- CANCEL_TIMER (FerryMQ's 900020): header ``msgId`` (the id a timed send returned:
+  its client id or the timer record's offset id): SUCCESS with ``timerOffset`` and
+  ``deliverMs``, or QUERY_NOT_FOUND (unknown, delivered or cancelled already).
+- GET_TIMER_STATS (FerryMQ's 900021): the timers' counters and lateness, and, with
+  a header ``hours`` (1-168), the pending timers per hour of delivery time, as JSON.
 """
 
 from __future__ import annotations
@@ -49,7 +54,8 @@ _ACTIONS = {TRANSACTION_COMMIT_TYPE, TRANSACTION_ROLLBACK_TYPE, TRANSACTION_NOT_
 
 
 class TransactionRequests:
-    """END_TRANSACTION, the check-back, and the transaction admin request."""
+    """END_TRANSACTION, the check-back, the transaction admin request, and the timer
+    requests (the other kind of message the broker holds back)."""
 
     def __init__(self, ctx: RequestContext) -> None:
         self.ctx = ctx
@@ -60,6 +66,8 @@ class TransactionRequests:
     def install(self, handlers: dict[int, Handler]) -> None:
         handlers[RequestCode.END_TRANSACTION] = self.end_transaction
         handlers[FerryRequestCode.GET_TRANSACTION_STATS] = self.stats
+        handlers[FerryRequestCode.CANCEL_TIMER] = self.cancel_timer
+        handlers[FerryRequestCode.GET_TIMER_STATS] = self.timer_stats
 
     # ------------------------------------------------------------ END_TRANSACTION
 
@@ -135,3 +143,33 @@ class TransactionRequests:
             "checksSent": st.checks_sent, "checksWithoutProducer": st.checks_without_producer,
             "checkFailures": st.check_failures, "oldestPendingTimestamp": st.oldest_pending_ms,
             "pendingTransactions": pending, "discardedTransactions": discarded}))
+
+    # ------------------------------------------------------------ timers
+
+    async def cancel_timer(self, conn: Connection, cmd: RemotingCommand) -> RemotingCommand:
+        """Cancel a pending timer by the message id its send returned."""
+        msg_id = cmd.ext("msgId")
+        if not msg_id or len(msg_id) > 128:
+            raise InvalidArgument("msgId: the id the timed send returned (1-128 characters)")
+        result = await self.broker.cancel_timer(msg_id, principal=self.ctx.principal(conn))
+        return response_to(cmd, ResponseCode.SUCCESS, {
+            "msgId": result.message_id, "timerOffset": str(result.timer_offset),
+            "deliverMs": str(result.deliver_ms)})
+
+    async def timer_stats(self, conn: Connection, cmd: RemotingCommand) -> RemotingCommand:
+        """The timers' counters and delivery lateness, as JSON."""
+        who = self.ctx.principal(conn)
+        st = self.broker.timer_stats(principal=who)
+        schedule: dict[str, object] = {}
+        if cmd.ext("hours"):  # the wheel is walked only when asked (tens of ms when full)
+            hours = max(1, min(int(cmd.ext("hours") or 24), 168))
+            sched = self.broker.timer_schedule(hours, principal=who)
+            schedule = {"scheduleStartMs": sched.start_ms, "perHour": list(sched.counts),
+                        "later": sched.later, "approximate": sched.approximate}
+        return response_to(cmd, ResponseCode.SUCCESS, body=B.dumps({
+            **schedule,
+            "pending": st.pending, "prepared": st.prepared, "scheduled": st.scheduled,
+            "delivered": st.delivered, "cancelled": st.cancelled, "rolled": st.rolled,
+            "dropped": st.dropped, "processedUntilMs": st.processed_until_ms,
+            "latenessP50Ms": st.lateness_p50_ms, "latenessP99Ms": st.lateness_p99_ms,
+            "latenessMaxMs": st.lateness_max_ms, "logBytes": st.log_bytes}))

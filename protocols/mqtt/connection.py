@@ -84,6 +84,11 @@ class ServerConnection:
 
     # ---------------------------------------------------------- receiving
 
+    @property
+    def pending(self) -> int:
+        """Bytes received of a packet that is not complete yet (0: between packets)."""
+        return len(self._partial) + len(self._buf) - self._pos
+
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         # Complete packets are decoded in place from the received bytes (no copy);
         # an incomplete one collects in a bytearray (amortised O(1) per byte, so a

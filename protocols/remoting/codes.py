@@ -87,12 +87,15 @@ FERRY_CODE_MAX = 900_999
 class FerryRequestCode(enum.IntEnum):
     """FerryMQ's admin requests that RocketMQ has no code for (docs/remoting.md,
     "FerryMQ's own requests"): dead letters (RocketMQ cannot list or resend them:
-    apache/rocketmq #2199, #2436) and the transaction table."""
+    apache/rocketmq #2199, #2436), the transaction table, and timers (cancel by
+    message id, counters)."""
 
     LIST_DEAD_LETTERS = 900_001
     VIEW_DEAD_LETTER = 900_002
     RESEND_DEAD_LETTERS = 900_003
     GET_TRANSACTION_STATS = 900_010
+    CANCEL_TIMER = 900_020  # RocketMQ 5 cancels a timer only through its gRPC proxy
+    GET_TIMER_STATS = 900_021
 
 
 class ResponseCode(enum.IntEnum):

@@ -36,6 +36,8 @@ register_interval_s = 30.0
 sasl_plain_users = {{ alice = "secret" }}
 [mqtt]
 connect_timeout = 1.0
+packet_timeout = 1.0
+send_timeout = 1.5
 ws_port = {{ws_port}}
 sys_interval = 0.0
 [http]

@@ -32,6 +32,7 @@ from abuse_tools import (
 from ferrymq.protocols.kafka import records as kr
 from ferrymq.protocols.kafka import schema
 from ferrymq.protocols.remoting import RequestCode, SerializeType, encode, request
+from ferrymq.protocols.remoting.codes import FerryRequestCode
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from wsproto.events import BytesMessage
@@ -69,6 +70,9 @@ REMOTING_SEEDS = [
     encode(request(RequestCode.GET_ROUTEINFO_BY_TOPIC, 5, {"topic": "fuzz"},
                    serialize_type=SerializeType.ROCKETMQ)),
     remoting_frame(b'{"code":34,"opaque":6,"extFields":{"a":[[[{}]]]}}', b"[[[[[[]]]]]]"),
+    # FerryMQ's timer requests (CANCEL_TIMER, GET_TIMER_STATS; docs/remoting.md)
+    encode(request(FerryRequestCode.CANCEL_TIMER, 7, {"msgId": "AC1100020000" + "0" * 20})),
+    encode(request(FerryRequestCode.GET_TIMER_STATS, 8, {"hours": "24"})),
 ]
 NAMESRV_SEEDS = [
     encode(request(RequestCode.GET_ROUTEINFO_BY_TOPIC, 1, {"topic": "fuzz"})),
@@ -137,6 +141,13 @@ HTTP_SEEDS = [
     + b"\r\n\r\n5\r\n{}\n{}\r\n0\r\n\r\n",
     b"GET /v1/topics/fuzz/messages?group=g&wait_ms=0 HTTP/1.1\r\nhost: x\r\nauthorization:"
     b" Bearer " + TOKEN.encode() + b"\r\n\r\n",
+    # timer cancel, and a produce carrying a W3C trace context (docs/observability.md)
+    b"DELETE /v1/timers/AC11000200002A9F0000000000000000 HTTP/1.1\r\nhost: x\r\n"
+    b"authorization: Bearer " + TOKEN.encode() + b"\r\n\r\n",
+    b"POST /v1/topics/fuzz/messages HTTP/1.1\r\nhost: x\r\nauthorization: Bearer "
+    + TOKEN.encode() + b"\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    + b"\r\ntracestate: a=1\r\ncontent-type: application/json\r\ncontent-length: 13\r\n\r\n"
+    + b'{"body":"hi"}',
     b"PATCH /v1/topics/fuzz/configs HTTP/1.1\r\nhost: x\r\nauthorization: Bearer "
     + TOKEN.encode() + b"\r\ncontent-type: application/json\r\ncontent-length: 49\r\n\r\n"
     + b'{"set":{"retention.ms":"5"},"validate_only":true}',

@@ -139,3 +139,25 @@ async def test_a_persistent_session_is_a_consumer_group_with_offsets_in_the_core
     c = await run(lambda: RawClient(port, 4))
     assert (await run(lambda: c.connect("meter-1", clean=False))).session_present
     assert [m.payload for m in await run(c.messages, 1)] == [b"while away"]
+
+
+async def test_mqtt_counts_messages_in_and_out_and_carries_the_trace_context(door) -> None:
+    """Per-door counters (docs/observability.md): a PUBLISH in, one PUBLISH out per
+    subscriber; the MQTT 5 user property traceparent is the message's property."""
+    broker, port = door
+    tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    subs = await run(lambda: [connect(port, f"m{i}") for i in range(2)])
+    for s in subs:
+        await run(lambda s=s: s.subscribe("meters/#", qos=1))
+
+    def publish():
+        c = connect(port, "meter-1")
+        c.publish("meters/1", b"7", 1, properties={Prop.USER_PROPERTY: (("traceparent", tp),)})
+        c.close()
+
+    await run(publish)
+    got = [await run(s.messages, 1) for s in subs]
+    assert all(g[0].properties[Prop.USER_PROPERTY] == (("traceparent", tp),) for g in got)
+    text = broker.metrics.render()
+    assert 'ferrymq_door_messages_in_total{protocol="mqtt",topic="meters"} 1\n' in text
+    assert 'ferrymq_door_messages_out_total{protocol="mqtt",topic="meters"} 2\n' in text
