@@ -50,6 +50,7 @@ class NoRouteError(ClientError):
 class ClientInstance:
     def __init__(self, namesrv: str | list[str], *, route_refresh_s: float = ROUTE_REFRESH_S,
                  heartbeat_s: float = HEARTBEAT_S, timeout: float = DEFAULT_TIMEOUT,
+                 credentials: tuple[str, str] | None = None,
                  tls: ssl.SSLContext | None = None) -> None:
         self.namesrvs = parse_address_list(namesrv)
         if not self.namesrvs:
@@ -66,8 +67,16 @@ class ClientInstance:
         # Requests a broker sends us, by code, answered on the connection they came on
         # (CHECK_TRANSACTION_STATE: the answer goes back to that broker).
         self.request_handlers: dict[int, CodeHandler] = {}
+        # (AccessKey, SecretKey): every request is signed (docs/security.md); by default
+        # FERRYMQ_ACCESS_KEY / FERRYMQ_SECRET_KEY of the environment.
+        if credentials is None and os.environ.get("FERRYMQ_ACCESS_KEY"):
+            # As the CLI and any tool run under an operator's environment expect.
+            credentials = (os.environ["FERRYMQ_ACCESS_KEY"],
+                           os.environ.get("FERRYMQ_SECRET_KEY", ""))
+        self.credentials = credentials
         # tls: every connection (NameServers and brokers) over TLS with this context.
-        self.remoting = RemotingClient(on_request=self._server_request, ssl_context=tls)
+        self.remoting = RemotingClient(on_request=self._server_request, credentials=credentials,
+                                       ssl_context=tls)
         self.tg: anyio.abc.TaskGroup | None = None
         self._ns_index = 0
         self._heartbeat_now = anyio.Event()

@@ -18,7 +18,7 @@ import logging
 import math
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import anyio
@@ -32,6 +32,7 @@ from ..protocols.remoting import (
     ResponseCode,
     SerializeType,
     encode,
+    signature,
 )
 from ..protocols.remoting.frame import FLAG_ONEWAY
 from ..protocols.sentinels import NeedData
@@ -100,8 +101,10 @@ class RemotingConnection:
 
     def __init__(self, stream: anyio.abc.ByteStream, address: str, *,
                  on_request: RequestHandler | None = None, max_frame: int = DEFAULT_MAX_FRAME,
-                 serialize_type: int = SerializeType.JSON) -> None:
+                 serialize_type: int = SerializeType.JSON,
+                 credentials: tuple[str, str] | None = None) -> None:
         self.stream = stream
+        self.credentials = credentials  # (AccessKey, SecretKey): every request is signed
         self.address = address
         self.on_request = on_request
         self.serialize_type = serialize_type
@@ -133,7 +136,7 @@ class RemotingConnection:
         """Queue ``cmd`` (its opaque replaced) without waiting; ``callback`` gets the
         response, or a RemotingTimeoutError / RemotingConnectError. Returns the opaque."""
         opaque = next(self._opaque) & 0x7FFFFFFF
-        frame = encode(RemotingCommand(cmd.code, opaque, cmd.flag, cmd.ext_fields, cmd.body,
+        frame = encode(RemotingCommand(cmd.code, opaque, cmd.flag, self._fields(cmd), cmd.body,
                                        cmd.remark, cmd.language, cmd.version,
                                        self.serialize_type))
         self._queue(frame)
@@ -146,7 +149,7 @@ class RemotingConnection:
         """Send ``cmd`` (its opaque is replaced) and return the response.
         Raises RemotingConnectError, RemotingTimeoutError."""
         opaque = next(self._opaque) & 0x7FFFFFFF
-        frame = encode(RemotingCommand(cmd.code, opaque, cmd.flag, cmd.ext_fields, cmd.body,
+        frame = encode(RemotingCommand(cmd.code, opaque, cmd.flag, self._fields(cmd), cmd.body,
                                        cmd.remark, cmd.language, cmd.version,
                                        self.serialize_type))
         done = anyio.Event()
@@ -173,7 +176,15 @@ class RemotingConnection:
 
     async def invoke_oneway(self, cmd: RemotingCommand) -> None:
         cmd = _with(cmd, self.next_opaque(), self.serialize_type, FLAG_ONEWAY)
+        if self.credentials is not None:
+            cmd = cmd._replace(ext_fields=self._fields(cmd))
         self._queue(encode(cmd))
+
+    def _fields(self, cmd: RemotingCommand) -> Mapping[str, object]:
+        """The request's ext fields, signed when the client has credentials."""
+        if self.credentials is None:
+            return cmd.ext_fields
+        return signature.sign(cmd.ext_fields, cmd.body, *self.credentials)
 
     def _fail(self, exc: BaseException) -> None:
         if self.closed:
@@ -276,8 +287,10 @@ class RemotingClient:
 
     def __init__(self, *, on_request: RequestHandler | None = None,
                  connect_timeout: float = 3.0, max_frame: int = DEFAULT_MAX_FRAME,
+                 credentials: tuple[str, str] | None = None,
                  ssl_context: ssl.SSLContext | None = None) -> None:
         self.on_request = on_request
+        self.credentials = credentials  # (AccessKey, SecretKey): sign every request
         self.ssl_context = ssl_context
         self.connect_timeout = connect_timeout
         self.max_frame = max_frame
@@ -323,7 +336,7 @@ class RemotingClient:
             except (OSError, TimeoutError, ssl.SSLError) as exc:
                 raise RemotingConnectError(f"cannot connect to {address}: {exc}") from None
             c = RemotingConnection(stream, address, on_request=self.on_request,
-                                   max_frame=self.max_frame)
+                                   max_frame=self.max_frame, credentials=self.credentials)
             self._conns[address] = c
             assert self._tg is not None, "use RemotingClient as an async context manager"
             self._tg.start_soon(self._run, c)

@@ -38,6 +38,7 @@ import gc
 import logging
 import os
 import shutil
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -64,8 +65,10 @@ from .access import (
     Principal,
     ResourceType,
 )
+from .addresses import ADDRESS_PROPERTY
 from .config import BrokerConfig
 from .errors import (
+    DiskPressure,
     FerryError,
     FlushFailed,
     GroupNotFound,
@@ -126,6 +129,8 @@ from .replication import STANDALONE, Durability, Membership, Role, SlaveView
 from .replication.epochs import EpochFile, truncation_point
 from .replication.replicas import ReplicaSet, SlaveStatus
 from .retry import RESENT_TOPIC, DeadLetter, ResendResult, RetryService, SendBackResult
+from .security import SecurityCalls
+from .security import install as install_security
 from .statelog import STATE_TOPIC, Change, Key, StateLog
 from .stats import (
     BrokerInfo,
@@ -199,8 +204,10 @@ def _life_topic(m: ConsumedMessage) -> str:
     return (m.properties.get(PROPERTY_REAL_TOPIC) or m.topic) if m.topic in _LIFE_KINDS else m.topic
 
 
-class Broker:
-    """Use ``async with Broker.open(config) as broker``; see the module docstring."""
+class Broker(SecurityCalls):
+    """Use ``async with Broker.open(config) as broker``; see the module docstring.
+    The security calls (authentication questions, users, tokens, keys, ACLs) are
+    inherited from core/security.py."""
 
     def __init__(self, config: BrokerConfig, membership: Membership = STANDALONE) -> None:
         self.config = config
@@ -235,7 +242,10 @@ class Broker:
         self._admin_committer: GroupCommitter | None = None  # async flush: admin changes
         self._compaction_lock = trio.Lock()
         self._topic_watchers: list[Callable[[], None]] = []
-        self._access = AccessControl()
+        auth = dict(config.extra.get("auth") or {})  # type: ignore[call-overload]
+        self._access = AccessControl(bool(auth.get("enabled", False)),
+                                     auth.get("super_users", ()))
+        self.credentials = install_security(self.state, self._access)
         self.started_at = 0
         # The one write path and read path; the services get it, never the Broker.
         self._paths = Paths(config, self.store, self.meta, self.state, self.counters,
@@ -253,9 +263,16 @@ class Broker:
             self._paths, self.state, os.path.join(config.data_dir, "pop"),
             max_inflight_per_queue=int(config.extra.get(  # type: ignore[call-overload]
                 "pop_max_inflight_per_queue", DEFAULT_MAX_INFLIGHT_PER_QUEUE)))
+        # Disk pressure (docs/operations.md, "Disk"): set while producers' writes are refused.
+        self._disk_refusal: DiskPressure | None = None
+        self._disk_warned = 0.0
+        self._refused_puts = 0
+        # (used, total) bytes of the file system holding the store; tests replace it.
+        self.disk_usage: Callable[[], tuple[int, int]] = partial(_disk_usage, config.data_dir)
         self.metrics.add_collector(broker_collector(
             self.counters, self.meta, self.store, config.data_dir, lambda: self.started_at,
-            self.pop_service, lambda: self.metrics.max_lag_series))
+            self.pop_service, lambda: (self._disk_refusal is not None, self._refused_puts),
+            lambda: self.metrics.max_lag_series))
         self.metrics.add_collector(services_collector(self.timers.stats,
                                                       self.transactions.stats))
 
@@ -266,8 +283,18 @@ class Broker:
         """The facade's one access decision (core/access.py): every public call that
         produces, consumes, commits, administers, pops, transacts, or touches
         timers or dead letters passes here once per resource it touches, before
-        it does anything. Raises PermissionDenied (today: never)."""
+        it does anything. Raises PermissionDenied."""
         self._access.check(principal, kind, name, operation)
+
+    def _authorize_write(self, principal: Principal, message: Message) -> None:
+        """WRITE on a message's topic, judged at its address (core/addresses.py)
+        when it has one finer than the topic: an MQTT topic name."""
+        props = message.properties
+        address = props.get(ADDRESS_PROPERTY) if props else None
+        if address is None:
+            self._access.check(principal, TOPIC, message.topic, WRITE)
+        else:
+            self._access.check(principal, TOPIC, message.topic, WRITE, address)
 
     def _master_only(self) -> None:
         """The services that write (pop, timers, transactions, retry) run on a master:
@@ -328,7 +355,8 @@ class Broker:
             self.meta.load_legacy()
             self.pop_service.load_legacy()
         self._system_topics_sync()
-        self.recovery = self.store.open(self._accept_record, before_scan=self.state.replay_queue)
+        self.recovery = self.store.open(self._accept_record, before_scan=self.state.replay_queue,
+                                        live=self._live_record)
         for (topic, _qid) in list(self.store.queues):
             if topic not in self.meta.topics and topic != STATE_TOPIC:
                 self.store.drop_topic(topic)  # a deleted topic's leftovers
@@ -424,6 +452,17 @@ class Broker:
             created_phys=phys).to_json())])
         return True
 
+    def _live_record(self, topic: str, phys: int) -> bool:
+        """``_accept_record`` without its side effects, for a repair that walks the log
+        out of order (core/store/repair.py): whether the record at ``phys`` belongs to
+        its topic's live incarnation."""
+        if topic == STATE_TOPIC:
+            return True
+        t = self.meta.topics.get(topic)
+        if t is not None:
+            return phys >= t.created_phys
+        return phys >= self.meta.tombstones.get(topic, -1)
+
     def _topic_changed(self, name: str, old: TopicConfig | None, new: TopicConfig | None
                        ) -> None:
         """Every topic change, applied live or at recovery: a deleted topic's queues go
@@ -492,6 +531,8 @@ class Broker:
         tasks.start_soon(self.state.run, name="state")
         tasks.every(self.config.retention_check_interval_s, self.run_retention,
                     name="retention")
+        if self.config.max_disk_ratio < 1.0:
+            tasks.every(self.config.disk_check_interval_s, self.check_disk, name="disk")
         # Compacted topics (docs/storage.md, "Compaction"): a pass in a worker thread.
         tasks.every(self.config.compaction_check_interval_s, self.compact, name="compaction")
         tasks.start_soon(self.pop_service.run, name="pop")
@@ -511,7 +552,9 @@ class Broker:
             self.store.failed = StoreError(f"{task} failed: {type(exc).__name__}: {exc}")
 
     async def _checkpoint(self) -> None:
+        self.store.repair_pending()  # what worker threads' reads found damaged
         if self.store.failed is None and self.store.dispatched_pos:
+            self.store.mark_indexed()  # owner thread: the index is the owner's
             await trio.to_thread.run_sync(self.store.checkpoint)
 
     def _flush_failed(self, err: FlushFailed) -> None:
@@ -567,15 +610,22 @@ class Broker:
         timer (docs/timers.md); one marked ``TRAN_MSG=true`` a half
         (docs/transactions.md). Checks WRITE on the topic. Raises PermissionDenied,
         TopicNotFound, MessageTooLarge, InvalidMessage, InvalidDelay, QueueNotFound,
-        StoreError, ShuttingDown; in a broker group NotLeader, NotEnoughReplicas and
-        ReplicationTimeout (``durability``: when it is acknowledged; None, the
-        group's replication mode decides — docs/cluster.md)."""
+        StoreError (DiskPressure while the disk is above its high watermark), ShuttingDown;
+        in a broker group NotLeader, NotEnoughReplicas and ReplicationTimeout
+        (``durability``: when it is acknowledged; None, the group's replication mode
+        decides — docs/cluster.md)."""
         if isinstance(messages, Message):
-            self._authorize(principal, TOPIC, messages.topic, WRITE)
+            self._authorize_write(principal, messages)
         else:
             messages = list(messages)
             if messages:
-                self._authorize(principal, TOPIC, messages[0].topic, WRITE)
+                addressed = [m for m in messages if ADDRESS_PROPERTY in m.properties]
+                if len(addressed) < len(messages):
+                    self._authorize(principal, TOPIC, messages[0].topic, WRITE)
+                for m in addressed:
+                    self._authorize_write(principal, m)
+        if self._disk_refusal is not None:
+            self._refuse_for_disk()
         return await self._paths.put(messages, durability)
 
     async def put_encoded_batch(self, topic: str, queue_id: int, body: bytes,
@@ -586,6 +636,8 @@ class Broker:
         SEND_BATCH_MESSAGE body) as one record, without re-encoding it. Checks WRITE
         on the topic; raises as ``put``."""
         self._authorize(principal, TOPIC, topic, WRITE)
+        if self._disk_refusal is not None:
+            self._refuse_for_disk()
         return await self._paths.put_encoded_batch(topic, queue_id, body, born_host, durability)
 
     async def put_kafka_batch(self, topic: str, queue_id: int,
@@ -597,6 +649,8 @@ class Broker:
         Checks WRITE on the topic; raises as ``put`` (``durability``: the producer's
         acks, LEADER for 0/1, REPLICATED for all)."""
         self._authorize(principal, TOPIC, topic, WRITE)
+        if self._disk_refusal is not None:
+            self._refuse_for_disk()
         return await self._paths.put_kafka_batch(topic, queue_id, batch, durability)
 
     @property
@@ -1076,8 +1130,10 @@ class Broker:
                            principal: Principal = ANONYMOUS, **settings: object) -> GroupConfig:
         """Create a consumer group with ``settings`` (GroupConfig fields). Checks CREATE
         on it. Raises PermissionDenied, InvalidGroupName, InvalidArgument (exists,
-        unless ``exist_ok``)."""
-        self._authorize(principal, GROUP, name, CREATE)
+        unless ``exist_ok``). With ``exist_ok`` (a consumer's implicit group, as a
+        RocketMQ heartbeat or a Kafka JoinGroup makes it) READ on the group is
+        enough, as in Kafka: who may consume in a group may bring it into being."""
+        self._authorize(principal, GROUP, name, READ if exist_ok else CREATE)
         validate_group_name(name)
         g = self.meta.groups.get(name)
         if g is not None:
@@ -1156,6 +1212,8 @@ class Broker:
             return Health(False, "the broker is shutting down")
         if self.store.failed is not None:
             return Health(False, f"the store refuses writes: {self.store.failed}")
+        if self._disk_refusal is not None:
+            return Health(False, str(self._disk_refusal))
         if self._paths.write_refusal is not None:
             return Health(False, str(self._paths.write_refusal))
         return Health(True, "")
@@ -1456,6 +1514,8 @@ class Broker:
         Checks WRITE on the topic."""
         self._authorize(principal, TOPIC, message.topic, WRITE)
         self._master_only()
+        if self._disk_refusal is not None:
+            self._refuse_for_disk()
         return await self.transactions.prepare(message, producer_group)
 
     async def end_transaction(self, half: HalfHandle | int | str,
@@ -1739,6 +1799,24 @@ class Broker:
             _check_door_namespace(ns)
         await self.state.put_many(changes)
 
+    def append_door_state(self, changes: Sequence[Change], *,
+                          principal: Principal = ANONYMOUS) -> None:
+        """``put_door_state`` without the wait, for a door that must order its state
+        before another change of its own without yielding (the MQTT door appends a
+        session's in-flight messages before it commits positions past them): when this
+        returns the changes are in the CommitLog (they survive a crash of the process);
+        ``await wait_durable()`` before acknowledging anything that depends on them.
+        A change of a door namespace may be as large as a state record (it may hold a
+        message). Checks ALTER on the cluster. Raises InvalidArgument, StoreError,
+        NotLeader (a slave's doors keep no state of their own)."""
+        self._authorize(principal, CLUSTER, "", ALTER)
+        for ns, _key, _value in changes:
+            _check_door_namespace(ns)
+        if self._paths.write_refusal is not None:
+            raise self._paths.write_refusal
+        if changes:
+            self.state.append(changes)
+
     def door_state(self, namespace: str, *, principal: Principal = ANONYMOUS
                    ) -> list[tuple[Key, object]]:
         """Every (key, value) of a door namespace as the state log holds it (arrays come
@@ -1827,7 +1905,11 @@ class Broker:
 
     def run_retention(self) -> list[int]:
         """One retention pass (the background task calls it every
-        retention_check_interval_s)."""
+        retention_check_interval_s): segments older than the retention time go, each
+        logged at INFO; under ``disk_full_policy = "delete_oldest"`` also the oldest
+        ones while the disk is above ``max_disk_ratio``, each logged at WARNING with
+        the unconsumed messages it held per group. Under the default "refuse" space
+        never deletes data: producers' writes are refused instead (``check_disk``)."""
         if self._paths.threaded_reads:
             return []  # a worker thread is reading the ConsumeQueues: next pass
         # Never delete state records no snapshot holds; ask for one when they sit in a
@@ -1839,8 +1921,10 @@ class Broker:
         now = now_ms()
         broker_ms = int(self.config.retention_hours * 3600_000)
         hold = self._retain_topics(now, broker_ms)
-        deleted = self.store.retain(now, broker_ms, self.config.max_disk_ratio,
-                                    protect_from=keep, hold_from=hold)
+        space = self.config.max_disk_ratio if self.config.disk_full_policy == "delete_oldest" \
+            else 1.0
+        deleted = self.store.retain(now, broker_ms, space, self.disk_usage, protect_from=keep,
+                                    hold_from=hold, on_space_delete=self._space_delete)
         if deleted:
             floor = self.store.commitlog.min_offset
             gone: list[Change] = [(NS_TOMBSTONE, name, None)
@@ -1848,6 +1932,91 @@ class Broker:
             if gone and self.role is not Role.SLAVE:  # a slave gets its master's
                 self.state.append(gone)  # no record of those topics is left to rule out
         return deleted
+
+    def _space_delete(self, start: int, end: int) -> None:
+        """A segment retention deletes for space (``delete_oldest``): say what it held
+        that consumer groups had not consumed yet."""
+        unconsumed: dict[str, int] = {}
+        total = 0
+        spans: dict[tuple[str, int], tuple[int, int]] = {}
+        for topic, qid in list(self.store.queues):
+            if topic == STATE_TOPIC or topic not in self.meta.topics:
+                continue
+            lo, hi = self.store.queue_span(topic, qid, start, end)
+            if hi > lo:
+                spans[(topic, qid)] = (lo, hi)
+                total += hi - lo
+        for group, topics in self.meta.offsets.items():
+            n = 0
+            for topic, queues in topics.items():
+                for (t, qid), (lo, hi) in spans.items():
+                    if t == topic:
+                        n += max(0, hi - max(lo, queues.get(qid, 0)))
+            if n:
+                unconsumed[group] = n
+        by_group = ", ".join(f"{g}={n}" for g, n in sorted(unconsumed.items())) or "none"
+        log.warning("disk above max_disk_ratio (disk_full_policy delete_oldest): deleted the "
+                    "CommitLog segment at %d..%d before its retention time: %d message(s); "
+                    "unconsumed per group: %s", start, end, total, by_group,
+                    extra={"unconsumed": unconsumed})
+
+    # ================================================================ disk pressure
+
+    def _refuse_for_disk(self) -> None:
+        self._refused_puts += 1
+        assert self._disk_refusal is not None
+        raise self._disk_refusal
+
+    def check_disk(self) -> None:
+        """One look at the file system holding the store (every
+        ``disk_check_interval_s``): above ``max_disk_ratio`` producers' writes are
+        refused (DiskPressure: each door's own error) until it is below the low
+        watermark (``disk_resume_ratio``), with a WARNING when it starts, every
+        minute while it lasts, and when it ends. Consumers keep reading, committing
+        and acking: internal writes (the state log) are not refused, the space
+        above the watermark is their reserve. Under ``delete_oldest`` the oldest
+        segments are deleted first, and writes refused only if that was not enough."""
+        cfg = self.config
+        used, total = self.disk_usage()
+        ratio = used / total if total else 0.0
+        now = time.monotonic()
+        if self._disk_refusal is not None:
+            if ratio < cfg.resume_ratio:
+                self._disk_refusal = None
+                log.warning("disk %.1f%% full, below disk_resume_ratio %.1f%%: producers' "
+                            "writes resume (%d refused meanwhile)", ratio * 100,
+                            cfg.resume_ratio * 100, self._refused_puts)
+            elif now - self._disk_warned >= _DISK_WARN_EVERY_S:
+                self._disk_warned = now
+                log.warning("disk still %.1f%% full (max_disk_ratio %.1f%%): producers' writes "
+                            "are still refused (%d so far); free space or raise max_disk_ratio",
+                            ratio * 100, cfg.max_disk_ratio * 100, self._refused_puts)
+            return
+        if ratio < cfg.max_disk_ratio:
+            return
+        if cfg.disk_full_policy == "delete_oldest":
+            self.run_retention()
+            used, total = self.disk_usage()
+            ratio = used / total if total else 0.0
+            if ratio < cfg.max_disk_ratio:
+                return
+        self._disk_refusal = DiskPressure(
+            f"the disk holding the store is {ratio:.1%} full, above max_disk_ratio "
+            f"{cfg.max_disk_ratio:.1%}: writes are refused until it is below "
+            f"{cfg.resume_ratio:.1%}")
+        self._disk_warned = now
+        log.warning("disk %.1f%% full, above max_disk_ratio %.1f%%: producers' writes are "
+                    "refused until it is below %.1f%% (disk_full_policy %s); nothing is "
+                    "deleted before its retention time", ratio * 100, cfg.max_disk_ratio * 100,
+                    cfg.resume_ratio * 100, cfg.disk_full_policy)
+
+
+_DISK_WARN_EVERY_S = 60.0  # while writes are refused for disk pressure, a WARNING this often
+
+
+def _disk_usage(path: str) -> tuple[int, int]:
+    usage = shutil.disk_usage(path)
+    return usage.used, usage.total
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,7 +52,14 @@ class BrokerConfig:
     index_entries: int = 2_000_000
     max_open_files: int = 0  # store files held open at once (docs/storage.md); 0: automatic
     retention_hours: float = 72.0
+    # Disk pressure (docs/operations.md, "Disk"): above max_disk_ratio of the file system
+    # producers' writes are refused (disk_full_policy "refuse") or the oldest segments
+    # deleted first ("delete_oldest", RocketMQ's way); writes resume below
+    # disk_resume_ratio (0: max_disk_ratio - 0.05). Checked every disk_check_interval_s.
     max_disk_ratio: float = 0.75  # RocketMQ's diskMaxUsedSpaceRatio
+    disk_resume_ratio: float = 0.0
+    disk_full_policy: str = "refuse"
+    disk_check_interval_s: float = 1.0
     retention_check_interval_s: float = 10.0
     # Compacted topics: a compaction pass every this many seconds (docs/storage.md).
     compaction_check_interval_s: float = 15.0
@@ -92,6 +99,11 @@ class BrokerConfig:
     slave_read_enable: bool = False  # a slave serves reads (RocketMQ's slaveReadEnable)
     extra: Mapping[str, object] = field(default_factory=dict)
 
+    @property
+    def resume_ratio(self) -> float:
+        """The low watermark: writes refused for disk pressure resume below it."""
+        return self.disk_resume_ratio or max(0.0, self.max_disk_ratio - 0.05)
+
     def __post_init__(self) -> None:
         if self.flush not in ("async", "sync"):
             raise ValueError("flush must be 'async' or 'sync'")
@@ -106,6 +118,12 @@ class BrokerConfig:
         if not 60 <= self.roll_window_s < self.timer_wheel_slots // 2:
             raise ValueError("roll_window_s must be at least 60 and under half the wheel")
         parse_delay_levels(self.delay_levels)  # raises ValueError
+        if self.disk_full_policy not in ("refuse", "delete_oldest"):
+            raise ValueError("disk_full_policy must be 'refuse' or 'delete_oldest'")
+        if self.max_disk_ratio <= 0 or not 0 <= self.disk_resume_ratio < self.max_disk_ratio \
+                or self.disk_check_interval_s <= 0:
+            raise ValueError("max_disk_ratio must be positive, disk_resume_ratio below it, "
+                             "disk_check_interval_s positive")
         if self.state_snapshot_records < 1 or self.state_snapshot_interval_s <= 0:
             raise ValueError("state_snapshot_records and state_snapshot_interval_s must be positive")
         if self.replication_mode not in ("sync", "async"):

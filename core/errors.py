@@ -128,6 +128,15 @@ class DiskFull(StoreError):
     retriable = True
 
 
+class DiskPressure(StoreError):
+    """The file system holding the store is fuller than its high watermark
+    (``max_disk_ratio``): producers' writes are refused until it is below the low
+    watermark again; consumers still read, commit and ack (docs/operations.md, "Disk")."""
+
+    code = "disk_pressure"
+    retriable = True
+
+
 class ShuttingDown(FerryError):
     """The broker is shutting down."""
 

@@ -32,6 +32,7 @@ from .metadata import Metadata
 from .pop import PopService
 from .stats import Counters
 from .store.filecache import FILE_KINDS, FileCache
+from .store.repair import DamageStats
 from .store.store import MessageStore
 from .timers import TimerStats
 from .transactions import TransactionStats
@@ -361,6 +362,7 @@ def _escape_help(v: str) -> str:
 
 def broker_collector(counters: Counters, meta: Metadata, store: MessageStore, data_dir: str,
                      started_at: Callable[[], int], pop: PopService,
+                     disk_pressure: Callable[[], tuple[bool, int]] = lambda: (False, 0),
                      max_lag_series: Callable[[], int] = lambda: DEFAULT_MAX_LAG_SERIES
                      ) -> Callable[[], Iterable[Family]]:
     """The families the broker counts itself, read at scrape time (the Broker installs
@@ -427,6 +429,16 @@ def broker_collector(counters: Counters, meta: Metadata, store: MessageStore, da
         start.add(started_at() / 1000)
         out = [m_in, b_in, m_out, b_out, lag, stored, disk, fs, failures, topics, groups, start]
         out.extend(store_file_families(store.files))
+        out.extend(store_damage_families(store.repairs.stats))
+        refusing, refused = disk_pressure()
+        f = Family("ferrymq_store_writes_refused", "gauge",
+                   "1 while producers' writes are refused: the disk is above max_disk_ratio.")
+        f.add(1 if refusing else 0)
+        out.append(f)
+        f = Family("ferrymq_store_refused_puts_total", "counter",
+                   "Producers' writes refused for disk pressure.")
+        f.add(refused)
+        out.append(f)
         inflight = Family("ferrymq_pop_inflight_messages", "gauge",
                           "Messages popped and neither acked nor revived yet.")
         inflight.add(pop.in_flight())
@@ -444,6 +456,25 @@ def broker_collector(counters: Counters, meta: Metadata, store: MessageStore, da
         return out
 
     return collect
+
+
+def store_damage_families(stats: DamageStats) -> list[Family]:
+    """Damage the store found and went past (core/store/repair.py, docs/storage.md
+    "Damage"): every one of these is also an ERROR line. Alert on any increase."""
+    out = []
+    for name, value, help in (
+            ("ranges", stats.ranges, "Damaged CommitLog ranges skipped (records after them kept)."),
+            ("bytes", stats.bytes, "Bytes in the damaged CommitLog ranges."),
+            ("messages", stats.messages, "Messages lost with damaged records (their "
+                                         "ConsumeQueue entries are marked lost)."),
+            ("entries", stats.entries, "ConsumeQueue entries found wrong and written again "
+                                       "from the CommitLog."),
+            ("index_entries", stats.index_entries, "Key index entries pointing at no valid "
+                                                   "record.")):
+        f = Family(f"ferrymq_store_damaged_{name}_total", "counter", help)
+        f.add(value)
+        out.append(f)
+    return out
 
 
 def store_file_families(files: FileCache) -> list[Family]:

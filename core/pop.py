@@ -73,7 +73,7 @@ from .message import (
 from .metadata import DLQ_PREFIX, NS_OFFSET
 from .paths import Paths
 from .statelog import Change, StateLog
-from .store.files import atomic_write, read_file
+from .store.files import read_file
 
 log = logging.getLogger("ferrymq.pop")
 
@@ -92,6 +92,9 @@ _MAC_BYTES = 16  # HMAC-SHA256 truncated to 128 bits: forging needs 2**128 tries
 _RECEIPT_FIXED = struct.Struct(">iqqiq")  # queue id, offset, pop time ms, invisible ms, lease
 _FRAME = struct.Struct(">IIQ")  # round 1's journal frame: payload length, CRC-32, sequence
 NS_POP, NS_LEASE = "pop", "lease"  # the state-log namespaces of pop state
+# The receipt secret: a table of the state log too, so that it survives with the leases
+# it signs (and, later, replicates with them). Round 1 kept it in <pop dir>/secret.
+NS_SECRET, SECRET_KEY = "pop_secret", "receipt"  # no dot: no door may write it
 
 Key = tuple[str, str, int]  # (group, topic, queue id)
 ReceiptCheck = Callable[[str, str], None]  # (group, topic) a receipt names: raises to refuse
@@ -262,13 +265,7 @@ class PopService:
     def open(self) -> None:
         """Start-up, after the state log's recovery applied the pop state: load the
         receipt secret, order every queue's leases, build the expiry heap."""
-        os.makedirs(self.directory, exist_ok=True)
-        secret_path = os.path.join(self.directory, "secret")
-        secret = read_file(secret_path)
-        if not secret or len(secret) < 32:
-            secret = secrets.token_bytes(32)
-            atomic_write(secret_path, secret)
-        self.codec = ReceiptCodec(secret)
+        self.codec = ReceiptCodec(self._secret())
         self._live = 0
         self._heap = []
         for key, qs in self.queues.items():
@@ -284,6 +281,22 @@ class PopService:
         # a running broker issues fewer than 1,024 leases per millisecond.
         self._next_lease = max(self._next_lease, now_ms() << _LEASE_CLOCK_SHIFT)
         self._opened = True
+
+    def _secret(self) -> bytes:
+        """The receipt secret from the state log; at the first start made, or taken
+        from round 1's file (receipts it signed stay valid; the file is then renamed
+        ``secret.imported``), and appended to the log."""
+        secret = self.state.get(NS_SECRET, SECRET_KEY)
+        if isinstance(secret, bytes) and len(secret) >= 32:
+            return secret
+        legacy = os.path.join(self.directory, "secret")
+        secret = read_file(legacy)
+        if not secret or len(secret) < 32:
+            secret = secrets.token_bytes(32)
+        self.state.append([(NS_SECRET, SECRET_KEY, secret)])
+        if os.path.exists(legacy):
+            os.replace(legacy, legacy + ".imported")
+        return secret
 
     def _record(self, changes: list[Change]) -> None:
         """Append pop state changes to the state log, which applies them here."""

@@ -59,7 +59,12 @@ STATE_TOPIC = "RMQ_SYS_FERRY_STATE"
 RECORD_VERSION = 1
 SNAPSHOT_VERSION = 1
 SNAPSHOTS_KEPT = 2  # the newest, and one to fall back on if the newest is damaged
-MAX_CHANGE_BYTES = 64 << 10  # one change, encoded; a segment always has room for it
+MAX_CHANGE_BYTES = 64 << 10  # one change of the core's tables, encoded
+# A door's own namespaces ("<door>.<name>", the only ones with a dot: an MQTT session's
+# in-flight message, a retained message) may hold a message: one change of theirs may
+# take a whole record (max_record_bytes, less room for the record's own fields); a
+# segment always has room for one (segment_size >= max_message_size + 64 KiB).
+_RECORD_ROOM = 1024
 MAX_RECORD_BYTES = 1 << 20  # changes of one call share a record up to this (atomic together)
 
 # Snapshot file: magic 4 | version 4 | CommitLog offset S 8 | state queue offset 8 |
@@ -227,9 +232,11 @@ class StateLog:
             except (TypeError, ValueError, OverflowError) as exc:
                 raise InvalidArgument(f"state value of {ns}:{key!r} is not storable: {exc}"
                                       ) from None
-            if len(e) > MAX_CHANGE_BYTES:
+            limit = MAX_CHANGE_BYTES if "." not in ns else max(
+                MAX_CHANGE_BYTES, self.max_record_bytes - _RECORD_ROOM)
+            if len(e) > limit:
                 raise InvalidArgument(f"state change {ns}:{key!r} is {len(e)} bytes; "
-                                      f"at most {MAX_CHANGE_BYTES}")
+                                      f"at most {limit}")
             encoded.append(e)
         start = 0
         while start < len(encoded):
@@ -371,13 +378,15 @@ class StateLog:
         i = q.find(max(qoff, q.min_offset))
         if i is None:
             return
-        for phys, _size, _base, _count, _th, _ts in q.iter_entries(i, q.next_entry):
+        for phys, size, _base, _count, _th, _ts in q.iter_entries(i, q.next_entry):
             if phys < pos:
                 continue
-            if not self.recover_at(phys):
-                log.error("the state queue points at CommitLog offset %d, which holds no "
-                          "state record: replay stops there", phys)
-                return
+            if size < 0 or not self.recover_at(phys):
+                # A damaged range of the log took this record (docs/storage.md, "Damage"):
+                # that change is lost, the later ones still apply.
+                self.stats["apply_errors"] += 1
+                log.error("the state record at CommitLog offset %d is lost (a damaged range of "
+                          "the log); the changes after it still apply", phys)
 
     def recover_at(self, phys: int) -> bool:
         """A state record met by recovery at CommitLog offset ``phys``: apply it unless
@@ -552,6 +561,12 @@ class StateLog:
     def _snapshot_names(self) -> list[str]:
         return [n for n in os.listdir(self.directory)
                 if n.startswith(_SNAP_PREFIX) and n[len(_SNAP_PREFIX):].isdigit()]
+
+    @staticmethod
+    def read_snapshot(path: str) -> tuple[int, int, dict[str, list[tuple[Any, Any]]]]:
+        """(CommitLog offset S, state queue offset, tables) of a snapshot file. Raises
+        ValueError for a damaged one (``ferrymq store check`` uses it too)."""
+        return StateLog._read_snapshot(path)
 
     @staticmethod
     def _read_snapshot(path: str) -> tuple[int, int, dict[str, list[tuple[Any, Any]]]]:

@@ -1025,8 +1025,12 @@ class TimerService:
             problem = None
             if not existed:
                 problem = "the wheel file is missing"
-            elif not clean_shutdown:
-                problem = self.wheel.validate()
+            else:
+                # Lost log segments are seen at every start (a clean one included): the
+                # wheel's lists would lead nowhere and their timers never fire.
+                problem = self.wheel.log_missing()
+                if problem is None and not clean_shutdown:
+                    problem = self.wheel.validate()
             if problem:
                 log.error("timer wheel damaged (%s): rebuilding it from the timer queue", problem)
                 mode = "rebuild"
@@ -1084,6 +1088,8 @@ class TimerService:
         while i is not None and i < q.next_entry:
             phys, size, _base, _count, th, ts = q.entry(i)
             i += 1
+            if size < 0:
+                continue  # lost with a damaged range of the CommitLog (docs/storage.md)
             if th < 0:
                 target = -th - 1
                 found = self._timer_at(target)

@@ -411,6 +411,16 @@ class TimerWheel:
                 total += count
         return total
 
+    def log_missing(self) -> str | None:
+        """Cheap, at every start: whether the log lacks segments the wheel needs (slots
+        count entries but no segment holds any, or segments with a gap between them)."""
+        if self.pending and not self.segments:
+            return f"the wheel counts {self.pending} entries but the timer log has no segment"
+        for a, b in zip(self.segments, self.segments[1:], strict=False):
+            if b.first != a.first + self.segment_entries:
+                return f"timer log segments {a.first} and {b.first} leave a gap"
+        return None
+
     def validate(self) -> str | None:
         """Walk every slot's list: None if all links and CRCs hold, else what is wrong."""
         mm = self._mm

@@ -856,7 +856,7 @@ class TransactionService:
             while i is not None and i < q.next_entry:
                 phys, size, base, _count, _th, ts = q.entry(i)
                 i += 1
-                if phys in outcomes:
+                if phys in outcomes or size < 0:  # size < 0: lost with a damaged range
                     continue
                 m = store.message_at(phys)
                 if m is None or m.topic != HALF_TOPIC:

@@ -846,8 +846,11 @@ def cluster_list(namesrv: str, output: str | None) -> None:
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="A server config file: its [tls] and [namesrv.tls] tables give the "
                    "NameServer TLS (docs/security.md).")
+@click.option("--cluster-secret", envvar="FERRYMQ_CLUSTER_SECRET", default=None,
+              help="Only brokers signing with this secret change the routes "
+                   "([auth] cluster_secret; docs/security.md).")
 def namesrv(host: str, port: int, broker_expiry: float, log_level: str,
-            config_file: str | None) -> None:
+            config_file: str | None, cluster_secret: str | None) -> None:
     """Run a NameServer alone (brokers join with `ferrymq serve --namesrv HOST:PORT`)."""
     import trio
 
@@ -867,7 +870,8 @@ def namesrv(host: str, port: int, broker_expiry: float, log_level: str,
     async def run() -> None:
         async with trio.open_nursery() as n:
             bound = await n.start(functools.partial(
-                serve_namesrv, host, port, {"broker_expiry_s": broker_expiry}, tls=tls))
+                serve_namesrv, host, port, {"broker_expiry_s": broker_expiry,
+                                            "cluster_secret": cluster_secret}, tls=tls))
             click.echo(f"ferrymq: NameServer on {host}:{bound}; Ctrl-C stops", err=True)
 
     with contextlib.suppress(KeyboardInterrupt):

@@ -23,7 +23,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 # Modules that contribute commands: each has ``register(main: click.Group)``.
 # A module that is not part of this build is skipped.
-COMMAND_MODULES = ("bench", "admin", "top")
+COMMAND_MODULES = ("bench", "admin", "top", "usercli", "storecheck")
 
 
 @click.group(context_settings=CONTEXT)

@@ -122,6 +122,9 @@ def connection_limits(door: str, table: Mapping[str, Any],
     return replace(base, **changes)
 
 
+AUTH_KEYS = frozenset({"enabled", "super_users", "cluster_secret"})
+
+
 # [cluster] settings the core reads (they live in BrokerConfig).
 _CLUSTER_BROKER_KEYS = {"replication_mode", "min_insync_replicas", "replica_lag_max_ms",
                         "replication_timeout_ms", "slave_read_enable", "broker_name"}
@@ -383,6 +386,19 @@ def load_config(path: str | None = None, env: Mapping[str, str] | None = None,
     for door, port in ports.items():
         if not 0 <= port <= 65535:
             raise ConfigError(f"ports.{door}: {port} is not a TCP port")
+    auth = doors.pop("auth", {})  # [auth]: the broker's one access model (docs/security.md)
+    for key, value in env.items():
+        if key == "FERRYMQ_AUTH_ENABLED":
+            auth["enabled"] = value
+    if auth:
+        unknown_auth = set(auth) - AUTH_KEYS
+        if unknown_auth:
+            raise ConfigError(f"[auth]: unknown setting(s): {', '.join(sorted(unknown_auth))}")
+        auth["enabled"] = _coerce("[auth] enabled", auth.get("enabled", False), True)
+        supers = auth.get("super_users", [])
+        if not isinstance(supers, list) or not all(isinstance(u, str) and u for u in supers):
+            raise ConfigError("[auth] super_users: a list of user names")
+        broker_kw["extra"] = {**defaults.extra, "auth": auth}
     try:
         broker = replace(defaults, **broker_kw)
     except ValueError as exc:

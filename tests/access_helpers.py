@@ -19,9 +19,18 @@ class Recorder(AccessControl):
 
     deny: Callable[[Principal, ResourceType, str, Operation], bool] = lambda *a: False
     calls: list[Check] = field(default_factory=list)
+    enabled: bool = False
+
+    def allows(self, principal: Principal, kind: ResourceType, name: str,
+               operation: Operation, address: str | None = None, partial: bool = False) -> bool:
+        try:
+            self.check(principal, kind, name, operation, address, partial)
+        except PermissionDenied:
+            return False
+        return True
 
     def check(self, principal: Principal, kind: ResourceType, name: str,
-              operation: Operation) -> None:
+              operation: Operation, address: str | None = None, partial: bool = False) -> None:
         self.calls.append((principal, kind, name, operation))
         if self.deny(principal, kind, name, operation):
             raise PermissionDenied(f"{principal.name} may not {operation.value} "

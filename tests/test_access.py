@@ -39,9 +39,14 @@ UNCHECKED = {
     "admin_batch": "groups the acknowledgements of changes each checked by its own call",
     "wait_durable": "waits for what the caller appended already; reveals and changes nothing",
     "run_retention": "a background job",
+    "check_disk": "a background job (the disk watermarks)",
     "health": "readiness probes ask it anonymously",
     "receipt": "decodes a handle the caller holds; reveals nothing of the broker",
     "delivery_time": "validates properties against the configuration",
+    "authenticate": "authentication: establishes who is asking (a password check)",
+    "scram_verifier": "authentication: the SCRAM exchange of a door needs the verifier",
+    "token_user": "authentication: who an API token belongs to",
+    "access_secret": "authentication: the RocketMQ signature needs the SecretKey",
     # Cluster wiring: called by the replication door and the controller only, peers
     # inside the broker group (docs/cluster.md), never on a client's behalf.
     **{name: "cluster wiring (docs/architecture.md)" for name in (

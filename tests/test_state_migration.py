@@ -102,7 +102,7 @@ async def test_a_round1_directory_is_imported_once_and_its_files_renamed(tmp_pat
                  "pop/snapshot", "pop/journal-00000000000000000002"):
         assert not (d / name).exists()
         assert (d / f"{name}.imported").exists(), "renamed, never deleted"
-    assert (d / "pop" / "secret").exists()
+    assert (d / "pop" / "secret.imported").exists(), "the receipt secret too"
     caplog.clear()
     with caplog.at_level(logging.WARNING, "ferrymq.broker"):
         async with Broker.open(config(d)) as b:

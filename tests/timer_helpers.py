@@ -30,6 +30,7 @@ def quiet_config(tmp_path, **over) -> BrokerConfig:  # type: ignore[no-untyped-d
     would spend itself on flushes and checkpoints every virtual half second."""
     base = dict(flush_interval_ms=DAY_MS, checkpoint_interval_ms=DAY_MS,
                 offset_persist_interval_ms=DAY_MS, retention_check_interval_s=86_400.0,
+                disk_check_interval_s=86_400.0,
                 retention_hours=24 * 90.0)
     base.update(over)
     return config(tmp_path, **base)

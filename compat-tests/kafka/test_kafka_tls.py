@@ -76,11 +76,33 @@ def test_confluent_kafka_sasl_ssl_plain(sasl_ssl_bootstrap, tls_files) -> None:
     assert _confluent_round_trip(conf, "ck-sasl") == [b"ck-sasl-0", b"ck-sasl-1", b"ck-sasl-2"]
 
 
-def test_confluent_kafka_sasl_ssl_scram_sha_512(sasl_ssl_bootstrap, tls_files) -> None:
-    """The issue's "done means": SASL_SSL with SCRAM-SHA-512. It passes once the Kafka
-    door speaks SCRAM (the identity work of issue 13, item 3) for the user alice; until
-    then it fails, on purpose (compat tests never skip)."""
-    conf = {"bootstrap.servers": sasl_ssl_bootstrap, "security.protocol": "SASL_SSL",
+@pytest.fixture
+def scram_ssl_bootstrap(start_broker, tls_files, tmp_path) -> str:
+    """A broker with the access model on (docs/security.md): the user alice, made
+    offline with `ferrymq user add` (SCRAM verifiers), granted topics and groups named
+    ck-scram*; Kafka's TLS listener is SASL_SSL."""
+    import sys
+
+    conf = tmp_path / "scram-tls.toml"
+    tls_files.broker_config(conf, extra="[auth]\nenabled = true\n")
+    data = tmp_path / "broker"
+    where = ("--config", str(conf), "--data-dir", str(data))
+    for args in (("user", "add", "alice", "--new-password", "alice-secret"),
+                 ("acl", "add", "--principal", "alice", "--topic", "ck-scram", "--pattern",
+                  "prefixed", "--operation", "all"),
+                 ("acl", "add", "--principal", "alice", "--group", "ck-scram", "--pattern",
+                  "prefixed", "--operation", "all")):
+        out = subprocess.run([sys.executable, "-m", "ferrymq.gateways", *args, *where],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+    b = start_broker("kafka", extra_args=("--config", str(conf)), data_dir=data)
+    return f"127.0.0.1:{tls_files.ports_of(b)['kafka-tls']}"
+
+
+def test_confluent_kafka_sasl_ssl_scram_sha_512(scram_ssl_bootstrap, tls_files) -> None:
+    """The issue's "done means": SASL_SSL with SCRAM-SHA-512, a user of the one access
+    model (issue 13, items 1-3) over the Kafka door's TLS listener."""
+    conf = {"bootstrap.servers": scram_ssl_bootstrap, "security.protocol": "SASL_SSL",
             "ssl.ca.location": str(tls_files.ca), "sasl.mechanism": "SCRAM-SHA-512",
             "sasl.username": "alice", "sasl.password": "alice-secret",
             "message.timeout.ms": 10_000}  # an unsupported mechanism fails in 10 s, not 30

@@ -6,8 +6,12 @@ consumed message's ``at`` and ``first_seen``: when the callback had it, and when
 first had it, in seconds since the epoch).
 
     cpp_peer.py produce NAMESRV TOPIC N [--batch] [--orderly KEY] [--delay LEVEL]
+                        [--credentials AK:SK]
     cpp_peer.py consume NAMESRV TOPIC GROUP N TIMEOUT [--orderly] [--expression EXPR]
-                        [--fail-first BODY]
+                        [--fail-first BODY] [--credentials AK:SK]
+
+``--credentials``: the client signs every request (``set_session_credentials``, the
+RocketMQ ACL signature; docs/security.md).
 """
 
 from __future__ import annotations
@@ -22,11 +26,14 @@ RECONSUME_LATER = 1
 
 
 def produce(ns: str, topic: str, n: int, batch: bool, orderly_key: str | None,
-            delay_level: int = 0) -> None:
+            delay_level: int = 0, credentials: str | None = None) -> None:
     from rocketmq.client import Message, Producer
 
     p = Producer("PID-compat")
     p.set_namesrv_addr(ns)
+    if credentials:
+        ak, sk = credentials.split(":", 1)
+        p.set_session_credentials(ak, sk, "ALIYUN")
     p.start()
     out = []
     try:
@@ -54,7 +61,8 @@ def produce(ns: str, topic: str, n: int, batch: bool, orderly_key: str | None,
 
 
 def consume(ns: str, topic: str, group: str, n: int, timeout: float, orderly: bool,
-            expression: str, fail_first: str | None = None) -> None:
+            expression: str, fail_first: str | None = None,
+            credentials: str | None = None) -> None:
     from rocketmq.client import PushConsumer, RecvMessage, dll, ffi_check
 
     got = []
@@ -83,6 +91,9 @@ def consume(ns: str, topic: str, group: str, n: int, timeout: float, orderly: bo
 
     c = PushConsumer(group, orderly=orderly)
     c.set_namesrv_addr(ns)
+    if credentials:
+        ak, sk = credentials.split(":", 1)
+        c.set_session_credentials(ak, sk, "ALIYUN")
     c.set_thread_count(2)
     # The binding's subscribe() cannot answer RECONSUME_LATER (an exception in its
     # wrapper reaches ctypes, which returns 0 = success), so register the callback
@@ -103,11 +114,12 @@ def consume(ns: str, topic: str, group: str, n: int, timeout: float, orderly: bo
 
 if __name__ == "__main__":
     a = sys.argv[1:]
+    creds = a[a.index("--credentials") + 1] if "--credentials" in a else None
     if a[0] == "produce":
         key = a[a.index("--orderly") + 1] if "--orderly" in a else None
         delay = int(a[a.index("--delay") + 1]) if "--delay" in a else 0
-        produce(a[1], a[2], int(a[3]), "--batch" in a, key, delay)
+        produce(a[1], a[2], int(a[3]), "--batch" in a, key, delay, creds)
     else:
         expr = a[a.index("--expression") + 1] if "--expression" in a else "*"
         fail = a[a.index("--fail-first") + 1] if "--fail-first" in a else None
-        consume(a[1], a[2], a[3], int(a[4]), float(a[5]), "--orderly" in a, expr, fail)
+        consume(a[1], a[2], a[3], int(a[4]), float(a[5]), "--orderly" in a, expr, fail, creds)

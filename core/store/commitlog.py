@@ -21,8 +21,10 @@ import bisect
 import errno
 import mmap
 import os
+import struct
 import threading
 from collections.abc import Iterator
+from typing import NamedTuple
 
 from ...protocols import record as rec
 from ..errors import DiskFull, StoreError
@@ -31,6 +33,74 @@ from .filecache import CachedFile, FileCache, default_budget, map_file
 _NAME_DIGITS = 20
 _ZERO_CHUNK = 1 << 20
 _PWRITE_MIN = 4096
+_MAGIC_BYTES = struct.pack(">i", rec.MAGIC)
+_SIZE_MAGIC = struct.Struct(">ii")
+_I64 = struct.Struct(">q")
+# A record's fixed fields, as the walks check them: total size, magic, queue id,
+# queue offset, physical offset, system flags, ..., body length (IPv4 hosts).
+_FIXED = struct.Struct(">ii4xi4xqqi44xi")
+_I32_S = struct.Struct(">i")
+_U16_S = struct.Struct(">H")
+
+
+class Damage(NamedTuple):
+    """Bytes ``[start, end)`` of the CommitLog that hold no valid record (``CommitLog.walk``);
+    ``end`` is the offset of the next valid record, None when none follows."""
+
+    start: int
+    end: int | None
+
+
+class Head(NamedTuple):
+    """A record's fixed fields, checked for consistency but not its CRC (``walk(full=False)``)."""
+
+    total_size: int
+    physical_offset: int
+    queue_id: int
+    queue_offset: int
+    topic: bytes
+
+
+def plausible(reconsume_times: int, prepared_offset: int, pos: int) -> bool:
+    """Fields the body CRC does not cover, checked for what they can be: a count, and the
+    offset of an earlier record (a transaction's half) or 0."""
+    return reconsume_times >= 0 and (prepared_offset == 0 or 0 <= prepared_offset < pos)
+
+
+def _check_at(mm: mmap.mmap, local: int, pos: int, full: bool) -> rec.Record | Head | None:
+    """The record at ``local`` of a segment mapping if it is a valid one whose stored
+    physical offset is ``pos``: decoded with its CRC checked (``full``), or its fixed
+    fields and sizes checked (a Head); None if the bytes there are not such a record.
+    Stale bytes from an earlier life of a file never pass: they carry another offset."""
+    avail = len(mm) - local
+    if avail < rec.HEADER_SIZE:
+        return None
+    total, magic, qid, qoff, phys, sys_flag, body_len = _FIXED.unpack_from(mm, local)
+    if magic != rec.MAGIC or phys != pos or not rec.HEADER_SIZE + 3 <= total <= avail:
+        return None
+    if full or sys_flag & (rec.BORNHOST_V6_FLAG | rec.STOREHOST_V6_FLAG):
+        try:
+            r = rec.decode(mm, local)
+        except rec.RecordError:
+            return None
+        if r.physical_offset != pos or not plausible(r.reconsume_times,
+                                                      r.prepared_transaction_offset, pos):
+            return None
+        if full:
+            return r
+        return Head(total, pos, r.queue_id, r.queue_offset, r.topic.encode())
+    p = local + rec.HEADER_SIZE + body_len
+    if body_len < 0 or p + 3 > local + total:
+        return None
+    tlen = mm[p]
+    plen_size = 4 if sys_flag & rec.FORMAT_LONG_PROPERTIES else 2
+    q = p + 1 + tlen
+    if q + plen_size > local + total:
+        return None
+    plen = (_I32_S.unpack_from(mm, q)[0] if plen_size == 4 else _U16_S.unpack_from(mm, q)[0])
+    if q + plen_size + plen != local + total:
+        return None
+    return Head(total, pos, qid, qoff, mm[p + 1:q])
 
 
 def segment_name(base: int) -> str:
@@ -96,6 +166,7 @@ class CommitLog:
         self._flush_lock = threading.Lock()
         self._tail: Segment | None = None
         self._read_seg: Segment | None = None
+        self.skipped: str | None = None  # a segment ``open(readonly=True)`` left out
 
     @property
     def segments(self) -> tuple[Segment, ...]:
@@ -103,10 +174,13 @@ class CommitLog:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def open(self) -> None:
+    def open(self, readonly: bool = False) -> None:
         """Find the existing segments (the newest is mapped, the others when read).
-        The write position is set by ``recover``."""
-        os.makedirs(self.directory, exist_ok=True)
+        The write position is set by ``recover``. ``readonly`` (``ferrymq store
+        check``): nothing is changed on disk; a newest segment of the wrong size is
+        left out (``skipped`` names it) instead of being given its size back."""
+        if not readonly:
+            os.makedirs(self.directory, exist_ok=True)
         names = sorted(n for n in os.listdir(self.directory)
                        if len(n) == _NAME_DIGITS and n.isdigit())
         segs: list[Segment] = []
@@ -120,6 +194,9 @@ class CommitLog:
                 if i != len(names) - 1:
                     raise StoreError(f"segment {path} is {size} bytes, expected the configured "
                                      f"segment size {self.segment_size}")
+                if readonly:
+                    self.skipped = path
+                    break
                 # The newest segment was cut short or had bytes appended: give it
                 # its size back; recovery validates what it holds record by record.
                 os.truncate(path, self.segment_size)
@@ -288,40 +365,121 @@ class CommitLog:
         return self.files.pread(seg, size, phys - seg.base)
 
     def scan(self, start: int) -> Iterator[rec.Record]:
-        """Validate records from ``start`` on (magic, sizes, CRC), following blank
-        records into the next segment; stops at the first byte that is not a valid
-        record. Used by recovery; ``write_pos`` is not consulted. The segment being
-        scanned stays pinned open while the caller handles its records."""
-        seg: Segment | None = self._segment_for(start)
+        """Validate records from ``start`` on (magic, sizes, CRC, own offset), following
+        blank records into the next segment; stops at the first byte that is not a
+        valid record. ``write_pos`` is not consulted. The segment being scanned stays
+        pinned open while the caller handles its records."""
+        for item in self.walk(start, resync=False):
+            if type(item) is Damage:
+                return
+            yield item  # type: ignore[misc]
+
+    def walk(self, start: int, stop: int | None = None, *, resync: bool = True,
+             full: bool = True) -> Iterator[rec.Record | Head | Damage]:
+        """Every record from ``start`` (a record boundary) up to ``stop`` (default: the
+        last segment's end), in log order, following blank records into the next
+        segment; ``write_pos`` is not consulted (recovery looks past it).
+
+        Where the bytes at a position are not a valid record, a ``Damage(pos, nxt)``
+        is yielded: ``nxt`` is the offset of the next valid record (``find_next``:
+        records are self-delimiting and carry their own offset, so resynchronising
+        is unambiguous), and the walk goes on from there; ``nxt`` None means no
+        valid record follows anywhere and the walk ends (the end of the log, or a
+        torn tail). With ``resync`` False the walk ends at the first damage
+        (yielding ``Damage(pos, None)``) without searching.
+
+        ``full``: each record is decoded and its body CRC checked (``rec.Record``);
+        otherwise only its fixed fields and sizes are checked (``Head``: cheap, for
+        walks that look for one queue's records). Owner thread; the segment being
+        walked stays pinned open while the caller handles its records."""
         pos = start
+        seg: Segment | None = self._segment_for(pos)
+        while seg is not None and (stop is None or pos < stop):
+            nxt: int | None = None
+            damaged = False
+            self.files.pin(seg)
+            try:
+                mm = seg.mm
+                assert mm is not None
+                while stop is None or pos < stop:
+                    local = pos - seg.base
+                    if local + rec.BLANK_SIZE > seg.size:
+                        if local == seg.size:
+                            break  # exactly at the end: go on in the next segment
+                        damaged = True
+                        break
+                    total, magic = _SIZE_MAGIC.unpack_from(mm, local)
+                    if magic == rec.BLANK_MAGIC and total == seg.size - local:
+                        pos = seg.end
+                        break
+                    item = _check_at(mm, local, pos, full)
+                    if item is None:
+                        damaged = True
+                        break
+                    yield item
+                    pos += item[0] if isinstance(item, Head) else item.total_size
+            finally:
+                self.files.unpin(seg)
+            if damaged:
+                nxt = self.find_next(pos) if resync else None
+                yield Damage(pos, nxt)
+                if nxt is None:
+                    return
+                pos = nxt
+            seg = self._segment_for(pos)
+
+    def find_next(self, pos: int) -> int | None:
+        """The offset of the first valid record after ``pos`` (magic, sizes, CRC, and its
+        physical-offset field equal to its position), in ``pos``'s segment or a later
+        one; None if there is none. A search for the magic's bytes through the
+        mappings (C speed; the stored offset makes a false match all but impossible,
+        the CRC makes it impossible in practice). Owner thread."""
+        seg = self._segment_for(pos + 1)
+        local = pos + 1 - seg.base if seg is not None else 0
         while seg is not None:
             self.files.pin(seg)
             try:
                 mm = seg.mm
                 assert mm is not None
-                while True:
-                    local = pos - seg.base
-                    if local + 8 > seg.size:
-                        return
-                    total, magic = rec.peek_size(mm, local)
-                    if magic == rec.BLANK_MAGIC:
-                        if total != seg.size - local:
-                            return
-                        pos = seg.end
-                        break
-                    if magic != rec.MAGIC or total <= 0 or local + total > seg.size:
-                        return
-                    try:
-                        r = rec.decode(mm, local)
-                    except rec.RecordError:
-                        return
-                    if r.physical_offset != pos:
-                        return  # stale bytes from an earlier life of this file
-                    yield r
-                    pos += total
+                i = mm.find(_MAGIC_BYTES, local + 4)
+                while i >= 0:
+                    cand = i - 4
+                    if cand + rec.HEADER_SIZE <= seg.size and _I64.unpack_from(
+                            mm, cand + rec.POS_PHYSICAL_OFFSET)[0] == seg.base + cand \
+                            and _check_at(mm, cand, seg.base + cand, True) is not None:
+                        return seg.base + cand
+                    i = mm.find(_MAGIC_BYTES, i + 1)
             finally:
                 self.files.unpin(seg)
-            seg = self._segment_for(pos)
+            seg = self._segment_for(seg.end)
+            if seg is not None:
+                # A segment's first record sits at its base: check it before searching.
+                self.files.pin(seg)
+                try:
+                    assert seg.mm is not None
+                    if _check_at(seg.mm, 0, seg.base, True) is not None:
+                        return seg.base
+                finally:
+                    self.files.unpin(seg)
+                local = 0
+        return None
+
+    def zeros_from(self, pos: int) -> bool:
+        """Whether every byte from ``pos`` to the end of the last segment is zero (the
+        unwritten end of the log). Owner thread."""
+        seg = self._segment_for(pos)
+        local = pos - seg.base if seg is not None else 0
+        zero = bytes(_ZERO_CHUNK)
+        while seg is not None:
+            mm = self.files.open(seg)
+            while local < seg.size:
+                n = min(_ZERO_CHUNK, seg.size - local)
+                if mm[local:local + n] != zero[:n]:
+                    return False
+                local += n
+            seg = self._segment_for(seg.end)
+            local = 0
+        return True
 
     # ------------------------------------------------------------------ recovery
 

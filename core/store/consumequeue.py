@@ -14,6 +14,11 @@ store's file cache (filecache.py): a queue nobody writes or reads has no file
 open. A ConsumeQueue is derived data: recovery truncates it and re-dispatches
 from the CommitLog.
 
+A *lost* entry (``size`` LOST_SIZE, -1) stands for messages whose record was in a
+damaged range of the CommitLog (docs/storage.md, "Damage"): it keeps its queue
+offsets (``base``, ``count``) so that the numbering never moves, and readers
+skip it. Recovery and the store's repairs write them; nothing else does.
+
 Threads: the owner thread (the event loop) appends, reads, truncates and deletes;
 the checkpoint's worker thread calls ``flush``; a read in a worker thread goes
 through ``reader()``, which pins each file it touches.
@@ -34,6 +39,8 @@ ENTRY_SIZE = ENTRY.size  # 40
 _ITER_CHUNK = 1024  # entries unpacked per slice by iter_entries
 _pack_entry = ENTRY.pack_into
 _NAME_DIGITS = 20
+LOST_SIZE = -1  # the size field of a lost entry (any other size below a header's is damage)
+_ZERO_ENTRY = bytes(ENTRY_SIZE)
 
 
 class Entry(NamedTuple):
@@ -171,7 +178,6 @@ class _Entries:
         return self._first_at_or_past(phys)
 
     def _first_at_or_past(self, phys: int) -> int:
-        """The index of the first entry whose record lies at CommitLog offset >= ``phys``."""
         lo, hi = self.first_entry, self.next_entry
         while lo < hi:
             mid = (lo + hi) // 2
@@ -199,6 +205,7 @@ class ConsumeQueue(_Entries):
         self.min_offset = 0  # first queue offset still readable
         self.max_offset = 0  # the queue offset the next message gets
         self.dirty = False
+        self.missing: list[int] = []  # first entry of each file found missing at open
         self._file_bytes = entries_per_file * ENTRY_SIZE
         # Where the last entry's record ends, kept in memory: recovery asks every
         # queue, and reading it would open every queue's last file.
@@ -243,17 +250,26 @@ class ConsumeQueue(_Entries):
     # ------------------------------------------------------------------ lifecycle
 
     def open(self) -> None:
-        """Find the existing files and the end: the last entry whose size is set."""
+        """Find the existing files and the end: the last entry whose size is set.
+
+        Damage is noted, never silently dropped: a file missing between two others
+        is created empty and its entries listed in ``missing`` (the store rebuilds
+        them from the CommitLog); an entry zeroed before the end is found too (the
+        end is the last non-zero entry, and the reads' checks find the zeros)."""
         os.makedirs(self.directory, exist_ok=True)
         names = sorted(n for n in os.listdir(self.directory)
                        if len(n) == _NAME_DIGITS and n.isdigit())
         for n in names:
             first = int(n) // ENTRY_SIZE
+            while self.files and first > self.files[-1].first + self.per_file:
+                gap = self.files[-1].first + self.per_file
+                f = _File(os.path.join(self.directory, f"{gap * ENTRY_SIZE:0{_NAME_DIGITS}d}"),
+                          gap, self.per_file)
+                self.cache.create(f, lambda f=f: _create_file(f.path, f.size))  # type: ignore[misc]
+                self.files.append(f)
+                self.missing.append(gap)
             if self.files and first != self.files[-1].first + self.per_file:
-                # A gap means a file went missing: everything before it is unusable.
-                for f in self.files:
-                    self.cache.discard(f, unlink=True)
-                self.files = []
+                continue  # a stray name inside another file's range: not ours
             path = os.path.join(self.directory, n)
             if os.stat(path).st_size != self._file_bytes:
                 os.truncate(path, self._file_bytes)
@@ -267,7 +283,8 @@ class ConsumeQueue(_Entries):
         # zeroed page, and a broker with thousands of queues would pay for
         # thousands of them at every start).
         last = self.files[-1]
-        lo, hi = 0, min(self.per_file, -(-_data_end(last.path) // ENTRY_SIZE))
+        data_end = min(self.per_file, -(-_data_end(last.path) // ENTRY_SIZE))
+        lo, hi = 0, data_end
         mm = self._mm(last)
         while lo < hi:
             mid = (lo + hi) // 2
@@ -275,10 +292,18 @@ class ConsumeQueue(_Entries):
                 lo = mid + 1
             else:
                 hi = mid
+        # Damage can zero an entry's size before the end, and the search then stops
+        # short: entries past it that are not zero say where the end really is
+        # (normally the search lands in the last page written, so this reads a page).
+        tail = mm[lo * ENTRY_SIZE:data_end * ENTRY_SIZE]
+        if tail.count(0) != len(tail):
+            stripped = len(tail.rstrip(b"\x00"))
+            lo += -(-stripped // ENTRY_SIZE)
         self.next_entry = last.first + lo
         # Skip leading empty entries of the first file (retention may have left
         # a file whose older entries were cleared).
-        while self.first_entry < self.next_entry and self.entry(self.first_entry).size == 0:
+        while self.first_entry < self.next_entry and self.entry(self.first_entry).size == 0 \
+                and self.first_entry not in self.missing:
             self.first_entry += 1
         self._refresh_bounds()
 
@@ -294,7 +319,7 @@ class ConsumeQueue(_Entries):
             last = self.entry(self.next_entry - 1)
             self.min_offset = first.base_offset
             self.max_offset = last.base_offset + last.count
-            self._last_end = last.physical_offset + last.size
+            self._last_end = last.physical_offset + max(last.size, 0)
         else:
             self.min_offset = self.max_offset
 
@@ -345,17 +370,52 @@ class ConsumeQueue(_Entries):
         self._last_end = phys + size
         self.dirty = True
 
+    def append_lost(self, phys: int, base: int, count: int, store_ts: int, tag_hash: int = 0
+                    ) -> None:
+        """Add a lost entry (``count`` messages from ``base`` whose record was in a damaged
+        range at CommitLog offset ``phys`` or after). Readers skip it."""
+        self.ready()
+        self.append(phys, LOST_SIZE, base, count, tag_hash, store_ts)
+
+    def put_entry(self, index: int, e: tuple[int, int, int, int, int, int]) -> None:
+        """Overwrite entry ``index`` (``first_entry <= index < next_entry``): a repair."""
+        mm, pos = self._locate(index)
+        _pack_entry(mm, pos, *e)
+        self.dirty = True
+        if index == self.first_entry or index == self.next_entry - 1:
+            self._refresh_bounds()
+
+    def mark_lost(self, index: int) -> bool:
+        """Mark entry ``index`` lost (its record is damaged), keeping its offsets; False
+        if it was lost already."""
+        e = self.entry(index)
+        if e.size == LOST_SIZE:
+            return False
+        self.put_entry(index, (e.physical_offset, LOST_SIZE, e.base_offset, e.count,
+                               e.tag_hash, e.store_timestamp))
+        return True
+
     def last_physical_end(self) -> int:
         return self._last_end if self.next_entry > self.first_entry else 0
 
     # ------------------------------------------------------------------ recovery
 
-    def truncate_physical(self, phys: int) -> None:
+    def truncate_physical(self, phys: int, collect: bool = False) -> list[Entry]:
         """Drop every entry for a record at CommitLog offset >= ``phys`` (they will be
-        re-dispatched from the CommitLog, or were lost with it)."""
+        re-dispatched from the CommitLog, or were lost with it). With ``collect``,
+        return the dropped entries (recovery keeps them as hints of what a damaged
+        range held)."""
         if self.next_entry == self.first_entry or self._last_end <= phys:
-            return  # nothing that far: no file needs opening
-        self._truncate_entries(self._first_at_or_past(phys))
+            return []  # nothing that far: no file needs opening
+        index = self._first_at_or_past(phys)
+        cut = [Entry._make(e) for e in self.iter_entries(max(index, self.first_entry),
+                                                         self.next_entry)] if collect else []
+        self._truncate_entries(index)
+        return cut
+
+    def truncate_entries(self, index: int) -> None:
+        """Drop entries ``index`` and after (a repair: they disagree with the CommitLog)."""
+        self._truncate_entries(index)
 
     def _truncate_entries(self, index: int) -> None:
         if index >= self.next_entry:

@@ -18,12 +18,15 @@ are opened through the store's file cache (filecache.py).
 
 from __future__ import annotations
 
+import logging
 import mmap
 import os
 import struct
 import zlib
 
 from .filecache import CachedFile, FileCache, default_budget, map_file
+
+log = logging.getLogger("ferrymq.store")
 
 HEADER = struct.Struct(">qqqqii")
 ENTRY = struct.Struct(">Iqii")
@@ -161,6 +164,9 @@ class KeyIndex:
         self.files: list[IndexFile] = []
         self.dirty = False
         self.tail: IndexFile | None = None  # the newest file, pinned open
+        # Set by ``open`` when files had to be dropped (damaged): the CommitLog offset
+        # from which recovery must index records again.
+        self.rebuild_from: int | None = None
 
     def open(self) -> None:
         os.makedirs(self.directory, exist_ok=True)
@@ -174,13 +180,17 @@ class KeyIndex:
                     if f.size < HEADER.size:
                         raise BrokenIndexFile(f"{path}: {f.size} bytes, shorter than a header")
                     f.load_header(self.cache.open(f))
-                except BrokenIndexFile:
+                except BrokenIndexFile as exc:
                     self.cache.discard(f)
-                    # Unusable (e.g. an older build crashed while creating it): drop it
-                    # and every newer file; recovery re-indexes from the CommitLog.
+                    # Unusable (damaged, or an older build crashed while creating it):
+                    # drop it and every newer file; recovery indexes the records they
+                    # covered again from the CommitLog.
+                    log.error("index file %s is damaged (%s): it and the newer ones are "
+                              "built again from the CommitLog", path, exc)
                     for later in sorted(os.listdir(self.directory)):
                         if len(later) == _NAME_DIGITS and later.isdigit() and later >= n:
                             os.unlink(os.path.join(self.directory, later))
+                    self.rebuild_from = self.files[-1].end_phys if self.files else 0
                     break
                 self.files.append(f)
         self._retail()

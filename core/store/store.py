@@ -40,12 +40,13 @@ from ..message import (
     register_batch_decoder,
 )
 from .checkpoint import Checkpoint, read_checkpoint, write_checkpoint
-from .commitlog import CommitLog
+from .commitlog import CommitLog, Damage, plausible
 from .compaction import DEFAULT_MAX_KEYS, CompactedLog, PassResult, compact
-from .consumequeue import ConsumeQueue, PinnedReader
+from .consumequeue import LOST_SIZE, ConsumeQueue, PinnedReader
 from .filecache import FileCache, FileGone, default_budget
 from .files import DirectoryLock
 from .index import KeyIndex
+from .repair import DamageStats, Hole, Repairs
 from .timeindex import TimeIndex, TimeIndexes
 from .topicretention import TopicRetention
 
@@ -76,6 +77,49 @@ _NOT_IN_BATCH_RE = re.compile(b"(?:^|\x02)(?:" + b"|".join(n.encode() for n in _
                               + b")\x01")
 # Entries a filtered get may skip before answering (RocketMQ's maxFilterMessageCount).
 _MAX_SCAN_ENTRIES = 16_000
+# A record's fixed fields as a get checks them against its ConsumeQueue entry: total
+# size, magic, body CRC, queue id, queue offset, physical offset, system flags, store
+# timestamp (IPv4 born host: a record with an IPv6 one is checked without it).
+_GET_CHECK = struct.Struct(">iiii4xqqi16xq")
+_TAIL = struct.Struct(">iqi")  # reconsume times, prepared offset, body length (at 72)
+_V6_FLAGS = rec.BORNHOST_V6_FLAG | rec.STOREHOST_V6_FLAG
+_LOST = LOST_SIZE
+
+
+class _Damaged(Exception):
+    """A get met a ConsumeQueue entry that does not match its record (``kind`` "entry")
+    or a queue whose offsets do not continue ("structure"). Internal."""
+
+    def __init__(self, index: int, kind: str, why: str) -> None:
+        super().__init__(why)
+        self.index = index
+        self.kind = kind
+        self.why = why
+
+
+def _record_ok(data: bytes, crc: int, sys_flag: int, phys: int) -> bool:
+    """Whether a whole record read at ``phys`` holds together: its body CRC matches
+    ``crc`` (its stored field), its lengths add up to its size, and the fields the CRC
+    does not cover are plausible (``CommitLog``'s ``plausible``)."""
+    if sys_flag & _V6_FLAGS:
+        try:
+            r = rec.decode(data, 0)
+        except rec.RecordError:
+            return False
+        return plausible(r.reconsume_times, r.prepared_transaction_offset, phys)
+    reconsume, prepared, n = _TAIL.unpack_from(data, 72)
+    end = _HEADER_SIZE + n
+    if n < 0 or end + 3 > len(data) or not plausible(reconsume, prepared, phys):
+        return False
+    props_at = end + 1 + data[end]
+    if sys_flag & rec.FORMAT_LONG_PROPERTIES:
+        if props_at + 4 > len(data) or props_at + 4 + _I32.unpack_from(data, props_at)[0] \
+                != len(data):
+            return False
+    elif props_at + 2 > len(data) or props_at + 2 + _U16.unpack_from(data, props_at)[0] \
+            != len(data):
+        return False
+    return _crc32(memoryview(data)[_HEADER_SIZE:end]) & 0x7FFFFFFF == crc
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,11 +137,13 @@ class StoreConfig:
 class RecoveryReport:
     clean_shutdown: bool
     checkpoint: int | None
-    scanned_from: int
+    scanned_from: int  # re-dispatched from here (the checkpoint)
     end: int
     records_redispatched: int
     discarded_bytes: bool  # garbage after the last valid record was cut away
     seconds: float
+    validated_from: int = 0  # every record from here on was validated (CRC included)
+    holes: tuple[Hole, ...] = ()  # damaged ranges skipped, later records kept
 
 
 def _record_keys(props: Mapping[str, str], member: int) -> list[tuple[str, int]]:
@@ -240,22 +286,42 @@ class MessageStore:
         # tag's hash (the timer topic stores the delivery time there): recovery asks
         # the hook, given the record's properties, what append wrote.
         self.tag_hash_hooks: dict[str, Callable[[Mapping[str, str]], int]] = {}
+        self.repairs = Repairs(self)
+        # Records below this CommitLog offset were neither written nor validated by
+        # this process: a get checks their body CRC too (docs/storage.md, "Damage").
+        self.verified_from = 0
+        # Damage a worker thread's read met, for the owner thread to repair.
+        self._pending_repairs: list[tuple[str, int, int, str]] = []
+        self._emptied: set[tuple[str, int]] = set()  # queue directories found without files
+        self._bad_index: set[int] = set()  # index entries reported damaged
+
+    @property
+    def damage(self) -> DamageStats:
+        """What was found damaged since open (a ``repair.DamageStats``)."""
+        return self.repairs.stats
 
     # ================================================================ lifecycle
 
     def open(self, accept: Callable[[str, int, int], bool] = lambda t, q, p: True,
-             before_scan: Callable[[int], None] | None = None) -> RecoveryReport:
+             before_scan: Callable[[int], None] | None = None,
+             live: Callable[[str, int], bool] | None = None) -> RecoveryReport:
         """Lock the directory, map the files, and recover (see docs/storage.md):
         truncate every ConsumeQueue to the checkpoint, re-dispatch the CommitLog
-        records from there on, validating each (magic, sizes, CRC, its own offset),
-        and cut the log at the first byte that is not a valid record.
+        records from there on, validating each (magic, sizes, CRC, its own offset).
+        A damaged range with valid records after it is skipped (a hole: its
+        messages are marked lost, the rest kept); the log ends at the first byte
+        after which no valid record follows.
 
         ``accept(topic, queue_id, physical_offset)`` says whether a record belongs
         to a live topic (a deleted topic's records stay in the log until retention);
         it is asked in log order. ``before_scan(checkpoint)`` runs once the
         ConsumeQueues are cut back to the checkpoint, before the first ``accept``
-        (the broker's state log replays what its queue holds below it)."""
+        (the broker's state log replays what its queue holds below it). ``live(topic,
+        physical_offset)``, without side effects, answers the same question for a
+        repair that walks the log out of order."""
         t0 = time.monotonic()
+        if live is not None:
+            self.repairs.live = live
         d = self.config.directory
         os.makedirs(d, exist_ok=True)
         self._lock.acquire()
@@ -268,6 +334,13 @@ class MessageStore:
         self._load_queues()
         cp = read_checkpoint(d)
         cl = self.commitlog
+        if not self.index.files and self.index.rebuild_from is None and cl.segments \
+                and cp is not None and cp.physical_offset > cl.min_offset:
+            # A checkpoint marks the index too (``mark_indexed``): no file under a log
+            # that has records means the files were lost.
+            log.error("the key index has no file while the CommitLog holds records up to "
+                      "%d: it is built again from the CommitLog", cp.physical_offset)
+            self.index.rebuild_from = cl.min_offset
         if cp is None:
             start = validate_from = cl.min_offset
         else:
@@ -279,22 +352,60 @@ class MessageStore:
         elif cl.segments and start >= cl.segments[-1].end:
             start = cl.segments[-1].end
             validate_from = min(validate_from, start)
-        for q in self.queues.values():
-            q.truncate_physical(start)
+        # The entries recovery cuts are kept as hints: if a damaged range swallowed
+        # their records, they say which queue offsets it held (lost, not reused).
+        hints: list[tuple[int, tuple[str, int], tuple[int, int, int, int, int, int]]] = []
+        cut: set[tuple[str, int]] = set()
+        for key, q in self.queues.items():
+            entries = q.truncate_physical(start, collect=True)
             self.times.set_bound(q.topic, q.queue_id, q.max_offset)
+            if entries:
+                cut.add(key)
+                hints.extend((e.physical_offset, key, tuple(e)) for e in entries)  # type: ignore[misc]
+        hints.sort()
         if before_scan is not None:
             before_scan(start)
-        index_from = self.index.end_phys
-        end = validate_from
+        # A lost or damaged index file leaves records below the checkpoint unindexed:
+        # the walk starts early enough to index them again.
+        index_from = max(self.index.end_phys, cl.min_offset)
+        walk_from = validate_from
+        if self.index.rebuild_from is not None and cl.segments:
+            index_from = max(self.index.rebuild_from, cl.min_offset)
+            walk_from = min(validate_from, index_from)
+            self.index.rebuild_from = None
+        end = walk_from
         count = 0
-        for r in cl.scan(validate_from):
-            if r.physical_offset >= start and accept(r.topic, r.queue_id, r.physical_offset):
-                self._redispatch(r, index_from)
-                count += 1
-            end = r.physical_offset + r.total_size
+        holes: list[Hole] = []
+        pos = walk_from
+        while True:
+            damage: Damage | None = None
+            for item in cl.walk(pos, resync=False):
+                if type(item) is Damage:
+                    damage = item
+                    break
+                r: rec.Record = item  # type: ignore[assignment]
+                p = r.physical_offset
+                if p >= start:
+                    if accept(r.topic, r.queue_id, p):
+                        self._redispatch(r, index_from, start if (r.topic, r.queue_id) in cut
+                                         else None)
+                        count += 1
+                elif p >= index_from:
+                    self._index_record(r)
+                end = p + r.total_size
+            if damage is None:
+                break
+            x = damage.start
+            if x >= start and clean and cl.peek(x, 8) == bytes(8):
+                break  # a clean shutdown: the zeros after the checkpoint are the end
+            nxt = cl.find_next(x)
+            if nxt is None:
+                break  # nothing valid follows: the end of the log (cut below if torn)
+            holes.append(self.repairs.hole(x, nxt, start, hints))
+            pos = end = nxt
         if end < start:
-            log.error("CommitLog damaged at offset %d, before the checkpoint %d: cutting it "
-                      "there", end, start)
+            log.error("CommitLog damaged at offset %d, before the checkpoint %d, and no valid "
+                      "record follows: cutting it there", end, start)
         discarded = self._bytes_follow(end)
         if discarded or not clean:
             # After a crash the bytes past the last valid record may be a torn
@@ -309,15 +420,47 @@ class MessageStore:
                 q.truncate_physical(end)
                 self.times.cut(q.topic, q.queue_id, q.max_offset)
         self.dispatched_pos = end
+        self.verified_from = min(walk_from, end)
         self._load_compacted()
-        self._previous_checkpoint = validate_from if cp is None else min(cp.previous_offset, end)
+        self._check_queues(start)
+        # Everything below the end is validated and on disk now: the checkpoint written
+        # here names the one recovered from as the previous one, so the next recovery
+        # validates from there (it used to be 0 until this process's second
+        # checkpoint: a kill in between meant a scan of the whole log).
+        self._last_checkpoint = end
+        self._previous_checkpoint = min(start, end)
         self._open = True
+        self.mark_indexed()
         self.checkpoint()
         report = RecoveryReport(clean, cp.physical_offset if cp else None, start, end, count,
-                                discarded, time.monotonic() - t0)
-        if not clean or discarded:
-            log.warning("recovered after an unclean shutdown", extra={"report": report})
+                                discarded, time.monotonic() - t0, walk_from, tuple(holes))
+        if not clean or discarded or holes:
+            log.warning("recovered after an unclean shutdown" if not clean
+                        else "recovered a damaged store", extra={"report": report})
         return report
+
+    def _check_queues(self, start: int) -> None:
+        """After the walk: fill the files found missing, and check each queue's last
+        entry against its record (one read of each: a damaged tail would otherwise
+        wait for a read to be found)."""
+        rp = self.repairs
+        for key in self._emptied:
+            q = self.queues.get(key)
+            if q is not None and q.next_entry == q.first_entry:
+                rp.rebuild_queue(q)
+        self._emptied = set()
+        for q in list(self.queues.values()):
+            for first in q.missing:
+                a = max(first, q.first_entry)
+                b = min(first + q.per_file, q.next_entry) - 1
+                if a <= b:
+                    rp.repair_run(q, a, b, "a file was missing")
+            q.missing = []
+            last = q.next_entry - 1
+            if last >= q.first_entry and q.last_physical_end() <= start \
+                    and q.entry(last).size != LOST_SIZE and not rp.entry_ok(q, last) \
+                    and not rp.check_queue(q, "its last entry does not match its record"):
+                rp.repair_run(q, last, last, "its last entry does not match its record")
 
     def _bytes_follow(self, end: int) -> bool:
         head = self.commitlog.peek(end, 8)
@@ -333,16 +476,40 @@ class MessageStore:
                     q = ConsumeQueue(os.path.join(tdir, qid), topic, int(qid),
                                      self.config.cq_entries_per_file, self.files)
                     q.open()
+                    if not q.files:
+                        # A queue's directory is made just before its first file: one
+                        # without files lost them (deleted): rebuilt from the log.
+                        self._emptied.add((topic, int(qid)))
                     self.queues[(topic, int(qid))] = q
 
-    def _redispatch(self, r: rec.Record, index_from: int) -> None:
+    def _redispatch(self, r: rec.Record, index_from: int, cut_at: int | None = None) -> None:
+        """Recovery: the entry (and index entries) of a record past the checkpoint.
+        ``cut_at``: recovery cut this queue's entries from that CommitLog offset on."""
         count, h, keys = self._describe(r)
         q = self._queue(r.topic, r.queue_id)
         if r.queue_offset < q.max_offset:
-            # An entry for this record exists past the checkpoint truncation point
-            # only if queue offsets went backwards: that log is not ours to fix.
-            raise StoreError(f"queue offsets out of order in {r.topic}:{r.queue_id} at "
-                             f"CommitLog offset {r.physical_offset}")
+            # The ConsumeQueue holds entries for offsets the log gives this record and
+            # later ones: those entries are wrong (damage), the log is right.
+            i = q.find(r.queue_offset)
+            keep = i if i is not None else q.first_entry
+            log.error("ConsumeQueue %s:%d damaged: it claims queue offsets from %d on that the "
+                      "CommitLog gives records from offset %d on; rewritten from the log",
+                      r.topic, r.queue_id, r.queue_offset, r.physical_offset)
+            self.repairs.stats.entries += q.next_entry - keep
+            q.truncate_entries(keep)
+            if q.next_entry == q.first_entry and q.max_offset > r.queue_offset:
+                q.reset_offsets(r.queue_offset)
+        if r.queue_offset > q.max_offset:
+            # Offsets missing before this record (a queue's first record has offset 0):
+            # entries the ConsumeQueue lost (a file deleted or cut short) or records a
+            # damaged range took. The log says which.
+            if q.next_entry > q.first_entry:
+                frm = q.last_physical_end()
+            elif cut_at is not None:
+                frm = cut_at
+            else:
+                frm = self.commitlog.min_offset
+            self.repairs.fill_gap(q, frm, r.physical_offset, r.queue_offset)
         if q.next_entry == q.first_entry:
             q.reset_offsets(r.queue_offset)
         q.ready()
@@ -354,6 +521,27 @@ class MessageStore:
                 self.index.put(key, r.physical_offset, member, r.store_timestamp)
             self.index.advance(r.physical_offset + r.total_size, r.store_timestamp)
         self._last_ts = max(self._last_ts, r.store_timestamp)
+
+    def _index_record(self, r: rec.Record) -> None:
+        """Recovery: index a record below the checkpoint that the index lost (a damaged
+        or missing index file)."""
+        try:
+            _count, _h, keys = self._describe(r)
+        except (InvalidMessage, kb.BatchHeaderError):
+            return
+        if keys:
+            self.index.ready(len(keys), r.physical_offset)
+            for key, member in keys:
+                self.index.put(key, r.physical_offset, member, r.store_timestamp)
+        self.index.advance(r.physical_offset + r.total_size, r.store_timestamp)
+
+    def queue(self, topic: str, queue_id: int) -> ConsumeQueue:
+        """The ConsumeQueue of (topic, queue id), created (empty) if it has none."""
+        return self._queue(topic, queue_id)
+
+    def describe(self, r: rec.Record) -> tuple[int, int, list[tuple[str, int]]]:
+        """(message count, tag hash, keys) of a stored record, as append computed them."""
+        return self._describe(r)
 
     def _describe(self, r: rec.Record) -> tuple[int, int, list[tuple[str, int]]]:
         """(message count, tag hash, keys) of a stored record, as append computed them."""
@@ -383,6 +571,7 @@ class MessageStore:
         self._open = False
         try:
             if self.failed is None:
+                self.mark_indexed()
                 self.checkpoint()
                 os.unlink(os.path.join(self.config.directory, "abort"))
         finally:
@@ -734,7 +923,48 @@ class MessageStore:
         not returned. ``pread`` reads with pread(2): use it from a worker thread; the
         ConsumeQueue is then read through a pinned reader (the owner thread cannot
         close a file under it) and, if retention deleted a file the read needed,
-        the read starts over once from the queue's new bounds."""
+        the read starts over once from the queue's new bounds.
+
+        Every entry read is checked against its record (size, magic, queue id, queue
+        offset, physical offset) and against the queue's numbering, and a record
+        below ``verified_from`` has its CRC checked too: lost entries are skipped; an
+        entry that does not match is written again from the CommitLog (``repairs``)
+        and the read done again; a record whose CRC fails is marked lost and skipped.
+        A worker thread's read stops before damage it meets and leaves the repair to
+        the owner thread (``repair_pending``)."""
+        tries = 3
+        while True:
+            try:
+                return self._get(topic, queue_id, offset, max_messages, max_bytes, filt,
+                                 visible_limit, pread, _again)
+            except _Damaged as d:
+                cq = self.queues[(topic, queue_id)]
+                tries -= 1
+                if d.kind == "structure":
+                    if not self.repairs.check_queue(cq, d.why) or tries <= 0:
+                        raise StoreError(f"ConsumeQueue {topic}:{queue_id} is damaged at "
+                                         f"offset {offset} and could not be repaired") from None
+                elif tries > 0:
+                    self.repairs.repair_run(cq, d.index, d.index, d.why)
+                else:
+                    cq.mark_lost(d.index)  # repaired and still wrong: never loop on it
+
+    def repair_pending(self) -> None:
+        """Repair what worker threads' reads found damaged (owner thread; the broker
+        calls it once a checkpoint interval)."""
+        pending, self._pending_repairs = self._pending_repairs, []
+        for topic, queue_id, index, why in pending:
+            q = self.queues.get((topic, queue_id))
+            if q is None or not q.first_entry <= index < q.next_entry:
+                continue
+            if why == "structure":
+                self.repairs.check_queue(q, "its offsets do not continue")
+            elif q.entry(index).size >= 0 and not self.repairs.entry_ok(q, index):
+                self.repairs.repair_run(q, index, index, why)
+
+    def _get(self, topic: str, queue_id: int, offset: int, max_messages: int, max_bytes: int,
+             filt: Filter | None, visible_limit: int | None, pread: bool, _again: bool
+             ) -> GetResult:
         cq = self.queues.get((topic, queue_id))
         if cq is None:
             return GetResult(GetStatus.NO_MESSAGE_IN_QUEUE, (), 0, 0, 0)
@@ -766,6 +996,7 @@ class MessageStore:
             if i is None:
                 return GetResult(GetStatus.NO_NEW_MESSAGE, (), offset, lo, hi)
             limit = self.dispatched_pos if visible_limit is None else visible_limit
+            verified = self.verified_from
             records: list[StoredRecord] = []
             msgs = nbytes = scanned = 0
             next_off = offset
@@ -774,8 +1005,25 @@ class MessageStore:
             end = min(q.next_entry,
                       i + max(max_messages, 1) + (_MAX_SCAN_ENTRIES if filt is not None else 0))
             new = tuple.__new__
+            j = i - 1
+            expect = -1
             for phys, size, base, count, th, ts in q.iter_entries(i, end):
+                j += 1
+                if expect < 0:
+                    if not base <= offset < base + count:
+                        raise _Damaged(j, "structure", "its offsets do not lead to the one read")
+                elif base != expect:
+                    raise _Damaged(j, "structure", "its offsets do not continue")
+                expect = base + count
+                if size == _LOST:  # lost with a damaged range: skipped
+                    next_off = expect
+                    scanned += 1
+                    if scanned >= _MAX_SCAN_ENTRIES:
+                        break
+                    continue
                 if phys + size > limit or (records and nbytes + size > max_bytes):
+                    if phys + size > self.dispatched_pos:
+                        raise _Damaged(j, "entry", "it points past the CommitLog's end")
                     break
                 scanned += 1
                 if filt is not None and not filt.may_match_tag_hash(th):
@@ -783,11 +1031,26 @@ class MessageStore:
                     if scanned >= _MAX_SCAN_ENTRIES:
                         break
                     continue
+                if size < _HEADER_SIZE or count < 1 or phys < 0:
+                    raise _Damaged(j, "entry", "its size or count cannot be a record's")
                 data = read(phys, size)
                 if data is None:
-                    break  # removed under us by retention; the next get sees the new minimum
+                    if phys + size <= self.commitlog.min_offset:
+                        break  # removed under us by retention; the next get sees the new minimum
+                    raise _Damaged(j, "entry", "it points past the CommitLog's end")
+                total, magic, crc, qid, qoff, rphys, sys_flag, rts = _GET_CHECK.unpack_from(data)
+                if total != size or magic != _MAGIC or qid != queue_id or qoff != base \
+                        or rphys != phys or (rts != ts and not sys_flag & _V6_FLAGS):
+                    raise _Damaged(j, "entry", "it does not match the record where it points")
+                if phys < verified and not _record_ok(data, crc, sys_flag, phys):
+                    if reader is not None:
+                        self._pending_repairs.append((topic, queue_id, j, "crc"))
+                        break
+                    self._record_lost(cq, j, phys, size, count)
+                    next_off = expect
+                    continue
                 sr = new(StoredRecord, (topic, queue_id, base, count, phys,  # NamedTuple, fast
-                                        _I32.unpack_from(data, rec.POS_SYS_FLAG)[0], ts, data, filt))
+                                        sys_flag, ts, data, filt))
                 if filt is not None and next(sr.messages(offset), None) is None:
                     next_off = base + count
                     if scanned >= _MAX_SCAN_ENTRIES:
@@ -806,16 +1069,36 @@ class MessageStore:
             else:
                 status = GetStatus.NO_NEW_MESSAGE
             return GetResult(status, tuple(records), next_off, lo, hi)
+        except _Damaged as d:
+            if reader is None:
+                raise
+            # A worker thread does not repair: it answers what it read before the damage
+            # and leaves the repair to the owner thread.
+            self._pending_repairs.append((topic, queue_id, d.index,
+                                          "structure" if d.kind == "structure" else d.why))
+            return GetResult(GetStatus.FOUND if records else GetStatus.NO_NEW_MESSAGE,
+                             tuple(records), next_off, lo, hi)
         except FileGone:
             if reader is None or not _again:
                 raise
             reader.release()
             reader = None
-            return self.get(topic, queue_id, offset, max_messages, max_bytes, filt,
-                            visible_limit, True, False)
+            return self._get(topic, queue_id, offset, max_messages, max_bytes, filt,
+                             visible_limit, True, False)
         finally:
             if reader is not None:
                 reader.release()
+
+    def _record_lost(self, q: ConsumeQueue, index: int, phys: int, size: int, count: int) -> None:
+        """A record a get read fails its CRC: its messages are lost, never served."""
+        if q.mark_lost(index):
+            st = self.repairs.stats
+            st.ranges += 1
+            st.bytes += size
+            st.messages += count
+            log.error("CommitLog record at %d (%d bytes, %s:%d offsets %d..) fails its CRC: its "
+                      "%d message(s) are lost (its ConsumeQueue entry is marked lost)",
+                      phys, size, q.topic, q.queue_id, q.entry(index).base_offset, count)
 
     def offset_for_time(self, topic: str, queue_id: int, timestamp_ms: int) -> int:
         """The first offset stored at or after ``timestamp_ms`` (store time, the
@@ -919,8 +1202,11 @@ class MessageStore:
         if data is None:
             return []
         try:
-            r = rec.decode(data, 0, check_crc=False)
+            # The CRC too where this process has not validated the record itself.
+            r = rec.decode(data, 0, check_crc=phys < self.verified_from)
         except rec.RecordError:
+            return []
+        if r.physical_offset != phys:
             return []
         return list(StoredRecord(r.topic, r.queue_id, r.queue_offset, 1, phys, r.sys_flag,
                                  r.store_timestamp, data).messages())
@@ -950,6 +1236,8 @@ class MessageStore:
         for phys, member in candidates:
             found = (self.messages_at(phys) if member == ANY_MEMBER
                      else [m for m in [self.message_at(phys, member)] if m is not None])
+            if not found and phys >= self.commitlog.min_offset:
+                self._bad_index_entry(key, phys)
             for m in found:
                 if (m.physical_offset, m.batch_index) in seen:
                     continue
@@ -961,6 +1249,18 @@ class MessageStore:
             if len(out) >= limit:
                 break
         return out[:limit]
+
+    def _bad_index_entry(self, key: str, phys: int) -> None:
+        """An index entry points at no valid record (its record was in a damaged range,
+        or the entry itself is damaged): counted and logged once. ``ferrymq store
+        check`` reports such entries, ``--repair`` builds the index again."""
+        if phys in self._bad_index or len(self._bad_index) >= 10_000:
+            return
+        self._bad_index.add(phys)
+        self.repairs.stats.index_entries += 1
+        log.error("the key index points at CommitLog offset %d (key %r), where no valid record "
+                  "starts: damaged; `ferrymq store check --repair` builds the index again",
+                  phys, key)
 
     # ================================================================ admin
 
@@ -986,6 +1286,21 @@ class MessageStore:
     def flush(self, upto: int | None = None) -> int:
         """fsync the CommitLog up to ``upto`` (worker thread). See CommitLog.flush."""
         return self.commitlog.flush(upto)
+
+    def mark_indexed(self) -> None:
+        """Owner thread, before a checkpoint: the key index's end mark follows the log
+        even when the last records had no keys, and the index has a file as soon as the
+        log has a record. So an index found without a file under a log that has records
+        was lost, and recovery builds it again from the log (``open``); and a store whose
+        records carry no keys never walks back to its last keyed record."""
+        pos = self.dispatched_pos
+        if pos <= self.commitlog.min_offset:
+            return
+        index = self.index
+        if not index.files:
+            index.ready(0, pos)
+        if index.end_phys < pos:
+            index.advance(pos, self._last_ts)
 
     def checkpoint(self) -> int:
         """Make the ConsumeQueues and the index durable up to the CommitLog offset
@@ -1028,25 +1343,31 @@ class MessageStore:
 
     def retain(self, now_ms: int, retention_ms: int, max_disk_ratio: float,
                disk_usage: Callable[[], tuple[int, int]] | None = None,
-               protect_from: int | None = None, hold_from: int | None = None) -> list[int]:
+               protect_from: int | None = None, hold_from: int | None = None,
+               on_space_delete: Callable[[int, int], None] | None = None) -> list[int]:
         """Delete CommitLog segments older than ``retention_ms`` and, while the disk
-        is fuller than ``max_disk_ratio``, enough of the oldest ones to get under it
-        regardless of age; never the active segment. Queue minimum offsets and the
-        index follow. ``disk_usage`` returns (used, total) bytes (default: the
-        file system of the data directory). A segment holding bytes at or past
-        ``protect_from`` is kept whatever its age (the broker's state records no
-        snapshot holds yet). A segment holding bytes at or past ``hold_from`` is kept
-        whatever its age but not against disk pressure (topics whose own retention is
-        longer than the broker's). Returns the deleted segments' bases."""
+        is fuller than ``max_disk_ratio`` (1.0 or more: never), enough of the oldest
+        ones to get under it regardless of age; never the active segment. Queue
+        minimum offsets and the index follow. ``disk_usage`` returns (used, total)
+        bytes (default: the file system of the data directory). A segment holding
+        bytes at or past ``protect_from`` is kept whatever its age (the broker's state
+        records no snapshot holds yet). A segment holding bytes at or past
+        ``hold_from`` is kept whatever its age but not against disk pressure (topics
+        whose own retention is longer than the broker's). Each deleted segment is
+        logged: at INFO when its age let it go; one deleted for space is given to
+        ``on_space_delete(start, end)`` before it goes (the broker logs what it held),
+        or logged at WARNING. Returns the deleted segments' bases."""
         cl = self.commitlog
         old = cl.segments[:-1]
-        keep_from = cl.min_offset
+        keep_from = by_age = cl.min_offset
+        mtimes = {}
         for base, mtime in cl.segment_mtimes():
             if mtime * 1000 >= now_ms - retention_ms:
                 break
-            keep_from = base + cl.segment_size
+            mtimes[base] = mtime
+            keep_from = by_age = base + cl.segment_size
         if hold_from is not None:
-            keep_from = max(cl.min_offset, min(keep_from, hold_from))
+            keep_from = by_age = max(cl.min_offset, min(keep_from, hold_from))
         if max_disk_ratio < 1.0 and old:
             used, total = (disk_usage or (lambda: _disk_usage(self.config.directory)))()
             excess = used - max_disk_ratio * total
@@ -1055,15 +1376,40 @@ class MessageStore:
                 keep_from = max(keep_from, old[n - 1].end)
         if protect_from is not None:
             keep_from = min(keep_from, protect_from)
+        for seg in old:
+            if seg.end > keep_from:
+                break
+            if seg.end <= by_age:
+                log.info("retention deleted CommitLog segment %s (bytes %d..%d): last written "
+                         "%s, older than the retention time", os.path.basename(seg.path),
+                         seg.base, seg.end, time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                          time.gmtime(mtimes[seg.base])))
+            elif on_space_delete is not None:
+                on_space_delete(seg.base, seg.end)
+            else:
+                log.warning("disk above max_disk_ratio: deleted CommitLog segment %s (bytes "
+                            "%d..%d) before its retention time", os.path.basename(seg.path),
+                            seg.base, seg.end)
         deleted = cl.delete_segments(keep_from)
         if deleted:
             floor = cl.min_offset
             for q in self.queues.values():
                 q.delete_before_physical(floor)
             self.index.delete_before(floor)
-            log.info("retention deleted %d CommitLog segment(s)", len(deleted))
         self.files.trim()  # give back what worker threads' reads opened past the budget
         return deleted
+
+    def queue_span(self, topic: str, queue_id: int, start: int, end: int) -> tuple[int, int]:
+        """The queue offsets ``[lo, hi)`` of the queue's records that lie in CommitLog
+        bytes ``[start, end)`` (``lo == hi``: none)."""
+        q = self.queues.get((topic, queue_id))
+        if q is None or q.next_entry == q.first_entry:
+            return 0, 0
+        i0, i1 = q.first_at_or_past(start), q.first_at_or_past(end)
+        if i0 >= i1:
+            return 0, 0
+        last = q.entry(i1 - 1)
+        return q.entry(i0).base_offset, last.base_offset + last.count
 
 
 def _encode_plain_batch(topic: str, messages: Sequence[Message]) -> tuple[bytes, int] | None:

@@ -13,7 +13,7 @@ import importlib.util
 import click
 
 MODULES = ("store", "kafka", "mqtt", "http", "native", "timers", "admin", "conns", "replication",
-           "compaction", "tls")
+           "compaction", "tls", "auth")
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 

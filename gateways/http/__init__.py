@@ -3,7 +3,8 @@
 ``serve`` binds the listener and serves the route table of ``api.py`` through
 the HTTP/1.1 connection loop of ``server.py``. Options (the ``[http]`` table): the
 limits of ``server.Limits`` by name, ``auth_tokens`` (a list of bearer
-tokens; authentication is off when absent), the CORS policy (``cors.OPTIONS``:
+tokens; with ``[auth] enabled`` the broker's API tokens and users' Basic
+credentials too: docs/security.md), the CORS policy (``cors.OPTIONS``:
 which web pages of other origins may call the door), the web console
 (``console``, on by default, and ``history.OPTIONS``: how often and how long
 its charts' samples are kept), and the connection limits the door's supervisor
@@ -22,7 +23,8 @@ from ..server import DoorContext
 from . import cors, history, webconsole
 from .admin import AdminApi
 from .api import Api
-from .app import BearerTokens, HttpApp
+from .app import BearerTokens, BrokerAuth, HttpApp
+from .security import SecurityApi
 from .server import WATCHDOG_TICK_S, Limits, refuse, serve_connections, supervisor_limits
 
 API_INFO = {
@@ -45,12 +47,15 @@ def build_app(ctx: DoorContext) -> tuple[HttpApp, history.History | None]:
     tokens = options.get("auth_tokens")
     if isinstance(tokens, str):
         tokens = [tokens]
-    auth = BearerTokens(tokens) if tokens else None
+    fixed = BearerTokens(tokens) if tokens else None
+    auth: BearerTokens | BrokerAuth | None = (BrokerAuth(ctx.broker, fixed)
+                                              if ctx.broker.auth_enabled else fixed)
     console = options.get(webconsole.OPTION, True)
     if not isinstance(console, bool):
         raise ValueError("[http] console must be true or false")
     api = Api(ctx.broker, limits, API_INFO, security=auth is not None)
     api.routes += AdminApi(ctx.broker).routes()
+    api.routes += SecurityApi(ctx.broker).routes()
     sampler = None
     if console:
         sampler = history.History(ctx.broker, options)

@@ -18,6 +18,8 @@ document) carry none: they make no access-checked call.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import hashlib
 import hmac
@@ -31,7 +33,7 @@ from urllib.parse import parse_qsl
 
 import trio
 
-from ...core.access import MECHANISM_BEARER, Principal, anonymous
+from ...core.access import MECHANISM_BASIC, MECHANISM_BEARER, Principal, anonymous
 from ...core.errors import FerryError
 from ...core.metrics import DoorMetrics, MetricsRegistry
 from .cors import CorsPolicy, allowed_methods
@@ -76,6 +78,53 @@ class BearerTokens:
             if hmac.compare_digest(given, t):
                 found = name
         return found
+
+
+CHALLENGES = (("WWW-Authenticate", 'Bearer realm="ferrymq"'),
+              ("WWW-Authenticate", 'Basic realm="ferrymq", charset="UTF-8"'))
+
+
+class BrokerAuth:
+    """``[auth] enabled``: the broker's users. ``Authorization: Bearer <token>`` (an API
+    token of the state log, or one of ``[http] auth_tokens``) or ``Basic`` (RFC 7617:
+    a user's password, checked against the stored verifier). A request without an
+    Authorization header is ``User:ANONYMOUS``: it gets what the ACLs grant the
+    anonymous principal, and 401 (with the challenges) where they grant nothing."""
+
+    def __init__(self, broker: Any, static: BearerTokens | None = None) -> None:
+        self.broker = broker
+        self.static = static
+
+    def identify(self, request: Request) -> tuple[str, str] | None:
+        """(name, mechanism) the request proves; ("", "") for no credentials; None
+        for credentials that do not pass."""
+        auth = request.header(b"authorization")
+        if not auth:
+            return "", ""
+        scheme, _, value = auth.strip().partition(" ")
+        scheme = scheme.lower()
+        value = value.strip()
+        if scheme == "bearer" and value:
+            raw = value.encode("latin-1", "replace")
+            if self.static is not None:
+                name = self.static(request)
+                if name is not None:
+                    return name, MECHANISM_BEARER
+            user = self.broker.token_user(raw)
+            return (user, MECHANISM_BEARER) if user else None
+        if scheme == "basic" and value:
+            try:
+                text = base64.b64decode(value, validate=True).decode("utf-8")
+            except (binascii.Error, ValueError):
+                return None
+            user, sep, password = text.partition(":")
+            if sep and user and self.broker.authenticate(user, password.encode()):
+                return user, MECHANISM_BASIC
+        return None
+
+    def __call__(self, request: Request) -> str | None:
+        found = self.identify(request)
+        return found[0] if found and found[0] else None
 
 
 def json_response(doc: Any, status: int = 200, content_type: str = "application/json",
@@ -162,6 +211,13 @@ class HttpApp:
         configured and the request has none of them."""
         if self.authenticator is None:
             return anonymous(self._peer(req))
+        if isinstance(self.authenticator, BrokerAuth):
+            found = self.authenticator.identify(req)
+            if found is None:
+                raise Problem("unauthorized", "the credentials do not pass", CHALLENGES)
+            if not found[0]:
+                return anonymous(self._peer(req))
+            return Principal(found[0], found[1], self._peer(req))
         name = self.authenticator(req)
         if name is None:
             raise Problem("unauthorized", "a valid bearer token is required",
@@ -209,9 +265,13 @@ class HttpApp:
             resp = problem_response(p, req.path)
             self.metrics.error(op, p.code)
         except FerryError as exc:
-            problem = from_ferry_error(exc)
-            resp = problem_response(problem, req.path)
-            self.metrics.error(op, problem.code)
+            refusal = from_ferry_error(exc)
+            if (exc.code == "permission_denied" and isinstance(self.authenticator, BrokerAuth)
+                    and getattr(req.principal, "anonymous", False)):
+                # Nobody logged in and the ACLs grant nobody this: ask for credentials.
+                refusal = Problem("unauthorized", "credentials are required", CHALLENGES)
+            resp = problem_response(refusal, req.path)
+            self.metrics.error(op, refusal.code)
         except ClientGone:
             raise
         except Exception:

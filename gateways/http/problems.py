@@ -36,6 +36,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "store_error": (503, "Store unavailable"),
     "flush_failed": (503, "Store unavailable: flush failed"),
     "disk_full": (507, "Disk full"),
+    "disk_pressure": (507, "Disk above its high watermark: writes refused for now"),
     "shutting_down": (503, "Shutting down"),
     "invalid_receipt": (400, "Invalid receipt handle"),
     "receipt_stale": (410, "Receipt handle no longer valid"),

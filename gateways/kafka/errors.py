@@ -31,6 +31,7 @@ ERROR_CODES: dict[str, int] = {
     "store_error": ke.KAFKA_STORAGE_ERROR,
     "flush_failed": ke.KAFKA_STORAGE_ERROR,
     "disk_full": ke.KAFKA_STORAGE_ERROR,
+    "disk_pressure": ke.KAFKA_STORAGE_ERROR,  # retriable: clients back off and retry
     "invalid_delay": ke.INVALID_RECORD,  # a delivery-time header the broker refuses
     # Retriable for every client: it refreshes metadata and tries again (elsewhere).
     "shutting_down": ke.LEADER_NOT_AVAILABLE,
@@ -50,5 +51,13 @@ ERROR_CODES: dict[str, int] = {
 
 def kafka_error(exc: FerryError) -> int:
     """The Kafka error code for a core error (UNKNOWN_SERVER_ERROR for anything unmapped,
-    which tests/test_error_tables.py keeps from happening)."""
+    which tests/test_error_tables.py keeps from happening). An access refusal names
+    the kind of resource refused: GROUP_, CLUSTER_, TRANSACTIONAL_ID_AUTHORIZATION_FAILED."""
+    if exc.code == "permission_denied":
+        return _DENIED.get(getattr(exc, "resource", "topic"), ke.TOPIC_AUTHORIZATION_FAILED)
     return ERROR_CODES.get(exc.code, ke.UNKNOWN_SERVER_ERROR)
+
+
+_DENIED = {"topic": ke.TOPIC_AUTHORIZATION_FAILED, "group": ke.GROUP_AUTHORIZATION_FAILED,
+           "cluster": ke.CLUSTER_AUTHORIZATION_FAILED,
+           "transactional_id": ke.TRANSACTIONAL_ID_AUTHORIZATION_FAILED}

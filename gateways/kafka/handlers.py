@@ -8,6 +8,7 @@ See docs/kafka.md for the reasoning behind each mapping.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 import uuid
@@ -17,7 +18,20 @@ from typing import Any
 
 import trio
 
-from ...core.access import ANONYMOUS, MECHANISM_SASL_PLAIN, SYSTEM, Principal, anonymous
+from ...core.access import (
+    ANONYMOUS,
+    GROUP,
+    MECHANISM_SASL_PLAIN,
+    MECHANISM_SCRAM,
+    READ,
+    SYSTEM,
+    TRANSACTIONAL_ID,
+    WRITE,
+    Operation,
+    Principal,
+    ResourceType,
+    anonymous,
+)
 from ...core.broker import Broker
 from ...core.errors import FerryError
 from ...core.message import PROPERTY_DOOR, GetStatus, Message, StoredRecord
@@ -31,6 +45,9 @@ from ...protocols.kafka import errors as ke
 from ...protocols.kafka import records as kr
 from ...protocols.kafka import schema
 from ...protocols.kafka.connection import Header
+from ...protocols.scram import MECHANISMS as _SCRAM
+from ...protocols.scram import ScramError, ScramServer
+from ...protocols.scram import ServerState as ScramState
 from . import configs
 from .cluster import NS_LOG_START, ClusterApis
 from .errors import kafka_error
@@ -84,6 +101,7 @@ SUPPORTED: dict[int, tuple[int, int]] = {
 3.8's brokers advertise (docs/kafka.md, "What is offered"), so that clients that infer
 a broker version from ApiVersions (kafka-python) infer 3.8."""
 
+SCRAM_MECHANISMS = tuple(_SCRAM)
 EARLIEST_TIMESTAMP, LATEST_TIMESTAMP = -2, -1  # ListOffsets special timestamps
 MAX_TIMESTAMP, EARLIEST_LOCAL_TIMESTAMP = -3, -4  # v7 (KIP-734), v8 (KIP-405)
 COORDINATOR_GROUP, COORDINATOR_TRANSACTION = 0, 1  # FindCoordinator key types
@@ -116,6 +134,10 @@ class DoorOptions:
     group_max_session_timeout_ms: int = 1_800_000
     group_initial_rebalance_delay_ms: int = 0
     sasl_plain_users: Mapping[str, str] | None = None  # SASL PLAIN users; None = off
+    # Close connections that send anything but ApiVersions/SASL before authenticating
+    # (Kafka's SASL_PLAINTEXT listener). Always so with sasl_plain_users; with
+    # [auth] enabled and this off, a connection without SASL is User:ANONYMOUS.
+    sasl_required: bool = False
     cluster_id: str = "ferrymq"
     num_partitions: int = 1  # Kafka's num.partitions: topics this door creates by default
     transaction_max_timeout_ms: int = 900_000  # Kafka's transaction.max.timeout.ms
@@ -164,7 +186,10 @@ class Session:
     local_host: str
     authenticated: bool = True
     sasl_mechanism: str | None = None
-    raw_sasl: bool = False  # SaslHandshake v0: the next frame is a bare token
+    raw_sasl: bool = False  # SaslHandshake v0: the next frames are bare tokens
+    sasl_done: bool = False  # SASL completed: no second handshake
+    scram: ScramServer | None = None  # a SCRAM exchange under way
+    failed: bool = False  # authentication failed: close after the answer
     principal: Principal = field(default=ANONYMOUS)
     advertised_port: int | None = None  # a TLS listener's port: its clients stay on TLS
 
@@ -807,9 +832,22 @@ class KafkaDoor(ClusterApis):
                           error_message=message)
             for key in req.coordinator_keys))
 
+    def _refused(self, s: Session, kind: ResourceType, name: str | None,
+                 operation: Operation) -> int:
+        """The core's decision on a resource the door itself keeps (a group's membership,
+        a transactional id): NONE or the refusal's Kafka code."""
+        if name is None or self.broker.permits(kind, name, operation, principal=s.principal):
+            return ke.NONE
+        return (ke.GROUP_AUTHORIZATION_FAILED if kind is GROUP
+                else ke.TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
+
     async def join_group(self, h: Header, req: Any, s: Session) -> Any:
         R = schema.response_class(JOIN_GROUP)
         v = h.api_version
+        denied = self._refused(s, GROUP, req.group_id, READ)
+        if denied:
+            return R(error_code=denied, generation_id=-1, protocol_name="", leader="",
+                     member_id=req.member_id, members=())
         res = await self.coordinator.join(
             req.group_id, req.member_id, req.group_instance_id if v >= 5 else None,
             h.client_id or "", s.client_host, req.session_timeout_ms,
@@ -827,6 +865,9 @@ class KafkaDoor(ClusterApis):
     async def sync_group(self, h: Header, req: Any, s: Session) -> Any:
         R = schema.response_class(SYNC_GROUP)
         v = h.api_version
+        denied = self._refused(s, GROUP, req.group_id, READ)
+        if denied:
+            return R(error_code=denied, assignment=b"")
         instance = req.group_instance_id if v >= 3 else None
         g = self.coordinator.describe(req.group_id)
         if v >= 5 and g is not None and g.protocol_type is not None and (
@@ -845,12 +886,18 @@ class KafkaDoor(ClusterApis):
 
     async def heartbeat(self, h: Header, req: Any, s: Session) -> Any:
         R = schema.response_class(HEARTBEAT)
+        denied = self._refused(s, GROUP, req.group_id, READ)
+        if denied:
+            return R(error_code=denied)
         instance = req.group_instance_id if h.api_version >= 3 else None
         return R(error_code=self.coordinator.heartbeat(req.group_id, req.generation_id,
                                                        req.member_id, instance))
 
     async def leave_group(self, h: Header, req: Any, s: Session) -> Any:
         R = schema.response_class(LEAVE_GROUP)
+        denied = self._refused(s, GROUP, req.group_id, READ)
+        if denied:
+            return R(error_code=denied, members=())
         if h.api_version < 3:
             code = self.coordinator.leave(req.group_id, req.member_id)
             await self.coordinator.save_dirty()
@@ -1060,6 +1107,9 @@ class KafkaDoor(ClusterApis):
         producers), through the transaction coordinator (transactions.py)."""
         R = schema.response_class(INIT_PRODUCER_ID)
         v = h.api_version
+        denied = self._refused(s, TRANSACTIONAL_ID, req.transactional_id, WRITE)
+        if denied:
+            return R(error_code=denied, producer_id=-1, producer_epoch=-1)
         if req.transactional_id is None:
             pid = await self.txns.new_producer_id()
             self.producers.register(pid, 0, now_ms())
@@ -1096,7 +1146,10 @@ class KafkaDoor(ClusterApis):
         async def one(tid: str, pid: int, epoch: int, topics: Any, verify: bool
                       ) -> tuple[Any, ...]:
             wanted = [(t.name, p) for t in topics for p in t.partitions]
+            denied = self._refused(s, TRANSACTIONAL_ID, tid, WRITE)
             try:
+                if denied:
+                    raise TxnError(denied)
                 if verify:
                     codes = await self.txns.verify_partitions(tid, pid, epoch, wanted)
                 else:
@@ -1128,6 +1181,10 @@ class KafkaDoor(ClusterApis):
 
     async def add_offsets_to_txn(self, h: Header, req: Any, s: Session) -> Any:
         R = schema.response_class(ADD_OFFSETS_TO_TXN)
+        denied = (self._refused(s, TRANSACTIONAL_ID, req.transactional_id, WRITE)
+                  or self._refused(s, GROUP, req.group_id, READ))
+        if denied:
+            return R(error_code=denied)
         try:
             await self.txns.add_offsets(req.transactional_id, req.producer_id,
                                         req.producer_epoch, req.group_id)
@@ -1139,6 +1196,9 @@ class KafkaDoor(ClusterApis):
 
     async def end_txn(self, h: Header, req: Any, s: Session) -> Any:
         R = schema.response_class(END_TXN)
+        denied = self._refused(s, TRANSACTIONAL_ID, req.transactional_id, WRITE)
+        if denied:
+            return R(error_code=denied)
         try:
             await self.txns.end_txn(req.transactional_id, req.producer_id, req.producer_epoch,
                                     bool(req.committed))
@@ -1227,28 +1287,49 @@ class KafkaDoor(ClusterApis):
 
     # ================================================================ SASL
 
+    def sasl_mechanisms(self) -> tuple[str, ...]:
+        """What SaslHandshake offers: PLAIN with ``sasl_plain_users`` or the broker's
+        users (``[auth] enabled``); SCRAM-SHA-256/512 with the broker's users."""
+        mechs: tuple[str, ...] = ()
+        if self.options.sasl_plain_users is not None or self.broker.auth_enabled:
+            mechs = ("PLAIN",)
+        if self.broker.auth_enabled:
+            mechs += SCRAM_MECHANISMS
+        return mechs
+
     async def sasl_handshake(self, h: Header, req: Any, s: Session) -> Any:
         R = schema.response_class(SASL_HANDSHAKE)
-        if self.options.sasl_plain_users is None:
-            return R(error_code=ke.ILLEGAL_SASL_STATE, mechanisms=())
-        if req.mechanism != "PLAIN":
-            return R(error_code=ke.UNSUPPORTED_SASL_MECHANISM, mechanisms=("PLAIN",))
-        s.sasl_mechanism = "PLAIN"
+        mechs = self.sasl_mechanisms()
+        if not mechs or s.sasl_done or s.sasl_mechanism is not None:
+            return R(error_code=ke.ILLEGAL_SASL_STATE, mechanisms=mechs)
+        if req.mechanism not in mechs:
+            return R(error_code=ke.UNSUPPORTED_SASL_MECHANISM, mechanisms=mechs)
+        s.sasl_mechanism = req.mechanism
+        if req.mechanism in SCRAM_MECHANISMS:
+            s.scram = ScramServer(req.mechanism)
         s.raw_sasl = h.api_version == 0
-        return R(error_code=ke.NONE, mechanisms=("PLAIN",))
+        return R(error_code=ke.NONE, mechanisms=mechs)
 
     def check_plain(self, token: bytes) -> str | None:
         """The user a SASL PLAIN token (RFC 4616: authzid NUL authcid NUL password)
-        proves, or None."""
-        users = self.options.sasl_plain_users or {}
+        proves, or None: ``sasl_plain_users`` first, then the broker's users (their
+        SCRAM verifiers check the password)."""
         parts = token.split(b"\x00")
         if len(parts) != 3:
             return None
         try:
-            user, password = parts[1].decode(), parts[2].decode()
+            user = parts[1].decode()
+            parts[2].decode()  # a password is UTF-8 (RFC 4616)
         except UnicodeDecodeError:
             return None
-        return user if users.get(user) == password else None
+        if parts[0] and parts[0] != parts[1]:
+            return None  # acting for another identity (an authzid) is not supported
+        users = self.options.sasl_plain_users
+        if users is not None and user in users:
+            return user if hmac.compare_digest(users[user].encode(), parts[2]) else None
+        if self.broker.authenticate(user, parts[2]):
+            return user
+        return None
 
     def login_plain(self, s: Session, token: bytes) -> bool:
         """Authenticate the connection with a SASL PLAIN token: from now on its calls
@@ -1256,18 +1337,41 @@ class KafkaDoor(ClusterApis):
         user = self.check_plain(token)
         if user is None:
             return False
-        s.authenticated = True
+        s.authenticated = s.sasl_done = True
         s.principal = Principal(user, MECHANISM_SASL_PLAIN, s.client_host)
         return True
 
+    def sasl_step(self, s: Session, token: bytes) -> tuple[bool | None, bytes]:
+        """One SASL token of the connection's mechanism: (True, reply) when the
+        exchange is complete, (None, reply) when it goes on, (False, b"") when it
+        failed (the connection is then closed, as Kafka does)."""
+        if s.sasl_mechanism == "PLAIN":
+            return (True, b"") if self.login_plain(s, token) else (False, b"")
+        scram = s.scram
+        if scram is None:
+            return False, b""
+        try:
+            if scram.state is ScramState.WAIT_CLIENT_FIRST:
+                user = scram.first(token)
+                return None, scram.challenge(self.broker.scram_verifier(user, scram.mechanism))
+            reply = scram.final(token)
+        except ScramError:
+            return False, b""
+        s.authenticated = s.sasl_done = True
+        s.scram = None
+        s.principal = Principal(scram.user, MECHANISM_SCRAM, s.client_host)
+        return True, reply
+
     async def sasl_authenticate(self, h: Header, req: Any, s: Session) -> Any:
         R = schema.response_class(SASL_AUTHENTICATE)
-        if s.sasl_mechanism != "PLAIN" or s.authenticated:
+        if s.sasl_mechanism is None or s.sasl_done or s.raw_sasl:
             return R(error_code=ke.ILLEGAL_SASL_STATE, error_message="handshake first")
-        if not self.login_plain(s, bytes(req.auth_bytes)):
+        done, reply = self.sasl_step(s, bytes(req.auth_bytes))
+        if done is False:
+            s.failed = True
             return R(error_code=ke.SASL_AUTHENTICATION_FAILED,
                      error_message="authentication failed")
-        return R(error_code=ke.NONE, error_message=None, auth_bytes=b"")
+        return R(error_code=ke.NONE, error_message=None, auth_bytes=reply)
 
 
 class _ProduceError(Exception):

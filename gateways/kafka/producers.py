@@ -19,6 +19,7 @@ keeps deduplication working; cached batches past the recovered end of a queue
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import deque
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ CACHED_BATCHES = 5  # Kafka keeps the last 5 batches per producer and partition 
 MAX_PRODUCERS = 100_000  # bound on remembered producer ids (least recently used evicted)
 SEQUENCE_WRAP = 1 << 31  # sequences are int32 and wrap to 0
 SNAPSHOT_VERSION = 1
+
+log = logging.getLogger("ferrymq.kafka")
 
 
 class Verdict(Enum):
@@ -182,19 +185,36 @@ class ProducerStates:
         atomic_write(self.path, data)
 
     def load(self) -> bool:
-        """Load the snapshot if there is one; True if it was."""
+        """Load the snapshot if there is one; True if it was. A snapshot that does not
+        decode is set aside as ``*.damaged`` with an ERROR: the replay then rebuilds the
+        state from the queues' starts (a longer start, nothing lost)."""
         try:
             with open(self.path, "rb") as f:
                 doc = msgpack.unpackb(f.read(), strict_map_key=False)
         except FileNotFoundError:
             return False
-        if doc.get("version") != SNAPSHOT_VERSION:
-            return False
-        self.next_id = doc["next_id"]
-        self.snapshot_ends = {(t, q): o for t, q, o in doc["queue_ends"]}
-        for pid, epoch, used, parts in doc["producers"]:
-            p = ProducerEntry(epoch, used)
-            for t, q, bs in parts:
-                p.partitions[(t, q)] = deque((BatchSeq(*b) for b in bs), maxlen=CACHED_BATCHES)
-            self.producers[pid] = p
+        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+            return self._damaged(exc)
+        if not isinstance(doc, dict) or doc.get("version") != SNAPSHOT_VERSION:
+            return False if isinstance(doc, dict) else self._damaged(TypeError(type(doc)))
+        try:
+            next_id = doc["next_id"]
+            ends = {(t, q): o for t, q, o in doc["queue_ends"]}
+            producers = {}
+            for pid, epoch, used, parts in doc["producers"]:
+                p = ProducerEntry(epoch, used)
+                for t, q, bs in parts:
+                    p.partitions[(t, q)] = deque((BatchSeq(*b) for b in bs),
+                                                 maxlen=CACHED_BATCHES)
+                producers[pid] = p
+        except (KeyError, TypeError, ValueError) as exc:
+            return self._damaged(exc)
+        self.next_id, self.snapshot_ends = next_id, ends
+        self.producers.update(producers)
         return True
+
+    def _damaged(self, exc: BaseException) -> bool:
+        log.error("the Kafka producer snapshot %s is damaged (%s): set aside as *.damaged; "
+                  "producer state is rebuilt from the queues", self.path, exc)
+        os.replace(self.path, self.path + ".damaged")
+        return False

@@ -186,7 +186,7 @@ async def handle_connection(door: KafkaDoor, stream: trio.SocketStream, watch: W
     except OSError:
         await stream.aclose()
         return
-    sasl = door.options.sasl_plain_users is not None
+    sasl = door.options.sasl_plain_users is not None or door.options.sasl_required
     session = Session(client_host=str(peer[0]), local_host=str(local[0]), authenticated=not sasl,
                       advertised_port=port)
     conn = ServerConnection(SUPPORTED, max_frame_size=door.options.max_frame_size)
@@ -257,12 +257,15 @@ async def _serve_connection(door: KafkaDoor, stream: trio.SocketStream, conn: Se
                 if not await _receive(stream, conn, watch):
                     return
                 continue
-            session.raw_sasl = False
-            if not door.login_plain(session, token):  # type: ignore[arg-type]
-                log.info("SASL PLAIN authentication failed for %s", session.client_host)
+            done, reply = door.sasl_step(session, bytes(token))  # type: ignore[arg-type]
+            if done is False:
+                log.info("SASL %s authentication failed for %s", session.sasl_mechanism,
+                         session.client_host)
                 return
-            _authenticated(door, conn, watch)
-            await _send(stream, watch, b"\x00\x00\x00\x00")
+            if done:
+                session.raw_sasl = False
+                _authenticated(door, conn, watch)
+            await _send(stream, watch, len(reply).to_bytes(4, "big") + reply)
             continue
         ev = conn.next_event()
         if ev is NEED_DATA:
@@ -310,6 +313,10 @@ async def _serve_connection(door: KafkaDoor, stream: trio.SocketStream, conn: Se
             continue
         parts: list[Any] = response_bytes(h, body)
         await _send(stream, watch, b"".join(parts) if len(parts) > 1 else parts[0])
+        if session.failed:
+            log.info("SASL %s authentication failed for %s", session.sasl_mechanism,
+                     session.client_host)
+            return  # Kafka closes the connection after SASL_AUTHENTICATION_FAILED
 
 
 __all__ = ["handle_connection", "now_ms", "replay_producer_state", "serve"]

@@ -20,6 +20,7 @@ from typing import Any
 
 import trio
 
+from ...core.errors import FerryError
 from .client import Client
 from .hub import Hub
 from .options import MqttOptions
@@ -37,7 +38,7 @@ async def serve(ctx: Any, *, task_status: trio.TaskStatus[int] = trio.TASK_STATU
     state_dir = opts.state_dir or os.path.join(ctx.broker.config.data_dir, "mqtt")
     os.makedirs(state_dir, exist_ok=True)
     hub = Hub(ctx.broker, opts, state_dir)
-    await trio.to_thread.run_sync(hub.load)
+    hub.load()  # the broker's state tables: read on the event-loop thread
 
     def handle_tcp(stream: Any, watch: Any) -> Any:
         # Not a coroutine of its own: an idle client costs one frame (Client.run).
@@ -81,5 +82,7 @@ async def serve(ctx: Any, *, task_status: trio.TaskStatus[int] = trio.TASK_STATU
                                             tls_listener="ws_port"))
             task_status.started(port)
     finally:
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(hub.save_sync)
+        try:
+            hub.save_sync()  # state-log appends: on the event-loop thread, the broker open
+        except FerryError as exc:
+            log.error("MQTT state not saved at shutdown: %s", exc)

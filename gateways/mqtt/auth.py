@@ -14,6 +14,13 @@ USER`` prints a line). ACL file, Mosquitto's shape:
 Access is ``read``, ``write``, ``readwrite`` or ``deny``; without an ACL file
 everything is allowed. With one, what no rule grants is denied, and a deny
 rule beats a grant.
+
+Both files are loaded into the broker's one access model at start
+(``Broker.load_file_rules``; docs/security.md, "MQTT files"): the password
+file's users can log in on every door by password (not SCRAM: a PBKDF2 hash
+is no SCRAM verifier), and the ACL file's rules are MQTT-filter rules judged by
+the core. With ``[auth] enabled`` off they hold for MQTT clients only, as
+before; with it on, for every door. ``ClientAccess`` asks the core.
 """
 
 from __future__ import annotations
@@ -25,12 +32,19 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from ...protocols.mqtt.topics import filter_covers, filter_matches, valid_topic_filter
+from ...core.access import ALL, ANONYMOUS_NAME, MQTT, SYSTEM, TOPIC, Principal
+from ...core.access import READ as CORE_READ
+from ...core.access import WRITE as CORE_WRITE
+from ...core.access import Rule as CoreRule
+from ...core.addresses import broker_topic
+from ...core.broker import Broker
+from ...protocols.mqtt.topics import valid_topic_filter
 
 # Iterations of PBKDF2-HMAC-SHA256 for new hashes (stored per hash, so it can change):
 # about 50 ms a check here; OWASP suggests more where connect rate matters less.
 PBKDF2_ITERATIONS = 100_000
 READ, WRITE = 1, 2
+READ_CACHE_MAX = 1_000  # per client: MQTT topics whose read decision is remembered
 _ACCESS = {"read": READ, "write": WRITE, "readwrite": READ | WRITE, "deny": 0}
 
 
@@ -87,8 +101,9 @@ class Acl:
         for r in [*self.everyone, *self.users.get(username or "", ())]:
             f = r.filter
             if r.pattern:
-                if "/" in client_id or "+" in client_id or "#" in client_id:
-                    continue  # a client id that would widen the pattern never matches
+                if any(ch in value for value in (client_id, username or "")
+                       for ch in "/+#"):
+                    continue  # a client id or user name that would widen it never matches
                 f = f.replace("%c", client_id).replace("%u", username or "")
             out.append((r.access, f))
         return out
@@ -116,40 +131,90 @@ def load_acl(path: str) -> Acl:
     return acl
 
 
-class ClientAccess:
-    """One connected client's rights, computed once at CONNECT."""
+def core_rules(acl: Acl) -> list[CoreRule]:
+    """The file's rules in the one access model (docs/security.md, "MQTT files"):
+    topic and pattern lines become MQTT-filter rules (``pattern``: %u and %c
+    substituted at check time, never matching a user or client id that holds a
+    wildcard or a "/"); rules before any ``user`` line are every user's and the
+    anonymous principal's; ``readwrite`` is a READ and a WRITE grant, ``deny`` a
+    deny of everything."""
+    out: list[CoreRule] = []
+    sections: list[tuple[tuple[str, ...], list[Rule]]] = [
+        (("User:*", "User:" + ANONYMOUS_NAME), acl.everyone)]
+    sections += [((f"User:{user}",), rules) for user, rules in acl.users.items()]
+    for principals, rules in sections:
+        for principal in principals:
+            for r in rules:
+                if not r.access:
+                    ops = [(ALL, False)]
+                else:
+                    ops = [(op, True) for bit, op in ((READ, CORE_READ), (WRITE, CORE_WRITE))
+                           if r.access & bit]
+                for op, allow in ops:
+                    out.append(CoreRule(principal, TOPIC, MQTT, r.filter, op, allow,
+                                        substitute=r.pattern))
+    return out
 
-    def __init__(self, rules: list[tuple[int, str]] | None) -> None:
-        self._rules = rules  # None: no ACL file, everything allowed
-        # Deny rules are checked per delivered message too: a subscription to
-        # sensors/# is granted, but sensors/secret/x never reaches the client.
-        self.read_denies = [f for access, f in rules or () if not access]
+
+class ClientAccess:
+    """One connected client's rights: the core's decision (``Broker.permits``) for its
+    principal, judged at MQTT addresses, remembered per topic until the ACLs change.
+    ``read_denies`` says whether deliveries need a look at all (not when the
+    client's calls are not checked: auth off and no ACL file)."""
+
+    def __init__(self, broker: Broker | None, principal: Principal = SYSTEM) -> None:
+        self.broker = broker  # None: everything allowed (a stand-in, tests)
+        self.principal = principal
+        self.read_denies = broker is not None and broker.checks(principal=principal)
+        self._generation = broker.acl_generation if broker is not None else 0
+        self._reads: dict[str, bool] = {}
+        self._writes: dict[str, bool] = {}
+
+    def _fresh(self) -> dict[str, bool]:
+        assert self.broker is not None
+        g = self.broker.acl_generation
+        if g != self._generation:
+            self._generation = g
+            self._reads = {}
+            self._writes = {}
+        return self._reads
 
     def may_read(self, topic: str) -> bool:
-        return not any(filter_matches(f, topic) for f in self.read_denies)
+        if self.broker is None:
+            return True
+        reads = self._fresh()
+        hit = reads.get(topic)
+        if hit is None:
+            assert self.broker is not None
+            hit = self.broker.permits(TOPIC, broker_topic(topic), CORE_READ, address=topic,
+                                      principal=self.principal)
+            if len(reads) >= READ_CACHE_MAX:
+                reads.clear()
+            reads[topic] = hit
+        return hit
 
     def may_publish(self, topic: str) -> bool:
-        if self._rules is None:
+        if self.broker is None:
             return True
-        granted = False
-        for access, f in self._rules:
-            if filter_matches(f, topic):
-                if not access:
-                    return False
-                granted |= bool(access & WRITE)
-        return granted
+        if not self.read_denies:
+            return True  # this client's calls are not checked (auth off, no ACL file)
+        self._fresh()
+        hit = self._writes.get(topic)
+        if hit is None:
+            hit = self.broker.permits(TOPIC, broker_topic(topic), CORE_WRITE, address=topic,
+                                      principal=self.principal)
+            if len(self._writes) >= READ_CACHE_MAX:
+                self._writes.clear()
+            self._writes[topic] = hit
+        return hit
 
     def may_subscribe(self, topic_filter: str) -> bool:
-        if self._rules is None:
+        if self.broker is None:
             return True
-        granted = False
-        for access, f in self._rules:
-            if not access:
-                if filter_covers(f, topic_filter):
-                    return False  # wholly denied; a partial deny filters deliveries
-            elif access & READ and filter_covers(f, topic_filter):
-                granted = True
-        return granted
+        first = topic_filter.split("/", 1)[0]
+        name = "" if first in ("+", "#") else broker_topic(first)
+        return self.broker.permits(TOPIC, name, CORE_READ, address=topic_filter, partial=True,
+                                   principal=self.principal)
 
 
 def main() -> None:

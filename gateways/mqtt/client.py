@@ -29,6 +29,12 @@ from typing import Any
 
 import trio
 
+from ...core.access import (
+    ANONYMOUS_NAME,
+    MECHANISM_ANONYMOUS,
+    MECHANISM_MQTT_PASSWORD,
+    Principal,
+)
 from ...core.errors import FerryError
 from ...core.message import now_ms
 from ...protocols.mqtt import codec
@@ -57,7 +63,6 @@ from ...protocols.mqtt.packets import (
 from ...protocols.mqtt.session import Action
 from ...protocols.mqtt.topics import parse_filter
 from ...protocols.sentinels import NEED_DATA, NeedData
-from .auth import verify_password
 from .delivery import Delivery, SubOpts
 from .errors import Answer, answer_for
 from .hub import Hub
@@ -460,7 +465,7 @@ class Client:
         self.client_id = c.client_id
         if v5 and Prop.AUTHENTICATION_METHOD in c.properties:
             return self._refuse(Reason.BAD_AUTHENTICATION_METHOD)  # 4.12: none offered
-        reason = self._authenticate(c)
+        reason, who = self._authenticate(c)
         if reason:
             return self._refuse(reason)
         assigned = None
@@ -472,7 +477,9 @@ class Client:
                 return self._refuse(Reason.CLIENT_IDENTIFIER_NOT_VALID)
             cid = assigned = f"ferrymq-{uuid.uuid4().hex}"
         self.client_id = cid
-        self.access = hub.access_for(c.username, cid)
+        self.access = hub.access_for(Principal(
+            who, MECHANISM_MQTT_PASSWORD if who != ANONYMOUS_NAME else MECHANISM_ANONYMOUS,
+            self._peer(), "mqtt", cid))
         if c.will is not None and c.will.retain and not o.retain_available:
             return self._refuse(Reason.RETAIN_NOT_SUPPORTED)
         if v5:
@@ -536,17 +543,32 @@ class Client:
             hub.state.sessions_changed()
         return True
 
-    def _authenticate(self, c: Connect) -> int:
+    def _authenticate(self, c: Connect) -> tuple[int, str]:
+        """(0 or the CONNACK refusal, the user name the connection acts for). A user
+        name is checked against the broker's users (and the password file's, which
+        the hub loaded into them) when there is a password file or ``[auth]
+        enabled``; without either any name passes, as before. A name holding an MQTT
+        wildcard or "/" is refused: it would widen ``%u`` patterns."""
         hub = self.hub
         if c.username is None:
-            return 0 if hub.options.allow_anonymous else Reason.NOT_AUTHORIZED
-        if hub.passwords is None:
-            return 0
-        stored = hub.passwords.get(c.username)
-        if stored is None or c.password is None or not verify_password(stored, c.password):
+            if not hub.options.allow_anonymous:
+                return Reason.NOT_AUTHORIZED, ANONYMOUS_NAME
+            return 0, ANONYMOUS_NAME
+        user = c.username
+        if hub.passwords is None and not hub.broker.auth_enabled:
+            return 0, user if user else ANONYMOUS_NAME
+        if (not user or c.password is None or any(ch in user for ch in "/+#")
+                or not hub.broker.authenticate(user, c.password)):
             hub.stats["auth_failures"] += 1
-            return Reason.BAD_USERNAME_OR_PASSWORD
-        return 0
+            return Reason.BAD_USERNAME_OR_PASSWORD, ANONYMOUS_NAME
+        return 0, user
+
+    def _peer(self) -> str | None:
+        try:
+            host, port = self.stream.socket.getpeername()[:2]
+        except (AttributeError, OSError, ValueError, TypeError):
+            return None
+        return f"{host}:{port}"
 
     def _refuse(self, reason: int) -> bool:
         self.hub.stats["connects_refused"] += 1
@@ -576,9 +598,12 @@ class Client:
             if action is Action.FREE:
                 s.pump()
             elif action is Action.SEND_PUBREL:
-                self.send_pubrel(pid)
                 if s.persistent:
-                    self.hub.state.sessions_changed()
+                    # Our PUBREL says we will never send that PUBLISH again: the flow's new
+                    # state and the positions past the message are durable first, or a
+                    # crash would send the message again as a new one (a duplicate at QoS 2).
+                    await self.hub.session_delivered(s)
+                self.send_pubrel(pid)
             elif action is Action.SEND_PUBREL_NOT_FOUND:
                 self.write(codec.encode(Pubrel(pid, Reason.PACKET_IDENTIFIER_NOT_FOUND),
                                         self.version))
@@ -586,7 +611,10 @@ class Client:
             pid = ev.packet_id  # type: ignore[union-attr,assignment]
             if s.flows.receive_pubrel(ev) is Action.SEND_PUBCOMP:  # type: ignore[arg-type]
                 if s.persistent:
-                    self.hub.state.sessions_changed()
+                    # The packet id is free once PUBCOMP is sent: that is durable first,
+                    # or after a crash the client's next PUBLISH with that id would be
+                    # taken for a resend of the old one and dropped (a lost message).
+                    await self.hub.state.sessions_durable(s.client_id)
                 self.send(Pubcomp(pid))
             else:
                 self.send(Pubcomp(pid, Reason.PACKET_IDENTIFIER_NOT_FOUND))
@@ -656,7 +684,8 @@ class Client:
         close_at = n
         if accepted:
             errors = await self.hub.store.store(
-                batch if len(accepted) == n else [batch[i] for i in accepted], self.client_id)
+                batch if len(accepted) == n else [batch[i] for i in accepted], self.client_id,
+                self.access.principal)
             for i, err in zip(accepted, errors, strict=True):
                 if err is not None:
                     answer = self._store_failure(err)
@@ -684,7 +713,7 @@ class Client:
         v5 = self.version == MQTT_5
         reason = self._refusal(p)
         if not reason:
-            (err,) = await hub.store.store([p], self.client_id)
+            (err,) = await hub.store.store([p], self.client_id, self.access.principal)
             if err is not None:
                 answer = self._store_failure(err)
                 if answer.close_311 and not v5:
@@ -694,8 +723,9 @@ class Client:
         pubrec = Pubrec(pid, reason) if reason and v5 else Pubrec(pid)
         data = self._acknowledge(pubrec)
         if not pubrec.reason and s.persistent:
-            # Exactly once across a restart: the id is durable before the PUBREC.
-            await hub.state.sessions_durable()
+            # Exactly once across a restart: the id is durable before the PUBREC (and
+            # after the message: one log, so the message is durable with it).
+            await hub.state.sessions_durable(s.client_id)
         if data:
             self.write(data)
 
@@ -733,12 +763,14 @@ class Client:
         if s.persistent:
             # A persistent session's subscriptions are durable before SUBACK: a
             # crash right after it must not lose what the client was told it has.
-            await hub.state.sessions_durable()
+            await hub.state.sessions_durable(s.client_id)
         self.send(Suback(sub.packet_id, tuple(reasons)))
         for topic_filter, so in retained:
             for d in hub.retained_for(topic_filter):
                 if so.no_local and d.publisher == self.client_id:
                     continue
+                if self.access.read_denies and not self.access.may_read(d.topic):
+                    continue  # judged per message, as every delivery (docs/security.md)
                 s.enqueue(d, min(d.qos, so.qos), True, (so.sub_id,) if so.sub_id else ())
 
     async def _on_unsubscribe(self, u: Unsubscribe) -> None:
@@ -754,7 +786,7 @@ class Client:
             found = self.hub.unsubscribe(s, spec.share, spec.filter)
             reasons.append(Reason.SUCCESS if found else Reason.NO_SUBSCRIPTION_EXISTED)
         if s.persistent:
-            await self.hub.state.sessions_durable()
+            await self.hub.state.sessions_durable(s.client_id)
         self.send(Unsuback(u.packet_id, tuple(reasons)))
 
     # ------------------------------------------------------------ the end

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import trio
 
+from ...core.access import SYSTEM
 from ...core.broker import Broker
 from ...core.errors import FerryError, TopicNotFound
 from ...core.message import ConsumedMessage, GetStatus, StoredRecord
@@ -67,13 +68,13 @@ class Dispatcher:
     def _ensure_positions(self) -> bool:
         broker = self.broker
         try:
-            t = broker.topic(self.topic)
+            t = broker.topic(self.topic, principal=SYSTEM)
         except (TopicNotFound, FerryError):
             self._from_start = True  # created later: every message of it is new
             return False
         while len(self.positions) < t.queues:
             q = len(self.positions)
-            lo, hi = broker.queue_bounds(self.topic, q)
+            lo, hi = broker.queue_bounds(self.topic, q, principal=SYSTEM)
             self.positions.append(lo if self._from_start else hi)
         self._from_start = True  # queues added later start at their beginning
         return True
@@ -97,14 +98,15 @@ class Dispatcher:
         moved = False
         for q in range(len(positions)):
             pos = positions[q]
-            if not available(topic, q, pos):
+            if not available(topic, q, pos, principal=SYSTEM):
                 if pos == 0:
-                    lo, _ = broker.queue_bounds(topic, q)
+                    lo, _ = broker.queue_bounds(topic, q, principal=SYSTEM)
                     if lo > pos:
                         positions[q] = lo
                 continue
             try:
-                res = broker.get(None, topic, q, pos, DISPATCH_BATCH, DISPATCH_BYTES)
+                res = broker.get(None, topic, q, pos, DISPATCH_BATCH, DISPATCH_BYTES,
+                                 principal=SYSTEM)
             except FerryError:
                 break  # deleted or changed under us: re-check the topic
             if res.status is GetStatus.OFFSET_TOO_SMALL or not res.records:
@@ -144,13 +146,14 @@ class Dispatcher:
         default_queues = broker.config.default_queues
         while not self.stopped:
             if not self._ensure_positions():
-                await broker.wait_any([(topic, q, 0) for q in range(default_queues)], IDLE_WAIT)
+                await broker.wait_any([(topic, q, 0) for q in range(default_queues)], IDLE_WAIT,
+                                      principal=SYSTEM)
                 continue
             moved = self._pass()
             if moved:
                 await trio.sleep(0)
             elif await broker.wait_any([(topic, q, p) for q, p in enumerate(self.positions)],
-                                       IDLE_WAIT):
+                                       IDLE_WAIT, principal=SYSTEM):
                 # Woken by a put: let the other ready readers put theirs too, so
                 # one pass routes them all.
                 await trio.sleep(0)

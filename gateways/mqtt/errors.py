@@ -58,6 +58,7 @@ ANSWERS: dict[str, Answer] = {
     "flush_failed": _FAILED,
     # Disk pressure refuses writes until there is room again: an imposed limit.
     "disk_full": Answer(Reason.QUOTA_EXCEEDED, True),
+    "disk_pressure": Answer(Reason.QUOTA_EXCEEDED, True),
     "shutting_down": _FAILED,
     "invalid_receipt": _INVALID,
     "receipt_stale": _FAILED,

@@ -21,7 +21,7 @@ connections; one file per job holds the rest:
     publish.py    the one store path of every publish (QoS 0/1/2, retained, wills)
     retained.py   retained messages
     sys_topics.py $SYS
-    state.py      durable state (retained messages, sessions)
+    state.py      durable state (retained messages, sessions): tables of the state log
     errors.py     core errors -> MQTT reason codes
 """
 
@@ -34,6 +34,7 @@ from collections.abc import Iterator
 
 import trio
 
+from ...core.access import SYSTEM, Principal
 from ...core.broker import Broker
 from ...core.errors import FerryError
 from ...core.message import now_ms
@@ -43,7 +44,7 @@ from ...protocols.mqtt.constants import Prop
 from ...protocols.mqtt.packets import Publish, Will
 from ...protocols.mqtt.topics import TopicTrie, filter_matches
 from . import mapping
-from .auth import ClientAccess, load_acl, load_passwords
+from .auth import ClientAccess, core_rules, load_acl, load_passwords
 from .delivery import Delivery, Outgoing, RecordReader, SubOpts
 from .dispatcher import DISPATCH_BATCH, DISPATCH_BYTES, Dispatcher, first_broker_topic
 from .options import MqttOptions
@@ -81,19 +82,24 @@ class Hub:
         self.stats: collections.Counter[str] = collections.Counter()
         self.metrics = DoorMetrics(broker.metrics, "mqtt")
         self.reader = RecordReader()
-        self.state = MqttState(state_dir, options.save_interval, self.retained.snapshot,
-                               self._sessions_state)
+        self.state = MqttState(broker, state_dir, options.save_interval, self.retained.snapshot,
+                               self._sessions_state, self._session_state)
         self.store = StorePath(broker, self.retained, self.state, self.stats,
                                self.topic_created)
         self.store.door_metrics = self.metrics
         self.limits = ServerLimits(options.max_packet_size, options.receive_maximum,
                                    options.topic_alias_maximum)
-        self.open_access = ClientAccess(None)
         self.passwords = load_passwords(options.password_file) if options.password_file else None
         self.acl = load_acl(options.acl_file) if options.acl_file else None
+        if self.passwords is not None or self.acl is not None:
+            # Into the one model: the core judges every door by them (docs/security.md).
+            broker.load_file_rules("mqtt:acl_file", core_rules(self.acl) if self.acl else [],
+                                   sorted((self.passwords or {}).items()),
+                                   enforce_door="mqtt" if self.acl else None, principal=SYSTEM)
+        self.open_access = ClientAccess(broker, SYSTEM)
 
-    def access_for(self, username: str | None, client_id: str) -> ClientAccess:
-        return ClientAccess(self.acl.rules_for(username, client_id) if self.acl else None)
+    def access_for(self, principal: Principal) -> ClientAccess:
+        return ClientAccess(self.broker, principal)
 
     def new_session(self, client_id: str) -> Session:
         return Session(client_id, self.options, self.stats)
@@ -119,7 +125,7 @@ class Hub:
         props = {k: v for k, v in will.properties.items() if k != Prop.WILL_DELAY_INTERVAL}
         (err,) = await self.store.store(
             [Publish(will.topic, will.payload, will.qos, will.retain, False, None, props)],
-            s.client_id)
+            s.client_id, access.principal)
         if err is None:
             self.stats["wills"] += 1
         else:
@@ -138,11 +144,16 @@ class Hub:
                  len(self.sessions))
 
     def save_sync(self) -> None:
-        self.commit_positions()
+        """At shutdown (the broker still open): the state, then the positions."""
         self.state.save_all()
+        self.commit_positions()
 
     def _sessions_state(self) -> dict[str, object]:
         return {cid: s.to_state() for cid, s in self.sessions.items() if s.persistent}
+
+    def _session_state(self, cid: str) -> object:
+        s = self.sessions.get(cid)
+        return s.to_state() if s is not None and s.persistent else None
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -193,7 +204,7 @@ class Hub:
         if topic in self.literal_watch:
             return True
         if self.wild_watch > 0:
-            t = self.broker.find_topic(topic)
+            t = self.broker.find_topic(topic, principal=SYSTEM)
             return t is not None and not t.system
         return False
 
@@ -203,7 +214,7 @@ class Hub:
             if t not in self.dispatchers:
                 self._start_dispatcher(t, False)
         if self.wild_watch > 0:
-            for config in self.broker.topics():
+            for config in self.broker.topics(principal=SYSTEM):
                 if not config.system and config.readable and config.name not in self.dispatchers:
                     self._start_dispatcher(config.name, config.created_at >= self.wild_since)
         for name, d in list(self.dispatchers.items()):
@@ -362,12 +373,40 @@ class Hub:
             elif not f.startswith("$"):
                 wild = True
         if wild:
-            topics.update(t.name for t in self.broker.topics() if not t.system)
+            topics.update(t.name for t in self.broker.topics(principal=SYSTEM) if not t.system)
         return topics
 
-    def commit_session(self, s: Session) -> None:
+    def _saved_first(self, s: Session) -> bool:
+        """Before positions are committed past in-flight messages, the session holding
+        them is appended: one log, so that order holds after a crash (a committed
+        position never outlives the in-flight message it skipped). False when it could
+        not be (logged and counted by the state): the positions wait for the next round."""
+        try:
+            self.state.save_session(s.client_id)
+        except FerryError:
+            return False
+        return True
+
+    def commit_session(self, s: Session) -> bool:
         """Record in the core how far this session has been served: per queue, the
-        dispatcher's position, or the first message still waiting in its queue."""
+        dispatcher's position, or the first message still waiting in its queue
+        (the in-flight ones are in the session's saved state, appended first).
+        False when the session could not be saved (nothing committed)."""
+        if not self._saved_first(s):
+            return False
+        self._commit_offsets(s)
+        return True
+
+    async def session_delivered(self, s: Session) -> None:
+        """Durably: the session as it is now, and its positions past what it holds in
+        flight. Before a PUBREL: once we say we never send that PUBLISH again, neither
+        its in-flight row nor a committed position behind it may bring it back as a new
+        message after a crash (a duplicate at QoS 2). Raises FerryError."""
+        self.state.save_session(s.client_id)
+        self._commit_offsets(s)
+        await self.broker.wait_durable()
+
+    def _commit_offsets(self, s: Session) -> None:
         broker = self.broker
         for t in self._session_topics(s):
             d = self.dispatchers.get(t)
@@ -380,14 +419,20 @@ class Hub:
                     pos[src[1]] = min(pos[src[1]], src[2])
             for q, off in enumerate(pos):
                 try:
-                    broker.commit_offset(s.group, t, q, off)
+                    broker.commit_offset(s.group, t, q, off, principal=SYSTEM)
                 except FerryError as exc:
                     log.warning("cannot commit %s %s/%d: %s", s.group, t, q, exc)
 
     def commit_positions(self) -> None:
-        for s in self.sessions.values():
+        """Every online persistent session's positions (an offline one's were committed
+        when it went away), then the shared groups' (which count messages in flight at
+        their members: those sessions are saved first)."""
+        saved = True
+        for s in list(self.sessions.values()):
             if s.persistent and s.client is not None:
-                self.commit_session(s)
+                saved &= self.commit_session(s)
+        if not saved:
+            return
         for g in self.shared.values():
             held = g.held_positions()
             for t in self._filter_topics(g.filter):
@@ -395,7 +440,8 @@ class Hub:
                 if d is not None:
                     for q, off in enumerate(d.positions):
                         with contextlib.suppress(FerryError):  # the topic went away
-                            self.broker.commit_offset(g.group, t, q, held.get((t, q), off))
+                            self.broker.commit_offset(g.group, t, q, held.get((t, q), off),
+                                                     principal=SYSTEM)
 
     def _filter_topics(self, topic_filter: str) -> list[str]:
         t = first_broker_topic(topic_filter)
@@ -403,7 +449,7 @@ class Hub:
             return [t]
         if topic_filter.startswith("$"):
             return []
-        return [x.name for x in self.broker.topics() if not x.system]
+        return [x.name for x in self.broker.topics(principal=SYSTEM) if not x.system]
 
     def _backlog(self, t: str, starts: dict[int, int]) -> Iterator[tuple[str, Delivery]]:
         """(MQTT topic, delivery) of topic ``t``'s messages from ``starts`` (queue ->
@@ -419,7 +465,7 @@ class Hub:
         backlog: list[tuple[int, int, int, str, bytes, dict[str, str]]] = []
         for q, start in starts.items():
             end = d.position(q)
-            lo, _ = broker.queue_bounds(t, q)
+            lo, _ = broker.queue_bounds(t, q, principal=SYSTEM)
             start = max(start, lo)
             if start >= end:
                 continue
@@ -431,7 +477,8 @@ class Hub:
                     start = end - limit
             pos = start
             while pos < end:
-                res = broker.get(None, t, q, pos, DISPATCH_BATCH, DISPATCH_BYTES)
+                res = broker.get(None, t, q, pos, DISPATCH_BATCH, DISPATCH_BYTES,
+                                 principal=SYSTEM)
                 if not res.records:
                     break
                 for r in res.records:
@@ -462,11 +509,11 @@ class Hub:
                 continue
             starts = {}
             for q in range(len(d.positions)):
-                start = broker.committed_offset(s.group, t, q)
+                start = broker.committed_offset(s.group, t, q, principal=SYSTEM)
                 if start is None:
                     # A topic or queue born while the session was away: what was
                     # stored since it left is what it missed.
-                    start = broker.offset_for_time(t, q, s.disconnected_at)
+                    start = broker.offset_for_time(t, q, s.disconnected_at, principal=SYSTEM)
                 starts[q] = start
             for topic, dl in self._backlog(t, starts):
                 sos = [so for _, so in trie.match(topic)]
@@ -492,7 +539,7 @@ class Hub:
             for q in range(len(d.positions)):
                 start = held.get((t, q))
                 if start is None and from_committed:
-                    start = self.broker.committed_offset(g.group, t, q)
+                    start = self.broker.committed_offset(g.group, t, q, principal=SYSTEM)
                 if start is not None:
                     starts[q] = start
             for topic, dl in self._backlog(t, starts):

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import json
 import zlib
 from collections.abc import Mapping
 from typing import Any
 
+from ...core.addresses import ADDRESS_PROPERTY, broker_topic
 from ...core.errors import InvalidDelay
 from ...core.message import (
     PROPERTY_DOOR,
@@ -36,12 +36,11 @@ from ...core.message import (
     Message,
     now_ms,
 )
-from ...core.metadata import SYSTEM_PREFIXES
 from ...core.tracing import TRACEPARENT, TRACESTATE
 from ...protocols import boundedjson
 from ...protocols.mqtt.constants import Prop
 
-MQTT_TOPIC = "MQTT_TOPIC"
+MQTT_TOPIC = ADDRESS_PROPERTY  # the full MQTT topic name: the message's address
 MQTT_QOS = "MQTT_QOS"
 MQTT_RETAIN = "MQTT_RETAIN"
 MQTT_PUBLISHER = "MQTT_PUBLISHER"
@@ -77,32 +76,8 @@ DELAY_PROPERTY = "ferrymq-delay-ms"
 DELIVERY_PROPERTIES = {DELIVER_AT_PROPERTY: PROPERTY_TIMER_DELIVER_MS,
                        DELAY_PROPERTY: PROPERTY_TIMER_DELAY_MS}
 
-_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+# The address <-> topic rule lives in the core: the access model judges addresses by it.
 MAX_TOPIC_LEN = 127  # core/metadata.py TOPIC_NAME
-_HASHED_PREFIX = 109  # 109 + "|H" + 16 hex digits = 127
-
-
-def broker_topic(mqtt_topic: str) -> str:
-    """The broker topic of an MQTT topic name or of a filter's literal first level:
-    that level with every character outside ``[A-Za-z0-9._-]`` written ``|XX`` (its
-    UTF-8 bytes in upper-case hex); an empty level is ``|``, ``.`` and ``..`` are
-    escaped too; a result over 127 characters keeps 109 and appends ``|H`` and 16
-    hex digits of its SHA-1; a RocketMQ system prefix gets a ``|`` in front. Always
-    a valid topic name."""
-    level = mqtt_topic.split("/", 1)[0]
-    if not level:
-        return "|"
-    if level in (".", ".."):
-        level = "|2E" * len(level)
-    elif not _SAFE.issuperset(level):
-        level = "".join(ch if ch in _SAFE else "".join(f"|{b:02X}" for b in ch.encode())
-                        for ch in level)
-    if level.startswith(SYSTEM_PREFIXES):
-        level = "|" + level  # never write into RMQ_SYS_*, TBW102...: "|" + letters is no escape
-    if len(level) > MAX_TOPIC_LEN:
-        digest = hashlib.sha1(level.encode()).hexdigest()[:16].upper()
-        level = f"{level[:_HASHED_PREFIX]}|H{digest}"
-    return level
 
 
 def queue_for(mqtt_topic: str, queues: int) -> int:

@@ -22,6 +22,7 @@ import collections
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ...core.access import SYSTEM, Principal
 from ...core.broker import Broker
 from ...core.errors import FerryError, TopicNotFound
 from ...core.message import Message
@@ -59,7 +60,7 @@ class StorePath:
         """``message_for`` without a coroutine, for a topic whose route is known and
         that carries no 5.0 properties (the hot path); None otherwise."""
         hit = self._routes.get(topic)
-        if hit is None or props or self.broker.find_topic(hit[1]) is not hit[0]:
+        if hit is None or props or self.broker.find_topic(hit[1], principal=SYSTEM) is not hit[0]:
             return None
         plain = self._plain_props.get((topic, qos, retain, publisher))
         if plain is None:
@@ -72,17 +73,17 @@ class StorePath:
         needed (before any put, so wildcard subscribers see its first message)."""
         broker = self.broker
         hit = self._routes.get(topic)
-        if hit is not None and broker.find_topic(hit[1]) is hit[0]:
+        if hit is not None and broker.find_topic(hit[1], principal=SYSTEM) is hit[0]:
             bt, queue = hit[1], hit[2]
         else:
             bt = mapping.broker_topic(topic)
             try:
-                t = broker.topic(bt)
+                t = broker.topic(bt, principal=SYSTEM)
             except TopicNotFound:
                 if not broker.config.auto_create_topics:
                     raise
                 self.topic_created(bt)
-                t = await broker.create_topic(bt, exist_ok=True)
+                t = await broker.create_topic(bt, exist_ok=True, principal=SYSTEM)
             queue = mapping.queue_for(topic, t.queues)
             if len(self._routes) >= ROUTE_CACHE_MAX:
                 self._routes.clear()
@@ -100,8 +101,8 @@ class StorePath:
             return Message(bt, payload, plain, queue)
         return mapping.to_message(topic, queue, payload, qos, retain, publisher, props)
 
-    async def store(self, publishes: Sequence[Publish], publisher: str
-                    ) -> list[FerryError | None]:
+    async def store(self, publishes: Sequence[Publish], publisher: str,
+                    principal: Principal = SYSTEM) -> list[FerryError | None]:
         """Store ``publishes`` (all from ``publisher``), retain what asks for it; per
         message None or the error that stopped it (see the module docstring)."""
         n = len(publishes)
@@ -122,14 +123,14 @@ class StorePath:
             messages[i] = m
             payload_bytes += len(p.payload)
             if payload_bytes > BATCH_BYTES:
-                await self._put_groups(groups, messages, errors)
+                await self._put_groups(groups, messages, errors, principal)
                 groups.clear()
                 payload_bytes = len(p.payload)
             # A timed message is put on its own: a batch record is delivered at once.
             key = (m.topic, -1 - i) if p.properties and mapping.is_timed(m) \
                 else (m.topic, m.queue_id)
             groups.setdefault(key, []).append(i)
-        await self._put_groups(groups, messages, errors)
+        await self._put_groups(groups, messages, errors, principal)
         durable = retained = False
         for i, p in enumerate(publishes):
             m = messages[i]
@@ -145,15 +146,16 @@ class StorePath:
         return errors
 
     async def _put_groups(self, groups: dict[tuple[str, int], list[int]],
-                          messages: list[Message | None], errors: list[FerryError | None]
-                          ) -> None:
+                          messages: list[Message | None], errors: list[FerryError | None],
+                          principal: Principal) -> None:
         put = self.broker.put
         for idx in groups.values():
             try:
                 if len(idx) == 1:
-                    await put(messages[idx[0]])  # type: ignore[arg-type]
+                    await put(messages[idx[0]], principal=principal)  # type: ignore[arg-type]
                 else:
-                    await put([messages[i] for i in idx])  # type: ignore[misc]
+                    await put([messages[i] for i in idx],  # type: ignore[misc]
+                              principal=principal)
             except FerryError as exc:
                 for i in idx:
                     errors[i] = exc

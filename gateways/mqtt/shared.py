@@ -65,6 +65,13 @@ class SharedGroup:
         self._give(d, online)
 
     def _give(self, d: Delivery, online: list[tuple[Session, SubOpts]]) -> None:
+        # Only a member that may read the message's address gets it (the core's
+        # check, per message, as every delivery: docs/security.md).
+        online = [m for m in online if m[0].client is None or not m[0].client.access.read_denies
+                  or m[0].client.access.may_read(d.topic)]
+        if not online:
+            self.stats["share_denied"] += 1
+            return
         n = len(online)
         start = self._rr % n
         choice = online[start]

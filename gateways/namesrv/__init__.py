@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import trio
 
@@ -36,6 +36,7 @@ from ...protocols.remoting import (
     ResponseCode,
     encode,
     response_to,
+    signature,
 )
 from ...protocols.remoting import bodies as B
 from ...protocols.remoting import headers as H
@@ -52,12 +53,32 @@ SCAN_INTERVAL_S = 10.0  # RocketMQ NamesrvController: scanNotActiveBroker every 
 RECEIVE_SIZE = 64 * 1024
 
 
+CLUSTER_ACCESS_KEY = "ferrymq-cluster"  # the AccessKey brokers sign registrations with
+_CLUSTER_WRITES = frozenset((RequestCode.REGISTER_BROKER, RequestCode.UNREGISTER_BROKER,
+                             RequestCode.DELETE_TOPIC_IN_NAMESRV))
+
+
 class NameServer:
-    def __init__(self, table: RouteTable) -> None:
+    """``cluster_secret``: the requests that change the routes (REGISTER_BROKER,
+    UNREGISTER_BROKER, DELETE_TOPIC_IN_NAMESRV) must carry RocketMQ's signature
+    (protocols/remoting/signature.py) made with it under the AccessKey
+    ``ferrymq-cluster``: only brokers of the cluster write the routes. Lookups
+    stay open, as RocketMQ's NameServer keeps them (clients need routes before
+    they can prove anything to a broker)."""
+
+    def __init__(self, table: RouteTable, cluster_secret: str | None = None) -> None:
         self.table = table
+        self.cluster_secret = cluster_secret
 
     def handle(self, cmd: RemotingCommand, peer: str) -> RemotingCommand:
         C = RequestCode
+        if self.cluster_secret and cmd.code in _CLUSTER_WRITES and not (
+                cmd.ext_fields.get(signature.ACCESS_KEY) == CLUSTER_ACCESS_KEY
+                and signature.verify(self.cluster_secret, cmd.ext_fields, cmd.body)):
+            log.warning("refused an unsigned or badly signed route change (code %d) from %s",
+                        cmd.code, peer)
+            return response_to(cmd, ResponseCode.NO_PERMISSION,
+                               remark="route changes need the cluster's signature")
         try:
             if cmd.code == C.REGISTER_BROKER:
                 h = H.RegisterBrokerRequestHeader.from_ext(cmd.ext_fields)
@@ -169,7 +190,7 @@ async def serve_namesrv(host: str, port: int, options: Mapping[str, Any] | None 
     default limits, a budget of its own and metrics no one scrapes."""
     opts = options or {}
     table = RouteTable(float(opts.get("broker_expiry_s", BROKER_EXPIRY_S)))
-    ns = NameServer(table)
+    ns = NameServer(table, str(opts["cluster_secret"]) if opts.get("cluster_secret") else None)
     scan = float(opts.get("scan_interval_s", min(SCAN_INTERVAL_S, table.broker_expiry_s / 2)))
     listeners = await trio.open_tcp_listeners(port, host=host or None)
     bound = listeners[0].socket.getsockname()[1]
@@ -195,7 +216,11 @@ async def serve_namesrv(host: str, port: int, options: Mapping[str, Any] | None 
 async def serve(ctx: DoorContext, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
                 ) -> None:
     ctx.supervisor("namesrv")  # the server's budget, made if this context has none yet
-    await serve_namesrv(ctx.host, ctx.port, ctx.options,
+    options = dict(ctx.options)
+    auth = cast("dict[str, Any]", ctx.config.broker.extra.get("auth") or {})
+    if auth.get("cluster_secret") and "cluster_secret" not in options:
+        options["cluster_secret"] = auth["cluster_secret"]
+    await serve_namesrv(ctx.host, ctx.port, options,
                         limits=ctx.config.connection_limits("namesrv"), budget=ctx.budget,
                         metrics=ctx.broker.metrics if ctx.broker is not None else None,
                         tls=ctx.tls_server("namesrv"), bound_ports=ctx.bound,

@@ -23,7 +23,7 @@ import functools
 import logging
 import ssl
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import trio
 
@@ -83,6 +83,7 @@ async def serve(ctx: DoorContext, *, task_status: trio.TaskStatus[int] = trio.TA
     registrar = Registrar(namesrvs, H.RegisterBrokerRequestHeader(
         cfg.broker_name, addr, cfg.cluster_name, haServerAddr="", brokerId=0),
         processor.topic_configs, float(opts.get("register_interval_s", REGISTER_INTERVAL_S)),
+        cluster_secret=cast("dict[str, Any]", cfg.extra.get("auth") or {}).get("cluster_secret"),
         ssl_context=namesrv_tls(opts))
     ctx.broker.watch_topics(registrar.topics_changed)  # topics made through any door
     processor.register_now = registrar.register_now

@@ -62,6 +62,11 @@ class RequestContext:
             p = self._principals[conn] = anonymous(getattr(conn, "peer", None))
         return p
 
+    def set_principal(self, conn: Connection, principal: Principal) -> None:
+        """Who the request being dispatched acts for (its signature's user): the
+        handlers read it before their first await, so it is the request's own."""
+        self._principals[conn] = principal
+
     def forget(self, conn: Connection) -> None:
         """The connection closed."""
         self._principals.pop(conn, None)

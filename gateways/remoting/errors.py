@@ -29,6 +29,7 @@ ERROR_CODES: dict[str, int] = {
     "store_error": ResponseCode.SERVICE_NOT_AVAILABLE,
     "flush_failed": ResponseCode.SERVICE_NOT_AVAILABLE,
     "disk_full": ResponseCode.SERVICE_NOT_AVAILABLE,
+    "disk_pressure": ResponseCode.SYSTEM_BUSY,  # the remark says why (disk above its watermark)
     "shutting_down": ResponseCode.SERVICE_NOT_AVAILABLE,
     # Issue 6: timers, transactions, pop, dead letters.
     "invalid_delay": ResponseCode.MESSAGE_ILLEGAL,  # RocketMQ: "timer message illegal"

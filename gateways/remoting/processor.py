@@ -32,7 +32,7 @@ from typing import Any
 
 import trio
 
-from ...core.access import SYSTEM, Principal
+from ...core.access import MECHANISM_SIGNATURE, SYSTEM, Principal, anonymous
 from ...core.broker import Broker
 from ...core.errors import FerryError
 from ...core.filter import Filter, parse_filter
@@ -47,6 +47,7 @@ from ...protocols.remoting import (
     ResponseCode,
     encode,
     response_to,
+    signature,
 )
 from ...protocols.remoting import bodies as B
 from ...protocols.remoting import headers as H
@@ -154,6 +155,12 @@ class Processor:
             return response_to(cmd, ResponseCode.REQUEST_CODE_NOT_SUPPORTED,
                                remark=f"request type {cmd.code} not supported")
         name = _REQUEST_NAMES.get(cmd.code) or str(cmd.code)
+        if self.broker.auth_enabled and not self._authenticate(conn, cmd):
+            self.counters["bad_signature"] += 1
+            self.metrics.error(name, "bad_signature")
+            return response_to(cmd, ResponseCode.SYSTEM_ERROR,
+                               remark="check signature failed: unknown AccessKey or a "
+                                      "signature that does not match")
         t0 = perf_counter()
         try:
             resp = await handler(conn, cmd)
@@ -170,6 +177,26 @@ class Processor:
             return response_to(cmd, error_code(exc), remark=exc.detail)
         self.metrics.observe(name, perf_counter() - t0)
         return resp
+
+    def _authenticate(self, conn: Connection, cmd: RemotingCommand) -> bool:
+        """``[auth] enabled``: the request's principal is its signature's user (RocketMQ's
+        AccessKey + HMAC, protocols/remoting/signature.py), or anonymous when it is
+        not signed. False: signed, but not by a known key."""
+        fields = cmd.ext_fields
+        peer = getattr(conn, "peer", None)
+        ak = fields.get(signature.ACCESS_KEY)
+        if ak is None and signature.SIGNATURE not in fields:
+            who = self.ctx.principal(conn)
+            if not who.anonymous:
+                self.ctx.set_principal(conn, anonymous(peer))
+            return True
+        found = self.broker.access_secret(str(ak)) if ak is not None else None
+        if found is None or not signature.verify(found[1], fields, cmd.body):
+            return False
+        who = self.ctx.principal(conn)
+        if who.name != found[0] or who.anonymous:
+            self.ctx.set_principal(conn, Principal(found[0], MECHANISM_SIGNATURE, peer))
+        return True
 
     def connection_closed(self, conn: Connection) -> None:
         self.ctx.forget(conn)

@@ -24,6 +24,7 @@ from ...protocols.remoting import headers as H
 
 log = logging.getLogger("ferrymq.remoting")
 
+CLUSTER_ACCESS_KEY = "ferrymq-cluster"  # as gateways/namesrv checks it
 REGISTER_INTERVAL_S = 30.0  # RocketMQ BrokerConfig.registerNameServerPeriod
 REGISTER_TIMEOUT_S = 6.0  # RocketMQ BrokerConfig.registerBrokerTimeoutMills
 MIN_GAP_S = 0.05
@@ -33,8 +34,11 @@ class Registrar:
     def __init__(self, namesrvs: Sequence[str], header: H.RegisterBrokerRequestHeader,
                  topics: Callable[[], list[B.TopicConfigData]],
                  interval_s: float = REGISTER_INTERVAL_S,
+                 cluster_secret: str | None = None,
                  ssl_context: ssl.SSLContext | None = None) -> None:
         self.namesrvs = list(namesrvs)
+        # Registrations are signed with the cluster's secret (gateways/namesrv).
+        self.credentials = (CLUSTER_ACCESS_KEY, cluster_secret) if cluster_secret else None
         self.ssl_context = ssl_context  # TLS to the NameServers (an enforcing one)
         self.header = header
         self.topics = topics
@@ -59,7 +63,8 @@ class Registrar:
         is routable once it says it is ready), then every interval and on change; on
         the way out, unregister."""
         try:
-            async with RemotingClient(ssl_context=self.ssl_context) as rc:
+            async with RemotingClient(credentials=self.credentials,
+                                      ssl_context=self.ssl_context) as rc:
                 self._rc = rc
                 while True:
                     self._changed = trio.Event()
@@ -74,7 +79,8 @@ class Registrar:
             self._rc = None
             # The client above died with the cancelled scope: a fresh one, shielded.
             with trio.CancelScope(shield=True), trio.move_on_after(2):
-                async with RemotingClient(ssl_context=self.ssl_context) as rc:
+                async with RemotingClient(credentials=self.credentials,
+                                          ssl_context=self.ssl_context) as rc:
                     await self._unregister_all(rc)
 
     async def _register_all(self, rc: RemotingClient) -> None:

@@ -26,7 +26,7 @@ def test_every_core_error_code_has_its_own_problem() -> None:
         assert p.code == cls.code
         assert (p.status >= 500) == (cls.code in ("internal_error", "store_error",
                                                   "flush_failed", "shutting_down",
-                                                  "disk_full", "not_leader",
+                                                  "disk_full", "disk_pressure", "not_leader",
                                                   "not_enough_replicas",
                                                   "replication_timeout")), cls.code
 

@@ -201,6 +201,10 @@ def test_sasl_plain(tmp_path, start_broker) -> None:
         assert c.call(SASL_HANDSHAKE, 1, Req(SASL_HANDSHAKE)(mechanism="PLAIN")).error_code == 0
         bad = c.call(SASL_AUTHENTICATE, 1, Req(SASL_AUTHENTICATE)(auth_bytes=b"\0alice\0nope"))
         assert bad.error_code == 58
+        assert c.closed_by_peer(), "Kafka closes a connection whose authentication failed"
+        c.close()
+        c = Client(b.address("kafka"))
+        assert c.call(SASL_HANDSHAKE, 1, Req(SASL_HANDSHAKE)(mechanism="PLAIN")).error_code == 0
         ok = c.call(SASL_AUTHENTICATE, 1, Req(SASL_AUTHENTICATE)(auth_bytes=b"\0alice\0secret"))
         assert ok.error_code == 0
         assert c.call(METADATA, 1, Req(METADATA)(topics=None)).brokers

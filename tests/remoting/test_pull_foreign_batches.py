@@ -31,6 +31,7 @@ def fake_kafka_decoder(sr: StoredRecord, r: rec.Record) -> Iterator[ConsumedMess
 class FakeBroker:
     config = BrokerConfig()
     metrics = MetricsRegistry()
+    auth_enabled = False  # the remoting door asks before checking signatures
     tracer = None  # Broker.tracer: tracing off
 
     def __init__(self, record: StoredRecord) -> None:
