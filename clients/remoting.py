@@ -35,6 +35,7 @@ from ..protocols.remoting import (
     signature,
 )
 from ..protocols.remoting.frame import FLAG_ONEWAY
+from ..protocols.sentinels import NeedData
 
 log = logging.getLogger("ferrymq.client")
 
@@ -223,7 +224,7 @@ class RemotingConnection:
                            else RemotingConnectError("closed by peer"))
                 return
             self._decoder.receive_data(data)
-            while (cmd := self._decoder.next_command()) is not None:
+            while not isinstance(cmd := self._decoder.next_command(), NeedData):
                 if cmd.is_response:
                     cb = self._pending.pop(cmd.opaque, None)
                     if cb is not None:

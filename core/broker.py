@@ -946,12 +946,13 @@ class Broker(SecurityCalls):
 
     async def create_topic(self, name: str, queues: int | None = None, *,
                            perm: int = PERM_READ_WRITE, message_type: str = "NORMAL",
-                           attributes: Mapping[str, str] | None = None,
+                           attributes: Mapping[str, str | None] | None = None,
                            exist_ok: bool = False, validate_only: bool = False,
                            principal: Principal = ANONYMOUS) -> TopicConfig:
         """Create a topic (``queues`` defaults to the broker's default_queues).
         ``attributes`` holds its topic configs under Kafka's names (validated by
-        core/topicconfig.py) and free-form labels (keys without a dot). Checks CREATE
+        core/topicconfig.py; a None value, as Kafka's nullable configs allow, is an
+        InvalidConfig) and free-form labels (keys without a dot). Checks CREATE
         on it. Raises PermissionDenied, InvalidTopicName, InvalidArgument,
         InvalidConfig, TopicExists (unless ``exist_ok``). With ``validate_only``
         nothing is created: the topic as it would be is returned."""
@@ -962,7 +963,7 @@ class Broker(SecurityCalls):
 
     async def _create_topic(self, name: str, queues: int | None = None, *,
                             perm: int = PERM_READ_WRITE, message_type: str = "NORMAL",
-                            attributes: Mapping[str, str] | None = None,
+                            attributes: Mapping[str, str | None] | None = None,
                             exist_ok: bool = False, for_put: bool = False,
                             validate_only: bool = False) -> TopicConfig:
         """``create_topic`` unchecked: the write path auto-creates topics through it.
@@ -1244,8 +1245,8 @@ class Broker(SecurityCalls):
         accepted = self.metrics.counter("ferrymq_connections_accepted_total",
                                         "Connections accepted, per protocol.", ("protocol",))
         counts: dict[str, list[int]] = {}
-        for at, inst in enumerate((open_now, accepted)):
-            for sample in inst.family().samples:
+        for at, family in enumerate((open_now.family(), accepted.family())):
+            for sample in family.samples:
                 counts.setdefault(dict(sample.labels)["protocol"], [0, 0])[at] = int(sample.value)
         return {door: (n[0], n[1]) for door, n in sorted(counts.items())}
 

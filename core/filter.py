@@ -207,8 +207,9 @@ class _Parser:
                 left = _cmp(left, self.unary(), op)
                 continue
             negate = False
-            if self.peek() == ("kw", "NOT") and self.peek(1) and self.peek(1)[0] == "kw" \
-                    and self.peek(1)[1] in ("CONTAINS", "STARTSWITH", "ENDSWITH", "BETWEEN", "IN"):  # type: ignore[index]
+            after = self.peek(1)
+            if self.peek() == ("kw", "NOT") and after and after[0] == "kw" \
+                    and after[1] in ("CONTAINS", "STARTSWITH", "ENDSWITH", "BETWEEN", "IN"):
                 self.i += 1
                 negate = True
             kw = self.take_kw("CONTAINS", "STARTSWITH", "ENDSWITH", "BETWEEN", "IN")

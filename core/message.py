@@ -127,7 +127,7 @@ class PutResult(NamedTuple):
     topic: str
     queue_id: int
     queue_offset: int
-    count: int
+    count: int  # type: ignore[assignment]  # shadows tuple.count: the field keeps its name
     physical_offset: int
     store_timestamp: int
     store_host: bytes
@@ -224,7 +224,7 @@ class StoredRecord(NamedTuple):
     topic: str
     queue_id: int
     queue_offset: int
-    count: int
+    count: int  # type: ignore[assignment]  # shadows tuple.count: the field keeps its name
     physical_offset: int
     sys_flag: int
     store_timestamp: int

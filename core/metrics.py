@@ -26,6 +26,7 @@ import math
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 from .metadata import Metadata
 from .pop import PopService
@@ -125,27 +126,29 @@ class _Histogram:
         self.count += 1
 
 
-class Instrument:
+_Child = TypeVar("_Child", bound=_Counter | _Histogram)
+
+
+class Instrument(Generic[_Child]):
     """A labelled family of counters, gauges or histograms. ``labels(*values)``
-    returns the child for those label values (cache it on hot paths)."""
+    returns the child for those label values (cache it on hot paths). The type
+    parameter is the child's type: a counter's children have no ``set``."""
 
     def __init__(self, name: str, kind: str, help: str, labelnames: Sequence[str],
-                 buckets: Sequence[float] = LATENCY_BUCKETS) -> None:
+                 new_child: Callable[[], _Child]) -> None:
         self.name, self.kind, self.help = name, kind, help
         self.labelnames = tuple(labelnames)
-        self.buckets = tuple(sorted(buckets))
-        self._children: dict[tuple[str, ...], _Counter | _Histogram] = {}
+        self._new_child = new_child
+        self._children: dict[tuple[str, ...], _Child] = {}
 
-    def labels(self, *values: object) -> _Gauge | _Histogram:
+    def labels(self, *values: object) -> _Child:
         key = tuple(str(v) for v in values)
         child = self._children.get(key)
         if child is None:
             if len(key) != len(self.labelnames):
                 raise ValueError(f"{self.name} takes labels {self.labelnames}")
-            child = (_Histogram(self.buckets) if self.kind == "histogram"
-                     else _Gauge())
-            self._children[key] = child
-        return child  # type: ignore[return-value]
+            child = self._children[key] = self._new_child()
+        return child
 
     def family(self) -> Family:
         fam = Family(self.name, self.kind, self.help)
@@ -153,7 +156,7 @@ class Instrument:
             labels = tuple(zip(self.labelnames, key, strict=True))
             if isinstance(child, _Histogram):
                 cumulative = 0
-                for bound, n in zip((*self.buckets, math.inf), child.counts, strict=True):
+                for bound, n in zip((*child.bounds, math.inf), child.counts, strict=True):
                     cumulative += n
                     fam.samples.append(Sample("_bucket", (*labels, ("le", _num(bound))),
                                               cumulative))
@@ -208,33 +211,34 @@ class MetricsRegistry:
     ``otel_names``: render the OpenTelemetry-style copies (``OTEL_NAMES``)."""
 
     def __init__(self) -> None:
-        self._instruments: dict[str, Instrument] = {}
+        self._instruments: dict[str, Instrument[Any]] = {}
         self._collectors: list[Callable[[], Iterable[Family]]] = []
         self.max_topic_labels = DEFAULT_MAX_TOPIC_LABELS
         self.max_lag_series = DEFAULT_MAX_LAG_SERIES
         self.otel_names = True
 
     def _get(self, name: str, kind: str, help: str, labelnames: Sequence[str],
-             buckets: Sequence[float] = LATENCY_BUCKETS) -> Instrument:
+             new_child: Callable[[], _Child]) -> Instrument[_Child]:
         inst = self._instruments.get(name)
         if inst is None:
-            inst = self._instruments[name] = Instrument(name, kind, help, labelnames, buckets)
+            inst = self._instruments[name] = Instrument(name, kind, help, labelnames, new_child)
         elif inst.kind != kind or inst.labelnames != tuple(labelnames):
             raise ValueError(f"metric {name} is registered as a {inst.kind} "
                              f"with labels {inst.labelnames}")
         return inst
 
-    def counter(self, name: str, help: str, labelnames: Sequence[str] = ()) -> Instrument:
+    def counter(self, name: str, help: str, labelnames: Sequence[str] = ()) -> Instrument[_Counter]:
         if not name.endswith("_total"):
             raise ValueError("a counter's name ends in _total (Prometheus naming)")
-        return self._get(name, "counter", help, labelnames)
+        return self._get(name, "counter", help, labelnames, _Counter)
 
-    def gauge(self, name: str, help: str, labelnames: Sequence[str] = ()) -> Instrument:
-        return self._get(name, "gauge", help, labelnames)
+    def gauge(self, name: str, help: str, labelnames: Sequence[str] = ()) -> Instrument[_Gauge]:
+        return self._get(name, "gauge", help, labelnames, _Gauge)
 
     def histogram(self, name: str, help: str, labelnames: Sequence[str] = (),
-                  buckets: Sequence[float] = LATENCY_BUCKETS) -> Instrument:
-        return self._get(name, "histogram", help, labelnames, buckets)
+                  buckets: Sequence[float] = LATENCY_BUCKETS) -> Instrument[_Histogram]:
+        bounds = tuple(sorted(buckets))
+        return self._get(name, "histogram", help, labelnames, lambda: _Histogram(bounds))
 
     def add_collector(self, collector: Callable[[], Iterable[Family]]) -> None:
         self._collectors.append(collector)
@@ -298,17 +302,18 @@ class DoorMetrics:
             "ferrymq_door_messages_out_total",
             "Messages a door delivered to consumers, per protocol and topic (capped like "
             "ferrymq_door_messages_in_total).", ("protocol", "topic"))
-        self._in_by_topic: dict[str, _Gauge] = {}
-        self._out_by_topic: dict[str, _Gauge] = {}
+        self._in_by_topic: dict[str, _Counter] = {}
+        self._out_by_topic: dict[str, _Counter] = {}
 
-    def _topic_child(self, cache: dict[str, _Gauge], inst: Instrument, topic: str) -> _Gauge:
+    def _topic_child(self, cache: dict[str, _Counter], inst: Instrument[_Counter], topic: str
+                     ) -> _Counter:
         child = cache.get(topic)
         if child is None:  # a new topic: its own series, or _other past the cap
             key = topic if len(cache) < self._registry.max_topic_labels else OTHER
             child = cache.get(key)
             if child is None:
-                child = cache[key] = inst.labels(self.protocol, key)  # type: ignore[assignment]
-        return child  # type: ignore[return-value]
+                child = cache[key] = inst.labels(self.protocol, key)
+        return child
 
     def messages_in(self, topic: str, n: int = 1) -> None:
         """``n`` messages of ``topic`` stored through this door."""
@@ -328,8 +333,7 @@ class DoorMetrics:
     def observe(self, request: str, seconds: float) -> None:
         obs = self._observers.get(request)
         if obs is None:
-            obs = self._observers[request] = self._latency.labels(  # type: ignore[assignment]
-                self.protocol, request)
+            obs = self._observers[request] = self._latency.labels(self.protocol, request)
         obs.observe(seconds)
 
     def error(self, request: str, code: str) -> None:

@@ -228,9 +228,9 @@ class RetryService:
                     return self._letter(group, m, self._resent_offsets())
                 decoded = parse_offset_message_id(ref)
                 if decoded is not None:
-                    m = self.store.message_at(*decoded)
-                    if m is not None and m.topic == topic:
-                        return self._letter(group, m, self._resent_offsets())
+                    found = self.store.message_at(*decoded)
+                    if found is not None and found.topic == topic:
+                        return self._letter(group, found, self._resent_offsets())
         raise MessageNotFound(f"no dead letter {ref!r} in {topic}")
 
     async def resend(self, group: str, refs: Iterable[str | int] | None = None, *,

@@ -115,7 +115,7 @@ class TaskSupervisor:
     def _failed(self, label: str, exc: BaseException, delay: float) -> None:
         self.failures[label] = self.failures.get(label, 0) + 1
         if self._counter is not None:
-            self._counter.labels(label).inc()  # type: ignore[union-attr]
+            self._counter.labels(label).inc()
         log.error("background task %s failed (%s: %s); restarting in %.1f s", label,
                   type(exc).__name__, exc, delay, exc_info=exc,
                   extra={"task": label, "failures": self.failures[label]})
@@ -123,7 +123,7 @@ class TaskSupervisor:
     def _fatal(self, label: str, exc: BaseException) -> StoreFailure:
         self.failures[label] = self.failures.get(label, 0) + 1
         if self._counter is not None:
-            self._counter.labels(label).inc()  # type: ignore[union-attr]
+            self._counter.labels(label).inc()
         log.critical("critical task %s failed (%s: %s): stopping the broker", label,
                      type(exc).__name__, exc, exc_info=exc, extra={"task": label})
         if self.on_fatal is not None:

@@ -200,7 +200,7 @@ class _Queue:
         self.start = self.cursor
 
     def entry(self, i: int) -> tuple[int, int, int, int, int, int]:
-        return ENTRY.unpack_from(self.raw, i * ENTRY_SIZE)  # type: ignore[return-value]
+        return ENTRY.unpack_from(self.raw, i * ENTRY_SIZE)
 
     def number(self, i: int) -> int:
         return self.first + i

@@ -521,7 +521,7 @@ def _is_gone(exc: BaseException) -> bool:
 def _addr(stream: Any) -> tuple[Any, ...] | None:
     sock = getattr(stream, "socket", None)
     try:
-        return sock.getpeername() if sock is not None else None  # type: ignore[no-any-return]
+        return sock.getpeername() if sock is not None else None
     except OSError:
         return None
 

@@ -28,8 +28,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import RemoteProtocolError
 
-class JsonLimitError(ValueError):
+
+class JsonLimitError(RemoteProtocolError, ValueError):
     """The text is too large, too nested or holds too many containers."""
 
 

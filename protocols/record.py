@@ -42,8 +42,14 @@ import struct
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import construct as c
+
+from .errors import LocalProtocolError, RemoteProtocolError
+
+if TYPE_CHECKING:
+    from mmap import mmap  # the store decodes records in place, out of its mapped files
 
 MAGIC = -626843481  # 0xDAA320A7, RocketMQ MessageDecoder.MESSAGE_MAGIC_CODE
 BLANK_MAGIC = -875286124  # 0xCBD43194, RocketMQ MessageDecoder.BLANK_MAGIC_CODE
@@ -150,8 +156,12 @@ _U16 = struct.Struct(">H")
 _MEMBER_HEAD = struct.Struct(">iiiii")  # total, magic, crc, flag, body length
 
 
-class RecordError(ValueError):
+class RecordError(RemoteProtocolError, ValueError):
     """Bytes that are not a valid record: a torn write, corruption, or a peer's garbage."""
+
+
+class RecordEncodeError(LocalProtocolError, ValueError):
+    """Values that do not fit the record layout (the caller should have refused them)."""
 
 
 def body_crc(body: bytes | memoryview) -> int:
@@ -341,15 +351,15 @@ def encode(
     ``sys_flag`` has FORMAT_LONG_PROPERTIES, or if they exceed MAX_PROPERTIES_BYTES
     and ``long_properties`` says the reader understands that form (the flag is then
     set); otherwise 2 bytes, and properties that do not fit are fitted
-    (``fit_properties``): the record a RocketMQ client can read. Raises RecordError
+    (``fit_properties``): the record a RocketMQ client can read. Raises RecordEncodeError
     for a topic over 255 bytes or long properties over MAX_LONG_PROPERTIES_BYTES."""
     if len(topic) > MAX_TOPIC_BYTES:
-        raise RecordError("topic too long for the record layout")
+        raise RecordEncodeError("topic too long for the record layout")
     if len(properties) > MAX_PROPERTIES_BYTES and long_properties:
         sys_flag |= FORMAT_LONG_PROPERTIES
     if sys_flag & FORMAT_LONG_PROPERTIES:
         if len(properties) > MAX_LONG_PROPERTIES_BYTES:
-            raise RecordError("properties too long for the record layout")
+            raise RecordEncodeError("properties too long for the record layout")
         plen = _I32.pack(len(properties))
     else:
         properties = fit_properties(properties)
@@ -364,7 +374,7 @@ def encode(
     return b"".join((head, body, bytes((len(topic),)), topic, plen, properties))
 
 
-def decode(buf: bytes | bytearray | memoryview, pos: int = 0, *, check_crc: bool = True) -> Record:
+def decode(buf: bytes | bytearray | memoryview | mmap, pos: int = 0, *, check_crc: bool = True) -> Record:
     """Decode the record starting at ``pos``. Raises RecordError for a blank record,
     a bad magic, a size that does not add up, or (with ``check_crc``) a body CRC mismatch."""
     avail = len(buf) - pos
@@ -409,7 +419,7 @@ def decode(buf: bytes | bytearray | memoryview, pos: int = 0, *, check_crc: bool
                   bytes(buf[p:end]))
 
 
-def _decode_general(buf: bytes | bytearray | memoryview, pos: int, total: int,
+def _decode_general(buf: bytes | bytearray | memoryview | mmap, pos: int, total: int,
                     check_crc: bool) -> Record:
     """Records with IPv6 hosts are rare (FerryMQ writes IPv4); construct decodes them."""
     try:
@@ -427,9 +437,9 @@ def _decode_general(buf: bytes | bytearray | memoryview, pos: int, total: int,
     )
 
 
-def peek_size(buf: bytes | bytearray | memoryview, pos: int) -> tuple[int, int]:
+def peek_size(buf: bytes | bytearray | memoryview | mmap, pos: int) -> tuple[int, int]:
     """(total size, magic) of the record at ``pos`` without decoding it."""
-    return struct.unpack_from(">ii", buf, pos)  # type: ignore[return-value]
+    return struct.unpack_from(">ii", buf, pos)
 
 
 # -------------------------------------------------------------- native batches
@@ -454,7 +464,7 @@ def encode_member(flag: int, body: bytes, properties: bytes, long: bool = False)
     length)."""
     limit, plen = (MAX_LONG_PROPERTIES_BYTES, _I32) if long else (MAX_PROPERTIES_BYTES, _U16)
     if len(properties) > limit:
-        raise RecordError("properties too long for the record layout")
+        raise RecordEncodeError("properties too long for the record layout")
     total = 20 + len(body) + plen.size + len(properties)
     return b"".join((_MEMBER_HEAD.pack(total, MAGIC, body_crc(body), flag, len(body)), body,
                      plen.pack(len(properties)), properties))

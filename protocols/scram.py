@@ -30,6 +30,8 @@ import hmac
 import os
 from dataclasses import dataclass
 
+from .errors import RemoteProtocolError
+
 MECHANISMS = {"SCRAM-SHA-256": "sha256", "SCRAM-SHA-512": "sha512"}
 MIN_ITERATIONS = 4096  # RFC 7677: at least 4096 for SHA-256
 DEFAULT_ITERATIONS = 4096  # Kafka's default for kafka-configs --add-config SCRAM-...
@@ -37,8 +39,9 @@ MAX_ITERATIONS = 1 << 20  # a stored verifier above this is refused (a cost bomb
 MAX_MESSAGE = 4096  # a client message longer than this is refused
 
 
-class ScramError(ValueError):
-    """The exchange failed; ``str()`` is the RFC 5802 server-error value where one fits."""
+class ScramError(RemoteProtocolError, ValueError):
+    """The exchange failed (the peer's messages, protocols/errors.py); ``str()`` is the
+    RFC 5802 server-error value where one fits."""
 
 
 @dataclass(frozen=True, slots=True)

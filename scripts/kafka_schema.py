@@ -130,9 +130,11 @@ def main() -> None:
     print(f"are (low, high) with high {OPEN} for an open range; None means never.")
     print('"""')
     print()
+    print("from typing import Any")
+    print()
     print(f"OPEN = {OPEN}")
     print()
-    print("APIS = " + pprint.pformat(out, width=100, compact=True))
+    print("APIS: dict[int, Any] = " + pprint.pformat(out, width=100, compact=True))
 
 
 if __name__ == "__main__":

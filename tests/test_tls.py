@@ -26,6 +26,7 @@ from ferrymq.gateways.tls import TlsServer, reload_all
 from ferrymq.protocols.kafka import schema
 from ferrymq.protocols.kafka.connection import parse_response, request_bytes
 from ferrymq.protocols.remoting import FrameDecoder, RequestCode, encode, request
+from ferrymq.protocols.sentinels import NEED_DATA
 
 API_VERSIONS, METADATA, PRODUCE = 18, 3, 0
 
@@ -253,7 +254,7 @@ def _kafka_call(s: socket.socket, api: int, version: int, corr: int = 1, **field
 def _remoting_call(s: socket.socket, code: int, ext: dict[str, str]) -> Any:
     s.sendall(encode(request(code, 77, ext)))
     decoder = FrameDecoder()
-    while (cmd := decoder.next_command()) is None:
+    while (cmd := decoder.next_command()) is NEED_DATA:
         data = s.recv(65536)
         assert data, "closed by the broker"
         decoder.receive_data(data)

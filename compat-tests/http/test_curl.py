@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from waiting import wait_until
+
 CURL = shutil.which("curl")
 
 
@@ -76,7 +78,8 @@ def test_long_poll_answers_when_a_message_is_produced(base: str) -> None:
 
     t = threading.Thread(target=poll)
     t.start()
-    time.sleep(0.5)
+    wait_until(lambda: 'ferrymq_long_polls{protocol="http"} 1\n' in curl(f"{base}/metrics")[1],
+               what="the long poll waiting (the door's own gauge)")
     curl("-X", "POST", f"{base}/v1/topics/lp/messages", "-H", "content-type: text/plain",
          "--data-binary", "wake up")
     t.join(30)

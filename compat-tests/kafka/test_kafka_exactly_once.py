@@ -321,7 +321,7 @@ def test_a_static_member_restarting_within_its_session_costs_no_rebalance(bootst
     again.start()
     try:
         wait_for(lambda: again.assigns == 1, what="the restarted static member's assignment")
-        time.sleep(2)
+        time.sleep(2)  # the subject: a window in which a rebalance would have come
         assert other.assigns == settled, "the other member saw no rebalance"
     finally:
         again.stop.set()

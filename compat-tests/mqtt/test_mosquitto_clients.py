@@ -2,17 +2,39 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
-import time
 
 import pytest
 from mqtt_tools import tool
 
+# -d makes mosquitto_sub print its protocol trace on stdout: what a test waits on
+# (SUBACK, CONNACK) instead of sleeping, and what output() leaves out.
+_TRACE = re.compile(r"^(Client \S+ (sending|received) |Subscribed \(mid)")
+
+
+def wait_for_trace(p: subprocess.Popen, *events: str) -> None:
+    """Read ``p``'s trace until it has received one of ``events`` (e.g. "SUBACK"). Byte
+    by byte from the pipe: a buffered read would take lines that communicate() must see."""
+    assert p.stdout is not None
+    fd, line = p.stdout.fileno(), b""
+    while chunk := os.read(fd, 1):
+        line += chunk
+        if chunk == b"\n":
+            if any(f"received {event}".encode() in line for event in events):
+                return
+            line = b""
+    raise AssertionError(f"mosquitto_sub ended before {events}: {p.communicate()[1]}")
+
 
 def sub_process(port: int, *args: str) -> subprocess.Popen:
-    p = subprocess.Popen([tool("mosquitto_sub"), "-h", "127.0.0.1", "-p", str(port), *args],
+    # stdbuf -oL: line-buffered, so each trace line arrives as it is printed
+    p = subprocess.Popen([tool("stdbuf"), "-oL", tool("mosquitto_sub"), "-h", "127.0.0.1",
+                          "-p", str(port), "-d", *args],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.4)  # connected and subscribed
+    # subscribed; a resumed session may deliver what it kept before the SUBACK
+    wait_for_trace(p, "SUBACK", "PUBLISH")
     return p
 
 
@@ -24,7 +46,7 @@ def pub(port: int, *args: str) -> None:
 def output(p: subprocess.Popen) -> list[str]:
     out, err = p.communicate(timeout=10)
     assert p.returncode == 0, err
-    return out.splitlines()
+    return [line for line in out.splitlines() if not _TRACE.match(line)]
 
 
 @pytest.mark.parametrize("version", ["mqttv311", "mqttv5"])
@@ -52,10 +74,8 @@ def test_retained_message(broker) -> None:
 def test_will_message(broker) -> None:
     port = broker.port("mqtt")
     s = sub_process(port, "-t", "wills/#", "-C", "1", "-v", "-W", "8")
-    dev = subprocess.Popen([tool("mosquitto_sub"), "-h", "127.0.0.1", "-p", str(port),
-                            "-t", "x", "--will-topic", "wills/dev", "--will-payload", "gone",
-                            "--will-qos", "1", "-i", "will-dev"])
-    time.sleep(0.4)
+    dev = sub_process(port, "-t", "x", "--will-topic", "wills/dev", "--will-payload", "gone",
+                      "--will-qos", "1", "-i", "will-dev")  # its will is stored by now
     dev.kill()  # SIGKILL: no DISCONNECT
     dev.wait()
     assert output(s) == ["wills/dev gone"]

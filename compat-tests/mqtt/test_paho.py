@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import queue
-import time
 import uuid
 
 import paho.mqtt.client as mqtt
@@ -11,6 +10,8 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from waiting import wait_until
 
 V311 = mqtt.MQTTv311
 V5 = mqtt.MQTTv5
@@ -31,6 +32,8 @@ class Paho:
             self.c.ws_set_options(path="/mqtt")
         self.c.on_message = lambda c, u, m: self.got.put(m)
         self.connack = queue.Queue()
+        self.subacks: queue.Queue = queue.Queue()  # the mid of each SUBACK received
+        self.c.on_subscribe = lambda c, u, mid, reasons, props=None: self.subacks.put(mid)
         self.c.on_connect = lambda c, u, flags, rc, props=None: self.connack.put((flags, rc))
         if will:
             self.c.will_set(*will)
@@ -47,9 +50,9 @@ class Paho:
         assert not self.rc.is_failure, self.rc
 
     def sub(self, *args, **kw):
-        result, _ = self.c.subscribe(*args, **kw)
+        result, mid = self.c.subscribe(*args, **kw)
         assert result == 0
-        time.sleep(0.2)  # SUBACK
+        assert self.subacks.get(timeout=10) == mid  # subscribed: the SUBACK is in
         return self
 
     def pub(self, topic, payload, qos=0, retain=False, properties=None):
@@ -129,7 +132,7 @@ def test_shared_subscription_splits_the_load(broker) -> None:
     pub = Paho(port, V5)
     for i in range(60):
         pub.pub(f"jobs/{i % 3}", str(i).encode(), 1)
-    time.sleep(1)
+    wait_until(lambda: sum(w.got.qsize() for w in workers) >= 60, what="60 deliveries")
     shares = [w.got.qsize() for w in workers]
     seen = sorted(int(m.payload) for w in workers for m in w.take(w.got.qsize()))
     assert seen == list(range(60))

@@ -80,7 +80,7 @@ def _check_at(mm: mmap.mmap, local: int, pos: int, full: bool) -> rec.Record | H
         return None
     if full or sys_flag & (rec.BORNHOST_V6_FLAG | rec.STOREHOST_V6_FLAG):
         try:
-            r = rec.decode(mm, local)  # type: ignore[arg-type]  # a mapping is a buffer
+            r = rec.decode(mm, local)
         except rec.RecordError:
             return None
         if r.physical_offset != pos or not plausible(r.reconsume_times,
@@ -302,7 +302,8 @@ class CommitLog:
             return b""
         stop = min(end, seg.end)
         pos, limit = start, start + max_bytes
-        with memoryview(seg.mm) as mm:  # released here: a view would keep the mapping open
+        # open: the file cache may have closed it (owner thread, as read() and peek())
+        with memoryview(self.files.open(seg)) as mm:  # released here: a view would keep it
             while pos < stop:
                 total, _magic = rec.peek_size(mm, pos - seg.base)
                 if total <= 0 or pos + total > seg.end:
@@ -416,7 +417,7 @@ class CommitLog:
                         damaged = True
                         break
                     yield item
-                    pos += item[0] if type(item) is Head else item.total_size  # type: ignore[union-attr]
+                    pos += item[0] if isinstance(item, Head) else item.total_size
             finally:
                 self.files.unpin(seg)
             if damaged:

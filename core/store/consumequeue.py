@@ -47,7 +47,7 @@ class Entry(NamedTuple):
     physical_offset: int
     size: int
     base_offset: int
-    count: int
+    count: int  # type: ignore[assignment]  # shadows tuple.count: the field keeps its name
     tag_hash: int
     store_timestamp: int
 

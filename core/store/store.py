@@ -554,8 +554,8 @@ class MessageStore:
         if fmt == rec.FORMAT_NATIVE_BATCH:
             n, h, keys, _uniq = scan_batch(r.body, bool(r.sys_flag & rec.FORMAT_LONG_PROPERTIES))
             return n, h, keys
-        h = kb.read_header(r.body)
-        return h.last_offset_delta + 1, TAG_HASH_NONE, []
+        header = kb.read_header(r.body)
+        return header.last_offset_delta + 1, TAG_HASH_NONE, []
 
     def close(self) -> None:
         """Flush everything, write the final checkpoint, remove the abort marker.
@@ -603,7 +603,8 @@ class MessageStore:
             tail = self._topic_tails[topic] = bytes((len(raw),)) + raw
         return tail
 
-    def append(self, topic: str, queue_id: int, body: bytes | tuple[bytes | memoryview, ...],
+    def append(self, topic: str, queue_id: int,
+               body: bytes | bytearray | tuple[bytes | memoryview, ...],
                properties: bytes,
                flag: int = 0, sys_flag: int = 0, born_timestamp: int = 0,
                born_host: bytes = _ZERO_HOST, reconsume_times: int = 0,
@@ -640,7 +641,7 @@ class MessageStore:
             plen, plen_size = _pack_u16(props_len), 2
         q = self.queues.get((topic, queue_id)) or self._queue(topic, queue_id)
         qoff = q.max_offset
-        if type(body) is tuple:  # pieces (a large body): written by one pwritev, never joined
+        if isinstance(body, tuple):  # pieces (a large body): written by one pwritev, never joined
             body_len = crc = 0
             for piece in body:
                 body_len += len(piece)
@@ -667,7 +668,7 @@ class MessageStore:
         header = _pack_header(size, _MAGIC, crc & 0x7FFFFFFF, queue_id, flag, qoff, phys,
                               sys_flag, born_timestamp or ts, born_host, ts, self.store_host,
                               reconsume_times, prepared_offset, body_len)
-        if type(body) is tuple:
+        if isinstance(body, tuple):
             cl.write_parts(seg, local, (header, *body, tail, plen, properties), size)
         else:
             _write(seg, local, b"".join((header, body, tail, plen, properties)))
@@ -711,6 +712,8 @@ class MessageStore:
         RocketMQ pull unpacks the batch."""
         fmt = rec.FORMAT_NATIVE_BATCH
         encoded = _encode_plain_batch(topic, messages)
+        keys: list[tuple[str, int]]
+        uniq: tuple[str | None, ...]
         if encoded is not None:  # no member has properties: the common case, kept cheap
             body, total = encoded
             n, h, keys, uniq = len(messages), TAG_HASH_NONE, [], ()

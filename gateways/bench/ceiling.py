@@ -196,15 +196,15 @@ def selector_load(port: int, hello: bytes, unit: bytes, reply_size: int, conns: 
     clock = time.perf_counter
     timed = window == 1
     latencies: list[float] = []
-    conns_state = []
+    conns_state: list[dict[str, Any]] = []
     for _ in range(conns):
         s = socket.create_connection(("127.0.0.1", port))
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if hello:
             s.sendall(hello)
         s.setblocking(False)
-        state = {"sock": s, "out": bytearray(unit * window), "partial": 0,
-                 "sent_at": deque(), "want_write": False}
+        state: dict[str, Any] = {"sock": s, "out": bytearray(unit * window), "partial": 0,
+                                 "sent_at": deque(), "want_write": False}
         conns_state.append(state)
         selector.register(s, selectors.EVENT_READ, state)
 

@@ -26,7 +26,7 @@ async def handler(stream: trio.SocketStream) -> None:
                 conn.receive_data(data)
             elif ev is h1.END:
                 await stream.send_all(RESPONSE)
-    except (trio.BrokenResourceError, h1.ProtocolError):
+    except (trio.BrokenResourceError, h1.HttpProtocolError):
         return
 
 

@@ -189,10 +189,11 @@ def run_workload(name: str, bootstrap: str, pid: int, records: int, size: int,
     consumer.subscribe([topic])
     deadline = time.monotonic() + 300
     while got < records and time.monotonic() < deadline:
-        for m in consumer.consume(num_messages=10_000, timeout=1.0):
-            if m.error() is not None:
-                if m.error().fatal():
-                    raise KafkaException(m.error())
+        for record in consumer.consume(num_messages=10_000, timeout=1.0):
+            err = record.error()
+            if err is not None:
+                if err.fatal():
+                    raise KafkaException(err)
                 continue
             got += 1
     consume_s = time.perf_counter() - t0

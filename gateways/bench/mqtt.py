@@ -34,6 +34,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import click
 
@@ -484,11 +485,15 @@ def mqtt(seconds: float, peers: str, scenarios: str, fanout_n: int, idle_clients
 
 def _report(results: dict[str, dict[str, object]], names: list[str], wanted: list[str],
             json_out: bool, fanout_n: int, idle_clients: int) -> None:
-    rows = []
+    rows: list[tuple[str, dict[str, float | None], bool]] = []
 
     def flow(name: str, key: str) -> FlowResult | None:
         v = results.get(name, {}).get(key)
         return v if isinstance(v, FlowResult) else None
+
+    def measured(name: str, key: str) -> tuple[Any, ...]:
+        v = results.get(name, {}).get(key)
+        return v if isinstance(v, tuple) else ()
 
     labels = {"qos0": "QoS 0, 1 -> 1 (msgs/s)", "qos1": "QoS 1, 1 -> 1 (msgs/s)",
               "fanout": f"QoS 0, 1 -> {fanout_n} (deliveries/s)"}
@@ -504,25 +509,25 @@ def _report(results: dict[str, dict[str, object]], names: list[str], wanted: lis
                                                 for n, v in vals.items()}, True))
     if "idle" in wanted:
         rows.append((f"RSS KiB per idle client ({idle_clients:,})",
-                     {n: (results[n].get("idle") or (None,))[0] for n in names}, True))
+                     {n: (measured(n, "idle") or (None,))[0] for n in names}, True))
     if "connect" in wanted:
-        rows.append(("connects/s", {n: (results[n].get("connect") or (None,))[0]
+        rows.append(("connects/s", {n: (measured(n, "connect") or (None,))[0]
                                     for n in names}, False))
-        rows.append(("  broker CPU us/connect", {n: (results[n].get("connect") or (0, None))[1]
+        rows.append(("  broker CPU us/connect", {n: (measured(n, "connect") or (0, None))[1]
                                                  for n in names}, True))
     if json_out:
-        for label, vals, _ in rows:
-            for n, v in vals.items():
+        for label, row, _ in rows:
+            for n, v in row.items():
                 click.echo(json.dumps({"name": label.strip(), "broker": n, "value": v}))
         return
     peers = names[1:]
     head = f"{'':42}" + "".join(f"{n:>14}" for n in names) + "".join(
         f"{'vs ' + p:>14}" for p in peers)
     click.echo(head)
-    for label, vals, lower_better in rows:
+    for label, row, lower_better in rows:
         digits = 1 if lower_better else 0
-        line = f"{label:42}" + "".join(f"{_fmt(vals.get(n), digits):>14}" for n in names)
-        line += "".join(f"{_ratio(vals.get('ferrymq'), vals.get(p), lower_better):>14}"
+        line = f"{label:42}" + "".join(f"{_fmt(row.get(n), digits):>14}" for n in names)
+        line += "".join(f"{_ratio(row.get('ferrymq'), row.get(p), lower_better):>14}"
                         for p in peers)
         click.echo(line)
     click.echo("\nratios: FerryMQ's figure relative to the peer's (higher is better for "

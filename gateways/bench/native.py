@@ -184,8 +184,11 @@ def _produce_runs(ns: str, topic: str, seconds: float, window: int
             end = pc() + seconds
             while pc() < end:
                 t = pc()
-                await p.throttled_send_async(Message(topic, BODY),
-                                             lambda r, t=t: lats.append(pc() - t))
+
+                def sent(_result: object, t: float = t) -> None:
+                    lats.append(pc() - t)
+
+                await p.throttled_send_async(Message(topic, BODY), sent)
         return len(lats), lats, "message"
 
     async def batches() -> tuple[int, list[float], str]:

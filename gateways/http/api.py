@@ -618,8 +618,8 @@ class Api:
                     positions[queues[0]] = int(last) + 1
                 else:
                     for part in last.split(","):
-                        q, _, o = part.partition(":")
-                        positions[int(q)] = int(o)
+                        qid, _, o = part.partition(":")
+                        positions[int(qid)] = int(o)
             except ValueError:
                 raise Problem("invalid_parameter", "Last-Event-ID is not an id this stream "
                                                    "sent") from None
@@ -826,7 +826,8 @@ class Api:
         out = []
         for name in self.broker.known_groups(principal=who):
             g = self.broker.find_group(name, principal=who)
-            doc = self._group_json(name, False, who) if g is not None else {"name": name}
+            doc: dict[str, Any] = self._group_json(name, False, who) if g is not None \
+                else {"name": name}
             lags = self.broker.group_lags(name, principal=who)
             doc.update(created=g is not None, lag=sum(x.lag for x in lags),
                        topics=[{"topic": t} for t in sorted({x.topic for x in lags})])
@@ -951,7 +952,7 @@ class Api:
                       description="At most this many messages (default 16)")
         receipt_p = Param("receipt", "path", RECEIPT_SCHEMA)
         envelope = _envelope_schema(self.max_delay_ms)
-        produce_body = {
+        produce_body: dict[str, dict[str, Any]] = {
             JSON: {"oneOf": [envelope, _batch_schema(envelope)]},
             "application/x-ndjson": {"type": "string",
                                      "description": "One envelope (JSON object) per line"},

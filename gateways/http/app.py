@@ -181,7 +181,7 @@ class HttpApp:
             else:
                 raw = headers.get(key)
                 if raw is not None:
-                    raw = raw.decode("latin-1")  # type: ignore[union-attr]
+                    raw = raw.decode("latin-1")
             if raw is None:
                 if p.required:
                     raise Problem("invalid_parameter", f"{where} parameter {p.name} is "

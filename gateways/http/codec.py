@@ -389,7 +389,7 @@ def split_ndjson(body: bytes) -> Sequence[Any]:
         # (bad JSON, or "1,2") falls back to line by line, to name the line.
         values = loads(b"[" + b",".join(lines) + b"]")
         if len(values) == len(lines):
-            return values  # type: ignore[no-any-return]
+            return values
     except (ValueError, UnicodeDecodeError):
         pass
     out = []

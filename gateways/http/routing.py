@@ -150,12 +150,12 @@ class Router:
                     ct: {"schema": dict(s)} for ct, s in r.body.items()}}
             responses: dict[str, Any] = {}
             for status, resp in sorted(self._responses(r).items()):
-                doc: dict[str, Any] = {"description": resp.description}
+                answer: dict[str, Any] = {"description": resp.description}
                 if resp.content:
-                    doc["content"] = {ct: {"schema": dict(s)} for ct, s in resp.content.items()}
+                    answer["content"] = {ct: {"schema": dict(s)} for ct, s in resp.content.items()}
                 if resp.headers:
-                    doc["headers"] = {h: {"schema": dict(s)} for h, s in resp.headers.items()}
-                responses[str(status)] = doc
+                    answer["headers"] = {h: {"schema": dict(s)} for h, s in resp.headers.items()}
+                responses[str(status)] = answer
             op["responses"] = responses
             if security and not r.public:
                 op["security"] = [{"bearer": []}]

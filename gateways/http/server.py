@@ -179,7 +179,7 @@ class Connection:
         self._body_done = True  # the current request was read to its end
         self._responded = False  # a response to the current request has begun
         self._close = False  # this connection ends after the current response
-        self._pending_error: h1.ProtocolError | None = None  # met while watching a long poll
+        self._pending_error: h1.HttpProtocolError | None = None  # met while watching a long poll
 
     @property
     def deadline(self) -> float:
@@ -234,7 +234,7 @@ class Connection:
         if ev is _CLOSED:
             return None  # closed in the middle of a head: nobody to answer
         if type(ev) is not h1.RequestHead:
-            raise h1.ProtocolError(f"unexpected {type(ev).__name__}")
+            raise h1.HttpProtocolError(f"unexpected {type(ev).__name__}")
         self._head = head = ev
         self._phase = "body"
         self._method = head.method
@@ -270,7 +270,7 @@ class Connection:
             if ev is h1.END:
                 break
             if ev is _CLOSED:
-                raise h1.ProtocolError("the body ended early")
+                raise h1.HttpProtocolError("the body ended early")
             size += len(ev)  # type: ignore[arg-type]
             if size > limit:
                 if unauthenticated:
@@ -392,7 +392,7 @@ class Connection:
                     stashed += len(data)
                     try:
                         self.p.receive_data(data)
-                    except h1.ProtocolError as exc:
+                    except h1.HttpProtocolError as exc:
                         self._pending_error = exc  # answered once this request is done
                 else:
                     await trio.sleep_forever()
@@ -445,7 +445,7 @@ class Connection:
         while True:
             try:
                 req = await self._read_request()
-            except h1.ProtocolError as exc:
+            except h1.HttpProtocolError as exc:
                 self._close = True
                 code = _PROTOCOL_PROBLEMS.get(exc.status, "bad_request")
                 await self.send_problem(Problem(code, str(exc)))

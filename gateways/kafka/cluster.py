@@ -197,7 +197,7 @@ class ClusterApis:
                 return R(error_code=ke.NON_EMPTY_GROUP)
             for m in g.members.values():
                 topics = subscribed_topics(m.metadata(g.protocol or m.protocols[0][0]))
-                if topics is None:
+                if topics is None or subscribed is None:
                     subscribed = None
                     break
                 subscribed |= topics
@@ -260,6 +260,7 @@ class ClusterApis:
             total, usable = usage.total, usage.free
         except OSError:
             total = usable = -1
+        wanted: list[tuple[str, range | list[int]]]
         if req.topics is None:
             wanted = [(t.name, range(t.queues)) for t in self.broker.topics(principal=s.principal)
                       if kafka_visible(t.name)]

@@ -349,7 +349,8 @@ class KafkaDoor(ClusterApis):
                 name = found.name
             err = await self._ensure_topic(name, create, s) if name is not None else \
                 ke.INVALID_TOPIC_EXCEPTION
-            t = self.broker.find_topic(name, principal=s.principal) if err == ke.NONE else None
+            t = self.broker.find_topic(name, principal=s.principal) \
+                if err == ke.NONE and name is not None else None
             if t is None:
                 topics.append(R.MetadataResponseTopic(
                     error_code=err or ke.UNKNOWN_TOPIC_OR_PARTITION, name=name or ""))
@@ -620,7 +621,7 @@ class KafkaDoor(ClusterApis):
     def _read_partitions(self, wanted: list[tuple[str, int, int, int]], max_bytes: int,
                          magic: int, principal: Principal
                          ) -> tuple[list[tuple[str, int, int, int, list[Any]]], int]:
-        out = []
+        out: list[tuple[str, int, int, int, list[Any]]] = []
         total = 0
         for topic, part, offset, part_max in wanted:
             budget = min(part_max, max_bytes - total)

@@ -49,7 +49,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import trio
 
@@ -218,13 +218,13 @@ class TransactionCoordinator:
             self.txns[t.transactional_id] = t
             self.by_pid[t.producer_id] = t.transactional_id
         for key, _v in b.door_state(NS_TXN_PART, principal=SYSTEM):
-            tid, topic, p = key  # type: ignore[misc]
+            tid, topic, p = cast("tuple[str, str, int]", key)
             if tid in self.txns:
                 self.txns[tid].partitions.add((topic, p))
         for key, value in b.door_state(NS_TXN_OFFSET, principal=SYSTEM):
-            tid, group, topic, p = key  # type: ignore[misc]
+            tid, group, topic, p = cast("tuple[str, str, str, int]", key)
             if tid in self.txns:
-                off, meta, epoch = value  # type: ignore[misc]
+                off, meta, epoch = cast("tuple[int, str | None, int]", value)
                 self._add_pending(self.txns[tid], (group, topic, p), (off, meta, epoch))
         for pid in self.by_pid:
             self._next_id = max(self._next_id, pid + 1)

@@ -62,6 +62,7 @@ from ...protocols.mqtt.packets import (
 )
 from ...protocols.mqtt.session import Action
 from ...protocols.mqtt.topics import parse_filter
+from ...protocols.sentinels import NEED_DATA, NeedData
 from .delivery import Delivery, SubOpts
 from .errors import Answer, answer_for
 from .hub import Hub
@@ -71,7 +72,7 @@ from .sessions import Session
 HANDSHAKE_TIMEOUT, IDLE_TIMEOUT = "handshake_timeout", "idle_timeout"
 FRAME_TIMEOUT, SEND_TIMEOUT = "frame_timeout", "send_timeout"
 
-_PACKET_NAMES = {t: t.__name__.lower() for t in (Publish, Puback, Pubrec, Pubrel, Pubcomp,
+_PACKET_NAMES: dict[type, str] = {t: t.__name__.lower() for t in (Publish, Puback, Pubrec, Pubrel, Pubcomp,
                                                  Subscribe, Unsubscribe, Pingreq, Disconnect,
                                                  Auth)}
 
@@ -271,7 +272,7 @@ class Client:
             connect = None
             while connect is None:
                 ev = conn.next_event()
-                if ev is not None:
+                if ev is not NEED_DATA:
                     assert isinstance(ev, Connect)
                     connect = ev
                     break
@@ -299,8 +300,8 @@ class Client:
             while True:
                 self._reading = True
                 ev = conn.next_event()
-                got = ev is not None
-                while ev is not None:
+                got = ev is not NEED_DATA
+                while not isinstance(ev, NeedData):
                     if type(ev) is Publish and ev.qos < 2:
                         # QoS 0/1 publishes read together are stored together: one
                         # batch record per queue (docs/mqtt.md, "Batches").

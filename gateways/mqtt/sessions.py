@@ -117,8 +117,8 @@ class Session:
             self._drop()
             if self.options.overflow == "refuse":
                 return
-            pending.popleft()  # type: ignore[union-attr]
-        pending.append(Outgoing(d, qos, retain, sub_ids, share))  # type: ignore[union-attr]
+            pending.popleft()
+        pending.append(Outgoing(d, qos, retain, sub_ids, share))
 
     def _drop(self) -> None:
         self.dropped += 1
@@ -143,7 +143,7 @@ class Session:
         while pending and c is not None and c.writable:
             if pending[0].qos and not flows.has_room:
                 return
-            self._send_new(pending.popleft())  # type: ignore[union-attr]
+            self._send_new(pending.popleft())
 
     def resend_inflight(self) -> None:
         """4.4: on a resumed session, resend unacknowledged PUBLISHes (DUP set) and

@@ -40,7 +40,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 import trio
@@ -109,11 +109,11 @@ class MqttState:
         b = self.broker
         sessions: dict[str, dict[str, Any]] = {}
         for cid, meta in b.door_state(NS_SESSION, principal=SYSTEM):
-            sessions[str(cid)] = dict(meta)
+            sessions[str(cid)] = dict(cast("dict[str, Any]", meta))
             self._written_session[str(cid)] = _pack(meta)
         inflight: dict[str, list[tuple[int, Any]]] = {}
         for key, row in b.door_state(NS_INFLIGHT, principal=SYSTEM):
-            cid, pid = key
+            cid, pid = cast("tuple[str, int]", key)
             self._written_inflight.setdefault(cid, {})[pid] = _pack(row)
             if cid in sessions:
                 inflight.setdefault(cid, []).append((pid, row))
@@ -126,7 +126,7 @@ class MqttState:
         retained = []
         for topic, row in b.door_state(NS_RETAINED, principal=SYSTEM):
             self._written_retained[str(topic)] = _pack(row)
-            retained.append([topic, *row])
+            retained.append([topic, *cast("tuple[Any, ...]", row)])
         return Loaded(retained, sessions)
 
     def _import_legacy(self) -> None:

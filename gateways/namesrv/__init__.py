@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import trio
 
@@ -40,6 +40,7 @@ from ...protocols.remoting import (
 )
 from ...protocols.remoting import bodies as B
 from ...protocols.remoting import headers as H
+from ...protocols.sentinels import NeedData
 from ..config import DOOR_LIMITS, ConnectionLimits
 from ..replication.view import EPOCH_FIELD
 from ..server import DoorContext
@@ -149,7 +150,7 @@ async def _connection(stream: trio.SocketStream, watch: Watch | None = None, *, 
             handling: RemotingCommand | None = None  # the command being handled, if any
             try:
                 decoder.receive_data(data)
-                while (cmd := decoder.next_command()) is not None:
+                while not isinstance(cmd := decoder.next_command(), NeedData):
                     if watch is not None:
                         watch.handshake_done()
                         watch.busy()
@@ -225,7 +226,7 @@ async def serve(ctx: DoorContext, *, task_status: trio.TaskStatus[int] = trio.TA
                 ) -> None:
     ctx.supervisor("namesrv")  # the server's budget, made if this context has none yet
     options = dict(ctx.options)
-    auth = ctx.config.broker.extra.get("auth") or {}  # type: ignore[call-overload]
+    auth = cast("dict[str, Any]", ctx.config.broker.extra.get("auth") or {})
     if auth.get("cluster_secret") and "cluster_secret" not in options:
         options["cluster_secret"] = auth["cluster_secret"]
     await serve_namesrv(ctx.host, ctx.port, options,

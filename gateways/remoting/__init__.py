@@ -25,7 +25,7 @@ import functools
 import logging
 import ssl
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import trio
 
@@ -116,7 +116,7 @@ async def serve(ctx: DoorContext, *, task_status: trio.TaskStatus[int] = trio.TA
     registrar = Registrar(namesrvs, H.RegisterBrokerRequestHeader(
         cfg.broker_name, addr, cfg.cluster_name, haServerAddr="", brokerId=broker_id(ctx)),
         processor.topic_configs, float(opts.get("register_interval_s", REGISTER_INTERVAL_S)),
-        cluster_secret=(cfg.extra.get("auth") or {}).get("cluster_secret"),  # type: ignore[call-overload]
+        cluster_secret=cast("dict[str, Any]", cfg.extra.get("auth") or {}).get("cluster_secret"),
         ssl_context=namesrv_tls(opts), epoch=ctx.broker.replication_position().epoch)
     ctx.broker.watch_topics(registrar.topics_changed)  # topics made through any door
     processor.register_now = registrar.register_now

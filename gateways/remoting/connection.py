@@ -40,6 +40,7 @@ from ...protocols.remoting import (
     request,
     response_to,
 )
+from ...protocols.sentinels import NEED_DATA, NeedData
 
 if TYPE_CHECKING:
     from ..supervision import Watch
@@ -173,10 +174,10 @@ async def _read_loop(conn: ServerConnection, processor: Processor) -> None:
         try:
             decoder.receive_data(data)
             cmd = decoder.next_command()
-            if cmd is not None and watch is not None:
+            if cmd is not NEED_DATA and watch is not None:
                 watch.handshake_done()
                 watch.busy()  # until the next wait for bytes
-            while cmd is not None:
+            while not isinstance(cmd, NeedData):
                 if cmd.is_response:
                     cmd = decoder.next_command()
                     continue  # an answer to a oneway notification: nothing waits for it
@@ -184,7 +185,7 @@ async def _read_loop(conn: ServerConnection, processor: Processor) -> None:
                 resp = await handle(conn, cmd)
                 handling = None
                 if resp is not None and not cmd.is_oneway:
-                    out.append(resp if type(resp) is bytes else encode(resp))
+                    out.append(resp if isinstance(resp, bytes) else encode(resp))
                 cmd = decoder.next_command()
         except RemotingProtocolError as exc:
             processor.counters["protocol_errors"] += 1

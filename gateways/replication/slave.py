@@ -21,6 +21,7 @@ from ...core.errors import FerryError
 from ...protocols.replication import (
     Ack,
     Hello,
+    LocalReplicationError,
     Refuse,
     RefuseReason,
     ReplicationConnection,
@@ -29,6 +30,7 @@ from ...protocols.replication import (
     Transfer,
     Welcome,
 )
+from ...protocols.sentinels import NeedData
 from .stream import FrameStream
 
 log = logging.getLogger("ferrymq.cluster.slave")
@@ -66,6 +68,8 @@ async def follow(broker: Broker, host: str, port: int, *, max_frame: int,
         except (OSError, EOFError, trio.BrokenResourceError, trio.ClosedResourceError,
                 trio.TooSlowError, ReplicationProtocolError) as exc:
             log.info("replication from %s:%d interrupted: %s", host, port, exc)
+        except LocalReplicationError as exc:  # a bug of this side: said loudly, then retried
+            log.error("replication from %s:%d stopped by this side's error: %s", host, port, exc)
         delay = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
         failures += 1
         await trio.sleep(delay)
@@ -106,7 +110,7 @@ async def _follow_once(broker: Broker, host: str, port: int, max_frame: int,
                 frame = await fs.receive()
             end = _apply(broker, frame)
             # Frames that came together are acked together: one ack, one wake-up there.
-            while (more := fs.conn.next_event()) is not None:
+            while not isinstance(more := fs.conn.next_event(), NeedData):
                 end = _apply(broker, more)
             await fs.send(Ack(end))
 

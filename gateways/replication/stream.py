@@ -5,6 +5,7 @@ from __future__ import annotations
 import trio
 
 from ...protocols.replication import Frame, ReplicationConnection, ReplicationProtocolError
+from ...protocols.sentinels import NeedData
 from ..supervision import Watch
 
 RECEIVE_BYTES = 1 << 20
@@ -28,7 +29,7 @@ class FrameStream:
             watch.waiting()
         while True:
             frame = self.conn.next_event()
-            if frame is not None:
+            if not isinstance(frame, NeedData):
                 return frame
             data = await self.stream.receive_some(RECEIVE_BYTES)
             if not data:

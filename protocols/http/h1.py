@@ -12,7 +12,7 @@ microseconds a request where a pure-Python parser costs tens (docs/http.md,
 - the head is bounded: a request line plus headers above ``max_head_bytes``
   raises ``HeadTooLarge`` (431), counted while it arrives, so a head that never
   ends cannot grow without limit;
-- every parse error is a ``ProtocolError`` with the status to answer (400, or
+- every parse error is a ``HttpProtocolError`` with the status to answer (400, or
   505 for an HTTP version other than 1.x); after one the connection must close;
 - ``response_head`` / ``chunk`` / ``LAST_CHUNK`` frame what goes back
   (Content-Length, or chunked when the length is unknown; ``connection:
@@ -30,14 +30,16 @@ from http import HTTPStatus
 
 import httptools
 
-NEED_DATA = object()
+from ..errors import RemoteProtocolError
+from ..sentinels import NEED_DATA
+
 END = object()  # the current request's body is complete
 
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _FORBIDDEN_IN_HEADERS = frozenset("\r\n\0")
 
 
-class ProtocolError(Exception):
+class HttpProtocolError(RemoteProtocolError):
     """The peer broke HTTP/1.1: answer ``status`` (if a response can still go) and close."""
 
     def __init__(self, message: str, status: int = 400) -> None:
@@ -45,7 +47,7 @@ class ProtocolError(Exception):
         self.status = status
 
 
-class HeadTooLarge(ProtocolError):
+class HeadTooLarge(HttpProtocolError):
     def __init__(self, limit: int) -> None:
         super().__init__(f"the request head passed {limit} bytes", 431)
 
@@ -117,7 +119,7 @@ class ServerConnection:
     # ------------------------------------------------------------ input
 
     def receive_data(self, data: bytes) -> None:
-        """Parse ``data`` (``b""``: the peer closed). Raises ProtocolError."""
+        """Parse ``data`` (``b""``: the peer closed). Raises HttpProtocolError."""
         if not data:
             self.closed = True
             return
@@ -135,15 +137,15 @@ class ServerConnection:
             else:
                 self.must_close = True
         except httptools.HttpParserCallbackError as exc:
-            if isinstance(exc.__context__, ProtocolError):
+            if isinstance(exc.__context__, HttpProtocolError):
                 raise exc.__context__ from None
             raise
         except httptools.HttpParserError as exc:
             cause = exc.__context__
-            if isinstance(cause, ProtocolError):
+            if isinstance(cause, HttpProtocolError):
                 raise cause from None
             message = str(exc) or type(exc).__name__
-            raise ProtocolError(message, 505 if "HTTP version" in message else 400) from None
+            raise HttpProtocolError(message, 505 if "HTTP version" in message else 400) from None
         if self._in_head:
             if counted:
                 self._begun_bytes += len(data)

@@ -17,6 +17,8 @@ from typing import NamedTuple
 
 from crc32c import crc32c
 
+from ..errors import RemoteProtocolError
+
 HEADER = struct.Struct(">qiibIhiqqqhii")
 HEADER_SIZE = HEADER.size  # 61
 MAGIC_V2 = 2
@@ -31,7 +33,7 @@ TIMESTAMP_TYPE_LOG_APPEND = 0x08  # attributes bit 3
 _MAX_TS = struct.Struct(">q")
 
 
-class BatchHeaderError(ValueError):
+class BatchHeaderError(RemoteProtocolError, ValueError):
     """The bytes are not a well-formed RecordBatch header."""
 
 

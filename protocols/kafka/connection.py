@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import RemoteProtocolError
+from ..sentinels import NEED_DATA, NeedData
 from . import schema
 from .schema import DecodeError
 
@@ -38,7 +40,7 @@ _I16 = struct.Struct(">h")
 _I32 = struct.Struct(">i")
 
 
-class FrameError(ValueError):
+class FrameError(RemoteProtocolError, ValueError):
     """The peer broke framing; close the connection."""
 
 
@@ -72,12 +74,6 @@ class BadRequest:
     reason: str
 
 
-class _NeedData:
-    def __repr__(self) -> str:
-        return "NEED_DATA"
-
-
-NEED_DATA = _NeedData()
 Event = Request | UnsupportedVersion | UnknownApi | BadRequest
 
 
@@ -179,7 +175,7 @@ class ServerConnection:
         (size,) = _I32.unpack_from(self._buf, 0)
         return 4 + size if n < 4 + size else 0
 
-    def next_raw_frame(self) -> bytes | _NeedData:
+    def next_raw_frame(self) -> bytes | NeedData:
         """The next size-prefixed frame as bare bytes (SASL tokens after a v0
         SaslHandshake travel outside Kafka's request framing)."""
         if self._data is not None:
@@ -196,7 +192,7 @@ class ServerConnection:
         del buf[:4 + size]
         return frame
 
-    def next_event(self) -> Event | _NeedData:
+    def next_event(self) -> Event | NeedData:
         frame = self._frame
         if frame is not None:
             if self._frame_have < len(frame):
@@ -233,9 +229,9 @@ class ServerConnection:
                 frame[:have] = memoryview(buf)[4:]
                 buf.clear()
             return NEED_DATA
-        frame = bytes(memoryview(buf)[4:4 + size])
+        whole = bytes(memoryview(buf)[4:4 + size])
         del buf[:4 + size]
-        return self._parse(frame)
+        return self._parse(whole)
 
     def _parse(self, frame: bytes | memoryview) -> Event:
         api_key, version, correlation = struct.unpack_from(">hhi", frame, 0)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import mmap
 import re
 import struct
-import threading
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from dataclasses import dataclass
 import cramjam
 from crc32c import crc32c
 
+from ..errors import LocalProtocolError, RemoteProtocolError
 from . import batch_header as bh
 
 NO_COMPRESSION, GZIP, SNAPPY, LZ4, ZSTD = 0, 1, 2, 3, 4
@@ -56,7 +56,7 @@ _I32 = struct.Struct(">i")
 _I64 = struct.Struct(">q")
 
 
-class RecordsError(ValueError):
+class RecordsError(RemoteProtocolError, ValueError):
     """The bytes are not valid Kafka records."""
 
 
@@ -111,32 +111,39 @@ def _xerial_decompress(data: bytes) -> bytes:
     return b"".join(out)
 
 
-_scratch = threading.local()
+# Scratch buffers not in use. A caller takes one (list.pop and append are atomic), so
+# callers on several threads never share one, without this pure module knowing threads:
+# there are as many as calls ever ran at once.
+_free_scratch: list[mmap.mmap] = []
 _RELEASE_ABOVE = 1 << 20  # pages a larger output touched go back to the system after it
 
 
 def _bounded(decompress_into: object, data: bytes) -> bytes:
     """Stream-decompress into a buffer of MAX_DECOMPRESSED + 1 bytes: a larger output
     fails as it passes the end, not after it was made. The buffer is anonymous memory,
-    one per thread, reused: pages cost memory only once written, and a large output's
-    pages are handed back right after (madvise)."""
-    buf = getattr(_scratch, "buf", None)
-    if buf is None:
-        buf = _scratch.buf = mmap.mmap(-1, MAX_DECOMPRESSED + 1)
+    reused: pages cost memory only once written, and a large output's pages are
+    handed back right after (madvise)."""
     try:
-        n = decompress_into(data, buf)  # type: ignore[operator]
-    except cramjam.DecompressionError as exc:
-        if "whole buffer" in str(exc):  # cramjam: the output did not fit
+        buf = _free_scratch.pop()
+    except IndexError:
+        buf = mmap.mmap(-1, MAX_DECOMPRESSED + 1)
+    try:
+        try:
+            n = decompress_into(data, buf)  # type: ignore[operator]
+        except cramjam.DecompressionError as exc:
+            if "whole buffer" in str(exc):  # cramjam: the output did not fit
+                buf.madvise(mmap.MADV_DONTNEED)
+                raise RecordsError("decompressed batch too large") from None
+            raise
+        if n > MAX_DECOMPRESSED:
             buf.madvise(mmap.MADV_DONTNEED)
-            raise RecordsError("decompressed batch too large") from None
-        raise
-    if n > MAX_DECOMPRESSED:
-        buf.madvise(mmap.MADV_DONTNEED)
-        raise RecordsError("decompressed batch too large")
-    out = buf[:n]
-    if n > _RELEASE_ABOVE:
-        buf.madvise(mmap.MADV_DONTNEED, 0, n - n % mmap.PAGESIZE)
-    return out
+            raise RecordsError("decompressed batch too large")
+        out = buf[:n]
+        if n > _RELEASE_ABOVE:
+            buf.madvise(mmap.MADV_DONTNEED, 0, n - n % mmap.PAGESIZE)
+        return out
+    finally:
+        _free_scratch.append(buf)
 
 
 def decompress(codec: int, data: bytes | memoryview) -> bytes:
@@ -330,7 +337,7 @@ def encode_batch(base_offset: int, records: Sequence[tuple[int, bytes | None, by
     """A RecordBatch of ``(timestamp, key, value, headers)`` records at consecutive
     offsets from ``base_offset`` (or at ``offset_deltas``)."""
     if not records:
-        raise RecordsError("a RecordBatch needs at least one record")
+        raise LocalProtocolError("a RecordBatch needs at least one record")
     base_ts = min(r[0] for r in records)
     max_ts = max(r[0] for r in records)
     deltas = offset_deltas if offset_deltas is not None else range(len(records))

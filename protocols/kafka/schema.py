@@ -24,13 +24,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import field, make_dataclass
 from typing import Any
 
+from ..errors import RemoteProtocolError
 from .schema_data import APIS, OPEN
 
 __all__ = ["API_NAMES", "DecodeError", "Message", "api_key_of", "decode", "encode",
            "request_class", "response_class", "valid_versions"]
 
 
-class DecodeError(ValueError):
+class DecodeError(RemoteProtocolError, ValueError):
     """The bytes do not decode as the announced message and version."""
 
 
@@ -381,11 +382,13 @@ def valid_versions(api_key: int) -> tuple[int, int]:
     return APIS[api_key][1][0]
 
 
-def request_class(api_key: int) -> type:
+# The message classes are made at import from data (schema_data), nested structs as
+# class attributes: no type checker can know their fields, so they are typed Any.
+def request_class(api_key: int) -> Any:
     return _CLASSES[api_key, _REQUEST]
 
 
-def response_class(api_key: int) -> type:
+def response_class(api_key: int) -> Any:
     return _CLASSES[api_key, _RESPONSE]
 
 

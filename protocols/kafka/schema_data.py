@@ -7,9 +7,11 @@ versions, tag, tagged versions, default, struct name, sub-fields). Version range
 are (low, high) with high 32767 for an open range; None means never.
 """
 
+from typing import Any
+
 OPEN = 32767
 
-APIS = {0: ('produce',
+APIS: dict[int, Any] = {0: ('produce',
      ((0, 11), 9,
       (('transactional_id', 'string', (3, 32767), (3, 32767), None, None, None, '', ()),
        ('acks', 'int16', (0, 32767), None, None, None, 0, '', ()),

@@ -3,7 +3,8 @@
 of a session as transition tables (``session``) and topic filters with their
 trie (``topics``)."""
 
-from .codec import LocalProtocolError, MalformedPacket, MqttError, ProtocolViolation, decode, encode
+from ..errors import LocalProtocolError
+from .codec import MalformedPacket, MqttError, ProtocolViolation, decode, encode
 from .connection import ServerConnection, ServerLimits, State
 from .constants import MQTT_3_1, MQTT_3_1_1, MQTT_5, PacketType, Prop, Reason
 from .session import Action, Flow, SessionState

@@ -18,6 +18,7 @@ import re
 import struct
 from typing import Any
 
+from ..errors import RemoteProtocolError
 from .constants import (
     ALLOWED_PROPERTIES,
     MAX_REMAINING_LENGTH,
@@ -67,25 +68,17 @@ _U32 = struct.Struct(">I")
 _FORBIDDEN_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\ufdd0-\ufdef\ufffe\uffff]")
 
 
-class MqttError(Exception):
+class MqttError(RemoteProtocolError):
     """The peer (the remote side) broke the protocol; ``reason`` is the 5.0 reason
     code to answer with before closing."""
 
     reason: int = Reason.UNSPECIFIED_ERROR
-    side = "remote"
 
     def __init__(self, detail: str, reason: int | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
         if reason is not None:
             self.reason = reason
-
-
-class LocalProtocolError(Exception):
-    """We (the local side) tried to do what the protocol forbids: a bug of the caller,
-    never the peer's fault (h11's LocalProtocolError)."""
-
-    side = "local"
 
 
 class MalformedPacket(MqttError):
@@ -360,9 +353,10 @@ def decode(first: int, body: bytes, version: int) -> Packet:
                 props, pos = decode_properties(body, pos, PacketType(ptype))
         if pos != len(body):
             raise MalformedPacket("trailing bytes after an acknowledgement")
-        cls = {PacketType.PUBACK: Puback, PacketType.PUBREC: Pubrec,
-               PacketType.PUBREL: Pubrel, PacketType.PUBCOMP: Pubcomp}[PacketType(ptype)]
-        return cls(pid, reason, props)  # type: ignore[no-any-return]
+        acks: dict[PacketType, type[Puback | Pubrec | Pubrel | Pubcomp]] = {
+            PacketType.PUBACK: Puback, PacketType.PUBREC: Pubrec,
+            PacketType.PUBREL: Pubrel, PacketType.PUBCOMP: Pubcomp}
+        return acks[PacketType(ptype)](pid, reason, props)
     if ptype == PacketType.SUBSCRIBE:
         return decode_subscribe(body, version)
     if ptype == PacketType.UNSUBSCRIBE:
@@ -607,7 +601,7 @@ def encode(packet: Packet, version: int) -> bytes:
                               encode_properties(packet.properties) if v5 else None)
     if isinstance(packet, (Puback, Pubrec, Pubrel, Pubcomp)):
         first = {Puback: 0x40, Pubrec: 0x50, Pubrel: 0x62, Pubcomp: 0x70}[type(packet)]
-        body = _U16.pack(packet.packet_id)
+        body: bytes | bytearray = _U16.pack(packet.packet_id)
         if v5 and (packet.reason or packet.properties):
             body += bytes((packet.reason,))
             if packet.properties:

@@ -1,7 +1,7 @@
 """One MQTT connection, server side, as a sans-I/O state machine: bytes in, packets out.
 
 Feed received bytes with ``receive_data``; take packets with ``next_event``
-(None: need more bytes); turn outgoing packets into bytes with ``send``. The
+(``NEED_DATA``: need more bytes); turn outgoing packets into bytes with ``send``. The
 object enforces what a single packet cannot show:
 
 - framing: a packet announcing more than the server's Maximum Packet Size is
@@ -31,6 +31,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, replace
 
+from ..sentinels import NEED_DATA, NeedData
 from . import codec
 from .codec import MqttError, ProtocolViolation
 from .constants import MQTT_5, PacketType, Prop, Reason
@@ -104,22 +105,22 @@ class ServerConnection:
             self._buf = bytes(data)
             self._pos = 0
 
-    def next_event(self) -> Packet | None:
-        """The next complete packet, or None. Raises MqttError on a violation, after
-        which the connection is CLOSED."""
+    def next_event(self) -> Packet | NeedData:
+        """The next complete packet, or NEED_DATA (also once CLOSED). Raises MqttError
+        on a violation, after which the connection is CLOSED."""
         if self.state is State.CLOSED:
-            return None
+            return NEED_DATA
         try:
             if self._partial:
                 partial = self._partial
                 frame = codec.split_frame(partial, 0)
                 if frame is None:
-                    return None
+                    return NEED_DATA
                 if frame[2] > self.limits.max_packet_size:
                     raise MqttError(f"packet of {frame[2]} bytes exceeds the maximum "
                                     f"{self.limits.max_packet_size}", Reason.PACKET_TOO_LARGE)
                 if frame[2] > len(partial):
-                    return None
+                    return NEED_DATA
                 self._buf = bytes(partial)
                 self._pos = 0
                 self._partial = bytearray()
@@ -132,13 +133,13 @@ class ServerConnection:
             else:
                 frame = codec.split_frame(buf, pos)
                 if frame is None:
-                    return None
+                    return NEED_DATA
                 first, start, end = frame
             if end - pos > self.limits.max_packet_size:
                 raise MqttError(f"packet of {end - pos} bytes exceeds the maximum "
                                 f"{self.limits.max_packet_size}", Reason.PACKET_TOO_LARGE)
             if end > len(buf):
-                return None
+                return NEED_DATA
             self._pos = end
             if first & 0xF0 == 0x30 and self.state is State.CONNECTED:
                 return self._on_publish(
@@ -227,7 +228,8 @@ class ServerConnection:
             if props:
                 slim = {k: v for k, v in props.items()
                         if k not in (Prop.REASON_STRING, Prop.USER_PROPERTY)}
-                data = codec.encode(replace(packet, properties=slim), self.version)  # type: ignore[type-var]
+                # only packets with properties get here (props is not None)
+                data = codec.encode(replace(packet, properties=slim), self.version)  # type: ignore[arg-type]
         return data
 
     def send_publish(self, topic: str, payload: bytes, qos: int, retain: bool, dup: bool,

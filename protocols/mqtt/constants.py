@@ -112,7 +112,7 @@ SUBACK_FAILURE_311 = 0x80  # 3.1.1 section 3.9.3
 
 def connack_code_311(reason: int) -> int:
     """The 3.1.1 CONNACK return code closest to a 5.0 reason code."""
-    return {
+    codes: dict[int, ConnackCode311] = {
         Reason.SUCCESS: ConnackCode311.ACCEPTED,
         Reason.UNSUPPORTED_PROTOCOL_VERSION: ConnackCode311.UNACCEPTABLE_PROTOCOL_VERSION,
         Reason.CLIENT_IDENTIFIER_NOT_VALID: ConnackCode311.IDENTIFIER_REJECTED,
@@ -120,7 +120,8 @@ def connack_code_311(reason: int) -> int:
         Reason.NOT_AUTHORIZED: ConnackCode311.NOT_AUTHORIZED,
         Reason.BAD_AUTHENTICATION_METHOD: ConnackCode311.NOT_AUTHORIZED,
         Reason.BANNED: ConnackCode311.NOT_AUTHORIZED,
-    }.get(reason, ConnackCode311.SERVER_UNAVAILABLE)
+    }
+    return codes.get(reason, ConnackCode311.SERVER_UNAVAILABLE)
 
 
 class Prop(enum.IntEnum):

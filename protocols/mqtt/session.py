@@ -35,7 +35,8 @@ import enum
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
-from .codec import LocalProtocolError, MqttError, ProtocolViolation
+from ..errors import LocalProtocolError
+from .codec import MqttError, ProtocolViolation
 from .constants import MAX_PACKET_ID, Reason
 from .packets import Puback, Pubcomp, Publish, Pubrec, Pubrel
 

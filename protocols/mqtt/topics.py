@@ -144,7 +144,7 @@ class TopicTrie(Generic[K, V]):
             if nxt is None:
                 return False
             path.append(nxt)
-        if path[-1].values.pop(key, _MISSING) is _MISSING:  # type: ignore[arg-type]
+        if path[-1].values.pop(key, _MISSING) is _MISSING:
             return False
         self.count -= 1
         for depth in range(len(levels), 0, -1):

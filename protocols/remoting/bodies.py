@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import boundedjson
+from ..errors import RemoteProtocolError
 from .codes import MASTER_ID, PERM_READ, PERM_WRITE
 from .frame import DEFAULT_MAX_FRAME, RemotingProtocolError
 
 
-class BodyError(ValueError):
+class BodyError(RemoteProtocolError, ValueError):
     """A body is not the JSON document the command carries."""
 
 
@@ -404,7 +405,7 @@ def decode_consumer_ids(raw: bytes) -> list[str]:
 # ------------------------------------------------------------------ admin tables
 
 
-def encode_queue_table(rows: Iterable[tuple[MessageQueue, Mapping[str, Any]]],
+def encode_queue_table(rows: Iterable[tuple[MessageQueue, Any]],
                        name: str = "offsetTable", **extra: Any) -> bytes:
     """A RocketMQ table keyed by MessageQueue (TopicStatsTable, ConsumeStats,
     ResetOffsetBody) in standard JSON: a list of ``[queue, value]`` pairs."""

@@ -31,6 +31,8 @@ from types import MappingProxyType
 from typing import NamedTuple
 
 from .. import boundedjson
+from ..errors import RemoteProtocolError
+from ..sentinels import NEED_DATA, NeedData
 from .codes import FLAG_ONEWAY, FLAG_RESPONSE, LanguageCode, SerializeType
 
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024  # NettySystemConfig: 16 MiB frame maximum
@@ -54,7 +56,7 @@ _LANG_NAMES = {int(lang): lang.name for lang in LanguageCode}
 _esc = getattr(json.encoder, "c_encode_basestring", None) or json.encoder.encode_basestring
 
 
-class RemotingProtocolError(Exception):
+class RemotingProtocolError(RemoteProtocolError):
     """The peer broke the framing or sent an undecodable header: close the connection.
 
     ``opaque`` is set when the header was readable enough to answer the request."""
@@ -315,7 +317,7 @@ LARGE_FRAME = 64 << 10  # a frame from this size on, incomplete, gets a buffer o
 
 
 class FrameDecoder:
-    """Feed bytes with ``receive_data``; take commands with ``next_command`` (None
+    """Feed bytes with ``receive_data``; take commands with ``next_command`` (NEED_DATA
     when more bytes are needed). Raises RemotingProtocolError for a frame larger
     than ``max_frame`` (as soon as its length word arrives), a negative length,
     or an undecodable header; after that the stream is unusable: close it.
@@ -372,11 +374,11 @@ class FrameDecoder:
             raise RemotingProtocolError(
                 f"frame length {length} outside {MIN_FRAME}..{self.max_frame}")
 
-    def next_command(self) -> RemotingCommand | None:
+    def next_command(self) -> RemotingCommand | NeedData:
         frame = self._frame
         if frame is not None:
             if self._frame_have < len(frame):
-                return None
+                return NEED_DATA
             self._frame, self._frame_have = None, 0
             try:
                 return decode_frame(memoryview(frame))  # the body comes out as bytes
@@ -388,7 +390,7 @@ class FrameDecoder:
         avail = len(buf) - pos
         if avail < 4:
             self._compact()
-            return None
+            return NEED_DATA
         (length,) = _I32.unpack_from(buf, pos)
         self._check(length)
         if avail < 4 + length:
@@ -400,7 +402,7 @@ class FrameDecoder:
                 self._pos = 0
             else:
                 self._compact()
-            return None
+            return NEED_DATA
         frame_bytes = bytes(memoryview(buf)[pos + 4:pos + 4 + length])  # one copy, not two
         self._pos = pos + 4 + length
         return decode_frame(frame_bytes)

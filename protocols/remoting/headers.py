@@ -18,12 +18,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
+from ..errors import RemoteProtocolError
 from .codes import ResponseCode
 
 H = TypeVar("H", bound="Header")
 
 
-class HeaderError(ValueError):
+class HeaderError(RemoteProtocolError, ValueError):
     """A header field is missing or malformed. ``response_code`` is what to answer."""
 
     response_code = ResponseCode.SYSTEM_ERROR

@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import RemoteProtocolError
 from .bodies import BodyError, _list, _obj, dumps, loads
 
 PROPERTY_POP_CK = "POP_CK"  # MessageConst.PROPERTY_POP_CK
@@ -64,7 +65,7 @@ class ExtraInfo:
         return KEY_SEPARATOR.join(parts)
 
 
-class ExtraInfoError(ValueError):
+class ExtraInfoError(RemoteProtocolError, ValueError):
     """The extraInfo string is not one FerryMQ (or RocketMQ) makes."""
 
 

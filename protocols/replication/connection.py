@@ -20,22 +20,25 @@ States, per side::
             --recv Ack--> STREAMING (send Transfer / recv Ack)
             HELLO_RECEIVED, WELCOMED, STREAMING --send Refuse--> CLOSED
 
-A peer's violation raises ``ReplicationProtocolError(remote=True)``: the master
-answers ``Refuse(PROTOCOL)`` (``refusal``), either side closes. A violation by
-our own side (``send`` of a frame the table does not allow) raises it with
-``remote=False``: a bug here, never the peer's fault.
+A peer's violation raises ``ReplicationProtocolError`` (a ``RemoteProtocolError``):
+the master answers ``Refuse(PROTOCOL)`` (``refusal``), either side closes. A
+violation by our own side (``send`` of a frame the table does not allow) raises
+``LocalReplicationError`` (a ``LocalProtocolError``): a bug here, never the
+peer's fault. ``next_event`` returns ``NEED_DATA`` until a frame is whole.
 """
 
 from __future__ import annotations
 
 import enum
 
+from ..sentinels import NEED_DATA, NeedData
 from .frames import (
     HEADER,
     Ack,
     Frame,
     FrameType,
     Hello,
+    LocalReplicationError,
     Refuse,
     RefuseReason,
     ReplicationProtocolError,
@@ -43,6 +46,7 @@ from .frames import (
     Welcome,
     decode,
     encode,
+    replication_error,
 )
 
 DEFAULT_MAX_FRAME = 32 << 20  # a whole record always fits: records are at most a few MiB
@@ -108,7 +112,7 @@ class ReplicationConnection:
         nxt = TRANSITIONS.get(key)
         if nxt is None:
             who = "peer" if direction is Direction.RECV else "this side"
-            raise ReplicationProtocolError(
+            raise replication_error(
                 f"{who} may not {direction.value} {type(frame).__name__} as {self.side.value} "
                 f"in state {self.state.value}", remote=direction is Direction.RECV)
         if isinstance(frame, Transfer):
@@ -119,11 +123,11 @@ class ReplicationConnection:
 
     def _check_transfer(self, t: Transfer, *, remote: bool) -> None:
         if t.start != self.stream_pos:
-            raise ReplicationProtocolError(
+            raise replication_error(
                 f"transfer starts at {t.start}, the stream is at {self.stream_pos}", remote=remote)
         if t.epoch < self.epoch:
-            raise ReplicationProtocolError(f"epoch went back from {self.epoch} to {t.epoch}",
-                                           remote=remote)
+            raise replication_error(f"epoch went back from {self.epoch} to {t.epoch}",
+                                    remote=remote)
         self.epoch = t.epoch
         self.stream_pos = t.end
 
@@ -139,13 +143,12 @@ class ReplicationConnection:
             return
         self._buf += data
 
-    def next_event(self) -> Frame | None:
-        """The next complete frame, or None until more bytes come. Raises
-        ReplicationProtocolError (remote=True) for a malformed, oversized or
-        out-of-order frame."""
+    def next_event(self) -> Frame | NeedData:
+        """The next complete frame, or NEED_DATA until more bytes come. Raises
+        ReplicationProtocolError for a malformed, oversized or out-of-order frame."""
         buf = self._buf
         if len(buf) < HEADER.size:
-            return None
+            return NEED_DATA
         length, kind = HEADER.unpack_from(buf)
         if length < 1 or length > self.max_frame:
             raise ReplicationProtocolError(f"a {length}-byte frame; the limit is {self.max_frame}")
@@ -153,7 +156,7 @@ class ReplicationConnection:
             raise ReplicationProtocolError(f"unknown frame type {kind}")
         total = 4 + length
         if len(buf) < total:
-            return None
+            return NEED_DATA
         frame = decode(kind, memoryview(buf)[HEADER.size:total])
         del buf[:total]
         self._step(Direction.RECV, frame)
@@ -163,11 +166,11 @@ class ReplicationConnection:
 
     def send(self, frame: Frame) -> bytes:
         """The bytes of ``frame``, once the table allows it. Raises
-        ReplicationProtocolError(remote=False) if this side may not send it now."""
+        LocalReplicationError if this side may not send it now."""
         data = encode(frame)
         if len(data) - 4 > self.max_frame:
-            raise ReplicationProtocolError(f"a {len(data) - 4}-byte frame exceeds "
-                                           f"{self.max_frame}", remote=False)
+            raise LocalReplicationError(f"a {len(data) - 4}-byte frame exceeds "
+                                        f"{self.max_frame}")
         self._step(Direction.SEND, frame)
         return data
 

@@ -25,6 +25,8 @@ import enum
 import struct
 from dataclasses import dataclass
 
+from ..errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+
 PROTOCOL_VERSION = 1
 HEADER = struct.Struct(">IB")
 _I64 = struct.Struct(">q")
@@ -54,14 +56,23 @@ class RefuseReason(enum.IntEnum):
     PROTOCOL = 5  # the slave broke the protocol
 
 
-class ReplicationProtocolError(Exception):
-    """A frame or a sequence of frames the protocol does not allow. ``remote`` says
-    whether the peer broke it (answer with ``Refuse(PROTOCOL)`` and close) or we did
-    (a bug on this side)."""
+class ReplicationProtocolError(RemoteProtocolError):
+    """The peer sent a frame or a sequence of frames the protocol does not allow:
+    answer with ``Refuse(PROTOCOL)`` and close."""
 
-    def __init__(self, message: str, *, remote: bool = True) -> None:
-        super().__init__(message)
-        self.remote = remote
+    remote = True
+
+
+class LocalReplicationError(LocalProtocolError):
+    """This side tried to send what the protocol does not allow: a bug here, never
+    the peer's fault (protocols/errors.py)."""
+
+    remote = False
+
+
+def replication_error(message: str, *, remote: bool) -> ProtocolError:
+    """The error for a violation by the peer (``remote``) or by this side."""
+    return ReplicationProtocolError(message) if remote else LocalReplicationError(message)
 
 
 def _check_offset(name: str, value: int) -> None:

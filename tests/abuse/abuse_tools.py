@@ -17,6 +17,7 @@ from typing import Any
 from ferrymq.protocols.kafka import schema
 from ferrymq.protocols.kafka.connection import parse_response, request_bytes
 from ferrymq.protocols.remoting import FrameDecoder, RequestCode, ResponseCode, encode, request
+from ferrymq.protocols.sentinels import NEED_DATA
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, Request
 
@@ -142,7 +143,7 @@ def probe_remoting(port: int, code: int = GET_BROKER_RUNTIME_INFO, ext: dict | N
     with connect(port) as s:
         s.sendall(encode(request(code, 4242, ext or {})))
         decoder = FrameDecoder()
-        while (cmd := decoder.next_command()) is None:
+        while (cmd := decoder.next_command()) is NEED_DATA:
             data = s.recv(65536)
             assert data, "closed by the broker"
             decoder.receive_data(data)

@@ -22,6 +22,7 @@ from abuse_tools import (
     sasl_login,
 )
 from ferrymq.protocols.remoting import FrameDecoder, RequestCode, ResponseCode, encode, request
+from ferrymq.protocols.sentinels import NEED_DATA
 
 NESTED = b"[" * 5000 + b"]" * 5000
 
@@ -30,7 +31,7 @@ def responses(data: bytes) -> list:  # type: ignore[type-arg]
     d = FrameDecoder()
     d.receive_data(data)
     out = []
-    while (cmd := d.next_command()) is not None:
+    while (cmd := d.next_command()) is not NEED_DATA:
         out.append(cmd)
     return out
 

@@ -28,6 +28,7 @@ from abuse_tools import (
     still_open,
 )
 from ferrymq.protocols.remoting import FrameDecoder, RequestCode, encode, request
+from ferrymq.protocols.sentinels import NEED_DATA
 
 TLS_ONLY = ("kafka-tls", "mqtt-tls", "mqtt-wss", "http-tls")
 PERMISSIVE = ("namesrv", "remoting")
@@ -103,7 +104,7 @@ def _probe_remoting(name: str) -> Callable[[TlsBroker], None]:
         with b.tls(name) as s:
             s.sendall(encode(request(RequestCode.GET_ROUTEINFO_BY_TOPIC, 5, {"topic": "p"})))
             decoder = FrameDecoder()
-            while (cmd := decoder.next_command()) is None:
+            while (cmd := decoder.next_command()) is NEED_DATA:
                 decoder.receive_data(_recv_exact(s, 1))
             assert cmd.is_response and cmd.opaque == 5
     return probe

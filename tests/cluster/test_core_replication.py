@@ -380,3 +380,15 @@ async def test_a_slave_answers_the_writing_services_not_leader(tmp_path: Path) -
             await s.prepare(Message("A", b"x"), "pg")
         with pytest.raises(NotLeader):
             await s.send_back("g", 0)
+
+
+async def test_a_chunk_is_read_from_a_segment_the_file_cache_closed(tmp_path: Path) -> None:
+    """The file cache closes segments past its budget; the master reads a chunk from
+    one all the same (it opened its mapping unconditionally, so this was a TypeError
+    on None: found by the type check)."""
+    async with Broker.open(config(tmp_path / "m"), master(isr=("m",))) as m:
+        await m.put(Message("A", b"payload", queue_id=0))
+        first = m.replication_chunk(0, 1 << 20)
+        m.store.files.close_all()  # as an eviction would, for every file
+        again = m.replication_chunk(0, 1 << 20)
+        assert again.data == first.data and again.data

@@ -11,6 +11,7 @@ from ferrymq.core.replication.epochs import EpochError, EpochFile, truncation_po
 from ferrymq.protocols.replication import (
     Ack,
     Hello,
+    LocalReplicationError,
     Refuse,
     RefuseReason,
     ReplicationConnection,
@@ -21,6 +22,7 @@ from ferrymq.protocols.replication import (
     Welcome,
 )
 from ferrymq.protocols.replication.frames import decode, encode
+from ferrymq.protocols.sentinels import NEED_DATA
 
 HELLO = Hello("g1", "b", 1 << 20, 100, ((1, 0), (3, 50)))
 WELCOME = Welcome("a", 4, 0, 300, ((1, 0), (3, 50), (4, 200)))
@@ -63,7 +65,7 @@ def test_frames_split_anywhere_are_reassembled() -> None:
     data = slave.send(HELLO)
     for b in data[:-1]:
         master.receive_data(bytes([b]))
-        assert master.next_event() is None
+        assert master.next_event() is NEED_DATA
     master.receive_data(data[-1:])
     assert master.next_event() == HELLO
 
@@ -82,9 +84,9 @@ def test_a_frame_out_of_turn_is_the_peers_fault() -> None:
 
 def test_this_side_may_not_send_out_of_turn() -> None:
     slave, _ = pair()
-    with pytest.raises(ReplicationProtocolError) as err:
+    with pytest.raises(LocalReplicationError) as err:
         slave.send(Ack(1))
-    assert not err.value.remote
+    assert not err.value.remote and err.value.side == "local"
 
 
 def test_a_transfer_that_does_not_continue_the_stream_is_refused() -> None:

@@ -16,6 +16,8 @@ from ferrymq.gateways import http as http_door
 from ferrymq.gateways.config import ServerConfig
 from ferrymq.gateways.server import DoorContext
 
+from waiting import wait_until_async
+
 
 @dataclass
 class Door:
@@ -26,6 +28,22 @@ class Door:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    async def metric(self, sample: str) -> float | None:
+        """The value of one sample of /metrics (``'ferrymq_streams{protocol="http"}'``)."""
+        for line in (await self.client.get("/metrics")).text.splitlines():
+            name, _, value = line.rpartition(" ")
+            if name == sample:
+                return float(value)
+        return None
+
+    async def wait_for_metric(self, sample: str, value: float, what: str = "") -> None:
+        """Until the door's own gauge says so: a long poll or stream is waiting."""
+        await wait_until_async(lambda: self._metric_is(sample, value), timeout=10,
+                               what=what or f"{sample} == {value}")
+
+    async def _metric_is(self, sample: str, value: float) -> bool:
+        return await self.metric(sample) == value
 
 
 def broker_config(path: Path, **kw: Any) -> BrokerConfig:

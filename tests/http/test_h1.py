@@ -84,7 +84,7 @@ def test_expect_continue_and_connection_close_are_reported() -> None:
     (b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n", 400),
 ])
 def test_broken_and_smuggling_requests_are_protocol_errors(data: bytes, status: int) -> None:
-    with pytest.raises(h1.ProtocolError) as err:
+    with pytest.raises(h1.HttpProtocolError) as err:
         h1.ServerConnection().receive_data(data)
     assert err.value.status == status
 

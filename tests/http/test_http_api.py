@@ -219,7 +219,7 @@ async def test_change_invisible_time_and_ack_with_the_new_receipt(door) -> None:
     assert r.status_code == 200
     renewed = r.json()
     assert renewed["invisible_until"] > m["invisible_until"]
-    await trio.sleep(1.2)
+    await trio.sleep(1.2)  # the subject: the first lease's 1 s passes, and nothing revives
     r = await door.client.get("/v1/topics/c/messages", params={"group": "g"})
     assert r.json()["messages"] == [], "still invisible under the longer lease"
     r = await door.client.post("/v1/acks", json={"receipts": [renewed["receipt"]]})
@@ -238,7 +238,7 @@ async def test_long_poll_is_woken_by_a_core_put(door) -> None:
 
     async with trio.open_nursery() as n:
         n.start_soon(consumer)
-        await trio.sleep(0.3)
+        await door.wait_for_metric('ferrymq_long_polls{protocol="http"}', 1)
         await door.broker.put(Message("lp", b"wake", queue_id=1))
     assert [m["body"] for m in got["messages"]] == ["wake"]
     assert got["elapsed"] < 5
@@ -368,7 +368,7 @@ async def test_topic_deleted_under_a_long_poll_is_a_problem_not_a_crash(door) ->
 
     async with trio.open_nursery() as n:
         n.start_soon(consumer)
-        await trio.sleep(0.3)
+        await door.wait_for_metric('ferrymq_long_polls{protocol="http"}', 1)
         await door.broker.delete_topic("gone")
     assert got["r"].status_code == 404 and got["r"].json()["code"] == "topic_not_found"
     assert (await door.client.get("/healthz")).status_code == 200

@@ -10,6 +10,8 @@ import time
 import httpx
 import pytest
 
+from waiting import wait_until
+
 
 def config_args(tmp_path, text: str) -> tuple[str, ...]:
     path = tmp_path / "http.toml"
@@ -328,15 +330,19 @@ def test_connections_past_the_limit_get_503(start_http_broker, tmp_path) -> None
     host, port = b.address("http").split(":")
     held = [socket.create_connection((host, int(port)), timeout=5) for _ in range(2)]
     try:
-        time.sleep(0.2)
-        out = raw_exchange(b.address("http"), b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert out.startswith(b"HTTP/1.1 503 ") and b"too_many_connections" in out
+        # the door accepts the two held connections in its own time: until it has,
+        # a third one is still served
+        out = wait_until(lambda: (o := raw_exchange(
+            b.address("http"), b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")).startswith(
+                b"HTTP/1.1 503 ") and o, what="the connection cap reached")
+        assert b"too_many_connections" in out
     finally:
         for s in held:
             s.close()
-    time.sleep(0.2)
-    assert raw_exchange(b.address("http"), b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
-                        b"Connection: close\r\n\r\n").startswith(b"HTTP/1.1 200 ")
+    # and once they are closed (the door notices in its own time) it serves again
+    wait_until(lambda: raw_exchange(b.address("http"), b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+                                    b"Connection: close\r\n\r\n").startswith(b"HTTP/1.1 200 "),
+               what="served again")
 
 
 def test_a_client_that_stops_reading_is_disconnected(start_http_broker, tmp_path) -> None:

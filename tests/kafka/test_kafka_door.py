@@ -131,7 +131,7 @@ def test_fetch_out_of_range_and_long_poll(client, door) -> None:
     import time
 
     def later() -> None:
-        time.sleep(0.3)
+        time.sleep(0.3)  # the subject: the message comes after the fetch started waiting
         c2 = Client(door.address("kafka"))
         produce(c2, "poll-topic", kr.encode_batch(0, [(1, None, b"late", [])]))
         c2.close()

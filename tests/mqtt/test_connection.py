@@ -15,6 +15,7 @@ from ferrymq.protocols.mqtt.packets import (
     Publish,
     Suback,
 )
+from ferrymq.protocols.sentinels import NEED_DATA
 
 
 def connected(version=5, limits=None, props=None) -> ServerConnection:
@@ -30,7 +31,7 @@ def feed(c: ServerConnection, *packets, version=5):
     for p in packets:
         c.receive_data(codec.encode(p, version))
     out = []
-    while (ev := c.next_event()) is not None:
+    while (ev := c.next_event()) is not NEED_DATA:
         out.append(ev)
     return out
 
@@ -42,7 +43,7 @@ def test_bytes_may_arrive_one_at_a_time() -> None:
     for i in range(len(data)):
         c.receive_data(data[i:i + 1])
         ev = c.next_event()
-        if ev is not None:
+        if ev is not NEED_DATA:
             events.append(ev)
     assert events == [Publish("a/b", b"x" * 300, 1, packet_id=5)]
 
@@ -78,7 +79,7 @@ def test_a_packet_trickling_in_byte_by_byte_costs_linear_time() -> None:
     data = codec.encode(Publish("t", b"x" * (1 << 20)), 5)
     for i in range(0, len(data), 7):
         c.receive_data(data[i:i + 7])
-        assert c.next_event() is None or i + 7 >= len(data)
+        assert c.next_event() is NEED_DATA or i + 7 >= len(data)
     assert len(c._partial) <= len(data)
 
 
@@ -137,7 +138,7 @@ def test_disconnect_may_not_raise_a_zero_session_expiry() -> None:
 def test_errors_during_connect_are_answered_with_connack() -> None:
     c = ServerConnection()
     c.receive_data(codec.encode(Connect(5, "c"), 5)[:6])  # a CONNECT still arriving
-    assert c.next_event() is None and c.state is State.AWAIT_CONNECT
+    assert c.next_event() is NEED_DATA and c.state is State.AWAIT_CONNECT
     c2 = ServerConnection()
     raw = bytearray(codec.encode(Connect(4, "c"), 4))
     raw[8] = 6  # protocol level 6

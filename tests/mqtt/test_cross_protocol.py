@@ -17,6 +17,8 @@ from ferrymq.gateways.server import DoorContext
 from ferrymq.protocols.mqtt.constants import Prop
 from rawclient import RawClient
 
+from waiting import wait_until_async
+
 
 @pytest.fixture
 async def door(tmp_path):
@@ -126,9 +128,9 @@ async def test_a_persistent_session_is_a_consumer_group_with_offsets_in_the_core
         await run(lambda i=i: p.publish("meters/a", b"%d" % i, 1))
     assert len(await run(c.messages, 3)) == 3
     await run(c.close)
-    await trio.sleep(0.2)
     q = zlib.crc32(b"meters/a") % broker.topic("meters").queues
-    assert broker.committed_offset("mqtt-session-meter-1", "meters", q) == 3
+    await wait_until_async(lambda: broker.committed_offset("mqtt-session-meter-1", "meters", q) == 3,
+                           what="the session's acknowledgements committed")
     await broker.put(Message("meters", b"while away", {mapping.MQTT_TOPIC: "meters/a"},
                              queue_id=q))
     (stats,) = broker.group_stats("mqtt-session-meter-1", "meters")

@@ -22,6 +22,8 @@ from ferrymq.protocols.mqtt.packets import (
 )
 from rawclient import Closed, RawClient
 
+from waiting import wait_until
+
 
 @pytest.fixture
 def broker(mqtt_broker):
@@ -288,7 +290,7 @@ def test_expired_messages_are_not_delivered(broker) -> None:
     pub = client(broker, 5, client_id="p")
     pub.publish("e", b"short", 1, properties={Prop.MESSAGE_EXPIRY_INTERVAL: 1})
     pub.publish("e", b"long", 1, properties={Prop.MESSAGE_EXPIRY_INTERVAL: 100})
-    time.sleep(1.2)
+    time.sleep(1.2)  # the subject: the first message's 1 s expiry passes
     s = RawClient(broker.port("mqtt"), 5)
     s.connect("later", clean=False, properties={Prop.SESSION_EXPIRY_INTERVAL: 60})
     assert [m.payload for m in s.messages(1)] == [b"long"]
@@ -498,13 +500,17 @@ def test_server_keep_alive_is_imposed_and_enforced(mqtt_broker) -> None:
 
 def test_overflow_refuse_keeps_the_oldest(mqtt_broker) -> None:
     b = mqtt_broker(max_inflight=2, max_queued=3, overflow="refuse")
+    ops = client(b, 4, client_id="ops")
+    ops.subscribe("$SYS/broker/messages/dropped")
     slow = client(b, 4, client_id="slow")
     slow.subscribe("r", qos=1)
     pub = client(b, 4, client_id="p")
     for i in range(10):
         assert isinstance(pub.publish("r", b"%d" % i, 1, pid=i + 1), Puback)
     first = slow.messages(2, ack=False)
-    time.sleep(0.3)  # stored is not yet routed: let the dispatcher see all ten
+    # stored is not yet routed: wait until the dispatcher saw all ten, which is when
+    # five were refused (two in flight, three queued)
+    wait_until(lambda: int(ops.messages(1)[0].payload) >= 5, what="five refused")
     for m in first:
         slow.send(Puback(m.packet_id))
     rest = slow.messages(3)

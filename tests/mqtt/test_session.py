@@ -7,8 +7,9 @@ an error blames."""
 from __future__ import annotations
 
 import pytest
+from ferrymq.protocols.errors import LocalProtocolError
 from ferrymq.protocols.mqtt import codec
-from ferrymq.protocols.mqtt.codec import LocalProtocolError, MqttError
+from ferrymq.protocols.mqtt.codec import MqttError
 from ferrymq.protocols.mqtt.constants import Reason
 from ferrymq.protocols.mqtt.packets import Packet, Puback, Pubcomp, Publish, Pubrec, Pubrel
 from ferrymq.protocols.mqtt.session import INBOUND, OUTBOUND, Action, Event, Flow, SessionState

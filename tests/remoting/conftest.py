@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from ferrymq.protocols.remoting import FrameDecoder, RemotingCommand, encode
+from ferrymq.protocols.sentinels import NeedData
 
 # Small store files: every test broker preallocates its first CommitLog segment, and a
 # shared CI disk fills up with 1 GiB ones.
@@ -75,7 +76,7 @@ class RawConnection:
         """The next command, or None when the server closed the connection."""
         while True:
             cmd = self.decoder.next_command()
-            if cmd is not None:
+            if not isinstance(cmd, NeedData):
                 return cmd
             data = self.sock.recv(65536)
             if not data:

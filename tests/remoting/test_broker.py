@@ -13,6 +13,8 @@ from ferrymq.protocols.remoting import bodies as B
 from ferrymq.protocols.remoting import headers as H
 from ferrymq.protocols.remoting.messages import decode_messages, encode_batch, encode_properties
 
+from waiting import wait_until_async
+
 
 def send_v2(topic: str, body: bytes, qid: int = 0, **props: str):  # type: ignore[no-untyped-def]
     ext = H.SendMessageRequestHeader("pg", topic, queueId=qid, bornTimestamp=1,
@@ -194,8 +196,8 @@ async def test_heartbeat_client_table_notifications_and_locks(native) -> None:
         ids = await one.invoke(addr, request(RequestCode.GET_CONSUMER_LIST_BY_GROUP, 0,
                                              {"consumerGroup": "hg"}))
         assert B.decode_consumer_ids(ids.body) == ["c1", "c2"]
-        await trio.sleep(0.2)
-        assert (RequestCode.NOTIFY_CONSUMER_IDS_CHANGED, "hg") in notified
+        await wait_until_async(lambda: (RequestCode.NOTIFY_CONSUMER_IDS_CHANGED, "hg") in notified,
+                               what="the first client told of the second")
         # the retry topic of a clustering group exists after its first heartbeat
         route = await one.invoke(addr, request(RequestCode.GET_ROUTEINFO_BY_TOPIC, 0,
                                                {"topic": "%RETRY%hg"}))
@@ -247,9 +249,10 @@ async def test_lookup_by_id_and_key_and_admin_queries(native) -> None:
         table = {mq.queueId: v for mq, v in B.decode_queue_table(stats.body)}
         assert table[2]["maxOffset"] == 1 and table[0]["maxOffset"] == 0 and len(table) == 3
         ns = native.address("namesrv")
-        await trio.sleep(1.5)  # the broker re-registers within its (fast) interval
-        route = await rc.invoke(ns, request(RequestCode.GET_ROUTEINFO_BY_TOPIC, 0,
-                                            {"topic": "TA"}))
+        async def routed() -> object:  # the broker re-registers within its (fast) interval
+            r = await rc.invoke(ns, request(RequestCode.GET_ROUTEINFO_BY_TOPIC, 0, {"topic": "TA"}))
+            return r if r.code == ResponseCode.SUCCESS else None
+        route = await wait_until_async(routed, what="TA routed by the NameServer")
         rd = B.TopicRouteData.decode(route.body)
         assert rd.queueDatas[0].writeQueueNums == 3 and rd.brokerDatas[0].master_addr == addr
         gone = await rc.invoke(addr, request(RequestCode.DELETE_TOPIC_IN_BROKER, 0,

@@ -20,7 +20,10 @@ from ferrymq.clients import (
     blocking,
 )
 from ferrymq.clients.message import MessageExt
+from ferrymq.clients.remoting import BrokerError
 from ferrymq.protocols.remoting.bodies import MessageQueue
+
+from waiting import wait_until_async
 
 from .conftest import FAST_CLIENT, FAST_PUSH
 
@@ -56,8 +59,13 @@ async def test_producer_sends_sync_oneway_batch_and_async(native) -> None:
         for i in range(10):
             p.send_async(Message("CT", f"a{i}".encode()), results.append)
     assert len(results) == 10 and all(hasattr(x, "msg_id") for x in results)
-    await trio.sleep(0.5)  # the broker registers the auto-created topic with the NameServer
     async with Admin(ns) as a:
+        async def routed() -> bool:  # the broker registers the auto-created topic
+            try:
+                return bool(await a.route("CT"))
+            except BrokerError:
+                return False
+        await wait_until_async(routed, what="CT routed by the NameServer")
         m = await a.message_by_id(r.msg_id)
         assert m is not None and m.body == b"sync" and m.properties["color"] == "red"
         assert m.keys == ["k1", "k2"]
@@ -145,7 +153,7 @@ async def test_broadcasting_delivers_everything_and_survives_restart(native, tmp
             b2 = make("b")  # the same client name: continues from its local offsets
             await nursery.start(b2.run)
             await wait_for(lambda: len(got["b"]) >= 20)
-            await trio.sleep(0.5)
+            await trio.sleep(0.5)  # the subject: no duplicate comes meanwhile
             await a.shutdown()
             await b2.shutdown()
     assert sorted(got["a"]) == sorted(f"x{i}".encode() for i in range(20))
@@ -243,7 +251,7 @@ async def test_tag_and_sql92_subscriptions(native) -> None:
         sql = make("sql", "n > 3 AND region = 'eu'", "SQL92")
         async with tags, sql:
             await wait_for(lambda: len(got["tags"]) == 6 and len(got["sql"]) == 2)
-            await trio.sleep(0.3)
+            await trio.sleep(0.3)  # the subject: nothing the filters refuse comes meanwhile
     assert sorted(got["tags"]) == sorted(f"m{i}".encode() for i in range(1, 12, 2))
     assert sorted(got["sql"]) == [b"m4", b"m5"]
 
@@ -376,7 +384,7 @@ async def test_push_consumer_batch_size_and_start_from_a_timestamp(native) -> No
     async with Producer(ns, "pg", **FAST_CLIENT) as p:
         for i in range(5):
             await p.send(Message("TS", f"before{i}".encode()))
-        await trio.sleep(0.1)
+        await trio.sleep(0.1)  # the subject: store timestamps on both sides of the cut
         import time as _time
         cut = int(_time.time() * 1000)
         for i in range(12):

@@ -24,6 +24,7 @@ from ferrymq.protocols.remoting import (
     response_to,
 )
 from ferrymq.protocols.remoting.codes import LanguageCode
+from ferrymq.protocols.sentinels import NEED_DATA
 
 # Frames captured from the RocketMQ C++ client (PyPI `rocketmq`), kept with the tests.
 TESTDATA = Path(__file__).resolve().parents[1] / "data" / "rocketmq"
@@ -41,8 +42,8 @@ def decode_one(raw: bytes) -> RemotingCommand:
     d = FrameDecoder()
     d.receive_data(raw)
     cmd = d.next_command()
-    assert cmd is not None
-    assert d.next_command() is None
+    assert isinstance(cmd, RemotingCommand)
+    assert d.next_command() is NEED_DATA
     return cmd
 
 
@@ -127,7 +128,7 @@ def test_decoder_splits_a_stream_fed_byte_by_byte() -> None:
     got = []
     for i in range(len(stream)):
         d.receive_data(stream[i:i + 1])
-        while (c := d.next_command()) is not None:
+        while (c := d.next_command()) is not NEED_DATA:
             got.append(c)
     assert got == cmds
     assert d.buffered == 0
@@ -168,9 +169,9 @@ def test_truncated_frame_waits_for_more() -> None:
     raw = encode(request(10, 1, {"a": "b"}, b"body"))
     d = FrameDecoder()
     d.receive_data(raw[:-1])
-    assert d.next_command() is None
+    assert d.next_command() is NEED_DATA
     d.receive_data(raw[-1:])
-    assert d.next_command() is not None
+    assert d.next_command() is not NEED_DATA
 
 
 # ------------------------------------------------------------------ headers

@@ -15,6 +15,7 @@ from ferrymq.protocols.remoting import (
     encode,
     request,
 )
+from ferrymq.protocols.sentinels import NEED_DATA
 
 NESTED = b"[" * 5000 + b"]" * 5000
 
@@ -54,7 +55,7 @@ def test_a_header_past_the_size_limit_is_refused() -> None:
 def test_headers_with_brackets_in_their_values_still_decode() -> None:
     props = '[["k","v"]]' * 200  # JSON kept in a property: brackets inside a string
     cmd = decode(encode(request(RequestCode.SEND_MESSAGE, 3, {"properties": props})))
-    assert cmd is not None and cmd.ext("properties") == props
+    assert cmd is not NEED_DATA and cmd.ext("properties") == props
 
 
 @pytest.mark.parametrize("body", [NESTED, b'{"a":' * 3000 + b"1" + b"}" * 3000,
@@ -80,10 +81,10 @@ def test_the_decoder_reports_the_frame_under_way() -> None:
     d.receive_data(whole[2:100])
     assert d.frame_in_progress() == len(whole)
     d.receive_data(whole[100:] + whole[:10])
-    assert d.next_command() is not None
+    assert d.next_command() is not NEED_DATA
     assert d.frame_in_progress() == len(whole)  # the next one has begun
     d.receive_data(whole[10:])
-    assert d.next_command() is not None and d.frame_in_progress() == 0
+    assert d.next_command() is not NEED_DATA and d.frame_in_progress() == 0
 
 
 def test_a_compressed_body_inflates_within_the_limit() -> None:
@@ -107,19 +108,19 @@ def test_a_large_frame_is_received_into_a_buffer_of_its_size() -> None:
         d.receive_data(whole[i:i + 7000] + (encode(request(RequestCode.HEART_BEAT, 6))
                                              if i + 7000 >= len(whole) else b""))
         if i + 7000 < len(whole):
-            assert d.next_command() is None
+            assert d.next_command() is NEED_DATA
             assert d.frame_in_progress() == len(whole)
     cmd = d.next_command()
-    assert cmd is not None and cmd.opaque == 5 and cmd.body == body and cmd.ext("topic") == "t"
+    assert cmd is not NEED_DATA and cmd.opaque == 5 and cmd.body == body and cmd.ext("topic") == "t"
     nxt = d.next_command()
-    assert nxt is not None and nxt.opaque == 6 and d.buffered == 0
+    assert nxt is not NEED_DATA and nxt.opaque == 6 and d.buffered == 0
 
 
 def test_a_large_frame_that_does_not_decode_is_still_a_protocol_error() -> None:
     bad = frame(b"{" + b"x" * 100_000)
     d = FrameDecoder()
     d.receive_data(bad[:1000])
-    assert d.next_command() is None
+    assert d.next_command() is NEED_DATA
     d.receive_data(bad[1000:])
     with pytest.raises(RemotingProtocolError):
         d.next_command()
