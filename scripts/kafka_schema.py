@@ -30,9 +30,10 @@ APIS = {
     21: "DeleteRecords", 22: "InitProducerId", 23: "OffsetForLeaderEpoch",
     24: "AddPartitionsToTxn", 25: "AddOffsetsToTxn", 26: "EndTxn", 28: "TxnOffsetCommit",
     32: "DescribeConfigs", 33: "AlterConfigs", 34: "AlterReplicaLogDirs", 35: "DescribeLogDirs",
-    36: "SaslAuthenticate",
+    29: "DescribeAcls", 30: "CreateAcls", 31: "DeleteAcls", 36: "SaslAuthenticate",
     37: "CreatePartitions", 42: "DeleteGroups", 43: "ElectLeaders", 44: "IncrementalAlterConfigs",
     45: "AlterPartitionReassignments", 46: "ListPartitionReassignments", 47: "OffsetDelete",
+    50: "DescribeUserScramCredentials", 51: "AlterUserScramCredentials",
     60: "DescribeCluster", 61: "DescribeProducers", 65: "DescribeTransactions",
     66: "ListTransactions", 75: "DescribeTopicPartitions",
 }

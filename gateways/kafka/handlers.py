@@ -48,7 +48,7 @@ from ...protocols.kafka.connection import Header
 from ...protocols.scram import MECHANISMS as _SCRAM
 from ...protocols.scram import ScramError, ScramServer
 from ...protocols.scram import ServerState as ScramState
-from . import configs
+from . import acls, configs
 from .cluster import NS_LOG_START, ClusterApis
 from .errors import kafka_error
 from .groups import DEAD, EMPTY, Coordinator
@@ -79,6 +79,7 @@ DELETE_GROUPS, ELECT_LEADERS, INCREMENTAL_ALTER_CONFIGS = 42, 43, 44
 ALTER_PARTITION_REASSIGNMENTS, LIST_PARTITION_REASSIGNMENTS, OFFSET_DELETE = 45, 46, 47
 DESCRIBE_CLUSTER, DESCRIBE_PRODUCERS, DESCRIBE_TRANSACTIONS, LIST_TRANSACTIONS = 60, 61, 65, 66
 DESCRIBE_TOPIC_PARTITIONS = 75
+DESCRIBE_ACLS, CREATE_ACLS, DELETE_ACLS = 29, 30, 31
 
 KAFKA_RELEASE = "3.8"
 SUPPORTED: dict[int, tuple[int, int]] = {
@@ -95,7 +96,8 @@ SUPPORTED: dict[int, tuple[int, int]] = {
     ALTER_PARTITION_REASSIGNMENTS: (0, 0),
     LIST_PARTITION_REASSIGNMENTS: (0, 0), OFFSET_DELETE: (0, 0), DESCRIBE_CLUSTER: (0, 1),
     DESCRIBE_PRODUCERS: (0, 0), DESCRIBE_TRANSACTIONS: (0, 0), LIST_TRANSACTIONS: (0, 1),
-    DESCRIBE_TOPIC_PARTITIONS: (0, 0),
+    DESCRIBE_TOPIC_PARTITIONS: (0, 0), DESCRIBE_ACLS: (0, 3), CREATE_ACLS: (0, 3),
+    DELETE_ACLS: (0, 3),
 }
 """Api key -> (min, max) version offered: for every API served, the range Apache Kafka
 3.8's brokers advertise (docs/kafka.md, "What is offered"), so that clients that infer
@@ -226,6 +228,8 @@ class KafkaDoor(ClusterApis):
             SASL_HANDSHAKE: self.sasl_handshake, API_VERSIONS: self.api_versions,
             CREATE_TOPICS: self.create_topics, DELETE_TOPICS: self.delete_topics,
             INIT_PRODUCER_ID: self.init_producer_id, DESCRIBE_CONFIGS: self.describe_configs,
+            DESCRIBE_ACLS: self.describe_acls, CREATE_ACLS: self.create_acls,
+            DELETE_ACLS: self.delete_acls,
             ALTER_CONFIGS: self.alter_configs,
             INCREMENTAL_ALTER_CONFIGS: self.incremental_alter_configs,
             SASL_AUTHENTICATE: self.sasl_authenticate,
@@ -1089,6 +1093,19 @@ class KafkaDoor(ClusterApis):
             out.append(R.CreatePartitionsTopicResult(name=t.name, error_code=code,
                                                      error_message=message))
         return R(results=tuple(out))
+
+    # ================================================================ ACLs (acls.py)
+
+    async def describe_acls(self, h: Header, req: Any, s: Session) -> Any:
+        return acls.describe(schema.response_class(DESCRIBE_ACLS), req, self.broker, s.principal)
+
+    async def create_acls(self, h: Header, req: Any, s: Session) -> Any:
+        return await acls.create(schema.response_class(CREATE_ACLS), req, self.broker,
+                                 s.principal)
+
+    async def delete_acls(self, h: Header, req: Any, s: Session) -> Any:
+        return await acls.delete(schema.response_class(DELETE_ACLS), req, self.broker,
+                                 s.principal)
 
     async def describe_configs(self, h: Header, req: Any, s: Session) -> Any:
         """DescribeConfigs: the core's topic configs and broker settings (configs.py)."""
