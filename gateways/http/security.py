@@ -17,7 +17,7 @@ from ...core.broker import Broker
 from .api import JSON, json_body, ok_resp, problem_resp
 from .app import json_response
 from .problems import Problem
-from .routing import Param, Route
+from .routing import Param, Resp, Route
 from .server import Request, Response
 
 MAX_RULES = 1000  # ACL rules added or deleted per request
@@ -83,9 +83,10 @@ class SecurityApi:
         if doc.keys() - {"password", "super"}:
             raise Problem("invalid_body", 'send {"password": ..., "super": true|false}')
         password, sup = doc.get("password"), doc.get("super")
-        if (password is not None and not isinstance(password, str)) or (
-                sup is not None and not isinstance(sup, bool)):
-            raise Problem("invalid_body", "password is a string, super true or false")
+        if ("password" in doc and not (isinstance(password, str) and 0 < len(password) <= 1024)) \
+                or ("super" in doc and not isinstance(sup, bool)):
+            raise Problem("invalid_body", "password is a string of 1-1024 characters, super true "
+                          "or false")
         await self.broker.put_user(req.params["user"], password=password, super_user=sup,
                                    principal=req.principal)
         return json_response({"user": req.params["user"]})
@@ -98,8 +99,8 @@ class SecurityApi:
     async def create_token(self, req: Request) -> Response:
         doc = _object(req) if req.body else {}
         label = doc.get("label", "")
-        if not isinstance(label, str) or doc.keys() - {"label"}:
-            raise Problem("invalid_body", 'send {"label": "..."}')
+        if not isinstance(label, str) or len(label) > 255 or doc.keys() - {"label"}:
+            raise Problem("invalid_body", 'send {"label": "..."} (at most 255 characters)')
         token = await self.broker.create_token(req.params["user"], label,
                                                principal=req.principal)
         return json_response({"user": req.params["user"], "token": token}, 201)
@@ -113,6 +114,8 @@ class SecurityApi:
         return Response(204, b"", JSON)
 
     async def create_key(self, req: Request) -> Response:
+        if req.body and _object(req):
+            raise Problem("invalid_body", "send no body, or {}")
         ak, sk = await self.broker.create_access_key(req.params["user"], principal=req.principal)
         return json_response({"user": req.params["user"], "access_key": ak, "secret_key": sk},
                              201)
@@ -150,7 +153,7 @@ class SecurityApi:
                   {200: ok_resp(ANY_OBJECT), 400: problem_resp("Invalid user or body")}),
             Route("DELETE", "/v1/users/{user}", self.delete_user, "delete_user",
                   "Delete a user with its tokens and access keys", tag, (P_USER,), None, True,
-                  {204: ok_resp(ANY_OBJECT), 404: problem_resp("No such user")}),
+                  {204: Resp("Deleted"), 404: problem_resp("No such user")}),
             Route("POST", "/v1/users/{user}/tokens", self.create_token, "create_token",
                   "A new API token of the user (shown once)", tag, (P_USER,),
                   {JSON: TOKEN_BODY}, False, {201: ok_resp(ANY_OBJECT)}),
@@ -160,7 +163,7 @@ class SecurityApi:
             Route("DELETE", "/v1/tokens/{id}", self.delete_token, "delete_token",
                   "Delete an API token (by its listed id or the token)", tag,
                   (Param("id", "path", NAME),), None, True,
-                  {204: ok_resp(ANY_OBJECT), 404: problem_resp("No such token")}),
+                  {204: Resp("Deleted"), 404: problem_resp("No such token")}),
             Route("POST", "/v1/users/{user}/access-keys", self.create_key, "create_access_key",
                   "A new RocketMQ AccessKey/SecretKey pair of the user (the secret shown once)",
                   tag, (P_USER,), body, False, {201: ok_resp(ANY_OBJECT)}),
@@ -169,7 +172,7 @@ class SecurityApi:
                   {200: ok_resp(ANY_OBJECT)}),
             Route("DELETE", "/v1/access-keys/{key}", self.delete_key, "delete_access_key",
                   "Delete an access key", tag, (Param("key", "path", NAME),), None, True,
-                  {204: ok_resp(ANY_OBJECT), 404: problem_resp("No such access key")}),
+                  {204: Resp("Deleted"), 404: problem_resp("No such access key")}),
             Route("GET", "/v1/acls", self.acls, "list_acls",
                   "Every ACL rule (the state log's and the loaded files')", tag, (), None, True,
                   {200: ok_resp(RULES_SCHEMA)}),

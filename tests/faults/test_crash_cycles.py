@@ -27,9 +27,9 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from fault_history import History
 from ferrymq.clients import Message as ClientMessage
 from ferrymq.clients import Producer
-from history import History
 from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
