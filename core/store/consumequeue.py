@@ -175,9 +175,6 @@ class _Entries:
 
     def first_at_or_past(self, phys: int) -> int:
         """The index of the first entry whose record lies at CommitLog offset >= ``phys``."""
-        return self._first_at_or_past(phys)
-
-    def _first_at_or_past(self, phys: int) -> int:
         lo, hi = self.first_entry, self.next_entry
         while lo < hi:
             mid = (lo + hi) // 2
@@ -407,7 +404,7 @@ class ConsumeQueue(_Entries):
         range held)."""
         if self.next_entry == self.first_entry or self._last_end <= phys:
             return []  # nothing that far: no file needs opening
-        index = self._first_at_or_past(phys)
+        index = self.first_at_or_past(phys)
         cut = [Entry._make(e) for e in self.iter_entries(max(index, self.first_entry),
                                                          self.next_entry)] if collect else []
         self._truncate_entries(index)
@@ -448,7 +445,7 @@ class ConsumeQueue(_Entries):
     def delete_before_physical(self, min_phys: int) -> int:
         """Forget entries whose records lie below CommitLog offset ``min_phys``;
         delete files that hold only such entries. Returns the new min offset."""
-        return self.delete_before_index(self._first_at_or_past(min_phys))
+        return self.delete_before_index(self.first_at_or_past(min_phys))
 
     def delete_before_index(self, lo: int) -> int:
         """Forget entries below global index ``lo`` (a topic's own retention moves its
