@@ -42,10 +42,10 @@ def start_broker(tmp_path: Path) -> Iterator[Callable[..., BrokerProcess]]:
     started: list[BrokerProcess] = []
 
     def start(*doors: str, extra_args: tuple[str, ...] = (), name: str = "broker",
-              data_dir: Path | None = None, nofile: tuple[int, int] | None = None
-              ) -> BrokerProcess:
+              data_dir: Path | None = None, nofile: tuple[int, int] | None = None,
+              prepare: Callable[[], object] | None = None) -> BrokerProcess:
         b = BrokerProcess(data_dir or tmp_path / name, tuple(doors), tuple(extra_args),
-                          nofile=nofile)
+                          nofile=nofile, prepare=prepare)
         started.append(b)
         return b.start()
 
@@ -64,8 +64,10 @@ def start_module_broker(tmp_path_factory: pytest.TempPathFactory
     modules whose tests can share one broker, started once)."""
     started: list[BrokerProcess] = []
 
-    def start(*doors: str, extra_args: tuple[str, ...] = (), name: str = "broker") -> BrokerProcess:
-        b = BrokerProcess(tmp_path_factory.mktemp(name) / name, tuple(doors), tuple(extra_args))
+    def start(*doors: str, extra_args: tuple[str, ...] = (), name: str = "broker",
+              prepare: Callable[[], object] | None = None) -> BrokerProcess:
+        b = BrokerProcess(tmp_path_factory.mktemp(name) / name, tuple(doors), tuple(extra_args),
+                          prepare=prepare)
         started.append(b)
         return b.start()
 
@@ -108,7 +110,8 @@ class TlsFiles:
         remoting ports permissive, TLS-only ports for Kafka, MQTT (and WSS) and HTTP
         (which wants a client certificate). The TLS-only ports are bound by the broker
         (port 0, no race with other processes picking free ports): ``ports_of(broker)``
-        reads them from its ready file. Returns the one port chosen here (``mqtt-ws``)."""
+        reads them from its ready file. Returns the one port chosen here (``mqtt-ws``);
+        pass ``start_tls_broker`` the writing, so that a taken port is chosen again."""
         ports = {"mqtt-ws": free_port()}
         path.write_text(
             self.server_toml(client_auth, handshake_timeout_s)
@@ -119,6 +122,17 @@ class TlsFiles:
             + f'[http.tls]\nport = 0\nclient_auth = "{http_client_auth}"\n'
             + extra)
         return ports
+
+    def start_tls_broker(self, start: Callable[..., BrokerProcess], conf: Path, *doors: str,
+                         name: str, **config: Any) -> tuple[BrokerProcess, dict[str, int]]:
+        """Start a broker (``start``: the ``start_broker`` or ``start_module_broker``
+        factory) on a config file ``broker_config(conf, **config)`` writes, the port it
+        picks written again on each try; returns the broker and all its ports."""
+        ports: dict[str, int] = {}
+        b = start(*doors, extra_args=("--config", str(conf)), name=name,
+                  prepare=lambda: ports.update(self.broker_config(conf, **config)))
+        ports.update(self.ports_of(b))
+        return b, ports
 
     @staticmethod
     def ports_of(broker: BrokerProcess) -> dict[str, int]:

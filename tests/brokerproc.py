@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class PortTaken(RuntimeError):
+    """The broker could not bind a port picked for it: another process took it first."""
+
+
 @dataclass
 class BrokerProcess:
     """A `ferrymq serve` child process on loopback with its own data directory."""
@@ -38,10 +43,27 @@ class BrokerProcess:
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     nofile: tuple[int, int] | None = None  # RLIMIT_NOFILE (soft, hard) of the process
+    # Called before each first start (e.g. to write a config file naming ports of its own):
+    # a port picked free a moment ago may be taken by another process before the broker
+    # binds it, and then the start is tried again with new ports and a new prepare().
+    prepare: Callable[[], object] | None = None
+    _log_start: int = 0  # where this start's lines begin in the log file
 
     def start(self, timeout: float = 30.0) -> BrokerProcess:
-        if not self.ports:
+        if self.ports:  # a restart: the same ports, which this broker held
+            return self._start(timeout)
+        for attempt in range(5):
             self.ports = {d: free_port() for d in self.doors}
+            if self.prepare is not None:
+                self.prepare()
+            try:
+                return self._start(timeout)
+            except PortTaken:
+                if attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> BrokerProcess:
         ready = self.data_dir.parent / f"{self.data_dir.name}.ready.json"
         ready.unlink(missing_ok=True)
         args = [sys.executable, "-m", "ferrymq.gateways", "serve", "--data-dir",
@@ -52,6 +74,7 @@ class BrokerProcess:
         # would take 1 GiB of disk. A test's own --segment-size comes later and wins.
         args += ["--segment-size", str(TEST_SEGMENT_SIZE), *self.extra_args]
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
         limit = self.nofile
         self.proc = subprocess.Popen(args, stdout=log, stderr=log, preexec_fn=None if limit is None
@@ -60,6 +83,11 @@ class BrokerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                assert self.log_path is not None
+                with open(self.log_path, "rb") as f:
+                    f.seek(self._log_start)
+                    if b"Address already in use" in f.read():
+                        raise PortTaken(self.log())
                 raise RuntimeError(f"broker exited with {self.proc.returncode}:\n{self.log()}")
             if ready.exists():
                 info = json.loads(ready.read_text())

@@ -222,11 +222,8 @@ async def test_certificates_reload_when_their_files_change(tls_files, tmp_path):
 @pytest.fixture(scope="module")
 def tls_broker(start_module_broker, tls_files, tmp_path_factory):
     conf = tmp_path_factory.mktemp("tls") / "tls.toml"
-    ports = tls_files.broker_config(conf)
-    b = start_module_broker("namesrv", "remoting", "kafka", "mqtt", "http",
-                            extra_args=("--config", str(conf)), name="tls")
-    ports.update(tls_files.ports_of(b))
-    return b, ports
+    return tls_files.start_tls_broker(start_module_broker, conf, "namesrv", "remoting", "kafka",
+                                      "mqtt", "http", name="tls")
 
 
 def _tls_socket(port: int, ctx: ssl.SSLContext) -> ssl.SSLSocket:

@@ -19,10 +19,7 @@ V311, V5 = mqtt.MQTTv311, mqtt.MQTTv5
 @pytest.fixture(scope="module")
 def tls_broker(start_module_broker, tls_files, tmp_path_factory):
     conf = tmp_path_factory.mktemp("mqtt-tls") / "mqtt-tls.toml"
-    ports = tls_files.broker_config(conf)
-    b = start_module_broker("mqtt", extra_args=("--config", str(conf)), name="mqtt-tls")
-    ports.update(tls_files.ports_of(b))
-    return ports
+    return tls_files.start_tls_broker(start_module_broker, conf, "mqtt", name="mqtt-tls")[1]
 
 
 def tool(name: str) -> str:

@@ -120,10 +120,9 @@ TLS_PROBES: dict[str, Callable[[TlsBroker], None]] = {
 @pytest.fixture(scope="module")
 def tls_broker(start_module_broker, tls_files, tmp_path_factory):
     conf = tmp_path_factory.mktemp("tls-abuse") / "tls.toml"
-    ports = tls_files.broker_config(conf, handshake_timeout_s=HANDSHAKE_S)
-    b = start_module_broker("namesrv", "remoting", "kafka", "mqtt", "http",
-                            extra_args=("--config", str(conf)), name="tls-hostile")
-    ports.update(tls_files.ports_of(b))
+    b, ports = tls_files.start_tls_broker(start_module_broker, conf, "namesrv", "remoting",
+                                          "kafka", "mqtt", "http", name="tls-hostile",
+                                          handshake_timeout_s=HANDSHAKE_S)
     broker = TlsBroker(b, ports, tls_files)
     broker.check()
     return broker

@@ -50,14 +50,18 @@ def numbers_are_numbers(row: object, where: str) -> None:
             numbers_are_numbers(v, where)
 
 
+def json_rows(runner: CliRunner, *args: str) -> list[dict]:
+    r = runner.invoke(main, [*args, "--json"], catch_exceptions=False)
+    assert r.exit_code == 0, (args, r.output)
+    return [json.loads(x) for x in r.stdout.splitlines() if x.strip()]
+
+
 def test_every_json_output_has_numbers_as_numbers(native) -> None:
     ns = native.address("namesrv")
     runner = CliRunner()
 
     def run(*args: str) -> list[dict]:
-        r = runner.invoke(main, [*args, "-n", ns, "--json"], catch_exceptions=False)
-        assert r.exit_code == 0, (args, r.output)
-        rows = [json.loads(x) for x in r.stdout.splitlines() if x.strip()]
+        rows = json_rows(runner, *args, "-n", ns)
         for row in rows:
             numbers_are_numbers(row, " ".join(args))
         return rows
@@ -79,8 +83,16 @@ def test_every_json_output_has_numbers_as_numbers(native) -> None:
         return timed.msg_id
 
     timed_id = trio.run(setup)
-    runner.invoke(main, ["consume", "JsonT", "-n", ns, "-g", "json-c", "--from", "earliest",
-                         "-m", "2", "--idle-timeout", "5"])
+    # -m 2 ends it; the idle timeout only bounds a consumer that never got its queues
+    # (the rebalance can take seconds on a loaded machine).
+    consumed = runner.invoke(main, ["consume", "JsonT", "-n", ns, "-g", "json-c", "--from",
+                                    "earliest", "-m", "2", "--idle-timeout", "60"])
+    assert len(consumed.stdout.splitlines()) == 2, consumed.output
+    # Offsets are persisted as the consumer closes: wait until the broker shows them.
+    deadline = time.monotonic() + 15
+    while not json_rows(runner, "group", "describe", "json-c", "-n", ns):
+        assert time.monotonic() < deadline, "the consume's offsets never reached the broker"
+        time.sleep(0.1)
     letter = sent[0]["msgId"]
     cases: dict[tuple[str, ...], tuple[str, ...]] = {
         ("topic", "create"): ("JsonNew", "-q", "2"),
