@@ -284,7 +284,8 @@ class Broker(SecurityCalls):
         produces, consumes, commits, administers, pops, transacts, or touches
         timers or dead letters passes here once per resource it touches, before
         it does anything. Raises PermissionDenied."""
-        self._access.check(principal, kind, name, operation)
+        if not self._access.open:  # open: nothing enforced, the check would return
+            self._access.check(principal, kind, name, operation)
 
     def _authorize_write(self, principal: Principal, message: Message) -> None:
         """WRITE on a message's topic, judged at its address (core/addresses.py)
