@@ -123,7 +123,10 @@ class _FlushThread:
         reschedule, run_soon, flush = trio.lowlevel.reschedule, self._token.run_sync_soon, self._flush
         while (job := self._jobs.get()) is not None:
             target, task = job
-            run_soon(reschedule, task, outcome.capture(flush, target))
+            try:
+                run_soon(reschedule, task, outcome.capture(flush, target))
+            except trio.RunFinishedError:
+                return  # the event loop is gone (interrupted): nobody waits any more
 
     async def run(self, target: int) -> int:
         self._jobs.put((target, trio.lowlevel.current_task()))
