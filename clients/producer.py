@@ -143,11 +143,24 @@ class Producer:
             ext["m"] = "true"
         return ext
 
+    def _known_queues(self, topic: str) -> list[B.MessageQueue] | None:
+        """The topic's writable queues from the route already known (no await, and
+        the list is rebuilt only when the route changes); None when no route is known."""
+        route = self.instance.routes.get(topic)
+        if route is None:
+            return None
+        cached = self._queues.get(topic)
+        if cached is None or cached[0] is not route:
+            cached = self._queues[topic] = (route, B.queues_of(topic, route, write=True))
+        return cached[1]
+
     def _choose(self, queues: list[B.MessageQueue], avoid: set[str]) -> B.MessageQueue:
         """Round-robin, skipping the brokers this send failed on and those that failed
         recently (RocketMQ's sendLatencyFaultEnable), unless nothing else is left."""
         n = len(queues)
         start = next(self._rr)
+        if not avoid and not self._faulty:
+            return queues[start % n]
         now = time.monotonic()
         faulty = {b for b, until in self._faulty.items() if until > now}
         for skip in (avoid | faulty, avoid):
@@ -185,7 +198,11 @@ class Producer:
                 if queue is not None:
                     mq, from_default = queue, False
                 else:
-                    queues, from_default = await inst.publish_queues(topic)
+                    known = self._known_queues(topic)
+                    if known:
+                        queues, from_default = known, False
+                    else:
+                        queues, from_default = await inst.publish_queues(topic)
                     if not queues:
                         raise NoRouteError(f"topic {topic} has no writable queue")
                     if sharding_key is not None:
@@ -193,7 +210,8 @@ class Producer:
                     else:
                         mq = self._choose(queues, avoid)
                 cmd = build(mq, from_default)
-                addr = await inst.resolve_broker(mq.brokerName)
+                addr = inst.broker_addrs.get(mq.brokerName) or await inst.resolve_broker(
+                    mq.brokerName)
                 if oneway:
                     await inst.remoting.invoke_oneway(addr, cmd)
                     return None, mq
@@ -237,10 +255,7 @@ class Producer:
         send (the same key always goes to the same queue). Raises BrokerError,
         RemotingConnectError, NoRouteError, RemotingTimeoutError."""
         uniq = new_uniq_key()
-        props = message.wire_properties(uniq)
-        if sharding_key is not None:
-            props[SHARDING_KEY] = sharding_key
-        encoded = encode_properties(props)
+        encoded = _properties_text(message, uniq, sharding_key)
         topic = message.topic
 
         def build(mq: B.MessageQueue, from_default: bool) -> RemotingCommand:
@@ -396,13 +411,7 @@ class Producer:
         the general path."""
         inst = self.instance
         topic = message.topic
-        route = inst.routes.get(topic)
-        if route is None:
-            return False
-        cached = self._queues.get(topic)
-        if cached is None or cached[0] is not route:
-            cached = self._queues[topic] = (route, B.queues_of(topic, route, write=True))
-        queues = cached[1]
+        queues = self._known_queues(topic)
         if not queues:
             return False
         if sharding_key is not None:
@@ -414,11 +423,9 @@ class Producer:
         if conn is None or conn.closed:
             return False
         uniq = new_uniq_key()
-        props = message.wire_properties(uniq)
-        if sharding_key is not None:
-            props[SHARDING_KEY] = sharding_key
         cmd = request(RequestCode.SEND_MESSAGE_V2, 0,
-                      self._header(topic, mq, encode_properties(props), False, message.flag),
+                      self._header(topic, mq, _properties_text(message, uniq, sharding_key),
+                                   False, message.flag),
                       bytes(message.body))
 
         def done(resp: Any) -> None:
@@ -448,6 +455,15 @@ class Producer:
         except Exception as exc:  # every outcome goes to the callback
             result = exc
         self._finish(callback, result)
+
+
+def _properties_text(message: Message, uniq: str, sharding_key: str | None) -> str:
+    """The properties header field of a single send."""
+    if sharding_key is None:
+        return message.wire_properties_text(uniq)
+    props = message.wire_properties(uniq)
+    props[SHARDING_KEY] = sharding_key
+    return encode_properties(props)
 
 
 async def _await(outcome: Awaitable[Any]) -> None:

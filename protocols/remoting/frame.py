@@ -130,31 +130,32 @@ def _ext_str(v: object) -> str:
 
 def encode_header(cmd: RemotingCommand) -> bytes:
     """The header bytes of ``cmd`` in its serialize type."""
+    if cmd.serialize_type != SerializeType.ROCKETMQ:
+        return _encode_json_header(cmd)
     ext = {k: _ext_str(v) for k, v in cmd.ext_fields.items() if v is not None}
-    if cmd.serialize_type == SerializeType.ROCKETMQ:
-        parts = [_BIN_FIXED.pack(cmd.code, int(cmd.language), cmd.version, cmd.opaque, cmd.flag)]
-        remark = cmd.remark.encode() if cmd.remark else b""
-        parts.append(_I32.pack(len(remark)) + remark)
-        kv = []
-        for k, v in ext.items():
-            kb, vb = k.encode(), v.encode()
-            kv.append(_H.pack(len(kb)) + kb + _I32.pack(len(vb)) + vb)
-        ext_bytes = b"".join(kv)
-        parts.append(_I32.pack(len(ext_bytes)) + ext_bytes)
-        return b"".join(parts)
-    lang = _LANG_NAMES.get(cmd.language, "OTHER")
+    parts = [_BIN_FIXED.pack(cmd.code, int(cmd.language), cmd.version, cmd.opaque, cmd.flag)]
+    remark = cmd.remark.encode() if cmd.remark else b""
+    parts.append(_I32.pack(len(remark)) + remark)
+    kv = []
+    for k, v in ext.items():
+        kb, vb = k.encode(), v.encode()
+        kv.append(_H.pack(len(kb)) + kb + _I32.pack(len(vb)) + vb)
+    ext_bytes = b"".join(kv)
+    parts.append(_I32.pack(len(ext_bytes)) + ext_bytes)
+    return b"".join(parts)
+
+
+def _encode_json_header(cmd: RemotingCommand) -> bytes:
     # Written by hand rather than with json.dumps: this is on every request and
     # response, and the shape is fixed (keys in RocketMQ's order: fastjson sorts them).
-    text = [f'{{"code":{int(cmd.code)},']
-    if ext:
-        text.append('"extFields":{')
-        text.append(",".join([f"{_esc(k)}:{_esc(v)}" for k, v in ext.items()]))
-        text.append("},")
-    text.append(f'"flag":{int(cmd.flag)},"language":"{lang}","opaque":{int(cmd.opaque)},')
-    if cmd.remark is not None:
-        text.append(f'"remark":{_esc(cmd.remark)},')
-    text.append(f'"serializeTypeCurrentRPC":"JSON","version":{int(cmd.version)}}}')
-    return "".join(text).encode()
+    # One pass over the fields, strings as they are (what FerryMQ builds is all strings).
+    fields = [f"{_esc(k)}:{_esc(v if type(v) is str else _ext_str(v))}"
+              for k, v in cmd.ext_fields.items() if v is not None]
+    ext = '"extFields":{' + ",".join(fields) + "}," if fields else ""
+    remark = "" if cmd.remark is None else f'"remark":{_esc(cmd.remark)},'
+    return (f'{{"code":{int(cmd.code)},{ext}"flag":{int(cmd.flag)},"language":'
+            f'"{_LANG_NAMES.get(cmd.language, "OTHER")}","opaque":{int(cmd.opaque)},{remark}'
+            f'"serializeTypeCurrentRPC":"JSON","version":{int(cmd.version)}}}').encode()
 
 
 def encode(cmd: RemotingCommand) -> bytes:
