@@ -42,7 +42,14 @@ from ..protocols.remoting.codes import DEFAULT_TOPIC
 from ..protocols.remoting.messages import encode_properties
 from .admin import cancel_timer
 from .instance import ClientInstance, NoRouteError
-from .message import SHARDING_KEY, Message, SendResult, new_uniq_key, new_uniq_keys
+from .message import (
+    SHARDING_KEY,
+    Message,
+    SendResult,
+    SendStatus,
+    new_uniq_key,
+    new_uniq_keys,
+)
 from .remoting import DEFAULT_TIMEOUT, BrokerError, ClientError, RemotingConnectError
 
 _MEMBER_HEAD = struct.Struct(">iiiii")  # total, magic, CRC, flag, body length
@@ -308,11 +315,14 @@ class Producer:
         # RocketMQ's batch encoding; the member CRC is left 0 as RocketMQ's own client
         # leaves it (the broker's record CRC covers the whole batch).
         parts: list[bytes] = []
+        head, u16 = _MEMBER_HEAD.pack, _U16.pack
         for m, u in zip(messages, uniqs, strict=True):
-            body = bytes(m.body)
+            body = m.body
+            if type(body) is not bytes:
+                body = bytes(body)
             props = m.wire_properties_text(u).encode()
-            parts += (_MEMBER_HEAD.pack(22 + len(body) + len(props), MAGIC, 0, m.flag, len(body)),
-                      body, _U16.pack(len(props)), props)
+            nb, np_ = len(body), len(props)
+            parts += (head(22 + nb + np_, MAGIC, 0, m.flag, nb), body, u16(np_), props)
         body = b"".join(parts)
 
         def build(mq: B.MessageQueue, from_default: bool) -> RemotingCommand:
@@ -322,9 +332,12 @@ class Producer:
         resp, mq = await self._send_cmd(topic, build, sharding_key, None)
         assert resp is not None
         offsets = (resp.ext("msgId") or "").split(",")
+        if len(offsets) < len(uniqs):
+            offsets += [""] * (len(uniqs) - len(offsets))
         base = int(resp.ext("queueOffset") or 0)
-        return [SendResult(u, offsets[i] if i < len(offsets) else "", mq, base + i)
-                for i, u in enumerate(uniqs)]
+        new, ok = tuple.__new__, SendStatus.SEND_OK  # a SendResult per message: the fast form
+        return [new(SendResult, (u, o, mq, base + i, ok))
+                for i, (u, o) in enumerate(zip(uniqs, offsets, strict=False))]
 
     def send_async(self, message: Message, callback: SendCallback | None = None, *,
                    sharding_key: str | None = None) -> None:

@@ -222,15 +222,21 @@ def _opaque_of(raw: bytes) -> int | None:
 
 
 def decode_json_header(raw: bytes | memoryview, body: bytes) -> RemotingCommand:
-    raw = bytes(raw)
+    if len(raw) > HEADER_JSON_LIMITS.max_bytes:  # in bytes, before decoding any of it
+        raise RemotingProtocolError(
+            f"header refused: JSON text of {len(raw)} bytes; the limit is "
+            f"{HEADER_JSON_LIMITS.max_bytes}", _opaque_of(bytes(raw[:4096])))
     try:
-        doc = boundedjson.loads(raw, HEADER_JSON_LIMITS)
+        # Decoded to text straight from the buffer (one copy, and json.loads need not
+        # guess the encoding of bytes): RocketMQ's JSON headers are UTF-8.
+        doc = boundedjson.loads(str(raw, "utf-8"), HEADER_JSON_LIMITS)
     except boundedjson.JsonLimitError as exc:
-        raise RemotingProtocolError(f"header refused: {exc}", _opaque_of(raw)) from None
+        raise RemotingProtocolError(f"header refused: {exc}", _opaque_of(bytes(raw))) from None
     except ValueError as exc:  # UnicodeDecodeError is one
-        raise RemotingProtocolError(f"header is not JSON: {exc}", _opaque_of(raw)) from None
+        raise RemotingProtocolError(f"header is not JSON: {exc}",
+                                    _opaque_of(bytes(raw))) from None
     if not isinstance(doc, dict):
-        raise RemotingProtocolError("JSON header is not an object", _opaque_of(raw))
+        raise RemotingProtocolError("JSON header is not an object", _opaque_of(bytes(raw)))
     opaque = None
     try:
         opaque, code, flag, version = (doc.get("opaque"), doc.get("code"), doc.get("flag"),
@@ -404,9 +410,9 @@ class FrameDecoder:
             else:
                 self._compact()
             return NEED_DATA
-        frame_bytes = bytes(memoryview(buf)[pos + 4:pos + 4 + length])  # one copy, not two
         self._pos = pos + 4 + length
-        return decode_frame(frame_bytes)
+        with memoryview(buf) as view:  # header and body read in place: the body is copied once
+            return decode_frame(view[pos + 4:pos + 4 + length])
 
     def _compact(self) -> None:
         if self._pos:
