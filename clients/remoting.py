@@ -94,11 +94,13 @@ def parse_address_list(addrs: str | list[str] | tuple[str, ...]) -> list[str]:
 
 
 class RemotingConnection:
-    """One connection. Every frame goes through one writer task, which writes all
+    """One connection. A frame for an idle plain TCP connection is written by the
+    caller itself, in one non-blocking send (a waiting producer's request costs no
+    task switch); every other frame goes through one writer task, which writes all
     frames queued since its last write in one send: a pipelining producer costs a
-    system call per batch of frames, and a cancelled caller can never leave half a
-    frame on the wire. Responses are matched by opaque to a waiting ``invoke`` or
-    to the callback of ``send_nowait``."""
+    system call per batch of frames. Neither way can a cancelled caller leave half
+    a frame on the wire. Responses are matched by opaque to a waiting ``invoke`` or
+    to the callback of ``send_nowait``; the expiry scan times out both."""
 
     def __init__(self, stream: anyio.abc.ByteStream, address: str, *,
                  on_request: RequestHandler | None = None, max_frame: int = DEFAULT_MAX_FRAME,
@@ -153,7 +155,7 @@ class RemotingConnection:
         self._wake.set()
 
     async def send_raw(self, data: bytes) -> None:
-        """Queue an encoded frame for the writer."""
+        """Send an encoded frame (at once, or through the writer: see ``_queue``)."""
         self._queue(data)
 
     def send_nowait(self, cmd: RemotingCommand, callback: Callable[[Any], None],
