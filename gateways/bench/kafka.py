@@ -225,7 +225,8 @@ def run_workload(name: str, bootstrap: str, pid: int, records: int, size: int,
         raise click.ClickException(f"{name}: {left} records undelivered, {failed} failed")
 
     consumes = [consume(name, bootstrap, pid, topic, records, partitions, shape, fetch)
-                for shape in shapes for fetch in fetches]
+                for shape in shapes for fetch in fetches
+                if not (shape == RAW_SHAPE and FETCH_SETTINGS[fetch] is NO_BACKOFF)]
     return Result(name, records / produce_s, produce_cpu / records * 1e6, consumes)
 
 
@@ -449,7 +450,7 @@ def print_table(results: list[Result], records: int, size: int, flush: str) -> N
         click.echo(f"{'ratio':<10} {f.produce_rps / t.produce_rps:>14.2f}x")
     click.echo("\nconsume (a fresh consumer from offset 0 each; CPU us/rec: broker / client "
                "process; KiB/fetch: bytes a Fetch response carried)\n")
-    click.echo(f"{'shape':<10} {'fetch':<8} {'broker':<8} {'rec/s':>11} {'broker CPU':>11} "
+    click.echo(f"{'shape':<10} {'fetch':<10} {'broker':<8} {'rec/s':>11} {'broker CPU':>11} "
                f"{'client CPU':>11} {'fetches':>8} {'KiB/fetch':>10} {'ratio':>7}")
     rows = {(c.shape, c.fetch, c.broker): c for r in results for c in r.consume}
     for shape, fetch in dict.fromkeys((c.shape, c.fetch) for r in results for c in r.consume):
@@ -458,7 +459,7 @@ def print_table(results: list[Result], records: int, size: int, flush: str) -> N
             ratio = ""
             if both and broker == "ferrymq":
                 ratio = f"{c.rps / rows[(shape, fetch, 'tansu')].rps:.2f}x"
-            click.echo(f"{shape:<10} {fetch:<8} {broker:<8} {c.rps:>11,.0f} "
+            click.echo(f"{shape:<10} {fetch:<10} {broker:<8} {c.rps:>11,.0f} "
                        f"{c.broker_cpu_us:>11.2f} {c.client_cpu_us:>11.2f} {c.fetches:>8,} "
                        f"{c.kb_per_fetch:>10,.0f} {ratio:>7}")
     if both and any(c.shape != RAW_SHAPE for c in by["ferrymq"].consume):
