@@ -175,7 +175,7 @@ _SEND_OK = ('{"code":0,"extFields":{"msgId":"%s","queueId":"%d","queueOffset":"%
 def encode_send_ok(req: RemotingCommand, msg_id: str, queue_id: int, queue_offset: int) -> bytes:
     """The SUCCESS response to a send, as ``encode(response_to(req, SUCCESS, {...}))``
     gives it, from a template: it answers every message produced (a JSON request only;
-    ``msg_id`` is hex, so nothing needs escaping)."""
+    ``msg_id`` is hex, comma-separated for a batch: nothing needs escaping)."""
     if req.serialize_type != SerializeType.JSON:
         return encode(response_to(req, 0, {
             "msgId": msg_id, "queueId": str(queue_id), "queueOffset": str(queue_offset),
