@@ -113,7 +113,7 @@ class Controller:
         self.etcd = etcd or EtcdClient(self.cluster.etcd, self.cluster.etcd_timeout_ms / 1000)
         prefix = self.cluster.etcd_prefix or f"/ferrymq/{config.broker.cluster_name}"
         self.keys = Keys(prefix, config.broker.broker_name)
-        self.view = ClusterView(prefix, config.broker.broker_name)
+        self.view = ClusterView(prefix, config.broker.broker_name, self.node)
         self.ttl = self.cluster.lease_ttl_s
         self.margin = self.cluster.fence_margin_ms / 1000
         self.lease = 0
