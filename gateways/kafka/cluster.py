@@ -137,9 +137,9 @@ class ClusterApis:
         me = own.member_id(self.view.own_node)
         brokers: dict[int, tuple[str, int]] = {}
         for g in self.view.groups.values():
-            for m in g.members.values():
-                if m.ports.get("kafka"):
-                    brokers[g.member_id(m.node)] = (m.host, m.ports["kafka"])
+            for member in g.members.values():
+                if member.ports.get("kafka"):
+                    brokers[g.member_id(member.node)] = (member.host, member.ports["kafka"])
         brokers[me] = here  # as this client reaches it (its listener, TLS or not)
         leader, host, port = -1, "", -1
         if self.broker.replication_position().role is Role.MASTER:
