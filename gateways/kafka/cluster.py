@@ -177,8 +177,10 @@ class ClusterApis:
                     await stream.send_all(frame)
                     data = b""
                     while len(data) < 4 or len(data) < 4 + struct.unpack_from(">i", data)[0]:
+                        if len(data) > FORWARD_MAX_BYTES:
+                            raise ValueError(f"an answer over {FORWARD_MAX_BYTES} bytes")
                         chunk = await stream.receive_some(FORWARD_MAX_BYTES)
-                        if not chunk or len(data) > FORWARD_MAX_BYTES:
+                        if not chunk:
                             raise EOFError("the master closed the connection")
                         data += chunk
             (size,) = struct.unpack_from(">i", data)
