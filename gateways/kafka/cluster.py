@@ -371,9 +371,12 @@ class ClusterApis:
     async def describe_topic_partitions(self, h: Header, req: Any,
                                         s: Any) -> Any:
         """Topics and their partitions (KIP-966), paged by ``response_partition_limit``
-        and the cursor. No partition has eligible leader replicas besides this broker."""
+        and the cursor. Leader, replicas and ISR as Metadata names them (in a broker
+        group, its master, its members and its in-sync set); no eligible leader
+        replicas beyond those."""
         R = schema.response_class(DESCRIBE_TOPIC_PARTITIONS)
-        node = self.options.node_id
+        route = self.route(s)
+        code = ke.NONE if route.leader >= 0 else ke.LEADER_NOT_AVAILABLE
         limit = req.response_partition_limit if req.response_partition_limit > 0 \
             else DEFAULT_PARTITION_LIMIT
         if req.topics:
@@ -400,8 +403,9 @@ class ClusterApis:
                 break
             last = min(t.queues, first + left)
             parts = tuple(R.DescribeTopicPartitionsResponsePartition(
-                error_code=ke.NONE, partition_index=q, leader_id=node, leader_epoch=LEADER_EPOCH,
-                replica_nodes=(node,), isr_nodes=(node,), eligible_leader_replicas=(),
+                error_code=code, partition_index=q, leader_id=route.leader,
+                leader_epoch=LEADER_EPOCH, replica_nodes=route.replicas, isr_nodes=route.isr,
+                eligible_leader_replicas=(),
                 last_known_elr=(), offline_replicas=()) for q in range(first, last))
             left -= last - first
             topics.append(R.DescribeTopicPartitionsResponseTopic(

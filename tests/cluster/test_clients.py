@@ -237,6 +237,10 @@ def kafka_on_slave(address: str) -> dict[str, int]:
         out["init_transactional_id"] = c.call(22, 3, R(
             transactional_id="t", transaction_timeout_ms=60000, producer_id=-1,
             producer_epoch=-1)).error_code
+        R = Req(75)  # DescribeTopicPartitions: the leader and replicas Metadata names
+        part = c.call(75, 0, R(topics=(R.TopicRequest(name="R"),), response_partition_limit=10,
+                               cursor=None)).topics[0].partitions[0]
+        out["describe_partitions"] = (part.leader_id, sorted(part.replica_nodes))
         return out
     finally:
         c.close()
@@ -254,8 +258,10 @@ async def test_a_slave_sends_kafka_clients_to_the_master(make_group) -> None:
     await b.wait_role("slave")
     await trio.to_thread.run_sync(kafka_metadata, a.process.address("kafka"), "R")  # creates R
     got = await trio.to_thread.run_sync(kafka_on_slave, b.process.address("kafka"))
+    ids = member_node_id("g1", "a"), member_node_id("g1", "b")
     assert got == {"produce": 6, "join": 16, "heartbeat": 16, "init_producer_id": "pid",
-                   "init_transactional_id": 16}, got
+                   "init_transactional_id": 16,
+                   "describe_partitions": (ids[0], sorted(ids))}, got
     a.kill()  # no master to forward to: a retriable code, not a producer id
     got = await trio.to_thread.run_sync(kafka_on_slave, b.process.address("kafka"))
     assert got["init_producer_id"] == 15, got  # COORDINATOR_NOT_AVAILABLE
