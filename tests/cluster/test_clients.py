@@ -310,6 +310,13 @@ async def test_two_groups_each_route_to_their_own_master(make_group, tmp_path) -
                 while await trio.to_thread.run_sync(brokers, node.process.address("kafka")) \
                         != want:
                     await trio.sleep(0.2)
+        # A topic's Kafka partitions are the asked group's queues, led by that group's
+        # master (not spread over the groups: docs/cluster.md, "Not done here").
+        for node, leader in ((b, "a"), (x, "x")):
+            md = await trio.to_thread.run_sync(kafka_metadata, node.process.address("kafka"),
+                                               "T2")
+            group = "g1" if leader == "a" else "g2"
+            assert md["leader"] == member_node_id(group, leader), md
         out = await trio.to_thread.run_sync(lambda: subprocess.run(
             [sys.executable, "-m", "ferrymq.gateways", "cluster", "list", "--etcd",
              g1.etcd.url, "-c", g1.cluster_name, "--json"], capture_output=True, text=True,
