@@ -87,6 +87,7 @@ async def serve(ctx: DoorContext, *, task_status: trio.TaskStatus[int] = trio.TA
     broker = ctx.broker
     producers = ProducerStates(os.path.join(broker.config.data_dir, "kafka"))
     await trio.to_thread.run_sync(producers.load)
+    check_snapshot_log(broker, producers)
     replay_producer_state(broker, producers)
 
     async def save(changes: Any) -> None:
@@ -147,6 +148,24 @@ async def serve(ctx: DoorContext, *, task_status: trio.TaskStatus[int] = trio.TA
                 await _save(broker, producers)
 
 
+def check_snapshot_log(broker: Broker, producers: ProducerStates) -> bool:
+    """Keep the loaded snapshot only if this CommitLog still holds the log it describes
+    (producers.py: after a truncation it does not); True if it was kept."""
+    if producers.snapshot_log is None:
+        return True
+    epochs, end = producers.snapshot_log
+    if not epochs:  # taken outside a broker group: the queue ends say enough
+        return True
+    point = broker.truncation_point(epochs, end)
+    if point is not None and point >= end:
+        return True
+    log.warning("the Kafka producer snapshot describes a log this one no longer holds "
+                "(truncated at %s, the snapshot ends at %d): producer state is rebuilt "
+                "from the queues' starts", point, end)
+    producers.forget_snapshot()
+    return False
+
+
 def replay_producer_state(broker: Broker, producers: ProducerStates) -> int:
     """Bring the loaded snapshot up to the queues' ends: forget batches past them
     (lost in a crash), re-read the Kafka batches appended after the snapshot."""
@@ -174,7 +193,8 @@ def replay_producer_state(broker: Broker, producers: ProducerStates) -> int:
 
 async def _save(broker: Broker, producers: ProducerStates) -> None:
     ends = {(q.topic, q.queue_id): q.max_offset for q in broker.stored_queues(principal=SYSTEM)}
-    data = producers.snapshot(ends)
+    pos = broker.replication_position()
+    data = producers.snapshot(ends, ([(e, o) for e, o in pos.epochs], pos.end))
     try:
         await trio.to_thread.run_sync(producers.save, data)
     except OSError as exc:
@@ -373,4 +393,5 @@ async def _serve_connection(door: KafkaDoor, stream: trio.SocketStream, conn: Se
             return  # Kafka closes the connection after SASL_AUTHENTICATION_FAILED
 
 
-__all__ = ["handle_connection", "now_ms", "replay_producer_state", "serve"]
+__all__ = ["check_snapshot_log", "handle_connection", "now_ms", "replay_producer_state",
+           "serve"]
