@@ -322,6 +322,9 @@ class Producer:
                 body = bytes(body)
             props = m.wire_properties_text(u).encode()
             nb, np_ = len(body), len(props)
+            if np_ > 0xFFFF:  # a batch member's properties length is 16 bits on the wire
+                raise ValueError(f"a batch member's properties take {np_} bytes; "
+                                 "at most 65,535 fit (send it on its own)")
             parts += (head(22 + nb + np_, MAGIC, 0, m.flag, nb), body, u16(np_), props)
         body = b"".join(parts)
 
