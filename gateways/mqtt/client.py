@@ -229,7 +229,7 @@ class Client:
         every read), letting others run; ``first`` (a task just started) skips that."""
         tcp = self._tcp
         if tcp is None:
-            return await self.stream.receive_some(RECV_SIZE)  # type: ignore[no-any-return]
+            return await self.stream.receive_some(RECV_SIZE)
         waited = False
         while True:
             fd = tcp.fileno()
@@ -337,13 +337,15 @@ class Client:
             now = trio.current_time
             last_packet = now()
             started = math.inf  # when the packet being received began arriving
-            assert self.session is not None
-            flows = self.session.flows
+            session = self.session
+            assert session is not None
+            flows = session.flows
             batch: list[Publish] = []
             while True:
                 self._reading = True
                 ev = conn.next_event()
                 got = ev is not NEED_DATA
+                freed = False
                 while not isinstance(ev, NeedData):
                     if type(ev) is Publish and ev.qos < 2:
                         # QoS 0/1 publishes read together are stored together: one
@@ -354,6 +356,11 @@ class Client:
                         if len(batch) >= BATCH_MAX:
                             await self._timed_publish_batch(batch)
                             batch.clear()
+                    elif type(ev) is Puback:
+                        # The client acknowledges our QoS 1 PUBLISHes: the window is
+                        # refilled once for all the PUBACKs of one read (below).
+                        if flows.receive_ack(ev)[0] is Action.FREE:
+                            freed = True
                     else:
                         if batch:
                             await self._timed_publish_batch(batch)
@@ -366,6 +373,10 @@ class Client:
                 if batch:
                     await self._timed_publish_batch(batch)
                     batch.clear()
+                if freed and session.client is self:
+                    t0 = perf_counter()
+                    session.pump()
+                    metrics.observe("puback", perf_counter() - t0)  # once per read
                 self._reading = False
                 if self.outbuf and not self._writing:
                     await self._flush()
