@@ -60,11 +60,14 @@ async def read_everything(base: str, topics: range) -> list[tuple[int, int]]:
     return bad
 
 
-async def test_a_broker_under_ulimit_1024_serves_thousands_of_queues(start_broker,
-                                                                     tmp_path) -> None:
-    conf = tmp_path / "b.toml"  # small ConsumeQueue files: cheaper to create, same count
+async def test_a_broker_under_ulimit_1024_serves_thousands_of_queues(
+        start_broker, tmp_path_factory) -> None:
+    # Not tmp_path: a passed test's tmp_path is removed as it ends, and removing 40,000
+    # queue directories can take minutes on a slow disk; the session's directory stays.
+    where = tmp_path_factory.mktemp("many-queues")
+    conf = where / "b.toml"  # small ConsumeQueue files: cheaper to create, same count
     conf.write_text("cq_entries_per_file = 1000\nindex_slots = 1000\nindex_entries = 4000\n")
-    b = start_broker("http", nofile=NOFILE,
+    b = start_broker("http", nofile=NOFILE, data_dir=where / "broker",
                      extra_args=("--config", str(conf), "--log-level", "INFO"))
     base = f"http://{b.address('http')}"
     await produce_everywhere(base)

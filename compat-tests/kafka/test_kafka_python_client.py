@@ -25,27 +25,46 @@ class Member(threading.Thread):
 
     def __init__(self, bootstrap: str, name: str) -> None:
         super().__init__(daemon=True, name=name)
+        MEMBERS.append(self)
         self.bootstrap = bootstrap
         self.records: list = []
         self.stop = threading.Event()
         self.assigned: set[int] = set()
+        self.error: BaseException | None = None
+        self.polls = 0
 
     def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:  # shown by wait_for, not lost in a dead thread
+            self.error = exc
+            raise
+
+    def _run(self) -> None:
         # kafka-python's network layer belongs to the thread that created the consumer.
         consumer = KafkaConsumer(TOPIC, bootstrap_servers=self.bootstrap, group_id=GROUP,
                                  client_id=self.name, auto_offset_reset="earliest")
         while not self.stop.is_set():
             for batch in consumer.poll(timeout_ms=100).values():
                 self.records.extend(batch)
+            self.polls += 1
             self.assigned = {tp.partition for tp in consumer.assignment()}
         consumer.close()  # commits (auto commit) and leaves the group
+
+
+MEMBERS: list[Member] = []
 
 
 def wait_for(check, timeout: float = 40.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not check():
+        failed = [m for m in MEMBERS if m.error is not None]
+        if failed:
+            raise AssertionError(f"{failed[0].name} failed: {failed[0].error!r}")
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            seen = [(m.name, m.is_alive(), m.polls, m.assigned) for m in MEMBERS]
+            raise AssertionError(f"timed out waiting for {what}; members (name, alive, "
+                                 f"polls, assigned): {seen}")
         time.sleep(0.1)
 
 
