@@ -42,7 +42,14 @@ from ..protocols.remoting.codes import DEFAULT_TOPIC
 from ..protocols.remoting.messages import encode_properties
 from .admin import cancel_timer
 from .instance import ClientInstance, NoRouteError
-from .message import SHARDING_KEY, Message, SendResult, new_uniq_key, new_uniq_keys
+from .message import (
+    SHARDING_KEY,
+    Message,
+    SendResult,
+    SendStatus,
+    new_uniq_key,
+    new_uniq_keys,
+)
 from .remoting import DEFAULT_TIMEOUT, BrokerError, ClientError, RemotingConnectError
 
 _MEMBER_HEAD = struct.Struct(">iiiii")  # total, magic, CRC, flag, body length
@@ -143,11 +150,24 @@ class Producer:
             ext["m"] = "true"
         return ext
 
+    def _known_queues(self, topic: str) -> list[B.MessageQueue] | None:
+        """The topic's writable queues from the route already known (no await, and
+        the list is rebuilt only when the route changes); None when no route is known."""
+        route = self.instance.routes.get(topic)
+        if route is None:
+            return None
+        cached = self._queues.get(topic)
+        if cached is None or cached[0] is not route:
+            cached = self._queues[topic] = (route, B.queues_of(topic, route, write=True))
+        return cached[1]
+
     def _choose(self, queues: list[B.MessageQueue], avoid: set[str]) -> B.MessageQueue:
         """Round-robin, skipping the brokers this send failed on and those that failed
         recently (RocketMQ's sendLatencyFaultEnable), unless nothing else is left."""
         n = len(queues)
         start = next(self._rr)
+        if not avoid and not self._faulty:
+            return queues[start % n]
         now = time.monotonic()
         faulty = {b for b, until in self._faulty.items() if until > now}
         for skip in (avoid | faulty, avoid):
@@ -185,7 +205,11 @@ class Producer:
                 if queue is not None:
                     mq, from_default = queue, False
                 else:
-                    queues, from_default = await inst.publish_queues(topic)
+                    known = self._known_queues(topic)
+                    if known:
+                        queues, from_default = known, False
+                    else:
+                        queues, from_default = await inst.publish_queues(topic)
                     if not queues:
                         raise NoRouteError(f"topic {topic} has no writable queue")
                     if sharding_key is not None:
@@ -193,7 +217,8 @@ class Producer:
                     else:
                         mq = self._choose(queues, avoid)
                 cmd = build(mq, from_default)
-                addr = await inst.resolve_broker(mq.brokerName)
+                addr = inst.broker_addrs.get(mq.brokerName) or await inst.resolve_broker(
+                    mq.brokerName)
                 if oneway:
                     await inst.remoting.invoke_oneway(addr, cmd)
                     return None, mq
@@ -237,10 +262,7 @@ class Producer:
         send (the same key always goes to the same queue). Raises BrokerError,
         RemotingConnectError, NoRouteError, RemotingTimeoutError."""
         uniq = new_uniq_key()
-        props = message.wire_properties(uniq)
-        if sharding_key is not None:
-            props[SHARDING_KEY] = sharding_key
-        encoded = encode_properties(props)
+        encoded = _properties_text(message, uniq, sharding_key)
         topic = message.topic
 
         def build(mq: B.MessageQueue, from_default: bool) -> RemotingCommand:
@@ -293,11 +315,17 @@ class Producer:
         # RocketMQ's batch encoding; the member CRC is left 0 as RocketMQ's own client
         # leaves it (the broker's record CRC covers the whole batch).
         parts: list[bytes] = []
+        head, u16 = _MEMBER_HEAD.pack, _U16.pack
         for m, u in zip(messages, uniqs, strict=True):
-            body = bytes(m.body)
+            body = m.body
+            if type(body) is not bytes:
+                body = bytes(body)
             props = m.wire_properties_text(u).encode()
-            parts += (_MEMBER_HEAD.pack(22 + len(body) + len(props), MAGIC, 0, m.flag, len(body)),
-                      body, _U16.pack(len(props)), props)
+            nb, np_ = len(body), len(props)
+            if np_ > 0xFFFF:  # a batch member's properties length is 16 bits on the wire
+                raise ValueError(f"a batch member's properties take {np_} bytes; "
+                                 "at most 65,535 fit (send it on its own)")
+            parts += (head(22 + nb + np_, MAGIC, 0, m.flag, nb), body, u16(np_), props)
         body = b"".join(parts)
 
         def build(mq: B.MessageQueue, from_default: bool) -> RemotingCommand:
@@ -307,9 +335,12 @@ class Producer:
         resp, mq = await self._send_cmd(topic, build, sharding_key, None)
         assert resp is not None
         offsets = (resp.ext("msgId") or "").split(",")
+        if len(offsets) < len(uniqs):
+            offsets += [""] * (len(uniqs) - len(offsets))
         base = int(resp.ext("queueOffset") or 0)
-        return [SendResult(u, offsets[i] if i < len(offsets) else "", mq, base + i)
-                for i, u in enumerate(uniqs)]
+        new, ok = tuple.__new__, SendStatus.SEND_OK  # a SendResult per message: the fast form
+        return [new(SendResult, (u, o, mq, base + i, ok))
+                for i, (u, o) in enumerate(zip(uniqs, offsets, strict=False))]
 
     def send_async(self, message: Message, callback: SendCallback | None = None, *,
                    sharding_key: str | None = None) -> None:
@@ -396,13 +427,7 @@ class Producer:
         the general path."""
         inst = self.instance
         topic = message.topic
-        route = inst.routes.get(topic)
-        if route is None:
-            return False
-        cached = self._queues.get(topic)
-        if cached is None or cached[0] is not route:
-            cached = self._queues[topic] = (route, B.queues_of(topic, route, write=True))
-        queues = cached[1]
+        queues = self._known_queues(topic)
         if not queues:
             return False
         if sharding_key is not None:
@@ -414,11 +439,9 @@ class Producer:
         if conn is None or conn.closed:
             return False
         uniq = new_uniq_key()
-        props = message.wire_properties(uniq)
-        if sharding_key is not None:
-            props[SHARDING_KEY] = sharding_key
         cmd = request(RequestCode.SEND_MESSAGE_V2, 0,
-                      self._header(topic, mq, encode_properties(props), False, message.flag),
+                      self._header(topic, mq, _properties_text(message, uniq, sharding_key),
+                                   False, message.flag),
                       bytes(message.body))
 
         def done(resp: Any) -> None:
@@ -448,6 +471,15 @@ class Producer:
         except Exception as exc:  # every outcome goes to the callback
             result = exc
         self._finish(callback, result)
+
+
+def _properties_text(message: Message, uniq: str, sharding_key: str | None) -> str:
+    """The properties header field of a single send."""
+    if sharding_key is None:
+        return message.wire_properties_text(uniq)
+    props = message.wire_properties(uniq)
+    props[SHARDING_KEY] = sharding_key
+    return encode_properties(props)
 
 
 async def _await(outcome: Awaitable[Any]) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -42,7 +43,7 @@ log = logging.getLogger("ferrymq.client")
 # 64 KiB: a recv() of 256 KiB costs about 17 us more per call here (the allocation
 # crosses glibc's mmap threshold), which dominated small request/response traffic.
 RECEIVE_SIZE = 64 * 1024
-EXPIRE_SCAN_S = 0.2  # how often send_nowait deadlines are checked
+EXPIRE_SCAN_S = 0.2  # how often request deadlines are checked
 DEFAULT_TIMEOUT = 3.0  # RocketMQ's default send timeout (DefaultMQProducer.sendMsgTimeout)
 
 RequestHandler = Callable[["RemotingConnection", RemotingCommand],
@@ -93,11 +94,13 @@ def parse_address_list(addrs: str | list[str] | tuple[str, ...]) -> list[str]:
 
 
 class RemotingConnection:
-    """One connection. Every frame goes through one writer task, which writes all
+    """One connection. A frame for an idle plain TCP connection is written by the
+    caller itself, in one non-blocking send (a waiting producer's request costs no
+    task switch); every other frame goes through one writer task, which writes all
     frames queued since its last write in one send: a pipelining producer costs a
-    system call per batch of frames, and a cancelled caller can never leave half a
-    frame on the wire. Responses are matched by opaque to a waiting ``invoke`` or
-    to the callback of ``send_nowait``."""
+    system call per batch of frames. Neither way can a cancelled caller leave half
+    a frame on the wire. Responses are matched by opaque to a waiting ``invoke`` or
+    to the callback of ``send_nowait``; the expiry scan times out both."""
 
     def __init__(self, stream: anyio.abc.ByteStream, address: str, *,
                  on_request: RequestHandler | None = None, max_frame: int = DEFAULT_MAX_FRAME,
@@ -117,18 +120,42 @@ class RemotingConnection:
         self._wake = anyio.Event()
         self.closed = False
         self.error: BaseException | None = None
+        # A plain TCP connection is written through its socket, without a task switch
+        # (see _queue); a TLS stream only through the writer task.
+        self._sock = _plain_socket(stream)
+        self._writing = False  # the writer holds bytes taken from _out, not all sent yet
 
     def next_opaque(self) -> int:
         return next(self._opaque) & 0x7FFFFFFF
 
     def _queue(self, frame: bytes) -> None:
+        """Put ``frame`` on the wire, or in line for the writer.
+
+        An idle plain TCP connection (nothing queued, nothing being written, no
+        request awaiting its answer) is written at once from the caller: a
+        non-blocking ``send``, no task switch, no event-loop iteration. A
+        synchronous call cannot be cancelled half way, so no half frame is left;
+        whatever the kernel did not take goes to the writer, ahead of anything
+        queued later (the writer gives it to the stream, whose send returns once all
+        of it is with the kernel, so the socket is never written around a transport's
+        buffer). A connection with requests in flight queues instead, so
+        that frames sent back to back (``send_async``) leave together in one write."""
         if self.closed:
             raise RemotingConnectError(f"connection to {self.address} is closed")
+        sock = self._sock
+        if sock is not None and not self._out and not self._writing and not self._pending:
+            try:
+                n = sock.send(frame)
+            except OSError:  # would block, or broken: the writer sends it or fails
+                n = 0
+            if n == len(frame):
+                return
+            frame = frame[n:]
         self._out.append(frame)
         self._wake.set()
 
     async def send_raw(self, data: bytes) -> None:
-        """Queue an encoded frame for the writer."""
+        """Send an encoded frame (at once, or through the writer: see ``_queue``)."""
         self._queue(data)
 
     def send_nowait(self, cmd: RemotingCommand, callback: Callable[[Any], None],
@@ -161,15 +188,18 @@ class RemotingConnection:
 
         self._queue(frame)
         self._pending[opaque] = deliver
+        # The timeout is kept by the expiry scan (as send_nowait's): a cancel scope per
+        # request cost more than the rest of a small request's client-side work.
+        self._deadlines[opaque] = time.monotonic() + (timeout if timeout > 0 else math.inf)
         try:
-            with anyio.move_on_after(timeout if timeout > 0 else math.inf):
-                await done.wait()
+            await done.wait()
         finally:
             self._pending.pop(opaque, None)
-        if not box:
+            self._deadlines.pop(opaque, None)
+        resp = box[0]
+        if isinstance(resp, RemotingTimeoutError):
             raise RemotingTimeoutError(
                 f"no response from {self.address} in {timeout:.1f}s (code {cmd.code})")
-        resp = box[0]
         if isinstance(resp, BaseException):
             raise RemotingConnectError(f"connection to {self.address} broke: {resp}")
         return resp
@@ -234,6 +264,7 @@ class RemotingConnection:
                     tg.start_soon(self._serve_request, cmd)
 
     async def _writer(self, scope: anyio.CancelScope) -> None:
+        sock = self._sock
         while not self.closed:
             if not self._out:
                 self._wake = anyio.Event()
@@ -241,15 +272,27 @@ class RemotingConnection:
                 continue
             chunk = self._out[0] if len(self._out) == 1 else b"".join(self._out)
             self._out.clear()
+            self._writing = True
             try:
-                await self.stream.send(chunk)
+                if sock is not None:  # what the kernel takes now costs no iteration
+                    try:
+                        n = sock.send(chunk)
+                    except OSError:  # full, or broken: the stream's send says which
+                        n = 0
+                    chunk = chunk[n:]
+                if chunk:
+                    await self.stream.send(chunk)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
                 self._fail(exc)
                 scope.cancel()
                 return
+            finally:
+                self._writing = False
 
     async def _expire(self) -> None:
-        """Time out ``send_nowait`` callbacks whose response did not come."""
+        """Time out the requests whose response did not come (``invoke`` and
+        ``send_nowait`` alike): a request times out within ``EXPIRE_SCAN_S`` of its
+        deadline."""
         while True:
             await anyio.sleep(EXPIRE_SCAN_S)
             now = time.monotonic()
@@ -272,6 +315,20 @@ class RemotingConnection:
     async def aclose(self) -> None:
         self._fail(RemotingConnectError("closed"))
         await self.stream.aclose()
+
+
+def _plain_socket(stream: anyio.abc.ByteStream) -> socket.socket | None:
+    """The non-blocking socket under a plain TCP stream (None for TLS and anything
+    else). asyncio lends its transports' sockets as a ``TransportSocket`` view, whose
+    ``_sock`` is the socket; the client never writes through the transport itself."""
+    if not isinstance(stream, anyio.abc.SocketStream):
+        return None
+    raw = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+    if not isinstance(raw, socket.socket):
+        raw = getattr(raw, "_sock", None)
+    if not isinstance(raw, socket.socket) or raw.getblocking():
+        return None
+    return raw
 
 
 def _with(cmd: RemotingCommand, opaque: int, stype: int, flag: int | None = None

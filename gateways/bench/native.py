@@ -82,10 +82,12 @@ def _show(title: str, results: list[dict[str, Any]], as_json: bool) -> None:
         c = ceilings.get(r.get("shape", ""))
         rows.append((LABELS.get(r["name"], r["name"]), r["value"], r.get("p50_us"),
                      r.get("p99_us"), r.get("p999_us"), r.get("broker_cpu"), r.get("client_cpu"),
+                     r.get("broker_us_per_msg"), r.get("client_us_per_msg"),
                      c["value"] if c else None,
                      f"{r['value'] / c['value']:.0%}" if c and c["value"] else None))
     print_table(title, ("shape", "msgs/s", "p50 µs", "p99 µs", "p999 µs", "broker CPU",
-                        "client CPU", "ceiling msgs/s", "ratio"), rows)
+                        "client CPU", "broker µs/msg", "client µs/msg", "ceiling msgs/s",
+                        "ratio"), rows)
 
 
 def _free_port() -> int:
@@ -138,9 +140,15 @@ def _measure(name: str, broker_pid: int | None, run: Callable[[], Any]) -> dict[
     t0 = time.perf_counter()
     msgs, lats, unit_name = anyio.run(run)
     dt = time.perf_counter() - t0
-    extra: dict[str, Any] = {"client_cpu": (_self_cpu() - c0) / dt, "seconds": dt}
+    client_cpu = _self_cpu() - c0
+    # CPU seconds per message as well as per second: on a shared machine the rate moves
+    # with the neighbours, the cost of a message much less (session figures: docs/remoting.md).
+    extra: dict[str, Any] = {"client_cpu": client_cpu / dt, "seconds": dt,
+                             "client_us_per_msg": client_cpu / max(msgs, 1) * 1e6}
     if broker_pid:
-        extra["broker_cpu"] = (_cpu_of(broker_pid) - b0) / dt
+        broker_cpu = _cpu_of(broker_pid) - b0
+        extra["broker_cpu"] = broker_cpu / dt
+        extra["broker_us_per_msg"] = broker_cpu / max(msgs, 1) * 1e6
     if lats:
         lats.sort()
         extra.update(p50_us=_pct(lats, 0.5) * 1e6, p99_us=_pct(lats, 0.99) * 1e6,

@@ -11,21 +11,28 @@ replication (issue 14), where the same requests reach real choices.
 ``ClusterApis`` is a mixin of ``handlers.KafkaDoor``: the methods are handlers
 (header, request, session) -> response like the others.
 
-A member of a broker group (docs/cluster.md, "Clients follow the master") is one
-Kafka broker per group: the group's node id (``group_node_id``) at its current
-master's address, read from the controller's ``ClusterView``. Metadata names it
-leader of every partition and FindCoordinator names it coordinator, whichever
-member answers; a slave that knows no master yet answers LEADER_NOT_AVAILABLE /
-COORDINATOR_NOT_AVAILABLE, and refuses produce and (unless slaves serve reads)
-fetch with NOT_LEADER_OR_FOLLOWER, so that clients refresh their metadata.
+A member of a broker group (docs/cluster.md, "Clients follow the master") is a
+Kafka broker of its own (``member_node_id``), master or slave, read from the
+controller's ``ClusterView``: Metadata lists every live member of every group,
+names the group's master leader of every partition (its members the replicas,
+the in-sync set the ISR) and FindCoordinator names the master coordinator,
+whichever member answers. A client therefore always knows the surviving members
+of a group whose master died, asks them, and finds the new master's id as
+leader once it is elected. A slave that knows no master yet answers
+LEADER_NOT_AVAILABLE / COORDINATOR_NOT_AVAILABLE, and refuses produce and (unless
+slaves serve reads) fetch with NOT_LEADER_OR_FOLLOWER, so that clients refresh
+their metadata.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import trio
 
 from ...core.access import SYSTEM
 from ...core.broker import Broker
@@ -34,7 +41,7 @@ from ...core.metadata import TopicConfig
 from ...core.replication import Role
 from ...protocols.kafka import errors as ke
 from ...protocols.kafka import schema
-from ...protocols.kafka.connection import Header
+from ...protocols.kafka.connection import Header, parse_response, request_bytes
 from .errors import kafka_error
 from .groups import Coordinator
 from .mapping import kafka_visible
@@ -51,6 +58,11 @@ HIGH_WATERMARK = -1  # DeleteRecords: "up to the high watermark"
 LEADER_EPOCH = 0  # this broker leads every partition, at epoch 0 (Metadata says so too)
 ENDPOINT_BROKERS = 1  # DescribeCluster v1 endpoint types: brokers 1, controllers 2
 DEFAULT_PARTITION_LIMIT = 2000  # DescribeTopicPartitions' response_partition_limit default
+INIT_PRODUCER_ID = 22
+FORWARD_TIMEOUT_S = 5.0  # a slave's InitProducerId forwarded to its master
+FORWARD_MAX_BYTES = 1 << 16  # the master's answer is a few bytes: anything larger is garbage
+
+log = logging.getLogger("ferrymq.kafka")
 
 
 def subscribed_topics(metadata: bytes) -> set[str] | None:
@@ -72,13 +84,15 @@ def subscribed_topics(metadata: bytes) -> set[str] | None:
 @dataclass(frozen=True, slots=True)
 class Route:
     """Who leads this door's partitions: ``leader`` (a node id, -1 while unknown) at
-    ``leader_host:leader_port``; ``group``, the node id of this broker's group;
-    ``brokers``, every (node id, host, port) Metadata lists."""
+    ``leader_host:leader_port``; ``replicas`` and ``isr``, the node ids of this broker's
+    group and of its in-sync members; ``brokers``, every (node id, host, port) Metadata
+    lists."""
 
     leader: int
     leader_host: str
     leader_port: int
-    group: int
+    replicas: tuple[int, ...]
+    isr: tuple[int, ...]
     brokers: tuple[tuple[int, str, int], ...]
 
 
@@ -113,26 +127,69 @@ class ClusterApis:
 
     def route(self, s: Any) -> Route:
         """This door's answer to "who leads": itself for a single broker or a master;
-        the group's master, as etcd names it, for a slave."""
+        the group's master, as etcd names it, for a slave. Every live member of every
+        group is a broker (its member key, with a Kafka port, is in etcd)."""
         here = (self.host_for(s), self.port_for(s))
         if self.view is None:
             node = self.options.node_id
-            return Route(node, *here, node, ((node, *here),))
+            return Route(node, *here, (node,), (node,), ((node, *here),))
         own = self.view.own()
-        group = own.node_id
+        me = own.member_id(self.view.own_node)
+        brokers: dict[int, tuple[str, int]] = {}
+        for g in self.view.groups.values():
+            for member in g.members.values():
+                if member.ports.get("kafka"):
+                    brokers[g.member_id(member.node)] = (member.host, member.ports["kafka"])
+        brokers[me] = here  # as this client reaches it (its listener, TLS or not)
         leader, host, port = -1, "", -1
         if self.broker.replication_position().role is Role.MASTER:
-            leader, (host, port) = group, here
+            leader, (host, port) = me, here
         else:
             m = own.master_member()
             if m is not None and m.ports.get("kafka"):
-                leader, host, port = group, m.host, m.ports["kafka"]
-        brokers = {group: (host, port)} if leader >= 0 else {}
-        for g, m in self.view.masters():
-            if g.name != own.name and m.ports.get("kafka"):
-                brokers[g.node_id] = (m.host, m.ports["kafka"])
-        return Route(leader, host, port, group,
+                leader, host, port = own.member_id(m.node), m.host, m.ports["kafka"]
+        replicas = {own.member_id(n) for n in own.members} | {me}
+        if leader >= 0:
+            replicas.add(leader)
+        isr = {own.member_id(n) for n in own.isr} & replicas or {leader} - {-1}
+        return Route(leader, host, port, tuple(sorted(replicas)), tuple(sorted(isr)),
                      tuple((b, h, p) for b, (h, p) in sorted(brokers.items())))
+
+    async def forward_init_producer_id(self, h: Header, req: Any) -> Any:
+        """A slave's answer to an idempotent producer's InitProducerId: the master's,
+        asked over the master's Kafka door. librdkafka sends it to whichever broker it
+        is connected to, and a client that bootstrapped from a slave may be connected
+        to that slave alone (it connects to the leader only to produce, which waits for
+        the producer id); refused there, it would ask the same slave forever. Any
+        failure (no master known, unreachable, a refusal of its own) is
+        COORDINATOR_NOT_AVAILABLE, which the client retries."""
+        R = schema.response_class(INIT_PRODUCER_ID)
+        unavailable = R(error_code=ke.COORDINATOR_NOT_AVAILABLE, producer_id=-1,
+                        producer_epoch=-1)
+        m = self.view.own().master_member() if self.view is not None else None
+        if m is None or not m.ports.get("kafka") or m.node == self.view.own_node:  # type: ignore
+            return unavailable
+        frame = request_bytes(INIT_PRODUCER_ID, h.api_version, 1, req, client_id="ferrymq-slave")
+        try:
+            with trio.fail_after(FORWARD_TIMEOUT_S):
+                stream = await trio.open_tcp_stream(m.host, m.ports["kafka"])
+                async with stream:
+                    await stream.send_all(frame)
+                    data = b""
+                    while len(data) < 4 or len(data) < 4 + struct.unpack_from(">i", data)[0]:
+                        if len(data) > FORWARD_MAX_BYTES:
+                            raise ValueError(f"an answer over {FORWARD_MAX_BYTES} bytes")
+                        chunk = await stream.receive_some(FORWARD_MAX_BYTES)
+                        if not chunk:
+                            raise EOFError("the master closed the connection")
+                        data += chunk
+            (size,) = struct.unpack_from(">i", data)
+            _corr, body = parse_response(INIT_PRODUCER_ID, h.api_version, data[4:4 + size])
+        except (OSError, EOFError, trio.TooSlowError, trio.BrokenResourceError,
+                ValueError, struct.error) as exc:
+            log.info("cannot forward InitProducerId to the master %s: %s", m.node, exc)
+            return unavailable
+        return body
 
     def slave_refusal(self) -> str | None:
         """Why this broker cannot coordinate (a slave of a group), or None."""
@@ -304,9 +361,9 @@ class ClusterApis:
             return R(error_code=ke.UNSUPPORTED_ENDPOINT_TYPE, endpoint_type=req.endpoint_type,
                      error_message="this broker is its own controller; ask for brokers",
                      cluster_id=self.options.cluster_id, controller_id=-1)
-        route = self.route(s)  # a broker group: every group's master (one broker each)
+        route = self.route(s)  # a broker group: every member of every group
         return R(error_code=ke.NONE, error_message=None, endpoint_type=ENDPOINT_BROKERS,
-                 cluster_id=self.options.cluster_id, controller_id=route.group,
+                 cluster_id=self.options.cluster_id, controller_id=route.leader,
                  brokers=tuple(R.DescribeClusterBroker(broker_id=b, host=host, port=port,
                                                        rack=None)
                                for b, host, port in route.brokers))
@@ -314,9 +371,12 @@ class ClusterApis:
     async def describe_topic_partitions(self, h: Header, req: Any,
                                         s: Any) -> Any:
         """Topics and their partitions (KIP-966), paged by ``response_partition_limit``
-        and the cursor. No partition has eligible leader replicas besides this broker."""
+        and the cursor. Leader, replicas and ISR as Metadata names them (in a broker
+        group, its master, its members and its in-sync set); no eligible leader
+        replicas beyond those."""
         R = schema.response_class(DESCRIBE_TOPIC_PARTITIONS)
-        node = self.options.node_id
+        route = self.route(s)
+        code = ke.NONE if route.leader >= 0 else ke.LEADER_NOT_AVAILABLE
         limit = req.response_partition_limit if req.response_partition_limit > 0 \
             else DEFAULT_PARTITION_LIMIT
         if req.topics:
@@ -343,8 +403,9 @@ class ClusterApis:
                 break
             last = min(t.queues, first + left)
             parts = tuple(R.DescribeTopicPartitionsResponsePartition(
-                error_code=ke.NONE, partition_index=q, leader_id=node, leader_epoch=LEADER_EPOCH,
-                replica_nodes=(node,), isr_nodes=(node,), eligible_leader_replicas=(),
+                error_code=code, partition_index=q, leader_id=route.leader,
+                leader_epoch=LEADER_EPOCH, replica_nodes=route.replicas, isr_nodes=route.isr,
+                eligible_leader_replicas=(),
                 last_known_elr=(), offline_replicas=()) for q in range(first, last))
             left -= last - first
             topics.append(R.DescribeTopicPartitionsResponseTopic(

@@ -362,14 +362,14 @@ class KafkaDoor(ClusterApis):
             parts = tuple(R.MetadataResponsePartition(
                 error_code=ke.NONE if node >= 0 else ke.LEADER_NOT_AVAILABLE,
                 partition_index=q, leader_id=node, leader_epoch=0,
-                replica_nodes=(route.group,), isr_nodes=(route.group,), offline_replicas=())
+                replica_nodes=route.replicas, isr_nodes=route.isr, offline_replicas=())
                 for q in range(t.queues))
             topics.append(R.MetadataResponseTopic(error_code=ke.NONE, name=name,
                                                   topic_id=self.topic_id(t),
                                                   is_internal=False, partitions=parts))
         return R(brokers=tuple(R.MetadataResponseBroker(node_id=b, host=host, port=port, rack=None)
                                for b, host, port in route.brokers),
-                 cluster_id=self.options.cluster_id, controller_id=route.group,
+                 cluster_id=self.options.cluster_id, controller_id=route.leader,
                  topics=tuple(topics))
 
     # ================================================================ Produce
@@ -1143,6 +1143,8 @@ class KafkaDoor(ClusterApis):
         if denied:
             return R(error_code=denied, producer_id=-1, producer_epoch=-1)
         if self.slave_refusal() is not None:  # producer ids are the master's to hand out
+            if req.transactional_id is None:  # any broker answers an idempotent producer
+                return await self.forward_init_producer_id(h, req)
             return R(error_code=ke.NOT_COORDINATOR, producer_id=-1, producer_epoch=-1)
         if req.transactional_id is None:
             pid = await self.txns.new_producer_id()

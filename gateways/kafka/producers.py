@@ -15,6 +15,16 @@ batches appended since it was taken are replayed from the queues (their
 headers carry producer id, epoch and sequence), so a restart, even a crash,
 keeps deduplication working; cached batches past the recovered end of a queue
 (lost with an unflushed tail) are forgotten.
+
+In a broker group the snapshot also names the CommitLog it describes: the epoch
+list and the log's end when it was taken (``log``). A master that lost its term
+with a tail its slaves never got has that tail truncated when it comes back
+(docs/cluster.md, "Truncation"), and the queues grow again with what the new
+master wrote at the same offsets; the snapshot's batches there, and its "replayed
+up to here", would then describe records that are gone. The door therefore
+keeps a snapshot only while the log still holds everything it describes
+(``Broker.truncation_point`` of the snapshot's log reaches its end), and
+otherwise rebuilds the state from the queues' starts.
 """
 
 from __future__ import annotations
@@ -73,6 +83,8 @@ class ProducerStates:
         self.dirty = False
         # (topic, queue) -> the queue's max offset when the loaded snapshot was taken
         self.snapshot_ends: dict[tuple[str, int], int] = {}
+        # The CommitLog the loaded snapshot describes: (epoch list, end); None without one
+        self.snapshot_log: tuple[list[tuple[int, int]], int] | None = None
 
     # ---------------------------------------------------------------- ids
 
@@ -165,13 +177,16 @@ class ProducerStates:
 
     # ---------------------------------------------------------------- persistence
 
-    def snapshot(self, queue_ends: dict[tuple[str, int], int]) -> bytes:
-        """The state as bytes (taken on the loop thread), with every queue's end."""
+    def snapshot(self, queue_ends: dict[tuple[str, int], int],
+                 log: tuple[list[tuple[int, int]], int] | None = None) -> bytes:
+        """The state as bytes (taken on the loop thread), with every queue's end and, in a
+        broker group, the CommitLog's epoch list and end."""
         self.dirty = False
         return msgpack.packb({
             "version": SNAPSHOT_VERSION,
             "next_id": self.next_id,
             "queue_ends": [[t, q, o] for (t, q), o in queue_ends.items()],
+            "log": None if log is None else [[[e, o] for e, o in log[0]], log[1]],
             "producers": [[pid, p.epoch, p.last_used_ms,
                            [[t, q, [[b.first_seq, b.last_seq, b.base_offset] for b in bs]]
                             for (t, q), bs in p.partitions.items()]]
@@ -207,11 +222,22 @@ class ProducerStates:
                     p.partitions[(t, q)] = deque((BatchSeq(*b) for b in bs),
                                                  maxlen=CACHED_BATCHES)
                 producers[pid] = p
+            raw_log = doc.get("log")
+            log_of = None if raw_log is None else (
+                [(int(e), int(o)) for e, o in raw_log[0]], int(raw_log[1]))
         except (KeyError, TypeError, ValueError) as exc:
             return self._damaged(exc)
-        self.next_id, self.snapshot_ends = next_id, ends
+        self.next_id, self.snapshot_ends, self.snapshot_log = next_id, ends, log_of
         self.producers.update(producers)
         return True
+
+    def forget_snapshot(self) -> None:
+        """Drop what the loaded snapshot said (its log is not this one any more): the
+        replay then reads every queue from its start. Producer ids handed out stay
+        reserved (``next_id``)."""
+        self.producers.clear()
+        self.snapshot_ends = {}
+        self.snapshot_log = None
 
     def _damaged(self, exc: BaseException) -> bool:
         log.error("the Kafka producer snapshot %s is damaged (%s): set aside as *.damaged; "

@@ -21,9 +21,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import socket
 import uuid
-from dataclasses import replace
 from time import perf_counter
 from typing import Any
 
@@ -101,10 +101,10 @@ class Client:
     reason a limit closed the connection (counted per reason) and the pre-auth
     packet limit (``pre_auth_max_bytes``, for CONNECT)."""
 
-    __slots__ = ("_closed", "_idle", "_reading", "_writing", "access", "client_id", "conn",
-                 "deadline", "expiry_reason", "hub", "keep_alive", "max_outbuf", "outbuf",
-                 "publish_will", "send_deadline", "session", "stream", "transport", "version",
-                 "watch", "will")
+    __slots__ = ("_closed", "_idle", "_reading", "_tcp", "_writing", "access", "client_id",
+                 "conn", "deadline", "expiry_reason", "hub", "keep_alive", "max_outbuf",
+                 "outbuf", "publish_will", "send_deadline", "session", "stream", "transport",
+                 "version", "watch", "will")
 
     def __init__(self, hub: Hub, stream: Any, transport: str = "tcp", watch: Any = None) -> None:
         self.hub = hub
@@ -128,6 +128,9 @@ class Client:
         self._reading = False  # the reader is handling packets: it sends their answers itself
         self._closed = False
         self._idle: trio.Event | None = None  # set when the writer stops / the client ends
+        # A plain TCP stream's trio socket: read and written by its descriptor (see
+        # ``_receive`` and ``_send_all``); None for TLS and WebSocket streams.
+        self._tcp = stream.socket if type(stream) is trio.SocketStream else None
 
     # ------------------------------------------------------------ output
 
@@ -196,6 +199,21 @@ class Client:
         return True
 
     async def _send_all(self, data: bytes | bytearray) -> None:
+        tcp = self._tcp
+        if tcp is not None:
+            # TCP: one write(2) first. The socket is non-blocking and usually takes
+            # it all, and then no trip through trio's scheduler is needed (trio's
+            # send_all always yields after sending); the rest goes the usual way.
+            fd = tcp.fileno()
+            if fd < 0:
+                raise trio.ClosedResourceError("the socket was closed")
+            try:
+                n = os.write(fd, data)
+            except BlockingIOError:
+                n = 0
+            if n == len(data):
+                return
+            data = memoryview(data)[n:]  # type: ignore[assignment]
         timeout = self.hub.options.send_timeout
         if timeout > 0:
             self.send_deadline = trio.current_time() + timeout
@@ -203,6 +221,29 @@ class Client:
             await self.stream.send_all(data)
         finally:
             self.send_deadline = math.inf
+
+    async def _receive(self, first: bool = False) -> bytes:
+        """The next bytes from the client (b"": end of file). On TCP, read(2) on the
+        descriptor: a read that had to wait for the socket has yielded already, so
+        only one that found data at once yields (as trio's receive_some does after
+        every read), letting others run; ``first`` (a task just started) skips that."""
+        tcp = self._tcp
+        if tcp is None:
+            return await self.stream.receive_some(RECV_SIZE)
+        waited = False
+        while True:
+            fd = tcp.fileno()
+            if fd < 0:  # closed under us (_abort): the descriptor may be reused already
+                raise trio.ClosedResourceError("the socket was closed")
+            try:
+                data = os.read(fd, RECV_SIZE)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(tcp)
+                waited = True
+                continue
+            if not waited and not first:
+                await trio.lowlevel.checkpoint()
+            return data
 
     async def _flush(self) -> None:
         """The reader sends what its packets produced (no writer task per reply)."""
@@ -263,20 +304,22 @@ class Client:
         self.deadline = trio.current_time() + hub.options.connect_timeout
         conn = self.conn
         stats = hub.stats
-        receive = self.stream.receive_some
+        receive = self._receive
         pre_auth = self.watch.limits.pre_auth_max_bytes if self.watch is not None else 0
         if 0 < pre_auth < conn.limits.max_packet_size:
             # Until CONNECT is accepted, a packet (CONNECT) may be this large at most.
-            conn.limits = replace(conn.limits, max_packet_size=pre_auth)
+            conn.limits = hub.pre_auth_limits(pre_auth)
         try:
             connect = None
+            first = True
             while connect is None:
                 ev = conn.next_event()
                 if ev is not NEED_DATA:
                     assert isinstance(ev, Connect)
                     connect = ev
                     break
-                data = await receive(RECV_SIZE)
+                data = await receive(first)
+                first = False
                 if not data:
                     return
                 stats["bytes_received"] += len(data)
@@ -294,13 +337,15 @@ class Client:
             now = trio.current_time
             last_packet = now()
             started = math.inf  # when the packet being received began arriving
-            assert self.session is not None
-            flows = self.session.flows
+            session = self.session
+            assert session is not None
+            flows = session.flows
             batch: list[Publish] = []
             while True:
                 self._reading = True
                 ev = conn.next_event()
                 got = ev is not NEED_DATA
+                freed = False
                 while not isinstance(ev, NeedData):
                     if type(ev) is Publish and ev.qos < 2:
                         # QoS 0/1 publishes read together are stored together: one
@@ -311,6 +356,11 @@ class Client:
                         if len(batch) >= BATCH_MAX:
                             await self._timed_publish_batch(batch)
                             batch.clear()
+                    elif type(ev) is Puback:
+                        # The client acknowledges our QoS 1 PUBLISHes: the window is
+                        # refilled once for all the PUBACKs of one read (below).
+                        if flows.receive_ack(ev)[0] is Action.FREE:
+                            freed = True
                     else:
                         if batch:
                             await self._timed_publish_batch(batch)
@@ -323,6 +373,10 @@ class Client:
                 if batch:
                     await self._timed_publish_batch(batch)
                     batch.clear()
+                if freed and session.client is self:
+                    t0 = perf_counter()
+                    session.pump()
+                    metrics.observe("puback", perf_counter() - t0)  # once per read
                 self._reading = False
                 if self.outbuf and not self._writing:
                     await self._flush()
@@ -340,7 +394,7 @@ class Client:
                     self.deadline, self.expiry_reason = started + packet_timeout, FRAME_TIMEOUT
                 else:
                     self.deadline, self.expiry_reason = last_packet + timeout, IDLE_TIMEOUT
-                data = await receive(RECV_SIZE)
+                data = await receive()
                 if not data:
                     return
                 stats["bytes_received"] += len(data)
@@ -564,9 +618,15 @@ class Client:
         return 0, user
 
     def _peer(self) -> str | None:
+        addr = self.watch.addr if self.watch is not None else None
+        if addr is None:  # the supervisor asked already (getpeername) when there is one
+            try:
+                addr = self.stream.socket.getpeername()
+            except (AttributeError, OSError, ValueError, TypeError):
+                return None
         try:
-            host, port = self.stream.socket.getpeername()[:2]
-        except (AttributeError, OSError, ValueError, TypeError):
+            host, port = addr[:2]
+        except (ValueError, TypeError):
             return None
         return f"{host}:{port}"
 

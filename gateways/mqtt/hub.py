@@ -31,6 +31,7 @@ import collections
 import contextlib
 import logging
 from collections.abc import Iterator
+from dataclasses import replace
 
 import trio
 
@@ -89,6 +90,7 @@ class Hub:
         self.store.door_metrics = self.metrics
         self.limits = ServerLimits(options.max_packet_size, options.receive_maximum,
                                    options.topic_alias_maximum)
+        self._pre_auth: tuple[int, ServerLimits] | None = None
         self.passwords = load_passwords(options.password_file) if options.password_file else None
         self.acl = load_acl(options.acl_file) if options.acl_file else None
         if self.passwords is not None or self.acl is not None:
@@ -97,6 +99,14 @@ class Hub:
                                    sorted((self.passwords or {}).items()),
                                    enforce_door="mqtt" if self.acl else None, principal=SYSTEM)
         self.open_access = ClientAccess(broker, SYSTEM)
+
+    def pre_auth_limits(self, max_bytes: int) -> ServerLimits:
+        """``limits`` with the supervisor's pre-auth packet cap, built once per cap
+        (``dataclasses.replace`` per connection was a visible part of a connect)."""
+        cached = self._pre_auth
+        if cached is None or cached[0] != max_bytes:
+            cached = self._pre_auth = (max_bytes, replace(self.limits, max_packet_size=max_bytes))
+        return cached[1]
 
     def access_for(self, principal: Principal) -> ClientAccess:
         return ClientAccess(self.broker, principal)

@@ -56,12 +56,21 @@ class StorePath:
         self._plain_props: dict[tuple[str, int, bool, str], dict[str, str]] = {}
 
     def cached_message(self, topic: str, payload: bytes, qos: int, retain: bool,
-                       publisher: str, props: Mapping[int, Any]) -> Message | None:
+                       publisher: str, props: Mapping[int, Any],
+                       checked: dict[str, TopicConfig] | None = None) -> Message | None:
         """``message_for`` without a coroutine, for a topic whose route is known and
-        that carries no 5.0 properties (the hot path); None otherwise."""
+        that carries no 5.0 properties (the hot path); None otherwise. ``checked``:
+        broker topics whose configuration was found unchanged since the caller last
+        yielded (the caller empties it after every await), so a batch of publishes
+        to one topic looks its configuration up once."""
         hit = self._routes.get(topic)
-        if hit is None or props or self.broker.find_topic(hit[1], principal=SYSTEM) is not hit[0]:
+        if hit is None or props:
             return None
+        if checked is None or checked.get(hit[1]) is not hit[0]:
+            if self.broker.find_topic(hit[1], principal=SYSTEM) is not hit[0]:
+                return None
+            if checked is not None:
+                checked[hit[1]] = hit[0]
         plain = self._plain_props.get((topic, qos, retain, publisher))
         if plain is None:
             return None
@@ -111,10 +120,12 @@ class StorePath:
         groups: dict[tuple[str, int], list[int]] = {}
         payload_bytes = 0
         cached = self.cached_message
+        checked: dict[str, TopicConfig] = {}
         for i, p in enumerate(publishes):
             try:
-                m = cached(p.topic, p.payload, p.qos, p.retain, publisher, p.properties)
+                m = cached(p.topic, p.payload, p.qos, p.retain, publisher, p.properties, checked)
                 if m is None:
+                    checked.clear()  # the next await may change a topic
                     m = await self.message_for(p.topic, p.payload, p.qos, p.retain, publisher,
                                                p.properties)
             except FerryError as exc:
@@ -123,6 +134,7 @@ class StorePath:
             messages[i] = m
             payload_bytes += len(p.payload)
             if payload_bytes > BATCH_BYTES:
+                checked.clear()
                 await self._put_groups(groups, messages, errors, principal)
                 groups.clear()
                 payload_bytes = len(p.payload)

@@ -237,11 +237,11 @@ class Processor:
             result = await broker.put_encoded_batch(topic, qid, cmd.body, born_host,
                                                     principal=who)
             self.metrics.messages_in(topic, result.count)
-            ext = {"msgId": batch_offset_ids(result.store_host, result.physical_offset,
-                                             result.count),
-                   "queueId": str(result.queue_id), "queueOffset": str(result.queue_offset),
-                   "MSG_REGION": "DefaultRegion", "TRACE_ON": "true"}
-            return response_to(cmd, ResponseCode.SUCCESS, ext)
+            # The single send's answer, with every member's offset id (hex and commas:
+            # nothing to escape), from the same template.
+            return encode_send_ok(cmd, batch_offset_ids(result.store_host,
+                                                        result.physical_offset, result.count),
+                                  result.queue_id, result.queue_offset)
         # Stored as they came: the store reads TAGS, KEYS and UNIQ_KEY from the text.
         props = rec.EncodedProperties(_with_door(props_text.encode() if props_text else b""))
         if topic.startswith(RETRY_PREFIX):

@@ -47,6 +47,7 @@ ISR_CHECK_S = 0.1  # how often the master looks at its in-sync set
 DECIDE_RETRY_S = 0.2  # a pause after a failed look at etcd
 HANDOVER_CATCH_UP_S = 5.0  # a master handing over waits this long for its successor
 WATCH_S = 2.0  # a watch of the group's keys is renewed this often (each wakes at a change)
+LEASE_NOT_FOUND = "requested lease not found"  # etcd's error for a put under an expired lease
 
 StartDoors = Callable[[Broker, trio.Nursery, ClusterView], Awaitable[dict[str, int]]]
 Announce = Callable[[dict[str, Any]], None]
@@ -113,7 +114,7 @@ class Controller:
         self.etcd = etcd or EtcdClient(self.cluster.etcd, self.cluster.etcd_timeout_ms / 1000)
         prefix = self.cluster.etcd_prefix or f"/ferrymq/{config.broker.cluster_name}"
         self.keys = Keys(prefix, config.broker.broker_name)
-        self.view = ClusterView(prefix, config.broker.broker_name)
+        self.view = ClusterView(prefix, config.broker.broker_name, self.node)
         self.ttl = self.cluster.lease_ttl_s
         self.margin = self.cluster.fence_margin_ms / 1000
         self.lease = 0
@@ -180,6 +181,38 @@ class Controller:
                if self.replication_port else self.cluster.replication_listen,
                "role": self.role.value, "epoch": self.epoch, "life": self.life}
         await self.etcd.put(self.keys.member(self.node), json.dumps(doc), self.lease)
+
+    async def _publish_member_in_life(self, nursery: trio.Nursery) -> None:
+        """Publish this life's member key (its role and door ports, which route clients).
+        A lease etcd no longer knows (it expired while the core restarted, on a machine
+        too busy to keep it alive) ends the term, as the keep-alive would find; any other
+        etcd error is retried in the background: the life goes on without its key being
+        current (clients find the master a little later), rather than the process
+        exiting."""
+        try:
+            await self._publish_member()
+        except EtcdError as exc:
+            if LEASE_NOT_FOUND in str(exc):
+                log.error("the etcd lease is gone: this term is over")
+                if self.broker is not None:
+                    self.broker.fence("the etcd lease expired")
+                self.lease_lost.set()
+                return
+            log.warning("etcd: cannot publish this member (%s); retrying", exc)
+            nursery.start_soon(self._republish_member)
+
+    async def _republish_member(self) -> None:
+        delay = 0.1
+        while not self.lease_lost.is_set():
+            await trio.sleep(delay)
+            try:
+                await self._publish_member()
+                return
+            except EtcdError as exc:
+                if LEASE_NOT_FOUND in str(exc):
+                    self.lease_lost.set()
+                    return
+                delay = min(delay * 2, 1.0)
 
     async def _keepalive(self) -> None:
         """Every third of the TTL: renew the lease; on success move the fencing deadline
@@ -374,7 +407,7 @@ class Controller:
                         nursery.start_soon(self._fence, broker)
                         nursery.start_soon(self._manage_isr, broker, end)
                     self.bound = await start_doors(broker, nursery, self.view)
-                    await self._publish_member()
+                    await self._publish_member_in_life(nursery)
                     announce({"role": m.role.value, "epoch": m.epoch, "node": self.node,
                               "life": self.life, "master": m.master or self.node,
                               "replication": self.replication_port})

@@ -8,12 +8,14 @@ door names each group's master in Metadata and FindCoordinator. Plain data: no
 etcd, no socket here.
 
 Identities. RocketMQ routes know a group by its broker name and its members by
-brokerId (0 is the master); Kafka knows brokers by an int32 node id. A group's
-Kafka node id is ``group_node_id(broker_name)`` (whichever member is master: the
-id follows the mastership, so a Kafka client refreshing its metadata finds the
-same broker id at the new master's address, as after a Kafka leader change). A
-slave registers with the NameServer under ``slave_broker_id(node_id)``, and every
-member with its epoch in ``EPOCH_FIELD``.
+brokerId (0 is the master); Kafka knows brokers by an int32 node id. Every member
+is a Kafka broker of its own, ``member_node_id(broker_name, node_id)``, whatever
+its role: the master's id leads the group's partitions, and a failover moves the
+leadership to another id, as a Kafka leader change does (an id that followed the
+mastership would leave a client that knows only that id with a dead address and
+no one to ask: docs/cluster.md, "Kafka clients"). ``group_node_id(broker_name)``
+names the group itself. A slave registers with the NameServer under
+``slave_broker_id(node_id)``, and every member with its epoch in ``EPOCH_FIELD``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,12 @@ def group_node_id(broker_name: str) -> int:
     """The Kafka node id of a broker group: stable, positive, from its name alone (every
     member computes the same one without asking anyone)."""
     return zlib.crc32(broker_name.encode()) & 0x7FFFFFFF or 1
+
+
+def member_node_id(broker_name: str, node_id: str) -> int:
+    """The Kafka node id of one member of a group: stable across its roles and lives,
+    positive, computed from the names alone by anyone who knows them."""
+    return zlib.crc32(f"{broker_name}/{node_id}".encode()) & 0x7FFFFFFF or 1
 
 
 def slave_broker_id(node_id: str) -> int:
@@ -69,13 +77,18 @@ class GroupView:
     def master_member(self) -> Member | None:
         return self.members.get(self.master) if self.master else None
 
+    def member_id(self, node: str) -> int:
+        """The Kafka node id of member ``node`` of this group."""
+        return member_node_id(self.name, node)
+
 
 class ClusterView:
     """Every group under one etcd prefix, as last read; ``version`` grows at each change."""
 
-    def __init__(self, prefix: str, own_group: str) -> None:
+    def __init__(self, prefix: str, own_group: str, own_node: str = "") -> None:
         self.prefix = prefix.rstrip("/") + "/groups/"
         self.own_group = own_group
+        self.own_node = own_node  # this broker's node id ("" for an operator's view)
         self.groups: dict[str, GroupView] = {}
         self.version = 0
 

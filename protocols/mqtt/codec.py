@@ -326,6 +326,13 @@ def subscription_ids(ids: tuple[int, ...]) -> bytes:
 
 # ---------------------------------------------------------------- decoding
 
+# Acknowledgement classes by packet type (an int key: building the table, or an enum
+# member from the type, per packet was a visible part of a QoS 1 PUBACK's cost).
+_ACKS: dict[int, type[Puback | Pubrec | Pubrel | Pubcomp]] = {
+    PacketType.PUBACK: Puback, PacketType.PUBREC: Pubrec,
+    PacketType.PUBREL: Pubrel, PacketType.PUBCOMP: Pubcomp}
+
+
 def decode(first: int, body: bytes, version: int) -> Packet:
     """One packet from its first byte and the ``body`` after the Remaining Length.
     ``version`` is the connection's protocol level (before CONNECT, pass 0: only
@@ -353,10 +360,7 @@ def decode(first: int, body: bytes, version: int) -> Packet:
                 props, pos = decode_properties(body, pos, PacketType(ptype))
         if pos != len(body):
             raise MalformedPacket("trailing bytes after an acknowledgement")
-        acks: dict[PacketType, type[Puback | Pubrec | Pubrel | Pubcomp]] = {
-            PacketType.PUBACK: Puback, PacketType.PUBREC: Pubrec,
-            PacketType.PUBREL: Pubrel, PacketType.PUBCOMP: Pubcomp}
-        return acks[PacketType(ptype)](pid, reason, props)
+        return _ACKS[ptype](pid, reason, props)
     if ptype == PacketType.SUBSCRIBE:
         return decode_subscribe(body, version)
     if ptype == PacketType.UNSUBSCRIBE:

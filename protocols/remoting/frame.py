@@ -130,31 +130,32 @@ def _ext_str(v: object) -> str:
 
 def encode_header(cmd: RemotingCommand) -> bytes:
     """The header bytes of ``cmd`` in its serialize type."""
+    if cmd.serialize_type != SerializeType.ROCKETMQ:
+        return _encode_json_header(cmd)
     ext = {k: _ext_str(v) for k, v in cmd.ext_fields.items() if v is not None}
-    if cmd.serialize_type == SerializeType.ROCKETMQ:
-        parts = [_BIN_FIXED.pack(cmd.code, int(cmd.language), cmd.version, cmd.opaque, cmd.flag)]
-        remark = cmd.remark.encode() if cmd.remark else b""
-        parts.append(_I32.pack(len(remark)) + remark)
-        kv = []
-        for k, v in ext.items():
-            kb, vb = k.encode(), v.encode()
-            kv.append(_H.pack(len(kb)) + kb + _I32.pack(len(vb)) + vb)
-        ext_bytes = b"".join(kv)
-        parts.append(_I32.pack(len(ext_bytes)) + ext_bytes)
-        return b"".join(parts)
-    lang = _LANG_NAMES.get(cmd.language, "OTHER")
+    parts = [_BIN_FIXED.pack(cmd.code, int(cmd.language), cmd.version, cmd.opaque, cmd.flag)]
+    remark = cmd.remark.encode() if cmd.remark else b""
+    parts.append(_I32.pack(len(remark)) + remark)
+    kv = []
+    for k, v in ext.items():
+        kb, vb = k.encode(), v.encode()
+        kv.append(_H.pack(len(kb)) + kb + _I32.pack(len(vb)) + vb)
+    ext_bytes = b"".join(kv)
+    parts.append(_I32.pack(len(ext_bytes)) + ext_bytes)
+    return b"".join(parts)
+
+
+def _encode_json_header(cmd: RemotingCommand) -> bytes:
     # Written by hand rather than with json.dumps: this is on every request and
     # response, and the shape is fixed (keys in RocketMQ's order: fastjson sorts them).
-    text = [f'{{"code":{int(cmd.code)},']
-    if ext:
-        text.append('"extFields":{')
-        text.append(",".join([f"{_esc(k)}:{_esc(v)}" for k, v in ext.items()]))
-        text.append("},")
-    text.append(f'"flag":{int(cmd.flag)},"language":"{lang}","opaque":{int(cmd.opaque)},')
-    if cmd.remark is not None:
-        text.append(f'"remark":{_esc(cmd.remark)},')
-    text.append(f'"serializeTypeCurrentRPC":"JSON","version":{int(cmd.version)}}}')
-    return "".join(text).encode()
+    # One pass over the fields, strings as they are (what FerryMQ builds is all strings).
+    fields = [f"{_esc(k)}:{_esc(v if type(v) is str else _ext_str(v))}"
+              for k, v in cmd.ext_fields.items() if v is not None]
+    ext = '"extFields":{' + ",".join(fields) + "}," if fields else ""
+    remark = "" if cmd.remark is None else f'"remark":{_esc(cmd.remark)},'
+    return (f'{{"code":{int(cmd.code)},{ext}"flag":{int(cmd.flag)},"language":'
+            f'"{_LANG_NAMES.get(cmd.language, "OTHER")}","opaque":{int(cmd.opaque)},{remark}'
+            f'"serializeTypeCurrentRPC":"JSON","version":{int(cmd.version)}}}').encode()
 
 
 def encode(cmd: RemotingCommand) -> bytes:
@@ -174,7 +175,7 @@ _SEND_OK = ('{"code":0,"extFields":{"msgId":"%s","queueId":"%d","queueOffset":"%
 def encode_send_ok(req: RemotingCommand, msg_id: str, queue_id: int, queue_offset: int) -> bytes:
     """The SUCCESS response to a send, as ``encode(response_to(req, SUCCESS, {...}))``
     gives it, from a template: it answers every message produced (a JSON request only;
-    ``msg_id`` is hex, so nothing needs escaping)."""
+    ``msg_id`` is hex, comma-separated for a batch: nothing needs escaping)."""
     if req.serialize_type != SerializeType.JSON:
         return encode(response_to(req, 0, {
             "msgId": msg_id, "queueId": str(queue_id), "queueOffset": str(queue_offset),
@@ -221,15 +222,21 @@ def _opaque_of(raw: bytes) -> int | None:
 
 
 def decode_json_header(raw: bytes | memoryview, body: bytes) -> RemotingCommand:
-    raw = bytes(raw)
+    if len(raw) > HEADER_JSON_LIMITS.max_bytes:  # in bytes, before decoding any of it
+        raise RemotingProtocolError(
+            f"header refused: JSON text of {len(raw)} bytes; the limit is "
+            f"{HEADER_JSON_LIMITS.max_bytes}", _opaque_of(bytes(raw[:4096])))
     try:
-        doc = boundedjson.loads(raw, HEADER_JSON_LIMITS)
+        # Decoded to text straight from the buffer (one copy, and json.loads need not
+        # guess the encoding of bytes): RocketMQ's JSON headers are UTF-8.
+        doc = boundedjson.loads(str(raw, "utf-8"), HEADER_JSON_LIMITS)
     except boundedjson.JsonLimitError as exc:
-        raise RemotingProtocolError(f"header refused: {exc}", _opaque_of(raw)) from None
+        raise RemotingProtocolError(f"header refused: {exc}", _opaque_of(bytes(raw))) from None
     except ValueError as exc:  # UnicodeDecodeError is one
-        raise RemotingProtocolError(f"header is not JSON: {exc}", _opaque_of(raw)) from None
+        raise RemotingProtocolError(f"header is not JSON: {exc}",
+                                    _opaque_of(bytes(raw))) from None
     if not isinstance(doc, dict):
-        raise RemotingProtocolError("JSON header is not an object", _opaque_of(raw))
+        raise RemotingProtocolError("JSON header is not an object", _opaque_of(bytes(raw)))
     opaque = None
     try:
         opaque, code, flag, version = (doc.get("opaque"), doc.get("code"), doc.get("flag"),
@@ -403,9 +410,9 @@ class FrameDecoder:
             else:
                 self._compact()
             return NEED_DATA
-        frame_bytes = bytes(memoryview(buf)[pos + 4:pos + 4 + length])  # one copy, not two
         self._pos = pos + 4 + length
-        return decode_frame(frame_bytes)
+        with memoryview(buf) as view:  # header and body read in place: the body is copied once
+            return decode_frame(view[pos + 4:pos + 4 + length])
 
     def _compact(self) -> None:
         if self._pos:

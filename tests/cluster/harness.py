@@ -143,7 +143,7 @@ class Node:
         assert self.process.proc is not None
         self.process.proc.send_signal(signal.SIGCONT)
 
-    async def wait_role(self, role: str, timeout: float = 20.0, life_after: int = 0) -> None:
+    async def wait_role(self, role: str, timeout: float = 40.0, life_after: int = 0) -> None:
         """Until the node's current life has ``role`` (and is later than ``life_after``)."""
         with trio.fail_after(timeout):
             while True:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from ferrymq.clients.message import Message
 from ferrymq.clients.producer import Producer
 from ferrymq.clients.remoting import ClientError, RemotingClient
 from ferrymq.gateways.namesrv.routes import RouteTable
-from ferrymq.gateways.replication.view import ClusterView, group_node_id, slave_broker_id
+from ferrymq.gateways.replication.view import ClusterView, group_node_id, member_node_id, slave_broker_id
 from ferrymq.protocols.remoting import RequestCode, ResponseCode, request
 from ferrymq.protocols.remoting import bodies as B
 from ferrymq.protocols.remoting import headers as H
@@ -66,6 +67,9 @@ def test_broker_ids_of_groups_and_slaves_are_stable_and_never_the_masters() -> N
     assert slave_broker_id("0") != 0 and slave_broker_id("b") != 0
     assert slave_broker_id("b") == slave_broker_id("b") != slave_broker_id("c")
     assert group_node_id("g1") == group_node_id("g1") > 0
+    assert member_node_id("g1", "a") == member_node_id("g1", "a") > 0
+    assert len({member_node_id("g1", "a"), member_node_id("g1", "b"),
+                member_node_id("g2", "a")}) == 3
     view = ClusterView("/p", "g1")
     view.load([("/p/groups/g1/state", b'{"epoch": 3, "master": "a", "isr": ["a", "b"]}'),
                ("/p/groups/g1/leader", b'{"node": "a", "epoch": 3}'),
@@ -92,18 +96,20 @@ async def route_addrs(rc: RemotingClient, ns: str, topic: str) -> dict[int, str]
 
 
 async def wait_route(rc: RemotingClient, ns: str, topic: str, want: dict[int, str]) -> None:
-    with trio.fail_after(20):
+    with trio.fail_after(45):
         while await route_addrs(rc, ns, topic) != want:
             await trio.sleep(0.05)
 
 
-def kafka_leader(bootstrap: str, topic: str) -> tuple[int, int, str]:
-    """(leader id of partition 0, its port, the broker list) from the Metadata of one node."""
+def kafka_metadata(bootstrap: str, topic: str) -> dict[str, object]:
+    """Partition 0's leader and replicas, and every broker's port, from the Metadata
+    of one node (through confluent-kafka)."""
     from confluent_kafka.admin import AdminClient
 
     md = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=10)
-    leader = md.topics[topic].partitions[0].leader
-    return leader, md.brokers[leader].port, repr(md.brokers)
+    p = md.topics[topic].partitions[0]
+    return {"leader": p.leader, "replicas": sorted(p.replicas), "isr": sorted(p.isrs),
+            "brokers": {i: b.port for i, b in md.brokers.items()}}
 
 
 async def test_routes_and_kafka_metadata_name_the_current_master(make_group, tmp_path) -> None:
@@ -127,20 +133,29 @@ async def test_routes_and_kafka_metadata_name_the_current_master(make_group, tmp
             assert r.code == ResponseCode.INVALID_PARAMETER and "ferryEpoch" in (r.remark or "")
             await wait_route(rc, ns.address("namesrv"), "R",
                              {0: a.remoting, slave_broker_id("b"): b.remoting})
-            gid = group_node_id("g1")
-            # The slave's Metadata names the master, under the group's one broker id.
+            ida, idb = member_node_id("g1", "a"), member_node_id("g1", "b")
+            # Every member is a Kafka broker of its own; the slave's Metadata names the
+            # master leader, and lists the slave too: a client that loses the master
+            # still knows whom to ask.
             for node in (a, b):
-                leader, port, brokers = await trio.to_thread.run_sync(
-                    kafka_leader, node.process.address("kafka"), "R")
-                assert (leader, port) == (gid, a.process.port("kafka")), brokers
+                md = await trio.to_thread.run_sync(
+                    kafka_metadata, node.process.address("kafka"), "R")
+                assert md["leader"] == ida and md["replicas"] == sorted([ida, idb]), md
+                assert md["brokers"] == {ida: a.process.port("kafka"),
+                                         idb: b.process.port("kafka")}, md
             life = b.info()["life"]
             a.kill()
             await b.wait_role("master", life_after=life)
             # The new master registered as brokerId 0 and displaced the dead one at once.
             await wait_route(rc, ns.address("namesrv"), "R", {0: b.remoting})
-            leader, port, brokers = await trio.to_thread.run_sync(
-                kafka_leader, b.process.address("kafka"), "R")
-            assert (leader, port) == (gid, b.process.port("kafka")), brokers
+            # The leadership moved to b's id; a, dead, leaves the broker list with its
+            # lease.
+            with trio.fail_after(45):
+                while (md := await trio.to_thread.run_sync(
+                        kafka_metadata, b.process.address("kafka"), "R"))["brokers"] != {
+                        idb: b.process.port("kafka")}:
+                    await trio.sleep(0.1)
+            assert md["leader"] == idb, md
             await a.start()
             await a.wait_role("slave")
             await wait_route(rc, ns.address("namesrv"), "R",
@@ -171,7 +186,7 @@ async def test_a_consumer_far_behind_is_sent_to_a_slave_and_back_when_caught_up(
                 sent = await p.send(Message("S", f"s{i}".encode()), sharding_key="k")
         qid = sent.queue.queueId
         async with ClientInstance(ns.address("namesrv")) as inst:
-            with trio.fail_after(20):
+            with trio.fail_after(45):
                 while slave_broker_id("b") not in {bid for bd in (await inst.fetch_route("S"))
                                                    .brokerDatas for bid in bd.brokerAddrs}:
                     await trio.sleep(0.1)
@@ -215,32 +230,47 @@ def kafka_on_slave(address: str) -> dict[str, int]:
         R = Req(12)  # Heartbeat
         out["heartbeat"] = c.call(12, 3, R(group_id="g", generation_id=1, member_id="m",
                                            group_instance_id=None)).error_code
-        R = Req(22)  # InitProducerId
-        out["init_producer_id"] = c.call(22, 3, R(transactional_id=None,
-                                                  transaction_timeout_ms=60000,
-                                                  producer_id=-1, producer_epoch=-1)).error_code
+        R = Req(22)  # InitProducerId: an idempotent producer's is forwarded to the master
+        r = c.call(22, 3, R(transactional_id=None, transaction_timeout_ms=60000,
+                            producer_id=-1, producer_epoch=-1))
+        out["init_producer_id"] = r.error_code if r.error_code or r.producer_id < 0 else "pid"
+        out["init_transactional_id"] = c.call(22, 3, R(
+            transactional_id="t", transaction_timeout_ms=60000, producer_id=-1,
+            producer_epoch=-1)).error_code
+        R = Req(75)  # DescribeTopicPartitions: the leader and replicas Metadata names
+        part = c.call(75, 0, R(topics=(R.TopicRequest(name="R"),), response_partition_limit=10,
+                               cursor=None)).topics[0].partitions[0]
+        out["describe_partitions"] = (part.leader_id, sorted(part.replica_nodes))
         return out
     finally:
         c.close()
 
 
 async def test_a_slave_sends_kafka_clients_to_the_master(make_group) -> None:
-    """NOT_LEADER_OR_FOLLOWER for a produce, NOT_COORDINATOR for group and producer-id
-    requests: the codes after which Kafka clients refresh metadata / the coordinator."""
+    """NOT_LEADER_OR_FOLLOWER for a produce, NOT_COORDINATOR for group and transactional
+    requests: the codes after which Kafka clients refresh metadata / the coordinator. An
+    idempotent producer's InitProducerId, which librdkafka sends to any broker it is
+    connected to, is answered with the master's producer id (forwarded)."""
     g: Group = make_group()
     a = await g.node("a", DOORS).start()
     await a.wait_role("master")
     b = await g.node("b", DOORS).start()
     await b.wait_role("slave")
-    await trio.to_thread.run_sync(kafka_leader, a.process.address("kafka"), "R")  # creates R
+    await trio.to_thread.run_sync(kafka_metadata, a.process.address("kafka"), "R")  # creates R
     got = await trio.to_thread.run_sync(kafka_on_slave, b.process.address("kafka"))
-    assert got == {"produce": 6, "join": 16, "heartbeat": 16, "init_producer_id": 16}, got
+    ids = member_node_id("g1", "a"), member_node_id("g1", "b")
+    assert got == {"produce": 6, "join": 16, "heartbeat": 16, "init_producer_id": "pid",
+                   "init_transactional_id": 16,
+                   "describe_partitions": (ids[0], sorted(ids))}, got
+    a.kill()  # no master to forward to: a retriable code, not a producer id
+    got = await trio.to_thread.run_sync(kafka_on_slave, b.process.address("kafka"))
+    assert got["init_producer_id"] == 15, got  # COORDINATOR_NOT_AVAILABLE
 
 
 async def test_two_groups_each_route_to_their_own_master(make_group, tmp_path) -> None:
     """Two broker groups under one cluster name: the NameServer lists both groups' masters
-    (a topic's queues on both), Kafka Metadata from either lists both masters under their
-    groups' broker ids, and ``cluster list`` shows both groups."""
+    (a topic's queues on both), Kafka Metadata from either lists every member of both
+    groups under its own broker id, and ``cluster list`` shows both groups."""
     ns = await nameserver(tmp_path)
     try:
         g1: Group = make_group("g1")
@@ -272,13 +302,21 @@ async def test_two_groups_each_route_to_their_own_master(make_group, tmp_path) -
             md = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10)
             return {i: bm.port for i, bm in md.brokers.items()}
 
-        want = {group_node_id("g1"): a.process.port("kafka"),
-                group_node_id("g2"): x.process.port("kafka")}
+        want = {member_node_id("g1", "a"): a.process.port("kafka"),
+                member_node_id("g1", "b"): b.process.port("kafka"),
+                member_node_id("g2", "x"): x.process.port("kafka")}
         with trio.fail_after(20):  # each member's view of the other group comes from etcd
             for node in (b, x):
                 while await trio.to_thread.run_sync(brokers, node.process.address("kafka")) \
                         != want:
                     await trio.sleep(0.2)
+        # A topic's Kafka partitions are the asked group's queues, led by that group's
+        # master (not spread over the groups: docs/cluster.md, "Not done here").
+        for node, leader in ((b, "a"), (x, "x")):
+            md = await trio.to_thread.run_sync(kafka_metadata, node.process.address("kafka"),
+                                               "T2")
+            group = "g1" if leader == "a" else "g2"
+            assert md["leader"] == member_node_id(group, leader), md
         out = await trio.to_thread.run_sync(lambda: subprocess.run(
             [sys.executable, "-m", "ferrymq.gateways", "cluster", "list", "--etcd",
              g1.etcd.url, "-c", g1.cluster_name, "--json"], capture_output=True, text=True,
@@ -290,18 +328,69 @@ async def test_two_groups_each_route_to_their_own_master(make_group, tmp_path) -
         ns.kill()
 
 
-async def test_failover_under_load_with_the_native_client(
-        make_group, tmp_path) -> None:
-    """Sync replication, lease TTL 2 s. The native client (sync sends through the
-    NameServer) produces, a raw puller and a native PushConsumer consume; the master is
-    SIGKILLed 5 times, restarted each time to rejoin as a slave. The history checker
-    holds every acknowledgement against the final log; the producer resumes after each
-    kill (RTO: kill to the first acknowledgement from the new master).
+class KafkaLoad:
+    """confluent-kafka in threads: an idempotent producer (acks=all) of unique bodies
+    ``k:seq`` and a consumer, both recording into lists the test reads afterwards."""
 
-    confluent-kafka is not in this run: its idempotent producer (acks=all) stalls after
-    a failover (no acknowledgement within 60 s of the new master's election, seen on
-    the development machine), an open finding of issue 14 (docs/cluster.md, "Not done
-    here"); tests/cluster/test_cluster.py checks Kafka's acks against a group."""
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.stop = threading.Event()
+        self.acks: list[tuple[int, int, bytes]] = []
+        self.acked_at: list[float] = []  # beside ``acks``
+        self.errors: list[str] = []
+        self.observed: list[tuple[int, int, bytes]] = []
+
+    def produce(self) -> None:
+        from confluent_kafka import Producer as KProducer
+
+        p = KProducer({"bootstrap.servers": self.bootstrap, "acks": "all",
+                       "enable.idempotence": True, "message.timeout.ms": 60000,
+                       "retry.backoff.ms": 100, "linger.ms": 5,
+                       "topic.metadata.refresh.interval.ms": 1000, "log_level": 0})
+
+        def done(err, msg) -> None:
+            if err is not None:
+                self.errors.append(str(err))
+            else:
+                self.acks.append((msg.partition(), msg.offset(), msg.value()))
+                self.acked_at.append(time.monotonic())
+
+        seq = 0
+        while not self.stop.is_set():
+            if seq - len(self.acks) - len(self.errors) < 50:
+                p.produce(self.topic, f"k:{seq}".encode(), partition=0, on_delivery=done)
+                seq += 1
+            p.poll(0.005)
+        p.flush(60)
+
+    def consume(self) -> None:
+        from confluent_kafka import Consumer
+
+        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "hist",
+                      "auto.offset.reset": "earliest", "enable.auto.commit": True,
+                      "topic.metadata.refresh.interval.ms": 1000, "log_level": 0})
+        c.subscribe([self.topic])
+        try:
+            while not self.stop.is_set():
+                m = c.poll(0.1)
+                if m is not None and m.error() is None:
+                    self.observed.append((m.partition(), m.offset(), m.value()))
+        finally:
+            c.close()
+
+
+async def test_failover_under_load_with_confluent_kafka_and_the_native_client(
+        make_group, tmp_path) -> None:
+    """Sync replication, lease TTL 2 s. confluent-kafka (acks=all, idempotent) and the
+    native client (sync sends through the NameServer) produce, consumers consume; the
+    master is SIGKILLed 5 times, restarted each time to rejoin as a slave. The history
+    checker holds every acknowledgement against the final log; producers resume after
+    each kill (RTO: kill to the first acknowledgement from the new master).
+
+    The Kafka clients run with librdkafka's defaults but for a 1 s metadata refresh: no
+    re-bootstrap setting is needed, since Metadata lists every member of the group (a
+    client that loses the master asks the slave, which names itself once elected)."""
     ns = await nameserver(tmp_path)
     kills = 5
     try:
@@ -312,6 +401,10 @@ async def test_failover_under_load_with_the_native_client(
         await b.wait_role("slave")
         await g.wait_isr({"a", "b"})
         nodes = [a, b]
+        # The Kafka topic exists before the load (auto-created by the master: a slave
+        # cannot create it, docs/cluster.md "Not done here").
+        await trio.to_thread.run_sync(kafka_metadata, a.process.address("kafka"), "KH")
+        kafka = KafkaLoad(f"{a.process.address('kafka')},{b.process.address('kafka')}", "KH")
         native: list[tuple[int, int, bytes, float]] = []  # queue, offset, body, sent at
         acked_at: list[float] = []  # beside ``native``
         native_errors: list[str] = []
@@ -359,34 +452,40 @@ async def test_failover_under_load_with_the_native_client(
             pushed.extend((m.queue_id, m.queue_offset, m.body) for m in msgs)
 
         def acked_count() -> int:
-            return len(native)
+            return len(native) + len(kafka.acks)
 
         rtos: list[float] = []
+        kafka_rtos: list[float] = []
         push = PushConsumer(ns.address("namesrv"), "hist", on_messages, consume_from="FIRST",
                             suspend_ms=1000)
         push.subscribe("NH")
         async with RemotingClient() as rc, push:
             async with trio.open_nursery() as n:
+                n.start_soon(trio.to_thread.run_sync, kafka.produce)
+                n.start_soon(trio.to_thread.run_sync, kafka.consume)
                 n.start_soon(produce_native)
                 n.start_soon(consume_native, rc)
                 try:
                     for _ in range(kills):
                         with trio.fail_after(60):
                             target = acked_count() + 100
-                            while acked_count() < target:
+                            while acked_count() < target or not native or not kafka.acks:
                                 await trio.sleep(0.02)
                         old = g.master()
                         assert old is not None
                         other = next(x for x in nodes if x is not old)
                         life = other.info()["life"]
                         killed_at = time.monotonic()
-                        n_native = len(native)
+                        n_native, n_kafka = len(native), len(kafka.acks)
                         old.kill()
                         await other.wait_role("master", life_after=life)
-                        with trio.move_on_after(60):  # the producer resumes on the new master
-                            while len(native) <= n_native:
+                        elected_at = time.monotonic()
+                        with trio.move_on_after(60):  # both producers resume on the new master
+                            while len(native) <= n_native or len(kafka.acks) <= n_kafka:
                                 await trio.sleep(0.02)
-                        assert len(native) > n_native, native_errors[-3:]
+                        assert len(native) > n_native and len(kafka.acks) > n_kafka, (
+                            len(native) - n_native, len(kafka.acks) - n_kafka,
+                            native_errors[-3:], kafka.errors[-3:])
                         # RTO: from the kill to the first acknowledgement of a send begun
                         # after it (one begun before may have been answered by the old
                         # master just before it died).
@@ -395,6 +494,13 @@ async def test_failover_under_load_with_the_native_client(
                                 await trio.sleep(0.02)
                         rtos.append(min(t for a, t in zip(native[n_native:], acked_at[n_native:], strict=True)
                                         if a[3] > killed_at) - killed_at)
+                        # Kafka: the first acknowledgement after the election (one before
+                        # it came from the old master just before it died).
+                        with trio.fail_after(60):
+                            while not any(x >= elected_at for x in kafka.acked_at[n_kafka:]):
+                                await trio.sleep(0.02)
+                        kafka_rtos.append(min(x for x in kafka.acked_at[n_kafka:]
+                                              if x >= elected_at) - killed_at)
                         n_pushed = len(pushed)
                         with trio.move_on_after(60):  # the push consumer resumes too
                             while len(pushed) <= n_pushed:
@@ -405,16 +511,25 @@ async def test_failover_under_load_with_the_native_client(
                         await g.wait_isr({"a", "b"})
                 finally:
                     stop.set()
+                    kafka.stop.set()
             master = await g.wait_master()
             final = {("NH", q): await read_queue(rc, master.remoting, "NH", q) for q in range(8)}
+            final[("KH", 0)] = await read_queue(rc, master.remoting, "KH", 0)
         history = History(at_least_once=frozenset({"NH"}))
         for q, offset, body, _ in native:
             history.acked("NH", q, offset, body)
         for q, offset, body in observed + pushed:
             history.observed("NH", q, offset, body)
+        for part, offset, body in kafka.acks:
+            history.acked("KH", part, offset, body)
+        for part, offset, body in kafka.observed:
+            history.observed("KH", part, offset, body)
         report = history.check(final)
-        print(report, "RTO s", [round(r, 2) for r in rtos], "native errors", len(native_errors))
-        assert report.acknowledged >= kills * 100 and observed and pushed
-        assert len(rtos) == kills
+        print(report, "RTO s native", [round(r, 2) for r in rtos], "kafka",
+              [round(r, 2) for r in kafka_rtos], "native errors", len(native_errors),
+              "kafka errors", kafka.errors[:3])
+        assert kafka.errors == []  # acks=all + idempotence: every message delivered
+        assert report.acknowledged >= kills * 100 and kafka.observed and observed and pushed
+        assert len(rtos) == len(kafka_rtos) == kills
     finally:
         ns.kill()

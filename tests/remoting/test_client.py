@@ -58,6 +58,9 @@ async def test_producer_sends_sync_oneway_batch_and_async(native) -> None:
                                                              batch[0].queue_offset + 4))
         for i in range(10):
             p.send_async(Message("CT", f"a{i}".encode()), results.append)
+        # A member's properties length is 16 bits on the wire: refused by name, nothing sent.
+        with pytest.raises(ValueError, match="65,535"):
+            await p.send_batch([Message("CT", b"big", properties={"p": "x" * 70_000})])
     assert len(results) == 10 and all(hasattr(x, "msg_id") for x in results)
     async with Admin(ns) as a:
         async def routed() -> bool:  # the broker registers the auto-created topic
