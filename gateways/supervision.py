@@ -391,35 +391,46 @@ class ConnectionSupervisor:
                 if listeners:  # none: only the TLS listener (MQTT's WSS without plain WS)
                     run = partial(self.run, handler, tls=mode)
                     for listener in listeners:
-                        nursery.start_soon(self._accept, listener, nursery, run,
-                                           name=self._accept_name)
+                        self._accepting(nursery, listener, run)
                 if extra is not None:
                     tls_listeners = await trio.open_tcp_listeners(extra, host=self.host)
                     name = f"{self.door}-{'wss' if tls_listener == 'ws_port' else 'tls'}"
                     self.bound[name] = tls_listeners[0].socket.getsockname()[1]
                     run = partial(self.run, tls_handler or handler, tls="enforcing")
                     for listener in tls_listeners:
-                        nursery.start_soon(self._accept, listener, nursery, run,
-                                           name=self._accept_name)
+                        self._accepting(nursery, listener, run)
                 task_status.started()
                 await trio.sleep_forever()
             finally:
                 self._watchdogs -= 1
 
-    async def _accept(self, listener: trio.SocketListener, nursery: trio.Nursery,
-                      run: Callable[[Any, Any], Awaitable[None]]) -> None:
-        """Accept on ``listener`` until cancelled: after one wake-up, every connection
-        waiting (up to ``ACCEPT_BATCH``), each started as ``run(stream, addr)`` in
-        ``nursery``. What ``trio.serve_listeners`` does, without its per-connection
-        costs (docs/operations.md, "Accepting connections"): ``accept(2)`` is called on
-        the listening socket directly (trio's ``accept`` passes the scheduler once per
-        connection), the peer address is the one ``accept`` gave (no ``getpeername``),
-        and no wrapper task closes the stream again after ``run`` closed it."""
-        tsock = listener.socket
+    def _accepting(self, nursery: trio.Nursery, listener: trio.SocketListener,
+                   run: Callable[[Any, Any], Awaitable[None]]) -> None:
+        """Start accepting on ``listener`` (``_accept``), its connections run in
+        ``nursery``."""
         # A second descriptor of the listening socket, to call the standard library's
-        # accept on (a trio socket offers only the async one).
-        sock = socket.socket(fileno=os.dup(tsock.fileno()))
-        sock.setblocking(False)
+        # accept on (a trio socket offers only the async one); taken now, so that
+        # ``serve`` fails if it cannot be.
+        try:
+            sock = socket.socket(fileno=os.dup(listener.socket.fileno()))
+            sock.setblocking(False)
+        except BaseException:
+            listener.socket.close()
+            raise
+        nursery.start_soon(self._accept, listener, sock, nursery, run, name=self._accept_name)
+
+    async def _accept(self, listener: trio.SocketListener, sock: socket.socket,
+                      nursery: trio.Nursery, run: Callable[[Any, Any], Awaitable[None]]
+                      ) -> None:
+        """Accept on ``sock`` (``listener``'s) until cancelled: after one wake-up, every
+        connection waiting (up to ``ACCEPT_BATCH``), each started as ``run(stream,
+        addr)`` in ``nursery``. What ``trio.serve_listeners`` does, without its
+        per-connection costs (docs/operations.md, "Accepting connections"):
+        ``accept(2)`` is called on the listening socket directly (trio's ``accept``
+        passes the scheduler once per connection), the peer address is the one
+        ``accept`` gave (no ``getpeername``), and no wrapper task closes the stream
+        again after ``run`` closed it."""
+        tsock = listener.socket
         accept = sock.accept
         wrap = trio.socket.from_stdlib_socket
         stream_of = trio.SocketStream
