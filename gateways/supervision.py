@@ -1,8 +1,10 @@
 """Every connection of every door runs under one supervisor: failures contained, limits enforced.
 
 A door hands its listeners and its connection handler to a
-``ConnectionSupervisor`` instead of calling ``trio.serve_listeners`` itself.
-For each accepted connection the supervisor:
+``ConnectionSupervisor`` instead of calling ``trio.serve_listeners`` itself. The
+supervisor accepts with a loop of its own (every connection waiting, per wake-up
+of the listening socket: docs/operations.md, "Accepting connections"). For each
+accepted connection the supervisor:
 
 1. admits it or refuses it: past ``max_connections`` of the door, or
    ``max_connections_per_address`` from one client address, the connection is
@@ -459,6 +461,7 @@ class ConnectionSupervisor:
                         break
                     start(run, stream_of(wrap(conn)), addr, name=task)
         finally:
+            trio.lowlevel.notify_closing(sock)
             sock.close()
             tsock.close()
 
