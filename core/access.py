@@ -45,6 +45,10 @@ class ResourceType(enum.Enum):
     """What a call touches (Kafka's resource types; RocketMQ ACL 2.0 has the same three
     and no transactional id)."""
 
+    # Members are singletons compared by identity: hashing them by identity too keeps
+    # the decision cache's key hashing in C (Enum's own __hash__ is a Python call).
+    __hash__ = object.__hash__
+
     TOPIC = "topic"
     GROUP = "group"  # a consumer group
     TRANSACTIONAL_ID = "transactional_id"  # a producer group's transactions
@@ -62,6 +66,8 @@ class Operation(enum.Enum):
     DESCRIBE = "describe"
     ALTER = "alter"
     ALL = "all"  # in rules only: every operation
+
+    __hash__ = object.__hash__  # as ResourceType's
 
 
 TOPIC, GROUP, TRANSACTIONAL_ID, CLUSTER = (ResourceType.TOPIC, ResourceType.GROUP,
@@ -288,18 +294,32 @@ class AccessControl:
     changes: a stream of produce requests to one topic walks the rules once."""
 
     CACHE_MAX = 100_000
+    # True while nothing is enforced for anybody (auth off, no door's rule file): every
+    # check would return, so the produce path skips asking (one attribute test per put
+    # instead of four calls). Recomputed whenever an input changes; False (ask) for
+    # whatever did not compute it.
+    open = False
 
     def __init__(self, enabled: bool = False, super_users: Iterable[str] = ()) -> None:
-        self.enabled = enabled
+        self.enforced_doors: set[str] = set()  # doors whose file rules hold with auth off
+        self.enabled = enabled  # sets ``open``
         self.super_users = frozenset(super_users)
         self.is_super: Callable[[str], bool] = lambda name: False
         self.rules: dict[str, Rule] = {}  # id -> rule: the state log's
         self.static: dict[str, list[Rule]] = {}  # source -> rules loaded from files
-        self.enforced_doors: set[str] = set()  # doors whose file rules hold with auth off
         self.generation = 0
         self._index: dict[str, list[Rule]] = {}
         self._cache: dict[tuple[object, ...], bool] = {}
         self._reindex()
+
+    @property
+    def enabled(self) -> bool:
+        return self._enabled
+
+    @enabled.setter
+    def enabled(self, value: bool) -> None:
+        self._enabled = value
+        self.open = not value and not self.enforced_doors
 
     # ------------------------------------------------------------ rules
 
@@ -314,6 +334,7 @@ class AccessControl:
         self.static[source] = list(rules)
         if enforce_door:
             self.enforced_doors.add(enforce_door)
+            self.open = False
         self._reindex()
 
     def changed(self) -> None:
@@ -336,7 +357,7 @@ class AccessControl:
     def enforced(self, principal: Principal) -> bool:
         if principal.mechanism == MECHANISM_INTERNAL:
             return False
-        return self.enabled or (principal.door is not None and
+        return self._enabled or (principal.door is not None and
                                 principal.door in self.enforced_doors)
 
     def check(self, principal: Principal, kind: ResourceType, name: str,
@@ -379,7 +400,7 @@ class AccessControl:
         anon = principal.anonymous
         if not anon and (principal.name in self.super_users or self.is_super(principal.name)):
             return True
-        if not self.enabled and principal.door in self.enforced_doors:
+        if not self._enabled and principal.door in self.enforced_doors:
             # Auth off, a door's legacy rule file on: only that door's rules apply.
             sources = [r for src, rs in self.static.items() if src.startswith(principal.door or "")
                        for r in rs]

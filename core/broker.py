@@ -284,7 +284,8 @@ class Broker(SecurityCalls):
         produces, consumes, commits, administers, pops, transacts, or touches
         timers or dead letters passes here once per resource it touches, before
         it does anything. Raises PermissionDenied."""
-        self._access.check(principal, kind, name, operation)
+        if not self._access.open:  # open: nothing enforced, the check would return
+            self._access.check(principal, kind, name, operation)
 
     def _authorize_write(self, principal: Principal, message: Message) -> None:
         """WRITE on a message's topic, judged at its address (core/addresses.py)
@@ -615,7 +616,8 @@ class Broker(SecurityCalls):
         (``durability``: when it is acknowledged; None, the group's replication mode
         decides — docs/cluster.md)."""
         if isinstance(messages, Message):
-            self._authorize_write(principal, messages)
+            if not self._access.open:  # open: nothing enforced, the check would return
+                self._authorize_write(principal, messages)
         else:
             messages = list(messages)
             if messages:

@@ -242,9 +242,12 @@ class StoredRecord(NamedTuple):
     def decode(self) -> rec.Record:
         return rec.decode(self.data, 0, check_crc=False)
 
-    def messages(self, start_offset: int = 0) -> Iterator[ConsumedMessage]:
+    def messages(self, start_offset: int = 0, cursor: BatchCursor | None = None
+                 ) -> Iterator[ConsumedMessage]:
         """The messages of this record at queue offsets >= ``start_offset`` that
-        match the get's filter, in order."""
+        match the get's filter, in order. ``cursor``: where a reader of this queue
+        stopped in a native batch last time (it is kept up to date), so that reading
+        a big batch a few messages at a time does not walk its start again each time."""
         r = self.decode()
         fmt = r.sys_flag & rec.FORMAT_MASK
         if fmt == rec.FORMAT_SINGLE:
@@ -256,11 +259,14 @@ class StoredRecord(NamedTuple):
             # Members before start_offset are walked but never built: a consumer
             # reading a big batch a few messages at a time pays for what it reads.
             skip = max(0, start_offset - r.queue_offset)
-            items = (ConsumedMessage(
-                r.topic, r.queue_id, r.queue_offset + i, m.body, m.properties, r.born_timestamp,
-                r.store_timestamp, r.physical_offset, r.store_host, r.born_host, m.flag,
-                r.sys_flag & ~rec.FORMAT_MASK, r.reconsume_times, i)
-                for i, m in enumerate(rec.iter_members(r.body, skip), skip))
+            if cursor is not None:
+                items = _members_from(r, skip, cursor)
+            else:
+                items = (ConsumedMessage(
+                    r.topic, r.queue_id, r.queue_offset + i, m.body, m.properties,
+                    r.born_timestamp, r.store_timestamp, r.physical_offset, r.store_host,
+                    r.born_host, m.flag, r.sys_flag & ~rec.FORMAT_MASK, r.reconsume_times, i)
+                    for i, m in enumerate(rec.iter_members(r.body, skip), skip))
         else:
             decoder = _BATCH_DECODERS.get(fmt)
             if decoder is None:
@@ -270,6 +276,50 @@ class StoredRecord(NamedTuple):
         for m in items:
             if m.queue_offset >= start_offset and (matcher is None or matcher.matches(m)):
                 yield m
+
+
+class BatchCursor:
+    """Where the member after the last one read starts in a native batch record's body
+    (member index and byte position), for the record identified by its CommitLog
+    offset, store timestamp and body length. A reader that comes back for the next
+    members (a pop of 32 from a batch of 1,000) starts there instead of stepping over
+    every member before it: without it a batch of n read k at a time costs n²/2k
+    member steps."""
+
+    __slots__ = ("member", "pos", "record")
+
+    def __init__(self) -> None:
+        self.record: tuple[int, int, int] | None = None
+        self.member = 0
+        self.pos = 0
+
+
+def _members_from(r: rec.Record, skip: int, cursor: BatchCursor) -> Iterator[ConsumedMessage]:
+    """The members of native batch ``r`` from index ``skip`` on, started from ``cursor``
+    when it points into this record at or before ``skip``; the cursor follows."""
+    body = r.body
+    ident = (r.physical_offset, r.store_timestamp, len(body))
+    i, pos = 0, 0
+    if cursor.record == ident and cursor.member <= skip:
+        i, pos = cursor.member, cursor.pos
+    end = len(body)
+    while i < skip and pos < end:  # step over members by their sizes, as iter_members does
+        size = _MEMBER_SIZE.unpack_from(body, pos)[0] if end - pos >= 22 else 0
+        if size < 22 or pos + size > end:
+            raise rec.RecordError("batch member size out of range")
+        pos += size
+        i += 1
+    flags = r.sys_flag & ~rec.FORMAT_MASK
+    for m in rec.iter_members(memoryview(body)[pos:] if pos else body):
+        cursor.record, cursor.member, cursor.pos = ident, i, pos  # a reader may stop here
+        pos += 22 + len(m.body) + len(m.properties_raw)  # member head 20, properties length 2
+        yield ConsumedMessage(r.topic, r.queue_id, r.queue_offset + i, m.body, m.properties,
+                              r.born_timestamp, r.store_timestamp, r.physical_offset,
+                              r.store_host, r.born_host, m.flag, flags, r.reconsume_times, i)
+        i += 1
+
+
+_MEMBER_SIZE = struct.Struct(">i")  # a batch member's first field: its total size
 
 
 class GetStatus(enum.Enum):
@@ -300,6 +350,7 @@ class GetResult:
     def message_count(self) -> int:
         return sum(r.count for r in self.records)
 
-    def messages(self, start_offset: int = 0) -> Iterator[ConsumedMessage]:
+    def messages(self, start_offset: int = 0, cursor: BatchCursor | None = None
+                 ) -> Iterator[ConsumedMessage]:
         for r in self.records:
-            yield from r.messages(start_offset)
+            yield from r.messages(start_offset, cursor)

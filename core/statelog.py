@@ -127,6 +127,12 @@ def _freeze(key: Any) -> Key:
 
 
 def _check_key(key: object) -> None:
+    if type(key) is tuple:  # the common shape (pop leases, offsets): one pass, no recursion
+        for k in key:
+            if type(k) is not str and type(k) is not int:
+                break
+        else:
+            return
     if isinstance(key, bool) or not isinstance(key, (str, int, tuple)):
         raise InvalidArgument("a state key is a string, an integer or a tuple of them")
     if isinstance(key, tuple):
@@ -161,6 +167,7 @@ class StateLog:
                  snapshot_interval_s: float = 60.0, snapshot_records: int = 100_000) -> None:
         self.store = store
         self.directory = directory
+        self._packer = msgpack.Packer()  # packb builds one per call; a change costs one
         self.durable = durable
         self.max_record_bytes = max(MAX_CHANGE_BYTES, max_record_bytes)
         self.snapshot_interval_s = snapshot_interval_s
@@ -223,12 +230,13 @@ class StateLog:
         together) up to ``max_record_bytes``. Raises InvalidArgument (a key or value
         the log cannot hold) or StoreError (the store refuses writes)."""
         encoded = []
+        pack = self._packer.pack
         for ns, key, value in changes:
             if not isinstance(ns, str) or not ns:
                 raise InvalidArgument("a state namespace is a non-empty string")
             _check_key(key)
             try:
-                e = msgpack.packb((ns, key, value))
+                e = pack((ns, key, value))
             except (TypeError, ValueError, OverflowError) as exc:
                 raise InvalidArgument(f"state value of {ns}:{key!r} is not storable: {exc}"
                                       ) from None

@@ -366,3 +366,51 @@ async def test_a_latest_start_is_remembered_across_a_restart(tmp_path, clock) ->
         await b.put(Message("T", b"after", queue_id=0))
     async with broker_at(tmp_path) as b:
         assert bodies(await b.pop("G", "T", 10, 60_000, init="latest")) == [b"after"]
+
+
+async def test_small_pops_from_a_big_batch_read_on_where_the_last_stopped(tmp_path,
+                                                                         clock) -> None:
+    """A batch of 1,000 popped 7 at a time: every member once, in order, and each pop
+    starts at the member the last one stopped at (the queue's batch cursor), not by
+    stepping over the batch's start again."""
+    async with broker_at(tmp_path) as b:
+        await b.create_topic("T", 1)
+        await b.put([Message("T", f"m{i}".encode() * (i % 5 + 1), {"k": str(i)} if i % 2 else {})
+                     for i in range(1000)])
+        await put_n(b, "T", 3)  # a single record after the batch
+        got = []
+        while popped := await b.pop("G", "T", 7, 60_000):
+            got += popped
+            cursor = b.pop_service.queues[("G", "T", 0)].cursor
+            if len(got) < 1000:
+                assert cursor.member == len(got)  # the next pop starts at its first member
+        assert bodies(got) == [f"m{i}".encode() * (i % 5 + 1) for i in range(1000)] + [
+            b"m0", b"m1", b"m2"]
+        assert [dict(p.message.properties).get("k") for p in got[:4]] == [None, "1", None, "3"]
+        assert [p.message.queue_offset for p in got] == list(range(1003))
+        assert b.ack_batch([p.receipt for p in got]) == [None] * 1003
+
+
+async def test_receipts_issued_here_ack_without_decoding_and_others_still_decode(
+        tmp_path, clock) -> None:
+    """A pop remembers the receipts it signed, so their ack skips base64 and HMAC; an
+    acked one is forgotten (and stale again if reused); one signed before a restart,
+    which nothing remembers, is decoded and checked in full."""
+    async with broker_at(tmp_path) as b:
+        await b.create_topic("T", 1)
+        await put_n(b, "T", 3)
+        first, second, third = await b.pop("G", "T", 3, 60_000)
+        codec = b.pop_service.codec
+        assert codec.decode(first.receipt) is codec._issued[first.receipt]
+        b.ack(first.receipt)
+        assert first.receipt not in codec._issued
+        with pytest.raises(ReceiptStale):
+            b.ack(first.receipt)
+        tampered = second.receipt[:-1] + ("A" if second.receipt[-1] != "A" else "B")
+        with pytest.raises(InvalidReceipt):
+            b.ack(tampered)
+        assert b.ack_batch([second.receipt]) == [None]
+    async with broker_at(tmp_path) as b:
+        assert not b.pop_service.codec._issued
+        b.ack(third.receipt)
+        assert b.pop_status("G")[0].in_flight == 0

@@ -402,3 +402,28 @@ def test_layout_limits_are_invalid_messages(store) -> None:
         store.append("t", 0, b"x", b"p" * (rec.MAX_LONG_PROPERTIES_BYTES + 1))
     with pytest.raises(InvalidMessage):
         store.append_message("x" * 300, 0, b"x", {})
+
+
+def test_checkpoints_from_two_threads_at_once_take_turns(store) -> None:
+    """The broker's periodic checkpoint and an explicit one (a test's, a shutdown's) may
+    run together in two worker threads: both write checkpoint.tmp and rename it, so
+    unserialized one could rename the other's file away (FileNotFoundError)."""
+    import threading
+
+    errors: list[BaseException] = []
+    for i in range(10):
+        put(store, b"x%d" % i)
+
+    def checkpoints() -> None:
+        try:
+            for _ in range(60):
+                store.checkpoint()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=checkpoints) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import struct
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -277,6 +278,7 @@ class MessageStore:
         self.compacted: dict[tuple[str, int], CompactedLog] = {}
         self._retired_compacted: CompactedLog | None = None
         self._time_indexes = self.times.indexes  # the hot path's lookup
+        self._checkpoint_lock = threading.Lock()
         self._topic_tails: dict[str, bytes] = {}
         self._last_ts = 0
         self._open = False
@@ -1304,24 +1306,27 @@ class MessageStore:
 
     def checkpoint(self) -> int:
         """Make the ConsumeQueues and the index durable up to the CommitLog offset
-        dispatched now, and record it (worker thread). Returns that offset."""
-        pos = self.dispatched_pos
-        self.commitlog.flush(pos)
-        for q in list(self.queues.values()):
-            if q.dirty and q.files:
-                try:
-                    q.flush()
-                except (OSError, ValueError):
-                    if q.files:  # a queue dropped meanwhile closes its files: fine
-                        raise
-        self.index.flush()
-        self.times.flush()
-        last = self._last_checkpoint
-        if pos != last:
-            self._previous_checkpoint, self._last_checkpoint = last, pos
-        write_checkpoint(self.config.directory,
-                         Checkpoint(pos, min(self._previous_checkpoint, pos), int(time.time() * 1000)))
-        return pos
+        dispatched now, and record it (worker thread). Returns that offset. Two
+        callers at once (the broker's periodic checkpoint and an explicit one) take
+        turns: both write the same temporary file before renaming it."""
+        with self._checkpoint_lock:
+            pos = self.dispatched_pos
+            self.commitlog.flush(pos)
+            for q in list(self.queues.values()):
+                if q.dirty and q.files:
+                    try:
+                        q.flush()
+                    except (OSError, ValueError):
+                        if q.files:  # a queue dropped meanwhile closes its files: fine
+                            raise
+            self.index.flush()
+            self.times.flush()
+            last = self._last_checkpoint
+            if pos != last:
+                self._previous_checkpoint, self._last_checkpoint = last, pos
+            write_checkpoint(self.config.directory, Checkpoint(
+                pos, min(self._previous_checkpoint, pos), int(time.time() * 1000)))
+            return pos
 
     # ================================================================ retention
 

@@ -74,6 +74,7 @@ class Row:
     p50_ms: float
     p99_ms: float
     cpu_us_per_request: float
+    cpu_us_per_message: float  # the server's CPU over the messages moved (pop + ack: both)
 
 
 def _free_port() -> int:
@@ -146,11 +147,14 @@ def _wrk(url: str, pid: int, seconds: float, connections: int, script: str | Non
     counted = re.search(r"MESSAGES (\d+)", text)
     if counted:
         elapsed = total / rps if rps else float(seconds)
-        msgs = int(counted.group(1)) / elapsed
+        moved = int(counted.group(1))
+        msgs = moved / elapsed
     else:
+        moved = total * per_request
         msgs = rps * per_request
     return Row(name, rps, msgs, _latency_ms(text, "50"), _latency_ms(text, "99"),
-               cpu / total * 1e6 if total else float("nan"))
+               cpu / total * 1e6 if total else float("nan"),
+               cpu / moved * 1e6 if moved else float("nan"))
 
 
 def _post(url: str, body: bytes, ctype: str = "application/json") -> dict[str, object]:
@@ -207,15 +211,16 @@ def run_bench(seconds: float, connections: int, batch: int, flush: str) -> list[
             # Long-poll consume of what the produce scenarios left: pop up to 32
             # at a time waiting up to 1 s, each answer acked by the next request.
             rows.append(_wrk(f"{base}{consume_path}", broker.pid, seconds, connections,
-                             consume, "consume: pop 32 (long poll) + ack, requests"))
+                             consume, "consume: pop 32 (long poll) + ack"))
     return rows
 
 
 def print_rows(rows: list[Row], as_json: bool) -> None:
-    cols = ["scenario", "requests/s", "messages/s", "p50 ms", "p99 ms", "server CPU µs/request"]
+    cols = ["scenario", "requests/s", "messages/s", "p50 ms", "p99 ms", "server CPU µs/request",
+            "server CPU µs/message"]
     print_table("ferrymq bench http", cols,
                 [[r.scenario, r.requests_per_s, r.messages_per_s, r.p50_ms, r.p99_ms,
-                  r.cpu_us_per_request] for r in rows], as_json=as_json)
+                  r.cpu_us_per_request, r.cpu_us_per_message] for r in rows], as_json=as_json)
 
 
 @click.command("http")

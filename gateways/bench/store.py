@@ -170,16 +170,21 @@ def _run_ceiling(directory: str, record: bytes, batch: int, seconds: float,
               show_default=True,
               help="off: no span hook; idle: the OpenTelemetry hook, messages untraced; all: "
                    "every message traced (needs ferrymq[otel]).")
-def store_command(seconds: float, base_dir: str | None, as_json: bool, tracing: str) -> None:
+@click.option("--payload", "payloads", multiple=True,
+              type=click.Choice(["single", "batch 16", "batch 256"]),
+              help="Only these payloads (repeatable; default all).")
+def store_command(seconds: float, base_dir: str | None, as_json: bool, tracing: str,
+                  payloads: tuple[str, ...]) -> None:
     """The store in-process: messages/s and MB/s beside a bare append-and-index loop."""
     console = progress_console()
     root = tempfile.mkdtemp(prefix="ferrymq-bench-", dir=base_dir)
     rows = []
+    scenarios = [sc for sc in SCENARIOS if not payloads or sc.payload in payloads]
     try:
-        for i, sc in enumerate(SCENARIOS):
-            with console.status(f"[{i + 1}/{len(SCENARIOS)}] {sc.name}: FerryMQ"):
+        for i, sc in enumerate(scenarios):
+            with console.status(f"[{i + 1}/{len(scenarios)}] {sc.name}: FerryMQ"):
                 res = trio.run(_run_store, os.path.join(root, f"s{i}"), sc, seconds, tracing)
-            with console.status(f"[{i + 1}/{len(SCENARIOS)}] {sc.name}: ceiling"):
+            with console.status(f"[{i + 1}/{len(scenarios)}] {sc.name}: ceiling"):
                 ceil = _run_ceiling(os.path.join(root, f"c{i}"), res.record_bytes, sc.batch,
                                     seconds, sc.writers if sc.flush == "sync" else 0)
             shutil.rmtree(os.path.join(root, f"s{i}"), ignore_errors=True)
@@ -196,6 +201,8 @@ def store_command(seconds: float, base_dir: str | None, as_json: bool, tracing: 
     if not as_json:
         rate = {(r[0], r[1], r[2]): r[3] for r in rows}
         for label in ("single", "batch 16", "batch 256"):
+            if (label, "sync", 16) not in rate:
+                continue
             ratio = rate[(label, "sync", 16)] / rate[(label, "async", 1)]
             click.echo(f"{label}: sync flush with 16 writers = {ratio:.0%} of async")
 

@@ -127,10 +127,12 @@ class BrokerAuth:
         return found[0] if found and found[0] else None
 
 
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps builds one per call
+
+
 def json_response(doc: Any, status: int = 200, content_type: str = "application/json",
                   headers: list[tuple[str, str]] | None = None) -> Response:
-    return Response(status, json.dumps(doc, separators=(",", ":")).encode(), content_type,
-                    headers or [])
+    return Response(status, _ENCODE(doc).encode(), content_type, headers or [])
 
 
 def problem_response(p: Problem, instance: str | None = None) -> Response:

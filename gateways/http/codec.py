@@ -36,6 +36,7 @@ from ...core.message import (
     PROPERTY_TAGS,
     PROPERTY_TIMER_DELAY_MS,
     PROPERTY_TIMER_DELIVER_MS,
+    PROPERTY_UNIQ_KEY,
     ConsumedMessage,
     Message,
     now_ms,
@@ -347,26 +348,35 @@ HIDDEN_PROPERTIES = {PROPERTY_KEYS, PROPERTY_TAGS, CONTENT_TYPE_PROPERTY}
 
 
 def message_json(m: ConsumedMessage, encoding: str = "auto") -> dict[str, Any]:
-    """A consumed message as the HTTP API shows it (schema ``Message``)."""
+    """A consumed message as the HTTP API shows it (schema ``Message``). Per message of
+    every pop answer: the properties are decoded once into a dict and read from it
+    (a stored message's are still encoded: each lookup there is a scan)."""
     props = m.properties
+    if props:
+        if type(props) is not dict:
+            props = dict(props.items())
+        shown = {k: v for k, v in props.items() if k not in HIDDEN_PROPERTIES}
+        get = props.get
+        msg_id = get(PROPERTY_UNIQ_KEY) or m.offset_msg_id
+        raw_keys, tag, ct = get(PROPERTY_KEYS), get(PROPERTY_TAGS), get(CONTENT_TYPE_PROPERTY)
+    else:
+        shown, msg_id, raw_keys, tag, ct = {}, m.offset_msg_id, None, None, None
     out: dict[str, Any] = {
-        "id": m.msg_id, "topic": m.topic, "queue": m.queue_id, "offset": m.queue_offset,
+        "id": msg_id, "topic": m.topic, "queue": m.queue_id, "offset": m.queue_offset,
         "born_timestamp": m.born_timestamp, "store_timestamp": m.store_timestamp,
-        "reconsume_times": m.reconsume_times,
-        "properties": {k: v for k, v in props.items() if k not in HIDDEN_PROPERTIES},
+        "reconsume_times": m.reconsume_times, "properties": shown,
     }
-    keys = m.keys
-    if keys:
-        out["keys"] = keys
-    tag = props.get(PROPERTY_TAGS)
+    if raw_keys:
+        keys = [k for k in raw_keys.split(KEY_SEPARATOR) if k]
+        if keys:
+            out["keys"] = keys
     if tag:
         out["tag"] = tag
-    ct = props.get(CONTENT_TYPE_PROPERTY)
     if ct:
         out["content_type"] = ct
     body = m.body
     if encoding != "base64":
-        if is_json_type(ct):
+        if ct and is_json_type(ct):
             try:
                 out["body"] = loads(body)
                 return out

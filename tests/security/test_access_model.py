@@ -168,3 +168,40 @@ async def test_an_mqtt_address_is_judged_on_produce_from_any_door(tmp_path) -> N
                         principal=ALICE)
         with pytest.raises(PermissionDenied):  # no address: the whole topic
             await b.put(Message("sensors", b"x"), principal=ALICE)
+
+
+def test_open_means_nothing_is_enforced_and_follows_its_inputs() -> None:
+    """``open`` lets the produce path skip asking: true only while a check could not
+    refuse anybody, false as soon as auth is on or a door enforces its rule file."""
+    a = AccessControl(enabled=False)
+    assert a.open and a.allows(ALICE, TOPIC, "t", WRITE)
+    a.enabled = True
+    assert not a.open and not a.allows(ALICE, TOPIC, "t", WRITE)
+    a.enabled = False
+    assert a.open
+    a.load_static("mqtt:acl", [rule("alice", TOPIC, LITERAL, "t", READ)], "mqtt")
+    a.enabled = False
+    assert not a.open
+
+
+async def test_a_produce_stream_sees_an_acl_change_at_once(tmp_path) -> None:
+    """The decision cached for principal x topic is dropped by every rule change: the
+    next put after an ACL is added or removed is judged by the new rules."""
+    async with Broker.open(config(tmp_path, extra={"auth": {"enabled": True}})) as b:
+        await b.create_topic("t", 1, principal=SYSTEM)
+        grant = rule("alice", TOPIC, LITERAL, "t", WRITE)
+        deny = rule("alice", TOPIC, LITERAL, "t", WRITE, allow=False)
+        await b.add_acls([grant], principal=SYSTEM)
+        for _ in range(3):  # warm the cache
+            await b.put(Message("t", b"x"), principal=ALICE)
+        await b.add_acls([deny], principal=SYSTEM)
+        with pytest.raises(PermissionDenied):
+            await b.put(Message("t", b"x"), principal=ALICE)
+        with pytest.raises(PermissionDenied):
+            await b.put([Message("t", b"x"), Message("t", b"y")], principal=ALICE)
+        await b.delete_acls([deny], principal=SYSTEM)
+        await b.put(Message("t", b"x"), principal=ALICE)
+        await b.delete_acls([grant], principal=SYSTEM)
+        with pytest.raises(PermissionDenied):
+            await b.put(Message("t", b"x"), principal=ALICE)
+        assert b.queue_bounds("t", 0, principal=SYSTEM) == (0, 4)
