@@ -1,8 +1,10 @@
 """Every connection of every door runs under one supervisor: failures contained, limits enforced.
 
 A door hands its listeners and its connection handler to a
-``ConnectionSupervisor`` instead of calling ``trio.serve_listeners`` itself.
-For each accepted connection the supervisor:
+``ConnectionSupervisor`` instead of calling ``trio.serve_listeners`` itself. The
+supervisor accepts with a loop of its own (every connection waiting, per wake-up
+of the listening socket: docs/operations.md, "Accepting connections"). For each
+accepted connection the supervisor:
 
 1. admits it or refuses it: past ``max_connections`` of the door, or
    ``max_connections_per_address`` from one client address, the connection is
@@ -45,6 +47,8 @@ import contextlib
 import errno
 import logging
 import math
+import os
+import socket
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
@@ -79,6 +83,20 @@ TLS_HANDSHAKE_FAILED = "tls_handshake_failed"
 MIN_TICK_S = 0.02
 MAX_TICK_S = 1.0  # deadlines are enforced to within a quarter of the smallest timeout, <= 1 s
 SEND_CHUNK = 1 << 20  # a large response is sent in chunks: each gets send_timeout_s
+# Connections accepted in one wake-up at most: a flood of connects lets the
+# connections already open run between batches.
+ACCEPT_BATCH = 64
+ACCEPT_RETRY_S = 0.1  # after accept(2) ran out of descriptors or memory (EMFILE...)
+# accept(2) failed for that connection only (it was reset, or a firewall refused it):
+# take the next one (the errnos trio's SocketListener skips as well).
+_ACCEPT_SKIP_ERRNOS = frozenset(
+    getattr(errno, name) for name in ("EPERM", "ECONNABORTED", "EPROTO", "ENETDOWN",
+                                      "ENOPROTOOPT", "EHOSTDOWN", "ENONET", "EHOSTUNREACH",
+                                      "EOPNOTSUPP", "ENETUNREACH", "ENOSR", "ESOCKTNOSUPPORT",
+                                      "EPROTONOSUPPORT", "ETIMEDOUT", "ECONNRESET")
+    if hasattr(errno, name))
+# The system is out of something: wait and try again.
+_ACCEPT_CAPACITY_ERRNOS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS))
 
 # The peer went away: not our bug, not bad input.
 _STREAM_ERRORS: tuple[type[BaseException], ...] = (
@@ -347,6 +365,9 @@ class ConnectionSupervisor:
         self._closed = metrics.counter(*CONNECTIONS_CLOSED)
         self._refused = metrics.counter(*CONNECTIONS_REFUSED)
         self._watchdogs = 0
+        # Task names, given to trio (it would format one per connection otherwise).
+        self._accept_name = f"ferrymq.{door}.accept"
+        self._task_name = f"ferrymq.{door}.connection"
 
     # ------------------------------------------------------------ serving
 
@@ -370,24 +391,87 @@ class ConnectionSupervisor:
             self._watchdogs += 1
             try:
                 if listeners:  # none: only the TLS listener (MQTT's WSS without plain WS)
-                    await nursery.start(trio.serve_listeners,
-                                        partial(self.run, handler, tls=mode), listeners)
+                    run = partial(self.run, handler, tls=mode)
+                    for listener in listeners:
+                        self._accepting(nursery, listener, run)
                 if extra is not None:
                     tls_listeners = await trio.open_tcp_listeners(extra, host=self.host)
                     name = f"{self.door}-{'wss' if tls_listener == 'ws_port' else 'tls'}"
                     self.bound[name] = tls_listeners[0].socket.getsockname()[1]
-                    await nursery.start(trio.serve_listeners,
-                                        partial(self.run, tls_handler or handler,
-                                                tls="enforcing"), tls_listeners)
+                    run = partial(self.run, tls_handler or handler, tls="enforcing")
+                    for listener in tls_listeners:
+                        self._accepting(nursery, listener, run)
                 task_status.started()
                 await trio.sleep_forever()
             finally:
                 self._watchdogs -= 1
 
-    async def run(self, handler: Handler, stream: Any, *, tls: str = "disabled") -> None:
+    def _accepting(self, nursery: trio.Nursery, listener: trio.SocketListener,
+                   run: Callable[[Any, Any], Awaitable[None]]) -> None:
+        """Start accepting on ``listener`` (``_accept``), its connections run in
+        ``nursery``."""
+        # A second descriptor of the listening socket, to call the standard library's
+        # accept on (a trio socket offers only the async one); taken now, so that
+        # ``serve`` fails if it cannot be.
+        try:
+            sock = socket.socket(fileno=os.dup(listener.socket.fileno()))
+            sock.setblocking(False)
+        except BaseException:
+            listener.socket.close()
+            raise
+        nursery.start_soon(self._accept, listener, sock, nursery, run, name=self._accept_name)
+
+    async def _accept(self, listener: trio.SocketListener, sock: socket.socket,
+                      nursery: trio.Nursery, run: Callable[[Any, Any], Awaitable[None]]
+                      ) -> None:
+        """Accept on ``sock`` (``listener``'s) until cancelled: after one wake-up, every
+        connection waiting (up to ``ACCEPT_BATCH``), each started as ``run(stream,
+        addr)`` in ``nursery``. What ``trio.serve_listeners`` does, without its
+        per-connection costs (docs/operations.md, "Accepting connections"):
+        ``accept(2)`` is called on the listening socket directly (trio's ``accept``
+        passes the scheduler once per connection), the peer address is the one
+        ``accept`` gave (no ``getpeername``), and no wrapper task closes the stream
+        again after ``run`` closed it."""
+        tsock = listener.socket
+        accept = sock.accept
+        wrap = trio.socket.from_stdlib_socket
+        stream_of = trio.SocketStream
+        start = nursery.start_soon
+        task = self._task_name
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(sock)
+                for _ in range(ACCEPT_BATCH):
+                    try:
+                        conn, addr = accept()
+                    except BlockingIOError:
+                        break
+                    except OSError as exc:
+                        if exc.errno in _ACCEPT_SKIP_ERRNOS:
+                            continue  # that connection went away before we took it
+                        if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                            raise
+                        # Out of descriptors or memory: wait, then try again (the
+                        # waiting connections stay in the kernel's backlog).
+                        log.error("%s door: accept returned %s (%s); retrying in %s s",
+                                  self.door, errno.errorcode[exc.errno],
+                                  os.strerror(exc.errno), ACCEPT_RETRY_S,
+                                  extra={"door": self.door})
+                        await trio.sleep(ACCEPT_RETRY_S)
+                        break
+                    start(run, stream_of(wrap(conn)), addr, name=task)
+        finally:
+            trio.lowlevel.notify_closing(sock)
+            sock.close()
+            tsock.close()
+
+    async def run(self, handler: Handler, stream: Any, addr: Any = None, *,
+                  tls: str = "disabled") -> None:
         """Supervise one accepted ``stream`` (``serve`` calls this; tests may too);
-        ``tls``: the listener's TLS mode."""
-        addr = _addr(stream)
+        ``addr``: the peer's address as ``accept`` gave it (None: asked of the
+        stream); ``tls``: the listener's TLS mode."""
+        if addr is None:
+            addr = _addr(stream)
         host = str(addr[0]) if addr else "?"
         refused = self._admission(host)
         if refused is not None:

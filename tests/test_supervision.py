@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import resource
 from dataclasses import replace
 
 import pytest
@@ -13,7 +15,7 @@ import trio
 import trio.testing
 from ferrymq.core.metrics import MetricsRegistry
 from ferrymq.gateways.config import ConnectionLimits
-from ferrymq.gateways.supervision import ConnectionSupervisor, RequestBudget, Watch
+from ferrymq.gateways.supervision import ACCEPT_BATCH, ConnectionSupervisor, RequestBudget, Watch
 
 FAST = ConnectionLimits(max_connections=100, max_connections_per_address=0,
                         handshake_timeout_s=0, idle_timeout_s=0, frame_timeout_s=0,
@@ -270,3 +272,57 @@ def test_a_watch_without_limits_has_no_deadline() -> None:
         w.waiting(False)
         assert w.deadline == math.inf
     trio.run(main)
+
+
+# ------------------------------------------------------------ the accept loop
+
+
+async def test_a_burst_of_connections_past_one_accept_batch_is_served_in_full() -> None:
+    """The accept loop takes at most ACCEPT_BATCH connections per wake-up: every
+    connection waiting in the backlog is still served, each with its own address."""
+    sup = ConnectionSupervisor("mqtt", replace(FAST, max_connections=1000), MetricsRegistry())
+    seen: list[tuple[object, ...] | None] = []
+
+    async def records(stream: trio.SocketStream, watch: Watch) -> None:
+        seen.append(watch.addr)
+        await echo(stream, watch)
+
+    n = 2 * ACCEPT_BATCH + 5
+    async with trio.open_nursery() as nursery:
+        listener = await serving(nursery, sup, records)
+        clients = [await connect(listener) for _ in range(n)]  # in the backlog at once
+        for c in clients:
+            await c.send_all(b"hi")
+        for c in clients:
+            assert await c.receive_some(10) == b"hi"
+        assert sorted(seen) == sorted(c.socket.getsockname() for c in clients)  # type: ignore[type-var]
+        nursery.cancel_scope.cancel()
+    assert listener.socket.fileno() == -1  # serve closed its listener when it ended
+
+
+async def test_out_of_descriptors_at_accept_is_logged_and_retried(caplog) -> None:
+    """accept(2) failing with EMFILE leaves the connection in the backlog: the door
+    logs it, waits and accepts it once descriptors are free again."""
+    sup = ConnectionSupervisor("kafka", FAST, MetricsRegistry())
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with caplog.at_level(logging.ERROR, "ferrymq.connections"):
+        async with trio.open_nursery() as nursery:
+            listener = await serving(nursery, sup, echo)
+            sock = trio.socket.socket()  # the client's descriptor, then none left
+            lowest = os.dup(0)
+            os.close(lowest)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (lowest, hard))
+            try:
+                await sock.connect(listener.socket.getsockname())
+                client = trio.SocketStream(sock)
+                await client.send_all(b"later")
+                with trio.fail_after(10):
+                    while "EMFILE" not in caplog.text:
+                        await trio.sleep(0.01)
+            finally:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            assert not sup.live
+            with trio.fail_after(10):
+                assert await client.receive_some(10) == b"later"
+            nursery.cancel_scope.cancel()
+    assert "kafka door: accept returned EMFILE" in caplog.text
