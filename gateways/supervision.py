@@ -407,7 +407,7 @@ class ConnectionSupervisor:
                 self._watchdogs -= 1
 
     def _accepting(self, nursery: trio.Nursery, listener: trio.SocketListener,
-                   run: Callable[[Any, Any], Awaitable[None]]) -> None:
+                   run: Callable[[Any, Any, Watch | str], Awaitable[None]]) -> None:
         """Start accepting on ``listener`` (``_accept``), its connections run in
         ``nursery``."""
         # A second descriptor of the listening socket, to call the standard library's
@@ -422,7 +422,7 @@ class ConnectionSupervisor:
         nursery.start_soon(self._accept, listener, sock, nursery, run, name=self._accept_name)
 
     async def _accept(self, listener: trio.SocketListener, sock: socket.socket,
-                      nursery: trio.Nursery, run: Callable[[Any, Any], Awaitable[None]]
+                      nursery: trio.Nursery, run: Callable[[Any, Any, Watch | str], Awaitable[None]]
                       ) -> None:
         """Accept on ``sock`` (``listener``'s) until cancelled: after one wake-up, every
         connection waiting (up to ``ACCEPT_BATCH``), each started as ``run(stream,
@@ -459,22 +459,39 @@ class ConnectionSupervisor:
                                   extra={"door": self.door})
                         await trio.sleep(ACCEPT_RETRY_S)
                         break
-                    start(run, stream_of(wrap(conn)), addr, name=task)
+                    start(run, stream_of(wrap(conn)), addr, self._admit(addr), name=task)
         finally:
             trio.lowlevel.notify_closing(sock)
             sock.close()
             tsock.close()
 
-    async def run(self, handler: Handler, stream: Any, addr: Any = None, *,
-                  tls: str = "disabled") -> None:
-        """Supervise one accepted ``stream`` (``serve`` calls this; tests may too);
-        ``addr``: the peer's address as ``accept`` gave it (None: asked of the
-        stream); ``tls``: the listener's TLS mode."""
-        if addr is None:
-            addr = _addr(stream)
+    def _admit(self, addr: Any) -> Watch | str:
+        """Admit a connection from ``addr`` (counted live, its handshake clock started)
+        or say why not. Called as ``accept`` returns it, in accept order: the tasks of
+        one batch of accepts start in an order of trio's choosing, and a later
+        connection must not take an earlier one's place under the cap."""
         host = str(addr[0]) if addr else "?"
         refused = self._admission(host)
         if refused is not None:
+            return refused
+        self.by_host[host] = self.by_host.get(host, 0) + 1
+        watch = Watch(self.limits, addr, self.budget, self.protocol, self.timed)
+        self.live.add(watch)
+        return watch
+
+    async def run(self, handler: Handler, stream: Any, addr: Any = None,
+                  admitted: Watch | str | None = None, *, tls: str = "disabled") -> None:
+        """Supervise one accepted ``stream`` (``serve`` calls this; tests may too);
+        ``addr``: the peer's address as ``accept`` gave it (None: asked of the
+        stream); ``admitted``: what ``_admit`` said at accept (None: asked now);
+        ``tls``: the listener's TLS mode."""
+        if addr is None:
+            addr = _addr(stream)
+        if admitted is None:
+            admitted = self._admit(addr)
+        host = str(addr[0]) if addr else "?"
+        if isinstance(admitted, str):
+            refused = admitted
             self._count(self._refused, refused)
             peer = _format_peer(addr)
             log.info("%s door refused %s: %s", self.door, peer, refused,
@@ -489,10 +506,8 @@ class ConnectionSupervisor:
             finally:
                 await _close(stream)
             return
+        watch = admitted
         by_host = self.by_host
-        by_host[host] = by_host.get(host, 0) + 1
-        watch = Watch(self.limits, addr, self.budget, self.protocol, self.timed)
-        self.live.add(watch)
         try:
             if tls != "disabled":
                 handler = partial(self._tls_then, handler, tls == "enforcing")
