@@ -181,6 +181,22 @@ class SecurityCalls:
                         "source": "state" if name in c.users else "file"})
         return out
 
+    def scram_credentials(self, names: Sequence[str] | None = None, *,
+                          principal: Principal = ANONYMOUS) -> dict[str, dict[str, int]]:
+        """Per user of ``names`` (None: every user holding one) its SCRAM mechanisms and
+        their iteration counts, as Kafka's DescribeUserScramCredentials shows them (no
+        salts, no keys); a named user without any maps to {}. Checks CLUSTER DESCRIBE."""
+        self._authorize(principal, CLUSTER, "", DESCRIBE)
+        c = self.credentials
+        wanted = sorted({*c.users, *c.static_users}) if names is None else list(names)
+        out: dict[str, dict[str, int]] = {}
+        for name in wanted:
+            u = c.user(name)
+            mechs = {m: v.iterations for m, v in sorted(u.verifiers.items())} if u else {}
+            if mechs or names is not None:
+                out[name] = mechs
+        return out
+
     async def put_user(self, name: str, *, password: str | None = None,
                        super_user: bool | None = None,
                        mechanisms: Sequence[str] = tuple(MECHANISMS),

@@ -106,3 +106,60 @@ def test_acls_created_described_and_deleted_through_kafka_rule_every_door(bootst
     assert [len(f.result(30)) for f in deleted.values()] == [1]
     errors = _produce(bootstrap, BOB, "acl-t")
     assert errors[0] is not None and errors[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+
+
+def test_scram_credentials_set_described_and_deleted_through_kafka(bootstrap) -> None:
+    """AlterUserScramCredentials / DescribeUserScramCredentials (what kafka-configs
+    --entity-type users sends): a credential set by the admin client logs in at once on
+    the same broker; describing shows mechanisms and iterations, never secrets; bob may
+    not change credentials; a deleted credential no longer logs in."""
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import (
+        AdminClient,
+        ScramCredentialInfo,
+        ScramMechanism,
+        UserScramCredentialDeletion,
+        UserScramCredentialUpsertion,
+    )
+
+    admin = AdminClient(_conf(bootstrap, ADMIN))
+    carol = ("carol", "carol-secret")
+    futures = admin.alter_user_scram_credentials([UserScramCredentialUpsertion(
+        "carol", ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 8192), carol[1].encode())])
+    futures["carol"].result(30)
+    # carol logs in with SCRAM-SHA-512 at once (and is refused the topic: no grant)
+    errors = _produce(bootstrap, carol, "scram-t")
+    assert errors and errors[0] is not None
+    assert errors[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, errors
+
+    described = admin.describe_user_scram_credentials(["carol", "admin"])
+    carol_info = described["carol"].result(30)
+    assert [(c.mechanism, c.iterations) for c in carol_info.scram_credential_infos] == [
+        (ScramMechanism.SCRAM_SHA_512, 8192)]
+    assert {c.mechanism for c in described["admin"].result(30).scram_credential_infos} == {
+        ScramMechanism.SCRAM_SHA_256, ScramMechanism.SCRAM_SHA_512}
+    with pytest.raises(KafkaException) as nobody:
+        admin.describe_user_scram_credentials(["nobody"])["nobody"].result(30)
+    assert nobody.value.args[0].code() == KafkaError.RESOURCE_NOT_FOUND
+
+    # too few iterations: refused, nothing changed
+    with pytest.raises(KafkaException) as weak:
+        admin.alter_user_scram_credentials([UserScramCredentialUpsertion(
+            "carol", ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 100), b"weak")]
+        )["carol"].result(30)
+    assert weak.value.args[0].code() == KafkaError.UNACCEPTABLE_CREDENTIAL
+
+    # bob has no CLUSTER ALTER / DESCRIBE
+    bobs = AdminClient(_conf(bootstrap, BOB))
+    with pytest.raises(KafkaException) as denied:
+        bobs.alter_user_scram_credentials([UserScramCredentialDeletion(
+            "carol", ScramMechanism.SCRAM_SHA_512)])["carol"].result(30)
+    assert denied.value.args[0].code() == KafkaError.CLUSTER_AUTHORIZATION_FAILED
+    # (bob's describe is refused too, answered exactly as Kafka answers it — which
+    # librdkafka's admin client crashes on: tests/kafka/test_kafka_scram_admin.py)
+
+    admin.alter_user_scram_credentials([UserScramCredentialDeletion(
+        "carol", ScramMechanism.SCRAM_SHA_512)])["carol"].result(30)
+    errors = _produce(bootstrap, carol, "scram-t")
+    assert errors and errors[0] is not None
+    assert errors[0].code() != KafkaError.TOPIC_AUTHORIZATION_FAILED, "carol still logs in"

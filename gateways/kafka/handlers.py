@@ -48,7 +48,7 @@ from ...protocols.kafka.connection import Header
 from ...protocols.scram import MECHANISMS as _SCRAM
 from ...protocols.scram import ScramError, ScramServer
 from ...protocols.scram import ServerState as ScramState
-from . import acls, configs
+from . import acls, configs, scram_admin
 from .cluster import NS_LOG_START, ClusterApis
 from .errors import kafka_error
 from .groups import DEAD, EMPTY, Coordinator
@@ -80,6 +80,7 @@ ALTER_PARTITION_REASSIGNMENTS, LIST_PARTITION_REASSIGNMENTS, OFFSET_DELETE = 45,
 DESCRIBE_CLUSTER, DESCRIBE_PRODUCERS, DESCRIBE_TRANSACTIONS, LIST_TRANSACTIONS = 60, 61, 65, 66
 DESCRIBE_TOPIC_PARTITIONS = 75
 DESCRIBE_ACLS, CREATE_ACLS, DELETE_ACLS = 29, 30, 31
+DESCRIBE_USER_SCRAM_CREDENTIALS, ALTER_USER_SCRAM_CREDENTIALS = 50, 51
 
 KAFKA_RELEASE = "3.8"
 SUPPORTED: dict[int, tuple[int, int]] = {
@@ -97,7 +98,8 @@ SUPPORTED: dict[int, tuple[int, int]] = {
     LIST_PARTITION_REASSIGNMENTS: (0, 0), OFFSET_DELETE: (0, 0), DESCRIBE_CLUSTER: (0, 1),
     DESCRIBE_PRODUCERS: (0, 0), DESCRIBE_TRANSACTIONS: (0, 0), LIST_TRANSACTIONS: (0, 1),
     DESCRIBE_TOPIC_PARTITIONS: (0, 0), DESCRIBE_ACLS: (0, 3), CREATE_ACLS: (0, 3),
-    DELETE_ACLS: (0, 3),
+    DELETE_ACLS: (0, 3), DESCRIBE_USER_SCRAM_CREDENTIALS: (0, 0),
+    ALTER_USER_SCRAM_CREDENTIALS: (0, 0),
 }
 """Api key -> (min, max) version offered: for every API served, the range Apache Kafka
 3.8's brokers advertise (docs/kafka.md, "What is offered"), so that clients that infer
@@ -230,6 +232,8 @@ class KafkaDoor(ClusterApis):
             INIT_PRODUCER_ID: self.init_producer_id, DESCRIBE_CONFIGS: self.describe_configs,
             DESCRIBE_ACLS: self.describe_acls, CREATE_ACLS: self.create_acls,
             DELETE_ACLS: self.delete_acls,
+            DESCRIBE_USER_SCRAM_CREDENTIALS: self.describe_user_scram_credentials,
+            ALTER_USER_SCRAM_CREDENTIALS: self.alter_user_scram_credentials,
             ALTER_CONFIGS: self.alter_configs,
             INCREMENTAL_ALTER_CONFIGS: self.incremental_alter_configs,
             SASL_AUTHENTICATE: self.sasl_authenticate,
@@ -1106,6 +1110,14 @@ class KafkaDoor(ClusterApis):
     async def delete_acls(self, h: Header, req: Any, s: Session) -> Any:
         return await acls.delete(schema.response_class(DELETE_ACLS), req, self.broker,
                                  s.principal)
+
+    async def describe_user_scram_credentials(self, h: Header, req: Any, s: Session) -> Any:
+        return scram_admin.describe(schema.response_class(DESCRIBE_USER_SCRAM_CREDENTIALS), req,
+                                    self.broker, s.principal)
+
+    async def alter_user_scram_credentials(self, h: Header, req: Any, s: Session) -> Any:
+        return await scram_admin.alter(schema.response_class(ALTER_USER_SCRAM_CREDENTIALS), req,
+                                       self.broker, s.principal)
 
     async def describe_configs(self, h: Header, req: Any, s: Session) -> Any:
         """DescribeConfigs: the core's topic configs and broker settings (configs.py)."""
