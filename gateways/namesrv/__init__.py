@@ -102,7 +102,7 @@ class NameServer:
                                    B.dumps({"table": {}}))
             if cmd.code == C.UNREGISTER_BROKER:
                 uh = H.UnRegisterBrokerRequestHeader.from_ext(cmd.ext_fields)
-                self.table.unregister(uh.brokerAddr)
+                self.table.unregister(uh.brokerAddr, uh.brokerName, uh.brokerId)
                 return response_to(cmd, ResponseCode.SUCCESS)
             if cmd.code == C.GET_ROUTEINFO_BY_TOPIC:
                 th = H.TopicHeader.from_ext(cmd.ext_fields)

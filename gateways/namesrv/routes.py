@@ -67,8 +67,18 @@ class RouteTable:
                                         {t.topicName: t for t in topics}, data_version, epoch)
         return True
 
-    def unregister(self, addr: str) -> bool:
-        return self.brokers.pop(addr, None) is not None
+    def unregister(self, addr: str, broker_name: str | None = None,
+                   broker_id: int | None = None) -> bool:
+        """Drop the broker at ``addr``, only while it is registered there as
+        ``broker_name`` / ``broker_id`` (when given): the unregistration a broker's
+        ended life sends on its way out (a slave that became master at the same
+        address) can arrive after the new life's registration, and must not remove it."""
+        b = self.brokers.get(addr)
+        if b is None or (broker_name is not None and b.broker_name != broker_name) \
+                or (broker_id is not None and b.broker_id != broker_id):
+            return False
+        del self.brokers[addr]
+        return True
 
     def expire(self, now: float | None = None) -> list[str]:
         """Drop brokers silent for longer than the expiry; returns their addresses."""

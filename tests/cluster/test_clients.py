@@ -35,6 +35,19 @@ def topic_data(name: str) -> B.TopicConfigData:
     return B.TopicConfigData(name, 4, 4, 6, 0, False)
 
 
+def test_an_ended_life_unregistering_late_leaves_the_new_registration() -> None:
+    """b, a slave (id 7), is elected: its master life registers as brokerId 0 at the
+    same address, and the slave life's unregistration, sent on its way out, may arrive
+    after that — it removes nothing it does not name."""
+    table = RouteTable()
+    table.register("c", "g1", 7, "b:1", (topic_data("T"),), now=0)
+    table.register("c", "g1", 0, "b:1", (topic_data("T"),), now=1, epoch=2)
+    assert not table.unregister("b:1", "g1", 7)
+    assert table.route("T").brokerDatas[0].brokerAddrs == {0: "b:1"}  # type: ignore
+    assert table.unregister("b:1", "g1", 0)
+    assert table.route("T") is None
+
+
 def test_a_new_master_displaces_the_old_one_in_the_nameserver_routes() -> None:
     table = RouteTable()
     table.register("c", "g1", 0, "a:1", (topic_data("T"),), now=0)
